@@ -1,0 +1,1 @@
+"""Model builders, one module per architecture, in the style of keras.applications."""

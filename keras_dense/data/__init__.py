@@ -1,0 +1,1 @@
+"""Data: TFRecord schema, converters and tf.data pipelines."""

@@ -1,0 +1,77 @@
+"""Layers that bring one feature map to the spatial size of another."""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+
+@keras.saving.register_keras_serializable(package="keras_dense")
+class ResizeToMatch(keras.layers.Layer):
+    """Resizes `inputs[0]` to the height and width of `inputs[1]`.
+
+    The target size is read from the reference tensor at run time, so the layer
+    works for dynamic input sizes (unlike `keras.layers.Resizing`).
+
+    Args:
+        interpolation: Interpolation passed to `keras.ops.image.resize`.
+        **kwargs: Standard layer keyword arguments.
+    """
+
+    def __init__(self, interpolation: str = "bilinear", **kwargs):
+        super().__init__(**kwargs)
+        self.interpolation = interpolation
+
+    def call(self, inputs):
+        x, reference = inputs
+        shape = ops.shape(reference)
+        return ops.image.resize(
+            x, (shape[1], shape[2]), interpolation=self.interpolation, data_format="channels_last"
+        )
+
+    def compute_output_shape(self, input_shapes):
+        x_shape, ref_shape = input_shapes
+        return (x_shape[0], ref_shape[1], ref_shape[2], x_shape[3])
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"interpolation": self.interpolation})
+        return config
+
+
+@keras.saving.register_keras_serializable(package="keras_dense")
+class CropToMatch(keras.layers.Layer):
+    """Crops `inputs[0]` to the height and width of `inputs[1]`.
+
+    Args:
+        offset: `(top, left)` offset of the crop, or `"center"` to centre it.
+        **kwargs: Standard layer keyword arguments.
+    """
+
+    def __init__(self, offset: tuple[int, int] | str = "center", **kwargs):
+        super().__init__(**kwargs)
+        if offset != "center":
+            offset = (int(offset[0]), int(offset[1]))
+        self.offset = offset
+
+    def call(self, inputs):
+        x, reference = inputs
+        x_shape = ops.shape(x)
+        ref_shape = ops.shape(reference)
+        if self.offset == "center":
+            top = (x_shape[1] - ref_shape[1]) // 2
+            left = (x_shape[2] - ref_shape[2]) // 2
+        else:
+            top, left = self.offset
+        return ops.slice(
+            x, (0, top, left, 0), (x_shape[0], ref_shape[1], ref_shape[2], x_shape[3])
+        )
+
+    def compute_output_shape(self, input_shapes):
+        x_shape, ref_shape = input_shapes
+        return (x_shape[0], ref_shape[1], ref_shape[2], x_shape[3])
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"offset": self.offset})
+        return config
