@@ -1,0 +1,68 @@
+"""Class-name lists given on the command line or in a file."""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+VOC_CLASSES = (
+    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
+    "train", "tvmonitor",
+)
+
+
+def resolve_classes(classes: Sequence[str] | str | None, classes_file: str | None) -> list[str] | None:
+    """Returns the class names from `--classes a,b,c` or `--classes-file F` (one per line).
+
+    Args:
+        classes: A comma-separated string or a sequence of names, or None.
+        classes_file: A text file with one class name per line, or None.
+
+    Returns:
+        The names, or None when neither is given.
+
+    Raises:
+        ValueError: Both are given, a name repeats, or the list is empty.
+        FileNotFoundError: The classes file does not exist.
+    """
+    if classes is not None and classes_file is not None:
+        raise ValueError("give either --classes or --classes-file, not both")
+    if classes_file is not None:
+        if not os.path.isfile(classes_file):
+            raise FileNotFoundError(f"--classes-file {classes_file}: no such file")
+        with open(classes_file) as f:
+            names = [line.strip() for line in f if line.strip()]
+    elif classes is not None:
+        names = classes.split(",") if isinstance(classes, str) else list(classes)
+        names = [n.strip() for n in names if n.strip()]
+    else:
+        return None
+    if not names:
+        raise ValueError("the class list is empty")
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"class names repeat: {duplicates}")
+    return names
+
+
+def read_split_file(path: str) -> list[str]:
+    """Reads a split file: the first whitespace-separated token of each non-empty line.
+
+    Args:
+        path: The file (VOC `ImageSets` style; extra columns, as in Oxford Pets, are ignored).
+
+    Returns:
+        The stems, in file order, without duplicates.
+
+    Raises:
+        FileNotFoundError: The file does not exist.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"split file {path}: no such file")
+    stems = []
+    with open(path) as f:
+        for line in f:
+            if line.strip() and not line.lstrip().startswith("#"):
+                stems.append(line.split()[0])
+    return list(dict.fromkeys(stems))

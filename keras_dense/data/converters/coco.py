@@ -1,0 +1,138 @@
+"""Converter for COCO instance annotations (boxes, optionally semantic masks).
+
+Category ids are mapped to contiguous labels 1..K in increasing id order. Crowd annotations
+(`iscrowd=1`) are recorded with `image/object/is_crowd=1`; the input pipelines leave them out
+of training targets, and in semantic masks their pixels get the ignore label.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from keras_dense.data.errors import BadInputError
+from keras_dense.data.image_io import encode_png, read_image_file
+from keras_dense.data.schema import Record
+from keras_dense.data.writer import write_dataset
+
+
+def _load_coco(annotations: str):
+    try:
+        from pycocotools.coco import COCO
+    except ImportError:  # pragma: no cover - optional dependency
+        raise ImportError("the COCO converter needs pycocotools: pip install 'keras-dense[coco]'")
+    if not os.path.isfile(annotations):
+        raise BadInputError(annotations, "--annotations: no such file")
+    try:
+        import contextlib
+        import io
+
+        with contextlib.redirect_stdout(io.StringIO()):
+            return COCO(annotations)
+    except (ValueError, KeyError, TypeError) as err:
+        raise BadInputError(annotations, f"not a COCO instances JSON ({err})") from None
+
+
+def convert_coco(
+    annotations: str,
+    images: str,
+    output: str,
+    semantic_masks: bool = False,
+    num_shards: int = 1,
+    ignore_label: int = 255,
+    on_error: str = "fail",
+    workers: int = 1,
+    progress: bool = True,
+) -> dict:
+    """Converts a COCO instances JSON and its image folder into TFRecords.
+
+    Args:
+        annotations: The `instances_*.json` file.
+        images: Folder with the images named by each entry's `file_name`.
+        output: `DIR/NAME` of the shards and manifest.
+        semantic_masks: Also write a semantic mask (class id per pixel, 0 background; later
+            annotations paint over earlier ones; crowd regions get `ignore_label`).
+        num_shards: Number of shards.
+        ignore_label: Mask value of crowd regions.
+        on_error: `"fail"` or `"skip"`.
+        workers: Encoding threads.
+        progress: Show a progress bar.
+
+    Returns:
+        The manifest (detection classes: label = index + 1).
+
+    Raises:
+        BadInputError: Bad inputs (with `on_error="fail"`) or an empty annotation file.
+    """
+    coco = _load_coco(annotations)
+    if not os.path.isdir(images):
+        raise BadInputError(images, "--images: no such folder")
+    cat_ids = sorted(coco.getCatIds())
+    label_of = {cid: i + 1 for i, cid in enumerate(cat_ids)}
+    names = [coco.loadCats(cid)[0]["name"] for cid in cat_ids]
+    image_ids = sorted(coco.getImgIds())
+    if not image_ids:
+        raise BadInputError(annotations, "empty input: the file lists no images")
+    skipped = []
+    items = []
+    for image_id in image_ids:
+        info = coco.loadImgs(image_id)[0]
+        if not coco.getAnnIds(imgIds=image_id):
+            skipped.append({"input": os.path.join(images, info["file_name"]),
+                            "reason": "image without an annotation"})
+        else:
+            items.append(image_id)
+
+    def make(image_id: int) -> Record:
+        info = coco.loadImgs(image_id)[0]
+        path = os.path.join(images, info["file_name"])
+        if not os.path.isfile(path):
+            raise BadInputError(path, f"image {image_id} listed in {annotations} is missing")
+        data, fmt, rgb = read_image_file(path)
+        height, width = rgb.shape[:2]
+        if (info.get("height", height), info.get("width", width)) != (height, width):
+            raise BadInputError(path, f"the JSON says {info['width']}x{info['height']} but the "
+                                f"image is {width}x{height}")
+        anns = coco.loadAnns(coco.getAnnIds(imgIds=image_id))
+        boxes, labels, texts, crowd, rejected = [], [], [], [], []
+        mask = np.zeros((height, width), np.uint8) if semantic_masks else None
+        for ann in anns:
+            x, y, w, h = ann["bbox"]
+            where = f"{annotations} annotation {ann['id']} (image {image_id})"
+            if w <= 0 or h <= 0:
+                rejected.append({"input": where, "reason": f"box of zero area {ann['bbox']}"})
+                continue
+            if x < 0 or y < 0 or x + w > width + 0.5 or y + h > height + 0.5:
+                rejected.append({"input": where, "reason": f"box {ann['bbox']} (x,y,w,h) outside "
+                                 f"the {width}x{height} image"})
+                continue
+            boxes.append([y / height, x / width, min(y + h, height) / height,
+                          min(x + w, width) / width])
+            labels.append(label_of[ann["category_id"]])
+            texts.append(names[labels[-1] - 1])
+            crowd.append(int(ann.get("iscrowd", 0)))
+            if mask is not None:
+                region = coco.annToMask(ann).astype(bool)
+                mask[region] = ignore_label if crowd[-1] else labels[-1]
+        if rejected and on_error == "fail":
+            raise BadInputError(rejected[0]["input"], rejected[0]["reason"])
+        return Record(
+            source_id=os.path.splitext(os.path.basename(info["file_name"]))[0],
+            image_bytes=data, image_format=fmt, height=height, width=width,
+            mask_png=None if mask is None else encode_png(mask),
+            boxes=np.asarray(boxes, np.float32).reshape(-1, 4),
+            labels=np.asarray(labels, np.int64), label_texts=texts,
+            is_crowd=np.asarray(crowd, np.int64), rejected=rejected,
+        )
+
+    return write_dataset(
+        output, items, make, num_shards=num_shards, workers=workers, on_error=on_error,
+        classes=names, ignore_label=ignore_label if semantic_masks else None,
+        task="detection+segmentation" if semantic_masks else "detection",
+        arguments={"converter": "coco", "annotations": annotations, "images": images,
+                   "semantic_masks": semantic_masks, "num_shards": num_shards,
+                   "on_error": on_error},
+        skipped=skipped, progress=progress,
+        extra={"box_label_offset": 1, "coco_category_ids": cat_ids},
+    )

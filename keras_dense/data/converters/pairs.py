@@ -1,0 +1,143 @@
+"""Converter for a folder of images and a folder of label masks matched by file stem."""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import numpy as np
+
+from keras_dense.data.classes import read_split_file, resolve_classes
+from keras_dense.data.errors import BadInputError
+from keras_dense.data.image_io import encode_png, list_images, read_image_file, read_mask_file
+from keras_dense.data.masks import check_mask, parse_remap, remap_lookup
+from keras_dense.data.schema import Record
+from keras_dense.data.writer import write_dataset
+
+
+def _stem(path: str) -> str:
+    return os.path.splitext(os.path.basename(path))[0]
+
+
+def convert_pairs(
+    images: str,
+    masks: str,
+    output: str,
+    num_shards: int = 1,
+    classes: Sequence[str] | str | None = None,
+    classes_file: str | None = None,
+    remap: Sequence[str] | None = None,
+    ignore_label: int = 255,
+    mask_suffix: str = "",
+    split_file: str | None = None,
+    on_error: str = "fail",
+    workers: int = 1,
+    progress: bool = True,
+) -> dict:
+    """Converts image/mask pairs into segmentation TFRecords.
+
+    The mask of `images/NAME.ext` is `masks/NAME{mask_suffix}.png`. Masks are single-channel
+    or palette PNGs of class ids; `remap` is applied before the checks.
+
+    Args:
+        images: Folder of images.
+        masks: Folder of masks.
+        output: `DIR/NAME` of the shards and manifest.
+        num_shards: Number of shards.
+        classes: Class names (`"a,b,c"` or a list); index = class id. Without classes (or a
+            classes file) the names become `class_0 ... class_K` with K the largest id found,
+            and values are not checked against a class list.
+        classes_file: File with one class name per line.
+        remap: `SRC:DST` pairs, e.g. `11:255` (void → ignore) or `255:1` (binarise).
+        ignore_label: The ignore value kept in masks.
+        mask_suffix: Suffix after the stem in mask names (e.g. `_mask`).
+        split_file: Optional file of stems to convert (first column of each line).
+        on_error: `"fail"` or `"skip"`.
+        workers: Encoding threads.
+        progress: Show a progress bar.
+
+    Returns:
+        The manifest.
+
+    Raises:
+        BadInputError: Bad or missing inputs (with `on_error="fail"`), or an empty folder.
+        ValueError: Bad arguments.
+    """
+    names = resolve_classes(classes, classes_file)
+    mapping = parse_remap(remap)
+    table = remap_lookup(mapping)
+    for folder, flag in ((images, "--images"), (masks, "--masks")):
+        if not os.path.isdir(folder):
+            raise BadInputError(folder, f"{flag}: no such folder")
+    image_files = list_images(images)
+    if not image_files:
+        raise BadInputError(images, "empty input folder: no image files "
+                            "(.jpg, .jpeg, .png, .bmp, .tif, .ppm, .webp)")
+    skipped: list[dict] = []
+    if split_file is not None:
+        wanted = read_split_file(split_file)
+        by_stem = {_stem(p): p for p in image_files}
+        missing = [s for s in wanted if s not in by_stem]
+        skipped += [{"input": f"{split_file}:{s}", "reason": "listed in the split file but no "
+                     f"image {s}.* in {images}"} for s in missing]
+        image_files = [by_stem[s] for s in wanted if s in by_stem]
+    pairs = []
+    for path in image_files:
+        mask_path = os.path.join(masks, _stem(path) + mask_suffix + ".png")
+        if os.path.isfile(mask_path):
+            pairs.append((path, mask_path))
+        else:
+            skipped.append({"input": path, "reason": f"image without an annotation: expected "
+                            f"mask {mask_path}"})
+    num_classes = len(names) if names is not None else None
+
+    def make(pair: tuple[str, str]) -> Record:
+        image_path, mask_path = pair
+        data, fmt, rgb = read_image_file(image_path)
+        mask = table[read_mask_file(mask_path)]
+        check_mask(mask, rgb.shape[:2], num_classes, ignore_label, mask_path)
+        return Record(
+            source_id=_stem(image_path),
+            image_bytes=data,
+            image_format=fmt,
+            height=rgb.shape[0],
+            width=rgb.shape[1],
+            channels=3,
+            mask_png=encode_png(mask),
+        )
+
+    if names is None:
+        names = _infer_class_names(pairs, table, ignore_label)
+    return write_dataset(
+        output,
+        pairs,
+        make,
+        item_name=lambda p: p[0],
+        num_shards=num_shards,
+        workers=workers,
+        on_error=on_error,
+        classes=names,
+        ignore_label=ignore_label,
+        task="segmentation",
+        arguments={"converter": "pairs", "images": images, "masks": masks,
+                   "num_shards": num_shards, "classes": classes, "classes_file": classes_file,
+                   "remap": list(remap or []), "ignore_label": ignore_label,
+                   "mask_suffix": mask_suffix, "split_file": split_file, "on_error": on_error},
+        skipped=skipped,
+        progress=progress,
+        extra={"classes_inferred": num_classes is None},
+    )
+
+
+def _infer_class_names(pairs, table: np.ndarray, ignore_label: int) -> list[str]:
+    """`class_0 ... class_K` where K is the largest non-ignore id in any readable mask."""
+    largest = 0
+    for _, mask_path in pairs:
+        try:
+            values = np.unique(table[read_mask_file(mask_path)])
+        except BadInputError:
+            continue  # reported (or skipped) when the pair itself is converted
+        values = values[values != ignore_label]
+        if values.size:
+            largest = max(largest, int(values.max()))
+    return [f"class_{i}" for i in range(largest + 1)]

@@ -1,0 +1,206 @@
+"""Converter for the PASCAL VOC devkit layout (segmentation or detection).
+
+Box convention: VOC boxes are 1-based inclusive pixel indices. They are stored normalised as
+continuous coordinates, `[(xmin - 1) / width, (ymin - 1) / height, xmax / width, ymax / height]`,
+so a box covering the whole image is exactly [0, 0, 1, 1].
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from typing import Sequence
+
+import numpy as np
+
+from keras_dense.data.classes import VOC_CLASSES, read_split_file, resolve_classes
+from keras_dense.data.errors import BadInputError
+from keras_dense.data.image_io import encode_png, read_image_file, read_mask_file
+from keras_dense.data.masks import check_mask
+from keras_dense.data.schema import Record
+from keras_dense.data.voc_xml import VocAnnotation, parse_voc_xml
+from keras_dense.data.writer import write_dataset
+
+
+def check_voc_boxes(annotation: VocAnnotation, width: int, height: int, classes: list[str]):
+    """Splits an annotation's objects into valid ones and rejected ones.
+
+    Args:
+        annotation: The parsed XML.
+        width: Decoded image width.
+        height: Decoded image height.
+        classes: Known class names (label = index + 1).
+
+    Returns:
+        `(boxes (n,4) normalised yxyx, labels, texts, difficult, rejected)` where `rejected`
+        lists `(source, reason)` for boxes outside the image, of zero area or of an unknown
+        class.
+    """
+    boxes, labels, texts, difficult, rejected = [], [], [], [], []
+    for k, obj in enumerate(annotation.objects):
+        where = f"{annotation.path} object #{k} ({obj.name})"
+        box = f"[xmin={obj.xmin:g}, ymin={obj.ymin:g}, xmax={obj.xmax:g}, ymax={obj.ymax:g}]"
+        if obj.name not in classes:
+            rejected.append((where, f"class {obj.name!r} is not in the class list {classes}"))
+        elif obj.xmax <= obj.xmin or obj.ymax <= obj.ymin:
+            rejected.append((where, f"box of zero area {box}"))
+        elif obj.xmin < 1 or obj.ymin < 1 or obj.xmax > width or obj.ymax > height:
+            rejected.append((where, f"box {box} outside the {width}x{height} image "
+                             "(VOC boxes are 1-based, inclusive)"))
+        else:
+            boxes.append([(obj.ymin - 1) / height, (obj.xmin - 1) / width,
+                          obj.ymax / height, obj.xmax / width])
+            labels.append(classes.index(obj.name) + 1)
+            texts.append(obj.name)
+            difficult.append(int(obj.difficult))
+    return (np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(labels, np.int64), texts,
+            np.asarray(difficult, np.int64), rejected)
+
+
+def _stems(root: str, task: str, split: str | None) -> tuple[list[str], str]:
+    sub = "Segmentation" if task == "segmentation" else "Main"
+    if split is not None:
+        split_path = os.path.join(root, "ImageSets", sub, f"{split}.txt")
+        if os.path.isfile(split_path):
+            return read_split_file(split_path), split_path
+    folder, ext = (("SegmentationClass", ".png") if task == "segmentation"
+                   else ("Annotations", ".xml"))
+    files = sorted(glob.glob(os.path.join(root, folder, "*" + ext)))
+    return [os.path.splitext(os.path.basename(f))[0] for f in files], os.path.join(root, folder)
+
+
+def convert_voc(
+    root: str,
+    output: str,
+    task: str = "segmentation",
+    split: str | None = None,
+    classes: Sequence[str] | str | None = None,
+    proposals: str = "none",
+    num_shards: int = 1,
+    on_error: str = "fail",
+    workers: int = 1,
+    progress: bool = True,
+) -> dict:
+    """Converts a VOC devkit folder into TFRecords.
+
+    Args:
+        root: Folder holding `JPEGImages/`, `Annotations/`, `SegmentationClass/`, `ImageSets/`.
+        output: `DIR/NAME` of the shards and manifest.
+        task: `"segmentation"` (palette masks; 255 kept as the ignore label) or `"detection"`.
+        split: Name of a split file in `ImageSets/{Segmentation,Main}/`; without it, or when
+            that file does not exist, every annotation is converted.
+        classes: Class names. Segmentation: id = index (default background + the VOC 20).
+            Detection: label = index + 1 (default the VOC 20 when every name found is one of
+            them, otherwise the sorted names found).
+        proposals: `"none"` or `"selective_search"` (OpenCV, fast mode, at most 2000 boxes).
+        num_shards: Number of shards.
+        on_error: `"fail"` or `"skip"`. With skip, a bad box is dropped on its own and listed.
+        workers: Encoding threads.
+        progress: Show a progress bar.
+
+    Returns:
+        The manifest.
+
+    Raises:
+        BadInputError: Bad inputs (with `on_error="fail"`), or no annotation at all.
+        ValueError: Bad arguments.
+    """
+    if task not in ("segmentation", "detection"):
+        raise ValueError(f"task={task!r}: expected 'segmentation' or 'detection'")
+    if proposals not in ("none", "selective_search"):
+        raise ValueError(f"proposals={proposals!r}: expected 'none' or 'selective_search'")
+    if not os.path.isdir(root):
+        raise BadInputError(root, "--root: no such folder")
+    stems, listing = _stems(root, task, split)
+    if not stems:
+        raise BadInputError(listing, f"empty input: no {task} annotations found")
+    names = resolve_classes(classes, None)
+    annotations: dict[str, VocAnnotation] = {}
+    skipped: list[dict] = []
+    if task == "detection":
+        for stem in stems:
+            xml = os.path.join(root, "Annotations", f"{stem}.xml")
+            if not os.path.isfile(xml):
+                skipped.append({"input": xml, "reason": "image without an annotation"})
+                continue
+            try:
+                annotations[stem] = parse_voc_xml(xml)
+            except BadInputError as err:
+                skipped.append({"input": err.source, "reason": err.reason})
+        if names is None:
+            found = sorted({o.name for a in annotations.values() for o in a.objects})
+            names = list(VOC_CLASSES) if set(found) <= set(VOC_CLASSES) else found
+        stems = [s for s in stems if s in annotations]
+    elif names is None:
+        names = ["background", *VOC_CLASSES]
+    propose = _proposal_fn(proposals)
+
+    def make(stem: str) -> Record:
+        if task == "segmentation":
+            return _segmentation_record(root, stem, names)
+        annotation = annotations[stem]
+        filename = annotation.filename or f"{stem}.jpg"
+        image_path = os.path.join(root, "JPEGImages", filename)
+        if not os.path.isfile(image_path):
+            image_path = os.path.join(root, "JPEGImages", f"{stem}.jpg")
+        if not os.path.isfile(image_path):
+            raise BadInputError(annotation.path, f"annotation without an image: expected "
+                                f"{image_path}")
+        data, fmt, rgb = read_image_file(image_path)
+        height, width = rgb.shape[:2]
+        if annotation.width and (annotation.width, annotation.height) != (width, height):
+            raise BadInputError(annotation.path, f"<size> says {annotation.width}x"
+                                f"{annotation.height} but the image is {width}x{height}")
+        boxes, labels, texts, difficult, rejected = check_voc_boxes(
+            annotation, width, height, names)
+        if rejected and on_error == "fail":
+            raise BadInputError(*rejected[0])
+        record = Record(stem, data, fmt, height, width, boxes=boxes, labels=labels,
+                        label_texts=texts, difficult=difficult,
+                        rejected=[{"input": s, "reason": r} for s, r in rejected])
+        if propose is not None:
+            pixel = propose(rgb)
+            record.proposals = pixel / np.array([height, width, height, width], np.float32)
+        return record
+
+    manifest_extra = {"box_label_offset": 1} if task == "detection" else {}
+    return write_dataset(
+        output,
+        stems,
+        make,
+        num_shards=num_shards,
+        workers=workers,
+        on_error=on_error,
+        classes=names,
+        ignore_label=255 if task == "segmentation" else None,
+        task=task,
+        arguments={"converter": "voc", "root": root, "task": task, "split": split,
+                   "classes": classes, "proposals": proposals, "num_shards": num_shards,
+                   "on_error": on_error},
+        skipped=skipped,
+        progress=progress,
+        extra=manifest_extra,
+    )
+
+
+def _segmentation_record(root: str, stem: str, names: list[str]) -> Record:
+    image_path = os.path.join(root, "JPEGImages", f"{stem}.jpg")
+    mask_path = os.path.join(root, "SegmentationClass", f"{stem}.png")
+    if not os.path.isfile(mask_path):
+        raise BadInputError(image_path, f"image without an annotation: expected {mask_path}")
+    if not os.path.isfile(image_path):
+        raise BadInputError(mask_path, f"annotation without an image: expected {image_path}")
+    data, fmt, rgb = read_image_file(image_path)
+    mask = read_mask_file(mask_path)
+    check_mask(mask, rgb.shape[:2], len(names), 255, mask_path)
+    return Record(stem, data, fmt, rgb.shape[0], rgb.shape[1], mask_png=encode_png(mask))
+
+
+def _proposal_fn(proposals: str):
+    if proposals == "none":
+        return None
+    try:
+        from keras_dense.detection.proposals import selective_search
+    except ImportError as err:  # pragma: no cover - depends on the detection package
+        raise ValueError(f"proposals='selective_search' is unavailable: {err}") from None
+    return selective_search

@@ -1,0 +1,153 @@
+"""The tf.data input pipeline for detection (Fast R-CNN style)."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import tensorflow as tf
+
+from keras_dense.data.normalization import check_mode, normalize
+from keras_dense.data.records_dataset import AUTOTUNE, records_dataset, with_seeds
+from keras_dense.data.schema import parse_serialized
+
+
+def fast_rcnn_scale(height: tf.Tensor, width: tf.Tensor, min_size: int, max_size: int):
+    """The resize factor: shorter side to `min_size`, longer side at most `max_size`."""
+    h = tf.cast(height, tf.float32)
+    w = tf.cast(width, tf.float32)
+    scale = min_size / tf.minimum(h, w)
+    return tf.minimum(scale, max_size / tf.maximum(h, w))
+
+
+def _pad_rows(values: tf.Tensor, rows: int) -> tf.Tensor:
+    pad = rows - tf.shape(values)[0]
+    paddings = [[0, pad]] + [[0, 0]] * (len(values.shape) - 1)
+    return tf.ensure_shape(tf.pad(values, paddings), [rows, *values.shape[1:]])
+
+
+def _flags_like(flags: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
+    """`flags` when it has one entry per label, otherwise all False."""
+    return tf.cond(tf.size(flags) == tf.size(labels), lambda: flags,
+                   lambda: tf.zeros_like(labels, tf.bool))
+
+
+def detection_dataset(
+    file_pattern: str | Sequence[str],
+    batch_size: int,
+    training: bool = False,
+    min_size: int = 600,
+    max_size: int = 1000,
+    flip: bool = True,
+    normalization: str | None = "caffe",
+    max_boxes: int = 100,
+    max_proposals: int = 2000,
+    keep_crowd: bool = False,
+    shuffle_buffer: int = 64,
+    cache: bool | str = False,
+    deterministic: bool | None = None,
+    seed: int | None = None,
+    drop_remainder: bool | None = None,
+    verify: bool = True,
+) -> tf.data.Dataset:
+    """Batches of images with padded boxes, labels and proposals.
+
+    Each image is resized so its shorter side is `min_size` and its longer side at most
+    `max_size` (the Fast R-CNN scale), then zero-padded (after normalisation, so padding is
+    the mean pixel) at the bottom and right to the largest image of the batch. Boxes and
+    proposals are converted to pixels of the resized image. Training flips images, boxes and
+    proposals together. Crowd boxes are left out unless `keep_crowd`.
+
+    Args:
+        file_pattern: Glob pattern(s) of TFRecord shards.
+        batch_size: Images per batch.
+        training: Shuffle and flip.
+        min_size: Target shorter side.
+        max_size: Cap on the longer side.
+        flip: Random horizontal flip when training.
+        normalization: `"caffe"` (VGG16), `"torch"`, `"tf"` or None.
+        max_boxes: Rows of the padded box tensors; an image with more boxes is an error.
+        max_proposals: Rows of the padded proposal tensor; more proposals are an error.
+        keep_crowd: Keep COCO crowd boxes in the targets.
+        shuffle_buffer: Records in the shuffle buffer.
+        cache: Cache serialized records in memory (True) or a file (str).
+        deterministic: Fix the element order of parallel stages.
+        seed: Seed of shuffling and flipping.
+        drop_remainder: Drop a last partial batch (default: True when training).
+        verify: Check shards before reading.
+
+    Returns:
+        A dataset of dicts: `images` (B,H,W,3) float32, `image_shape` (B,2) int32, `scale`
+        (B,), `boxes` (B,max_boxes,4) pixel yxyx, `labels` (B,max_boxes) int32 (0 = padding),
+        `difficult` (B,max_boxes) bool, `num_boxes` (B,), `proposals` (B,max_proposals,4),
+        `num_proposals` (B,), `source_id` (B,) string.
+    """
+    check_mode(normalization)
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size}: expected an integer >= 1")
+    if min_size < 1 or max_size < min_size:
+        raise ValueError(f"min_size={min_size}, max_size={max_size}: expected "
+                         "1 <= min_size <= max_size")
+    ds = records_dataset(file_pattern, training, seed, deterministic, cache, verify)
+    if training:
+        ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    ds = with_seeds(ds, seed)
+
+    def prepare(serialized, element_seed):
+        parsed = parse_serialized(serialized)
+        image = tf.io.decode_image(parsed["image_bytes"], channels=3, expand_animations=False)
+        image.set_shape([None, None, 3])
+        height, width = tf.shape(image)[0], tf.shape(image)[1]
+        scale = fast_rcnn_scale(height, width, min_size, max_size)
+        new_h = tf.cast(tf.round(tf.cast(height, tf.float32) * scale), tf.int32)
+        new_w = tf.cast(tf.round(tf.cast(width, tf.float32) * scale), tf.int32)
+        image = tf.image.resize(image, [new_h, new_w], antialias=False)
+        size = tf.cast(tf.stack([new_h, new_w, new_h, new_w]), tf.float32)
+        boxes, labels = parsed["boxes"], parsed["labels"]
+        # Records from other tools may lack the per-box flags: default them to False.
+        difficult = _flags_like(parsed["difficult"], labels)
+        crowd = _flags_like(parsed["is_crowd"], labels)
+        if not keep_crowd:
+            keep = tf.logical_not(crowd)
+            boxes = tf.boolean_mask(boxes, keep)
+            labels = tf.boolean_mask(labels, keep)
+            difficult = tf.boolean_mask(difficult, keep)
+        boxes = boxes * size
+        proposals = parsed["proposals"] * size
+        if training and flip:
+            do_flip = tf.random.stateless_uniform([], element_seed) < 0.5
+            w = tf.cast(new_w, tf.float32)
+
+            def mirror(b):
+                return tf.stack([b[:, 0], w - b[:, 3], b[:, 2], w - b[:, 1]], axis=1)
+
+            image = tf.where(do_flip, image[:, ::-1], image)
+            boxes = tf.cond(do_flip, lambda: mirror(boxes), lambda: boxes)
+            proposals = tf.cond(do_flip, lambda: mirror(proposals), lambda: proposals)
+        num_boxes = tf.shape(boxes)[0]
+        num_proposals = tf.shape(proposals)[0]
+        checks = [
+            tf.debugging.Assert(num_boxes <= max_boxes, [
+                "more boxes than max_boxes =", max_boxes, "in record", parsed["source_id"],
+                ":", num_boxes]),
+            tf.debugging.Assert(num_proposals <= max_proposals, [
+                "more proposals than max_proposals =", max_proposals, "in record",
+                parsed["source_id"], ":", num_proposals]),
+        ]
+        with tf.control_dependencies(checks):
+            return {
+                "images": normalize(image, normalization),
+                "image_shape": tf.stack([new_h, new_w]),
+                "scale": scale,
+                "boxes": _pad_rows(boxes, max_boxes),
+                "labels": _pad_rows(labels, max_boxes),
+                "difficult": _pad_rows(difficult, max_boxes),
+                "num_boxes": num_boxes,
+                "proposals": _pad_rows(proposals, max_proposals),
+                "num_proposals": num_proposals,
+                "source_id": parsed["source_id"],
+            }
+
+    ds = ds.map(prepare, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+    drop = training if drop_remainder is None else drop_remainder
+    ds = ds.padded_batch(batch_size, drop_remainder=drop)
+    return ds.prefetch(AUTOTUNE)

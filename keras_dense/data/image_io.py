@@ -1,0 +1,180 @@
+"""Reading images and label masks from files, with explicit checks for damaged files."""
+
+from __future__ import annotations
+
+import os
+import struct
+import zlib
+
+import cv2
+import numpy as np
+
+from keras_dense.data.errors import BadInputError
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+JPEG_SOI = b"\xff\xd8"
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".ppm", ".webp")
+
+
+def sniff_format(data: bytes) -> str | None:
+    """Returns `"jpeg"`, `"png"` or None from the leading bytes."""
+    if data.startswith(PNG_SIGNATURE):
+        return "png"
+    if data.startswith(JPEG_SOI):
+        return "jpeg"
+    return None
+
+
+def _check_complete(data: bytes, fmt: str | None, path: str) -> None:
+    """Rejects truncated JPEG/PNG files, which decoders often accept with a warning."""
+    if fmt == "jpeg" and b"\xff\xd9" not in data[-64:]:
+        raise BadInputError(path, "truncated JPEG: the end-of-image marker is missing")
+    if fmt == "png" and b"IEND" not in data[-32:]:
+        raise BadInputError(path, "truncated PNG: the IEND chunk is missing")
+
+
+def read_image_file(path: str) -> tuple[bytes, str, np.ndarray]:
+    """Reads and validates an image file.
+
+    JPEG and PNG bytes are kept as they are (no re-encoding, no quality loss); other formats
+    are re-encoded as PNG.
+
+    Args:
+        path: The image file.
+
+    Returns:
+        `(encoded_bytes, format, rgb)` where `rgb` is the decoded (H, W, 3) uint8 array.
+
+    Raises:
+        BadInputError: The file is empty, truncated or not a decodable image.
+    """
+    with open(path, "rb") as f:
+        data = f.read()
+    if not data:
+        raise BadInputError(path, "empty file, expected a JPEG or PNG image")
+    fmt = sniff_format(data)
+    _check_complete(data, fmt, path)
+    array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if array is None:
+        raise BadInputError(path, "not a decodable image (expected JPEG, PNG or another format "
+                            "OpenCV reads)")
+    rgb = cv2.cvtColor(array, cv2.COLOR_BGR2RGB)
+    if fmt is None:
+        data = encode_png(rgb)
+        fmt = "png"
+    return data, fmt, rgb
+
+
+def _png_chunks(data: bytes, path: str):
+    pos = len(PNG_SIGNATURE)
+    while pos + 8 <= len(data):
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        kind = data[pos + 4 : pos + 8]
+        yield kind, data[pos + 8 : pos + 8 + length]
+        pos += 12 + length
+        if kind == b"IEND":
+            return
+    raise BadInputError(path, "truncated PNG: the IEND chunk is missing")
+
+
+def _chunk(kind: bytes, payload: bytes) -> bytes:
+    crc = zlib.crc32(kind + payload) & 0xFFFFFFFF
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", crc)
+
+
+def palette_indices(data: bytes, path: str = "<bytes>") -> np.ndarray | None:
+    """Decodes a palette PNG to its palette indices (not colours).
+
+    Decoders expand palettes to colours. Here the palette is replaced by the identity grey
+    palette (entry i = (i, i, i)), so the decoded colour of each pixel is its index.
+
+    Args:
+        data: PNG bytes.
+        path: Name used in error messages.
+
+    Returns:
+        (H, W) uint8 indices, or None when the PNG has no palette.
+    """
+    chunks = list(_png_chunks(data, path))
+    header = dict(chunks).get(b"IHDR")
+    if header is None or header[9] != 3:  # colour type 3 = indexed
+        return None
+    out = [PNG_SIGNATURE]
+    for kind, payload in chunks:
+        if kind == b"PLTE":
+            entries = len(payload) // 3
+            payload = bytes(np.repeat(np.arange(entries, dtype=np.uint8), 3))
+        elif kind == b"tRNS":
+            continue
+        out.append(_chunk(kind, payload))
+    decoded = cv2.imdecode(np.frombuffer(b"".join(out), np.uint8), cv2.IMREAD_COLOR)
+    if decoded is None:
+        raise BadInputError(path, "corrupt palette PNG")
+    return decoded[:, :, 0].copy()
+
+
+def read_mask_file(path: str) -> np.ndarray:
+    """Reads a label mask: a single-channel or palette PNG of class ids.
+
+    Args:
+        path: The mask file.
+
+    Returns:
+        (H, W) uint8 class ids (palette indices for palette PNGs).
+
+    Raises:
+        BadInputError: The file is damaged, not a PNG, or not single-channel 8-bit.
+    """
+    with open(path, "rb") as f:
+        data = f.read()
+    if sniff_format(data) != "png":
+        raise BadInputError(path, "expected a single-channel or palette PNG mask (lossless); "
+                            "JPEG masks corrupt class ids")
+    _check_complete(data, "png", path)
+    indices = palette_indices(data, path)
+    if indices is not None:
+        return indices
+    mask = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if mask is None:
+        raise BadInputError(path, "corrupt PNG mask")
+    if mask.ndim == 3:
+        channels = mask[:, :, :3]
+        if not (np.array_equal(channels[..., 0], channels[..., 1])
+                and np.array_equal(channels[..., 0], channels[..., 2])):
+            raise BadInputError(path, f"mask has {mask.shape[2]} distinct colour channels; "
+                                "expected a single-channel or palette PNG of class ids")
+        mask = channels[..., 0]
+    if mask.dtype != np.uint8:
+        if mask.max() > 255:
+            raise BadInputError(path, f"mask is {mask.dtype} with values up to {mask.max()}; "
+                                "expected 8-bit class ids")
+        mask = mask.astype(np.uint8)
+    return mask
+
+
+def encode_png(array: np.ndarray) -> bytes:
+    """Encodes an RGB (H, W, 3) or single-channel (H, W) uint8 array as PNG bytes."""
+    if array.ndim == 3:
+        array = cv2.cvtColor(array, cv2.COLOR_RGB2BGR)
+    ok, buf = cv2.imencode(".png", array)
+    if not ok:
+        raise ValueError("PNG encoding failed")
+    return buf.tobytes()
+
+
+def encode_jpeg(rgb: np.ndarray, quality: int = 95) -> bytes:
+    """Encodes an RGB (H, W, 3) uint8 array as JPEG bytes."""
+    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR),
+                           [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise ValueError("JPEG encoding failed")
+    return buf.tobytes()
+
+
+def list_images(folder: str) -> list[str]:
+    """Sorted image files (by extension) directly inside `folder`."""
+    return sorted(
+        os.path.join(folder, name)
+        for name in os.listdir(folder)
+        if name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith(".")
+    )

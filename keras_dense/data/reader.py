@@ -1,0 +1,76 @@
+"""Reading records back as NumPy arrays (for tests, tools and inspection)."""
+
+from __future__ import annotations
+
+from typing import Iterator, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from keras_dense.data.errors import BadInputError
+from keras_dense.data.schema import parse_serialized
+from keras_dense.data.tfrecord_files import resolve_files
+
+
+def decode_record(serialized: bytes, source: str = "<record>") -> dict:
+    """Decodes one serialized Example into NumPy arrays.
+
+    Args:
+        serialized: The Example bytes.
+        source: Name used in error messages.
+
+    Returns:
+        A dict with `source_id` (str) and `image` (H, W, 3) uint8; when present `mask`
+        (H, W) uint8, `boxes` (n, 4) float32 normalised yxyx, `labels` (n,) int64,
+        `difficult` (n,) bool, `is_crowd` (n,) bool and `proposals` (m, 4) float32.
+
+    Raises:
+        BadInputError: The record cannot be parsed or its image/mask cannot be decoded.
+    """
+    try:
+        parsed = parse_serialized(tf.constant(serialized))
+        out = {
+            "source_id": parsed["source_id"].numpy().decode(),
+            "image": tf.io.decode_image(parsed["image_bytes"], channels=3,
+                                        expand_animations=False).numpy(),
+        }
+        if parsed["mask_bytes"].numpy():
+            out["mask"] = tf.io.decode_png(parsed["mask_bytes"], channels=1).numpy()[..., 0]
+    except (tf.errors.InvalidArgumentError, UnicodeDecodeError) as err:
+        raise BadInputError(source, f"undecodable record ({str(err).splitlines()[0]})") from None
+    boxes = parsed["boxes"].numpy()
+    if boxes.shape[0] or parsed["labels"].shape[0]:
+        out["boxes"] = boxes.astype(np.float32)
+        out["labels"] = parsed["labels"].numpy().astype(np.int64)
+        n = len(out["labels"])
+        difficult = parsed["difficult"].numpy()
+        crowd = parsed["is_crowd"].numpy()
+        out["difficult"] = difficult if len(difficult) == n else np.zeros(n, bool)
+        out["is_crowd"] = crowd if len(crowd) == n else np.zeros(n, bool)
+    proposals = parsed["proposals"].numpy()
+    if proposals.shape[0]:
+        out["proposals"] = proposals.astype(np.float32)
+    return out
+
+
+def read_examples(file_pattern: str | Sequence[str]) -> Iterator[dict]:
+    """Yields every record of the matching shards, in file order, as NumPy arrays.
+
+    Args:
+        file_pattern: A glob pattern (or list of patterns) of TFRecord files.
+
+    Yields:
+        Dicts as described in `decode_record`.
+
+    Raises:
+        BadInputError: No file matches, or a file is truncated or corrupt (named).
+    """
+    for path in resolve_files(file_pattern):
+        index = 0
+        try:
+            for serialized in tf.data.TFRecordDataset(path):
+                yield decode_record(serialized.numpy(), f"{path} record {index}")
+                index += 1
+        except tf.errors.DataLossError as err:
+            raise BadInputError(path, f"truncated or corrupt TFRecord after record {index} "
+                                f"({str(err).splitlines()[0]})") from None

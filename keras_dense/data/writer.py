@@ -1,0 +1,232 @@
+"""Writing records into TFRecord shards with a manifest, atomically and deterministically."""
+
+from __future__ import annotations
+
+import collections
+import glob
+import hashlib
+import json
+import os
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Iterable, Iterator, Sequence
+
+import tensorflow as tf
+
+from keras_dense.data.errors import BadInputError
+from keras_dense.data.schema import Record, serialize_record
+
+MANIFEST_FORMAT = "keras_dense.tfrecords/1"
+
+
+def shard_paths(output: str, num_shards: int) -> list[str]:
+    """The shard file names for `--output DIR/NAME`: `NAME-00000-of-0000N.tfrecord`."""
+    return [f"{output}-{i:05d}-of-{num_shards:05d}.tfrecord" for i in range(num_shards)]
+
+
+def manifest_path(output: str) -> str:
+    """The manifest written beside the shards: `DIR/NAME.json`."""
+    return f"{output}.json"
+
+
+def atomic_write_bytes(path: str, data: bytes) -> None:
+    """Writes `data` to `path` through a temporary file and a rename."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def _ordered_map(fn: Callable, items: Sequence, workers: int) -> Iterator:
+    """`map(fn, items)` on a thread pool, in order, with a bounded number of pending results."""
+    if workers <= 1:
+        yield from map(fn, items)
+        return
+    with ThreadPoolExecutor(workers) as pool:
+        pending: collections.deque = collections.deque()
+        it = iter(items)
+        for item in it:
+            pending.append(pool.submit(fn, item))
+            if len(pending) >= 4 * workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+class _Progress:
+    """A one-line progress bar on stderr (redrawn only on a terminal)."""
+
+    def __init__(self, total: int, label: str, enabled: bool):
+        self.total, self.label, self.enabled = total, label, enabled
+        self.tty = sys.stderr.isatty()
+        self.start = time.monotonic()
+        self.done = 0
+
+    def update(self) -> None:
+        self.done += 1
+        if self.enabled and self.tty and (self.done == self.total or self.done % 10 == 0):
+            width = 30
+            filled = int(width * self.done / max(self.total, 1))
+            rate = self.done / max(time.monotonic() - self.start, 1e-9)
+            sys.stderr.write(
+                f"\r{self.label} [{'=' * filled}{'.' * (width - filled)}] "
+                f"{self.done}/{self.total} {rate:.1f} img/s"
+            )
+            sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.enabled and self.tty:
+            sys.stderr.write("\n")
+
+
+def write_dataset(
+    output: str,
+    items: Sequence,
+    make_record: Callable[[object], Record],
+    *,
+    item_name: Callable[[object], str] = str,
+    num_shards: int = 1,
+    workers: int = 1,
+    on_error: str = "fail",
+    classes: Sequence[str] = (),
+    ignore_label: int | None = 255,
+    task: str = "segmentation",
+    arguments: dict | None = None,
+    skipped: Iterable[dict] = (),
+    extra: dict | None = None,
+    progress: bool = True,
+) -> dict:
+    """Converts `items` into TFRecord shards plus a manifest.
+
+    Record `i` goes to shard `i % num_shards`, so the output depends only on the inputs and
+    arguments. Each shard is written to a temporary name and renamed when complete; the
+    manifest is written last, also atomically.
+
+    Args:
+        output: `DIR/NAME`; shards are `DIR/NAME-0000k-of-0000N.tfrecord`, the manifest
+            `DIR/NAME.json`.
+        items: The inputs, in a deterministic order.
+        make_record: Loads, validates and encodes one item; raises `BadInputError` on bad input.
+        item_name: Names an item in the manifest's skip list.
+        num_shards: Number of shards (>= 1).
+        workers: Threads used to load and encode (OpenCV releases the GIL).
+        on_error: `"fail"` stops at the first bad input; `"skip"` records it in the manifest.
+        classes: Class names; index = class id.
+        ignore_label: The mask value ignored in losses and metrics (None for detection).
+        task: `"segmentation"` or `"detection"`.
+        arguments: The converter's arguments, stored in the manifest.
+        skipped: Inputs the converter already rejected (`{"input": ..., "reason": ...}`).
+        extra: More manifest fields.
+        progress: Show a progress bar on a terminal.
+
+    Returns:
+        The manifest as a dict.
+
+    Raises:
+        BadInputError: With `on_error="fail"`, the first bad input; or when no record is usable.
+        ValueError: Bad arguments.
+    """
+    if on_error not in ("fail", "skip"):
+        raise ValueError(f"on_error={on_error!r}: expected 'fail' or 'skip'")
+    if num_shards < 1:
+        raise ValueError(f"num_shards={num_shards}: expected an integer >= 1")
+    skipped = list(skipped)
+    if skipped and on_error == "fail":
+        first = skipped[0]
+        raise BadInputError(first["input"], first["reason"])
+    directory = os.path.dirname(os.path.abspath(output))
+    os.makedirs(directory, exist_ok=True)
+    paths = shard_paths(output, num_shards)
+    tmp_paths = [f"{p}.tmp-{os.getpid()}" for p in paths]
+
+    def load(item):
+        try:
+            return item, make_record(item), None
+        except BadInputError as err:
+            return item, None, err
+
+    counts = [0] * num_shards
+    hashes = [hashlib.sha256() for _ in range(num_shards)]
+    num_images = num_boxes = 0
+    label = os.path.basename(output)
+    bar = _Progress(len(items), f"converting {label}", progress)
+    writers = [tf.io.TFRecordWriter(p) for p in tmp_paths]
+    try:
+        index = 0
+        for item, record, err in _ordered_map(load, items, workers):
+            bar.update()
+            if err is not None:
+                if on_error == "fail":
+                    raise err
+                skipped.append({"input": err.source, "reason": err.reason})
+                continue
+            skipped.extend(record.rejected)
+            data = serialize_record(record)
+            shard = index % num_shards
+            writers[shard].write(data)
+            counts[shard] += 1
+            num_images += 1
+            num_boxes += 0 if record.boxes is None else len(record.boxes)
+            index += 1
+        for w in writers:
+            w.close()
+        if num_images == 0:
+            raise BadInputError(output, f"no usable input: all {len(items)} inputs were "
+                                "rejected (see the reasons above or use --on-error fail)")
+        for tmp, digest in zip(tmp_paths, hashes):
+            with open(tmp, "rb") as f:
+                for block in iter(lambda f=f: f.read(1 << 20), b""):
+                    digest.update(block)
+        for tmp, path in zip(tmp_paths, paths):
+            os.replace(tmp, path)
+    finally:
+        bar.close()
+        for w in writers:
+            w.close()
+        for tmp in tmp_paths:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+    _remove_stale_shards(output, paths)
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "name": os.path.basename(output),
+        "task": task,
+        "classes": list(classes),
+        "num_classes": len(classes),
+        "ignore_label": ignore_label,
+        "num_images": num_images,
+        "num_boxes": num_boxes,
+        "shards": [
+            {"file": os.path.basename(p), "records": c, "sha256": h.hexdigest()}
+            for p, c, h in zip(paths, counts, hashes)
+        ],
+        "arguments": arguments or {},
+        "skipped": skipped,
+        **(extra or {}),
+    }
+    atomic_write_bytes(manifest_path(output), (json.dumps(manifest, indent=2) + "\n").encode())
+    return manifest
+
+
+def _remove_stale_shards(output: str, keep: list[str]) -> None:
+    """Removes shards of an earlier conversion to the same name with another shard count."""
+    keep_set = {os.path.abspath(p) for p in keep}
+    for path in glob.glob(glob.escape(output) + "-[0-9][0-9][0-9][0-9][0-9]-of-*.tfrecord"):
+        if os.path.abspath(path) not in keep_set:
+            os.remove(path)
+
+
+def summarize(manifest: dict) -> str:
+    """A one-paragraph human summary of a conversion."""
+    shards = manifest["shards"]
+    lines = [
+        f"wrote {manifest['num_images']} images"
+        + (f", {manifest['num_boxes']} boxes" if manifest["task"] == "detection" else "")
+        + f" to {len(shards)} shard(s) '{manifest['name']}-*-of-{len(shards):05d}.tfrecord'",
+        f"classes ({manifest['num_classes']}): {', '.join(manifest['classes'])}",
+    ]
+    if manifest["skipped"]:
+        lines.append(f"skipped {len(manifest['skipped'])} input(s):")
+        lines += [f"  {s['input']}: {s['reason']}" for s in manifest["skipped"]]
+    return "\n".join(lines)
