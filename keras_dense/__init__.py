@@ -7,7 +7,8 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 
 from keras_dense import apps, data, layers
+from keras_dense.tiling import predict_tiled
 
 __version__ = "0.1.0"
 
-__all__ = ["apps", "data", "layers", "__version__"]
+__all__ = ["apps", "data", "layers", "predict_tiled", "__version__"]

@@ -5,19 +5,26 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 
 def _add_common_convert_args(parser: argparse.ArgumentParser, on_error: bool = True) -> None:
-    parser.add_argument("--output", required=True,
-                        help="DIR/NAME: writes DIR/NAME-0000k-of-0000N.tfrecord and DIR/NAME.json")
+    parser.add_argument(
+        "--output",
+        required=True,
+        help="DIR/NAME: writes DIR/NAME-0000k-of-0000N.tfrecord and DIR/NAME.json",
+    )
     parser.add_argument("--num-shards", type=int, default=1, help="number of shards (default 1)")
-    parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
-                        help="parallel encoding threads")
+    parser.add_argument(
+        "--workers", type=int, default=min(4, os.cpu_count() or 1), help="parallel encoding threads"
+    )
     if on_error:
-        parser.add_argument("--on-error", choices=("fail", "skip"), default="fail",
-                            help="stop at the first bad input (default) or skip and list it "
-                            "in the manifest")
+        parser.add_argument(
+            "--on-error",
+            choices=("fail", "skip"),
+            default="fail",
+            help="stop at the first bad input (default) or skip and list it in the manifest",
+        )
 
 
 def _convert_parser(sub) -> None:
@@ -30,8 +37,13 @@ def _convert_parser(sub) -> None:
     group = pairs.add_mutually_exclusive_group()
     group.add_argument("--classes", help="comma-separated class names (index = class id)")
     group.add_argument("--classes-file", help="file with one class name per line")
-    pairs.add_argument("--remap", nargs="+", default=[], metavar="SRC:DST",
-                       help="remap mask values, e.g. 11:255 (void -> ignore), 255:1")
+    pairs.add_argument(
+        "--remap",
+        nargs="+",
+        default=[],
+        metavar="SRC:DST",
+        help="remap mask values, e.g. 11:255 (void -> ignore), 255:1",
+    )
     pairs.add_argument("--ignore-label", type=int, default=255)
     pairs.add_argument("--mask-suffix", default="", help="suffix after the stem in mask names")
     pairs.add_argument("--split-file", help="file listing the stems to convert")
@@ -48,8 +60,11 @@ def _convert_parser(sub) -> None:
     coco = formats.add_parser("coco", help="COCO instances JSON")
     coco.add_argument("--annotations", required=True, help="instances_*.json")
     coco.add_argument("--images", required=True, help="image folder")
-    coco.add_argument("--semantic-masks", action="store_true",
-                      help="also write semantic masks (needs pycocotools)")
+    coco.add_argument(
+        "--semantic-masks",
+        action="store_true",
+        help="also write semantic masks (needs pycocotools)",
+    )
     _add_common_convert_args(coco)
 
     shapes = formats.add_parser("shapes", help="the built-in synthetic shapes set")
@@ -62,23 +77,44 @@ def _convert_parser(sub) -> None:
 def _run_convert(args: argparse.Namespace) -> dict:
     from keras_dense import data
 
-    common = {"output": args.output, "num_shards": args.num_shards, "workers": args.workers,
-              "progress": True}
+    common = {
+        "output": args.output,
+        "num_shards": args.num_shards,
+        "workers": args.workers,
+        "progress": True,
+    }
     if args.format == "pairs":
         return data.convert_pairs(
-            args.images, args.masks, classes=args.classes, classes_file=args.classes_file,
-            remap=args.remap, ignore_label=args.ignore_label, mask_suffix=args.mask_suffix,
-            split_file=args.split_file, on_error=args.on_error, **common)
+            args.images,
+            args.masks,
+            classes=args.classes,
+            classes_file=args.classes_file,
+            remap=args.remap,
+            ignore_label=args.ignore_label,
+            mask_suffix=args.mask_suffix,
+            split_file=args.split_file,
+            on_error=args.on_error,
+            **common,
+        )
     if args.format == "voc":
-        return data.convert_voc(args.root, task=args.task, split=args.split,
-                                classes=args.classes, proposals=args.proposals,
-                                on_error=args.on_error, **common)
+        return data.convert_voc(
+            args.root,
+            task=args.task,
+            split=args.split,
+            classes=args.classes,
+            proposals=args.proposals,
+            on_error=args.on_error,
+            **common,
+        )
     if args.format == "coco":
-        return data.convert_coco(args.annotations, args.images,
-                                 semantic_masks=args.semantic_masks, on_error=args.on_error,
-                                 **common)
-    return data.convert_shapes(num_images=args.num_images, size=args.size, seed=args.seed,
-                               **common)
+        return data.convert_coco(
+            args.annotations,
+            args.images,
+            semantic_masks=args.semantic_masks,
+            on_error=args.on_error,
+            **common,
+        )
+    return data.convert_shapes(num_images=args.num_images, size=args.size, seed=args.seed, **common)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -76,8 +76,9 @@ def scale_crop_flip(
     index = tf.zeros([1], tf.int32)
     out_image = tf.image.crop_and_resize(image[None], boxes, index, size, "bilinear", 0.0)[0]
     mask_f = tf.cast(mask[None, :, :, None], tf.float32)
-    out_mask = tf.image.crop_and_resize(mask_f, boxes, index, size, "nearest",
-                                        float(ignore_label))[0, :, :, 0]
+    out_mask = tf.image.crop_and_resize(mask_f, boxes, index, size, "nearest", float(ignore_label))[
+        0, :, :, 0
+    ]
     return out_image, tf.cast(out_mask, tf.int32)
 
 

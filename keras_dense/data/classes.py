@@ -3,16 +3,35 @@
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 VOC_CLASSES = (
-    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
-    "train", "tvmonitor",
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
+    "tvmonitor",
 )
 
 
-def resolve_classes(classes: Sequence[str] | str | None, classes_file: str | None) -> list[str] | None:
+def resolve_classes(
+    classes: Sequence[str] | str | None, classes_file: str | None
+) -> list[str] | None:
     """Returns the class names from `--classes a,b,c` or `--classes-file F` (one per line).
 
     Args:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import tensorflow as tf
 
@@ -27,8 +27,9 @@ def _pad_rows(values: tf.Tensor, rows: int) -> tf.Tensor:
 
 def _flags_like(flags: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
     """`flags` when it has one entry per label, otherwise all False."""
-    return tf.cond(tf.size(flags) == tf.size(labels), lambda: flags,
-                   lambda: tf.zeros_like(labels, tf.bool))
+    return tf.cond(
+        tf.size(flags) == tf.size(labels), lambda: flags, lambda: tf.zeros_like(labels, tf.bool)
+    )
 
 
 def detection_dataset(
@@ -85,8 +86,9 @@ def detection_dataset(
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size}: expected an integer >= 1")
     if min_size < 1 or max_size < min_size:
-        raise ValueError(f"min_size={min_size}, max_size={max_size}: expected "
-                         "1 <= min_size <= max_size")
+        raise ValueError(
+            f"min_size={min_size}, max_size={max_size}: expected 1 <= min_size <= max_size"
+        )
     ds = records_dataset(file_pattern, training, seed, deterministic, cache, verify)
     if training:
         ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
@@ -126,12 +128,28 @@ def detection_dataset(
         num_boxes = tf.shape(boxes)[0]
         num_proposals = tf.shape(proposals)[0]
         checks = [
-            tf.debugging.Assert(num_boxes <= max_boxes, [
-                "more boxes than max_boxes =", max_boxes, "in record", parsed["source_id"],
-                ":", num_boxes]),
-            tf.debugging.Assert(num_proposals <= max_proposals, [
-                "more proposals than max_proposals =", max_proposals, "in record",
-                parsed["source_id"], ":", num_proposals]),
+            tf.debugging.Assert(
+                num_boxes <= max_boxes,
+                [
+                    "more boxes than max_boxes =",
+                    max_boxes,
+                    "in record",
+                    parsed["source_id"],
+                    ":",
+                    num_boxes,
+                ],
+            ),
+            tf.debugging.Assert(
+                num_proposals <= max_proposals,
+                [
+                    "more proposals than max_proposals =",
+                    max_proposals,
+                    "in record",
+                    parsed["source_id"],
+                    ":",
+                    num_proposals,
+                ],
+            ),
         ]
         with tf.control_dependencies(checks):
             return {

@@ -56,8 +56,9 @@ def read_image_file(path: str) -> tuple[bytes, str, np.ndarray]:
     _check_complete(data, fmt, path)
     array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if array is None:
-        raise BadInputError(path, "not a decodable image (expected JPEG, PNG or another format "
-                            "OpenCV reads)")
+        raise BadInputError(
+            path, "not a decodable image (expected JPEG, PNG or another format OpenCV reads)"
+        )
     rgb = cv2.cvtColor(array, cv2.COLOR_BGR2RGB)
     if fmt is None:
         data = encode_png(rgb)
@@ -128,8 +129,11 @@ def read_mask_file(path: str) -> np.ndarray:
     with open(path, "rb") as f:
         data = f.read()
     if sniff_format(data) != "png":
-        raise BadInputError(path, "expected a single-channel or palette PNG mask (lossless); "
-                            "JPEG masks corrupt class ids")
+        raise BadInputError(
+            path,
+            "expected a single-channel or palette PNG mask (lossless); "
+            "JPEG masks corrupt class ids",
+        )
     _check_complete(data, "png", path)
     indices = palette_indices(data, path)
     if indices is not None:
@@ -139,15 +143,22 @@ def read_mask_file(path: str) -> np.ndarray:
         raise BadInputError(path, "corrupt PNG mask")
     if mask.ndim == 3:
         channels = mask[:, :, :3]
-        if not (np.array_equal(channels[..., 0], channels[..., 1])
-                and np.array_equal(channels[..., 0], channels[..., 2])):
-            raise BadInputError(path, f"mask has {mask.shape[2]} distinct colour channels; "
-                                "expected a single-channel or palette PNG of class ids")
+        if not (
+            np.array_equal(channels[..., 0], channels[..., 1])
+            and np.array_equal(channels[..., 0], channels[..., 2])
+        ):
+            raise BadInputError(
+                path,
+                f"mask has {mask.shape[2]} distinct colour channels; "
+                "expected a single-channel or palette PNG of class ids",
+            )
         mask = channels[..., 0]
     if mask.dtype != np.uint8:
         if mask.max() > 255:
-            raise BadInputError(path, f"mask is {mask.dtype} with values up to {mask.max()}; "
-                                "expected 8-bit class ids")
+            raise BadInputError(
+                path,
+                f"mask is {mask.dtype} with values up to {mask.max()}; expected 8-bit class ids",
+            )
         mask = mask.astype(np.uint8)
     return mask
 
@@ -164,8 +175,9 @@ def encode_png(array: np.ndarray) -> bytes:
 
 def encode_jpeg(rgb: np.ndarray, quality: int = 95) -> bytes:
     """Encodes an RGB (H, W, 3) uint8 array as JPEG bytes."""
-    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR),
-                           [cv2.IMWRITE_JPEG_QUALITY, quality])
+    ok, buf = cv2.imencode(
+        ".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality]
+    )
     if not ok:
         raise ValueError("JPEG encoding failed")
     return buf.tobytes()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -64,16 +64,19 @@ def check_mask(
     """
     if mask.shape[:2] != tuple(image_shape):
         raise BadInputError(
-            source, f"mask size {mask.shape[1]}x{mask.shape[0]} differs from its image's "
-            f"{image_shape[1]}x{image_shape[0]} (width x height)"
+            source,
+            f"mask size {mask.shape[1]}x{mask.shape[0]} differs from its image's "
+            f"{image_shape[1]}x{image_shape[0]} (width x height)",
         )
     if num_classes is None:
         return
     values = np.unique(mask)
-    bad = values[(values >= num_classes) & (values != (-1 if ignore_label is None else
-                                                        ignore_label))]
+    bad = values[
+        (values >= num_classes) & (values != (-1 if ignore_label is None else ignore_label))
+    ]
     if bad.size:
         raise BadInputError(
-            source, f"mask values {bad.tolist()} are neither a class id in [0, {num_classes}) "
-            f"nor the ignore label {ignore_label}; use --remap or --classes"
+            source,
+            f"mask values {bad.tolist()} are neither a class id in [0, {num_classes}) "
+            f"nor the ignore label {ignore_label}; use --remap or --classes",
         )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -31,8 +31,9 @@ def decode_record(serialized: bytes, source: str = "<record>") -> dict:
         parsed = parse_serialized(tf.constant(serialized))
         out = {
             "source_id": parsed["source_id"].numpy().decode(),
-            "image": tf.io.decode_image(parsed["image_bytes"], channels=3,
-                                        expand_animations=False).numpy(),
+            "image": tf.io.decode_image(
+                parsed["image_bytes"], channels=3, expand_animations=False
+            ).numpy(),
         }
         if parsed["mask_bytes"].numpy():
             out["mask"] = tf.io.decode_png(parsed["mask_bytes"], channels=1).numpy()[..., 0]
@@ -72,5 +73,7 @@ def read_examples(file_pattern: str | Sequence[str]) -> Iterator[dict]:
                 yield decode_record(serialized.numpy(), f"{path} record {index}")
                 index += 1
         except tf.errors.DataLossError as err:
-            raise BadInputError(path, f"truncated or corrupt TFRecord after record {index} "
-                                f"({str(err).splitlines()[0]})") from None
+            raise BadInputError(
+                path,
+                f"truncated or corrupt TFRecord after record {index} ({str(err).splitlines()[0]})",
+            ) from None

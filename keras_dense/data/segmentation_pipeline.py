@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import tensorflow as tf
 
@@ -15,13 +15,14 @@ from keras_dense.data.schema import parse_serialized
 def decode_image_and_mask(serialized: tf.Tensor, channels: int = 3):
     """Parses a record and decodes its image (uint8) and mask (int32, (H, W))."""
     parsed = parse_serialized(serialized)
-    image = tf.io.decode_image(parsed["image_bytes"], channels=channels,
-                               expand_animations=False)
+    image = tf.io.decode_image(parsed["image_bytes"], channels=channels, expand_animations=False)
     image.set_shape([None, None, channels])
     has_mask = tf.debugging.Assert(
         tf.strings.length(parsed["mask_bytes"]) > 0,
-        ["record has no segmentation mask (image/segmentation/class/encoded); source_id:",
-         parsed["source_id"]],
+        [
+            "record has no segmentation mask (image/segmentation/class/encoded); source_id:",
+            parsed["source_id"],
+        ],
     )
     with tf.control_dependencies([has_mask]):
         mask = tf.io.decode_png(parsed["mask_bytes"], channels=1)[:, :, 0]
@@ -99,15 +100,15 @@ def segmentation_dataset(
         def train_map(serialized, element_seed):
             image, mask, _ = decode_image_and_mask(serialized, channels)
             centred = tf.cast(image, tf.float32) - mean
-            centred, mask = scale_crop_flip(centred, mask, crop_size, scale_range, flip,
-                                            ignore_label, element_seed)
+            centred, mask = scale_crop_flip(
+                centred, mask, crop_size, scale_range, flip, ignore_label, element_seed
+            )
             if photometric:
                 centred = photometric_jitter(centred, mean, element_seed)
             return finish(centred, normalization), mask
 
         ds = ds.map(train_map, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
-        ds = ds.batch(batch_size, drop_remainder=True if drop_remainder is None
-                      else drop_remainder)
+        ds = ds.batch(batch_size, drop_remainder=True if drop_remainder is None else drop_remainder)
     else:
 
         def eval_map(serialized):

@@ -13,7 +13,7 @@ import json
 import os
 import re
 import struct
-from typing import Sequence
+from collections.abc import Sequence
 
 from keras_dense.data.errors import BadInputError
 
@@ -61,13 +61,18 @@ def scan_framing(path: str) -> int:
         while pos < size:
             header = f.read(12)
             if len(header) < 12:
-                raise BadInputError(path, f"truncated TFRecord file: record {count} header "
-                                    f"cut at byte {pos} of {size}")
+                raise BadInputError(
+                    path,
+                    f"truncated TFRecord file: record {count} header cut at byte {pos} of {size}",
+                )
             (length,) = struct.unpack("<Q", header[:8])
             end = pos + 12 + length + 4
             if end > size:
-                raise BadInputError(path, f"truncated or corrupt TFRecord file: record {count} "
-                                    f"claims {length} bytes but the file ends at byte {size}")
+                raise BadInputError(
+                    path,
+                    f"truncated or corrupt TFRecord file: record {count} "
+                    f"claims {length} bytes but the file ends at byte {size}",
+                )
             f.seek(end)
             pos = end
             count += 1
@@ -124,8 +129,12 @@ def check_files(files: Sequence[str], verify_checksums: bool = True) -> None:
         if entry is None:
             continue
         if entry.get("records") is not None and entry["records"] != count:
-            raise BadInputError(path, f"holds {count} records but {manifest_file} says "
-                                f"{entry['records']}")
+            raise BadInputError(
+                path, f"holds {count} records but {manifest_file} says {entry['records']}"
+            )
         if entry.get("sha256") and entry["sha256"] != _sha256(path):
-            raise BadInputError(path, f"SHA-256 differs from {manifest_file}: the shard is "
-                                "corrupt or was changed after conversion")
+            raise BadInputError(
+                path,
+                f"SHA-256 differs from {manifest_file}: the shard is "
+                "corrupt or was changed after conversion",
+            )

@@ -38,7 +38,9 @@ def _number(node, tag: str, path: str, where: str) -> float:
     try:
         return float(child.text)
     except ValueError:
-        raise BadInputError(path, f"{where}: <{tag}> is {child.text!r}, expected a number") from None
+        raise BadInputError(
+            path, f"{where}: <{tag}> is {child.text!r}, expected a number"
+        ) from None
 
 
 def parse_voc_xml(path: str) -> VocAnnotation:

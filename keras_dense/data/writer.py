@@ -9,8 +9,9 @@ import json
 import os
 import sys
 import time
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Callable
 
 import tensorflow as tf
 
@@ -154,7 +155,7 @@ def write_dataset(
     writers = [tf.io.TFRecordWriter(p) for p in tmp_paths]
     try:
         index = 0
-        for item, record, err in _ordered_map(load, items, workers):
+        for _item, record, err in _ordered_map(load, items, workers):
             bar.update()
             if err is not None:
                 if on_error == "fail":
@@ -172,8 +173,11 @@ def write_dataset(
         for w in writers:
             w.close()
         if num_images == 0:
-            raise BadInputError(output, f"no usable input: all {len(items)} inputs were "
-                                "rejected (see the reasons above or use --on-error fail)")
+            raise BadInputError(
+                output,
+                f"no usable input: all {len(items)} inputs were "
+                "rejected (see the reasons above or use --on-error fail)",
+            )
         for tmp, digest in zip(tmp_paths, hashes):
             with open(tmp, "rb") as f:
                 for block in iter(lambda f=f: f.read(1 << 20), b""):

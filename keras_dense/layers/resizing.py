@@ -63,9 +63,7 @@ class CropToMatch(keras.layers.Layer):
             left = (x_shape[2] - ref_shape[2]) // 2
         else:
             top, left = self.offset
-        return ops.slice(
-            x, (0, top, left, 0), (x_shape[0], ref_shape[1], ref_shape[2], x_shape[3])
-        )
+        return ops.slice(x, (0, top, left, 0), (x_shape[0], ref_shape[1], ref_shape[2], x_shape[3]))
 
     def compute_output_shape(self, input_shapes):
         x_shape, ref_shape = input_shapes

@@ -5,5 +5,11 @@ from keras_dense.data.converters.pairs import convert_pairs
 from keras_dense.data.converters.shapes import SHAPE_CLASSES, convert_shapes, render_shapes
 from keras_dense.data.converters.voc import convert_voc
 
-__all__ = ["SHAPE_CLASSES", "convert_coco", "convert_pairs", "convert_shapes", "convert_voc",
-           "render_shapes"]
+__all__ = [
+    "SHAPE_CLASSES",
+    "convert_coco",
+    "convert_pairs",
+    "convert_shapes",
+    "convert_voc",
+    "render_shapes",
+]

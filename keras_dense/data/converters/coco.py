@@ -21,7 +21,9 @@ def _load_coco(annotations: str):
     try:
         from pycocotools.coco import COCO
     except ImportError:  # pragma: no cover - optional dependency
-        raise ImportError("the COCO converter needs pycocotools: pip install 'keras-dense[coco]'")
+        raise ImportError(
+            "the COCO converter needs pycocotools: pip install 'keras-dense[coco]'"
+        ) from None
     if not os.path.isfile(annotations):
         raise BadInputError(annotations, "--annotations: no such file")
     try:
@@ -79,8 +81,12 @@ def convert_coco(
     for image_id in image_ids:
         info = coco.loadImgs(image_id)[0]
         if not coco.getAnnIds(imgIds=image_id):
-            skipped.append({"input": os.path.join(images, info["file_name"]),
-                            "reason": "image without an annotation"})
+            skipped.append(
+                {
+                    "input": os.path.join(images, info["file_name"]),
+                    "reason": "image without an annotation",
+                }
+            )
         else:
             items.append(image_id)
 
@@ -92,8 +98,10 @@ def convert_coco(
         data, fmt, rgb = read_image_file(path)
         height, width = rgb.shape[:2]
         if (info.get("height", height), info.get("width", width)) != (height, width):
-            raise BadInputError(path, f"the JSON says {info['width']}x{info['height']} but the "
-                                f"image is {width}x{height}")
+            raise BadInputError(
+                path,
+                f"the JSON says {info['width']}x{info['height']} but the image is {width}x{height}",
+            )
         anns = coco.loadAnns(coco.getAnnIds(imgIds=image_id))
         boxes, labels, texts, crowd, rejected = [], [], [], [], []
         mask = np.zeros((height, width), np.uint8) if semantic_masks else None
@@ -104,11 +112,16 @@ def convert_coco(
                 rejected.append({"input": where, "reason": f"box of zero area {ann['bbox']}"})
                 continue
             if x < 0 or y < 0 or x + w > width + 0.5 or y + h > height + 0.5:
-                rejected.append({"input": where, "reason": f"box {ann['bbox']} (x,y,w,h) outside "
-                                 f"the {width}x{height} image"})
+                rejected.append(
+                    {
+                        "input": where,
+                        "reason": f"box {ann['bbox']} (x,y,w,h) outside the {width}x{height} image",
+                    }
+                )
                 continue
-            boxes.append([y / height, x / width, min(y + h, height) / height,
-                          min(x + w, width) / width])
+            boxes.append(
+                [y / height, x / width, min(y + h, height) / height, min(x + w, width) / width]
+            )
             labels.append(label_of[ann["category_id"]])
             texts.append(names[labels[-1] - 1])
             crowd.append(int(ann.get("iscrowd", 0)))
@@ -119,20 +132,37 @@ def convert_coco(
             raise BadInputError(rejected[0]["input"], rejected[0]["reason"])
         return Record(
             source_id=os.path.splitext(os.path.basename(info["file_name"]))[0],
-            image_bytes=data, image_format=fmt, height=height, width=width,
+            image_bytes=data,
+            image_format=fmt,
+            height=height,
+            width=width,
             mask_png=None if mask is None else encode_png(mask),
             boxes=np.asarray(boxes, np.float32).reshape(-1, 4),
-            labels=np.asarray(labels, np.int64), label_texts=texts,
-            is_crowd=np.asarray(crowd, np.int64), rejected=rejected,
+            labels=np.asarray(labels, np.int64),
+            label_texts=texts,
+            is_crowd=np.asarray(crowd, np.int64),
+            rejected=rejected,
         )
 
     return write_dataset(
-        output, items, make, num_shards=num_shards, workers=workers, on_error=on_error,
-        classes=names, ignore_label=ignore_label if semantic_masks else None,
+        output,
+        items,
+        make,
+        num_shards=num_shards,
+        workers=workers,
+        on_error=on_error,
+        classes=names,
+        ignore_label=ignore_label if semantic_masks else None,
         task="detection+segmentation" if semantic_masks else "detection",
-        arguments={"converter": "coco", "annotations": annotations, "images": images,
-                   "semantic_masks": semantic_masks, "num_shards": num_shards,
-                   "on_error": on_error},
-        skipped=skipped, progress=progress,
+        arguments={
+            "converter": "coco",
+            "annotations": annotations,
+            "images": images,
+            "semantic_masks": semantic_masks,
+            "num_shards": num_shards,
+            "on_error": on_error,
+        },
+        skipped=skipped,
+        progress=progress,
         extra={"box_label_offset": 1, "coco_category_ids": cat_ids},
     )

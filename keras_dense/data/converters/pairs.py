@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -71,15 +71,22 @@ def convert_pairs(
             raise BadInputError(folder, f"{flag}: no such folder")
     image_files = list_images(images)
     if not image_files:
-        raise BadInputError(images, "empty input folder: no image files "
-                            "(.jpg, .jpeg, .png, .bmp, .tif, .ppm, .webp)")
+        raise BadInputError(
+            images,
+            "empty input folder: no image files (.jpg, .jpeg, .png, .bmp, .tif, .ppm, .webp)",
+        )
     skipped: list[dict] = []
     if split_file is not None:
         wanted = read_split_file(split_file)
         by_stem = {_stem(p): p for p in image_files}
         missing = [s for s in wanted if s not in by_stem]
-        skipped += [{"input": f"{split_file}:{s}", "reason": "listed in the split file but no "
-                     f"image {s}.* in {images}"} for s in missing]
+        skipped += [
+            {
+                "input": f"{split_file}:{s}",
+                "reason": f"listed in the split file but no image {s}.* in {images}",
+            }
+            for s in missing
+        ]
         image_files = [by_stem[s] for s in wanted if s in by_stem]
     pairs = []
     for path in image_files:
@@ -87,8 +94,9 @@ def convert_pairs(
         if os.path.isfile(mask_path):
             pairs.append((path, mask_path))
         else:
-            skipped.append({"input": path, "reason": f"image without an annotation: expected "
-                            f"mask {mask_path}"})
+            skipped.append(
+                {"input": path, "reason": f"image without an annotation: expected mask {mask_path}"}
+            )
     num_classes = len(names) if names is not None else None
 
     def make(pair: tuple[str, str]) -> Record:
@@ -119,10 +127,19 @@ def convert_pairs(
         classes=names,
         ignore_label=ignore_label,
         task="segmentation",
-        arguments={"converter": "pairs", "images": images, "masks": masks,
-                   "num_shards": num_shards, "classes": classes, "classes_file": classes_file,
-                   "remap": list(remap or []), "ignore_label": ignore_label,
-                   "mask_suffix": mask_suffix, "split_file": split_file, "on_error": on_error},
+        arguments={
+            "converter": "pairs",
+            "images": images,
+            "masks": masks,
+            "num_shards": num_shards,
+            "classes": classes,
+            "classes_file": classes_file,
+            "remap": list(remap or []),
+            "ignore_label": ignore_label,
+            "mask_suffix": mask_suffix,
+            "split_file": split_file,
+            "on_error": on_error,
+        },
         skipped=skipped,
         progress=progress,
         extra={"classes_inferred": num_classes is None},

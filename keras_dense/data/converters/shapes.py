@@ -26,7 +26,7 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     freq = rng.uniform(4, 16)
     angle = rng.uniform(0, np.pi)
     stripes = 15 * np.sin(2 * np.pi * freq * (np.cos(angle) * xx + np.sin(angle) * yy))
-    image = (base + yy[..., None] * slope[0] + xx[..., None] * slope[1] + stripes[..., None])
+    image = base + yy[..., None] * slope[0] + xx[..., None] * slope[1] + stripes[..., None]
     image += rng.normal(0, 12, size=image.shape)
     return image
 
@@ -77,8 +77,7 @@ def render_shapes(index: int, size: int = 128, seed: int = 0, max_objects: int =
         boxes.append([ys.min(), xs.min(), ys.max() + 1, xs.max() + 1])
         kept.append(cls)
     rgb = np.clip(image, 0, 255).astype(np.uint8)
-    return (rgb, mask, np.asarray(boxes, np.float32).reshape(-1, 4),
-            np.asarray(kept, np.int64))
+    return (rgb, mask, np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(kept, np.int64))
 
 
 def convert_shapes(
@@ -136,7 +135,12 @@ def convert_shapes(
         classes=SHAPE_CLASSES,
         ignore_label=255,
         task="segmentation+detection",
-        arguments={"converter": "shapes", "num_images": num_images, "size": size,
-                   "seed": seed, "num_shards": num_shards},
+        arguments={
+            "converter": "shapes",
+            "num_images": num_images,
+            "size": size,
+            "seed": seed,
+            "num_shards": num_shards,
+        },
         progress=progress,
     )

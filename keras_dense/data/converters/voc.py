@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import glob
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -45,16 +45,32 @@ def check_voc_boxes(annotation: VocAnnotation, width: int, height: int, classes:
         elif obj.xmax <= obj.xmin or obj.ymax <= obj.ymin:
             rejected.append((where, f"box of zero area {box}"))
         elif obj.xmin < 1 or obj.ymin < 1 or obj.xmax > width or obj.ymax > height:
-            rejected.append((where, f"box {box} outside the {width}x{height} image "
-                             "(VOC boxes are 1-based, inclusive)"))
+            rejected.append(
+                (
+                    where,
+                    f"box {box} outside the {width}x{height} image "
+                    "(VOC boxes are 1-based, inclusive)",
+                )
+            )
         else:
-            boxes.append([(obj.ymin - 1) / height, (obj.xmin - 1) / width,
-                          obj.ymax / height, obj.xmax / width])
+            boxes.append(
+                [
+                    (obj.ymin - 1) / height,
+                    (obj.xmin - 1) / width,
+                    obj.ymax / height,
+                    obj.xmax / width,
+                ]
+            )
             labels.append(classes.index(obj.name) + 1)
             texts.append(obj.name)
             difficult.append(int(obj.difficult))
-    return (np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(labels, np.int64), texts,
-            np.asarray(difficult, np.int64), rejected)
+    return (
+        np.asarray(boxes, np.float32).reshape(-1, 4),
+        np.asarray(labels, np.int64),
+        texts,
+        np.asarray(difficult, np.int64),
+        rejected,
+    )
 
 
 def _stems(root: str, task: str, split: str | None) -> tuple[list[str], str]:
@@ -63,8 +79,9 @@ def _stems(root: str, task: str, split: str | None) -> tuple[list[str], str]:
         split_path = os.path.join(root, "ImageSets", sub, f"{split}.txt")
         if os.path.isfile(split_path):
             return read_split_file(split_path), split_path
-    folder, ext = (("SegmentationClass", ".png") if task == "segmentation"
-                   else ("Annotations", ".xml"))
+    folder, ext = (
+        ("SegmentationClass", ".png") if task == "segmentation" else ("Annotations", ".xml")
+    )
     files = sorted(glob.glob(os.path.join(root, folder, "*" + ext)))
     return [os.path.splitext(os.path.basename(f))[0] for f in files], os.path.join(root, folder)
 
@@ -144,20 +161,34 @@ def convert_voc(
         if not os.path.isfile(image_path):
             image_path = os.path.join(root, "JPEGImages", f"{stem}.jpg")
         if not os.path.isfile(image_path):
-            raise BadInputError(annotation.path, f"annotation without an image: expected "
-                                f"{image_path}")
+            raise BadInputError(
+                annotation.path, f"annotation without an image: expected {image_path}"
+            )
         data, fmt, rgb = read_image_file(image_path)
         height, width = rgb.shape[:2]
         if annotation.width and (annotation.width, annotation.height) != (width, height):
-            raise BadInputError(annotation.path, f"<size> says {annotation.width}x"
-                                f"{annotation.height} but the image is {width}x{height}")
+            raise BadInputError(
+                annotation.path,
+                f"<size> says {annotation.width}x"
+                f"{annotation.height} but the image is {width}x{height}",
+            )
         boxes, labels, texts, difficult, rejected = check_voc_boxes(
-            annotation, width, height, names)
+            annotation, width, height, names
+        )
         if rejected and on_error == "fail":
             raise BadInputError(*rejected[0])
-        record = Record(stem, data, fmt, height, width, boxes=boxes, labels=labels,
-                        label_texts=texts, difficult=difficult,
-                        rejected=[{"input": s, "reason": r} for s, r in rejected])
+        record = Record(
+            stem,
+            data,
+            fmt,
+            height,
+            width,
+            boxes=boxes,
+            labels=labels,
+            label_texts=texts,
+            difficult=difficult,
+            rejected=[{"input": s, "reason": r} for s, r in rejected],
+        )
         if propose is not None:
             pixel = propose(rgb)
             record.proposals = pixel / np.array([height, width, height, width], np.float32)
@@ -174,9 +205,16 @@ def convert_voc(
         classes=names,
         ignore_label=255 if task == "segmentation" else None,
         task=task,
-        arguments={"converter": "voc", "root": root, "task": task, "split": split,
-                   "classes": classes, "proposals": proposals, "num_shards": num_shards,
-                   "on_error": on_error},
+        arguments={
+            "converter": "voc",
+            "root": root,
+            "task": task,
+            "split": split,
+            "classes": classes,
+            "proposals": proposals,
+            "num_shards": num_shards,
+            "on_error": on_error,
+        },
         skipped=skipped,
         progress=progress,
         extra=manifest_extra,

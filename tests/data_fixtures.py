@@ -1,0 +1,89 @@
+"""Small data sets written by the tests themselves, with an independent PNG writer."""
+
+from __future__ import annotations
+
+import pathlib
+import struct
+import zlib
+
+import cv2
+import numpy as np
+
+
+def _chunk(kind: bytes, payload: bytes) -> bytes:
+    return (
+        struct.pack(">I", len(payload))
+        + kind
+        + payload
+        + struct.pack(">I", zlib.crc32(kind + payload) & 0xFFFFFFFF)
+    )
+
+
+def write_palette_png(path, indices: np.ndarray, palette: np.ndarray | None = None) -> None:
+    """Writes an 8-bit palette PNG by hand (filter 0), so readers are tested independently."""
+    indices = np.asarray(indices, np.uint8)
+    h, w = indices.shape
+    if palette is None:
+        rng = np.random.default_rng(7)
+        palette = rng.integers(0, 256, (256, 3), dtype=np.uint8)
+    raw = b"".join(b"\x00" + indices[y].tobytes() for y in range(h))
+    data = (
+        b"\x89PNG\r\n\x1a\n"
+        + _chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 3, 0, 0, 0))
+        + _chunk(b"PLTE", np.asarray(palette, np.uint8).tobytes())
+        + _chunk(b"IDAT", zlib.compress(raw))
+        + _chunk(b"IEND", b"")
+    )
+    pathlib.Path(path).write_bytes(data)
+
+
+def write_rgb(path, rgb: np.ndarray) -> None:
+    """Writes an RGB array with OpenCV (format from the extension)."""
+    assert cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+
+
+def random_image(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """A random RGB uint8 image."""
+    return rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def make_pairs_folder(root: pathlib.Path, n: int = 6, num_classes: int = 3, seed: int = 0):
+    """Writes `images/` (PNG and JPEG) and `masks/` (grey and palette PNG) of random sizes.
+
+    Returns:
+        `{stem: mask}` of the written masks.
+    """
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    masks = {}
+    for i in range(n):
+        h, w = int(rng.integers(20, 60)), int(rng.integers(20, 60))
+        stem = f"img{i:02d}"
+        ext = ".jpg" if i % 2 else ".png"
+        write_rgb(root / "images" / f"{stem}{ext}", random_image(rng, h, w))
+        mask = rng.integers(0, num_classes, (h, w)).astype(np.uint8)
+        mask[0, :3] = 255
+        if i % 3 == 0:
+            write_palette_png(root / "masks" / f"{stem}.png", mask)
+        else:
+            assert cv2.imwrite(str(root / "masks" / f"{stem}.png"), mask)
+        masks[stem] = mask
+    return masks
+
+
+VOC_XML = """<annotation><filename>{stem}.jpg</filename>
+<size><width>{w}</width><height>{h}</height><depth>3</depth></size>{objects}</annotation>"""
+VOC_OBJECT = """<object><name>{name}</name><difficult>{difficult}</difficult><bndbox>
+<xmin>{x0}</xmin><ymin>{y0}</ymin><xmax>{x1}</xmax><ymax>{y1}</ymax></bndbox></object>"""
+
+
+def write_voc_xml(path, stem: str, w: int, h: int, objects: list[tuple]) -> None:
+    """Writes a VOC annotation; objects are `(name, x0, y0, x1, y1, difficult)`."""
+    body = "".join(
+        VOC_OBJECT.format(
+            name=o[0], x0=o[1], y0=o[2], x1=o[3], y1=o[4], difficult=int(o[5]) if len(o) > 5 else 0
+        )
+        for o in objects
+    )
+    pathlib.Path(path).write_text(VOC_XML.format(stem=stem, w=w, h=h, objects=body))

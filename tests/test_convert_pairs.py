@@ -1,0 +1,132 @@
+"""The image/mask pair converter, on generated folders and on the shared real data."""
+
+from __future__ import annotations
+
+import os
+
+import cv2
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_dense.data import BadInputError, convert_pairs, read_examples
+from keras_dense.data.masks import remap_lookup
+
+from data_fixtures import make_pairs_folder
+
+
+def test_masks_and_image_bytes_round_trip(tmp_path):
+    masks = make_pairs_folder(tmp_path, n=6)
+    manifest = convert_pairs(
+        str(tmp_path / "images"),
+        str(tmp_path / "masks"),
+        str(tmp_path / "out" / "p"),
+        classes="a,b,c",
+        num_shards=2,
+        progress=False,
+    )
+    assert manifest["num_images"] == 6 and manifest["skipped"] == []
+    examples = {e["source_id"]: e for e in read_examples(str(tmp_path / "out" / "p-*"))}
+    assert sorted(examples) == sorted(masks)
+    for stem, mask in masks.items():
+        np.testing.assert_array_equal(examples[stem]["mask"], mask)
+    # JPEG/PNG bytes are stored untouched.
+    raw = next(iter(tf.data.TFRecordDataset(str(tmp_path / "out" / "p-00000-of-00002.tfrecord"))))
+    example = tf.train.Example.FromString(raw.numpy())
+    stem = example.features.feature["image/source_id"].bytes_list.value[0].decode()
+    name = [f for f in os.listdir(tmp_path / "images") if f.startswith(stem)][0]
+    stored = example.features.feature["image/encoded"].bytes_list.value[0]
+    assert stored == (tmp_path / "images" / name).read_bytes()
+
+
+def test_remap_is_simultaneous_and_checked(tmp_path):
+    masks = make_pairs_folder(tmp_path, n=3)
+    convert_pairs(
+        str(tmp_path / "images"),
+        str(tmp_path / "masks"),
+        str(tmp_path / "r"),
+        classes="a,b",
+        remap=["2:1", "1:0", "255:1"],
+        progress=False,
+    )
+    table = remap_lookup({2: 1, 1: 0, 255: 1})
+    for e in read_examples(str(tmp_path / "r-*")):
+        np.testing.assert_array_equal(e["mask"], table[masks[e["source_id"]]])
+    with pytest.raises(BadInputError, match=r"mask values \[2\]"):
+        convert_pairs(
+            str(tmp_path / "images"),
+            str(tmp_path / "masks"),
+            str(tmp_path / "x"),
+            classes="a,b",
+            progress=False,
+        )
+
+
+def test_split_file_and_suffix(tmp_path):
+    masks = make_pairs_folder(tmp_path, n=4)
+    for stem in masks:
+        os.rename(tmp_path / "masks" / f"{stem}.png", tmp_path / "masks" / f"{stem}_m.png")
+    split = tmp_path / "split.txt"
+    split.write_text("img03 extra columns are ignored\nimg01\n")
+    manifest = convert_pairs(
+        str(tmp_path / "images"),
+        str(tmp_path / "masks"),
+        str(tmp_path / "s"),
+        mask_suffix="_m",
+        split_file=str(split),
+        progress=False,
+    )
+    assert manifest["num_images"] == 2
+    assert manifest["classes"] == ["class_0", "class_1", "class_2"]
+    assert {e["source_id"] for e in read_examples(str(tmp_path / "s-*"))} == {"img01", "img03"}
+
+
+def _reference_masks(folder, names, table):
+    return {
+        os.path.splitext(n)[0]: table[cv2.imread(os.path.join(folder, n), cv2.IMREAD_UNCHANGED)]
+        for n in names
+    }
+
+
+def test_isbi_membrane_binarised(shared_datasets, tmp_path):
+    root = shared_datasets / "isbi2012_membrane" / "train"
+    manifest = convert_pairs(
+        str(root / "image"),
+        str(root / "label"),
+        str(tmp_path / "isbi"),
+        classes="interior,membrane",
+        remap=["255:1"],
+        workers=2,
+        progress=False,
+    )
+    names = sorted(os.listdir(root / "label"))
+    assert manifest["num_images"] == len(names) == 30
+    reference = _reference_masks(str(root / "label"), names, remap_lookup({255: 1}))
+    for e in read_examples(str(tmp_path / "isbi-*")):
+        np.testing.assert_array_equal(e["mask"], reference[e["source_id"]])
+        assert e["image"].shape == (512, 512, 3)
+
+
+def test_oxford_pets_trimaps(shared_datasets, tmp_path):
+    root = shared_datasets / "oxford_pets_sample"
+    split = root / "annotations" / "test.txt"
+    manifest = convert_pairs(
+        str(root / "images"),
+        str(root / "annotations" / "trimaps"),
+        str(tmp_path / "pets"),
+        classes="background,pet",
+        remap=["2:0", "3:255"],
+        split_file=str(split),
+        num_shards=2,
+        workers=2,
+        progress=False,
+    )
+    stems = [line.split()[0] for line in split.read_text().splitlines() if line.strip()]
+    assert manifest["num_images"] + len(manifest["skipped"]) == len(set(stems))
+    table = remap_lookup({2: 0, 3: 255})
+    for e in read_examples(str(tmp_path / "pets-*")):
+        source = cv2.imread(
+            str(root / "annotations" / "trimaps" / f"{e['source_id']}.png"), cv2.IMREAD_UNCHANGED
+        )
+        np.testing.assert_array_equal(e["mask"], table[source])
+        assert e["image"].shape[:2] == source.shape
