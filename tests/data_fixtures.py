@@ -9,6 +9,10 @@ import zlib
 import cv2
 import numpy as np
 
+from keras_dense.data.image_io import encode_png
+from keras_dense.data.schema import Record
+from keras_dense.data.writer import write_dataset
+
 
 def _chunk(kind: bytes, payload: bytes) -> bytes:
     return (
@@ -87,3 +91,17 @@ def write_voc_xml(path, stem: str, w: int, h: int, objects: list[tuple]) -> None
         for o in objects
     )
     pathlib.Path(path).write_text(VOC_XML.format(stem=stem, w=w, h=h, objects=body))
+
+
+def coordinate_records(tmp_path, sizes=((90, 120), (70, 50), (130, 100))):
+    """Images whose R, G channels are y+1, x+1 (B = 200); masks are a function of (y, x)."""
+
+    def make(size):
+        h, w = size
+        yy, xx = np.mgrid[0:h, 0:w]
+        rgb = np.stack([yy + 1, xx + 1, np.full_like(yy, 200)], -1).astype(np.uint8)
+        mask = ((yy * 7 + xx * 3) % 250).astype(np.uint8)
+        return Record(f"coord_{h}x{w}", encode_png(rgb), "png", h, w, mask_png=encode_png(mask))
+
+    write_dataset(str(tmp_path / "coord"), list(sizes), make, progress=False)
+    return str(tmp_path / "coord-*.tfrecord")

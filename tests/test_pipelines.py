@@ -12,27 +12,12 @@ from keras_dense.data import (
     read_examples,
     segmentation_dataset,
 )
-from keras_dense.data.image_io import encode_png
-from keras_dense.data.schema import Record
-from keras_dense.data.writer import write_dataset
 
-
-def _coordinate_records(tmp_path, sizes=((90, 120), (70, 50), (130, 100))):
-    """Images whose R, G channels are y+1, x+1 (B = 200); masks are a function of (y, x)."""
-
-    def make(size):
-        h, w = size
-        yy, xx = np.mgrid[0:h, 0:w]
-        rgb = np.stack([yy + 1, xx + 1, np.full_like(yy, 200)], -1).astype(np.uint8)
-        mask = ((yy * 7 + xx * 3) % 250).astype(np.uint8)
-        return Record(f"coord_{h}x{w}", encode_png(rgb), "png", h, w, mask_png=encode_png(mask))
-
-    write_dataset(str(tmp_path / "coord"), list(sizes), make, progress=False)
-    return str(tmp_path / "coord-*.tfrecord")
+from data_fixtures import coordinate_records
 
 
 def test_augmentation_keeps_mask_aligned(tmp_path):
-    pattern = _coordinate_records(tmp_path)
+    pattern = coordinate_records(tmp_path)
     ds = segmentation_dataset(
         pattern,
         batch_size=3,
@@ -66,7 +51,7 @@ def test_augmentation_keeps_mask_aligned(tmp_path):
 def test_evaluation_pads_with_ignore_and_keeps_every_pixel(tmp_path):
     convert_shapes(str(tmp_path / "s"), 5, size=40, progress=False)
     examples = {e["source_id"]: e for e in read_examples(str(tmp_path / "s-*"))}
-    pattern = _coordinate_records(tmp_path)
+    pattern = coordinate_records(tmp_path)
     batches = list(segmentation_dataset(pattern, batch_size=2, normalization=None))
     assert [b[0].shape[0] for b in batches] == [2, 1]
     images, masks = batches[0][0].numpy(), batches[0][1].numpy()

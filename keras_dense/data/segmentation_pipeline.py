@@ -6,14 +6,14 @@ from collections.abc import Sequence
 
 import tensorflow as tf
 
-from keras_dense.data.augment import photometric_jitter, scale_crop_flip
+from keras_dense.data.augment import random_color_affine, scale_crop_flip
 from keras_dense.data.normalization import check_mode, finish, mean_pixel
 from keras_dense.data.records_dataset import AUTOTUNE, records_dataset, with_seeds
 from keras_dense.data.schema import parse_serialized
 
 
 def decode_image_and_mask(serialized: tf.Tensor, channels: int = 3):
-    """Parses a record and decodes its image (uint8) and mask (int32, (H, W))."""
+    """Parses a record and decodes its image (uint8, (H, W, C)) and mask (uint8, (H, W))."""
     parsed = parse_serialized(serialized)
     image = tf.io.decode_image(parsed["image_bytes"], channels=channels, expand_animations=False)
     image.set_shape([None, None, channels])
@@ -26,7 +26,7 @@ def decode_image_and_mask(serialized: tf.Tensor, channels: int = 3):
     )
     with tf.control_dependencies([has_mask]):
         mask = tf.io.decode_png(parsed["mask_bytes"], channels=1)[:, :, 0]
-    return image, tf.cast(mask, tf.int32), parsed["source_id"]
+    return image, mask, parsed["source_id"]
 
 
 def segmentation_dataset(
@@ -99,13 +99,40 @@ def segmentation_dataset(
 
         def train_map(serialized, element_seed):
             image, mask, _ = decode_image_and_mask(serialized, channels)
-            centred = tf.cast(image, tf.float32) - mean
-            centred, mask = scale_crop_flip(
-                centred, mask, crop_size, scale_range, flip, ignore_label, element_seed
+            # Resample the uint8 image directly; -1 marks padding (real pixels are >= 0).
+            crop, mask = scale_crop_flip(
+                image, mask, crop_size, scale_range, flip, ignore_label, element_seed, -1.0
             )
-            if photometric:
-                centred = photometric_jitter(centred, mean, element_seed)
-            return finish(centred, normalization), mask
+            valid = crop[..., :1] >= 0.0
+            matrix, offset = colour_and_normalization(crop, valid, element_seed)
+            pixels = tf.reshape(crop, [-1, channels]) @ matrix + offset
+            # Zero the padding (a multiply is cheaper than a broadcasting tf.where here).
+            out = tf.reshape(pixels, tf.shape(crop)) * tf.cast(valid, tf.float32)
+            return tf.ensure_shape(out, [*crop_size, channels]), mask
+
+        # Normalisation as an affine map: finish(x - mean) = x @ norm + norm_offset.
+        norm = finish(tf.eye(channels), normalization)
+        norm_offset = -tf.linalg.matvec(norm, mean, transpose_a=True)
+
+        def colour_and_normalization(crop, valid, element_seed):
+            """One affine map for colour jitter (if any) followed by the normalisation."""
+            if not photometric:
+                return norm, norm_offset
+            weights = tf.cast(valid, tf.float32)
+            luma = (
+                tf.reduce_mean(crop, axis=-1, keepdims=True)
+                if channels == 1
+                else (crop @ tf.constant([[0.299], [0.587], [0.114]]))
+            )
+            mean_grey = tf.reduce_sum(luma * weights) / tf.maximum(tf.reduce_sum(weights), 1.0)
+            if channels == 3:
+                matrix, offset = random_color_affine(element_seed, mean_grey)
+            else:
+                matrix, offset = random_color_affine(
+                    element_seed, mean_grey, saturation=(1, 1), hue=0.0
+                )
+                matrix, offset = matrix[:1, :1], offset[:1]
+            return matrix @ norm, tf.linalg.matvec(norm, offset, transpose_a=True) + norm_offset
 
         ds = ds.map(train_map, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
         ds = ds.batch(batch_size, drop_remainder=True if drop_remainder is None else drop_remainder)
@@ -114,6 +141,7 @@ def segmentation_dataset(
         def eval_map(serialized):
             image, mask, _ = decode_image_and_mask(serialized, channels)
             image = finish(tf.cast(image, tf.float32) - mean, normalization)
+            mask = tf.cast(mask, tf.int32)
             if crop_size is not None:
                 pad_h = tf.maximum(crop_size[0] - tf.shape(image)[0], 0)
                 pad_w = tf.maximum(crop_size[1] - tf.shape(image)[1], 0)
