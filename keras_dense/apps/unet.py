@@ -1,0 +1,271 @@
+"""U-Net (Ronneberger, Fischer, Brox, "U-Net: Convolutional Networks for Biomedical Image
+Segmentation", MICCAI 2015).
+
+Architecture (Fig. 1 of the paper, `depth=5` levels, `filters=64`):
+
+- Contracting path, level `l = 0 ... depth-1` with `filters * 2**l` channels: two 3x3
+  convolutions with ReLU, then (except at the bottom) 2x2 max pooling with stride 2.
+- Expansive path, level `l = depth-2 ... 0`: a 2x2 up-convolution (`Conv2DTranspose`, stride 2)
+  with ReLU that halves the channels, concatenation with the cropped feature map of the
+  contracting path at the same level, two 3x3 convolutions with ReLU.
+- A final 1x1 convolution to `num_classes`, logits by default.
+- `dropout > 0` adds dropout "at the end of the contracting path": after the last two levels
+  of the contracting path (the level before the bottom, before its pooling and skip, and the
+  bottom), as in the authors' released Caffe model.
+- `batch_norm=True` (not in the paper) puts BatchNormalization between every convolution or
+  up-convolution and its ReLU.
+
+Layer names are those of the authors' released Caffe model, generated for any depth:
+`conv_d0a-b`, `conv_d0b-c`, `pool_d0c-1a`, ..., `conv_d4b-c`, `dropout_d4c`,
+`upconv_d4c_u3a`, `crop_d3c-d3cc`, `concat_d3cc_u3a-b`, `conv_u3b-c`, `conv_u3c-d`, ...,
+`upconv_u1d_u0a`, ..., `conv_u0c-d`, `conv_u0d-score`.
+
+Padding:
+
+- `padding="valid"` is the paper's network: unpadded convolutions, so the output is smaller
+  than the input (572 -> 388 for depth 5) and the skip connections are centre-cropped
+  (`CropToMatch`). Every 2x2 pooling must see an even size, so only some input sizes are
+  valid: use `unet_output_size` to check one and `unet_input_size` to find one. The output
+  pixel `(i, j)` corresponds to the input pixel `(i + m, j + m)` with the margin
+  `m = unet_margin(depth) = 3 * 2**depth - 4` (92 for depth 5). This is what
+  `keras_dense.predict_tiled` (overlap-tile strategy) relies on.
+- `padding="same"`: zero-padded convolutions, output size = input size. For sizes divisible
+  by `2**(depth-1)` this is the usual "same" U-Net. Any other size works too: the poolings
+  round up (`padding="same"`, as Caffe) and each up-convolution output, then one cell too
+  large, is cropped at its top-left corner to the skip's size (the up-convolution of cell
+  `i` covers pixels `2i` and `2i + 1`, so this crop keeps the grids aligned).
+"""
+
+from __future__ import annotations
+
+import keras
+
+from keras_dense.apps.backbone_weights import load_model_weights
+from keras_dense.apps.builder_checks import (
+    apply_activation,
+    check_activation,
+    check_input_shape,
+    check_num_classes,
+)
+from keras_dense.layers.resizing import CropToMatch
+
+_CONVS_PER_LEVEL = 2
+_KERNEL = 3
+
+
+def _check_depth(depth) -> int:
+    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
+        raise ValueError(f"depth must be a positive integer (5 in the paper), got {depth!r}")
+    return depth
+
+
+def unet_margin(depth: int = 5) -> int:
+    """Pixels lost on each side by the valid U-Net: `(input - output) / 2`.
+
+    Args:
+        depth: Number of levels (5 in the paper).
+
+    Returns:
+        The margin, `3 * 2**depth - 4` (92 for the paper's network).
+    """
+    depth = _check_depth(depth)
+    # Contracting level l loses 4 pixels at scale 2**l, expansive level l (< depth - 1) too.
+    lost = sum(4 * 2**level for level in range(depth))
+    lost += sum(4 * 2**level for level in range(depth - 1))
+    return lost // 2
+
+
+def unet_output_size(input_size: int, depth: int = 5) -> int:
+    """Output size of the valid U-Net along one axis.
+
+    Args:
+        input_size: Input height or width.
+        depth: Number of levels (5 in the paper).
+
+    Returns:
+        The output size (388 for the paper's 572).
+
+    Raises:
+        ValueError: `input_size` is not valid: a 2x2 pooling would see an odd size, or a
+            feature map would vanish.
+    """
+    depth = _check_depth(depth)
+    size = int(input_size)
+    for level in range(depth):
+        size -= 2 * _CONVS_PER_LEVEL
+        if size < 1:
+            raise ValueError(
+                f"input_size={input_size}: too small for a valid U-Net of depth {depth} "
+                f"(the contracting path vanishes at level {level}); the smallest valid size "
+                f"is {unet_input_size(1, depth)}"
+            )
+        if level < depth - 1:
+            if size % 2:
+                raise ValueError(
+                    f"input_size={input_size}: the pooling after level {level} would see the "
+                    f"odd size {size}; valid sizes for depth {depth} are "
+                    f"{_valid_sizes_hint(input_size, depth)}"
+                )
+            size //= 2
+    for level in range(depth - 2, -1, -1):
+        size = 2 * size - 2 * _CONVS_PER_LEVEL
+        if size < 1:
+            raise ValueError(
+                f"input_size={input_size}: too small for a valid U-Net of depth {depth} (the "
+                f"expansive path vanishes at level {level}); the smallest valid size is "
+                f"{unet_input_size(1, depth)}"
+            )
+    return size
+
+
+def unet_input_size(min_output_size: int, depth: int = 5) -> int:
+    """Smallest valid input size whose valid U-Net output is at least `min_output_size`.
+
+    Valid sizes are `2**(depth-1) * k + 4 * (2**(depth-1) - 1)` (for depth 5: 16 k + 60,
+    e.g. 572); the output is then the input minus `2 * unet_margin(depth)`.
+
+    Args:
+        min_output_size: Desired output size along one axis (>= 1).
+        depth: Number of levels (5 in the paper).
+
+    Returns:
+        The input size.
+    """
+    depth = _check_depth(depth)
+    if min_output_size < 1:
+        raise ValueError(f"min_output_size must be >= 1, got {min_output_size!r}")
+    step = 2 ** (depth - 1)
+    offset = 4 * (step - 1)
+    size = min_output_size + 2 * unet_margin(depth)
+    return offset + step * -(-(size - offset) // step)
+
+
+def _valid_sizes_hint(size: int, depth: int) -> str:
+    step = 2 ** (depth - 1)
+    offset = 4 * (step - 1)
+    smallest = unet_input_size(1, depth)
+    below = max(offset + step * ((size - offset) // step), smallest)
+    return f"{step} k + {offset} from {smallest} on, e.g. {below} or {below + step}"
+
+
+def _conv(
+    x,
+    filters: int,
+    kernel: int,
+    padding: str,
+    batch_norm: bool,
+    name: str,
+    transpose: bool = False,
+):
+    """Convolution (stride 2 transposed convolution if `transpose`), optional BN, ReLU."""
+    layer_cls = keras.layers.Conv2DTranspose if transpose else keras.layers.Conv2D
+    x = layer_cls(
+        filters,
+        kernel,
+        strides=2 if transpose else 1,
+        padding=padding,
+        activation=None if batch_norm else "relu",
+        kernel_initializer="he_normal",  # the paper's Gaussian with std sqrt(2 / N)
+        name=name,
+    )(x)
+    if batch_norm:
+        x = keras.layers.BatchNormalization(name=f"{name}_bn")(x)
+        x = keras.layers.ReLU(name=f"{name}_relu")(x)
+    return x
+
+
+def _check_valid_input(input_shape: tuple, depth: int) -> None:
+    for size in input_shape[:2]:
+        if size is not None:
+            try:
+                unet_output_size(size, depth)
+            except ValueError as error:
+                message = f"input_shape={input_shape!r} with padding='valid': {error}"
+                raise ValueError(message) from None
+
+
+def unet(
+    num_classes: int = 2,
+    input_shape: tuple[int | None, int | None, int] = (572, 572, 1),
+    padding: str = "valid",
+    filters: int = 64,
+    depth: int = 5,
+    batch_norm: bool = False,
+    dropout: float = 0.0,
+    weights: str | None = None,
+    activation: str | None = None,
+    name: str = "unet",
+) -> keras.Model:
+    """Builds U-Net.
+
+    Args:
+        num_classes: Number of output classes (2 in the paper: cell / background).
+        input_shape: `(height, width, channels)`; height and width may be `None`. With
+            `padding="valid"` static sizes must be valid (see `unet_output_size`).
+        padding: `"valid"` (the paper: output smaller than the input by
+            `2 * unet_margin(depth)`) or `"same"` (output = input, any size).
+        filters: Channels of the first level, doubled at each level (64 in the paper).
+        depth: Number of levels including the bottom one (5 in the paper).
+        batch_norm: Add BatchNormalization before every ReLU (not in the paper).
+        dropout: Dropout rate at the end of the contracting path (the paper uses dropout
+            there, 0.5 in the released model); 0 adds no Dropout layers.
+        weights: `None` or the path of a full-model weight file (`.weights.h5` or `.keras`).
+        activation: `None` for logits, or a Keras activation such as `"softmax"`.
+        name: Model name.
+
+    Returns:
+        A functional `keras.Model`: `(B, H, W, C)` to `(B, H, W, num_classes)` with
+        `padding="same"`, to `(B, H - 2m, W - 2m, num_classes)` with `padding="valid"`,
+        `m = unet_margin(depth)`.
+
+    Raises:
+        ValueError: An argument is invalid.
+    """
+    num_classes = check_num_classes(num_classes)
+    input_shape = check_input_shape(input_shape)
+    check_activation(activation)
+    depth = _check_depth(depth)
+    if padding not in ("valid", "same"):
+        raise ValueError(f"padding must be 'valid' (the paper) or 'same', got {padding!r}")
+    if isinstance(filters, bool) or not isinstance(filters, int) or filters < 1:
+        raise ValueError(f"filters must be a positive integer, got {filters!r}")
+    if not 0.0 <= float(dropout) < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+    if padding == "valid":
+        _check_valid_input(input_shape, depth)
+
+    inputs = keras.Input(shape=input_shape, name="image")
+    x = inputs
+    skips = []
+    for level in range(depth):
+        width = filters * 2**level
+        x = _conv(x, width, _KERNEL, padding, batch_norm, f"conv_d{level}a-b")
+        x = _conv(x, width, _KERNEL, padding, batch_norm, f"conv_d{level}b-c")
+        if dropout > 0 and level >= depth - 2:
+            x = keras.layers.Dropout(dropout, name=f"dropout_d{level}c")(x)
+        if level < depth - 1:
+            skips.append(x)
+            x = keras.layers.MaxPooling2D(
+                2, strides=2, padding=padding, name=f"pool_d{level}c-{level + 1}a"
+            )(x)
+
+    source = f"d{depth - 1}c"
+    for level in range(depth - 2, -1, -1):
+        width = filters * 2**level
+        up_name = f"upconv_{source}_u{level}a"
+        up = _conv(x, width, 2, "valid", batch_norm, up_name, transpose=True)
+        skip = skips[level]
+        if padding == "valid":
+            skip = CropToMatch(name=f"crop_d{level}c-d{level}cc")([skip, up])
+        else:
+            up = CropToMatch(offset=(0, 0), name=f"crop_u{level}a-d{level}c")([up, skip])
+        x = keras.layers.Concatenate(name=f"concat_d{level}cc_u{level}a-b")([skip, up])
+        x = _conv(x, width, _KERNEL, padding, batch_norm, f"conv_u{level}b-c")
+        x = _conv(x, width, _KERNEL, padding, batch_norm, f"conv_u{level}c-d")
+        source = f"u{level}d"
+
+    outputs = keras.layers.Conv2D(num_classes, 1, name="conv_u0d-score")(x)
+    outputs = apply_activation(outputs, activation)
+    model = keras.Model(inputs, outputs, name=name)
+    load_model_weights(model, weights)
+    return model
