@@ -1,0 +1,127 @@
+"""`keras-dense convert <format>`: data sets into TFRecord shards."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+
+def _add_common_convert_args(parser: argparse.ArgumentParser, on_error: bool = True) -> None:
+    parser.add_argument(
+        "--output",
+        required=True,
+        help="DIR/NAME: writes DIR/NAME-0000k-of-0000N.tfrecord and DIR/NAME.json",
+    )
+    parser.add_argument("--num-shards", type=int, default=1, help="number of shards (default 1)")
+    parser.add_argument(
+        "--workers", type=int, default=min(4, os.cpu_count() or 1), help="parallel encoding threads"
+    )
+    if on_error:
+        parser.add_argument(
+            "--on-error",
+            choices=("fail", "skip"),
+            default="fail",
+            help="stop at the first bad input (default) or skip and list it in the manifest",
+        )
+
+
+def register(sub) -> None:
+    """Adds the `convert` command to the CLI's subparsers."""
+    convert = sub.add_parser("convert", help="convert a data set into TFRecord shards")
+    formats = convert.add_subparsers(dest="format", required=True)
+
+    pairs = formats.add_parser("pairs", help="a folder of images and a folder of masks")
+    pairs.add_argument("--images", required=True, help="folder of images")
+    pairs.add_argument("--masks", required=True, help="folder of single-channel/palette PNGs")
+    group = pairs.add_mutually_exclusive_group()
+    group.add_argument("--classes", help="comma-separated class names (index = class id)")
+    group.add_argument("--classes-file", help="file with one class name per line")
+    pairs.add_argument(
+        "--remap",
+        nargs="+",
+        default=[],
+        metavar="SRC:DST",
+        help="remap mask values, e.g. 11:255 (void -> ignore), 255:1",
+    )
+    pairs.add_argument("--ignore-label", type=int, default=255)
+    pairs.add_argument("--mask-suffix", default="", help="suffix after the stem in mask names")
+    pairs.add_argument("--split-file", help="file listing the stems to convert")
+    _add_common_convert_args(pairs)
+
+    voc = formats.add_parser("voc", help="PASCAL VOC devkit layout")
+    voc.add_argument("--root", required=True, help="folder with JPEGImages/, Annotations/, ...")
+    voc.add_argument("--task", choices=("segmentation", "detection"), required=True)
+    voc.add_argument("--split", help="ImageSets split name (default: every annotation)")
+    voc.add_argument("--classes", help="comma-separated class names")
+    voc.add_argument("--proposals", choices=("none", "selective_search"), default="none")
+    _add_common_convert_args(voc)
+
+    coco = formats.add_parser("coco", help="COCO instances JSON")
+    coco.add_argument("--annotations", required=True, help="instances_*.json")
+    coco.add_argument("--images", required=True, help="image folder")
+    coco.add_argument(
+        "--semantic-masks",
+        action="store_true",
+        help="also write semantic masks (needs pycocotools)",
+    )
+    _add_common_convert_args(coco)
+
+    shapes = formats.add_parser("shapes", help="the built-in synthetic shapes set")
+    shapes.add_argument("--num-images", type=int, required=True)
+    shapes.add_argument("--size", type=int, default=128)
+    shapes.add_argument("--seed", type=int, default=0)
+    _add_common_convert_args(shapes, on_error=False)
+    convert.set_defaults(run=run)
+
+
+def _convert(args: argparse.Namespace) -> dict:
+    from keras_dense import data
+
+    common = {
+        "output": args.output,
+        "num_shards": args.num_shards,
+        "workers": args.workers,
+        "progress": True,
+    }
+    if args.format == "pairs":
+        return data.convert_pairs(
+            args.images,
+            args.masks,
+            classes=args.classes,
+            classes_file=args.classes_file,
+            remap=args.remap,
+            ignore_label=args.ignore_label,
+            mask_suffix=args.mask_suffix,
+            split_file=args.split_file,
+            on_error=args.on_error,
+            **common,
+        )
+    if args.format == "voc":
+        return data.convert_voc(
+            args.root,
+            task=args.task,
+            split=args.split,
+            classes=args.classes,
+            proposals=args.proposals,
+            on_error=args.on_error,
+            **common,
+        )
+    if args.format == "coco":
+        return data.convert_coco(
+            args.annotations,
+            args.images,
+            semantic_masks=args.semantic_masks,
+            on_error=args.on_error,
+            **common,
+        )
+    return data.convert_shapes(num_images=args.num_images, size=args.size, seed=args.seed, **common)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Runs the conversion and prints its summary."""
+    from keras_dense.data.writer import summarize
+
+    manifest = _convert(args)
+    print(summarize(manifest))
+    print(f"manifest: {args.output}.json")
+    return 0
