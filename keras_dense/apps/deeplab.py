@@ -1,0 +1,149 @@
+"""DeepLabv3 and DeepLabv3+ (Chen et al., 2017 and ECCV 2018).
+
+DeepLabv3: an atrous backbone (output stride 16 or 8, `atrous_backbones.py`) followed by
+Atrous Spatial Pyramid Pooling (`keras_dense.layers.ASPP`, layer `aspp`), a 1x1 classifier
+(`logits`) and bilinear upsampling to the input size.
+
+DeepLabv3+ adds a decoder: the stride-4 backbone features are projected to 48 channels
+(1x1 conv, BN, ReLU), the ASPP output is bilinearly upsampled to their size and concatenated
+with them, and two 3x3 convs with 256 filters (BN, ReLU) refine the result. The block's
+layers are named `decoder_*`, its last layer `decoder`.
+
+All resizes read the target size at run time, so the model accepts any input size (odd sizes
+included) and its output is always `(B, H, W, num_classes)`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import keras
+
+from keras_dense.apps.atrous_backbones import BACKBONES, atrous_backbone, load_backbone_weights
+from keras_dense.apps.backbone_weights import load_model_weights
+from keras_dense.apps.builder_checks import (
+    apply_activation,
+    check_activation,
+    check_backbone_weights,
+    check_input_shape,
+    check_num_classes,
+)
+from keras_dense.layers.aspp import ASPP, BN_EPSILON
+from keras_dense.layers.resizing import ResizeToMatch
+
+DEFAULT_ATROUS_RATES = {16: (6, 12, 18), 8: (12, 24, 36)}
+ASPP_FILTERS = 256
+DECODER_FILTERS = 256
+LOW_LEVEL_FILTERS = 48
+ASPP_DROPOUT = 0.1
+
+
+def _conv_bn_relu(x, filters: int, kernel_size: int, name: str, relu_name: str | None = None):
+    x = keras.layers.Conv2D(
+        filters,
+        kernel_size,
+        padding="same",
+        use_bias=False,
+        kernel_initializer="he_normal",
+        name=name,
+    )(x)
+    x = keras.layers.BatchNormalization(epsilon=BN_EPSILON, name=f"{name}_bn")(x)
+    return keras.layers.ReLU(name=relu_name or f"{name}_relu")(x)
+
+
+def deeplab_decoder(x, low_level):
+    """The DeepLabv3+ decoder.
+
+    Args:
+        x: ASPP output (output stride 16 or 8).
+        low_level: Backbone features at output stride 4.
+
+    Returns:
+        The refined features at the size of `low_level`, 256 channels; the last layer is
+        named `decoder`.
+    """
+    low_level = _conv_bn_relu(low_level, LOW_LEVEL_FILTERS, 1, "decoder_low_level")
+    x = ResizeToMatch(interpolation="bilinear", name="decoder_upsample")([x, low_level])
+    x = keras.layers.Concatenate(name="decoder_concat")([x, low_level])
+    x = _conv_bn_relu(x, DECODER_FILTERS, 3, "decoder_conv1")
+    return _conv_bn_relu(x, DECODER_FILTERS, 3, "decoder_conv2", relu_name="decoder")
+
+
+def _check_arguments(backbone, output_stride, atrous_rates, decoder) -> None:
+    if backbone not in BACKBONES:
+        raise ValueError(f"backbone={backbone!r}: expected one of {sorted(BACKBONES)}")
+    if output_stride not in DEFAULT_ATROUS_RATES:
+        raise ValueError(f"output_stride={output_stride!r}: expected 16 or 8")
+    if atrous_rates is not None and (
+        len(atrous_rates) != 3 or not all(isinstance(r, int) and r >= 1 for r in atrous_rates)
+    ):
+        raise ValueError(f"atrous_rates={atrous_rates!r}: expected None or three positive integers")
+    if not isinstance(decoder, bool):
+        raise ValueError(f"decoder={decoder!r}: expected True (DeepLabv3+) or False (DeepLabv3)")
+
+
+def deeplab(
+    num_classes: int = 21,
+    backbone: str = "resnet50",
+    output_stride: int = 16,
+    atrous_rates: Sequence[int] | None = None,
+    decoder: bool = True,
+    input_shape: tuple = (None, None, 3),
+    weights: str | None = None,
+    backbone_weights: str | None = None,
+    activation: str | None = None,
+    multi_grid: Sequence[int] | None = None,
+    name: str | None = None,
+) -> keras.Model:
+    """Builds DeepLabv3+ (or DeepLabv3 with `decoder=False`).
+
+    Args:
+        num_classes: Number of classes.
+        backbone: `"resnet50"`, `"resnet101"`, `"xception"` or `"mobilenetv2"`: the
+            keras.applications network, made atrous. Preprocess inputs with that network's
+            `preprocess_input`.
+        output_stride: 16 or 8: the ratio of input size to ASPP feature size.
+        atrous_rates: The three ASPP dilation rates; `None` means (6, 12, 18) at output stride
+            16 and (12, 24, 36) at output stride 8.
+        decoder: `True` for DeepLabv3+, `False` for DeepLabv3 (classifier on the ASPP output).
+        input_shape: `(H, W, C)`; `None` sizes accept any input size.
+        weights: `None` or the path of a full-model weight file (`.weights.h5` or `.keras`).
+        backbone_weights: `None`, `"imagenet"` (downloads the keras.applications weights) or
+            the path of a keras.applications weight file for `backbone`, loaded by layer name.
+        activation: `None` for logits, or an activation applied to the output (`"softmax"`).
+        multi_grid: ResNet only: multipliers of the last stage's dilation rate per block
+            (DeepLabv3's multi-grid, e.g. `(1, 2, 4)`); `None` means `(1, 1, 1)`.
+        name: Model name; defaults to `deeplabv3plus_{backbone}` (`deeplabv3_...`).
+
+    Returns:
+        A functional `keras.Model` mapping `(B, H, W, C)` images to `(B, H, W, num_classes)`.
+
+    Raises:
+        ValueError: An argument is out of range.
+    """
+    _check_arguments(backbone, output_stride, atrous_rates, decoder)
+    num_classes = check_num_classes(num_classes)
+    input_shape = check_input_shape(input_shape)
+    check_activation(activation)
+    check_backbone_weights(backbone_weights, input_shape, BACKBONES[backbone].__name__)
+    rates = tuple(atrous_rates) if atrous_rates is not None else DEFAULT_ATROUS_RATES[output_stride]
+    if name is None:
+        name = f"deeplabv3{'plus' if decoder else ''}_{backbone}"
+
+    inputs = keras.Input(shape=input_shape, name="image")
+    features, low_level = atrous_backbone(inputs, backbone, output_stride, multi_grid)
+
+    x = ASPP(filters=ASPP_FILTERS, atrous_rates=rates, dropout=ASPP_DROPOUT, name="aspp")(features)
+    if decoder:
+        x = deeplab_decoder(x, low_level)
+    x = keras.layers.Conv2D(num_classes, 1, name="logits")(x)
+    x = ResizeToMatch(interpolation="bilinear", name="upsample_logits")([x, inputs])
+    x = apply_activation(x, activation, prefix="logits")
+    model = keras.Model(inputs, x, name=name)
+
+    if backbone_weights is not None:
+        # A model over the backbone layers only (shared with `model`) receives the weights.
+        backbone_model = keras.Model(inputs, [low_level, features], name=f"{backbone}_atrous")
+        load_backbone_weights(backbone_model, backbone, backbone_weights)
+    load_model_weights(model, weights)
+    return model
