@@ -1,0 +1,288 @@
+"""Fast R-CNN (Girshick, ICCV 2015) with a VGG16 trunk.
+
+The conv features of the whole image are computed once (VGG16 up to conv5_3, stride 16);
+every region of interest is max-pooled into a 7 x 7 grid (`RoIPooling`), goes through fc6 and
+fc7 (4096 units each, dropout 0.5) and two sibling heads: `cls_score` (K + 1 logits,
+background = class 0) and `bbox_pred` (4 deltas per class, `(dx, dy, dw, dh)`). conv1_x and
+conv2_x are frozen, as in the paper.
+
+`FastRCNN` is a functional `keras.Model` whose `train_step` consumes the batches of
+`keras_dense.data.detection_dataset` (dicts with images, ground truth and proposals): RoI
+sampling, targets and the multi-task loss all run in the graph, so `model.fit(dataset)` works.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import keras
+import tensorflow as tf
+
+from keras_dense.apps.backbone_weights import (
+    load_model_weights,
+    resolve_source_model,
+    transfer_weights,
+)
+from keras_dense.apps.vgg import VGG16_IMAGENET_NAMES, default_pool, vgg16_trunk
+from keras_dense.detection.boxes import BOX_STDS
+from keras_dense.detection.losses import fast_rcnn_loss
+from keras_dense.detection.sampling import sample_rois
+from keras_dense.layers.roi_pooling import RoIPooling
+
+FROZEN_LAYERS = ("conv1_1", "conv1_2", "conv2_1", "conv2_2")
+FC_UNITS = 4096
+# Our layer name -> keras.applications.VGG16 layer name (conv trunk, fc6/fc7 from fc1/fc2).
+FAST_RCNN_IMAGENET_NAMES = {**VGG16_IMAGENET_NAMES, "fc6": "fc1", "fc7": "fc2"}
+BATCH_KEYS = ("images", "boxes", "labels", "num_boxes", "proposals", "num_proposals")
+
+
+@keras.saving.register_keras_serializable(package="keras_dense")
+class FastRCNN(keras.Model):
+    """A functional model `[images, rois] -> [cls_score, bbox_pred]` trained as Fast R-CNN.
+
+    Build it with `keras_dense.apps.fast_rcnn(...)`. Any functional graph with these inputs
+    and outputs works (e.g. a compressed one from `compress_dense`).
+
+    `fit`/`evaluate` take detection batches (see `keras_dense.data.detection_dataset`): dicts
+    with `images`, `boxes`, `labels`, `num_boxes`, `proposals`, `num_proposals` and optionally
+    `difficult`. Each step samples `rois_per_image` RoIs per image (`sample_rois`) and minimises
+    `fast_rcnn_loss`. `predict` on such a dict runs the heads on the proposals. Compile with an
+    optimizer only (the loss is built in); the paper uses SGD, momentum 0.9, lr 0.001.
+
+    Args:
+        *args: `inputs`, `outputs` (and `name`), as for a functional `keras.Model`.
+        rois_per_image: RoIs sampled per image and step (64; 2 images give R = 128).
+        fg_fraction: Largest share of foreground RoIs (0.25).
+        fg_iou_threshold: IoU with a ground-truth box that makes a RoI foreground (0.5).
+        bg_iou_range: IoU range `[low, high)` of background RoIs ((0.1, 0.5)).
+        box_stds: Standard deviations normalising the box targets ((0.1, 0.1, 0.2, 0.2)).
+        box_loss_weight: lambda of the smooth-L1 term (1).
+        use_difficult: Train on VOC "difficult" boxes too (False, as the paper).
+        **kwargs: Functional model keyword arguments (`inputs`, `outputs`, `name`, ...).
+    """
+
+    def __init__(
+        self,
+        *args,
+        rois_per_image: int = 64,
+        fg_fraction: float = 0.25,
+        fg_iou_threshold: float = 0.5,
+        bg_iou_range: Sequence[float] = (0.1, 0.5),
+        box_stds: Sequence[float] = BOX_STDS,
+        box_loss_weight: float = 1.0,
+        use_difficult: bool = False,
+        **kwargs,
+    ):
+        super().__init__(*args, **kwargs)
+        if len(self.outputs) != 2:
+            raise ValueError(
+                f"outputs: expected [cls_score, bbox_pred], got {len(self.outputs)} outputs"
+            )
+        classes = self.outputs[0].shape[-1]
+        if classes is None or self.outputs[1].shape[-1] != 4 * classes:
+            raise ValueError(
+                "outputs: expected cls_score (B, R, K + 1) and bbox_pred (B, R, 4 (K + 1)), got "
+                f"{self.outputs[0].shape} and {self.outputs[1].shape}"
+            )
+        if len(box_stds) != 4:
+            raise ValueError(f"box_stds={box_stds!r}: expected 4 numbers")
+        self.rois_per_image = int(rois_per_image)
+        self.fg_fraction = float(fg_fraction)
+        self.fg_iou_threshold = float(fg_iou_threshold)
+        self.bg_iou_range = tuple(float(v) for v in bg_iou_range)
+        self.box_stds = tuple(float(v) for v in box_stds)
+        self.box_loss_weight = float(box_loss_weight)
+        self.use_difficult = bool(use_difficult)
+        self.loss_tracker = keras.metrics.Mean(name="loss")
+        self.cls_loss_tracker = keras.metrics.Mean(name="cls_loss")
+        self.box_loss_tracker = keras.metrics.Mean(name="box_loss")
+
+    @property
+    def num_classes(self) -> int:
+        """Number of object classes K (without background)."""
+        return int(self.outputs[0].shape[-1]) - 1
+
+    @property
+    def metrics(self):
+        return [self.loss_tracker, self.cls_loss_tracker, self.box_loss_tracker]
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "rois_per_image": self.rois_per_image,
+                "fg_fraction": self.fg_fraction,
+                "fg_iou_threshold": self.fg_iou_threshold,
+                "bg_iou_range": list(self.bg_iou_range),
+                "box_stds": list(self.box_stds),
+                "box_loss_weight": self.box_loss_weight,
+                "use_difficult": self.use_difficult,
+            }
+        )
+        return config
+
+    def sample_targets(self, batch: dict, seed=None) -> dict:
+        """Samples training RoIs with their labels and box targets for a detection batch.
+
+        Args:
+            batch: A detection batch dict (see the class docstring).
+            seed: Optional int pair for reproducible sampling.
+
+        Returns:
+            The dict of `keras_dense.detection.sample_rois`.
+        """
+        missing = [key for key in BATCH_KEYS if key not in batch]
+        if missing:
+            raise ValueError(
+                f"batch: missing keys {missing}; expected a keras_dense.data.detection_dataset "
+                f"batch with {list(BATCH_KEYS)}"
+            )
+        return sample_rois(
+            batch["proposals"],
+            batch["num_proposals"],
+            batch["boxes"],
+            batch["labels"],
+            batch["num_boxes"],
+            gt_difficult=batch.get("difficult"),
+            rois_per_image=self.rois_per_image,
+            fg_fraction=self.fg_fraction,
+            fg_iou_threshold=self.fg_iou_threshold,
+            bg_iou_range=self.bg_iou_range,
+            box_stds=self.box_stds,
+            use_difficult=self.use_difficult,
+            seed=seed,
+        )
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        """Fast R-CNN loss of the sampled RoIs `y` (from `sample_targets`), plus `self.losses`."""
+        cls_score, bbox_pred = y_pred
+        terms = fast_rcnn_loss(
+            y["labels"], y["box_targets"], cls_score, bbox_pred, self.box_loss_weight
+        )
+        self.cls_loss_tracker.update_state(terms["cls_loss"])
+        self.box_loss_tracker.update_state(terms["box_loss"])
+        loss = terms["loss"]
+        if self.losses:
+            loss = loss + tf.add_n([tf.cast(v, loss.dtype) for v in self.losses])
+        return loss
+
+    @staticmethod
+    def _batch(data) -> dict:
+        if isinstance(data, (tuple, list)) and data and isinstance(data[0], dict):
+            data = data[0]
+        if not isinstance(data, dict):
+            raise ValueError(
+                "FastRCNN.fit/evaluate: expected batches that are dicts from "
+                f"keras_dense.data.detection_dataset, got {type(data).__name__}"
+            )
+        return data
+
+    def train_step(self, data):
+        batch = self._batch(data)
+        targets = self.sample_targets(batch)
+        with tf.GradientTape() as tape:
+            y_pred = self([batch["images"], targets["rois"]], training=True)
+            loss = self.compute_loss(x=batch, y=targets, y_pred=y_pred, training=True)
+            scaled = self.optimizer.scale_loss(loss) if self.optimizer is not None else loss
+        weights = self.trainable_weights
+        gradients = tape.gradient(scaled, weights)
+        self.optimizer.apply_gradients(zip(gradients, weights))
+        self.loss_tracker.update_state(loss)
+        return {m.name: m.result() for m in self.metrics}
+
+    def test_step(self, data):
+        batch = self._batch(data)
+        targets = self.sample_targets(batch)
+        y_pred = self([batch["images"], targets["rois"]], training=False)
+        loss = self.compute_loss(x=batch, y=targets, y_pred=y_pred, training=False)
+        self.loss_tracker.update_state(loss)
+        return {m.name: m.result() for m in self.metrics}
+
+    def predict_step(self, data):
+        if isinstance(data, dict):
+            return self([data["images"], data["proposals"]], training=False)
+        return super().predict_step(data)
+
+
+def _pool_without_pool5(x, name: str):
+    """VGG16 pooling for pool1..pool4; Fast R-CNN replaces pool5 by RoI pooling."""
+    return x if name == "pool5" else default_pool(x, name)
+
+
+def fast_rcnn(
+    num_classes: int = 20,
+    backbone: str = "vgg16",
+    pool_size: int = 7,
+    input_shape: tuple = (None, None, 3),
+    backbone_weights: str | None = None,
+    weights: str | None = None,
+    roi_mode: str = "max",
+    dropout: float = 0.5,
+    name: str = "fast_rcnn",
+    **kwargs,
+) -> FastRCNN:
+    """Builds Fast R-CNN (VGG16, the paper's model "L").
+
+    Args:
+        num_classes: Object classes K; the heads have K + 1 outputs (background = 0).
+        backbone: Only `"vgg16"`.
+        pool_size: RoI pooling grid (7; fc6 then has 7 * 7 * 512 inputs).
+        input_shape: Image shape (H, W, 3); H and W may be None.
+        backbone_weights: None, `"imagenet"` or a VGG16 weight file: conv1_1..conv5_3 from
+            VGG16 by name, fc6/fc7 from VGG16's fc1/fc2 (same 25088 -> 4096 -> 4096 shapes,
+            requires `pool_size=7`).
+        weights: None or a weight file of this model (`.weights.h5` or `.keras`).
+        roi_mode: `"max"` (Fast R-CNN RoI pooling) or `"align"` (RoIAlign).
+        dropout: Dropout rate after fc6 and fc7 (0.5).
+        name: Model name.
+        **kwargs: Training options of `FastRCNN` (`rois_per_image`, `fg_fraction`, ...).
+
+    Returns:
+        A `FastRCNN` model with inputs `[images (B, H, W, 3), rois (B, R, 4)]` and outputs
+        `[cls_score (B, R, K + 1), bbox_pred (B, R, 4 (K + 1))]`.
+
+    Raises:
+        ValueError: Bad argument.
+    """
+    if not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes={num_classes!r}: expected a positive int")
+    if backbone != "vgg16":
+        raise ValueError(f"backbone={backbone!r}: expected 'vgg16'")
+    if len(input_shape) != 3 or input_shape[-1] != 3:
+        raise ValueError(f"input_shape={input_shape!r}: expected (height, width, 3)")
+    if backbone_weights is not None and pool_size != 7:
+        raise ValueError(
+            f"pool_size={pool_size!r}: backbone_weights needs pool_size=7 (VGG16's fc1 takes "
+            "7 x 7 x 512 inputs)"
+        )
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout={dropout!r}: expected a rate in [0, 1)")
+
+    images = keras.Input(shape=input_shape, name="images")
+    rois = keras.Input(shape=(None, 4), name="rois")
+    features = vgg16_trunk(images, pool=_pool_without_pool5)["conv5_3"]
+    pooled = RoIPooling(pool_size, 1.0 / 16.0, mode=roi_mode, name="roi_pool5")([features, rois])
+    x = keras.layers.Reshape((-1, pool_size * pool_size * 512), name="roi_flatten")(pooled)
+    x = keras.layers.Dense(FC_UNITS, activation="relu", name="fc6")(x)
+    x = keras.layers.Dropout(dropout, name="drop6")(x)
+    x = keras.layers.Dense(FC_UNITS, activation="relu", name="fc7")(x)
+    x = keras.layers.Dropout(dropout, name="drop7")(x)
+    cls_score = keras.layers.Dense(
+        num_classes + 1,
+        kernel_initializer=keras.initializers.RandomNormal(stddev=0.01),
+        name="cls_score",
+    )(x)
+    bbox_pred = keras.layers.Dense(
+        4 * (num_classes + 1),
+        kernel_initializer=keras.initializers.RandomNormal(stddev=0.001),
+        name="bbox_pred",
+    )(x)
+    model = FastRCNN(inputs=[images, rois], outputs=[cls_score, bbox_pred], name=name, **kwargs)
+    for layer_name in FROZEN_LAYERS:
+        model.get_layer(layer_name).trainable = False
+
+    if backbone_weights is not None:
+        source = resolve_source_model(backbone_weights, keras.applications.VGG16)
+        transfer_weights(model, source, FAST_RCNN_IMAGENET_NAMES)
+    load_model_weights(model, weights)
+    return model
