@@ -50,6 +50,7 @@ from keras_dense.apps.builder_checks import (
     check_num_classes,
 )
 from keras_dense.apps.vgg import VGG16_IMAGENET_NAMES, vgg16_trunk
+from keras_dense.apps.with_crf import with_crf
 from keras_dense.layers.pooling_switches import (
     MaxPoolingWithArgmax2D,
     MaxUnpooling2D,
@@ -156,6 +157,7 @@ def deconvnet(
     name: str = "deconvnet",
     fc_padding: str = "valid",
     fc_filters: int = PAPER_FC_FILTERS,
+    crf: bool = False,
 ) -> keras.Model:
     """Builds DeconvNet: VGG16 with BN, fc6/fc7, and the mirrored unpooling/deconvolution net.
 
@@ -176,6 +178,8 @@ def deconvnet(
             `"same"` (zero-padded fc6 / deconv_fc6: any input size).
         fc_filters: Filters of `fc6` and `fc7`; 4096 in the paper. Smaller values give a much
             lighter model (fc6 and deconv_fc6 alone hold 205 M of the 252 M parameters).
+        crf: Append a CRF-as-RNN layer (`keras_dense.apps.with_crf`, default CrfRnn settings;
+            the input stays "caffe"-normalised and is de-normalised for the CRF).
 
     Returns:
         A functional `keras.Model` mapping `(B, H, W, C)` to `(B, H, W, num_classes)`.
@@ -219,5 +223,7 @@ def deconvnet(
 
     if backbone_weights is not None:
         load_vgg16_deconvnet_backbone(model, os.fspath(backbone_weights))
+    if crf:
+        model = with_crf(model, normalization="caffe")
     load_model_weights(model, weights)
     return model

@@ -28,6 +28,7 @@ from keras_dense.apps.builder_checks import (
     check_input_shape,
     check_num_classes,
 )
+from keras_dense.apps.with_crf import with_crf
 from keras_dense.layers.aspp import ASPP, BN_EPSILON
 from keras_dense.layers.resizing import ResizeToMatch
 
@@ -94,6 +95,7 @@ def deeplab(
     activation: str | None = None,
     multi_grid: Sequence[int] | None = None,
     name: str | None = None,
+    crf: bool = False,
 ) -> keras.Model:
     """Builds DeepLabv3+ (or DeepLabv3 with `decoder=False`).
 
@@ -114,6 +116,9 @@ def deeplab(
         multi_grid: ResNet only: multipliers of the last stage's dilation rate per block
             (DeepLabv3's multi-grid, e.g. `(1, 2, 4)`); `None` means `(1, 1, 1)`.
         name: Model name; defaults to `deeplabv3plus_{backbone}` (`deeplabv3_...`).
+        crf: Append a CRF-as-RNN layer (`keras_dense.apps.with_crf`, default CrfRnn settings),
+            fed with the input de-normalised from the backbone's mode ("caffe" for ResNet,
+            "tf" for Xception and MobileNetV2).
 
     Returns:
         A functional `keras.Model` mapping `(B, H, W, C)` images to `(B, H, W, num_classes)`.
@@ -145,5 +150,8 @@ def deeplab(
         # A model over the backbone layers only (shared with `model`) receives the weights.
         backbone_model = keras.Model(inputs, [low_level, features], name=f"{backbone}_atrous")
         load_backbone_weights(backbone_model, backbone, backbone_weights)
+    if crf:
+        crf_normalization = "caffe" if backbone.startswith("resnet") else "tf"
+        model = with_crf(model, normalization=crf_normalization)
     load_model_weights(model, weights)
     return model

@@ -50,6 +50,7 @@ from keras_dense.apps.backbone_weights import (
     transfer_weights,
 )
 from keras_dense.apps.vgg import VGG16_IMAGENET_NAMES, vgg16_trunk
+from keras_dense.apps.with_crf import with_crf
 from keras_dense.layers.resizing import CropToMatch
 from keras_dense.layers.upsampling import bilinear_crop_offset, bilinear_upsampling
 
@@ -142,6 +143,7 @@ def _fcn(
     activation: str | None,
     name: str,
     dropout: float = 0.5,
+    crf: bool = False,
 ) -> keras.Model:
     _check_arguments(num_classes, input_shape, backbone_weights, activation)
     inputs = keras.Input(shape=tuple(input_shape), name="image")
@@ -183,6 +185,8 @@ def _fcn(
 
     if backbone_weights is not None:
         load_vgg16_fcn_backbone(model, os.fspath(backbone_weights))
+    if crf:
+        model = with_crf(model, normalization="caffe")
     load_model_weights(model, weights)
     return model
 
@@ -194,6 +198,7 @@ def fcn32s(
     backbone_weights: str | None = None,
     activation: str | None = None,
     name: str = "fcn32s",
+    crf: bool = False,
 ) -> keras.Model:
     """Builds FCN-32s: VGG16, convolutional fc6/fc7, x32 bilinear upsampling of `score_fr`.
 
@@ -208,6 +213,9 @@ def fcn32s(
         activation: `None` for logits, or a Keras activation applied over the classes
             (`"softmax"`).
         name: Model name.
+        crf: Append a CRF-as-RNN layer (`keras_dense.apps.with_crf`, default CrfRnn settings;
+            the input stays "caffe"-normalised and is de-normalised for the CRF). Call
+            `with_crf` yourself for other settings.
 
     Returns:
         A functional `keras.Model` mapping `(B, H, W, C)` to `(B, H, W, num_classes)`.
@@ -215,7 +223,9 @@ def fcn32s(
     Raises:
         ValueError: An argument is invalid.
     """
-    return _fcn("fcn32s", num_classes, input_shape, weights, backbone_weights, activation, name)
+    return _fcn(
+        "fcn32s", num_classes, input_shape, weights, backbone_weights, activation, name, crf=crf
+    )
 
 
 def fcn16s(
@@ -225,6 +235,7 @@ def fcn16s(
     backbone_weights: str | None = None,
     activation: str | None = None,
     name: str = "fcn16s",
+    crf: bool = False,
 ) -> keras.Model:
     """Builds FCN-16s: FCN-32s plus the `score_pool4` skip fused at stride 16.
 
@@ -236,6 +247,9 @@ def fcn16s(
             (with top) weight file.
         activation: `None` for logits, or a Keras activation such as `"softmax"`.
         name: Model name.
+        crf: Append a CRF-as-RNN layer (`keras_dense.apps.with_crf`, default CrfRnn settings;
+            the input stays "caffe"-normalised and is de-normalised for the CRF). Call
+            `with_crf` yourself for other settings.
 
     Returns:
         A functional `keras.Model` mapping `(B, H, W, C)` to `(B, H, W, num_classes)`.
@@ -243,7 +257,9 @@ def fcn16s(
     Raises:
         ValueError: An argument is invalid.
     """
-    return _fcn("fcn16s", num_classes, input_shape, weights, backbone_weights, activation, name)
+    return _fcn(
+        "fcn16s", num_classes, input_shape, weights, backbone_weights, activation, name, crf=crf
+    )
 
 
 def fcn8s(
@@ -253,6 +269,7 @@ def fcn8s(
     backbone_weights: str | None = None,
     activation: str | None = None,
     name: str = "fcn8s",
+    crf: bool = False,
 ) -> keras.Model:
     """Builds FCN-8s: FCN-16s plus the `score_pool3` skip fused at stride 8.
 
@@ -264,6 +281,9 @@ def fcn8s(
             (with top) weight file.
         activation: `None` for logits, or a Keras activation such as `"softmax"`.
         name: Model name.
+        crf: Append a CRF-as-RNN layer (`keras_dense.apps.with_crf`, default CrfRnn settings;
+            the input stays "caffe"-normalised and is de-normalised for the CRF). Call
+            `with_crf` yourself for other settings.
 
     Returns:
         A functional `keras.Model` mapping `(B, H, W, C)` to `(B, H, W, num_classes)`.
@@ -271,4 +291,6 @@ def fcn8s(
     Raises:
         ValueError: An argument is invalid.
     """
-    return _fcn("fcn8s", num_classes, input_shape, weights, backbone_weights, activation, name)
+    return _fcn(
+        "fcn8s", num_classes, input_shape, weights, backbone_weights, activation, name, crf=crf
+    )

@@ -47,6 +47,7 @@ from keras_dense.apps.builder_checks import (
     check_input_shape,
     check_num_classes,
 )
+from keras_dense.apps.with_crf import with_crf
 from keras_dense.layers.resizing import CropToMatch
 
 _CONVS_PER_LEVEL = 2
@@ -195,6 +196,7 @@ def unet(
     weights: str | None = None,
     activation: str | None = None,
     name: str = "unet",
+    crf: bool = False,
 ) -> keras.Model:
     """Builds U-Net.
 
@@ -212,6 +214,10 @@ def unet(
         weights: `None` or the path of a full-model weight file (`.weights.h5` or `.keras`).
         activation: `None` for logits, or a Keras activation such as `"softmax"`.
         name: Model name.
+        crf: Append a CRF-as-RNN layer (`keras_dense.apps.with_crf`, default CrfRnn settings)
+            fed with the input de-normalised from the pipelines' default "caffe" mode
+            (centre-cropped to the output with "valid" padding). Call `with_crf` yourself for
+            another normalisation.
 
     Returns:
         A functional `keras.Model`: `(B, H, W, C)` to `(B, H, W, num_classes)` with
@@ -267,5 +273,7 @@ def unet(
     outputs = keras.layers.Conv2D(num_classes, 1, name="conv_u0d-score")(x)
     outputs = apply_activation(outputs, activation)
     model = keras.Model(inputs, outputs, name=name)
+    if crf:
+        model = with_crf(model, normalization="caffe")
     load_model_weights(model, weights)
     return model

@@ -1,0 +1,245 @@
+"""CRF-as-RNN (Zheng et al., ICCV 2015): dense-CRF mean field as a trainable Keras layer.
+
+`CrfRnn` refines segmentation logits with a fully connected CRF whose pairwise potentials are
+two Gaussian kernels over the pixels (Krähenbühl & Koltun 2011): a spatial kernel
+(`theta_gamma`) and a bilateral kernel (`theta_alpha` in pixels, `theta_beta` in colour
+levels, on the raw 0-255 image). Mean field starts at Q = softmax(U), U the input logits, and
+each iteration (an RNN step, `keras_dense.crf.mean_field`):
+
+1. filters Q with each kernel (permutohedral lattice; one lattice per image and kernel, built
+   once per call and reused by every iteration and by the backward pass);
+2. divides each result by that kernel's filtering of an all-ones image;
+3. mixes them with the trainable C x C kernel-weight matrices (initialised to
+   `spatial_weight * I` and `bilateral_weight * I`): `sum_m filtered_m @ W_m^T`;
+4. applies the trainable C x C compatibility matrix (initialised to Potts, 1 - I);
+5. sets Q = softmax(U - pairwise).
+
+The output is the final `U - pairwise` (logits). Gradients flow to the logits and to the three
+matrices; the image gets none (the lattice is piecewise constant in it).
+
+Iterations: `num_iterations` (default 5, as the paper trains) can be changed for inference,
+e.g. to the paper's 10: call the layer with `num_iterations=10`, or set the attribute on a
+built model with `set_crf_iterations(model, 10)` (which also drops the model's compiled
+predict/evaluate functions so that the change takes effect).
+
+Implementation: `"custom_op"` (C++ CPU kernels, `keras_dense.ops`), `"tf"` (stock TF ops only:
+GPU, SavedModel, TF Serving) or `"auto"` (the op when it can be built, else "tf"). Before
+exporting a SavedModel, switch every CrfRnn layer to "tf" with `use_portable_crf(model)`.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_dense.crf.mean_field import build_kernels, mean_field
+from keras_dense.ops.permutohedral import check_implementation, resolve_implementation
+
+
+def _positive(name: str, value) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = float("nan")
+    if not np.isfinite(number) or number <= 0:
+        raise ValueError(f"{name} must be a positive number, got {value!r}")
+    return number
+
+
+def _iterations(value) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise ValueError(f"num_iterations must be a non-negative integer, got {value!r}")
+    return int(value)
+
+
+def _potts_initializer(shape, dtype=None):
+    return keras.ops.ones(shape, dtype=dtype) - keras.ops.eye(shape[0], dtype=dtype)
+
+
+@keras.saving.register_keras_serializable(package="keras_dense")
+class CrfRnn(keras.layers.Layer):
+    """Dense-CRF mean-field inference as a trainable layer (CRF-as-RNN).
+
+    Inputs: `[logits (B, H, W, C), image (B, H, W, K)]`, the image raw on the 0-255 scale
+    (RGB, K = 3; any K works). Output: refined logits `(B, H, W, C)`.
+
+    Args:
+        num_classes: C, the number of classes.
+        theta_alpha: Bilateral kernel spatial standard deviation, pixels.
+        theta_beta: Bilateral kernel colour standard deviation, intensity levels.
+        theta_gamma: Spatial kernel standard deviation, pixels.
+        spatial_weight: Initial spatial kernel weight (the matrix starts at weight * I).
+        bilateral_weight: Initial bilateral kernel weight.
+        num_iterations: Mean-field iterations (5 to train, as in the paper; see the module
+            docstring to change it for inference).
+        implementation: `"auto"`, `"custom_op"` or `"tf"`.
+        **kwargs: Standard layer keyword arguments.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        theta_alpha: float = 160.0,
+        theta_beta: float = 3.0,
+        theta_gamma: float = 3.0,
+        spatial_weight: float = 3.0,
+        bilateral_weight: float = 5.0,
+        num_iterations: int = 5,
+        implementation: str = "auto",
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if (
+            isinstance(num_classes, bool)
+            or not isinstance(num_classes, (int, np.integer))
+            or num_classes < 1
+        ):
+            raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+        self.num_classes = int(num_classes)
+        self.theta_alpha = _positive("theta_alpha", theta_alpha)
+        self.theta_beta = _positive("theta_beta", theta_beta)
+        self.theta_gamma = _positive("theta_gamma", theta_gamma)
+        self.spatial_weight = float(spatial_weight)
+        self.bilateral_weight = float(bilateral_weight)
+        self.num_iterations = _iterations(num_iterations)
+        self.implementation = check_implementation(implementation)
+
+    def build(self, input_shape):
+        if not isinstance(input_shape, (list, tuple)) or len(input_shape) != 2:
+            raise ValueError("CrfRnn expects two inputs: [logits (B,H,W,C), image (B,H,W,3)]")
+        logits_shape, image_shape = (tuple(s) for s in input_shape)
+        if len(logits_shape) != 4 or len(image_shape) != 4:
+            raise ValueError(
+                f"CrfRnn inputs must be 4-D (B, H, W, channels), got {logits_shape} and "
+                f"{image_shape}"
+            )
+        if logits_shape[-1] is not None and logits_shape[-1] != self.num_classes:
+            raise ValueError(
+                f"logits have {logits_shape[-1]} channels but num_classes={self.num_classes}"
+            )
+        if image_shape[-1] is None:
+            raise ValueError("the image's number of channels must be known")
+        for axis in (1, 2):
+            a, b = logits_shape[axis], image_shape[axis]
+            if a is not None and b is not None and a != b:
+                raise ValueError(
+                    f"logits {logits_shape} and image {image_shape} must have the same height "
+                    "and width"
+                )
+        c = self.num_classes
+        self.spatial_kernel_weights = self.add_weight(
+            name="spatial_kernel_weights",
+            shape=(c, c),
+            initializer=keras.initializers.Identity(gain=self.spatial_weight),
+        )
+        self.bilateral_kernel_weights = self.add_weight(
+            name="bilateral_kernel_weights",
+            shape=(c, c),
+            initializer=keras.initializers.Identity(gain=self.bilateral_weight),
+        )
+        self.compatibility = self.add_weight(
+            name="compatibility", shape=(c, c), initializer=_potts_initializer
+        )
+
+    def _pairwise(self, filtered: list[tf.Tensor]) -> tf.Tensor:
+        # Steps 3 and 4 in one product per kernel: mu @ W_m applied to each pixel's vector.
+        compatibility = tf.convert_to_tensor(self.compatibility)
+        terms = []
+        for values, weights in zip(
+            filtered, (self.spatial_kernel_weights, self.bilateral_kernel_weights)
+        ):
+            mixing = tf.matmul(compatibility, tf.convert_to_tensor(weights))
+            terms.append(tf.einsum("bnc,dc->bnd", values, mixing))
+        return tf.add_n(terms)
+
+    def call(self, inputs, num_iterations: int | None = None):
+        logits, image = inputs
+        iterations = self.num_iterations if num_iterations is None else num_iterations
+        iterations = _iterations(iterations)
+        implementation = resolve_implementation(self.implementation)
+        input_dtype = logits.dtype
+        logits = tf.cast(logits, tf.float32)
+        shape = tf.shape(logits)
+        unary = tf.reshape(logits, tf.stack([shape[0], shape[1] * shape[2], shape[3]]))
+        lattices = build_kernels(
+            tf.cast(image, tf.float32),
+            self.theta_alpha,
+            self.theta_beta,
+            self.theta_gamma,
+            implementation,
+        )
+        refined = mean_field(unary, lattices, self._pairwise, iterations, implementation)
+        return tf.cast(tf.reshape(refined, shape), input_dtype)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[0])
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "num_classes": self.num_classes,
+                "theta_alpha": self.theta_alpha,
+                "theta_beta": self.theta_beta,
+                "theta_gamma": self.theta_gamma,
+                "spatial_weight": self.spatial_weight,
+                "bilateral_weight": self.bilateral_weight,
+                "num_iterations": self.num_iterations,
+                "implementation": self.implementation,
+            }
+        )
+        return config
+
+
+def crf_layers(model: keras.Model) -> list[CrfRnn]:
+    """Every `CrfRnn` layer of `model`, nested models included."""
+    found = []
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        if isinstance(layer, CrfRnn):
+            found.append(layer)
+    return found
+
+
+def _reset_compiled_functions(model: keras.Model) -> None:
+    # Keras caches traced train/test/predict functions; a changed attribute needs a retrace.
+    for attribute in ("train_function", "test_function", "predict_function"):
+        if hasattr(model, attribute):
+            setattr(model, attribute, None)
+
+
+def use_portable_crf(model: keras.Model) -> keras.Model:
+    """Switches every CrfRnn layer of `model` to the pure-TF implementation, in place.
+
+    Do this before exporting a SavedModel for TF Serving (which cannot load custom ops), or to
+    run on a GPU. Results are unchanged (the implementations agree to float rounding).
+
+    Args:
+        model: A Keras model, possibly with nested models.
+
+    Returns:
+        The same model.
+    """
+    for layer in crf_layers(model):
+        layer.implementation = "tf"
+    _reset_compiled_functions(model)
+    return model
+
+
+def set_crf_iterations(model: keras.Model, num_iterations: int) -> keras.Model:
+    """Sets the mean-field iterations of every CrfRnn layer of `model`, in place.
+
+    The paper trains with 5 iterations and tests with 10.
+
+    Args:
+        model: A Keras model, possibly with nested models.
+        num_iterations: Non-negative number of iterations.
+
+    Returns:
+        The same model.
+    """
+    iterations = _iterations(num_iterations)
+    for layer in crf_layers(model):
+        layer.num_iterations = iterations
+    _reset_compiled_functions(model)
+    return model

@@ -1,0 +1,7 @@
+"""TensorFlow ops: the permutohedral lattice (custom C++ op and its pure-TF twin)."""
+
+from keras_dense.ops.lattice import Lattice
+from keras_dense.ops.loader import OpBuildError
+from keras_dense.ops.permutohedral import build_lattice, filter_lattice, resolve_implementation
+
+__all__ = ["Lattice", "OpBuildError", "build_lattice", "filter_lattice", "resolve_implementation"]

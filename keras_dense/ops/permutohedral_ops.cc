@@ -1,0 +1,678 @@
+// Permutohedral lattice filtering (Adams, Baek and Davis, "Fast High-Dimensional Filtering
+// Using the Permutohedral Lattice", Eurographics 2010) as two TensorFlow CPU ops.
+//
+// KerasDensePermutohedralBuild(features (B, N, d) float)
+//   -> splat_indices       (B, N, d+1)      int32  lattice point of each simplex vertex
+//      barycentric_weights (B, N, d+1)      float  barycentric weight of each vertex
+//      blur_neighbors      (B, M, d+1, 2)   int32  the two neighbours of each lattice point
+//                                                   along each of the d+1 lattice directions,
+//                                                   -1 when the neighbour is not in the lattice
+//      num_points          (B,)             int32  M_b, lattice points of image b
+//   M = max_b M_b; images with fewer points are padded (padded points have no vertices and
+//   no neighbours). Lattice points are numbered by first occurrence (point-major, then
+//   vertex), as the pure-TF twin (permutohedral_tf.py) numbers them.
+//
+// KerasDensePermutohedralFilter(values (B, N, C), splat_indices, barycentric_weights,
+//                               blur_neighbors, reverse: bool) -> (B, N, C)
+//   splat (barycentric scatter onto the lattice), blur with the [1/2, 1, 1/2] kernel along
+//   the d+1 directions in the order 0..d (d..0 when reverse), slice (barycentric gather),
+//   times alpha = 1 / (1 + 2^-d). Each blur is symmetric and slice is alpha * splat^T, so the
+//   filter with reversed blur order is exactly the transpose: it is the gradient with respect
+//   to `values` (registered in Python). There is no gradient with respect to the features.
+//
+// Work is spread over TensorFlow's intra-op CPU worker threads with `Shard`.
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "tensorflow/core/framework/op.h"
+#include "tensorflow/core/framework/op_kernel.h"
+#include "tensorflow/core/framework/shape_inference.h"
+#include "tensorflow/core/util/work_sharder.h"
+
+namespace keras_dense {
+namespace {
+
+// Bound on the magnitude of lattice coordinates (int32 keys, exact integers in float).
+constexpr double kMaxCoordinate = 1 << 24;
+
+using ::tensorflow::DEVICE_CPU;
+using ::tensorflow::OpKernel;
+using ::tensorflow::OpKernelConstruction;
+using ::tensorflow::OpKernelContext;
+using ::tensorflow::Tensor;
+using ::tensorflow::TensorShape;
+using ::tensorflow::shape_inference::DimensionHandle;
+using ::tensorflow::shape_inference::InferenceContext;
+using ::tensorflow::shape_inference::ShapeHandle;
+
+// Work below this many (estimated) cycles runs on the calling thread: a parallel region costs
+// a synchronisation, which is slow when other processes keep the cores busy.
+constexpr int64_t kMinParallelCost = int64_t{1} << 21;
+
+// Splits `total` units of work, each costing about `cost` cycles, over the worker threads.
+template <typename Fn>
+void ParallelFor(OpKernelContext* context, int64_t total, int64_t cost, Fn fn) {
+  if (total * cost < kMinParallelCost) {
+    if (total > 0) fn(0, total);
+    return;
+  }
+  const auto* threads = context->device()->tensorflow_cpu_worker_threads();
+  ::tensorflow::Shard(threads->num_threads, threads->workers, total, cost,
+                      [&fn](int64_t begin, int64_t end) { fn(begin, end); });
+}
+
+// Open-addressing hash table from lattice keys (the first d coordinates of a lattice point;
+// the last one is minus their sum) to dense point indices in insertion order. It grows by
+// doubling, so that it stays small (cache-resident) for the few thousand points of an image.
+class LatticeHashTable {
+ public:
+  explicit LatticeHashTable(int dim) : dim_(dim) { Resize(1024); }
+
+  int32_t FindOrInsert(const int32_t* key) {
+    uint64_t slot = Hash(key) & mask_;
+    while (true) {
+      const int32_t index = slots_[slot];
+      if (index < 0) {
+        const int32_t created = size();
+        slots_[slot] = created;
+        keys_.insert(keys_.end(), key, key + dim_);
+        if (2 * static_cast<size_t>(created + 1) > slots_.size()) Resize(2 * slots_.size());
+        return created;
+      }
+      if (Equal(index, key)) return index;
+      slot = (slot + 1) & mask_;
+    }
+  }
+
+  int32_t Find(const int32_t* key) const {
+    uint64_t slot = Hash(key) & mask_;
+    while (true) {
+      const int32_t index = slots_[slot];
+      if (index < 0) return -1;
+      if (Equal(index, key)) return index;
+      slot = (slot + 1) & mask_;
+    }
+  }
+
+  int32_t size() const { return static_cast<int32_t>(keys_.size() / dim_); }
+  const int32_t* key(int32_t index) const { return keys_.data() + int64_t{index} * dim_; }
+
+ private:
+  void Resize(size_t capacity) {
+    slots_.assign(capacity, -1);
+    mask_ = static_cast<uint64_t>(capacity - 1);
+    for (int32_t index = 0; index < size(); ++index) {
+      uint64_t slot = Hash(key(index)) & mask_;
+      while (slots_[slot] >= 0) slot = (slot + 1) & mask_;
+      slots_[slot] = index;
+    }
+  }
+
+  uint64_t Hash(const int32_t* key) const {
+    uint64_t h = 0x84222325cbf29ce4ULL;
+    for (int i = 0; i < dim_; ++i) {
+      h ^= static_cast<uint32_t>(key[i]);
+      h *= 0x100000001b3ULL;
+      h ^= h >> 32;
+    }
+    h *= 0xd6e8feb86659fd93ULL;
+    return h ^ (h >> 29);
+  }
+
+  bool Equal(int32_t index, const int32_t* key) const {
+    const int32_t* stored = keys_.data() + int64_t{index} * dim_;
+    for (int i = 0; i < dim_; ++i) {
+      if (stored[i] != key[i]) return false;
+    }
+    return true;
+  }
+
+  int dim_;
+  uint64_t mask_ = 0;
+  std::vector<int32_t> slots_;
+  std::vector<int32_t> keys_;
+};
+
+// Splits [0, total) into `parts` contiguous ranges; returns the start of range `part`.
+int64_t RangeStart(int64_t total, int64_t parts, int64_t part) { return total * part / parts; }
+
+// Number of pieces to split `total` points into, one per worker thread at most.
+int64_t NumPieces(OpKernelContext* context, int64_t total, int64_t min_piece) {
+  const int64_t threads = context->device()->tensorflow_cpu_worker_threads()->num_threads;
+  return std::max<int64_t>(1, std::min<int64_t>(threads, total / min_piece));
+}
+
+// The hot loops are compiled for AVX2 and for baseline x86-64 and chosen when the library is
+// loaded. The arithmetic per element is the same in both (no FMA contraction), so lattices and
+// filtered values do not depend on the CPU.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define KERAS_DENSE_MULTIVERSION __attribute__((target_clones("avx2", "default")))
+#else
+#define KERAS_DENSE_MULTIVERSION
+#endif
+
+// Embeds one feature vector in the lattice: writes the keys (first d coordinates) of the d+1
+// vertices of its enclosing simplex and their barycentric weights. The arithmetic (float,
+// operation order) is mirrored exactly by keras_dense/ops/permutohedral_tf.py.
+inline void EmbedPoint(const float* feature, int d, const float* scale, float* elevated,
+                       int32_t* rem0, int32_t* rank, float* barycentric, int32_t* keys,
+                       float* weights) {
+  const int d1 = d + 1;
+  const float down_factor = 1.0f / static_cast<float>(d1);
+  const float up_factor = static_cast<float>(d1);
+  // Elevate onto the hyperplane x_0 + ... + x_d = 0 (scaled so that the blur approximates a
+  // unit-variance Gaussian in feature space).
+  float sum = 0.0f;
+  for (int j = d; j >= 1; --j) {
+    const float cf = feature[j - 1] * scale[j - 1];
+    elevated[j] = sum - static_cast<float>(j) * cf;
+    sum += cf;
+  }
+  elevated[0] = sum;
+  // Closest remainder-0 lattice point.
+  int32_t rem_sum = 0;
+  for (int i = 0; i < d1; ++i) {
+    const float v = elevated[i] * down_factor;
+    const float up = std::ceil(v) * up_factor;
+    const float down = std::floor(v) * up_factor;
+    const float chosen = (up - elevated[i] < elevated[i] - down) ? up : down;
+    rem0[i] = static_cast<int32_t>(chosen);
+    rem_sum += rem0[i];
+    rank[i] = 0;
+  }
+  rem_sum /= d1;
+  // Rank the differential coordinates.
+  for (int i = 0; i < d; ++i) {
+    const float di = elevated[i] - static_cast<float>(rem0[i]);
+    for (int j = i + 1; j < d1; ++j) {
+      const float dj = elevated[j] - static_cast<float>(rem0[j]);
+      const int32_t smaller = di < dj ? 1 : 0;  // branch-free: the outcome is random
+      rank[i] += smaller;
+      rank[j] += 1 - smaller;
+    }
+  }
+  // Bring the point back onto the plane when the coordinates do not sum to zero.
+  if (rem_sum > 0) {
+    for (int i = 0; i < d1; ++i) {
+      if (rank[i] >= d1 - rem_sum) {
+        rem0[i] -= d1;
+        rank[i] += rem_sum - d1;
+      } else {
+        rank[i] += rem_sum;
+      }
+    }
+  } else if (rem_sum < 0) {
+    for (int i = 0; i < d1; ++i) {
+      if (rank[i] < -rem_sum) {
+        rem0[i] += d1;
+        rank[i] += d1 + rem_sum;
+      } else {
+        rank[i] += rem_sum;
+      }
+    }
+  }
+  // Barycentric coordinates.
+  for (int i = 0; i < d1 + 1; ++i) barycentric[i] = 0.0f;
+  for (int i = 0; i < d1; ++i) {
+    const float v = (elevated[i] - static_cast<float>(rem0[i])) * down_factor;
+    barycentric[d - rank[i]] += v;
+    barycentric[d1 - rank[i]] -= v;
+  }
+  barycentric[0] += 1.0f + barycentric[d1];
+  // Vertex k of the simplex: rem0 plus the canonical simplex vertex k, permuted by rank.
+  for (int k = 0; k < d1; ++k) {
+    for (int i = 0; i < d; ++i) {
+      keys[k * d + i] = rem0[i] + (rank[i] <= d - k ? k : k - d1);
+    }
+    weights[k] = barycentric[k];
+  }
+}
+
+// Embeds points [begin, end) and hashes their simplex vertices into `table`: writes local
+// point indices and barycentric weights. Returns false if a feature exceeds `limit`.
+KERAS_DENSE_MULTIVERSION bool EmbedRange(const float* features, int64_t begin, int64_t end,
+                                         int d, const float* scale, float limit,
+                                         LatticeHashTable* table, int32_t* indices,
+                                         float* weights) {
+  const int d1 = d + 1;
+  std::vector<float> elevated(d1), barycentric(d1 + 1);
+  std::vector<int32_t> rem0(d1), rank(d1), keys(d1 * d);
+  // Neighbouring points often share simplex vertices: remember the previous point's.
+  std::vector<int32_t> previous_keys(d1 * d), previous_index(d1, -1);
+  const std::vector<float> zeros(d, 0.0f);
+  bool finite = true;
+  for (int64_t n = begin; n < end; ++n) {
+    const float* f = features + n * d;
+    for (int i = 0; i < d; ++i) {
+      if (!(std::fabs(f[i]) <= limit)) {
+        // Out-of-range coordinates would overflow the integer keys: embed the origin instead
+        // (the op then fails with an error).
+        finite = false;
+        f = zeros.data();
+        break;
+      }
+    }
+    EmbedPoint(f, d, scale, elevated.data(), rem0.data(), rank.data(), barycentric.data(),
+               keys.data(), weights + n * d1);
+    for (int k = 0; k < d1; ++k) {
+      const int32_t* key = keys.data() + k * d;
+      int32_t* previous = previous_keys.data() + k * d;
+      if (previous_index[k] < 0 || !std::equal(key, key + d, previous)) {
+        previous_index[k] = table->FindOrInsert(key);
+        std::copy(key, key + d, previous);
+      }
+      indices[n * d1 + k] = previous_index[k];
+    }
+  }
+  return finite;
+}
+
+class PermutohedralBuildOp : public OpKernel {
+ public:
+  explicit PermutohedralBuildOp(OpKernelConstruction* context) : OpKernel(context) {}
+
+  void Compute(OpKernelContext* context) override {
+    const Tensor& features = context->input(0);
+    OP_REQUIRES(context, features.dims() == 3,
+                absl::InvalidArgumentError("features must have shape (batch, points, dims), "
+                                           "got " + features.shape().DebugString()));
+    const int64_t batch = features.dim_size(0);
+    const int64_t points = features.dim_size(1);
+    const int64_t dims = features.dim_size(2);
+    OP_REQUIRES(context, dims >= 1 && dims <= 64,
+                absl::InvalidArgumentError("features must have between 1 and 64 dimensions"));
+    const int d = static_cast<int>(dims);
+    const int d1 = d + 1;
+    const int64_t vertices = points * d1;
+    OP_REQUIRES(context, vertices < std::numeric_limits<int32_t>::max() / 2,
+                absl::InvalidArgumentError("too many points for int32 lattice indices"));
+
+    Tensor* splat_indices = nullptr;
+    Tensor* weights = nullptr;
+    OP_REQUIRES_OK(context,
+                   context->allocate_output(0, TensorShape({batch, points, d1}), &splat_indices));
+    OP_REQUIRES_OK(context,
+                   context->allocate_output(1, TensorShape({batch, points, d1}), &weights));
+    int32_t* splat_data = splat_indices->flat<int32_t>().data();
+    float* weight_data = weights->flat<float>().data();
+    const float* feature_data = features.flat<float>().data();
+
+    std::vector<float> scale(d);
+    const double inv_std_dev = std::sqrt(2.0 / 3.0) * d1;
+    for (int i = 0; i < d; ++i) {
+      const double norm = std::sqrt(static_cast<double>((i + 1) * (i + 2)));
+      scale[i] = static_cast<float>(inv_std_dev / norm);
+    }
+    // Keeps every lattice coordinate (at most 2 d (d+1) |f| in magnitude) well inside int32.
+    const float limit = static_cast<float>(kMaxCoordinate / (2.0 * d * d1));
+
+    // Per image: (1) embed the points and hash their vertices in one table per piece of the
+    // image (parallel); (2) merge the pieces' tables in order, which numbers the lattice points
+    // by first occurrence (point-major, then vertex); (3) renumber the splat indices.
+    std::vector<LatticeHashTable> tables;
+    tables.reserve(batch);
+    std::atomic<bool> finite(true);
+    for (int64_t b = 0; b < batch; ++b) {
+      const int64_t pieces = NumPieces(context, points, 4096);
+      std::vector<LatticeHashTable> local;
+      local.reserve(pieces);
+      for (int64_t s = 0; s < pieces; ++s) local.emplace_back(d);
+      int32_t* image_indices = splat_data + b * vertices;
+      float* image_weights = weight_data + b * vertices;
+      const float* image_features = feature_data + b * points * d;
+      ParallelFor(context, pieces, 1000000, [&](int64_t begin, int64_t end) {
+        for (int64_t s = begin; s < end; ++s) {
+          if (!EmbedRange(image_features, RangeStart(points, pieces, s),
+                          RangeStart(points, pieces, s + 1), d, scale.data(), limit, &local[s],
+                          image_indices, image_weights)) {
+            finite = false;
+          }
+        }
+      });
+      tables.push_back(std::move(local[0]));  // piece 0's numbering is the global one
+      std::vector<std::vector<int32_t>> renumber(pieces);
+      for (int64_t s = 1; s < pieces; ++s) {
+        renumber[s].resize(local[s].size());
+        for (int32_t m = 0; m < local[s].size(); ++m) {
+          renumber[s][m] = tables[b].FindOrInsert(local[s].key(m));
+        }
+      }
+      for (int64_t s = 1; s < pieces; ++s) {
+        for (int64_t v = RangeStart(points, pieces, s) * d1;
+             v < RangeStart(points, pieces, s + 1) * d1; ++v) {
+          image_indices[v] = renumber[s][image_indices[v]];
+        }
+      }
+    }
+    OP_REQUIRES(context, finite.load(),
+                absl::InvalidArgumentError("features must be finite and at most " +
+                                           std::to_string(limit) + " in magnitude"));
+
+    int32_t max_points = 0;
+    for (int64_t b = 0; b < batch; ++b) max_points = std::max(max_points, tables[b].size());
+    Tensor* neighbors = nullptr;
+    Tensor* num_points = nullptr;
+    OP_REQUIRES_OK(context, context->allocate_output(
+                                2, TensorShape({batch, max_points, d1, 2}), &neighbors));
+    OP_REQUIRES_OK(context, context->allocate_output(3, TensorShape({batch}), &num_points));
+    int32_t* neighbor_data = neighbors->flat<int32_t>().data();
+    for (int64_t b = 0; b < batch; ++b) num_points->flat<int32_t>()(b) = tables[b].size();
+
+    // Blur neighbours of every lattice point (parallel over points; read-only tables).
+    const int64_t row = int64_t{d1} * 2;
+    ParallelFor(context, batch * max_points, 40 * d1 * d, [&](int64_t begin, int64_t end) {
+      std::vector<int32_t> n1(d), n2(d);
+      for (int64_t p = begin; p < end; ++p) {
+        const int64_t b = p / max_points;
+        const int32_t m = static_cast<int32_t>(p % max_points);
+        int32_t* out = neighbor_data + p * row;
+        const LatticeHashTable& table = tables[b];
+        if (m >= table.size()) {
+          std::fill(out, out + row, -1);
+          continue;
+        }
+        const int32_t* key = table.key(m);
+        for (int j = 0; j < d1; ++j) {
+          for (int i = 0; i < d; ++i) {
+            n1[i] = key[i] - 1;
+            n2[i] = key[i] + 1;
+          }
+          if (j < d) {
+            n1[j] = key[j] + d;
+            n2[j] = key[j] - d;
+          }
+          out[2 * j] = table.Find(n1.data());
+          out[2 * j + 1] = table.Find(n2.data());
+        }
+      }
+    });
+  }
+};
+
+// Lattice rows hold the C channels padded with zeros to a multiple of one 32-byte vector
+// (8 floats or 4 doubles), so that the hot loops run whole vectors with no scalar remainder.
+template <typename T>
+struct Packet {
+  static constexpr int64_t kLanes = 32 / sizeof(T);
+  typedef T Type __attribute__((vector_size(32)));
+  // Always inlined, so that each clone uses its own instructions (and no call passes a
+  // vector across the AVX / non-AVX ABI boundary).
+  __attribute__((always_inline)) static inline Type Load(const T* p) {
+    Type v;
+    __builtin_memcpy(&v, p, sizeof(v));
+    return v;
+  }
+  __attribute__((always_inline)) static inline void Store(T* p, Type v) {
+    __builtin_memcpy(p, &v, sizeof(v));
+  }
+};
+
+inline int64_t PaddedChannels(int64_t channels, int64_t lanes) {
+  return (channels + lanes - 1) / lanes * lanes;
+}
+
+// Adds the weighted values of points [begin, end) to their lattice rows (row m+1 for point
+// m; rows are `padded` wide). Returns false on an out-of-range index.
+template <typename T>
+KERAS_DENSE_MULTIVERSION bool SplatRange(const T* __restrict values,
+                                         const int32_t* __restrict indices,
+                                         const float* __restrict weights, int64_t begin,
+                                         int64_t end, int64_t d1, int64_t channels,
+                                         int64_t padded, int64_t max_points,
+                                         T* __restrict lattice) {
+  using P = Packet<T>;
+  std::vector<T> source(padded, T(0));
+  bool valid = true;
+  for (int64_t n = begin; n < end; ++n) {
+    std::copy(values + n * channels, values + (n + 1) * channels, source.begin());
+    for (int64_t k = 0; k < d1; ++k) {
+      const int64_t r = int64_t{indices[n * d1 + k]} + 1;
+      if (r < 1 || r > max_points) {
+        valid = false;
+        continue;
+      }
+      const T w = static_cast<T>(weights[n * d1 + k]);
+      T* row = lattice + r * padded;
+      for (int64_t c = 0; c < padded; c += P::kLanes) {
+        P::Store(row + c, P::Load(row + c) + w * P::Load(source.data() + c));
+      }
+    }
+  }
+  return valid;
+}
+
+template <typename T>
+KERAS_DENSE_MULTIVERSION void AddTo(T* __restrict target, const T* __restrict source,
+                                    int64_t count) {
+  for (int64_t i = 0; i < count; ++i) target[i] += source[i];
+}
+
+// One blur step along direction j for lattice points [begin, end).
+template <typename T>
+KERAS_DENSE_MULTIVERSION bool BlurRange(const T* __restrict lattice,
+                                        const int32_t* __restrict neighbors, int j,
+                                        int64_t begin, int64_t end, int64_t d1, int64_t padded,
+                                        int64_t max_points, T* __restrict blurred) {
+  using P = Packet<T>;
+  const T half = static_cast<T>(0.5);
+  bool valid = true;
+  for (int64_t m = begin; m < end; ++m) {
+    const int32_t* pair = neighbors + (m * d1 + j) * 2;
+    const int64_t r1 = int64_t{pair[0]} + 1;
+    const int64_t r2 = int64_t{pair[1]} + 1;
+    T* target = blurred + (m + 1) * padded;
+    const T* self = lattice + (m + 1) * padded;
+    if (r1 < 0 || r1 > max_points || r2 < 0 || r2 > max_points) {
+      valid = false;
+      std::copy(self, self + padded, target);
+      continue;
+    }
+    const T* first = lattice + r1 * padded;
+    const T* second = lattice + r2 * padded;
+    for (int64_t c = 0; c < padded; c += P::kLanes) {
+      P::Store(target + c,
+               P::Load(self + c) + half * (P::Load(first + c) + P::Load(second + c)));
+    }
+  }
+  return valid;
+}
+
+// Barycentric interpolation of the lattice at points [begin, end), times alpha.
+template <typename T>
+KERAS_DENSE_MULTIVERSION bool SliceRange(const T* __restrict lattice,
+                                         const int32_t* __restrict indices,
+                                         const float* __restrict weights, int64_t begin,
+                                         int64_t end, int64_t d1, int64_t channels,
+                                         int64_t padded, int64_t max_points, T alpha,
+                                         T* __restrict out) {
+  using P = Packet<T>;
+  std::vector<T> sum(padded);
+  bool valid = true;
+  for (int64_t n = begin; n < end; ++n) {
+    std::fill(sum.begin(), sum.end(), T(0));
+    for (int64_t k = 0; k < d1; ++k) {
+      const int64_t r = int64_t{indices[n * d1 + k]} + 1;
+      if (r < 1 || r > max_points) {
+        valid = false;
+        continue;
+      }
+      const T w = alpha * static_cast<T>(weights[n * d1 + k]);
+      const T* row = lattice + r * padded;
+      for (int64_t c = 0; c < padded; c += P::kLanes) {
+        P::Store(sum.data() + c, P::Load(sum.data() + c) + w * P::Load(row + c));
+      }
+    }
+    std::copy(sum.begin(), sum.begin() + channels, out + n * channels);
+  }
+  return valid;
+}
+
+template <typename T>
+class PermutohedralFilterOp : public OpKernel {
+ public:
+  explicit PermutohedralFilterOp(OpKernelConstruction* context) : OpKernel(context) {
+    OP_REQUIRES_OK(context, context->GetAttr("reverse", &reverse_));
+  }
+
+  void Compute(OpKernelContext* context) override {
+    const Tensor& values = context->input(0);
+    const Tensor& splat_indices = context->input(1);
+    const Tensor& weights = context->input(2);
+    const Tensor& neighbors = context->input(3);
+    OP_REQUIRES(context, values.dims() == 3,
+                absl::InvalidArgumentError("values must have shape (batch, points, channels)"));
+    OP_REQUIRES(context, splat_indices.dims() == 3 && weights.shape() == splat_indices.shape(),
+                absl::InvalidArgumentError(
+                    "splat_indices and barycentric_weights must both be (batch, points, d+1)"));
+    const int64_t batch = values.dim_size(0);
+    const int64_t points = values.dim_size(1);
+    const int64_t channels = values.dim_size(2);
+    const int64_t d1 = splat_indices.dim_size(2);
+    const int d = static_cast<int>(d1 - 1);
+    OP_REQUIRES(context,
+                splat_indices.dim_size(0) == batch && splat_indices.dim_size(1) == points && d >= 1,
+                absl::InvalidArgumentError("values and splat_indices disagree on batch or points"));
+    OP_REQUIRES(context,
+                neighbors.dims() == 4 && neighbors.dim_size(0) == batch &&
+                    neighbors.dim_size(2) == d1 && neighbors.dim_size(3) == 2,
+                absl::InvalidArgumentError("blur_neighbors must have shape (batch, M, d+1, 2)"));
+    const int64_t max_points = neighbors.dim_size(1);
+    const int64_t vertices = points * d1;
+
+    Tensor* output = nullptr;
+    OP_REQUIRES_OK(context, context->allocate_output(0, values.shape(), &output));
+    if (batch == 0 || points == 0 || channels == 0) return;
+
+    const T* in = values.flat<T>().data();
+    T* out = output->flat<T>().data();
+    const int32_t* index_data = splat_indices.flat<int32_t>().data();
+    const float* weight_data = weights.flat<float>().data();
+    const int32_t* neighbor_data = neighbors.flat<int32_t>().data();
+
+    // Row 0 of each buffer is the zero value of missing neighbours; lattice point m is row m+1.
+    const int64_t rows = max_points + 1;
+    const int64_t padded = PaddedChannels(channels, Packet<T>::kLanes);
+    const int64_t pieces = NumPieces(context, points, 2048);
+    std::vector<T> buffer(rows * padded), scratch(rows * padded);
+    std::vector<T> partial((pieces - 1) * rows * padded);
+    const T alpha = static_cast<T>(1.0 / (1.0 + std::pow(2.0, -d)));
+    std::atomic<bool> valid(true);
+
+    for (int64_t b = 0; b < batch; ++b) {
+      const T* image_in = in + b * points * channels;
+      T* image_out = out + b * points * channels;
+      const int32_t* indices = index_data + b * vertices;
+      const float* image_weights = weight_data + b * vertices;
+      const int32_t* image_neighbors = neighbor_data + b * max_points * d1 * 2;
+
+      // Splat: scatter the weighted values onto the lattice, one buffer per piece of the image
+      // (the lattice buffer is small and stays in cache), then add the pieces' buffers.
+      ParallelFor(context, pieces, 1000000, [&](int64_t begin, int64_t end) {
+        for (int64_t s = begin; s < end; ++s) {
+          T* target = s == 0 ? buffer.data() : partial.data() + (s - 1) * rows * padded;
+          std::fill(target, target + rows * padded, T(0));
+          if (!SplatRange(image_in, indices, image_weights, RangeStart(points, pieces, s),
+                          RangeStart(points, pieces, s + 1), d1, channels, padded, max_points,
+                          target)) {
+            valid = false;
+          }
+        }
+      });
+      if (pieces > 1) {
+        ParallelFor(context, rows, pieces * padded + 10, [&](int64_t begin, int64_t end) {
+          for (int64_t s = 1; s < pieces; ++s) {
+            AddTo(buffer.data() + begin * padded,
+                  partial.data() + ((s - 1) * rows + begin) * padded, (end - begin) * padded);
+          }
+        });
+      }
+
+      // Blur along each lattice direction.
+      for (int step = 0; step < d1; ++step) {
+        const int j = reverse_ ? d - step : step;
+        std::fill(scratch.begin(), scratch.begin() + padded, T(0));
+        ParallelFor(context, max_points, 4 * padded + 10, [&](int64_t begin, int64_t end) {
+          if (!BlurRange(buffer.data(), image_neighbors, j, begin, end, d1, padded, max_points,
+                         scratch.data())) {
+            valid = false;
+          }
+        });
+        std::swap(buffer, scratch);
+      }
+
+      // Slice: barycentric interpolation of the blurred lattice at every point.
+      ParallelFor(context, points, 2 * padded * d1 + 10, [&](int64_t begin, int64_t end) {
+        if (!SliceRange(buffer.data(), indices, image_weights, begin, end, d1, channels, padded,
+                        max_points, alpha, image_out)) {
+          valid = false;
+        }
+      });
+    }
+    OP_REQUIRES(context, valid.load(),
+                absl::InvalidArgumentError(
+                    "lattice tensors hold out-of-range indices: build them with "
+                    "KerasDensePermutohedralBuild"));
+  }
+
+ private:
+  bool reverse_ = false;
+};
+
+}  // namespace
+
+REGISTER_OP("KerasDensePermutohedralBuild")
+    .Input("features: float32")
+    .Output("splat_indices: int32")
+    .Output("barycentric_weights: float32")
+    .Output("blur_neighbors: int32")
+    .Output("num_points: int32")
+    .SetShapeFn([](InferenceContext* c) {
+      ShapeHandle features;
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 3, &features));
+      DimensionHandle batch = c->Dim(features, 0);
+      DimensionHandle points = c->Dim(features, 1);
+      DimensionHandle d1;
+      TF_RETURN_IF_ERROR(c->Add(c->Dim(features, 2), 1, &d1));
+      c->set_output(0, c->MakeShape({batch, points, d1}));
+      c->set_output(1, c->MakeShape({batch, points, d1}));
+      c->set_output(2, c->MakeShape({batch, c->UnknownDim(), d1, c->MakeDim(2)}));
+      c->set_output(3, c->Vector(batch));
+      return absl::OkStatus();
+    })
+    .Doc("Builds a permutohedral lattice over per-point features (see the source header).");
+
+REGISTER_OP("KerasDensePermutohedralFilter")
+    .Input("values: T")
+    .Input("splat_indices: int32")
+    .Input("barycentric_weights: float32")
+    .Input("blur_neighbors: int32")
+    .Output("output: T")
+    .Attr("T: {float32, float64}")
+    .Attr("reverse: bool = false")
+    .SetShapeFn([](InferenceContext* c) {
+      ShapeHandle values;
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 3, &values));
+      ShapeHandle unused;
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 3, &unused));
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(2), 3, &unused));
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(3), 4, &unused));
+      c->set_output(0, values);
+      return absl::OkStatus();
+    })
+    .Doc("Splat, blur along the d+1 lattice directions (reversed if `reverse`), slice.");
+
+REGISTER_KERNEL_BUILDER(Name("KerasDensePermutohedralBuild").Device(DEVICE_CPU),
+                        PermutohedralBuildOp);
+REGISTER_KERNEL_BUILDER(
+    Name("KerasDensePermutohedralFilter").Device(DEVICE_CPU).TypeConstraint<float>("T"),
+    PermutohedralFilterOp<float>);
+REGISTER_KERNEL_BUILDER(
+    Name("KerasDensePermutohedralFilter").Device(DEVICE_CPU).TypeConstraint<double>("T"),
+    PermutohedralFilterOp<double>);
+
+}  // namespace keras_dense

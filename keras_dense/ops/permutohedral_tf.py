@@ -1,0 +1,247 @@
+"""The permutohedral lattice from stock TensorFlow ops only (the portable twin of the op).
+
+Same lattice and same filter as `permutohedral_ops.cc`, built from `tf.unique`, sorting,
+`tf.searchsorted`, `tf.math.unsorted_segment_sum` and `tf.gather`, so it runs on any device,
+inside SavedModels and in the stock TensorFlow Serving binary (which cannot load custom ops).
+The lattice points are numbered in the same order as the op's hash table (first occurrence,
+point-major then vertex), so the two produce the same lattice tensors; the filter agrees with
+the op to float rounding. Gradients with respect to `values` come from autodiff; the lattice
+build is not differentiable (`tf.stop_gradient` on the features).
+
+Hashing: a lattice key is the first d coordinates of a lattice point, all congruent to the
+same remainder r modulo d+1. Each key becomes one int64 code `(image, r, q_0, ..., q_{d-1})`
+with `q_i = key_i // (d+1)` in mixed radix when the ranges fit in 62 bits (always, for
+images and CRF features), otherwise exact dense row ids from one `tf.unique` per coordinate.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from keras_dense.ops.lattice import Lattice, lattice_scale_factors, max_feature_magnitude
+
+_CODE_BITS = 62.0
+
+
+def _elevate(features: tf.Tensor, d: int) -> tf.Tensor:
+    """Elevates (B, N, d) features onto the lattice hyperplane: (B, N, d+1), op's float order."""
+    scale = tf.constant(lattice_scale_factors(d), tf.float32)
+    cf = features * scale
+    elevated = [None] * (d + 1)
+    total = tf.zeros_like(features[..., 0])
+    for j in range(d, 0, -1):
+        c = cf[..., j - 1]
+        elevated[j] = total - tf.constant(float(j), tf.float32) * c
+        total = total + c
+    elevated[0] = total
+    return tf.stack(elevated, axis=-1)
+
+
+def _simplex(elevated: tf.Tensor, d: int) -> tuple[tf.Tensor, tf.Tensor]:
+    """Vertex keys (B, N, d+1, d) int32 and barycentric weights (B, N, d+1) of each point."""
+    d1 = d + 1
+    down = tf.constant(np.float32(1.0) / np.float32(d1))
+    up_factor = tf.constant(float(d1), tf.float32)
+    v = elevated * down
+    up = tf.math.ceil(v) * up_factor
+    dn = tf.math.floor(v) * up_factor
+    rem0 = tf.cast(tf.where(up - elevated < elevated - dn, up, dn), tf.int32)
+    rem_sum = tf.reduce_sum(rem0, axis=-1, keepdims=True) // d1
+
+    # rank[i] = #{j > i: diff_i < diff_j} + #{j < i: not diff_j < diff_i}
+    diff = elevated - tf.cast(rem0, tf.float32)
+    less = diff[..., :, None] < diff[..., None, :]  # [i, j]: diff_i < diff_j
+    upper = tf.constant(np.triu(np.ones((d1, d1), bool), 1))
+    lower = tf.constant(np.tril(np.ones((d1, d1), bool), -1))
+    from_later = tf.logical_and(less, upper)
+    from_earlier = tf.logical_and(tf.logical_not(tf.linalg.matrix_transpose(less)), lower)
+    rank = tf.reduce_sum(tf.cast(from_later, tf.int32), -1) + tf.reduce_sum(
+        tf.cast(from_earlier, tf.int32), -1
+    )
+
+    positive = rank >= d1 - rem_sum
+    rem0_pos = tf.where(positive, rem0 - d1, rem0)
+    rank_pos = tf.where(positive, rank + rem_sum - d1, rank + rem_sum)
+    negative = rank < -rem_sum
+    rem0_neg = tf.where(negative, rem0 + d1, rem0)
+    rank_neg = tf.where(negative, rank + d1 + rem_sum, rank + rem_sum)
+    rem0 = tf.where(rem_sum > 0, rem0_pos, tf.where(rem_sum < 0, rem0_neg, rem0))
+    rank = tf.where(rem_sum > 0, rank_pos, tf.where(rem_sum < 0, rank_neg, rank))
+
+    # w[r]: the scaled differential coordinate of the axis of rank r (one term per r).
+    scaled = (elevated - tf.cast(rem0, tf.float32)) * down
+    by_rank = tf.reduce_sum(tf.one_hot(rank, d1, dtype=tf.float32) * scaled[..., None], axis=-2)
+    weights = [by_rank[..., d] + (1.0 + (-by_rank[..., 0]))]
+    weights += [by_rank[..., d - k] - by_rank[..., d1 - k] for k in range(1, d1)]
+    weights = tf.stack(weights, axis=-1)
+
+    # Vertex k: rem0 + canonical vertex k permuted by rank (first d coordinates).
+    k = tf.range(d1, dtype=tf.int32)[:, None]  # (d+1, 1) vertex index
+    rank_d = rank[..., None, :d]  # (B, N, 1, d)
+    offsets = tf.where(rank_d <= d - k, k, k - d1)  # (B, N, d+1, d)
+    keys = rem0[..., None, :d] + offsets
+    return keys, weights
+
+
+def _mixed_radix_codes(rows: tf.Tensor) -> tf.Tensor:
+    low = tf.reduce_min(rows, axis=0)
+    radix = tf.reduce_max(rows, axis=0) - low + 1
+    codes = tf.zeros_like(rows[:, 0])
+    for c in range(rows.shape[1]):
+        codes = codes * radix[c] + (rows[:, c] - low[c])
+    return codes
+
+
+def _dense_row_codes(rows: tf.Tensor) -> tf.Tensor:
+    codes = tf.zeros_like(rows[:, 0])
+    for c in range(rows.shape[1]):
+        column = rows[:, c] - tf.reduce_min(rows[:, c])
+        combined = codes * (tf.reduce_max(column) + 1) + column
+        _, ids = tf.unique(combined, out_idx=tf.int64)
+        codes = ids
+    return codes
+
+
+def _row_codes(rows: tf.Tensor) -> tf.Tensor:
+    """int64 codes of (R, k) int64 rows: equal exactly when the rows are equal."""
+    if rows.shape[0] == 0:
+        return tf.zeros([0], tf.int64)
+    spans = tf.cast(tf.reduce_max(rows, 0) - tf.reduce_min(rows, 0) + 1, tf.float64)
+    bits = tf.reduce_sum(tf.math.log(spans)) / np.log(2.0)
+    return tf.cond(
+        bits < _CODE_BITS, lambda: _mixed_radix_codes(rows), lambda: _dense_row_codes(rows)
+    )
+
+
+def _key_rows(image: tf.Tensor, keys: tf.Tensor, d: int) -> tf.Tensor:
+    """(R,) image ids and (R, d) keys -> (R, d+2) int64 rows (image, remainder, quotients)."""
+    keys = tf.cast(keys, tf.int64)
+    remainder = tf.math.floormod(keys[:, :1], d + 1)
+    quotients = tf.math.floordiv(keys, d + 1)
+    return tf.concat([tf.cast(image, tf.int64)[:, None], remainder, quotients], axis=1)
+
+
+def build_lattice(features: tf.Tensor) -> Lattice:
+    """Builds the permutohedral lattice of a batch of point sets.
+
+    Args:
+        features: (B, N, d) float32 features (already divided by the kernel's standard
+            deviations); d must be static.
+
+    Returns:
+        The `Lattice` (same tensors as the custom op's build).
+    """
+    features = tf.stop_gradient(tf.convert_to_tensor(features, tf.float32))
+    d = features.shape[-1]
+    if d is None or features.shape.rank != 3:
+        raise ValueError(
+            f"features must have shape (batch, points, d) with a static d, got {features.shape}"
+        )
+    d1 = d + 1
+    limit = max_feature_magnitude(d)
+    check = tf.debugging.Assert(
+        tf.reduce_all(tf.abs(features) <= limit),  # False for NaN too
+        [f"features must be finite and at most {limit} in magnitude"],
+    )
+    with tf.control_dependencies([check]):
+        features = tf.identity(features)
+    shape = tf.shape(features, out_type=tf.int64)
+    batch, points = shape[0], shape[1]
+    vertices = points * d1
+
+    keys, weights = _simplex(_elevate(features, d), d)
+    flat_keys = tf.reshape(keys, [-1, d])
+    entry_image = tf.repeat(tf.range(batch), vertices)
+    codes = _row_codes(_key_rows(entry_image, flat_keys, d))
+    # First-occurrence numbering: image 0's points first, then image 1's, ... as in the op.
+    unique_codes, global_index = tf.unique(codes, out_idx=tf.int64)
+    total = tf.size(unique_codes, out_type=tf.int64)
+    entries = tf.range(tf.size(global_index, out_type=tf.int64))
+    first_entry = tf.math.unsorted_segment_min(entries, global_index, total)
+    point_image = first_entry // tf.maximum(vertices, 1)
+    num_points = tf.math.bincount(point_image, minlength=batch, maxlength=batch, dtype=tf.int64)
+    start = tf.cumsum(num_points, exclusive=True)
+    max_points = tf.reduce_max(num_points)
+    local_index = global_index - tf.gather(start, entry_image)
+    point_local = tf.range(total) - tf.gather(start, point_image)
+
+    # Blur neighbours: look up the 2 (d+1) neighbour keys of each lattice point.
+    point_keys = tf.gather(flat_keys, first_entry)  # (P, d)
+    eye = tf.eye(d1, d, dtype=tf.int32)  # row j: unit vector e_j (zero row for j = d)
+    step = (d1 * eye)[None] - 1  # (1, d+1, d): n1 = key + step[j], n2 = key - step[j]
+    neighbour_keys = tf.stack([point_keys[:, None] + step, point_keys[:, None] - step], axis=2)
+    neighbour_keys = tf.reshape(neighbour_keys, [-1, d])  # (P * (d+1) * 2, d)
+    neighbour_image = tf.repeat(point_image, 2 * d1)
+    rows = _key_rows(
+        tf.concat([point_image, neighbour_image], 0), tf.concat([point_keys, neighbour_keys], 0), d
+    )
+    all_codes = _row_codes(rows)
+    point_codes, query_codes = all_codes[:total], all_codes[total:]
+    order = tf.cast(tf.argsort(point_codes), tf.int64)
+    sorted_codes = tf.gather(point_codes, order)
+    position = tf.searchsorted(sorted_codes, query_codes, out_type=tf.int64)
+    position = tf.minimum(position, tf.maximum(total - 1, 0))
+    found = tf.logical_and(total > 0, tf.gather(sorted_codes, position) == query_codes)
+    neighbour_global = tf.gather(order, position)
+    neighbour_local = tf.where(
+        found, neighbour_global - tf.gather(start, neighbour_image), tf.constant(-1, tf.int64)
+    )
+    slot = point_image * max_points + point_local
+    blur = tf.scatter_nd(
+        slot[:, None],
+        tf.reshape(neighbour_local + 1, [-1, d1, 2]),
+        tf.stack([batch * max_points, d1, 2]),
+    )
+    blur = tf.reshape(blur - 1, tf.stack([batch, max_points, d1, 2]))
+
+    return Lattice(
+        splat_indices=tf.cast(tf.reshape(local_index, tf.stack([batch, points, d1])), tf.int32),
+        barycentric_weights=weights,
+        blur_neighbors=tf.cast(blur, tf.int32),
+        num_points=tf.cast(num_points, tf.int32),
+    )
+
+
+def filter_lattice(values: tf.Tensor, lattice: Lattice, reverse: bool = False) -> tf.Tensor:
+    """Splat, blur along the d+1 lattice directions, slice (the op's filter, in stock TF).
+
+    Args:
+        values: (B, N, C) float32 or float64 values at the points.
+        lattice: The lattice of the same points (from either implementation).
+        reverse: Blur the directions in reverse order (the transpose of the filter).
+
+    Returns:
+        (B, N, C) filtered values, same dtype as `values`.
+    """
+    values = tf.convert_to_tensor(values)
+    indices = tf.cast(lattice.splat_indices, tf.int64)
+    d1 = indices.shape[-1]
+    if d1 is None:
+        raise ValueError("the lattice's last dimension (d+1) must be static")
+    d = d1 - 1
+    dtype = values.dtype
+    shape = tf.shape(values, out_type=tf.int64)
+    batch, points, channels = shape[0], shape[1], shape[2]
+    max_points = tf.shape(lattice.blur_neighbors, out_type=tf.int64)[1]
+    weights = tf.cast(lattice.barycentric_weights, dtype)
+
+    # Row 0 is the zero value of missing neighbours; point m of image b is row b * M + m + 1.
+    base = tf.range(batch, dtype=tf.int64)[:, None, None] * max_points + 1
+    rows = tf.reshape(indices + base, [-1])
+    contributions = tf.reshape(values[:, :, None, :] * weights[..., None], tf.stack([-1, channels]))
+    lattice_values = tf.math.unsorted_segment_sum(contributions, rows, batch * max_points + 1)
+
+    neighbours = tf.cast(lattice.blur_neighbors, tf.int64)
+    neighbours = tf.where(neighbours >= 0, neighbours + base[..., None], 0)
+    neighbours = tf.reshape(neighbours, [-1, d1, 2])
+    neighbours = tf.concat([tf.zeros([1, d1, 2], tf.int64), neighbours], axis=0)
+    half = tf.constant(0.5, dtype)
+    for j in reversed(range(d1)) if reverse else range(d1):
+        first = tf.gather(lattice_values, neighbours[:, j, 0])
+        second = tf.gather(lattice_values, neighbours[:, j, 1])
+        lattice_values = lattice_values + half * (first + second)
+
+    sliced = tf.reshape(tf.gather(lattice_values, rows), tf.stack([batch, points, d1, channels]))
+    alpha = tf.constant(1.0 / (1.0 + 2.0**-d), dtype)
+    return alpha * tf.reduce_sum(sliced * weights[..., None], axis=2)
