@@ -1,0 +1,116 @@
+"""Evaluating a saved model on TFRecord shards: segmentation scores or VOC mAP."""
+
+from __future__ import annotations
+
+import importlib
+
+import numpy as np
+
+from keras_dense.data import read_examples
+from keras_dense.evaluation.segmentation_metrics import confusion_matrix, segmentation_scores
+from keras_dense.prediction.inference import detect_objects, segment
+
+
+def load_dense_crf():
+    """`keras_dense.crf.dense_crf`, or a clear error when this version lacks it."""
+    try:
+        return importlib.import_module("keras_dense.crf").dense_crf
+    except (ImportError, AttributeError):
+        raise ImportError(
+            "--crf needs keras_dense.crf.dense_crf (dense CRF post-processing), which this "
+            "installation does not provide"
+        ) from None
+
+
+def _softmax(scores: np.ndarray) -> np.ndarray:
+    shifted = scores - scores.max(axis=-1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=-1, keepdims=True)
+
+
+def evaluate_segmentation(
+    model, card: dict, pattern: str, crf: bool = False, tiled: bool | None = None
+) -> tuple[np.ndarray, dict]:
+    """Confusion matrix and scores of a segmenter over every record matching `pattern`.
+
+    Each image is predicted at its full size (tile by tile with `tiled`, or automatically for
+    large images and valid-padding models), optionally refined by the dense CRF, and
+    compared with its mask, skipping the card's ignore label.
+
+    Args:
+        model: The segmenter.
+        card: Its model card.
+        pattern: Glob pattern of TFRecord shards with masks.
+        crf: Refine the softmax with `keras_dense.crf.dense_crf` before the argmax.
+        tiled: Force (True) or forbid (False) overlap-tile inference; None: automatic.
+
+    Returns:
+        `(confusion matrix, scores)`, scores as in `segmentation_scores` plus `images`.
+
+    Raises:
+        ValueError: A record has no mask, or the model's class count differs from the card.
+        ImportError: `crf` without `keras_dense.crf`.
+    """
+    classes = card["classes"]
+    dense_crf = load_dense_crf() if crf else None
+    cm = np.zeros((len(classes), len(classes)), np.int64)
+    count = 0
+    for example in read_examples(pattern):
+        if "mask" not in example:
+            raise ValueError(f"record {example['source_id']!r} in {pattern} has no mask")
+        scores = segment(model, example["image"], card, tiled=tiled)
+        if scores.shape[-1] != len(classes):
+            raise ValueError(
+                f"the model predicts {scores.shape[-1]} classes, its card names {len(classes)}"
+            )
+        if dense_crf is not None:
+            scores = dense_crf(_softmax(scores), example["image"])
+        predicted = np.argmax(scores, axis=-1)
+        cm += confusion_matrix(example["mask"], predicted, len(classes), card["ignore_label"])
+        count += 1
+    result = segmentation_scores(cm, classes)
+    result["images"] = count
+    return cm, result
+
+
+def evaluate_detection(model, card: dict, pattern: str, use_07_metric: bool = False) -> dict:
+    """VOC mean average precision of a Fast R-CNN model over the matching records.
+
+    Proposals stored in the records are used; images without any get selective search.
+
+    Args:
+        model: The Fast R-CNN model.
+        card: Its model card.
+        pattern: Glob pattern of TFRecord shards with boxes.
+        use_07_metric: VOC2007's 11-point AP instead of the area under the curve.
+
+    Returns:
+        `{"map", "ap" (class name -> AP), "images"}`.
+    """
+    from keras_dense.evaluation.voc_map import voc_detection_map
+
+    detections, truths = [], []
+    for example in read_examples(pattern):
+        height, width = example["image"].shape[:2]
+        size = np.array([height, width, height, width], np.float32)
+        proposals = example.get("proposals")
+        proposals = proposals * size if proposals is not None and len(proposals) else None
+        found = detect_objects(model, example["image"], card, proposals)
+        detections.append(found)
+        truths.append(
+            {
+                "boxes": example.get("boxes", np.zeros((0, 4), np.float32)) * size,
+                "labels": example.get("labels", np.zeros(0, np.int64)),
+                "difficult": example.get("difficult", np.zeros(0, bool)),
+            }
+        )
+    result = voc_detection_map(detections, truths, use_07_metric=use_07_metric)
+    names = card["classes"]
+    return {
+        "map": float(result["map"]),
+        "ap": {
+            (names[k - 1] if 0 < k <= len(names) else f"class_{k}"): float(v)
+            for k, v in result["ap"].items()
+        },
+        "images": len(truths),
+    }

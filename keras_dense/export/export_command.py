@@ -1,0 +1,71 @@
+"""`keras-dense export --model M --output saved_models/NAME [--version N]`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from keras_dense.export.batch_modes import BATCH_MODES
+from keras_dense.export.image_bytes import DEFAULT_MAX_PIXELS
+
+
+def register(subparsers) -> None:
+    """Adds the `export` command to the `keras-dense` parser."""
+    parser = subparsers.add_parser(
+        "export",
+        help="export a .keras model as a TF Serving SavedModel version",
+        description="Writes OUTPUT/<version>/ (the layout TF Serving reads) atomically, with the "
+        "signatures serving_default (JPEG/PNG bytes) and serving_tensor (float images). "
+        "Refuses non-finite weights, non-stock ops and existing versions.",
+    )
+    parser.add_argument("--model", required=True, help="the .keras model (its card X.json beside)")
+    parser.add_argument(
+        "--output", required=True, help="the model's serving folder, e.g. saved_models/NAME"
+    )
+    parser.add_argument(
+        "--version", type=int, default=None, help="version number (default: the next integer)"
+    )
+    parser.add_argument(
+        "--batch-mode",
+        choices=BATCH_MODES,
+        default="per_image",
+        help="mixed-size batches: run each image alone (exact) or pad to the largest",
+    )
+    parser.add_argument(
+        "--max-pixels",
+        type=int,
+        default=DEFAULT_MAX_PIXELS,
+        help="largest image (height * width) the signature accepts",
+    )
+    parser.add_argument(
+        "--min-size", type=int, default=600, help="detection: shorter side fed to the model"
+    )
+    parser.add_argument(
+        "--max-size", type=int, default=1000, help="detection: cap on the longer side"
+    )
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Runs `keras-dense export`."""
+    from keras_dense.export.saved_model_export import export_saved_model
+
+    output = os.path.normpath(args.output)
+    name = os.path.basename(output)
+    if not name or name in (".", ".."):
+        raise ValueError(f"--output {args.output!r}: expected a folder such as saved_models/NAME")
+    result = export_saved_model(
+        args.model,
+        os.path.dirname(output) or ".",
+        name=name,
+        version=args.version,
+        batch_mode=args.batch_mode,
+        max_pixels=args.max_pixels,
+        min_size=args.min_size,
+        max_size=args.max_size,
+    )
+    print(
+        f"exported {result.task} model {result.name!r} version {result.version} to "
+        f"{result.path} (signatures: {', '.join(result.signatures)})"
+    )
+    return 0

@@ -1,0 +1,166 @@
+"""Running a saved model on single images: segmentation scores or detections.
+
+The model card (`X.json` beside `X.keras`, see `keras_dense.training.model_card`) says how to
+feed the model: normalisation, input channels, and for detection the Fast R-CNN scale.
+"""
+
+from __future__ import annotations
+
+import os
+
+import cv2
+import keras
+import numpy as np
+
+from keras_dense.data.normalization import normalize
+from keras_dense.tiling import DEFAULT_TILE_SIZE, predict_tiled
+
+# Images with a side above this are segmented tile by tile (overlap-tile) unless told otherwise.
+LARGE_SIDE = 1024
+
+
+def load_model_with_card(path: str) -> tuple[keras.Model, dict]:
+    """Loads `X.keras` (safe mode, no compilation) and its model card.
+
+    Args:
+        path: The saved model.
+
+    Returns:
+        `(model, card)`.
+
+    Raises:
+        FileNotFoundError: The model file is missing.
+        ValueError: The file is not a loadable Keras model.
+    """
+    import keras_dense  # noqa: F401  (registers the custom layers)
+    from keras_dense.training.model_card import read_model_card
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"--model {path}: no such file")
+    try:
+        model = keras.models.load_model(path, compile=False)
+    except Exception as err:  # Keras raises many types for a bad file
+        raise ValueError(f"--model {path}: not a loadable Keras model ({err})") from None
+    return model, read_model_card(path, model)
+
+
+def prepare_image(image: np.ndarray, card: dict) -> np.ndarray:
+    """An (H, W, 3) uint8 RGB image as the model's normalised float32 input (H, W, C)."""
+    if card.get("input_channels", 3) == 1:
+        image = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)[..., None]
+    return np.asarray(normalize(image, card.get("normalization")))
+
+
+def _probe_output(model: keras.Model, size: int, channels: int):
+    try:
+        shape = model.compute_output_spec(keras.KerasTensor((1, size, size, channels))).shape
+    except Exception:
+        return None
+    return shape[1]
+
+
+def valid_tile_size(model: keras.Model, card: dict) -> int | None:
+    """A tile size for a model whose output is smaller than its input (valid padding).
+
+    Returns None for same-size models. Uses the card's training `input_size` when present,
+    else the smallest size from 256 up that the model accepts with an even margin.
+    """
+    channels = card.get("input_channels", 3)
+    fixed = model.inputs[0].shape[1]
+    probe = fixed or DEFAULT_TILE_SIZE
+    out = _probe_output(model, probe, channels)
+    if out == probe:
+        return None
+    if fixed:
+        return fixed
+    given = card.get("input_size")
+    if given:
+        return int(given[0])
+    for size in range(probe, probe + 256):
+        out = _probe_output(model, size, channels)
+        if out is not None and out < size and (size - out) % 2 == 0:
+            return size
+    raise ValueError("the model's output is smaller than its input and no tile size fits it")
+
+
+def segment(
+    model: keras.Model,
+    image: np.ndarray,
+    card: dict,
+    tiled: bool | None = None,
+    tile_size: int | None = None,
+) -> np.ndarray:
+    """Per-pixel class scores of one image.
+
+    Args:
+        model: A segmenter `(B, H, W, C) -> (B, H', W', K)`.
+        image: (H, W, 3) uint8 RGB.
+        card: The model card.
+        tiled: Overlap-tile inference (`keras_dense.predict_tiled`); None: for images with a
+            side above `LARGE_SIDE` and for valid-padding models (whose output is smaller).
+        tile_size: Tile size (default: the model's training size for valid models, else 256
+            or the training size if larger).
+
+    Returns:
+        (H, W, K) float32 scores (logits, or what the model outputs).
+    """
+    x = prepare_image(image, card)
+    valid_tile = valid_tile_size(model, card)
+    if tiled is None:
+        tiled = valid_tile is not None or max(image.shape[:2]) > LARGE_SIDE
+    if tiled:
+        if tile_size is None:
+            trained = (card.get("input_size") or [0])[0]
+            tile_size = valid_tile or max(DEFAULT_TILE_SIZE, int(trained))
+        return np.asarray(predict_tiled(model, x, tile_size=tile_size), np.float32)
+    return np.asarray(model.predict_on_batch(x[None]), np.float32)[0]
+
+
+def fast_rcnn_resize(image: np.ndarray, min_size: int, max_size: int):
+    """Resizes so the shorter side is `min_size` and the longer at most `max_size`.
+
+    Returns:
+        `(resized image, scale)`.
+    """
+    height, width = image.shape[:2]
+    scale = min(min_size / min(height, width), max_size / max(height, width))
+    size = (max(int(round(width * scale)), 1), max(int(round(height * scale)), 1))
+    return cv2.resize(image, size, interpolation=cv2.INTER_LINEAR), scale
+
+
+def detect_objects(
+    model: keras.Model,
+    image: np.ndarray,
+    card: dict,
+    proposals: np.ndarray | None = None,
+    score_threshold: float = 0.05,
+) -> dict:
+    """Fast R-CNN detections of one image, in the image's pixels.
+
+    Args:
+        model: A Fast R-CNN model (`keras_dense.apps.fast_rcnn`).
+        image: (H, W, 3) uint8 RGB.
+        card: The model card (`min_size`, `max_size`, `normalization`).
+        proposals: (n, 4) yxyx pixel proposals of `image`; None runs selective search.
+        score_threshold: Lowest score kept.
+
+    Returns:
+        `{"boxes": (n, 4) yxyx pixels, "scores": (n,), "labels": (n,) 1-based}`.
+    """
+    from keras_dense.detection import detect, selective_search
+
+    if proposals is None:
+        proposals = selective_search(image)
+    proposals = np.asarray(proposals, np.float32).reshape(-1, 4)
+    if len(proposals) == 0:
+        height, width = image.shape[:2]
+        proposals = np.array([[0, 0, height - 1, width - 1]], np.float32)
+    resized, scale = fast_rcnn_resize(image, card.get("min_size", 600), card.get("max_size", 1000))
+    x = np.asarray(normalize(resized, card.get("normalization")))
+    out = detect(model, x[None], (proposals * scale)[None], score_threshold=score_threshold)
+    count = int(out["num_detections"][0])
+    return {
+        "boxes": np.asarray(out["boxes"][0, :count]) / scale,
+        "scores": np.asarray(out["scores"][0, :count]),
+        "labels": np.asarray(out["classes"][0, :count]),
+    }

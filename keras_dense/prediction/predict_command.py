@@ -1,0 +1,132 @@
+"""`keras-dense predict --model M INPUT... --output DIR`: masks and overlays, or boxes."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+
+from keras_dense.data.errors import BadInputError
+from keras_dense.data.image_io import encode_png, list_images, read_image_file
+from keras_dense.data.writer import atomic_write_bytes
+from keras_dense.prediction.palette import colorize, draw_boxes, overlay
+
+
+def register(sub) -> None:
+    """Adds the `predict` command to the CLI's subparsers."""
+    parser = sub.add_parser(
+        "predict",
+        help="run a saved model on image files",
+        description="Segmentation: writes NAME_mask.png (VOC palette colours) and "
+        "NAME_overlay.png per input; detection: NAME_boxes.png and NAME_detections.json. "
+        "Large images go through overlap-tile inference. A bad input is reported on stderr "
+        "and skipped; the exit status is 1 if any input failed.",
+    )
+    parser.add_argument("--model", required=True, help="the saved model (X.keras, card X.json)")
+    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders")
+    parser.add_argument("--output", required=True, help="output folder")
+    parser.add_argument(
+        "--tiled",
+        choices=("auto", "always", "never"),
+        default="auto",
+        help="overlap-tile inference: auto (images with a side above 1024 px, valid-padding "
+        "models), always or never",
+    )
+    parser.add_argument("--tile-size", type=int, help="tile size for overlap-tile inference")
+    parser.add_argument(
+        "--score-threshold", type=float, default=0.5, help="detection: lowest score drawn"
+    )
+    parser.set_defaults(run=run)
+
+
+def expand_inputs(inputs: list[str]) -> list[str]:
+    """Files as given; folders replaced by the images directly inside them."""
+    files = []
+    for item in inputs:
+        files.extend(list_images(item) if os.path.isdir(item) else [item])
+    return files
+
+
+def _unique_stem(path: str, used: set[str]) -> str:
+    stem = os.path.splitext(os.path.basename(path))[0]
+    candidate, index = stem, 2
+    while candidate in used:
+        candidate, index = f"{stem}_{index}", index + 1
+    used.add(candidate)
+    return candidate
+
+
+def predict_file(model, card: dict, path: str, output: str, stem: str, args) -> list[str]:
+    """Predicts one image file and writes its outputs atomically; returns the files written.
+
+    Raises:
+        BadInputError: The file is missing, unreadable, or not a decodable image.
+    """
+    from keras_dense.prediction.inference import detect_objects, segment
+
+    try:
+        _, _, rgb = read_image_file(path)
+    except OSError as err:
+        raise BadInputError(path, f"cannot read the file ({err.strerror or err})") from None
+    written = []
+    if card["task"] == "detection":
+        found = detect_objects(model, rgb, card, score_threshold=args.score_threshold)
+        drawn = draw_boxes(rgb, found["boxes"], found["labels"], found["scores"], card["classes"])
+        names = card["classes"]
+        detections = [
+            {
+                "box_yxyx": [float(v) for v in box],
+                "score": float(score),
+                "label": int(label),
+                "class": names[label - 1] if 0 < label <= len(names) else f"class_{label}",
+            }
+            for box, score, label in zip(found["boxes"], found["scores"], found["labels"])
+        ]
+        targets = {
+            f"{stem}_boxes.png": encode_png(drawn),
+            f"{stem}_detections.json": (json.dumps(detections, indent=2) + "\n").encode(),
+        }
+    else:
+        tiled = {"auto": None, "always": True, "never": False}[args.tiled]
+        scores = segment(model, rgb, card, tiled=tiled, tile_size=args.tile_size)
+        classes = np.argmax(scores, axis=-1).astype(np.uint8)
+        targets = {
+            f"{stem}_mask.png": encode_png(colorize(classes)),
+            f"{stem}_overlay.png": encode_png(overlay(rgb, classes)),
+        }
+    for name, data in targets.items():
+        target = os.path.join(output, name)
+        atomic_write_bytes(target, data)
+        written.append(target)
+    return written
+
+
+def run(args: argparse.Namespace) -> int:
+    """Predicts every input; bad inputs are reported and skipped (exit status 1 at the end)."""
+    from keras_dense.prediction.inference import load_model_with_card
+
+    if args.tile_size is not None and args.tile_size < 1:
+        raise ValueError(f"--tile-size {args.tile_size}: expected a positive integer")
+    model, card = load_model_with_card(args.model)
+    os.makedirs(args.output, exist_ok=True)
+    failed, used = [], set()
+    files = expand_inputs(args.inputs)
+    for path in files:
+        try:
+            written = predict_file(model, card, path, args.output, _unique_stem(path, used), args)
+        except BadInputError as err:
+            print(f"keras-dense predict: error: {err}", file=sys.stderr)
+            failed.append(path)
+            continue
+        print(f"{path} -> {', '.join(os.path.basename(w) for w in written)}")
+    print(f"predicted {len(files) - len(failed)} of {len(files)} inputs into {args.output}")
+    if failed:
+        print(
+            f"keras-dense predict: {len(failed)} input(s) failed: {', '.join(failed)}",
+            file=sys.stderr,
+        )
+        return 1
+    return 0

@@ -1,0 +1,251 @@
+"""TF Serving config files for a folder of exported models (`saved_models/NAME/<version>/`).
+
+- `models.config` (`--model_config_file`, `ModelServerConfig`): one `model_config_list`
+  entry per model, serving its two newest versions (`specific` version policy) labelled
+  `stable` (the older of the two) and `canary` (the newest); with a single version both labels
+  name it. Clients address a label as `/v1/models/NAME/labels/stable:predict` (REST) or
+  `model_spec.version_label` (gRPC). TF Serving only accepts labels of versions it has
+  loaded, unless started with `--allow_version_labels_for_unavailable_models=true`, which
+  the labels of a config read at startup need.
+- `batching.config` (`--batching_parameters_file`, `BatchingParameters`).
+- `monitoring.config` (`--monitoring_config_file`, `MonitoringConfig`): Prometheus metrics
+  on the REST port at `PROMETHEUS_PATH`.
+
+Each file is checked by parsing it with the TF Serving protos (`tensorflow-serving-api` for
+`models.config`, `keras_dense.serving.proto_schemas` for the other two).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+from google.protobuf import text_format
+
+from keras_dense.data.writer import atomic_write_bytes
+from keras_dense.export.versions import list_versions
+from keras_dense.serving.proto_schemas import batching_parameters_class, monitoring_config_class
+
+MODELS_CONFIG = "models.config"
+BATCHING_CONFIG = "batching.config"
+MONITORING_CONFIG = "monitoring.config"
+PROMETHEUS_PATH = "/monitoring/prometheus/metrics"
+DEFAULT_BASE_PATH = "/models"  # where the docker command mounts saved_models
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchingOptions:
+    """Server-side batching (`BatchingParameters`).
+
+    Attributes:
+        max_batch_size: Largest batch the server forms (requests are merged up to it).
+        batch_timeout_micros: Longest wait for a batch to fill (microseconds).
+        max_enqueued_batches: Queue length, in batches, before requests are refused.
+        num_batch_threads: Threads running batches (default: the machine's CPU count).
+    """
+
+    max_batch_size: int = 8
+    batch_timeout_micros: int = 5000
+    max_enqueued_batches: int = 64
+    num_batch_threads: int | None = None
+
+    def allowed_batch_sizes(self) -> list[int]:
+        """Powers of two below `max_batch_size`, then `max_batch_size` itself."""
+        sizes = []
+        size = 1
+        while size < self.max_batch_size:
+            sizes.append(size)
+            size *= 2
+        return [*sizes, self.max_batch_size]
+
+
+def find_models(models_dir: str | os.PathLike) -> dict[str, list[int]]:
+    """Exported models under `models_dir`: `{name: sorted versions}`.
+
+    A model is a sub-folder with at least one integer-named version holding `saved_model.pb`.
+    """
+    if not os.path.isdir(models_dir):
+        raise FileNotFoundError(f"{models_dir}: no such folder of exported models")
+    found = {}
+    for entry in sorted(os.scandir(models_dir), key=lambda e: e.name):
+        if not entry.is_dir() or entry.name.startswith("."):
+            continue
+        versions = [
+            v
+            for v in list_versions(entry.path)
+            if os.path.isfile(os.path.join(entry.path, str(v), "saved_model.pb"))
+        ]
+        if versions:
+            found[entry.name] = versions
+    return found
+
+
+def stable_and_canary(versions: list[int]) -> tuple[int, int]:
+    """`(stable, canary)`: the older and the newer of the two newest versions."""
+    if not versions:
+        raise ValueError("versions: expected at least one version")
+    newest = sorted(versions)[-2:]
+    return newest[0], newest[-1]
+
+
+def _quote(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def models_config_text(models: dict[str, list[int]], base_path: str) -> str:
+    """The `models.config` text (ModelServerConfig).
+
+    Args:
+        models: `{name: versions}`, e.g. from `find_models`.
+        base_path: The folder holding the models as the server sees it (`/models` in the
+            docker command); each model's base_path is `base_path/NAME`.
+
+    Returns:
+        The text-format config.
+    """
+    if not models:
+        raise ValueError("models: no exported model found (expected NAME/<version>/ folders)")
+    lines = ["model_config_list {"]
+    for name, versions in sorted(models.items()):
+        stable, canary = stable_and_canary(versions)
+        served = sorted({stable, canary})
+        lines += [
+            "  config {",
+            f"    name: {_quote(name)}",
+            f"    base_path: {_quote(base_path.rstrip('/') + '/' + name)}",
+            '    model_platform: "tensorflow"',
+            "    model_version_policy {",
+            "      specific {",
+            *(f"        versions: {v}" for v in served),
+            "      }",
+            "    }",
+            f'    version_labels {{ key: "stable" value: {stable} }}',
+            f'    version_labels {{ key: "canary" value: {canary} }}',
+            "  }",
+        ]
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def batching_config_text(options: BatchingOptions) -> str:
+    """The `batching.config` text (BatchingParameters)."""
+    threads = options.num_batch_threads or os.cpu_count() or 1
+    for field in ("max_batch_size", "batch_timeout_micros", "max_enqueued_batches"):
+        value = getattr(options, field)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{field}={value!r}: expected a positive integer")
+    if not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"num_batch_threads={threads!r}: expected a positive integer")
+    lines = [
+        f"max_batch_size {{ value: {options.max_batch_size} }}",
+        f"batch_timeout_micros {{ value: {options.batch_timeout_micros} }}",
+        f"max_enqueued_batches {{ value: {options.max_enqueued_batches} }}",
+        f"num_batch_threads {{ value: {threads} }}",
+        *(f"allowed_batch_sizes: {size}" for size in options.allowed_batch_sizes()),
+        # Detection requests carry proposal arrays of different lengths: pad them to merge.
+        "pad_variable_length_inputs: true",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def monitoring_config_text(path: str = PROMETHEUS_PATH) -> str:
+    """The `monitoring.config` text (MonitoringConfig with Prometheus enabled)."""
+    return f"prometheus_config {{\n  enable: true\n  path: {_quote(path)}\n}}\n"
+
+
+def parse_models_config(text: str):
+    """Parses `models.config` text into a `ModelServerConfig` and checks the labels.
+
+    Raises:
+        ImportError: tensorflow-serving-api is not installed.
+        text_format.ParseError: Not a valid ModelServerConfig.
+        ValueError: A label names a version the policy does not serve.
+    """
+    from tensorflow_serving.config import model_server_config_pb2
+
+    config = text_format.Parse(text, model_server_config_pb2.ModelServerConfig())
+    for model in config.model_config_list.config:
+        served = set(model.model_version_policy.specific.versions)
+        for label, version in model.version_labels.items():
+            if served and version not in served:
+                raise ValueError(f"model {model.name!r}: label {label!r} -> unserved {version}")
+    return config
+
+
+def parse_batching_config(text: str):
+    """Parses `batching.config` text into `BatchingParameters` and checks its rules.
+
+    Raises:
+        text_format.ParseError: Not valid BatchingParameters.
+        ValueError: `allowed_batch_sizes` not increasing or not ending at `max_batch_size`.
+    """
+    params = text_format.Parse(text, batching_parameters_class()())
+    sizes = list(params.allowed_batch_sizes)
+    if sizes and (
+        sizes != sorted(set(sizes)) or sizes[-1] != params.max_batch_size.value or sizes[0] < 1
+    ):
+        raise ValueError(
+            f"allowed_batch_sizes={sizes}: must increase and end at max_batch_size "
+            f"({params.max_batch_size.value})"
+        )
+    return params
+
+
+def parse_monitoring_config(text: str):
+    """Parses `monitoring.config` text into `MonitoringConfig`."""
+    return text_format.Parse(text, monitoring_config_class()())
+
+
+@dataclasses.dataclass(frozen=True)
+class ServingConfigs:
+    """Paths written by `write_serving_configs`, and the models listed."""
+
+    models_config: str
+    batching_config: str
+    monitoring_config: str
+    models: dict
+    models_config_validated: bool
+
+
+def write_serving_configs(
+    models_dir: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    base_path: str = DEFAULT_BASE_PATH,
+    batching: BatchingOptions | None = None,
+    prometheus_path: str = PROMETHEUS_PATH,
+) -> ServingConfigs:
+    """Writes `models.config`, `batching.config` and `monitoring.config`, each validated.
+
+    Args:
+        models_dir: Folder of exported models (`NAME/<version>/`).
+        output_dir: Where to write the three files (created if needed).
+        base_path: `models_dir` as the server sees it (`/models` for the docker command;
+            an absolute local path for a local `tensorflow_model_server`).
+        batching: Batching options (defaults: `BatchingOptions()`).
+        prometheus_path: URL path of the Prometheus metrics.
+
+    Returns:
+        A `ServingConfigs`. `models_config_validated` is False when tensorflow-serving-api is
+        not installed (the file is then written unchecked).
+    """
+    models = find_models(models_dir)
+    texts = {
+        MODELS_CONFIG: models_config_text(models, base_path),
+        BATCHING_CONFIG: batching_config_text(batching or BatchingOptions()),
+        MONITORING_CONFIG: monitoring_config_text(prometheus_path),
+    }
+    parse_batching_config(texts[BATCHING_CONFIG])
+    parse_monitoring_config(texts[MONITORING_CONFIG])
+    try:
+        parse_models_config(texts[MODELS_CONFIG])
+        validated = True
+    except ImportError:
+        validated = False
+    os.makedirs(output_dir, exist_ok=True)
+    paths = {}
+    for file_name, text in texts.items():
+        paths[file_name] = os.path.join(os.fspath(output_dir), file_name)
+        atomic_write_bytes(paths[file_name], text.encode())
+    return ServingConfigs(
+        paths[MODELS_CONFIG], paths[BATCHING_CONFIG], paths[MONITORING_CONFIG], models, validated
+    )

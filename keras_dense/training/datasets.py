@@ -1,0 +1,276 @@
+"""The input pipelines of a recipe's `[data]` table."""
+
+from __future__ import annotations
+
+import math
+
+import tensorflow as tf
+
+from keras_dense.data import BadInputError, detection_dataset, segmentation_dataset
+from keras_dense.data.tfrecord_files import (
+    find_manifest,
+    load_manifest,
+    resolve_files,
+    scan_framing,
+)
+
+
+def normalization_mode(data: dict) -> str | None:
+    """The recipe's normalisation with "none" (TOML has no null) as None."""
+    return None if data["normalization"] == "none" else data["normalization"]
+
+
+def count_records(pattern: str) -> int:
+    """Number of records in the shards matching `pattern` (from their framing)."""
+    return sum(scan_framing(path) for path in resolve_files(pattern))
+
+
+def data_classes(data: dict, task: str) -> list[str]:
+    """The class names: `data.classes`, else the training shards' manifest.
+
+    Detection uses object classes only (label = index + 1): a leading "background" entry of a
+    segmentation+detection manifest (e.g. shapes) is dropped.
+
+    Args:
+        data: The recipe's `[data]` table.
+        task: "segmentation" or "detection".
+
+    Returns:
+        The names.
+
+    Raises:
+        ValueError: No names given and no manifest beside the shards.
+    """
+    names = list(data["classes"])
+    if not names:
+        for path in resolve_files(data["train"]):
+            manifest = find_manifest(path)
+            if manifest is not None:
+                names = list(load_manifest(manifest).get("classes") or [])
+                break
+    if not names:
+        raise ValueError(
+            "recipe key 'data.classes': missing, and the training shards have no manifest "
+            "with class names; list the classes in the recipe"
+        )
+    if task == "detection" and names[0] == "background":
+        names = names[1:]
+    return names
+
+
+def worker_shards(pattern: str, key: str, num_workers: int, index: int) -> list[str] | str:
+    """This worker's share of the shards: every `num_workers`-th file from `index` on.
+
+    The pipelines pair each record with a random seed, which hides the files from
+    tf.distribute's automatic sharding, so multi-worker runs split the files here (and turn
+    automatic sharding off, see `no_auto_shard`).
+
+    Args:
+        pattern: Glob pattern of the shards.
+        key: Recipe key of the pattern, for the error message.
+        num_workers: Processes in the cluster.
+        index: This process's index among them.
+
+    Returns:
+        `pattern` itself for a single worker, else the list of this worker's files.
+
+    Raises:
+        ValueError: Fewer shard files than workers.
+    """
+    if num_workers <= 1:
+        return pattern
+    files = resolve_files(pattern)
+    if len(files) < num_workers:
+        raise ValueError(
+            f"recipe key {key!r}: {len(files)} shard file(s) for {num_workers} workers; convert "
+            f"the data with --num-shards {num_workers} (or a multiple of it)"
+        )
+    return files[index::num_workers]
+
+
+def no_auto_shard(dataset: tf.data.Dataset) -> tf.data.Dataset:
+    """Turns tf.distribute's automatic sharding off (the files are already split)."""
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+    return dataset.with_options(options)
+
+
+def crop_masks_to_output(
+    dataset: tf.data.Dataset, input_size, output_size, ignore_label: int, fit_input: bool
+) -> tf.data.Dataset:
+    """Adapts `(images, masks)` batches to a model whose output is smaller than its input.
+
+    Valid-padding models (the paper's U-Net) predict the centre `output_size` of an
+    `input_size` tile, so the masks are centre-cropped by the margin. With `fit_input`
+    (evaluation batches, which keep each image's size), images and masks are first
+    centre-cropped or padded to `input_size` (mask padding = `ignore_label`).
+
+    Args:
+        dataset: Batches `(images (B, H, W, C), masks (B, H, W))`.
+        input_size: `(h, w)` the model is fed.
+        output_size: `(h', w')` the model predicts for that input.
+        ignore_label: The mask padding value.
+        fit_input: Crop or pad every batch to `input_size` first.
+
+    Returns:
+        The adapted dataset.
+    """
+    top = (input_size[0] - output_size[0]) // 2
+    left = (input_size[1] - output_size[1]) // 2
+
+    def adapt(images, masks):
+        if fit_input:
+            images = tf.image.resize_with_crop_or_pad(images, *input_size)
+            shifted = masks[..., None] - ignore_label  # padding zeros become ignore_label
+            masks = tf.image.resize_with_crop_or_pad(shifted, *input_size)[..., 0] + ignore_label
+        masks = masks[:, top : top + output_size[0], left : left + output_size[1]]
+        return images, masks
+
+    return dataset.map(adapt, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def segmentation_datasets(
+    recipe: dict, output_size=None, num_workers: int = 1, worker_index: int = 0
+):
+    """Training and validation datasets of a segmentation recipe.
+
+    Args:
+        recipe: The resolved recipe.
+        output_size: The model's output `(h, w)` for a training crop, when it differs from the
+            crop (valid padding); None for same-size models.
+        num_workers: Processes in the cluster; with several, each reads its share of the
+            shards and validation runs a fixed number of steps on a repeated dataset (every
+            worker must run the same steps).
+        worker_index: This process's index in the cluster.
+
+    Returns:
+        `(train, validation, steps_per_epoch, validation_steps)`; validation is None when the
+        recipe has none, validation_steps None for one exact pass.
+    """
+    data, training = recipe["data"], recipe["training"]
+    crop = tuple(data["crop_size"])
+    common = {
+        "normalization": normalization_mode(data),
+        "ignore_label": data["ignore_label"],
+        "channels": data["channels"],
+        "cache": data["cache"],
+        "seed": recipe["seed"],
+    }
+    batch = training["batch_size"]
+    train = segmentation_dataset(
+        worker_shards(data["train"], "data.train", num_workers, worker_index),
+        batch,
+        crop_size=crop,
+        training=True,
+        scale_range=tuple(data["scale_range"]),
+        flip=data["flip"],
+        photometric=data["photometric"],
+        shuffle_buffer=data["shuffle_buffer"],
+        **common,
+    ).repeat()
+    if output_size is not None:
+        train = crop_masks_to_output(train, crop, output_size, data["ignore_label"], False)
+    steps = training["steps_per_epoch"] or max(count_records(data["train"]) // batch, 1)
+    validation, validation_steps = None, None
+    if data["validation"]:
+        val_batch = training["validation_batch_size"] or batch
+        validation = segmentation_dataset(
+            worker_shards(data["validation"], "data.validation", num_workers, worker_index),
+            val_batch,
+            **common,
+        )
+        if num_workers == 1:
+            # A known length spares Keras a first pass ending in a "ran out of data" warning.
+            batches = math.ceil(count_records(data["validation"]) / val_batch)
+            validation = validation.apply(tf.data.experimental.assert_cardinality(batches))
+        if output_size is not None:
+            validation = crop_masks_to_output(
+                validation, crop, output_size, data["ignore_label"], True
+            )
+        validation_steps = training["validation_steps"] or None
+        if num_workers > 1 and validation_steps is None:
+            validation_steps = max(count_records(data["validation"]) // val_batch, 1)
+        if validation_steps is not None:
+            validation = validation.repeat()
+    if num_workers > 1:
+        train = no_auto_shard(train)
+        validation = None if validation is None else no_auto_shard(validation)
+    return train, validation, steps, validation_steps
+
+
+def detection_datasets(recipe: dict, num_workers: int = 1, worker_index: int = 0):
+    """Training and validation datasets of a detection recipe (dict batches, no targets).
+
+    Args:
+        recipe: The resolved recipe.
+        num_workers: Processes in the cluster (see `segmentation_datasets`).
+        worker_index: This process's index in the cluster.
+
+    Returns:
+        `(train, validation, steps_per_epoch, validation_steps)`.
+    """
+    data, training = recipe["data"], recipe["training"]
+    common = {
+        "min_size": data["min_size"],
+        "max_size": data["max_size"],
+        "normalization": normalization_mode(data),
+        "max_boxes": data["max_boxes"],
+        "max_proposals": data["max_proposals"],
+        "cache": data["cache"],
+        "seed": recipe["seed"],
+    }
+    batch = training["batch_size"]
+    train = detection_dataset(
+        worker_shards(data["train"], "data.train", num_workers, worker_index),
+        batch,
+        training=True,
+        flip=data["flip"],
+        shuffle_buffer=data["shuffle_buffer"],
+        **common,
+    ).repeat()
+    steps = training["steps_per_epoch"] or max(count_records(data["train"]) // batch, 1)
+    validation, validation_steps = None, None
+    if data["validation"]:
+        val_batch = training["validation_batch_size"] or batch
+        validation = detection_dataset(
+            worker_shards(data["validation"], "data.validation", num_workers, worker_index),
+            val_batch,
+            **common,
+        )
+        if num_workers == 1:
+            batches = math.ceil(count_records(data["validation"]) / val_batch)
+            validation = validation.apply(tf.data.experimental.assert_cardinality(batches))
+        validation_steps = training["validation_steps"] or None
+        if num_workers > 1 and validation_steps is None:
+            validation_steps = max(count_records(data["validation"]) // val_batch, 1)
+        if validation_steps is not None:
+            validation = validation.repeat()
+    if num_workers > 1:
+        train = no_auto_shard(train)
+        validation = None if validation is None else no_auto_shard(validation)
+    return train, validation, steps, validation_steps
+
+
+def total_steps(recipe: dict, steps_per_epoch: int) -> tuple[int, int]:
+    """`(epochs, optimizer steps)`: `training.steps` (when > 0) sets the number of epochs."""
+    training = recipe["training"]
+    if training["steps"]:
+        epochs = math.ceil(training["steps"] / steps_per_epoch)
+        return epochs, training["steps"]
+    return training["epochs"], training["epochs"] * steps_per_epoch
+
+
+def check_patterns(recipe: dict) -> None:
+    """Fails early, naming the recipe key, when a data pattern matches no file."""
+    for key in ("train", "validation"):
+        pattern = recipe["data"][key]
+        if not pattern:
+            continue
+        try:
+            resolve_files(pattern)
+        except BadInputError as err:
+            raise BadInputError(
+                f"recipe key 'data.{key}' = {pattern!r}",
+                "no TFRecord file matches; convert the data first (see the recipe's header "
+                f"comment) or fix the pattern ({err.reason})",
+            ) from None

@@ -1,0 +1,278 @@
+"""Training a recipe: strategy, model, data, optimizer, callbacks and the output folder.
+
+The output folder of a run:
+
+| path | what |
+|---|---|
+| `best.keras`, `best.json` | best model so far (validation mIoU, else loss) and its model card |
+| `backup/` | weights + optimizer after the last finished epoch (`state.json`), for resuming |
+| `logs/` | TensorBoard: `train/`, `validation/` scalars, `images/` input/truth/prediction |
+| `recipe.json` | the resolved recipe (defaults and `--set` overrides applied) |
+| `metrics.csv` | one row per epoch (appended when a run resumes) |
+
+Running the same command again after a crash resumes after the last finished epoch. In a
+multi-worker run the chief writes this folder; other workers write theirs to
+`.worker-<type>-<index>/` inside it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+import keras
+import numpy as np
+
+from keras_dense.data.writer import atomic_write_bytes
+from keras_dense.training import backup, callbacks
+from keras_dense.training.builders import DETECTION_BUILDERS, build_model
+from keras_dense.training.datasets import (
+    check_patterns,
+    data_classes,
+    detection_datasets,
+    normalization_mode,
+    segmentation_datasets,
+    total_steps,
+)
+from keras_dense.training.distribution import (
+    select_strategy,
+    synchronize_batch_norm,
+    worker_info,
+)
+from keras_dense.training.losses import MaskedSparseCrossEntropy
+from keras_dense.training.metrics import build_metrics
+from keras_dense.training.optimizers import build_optimizer
+from keras_dense.training.recipe import RecipeError
+
+BEST_MODEL = "best.keras"
+BACKUP_DIR = "backup"
+LOG_DIR = "logs"
+RESOLVED_RECIPE = "recipe.json"
+METRICS_CSV = "metrics.csv"
+
+
+def _json_ready(value):
+    if isinstance(value, (tuple, list)):
+        return [_json_ready(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _json_ready(v) for k, v in value.items()}
+    return value
+
+
+def _output_size(model: keras.Model, crop, channels: int):
+    """The model's output size for a training crop, or None when it equals the crop."""
+    shape = model.compute_output_spec(keras.KerasTensor((1, *crop, channels))).shape
+    size = (int(shape[1]), int(shape[2]))
+    return None if size == tuple(crop) else size
+
+
+def _monitor(recipe: dict, has_validation: bool) -> tuple[str, str]:
+    prefix = "val_" if has_validation else ""
+    if recipe["task"] == "segmentation" and "mean_iou" in recipe["training"]["metrics"]:
+        return f"{prefix}mean_iou", "max"
+    return f"{prefix}loss", "min"
+
+
+def _flatten(table: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in table.items():
+        if isinstance(value, dict) and value:
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _write_resolved_recipe(path: str, recipe: dict, resumed: bool) -> None:
+    """Writes `recipe.json`, warning when a resumed run's recipe has changed."""
+    if resumed and os.path.isfile(path):
+        with open(path) as f:
+            before, after = _flatten(json.load(f)), _flatten(recipe)
+        changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+        if changed:
+            print(
+                f"warning: {path} differs from this recipe in {', '.join(changed)}; the run "
+                "continues from its saved state with the new settings",
+                file=sys.stderr,
+            )
+    atomic_write_bytes(path, (json.dumps(recipe, indent=2, sort_keys=True) + "\n").encode())
+
+
+def _compile(model, recipe: dict, optimizer, num_classes: int) -> None:
+    training, data = recipe["training"], recipe["data"]
+    if recipe["task"] == "detection":
+        model.compile(optimizer=optimizer, jit_compile=training["jit_compile"])
+        return
+    weights = recipe["loss"]["class_weights"]
+    if weights and len(weights) != num_classes:
+        raise RecipeError(
+            f"recipe key 'loss.class_weights': {len(weights)} weights for {num_classes} classes"
+        )
+    model.compile(
+        optimizer=optimizer,
+        loss=MaskedSparseCrossEntropy(data["ignore_label"], weights or None),
+        metrics=build_metrics(training["metrics"], num_classes, data["ignore_label"]),
+        jit_compile=training["jit_compile"],
+    )
+
+
+def _sample_batch(dataset, count: int):
+    images, masks = next(iter(dataset.take(1)))
+    return np.asarray(images)[:count], np.asarray(masks)[:count]
+
+
+def train(recipe: dict, output: str, verbose: int | None = None) -> dict:
+    """Trains a resolved recipe (see `keras_dense.training.load_recipe`).
+
+    Args:
+        recipe: The resolved recipe.
+        output: The run's output folder (see the module docstring); a folder holding a
+            saved state resumes.
+        verbose: Keras `fit` verbosity; default: a progress bar on a terminal, one line per
+            epoch otherwise.
+
+    Returns:
+        A summary: `output`, `epochs`, `initial_epoch`, `monitor`, `best`, `history` (the
+        last epoch's logs), `model` (path of the best model) and `seconds`.
+
+    Raises:
+        RecipeError: The recipe does not fit the data or the builder.
+        keras_dense.data.BadInputError: A data pattern matches nothing or a shard is damaged.
+    """
+    start = time.monotonic()
+    strategy = select_strategy()  # first: the multi-worker strategy must precede other TF ops
+    info = worker_info()
+    run_dir = output
+    if not info.is_chief:
+        run_dir = os.path.join(output, f".worker-{info.task_type}-{info.task_id}")
+    os.makedirs(run_dir, exist_ok=True)
+    task, data, training = recipe["task"], recipe["data"], recipe["training"]
+    builder = recipe["model"]["builder"]
+    if (task == "detection") != (builder in DETECTION_BUILDERS):
+        raise RecipeError(
+            f"recipe key 'model.builder' = {builder!r} does not fit task = {task!r} "
+            f"(detection builders: {list(DETECTION_BUILDERS)})"
+        )
+    if task == "detection" and data["channels"] != 3:
+        raise RecipeError("recipe key 'data.channels': detection needs 3-channel images")
+    check_patterns(recipe)
+    keras.utils.set_random_seed(recipe["seed"])
+    classes = data_classes(data, task)
+
+    previous_policy = keras.config.dtype_policy()
+    if training["mixed_precision"]:
+        keras.config.set_dtype_policy("mixed_float16")
+    try:
+        with strategy.scope():
+            model, kwargs = build_model(
+                builder,
+                recipe["model"]["kwargs"],
+                len(classes),
+                data["channels"],
+                training["mixed_precision"],
+            )
+            if strategy.num_replicas_in_sync > 1:
+                synchronize_batch_norm(model)
+        if task == "segmentation":
+            output_size = _output_size(model, data["crop_size"], data["channels"])
+            train_ds, val_ds, steps, val_steps = segmentation_datasets(
+                recipe, output_size, info.num_workers, info.task_id
+            )
+        else:
+            train_ds, val_ds, steps, val_steps = detection_datasets(
+                recipe, info.num_workers, info.task_id
+            )
+        epochs, optimizer_steps = total_steps(recipe, steps)
+        with strategy.scope():
+            optimizer = build_optimizer(
+                recipe["optimizer"],
+                recipe["schedule"],
+                optimizer_steps,
+                training["mixed_precision"],
+            )
+            _compile(model, recipe, optimizer, len(classes))
+            finished = backup.restore(model, os.path.join(run_dir, BACKUP_DIR))
+    finally:
+        keras.config.set_dtype_policy(previous_policy)
+
+    _write_resolved_recipe(os.path.join(run_dir, RESOLVED_RECIPE), recipe, finished > 0)
+    monitor, mode = _monitor(recipe, val_ds is not None)
+    csv_path = os.path.join(run_dir, METRICS_CSV)
+    history = callbacks.trim_history(csv_path, finished) if finished else []
+    card = {
+        "task": task,
+        "normalization": normalization_mode(data),
+        "classes": classes,
+        "ignore_label": data["ignore_label"],
+        "input_channels": data["channels"],
+        "builder": builder,
+        "builder_kwargs": _json_ready(kwargs),
+        "recipe": os.path.abspath(os.path.join(run_dir, RESOLVED_RECIPE)),
+        "keras_dense_version": _version(),
+    }
+    if task == "detection":
+        card.update(min_size=data["min_size"], max_size=data["max_size"])
+    else:
+        card["input_size"] = list(data["crop_size"])  # the training tile
+    best_path = os.path.join(run_dir, BEST_MODEL)
+    callback_list = [
+        callbacks.BestCheckpoint(
+            best_path, monitor, mode, callbacks.best_in_history(history, monitor, mode), card
+        ),
+        keras.callbacks.CSVLogger(csv_path, append=finished > 0),
+        callbacks.ScalarSummaries(os.path.join(run_dir, LOG_DIR)),
+    ]
+    if task == "segmentation" and training["image_summaries"] > 0:
+        # A fixed sample: the first images of the first validation (else training) batch.
+        images, masks = _sample_batch(
+            val_ds if val_ds is not None else train_ds, training["image_summaries"]
+        )
+        callback_list.append(
+            callbacks.ImageSummaries(
+                os.path.join(run_dir, LOG_DIR, "images"),
+                images,
+                masks,
+                normalization_mode(data),
+            )
+        )
+    # Last, so that a saved state implies every other output of its epoch was written.
+    callback_list.append(backup.EpochBackup(os.path.join(run_dir, BACKUP_DIR)))
+
+    if verbose is None:
+        verbose = 1 if sys.stdout.isatty() else 2
+    if finished >= epochs:
+        print(f"{run_dir}: the run already finished its {epochs} epochs; nothing to do")
+        logs = history[-1] if history else {}
+    else:
+        if finished:
+            print(f"resuming {run_dir} after epoch {finished} of {epochs}")
+        fit = model.fit(
+            train_ds,
+            epochs=epochs,
+            initial_epoch=finished,
+            steps_per_epoch=steps,
+            validation_data=val_ds,
+            validation_steps=val_steps,
+            callbacks=callback_list,
+            shuffle=False,  # the input pipeline shuffles
+            verbose=verbose,
+        )
+        logs = {k: float(v[-1]) for k, v in fit.history.items() if v}
+    return {
+        "output": run_dir,
+        "epochs": epochs,
+        "initial_epoch": finished,
+        "monitor": monitor,
+        "best": callback_list[0].best,
+        "history": logs,
+        "model": best_path,
+        "seconds": time.monotonic() - start,
+    }
+
+
+def _version() -> str:
+    import keras_dense
+
+    return getattr(keras_dense, "__version__", "unknown")
