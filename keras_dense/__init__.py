@@ -4,11 +4,33 @@ import os
 
 # TensorFlow's C++ INFO lines (CUDA probing, oneDNN notices) drown our output; a user's own
 # setting wins.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from keras_dense import apps, data, layers
-from keras_dense.tiling import predict_tiled
+from keras_dense import (  # noqa: E402
+    apps,
+    crf,
+    data,
+    detection,
+    evaluation,
+    export,
+    layers,
+    serving,
+    training,
+)
+from keras_dense.tiling import predict_tiled  # noqa: E402
 
 __version__ = "0.1.0"
 
-__all__ = ["apps", "data", "layers", "predict_tiled", "__version__"]
+__all__ = [
+    "__version__",
+    "apps",
+    "crf",
+    "data",
+    "detection",
+    "evaluation",
+    "export",
+    "layers",
+    "predict_tiled",
+    "serving",
+    "training",
+]

@@ -11,7 +11,15 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-COMMAND_MODULES = ("keras_dense.data.convert_command",)
+COMMAND_MODULES = (
+    "keras_dense.data.convert_command",
+    "keras_dense.ops.build_ops_command",
+    "keras_dense.training.train_command",
+    "keras_dense.evaluation.evaluate_command",
+    "keras_dense.prediction.predict_command",
+    "keras_dense.export.export_command",
+    "keras_dense.serving.config_command",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,54 +1,174 @@
-"""The end-to-end demo on the built-in shapes data (`make demo`)."""
+"""The end-to-end demo on the built-in shapes data (`make demo`).
+
+1. convert the synthetic shapes set into TFRecords (`tfrecords/shapes/`);
+2. train `apps/shapes_demo.toml` (a small U-Net);
+3. evaluate it on the validation shards and print the mIoU;
+4. export a SavedModel (`saved_models/shapes/<version>/`);
+5. write the TF Serving configs;
+6. predict through the exported SavedModel in a fresh process that does not import
+   keras_dense, writing colour overlays.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
+import sys
+import textwrap
 import time
 from collections.abc import Sequence
 
+PREDICT_WITH_SAVED_MODEL = """
+import glob, os, sys
+import cv2, numpy as np, tensorflow as tf
+export_dir, images_dir, out_dir = sys.argv[1:4]
+assert not any(m.startswith("keras_dense") for m in sys.modules)
+serve = tf.saved_model.load(export_dir).signatures["serving_default"]
+files = sorted(glob.glob(os.path.join(images_dir, "*.png")))
+out = serve(image_bytes=tf.constant([open(f, "rb").read() for f in files]))
+palette = np.array([[0, 0, 0], [230, 60, 60], [60, 200, 60], [60, 90, 230]], np.uint8)
+os.makedirs(out_dir, exist_ok=True)
+for f, classes, size in zip(files, out["classes"].numpy(), out["image_sizes"].numpy()):
+    h, w = size
+    image = cv2.imread(f)
+    colour = palette[np.clip(classes[:h, :w], 0, 3)][:, :, ::-1]
+    overlay = cv2.addWeighted(image, 0.5, colour, 0.5, 0)
+    name = os.path.join(out_dir, os.path.basename(f)[:-4] + "_overlay.png")
+    cv2.imwrite(name + ".tmp.png", np.concatenate([image, overlay], 1))
+    os.replace(name + ".tmp.png", name)
+print(len(files))
+"""
+
+
+def _run(step: str, argv: list[str]) -> None:
+    from keras_dense.cli import main as cli
+
+    print(f"\n== {step}: keras-dense {' '.join(argv)}", flush=True)
+    status = cli(argv)
+    if status != 0:
+        raise SystemExit(f"demo step failed: {step} (exit status {status})")
+
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Converts the shapes set, reads it back through the input pipeline and summarises it.
+    """Runs the six demo steps and prints a summary.
 
     Args:
-        argv: Command-line arguments (`--output DIR`, `--num-images N`).
+        argv: Command-line arguments (`--output DIR`, `--quick` for a short training run).
 
     Returns:
         The exit status.
     """
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("--output", default="demo_output")
-    parser.add_argument("--num-images", type=int, default=200)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--output", default="demo_output", help="runs, predictions go here")
+    parser.add_argument("--quick", action="store_true", help="1 epoch (smoke test)")
     args = parser.parse_args(argv)
-
-    import numpy as np
-
-    from keras_dense import data
-    from keras_dense.data.writer import summarize
-
     start = time.monotonic()
-    records = os.path.join(args.output, "tfrecords", "shapes")
-    print(f"[1/2] converting {args.num_images} synthetic shapes images -> {records}-*.tfrecord")
-    manifest = data.convert_shapes(records, args.num_images, size=128, num_shards=2, workers=2)
-    print(summarize(manifest))
+    run_dir = os.path.join(args.output, "runs", "shapes")
+    model = os.path.join(run_dir, "best.keras")
+    served = os.path.join("saved_models", "shapes")
 
-    print("[2/2] one augmented training batch from segmentation_dataset:")
-    ds = data.segmentation_dataset(
-        f"{records}-*.tfrecord", batch_size=8, crop_size=96, training=True, seed=0
+    _run(
+        "1/6 convert",
+        [
+            "convert",
+            "shapes",
+            "--num-images",
+            "1000",
+            "--size",
+            "64",
+            "--seed",
+            "0",
+            "--num-shards",
+            "2",
+            "--output",
+            "tfrecords/shapes/train",
+        ],
     )
-    images, masks = next(iter(ds))
-    values, counts = np.unique(masks.numpy(), return_counts=True)
-    names = manifest["classes"]
+    _run(
+        "1/6 convert",
+        [
+            "convert",
+            "shapes",
+            "--num-images",
+            "100",
+            "--size",
+            "64",
+            "--seed",
+            "1",
+            "--output",
+            "tfrecords/shapes/val",
+        ],
+    )
+    train = ["train", "apps/shapes_demo.toml", "--output", run_dir]
+    if args.quick:
+        train += ["--set", "epochs=1"]
+    _run("2/6 train", train)
+    eval_dir = os.path.join(args.output, "evaluation")
+    _run(
+        "3/6 evaluate",
+        [
+            "evaluate",
+            "--model",
+            model,
+            "--data",
+            "tfrecords/shapes/val-*.tfrecord",
+            "--output",
+            eval_dir,
+        ],
+    )
+    with open(os.path.join(eval_dir, "metrics.json")) as f:
+        metrics = json.load(f)
+    _run("4/6 export", ["export", "--model", model, "--output", served])
+    version = max(int(v) for v in os.listdir(served) if v.isdigit())
+    _run(
+        "5/6 serving-config",
+        ["serving-config", "--models", "saved_models", "--output", "saved_models"],
+    )
+
+    print("\n== 6/6 predict through the SavedModel in a fresh process", flush=True)
+    from keras_dense.data import read_examples
+    from keras_dense.data.image_io import encode_png
+
+    samples = os.path.join(args.output, "samples")
+    os.makedirs(samples, exist_ok=True)
+    for i, example in enumerate(read_examples("tfrecords/shapes/val-*.tfrecord")):
+        if i == 6:
+            break
+        with open(os.path.join(samples, f"{example['source_id']}.png"), "wb") as f:
+            f.write(encode_png(example["image"]))
+    overlays = os.path.join(args.output, "overlays")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(PREDICT_WITH_SAVED_MODEL),
+            os.path.join(served, str(version)),
+            samples,
+            overlays,
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    miou = metrics.get("mean_iou", metrics.get("miou"))
     print(
-        f"  images {tuple(images.shape)} {images.dtype.name}, range "
-        f"[{float(images.numpy().min()):.1f}, {float(images.numpy().max()):.1f}] (caffe)"
+        textwrap.dedent(f"""
+        ================ keras_dense demo summary ================
+        shards          tfrecords/shapes/{{train,val}}-*.tfrecord
+        trained model   {model}
+        validation mIoU {miou:.3f}  (details: {eval_dir}/metrics.json)
+        SavedModel      {served}/{version}/  (serving_default: JPEG/PNG bytes)
+        TF Serving      saved_models/{{models,batching,monitoring}}.config
+        overlays        {overlays}/ ({done.stdout.strip()} images, via the SavedModel)
+        total time      {time.monotonic() - start:.0f} s
+        ==========================================================""").rstrip()
     )
-    print(f"  masks  {tuple(masks.shape)} {masks.dtype.name}")
-    for v, c in zip(values, counts):
-        label = names[v] if v < len(names) else "ignore (padding)"
-        print(f"    {label:>16}: {100 * c / masks.numpy().size:5.1f}% of pixels")
-    print(f"demo finished in {time.monotonic() - start:.1f} s; outputs in {args.output}/")
     return 0
 
 

@@ -13,6 +13,7 @@ the mask). All randomness is stateless and comes from a per-example seed.
 
 from __future__ import annotations
 
+import numpy as np
 import tensorflow as tf
 
 
@@ -87,11 +88,13 @@ def scale_crop_flip(
 
 
 # RGB -> YIQ; a hue shift is a rotation of the (I, Q) plane, so it is linear in RGB.
-_RGB_TO_YIQ = tf.constant(
-    [[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], tf.float32
+# NumPy, not tf.constant: creating tensors at import time would initialise TensorFlow's eager
+# context before a user (or the trainer) configures a multi-worker strategy.
+_RGB_TO_YIQ = np.array(
+    [[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], np.float32
 )
-_YIQ_TO_RGB = tf.linalg.inv(_RGB_TO_YIQ)
-_LUMA = tf.constant([0.299, 0.587, 0.114], tf.float32)
+_YIQ_TO_RGB = np.linalg.inv(_RGB_TO_YIQ).astype(np.float32)
+_LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 
 
 def color_affine(
@@ -118,11 +121,12 @@ def color_affine(
         `(A (3, 3), c (3,))`.
     """
     eye = tf.eye(3)
-    sat = saturation * eye + (1.0 - saturation) * _LUMA[:, None] * tf.ones([1, 3])
+    luma = tf.constant(_LUMA)
+    sat = saturation * eye + (1.0 - saturation) * luma[:, None] * tf.ones([1, 3])
     theta = hue_turns * 2.0 * 3.141592653589793
     cos, sin = tf.cos(theta), tf.sin(theta)
     rotation = tf.stack([[1.0, 0.0, 0.0], [0.0, cos, -sin], [0.0, sin, cos]])
-    hue_map = tf.transpose(_YIQ_TO_RGB @ rotation @ _RGB_TO_YIQ)
+    hue_map = tf.transpose(tf.constant(_YIQ_TO_RGB) @ rotation @ tf.constant(_RGB_TO_YIQ))
     colour = sat @ hue_map
     matrix = contrast * colour
     offset = ((1.0 - contrast) * mean_grey + brightness_shift) * tf.reduce_sum(colour, axis=0)

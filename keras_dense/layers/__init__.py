@@ -1,5 +1,24 @@
 """Custom Keras layers, all registered under the package name "keras_dense"."""
 
+from keras_dense.layers.aspp import ASPP
+from keras_dense.layers.crf_rnn import CrfRnn, set_crf_iterations, use_portable_crf
+from keras_dense.layers.denormalization import Denormalization
+from keras_dense.layers.pooling_switches import MaxPoolingWithArgmax2D, MaxUnpooling2D
 from keras_dense.layers.resizing import CropToMatch, ResizeToMatch
+from keras_dense.layers.roi_pooling import RoIPooling
+from keras_dense.layers.upsampling import BilinearUpsamplingInitializer, bilinear_upsampling
 
-__all__ = ["CropToMatch", "ResizeToMatch"]
+__all__ = [
+    "ASPP",
+    "BilinearUpsamplingInitializer",
+    "CropToMatch",
+    "CrfRnn",
+    "Denormalization",
+    "MaxPoolingWithArgmax2D",
+    "MaxUnpooling2D",
+    "ResizeToMatch",
+    "RoIPooling",
+    "bilinear_upsampling",
+    "set_crf_iterations",
+    "use_portable_crf",
+]
