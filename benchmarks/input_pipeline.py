@@ -28,12 +28,12 @@ def make_shards(directory: str, num_images: int, size: int) -> str:
 
     def make(i: int) -> Record:
         rgb, mask, _, _ = render_shapes(i, size, seed=1)
-        return Record(f"bench_{i}", encode_jpeg(rgb, 90), "jpeg", size, size,
-                      mask_png=encode_png(mask))
+        return Record(
+            f"bench_{i}", encode_jpeg(rgb, 90), "jpeg", size, size, mask_png=encode_png(mask)
+        )
 
     output = os.path.join(directory, "bench")
-    write_dataset(output, list(range(num_images)), make, num_shards=4, workers=2,
-                  progress=False)
+    write_dataset(output, list(range(num_images)), make, num_shards=4, workers=2, progress=False)
     return output + "-*.tfrecord"
 
 
@@ -62,8 +62,15 @@ def main() -> None:
             return ds.batch(args.batch).prefetch(AUTOTUNE)
 
         def full():
-            return segmentation_dataset(pattern, args.batch, crop_size=args.crop, training=True,
-                                        seed=0, verify=False, drop_remainder=False)
+            return segmentation_dataset(
+                pattern,
+                args.batch,
+                crop_size=args.crop,
+                training=True,
+                seed=0,
+                verify=False,
+                drop_remainder=False,
+            )
 
         def consume(make_ds):
             ds = make_ds().repeat(args.epochs)
