@@ -129,6 +129,41 @@ def crop_masks_to_output(
     return dataset.map(adapt, num_parallel_calls=tf.data.AUTOTUNE)
 
 
+def validation_dataset(make, recipe: dict, num_workers: int, worker_index: int):
+    """The validation dataset of a recipe, shared by segmentation and detection.
+
+    Args:
+        make: `(file_patterns, batch_size) -> tf.data.Dataset` building the batches.
+        recipe: The resolved recipe.
+        num_workers: Processes in the cluster; with several, validation runs a fixed number of
+            steps on a repeated, not auto-sharded dataset (every worker runs the same steps).
+        worker_index: This process's index in the cluster.
+
+    Returns:
+        `(validation, validation_steps)`: `(None, None)` without validation data;
+        validation_steps None for one exact pass.
+    """
+    data, training = recipe["data"], recipe["training"]
+    if not data["validation"]:
+        return None, None
+    val_batch = training["validation_batch_size"] or training["batch_size"]
+    validation = make(
+        worker_shards(data["validation"], "data.validation", num_workers, worker_index), val_batch
+    )
+    if num_workers == 1:
+        # A known length spares Keras a first pass ending in a "ran out of data" warning.
+        batches = math.ceil(count_records(data["validation"]) / val_batch)
+        validation = validation.apply(tf.data.experimental.assert_cardinality(batches))
+    validation_steps = training["validation_steps"] or None
+    if num_workers > 1 and validation_steps is None:
+        validation_steps = max(count_records(data["validation"]) // val_batch, 1)
+    if validation_steps is not None:
+        validation = validation.repeat()
+    if num_workers > 1:
+        validation = no_auto_shard(validation)
+    return validation, validation_steps
+
+
 def segmentation_datasets(
     recipe: dict, output_size=None, num_workers: int = 1, worker_index: int = 0
 ):
@@ -171,30 +206,20 @@ def segmentation_datasets(
     if output_size is not None:
         train = crop_masks_to_output(train, crop, output_size, data["ignore_label"], False)
     steps = training["steps_per_epoch"] or max(count_records(data["train"]) // batch, 1)
-    validation, validation_steps = None, None
-    if data["validation"]:
-        val_batch = training["validation_batch_size"] or batch
-        validation = segmentation_dataset(
-            worker_shards(data["validation"], "data.validation", num_workers, worker_index),
-            val_batch,
-            **common,
-        )
-        if num_workers == 1:
-            # A known length spares Keras a first pass ending in a "ran out of data" warning.
-            batches = math.ceil(count_records(data["validation"]) / val_batch)
-            validation = validation.apply(tf.data.experimental.assert_cardinality(batches))
+
+    def make_validation(pattern, val_batch):
+        validation = segmentation_dataset(pattern, val_batch, **common)
         if output_size is not None:
             validation = crop_masks_to_output(
                 validation, crop, output_size, data["ignore_label"], True
             )
-        validation_steps = training["validation_steps"] or None
-        if num_workers > 1 and validation_steps is None:
-            validation_steps = max(count_records(data["validation"]) // val_batch, 1)
-        if validation_steps is not None:
-            validation = validation.repeat()
+        return validation
+
+    validation, validation_steps = validation_dataset(
+        make_validation, recipe, num_workers, worker_index
+    )
     if num_workers > 1:
         train = no_auto_shard(train)
-        validation = None if validation is None else no_auto_shard(validation)
     return train, validation, steps, validation_steps
 
 
@@ -229,25 +254,14 @@ def detection_datasets(recipe: dict, num_workers: int = 1, worker_index: int = 0
         **common,
     ).repeat()
     steps = training["steps_per_epoch"] or max(count_records(data["train"]) // batch, 1)
-    validation, validation_steps = None, None
-    if data["validation"]:
-        val_batch = training["validation_batch_size"] or batch
-        validation = detection_dataset(
-            worker_shards(data["validation"], "data.validation", num_workers, worker_index),
-            val_batch,
-            **common,
-        )
-        if num_workers == 1:
-            batches = math.ceil(count_records(data["validation"]) / val_batch)
-            validation = validation.apply(tf.data.experimental.assert_cardinality(batches))
-        validation_steps = training["validation_steps"] or None
-        if num_workers > 1 and validation_steps is None:
-            validation_steps = max(count_records(data["validation"]) // val_batch, 1)
-        if validation_steps is not None:
-            validation = validation.repeat()
+    validation, validation_steps = validation_dataset(
+        lambda pattern, val_batch: detection_dataset(pattern, val_batch, **common),
+        recipe,
+        num_workers,
+        worker_index,
+    )
     if num_workers > 1:
         train = no_auto_shard(train)
-        validation = None if validation is None else no_auto_shard(validation)
     return train, validation, steps, validation_steps
 
 
