@@ -105,3 +105,42 @@ def coordinate_records(tmp_path, sizes=((90, 120), (70, 50), (130, 100))):
 
     write_dataset(str(tmp_path / "coord"), list(sizes), make, progress=False)
     return str(tmp_path / "coord-*.tfrecord")
+
+
+def write_tiny_unet_recipe(
+    path,
+    root,
+    epochs: int,
+    steps_per_epoch: int,
+    learning_rate: float,
+    momentum: float = 0.0,
+    image_summaries: int = 0,
+):
+    """Writes a recipe training a 4-filter, depth-2 U-Net on `root/{train,val}-*.tfrecord`."""
+    path.write_text(
+        f"""
+[model]
+builder = "unet"
+[model.kwargs]
+padding = "same"
+filters = 4
+depth = 2
+batch_norm = true
+[data]
+train = "{root / "train-*.tfrecord"}"
+validation = "{root / "val-*.tfrecord"}"
+crop_size = 32
+[training]
+batch_size = 4
+epochs = {epochs}
+steps_per_epoch = {steps_per_epoch}
+image_summaries = {image_summaries}
+[optimizer]
+name = "sgd"
+learning_rate = {learning_rate}
+momentum = {momentum}
+[schedule]
+name = "poly"
+"""
+    )
+    return path

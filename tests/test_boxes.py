@@ -8,17 +8,7 @@ import numpy as np
 
 from keras_dense.detection import clip_boxes, decode_boxes, encode_boxes, iou_matrix
 
-
-def brute_iou(a, b):
-    """IoU of two yxyx boxes with inclusive pixel ends (+1), as Fast R-CNN's bbox_overlaps."""
-    ih = min(a[2], b[2]) - max(a[0], b[0]) + 1
-    iw = min(a[3], b[3]) - max(a[1], b[1]) + 1
-    if ih <= 0 or iw <= 0:
-        return 0.0
-    inter = ih * iw
-    area_a = (a[2] - a[0] + 1) * (a[3] - a[1] + 1)
-    area_b = (b[2] - b[0] + 1) * (b[3] - b[1] + 1)
-    return inter / (area_a + area_b - inter)
+from detection_reference import inclusive_iou
 
 
 def random_boxes(rng, shape):
@@ -38,7 +28,7 @@ def test_iou_matrix_matches_brute_force_batched():
     for n in range(2):
         for i in range(7):
             for j in range(5):
-                assert math.isclose(got[n, i, j], brute_iou(a[n, i], b[n, j]), abs_tol=1e-6)
+                assert math.isclose(got[n, i, j], inclusive_iou(a[n, i], b[n, j]), abs_tol=1e-6)
     # Hand-worked: [0,0,9,9] vs [0,5,9,14]: 10x5 overlap / (100 + 100 - 50) = 1/3.
     one = np.asarray(iou_matrix([[0, 0, 9, 9]], [[0, 5, 9, 14], [20, 20, 30, 30]]))
     np.testing.assert_allclose(one, [[1 / 3, 0.0]], atol=1e-7)

@@ -18,14 +18,6 @@ import cv2
 import numpy as np
 import pytest
 import tensorflow as tf
-from export_test_utils import (
-    assert_classes_match,
-    decode_rgb,
-    encode,
-    make_image,
-    normalize_np,
-    small_unet,
-)
 from google.protobuf import text_format
 
 from keras_dense.export import export_saved_model
@@ -37,6 +29,15 @@ from keras_dense.serving import (
     parse_grpc_response,
     parse_rest_response,
     write_serving_configs,
+)
+
+from export_test_utils import (
+    assert_classes_match,
+    decode_rgb,
+    encode,
+    make_image,
+    normalize_np,
+    small_unet,
 )
 
 serving_apis = pytest.importorskip(

@@ -9,12 +9,12 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from crf_reference import mean_field, mean_iou, synthetic_problem
 
 import keras_dense
 from keras_dense.layers import CrfRnn, Denormalization, set_crf_iterations, use_portable_crf
 from keras_dense.ops import loader
 
+from crf_reference import mean_field, mean_iou, synthetic_problem
 from helpers import keras_roundtrip_in_subprocess, run_python
 
 

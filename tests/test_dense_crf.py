@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from crf_reference import mean_field, mean_iou, softmax, synthetic_problem
 
 import keras_dense
 from keras_dense.crf import dense_crf
 from keras_dense.ops import loader
+
+from crf_reference import mean_field, mean_iou, softmax, synthetic_problem
 
 DEFAULTS = dict(theta_alpha=80.0, theta_beta=13.0, theta_gamma=3.0)
 

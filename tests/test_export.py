@@ -13,14 +13,6 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from export_test_utils import (
-    assert_classes_match,
-    decode_rgb,
-    encode,
-    make_image,
-    normalize_np,
-    small_unet,
-)
 
 import keras_dense
 from keras_dense import cli
@@ -37,6 +29,14 @@ from keras_dense.export import (
 )
 from keras_dense.training.model_card import write_model_card
 
+from export_test_utils import (
+    assert_classes_match,
+    decode_rgb,
+    encode,
+    make_image,
+    normalize_np,
+    small_unet,
+)
 from helpers import run_python
 
 # name -> (height, width, format, grey)

@@ -14,6 +14,8 @@ import numpy as np
 
 from keras_dense.data import convert_shapes
 
+from data_fixtures import write_tiny_unet_recipe
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -43,32 +45,13 @@ def test_two_workers_train_to_identical_weights(tmp_path):
     # Two shards per split: the dataset is sharded by file, one per worker.
     convert_shapes(str(tmp_path / "train"), 16, size=32, seed=0, num_shards=2, progress=False)
     convert_shapes(str(tmp_path / "val"), 4, size=32, seed=1, num_shards=2, progress=False)
-    recipe = tmp_path / "mw.toml"
-    recipe.write_text(
-        f"""
-[model]
-builder = "unet"
-[model.kwargs]
-padding = "same"
-filters = 4
-depth = 2
-batch_norm = true
-[data]
-train = "{tmp_path / "train-*.tfrecord"}"
-validation = "{tmp_path / "val-*.tfrecord"}"
-crop_size = 32
-[training]
-batch_size = 4
-epochs = 2
-steps_per_epoch = 2
-image_summaries = 0
-[optimizer]
-name = "sgd"
-learning_rate = 0.05
-momentum = 0.9
-[schedule]
-name = "poly"
-"""
+    recipe = write_tiny_unet_recipe(
+        tmp_path / "mw.toml",
+        tmp_path,
+        epochs=2,
+        steps_per_epoch=2,
+        learning_rate=0.05,
+        momentum=0.9,
     )
     out = tmp_path / "run"
     workers = [f"localhost:{port}" for port in _free_ports(2)]

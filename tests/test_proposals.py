@@ -8,16 +8,7 @@ import pytest
 
 from keras_dense.detection import selective_search
 
-
-def inclusive_iou(a, b):
-    ih = min(a[2], b[2]) - max(a[0], b[0]) + 1
-    iw = min(a[3], b[3]) - max(a[1], b[1]) + 1
-    if ih <= 0 or iw <= 0:
-        return 0.0
-    inter = ih * iw
-    return inter / (
-        (a[2] - a[0] + 1) * (a[3] - a[1] + 1) + (b[2] - b[0] + 1) * (b[3] - b[1] + 1) - inter
-    )
+from detection_reference import inclusive_iou
 
 
 def scene(height, width, box):

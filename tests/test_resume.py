@@ -17,39 +17,17 @@ import pytest
 
 from keras_dense.data import convert_shapes
 
+from data_fixtures import write_tiny_unet_recipe
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 EPOCHS = 10
 STEPS = 2
 
 
 def _recipe(root: pathlib.Path) -> pathlib.Path:
-    path = root / "tiny.toml"
-    path.write_text(
-        f"""
-[model]
-builder = "unet"
-[model.kwargs]
-padding = "same"
-filters = 4
-depth = 2
-batch_norm = true
-[data]
-train = "{root / "train-*.tfrecord"}"
-validation = "{root / "val-*.tfrecord"}"
-crop_size = 32
-[training]
-batch_size = 4
-epochs = {EPOCHS}
-steps_per_epoch = {STEPS}
-image_summaries = 1
-[optimizer]
-name = "sgd"
-learning_rate = 0.01
-[schedule]
-name = "poly"
-"""
+    return write_tiny_unet_recipe(
+        root / "tiny.toml", root, EPOCHS, STEPS, learning_rate=0.01, image_summaries=1
     )
-    return path
 
 
 def _iterations(weights_file: pathlib.Path) -> int:

@@ -7,16 +7,7 @@ import tensorflow as tf
 
 from keras_dense.detection import decode_boxes, sample_rois
 
-
-def brute_iou(a, b):
-    ih = min(a[2], b[2]) - max(a[0], b[0]) + 1
-    iw = min(a[3], b[3]) - max(a[1], b[1]) + 1
-    if ih <= 0 or iw <= 0:
-        return 0.0
-    inter = ih * iw
-    return inter / (
-        (a[2] - a[0] + 1) * (a[3] - a[1] + 1) + (b[2] - b[0] + 1) * (b[3] - b[1] + 1) - inter
-    )
+from detection_reference import inclusive_iou
 
 
 def shifted(box, dx):
@@ -92,7 +83,7 @@ def check_image(out, batch, image, expect_fg, expect_bg):
             np.testing.assert_array_equal(roi, 0.0)
             continue
         assert roi.tolist() in candidates  # never a padded proposal or a difficult box
-        ious = [brute_iou(roi, g) for g, _ in gts]
+        ious = [inclusive_iou(roi, g) for g, _ in gts]
         best = int(np.argmax(ious))
         if label > 0:
             assert ious[best] >= 0.5 and label == gts[best][1]
@@ -111,7 +102,7 @@ def test_fractions_thresholds_and_padding():
     check_image(out, batch, 0, expect_fg=16, expect_bg=48)
     # Image 1 (gt 1 is difficult, so only gt 0 counts): fg = the gt itself + shifts 2, 12;
     # bg = shifts 15, 25 (IoU 0.45, 0.23); shift 33 has IoU 0.09 < 0.1 and 37 even less.
-    ious = [brute_iou(shifted(GT[0], d), GT[0]) for d in (2, 12, 15, 25, 33)]
+    ious = [inclusive_iou(shifted(GT[0], d), GT[0]) for d in (2, 12, 15, 25, 33)]
     assert ious[1] >= 0.5 > ious[2] and ious[3] >= 0.1 > ious[4]
     check_image(out, batch, 1, expect_fg=3, expect_bg=2)
 
