@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import traceback
 from collections.abc import Sequence
 
 COMMAND_MODULES = (
@@ -29,6 +30,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Dense prediction with TensorFlow / Keras 3: convert data, train, "
         "evaluate, predict, export and serve.",
     )
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show TensorFlow's log output and full tracebacks of errors",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
@@ -45,13 +51,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         The exit status: 0 on success, 2 on bad input or arguments.
     """
     args = build_parser().parse_args(argv)
-    from keras_dense.data import BadInputError
-
     try:
         return int(args.run(args) or 0)
-    except (BadInputError, ValueError, FileNotFoundError, ImportError) as err:
-        print(f"keras-dense {args.command}: error: {err}", file=sys.stderr)
+    except (ValueError, OSError, ImportError, RuntimeError) as err:
+        # User errors (bad input, arguments, files) get one line; --verbose adds the traceback.
+        if args.verbose:
+            traceback.print_exc()
+        print(f"keras-dense {args.command}: error: {describe_error(err)}", file=sys.stderr)
         return 2
+    except Exception as err:
+        tf = sys.modules.get("tensorflow")
+        if tf is None or not isinstance(err, tf.errors.OpError):
+            raise
+        if args.verbose:
+            traceback.print_exc()
+        print(f"keras-dense {args.command}: error: {describe_error(err)}", file=sys.stderr)
+        return 2
+
+
+def describe_error(err: BaseException) -> str:
+    """A one-line message for an error at the CLI boundary, naming the file when known."""
+    if isinstance(err, OSError) and getattr(err, "filename", None) and err.strerror:
+        return f"{err.filename}: {err.strerror}"
+    return str(getattr(err, "message", None) or err or type(err).__name__)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import struct
 import zlib
+from typing import NamedTuple
 
 import cv2
 import numpy as np
@@ -33,17 +34,106 @@ def _check_complete(data: bytes, fmt: str | None, path: str) -> None:
         raise BadInputError(path, "truncated PNG: the IEND chunk is missing")
 
 
-def read_image_file(path: str) -> tuple[bytes, str, np.ndarray]:
+class LoadedImage(NamedTuple):
+    """An image file as a converter stores it.
+
+    Attributes:
+        data: The encoded bytes to store: the file itself, or a PNG re-encoding when the file
+            is not JPEG/PNG or carries an EXIF orientation.
+        format: `"jpeg"` or `"png"`, the format of `data`.
+        rgb: The (H, W, 3) uint8 pixels that decoding `data` gives (TF, OpenCV and PIL agree).
+        orientation: The file's EXIF orientation (1 = none) that was applied to the pixels.
+    """
+
+    data: bytes
+    format: str
+    rgb: np.ndarray
+    orientation: int
+
+
+def exif_orientation(data: bytes) -> int:
+    """Reads the EXIF orientation tag (0x0112) of a JPEG file.
+
+    Args:
+        data: The file's bytes.
+
+    Returns:
+        The orientation, 1..8 (1 = stored as displayed); 1 when the file has no such tag or
+        is not a JPEG.
+    """
+    if not data.startswith(JPEG_SOI):
+        return 1
+    pos = 2
+    while pos + 4 <= len(data) and data[pos] == 0xFF:
+        marker = data[pos + 1]
+        if marker in (0xD9, 0xDA):  # end of image, start of scan: no more metadata
+            return 1
+        (length,) = struct.unpack(">H", data[pos + 2 : pos + 4])
+        segment = data[pos + 4 : pos + 2 + length]
+        if marker == 0xE1 and segment.startswith(b"Exif\x00\x00"):
+            return _tiff_orientation(segment[6:])
+        pos += 2 + length
+    return 1
+
+
+def _tiff_orientation(tiff: bytes) -> int:
+    """The orientation entry of IFD0 of an EXIF TIFF block (1 if absent or malformed)."""
+    if len(tiff) < 8 or tiff[:2] not in (b"II", b"MM"):
+        return 1
+    order = "<" if tiff[:2] == b"II" else ">"
+    (ifd,) = struct.unpack(order + "I", tiff[4:8])
+    if ifd + 2 > len(tiff):
+        return 1
+    (count,) = struct.unpack(order + "H", tiff[ifd : ifd + 2])
+    for k in range(count):
+        entry = tiff[ifd + 2 + 12 * k : ifd + 14 + 12 * k]
+        if len(entry) < 12:
+            return 1
+        tag, kind = struct.unpack(order + "HH", entry[:4])
+        if tag == 0x0112 and kind == 3:  # SHORT
+            (value,) = struct.unpack(order + "H", entry[8:10])
+            return value if 1 <= value <= 8 else 1
+    return 1
+
+
+def apply_orientation(pixels: np.ndarray, orientation: int) -> np.ndarray:
+    """Turns stored pixels into displayed pixels for an EXIF orientation (TIFF 6.0 / EXIF 2.3).
+
+    Args:
+        pixels: (H, W, ...) array as stored in the file.
+        orientation: 1..8.
+
+    Returns:
+        The array as displayed (H and W swapped for orientations 5..8).
+    """
+    flip_x = orientation in (2, 3, 6, 7)  # mirror columns after the transpose (if any)
+    flip_y = orientation in (3, 4, 7, 8)
+    if orientation >= 5:  # the stored rows are the displayed columns
+        pixels = np.swapaxes(pixels, 0, 1)
+    if flip_x:
+        pixels = pixels[:, ::-1]
+    if flip_y:
+        pixels = pixels[::-1]
+    return np.ascontiguousarray(pixels)
+
+
+def read_image_file(path: str, apply_exif: bool = True) -> LoadedImage:
     """Reads and validates an image file.
 
-    JPEG and PNG bytes are kept as they are (no re-encoding, no quality loss); other formats
-    are re-encoded as PNG.
+    The stored bytes always decode, with any decoder, to the returned pixels:
+    - JPEG and PNG files without an EXIF orientation are kept as they are (no re-encoding);
+    - a JPEG with an EXIF orientation other than 1 (phone photos) is turned upright, as every
+      viewer and annotation tool shows it, and stored as a lossless PNG of those pixels
+      (TensorFlow's decoders ignore EXIF, so the raw bytes would decode rotated);
+    - other formats are re-encoded as PNG.
 
     Args:
         path: The image file.
+        apply_exif: Turn EXIF-oriented JPEGs upright (what converters do). False keeps the
+            stored pixel order, as TensorFlow (and so TF Serving) decodes the file.
 
     Returns:
-        `(encoded_bytes, format, rgb)` where `rgb` is the decoded (H, W, 3) uint8 array.
+        A `LoadedImage` `(data, format, rgb, orientation)`.
 
     Raises:
         BadInputError: The file is empty, truncated or not a decodable image.
@@ -54,16 +144,20 @@ def read_image_file(path: str) -> tuple[bytes, str, np.ndarray]:
         raise BadInputError(path, "empty file, expected a JPEG or PNG image")
     fmt = sniff_format(data)
     _check_complete(data, fmt, path)
-    array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    flags = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
+    array = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
     if array is None:
         raise BadInputError(
             path, "not a decodable image (expected JPEG, PNG or another format OpenCV reads)"
         )
     rgb = cv2.cvtColor(array, cv2.COLOR_BGR2RGB)
-    if fmt is None:
+    orientation = exif_orientation(data) if fmt == "jpeg" else 1
+    if orientation != 1 and apply_exif:
+        rgb = apply_orientation(rgb, orientation)
+    if fmt is None or (orientation != 1 and apply_exif):
         data = encode_png(rgb)
         fmt = "png"
-    return data, fmt, rgb
+    return LoadedImage(data, fmt, rgb, orientation)
 
 
 def _png_chunks(data: bytes, path: str):

@@ -59,6 +59,8 @@ class Record:
         proposals: (m, 4) float32 normalised proposals, or None.
         rejected: Parts of the input left out with `on_error="skip"` (e.g. one bad box), as
             `{"input": ..., "reason": ...}`; listed in the manifest, not serialized.
+        orientation: The EXIF orientation the converter applied to the source image (1 =
+            none); listed in the manifest, not serialized.
     """
 
     source_id: str
@@ -75,6 +77,7 @@ class Record:
     is_crowd: np.ndarray | None = None
     proposals: np.ndarray | None = None
     rejected: list[dict] = field(default_factory=list)
+    orientation: int = 1
 
 
 def _bytes(values: list[bytes]) -> tf.train.Feature:

@@ -17,6 +17,12 @@ import tensorflow as tf
 
 from keras_dense.data.errors import BadInputError
 from keras_dense.data.schema import Record, serialize_record
+from keras_dense.utils.files import (
+    atomic_write_bytes,
+    remove_quietly,
+    remove_stale_temporaries,
+    temporary_path,
+)
 
 MANIFEST_FORMAT = "keras_dense.tfrecords/1"
 
@@ -29,14 +35,6 @@ def shard_paths(output: str, num_shards: int) -> list[str]:
 def manifest_path(output: str) -> str:
     """The manifest written beside the shards: `DIR/NAME.json`."""
     return f"{output}.json"
-
-
-def atomic_write_bytes(path: str, data: bytes) -> None:
-    """Writes `data` to `path` through a temporary file and a rename."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
 
 
 def _ordered_map(fn: Callable, items: Sequence, workers: int) -> Iterator:
@@ -101,8 +99,10 @@ def write_dataset(
     """Converts `items` into TFRecord shards plus a manifest.
 
     Record `i` goes to shard `i % num_shards`, so the output depends only on the inputs and
-    arguments. Each shard is written to a temporary name and renamed when complete; the
-    manifest is written last, also atomically.
+    arguments. Shards and manifest are written under temporary names `*.tmp-PID`; only when
+    all of them are complete are they renamed into place (shards first, the manifest last),
+    and a failed rename puts the earlier files back, so a shard set is never left without its
+    manifest. Temporary files of dead earlier runs to the same name are removed first.
 
     Args:
         output: `DIR/NAME`; shards are `DIR/NAME-0000k-of-0000N.tfrecord`, the manifest
@@ -138,8 +138,13 @@ def write_dataset(
         raise BadInputError(first["input"], first["reason"])
     directory = os.path.dirname(os.path.abspath(output))
     os.makedirs(directory, exist_ok=True)
+    prefix = glob.escape(output)
+    remove_stale_temporaries(prefix + "-*.tfrecord.tmp-*")
+    remove_stale_temporaries(prefix + ".json.tmp-*")
     paths = shard_paths(output, num_shards)
-    tmp_paths = [f"{p}.tmp-{os.getpid()}" for p in paths]
+    tmp_paths = [temporary_path(p) for p in paths]
+    manifest_file = manifest_path(output)
+    manifest_tmp = temporary_path(manifest_file)
 
     def load(item):
         try:
@@ -150,12 +155,13 @@ def write_dataset(
     counts = [0] * num_shards
     hashes = [hashlib.sha256() for _ in range(num_shards)]
     num_images = num_boxes = 0
+    reoriented = []
     label = os.path.basename(output)
     bar = _Progress(len(items), f"converting {label}", progress)
     writers = [tf.io.TFRecordWriter(p) for p in tmp_paths]
     try:
         index = 0
-        for _item, record, err in _ordered_map(load, items, workers):
+        for item, record, err in _ordered_map(load, items, workers):
             bar.update()
             if err is not None:
                 if on_error == "fail":
@@ -163,6 +169,8 @@ def write_dataset(
                 skipped.append({"input": err.source, "reason": err.reason})
                 continue
             skipped.extend(record.rejected)
+            if record.orientation != 1:
+                reoriented.append({"input": item_name(item), "orientation": record.orientation})
             data = serialize_record(record)
             shard = index % num_shards
             writers[shard].write(data)
@@ -182,35 +190,61 @@ def write_dataset(
             with open(tmp, "rb") as f:
                 for block in iter(lambda f=f: f.read(1 << 20), b""):
                     digest.update(block)
-        for tmp, path in zip(tmp_paths, paths):
-            os.replace(tmp, path)
+        manifest = {
+            "format": MANIFEST_FORMAT,
+            "name": os.path.basename(output),
+            "task": task,
+            "classes": list(classes),
+            "num_classes": len(classes),
+            "ignore_label": ignore_label,
+            "num_images": num_images,
+            "num_boxes": num_boxes,
+            "shards": [
+                {"file": os.path.basename(p), "records": c, "sha256": h.hexdigest()}
+                for p, c, h in zip(paths, counts, hashes)
+            ],
+            "arguments": arguments or {},
+            "skipped": skipped,
+            # JPEGs turned upright from their EXIF orientation, stored as PNG (see image_io).
+            "exif_reoriented": reoriented,
+            **(extra or {}),
+        }
+        with open(manifest_tmp, "wb") as f:
+            f.write((json.dumps(manifest, indent=2) + "\n").encode())
+            f.flush()
+            os.fsync(f.fileno())
+        _rename_all([*tmp_paths, manifest_tmp], [*paths, manifest_file])
     finally:
         bar.close()
         for w in writers:
             w.close()
-        for tmp in tmp_paths:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        for tmp in [*tmp_paths, manifest_tmp]:
+            remove_quietly(tmp)
     _remove_stale_shards(output, paths)
-    manifest = {
-        "format": MANIFEST_FORMAT,
-        "name": os.path.basename(output),
-        "task": task,
-        "classes": list(classes),
-        "num_classes": len(classes),
-        "ignore_label": ignore_label,
-        "num_images": num_images,
-        "num_boxes": num_boxes,
-        "shards": [
-            {"file": os.path.basename(p), "records": c, "sha256": h.hexdigest()}
-            for p, c, h in zip(paths, counts, hashes)
-        ],
-        "arguments": arguments or {},
-        "skipped": skipped,
-        **(extra or {}),
-    }
-    atomic_write_bytes(manifest_path(output), (json.dumps(manifest, indent=2) + "\n").encode())
     return manifest
+
+
+def _rename_all(sources: list[str], targets: list[str]) -> None:
+    """Renames every source onto its target, or none: a failure restores the old targets."""
+    backups: list[tuple[str, str | None]] = []
+    try:
+        for source, target in zip(sources, targets):
+            backup = None
+            if os.path.exists(target):
+                backup = temporary_path(target + ".old")
+                os.replace(target, backup)
+            backups.append((target, backup))
+            os.replace(source, target)
+    except BaseException:
+        for target, backup in reversed(backups):
+            if backup is not None:
+                os.replace(backup, target)
+            else:
+                remove_quietly(target)
+        raise
+    for _, backup in backups:
+        if backup is not None:
+            remove_quietly(backup)
 
 
 def _remove_stale_shards(output: str, keep: list[str]) -> None:

@@ -13,6 +13,7 @@ import numpy as np
 
 from keras_dense.data.errors import BadInputError
 from keras_dense.data.image_io import encode_png, read_image_file
+from keras_dense.data.paths import path_inside
 from keras_dense.data.schema import Record
 from keras_dense.data.writer import write_dataset
 
@@ -34,6 +35,25 @@ def _load_coco(annotations: str):
             return COCO(annotations)
     except (ValueError, KeyError, TypeError) as err:
         raise BadInputError(annotations, f"not a COCO instances JSON ({err})") from None
+
+
+def _annotation_problem(ann: dict, label_of: dict) -> str | None:
+    """What is wrong with one annotation's fields, or None when they are usable."""
+    if ann.get("category_id") not in label_of:
+        return (
+            f"field 'category_id' is {ann.get('category_id')!r}, which is not an id listed "
+            f"in 'categories' {sorted(label_of)}"
+        )
+    bbox = ann.get("bbox")
+    if (
+        not isinstance(bbox, (list, tuple))
+        or len(bbox) != 4
+        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in bbox)
+    ):
+        return f"field 'bbox' is {bbox!r}: expected [x, y, width, height] numbers"
+    if not all(np.isfinite(bbox)):
+        return f"field 'bbox' is {bbox!r}: expected finite numbers"
+    return None
 
 
 def convert_coco(
@@ -80,6 +100,12 @@ def convert_coco(
     items = []
     for image_id in image_ids:
         info = coco.loadImgs(image_id)[0]
+        if not isinstance(info.get("file_name"), str) or not info["file_name"]:
+            raise BadInputError(
+                f"{annotations} image {image_id}",
+                f"field 'file_name' is {info.get('file_name')!r}: expected the image's file name",
+            )
+        path_inside(images, info["file_name"], f"{annotations} image {image_id}", "--images")
         if not coco.getAnnIds(imgIds=image_id):
             skipped.append(
                 {
@@ -95,8 +121,8 @@ def convert_coco(
         path = os.path.join(images, info["file_name"])
         if not os.path.isfile(path):
             raise BadInputError(path, f"image {image_id} listed in {annotations} is missing")
-        data, fmt, rgb = read_image_file(path)
-        height, width = rgb.shape[:2]
+        image = read_image_file(path)
+        height, width = image.rgb.shape[:2]
         if (info.get("height", height), info.get("width", width)) != (height, width):
             raise BadInputError(
                 path,
@@ -106,8 +132,12 @@ def convert_coco(
         boxes, labels, texts, crowd, rejected = [], [], [], [], []
         mask = np.zeros((height, width), np.uint8) if semantic_masks else None
         for ann in anns:
+            where = f"{annotations} annotation {ann.get('id', '?')} (image {image_id})"
+            problem = _annotation_problem(ann, label_of)
+            if problem is not None:
+                rejected.append({"input": where, "reason": problem})
+                continue
             x, y, w, h = ann["bbox"]
-            where = f"{annotations} annotation {ann['id']} (image {image_id})"
             if w <= 0 or h <= 0:
                 rejected.append({"input": where, "reason": f"box of zero area {ann['bbox']}"})
                 continue
@@ -119,21 +149,33 @@ def convert_coco(
                     }
                 )
                 continue
+            region = None
+            if mask is not None:
+                try:
+                    region = coco.annToMask(ann).astype(bool)
+                except Exception as err:  # pycocotools raises many types for bad polygons
+                    rejected.append(
+                        {
+                            "input": where,
+                            "reason": f"field 'segmentation' is not a valid polygon or RLE "
+                            f"({type(err).__name__}: {err})",
+                        }
+                    )
+                    continue
             boxes.append(
                 [y / height, x / width, min(y + h, height) / height, min(x + w, width) / width]
             )
             labels.append(label_of[ann["category_id"]])
             texts.append(names[labels[-1] - 1])
             crowd.append(int(ann.get("iscrowd", 0)))
-            if mask is not None:
-                region = coco.annToMask(ann).astype(bool)
+            if region is not None:
                 mask[region] = ignore_label if crowd[-1] else labels[-1]
         if rejected and on_error == "fail":
             raise BadInputError(rejected[0]["input"], rejected[0]["reason"])
         return Record(
             source_id=os.path.splitext(os.path.basename(info["file_name"]))[0],
-            image_bytes=data,
-            image_format=fmt,
+            image_bytes=image.data,
+            image_format=image.format,
             height=height,
             width=width,
             mask_png=None if mask is None else encode_png(mask),
@@ -142,6 +184,7 @@ def convert_coco(
             label_texts=texts,
             is_crowd=np.asarray(crowd, np.int64),
             rejected=rejected,
+            orientation=image.orientation,
         )
 
     return write_dataset(

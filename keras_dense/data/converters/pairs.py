@@ -75,6 +75,7 @@ def convert_pairs(
             images,
             "empty input folder: no image files (.jpg, .jpeg, .png, .bmp, .tif, .ppm, .webp)",
         )
+    _refuse_duplicate_stems(image_files)
     skipped: list[dict] = []
     if split_file is not None:
         wanted = read_split_file(split_file)
@@ -101,17 +102,18 @@ def convert_pairs(
 
     def make(pair: tuple[str, str]) -> Record:
         image_path, mask_path = pair
-        data, fmt, rgb = read_image_file(image_path)
+        image = read_image_file(image_path)
         mask = table[read_mask_file(mask_path)]
-        check_mask(mask, rgb.shape[:2], num_classes, ignore_label, mask_path)
+        check_mask(mask, image.rgb.shape[:2], num_classes, ignore_label, mask_path)
         return Record(
             source_id=_stem(image_path),
-            image_bytes=data,
-            image_format=fmt,
-            height=rgb.shape[0],
-            width=rgb.shape[1],
+            image_bytes=image.data,
+            image_format=image.format,
+            height=image.rgb.shape[0],
+            width=image.rgb.shape[1],
             channels=3,
             mask_png=encode_png(mask),
+            orientation=image.orientation,
         )
 
     if names is None:
@@ -144,6 +146,22 @@ def convert_pairs(
         progress=progress,
         extra={"classes_inferred": num_classes is None},
     )
+
+
+def _refuse_duplicate_stems(image_files: list[str]) -> None:
+    """Two images with one stem (`a.png`, `a.jpg`) would share one mask and one source_id."""
+    by_stem: dict[str, list[str]] = {}
+    for path in image_files:
+        by_stem.setdefault(_stem(path), []).append(path)
+    clashes = {stem: paths for stem, paths in by_stem.items() if len(paths) > 1}
+    if clashes:
+        stem, paths = next(iter(sorted(clashes.items())))
+        more = f" (and {len(clashes) - 1} more stems)" if len(clashes) > 1 else ""
+        raise BadInputError(
+            paths[0],
+            f"images {' and '.join(paths)} share the stem {stem!r}{more}: each image needs "
+            "its own stem, which names its mask and its source_id; rename or remove one",
+        )
 
 
 def _infer_class_names(pairs, table: np.ndarray, ignore_label: int) -> list[str]:

@@ -17,6 +17,7 @@ from keras_dense.data.classes import VOC_CLASSES, read_split_file, resolve_class
 from keras_dense.data.errors import BadInputError
 from keras_dense.data.image_io import encode_png, read_image_file, read_mask_file
 from keras_dense.data.masks import check_mask
+from keras_dense.data.paths import path_inside
 from keras_dense.data.schema import Record
 from keras_dense.data.voc_xml import VocAnnotation, parse_voc_xml
 from keras_dense.data.writer import write_dataset
@@ -77,8 +78,17 @@ def _stems(root: str, task: str, split: str | None) -> tuple[list[str], str]:
     sub = "Segmentation" if task == "segmentation" else "Main"
     if split is not None:
         split_path = os.path.join(root, "ImageSets", sub, f"{split}.txt")
-        if os.path.isfile(split_path):
-            return read_split_file(split_path), split_path
+        if not os.path.isfile(split_path):
+            raise BadInputError(
+                split_path, f"--split {split}: no such split file (expected ImageSets/{sub}/)"
+            )
+        stems = read_split_file(split_path)
+        for stem in stems:
+            if os.path.basename(stem) != stem or stem in (".", ".."):
+                raise BadInputError(
+                    split_path, f"entry {stem!r} is not a file stem (paths are not allowed)"
+                )
+        return stems, split_path
     folder, ext = (
         ("SegmentationClass", ".png") if task == "segmentation" else ("Annotations", ".xml")
     )
@@ -104,8 +114,8 @@ def convert_voc(
         root: Folder holding `JPEGImages/`, `Annotations/`, `SegmentationClass/`, `ImageSets/`.
         output: `DIR/NAME` of the shards and manifest.
         task: `"segmentation"` (palette masks; 255 kept as the ignore label) or `"detection"`.
-        split: Name of a split file in `ImageSets/{Segmentation,Main}/`; without it, or when
-            that file does not exist, every annotation is converted.
+        split: Name of a split file in `ImageSets/{Segmentation,Main}/` (an error when it does
+            not exist); without it, every annotation is converted.
         classes: Class names. Segmentation: id = index (default background + the VOC 20).
             Detection: label = index + 1 (default the VOC 20 when every name found is one of
             them, otherwise the sorted names found).
@@ -145,8 +155,7 @@ def convert_voc(
             except BadInputError as err:
                 skipped.append({"input": err.source, "reason": err.reason})
         if names is None:
-            found = sorted({o.name for a in annotations.values() for o in a.objects})
-            names = list(VOC_CLASSES) if set(found) <= set(VOC_CLASSES) else found
+            names = _default_detection_classes(annotations)
         stems = [s for s in stems if s in annotations]
     elif names is None:
         names = ["background", *VOC_CLASSES]
@@ -156,15 +165,9 @@ def convert_voc(
         if task == "segmentation":
             return _segmentation_record(root, stem, names)
         annotation = annotations[stem]
-        filename = annotation.filename or f"{stem}.jpg"
-        image_path = os.path.join(root, "JPEGImages", filename)
-        if not os.path.isfile(image_path):
-            image_path = os.path.join(root, "JPEGImages", f"{stem}.jpg")
-        if not os.path.isfile(image_path):
-            raise BadInputError(
-                annotation.path, f"annotation without an image: expected {image_path}"
-            )
-        data, fmt, rgb = read_image_file(image_path)
+        image_path = _image_of(root, stem, annotation)
+        image = read_image_file(image_path)
+        rgb = image.rgb
         height, width = rgb.shape[:2]
         if annotation.width and (annotation.width, annotation.height) != (width, height):
             raise BadInputError(
@@ -179,8 +182,8 @@ def convert_voc(
             raise BadInputError(*rejected[0])
         record = Record(
             stem,
-            data,
-            fmt,
+            image.data,
+            image.format,
             height,
             width,
             boxes=boxes,
@@ -188,6 +191,7 @@ def convert_voc(
             label_texts=texts,
             difficult=difficult,
             rejected=[{"input": s, "reason": r} for s, r in rejected],
+            orientation=image.orientation,
         )
         if propose is not None:
             pixel = propose(rgb)
@@ -228,10 +232,55 @@ def _segmentation_record(root: str, stem: str, names: list[str]) -> Record:
         raise BadInputError(image_path, f"image without an annotation: expected {mask_path}")
     if not os.path.isfile(image_path):
         raise BadInputError(mask_path, f"annotation without an image: expected {image_path}")
-    data, fmt, rgb = read_image_file(image_path)
+    image = read_image_file(image_path)
     mask = read_mask_file(mask_path)
-    check_mask(mask, rgb.shape[:2], len(names), 255, mask_path)
-    return Record(stem, data, fmt, rgb.shape[0], rgb.shape[1], mask_png=encode_png(mask))
+    check_mask(mask, image.rgb.shape[:2], len(names), 255, mask_path)
+    height, width = image.rgb.shape[:2]
+    return Record(
+        stem,
+        image.data,
+        image.format,
+        height,
+        width,
+        mask_png=encode_png(mask),
+        orientation=image.orientation,
+    )
+
+
+def _default_detection_classes(annotations: dict[str, VocAnnotation]) -> list[str]:
+    """The VOC 20 when every name found is a VOC class, the sorted names when none is.
+
+    A mix (say 19 VOC names and `"persn"`) is a typo or a different data set: guessing either
+    list would shift every label id, so it is refused.
+    """
+    found = sorted({o.name for a in annotations.values() for o in a.objects})
+    outside = [n for n in found if n not in VOC_CLASSES]
+    if not outside:
+        return list(VOC_CLASSES)
+    if len(outside) == len(found):
+        return found
+    where = next(
+        a.path for a in annotations.values() for o in a.objects if o.name == outside[0]
+    )
+    raise BadInputError(
+        where,
+        f"class name(s) {outside} are not among the VOC 20 classes, while "
+        f"{[n for n in found if n in VOC_CLASSES]} are: give the class list explicitly with "
+        f"--classes (e.g. --classes {','.join(found)}) so that label ids do not depend on a guess",
+    )
+
+
+def _image_of(root: str, stem: str, annotation: VocAnnotation) -> str:
+    """The image file of an annotation: `JPEGImages/<filename>`, else `JPEGImages/STEM.jpg`."""
+    folder = os.path.join(root, "JPEGImages")
+    candidates = []
+    if annotation.filename:
+        candidates.append(path_inside(folder, annotation.filename, annotation.path))
+    candidates.append(os.path.join(folder, f"{stem}.jpg"))
+    for path in candidates:
+        if os.path.isfile(path):
+            return path
+    raise BadInputError(annotation.path, f"annotation without an image: expected {candidates[0]}")
 
 
 def _proposal_fn(proposals: str):
