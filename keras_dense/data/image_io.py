@@ -96,6 +96,35 @@ def _tiff_orientation(tiff: bytes) -> int:
     return 1
 
 
+def image_size_from_header(data: bytes) -> tuple[int, int] | None:
+    """`(height, width)` of JPEG or PNG bytes, read from the header without decoding.
+
+    Args:
+        data: The file's bytes.
+
+    Returns:
+        The size, or None for other formats or a header that cannot be read.
+    """
+    if data.startswith(PNG_SIGNATURE) and len(data) >= 24:
+        width, height = struct.unpack(">II", data[16:24])
+        return int(height), int(width)
+    if not data.startswith(JPEG_SOI):
+        return None
+    pos = 2
+    while pos + 9 <= len(data) and data[pos] == 0xFF:
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        (length,) = struct.unpack(">H", data[pos + 2 : pos + 4])
+        # Start-of-frame markers C0..CF except C4 (DHT), C8 (JPG) and CC (DAC).
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            height, width = struct.unpack(">HH", data[pos + 5 : pos + 9])
+            return int(height), int(width)
+        pos += 2 + length
+    return None
+
+
 def apply_orientation(pixels: np.ndarray, orientation: int) -> np.ndarray:
     """Turns stored pixels into displayed pixels for an EXIF orientation (TIFF 6.0 / EXIF 2.3).
 

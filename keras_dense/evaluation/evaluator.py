@@ -6,7 +6,8 @@ import importlib
 
 import numpy as np
 
-from keras_dense.data import read_examples
+from keras_dense.data import BadInputError, read_examples
+from keras_dense.data.class_lists import check_card_classes
 from keras_dense.evaluation.segmentation_metrics import confusion_matrix, segmentation_scores
 from keras_dense.prediction.inference import detect_objects, segment
 
@@ -52,12 +53,30 @@ def evaluate_segmentation(
         ImportError: `crf` without `keras_dense.crf`.
     """
     classes = card["classes"]
+    check_card_classes(pattern, card)
     dense_crf = load_dense_crf() if crf else None
     cm = np.zeros((len(classes), len(classes)), np.int64)
     count = 0
     for example in read_examples(pattern):
+        record = f"record {example['source_id']!r} in {pattern}"
         if "mask" not in example:
-            raise ValueError(f"record {example['source_id']!r} in {pattern} has no mask")
+            raise BadInputError(record, "has no segmentation mask")
+        mask = example["mask"]
+        if mask.shape[:2] != example["image"].shape[:2]:
+            raise BadInputError(
+                record,
+                f"mask {mask.shape[1]}x{mask.shape[0]} and image "
+                f"{example['image'].shape[1]}x{example['image'].shape[0]} differ in size "
+                "(width x height); re-convert the data",
+            )
+        outside = int(np.count_nonzero((mask >= len(classes)) & (mask != card["ignore_label"])))
+        if outside:
+            raise BadInputError(
+                record,
+                f"{outside} mask pixel(s) hold labels outside [0, {len(classes)}) that are not "
+                f"the ignore label {card['ignore_label']}: the shards do not use the model's "
+                "class list",
+            )
         scores = segment(model, example["image"], card, tiled=tiled)
         if scores.shape[-1] != len(classes):
             raise ValueError(
@@ -89,6 +108,7 @@ def evaluate_detection(model, card: dict, pattern: str, use_07_metric: bool = Fa
     """
     from keras_dense.evaluation.voc_map import voc_detection_map
 
+    check_card_classes(pattern, card)
     detections, truths = [], []
     for example in read_examples(pattern):
         height, width = example["image"].shape[:2]

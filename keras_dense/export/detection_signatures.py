@@ -64,6 +64,7 @@ def detection_signatures(
     max_detections: int = 100,
     batch_mode: str = "per_image",
     max_pixels: int | None = None,
+    max_request_pixels: int | None = None,
 ) -> dict[str, tf.types.experimental.ConcreteFunction]:
     """Builds the `serving_default` and `serving_tensor` concrete functions of a detector.
 
@@ -77,6 +78,8 @@ def detection_signatures(
         max_detections: Detections per image (padded length of the outputs).
         batch_mode: How mixed-size batches run (`keras_dense.export.batch_modes`).
         max_pixels: Largest accepted image (pixels); None for the default limit.
+        max_request_pixels: Largest accepted request (pixels summed over its images), checked
+            on the headers before any decode; None: no request limit.
 
     Returns:
         `{"serving_default": ..., "serving_tensor": ...}`.
@@ -87,6 +90,8 @@ def detection_signatures(
             "1 <= min_size <= max_size"
         )
     decode_kwargs = {} if max_pixels is None else {"max_pixels": int(max_pixels)}
+    if max_request_pixels is not None:
+        decode_kwargs["max_request_pixels"] = int(max_request_pixels)
     detect_kwargs = {
         "score_threshold": score_threshold,
         "nms_iou": nms_iou,

@@ -38,6 +38,12 @@ def register(subparsers) -> None:
         help="largest image (height * width) the signature accepts",
     )
     parser.add_argument(
+        "--max-request-memory",
+        default="2GiB",
+        help="memory one request may take (e.g. 2GiB, 512MiB): the export measures the model's "
+        "memory per pixel and refuses requests above the resulting pixel budget (default 2GiB)",
+    )
+    parser.add_argument(
         "--min-size", type=int, default=600, help="detection: shorter side fed to the model"
     )
     parser.add_argument(
@@ -48,6 +54,7 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Runs `keras-dense export`."""
+    from keras_dense.export.memory_budget import parse_memory
     from keras_dense.export.saved_model_export import export_saved_model
 
     output = os.path.normpath(args.output)
@@ -61,11 +68,14 @@ def run(args: argparse.Namespace) -> int:
         version=args.version,
         batch_mode=args.batch_mode,
         max_pixels=args.max_pixels,
+        max_request_memory=parse_memory(args.max_request_memory),
         min_size=args.min_size,
         max_size=args.max_size,
     )
+    budget = result.memory_budget
     print(
         f"exported {result.task} model {result.name!r} version {result.version} to "
-        f"{result.path} (signatures: {', '.join(result.signatures)})"
+        f"{result.path} (signatures: {', '.join(result.signatures)}); request budget: "
+        f"{budget.describe()}"
     )
     return 0

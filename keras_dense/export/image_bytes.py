@@ -60,21 +60,9 @@ def decode_image_bytes(
     Raises:
         tf.errors.InvalidArgumentError (at run time): not a JPEG/PNG, corrupt, or too large.
     """
-    prefix = tf.strings.substr(data, 0, 8)
-    is_png = tf.equal(prefix, PNG_MAGIC)
-    is_jpeg = tf.equal(tf.strings.substr(prefix, 0, 3), JPEG_MAGIC)
     # The messages never quote the bytes: error strings must stay valid UTF-8.
-    check_format = tf.debugging.Assert(
-        tf.logical_or(is_png, is_jpeg),
-        [
-            tf.strings.format(
-                "image_bytes[{}]: not a JPEG or PNG file ({} bytes)",
-                (index, tf.strings.length(data)),
-            )
-        ],
-    )
-    with tf.control_dependencies([check_format]):
-        size = _header_size(data, is_png, index)
+    size = checked_header_size(data, index)
+    is_png = tf.equal(tf.strings.substr(data, 0, 8), PNG_MAGIC)
     pixels = tf.cast(size[0], tf.int64) * tf.cast(size[1], tf.int64)
     check_size = tf.debugging.Assert(
         tf.logical_and(tf.reduce_all(size > 0), pixels <= max_pixels),
@@ -94,15 +82,49 @@ def decode_image_bytes(
     return tf.ensure_shape(image, [None, None, channels])
 
 
+def checked_header_size(data: tf.Tensor, index=0) -> tf.Tensor:
+    """`(height, width)` of JPEG or PNG bytes from the header, refusing other formats.
+
+    Args:
+        data: Scalar tf.string, the encoded file.
+        index: Position of the image in its batch, for error messages.
+
+    Returns:
+        (2,) int32.
+    """
+    prefix = tf.strings.substr(data, 0, 8)
+    is_png = tf.equal(prefix, PNG_MAGIC)
+    is_jpeg = tf.equal(tf.strings.substr(prefix, 0, 3), JPEG_MAGIC)
+    check_format = tf.debugging.Assert(
+        tf.logical_or(is_png, is_jpeg),
+        [
+            tf.strings.format(
+                "image_bytes[{}]: not a JPEG or PNG file ({} bytes)",
+                (index, tf.strings.length(data)),
+            )
+        ],
+    )
+    with tf.control_dependencies([check_format]):
+        return _header_size(data, is_png, index)
+
+
 def decode_batch(
-    image_bytes: tf.Tensor, channels: int, max_pixels: int = DEFAULT_MAX_PIXELS
+    image_bytes: tf.Tensor,
+    channels: int,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_request_pixels: int | None = None,
 ) -> tuple[tf.RaggedTensor, tf.Tensor]:
-    """Decodes a batch of encoded images of any sizes.
+    """Decodes a batch of encoded images of any sizes, within a pixel budget.
+
+    Every header is read first; a request whose images hold more than `max_request_pixels`
+    in total is refused (InvalidArgumentError naming the budget) before anything is decoded.
 
     Args:
         image_bytes: (N,) tf.string, N >= 1.
         channels: Channels to decode to.
         max_pixels: Largest accepted pixel count per image.
+        max_request_pixels: Largest accepted pixel count of the whole request (None: no
+            limit besides `max_pixels`).
 
     Returns:
         `(pixels, sizes)`: a (N, None) uint8 ragged tensor whose row i is image i flattened
@@ -112,6 +134,29 @@ def decode_batch(
         tf.size(image_bytes) > 0, ["image_bytes: expected at least one image"]
     )
     with tf.control_dependencies([check]):
+        image_bytes = tf.identity(image_bytes)
+    checks = []
+    if max_request_pixels is not None:
+        header_sizes = tf.map_fn(
+            lambda i: checked_header_size(image_bytes[i], i),
+            tf.range(tf.size(image_bytes)),
+            fn_output_signature=tf.TensorSpec([2], tf.int32),
+        )
+        total = tf.reduce_sum(tf.reduce_prod(tf.cast(header_sizes, tf.int64), axis=1))
+        checks.append(
+            tf.debugging.Assert(
+                total <= max_request_pixels,
+                [
+                    tf.strings.format(
+                        "image_bytes: the request holds {} pixels in {} image(s), above this "
+                        "model's budget of {} pixels per request (set at export with "
+                        "--max-request-memory); send fewer or smaller images",
+                        (total, tf.size(image_bytes), max_request_pixels),
+                    )
+                ],
+            )
+        )
+    with tf.control_dependencies(checks):
         image_bytes = tf.identity(image_bytes)
 
     def decode_one(index):

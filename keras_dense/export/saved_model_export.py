@@ -26,6 +26,13 @@ from keras_dense.data.normalization import check_mode
 from keras_dense.export.batch_modes import check_batch_mode
 from keras_dense.export.geometry import segmenter_geometry
 from keras_dense.export.image_bytes import DEFAULT_MAX_PIXELS
+from keras_dense.export.memory_budget import (
+    DEFAULT_MAX_REQUEST_MEMORY,
+    PixelBudget,
+    measure_bytes_per_pixel,
+    pixel_budget,
+    serving_bytes_per_pixel,
+)
 from keras_dense.export.model_checks import check_finite_weights, portable_model
 from keras_dense.export.op_audit import audit_saved_model
 from keras_dense.export.segmentation_signatures import segmentation_signatures
@@ -46,6 +53,7 @@ class ExportResult:
         version: The version number.
         task: "segmentation" or "detection".
         signatures: Signature names in the SavedModel.
+        memory_budget: The pixel budget written into `serving_default`.
     """
 
     path: str
@@ -53,6 +61,7 @@ class ExportResult:
     version: int
     task: str
     signatures: tuple[str, ...]
+    memory_budget: PixelBudget | None = None
 
 
 def _default_card(model: keras.Model) -> dict:
@@ -79,11 +88,16 @@ def _load(model_or_path, card: dict | None) -> tuple[keras.Model, dict, str]:
         full_card = _default_card(model)
         default_name = model.name
     elif isinstance(model_or_path, (str, os.PathLike)):
+        from keras_dense.prediction.inference import load_model_with_card
+
         path = os.fspath(model_or_path)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"model_or_path={path!r}: no such model file")
-        model = keras.models.load_model(path, compile=False)
-        full_card = read_model_card(path, model)
+        if card and "normalization" in card:  # the caller says how to feed it
+            model, _ = load_model_with_card(path, required_card=False)
+            full_card = read_model_card(path, model)
+        else:
+            model, full_card = load_model_with_card(path)
         default_name = os.path.splitext(os.path.basename(path))[0]
     else:
         raise ValueError(
@@ -136,6 +150,7 @@ def export_saved_model(
     card: dict | None = None,
     batch_mode: str = "per_image",
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_request_memory: int = DEFAULT_MAX_REQUEST_MEMORY,
     min_size: int = 600,
     max_size: int = 1000,
     score_threshold: float = 0.05,
@@ -157,6 +172,10 @@ def export_saved_model(
         batch_mode: "per_image" or "pad", how batches of mixed image sizes are run
             (`keras_dense.export.batch_modes`).
         max_pixels: Largest image (height * width) the signature accepts.
+        max_request_memory: Bytes one request may take: the export measures the model's
+            memory per input pixel (`keras_dense.export.memory_budget`) and writes the
+            resulting pixel budget (summed over a request's images) into `serving_default`,
+            which refuses larger requests before decoding them.
         min_size: Detection: shorter image side fed to the model (the training scale).
         max_size: Detection: cap on the longer side.
         score_threshold: Detection: minimum class probability reported.
@@ -184,6 +203,14 @@ def export_saved_model(
     task = full_card["task"]
     geometry = None
     if task == "detection":
+        # The detector runs on images resized to at most max_size: only decoding grows.
+        bytes_per_pixel = float(serving_bytes_per_pixel(3, 0))
+    else:
+        geometry = segmenter_geometry(model)
+        num_classes = int(model.outputs[0].shape[-1])
+        bytes_per_pixel = measure_bytes_per_pixel(model, geometry, num_classes)
+    budget = pixel_budget(bytes_per_pixel, max_request_memory, max_pixels)
+    if task == "detection":
         from keras_dense.export.detection_signatures import detection_signatures
 
         signatures = detection_signatures(
@@ -195,17 +222,27 @@ def export_saved_model(
             nms_iou=nms_iou,
             max_detections=max_detections,
             batch_mode=batch_mode,
-            max_pixels=max_pixels,
+            max_pixels=budget.max_image_pixels,
+            max_request_pixels=budget.max_request_pixels,
         )
         serving = {"min_size": min_size, "max_size": max_size, "nms_iou": nms_iou}
         serving.update(score_threshold=score_threshold, max_detections=max_detections)
     else:
-        geometry = segmenter_geometry(model)
         signatures = segmentation_signatures(
-            model, geometry, full_card["normalization"], batch_mode, max_pixels
+            model,
+            geometry,
+            full_card["normalization"],
+            batch_mode,
+            budget.max_image_pixels,
+            budget.max_request_pixels,
         )
         serving = {"geometry": dataclasses.asdict(geometry)}
-    serving.update(batch_mode=batch_mode, max_pixels=max_pixels, signatures=sorted(signatures))
+    serving.update(
+        batch_mode=batch_mode,
+        max_pixels=budget.max_image_pixels,
+        memory_budget=dataclasses.asdict(budget),
+        signatures=sorted(signatures),
+    )
 
     module = tf.Module()
     module.model_variables = [getattr(v, "value", v) for v in model.variables]
@@ -233,4 +270,5 @@ def export_saved_model(
         version=version,
         task=task,
         signatures=tuple(sorted(signatures)),
+        memory_budget=budget,
     )

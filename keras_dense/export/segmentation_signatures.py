@@ -123,6 +123,7 @@ def segmentation_signatures(
     normalization: str | None,
     batch_mode: str = "per_image",
     max_pixels: int | None = None,
+    max_request_pixels: int | None = None,
 ) -> dict[str, tf.types.experimental.ConcreteFunction]:
     """Builds the `serving_default` and `serving_tensor` concrete functions of a segmenter.
 
@@ -132,11 +133,15 @@ def segmentation_signatures(
         normalization: The model card's normalisation mode.
         batch_mode: How mixed-size batches run (`keras_dense.export.batch_modes`).
         max_pixels: Largest accepted image (pixels); None for the default limit.
+        max_request_pixels: Largest accepted request (pixels summed over its images), checked
+            on the headers before any decode; None: no request limit.
 
     Returns:
         `{"serving_default": ..., "serving_tensor": ...}`.
     """
     decode_kwargs = {} if max_pixels is None else {"max_pixels": int(max_pixels)}
+    if max_request_pixels is not None:
+        decode_kwargs["max_request_pixels"] = int(max_request_pixels)
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
     def serving_default(image_bytes):

@@ -7,6 +7,7 @@ feed the model: normalisation, input channels, and for detection the Fast R-CNN 
 from __future__ import annotations
 
 import os
+import zipfile
 
 import cv2
 import keras
@@ -19,29 +20,35 @@ from keras_dense.tiling import DEFAULT_TILE_SIZE, predict_tiled
 LARGE_SIDE = 1024
 
 
-def load_model_with_card(path: str) -> tuple[keras.Model, dict]:
+def load_model_with_card(path: str, required_card: bool = True) -> tuple[keras.Model, dict]:
     """Loads `X.keras` (safe mode, no compilation) and its model card.
 
     Args:
         path: The saved model.
+        required_card: Refuse a model without a card (or without a normalisation in it).
 
     Returns:
         `(model, card)`.
 
     Raises:
         FileNotFoundError: The model file is missing.
-        ValueError: The file is not a loadable Keras model.
+        ValueError: The file is not a complete, loadable Keras model, or its card is missing.
     """
     import keras_dense  # noqa: F401  (registers the custom layers)
     from keras_dense.training.model_card import read_model_card
 
     if not os.path.isfile(path):
         raise FileNotFoundError(f"--model {path}: no such file")
+    if path.endswith(".keras") and not zipfile.is_zipfile(path):
+        raise ValueError(
+            f"--model {path}: not a complete .keras archive (truncated or not a Keras file); "
+            "expected a file written by model.save() or keras-dense train"
+        )
     try:
         model = keras.models.load_model(path, compile=False)
     except Exception as err:  # Keras raises many types for a bad file
         raise ValueError(f"--model {path}: not a loadable Keras model ({err})") from None
-    return model, read_model_card(path, model)
+    return model, read_model_card(path, model, required=required_card)
 
 
 def prepare_image(image: np.ndarray, card: dict) -> np.ndarray:
@@ -81,6 +88,52 @@ def valid_tile_size(model: keras.Model, card: dict) -> int | None:
         if out is not None and out < size and (size - out) % 2 == 0:
             return size
     raise ValueError("the model's output is smaller than its input and no tile size fits it")
+
+
+def full_size_bytes_per_pixel(card: dict, num_classes: int) -> int:
+    """Memory per pixel that a tiled prediction still holds at the image's full size.
+
+    The decoded uint8 image, its normalised float32 copy, the float32 scores and the uint8
+    class map plus its colour rendering.
+    """
+    channels = card.get("input_channels", 3)
+    return 3 + 4 * channels + 4 * num_classes + 1 + 3 + 3
+
+
+def plan_prediction(model: keras.Model, card: dict, height: int, width: int, max_memory: int):
+    """Decides how one image is segmented within a memory budget, before decoding it.
+
+    Args:
+        model: The segmenter.
+        card: Its model card.
+        height: The image height (from its header).
+        width: The image width.
+        max_memory: Bytes the prediction may use.
+
+    Returns:
+        `"whole"` (one pass fits the budget) or `"tiled"` (overlap-tile inference, whose
+        memory is one tile batch plus the full-size arrays, fits it).
+
+    Raises:
+        ValueError: Even tiled, the image does not fit the budget (the message gives both
+            numbers and the flag to raise it).
+    """
+    from keras_dense.export.geometry import segmenter_geometry
+    from keras_dense.export.memory_budget import measure_bytes_per_pixel
+
+    pixels = height * width
+    num_classes = int(model.outputs[0].shape[-1])
+    per_pixel = measure_bytes_per_pixel(model, segmenter_geometry(model), num_classes)
+    if pixels * per_pixel <= max_memory:
+        return "whole"
+    needed = pixels * full_size_bytes_per_pixel(card, num_classes)
+    if needed <= max_memory:
+        return "tiled"
+    raise ValueError(
+        f"a {width}x{height} image needs about {needed / 2**30:.2f} GiB even tile by tile, "
+        f"above the --max-memory budget of {max_memory / 2**30:.2f} GiB; raise --max-memory "
+        "or downscale the image"
+    )
 
 
 def segment(

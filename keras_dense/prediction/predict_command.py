@@ -10,7 +10,13 @@ import sys
 import numpy as np
 
 from keras_dense.data.errors import BadInputError
-from keras_dense.data.image_io import encode_png, list_images, read_image_file
+from keras_dense.data.image_io import (
+    encode_png,
+    image_size_from_header,
+    list_images,
+    read_image_file,
+)
+from keras_dense.export.memory_budget import parse_memory
 from keras_dense.data.writer import atomic_write_bytes
 from keras_dense.prediction.palette import colorize, draw_boxes, overlay
 
@@ -26,7 +32,18 @@ def register(sub) -> None:
         "and skipped; the exit status is 1 if any input failed.",
     )
     parser.add_argument("--model", required=True, help="the saved model (X.keras, card X.json)")
-    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders")
+    parser.add_argument("inputs", nargs="*", metavar="INPUT", help="image files or folders")
+    parser.add_argument(
+        "--data",
+        help="glob pattern of TFRecord shards to predict instead of (or besides) files; their "
+        "manifest's classes must match the model card's",
+    )
+    parser.add_argument(
+        "--max-memory",
+        default="2GiB",
+        help="memory one image may take (e.g. 2GiB): larger images are segmented tile by tile, "
+        "or refused when even that does not fit (default 2GiB)",
+    )
     parser.add_argument("--output", required=True, help="output folder")
     parser.add_argument(
         "--tiled",
@@ -50,6 +67,7 @@ def expand_inputs(inputs: list[str]) -> list[str]:
     return files
 
 
+
 def _unique_stem(path: str, used: set[str]) -> str:
     stem = os.path.splitext(os.path.basename(path))[0]
     candidate, index = stem, 2
@@ -59,18 +77,54 @@ def _unique_stem(path: str, used: set[str]) -> str:
     return candidate
 
 
-def predict_file(model, card: dict, path: str, output: str, stem: str, args) -> list[str]:
-    """Predicts one image file and writes its outputs atomically; returns the files written.
+def read_input(path: str) -> np.ndarray:
+    """The pixels of an input file, as TF Serving decodes them (EXIF orientation ignored).
 
     Raises:
         BadInputError: The file is missing, unreadable, or not a decodable image.
     """
-    from keras_dense.prediction.inference import detect_objects, segment
-
     try:
-        _, _, rgb = read_image_file(path)
+        image = read_image_file(path, apply_exif=False)
     except OSError as err:
         raise BadInputError(path, f"cannot read the file ({err.strerror or err})") from None
+    if image.orientation != 1:
+        print(
+            f"keras-dense predict: warning: {path}: EXIF orientation {image.orientation} "
+            "ignored: the outputs follow the stored pixels, as TF Serving decodes them",
+            file=sys.stderr,
+        )
+    return image.rgb
+
+
+def check_header(path: str, model, card: dict, max_memory: int) -> str:
+    """Reads an input's size from its header and plans its prediction before decoding it.
+
+    Returns:
+        The plan, `"whole"` or `"tiled"` (see `plan_prediction`); detection: `"whole"`.
+
+    Raises:
+        BadInputError: The file cannot be read, or the image does not fit the budget.
+    """
+    from keras_dense.prediction.inference import plan_prediction
+
+    try:
+        with open(path, "rb") as f:
+            head = f.read(1 << 16)
+    except OSError as err:
+        raise BadInputError(path, f"cannot read the file ({err.strerror or err})") from None
+    size = image_size_from_header(head)
+    if size is None or card["task"] == "detection":
+        return "whole"
+    try:
+        return plan_prediction(model, card, size[0], size[1], max_memory)
+    except ValueError as err:
+        raise BadInputError(path, str(err)) from None
+
+
+def predict_image(model, card: dict, rgb: np.ndarray, output: str, stem: str, args, plan: str):
+    """Predicts one image and writes its outputs atomically; returns the files written."""
+    from keras_dense.prediction.inference import detect_objects, segment
+
     written = []
     if card["task"] == "detection":
         found = detect_objects(model, rgb, card, score_threshold=args.score_threshold)
@@ -91,6 +145,13 @@ def predict_file(model, card: dict, path: str, output: str, stem: str, args) -> 
         }
     else:
         tiled = {"auto": None, "always": True, "never": False}[args.tiled]
+        if plan == "tiled":
+            if tiled is False:
+                raise ValueError(
+                    f"{stem}: the image exceeds the --max-memory budget in one pass and "
+                    "--tiled never forbids tiling"
+                )
+            tiled = True
         scores = segment(model, rgb, card, tiled=tiled, tile_size=args.tile_size)
         classes = np.argmax(scores, axis=-1).astype(np.uint8)
         targets = {
@@ -104,16 +165,51 @@ def predict_file(model, card: dict, path: str, output: str, stem: str, args) -> 
     return written
 
 
+def predict_file(model, card: dict, path: str, output: str, stem: str, args) -> list[str]:
+    """Predicts one image file within the memory budget; returns the files written.
+
+    Raises:
+        BadInputError: The file is missing, unreadable, not a decodable image, or too large.
+    """
+    max_memory = parse_memory(getattr(args, "max_memory", "2GiB"))
+    plan = check_header(path, model, card, max_memory)
+    rgb = read_input(path)
+    try:
+        return predict_image(model, card, rgb, output, stem, args, plan)
+    except ValueError as err:
+        raise BadInputError(path, str(err)) from None
+
+
+def _records(pattern: str, card: dict):
+    """`(name, source_id, rgb)` of every record of the shards, after checking their classes."""
+    from keras_dense.data import read_examples
+    from keras_dense.data.class_lists import check_card_classes
+
+    check_card_classes(pattern, card, "--data")
+    for example in read_examples(pattern):
+        yield f"record {example['source_id']!r} of {pattern}", example["source_id"], example[
+            "image"
+        ]
+
+
 def run(args: argparse.Namespace) -> int:
     """Predicts every input; bad inputs are reported and skipped (exit status 1 at the end)."""
-    from keras_dense.prediction.inference import load_model_with_card
+    from keras_dense.prediction.inference import load_model_with_card, plan_prediction
 
     if args.tile_size is not None and args.tile_size < 1:
         raise ValueError(f"--tile-size {args.tile_size}: expected a positive integer")
+    max_memory = parse_memory(args.max_memory)
+    if not args.inputs and not args.data:
+        raise ValueError("nothing to predict: give image files or folders, or --data PATTERN")
+    files = expand_inputs(args.inputs)
+    if args.inputs and not files:
+        raise BadInputError(
+            ", ".join(args.inputs),
+            "no image files found (expected .jpg, .jpeg, .png, .bmp, .tif, .ppm or .webp)",
+        )
     model, card = load_model_with_card(args.model)
     os.makedirs(args.output, exist_ok=True)
-    failed, used = [], set()
-    files = expand_inputs(args.inputs)
+    failed, used, total = [], set(), len(files)
     for path in files:
         try:
             written = predict_file(model, card, path, args.output, _unique_stem(path, used), args)
@@ -122,7 +218,21 @@ def run(args: argparse.Namespace) -> int:
             failed.append(path)
             continue
         print(f"{path} -> {', '.join(os.path.basename(w) for w in written)}")
-    print(f"predicted {len(files) - len(failed)} of {len(files)} inputs into {args.output}")
+    if args.data:
+        for name, source_id, rgb in _records(args.data, card):
+            total += 1
+            try:
+                plan = "whole"
+                if card["task"] != "detection":
+                    plan = plan_prediction(model, card, *rgb.shape[:2], max_memory)
+                stem = _unique_stem(str(source_id) + ".png", used)
+                written = predict_image(model, card, rgb, args.output, stem, args, plan)
+            except ValueError as err:
+                print(f"keras-dense predict: error: {name}: {err}", file=sys.stderr)
+                failed.append(name)
+                continue
+            print(f"{name} -> {', '.join(os.path.basename(w) for w in written)}")
+    print(f"predicted {total - len(failed)} of {total} inputs into {args.output}")
     if failed:
         print(
             f"keras-dense predict: {len(failed)} input(s) failed: {', '.join(failed)}",

@@ -171,7 +171,13 @@ def parse_rest_response(body: Mapping | str | bytes) -> dict[str, np.ndarray]:
         a single output gives `{"output": array}`.
     """
     if isinstance(body, (str, bytes)):
-        body = json.loads(body)
+        try:
+            body = json.loads(body)
+        except ValueError as err:
+            text = body[:200] if isinstance(body, str) else body[:200].decode(errors="replace")
+            raise ServingError(f"response is not JSON ({err}): {text!r}") from None
+    if not isinstance(body, Mapping):
+        raise ServingError(f"unexpected response: {str(body)[:200]}")
     if "error" in body:
         raise ServingError(str(body["error"]))
     if "predictions" in body:
@@ -324,14 +330,27 @@ class Client:
         )
         try:
             with urllib.request.urlopen(http_request, timeout=self.timeout) as response:
-                return parse_rest_response(response.read())
+                body = response.read()
         except urllib.error.HTTPError as error:
             detail = error.read().decode(errors="replace")
             try:
                 detail = json.loads(detail).get("error", detail)
-            except ValueError:
+            except (ValueError, AttributeError):
                 pass
             raise ServingError(f"{url}: HTTP {error.code}: {detail}") from None
+        except urllib.error.URLError as error:
+            raise ServingError(
+                f"{url}: cannot reach the server ({error.reason}); is TF Serving running with "
+                f"--rest_api_port={self.rest_port}?"
+            ) from None
+        except (TimeoutError, OSError) as error:
+            raise ServingError(
+                f"{url}: no answer within {self.timeout} s ({type(error).__name__}: {error})"
+            ) from None
+        try:
+            return parse_rest_response(body)
+        except ServingError as error:
+            raise ServingError(f"{url}: {error}") from None
 
     def _predict_grpc(self, request) -> dict[str, np.ndarray]:
         import grpc
@@ -349,5 +368,7 @@ class Client:
         try:
             response = self._stub.Predict(request, timeout=self.timeout)
         except grpc.RpcError as error:
-            raise ServingError(f"gRPC {error.code().name}: {error.details()}") from None
+            raise ServingError(
+                f"{self.host}:{self.grpc_port}: gRPC {error.code().name}: {error.details()}"
+            ) from None
         return parse_grpc_response(response)

@@ -17,6 +17,27 @@ from keras_dense.training.model_card import write_model_card
 from keras_dense.training.summaries import write_images, write_scalar
 
 
+class RequireSteps(keras.callbacks.Callback):
+    """Stops training when an epoch ran no training step, before it is recorded as done.
+
+    An empty epoch (the data ran out before the first batch) would otherwise be saved as
+    finished, with an untrained best model and exit status 0.
+    """
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.steps = 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.steps += 1
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.steps == 0:
+            raise RuntimeError(
+                f"epoch {epoch + 1} ran no training step: the training data yielded no batch "
+                "(fewer records than training.batch_size, or an empty shard); nothing was saved"
+            )
+
+
 class BestCheckpoint(keras.callbacks.Callback):
     """Saves the model as `.keras` (atomically) whenever the monitored value improves.
 

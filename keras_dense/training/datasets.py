@@ -7,12 +7,9 @@ import math
 import tensorflow as tf
 
 from keras_dense.data import BadInputError, detection_dataset, segmentation_dataset
-from keras_dense.data.tfrecord_files import (
-    find_manifest,
-    load_manifest,
-    resolve_files,
-    scan_framing,
-)
+from keras_dense.data.class_lists import agreed_manifest_classes, object_classes
+from keras_dense.data.tfrecord_files import resolve_files, scan_framing
+from keras_dense.training.recipe import RecipeError
 
 
 def normalization_mode(data: dict) -> str | None:
@@ -26,10 +23,12 @@ def count_records(pattern: str) -> int:
 
 
 def data_classes(data: dict, task: str) -> list[str]:
-    """The class names: `data.classes`, else the training shards' manifest.
+    """The class names of a run, checked against every manifest of its shards.
 
-    Detection uses object classes only (label = index + 1): a leading "background" entry of a
-    segmentation+detection manifest (e.g. shapes) is dropped.
+    Every manifest of the training and validation shards is read; they must agree with each
+    other (class list and ignore label) and with `data.classes` / `data.ignore_label` when
+    the recipe gives them. Detection uses object classes only (label = index + 1): a leading
+    "background" entry of a segmentation+detection manifest (e.g. shapes) is dropped.
 
     Args:
         data: The recipe's `[data]` table.
@@ -39,23 +38,64 @@ def data_classes(data: dict, task: str) -> list[str]:
         The names.
 
     Raises:
-        ValueError: No names given and no manifest beside the shards.
+        BadInputError: Manifests that disagree with each other (named).
+        RecipeError: The recipe's classes or ignore label disagree with the manifests, or no
+            names are given and no manifest has them.
     """
+    detection = task == "detection"
+    patterns = {"data.train": data["train"], "data.validation": data["validation"]}
+    found, ignore_label, manifests = agreed_manifest_classes(patterns, detection)
     names = list(data["classes"])
+    if detection:
+        names = object_classes(names)
+    if names and found is not None and names != found:
+        raise RecipeError(
+            f"recipe key 'data.classes' = {names} differs from the class list of the shards "
+            f"{found} (manifests: {', '.join(sorted(manifests))}); labels would be read as the "
+            "wrong classes: fix data.classes (or drop it to use the manifests'), or convert "
+            "the data with these classes"
+        )
+    if (
+        not detection
+        and ignore_label is not None
+        and data.get("ignore_label") is not None
+        and ignore_label != data["ignore_label"]
+    ):
+        raise RecipeError(
+            f"recipe key 'data.ignore_label' = {data['ignore_label']} differs from the shards' "
+            f"ignore_label {ignore_label} (manifests: {', '.join(sorted(manifests))})"
+        )
+    names = names or list(found or [])
     if not names:
-        for path in resolve_files(data["train"]):
-            manifest = find_manifest(path)
-            if manifest is not None:
-                names = list(load_manifest(manifest).get("classes") or [])
-                break
-    if not names:
-        raise ValueError(
+        raise RecipeError(
             "recipe key 'data.classes': missing, and the training shards have no manifest "
             "with class names; list the classes in the recipe"
         )
-    if task == "detection" and names[0] == "background":
-        names = names[1:]
     return names
+
+
+def check_batch_fits(pattern: str, batch_size: int, key: str = "data.train") -> int:
+    """Refuses a batch larger than the data: it would give epochs of zero steps.
+
+    Args:
+        pattern: The training shards.
+        batch_size: `training.batch_size` (per worker).
+        key: The recipe key of the shards, for the message.
+
+    Returns:
+        The number of records.
+
+    Raises:
+        RecipeError: Fewer records than one batch.
+    """
+    records = count_records(pattern)
+    if records < batch_size:
+        raise RecipeError(
+            f"recipe key 'training.batch_size' = {batch_size} is larger than the {records} "
+            f"record(s) of {key}: an epoch would have no full batch; lower the batch size "
+            f"(--set training.batch_size={max(records, 1)}) or add data"
+        )
+    return records
 
 
 def worker_shards(pattern: str, key: str, num_workers: int, index: int) -> list[str] | str:
@@ -205,7 +245,8 @@ def segmentation_datasets(
     ).repeat()
     if output_size is not None:
         train = crop_masks_to_output(train, crop, output_size, data["ignore_label"], False)
-    steps = training["steps_per_epoch"] or max(count_records(data["train"]) // batch, 1)
+    records = check_batch_fits(data["train"], batch)  # also with steps_per_epoch set
+    steps = training["steps_per_epoch"] or records // batch
 
     def make_validation(pattern, val_batch):
         validation = segmentation_dataset(pattern, val_batch, **common)
@@ -253,7 +294,8 @@ def detection_datasets(recipe: dict, num_workers: int = 1, worker_index: int = 0
         shuffle_buffer=data["shuffle_buffer"],
         **common,
     ).repeat()
-    steps = training["steps_per_epoch"] or max(count_records(data["train"]) // batch, 1)
+    records = check_batch_fits(data["train"], batch)  # also with steps_per_epoch set
+    steps = training["steps_per_epoch"] or records // batch
     validation, validation_steps = validation_dataset(
         lambda pattern, val_batch: detection_dataset(pattern, val_batch, **common),
         recipe,

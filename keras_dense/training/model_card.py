@@ -55,7 +55,7 @@ def _output_channels(model_path: str, model=None) -> int:
     return int(model.outputs[0].shape[-1])
 
 
-def read_model_card(model_path: str, model=None) -> dict:
+def read_model_card(model_path: str, model=None, required: bool = False) -> dict:
     """Reads the card of `model_path`, filling defaults for missing fields or a missing file.
 
     Defaults: task "segmentation", normalization "caffe", ignore_label 255, input_channels 3,
@@ -65,15 +65,25 @@ def read_model_card(model_path: str, model=None) -> dict:
     Args:
         model_path: The saved model, `X.keras`.
         model: The loaded model, if at hand (only used when the card names no classes).
+        required: Refuse a missing card or one without a normalisation (the CLI does): a
+            guessed normalisation gives wrong outputs without any error.
 
     Returns:
         The card as a dict with at least the keys listed in the module docstring.
 
     Raises:
-        ValueError: The card exists but is not valid JSON, or names an unknown task.
+        ValueError: The card exists but is not valid JSON, or names an unknown task; with
+            `required`, the card or its normalisation is missing.
     """
     path = model_card_path(model_path)
     card: dict = {}
+    if required and not os.path.isfile(path):
+        raise ValueError(
+            f"{model_path}: no model card {path} beside it; the card says how to normalise "
+            "the input and names the classes. Models from keras-dense train have one; for "
+            "another model write it, e.g. "
+            '{"task": "segmentation", "normalization": "caffe", "classes": [...]}'
+        )
     if os.path.isfile(path):
         try:
             with open(path) as f:
@@ -82,6 +92,11 @@ def read_model_card(model_path: str, model=None) -> dict:
             raise ValueError(f"model card {path}: invalid JSON ({err})") from None
         if not isinstance(card, dict):
             raise ValueError(f"model card {path}: expected a JSON object")
+    if required and "normalization" not in card:
+        raise ValueError(
+            f"model card {path}: no 'normalization' (one of 'caffe', 'torch', 'tf' or null); "
+            "guessing it would feed the model wrongly scaled pixels"
+        )
     card.setdefault("task", "segmentation")
     if card["task"] not in TASKS:
         raise ValueError(f"model card {path}: task={card['task']!r}, expected one of {TASKS}")

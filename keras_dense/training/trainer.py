@@ -25,7 +25,8 @@ import time
 import keras
 import numpy as np
 
-from keras_dense.data.writer import atomic_write_bytes
+from keras_dense.utils.files import atomic_write_bytes
+from keras_dense.utils.run_lock import run_lock
 from keras_dense.training import backup, callbacks
 from keras_dense.training.builders import DETECTION_BUILDERS, build_model
 from keras_dense.training.datasets import (
@@ -85,18 +86,52 @@ def _flatten(table: dict, prefix: str = "") -> dict:
     return flat
 
 
-def _write_resolved_recipe(path: str, recipe: dict, resumed: bool) -> None:
-    """Writes `recipe.json`, warning when a resumed run's recipe has changed."""
-    if resumed and os.path.isfile(path):
+# Keys a resumed run may change: more epochs continue the same run.
+RESUMABLE_CHANGES = ("training.epochs",)
+
+
+def check_resume(run_dir: str, recipe: dict) -> None:
+    """Refuses to resume a run folder whose saved recipe differs from this one.
+
+    Args:
+        run_dir: The run folder.
+        recipe: This run's resolved recipe.
+
+    Raises:
+        RecipeError: The folder holds a saved state of a run whose recipe differs (other
+            than in `RESUMABLE_CHANGES`); the message lists the keys and the fixes.
+    """
+    path = os.path.join(run_dir, RESOLVED_RECIPE)
+    if backup.read_state(os.path.join(run_dir, BACKUP_DIR)) is None or not os.path.isfile(path):
+        return
+    try:
         with open(path) as f:
-            before, after = _flatten(json.load(f)), _flatten(recipe)
-        changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
-        if changed:
-            print(
-                f"warning: {path} differs from this recipe in {', '.join(changed)}; the run "
-                "continues from its saved state with the new settings",
-                file=sys.stderr,
-            )
+            before = _flatten(json.load(f))
+    except (OSError, json.JSONDecodeError) as err:
+        raise RecipeError(f"{path}: unreadable saved recipe of the run to resume ({err})") from None
+    after = _flatten(_json_ready(recipe))
+    changed = sorted(
+        k
+        for k in before.keys() | after.keys()
+        if before.get(k) != after.get(k) and k not in RESUMABLE_CHANGES
+    )
+    if changed:
+        details = ", ".join(f"{k} ({before.get(k)!r} -> {after.get(k)!r})" for k in changed[:8])
+        more = f" and {len(changed) - 8} more" if len(changed) > 8 else ""
+        sets = " ".join(f"--set {k}={_toml_value(before[k])}" for k in changed[:8] if k in before)
+        raise RecipeError(
+            f"{run_dir} holds a run whose recipe differs from this one in {details}{more}, so "
+            "it cannot be resumed: train into another --output to start a new run"
+            + (f", or set the keys back ({sets}) to resume it" if sets else "")
+        )
+
+
+def _toml_value(value) -> str:
+    return json.dumps(value) if not isinstance(value, bool) else str(value).lower()
+
+
+def _write_resolved_recipe(path: str, recipe: dict) -> None:
+    """Writes `recipe.json` (the recipe this run follows)."""
     atomic_write_bytes(path, (json.dumps(recipe, indent=2, sort_keys=True) + "\n").encode())
 
 
@@ -138,7 +173,9 @@ def train(recipe: dict, output: str, verbose: int | None = None) -> dict:
         last epoch's logs), `model` (path of the best model) and `seconds`.
 
     Raises:
-        RecipeError: The recipe does not fit the data or the builder.
+        RecipeError: The recipe does not fit the data or the builder, or the output folder
+            holds a run of another recipe.
+        keras_dense.utils.run_lock.RunLockedError: Another training writes `output`.
         keras_dense.data.BadInputError: A data pattern matches nothing or a shard is damaged.
     """
     start = time.monotonic()
@@ -147,7 +184,13 @@ def train(recipe: dict, output: str, verbose: int | None = None) -> dict:
     run_dir = output
     if not info.is_chief:
         run_dir = os.path.join(output, f".worker-{info.task_type}-{info.task_id}")
-    os.makedirs(run_dir, exist_ok=True)
+    with run_lock(run_dir):
+        return _train_locked(recipe, run_dir, strategy, info, verbose, start)
+
+
+def _train_locked(recipe: dict, run_dir: str, strategy, info, verbose, start) -> dict:
+    """`train` inside the run folder's lock."""
+    check_resume(run_dir, recipe)
     task, data, training = recipe["task"], recipe["data"], recipe["training"]
     builder = recipe["model"]["builder"]
     if (task == "detection") != (builder in DETECTION_BUILDERS):
@@ -197,7 +240,7 @@ def train(recipe: dict, output: str, verbose: int | None = None) -> dict:
     finally:
         keras.config.set_dtype_policy(previous_policy)
 
-    _write_resolved_recipe(os.path.join(run_dir, RESOLVED_RECIPE), recipe, finished > 0)
+    _write_resolved_recipe(os.path.join(run_dir, RESOLVED_RECIPE), _json_ready(recipe))
     monitor, mode = _monitor(recipe, val_ds is not None)
     csv_path = os.path.join(run_dir, METRICS_CSV)
     history = callbacks.trim_history(csv_path, finished) if finished else []
@@ -218,6 +261,7 @@ def train(recipe: dict, output: str, verbose: int | None = None) -> dict:
         card["input_size"] = list(data["crop_size"])  # the training tile
     best_path = os.path.join(run_dir, BEST_MODEL)
     callback_list = [
+        callbacks.RequireSteps(),  # first: an empty epoch must stop before anything is saved
         callbacks.BestCheckpoint(
             best_path, monitor, mode, callbacks.best_in_history(history, monitor, mode), card
         ),
@@ -265,7 +309,7 @@ def train(recipe: dict, output: str, verbose: int | None = None) -> dict:
         "epochs": epochs,
         "initial_epoch": finished,
         "monitor": monitor,
-        "best": callback_list[0].best,
+        "best": callback_list[1].best,
         "history": logs,
         "model": best_path,
         "seconds": time.monotonic() - start,
