@@ -18,7 +18,6 @@ import tensorflow as tf
 from keras_dense.data.errors import BadInputError
 from keras_dense.data.schema import Record, serialize_record
 from keras_dense.utils.files import (
-    atomic_write_bytes,
     remove_quietly,
     remove_stale_temporaries,
     temporary_path,

@@ -1,14 +1,15 @@
 """How many pixels one request may carry: the model's activation memory per input pixel.
 
 A segmenter's memory grows with the image: every layer output is (H/s, W/s, C) for some
-stride s. The export measures that growth on small symbolic inputs (no computation): the peak
-bytes of the layer outputs alive at once (`activation_bytes`) at two probe sizes, whose
-difference over the difference in pixels is the bytes per input pixel. Adding what the serving graph itself holds per pixel
-(decoded bytes, the float image, class maps) gives `bytes_per_pixel`, and a memory budget
-(`--max-request-memory`, 2 GiB by default) turns into a pixel budget for a whole request
-(summed over its images), written into the signature as a constant. A safety factor
-(`SAFETY_FACTOR`, from measurements in `benchmarks/serving_memory.py`) covers what the
-count does not see: convolution workspaces and the executor's own buffers.
+stride s. The export measures that growth on small symbolic inputs (no computation): the
+peak bytes of the layer outputs alive at once (`activation_bytes`) at two probe sizes, whose
+difference over the difference in pixels is the bytes per input pixel. Adding what the
+serving graph itself holds per pixel (decoded bytes, the float image, class maps) gives
+`bytes_per_pixel`. A memory budget (`--max-request-memory`, 2 GiB by default) then turns
+into a pixel budget for a whole request (summed over its images), written into the
+signature as a constant. A safety factor (`SAFETY_FACTOR`, from measurements in
+`benchmarks/serving_memory.py`) covers what the count does not see: convolution workspaces
+and the executor's own buffers.
 """
 
 from __future__ import annotations

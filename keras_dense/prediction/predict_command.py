@@ -16,8 +16,8 @@ from keras_dense.data.image_io import (
     list_images,
     read_image_file,
 )
-from keras_dense.export.memory_budget import parse_memory
 from keras_dense.data.writer import atomic_write_bytes
+from keras_dense.export.memory_budget import parse_memory
 from keras_dense.prediction.palette import colorize, draw_boxes, overlay
 
 
@@ -65,7 +65,6 @@ def expand_inputs(inputs: list[str]) -> list[str]:
     for item in inputs:
         files.extend(list_images(item) if os.path.isdir(item) else [item])
     return files
-
 
 
 def _unique_stem(path: str, used: set[str]) -> str:
@@ -187,9 +186,11 @@ def _records(pattern: str, card: dict):
 
     check_card_classes(pattern, card, "--data")
     for example in read_examples(pattern):
-        yield f"record {example['source_id']!r} of {pattern}", example["source_id"], example[
-            "image"
-        ]
+        yield (
+            f"record {example['source_id']!r} of {pattern}",
+            example["source_id"],
+            example["image"],
+        )
 
 
 def run(args: argparse.Namespace) -> int:

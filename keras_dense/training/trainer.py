@@ -25,8 +25,6 @@ import time
 import keras
 import numpy as np
 
-from keras_dense.utils.files import atomic_write_bytes
-from keras_dense.utils.run_lock import run_lock
 from keras_dense.training import backup, callbacks
 from keras_dense.training.builders import DETECTION_BUILDERS, build_model
 from keras_dense.training.datasets import (
@@ -46,6 +44,8 @@ from keras_dense.training.losses import MaskedSparseCrossEntropy
 from keras_dense.training.metrics import build_metrics
 from keras_dense.training.optimizers import build_optimizer
 from keras_dense.training.recipe import RecipeError
+from keras_dense.utils.files import atomic_write_bytes
+from keras_dense.utils.run_lock import run_lock
 
 BEST_MODEL = "best.keras"
 BACKUP_DIR = "backup"

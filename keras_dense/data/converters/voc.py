@@ -259,9 +259,7 @@ def _default_detection_classes(annotations: dict[str, VocAnnotation]) -> list[st
         return list(VOC_CLASSES)
     if len(outside) == len(found):
         return found
-    where = next(
-        a.path for a in annotations.values() for o in a.objects if o.name == outside[0]
-    )
+    where = next(a.path for a in annotations.values() for o in a.objects if o.name == outside[0])
     raise BadInputError(
         where,
         f"class name(s) {outside} are not among the VOC 20 classes, while "
