@@ -14,7 +14,10 @@ from keras_dense import (  # noqa: E402
     evaluation,
     export,
     layers,
+    losses,
+    metrics,
     serving,
+    tasks,
     training,
 )
 from keras_dense.tiling import predict_tiled  # noqa: E402
@@ -30,7 +33,10 @@ __all__ = [
     "evaluation",
     "export",
     "layers",
+    "losses",
+    "metrics",
     "predict_tiled",
     "serving",
+    "tasks",
     "training",
 ]

@@ -13,13 +13,13 @@ import traceback
 from collections.abc import Sequence
 
 COMMAND_MODULES = (
-    "keras_dense.data.convert_command",
-    "keras_dense.ops.build_ops_command",
-    "keras_dense.training.train_command",
-    "keras_dense.evaluation.evaluate_command",
-    "keras_dense.prediction.predict_command",
-    "keras_dense.export.export_command",
-    "keras_dense.serving.config_command",
+    "keras_dense.commands.convert",
+    "keras_dense.commands.build_ops",
+    "keras_dense.commands.train",
+    "keras_dense.commands.evaluate",
+    "keras_dense.commands.predict",
+    "keras_dense.commands.export",
+    "keras_dense.commands.serving_config",
 )
 
 

@@ -15,7 +15,7 @@ from keras_dense.data import SHAPE_CLASSES, convert_shapes, normalize, read_exam
 from keras_dense.layers.roi_pooling import RoIPooling
 from keras_dense.prediction import inference
 from keras_dense.prediction.palette import PALETTE, voc_palette
-from keras_dense.training.model_card import write_model_card
+from keras_dense.utils.model_card import write_model_card
 
 
 @pytest.fixture(scope="module")

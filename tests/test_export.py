@@ -27,7 +27,7 @@ from keras_dense.export import (
     list_versions,
     saved_model_export,
 )
-from keras_dense.training.model_card import write_model_card
+from keras_dense.utils.model_card import write_model_card
 
 from export_test_utils import (
     assert_classes_match,
@@ -214,7 +214,7 @@ def test_fixed_size_and_valid_models_follow_their_geometry(tmp_path):
 
 def test_geometry_of_the_builders_and_of_a_model_with_a_minimum_size(tmp_path):
     from keras_dense.apps.unet import unet_input_size
-    from keras_dense.export.geometry import segmenter_geometry
+    from keras_dense.signatures.geometry import segmenter_geometry
 
     same = segmenter_geometry(small_unet())
     assert (same.fixed_size, same.margin, same.step, same.minimum) == (None, 0, 1, 1)

@@ -289,7 +289,7 @@ def test_cli_build_ops_command(op, capsys):
     from keras_dense import cli
     from keras_dense.ops import build_ops_command
 
-    assert "keras_dense.ops.build_ops_command" in cli.COMMAND_MODULES
+    assert "keras_dense.commands.build_ops" in cli.COMMAND_MODULES
     parser = argparse.ArgumentParser()
     build_ops_command.register(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["build-ops", "--if-missing"])

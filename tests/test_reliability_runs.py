@@ -19,11 +19,12 @@ from keras_dense.apps import unet
 from keras_dense.data import BadInputError, convert_shapes
 from keras_dense.data.image_io import encode_png
 from keras_dense.serving.client import Client, ServingError, parse_rest_response
+from keras_dense.tasks import get_task
+from keras_dense.tasks.recipe_data import data_classes
 from keras_dense.training import backup, callbacks
-from keras_dense.training.datasets import data_classes
-from keras_dense.training.model_card import write_model_card
 from keras_dense.training.recipe import RecipeError, validate
 from keras_dense.training.trainer import check_resume, train
+from keras_dense.utils.model_card import write_model_card
 from keras_dense.utils.run_lock import RunLockedError, run_lock
 
 
@@ -67,16 +68,16 @@ def _recipe(root, **changes):
 def test_a_glob_over_two_data_sets_is_refused_naming_both(two_sets):
     recipe = _recipe(two_sets, data={"train": str(two_sets / "*-*.tfrecord")})
     with pytest.raises(BadInputError, match=r"different class lists.*other\.json.*train\.json"):
-        data_classes(recipe["data"], "segmentation")
+        data_classes(recipe["data"], get_task("segmentation"))
 
 
 def test_recipe_classes_must_match_the_manifests(two_sets):
     recipe = _recipe(two_sets, data={"classes": ["background", "circle"]})
     with pytest.raises(RecipeError, match=r"'data.classes' = \['background', 'circle'\] differs"):
-        data_classes(recipe["data"], "segmentation")
+        data_classes(recipe["data"], get_task("segmentation"))
     recipe = _recipe(two_sets, data={"ignore_label": 0})
     with pytest.raises(RecipeError, match="'data.ignore_label' = 0 differs"):
-        data_classes(recipe["data"], "segmentation")
+        data_classes(recipe["data"], get_task("segmentation"))
 
 
 def test_batch_larger_than_the_data_is_refused_with_both_numbers(two_sets, tmp_path):
@@ -222,7 +223,8 @@ def test_output_under_a_file_is_one_line(tmp_path, capsys):
 
 
 def test_predict_plans_within_the_memory_budget(four_class_model):
-    from keras_dense.prediction.inference import load_model_with_card, plan_prediction
+    from keras_dense.prediction.inference import plan_prediction
+    from keras_dense.tasks.model_loading import load_model_with_card
 
     model, card = load_model_with_card(four_class_model)
     assert plan_prediction(model, card, 64, 64, 2**31) == "whole"

@@ -7,7 +7,7 @@ import pytest
 
 from keras_dense.evaluation.confusion_image import confusion_matrix_image
 from keras_dense.evaluation.segmentation_metrics import confusion_matrix, segmentation_scores
-from keras_dense.training.metrics import ConfusionMatrixMetric, PixelAccuracy
+from keras_dense.metrics.confusion_matrix import ConfusionMatrixMetric, PixelAccuracy
 
 IGNORE = 255
 

@@ -12,22 +12,22 @@ import pytest
 import tensorflow as tf
 
 from keras_dense.data import convert_shapes
+from keras_dense.losses import MaskedSparseCrossEntropy
+from keras_dense.tasks import get_task
 from keras_dense.training import (
-    MaskedSparseCrossEntropy,
     PolyDecay,
     RecipeError,
     load_recipe,
     parse_override,
-    read_model_card,
     train,
     validate,
-    write_model_card,
 )
 from keras_dense.training.builders import build_model
 from keras_dense.training.distribution import select_strategy, worker_info
 from keras_dense.training.optimizers import build_optimizer
 from keras_dense.training.recipe import DEFAULTS
 from keras_dense.training.schedules import build_schedule
+from keras_dense.utils.model_card import read_model_card, write_model_card
 
 from helpers import run_python
 
@@ -186,7 +186,8 @@ def test_mixed_precision_logits_are_float32():
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy("mixed_float16")
     try:
-        model, _ = build_model("unet", {"padding": "same", "filters": 4, "depth": 2}, 3, 3, True)
+        model, _ = build_model("unet", {"padding": "same", "filters": 4, "depth": 2}, 3, 3)
+        model = get_task("segmentation").finalize_model(model, mixed_precision=True)
     finally:
         keras.config.set_dtype_policy(previous)
     assert model.layers[1].compute_dtype == "float16"

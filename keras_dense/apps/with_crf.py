@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import keras
 
-from keras_dense.data.normalization import check_mode
 from keras_dense.layers.crf_rnn import CrfRnn
 from keras_dense.layers.denormalization import Denormalization
 from keras_dense.layers.resizing import CropToMatch
+from keras_dense.utils.normalization import check_mode
 
 
 def _logits_and_activation(model: keras.Model):

@@ -10,9 +10,9 @@ from keras_dense.data.converters import (
 )
 from keras_dense.data.detection_pipeline import detection_dataset
 from keras_dense.data.errors import BadInputError
-from keras_dense.data.normalization import normalize
 from keras_dense.data.reader import decode_record, read_examples
 from keras_dense.data.segmentation_pipeline import segmentation_dataset
+from keras_dense.utils.normalization import normalize
 
 __all__ = [
     "SHAPE_CLASSES",

@@ -7,7 +7,7 @@ brings shards and a class list together checks them here first.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from keras_dense.data.errors import BadInputError
 from keras_dense.data.tfrecord_files import find_manifest, load_manifest, resolve_files
@@ -38,14 +38,16 @@ def _describe(path: str, manifest: dict) -> str:
 
 
 def agreed_manifest_classes(
-    patterns: dict[str, str | Sequence[str]], detection: bool = False
+    patterns: dict[str, str | Sequence[str]],
+    class_names: Callable[[list[str]], list[str]] = list,
 ) -> tuple[list[str] | None, int | None, dict[str, dict]]:
     """The one class list (and ignore label) of every manifest of several shard patterns.
 
     Args:
         patterns: Shard patterns by where they come from (e.g. `{"data.train": ...}`); empty
             patterns are left out.
-        detection: Compare object classes (see `object_classes`) and not the ignore label.
+        class_names: Maps a manifest's class list to the one compared (a task's
+            `class_names`, e.g. `object_classes` for detection).
 
     Returns:
         `(classes, ignore_label, manifests)`: `(None, None, {})` when no shard has a manifest.
@@ -61,10 +63,7 @@ def agreed_manifest_classes(
         return None, None, {}
 
     def key(manifest):
-        names = list(manifest.get("classes") or [])
-        if detection:
-            return tuple(object_classes(names)), None
-        return tuple(names), manifest.get("ignore_label")
+        return tuple(class_names(list(manifest.get("classes") or []))), manifest.get("ignore_label")
 
     kinds = {key(m) for m in manifests.values()}
     if len(kinds) > 1:
@@ -78,23 +77,28 @@ def agreed_manifest_classes(
     return list(classes), ignore_label, manifests
 
 
-def check_card_classes(pattern: str, card: dict, flag: str = "--data") -> None:
+def check_card_classes(
+    pattern: str,
+    card: dict,
+    class_names: Callable[[list[str]], list[str]] = list,
+    flag: str = "--data",
+) -> None:
     """Refuses shards whose manifest's class list differs from a model card's.
 
     Args:
         pattern: The shards.
-        card: The model card (`task`, `classes`, `ignore_label`).
+        card: The model card (`classes`, `ignore_label`).
+        class_names: The card's task's `class_names` (how a manifest's list is read).
         flag: The option that named the shards, for the message.
 
     Raises:
         BadInputError: The lists differ (both are named).
     """
-    detection = card.get("task") == "detection"
-    classes, ignore_label, manifests = agreed_manifest_classes({flag: pattern}, detection)
+    classes, ignore_label, manifests = agreed_manifest_classes({flag: pattern}, class_names)
     if classes is None:
         return
-    expected = object_classes(card["classes"]) if detection else list(card["classes"])
-    same_ignore = detection or ignore_label is None or ignore_label == card.get("ignore_label")
+    expected = class_names(list(card["classes"]))
+    same_ignore = ignore_label is None or ignore_label == card.get("ignore_label")
     if classes != expected or not same_ignore:
         raise BadInputError(
             f"{flag} {pattern}",

@@ -6,9 +6,9 @@ from collections.abc import Sequence
 
 import tensorflow as tf
 
-from keras_dense.data.normalization import check_mode, normalize
 from keras_dense.data.records_dataset import AUTOTUNE, records_dataset, with_seeds
 from keras_dense.data.schema import parse_serialized
+from keras_dense.utils.normalization import check_mode, normalize
 
 
 def fast_rcnn_scale(height: tf.Tensor, width: tf.Tensor, min_size: int, max_size: int):

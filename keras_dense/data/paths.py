@@ -22,8 +22,9 @@ def path_inside(folder: str, relative: str, where: str, flag: str = "--root") ->
     Raises:
         BadInputError: The name is absolute or leaves `folder`.
     """
-    base = os.path.realpath(folder)
-    path = os.path.realpath(os.path.join(base, relative))
+    # Lexical: `..` and absolute names are refused, symbolic links inside the folder are not.
+    base = os.path.normpath(os.path.abspath(folder))
+    path = os.path.normpath(os.path.join(base, relative))
     if os.path.isabs(relative) or os.path.commonpath([base, path]) != base:
         raise BadInputError(
             where,

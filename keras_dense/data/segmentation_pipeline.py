@@ -7,9 +7,9 @@ from collections.abc import Sequence
 import tensorflow as tf
 
 from keras_dense.data.augment import random_color_affine, scale_crop_flip
-from keras_dense.data.normalization import check_mode, finish, mean_pixel
 from keras_dense.data.records_dataset import AUTOTUNE, records_dataset, with_seeds
 from keras_dense.data.schema import parse_serialized
+from keras_dense.utils.normalization import check_mode, finish, mean_pixel
 
 
 def decode_image_and_mask(serialized: tf.Tensor, channels: int = 3):
@@ -65,7 +65,7 @@ def segmentation_dataset(
         scale_range: Random scale bounds.
         flip: Random horizontal flip.
         photometric: Random brightness, contrast, saturation and hue.
-        normalization: `"caffe"`, `"torch"`, `"tf"` or None (see `keras_dense.data.normalization`).
+        normalization: `"caffe"`, `"torch"`, `"tf"` or None (see `keras_dense.utils.normalization`).
         ignore_label: Mask value for padding and unlabelled pixels.
         channels: Image channels to decode (3, or 1 for greyscale models).
         shuffle_buffer: Records in the shuffle buffer (training).

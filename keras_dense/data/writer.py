@@ -259,7 +259,7 @@ def summarize(manifest: dict) -> str:
     shards = manifest["shards"]
     lines = [
         f"wrote {manifest['num_images']} images"
-        + (f", {manifest['num_boxes']} boxes" if manifest["task"] == "detection" else "")
+        + (f", {manifest['num_boxes']} boxes" if manifest["num_boxes"] else "")
         + f" to {len(shards)} shard(s) '{manifest['name']}-*-of-{len(shards):05d}.tfrecord'",
         f"classes ({manifest['num_classes']}): {', '.join(manifest['classes'])}",
     ]

@@ -7,7 +7,7 @@ import importlib
 import numpy as np
 
 from keras_dense.data import BadInputError, read_examples
-from keras_dense.data.class_lists import check_card_classes
+from keras_dense.data.class_lists import check_card_classes, object_classes
 from keras_dense.evaluation.segmentation_metrics import confusion_matrix, segmentation_scores
 from keras_dense.prediction.inference import detect_objects, segment
 
@@ -108,7 +108,7 @@ def evaluate_detection(model, card: dict, pattern: str, use_07_metric: bool = Fa
     """
     from keras_dense.evaluation.voc_map import voc_detection_map
 
-    check_card_classes(pattern, card)
+    check_card_classes(pattern, card, object_classes)
     detections, truths = [], []
     for example in read_examples(pattern):
         height, width = example["image"].shape[:2]

@@ -19,25 +19,17 @@ import json
 import os
 
 import keras
-import numpy as np
 import tensorflow as tf
 
-from keras_dense.data.normalization import check_mode
-from keras_dense.export.batch_modes import check_batch_mode
-from keras_dense.export.geometry import segmenter_geometry
-from keras_dense.export.image_bytes import DEFAULT_MAX_PIXELS
-from keras_dense.export.memory_budget import (
-    DEFAULT_MAX_REQUEST_MEMORY,
-    PixelBudget,
-    measure_bytes_per_pixel,
-    pixel_budget,
-    serving_bytes_per_pixel,
-)
 from keras_dense.export.model_checks import check_finite_weights, portable_model
 from keras_dense.export.op_audit import audit_saved_model
-from keras_dense.export.segmentation_signatures import segmentation_signatures
 from keras_dense.export.versions import atomic_version_dir, check_model_name, resolve_version
-from keras_dense.training.model_card import TASKS, read_model_card
+from keras_dense.signatures.batch_modes import check_batch_mode
+from keras_dense.signatures.image_bytes import DEFAULT_MAX_PIXELS
+from keras_dense.signatures.memory_budget import DEFAULT_MAX_REQUEST_MEMORY, PixelBudget
+from keras_dense.tasks import ExportOptions, get_task
+from keras_dense.tasks.model_loading import load_model_with_card
+from keras_dense.utils.normalization import check_mode
 
 CARD_ASSET = os.path.join("assets.extra", "model_card.json")
 _VERIFY_TOLERANCE = 1e-4
@@ -64,81 +56,53 @@ class ExportResult:
     memory_budget: PixelBudget | None = None
 
 
-def _default_card(model: keras.Model) -> dict:
-    task = "detection" if len(model.inputs) == 2 else "segmentation"
-    channels = int(model.outputs[0].shape[-1])
-    count = channels - 1 if task == "detection" else channels
-    return {
-        "task": task,
+def _in_memory_card(model: keras.Model, card: dict | None) -> dict:
+    """The card of an in-memory model: `card`'s fields over the defaults of its task.
+
+    The task is `card["task"]` ("segmentation" when not given): it is never guessed from the
+    model's inputs.
+    """
+    card = dict(card or {})
+    task = get_task(card.get("task", "segmentation"))
+    count = int(model.outputs[0].shape[-1]) - task.background_outputs
+    full = {
+        "task": task.name,
         "normalization": "caffe",
         "classes": [f"class_{i}" for i in range(count)],
         "ignore_label": 255,
         "input_channels": int(model.inputs[0].shape[-1]),
+        "background_outputs": task.background_outputs,
         "builder": None,
         "builder_kwargs": {},
         "recipe": None,
         "keras_dense_version": None,
     }
+    full.update(card)
+    return full
 
 
 def _load(model_or_path, card: dict | None) -> tuple[keras.Model, dict, str]:
     """The model, its card (file card, then `card` overrides) and a default name."""
     if isinstance(model_or_path, keras.Model):
         model = model_or_path
-        full_card = _default_card(model)
+        full_card = _in_memory_card(model, card)
         default_name = model.name
     elif isinstance(model_or_path, (str, os.PathLike)):
-        from keras_dense.prediction.inference import load_model_with_card
-
         path = os.fspath(model_or_path)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"model_or_path={path!r}: no such model file")
-        if card and "normalization" in card:  # the caller says how to feed it
-            model, _ = load_model_with_card(path, required_card=False)
-            full_card = read_model_card(path, model)
-        else:
-            model, full_card = load_model_with_card(path)
+        # A card given by the caller that says how to feed the model stands in for the file's.
+        required = not (card and "normalization" in card)
+        model, full_card = load_model_with_card(path, required_card=required)
+        full_card.update(card or {})
         default_name = os.path.splitext(os.path.basename(path))[0]
     else:
         raise ValueError(
             f"model_or_path: expected a keras.Model or a .keras path, got {type(model_or_path)}"
         )
-    full_card.update(card or {})
-    if full_card["task"] not in TASKS:
-        raise ValueError(f"card task={full_card['task']!r}: expected one of {TASKS}")
+    get_task(full_card["task"])  # a registered task, or a ValueError naming the known ones
     check_mode(full_card["normalization"])
     return model, full_card, default_name
-
-
-def _probe_inputs(model: keras.Model, task: str, geometry) -> list[np.ndarray]:
-    """Small deterministic inputs for the post-export comparison."""
-    rng = np.random.default_rng(0)
-    if task == "detection":
-        image = rng.normal(size=(1, 64, 80, 3)).astype(np.float32)
-        rois = np.array([[[4, 4, 40, 60], [10, 20, 60, 70]]], np.float32)
-        return [image, rois]
-    height, width = geometry.fixed_size or (geometry.input_size(37), geometry.input_size(45))
-    return [rng.normal(size=(2, height, width, geometry.channels)).astype(np.float32)]
-
-
-def _verify(path: str, model: keras.Model, task: str, geometry) -> None:
-    """Reloads the SavedModel and checks `serving_tensor` against the in-memory model."""
-    loaded = tf.saved_model.load(path)
-    inputs = _probe_inputs(model, task, geometry)
-    names = ("images", "rois")[: len(inputs)]
-    got = loaded.signatures["serving_tensor"](**dict(zip(names, map(tf.constant, inputs))))
-    expected = model(inputs if len(inputs) > 1 else inputs[0], training=False)
-    expected = keras.tree.flatten(expected)
-    keys = ("cls_score", "bbox_pred") if task == "detection" else ("scores",)
-    for key, want in zip(keys, expected):
-        want = np.asarray(want, np.float32)
-        diff = float(np.max(np.abs(got[key].numpy() - want)))
-        scale = max(1.0, float(np.max(np.abs(want))))
-        if not diff <= _VERIFY_TOLERANCE * scale:
-            raise RuntimeError(
-                f"export verification failed: the reloaded SavedModel's {key} differs from the "
-                f"in-memory model by {diff:g}"
-            )
 
 
 def export_saved_model(
@@ -162,7 +126,7 @@ def export_saved_model(
 
     Args:
         model_or_path: A Keras model, or the path of a `.keras` file (its model card `X.json`
-            beside it is read; see `keras_dense.training.model_card`).
+            beside it is read; see `keras_dense.utils.model_card`).
         output_root: Folder holding one sub-folder per served model (e.g. `saved_models`).
         name: Model name; default: the file's stem, or the model's name.
         version: Positive int; default: one more than the largest existing version. An
@@ -170,10 +134,10 @@ def export_saved_model(
         card: Model card fields overriding the file's (or the defaults for an in-memory model:
             segmentation, "caffe" normalisation, classes `class_i`).
         batch_mode: "per_image" or "pad", how batches of mixed image sizes are run
-            (`keras_dense.export.batch_modes`).
+            (`keras_dense.signatures.batch_modes`).
         max_pixels: Largest image (height * width) the signature accepts.
         max_request_memory: Bytes one request may take: the export measures the model's
-            memory per input pixel (`keras_dense.export.memory_budget`) and writes the
+            memory per input pixel (`keras_dense.signatures.memory_budget`) and writes the
             resulting pixel budget (summed over a request's images) into `serving_default`,
             which refuses larger requests before decoding them.
         min_size: Detection: shorter image side fed to the model (the training scale).
@@ -200,43 +164,18 @@ def export_saved_model(
     version = resolve_version(model_dir, version)
     check_finite_weights(model)
     model = portable_model(model)
-    task = full_card["task"]
-    geometry = None
-    if task == "detection":
-        # The detector runs on images resized to at most max_size: only decoding grows.
-        bytes_per_pixel = float(serving_bytes_per_pixel(3, 0))
-    else:
-        geometry = segmenter_geometry(model)
-        num_classes = int(model.outputs[0].shape[-1])
-        bytes_per_pixel = measure_bytes_per_pixel(model, geometry, num_classes)
-    budget = pixel_budget(bytes_per_pixel, max_request_memory, max_pixels)
-    if task == "detection":
-        from keras_dense.export.detection_signatures import detection_signatures
-
-        signatures = detection_signatures(
-            model,
-            full_card["normalization"],
-            min_size=min_size,
-            max_size=max_size,
-            score_threshold=score_threshold,
-            nms_iou=nms_iou,
-            max_detections=max_detections,
-            batch_mode=batch_mode,
-            max_pixels=budget.max_image_pixels,
-            max_request_pixels=budget.max_request_pixels,
-        )
-        serving = {"min_size": min_size, "max_size": max_size, "nms_iou": nms_iou}
-        serving.update(score_threshold=score_threshold, max_detections=max_detections)
-    else:
-        signatures = segmentation_signatures(
-            model,
-            geometry,
-            full_card["normalization"],
-            batch_mode,
-            budget.max_image_pixels,
-            budget.max_request_pixels,
-        )
-        serving = {"geometry": dataclasses.asdict(geometry)}
+    task = get_task(full_card["task"])
+    options = ExportOptions(
+        batch_mode=batch_mode,
+        max_pixels=max_pixels,
+        max_request_memory=max_request_memory,
+        min_size=min_size,
+        max_size=max_size,
+        score_threshold=score_threshold,
+        nms_iou=nms_iou,
+        max_detections=max_detections,
+    )
+    signatures, serving, budget = task.export_signatures(model, full_card, options)
     serving.update(
         batch_mode=batch_mode,
         max_pixels=budget.max_image_pixels,
@@ -250,7 +189,7 @@ def export_saved_model(
         tf.saved_model.save(module, tmp, signatures=signatures)
         audit_saved_model(tmp)
         if verify:
-            _verify(tmp, model, task, geometry)
+            task.verify_export(tf.saved_model.load(tmp), model, serving, _VERIFY_TOLERANCE)
         import keras_dense
 
         exported_card = dict(full_card)
@@ -268,7 +207,7 @@ def export_saved_model(
         path=os.path.join(model_dir, str(version)),
         name=name,
         version=version,
-        task=task,
+        task=task.name,
         signatures=tuple(sorted(signatures)),
         memory_budget=budget,
     )

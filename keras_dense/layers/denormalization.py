@@ -6,12 +6,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_dense.data.normalization import check_mode, finish, mean_pixel
+from keras_dense.utils.normalization import check_mode, finish, mean_pixel
 
 
 @keras.saving.register_keras_serializable(package="keras_dense")
 class Denormalization(keras.layers.Layer):
-    """Inverts `keras_dense.data.normalization.normalize`: normalised image -> 0-255 RGB.
+    """Inverts `keras_dense.utils.normalization.normalize`: normalised image -> 0-255 RGB.
 
     Each mode is an affine map per channel (`"caffe"` also reverses RGB to BGR), inverted
     exactly here. Used to feed the raw image to a CRF inside a model whose input is normalised.

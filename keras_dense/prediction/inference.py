@@ -1,6 +1,6 @@
 """Running a saved model on single images: segmentation scores or detections.
 
-The model card (`X.json` beside `X.keras`, see `keras_dense.training.model_card`) says how to
+The model card (`X.json` beside `X.keras`, see `keras_dense.utils.model_card`) says how to
 feed the model: normalisation, input channels, and for detection the Fast R-CNN scale.
 """
 
@@ -13,29 +13,27 @@ import cv2
 import keras
 import numpy as np
 
-from keras_dense.data.normalization import normalize
 from keras_dense.tiling import DEFAULT_TILE_SIZE, predict_tiled
+from keras_dense.utils.normalization import normalize
 
 # Images with a side above this are segmented tile by tile (overlap-tile) unless told otherwise.
 LARGE_SIDE = 1024
 
 
-def load_model_with_card(path: str, required_card: bool = True) -> tuple[keras.Model, dict]:
-    """Loads `X.keras` (safe mode, no compilation) and its model card.
+def load_keras_model(path: str) -> keras.Model:
+    """Loads `X.keras` in safe mode without compiling it, naming the file on failure.
 
     Args:
         path: The saved model.
-        required_card: Refuse a model without a card (or without a normalisation in it).
 
     Returns:
-        `(model, card)`.
+        The model.
 
     Raises:
         FileNotFoundError: The model file is missing.
-        ValueError: The file is not a complete, loadable Keras model, or its card is missing.
+        ValueError: The file is not a complete, loadable Keras model.
     """
-    import keras_dense  # noqa: F401  (registers the custom layers)
-    from keras_dense.training.model_card import read_model_card
+    import keras_dense.apps  # noqa: F401  (registers the custom layers and models)
 
     if not os.path.isfile(path):
         raise FileNotFoundError(f"--model {path}: no such file")
@@ -45,10 +43,9 @@ def load_model_with_card(path: str, required_card: bool = True) -> tuple[keras.M
             "expected a file written by model.save() or keras-dense train"
         )
     try:
-        model = keras.models.load_model(path, compile=False)
+        return keras.models.load_model(path, compile=False)
     except Exception as err:  # Keras raises many types for a bad file
         raise ValueError(f"--model {path}: not a loadable Keras model ({err})") from None
-    return model, read_model_card(path, model, required=required_card)
 
 
 def prepare_image(image: np.ndarray, card: dict) -> np.ndarray:
@@ -118,8 +115,8 @@ def plan_prediction(model: keras.Model, card: dict, height: int, width: int, max
         ValueError: Even tiled, the image does not fit the budget (the message gives both
             numbers and the flag to raise it).
     """
-    from keras_dense.export.geometry import segmenter_geometry
-    from keras_dense.export.memory_budget import measure_bytes_per_pixel
+    from keras_dense.signatures.geometry import segmenter_geometry
+    from keras_dense.signatures.memory_budget import measure_bytes_per_pixel
 
     pixels = height * width
     num_classes = int(model.outputs[0].shape[-1])

@@ -22,9 +22,9 @@ import os
 
 from google.protobuf import text_format
 
-from keras_dense.data.writer import atomic_write_bytes
 from keras_dense.export.versions import list_versions
 from keras_dense.serving.proto_schemas import batching_parameters_class, monitoring_config_class
+from keras_dense.utils.files import atomic_write_bytes
 
 MODELS_CONFIG = "models.config"
 BATCHING_CONFIG = "batching.config"

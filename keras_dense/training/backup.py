@@ -13,7 +13,7 @@ import os
 
 import keras
 
-from keras_dense.data.writer import atomic_write_bytes
+from keras_dense.utils.files import atomic_write_bytes
 
 STATE_FILE = "state.json"
 

@@ -7,8 +7,6 @@ from typing import Callable
 
 import keras
 
-DETECTION_BUILDERS = ("fast_rcnn",)
-
 
 def resolve_builder(name: str) -> Callable[..., keras.Model]:
     """The builder function `keras_dense.apps.<name>`.
@@ -93,18 +91,8 @@ def builder_kwargs(
     return builder, out
 
 
-def float32_logits(model: keras.Model) -> keras.Model:
-    """Appends a float32 identity so a mixed-precision segmenter's logits are float32."""
-    if model.outputs[0].dtype == "float32":
-        return model
-    logits = keras.layers.Activation("linear", dtype="float32", name="logits_float32")(
-        model.outputs[0]
-    )
-    return keras.Model(model.input, logits, name=model.name)
-
-
 def build_model(
-    name: str, kwargs: dict, num_classes: int, channels: int, mixed_precision: bool = False
+    name: str, kwargs: dict, num_classes: int, channels: int
 ) -> tuple[keras.Model, dict]:
     """Builds the recipe's model.
 
@@ -113,14 +101,9 @@ def build_model(
         kwargs: Builder keyword arguments (`model.kwargs`).
         num_classes: Classes of the data.
         channels: Image channels.
-        mixed_precision: The global policy is mixed_float16; segmentation logits are then
-            cast back to float32 by a final layer.
 
     Returns:
         `(model, kwargs)`: the model and the keyword arguments actually used.
     """
     builder, resolved = builder_kwargs(name, kwargs, num_classes, channels)
-    model = builder(**resolved)
-    if mixed_precision and name not in DETECTION_BUILDERS:
-        model = float32_logits(model)
-    return model, resolved
+    return builder(**resolved), resolved

@@ -10,11 +10,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_dense.data.normalization import finish, mean_pixel
-from keras_dense.data.writer import atomic_write_bytes
 from keras_dense.prediction.palette import colorize
-from keras_dense.training.model_card import write_model_card
 from keras_dense.training.summaries import write_images, write_scalar
+from keras_dense.utils.files import atomic_write_bytes
+from keras_dense.utils.model_card import write_model_card
+from keras_dense.utils.normalization import finish, mean_pixel
 
 
 class RequireSteps(keras.callbacks.Callback):

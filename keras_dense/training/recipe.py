@@ -19,12 +19,14 @@ import os
 import sys
 from collections.abc import Sequence
 
+from keras_dense.tasks import task_names
+from keras_dense.utils.errors import RecipeError
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised on Python < 3.11 only
     import tomli as tomllib
 
-TASKS = ("segmentation", "detection")
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("poly", "cosine", "step", "constant")
 LOSSES = ("sparse_categorical_crossentropy",)
@@ -89,10 +91,6 @@ DEFAULTS: dict = {
 
 # Free-form tables (any keys): their contents are checked elsewhere.
 _FREE_FORM = ("model.kwargs",)
-
-
-class RecipeError(ValueError):
-    """A recipe is unreadable or invalid; the message names the file and the key."""
 
 
 def _type_name(value) -> str:
@@ -198,7 +196,8 @@ def validate(recipe: dict) -> dict:
         RecipeError: An unknown key, a wrong type or a value out of range (the key is named).
     """
     r = _merge(DEFAULTS, recipe)
-    _require(r["task"] in TASKS, "task", f"expected one of {TASKS}, got {r['task']!r}")
+    tasks = task_names()
+    _require(r["task"] in tasks, "task", f"expected one of {tasks}, got {r['task']!r}")
     _require(bool(r["model"]["builder"]), "model.builder", "missing: name a builder, e.g. 'unet'")
     data, training = r["data"], r["training"]
     _require(bool(data["train"]), "data.train", "missing: a glob pattern of TFRecord shards")

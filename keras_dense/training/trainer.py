@@ -25,23 +25,20 @@ import time
 import keras
 import numpy as np
 
-from keras_dense.training import backup, callbacks
-from keras_dense.training.builders import DETECTION_BUILDERS, build_model
-from keras_dense.training.datasets import (
+from keras_dense.tasks import get_task
+from keras_dense.tasks.recipe_data import (
     check_patterns,
     data_classes,
-    detection_datasets,
     normalization_mode,
-    segmentation_datasets,
     total_steps,
 )
+from keras_dense.training import backup, callbacks
+from keras_dense.training.builders import build_model
 from keras_dense.training.distribution import (
     select_strategy,
     synchronize_batch_norm,
     worker_info,
 )
-from keras_dense.training.losses import MaskedSparseCrossEntropy
-from keras_dense.training.metrics import build_metrics
 from keras_dense.training.optimizers import build_optimizer
 from keras_dense.training.recipe import RecipeError
 from keras_dense.utils.files import atomic_write_bytes
@@ -60,20 +57,6 @@ def _json_ready(value):
     if isinstance(value, dict):
         return {k: _json_ready(v) for k, v in value.items()}
     return value
-
-
-def _output_size(model: keras.Model, crop, channels: int):
-    """The model's output size for a training crop, or None when it equals the crop."""
-    shape = model.compute_output_spec(keras.KerasTensor((1, *crop, channels))).shape
-    size = (int(shape[1]), int(shape[2]))
-    return None if size == tuple(crop) else size
-
-
-def _monitor(recipe: dict, has_validation: bool) -> tuple[str, str]:
-    prefix = "val_" if has_validation else ""
-    if recipe["task"] == "segmentation" and "mean_iou" in recipe["training"]["metrics"]:
-        return f"{prefix}mean_iou", "max"
-    return f"{prefix}loss", "min"
 
 
 def _flatten(table: dict, prefix: str = "") -> dict:
@@ -135,24 +118,6 @@ def _write_resolved_recipe(path: str, recipe: dict) -> None:
     atomic_write_bytes(path, (json.dumps(recipe, indent=2, sort_keys=True) + "\n").encode())
 
 
-def _compile(model, recipe: dict, optimizer, num_classes: int) -> None:
-    training, data = recipe["training"], recipe["data"]
-    if recipe["task"] == "detection":
-        model.compile(optimizer=optimizer, jit_compile=training["jit_compile"])
-        return
-    weights = recipe["loss"]["class_weights"]
-    if weights and len(weights) != num_classes:
-        raise RecipeError(
-            f"recipe key 'loss.class_weights': {len(weights)} weights for {num_classes} classes"
-        )
-    model.compile(
-        optimizer=optimizer,
-        loss=MaskedSparseCrossEntropy(data["ignore_label"], weights or None),
-        metrics=build_metrics(training["metrics"], num_classes, data["ignore_label"]),
-        jit_compile=training["jit_compile"],
-    )
-
-
 def _sample_batch(dataset, count: int):
     images, masks = next(iter(dataset.take(1)))
     return np.asarray(images)[:count], np.asarray(masks)[:count]
@@ -191,15 +156,15 @@ def train(recipe: dict, output: str, verbose: int | None = None) -> dict:
 def _train_locked(recipe: dict, run_dir: str, strategy, info, verbose, start) -> dict:
     """`train` inside the run folder's lock."""
     check_resume(run_dir, recipe)
-    task, data, training = recipe["task"], recipe["data"], recipe["training"]
+    task = get_task(recipe["task"])
+    data, training = recipe["data"], recipe["training"]
     builder = recipe["model"]["builder"]
-    if (task == "detection") != (builder in DETECTION_BUILDERS):
+    if builder not in task.builders:
         raise RecipeError(
-            f"recipe key 'model.builder' = {builder!r} does not fit task = {task!r} "
-            f"(detection builders: {list(DETECTION_BUILDERS)})"
+            f"recipe key 'model.builder' = {builder!r} does not fit task = {task.name!r} "
+            f"(its builders: {list(task.builders)})"
         )
-    if task == "detection" and data["channels"] != 3:
-        raise RecipeError("recipe key 'data.channels': detection needs 3-channel images")
+    task.check_recipe(recipe)
     check_patterns(recipe)
     keras.utils.set_random_seed(recipe["seed"])
     classes = data_classes(data, task)
@@ -210,23 +175,14 @@ def _train_locked(recipe: dict, run_dir: str, strategy, info, verbose, start) ->
     try:
         with strategy.scope():
             model, kwargs = build_model(
-                builder,
-                recipe["model"]["kwargs"],
-                len(classes),
-                data["channels"],
-                training["mixed_precision"],
+                builder, recipe["model"]["kwargs"], len(classes), data["channels"]
             )
+            model = task.finalize_model(model, training["mixed_precision"])
             if strategy.num_replicas_in_sync > 1:
                 synchronize_batch_norm(model)
-        if task == "segmentation":
-            output_size = _output_size(model, data["crop_size"], data["channels"])
-            train_ds, val_ds, steps, val_steps = segmentation_datasets(
-                recipe, output_size, info.num_workers, info.task_id
-            )
-        else:
-            train_ds, val_ds, steps, val_steps = detection_datasets(
-                recipe, info.num_workers, info.task_id
-            )
+        train_ds, val_ds, steps, val_steps = task.datasets(
+            recipe, model, info.num_workers, info.task_id
+        )
         epochs, optimizer_steps = total_steps(recipe, steps)
         with strategy.scope():
             optimizer = build_optimizer(
@@ -235,30 +191,28 @@ def _train_locked(recipe: dict, run_dir: str, strategy, info, verbose, start) ->
                 optimizer_steps,
                 training["mixed_precision"],
             )
-            _compile(model, recipe, optimizer, len(classes))
+            task.compile(model, recipe, optimizer, len(classes))
             finished = backup.restore(model, os.path.join(run_dir, BACKUP_DIR))
     finally:
         keras.config.set_dtype_policy(previous_policy)
 
     _write_resolved_recipe(os.path.join(run_dir, RESOLVED_RECIPE), _json_ready(recipe))
-    monitor, mode = _monitor(recipe, val_ds is not None)
+    monitor, mode = task.monitor(recipe, val_ds is not None)
     csv_path = os.path.join(run_dir, METRICS_CSV)
     history = callbacks.trim_history(csv_path, finished) if finished else []
     card = {
-        "task": task,
+        "task": task.name,
         "normalization": normalization_mode(data),
         "classes": classes,
         "ignore_label": data["ignore_label"],
         "input_channels": data["channels"],
+        "background_outputs": task.background_outputs,
         "builder": builder,
         "builder_kwargs": _json_ready(kwargs),
         "recipe": os.path.abspath(os.path.join(run_dir, RESOLVED_RECIPE)),
         "keras_dense_version": _version(),
+        **task.card_fields(recipe),
     }
-    if task == "detection":
-        card.update(min_size=data["min_size"], max_size=data["max_size"])
-    else:
-        card["input_size"] = list(data["crop_size"])  # the training tile
     best_path = os.path.join(run_dir, BEST_MODEL)
     callback_list = [
         callbacks.RequireSteps(),  # first: an empty epoch must stop before anything is saved
@@ -268,7 +222,7 @@ def _train_locked(recipe: dict, run_dir: str, strategy, info, verbose, start) ->
         keras.callbacks.CSVLogger(csv_path, append=finished > 0),
         callbacks.ScalarSummaries(os.path.join(run_dir, LOG_DIR)),
     ]
-    if task == "segmentation" and training["image_summaries"] > 0:
+    if task.image_summaries and training["image_summaries"] > 0:
         # A fixed sample: the first images of the first validation (else training) batch.
         images, masks = _sample_batch(
             val_ds if val_ds is not None else train_ds, training["image_summaries"]

@@ -7,9 +7,10 @@ so a box covering the whole image is exactly [0, 0, 1, 1].
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -21,6 +22,7 @@ from keras_dense.data.paths import path_inside
 from keras_dense.data.schema import Record
 from keras_dense.data.voc_xml import VocAnnotation, parse_voc_xml
 from keras_dense.data.writer import write_dataset
+from keras_dense.detection.proposals import selective_search
 
 
 def check_voc_boxes(annotation: VocAnnotation, width: int, height: int, classes: list[str]):
@@ -74,8 +76,8 @@ def check_voc_boxes(annotation: VocAnnotation, width: int, height: int, classes:
     )
 
 
-def _stems(root: str, task: str, split: str | None) -> tuple[list[str], str]:
-    sub = "Segmentation" if task == "segmentation" else "Main"
+def _stems(root: str, layout: _Layout, split: str | None) -> tuple[list[str], str]:
+    sub = layout.split_folder
     if split is not None:
         split_path = os.path.join(root, "ImageSets", sub, f"{split}.txt")
         if not os.path.isfile(split_path):
@@ -89,86 +91,36 @@ def _stems(root: str, task: str, split: str | None) -> tuple[list[str], str]:
                     split_path, f"entry {stem!r} is not a file stem (paths are not allowed)"
                 )
         return stems, split_path
-    folder, ext = (
-        ("SegmentationClass", ".png") if task == "segmentation" else ("Annotations", ".xml")
-    )
-    files = sorted(glob.glob(os.path.join(root, folder, "*" + ext)))
+    folder = layout.annotation_folder
+    files = sorted(glob.glob(os.path.join(root, folder, "*" + layout.annotation_ext)))
     return [os.path.splitext(os.path.basename(f))[0] for f in files], os.path.join(root, folder)
 
 
-def convert_voc(
-    root: str,
-    output: str,
-    task: str = "segmentation",
-    split: str | None = None,
-    classes: Sequence[str] | str | None = None,
-    proposals: str = "none",
-    num_shards: int = 1,
-    on_error: str = "fail",
-    workers: int = 1,
-    progress: bool = True,
-) -> dict:
-    """Converts a VOC devkit folder into TFRecords.
+def _prepare_segmentation(root, stems, names, on_error, propose):
+    """`(stems, class names, skipped, make_record)` for the segmentation layout."""
+    names = names or ["background", *VOC_CLASSES]
+    return stems, names, [], lambda stem: _segmentation_record(root, stem, names)
 
-    Args:
-        root: Folder holding `JPEGImages/`, `Annotations/`, `SegmentationClass/`, `ImageSets/`.
-        output: `DIR/NAME` of the shards and manifest.
-        task: `"segmentation"` (palette masks; 255 kept as the ignore label) or `"detection"`.
-        split: Name of a split file in `ImageSets/{Segmentation,Main}/` (an error when it does
-            not exist); without it, every annotation is converted.
-        classes: Class names. Segmentation: id = index (default background + the VOC 20).
-            Detection: label = index + 1 (default the VOC 20 when every name found is one of
-            them, otherwise the sorted names found).
-        proposals: `"none"` or `"selective_search"` (OpenCV, fast mode, at most 2000 boxes).
-        num_shards: Number of shards.
-        on_error: `"fail"` or `"skip"`. With skip, a bad box is dropped on its own and listed.
-        workers: Encoding threads.
-        progress: Show a progress bar.
 
-    Returns:
-        The manifest.
-
-    Raises:
-        BadInputError: Bad inputs (with `on_error="fail"`), or no annotation at all.
-        ValueError: Bad arguments.
-    """
-    if task not in ("segmentation", "detection"):
-        raise ValueError(f"task={task!r}: expected 'segmentation' or 'detection'")
-    if proposals not in ("none", "selective_search"):
-        raise ValueError(f"proposals={proposals!r}: expected 'none' or 'selective_search'")
-    if not os.path.isdir(root):
-        raise BadInputError(root, "--root: no such folder")
-    stems, listing = _stems(root, task, split)
-    if not stems:
-        raise BadInputError(listing, f"empty input: no {task} annotations found")
-    names = resolve_classes(classes, None)
+def _prepare_detection(root, stems, names, on_error, propose):
+    """`(stems, class names, skipped, make_record)` for the detection layout."""
     annotations: dict[str, VocAnnotation] = {}
     skipped: list[dict] = []
-    if task == "detection":
-        for stem in stems:
-            xml = os.path.join(root, "Annotations", f"{stem}.xml")
-            if not os.path.isfile(xml):
-                skipped.append({"input": xml, "reason": "image without an annotation"})
-                continue
-            try:
-                annotations[stem] = parse_voc_xml(xml)
-            except BadInputError as err:
-                skipped.append({"input": err.source, "reason": err.reason})
-        if names is None:
-            names = _default_detection_classes(annotations)
-        stems = [s for s in stems if s in annotations]
-    elif names is None:
-        names = ["background", *VOC_CLASSES]
-    propose = _proposal_fn(proposals)
+    for stem in stems:
+        xml = os.path.join(root, "Annotations", f"{stem}.xml")
+        if not os.path.isfile(xml):
+            skipped.append({"input": xml, "reason": "image without an annotation"})
+            continue
+        try:
+            annotations[stem] = parse_voc_xml(xml)
+        except BadInputError as err:
+            skipped.append({"input": err.source, "reason": err.reason})
+    names = names or _default_detection_classes(annotations)
 
     def make(stem: str) -> Record:
-        if task == "segmentation":
-            return _segmentation_record(root, stem, names)
         annotation = annotations[stem]
-        image_path = _image_of(root, stem, annotation)
-        image = read_image_file(image_path)
-        rgb = image.rgb
-        height, width = rgb.shape[:2]
+        image = read_image_file(_image_of(root, stem, annotation))
+        height, width = image.rgb.shape[:2]
         if annotation.width and (annotation.width, annotation.height) != (width, height):
             raise BadInputError(
                 annotation.path,
@@ -194,11 +146,86 @@ def convert_voc(
             orientation=image.orientation,
         )
         if propose is not None:
-            pixel = propose(rgb)
+            pixel = propose(image.rgb)
             record.proposals = pixel / np.array([height, width, height, width], np.float32)
         return record
 
-    manifest_extra = {"box_label_offset": 1} if task == "detection" else {}
+    return [s for s in stems if s in annotations], names, skipped, make
+
+
+@dataclasses.dataclass(frozen=True)
+class _Layout:
+    """Where one kind of VOC annotation lives and how its records are made."""
+
+    split_folder: str
+    annotation_folder: str
+    annotation_ext: str
+    ignore_label: int | None
+    manifest_extra: dict
+    prepare: Callable
+
+
+_LAYOUTS = {
+    "segmentation": _Layout(
+        "Segmentation", "SegmentationClass", ".png", 255, {}, _prepare_segmentation
+    ),
+    "detection": _Layout(
+        "Main", "Annotations", ".xml", None, {"box_label_offset": 1}, _prepare_detection
+    ),
+}
+
+
+def convert_voc(
+    root: str,
+    output: str,
+    task: str = "segmentation",
+    split: str | None = None,
+    classes: Sequence[str] | str | None = None,
+    proposals: str = "none",
+    num_shards: int = 1,
+    on_error: str = "fail",
+    workers: int = 1,
+    progress: bool = True,
+) -> dict:
+    """Converts a VOC devkit folder into TFRecords.
+
+    Args:
+        root: Folder holding `JPEGImages/`, `Annotations/`, `SegmentationClass/`, `ImageSets/`.
+        output: `DIR/NAME` of the shards and manifest.
+        task: Which annotations to read: `"segmentation"` (palette masks; 255 kept as the
+            ignore label) or `"detection"` (XML boxes).
+        split: Name of a split file in `ImageSets/{Segmentation,Main}/` (an error when it does
+            not exist); without it, every annotation is converted.
+        classes: Class names. Segmentation: id = index (default background + the VOC 20).
+            Detection: label = index + 1 (default the VOC 20 when every name found is one of
+            them, the sorted names when none is; a mix is refused).
+        proposals: `"none"` or `"selective_search"` (OpenCV, fast mode, at most 2000 boxes).
+        num_shards: Number of shards.
+        on_error: `"fail"` or `"skip"`. With skip, a bad box is dropped on its own and listed.
+        workers: Encoding threads.
+        progress: Show a progress bar.
+
+    Returns:
+        The manifest.
+
+    Raises:
+        BadInputError: Bad inputs (with `on_error="fail"`), or no annotation at all.
+        ValueError: Bad arguments.
+    """
+    if task not in _LAYOUTS:
+        raise ValueError(f"task={task!r}: expected one of {sorted(_LAYOUTS)}")
+    if proposals not in ("none", "selective_search"):
+        raise ValueError(f"proposals={proposals!r}: expected 'none' or 'selective_search'")
+    if not os.path.isdir(root):
+        raise BadInputError(root, "--root: no such folder")
+    layout = _LAYOUTS[task]
+    stems, listing = _stems(root, layout, split)
+    if not stems:
+        raise BadInputError(listing, f"empty input: no {task} annotations found")
+    propose = selective_search if proposals == "selective_search" else None
+    stems, names, skipped, make = layout.prepare(
+        root, stems, resolve_classes(classes, None), on_error, propose
+    )
     return write_dataset(
         output,
         stems,
@@ -207,7 +234,7 @@ def convert_voc(
         workers=workers,
         on_error=on_error,
         classes=names,
-        ignore_label=255 if task == "segmentation" else None,
+        ignore_label=layout.ignore_label,
         task=task,
         arguments={
             "converter": "voc",
@@ -221,7 +248,7 @@ def convert_voc(
         },
         skipped=skipped,
         progress=progress,
-        extra=manifest_extra,
+        extra=layout.manifest_extra,
     )
 
 
@@ -279,13 +306,3 @@ def _image_of(root: str, stem: str, annotation: VocAnnotation) -> str:
         if os.path.isfile(path):
             return path
     raise BadInputError(annotation.path, f"annotation without an image: expected {candidates[0]}")
-
-
-def _proposal_fn(proposals: str):
-    if proposals == "none":
-        return None
-    try:
-        from keras_dense.detection.proposals import selective_search
-    except ImportError as err:  # pragma: no cover - depends on the detection package
-        raise ValueError(f"proposals='selective_search' is unavailable: {err}") from None
-    return selective_search

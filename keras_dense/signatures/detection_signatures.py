@@ -27,8 +27,8 @@ import tensorflow as tf
 
 from keras_dense.data.detection_pipeline import fast_rcnn_scale
 from keras_dense.detection import detect
-from keras_dense.export.batch_modes import run_batch
-from keras_dense.export.image_bytes import (
+from keras_dense.signatures.batch_modes import run_batch
+from keras_dense.signatures.image_bytes import (
     centred_image,
     decode_batch,
     finish_normalization,
@@ -76,7 +76,7 @@ def detection_signatures(
         score_threshold: Minimum class probability reported.
         nms_iou: Per-class NMS IoU threshold.
         max_detections: Detections per image (padded length of the outputs).
-        batch_mode: How mixed-size batches run (`keras_dense.export.batch_modes`).
+        batch_mode: How mixed-size batches run (`keras_dense.signatures.batch_modes`).
         max_pixels: Largest accepted image (pixels); None for the default limit.
         max_request_pixels: Largest accepted request (pixels summed over its images), checked
             on the headers before any decode; None: no request limit.

@@ -47,38 +47,24 @@ def _json_safe(value):
 
 
 def run(args: argparse.Namespace) -> int:
-    """Evaluates, writes the JSON (and PNG) atomically and prints the headline numbers."""
-    from keras_dense.data.image_io import encode_png
-    from keras_dense.data.writer import atomic_write_bytes
-    from keras_dense.evaluation.confusion_image import confusion_matrix_image
-    from keras_dense.evaluation.evaluator import evaluate_detection, evaluate_segmentation
-    from keras_dense.prediction.inference import load_model_with_card
+    """Evaluates, writes the JSON (and the task's files) atomically and prints the headline."""
+    from keras_dense.tasks import EvaluateOptions, get_task
+    from keras_dense.tasks.model_loading import load_model_with_card
+    from keras_dense.utils.files import atomic_write_bytes
 
     model, card = load_model_with_card(args.model)
+    task = get_task(card["task"])
     output = args.output or os.path.splitext(args.model)[0] + "_eval"
     os.makedirs(output, exist_ok=True)
-    report = {"model": args.model, "data": args.data, "task": card["task"]}
-    if card["task"] == "detection":
-        if args.crf:
-            raise ValueError("--crf applies to segmentation models only")
-        report.update(evaluate_detection(model, card, args.data, args.use_07_metric))
-        print(f"mAP = {report['map']:.4f} over {report['images']} images")
-        for name, ap in report["ap"].items():
-            print(f"  {name:>20}: AP {ap:.4f}")
-    else:
-        cm, scores = evaluate_segmentation(
-            model, card, args.data, crf=args.crf, tiled=True if args.tiled else None
-        )
-        report.update(scores, crf=args.crf, confusion_matrix=cm.tolist())
-        image = confusion_matrix_image(cm, card["classes"], title=os.path.basename(args.model))
-        atomic_write_bytes(os.path.join(output, "confusion_matrix.png"), encode_png(image))
-        print(
-            f"mIoU = {scores['mean_iou']:.4f}, pixel accuracy = {scores['pixel_accuracy']:.4f}, "
-            f"frequency-weighted IoU = {scores['frequency_weighted_iou']:.4f} over "
-            f"{scores['images']} images"
-        )
-        for name, iou in scores["per_class_iou"].items():
-            print(f"  {name:>20}: IoU {'n/a' if iou is None else f'{iou:.4f}'}")
+    options = EvaluateOptions(
+        crf=args.crf, tiled=True if args.tiled else None, use_07_metric=args.use_07_metric
+    )
+    report = {"model": args.model, "data": args.data, "task": task.name}
+    report.update(task.evaluate(model, card, args.data, options))
+    for name, content in task.evaluation_files(report, card, os.path.basename(args.model)).items():
+        atomic_write_bytes(os.path.join(output, name), content)
+    for line in task.report_lines(report):
+        print(line)
     text = json.dumps(_json_safe(report), indent=2, allow_nan=False) + "\n"
     atomic_write_bytes(os.path.join(output, "metrics.json"), text.encode())
     print(f"wrote {output}/metrics.json")

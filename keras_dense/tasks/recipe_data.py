@@ -1,4 +1,7 @@
-"""The input pipelines of a recipe's `[data]` table."""
+"""What every task needs from a recipe's `[data]` table: shards, classes, steps, validation.
+
+The task modules (`keras_dense.tasks.segmentation`, ...) build their pipelines with these.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +9,10 @@ import math
 
 import tensorflow as tf
 
-from keras_dense.data import BadInputError, detection_dataset, segmentation_dataset
-from keras_dense.data.class_lists import agreed_manifest_classes, object_classes
+from keras_dense.data import BadInputError
+from keras_dense.data.class_lists import agreed_manifest_classes
 from keras_dense.data.tfrecord_files import resolve_files, scan_framing
-from keras_dense.training.recipe import RecipeError
+from keras_dense.utils.errors import RecipeError
 
 
 def normalization_mode(data: dict) -> str | None:
@@ -22,17 +25,17 @@ def count_records(pattern: str) -> int:
     return sum(scan_framing(path) for path in resolve_files(pattern))
 
 
-def data_classes(data: dict, task: str) -> list[str]:
+def data_classes(data: dict, task) -> list[str]:
     """The class names of a run, checked against every manifest of its shards.
 
     Every manifest of the training and validation shards is read; they must agree with each
     other (class list and ignore label) and with `data.classes` / `data.ignore_label` when
-    the recipe gives them. Detection uses object classes only (label = index + 1): a leading
-    "background" entry of a segmentation+detection manifest (e.g. shapes) is dropped.
+    the recipe gives them. The task maps each list to the names its models use
+    (`Task.class_names`: detection drops a leading "background").
 
     Args:
         data: The recipe's `[data]` table.
-        task: "segmentation" or "detection".
+        task: The recipe's `keras_dense.tasks.Task`.
 
     Returns:
         The names.
@@ -42,12 +45,9 @@ def data_classes(data: dict, task: str) -> list[str]:
         RecipeError: The recipe's classes or ignore label disagree with the manifests, or no
             names are given and no manifest has them.
     """
-    detection = task == "detection"
     patterns = {"data.train": data["train"], "data.validation": data["validation"]}
-    found, ignore_label, manifests = agreed_manifest_classes(patterns, detection)
-    names = list(data["classes"])
-    if detection:
-        names = object_classes(names)
+    found, ignore_label, manifests = agreed_manifest_classes(patterns, task.class_names)
+    names = task.class_names(list(data["classes"])) if data["classes"] else []
     if names and found is not None and names != found:
         raise RecipeError(
             f"recipe key 'data.classes' = {names} differs from the class list of the shards "
@@ -56,8 +56,7 @@ def data_classes(data: dict, task: str) -> list[str]:
             "the data with these classes"
         )
     if (
-        not detection
-        and ignore_label is not None
+        ignore_label is not None
         and data.get("ignore_label") is not None
         and ignore_label != data["ignore_label"]
     ):
@@ -135,40 +134,6 @@ def no_auto_shard(dataset: tf.data.Dataset) -> tf.data.Dataset:
     return dataset.with_options(options)
 
 
-def crop_masks_to_output(
-    dataset: tf.data.Dataset, input_size, output_size, ignore_label: int, fit_input: bool
-) -> tf.data.Dataset:
-    """Adapts `(images, masks)` batches to a model whose output is smaller than its input.
-
-    Valid-padding models (the paper's U-Net) predict the centre `output_size` of an
-    `input_size` tile, so the masks are centre-cropped by the margin. With `fit_input`
-    (evaluation batches, which keep each image's size), images and masks are first
-    centre-cropped or padded to `input_size` (mask padding = `ignore_label`).
-
-    Args:
-        dataset: Batches `(images (B, H, W, C), masks (B, H, W))`.
-        input_size: `(h, w)` the model is fed.
-        output_size: `(h', w')` the model predicts for that input.
-        ignore_label: The mask padding value.
-        fit_input: Crop or pad every batch to `input_size` first.
-
-    Returns:
-        The adapted dataset.
-    """
-    top = (input_size[0] - output_size[0]) // 2
-    left = (input_size[1] - output_size[1]) // 2
-
-    def adapt(images, masks):
-        if fit_input:
-            images = tf.image.resize_with_crop_or_pad(images, *input_size)
-            shifted = masks[..., None] - ignore_label  # padding zeros become ignore_label
-            masks = tf.image.resize_with_crop_or_pad(shifted, *input_size)[..., 0] + ignore_label
-        masks = masks[:, top : top + output_size[0], left : left + output_size[1]]
-        return images, masks
-
-    return dataset.map(adapt, num_parallel_calls=tf.data.AUTOTUNE)
-
-
 def validation_dataset(make, recipe: dict, num_workers: int, worker_index: int):
     """The validation dataset of a recipe, shared by segmentation and detection.
 
@@ -202,109 +167,6 @@ def validation_dataset(make, recipe: dict, num_workers: int, worker_index: int):
     if num_workers > 1:
         validation = no_auto_shard(validation)
     return validation, validation_steps
-
-
-def segmentation_datasets(
-    recipe: dict, output_size=None, num_workers: int = 1, worker_index: int = 0
-):
-    """Training and validation datasets of a segmentation recipe.
-
-    Args:
-        recipe: The resolved recipe.
-        output_size: The model's output `(h, w)` for a training crop, when it differs from the
-            crop (valid padding); None for same-size models.
-        num_workers: Processes in the cluster; with several, each reads its share of the
-            shards and validation runs a fixed number of steps on a repeated dataset (every
-            worker must run the same steps).
-        worker_index: This process's index in the cluster.
-
-    Returns:
-        `(train, validation, steps_per_epoch, validation_steps)`; validation is None when the
-        recipe has none, validation_steps None for one exact pass.
-    """
-    data, training = recipe["data"], recipe["training"]
-    crop = tuple(data["crop_size"])
-    common = {
-        "normalization": normalization_mode(data),
-        "ignore_label": data["ignore_label"],
-        "channels": data["channels"],
-        "cache": data["cache"],
-        "seed": recipe["seed"],
-    }
-    batch = training["batch_size"]
-    train = segmentation_dataset(
-        worker_shards(data["train"], "data.train", num_workers, worker_index),
-        batch,
-        crop_size=crop,
-        training=True,
-        scale_range=tuple(data["scale_range"]),
-        flip=data["flip"],
-        photometric=data["photometric"],
-        shuffle_buffer=data["shuffle_buffer"],
-        **common,
-    ).repeat()
-    if output_size is not None:
-        train = crop_masks_to_output(train, crop, output_size, data["ignore_label"], False)
-    records = check_batch_fits(data["train"], batch)  # also with steps_per_epoch set
-    steps = training["steps_per_epoch"] or records // batch
-
-    def make_validation(pattern, val_batch):
-        validation = segmentation_dataset(pattern, val_batch, **common)
-        if output_size is not None:
-            validation = crop_masks_to_output(
-                validation, crop, output_size, data["ignore_label"], True
-            )
-        return validation
-
-    validation, validation_steps = validation_dataset(
-        make_validation, recipe, num_workers, worker_index
-    )
-    if num_workers > 1:
-        train = no_auto_shard(train)
-    return train, validation, steps, validation_steps
-
-
-def detection_datasets(recipe: dict, num_workers: int = 1, worker_index: int = 0):
-    """Training and validation datasets of a detection recipe (dict batches, no targets).
-
-    Args:
-        recipe: The resolved recipe.
-        num_workers: Processes in the cluster (see `segmentation_datasets`).
-        worker_index: This process's index in the cluster.
-
-    Returns:
-        `(train, validation, steps_per_epoch, validation_steps)`.
-    """
-    data, training = recipe["data"], recipe["training"]
-    common = {
-        "min_size": data["min_size"],
-        "max_size": data["max_size"],
-        "normalization": normalization_mode(data),
-        "max_boxes": data["max_boxes"],
-        "max_proposals": data["max_proposals"],
-        "cache": data["cache"],
-        "seed": recipe["seed"],
-    }
-    batch = training["batch_size"]
-    train = detection_dataset(
-        worker_shards(data["train"], "data.train", num_workers, worker_index),
-        batch,
-        training=True,
-        flip=data["flip"],
-        shuffle_buffer=data["shuffle_buffer"],
-        **common,
-    ).repeat()
-    records = check_batch_fits(data["train"], batch)  # also with steps_per_epoch set
-    steps = training["steps_per_epoch"] or records // batch
-    validation, validation_steps = validation_dataset(
-        lambda pattern, val_batch: detection_dataset(pattern, val_batch, **common),
-        recipe,
-        num_workers,
-        worker_index,
-    )
-    if num_workers > 1:
-        train = no_auto_shard(train)
-    return train, validation, steps, validation_steps
 
 
 def total_steps(recipe: dict, steps_per_epoch: int) -> tuple[int, int]:

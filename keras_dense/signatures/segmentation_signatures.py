@@ -1,7 +1,7 @@
 """Serving signatures of a segmenter: encoded images in, class maps out.
 
 `serving_default(image_bytes)`: (N,) JPEG/PNG bytes of any sizes. Inside the graph each image
-is decoded, fed as `keras_dense.export.geometry` says (resized to a fixed input size, or
+is decoded, fed as `keras_dense.signatures.geometry` says (resized to a fixed input size, or
 padded/mirrored to a size the model accepts), normalised as the model card says, and the
 argmax of the scores is taken at the image's original size. Outputs:
 
@@ -20,9 +20,9 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from keras_dense.export.batch_modes import run_batch
-from keras_dense.export.geometry import InputGeometry
-from keras_dense.export.image_bytes import (
+from keras_dense.signatures.batch_modes import run_batch
+from keras_dense.signatures.geometry import InputGeometry
+from keras_dense.signatures.image_bytes import (
     centred_image,
     decode_batch,
     encode_class_png,
@@ -131,7 +131,7 @@ def segmentation_signatures(
         model: The segmenter, `(B, H, W, C)` images to `(B, H', W', K)` scores.
         geometry: Its `segmenter_geometry`.
         normalization: The model card's normalisation mode.
-        batch_mode: How mixed-size batches run (`keras_dense.export.batch_modes`).
+        batch_mode: How mixed-size batches run (`keras_dense.signatures.batch_modes`).
         max_pixels: Largest accepted image (pixels); None for the default limit.
         max_request_pixels: Largest accepted request (pixels summed over its images), checked
             on the headers before any decode; None: no request limit.

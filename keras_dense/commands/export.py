@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import os
 
-from keras_dense.export.batch_modes import BATCH_MODES
-from keras_dense.export.image_bytes import DEFAULT_MAX_PIXELS
+from keras_dense.signatures.batch_modes import BATCH_MODES
+from keras_dense.signatures.image_bytes import DEFAULT_MAX_PIXELS
 
 
 def register(subparsers) -> None:
@@ -54,8 +54,8 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Runs `keras-dense export`."""
-    from keras_dense.export.memory_budget import parse_memory
     from keras_dense.export.saved_model_export import export_saved_model
+    from keras_dense.signatures.memory_budget import parse_memory
 
     output = os.path.normpath(args.output)
     name = os.path.basename(output)

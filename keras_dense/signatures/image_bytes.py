@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from keras_dense.data.normalization import finish, mean_pixel
+from keras_dense.utils.normalization import finish, mean_pixel
 
 JPEG_MAGIC = b"\xff\xd8\xff"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -187,7 +187,7 @@ def centred_image(image: tf.Tensor, normalization: str | None) -> tf.Tensor:
 
 
 def finish_normalization(centred: tf.Tensor, normalization: str | None) -> tf.Tensor:
-    """`keras_dense.data.normalization.finish`, with the caffe channel swap as `tf.reverse`
+    """`keras_dense.utils.normalization.finish`, with the caffe channel swap as `tf.reverse`
     (a negative-stride slice costs about 7 times more in TensorFlow)."""
     if normalization == "caffe" and centred.shape[-1] == 3:
         return tf.reverse(centred, [-1])

@@ -2,11 +2,14 @@
 
 For a model `X.keras` the card is `X.json`:
 
-    {"task": "segmentation" | "detection", "normalization": "caffe" | "torch" | "tf" | null,
-     "classes": [...], "ignore_label": 255, "input_channels": 3, "builder": "unet",
-     "builder_kwargs": {...}, "recipe": "<resolved recipe path>", "keras_dense_version": "..."}
+    {"task": "<a registered task, see keras_dense.tasks>",
+     "normalization": "caffe" | "torch" | "tf" | null, "classes": [...], "ignore_label": 255,
+     "input_channels": 3, "background_outputs": 0, "builder": "unet", "builder_kwargs": {...},
+     "recipe": "<resolved recipe path>", "keras_dense_version": "..."}
 
-`classes[i]` is the name of class id `i` (detection: of label `i + 1`, 0 being background).
+`classes[i]` is the name of class id `i`; a model with `background_outputs` = 1 (detection)
+has one more score channel than classes, label `i + 1` being `classes[i]`. This module only
+reads and writes the file; the task named in it (`keras_dense.tasks.get_task`) knows the rest.
 """
 
 from __future__ import annotations
@@ -14,9 +17,7 @@ from __future__ import annotations
 import json
 import os
 
-from keras_dense.data.writer import atomic_write_bytes
-
-TASKS = ("segmentation", "detection")
+from keras_dense.utils.files import atomic_write_bytes
 
 
 def model_card_path(model_path: str) -> str:
@@ -35,11 +36,7 @@ def write_model_card(model_path: str, card: dict) -> str:
     Returns:
         The path of the card written.
 
-    Raises:
-        ValueError: `card["task"]` is not a known task.
     """
-    if card.get("task", "segmentation") not in TASKS:
-        raise ValueError(f"card['task']={card.get('task')!r}: expected one of {TASKS}")
     path = model_card_path(model_path)
     atomic_write_bytes(path, (json.dumps(card, indent=2, sort_keys=True) + "\n").encode())
     return path
@@ -47,33 +44,36 @@ def write_model_card(model_path: str, card: dict) -> str:
 
 def _output_channels(model_path: str, model=None) -> int:
     if model is None:
-        import keras
-
-        import keras_dense  # noqa: F401  (registers the custom layers)
-
-        model = keras.models.load_model(model_path, compile=False)
+        raise ValueError(
+            f"model card {model_card_path(model_path)} names no classes: pass the loaded model "
+            "so that they can be counted"
+        )
     return int(model.outputs[0].shape[-1])
 
 
-def read_model_card(model_path: str, model=None, required: bool = False) -> dict:
+def read_model_card(
+    model_path: str, model=None, required: bool = False, fill_classes: bool = True
+) -> dict:
     """Reads the card of `model_path`, filling defaults for missing fields or a missing file.
 
     Defaults: task "segmentation", normalization "caffe", ignore_label 255, input_channels 3,
-    and classes `class_0 ... class_{C-1}` from the model's output channels (the model is
-    loaded to count them unless given).
+    background_outputs 0, and classes `class_0 ...` for each of the model's output channels
+    past `background_outputs` (counted on `model`).
 
     Args:
         model_path: The saved model, `X.keras`.
         model: The loaded model, if at hand (only used when the card names no classes).
         required: Refuse a missing card or one without a normalisation (the CLI does): a
             guessed normalisation gives wrong outputs without any error.
+        fill_classes: Fill `background_outputs` and `classes` when missing (False leaves
+            that to the caller, e.g. the task's loader, which knows the task's defaults).
 
     Returns:
         The card as a dict with at least the keys listed in the module docstring.
 
     Raises:
-        ValueError: The card exists but is not valid JSON, or names an unknown task; with
-            `required`, the card or its normalisation is missing.
+        ValueError: The card exists but is not valid JSON; with `required`, the card or its
+            normalisation is missing.
     """
     path = model_card_path(model_path)
     card: dict = {}
@@ -98,8 +98,6 @@ def read_model_card(model_path: str, model=None, required: bool = False) -> dict
             "guessing it would feed the model wrongly scaled pixels"
         )
     card.setdefault("task", "segmentation")
-    if card["task"] not in TASKS:
-        raise ValueError(f"model card {path}: task={card['task']!r}, expected one of {TASKS}")
     card.setdefault("normalization", "caffe")
     card.setdefault("ignore_label", 255)
     card.setdefault("input_channels", 3)
@@ -107,8 +105,10 @@ def read_model_card(model_path: str, model=None, required: bool = False) -> dict
     card.setdefault("builder_kwargs", {})
     card.setdefault("recipe", None)
     card.setdefault("keras_dense_version", None)
+    if not fill_classes:
+        return card
+    card.setdefault("background_outputs", 0)
     if not card.get("classes"):
-        channels = _output_channels(model_path, model)
-        count = channels - 1 if card["task"] == "detection" else channels
+        count = _output_channels(model_path, model) - int(card["background_outputs"])
         card["classes"] = [f"class_{i}" for i in range(count)]
     return card

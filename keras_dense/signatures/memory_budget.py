@@ -118,7 +118,7 @@ def measure_bytes_per_pixel(model: keras.Model, geometry, num_classes: int) -> f
 
     Args:
         model: The segmenter.
-        geometry: Its `keras_dense.export.geometry.segmenter_geometry`.
+        geometry: Its `keras_dense.signatures.geometry.segmenter_geometry`.
         num_classes: Its number of classes (channels of the scores).
 
     Returns:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
@@ -11,14 +10,13 @@ import numpy as np
 
 from keras_dense.data.errors import BadInputError
 from keras_dense.data.image_io import (
-    encode_png,
     image_size_from_header,
     list_images,
     read_image_file,
 )
-from keras_dense.data.writer import atomic_write_bytes
-from keras_dense.export.memory_budget import parse_memory
-from keras_dense.prediction.palette import colorize, draw_boxes, overlay
+from keras_dense.signatures.memory_budget import parse_memory
+from keras_dense.tasks import PredictOptions, get_task
+from keras_dense.utils.files import atomic_write_bytes
 
 
 def register(sub) -> None:
@@ -95,70 +93,43 @@ def read_input(path: str) -> np.ndarray:
     return image.rgb
 
 
-def check_header(path: str, model, card: dict, max_memory: int) -> str:
+def check_header(path: str, task, model, card: dict, max_memory: int) -> str:
     """Reads an input's size from its header and plans its prediction before decoding it.
 
     Returns:
-        The plan, `"whole"` or `"tiled"` (see `plan_prediction`); detection: `"whole"`.
+        The task's plan (see `Task.plan_prediction`).
 
     Raises:
         BadInputError: The file cannot be read, or the image does not fit the budget.
     """
-    from keras_dense.prediction.inference import plan_prediction
-
     try:
         with open(path, "rb") as f:
             head = f.read(1 << 16)
     except OSError as err:
         raise BadInputError(path, f"cannot read the file ({err.strerror or err})") from None
     size = image_size_from_header(head)
-    if size is None or card["task"] == "detection":
+    if size is None:
         return "whole"
     try:
-        return plan_prediction(model, card, size[0], size[1], max_memory)
+        return task.plan_prediction(model, card, size[0], size[1], max_memory)
     except ValueError as err:
         raise BadInputError(path, str(err)) from None
 
 
-def predict_image(model, card: dict, rgb: np.ndarray, output: str, stem: str, args, plan: str):
-    """Predicts one image and writes its outputs atomically; returns the files written."""
-    from keras_dense.prediction.inference import detect_objects, segment
+def _options(args) -> PredictOptions:
+    return PredictOptions(
+        tiled={"auto": None, "always": True, "never": False}[args.tiled],
+        tile_size=args.tile_size,
+        score_threshold=args.score_threshold,
+    )
 
+
+def predict_image(model, card: dict, rgb: np.ndarray, output: str, stem: str, args, plan: str):
+    """Predicts one image and writes the task's outputs atomically; returns the files."""
+    task = get_task(card["task"])
     written = []
-    if card["task"] == "detection":
-        found = detect_objects(model, rgb, card, score_threshold=args.score_threshold)
-        drawn = draw_boxes(rgb, found["boxes"], found["labels"], found["scores"], card["classes"])
-        names = card["classes"]
-        detections = [
-            {
-                "box_yxyx": [float(v) for v in box],
-                "score": float(score),
-                "label": int(label),
-                "class": names[label - 1] if 0 < label <= len(names) else f"class_{label}",
-            }
-            for box, score, label in zip(found["boxes"], found["scores"], found["labels"])
-        ]
-        targets = {
-            f"{stem}_boxes.png": encode_png(drawn),
-            f"{stem}_detections.json": (json.dumps(detections, indent=2) + "\n").encode(),
-        }
-    else:
-        tiled = {"auto": None, "always": True, "never": False}[args.tiled]
-        if plan == "tiled":
-            if tiled is False:
-                raise ValueError(
-                    f"{stem}: the image exceeds the --max-memory budget in one pass and "
-                    "--tiled never forbids tiling"
-                )
-            tiled = True
-        scores = segment(model, rgb, card, tiled=tiled, tile_size=args.tile_size)
-        classes = np.argmax(scores, axis=-1).astype(np.uint8)
-        targets = {
-            f"{stem}_mask.png": encode_png(colorize(classes)),
-            f"{stem}_overlay.png": encode_png(overlay(rgb, classes)),
-        }
-    for name, data in targets.items():
-        target = os.path.join(output, name)
+    for suffix, data in task.predict_image(model, card, rgb, _options(args), plan).items():
+        target = os.path.join(output, stem + suffix)
         atomic_write_bytes(target, data)
         written.append(target)
     return written
@@ -171,7 +142,7 @@ def predict_file(model, card: dict, path: str, output: str, stem: str, args) -> 
         BadInputError: The file is missing, unreadable, not a decodable image, or too large.
     """
     max_memory = parse_memory(getattr(args, "max_memory", "2GiB"))
-    plan = check_header(path, model, card, max_memory)
+    plan = check_header(path, get_task(card["task"]), model, card, max_memory)
     rgb = read_input(path)
     try:
         return predict_image(model, card, rgb, output, stem, args, plan)
@@ -184,7 +155,7 @@ def _records(pattern: str, card: dict):
     from keras_dense.data import read_examples
     from keras_dense.data.class_lists import check_card_classes
 
-    check_card_classes(pattern, card, "--data")
+    check_card_classes(pattern, card, get_task(card["task"]).class_names, "--data")
     for example in read_examples(pattern):
         yield (
             f"record {example['source_id']!r} of {pattern}",
@@ -195,7 +166,7 @@ def _records(pattern: str, card: dict):
 
 def run(args: argparse.Namespace) -> int:
     """Predicts every input; bad inputs are reported and skipped (exit status 1 at the end)."""
-    from keras_dense.prediction.inference import load_model_with_card, plan_prediction
+    from keras_dense.tasks.model_loading import load_model_with_card
 
     if args.tile_size is not None and args.tile_size < 1:
         raise ValueError(f"--tile-size {args.tile_size}: expected a positive integer")
@@ -209,6 +180,7 @@ def run(args: argparse.Namespace) -> int:
             "no image files found (expected .jpg, .jpeg, .png, .bmp, .tif, .ppm or .webp)",
         )
     model, card = load_model_with_card(args.model)
+    task = get_task(card["task"])
     os.makedirs(args.output, exist_ok=True)
     failed, used, total = [], set(), len(files)
     for path in files:
@@ -223,9 +195,7 @@ def run(args: argparse.Namespace) -> int:
         for name, source_id, rgb in _records(args.data, card):
             total += 1
             try:
-                plan = "whole"
-                if card["task"] != "detection":
-                    plan = plan_prediction(model, card, *rgb.shape[:2], max_memory)
+                plan = task.plan_prediction(model, card, *rgb.shape[:2], max_memory)
                 stem = _unique_stem(str(source_id) + ".png", used)
                 written = predict_image(model, card, rgb, args.output, stem, args, plan)
             except ValueError as err:

@@ -1,0 +1,264 @@
+"""Semantic segmentation: one class id per pixel.
+
+Models map `(B, H, W, C)` images to `(B, H', W', K)` logits (H' = H except for valid-padding
+U-Nets). Training uses `keras_dense.data.segmentation_dataset` with the masked cross-entropy
+and confusion-matrix metrics; evaluation reports per-class IoU, mean IoU, pixel accuracy and
+frequency-weighted IoU with a confusion-matrix image; serving returns class maps at each
+image's size; `predict` writes a colour mask and an overlay.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_dense.data import segmentation_dataset
+from keras_dense.data.image_io import encode_png
+from keras_dense.evaluation.confusion_image import confusion_matrix_image
+from keras_dense.evaluation.evaluator import evaluate_segmentation
+from keras_dense.losses import MaskedSparseCrossEntropy
+from keras_dense.metrics import build_metrics
+from keras_dense.prediction.inference import plan_prediction, segment
+from keras_dense.prediction.palette import colorize, overlay
+from keras_dense.signatures.geometry import InputGeometry, segmenter_geometry
+from keras_dense.signatures.memory_budget import measure_bytes_per_pixel, pixel_budget
+from keras_dense.signatures.segmentation_signatures import segmentation_signatures
+from keras_dense.tasks.recipe_data import (
+    check_batch_fits,
+    no_auto_shard,
+    normalization_mode,
+    validation_dataset,
+    worker_shards,
+)
+from keras_dense.tasks.task import (
+    EvaluateOptions,
+    ExportOptions,
+    PredictOptions,
+    Task,
+    check_close,
+    register_task,
+)
+from keras_dense.utils.errors import RecipeError
+
+
+def crop_masks_to_output(
+    dataset: tf.data.Dataset, input_size, output_size, ignore_label: int, fit_input: bool
+) -> tf.data.Dataset:
+    """Adapts `(images, masks)` batches to a model whose output is smaller than its input.
+
+    Valid-padding models (the paper's U-Net) predict the centre `output_size` of an
+    `input_size` tile, so the masks are centre-cropped by the margin. With `fit_input`
+    (evaluation batches, which keep each image's size), images and masks are first
+    centre-cropped or padded to `input_size` (mask padding = `ignore_label`).
+
+    Args:
+        dataset: Batches `(images (B, H, W, C), masks (B, H, W))`.
+        input_size: `(h, w)` the model is fed.
+        output_size: `(h', w')` the model predicts for that input.
+        ignore_label: The mask padding value.
+        fit_input: Crop or pad every batch to `input_size` first.
+
+    Returns:
+        The adapted dataset.
+    """
+    top = (input_size[0] - output_size[0]) // 2
+    left = (input_size[1] - output_size[1]) // 2
+
+    def adapt(images, masks):
+        if fit_input:
+            images = tf.image.resize_with_crop_or_pad(images, *input_size)
+            shifted = masks[..., None] - ignore_label  # padding zeros become ignore_label
+            masks = tf.image.resize_with_crop_or_pad(shifted, *input_size)[..., 0] + ignore_label
+        masks = masks[:, top : top + output_size[0], left : left + output_size[1]]
+        return images, masks
+
+    return dataset.map(adapt, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def segmentation_datasets(
+    recipe: dict, output_size=None, num_workers: int = 1, worker_index: int = 0
+):
+    """Training and validation datasets of a segmentation recipe.
+
+    Args:
+        recipe: The resolved recipe.
+        output_size: The model's output `(h, w)` for a training crop, when it differs from the
+            crop (valid padding); None for same-size models.
+        num_workers: Processes in the cluster; with several, each reads its share of the
+            shards and validation runs a fixed number of steps on a repeated dataset (every
+            worker must run the same steps).
+        worker_index: This process's index in the cluster.
+
+    Returns:
+        `(train, validation, steps_per_epoch, validation_steps)`; validation is None when the
+        recipe has none, validation_steps None for one exact pass.
+    """
+    data, training = recipe["data"], recipe["training"]
+    crop = tuple(data["crop_size"])
+    common = {
+        "normalization": normalization_mode(data),
+        "ignore_label": data["ignore_label"],
+        "channels": data["channels"],
+        "cache": data["cache"],
+        "seed": recipe["seed"],
+    }
+    batch = training["batch_size"]
+    train = segmentation_dataset(
+        worker_shards(data["train"], "data.train", num_workers, worker_index),
+        batch,
+        crop_size=crop,
+        training=True,
+        scale_range=tuple(data["scale_range"]),
+        flip=data["flip"],
+        photometric=data["photometric"],
+        shuffle_buffer=data["shuffle_buffer"],
+        **common,
+    ).repeat()
+    if output_size is not None:
+        train = crop_masks_to_output(train, crop, output_size, data["ignore_label"], False)
+    records = check_batch_fits(data["train"], batch)  # also with steps_per_epoch set
+    steps = training["steps_per_epoch"] or records // batch
+
+    def make_validation(pattern, val_batch):
+        validation = segmentation_dataset(pattern, val_batch, **common)
+        if output_size is not None:
+            validation = crop_masks_to_output(
+                validation, crop, output_size, data["ignore_label"], True
+            )
+        return validation
+
+    validation, validation_steps = validation_dataset(
+        make_validation, recipe, num_workers, worker_index
+    )
+    if num_workers > 1:
+        train = no_auto_shard(train)
+    return train, validation, steps, validation_steps
+
+
+def float32_logits(model: keras.Model) -> keras.Model:
+    """Appends a float32 identity so a mixed-precision segmenter's logits are float32."""
+    if model.outputs[0].dtype == "float32":
+        return model
+    logits = keras.layers.Activation("linear", dtype="float32", name="logits_float32")(
+        model.outputs[0]
+    )
+    return keras.Model(model.input, logits, name=model.name)
+
+
+def _output_size(model: keras.Model, crop, channels: int):
+    """The model's output size for a training crop, or None when it equals the crop."""
+    shape = model.compute_output_spec(keras.KerasTensor((1, *crop, channels))).shape
+    size = (int(shape[1]), int(shape[2]))
+    return None if size == tuple(crop) else size
+
+
+class SegmentationTask(Task):
+    """Semantic segmentation (see the module docstring)."""
+
+    name = "segmentation"
+    builders = ("fcn32s", "fcn16s", "fcn8s", "deeplab", "deconvnet", "unet")
+    image_summaries = True
+
+    def datasets(self, recipe, model, num_workers, worker_index):
+        data = recipe["data"]
+        output_size = _output_size(model, data["crop_size"], data["channels"])
+        return segmentation_datasets(recipe, output_size, num_workers, worker_index)
+
+    def finalize_model(self, model, mixed_precision):
+        return float32_logits(model) if mixed_precision else model
+
+    def compile(self, model, recipe, optimizer, num_classes):
+        training, data = recipe["training"], recipe["data"]
+        weights = recipe["loss"]["class_weights"]
+        if weights and len(weights) != num_classes:
+            raise RecipeError(
+                f"recipe key 'loss.class_weights': {len(weights)} weights for {num_classes} classes"
+            )
+        model.compile(
+            optimizer=optimizer,
+            loss=MaskedSparseCrossEntropy(data["ignore_label"], weights or None),
+            metrics=build_metrics(training["metrics"], num_classes, data["ignore_label"]),
+            jit_compile=training["jit_compile"],
+        )
+
+    def monitor(self, recipe, has_validation):
+        prefix = "val_" if has_validation else ""
+        if "mean_iou" in recipe["training"]["metrics"]:
+            return f"{prefix}mean_iou", "max"
+        return f"{prefix}loss", "min"
+
+    def card_fields(self, recipe):
+        return {"input_size": list(recipe["data"]["crop_size"])}  # the training tile
+
+    def evaluate(self, model, card, pattern, options: EvaluateOptions):
+        cm, scores = evaluate_segmentation(
+            model, card, pattern, crf=options.crf, tiled=options.tiled
+        )
+        return {**scores, "crf": options.crf, "confusion_matrix": cm.tolist()}
+
+    def report_lines(self, report):
+        lines = [
+            f"mIoU = {report['mean_iou']:.4f}, pixel accuracy = {report['pixel_accuracy']:.4f}, "
+            f"frequency-weighted IoU = {report['frequency_weighted_iou']:.4f} over "
+            f"{report['images']} images"
+        ]
+        for name, iou in report["per_class_iou"].items():
+            value = "n/a" if iou is None or iou != iou else f"{iou:.4f}"
+            lines.append(f"  {name:>20}: IoU {value}")
+        return lines
+
+    def evaluation_files(self, report, card, title):
+        cm = np.asarray(report["confusion_matrix"], np.int64)
+        image = confusion_matrix_image(cm, card["classes"], title=title)
+        return {"confusion_matrix.png": encode_png(image)}
+
+    def plan_prediction(self, model, card, height, width, max_memory):
+        return plan_prediction(model, card, height, width, max_memory)
+
+    def predict_image(self, model, card, rgb, options: PredictOptions, plan: str):
+        tiled = options.tiled
+        if plan == "tiled":
+            if tiled is False:
+                raise ValueError(
+                    "the image exceeds the --max-memory budget in one pass and --tiled never "
+                    "forbids tiling"
+                )
+            tiled = True
+        scores = segment(model, rgb, card, tiled=tiled, tile_size=options.tile_size)
+        classes = np.argmax(scores, axis=-1).astype(np.uint8)
+        return {
+            "_mask.png": encode_png(colorize(classes)),
+            "_overlay.png": encode_png(overlay(rgb, classes)),
+        }
+
+    def export_signatures(self, model, card, options: ExportOptions):
+        geometry = segmenter_geometry(model)
+        num_classes = int(model.outputs[0].shape[-1])
+        bytes_per_pixel = measure_bytes_per_pixel(model, geometry, num_classes)
+        budget = pixel_budget(bytes_per_pixel, options.max_request_memory, options.max_pixels)
+        signatures = segmentation_signatures(
+            model,
+            geometry,
+            card["normalization"],
+            options.batch_mode,
+            budget.max_image_pixels,
+            budget.max_request_pixels,
+        )
+        return signatures, {"geometry": dataclasses.asdict(geometry)}, budget
+
+    def verify_export(self, loaded, model, serving, tolerance):
+        geometry = InputGeometry(
+            **{k: tuple(v) if isinstance(v, list) else v for k, v in serving["geometry"].items()}
+        )
+        rng = np.random.default_rng(0)
+        height, width = geometry.fixed_size or (geometry.input_size(37), geometry.input_size(45))
+        images = rng.normal(size=(2, height, width, geometry.channels)).astype(np.float32)
+        got = loaded.signatures["serving_tensor"](images=tf.constant(images))["scores"]
+        want = np.asarray(model(images, training=False), np.float32)
+        check_close("scores", got.numpy(), want, tolerance)
+
+
+register_task(SegmentationTask())

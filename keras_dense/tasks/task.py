@@ -1,0 +1,208 @@
+"""The `Task` interface and its registry.
+
+A task (segmentation, detection, ...) owns everything that differs between tasks: which
+builders fit it, the tf.data pipelines it trains and evaluates on, its loss and metrics, what
+`keras-dense evaluate` reports, its serving signatures, how `keras-dense predict` draws its
+outputs, and what its model card holds. The trainer, the commands and the export driver look
+a task up by name (`get_task(card["task"])`) and call these hooks; none of them compares task
+names. Adding a task is one module defining a `Task` subclass and calling `register_task`, plus
+its module path in `keras_dense.tasks.TASK_MODULES`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+
+import keras
+import numpy as np
+
+_REGISTRY: dict[str, Task] = {}
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportOptions:
+    """What the export driver was asked for; each task uses the fields that apply to it.
+
+    Attributes:
+        batch_mode: How batches of mixed image sizes run ("per_image" or "pad").
+        max_pixels: Largest image (height * width) accepted.
+        max_request_memory: Bytes one request may take (turned into a pixel budget).
+        min_size: Detection: shorter side fed to the model.
+        max_size: Detection: cap on the longer side.
+        score_threshold: Detection: minimum class probability reported.
+        nms_iou: Detection: per-class NMS IoU threshold.
+        max_detections: Detection: detections per image.
+    """
+
+    batch_mode: str = "per_image"
+    max_pixels: int = 50_000_000
+    max_request_memory: int = 2 * 1024**3
+    min_size: int = 600
+    max_size: int = 1000
+    score_threshold: float = 0.05
+    nms_iou: float = 0.3
+    max_detections: int = 100
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluateOptions:
+    """`keras-dense evaluate` options.
+
+    Attributes:
+        crf: Dense-CRF refinement (tasks that support it).
+        tiled: Force overlap-tile inference (None: automatic).
+        use_07_metric: VOC2007 11-point AP (tasks that report AP).
+    """
+
+    crf: bool = False
+    tiled: bool | None = None
+    use_07_metric: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class PredictOptions:
+    """`keras-dense predict` options.
+
+    Attributes:
+        tiled: Overlap-tile inference: None (automatic), True or False.
+        tile_size: Tile size, or None for the default.
+        score_threshold: Lowest score drawn (detection).
+    """
+
+    tiled: bool | None = None
+    tile_size: int | None = None
+    score_threshold: float = 0.5
+
+
+class Task:
+    """Base class of the tasks; subclasses override the hooks that apply to them.
+
+    Attributes:
+        name: The name recipes and model cards use.
+        builders: Names of the `keras_dense.apps` builders that make models for this task.
+        background_outputs: Score channels the model has beyond `classes` (1 for a
+            background class that is not listed in the class names).
+        image_summaries: Whether the trainer writes input/truth/prediction image summaries.
+    """
+
+    name: str = ""
+    builders: tuple[str, ...] = ()
+    background_outputs: int = 0
+    image_summaries: bool = False
+
+    # -- data and classes ------------------------------------------------------------------
+    def class_names(self, names: list[str]) -> list[str]:
+        """The class names this task's models use, from a manifest's or recipe's list."""
+        return list(names)
+
+    def check_recipe(self, recipe: dict) -> None:
+        """Raises `RecipeError` for recipe values that do not fit this task."""
+
+    def datasets(self, recipe: dict, model: keras.Model, num_workers: int, worker_index: int):
+        """`(train, validation, steps_per_epoch, validation_steps)` of a recipe."""
+        raise NotImplementedError
+
+    # -- model and training ----------------------------------------------------------------
+    def finalize_model(self, model: keras.Model, mixed_precision: bool) -> keras.Model:
+        """The built model, adapted for training (e.g. float32 outputs under mixed precision)."""
+        return model
+
+    def compile(self, model: keras.Model, recipe: dict, optimizer, num_classes: int) -> None:
+        """Compiles the model with this task's loss and metrics."""
+        raise NotImplementedError
+
+    def monitor(self, recipe: dict, has_validation: bool) -> tuple[str, str]:
+        """`(log key, "max" | "min")` that picks the best checkpoint."""
+        return ("val_loss" if has_validation else "loss"), "min"
+
+    def card_fields(self, recipe: dict) -> dict:
+        """Task-specific fields of the model card written by the trainer."""
+        return {}
+
+    # -- evaluation and prediction ---------------------------------------------------------
+    def evaluate(self, model: keras.Model, card: dict, pattern: str, options: EvaluateOptions):
+        """A JSON-ready report of the model on the shards matching `pattern`."""
+        raise NotImplementedError
+
+    def report_lines(self, report: dict) -> list[str]:
+        """The headline lines `keras-dense evaluate` prints for a report."""
+        return []
+
+    def evaluation_files(self, report: dict, card: dict, title: str) -> dict[str, bytes]:
+        """Extra files (name -> content) written beside `metrics.json`."""
+        return {}
+
+    def plan_prediction(self, model, card: dict, height: int, width: int, max_memory: int):
+        """How an image of this size is predicted within `max_memory` bytes ("whole")."""
+        return "whole"
+
+    def predict_image(self, model, card: dict, rgb, options: PredictOptions, plan: str):
+        """Output files (suffix -> content) of one RGB image, e.g. `{"_mask.png": ...}`."""
+        raise NotImplementedError
+
+    # -- export ----------------------------------------------------------------------------
+    def export_signatures(self, model: keras.Model, card: dict, options: ExportOptions):
+        """`(signatures, serving card fields, PixelBudget)` of the SavedModel."""
+        raise NotImplementedError
+
+    def verify_export(self, loaded, model: keras.Model, serving: dict, tolerance: float):
+        """Compares the reloaded SavedModel's `serving_tensor` with the model; raises."""
+        raise NotImplementedError
+
+
+def check_close(key: str, got: np.ndarray, want: np.ndarray, tolerance: float) -> None:
+    """Raises RuntimeError when a reloaded SavedModel's output differs from the model's."""
+    diff = float(np.max(np.abs(got - want))) if want.size else 0.0
+    scale = max(1.0, float(np.max(np.abs(want)))) if want.size else 1.0
+    if not diff <= tolerance * scale:
+        raise RuntimeError(
+            f"export verification failed: the reloaded SavedModel's {key} differs from the "
+            f"in-memory model by {diff:g}"
+        )
+
+
+def register_task(task: Task) -> Task:
+    """Adds a task to the registry under `task.name`.
+
+    Raises:
+        ValueError: The name is empty or already taken.
+    """
+    if not task.name or task.name in _REGISTRY:
+        raise ValueError(f"task name {task.name!r} is empty or registered twice")
+    _REGISTRY[task.name] = task
+    return task
+
+
+def _load_task_modules() -> None:
+    from keras_dense.tasks import TASK_MODULES
+
+    for module in TASK_MODULES:
+        importlib.import_module(module)
+
+
+def task_names() -> tuple[str, ...]:
+    """The registered task names."""
+    _load_task_modules()
+    return tuple(_REGISTRY)
+
+
+def get_task(name: str) -> Task:
+    """The task registered as `name`.
+
+    Raises:
+        ValueError: No such task (the message lists the known ones).
+    """
+    _load_task_modules()
+    if name not in _REGISTRY:
+        raise ValueError(f"task {name!r}: expected one of {sorted(_REGISTRY)}")
+    return _REGISTRY[name]
+
+
+def task_of_builder(builder: str) -> Task | None:
+    """The task whose models `builder` makes, or None."""
+    _load_task_modules()
+    for task in _REGISTRY.values():
+        if builder in task.builders:
+            return task
+    return None
