@@ -23,9 +23,10 @@ demo: install
 test: install
 	$(BIN)/python -m pytest -q
 
-lint: install
-	$(BIN)/python -m pip install --quiet ruff
+# ruff is pinned in the test extra, so every machine lints with the same rules.
+lint: $(STAMP)
 	$(BIN)/ruff check keras_dense tests benchmarks tfrecords
+	$(BIN)/ruff format --check keras_dense tests benchmarks tfrecords
 
 clean:
 	rm -rf demo_output .pytest_cache build *.egg-info

@@ -21,8 +21,7 @@ from keras_dense import (  # noqa: E402
     training,
 )
 from keras_dense.tiling import predict_tiled  # noqa: E402
-
-__version__ = "0.1.0"
+from keras_dense.utils.version import __version__  # noqa: E402
 
 __all__ = [
     "__version__",

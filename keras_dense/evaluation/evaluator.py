@@ -2,25 +2,13 @@
 
 from __future__ import annotations
 
-import importlib
-
 import numpy as np
 
+from keras_dense.crf import dense_crf
 from keras_dense.data import BadInputError, read_examples
 from keras_dense.data.class_lists import check_card_classes, object_classes
 from keras_dense.evaluation.segmentation_metrics import confusion_matrix, segmentation_scores
 from keras_dense.prediction.inference import detect_objects, segment
-
-
-def load_dense_crf():
-    """`keras_dense.crf.dense_crf`, or a clear error when this version lacks it."""
-    try:
-        return importlib.import_module("keras_dense.crf").dense_crf
-    except (ImportError, AttributeError):
-        raise ImportError(
-            "--crf needs keras_dense.crf.dense_crf (dense CRF post-processing), which this "
-            "installation does not provide"
-        ) from None
 
 
 def _softmax(scores: np.ndarray) -> np.ndarray:
@@ -50,11 +38,9 @@ def evaluate_segmentation(
 
     Raises:
         ValueError: A record has no mask, or the model's class count differs from the card.
-        ImportError: `crf` without `keras_dense.crf`.
     """
     classes = card["classes"]
     check_card_classes(pattern, card)
-    dense_crf = load_dense_crf() if crf else None
     cm = np.zeros((len(classes), len(classes)), np.int64)
     count = 0
     for example in read_examples(pattern):
@@ -82,7 +68,7 @@ def evaluate_segmentation(
             raise ValueError(
                 f"the model predicts {scores.shape[-1]} classes, its card names {len(classes)}"
             )
-        if dense_crf is not None:
+        if crf:
             scores = dense_crf(_softmax(scores), example["image"])
         predicted = np.argmax(scores, axis=-1)
         cm += confusion_matrix(example["mask"], predicted, len(classes), card["ignore_label"])

@@ -30,6 +30,7 @@ from keras_dense.signatures.memory_budget import DEFAULT_MAX_REQUEST_MEMORY, Pix
 from keras_dense.tasks import ExportOptions, get_task
 from keras_dense.tasks.model_loading import load_model_with_card
 from keras_dense.utils.normalization import check_mode
+from keras_dense.utils.version import __version__
 
 CARD_ASSET = os.path.join("assets.extra", "model_card.json")
 _VERIFY_TOLERANCE = 1e-4
@@ -190,12 +191,10 @@ def export_saved_model(
         audit_saved_model(tmp)
         if verify:
             task.verify_export(tf.saved_model.load(tmp), model, serving, _VERIFY_TOLERANCE)
-        import keras_dense
-
         exported_card = dict(full_card)
         exported_card["serving"] = serving
         exported_card["exported_with"] = {
-            "keras_dense": keras_dense.__version__,
+            "keras_dense": __version__,
             "tensorflow": tf.__version__,
             "keras": keras.__version__,
         }

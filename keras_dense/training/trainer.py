@@ -43,6 +43,7 @@ from keras_dense.training.optimizers import build_optimizer
 from keras_dense.training.recipe import RecipeError
 from keras_dense.utils.files import atomic_write_bytes
 from keras_dense.utils.run_lock import run_lock
+from keras_dense.utils.version import __version__
 
 BEST_MODEL = "best.keras"
 BACKUP_DIR = "backup"
@@ -210,7 +211,7 @@ def _train_locked(recipe: dict, run_dir: str, strategy, info, verbose, start) ->
         "builder": builder,
         "builder_kwargs": _json_ready(kwargs),
         "recipe": os.path.abspath(os.path.join(run_dir, RESOLVED_RECIPE)),
-        "keras_dense_version": _version(),
+        "keras_dense_version": __version__,
         **task.card_fields(recipe),
     }
     best_path = os.path.join(run_dir, BEST_MODEL)
@@ -268,9 +269,3 @@ def _train_locked(recipe: dict, run_dir: str, strategy, info, verbose, start) ->
         "model": best_path,
         "seconds": time.monotonic() - start,
     }
-
-
-def _version() -> str:
-    import keras_dense
-
-    return getattr(keras_dense, "__version__", "unknown")
