@@ -38,6 +38,7 @@ from typing import Any
 
 import keras
 import numpy as np
+import pytest
 
 import keras_dense  # noqa: F401  (registers every keras_dense object)
 
@@ -226,10 +227,10 @@ def save_case_model(case: LayerCase, folder: pathlib.Path) -> None:
 # Run in a fresh process with only `keras` and `keras_dense` imported: every registration must
 # come from `import keras_dense` itself.
 FRESH_PROCESS_LOAD = """
-import pathlib, sys
+import pathlib
 import numpy as np, keras, keras_dense
 
-folder = pathlib.Path(sys.argv[1] if len(sys.argv) > 1 else {folder!r})
+folder = pathlib.Path({folder!r})
 for path in sorted(folder.glob("*.keras")):
     stem = path.name[: -len(".keras")]
     model = keras.models.load_model(path, safe_mode=True)
@@ -280,8 +281,6 @@ def _item(inputs, i: int):
 
 def check_batch_independence(case: LayerCase, tmp_path: pathlib.Path | None = None) -> None:
     if not case.batch_independent:
-        import pytest
-
         pytest.skip(f"{case.id}: batch items are not independent")
     inputs = case.inputs(batch=3, seed=2)
     layer, full = _reference(case, inputs)
