@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_dense.data import convert_shapes
+from keras_dense.data import convert_shapes, normalize, read_examples
 from keras_dense.losses import MaskedSparseCrossEntropy
 from keras_dense.tasks import get_task
 from keras_dense.training import (
@@ -296,9 +296,33 @@ def test_train_writes_the_output_folder(shapes32, tmp_path):
 def test_valid_unet_trains_on_centre_cropped_masks(shapes32, tmp_path):
     recipe = _tiny_recipe(shapes32, epochs=1, steps_per_epoch=1, image_summaries=1)
     recipe["model"]["kwargs"] = {"padding": "valid", "filters": 4, "depth": 2}
-    recipe["data"]["crop_size"] = [36, 36]  # valid depth-2 U-Net: 36 -> 24
-    summary = train(recipe, str(tmp_path / "valid"), verbose=0)
-    assert 0.0 <= summary["best"] <= 1.0
+    recipe["data"]["crop_size"] = [36, 36]  # valid depth-2 U-Net: 36 -> 20
+    out = tmp_path / "valid"
+    summary = train(recipe, str(out), verbose=0)
+    # The reported best is the value logged for the epoch the card names.
+    rows = list(csv.DictReader(open(out / "metrics.csv")))
+    card = json.loads((out / "best.json").read_text())
+    assert card["epoch"] == 1 and len(rows) == 1
+    assert summary["best"] == pytest.approx(float(rows[0]["val_mean_iou"]), abs=1e-6)
+    assert card["val_mean_iou"] == pytest.approx(summary["best"], abs=1e-6)
+    # Recomputed here, independently of the trainer's mask cropping and metric: the 32 x 32
+    # validation images zero-padded (in normalised space) to the 36 x 36 input, the best model's
+    # 20 x 20 prediction scored against the masks' centre [6:26] (36 -> 20 drops 8 a side, of
+    # which 2 are padding), mean IoU over the classes that occur.
+    model = keras.models.load_model(out / "best.keras")
+    examples = list(read_examples(str(shapes32 / "val-*.tfrecord")))
+    images = np.stack([np.asarray(normalize(e["image"], card["normalization"])) for e in examples])
+    scores = model.predict(np.pad(images, ((0, 0), (2, 2), (2, 2), (0, 0))), verbose=0)
+    assert scores.shape == (4, 20, 20, 4)
+    predicted = np.argmax(scores, -1).ravel()
+    truth = np.stack([e["mask"][6:26, 6:26] for e in examples]).astype(np.int64).ravel()
+    keep = truth != 255
+    confusion = np.zeros((4, 4), np.int64)
+    np.add.at(confusion, (truth[keep], predicted[keep]), 1)
+    union = confusion.sum(0) + confusion.sum(1) - np.diag(confusion)
+    present = union > 0
+    mean_iou = np.mean(np.diag(confusion)[present] / union[present])
+    assert summary["best"] == pytest.approx(mean_iou, abs=1e-5)
 
 
 def test_train_command_reports_a_bad_key(tmp_path, capsys):

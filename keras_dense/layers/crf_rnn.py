@@ -144,12 +144,14 @@ class CrfRnn(keras.layers.Layer):
 
     def _pairwise(self, filtered: list[tf.Tensor]) -> tf.Tensor:
         # Steps 3 and 4 in one product per kernel: mu @ W_m applied to each pixel's vector.
-        compatibility = tf.convert_to_tensor(self.compatibility)
+        # Mean field runs in float32; under a mixed policy Keras hands the weights over in the
+        # compute dtype (e.g. bfloat16), so they are cast back.
+        compatibility = tf.cast(self.compatibility, tf.float32)
         terms = []
         for values, weights in zip(
             filtered, (self.spatial_kernel_weights, self.bilateral_kernel_weights)
         ):
-            mixing = tf.matmul(compatibility, tf.convert_to_tensor(weights))
+            mixing = tf.matmul(compatibility, tf.cast(weights, tf.float32))
             terms.append(tf.einsum("bnc,dc->bnd", values, mixing))
         return tf.add_n(terms)
 

@@ -43,6 +43,10 @@ class Denormalization(keras.layers.Layer):
     def compute_output_shape(self, input_shape):
         return tuple(input_shape)
 
+    def compute_output_spec(self, inputs):
+        # Always float32, whatever the dtype policy: the CRF needs exact 0-255 values.
+        return keras.KerasTensor(inputs.shape, dtype="float32")
+
     def get_config(self):
         config = super().get_config()
         config.update({"normalization": self.normalization})
