@@ -44,26 +44,32 @@ constexpr float kMaxCoordinate = 16777216.0f;
 // Channels per backward work unit (the unit's slice of the map stays in the L2 cache).
 constexpr int kChannelBlock = 64;
 
-// Four float lanes and the matching int32 lanes (GCC/Clang vector extensions: SSE on x86-64,
-// NEON on ARM); comparisons give -1/0 lanes and `?:` selects lane-wise.
-typedef float Floats __attribute__((vector_size(16)));
-typedef int32_t Ints __attribute__((vector_size(16)));
-constexpr int kLanes = 4;
+// Eight float lanes and the matching int32 lanes (GCC/Clang vector extensions: one AVX2
+// register, or two SSE / NEON registers); comparisons give -1/0 lanes, `?:` selects lane-wise.
+typedef float Floats __attribute__((vector_size(32)));
+typedef int32_t Ints __attribute__((vector_size(32)));
+constexpr int kLanes = 8;
+
+// The hot loops are compiled twice on x86-64, for AVX2 and for the baseline ISA, and picked
+// at load time (the library is built without -march flags).
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define KERAS_DENSE_MULTIVERSION __attribute__((target_clones("avx2", "default")))
+#else
+#define KERAS_DENSE_MULTIVERSION
+#endif
 
 template <typename V>
-V Load(const float* source) {
+inline V Load(const float* source) {
   V value;
   std::memcpy(&value, source, sizeof(V));
   return value;
 }
 
 template <typename I>
-I Splat(int32_t value) {
+inline I Splat(int32_t value) {
   return I{} + value;
 }
 
-inline int64_t Lane(Ints lanes, int k) { return lanes[k]; }
-inline int64_t Lane(int32_t lane, int) { return lane; }
 // Work below this many (estimated) cycles runs on the calling thread.
 constexpr int64_t kMinParallelCost = int64_t{1} << 20;
 
@@ -114,6 +120,72 @@ struct RoiBins {
     BinEdges(x0, x1, static_cast<int>(w_begin.size()), width, w_begin.data(), w_end.data());
   }
 };
+
+// Maximum over the cells [h0, h1) x [w0, w1) of `map` into `out` (0 when empty).
+KERAS_DENSE_MULTIVERSION
+void PoolBin(const float* map, int width, int64_t channels, int h0, int h1, int w0, int w1,
+             float* __restrict out) {
+  if (h1 <= h0 || w1 <= w0) {
+    std::fill(out, out + channels, 0.0f);
+    return;
+  }
+  std::memcpy(out, map + (int64_t{h0} * width + w0) * channels, channels * sizeof(float));
+  for (int h = h0; h < h1; ++h) {
+    for (int w = w0; w < w1; ++w) {
+      const float* __restrict cell = map + (int64_t{h} * width + w) * channels;
+      for (int64_t c = 0; c < channels; ++c) out[c] = cell[c] > out[c] ? cell[c] : out[c];
+    }
+  }
+}
+
+// Finds Caffe's argmax (the first strictly greater value in row-major order) of the bin
+// [h0, h1) x [w0, w1) for one group of channels (`V` is a float or a vector of floats, `I`
+// the matching int32 type) and adds `up` to the gradient there.
+template <typename V, typename I>
+inline __attribute__((always_inline)) void BinArgmax(const float* map, int width,
+                                                     int64_t channels, int h0, int h1, int w0,
+                                                     int w1, const float* up, float* target) {
+  constexpr int kCount = sizeof(V) / sizeof(float);
+  const int32_t first = h0 * width + w0;
+  V best = Load<V>(map + int64_t{first} * channels);
+  I where = Splat<I>(first);
+  for (int h = h0; h < h1; ++h) {
+    for (int w = w0; w < w1; ++w) {
+      const int32_t position = h * width + w;
+      const V value = Load<V>(map + int64_t{position} * channels);
+      const I greater = value > best;
+      best = greater ? value : best;
+      where = greater ? Splat<I>(position) : where;
+    }
+  }
+  int32_t cells[kCount];
+  std::memcpy(cells, &where, sizeof(cells));
+  for (int k = 0; k < kCount; ++k) target[int64_t{cells[k]} * channels + k] += up[k];
+}
+
+// Adds the upstream gradient `up` (Ph, Pw, channels) of one RoI to the argmax cells of its
+// bins in `target`, for the channels [0, count) of the block `map`, `up` and `target` start
+// at (`channels` is the row stride of all three).
+KERAS_DENSE_MULTIVERSION
+void BackwardRoi(const RoiBins& roi, const float* map, int width, int64_t channels,
+                 int64_t count, const float* up, float* target) {
+  const int pooled_h = static_cast<int>(roi.h_begin.size());
+  const int pooled_w = static_cast<int>(roi.w_begin.size());
+  for (int i = 0; i < pooled_h; ++i) {
+    for (int j = 0; j < pooled_w; ++j, up += channels) {
+      const int h0 = roi.h_begin[i], h1 = roi.h_end[i];
+      const int w0 = roi.w_begin[j], w1 = roi.w_end[j];
+      if (h1 <= h0 || w1 <= w0) continue;
+      int64_t c = 0;
+      for (; c + kLanes <= count; c += kLanes) {
+        BinArgmax<Floats, Ints>(map + c, width, channels, h0, h1, w0, w1, up + c, target + c);
+      }
+      for (; c < count; ++c) {
+        BinArgmax<float, int32_t>(map + c, width, channels, h0, h1, w0, w1, up + c, target + c);
+      }
+    }
+  }
+}
 
 // Attributes and shapes shared by both kernels.
 class RoiPoolBase : public OpKernel {
@@ -185,22 +257,6 @@ class RoiMaxPoolOp : public RoiPoolBase {
     });
   }
 
- private:
-  // Maximum over the cells [h0, h1) x [w0, w1) of `map` into `out` (0 when empty).
-  static void PoolBin(const float* map, int width, int64_t channels, int h0, int h1, int w0,
-                      int w1, float* __restrict out) {
-    if (h1 <= h0 || w1 <= w0) {
-      std::fill(out, out + channels, 0.0f);
-      return;
-    }
-    std::memcpy(out, map + (int64_t{h0} * width + w0) * channels, channels * sizeof(float));
-    for (int h = h0; h < h1; ++h) {
-      for (int w = w0; w < w1; ++w) {
-        const float* __restrict cell = map + (int64_t{h} * width + w) * channels;
-        for (int64_t c = 0; c < channels; ++c) out[c] = cell[c] > out[c] ? cell[c] : out[c];
-      }
-    }
-  }
 };
 
 class RoiMaxPoolGradOp : public RoiPoolBase {
@@ -249,50 +305,6 @@ class RoiMaxPoolGradOp : public RoiPoolBase {
     });
   }
 
- private:
-  // Adds the upstream gradient of every bin of one RoI to its argmax cells, for channels
-  // [0, count) of the block that `map`, `up` and `target` start at.
-  void BackwardRoi(const RoiBins& roi, const float* map, int width, int64_t channels,
-                   int64_t count, const float* up, float* target) const {
-    for (int i = 0; i < pooled_h_; ++i) {
-      for (int j = 0; j < pooled_w_; ++j, up += channels) {
-        const int h0 = roi.h_begin[i], h1 = roi.h_end[i];
-        const int w0 = roi.w_begin[j], w1 = roi.w_end[j];
-        if (h1 <= h0 || w1 <= w0) continue;
-        int64_t c = 0;
-        for (; c + kLanes <= count; c += kLanes) {
-          BinArgmax<Floats, Ints>(map + c, width, channels, h0, h1, w0, w1, up + c, target + c);
-        }
-        for (; c < count; ++c) {
-          BinArgmax<float, int32_t>(map + c, width, channels, h0, h1, w0, w1, up + c,
-                                    target + c);
-        }
-      }
-    }
-  }
-
-  // Finds Caffe's argmax (first strictly greater value in row-major order) of the bin
-  // [h0, h1) x [w0, w1) for one lane group of channels (`V` is a float or a vector of
-  // floats, `I` the matching int32 type) and adds `up` to the gradient there.
-  template <typename V, typename I>
-  static void BinArgmax(const float* map, int width, int64_t channels, int h0, int h1, int w0,
-                        int w1, const float* up, float* target) {
-    const int32_t first = h0 * width + w0;
-    V best = Load<V>(map + int64_t{first} * channels);
-    I where = Splat<I>(first);
-    for (int h = h0; h < h1; ++h) {
-      for (int w = w0; w < w1; ++w) {
-        const int32_t position = h * width + w;
-        const V value = Load<V>(map + int64_t{position} * channels);
-        const I greater = value > best;
-        best = greater ? value : best;
-        where = greater ? Splat<I>(position) : where;
-      }
-    }
-    for (int k = 0; k < static_cast<int>(sizeof(V) / sizeof(float)); ++k) {
-      target[Lane(where, k) * channels + k] += up[k];
-    }
-  }
 };
 
 ::tensorflow::Status PooledShape(InferenceContext* c) {
