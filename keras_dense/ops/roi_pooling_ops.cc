@@ -52,23 +52,19 @@ constexpr int kLanes = 8;
 
 // The hot loops are compiled twice on x86-64, for AVX2 and for the baseline ISA, and picked
 // at load time (the library is built without -march flags).
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && \
+    !defined(KERAS_DENSE_NO_MULTIVERSION)
 #define KERAS_DENSE_MULTIVERSION __attribute__((target_clones("avx2", "default")))
 #else
 #define KERAS_DENSE_MULTIVERSION
 #endif
 
+// Unaligned load (an out-parameter: a vector returned by value would change the ABI).
 template <typename V>
-inline V Load(const float* source) {
-  V value;
-  std::memcpy(&value, source, sizeof(V));
-  return value;
+inline void Load(const float* source, V* value) {
+  std::memcpy(value, source, sizeof(V));
 }
 
-template <typename I>
-inline I Splat(int32_t value) {
-  return I{} + value;
-}
 
 // Work below this many (estimated) cycles runs on the calling thread.
 constexpr int64_t kMinParallelCost = int64_t{1} << 20;
@@ -147,15 +143,17 @@ inline __attribute__((always_inline)) void BinArgmax(const float* map, int width
                                                      int w1, const float* up, float* target) {
   constexpr int kCount = sizeof(V) / sizeof(float);
   const int32_t first = h0 * width + w0;
-  V best = Load<V>(map + int64_t{first} * channels);
-  I where = Splat<I>(first);
+  V best;
+  Load(map + int64_t{first} * channels, &best);
+  I where = I{} + first;
   for (int h = h0; h < h1; ++h) {
     for (int w = w0; w < w1; ++w) {
       const int32_t position = h * width + w;
-      const V value = Load<V>(map + int64_t{position} * channels);
+      V value;
+      Load(map + int64_t{position} * channels, &value);
       const I greater = value > best;
       best = greater ? value : best;
-      where = greater ? Splat<I>(position) : where;
+      where = greater ? I{} + position : where;
     }
   }
   int32_t cells[kCount];
@@ -198,15 +196,15 @@ class RoiPoolBase : public OpKernel {
 
  protected:
   // Checks features (B, H, W, C) and rois (B, R, 4).
-  static ::tensorflow::Status CheckInputs(const Tensor& features, const Tensor& rois) {
+  static ::absl::Status CheckInputs(const Tensor& features, const Tensor& rois) {
     if (features.dims() != 4) {
-      return ::tensorflow::errors::InvalidArgument("features must be (B, H, W, C)");
+      return ::absl::InvalidArgumentError("features must be (B, H, W, C)");
     }
     if (rois.dims() != 3 || rois.dim_size(2) != 4 || rois.dim_size(0) != features.dim_size(0)) {
-      return ::tensorflow::errors::InvalidArgument("rois must be (B, R, 4)");
+      return ::absl::InvalidArgumentError("rois must be (B, R, 4)");
     }
     if (features.dim_size(1) * features.dim_size(2) >= (int64_t{1} << 31)) {
-      return ::tensorflow::errors::InvalidArgument("feature map too large");
+      return ::absl::InvalidArgumentError("feature map too large");
     }
     return ::absl::OkStatus();
   }
@@ -269,7 +267,7 @@ class RoiMaxPoolGradOp : public RoiPoolBase {
     const Tensor& grad = context->input(2);
     OP_REQUIRES_OK(context, CheckInputs(features, rois));
     OP_REQUIRES(context, grad.shape() == OutputShape(features, rois),
-                ::tensorflow::errors::InvalidArgument("grad must be (B, R, Ph, Pw, C)"));
+                ::absl::InvalidArgumentError("grad must be (B, R, Ph, Pw, C)"));
     Tensor* output = nullptr;
     OP_REQUIRES_OK(context, context->allocate_output(0, features.shape(), &output));
     const int64_t batch = features.dim_size(0);
@@ -307,7 +305,7 @@ class RoiMaxPoolGradOp : public RoiPoolBase {
 
 };
 
-::tensorflow::Status PooledShape(InferenceContext* c) {
+::absl::Status PooledShape(InferenceContext* c) {
   ShapeHandle features, rois;
   TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 4, &features));
   TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 3, &rois));
