@@ -15,8 +15,9 @@ Implementations (`implementation=`, identical outputs and gradients): `"custom_o
 compiled CPU kernel pair of `keras_dense/ops/roi_pooling_ops.cc` (Caffe's loop, vectorised
 over channels and split over TensorFlow's intra-op threads; the backward pass rescans each
 bin for its argmax instead of storing one int32 per output); `"tf"` is the stock-TF path
-below (GPU, SavedModel / TF Serving); `"auto"` takes the kernel on CPU-only hosts when it
-builds, float32 / float16 / bfloat16 features (half precision is widened exactly).
+below (GPU, SavedModel / TF Serving). `"auto"` takes the kernel when it builds or loads, no
+GPU is visible and the features are float32, float16 or bfloat16 (half precision is widened
+to float32 exactly); otherwise, or without a C++ compiler (one warning), the stock-TF path.
 
 Stock-TF design (no loop over RoIs or bins, memory independent of the bin areas): a 2-D
 sparse table `T[k, l][h, w] = max(F[h : h + 2**k, w : w + 2**l])` is built once per image,

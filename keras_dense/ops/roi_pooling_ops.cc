@@ -65,7 +65,6 @@ inline void Load(const float* source, V* value) {
   std::memcpy(value, source, sizeof(V));
 }
 
-
 // Work below this many (estimated) cycles runs on the calling thread.
 constexpr int64_t kMinParallelCost = int64_t{1} << 20;
 
@@ -80,7 +79,8 @@ void ParallelFor(OpKernelContext* context, int64_t total, int64_t cost, Fn fn) {
                       [&fn](int64_t begin, int64_t end) { fn(begin, end); });
 }
 
-// C's round() of coordinate * scale, clipped; NaN reads as 0.
+// C's round() of coordinate * scale, clipped to +-2^24; NaN reads as 0 (the pure-TF twin
+// leaves NaN coordinates unspecified).
 int ScaledCoordinate(float coordinate, float scale) {
   float value = coordinate * scale;
   if (std::isnan(value)) value = 0.0f;
