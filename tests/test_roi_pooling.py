@@ -11,10 +11,12 @@ import tensorflow as tf
 
 from keras_dense.layers import RoIPooling
 from keras_dense.layers.roi_pooling import (
+    resolve_roi_implementation,
     roi_max_pool,
     round_half_away_from_zero,
     use_portable_roi_pooling,
 )
+from keras_dense.ops import loader
 
 
 def c_round(value: float) -> int:
@@ -333,3 +335,18 @@ def test_portable_switch_and_implementation_argument():
     with pytest.raises(ValueError, match="custom_op"):
         features64 = tf.zeros([1, 2, 2, 1], tf.float64)
         roi_max_pool(features64, tf.zeros([1, 1, 4]), (2, 2), 1.0, "custom_op")
+
+
+def test_auto_without_a_compiler_falls_back_to_the_tf_path(tmp_path, monkeypatch):
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+    monkeypatch.setenv(loader.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setattr(loader, "_library", None)
+    monkeypatch.setattr(loader, "_warned_no_compiler", False)
+    with pytest.warns(RuntimeWarning, match="C\\+\\+ compiler"):
+        assert resolve_roi_implementation("auto", tf.float32) == "tf"
+    assert resolve_roi_implementation("auto", tf.float64) == "tf"
+    rng = np.random.default_rng(13)
+    features = rng.normal(size=(1, 5, 6, 3)).astype(np.float32)
+    rois = random_rois(rng, 1, 4, 5, 6, 0.5)
+    got = RoIPooling(2, 0.5)([features, rois]).numpy()  # warned once already
+    np.testing.assert_array_equal(got, caffe_roi_pool(features, rois, 2, 0.5)[0])
