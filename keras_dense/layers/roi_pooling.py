@@ -11,7 +11,8 @@
    last bin end one cell past the exact rational value, exactly as the Caffe layer does;
 4. an empty bin outputs 0, any other bin the maximum over its cells.
 
-Implementations (`implementation=`, identical outputs and gradients): `"custom_op"` is the
+Implementations (`implementation=`, identical outputs and float32 gradients; in half
+precision the kernel sums a cell's gradient in float32 before rounding): `"custom_op"` is the
 compiled CPU kernel pair of `keras_dense/ops/roi_pooling_ops.cc` (Caffe's loop, vectorised
 over channels and split over TensorFlow's intra-op threads; the backward pass rescans each
 bin for its argmax instead of storing one int32 per output); `"tf"` is the stock-TF path
@@ -206,7 +207,9 @@ def _sparse_table(features: tf.Tensor, query: _BinQuery, with_index: bool):
     return _build_levels(along_w, combine, 2, height, query.levels_h)  # (Lh, Lw, B, H, W, C)
 
 
-def _roi_max_pool_tf(features: tf.Tensor, rois: tf.Tensor, pool_size, spatial_scale):
+def _roi_max_pool_tf(
+    features: tf.Tensor, rois: tf.Tensor, pool_size: tuple[int, int], spatial_scale: float
+) -> tf.Tensor:
     """The pure-TF RoI max pooling (sparse table, see the module docstring)."""
 
     @tf.custom_gradient
@@ -234,8 +237,14 @@ def _roi_max_pool_tf(features: tf.Tensor, rois: tf.Tensor, pool_size, spatial_sc
     return pool(features, rois)
 
 
-def _roi_max_pool_kernel(features: tf.Tensor, rois: tf.Tensor, pool_size, spatial_scale):
-    """The same pooling with the compiled CPU kernels of `roi_pooling_ops.cc`."""
+def _roi_max_pool_kernel(
+    features: tf.Tensor, rois: tf.Tensor, pool_size: tuple[int, int], spatial_scale: float
+) -> tf.Tensor:
+    """The same pooling with the compiled CPU kernels of `roi_pooling_ops.cc`.
+
+    Half-precision features are widened to float32 for the kernels and the results narrowed
+    back (exact for the maximum; the gradient is summed in float32 before narrowing).
+    """
     library = loader.load_library()
     attrs = {
         "pooled_height": int(pool_size[0]),
@@ -261,6 +270,7 @@ def _roi_max_pool_kernel(features: tf.Tensor, rois: tf.Tensor, pool_size, spatia
 
 @functools.cache
 def _has_gpu() -> bool:
+    """Whether TensorFlow sees a GPU (the compiled kernels are CPU-only)."""
     return bool(tf.config.list_physical_devices("GPU"))
 
 
@@ -291,8 +301,8 @@ def resolve_roi_implementation(implementation: str, dtype: tf.DType) -> str:
 def roi_max_pool(
     features: tf.Tensor,
     rois: tf.Tensor,
-    pool_size,
-    spatial_scale,
+    pool_size: tuple[int, int],
+    spatial_scale: float,
     implementation: str = "auto",
 ) -> tf.Tensor:
     """Caffe Fast R-CNN RoI max pooling (see the module docstring) with argmax gradient.
