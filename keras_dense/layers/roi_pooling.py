@@ -11,14 +11,15 @@
    last bin end one cell past the exact rational value, exactly as the Caffe layer does;
 4. an empty bin outputs 0, any other bin the maximum over its cells.
 
-Implementations (`implementation=`, identical outputs and float32 gradients; in half
-precision the kernel sums a cell's gradient in float32 before rounding): `"custom_op"` is the
-compiled CPU kernel pair of `keras_dense/ops/roi_pooling_ops.cc` (Caffe's loop, vectorised
-over channels and split over TensorFlow's intra-op threads; the backward pass rescans each
-bin for its argmax instead of storing one int32 per output); `"tf"` is the stock-TF path
-below (GPU, SavedModel / TF Serving). `"auto"` takes the kernel when it builds or loads, no
-GPU is visible and the features are float32, float16 or bfloat16 (half precision is widened
-to float32 exactly); otherwise, or without a C++ compiler (one warning), the stock-TF path.
+Implementations (`implementation=`): identical outputs, and gradients sent to the same
+argmax cells (equal up to the order of float summation where bins share a cell; in half
+precision the kernel sums in float32 before rounding). `"custom_op"` is the compiled CPU
+kernel pair of `keras_dense/ops/roi_pooling_ops.cc` (Caffe's loop, vectorised over channels
+and split over TensorFlow's intra-op threads; the backward pass rescans each bin for its
+argmax instead of storing one int32 per output); `"tf"` is the stock-TF path below (GPU,
+SavedModel / TF Serving). `"auto"` takes the kernel when it builds or loads, no GPU is
+visible and the features are float32, float16 or bfloat16 (half precision is widened to
+float32 exactly); otherwise, or without a C++ compiler (one warning), the stock-TF path.
 
 Stock-TF design (no loop over RoIs or bins, memory independent of the bin areas): a 2-D
 sparse table `T[k, l][h, w] = max(F[h : h + 2**k, w : w + 2**l])` is built once per image,
@@ -314,7 +315,7 @@ def roi_max_pool(
         spatial_scale: Feature cells per input pixel (1/16 for VGG16 conv5).
         implementation: `"custom_op"` (compiled CPU kernels), `"tf"` (stock TF ops: GPU,
             SavedModel) or `"auto"` (see `resolve_roi_implementation`). Both give identical
-            outputs and gradients.
+            outputs and the same argmax gradient (up to float summation order).
 
     Returns:
         (B, R, pool_h, pool_w, C) pooled features.
@@ -408,7 +409,7 @@ class RoIPooling(keras.layers.Layer):
         implementation: `"max"` only: `"auto"` (the compiled CPU kernel when it can be built
             and no GPU is visible, else stock TF ops), `"custom_op"` or `"tf"` (stock TF ops
             only, for GPUs and SavedModel export; see `use_portable_roi_pooling`). Outputs
-            and gradients are identical.
+            are identical, gradients equal up to float summation order.
         **kwargs: Standard layer keyword arguments.
     """
 
