@@ -1,10 +1,12 @@
 """RoI pooling and Fast R-CNN inference speed on this CPU. Prints JSON.
 
-1. `RoIPooling` (exact Caffe RoI max pooling, vectorised) against the usual Keras-port
-   baseline, a Python loop calling `tf.image.crop_and_resize` once per RoI, on VGG16 conv5_3
-   features of a 600 x 800 image (38 x 50 x 512), R = 128 and 2000. For context it also
-   times a single batched `crop_and_resize` to 14 x 14 + 2 x 2 max pool (the TF Object
-   Detection API approximation, not Fast R-CNN's pooling) and our RoIAlign mode.
+1. `RoIPooling` (exact Caffe RoI max pooling) against the idiomatic TF baseline, one batched
+   `tf.image.crop_and_resize` to 14 x 14 + 2 x 2 max pool (the TF Object Detection API
+   approximation, not Fast R-CNN's pooling), on VGG16 conv5_3 features of a 600 x 800 image
+   (38 x 50 x 512), R = 128 and 2000: forward, and forward + backward (gradient of the sum
+   with respect to the features), ours and the baseline interleaved run by run, medians,
+   ratio and the load average. For context: our stock-TF path (`implementation="tf"`), our
+   RoIAlign mode and the usual Keras-port loop calling `crop_and_resize` once per RoI.
 2. Fast R-CNN (VGG16, 20 classes, random weights) seconds per image at scale 600
    (600 x 800 image, 2000 proposals): the network forward pass, `detect` (with decoding and
    NMS) and the fc heads alone, with and without
@@ -12,7 +14,8 @@
 
 Everything is measured in the same run (median of `--runs`).
 
-    .venv/bin/python benchmarks/roi_pooling.py [--runs 5] [--model-runs 3] [--skip-model]
+    .venv/bin/python benchmarks/roi_pooling.py [--runs 7] [--model-runs 3] [--skip-model]
+        [--skip-loop]
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import sys
 import time
 
@@ -56,59 +60,127 @@ def crop_and_resize_loop(features, rois, pool: int, scale: float):
     return tf.concat(outputs, axis=0)
 
 
+def paired_times(fns: dict, runs: int, warmup: int = 1) -> dict:
+    """Median and all wall times (ms) of each of `fns`, run in turn within every repetition.
+
+    Interleaving the contenders exposes them to the same background load of a shared
+    machine, so their ratio is steadier than that of two separate series.
+    """
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times = {name: [] for name in fns}
+    for _ in range(runs):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append((time.perf_counter() - start) * 1e3)
+    return {name: (statistics.median(t), t) for name, t in times.items()}
+
+
+def comparison(ours: tuple, baseline: tuple) -> dict:
+    """Ours against the baseline: medians, ratio (> 1: ours is faster) and every run."""
+    return {
+        "ours_ms": ours[0],
+        "baseline_ms": baseline[0],
+        "ratio_baseline_over_ours": baseline[0] / ours[0],
+        "ours_runs_ms": [round(t, 2) for t in ours[1]],
+        "baseline_runs_ms": [round(t, 2) for t in baseline[1]],
+    }
+
+
 def bench_pooling(args, rng) -> dict:
     import numpy as np
     import tensorflow as tf
 
     from keras_dense.layers import RoIPooling
+    from keras_dense.layers.roi_pooling import resolve_roi_implementation
 
     height, width, scale = 600, 800, 1.0 / 16.0
     features = tf.constant(rng.normal(size=(1, 38, 50, 512)).astype(np.float32))
     layer = RoIPooling(7, scale)
+    portable = RoIPooling(7, scale, implementation="tf")
     align = RoIPooling(7, scale, mode="align", sampling_ratio=2)
     spec = [tf.TensorSpec([None, None, None, 512]), tf.TensorSpec([None, None, 4])]
-    ours = tf.function(lambda f, r: layer([f, r]), input_signature=spec)
-    ours_align = tf.function(lambda f, r: align([f, r]), input_signature=spec)
+    box_spec = [spec[0], tf.TensorSpec([None, 4])]
 
-    @tf.function(input_signature=spec)
-    def ours_train(f, r):
-        with tf.GradientTape() as tape:
-            tape.watch(f)
-            loss = tf.reduce_sum(layer([f, r]))
-        return tape.gradient(loss, f)
-
-    @tf.function(input_signature=[spec[0], tf.TensorSpec([None, 4])])
     def batched_crop(f, boxes):
+        """The baseline: one batched crop_and_resize to 14 x 14, then a 2 x 2 max pool."""
         crops = tf.image.crop_and_resize(
             f, boxes, tf.zeros([tf.shape(boxes)[0]], tf.int32), (14, 14)
         )
         return tf.nn.max_pool2d(crops, 2, 2, "VALID")
 
+    def with_gradient(fn):
+        def train(f, r):
+            with tf.GradientTape() as tape:
+                tape.watch(f)
+                loss = tf.reduce_sum(fn(f, r))
+            return tape.gradient(loss, f)
+
+        return train
+
+    def ours_fn(f, r):
+        return layer([f, r])
+
+    def portable_fn(f, r):
+        return portable([f, r])
+
+    ours = tf.function(ours_fn, input_signature=spec)
+    ours_train = tf.function(with_gradient(ours_fn), input_signature=spec)
+    ours_tf = tf.function(portable_fn, input_signature=spec)
+    ours_tf_train = tf.function(with_gradient(portable_fn), input_signature=spec)
+    ours_align = tf.function(lambda f, r: align([f, r]), input_signature=spec)
+    baseline = tf.function(batched_crop, input_signature=box_spec)
+    baseline_train = tf.function(with_gradient(batched_crop), input_signature=box_spec)
+
     def measure(count: int) -> dict:
         rois = random_rois(rng, count, height, width)
         rois_t = tf.constant(rois[None])
         boxes = tf.constant(rois * scale / np.array([37, 49, 37, 49], np.float32))
+        load_before = os.getloadavg()
         rss_before = peak_rss_gb()
-        t_ours, _ = median_time(lambda: ours(features, rois_t).numpy(), args.runs)
-        rss_ours = peak_rss_gb()
-        t_align, _ = median_time(lambda: ours_align(features, rois_t).numpy(), args.runs)
-        t_train, _ = median_time(lambda: ours_train(features, rois_t).numpy(), args.runs)
-        t_loop, _ = median_time(
-            lambda: crop_and_resize_loop(features, rois, 7, scale).numpy(), args.runs
+        t = paired_times(
+            {
+                "forward": lambda: ours(features, rois_t).numpy(),
+                "baseline_forward": lambda: baseline(features, boxes).numpy(),
+                "forward_backward": lambda: ours_train(features, rois_t).numpy(),
+                "baseline_forward_backward": lambda: baseline_train(features, boxes).numpy(),
+            },
+            args.runs,
         )
-        t_batched, _ = median_time(lambda: batched_crop(features, boxes).numpy(), args.runs)
-        return {
-            "ours_roi_max_pool_s": t_ours,
-            "baseline_crop_and_resize_loop_s": t_loop,
-            "speedup_vs_loop": t_loop / t_ours,
-            "ours_forward_backward_s": t_train,
-            "ours_roi_align_s": t_align,
-            "context_batched_crop_and_resize_14_maxpool_s": t_batched,
+        rss_ours = peak_rss_gb()
+        context = paired_times(
+            {
+                "tf_path_forward": lambda: ours_tf(features, rois_t).numpy(),
+                "tf_path_forward_backward": lambda: ours_tf_train(features, rois_t).numpy(),
+                "roi_align_forward": lambda: ours_align(features, rois_t).numpy(),
+            },
+            args.runs,
+        )
+        result = {
+            "forward": comparison(t["forward"], t["baseline_forward"]),
+            "forward_backward": comparison(t["forward_backward"], t["baseline_forward_backward"]),
+            "context_ms": {name: value[0] for name, value in context.items()},
+            "load_average_before": load_before,
+            "load_average_after": os.getloadavg(),
             "peak_rss_gb_before": rss_before,
             "peak_rss_gb_after_ours": rss_ours,
         }
+        if not args.skip_loop:
+            loop, _ = median_time(
+                lambda: crop_and_resize_loop(features, rois, 7, scale).numpy(), args.runs
+            )
+            result["context_ms"]["crop_and_resize_python_loop_forward"] = loop * 1e3
+        return result
 
-    results = {f"R={count}": measure(count) for count in args.rois}
+    results = {
+        "ours": f"RoIPooling(7, 1/16) mode='max', implementation "
+        f"{layer.implementation!r} -> {resolve_roi_implementation('auto', tf.float32)!r}",
+        "baseline": "one batched tf.image.crop_and_resize to 14 x 14 + 2 x 2 max pool",
+        "ratio": "baseline_ms / ours_ms (> 1: ours is faster); medians of interleaved runs",
+    }
+    results.update({f"R={count}": measure(count) for count in args.rois})
     return results
 
 
@@ -202,11 +274,14 @@ def bench_model(args, rng) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--model-runs", type=int, default=3)
     parser.add_argument("--rois", type=int, nargs="+", default=[128, 2000])
     parser.add_argument("--skip-model", action="store_true")
     parser.add_argument("--skip-pooling", action="store_true")
+    parser.add_argument(
+        "--skip-loop", action="store_true", help="skip the per-RoI crop_and_resize loop (slow)"
+    )
     parser.add_argument(
         "--passing", type=int, default=300, help="(RoI, class) scores >= 0.05 in the timing"
     )
@@ -221,6 +296,7 @@ def main() -> None:
     if not args.skip_model:
         report["fast_rcnn_inference"] = bench_model(args, rng)
     report["peak_rss_gb"] = peak_rss_gb()
+    report["load_average_end"] = os.getloadavg()
     report["environment"] = environment()
     print(json.dumps(report, indent=2))
 

@@ -10,7 +10,13 @@ import pytest
 import tensorflow as tf
 
 from keras_dense.layers import RoIPooling
-from keras_dense.layers.roi_pooling import round_half_away_from_zero
+from keras_dense.layers.roi_pooling import (
+    resolve_roi_implementation,
+    roi_max_pool,
+    round_half_away_from_zero,
+    use_portable_roi_pooling,
+)
+from keras_dense.ops import loader
 
 
 def c_round(value: float) -> int:
@@ -262,3 +268,85 @@ def test_config_round_trip_and_bad_arguments():
         RoIPooling(7, mode="avg")
     with pytest.raises(ValueError, match="sampling_ratio"):
         RoIPooling(7, mode="align", sampling_ratio=0)
+
+
+IMPLEMENTATIONS = ["tf", "custom_op"]
+
+
+@pytest.mark.parametrize("graph", [False, True])
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_each_implementation_matches_caffe_reference_and_gradient(implementation, graph):
+    # 67 channels: the compiled kernel's 64-channel blocks, 4-lane groups and scalar tail.
+    rng = np.random.default_rng(11)
+    batch, height, width, channels, pool, scale = 2, 9, 12, 67, 3, 1 / 16
+    features = rng.integers(-3, 4, (batch, height, width, channels)).astype(np.float32)
+    rois = random_rois(rng, batch, 8, height, width, scale)
+    upstream = rng.normal(size=(batch, 8, pool, pool, channels)).astype(np.float32)
+    expected, argmax = caffe_roi_pool(features, rois, pool, scale)
+    layer = RoIPooling(pool, scale, implementation=implementation)
+    got, grad = pooled_and_grad(layer, features, rois, upstream, graph)
+    np.testing.assert_array_equal(got, expected)
+    np.testing.assert_allclose(grad, argmax_gradient(features.shape, argmax, upstream), atol=1e-5)
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_each_implementation_in_half_precision(implementation, dtype):
+    rng = np.random.default_rng(12)
+    features = rng.integers(-8, 9, (1, 6, 7, 5)).astype(np.float32)  # exact in half precision
+    rois = random_rois(rng, 1, 6, 6, 7, 0.5)
+    upstream = rng.integers(-4, 5, (1, 6, 2, 2, 5)).astype(np.float32)
+    expected, argmax = caffe_roi_pool(features, rois, 2, 0.5)
+    policy = {"float16": "mixed_float16", "bfloat16": "mixed_bfloat16"}[dtype]
+    layer = RoIPooling(2, 0.5, implementation=implementation, dtype=policy)
+    features_t = tf.cast(tf.constant(features), dtype)
+    with tf.GradientTape() as tape:
+        tape.watch(features_t)
+        got = layer([features_t, tf.constant(rois)])
+        loss = tf.reduce_sum(got * tf.cast(upstream, dtype))
+    grad = tape.gradient(loss, features_t)
+    assert got.dtype == dtype and grad.dtype == dtype
+    np.testing.assert_array_equal(tf.cast(got, tf.float32).numpy(), expected)
+    expected_grad = argmax_gradient(features.shape, argmax, upstream)
+    np.testing.assert_array_equal(tf.cast(grad, tf.float32).numpy(), expected_grad)
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_each_implementation_with_no_rois(implementation):
+    features = tf.ones([2, 4, 5, 3])
+    rois = tf.zeros([2, 0, 4])
+    with tf.GradientTape() as tape:
+        tape.watch(features)
+        got = RoIPooling(2, 1.0, implementation=implementation)([features, rois])
+        loss = tf.reduce_sum(got)
+    assert tuple(got.shape) == (2, 0, 2, 2, 3)
+    np.testing.assert_array_equal(tape.gradient(loss, features).numpy(), 0.0)
+
+
+def test_portable_switch_and_implementation_argument():
+    inputs = [keras.Input((None, None, 3)), keras.Input((None, 4))]
+    model = keras.Model(inputs, RoIPooling(2, 0.5, name="pool")(inputs))
+    assert model.get_layer("pool").implementation == "auto"
+    assert use_portable_roi_pooling(model) is model
+    assert model.get_layer("pool").implementation == "tf"
+    assert RoIPooling.from_config(model.get_layer("pool").get_config()).implementation == "tf"
+    with pytest.raises(ValueError, match="implementation"):
+        RoIPooling(2, implementation="cuda")
+    with pytest.raises(ValueError, match="custom_op"):
+        features64 = tf.zeros([1, 2, 2, 1], tf.float64)
+        roi_max_pool(features64, tf.zeros([1, 1, 4]), (2, 2), 1.0, "custom_op")
+
+
+def test_auto_without_a_compiler_falls_back_to_the_tf_path(tmp_path, monkeypatch):
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+    monkeypatch.setenv(loader.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setattr(loader, "_library", None)
+    monkeypatch.setattr(loader, "_warned_no_compiler", False)
+    with pytest.warns(RuntimeWarning, match="C\\+\\+ compiler"):
+        assert resolve_roi_implementation("auto", tf.float32) == "tf"
+    assert resolve_roi_implementation("auto", tf.float64) == "tf"
+    rng = np.random.default_rng(13)
+    features = rng.normal(size=(1, 5, 6, 3)).astype(np.float32)
+    rois = random_rois(rng, 1, 4, 5, 6, 0.5)
+    got = RoIPooling(2, 0.5)([features, rois]).numpy()  # warned once already
+    np.testing.assert_array_equal(got, caffe_roi_pool(features, rois, 2, 0.5)[0])

@@ -1,4 +1,4 @@
-"""`keras-dense build-ops`: (re)compile the permutohedral-lattice custom op library."""
+"""`keras-dense build-ops`: (re)compile the custom op library (CRF lattice, RoI pooling)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ def register(sub) -> None:
     """Adds the `build-ops` command to the CLI's subparsers."""
     parser = sub.add_parser(
         "build-ops",
-        help="compile the permutohedral-lattice TensorFlow op (CRF) into the cache",
-        description="Compiles keras_dense/ops/permutohedral_ops.cc with the installed "
-        "TensorFlow's flags into ~/.cache/keras_dense/ops/<key>/ ($KERAS_DENSE_OPS_CACHE "
-        "overrides the folder) and loads it once to check it.",
+        help="compile the TensorFlow custom ops (CRF lattice, RoI pooling) into the cache",
+        description="Compiles keras_dense/ops/permutohedral_ops.cc and roi_pooling_ops.cc with "
+        "the installed TensorFlow's flags into ~/.cache/keras_dense/ops/<key>/ "
+        "($KERAS_DENSE_OPS_CACHE overrides the folder) and loads it once to check it.",
     )
     parser.add_argument(
         "--if-missing",

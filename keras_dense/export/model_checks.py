@@ -8,6 +8,8 @@ from collections.abc import Iterator
 import keras
 import numpy as np
 
+from keras_dense.layers.roi_pooling import use_portable_roi_pooling
+
 # Where the CRF-as-RNN layer's portable switch may live (first found is used).
 _PORTABLE_CRF_MODULES = ("keras_dense.layers.crf_rnn", "keras_dense.crf")
 
@@ -54,10 +56,11 @@ def _has_crf_layer(model: keras.Model) -> bool:
 
 
 def portable_model(model: keras.Model) -> keras.Model:
-    """Switches CRF layers to their pure-TensorFlow implementation, when the model has any.
+    """Switches RoIPooling and CRF layers to their pure-TensorFlow implementations.
 
-    Uses `use_portable_crf(model)` of the CRF module when it is installed; a model without
-    CRF layers is returned as it is.
+    RoIPooling layers go through `use_portable_roi_pooling`; CRF layers through
+    `use_portable_crf(model)` of the CRF module when it is installed; a model without CRF
+    layers is otherwise returned as it is.
 
     Args:
         model: The model.
@@ -65,6 +68,7 @@ def portable_model(model: keras.Model) -> keras.Model:
     Returns:
         The model to export (the same object unless `use_portable_crf` returned a new one).
     """
+    use_portable_roi_pooling(model)
     if not _has_crf_layer(model):
         return model
     for name in _PORTABLE_CRF_MODULES:

@@ -6,10 +6,10 @@ Its `assets.extra/model_card.json` (ignored by TF Serving) is the model card plu
 export decided (signatures, input geometry, versions of the tools).
 
 Checks, in order: weights must be finite (else `NonFiniteWeightsError` naming them); CRF
-layers are switched to their pure-TF implementation; after writing, the op audit walks the
-graph and all nested functions (`OpAuditError` on a non-stock op); the SavedModel is reloaded
-and its `serving_tensor` compared with the in-memory model. Only then is the temporary folder
-renamed to `OUTPUT_ROOT/NAME/<version>`.
+and RoIPooling layers are switched to their pure-TF implementations; after writing, the op
+audit walks the graph and all nested functions (`OpAuditError` on a non-stock op); the
+SavedModel is reloaded and its `serving_tensor` compared with the in-memory model. Only then
+is the temporary folder renamed to `OUTPUT_ROOT/NAME/<version>`.
 """
 
 from __future__ import annotations

@@ -11,7 +11,17 @@
    last bin end one cell past the exact rational value, exactly as the Caffe layer does;
 4. an empty bin outputs 0, any other bin the maximum over its cells.
 
-Vectorised design (no loop over RoIs or bins, memory independent of the bin areas): a 2-D
+Implementations (`implementation=`): identical outputs, and gradients sent to the same
+argmax cells (equal up to the order of float summation where bins share a cell; in half
+precision the kernel sums in float32 before rounding). `"custom_op"` is the compiled CPU
+kernel pair of `keras_dense/ops/roi_pooling_ops.cc` (Caffe's loop, vectorised over channels
+and split over TensorFlow's intra-op threads; the backward pass rescans each bin for its
+argmax instead of storing one int32 per output); `"tf"` is the stock-TF path below (GPU,
+SavedModel / TF Serving). `"auto"` takes the kernel when it builds or loads, no GPU is
+visible and the features are float32, float16 or bfloat16 (half precision is widened to
+float32 exactly); otherwise, or without a C++ compiler (one warning), the stock-TF path.
+
+Stock-TF design (no loop over RoIs or bins, memory independent of the bin areas): a 2-D
 sparse table `T[k, l][h, w] = max(F[h : h + 2**k, w : w + 2**l])` is built once per image,
 for the levels k, l that some bin needs (`floor(log2(largest bin extent))`, so 3 x 3 levels
 for RoIs inside a 38 x 50 map: 9 copies of the map, 35 MB at 512 channels). The maximum over
@@ -36,8 +46,17 @@ one cell outside the map contribute 0, samples in the border band are clamped to
 
 from __future__ import annotations
 
+import functools
+
 import keras
 import tensorflow as tf
+
+from keras_dense.ops import loader
+from keras_dense.ops.permutohedral import check_implementation, resolve_implementation
+
+# Feature dtypes the compiled kernel takes (half precision is widened to float32 exactly, and
+# the maximum of widened values narrows back exactly); float64 uses the pure-TF path.
+_KERNEL_DTYPES = (tf.float32, tf.float16, tf.bfloat16)
 
 
 def round_half_away_from_zero(x: tf.Tensor) -> tf.Tensor:
@@ -189,19 +208,10 @@ def _sparse_table(features: tf.Tensor, query: _BinQuery, with_index: bool):
     return _build_levels(along_w, combine, 2, height, query.levels_h)  # (Lh, Lw, B, H, W, C)
 
 
-def roi_max_pool(features: tf.Tensor, rois: tf.Tensor, pool_size, spatial_scale) -> tf.Tensor:
-    """Caffe Fast R-CNN RoI max pooling (see the module docstring) with argmax gradient.
-
-    Args:
-        features: (B, Hf, Wf, C) feature map.
-        rois: (B, R, 4) `[ymin, xmin, ymax, xmax]` in input pixels, inclusive.
-        pool_size: `(pool_h, pool_w)`.
-        spatial_scale: Feature cells per input pixel (1/16 for VGG16 conv5).
-
-    Returns:
-        (B, R, pool_h, pool_w, C) pooled features.
-    """
-    rois = tf.stop_gradient(tf.cast(rois, tf.float32))
+def _roi_max_pool_tf(
+    features: tf.Tensor, rois: tf.Tensor, pool_size: tuple[int, int], spatial_scale: float
+) -> tf.Tensor:
+    """The pure-TF RoI max pooling (sparse table, see the module docstring)."""
 
     @tf.custom_gradient
     def pool(features, rois):
@@ -226,6 +236,95 @@ def roi_max_pool(features: tf.Tensor, rois: tf.Tensor, pool_size, spatial_scale)
         return output, grad
 
     return pool(features, rois)
+
+
+def _roi_max_pool_kernel(
+    features: tf.Tensor, rois: tf.Tensor, pool_size: tuple[int, int], spatial_scale: float
+) -> tf.Tensor:
+    """The same pooling with the compiled CPU kernels of `roi_pooling_ops.cc`.
+
+    Half-precision features are widened to float32 for the kernels and the results narrowed
+    back (exact for the maximum; the gradient is summed in float32 before narrowing).
+    """
+    library = loader.load_library()
+    attrs = {
+        "pooled_height": int(pool_size[0]),
+        "pooled_width": int(pool_size[1]),
+        "spatial_scale": float(spatial_scale),
+    }
+    dtype = features.dtype
+
+    @tf.custom_gradient
+    def pool(features, rois):
+        wide = tf.cast(features, tf.float32)
+        output = library.keras_dense_roi_max_pool(wide, rois, **attrs)
+
+        def grad(upstream):
+            upstream = tf.cast(upstream, tf.float32)
+            features_grad = library.keras_dense_roi_max_pool_grad(wide, rois, upstream, **attrs)
+            return tf.cast(features_grad, dtype), tf.zeros_like(rois)
+
+        return tf.cast(output, dtype), grad
+
+    return pool(features, rois)
+
+
+@functools.cache
+def _has_gpu() -> bool:
+    """Whether TensorFlow sees a GPU (the compiled kernels are CPU-only)."""
+    return bool(tf.config.list_physical_devices("GPU"))
+
+
+def resolve_roi_implementation(implementation: str, dtype: tf.DType) -> str:
+    """Turns `"auto"` into `"custom_op"` or `"tf"` for RoI max pooling.
+
+    Args:
+        implementation: `"auto"`, `"custom_op"` or `"tf"`.
+        dtype: The feature dtype.
+
+    Returns:
+        `"custom_op"` or `"tf"`. `"auto"` takes the compiled kernel when it builds or loads,
+        no GPU is visible (the kernel is CPU-only) and the dtype is float32 or half precision.
+
+    Raises:
+        ValueError: Unknown implementation, or `"custom_op"` with an unsupported dtype.
+        OpBuildError: The kernel is needed and could not be built or loaded.
+    """
+    check_implementation(implementation)
+    supported = dtype in _KERNEL_DTYPES
+    if implementation == "custom_op" and not supported:
+        raise ValueError(f"implementation='custom_op' takes {_KERNEL_DTYPES}, got {dtype}")
+    if implementation == "auto" and (not supported or _has_gpu()):
+        return "tf"
+    return resolve_implementation(implementation)
+
+
+def roi_max_pool(
+    features: tf.Tensor,
+    rois: tf.Tensor,
+    pool_size: tuple[int, int],
+    spatial_scale: float,
+    implementation: str = "auto",
+) -> tf.Tensor:
+    """Caffe Fast R-CNN RoI max pooling (see the module docstring) with argmax gradient.
+
+    Args:
+        features: (B, Hf, Wf, C) feature map.
+        rois: (B, R, 4) `[ymin, xmin, ymax, xmax]` in input pixels, inclusive.
+        pool_size: `(pool_h, pool_w)`.
+        spatial_scale: Feature cells per input pixel (1/16 for VGG16 conv5).
+        implementation: `"custom_op"` (compiled CPU kernels), `"tf"` (stock TF ops: GPU,
+            SavedModel) or `"auto"` (see `resolve_roi_implementation`). Both give identical
+            outputs and the same argmax gradient (up to float summation order).
+
+    Returns:
+        (B, R, pool_h, pool_w, C) pooled features.
+    """
+    features = tf.convert_to_tensor(features)
+    rois = tf.stop_gradient(tf.cast(rois, tf.float32))
+    if resolve_roi_implementation(implementation, features.dtype) == "custom_op":
+        return _roi_max_pool_kernel(features, rois, pool_size, spatial_scale)
+    return _roi_max_pool_tf(features, rois, pool_size, spatial_scale)
 
 
 def _bilinear_corners(coord: tf.Tensor, size: tf.Tensor):
@@ -307,6 +406,10 @@ class RoIPooling(keras.layers.Layer):
         mode: `"max"` (Fast R-CNN RoI max pooling, Caffe semantics, see the module docstring)
             or `"align"` (RoIAlign with bilinear sampling, Mask R-CNN semantics).
         sampling_ratio: `"align"` only: bilinear samples per bin along each axis.
+        implementation: `"max"` only: `"auto"` (the compiled CPU kernel when it can be built
+            and no GPU is visible, else stock TF ops), `"custom_op"` or `"tf"` (stock TF ops
+            only, for GPUs and SavedModel export; see `use_portable_roi_pooling`). Outputs
+            are identical, gradients equal up to float summation order.
         **kwargs: Standard layer keyword arguments.
     """
 
@@ -316,6 +419,7 @@ class RoIPooling(keras.layers.Layer):
         spatial_scale: float = 1.0 / 16.0,
         mode: str = "max",
         sampling_ratio: int = 2,
+        implementation: str = "auto",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -336,11 +440,14 @@ class RoIPooling(keras.layers.Layer):
         self.spatial_scale = float(spatial_scale)
         self.mode = mode
         self.sampling_ratio = sampling_ratio
+        self.implementation = check_implementation(implementation)
 
     def call(self, inputs):
         features, rois = inputs
         if self.mode == "max":
-            return roi_max_pool(features, rois, self.pool_size, self.spatial_scale)
+            return roi_max_pool(
+                features, rois, self.pool_size, self.spatial_scale, self.implementation
+            )
         return roi_align(features, rois, self.pool_size, self.spatial_scale, self.sampling_ratio)
 
     def compute_output_shape(self, input_shapes):
@@ -355,6 +462,29 @@ class RoIPooling(keras.layers.Layer):
                 "spatial_scale": self.spatial_scale,
                 "mode": self.mode,
                 "sampling_ratio": self.sampling_ratio,
+                "implementation": self.implementation,
             }
         )
         return config
+
+
+def use_portable_roi_pooling(model: keras.Model) -> keras.Model:
+    """Switches every RoIPooling layer of `model` to stock TF ops (`implementation="tf"`).
+
+    Do this before exporting a SavedModel (TF Serving cannot load custom ops). Outputs and
+    gradients are unchanged.
+
+    Args:
+        model: A Keras model, possibly with nested models.
+
+    Returns:
+        The same model.
+    """
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        if isinstance(layer, RoIPooling):
+            layer.implementation = "tf"
+    # Keras caches traced train/test/predict functions; a changed attribute needs a retrace.
+    for attribute in ("train_function", "test_function", "predict_function"):
+        if hasattr(model, attribute):
+            setattr(model, attribute, None)
+    return model

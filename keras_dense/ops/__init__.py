@@ -1,4 +1,5 @@
-"""TensorFlow ops: the permutohedral lattice (custom C++ op and its pure-TF twin)."""
+"""TensorFlow ops: the permutohedral lattice (custom C++ op and its pure-TF twin); the same
+library holds the RoI max-pooling kernels used by `keras_dense.layers.RoIPooling`."""
 
 from keras_dense.ops.lattice import Lattice
 from keras_dense.ops.loader import OpBuildError
