@@ -44,8 +44,8 @@ ARG_DOCS: dict[str, str] = {
     ),
     "crf": (
         "crf: Append a CRF-as-RNN layer (`keras_dense.apps.with_crf`, default CrfRnn\n"
-        "            settings) fed with the input de-normalised from {crf_normalization}.\n"
-        "            Call `with_crf` yourself for other settings."
+        "            settings), fed with the input de-normalised from\n"
+        "            {crf_normalization}. Call `with_crf` yourself for other settings."
     ),
     "name": "name: Model name.",
 }

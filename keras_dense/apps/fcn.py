@@ -163,7 +163,7 @@ FCN_DOC = """Builds {title}: {summary}
     FCN_DOC,
     title="FCN-32s",
     summary="VGG16, convolutional fc6/fc7, x32 bilinear upsampling of `score_fr`.",
-    crf_normalization='"caffe" mode (the input stays normalised)',
+    crf_normalization='"caffe" mode',
 )
 def fcn32s(
     num_classes: int = 21,
@@ -183,7 +183,7 @@ def fcn32s(
     FCN_DOC,
     title="FCN-16s",
     summary="FCN-32s plus the `score_pool4` skip fused at stride 16.",
-    crf_normalization='"caffe" mode (the input stays normalised)',
+    crf_normalization='"caffe" mode',
 )
 def fcn16s(
     num_classes: int = 21,
@@ -203,7 +203,7 @@ def fcn16s(
     FCN_DOC,
     title="FCN-8s",
     summary="FCN-16s plus the `score_pool3` skip fused at stride 8.",
-    crf_normalization='"caffe" mode (the input stays normalised)',
+    crf_normalization='"caffe" mode',
 )
 def fcn8s(
     num_classes: int = 21,
