@@ -38,17 +38,17 @@ import tensorflow as tf  # noqa: E402
 BUILDERS: dict[str, tuple[str, str, Callable[[int], dict]]] = {
     "fcn8s": ("fcn", "fcn8s", lambda s: {"input_shape": (s, s, 3)}),
     "deeplab_resnet50_os16": (
-        "deeplab",
+        "deeplab_model",
         "deeplab",
         lambda s: {"backbone": "resnet50", "output_stride": 16, "input_shape": (s, s, 3)},
     ),
     # The paper's 7x7 "valid" fc6 needs inputs of at least 193 px; "same" runs at any size.
     "deconvnet": (
-        "deconvnet",
+        "deconvnet_model",
         "deconvnet",
         lambda s: {"input_shape": (s, s, 3), "fc_padding": "same"},
     ),
-    "unet": ("unet", "unet", lambda s: {"input_shape": (s, s, 3), "padding": "same"}),
+    "unet": ("unet_model", "unet", lambda s: {"input_shape": (s, s, 3), "padding": "same"}),
 }
 COMPARED_WITH_KERAS_HUB = ("deeplab_resnet50_os16", "deeplab_resnet50_os32")
 
@@ -73,7 +73,7 @@ def deeplab_os32(num_classes: int, size: int) -> keras.Model:
     the two can be compared at equal work; `deeplab()` itself offers output stride 16 or 8.
     """
     from keras_dense.apps.atrous_backbones import atrous_backbone
-    from keras_dense.apps.deeplab import deeplab_decoder
+    from keras_dense.apps.deeplab_model import deeplab_decoder
     from keras_dense.layers import ASPP, ResizeToMatch
 
     inputs = keras.Input((size, size, 3))

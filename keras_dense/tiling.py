@@ -122,7 +122,7 @@ def _output_size(model: keras.Model, tile_h: int, tile_w: int, channels: int):
         raise ValueError(
             f"tile_size={(tile_h, tile_w)!r} is not accepted by the model ({error}); pass a "
             "tile_size the model can process (for a valid U-Net see "
-            "keras_dense.apps.unet.unet_input_size)"
+            "keras_dense.apps.unet_model.unet_input_size)"
         ) from error
     if len(shape) != 4:
         raise ValueError(f"predict_tiled needs a (B, H, W, K) output, the model gives {shape}")
@@ -178,7 +178,7 @@ def predict_tiled(
         tile_size: Model input size per tile, an int or `(height, width)`. Defaults to the
             model's input size when it is fixed, else 256 for same-size models; valid models
             with a dynamic input size need it given, as they accept only some sizes
-            (`keras_dense.apps.unet.unet_input_size`).
+            (`keras_dense.apps.unet_model.unet_input_size`).
         batch_size: Number of tiles per model call.
         margin: Context pixels on each side of a tile's core for same-size models (default
             32, rounded up to a multiple of the alignment). Valid models define their own
@@ -223,7 +223,7 @@ def predict_tiled(
         raise ValueError(
             f"the model shrinks a {tile} tile to {out_hw} (valid padding) and its input size is "
             "not fixed: pass a tile_size it accepts (for a valid U-Net: "
-            "keras_dense.apps.unet.unet_input_size)"
+            "keras_dense.apps.unet_model.unet_input_size)"
         )
     geometry = [
         _axis_geometry(t, o, margin, alignment, axis)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gc
-import importlib
 
 import keras
 import numpy as np
@@ -11,12 +10,10 @@ import pytest
 from test_pooling_switches import numpy_unpool
 
 import keras_dense
-from keras_dense.apps.deconvnet import deconvnet
+from keras_dense.apps import vgg
+from keras_dense.apps.deconvnet_model import deconvnet
 
 from helpers import keras_roundtrip_in_subprocess
-
-# The module (keras_dense.apps.deconvnet is the builder function once apps is imported).
-deconvnet_module = importlib.import_module("keras_dense.apps.deconvnet")
 
 # Table 1 of the paper: (layer, kernel, output channels) of every convolution/deconvolution.
 PAPER_CONV_NET = [
@@ -114,7 +111,7 @@ def test_same_fc6_accepts_small_inputs(hw):
 
 def test_backbone_weights_copy_vgg16_convolutions_by_name(monkeypatch):
     source = keras.applications.VGG16(weights=None, include_top=False, input_shape=(32, 32, 3))
-    monkeypatch.setattr(deconvnet_module, "resolve_source_model", lambda *args: source)
+    monkeypatch.setattr(vgg, "resolve_source_model", lambda *args: source)
     model = _small_model(backbone_weights="imagenet")
     for b, convs in enumerate((2, 2, 3, 3, 3), start=1):
         for i in range(1, convs + 1):
@@ -130,7 +127,7 @@ def test_dense_to_conv_transform_matches_dense_on_flattened_input():
     rng = np.random.default_rng(2)
     x = rng.normal(size=(3, 2, 2, 5))
     kernel, bias = rng.normal(size=(2 * 2 * 5, 7)), rng.normal(size=7)
-    conv_kernel, conv_bias = deconvnet_module._dense_to_conv((2, 2, 5))([kernel, bias])
+    conv_kernel, conv_bias = vgg.dense_to_conv((2, 2, 5))([kernel, bias])
     dense = x.reshape(3, -1) @ kernel + bias
     conv = np.einsum("nyxc,yxco->no", x, conv_kernel) + conv_bias
     np.testing.assert_allclose(conv, dense, rtol=1e-10)

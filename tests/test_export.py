@@ -16,7 +16,7 @@ import tensorflow as tf
 
 import keras_dense
 from keras_dense import cli
-from keras_dense.apps.unet import unet_margin
+from keras_dense.apps.unet_model import unet_margin
 from keras_dense.export import (
     NonFiniteWeightsError,
     OpAuditError,
@@ -213,7 +213,7 @@ def test_fixed_size_and_valid_models_follow_their_geometry(tmp_path):
 
 
 def test_geometry_of_the_builders_and_of_a_model_with_a_minimum_size(tmp_path):
-    from keras_dense.apps.unet import unet_input_size
+    from keras_dense.apps.unet_model import unet_input_size
     from keras_dense.signatures.geometry import segmenter_geometry
 
     same = segmenter_geometry(small_unet())

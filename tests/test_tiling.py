@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import keras_dense
-from keras_dense.apps.unet import unet, unet_input_size, unet_margin
+from keras_dense.apps.unet_model import unet, unet_input_size, unet_margin
 from keras_dense.tiling import model_alignment, predict_tiled
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import keras_dense
-from keras_dense.apps.unet import unet, unet_input_size, unet_margin, unet_output_size
+from keras_dense.apps.unet_model import unet, unet_input_size, unet_margin, unet_output_size
 
 from helpers import keras_roundtrip_in_subprocess
 

@@ -1,13 +1,20 @@
-"""Model builders, one module per architecture, in the style of keras.applications."""
+"""Model builders, one module per architecture, in the style of keras.applications.
 
-from keras_dense.apps.compress_dense import compress_dense
-from keras_dense.apps.convolutionalize import convolutionalize
-from keras_dense.apps.deconvnet import deconvnet
-from keras_dense.apps.deeplab import deeplab
-from keras_dense.apps.fast_rcnn import FastRCNN, fast_rcnn
+Every builder goes through `keras_dense.apps.builder.build_model`. Module names never shadow
+the public functions: `keras_dense.apps.unet` is the builder function, the module that holds
+it is `keras_dense.apps.unet_model` (likewise `deeplab_model`, `deconvnet_model`,
+`fast_rcnn_model`, `convolutionalization`, `dense_compression`, `crf_attachment`; FCN-8s/16s/32s
+live in `keras_dense.apps.fcn`).
+"""
+
+from keras_dense.apps.convolutionalization import convolutionalize
+from keras_dense.apps.crf_attachment import with_crf
+from keras_dense.apps.deconvnet_model import deconvnet
+from keras_dense.apps.deeplab_model import deeplab
+from keras_dense.apps.dense_compression import compress_dense
+from keras_dense.apps.fast_rcnn_model import FastRCNN, fast_rcnn
 from keras_dense.apps.fcn import fcn8s, fcn16s, fcn32s
-from keras_dense.apps.unet import unet
-from keras_dense.apps.with_crf import with_crf
+from keras_dense.apps.unet_model import unet
 
 __all__ = [
     "FastRCNN",

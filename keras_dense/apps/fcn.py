@@ -39,18 +39,10 @@ pool3/pool4 is not applied. Inputs are expected preprocessed as
 
 from __future__ import annotations
 
-import os
-
 import keras
-import numpy as np
 
-from keras_dense.apps.backbone_weights import (
-    load_model_weights,
-    resolve_source_model,
-    transfer_weights,
-)
-from keras_dense.apps.vgg import VGG16_IMAGENET_NAMES, vgg16_trunk
-from keras_dense.apps.with_crf import with_crf
+from keras_dense.apps.builder import build_model, document
+from keras_dense.apps.vgg import load_vgg16_weights, vgg16_trunk
 from keras_dense.layers.resizing import CropToMatch
 from keras_dense.layers.upsampling import bilinear_crop_offset, bilinear_upsampling
 
@@ -64,26 +56,12 @@ FCN_SKIPS: dict[str, tuple[str, ...]] = {
 # Name of the final (fixed) upsampling layer of each variant, as in the Caffe models.
 _FINAL_UPSCORE = {"fcn32s": "upscore", "fcn16s": "upscore16", "fcn8s": "upscore8"}
 
-# Our fc layer -> keras.applications.VGG16 Dense layer.
-FCN_FC_IMAGENET_NAMES: dict[str, str] = {"fc6": "fc1", "fc7": "fc2"}
-
-
-def _dense_to_conv(kernel_shape: tuple[int, int, int]):
-    """Returns a transform reshaping `[dense_kernel, bias]` into a conv kernel and bias."""
-
-    def transform(weights: list[np.ndarray]) -> list[np.ndarray]:
-        kernel, bias = weights
-        return [kernel.reshape(*kernel_shape, kernel.shape[-1]), bias]
-
-    return transform
-
 
 def load_vgg16_fcn_backbone(model: keras.Model, backbone_weights: str) -> list[str]:
     """Copies keras.applications VGG16 weights into an FCN's trunk and `fc6` / `fc7`.
 
-    The convolutions are copied by name (`VGG16_IMAGENET_NAMES`); VGG16's `fc1` kernel
-    `(25088, 4096)` becomes `fc6`'s `(7, 7, 512, 4096)` (row-major flattening of the 7x7x512
-    `block5_pool` output, as Keras' `Flatten` does) and `fc2` becomes the 1x1 conv `fc7`.
+    See `keras_dense.apps.vgg.load_vgg16_weights`: VGG16's `fc1` kernel `(25088, 4096)`
+    becomes `fc6`'s `(7, 7, 512, 4096)` and `fc2` becomes the 1x1 conv `fc7`.
 
     Args:
         model: An FCN built by this module.
@@ -93,60 +71,21 @@ def load_vgg16_fcn_backbone(model: keras.Model, backbone_weights: str) -> list[s
     Returns:
         The names of the layers that received weights.
     """
-    source = resolve_source_model(backbone_weights, keras.applications.VGG16)
-    name_map = {**VGG16_IMAGENET_NAMES, **FCN_FC_IMAGENET_NAMES}
-    transforms = {"fc6": _dense_to_conv((7, 7, 512)), "fc7": _dense_to_conv((1, 1, 4096))}
-    loaded = transfer_weights(model, source, name_map, transforms)
-    del source
-    return loaded
+    return load_vgg16_weights(model, backbone_weights)
 
 
-def _check_arguments(num_classes, input_shape, backbone_weights, activation) -> None:
-    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)):
-        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
-    if num_classes < 1:
-        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
-    if input_shape is None or len(tuple(input_shape)) != 3 or input_shape[-1] is None:
-        raise ValueError(
-            f"input_shape must be (height, width, channels) with a known number of channels "
-            f"(height and width may be None), got {input_shape!r}"
-        )
-    if backbone_weights is not None and backbone_weights != "imagenet":
-        if not isinstance(backbone_weights, (str, os.PathLike)) or not os.path.exists(
-            backbone_weights
-        ):
-            raise FileNotFoundError(
-                f"backbone_weights={backbone_weights!r}: expected None, 'imagenet' or the path "
-                "of an existing keras.applications.VGG16 (include_top=True) weight file"
-            )
-    if backbone_weights is not None and input_shape[-1] != 3:
-        raise ValueError(
-            f"backbone_weights={backbone_weights!r} needs 3 input channels, got "
-            f"input_shape={tuple(input_shape)!r}"
-        )
-    if activation is not None:
-        try:
-            keras.activations.get(activation)
-        except (ValueError, TypeError) as error:
-            raise ValueError(
-                f"activation must be None (logits) or a Keras activation such as 'softmax', "
-                f"got {activation!r}"
-            ) from error
+def fcn_graph(inputs, num_classes: int, variant: str, dropout: float = 0.5):
+    """The FCN network from the image input to the `score` logits (no activation).
 
+    Args:
+        inputs: The image input tensor `(B, H, W, C)`.
+        num_classes: Number of classes.
+        variant: `"fcn32s"`, `"fcn16s"` or `"fcn8s"`.
+        dropout: Rate of `drop6` / `drop7`.
 
-def _fcn(
-    variant: str,
-    num_classes: int,
-    input_shape: tuple[int | None, int | None, int],
-    weights: str | None,
-    backbone_weights: str | None,
-    activation: str | None,
-    name: str,
-    dropout: float = 0.5,
-    crf: bool = False,
-) -> keras.Model:
-    _check_arguments(num_classes, input_shape, backbone_weights, activation)
-    inputs = keras.Input(shape=tuple(input_shape), name="image")
+    Returns:
+        The `score` tensor `(B, H, W, num_classes)`.
+    """
     features = vgg16_trunk(inputs)
 
     x = keras.layers.Conv2D(4096, 7, padding="same", activation="relu", name="fc6")(
@@ -157,6 +96,7 @@ def _fcn(
     x = keras.layers.Dropout(dropout, name="drop7")(x)
     score = keras.layers.Conv2D(num_classes, 1, name="score_fr")(x)
 
+    # The skip fusion: x2 upsampling, crop to the pool grid, add the zero-initialised skip.
     stride = 32
     for i, pool in enumerate(FCN_SKIPS[variant]):
         up_name = "upscore2" if i == 0 else f"upscore_{FCN_SKIPS[variant][i - 1]}"
@@ -177,20 +117,54 @@ def _fcn(
         score, stride, num_classes, trainable=False, name=_FINAL_UPSCORE[variant]
     )
     offset = bilinear_crop_offset(stride)
-    outputs = CropToMatch(offset=(offset, offset), name="score")([up, inputs])
-    if activation is not None:
-        act_name = f"score_{activation}" if isinstance(activation, str) else "score_activation"
-        outputs = keras.layers.Activation(activation, name=act_name)(outputs)
-    model = keras.Model(inputs, outputs, name=name)
-
-    if backbone_weights is not None:
-        load_vgg16_fcn_backbone(model, os.fspath(backbone_weights))
-    if crf:
-        model = with_crf(model, normalization="caffe")
-    load_model_weights(model, weights)
-    return model
+    return CropToMatch(offset=(offset, offset), name="score")([up, inputs])
 
 
+def _fcn(variant: str, num_classes, input_shape, weights, backbone_weights, activation, name, crf):
+    return build_model(
+        lambda inputs, classes: fcn_graph(inputs, classes, variant),
+        num_classes=num_classes,
+        input_shape=input_shape,
+        name=name,
+        activation=activation,
+        weights=weights,
+        backbone_weights=backbone_weights,
+        load_backbone=load_vgg16_fcn_backbone,
+        backbone_source="keras.applications.VGG16 (include_top=True)",
+        crf=crf,
+        crf_normalization="caffe",
+    )
+
+
+FCN_DOC = """Builds {title}: {summary}
+
+    Args:
+        num_classes: Number of classes (21 for PASCAL VOC: 20 + background).
+        input_shape: `(height, width, channels)`; height and width may be `None`. Any size
+            works (see the module docstring of `keras_dense.apps.fcn` for the alignment).
+        {weights_doc}
+        backbone_weights: `None`, `"imagenet"` (downloads keras.applications' VGG16) or the
+            path of a `keras.applications.VGG16` (with top) weight file. Loads the
+            convolutions and `fc6` / `fc7` (from VGG16's `fc1` / `fc2`).
+        {activation_doc}
+        {name_doc}
+        {crf_doc}
+
+    Returns:
+        A functional `keras.Model` mapping `(B, H, W, C)` to `(B, H, W, num_classes)`.
+
+    Raises:
+        ValueError: An argument is invalid.
+        FileNotFoundError: `weights` or `backbone_weights` is a missing file.
+    """
+
+
+@document(
+    FCN_DOC,
+    title="FCN-32s",
+    summary="VGG16, convolutional fc6/fc7, x32 bilinear upsampling of `score_fr`.",
+    crf_normalization='"caffe" mode',
+)
 def fcn32s(
     num_classes: int = 21,
     input_shape: tuple[int | None, int | None, int] = (None, None, 3),
@@ -200,34 +174,17 @@ def fcn32s(
     name: str = "fcn32s",
     crf: bool = False,
 ) -> keras.Model:
-    """Builds FCN-32s: VGG16, convolutional fc6/fc7, x32 bilinear upsampling of `score_fr`.
-
-    Args:
-        num_classes: Number of classes (21 for PASCAL VOC: 20 + background).
-        input_shape: `(height, width, channels)`; height and width may be `None`. Any size
-            works (see the module docstring for the alignment).
-        weights: `None` or the path of a full-model weight file (`.weights.h5` or `.keras`).
-        backbone_weights: `None`, `"imagenet"` (downloads keras.applications' VGG16) or the
-            path of a `keras.applications.VGG16` (with top) weight file. Loads the
-            convolutions and `fc6` / `fc7` (from VGG16's `fc1` / `fc2`).
-        activation: `None` for logits, or a Keras activation applied over the classes
-            (`"softmax"`).
-        name: Model name.
-        crf: Append a CRF-as-RNN layer (`keras_dense.apps.with_crf`, default CrfRnn settings;
-            the input stays "caffe"-normalised and is de-normalised for the CRF). Call
-            `with_crf` yourself for other settings.
-
-    Returns:
-        A functional `keras.Model` mapping `(B, H, W, C)` to `(B, H, W, num_classes)`.
-
-    Raises:
-        ValueError: An argument is invalid.
-    """
     return _fcn(
-        "fcn32s", num_classes, input_shape, weights, backbone_weights, activation, name, crf=crf
+        "fcn32s", num_classes, input_shape, weights, backbone_weights, activation, name, crf
     )
 
 
+@document(
+    FCN_DOC,
+    title="FCN-16s",
+    summary="FCN-32s plus the `score_pool4` skip fused at stride 16.",
+    crf_normalization='"caffe" mode',
+)
 def fcn16s(
     num_classes: int = 21,
     input_shape: tuple[int | None, int | None, int] = (None, None, 3),
@@ -237,31 +194,17 @@ def fcn16s(
     name: str = "fcn16s",
     crf: bool = False,
 ) -> keras.Model:
-    """Builds FCN-16s: FCN-32s plus the `score_pool4` skip fused at stride 16.
-
-    Args:
-        num_classes: Number of classes (21 for PASCAL VOC: 20 + background).
-        input_shape: `(height, width, channels)`; height and width may be `None`.
-        weights: `None` or the path of a full-model weight file (`.weights.h5` or `.keras`).
-        backbone_weights: `None`, `"imagenet"` or the path of a `keras.applications.VGG16`
-            (with top) weight file.
-        activation: `None` for logits, or a Keras activation such as `"softmax"`.
-        name: Model name.
-        crf: Append a CRF-as-RNN layer (`keras_dense.apps.with_crf`, default CrfRnn settings;
-            the input stays "caffe"-normalised and is de-normalised for the CRF). Call
-            `with_crf` yourself for other settings.
-
-    Returns:
-        A functional `keras.Model` mapping `(B, H, W, C)` to `(B, H, W, num_classes)`.
-
-    Raises:
-        ValueError: An argument is invalid.
-    """
     return _fcn(
-        "fcn16s", num_classes, input_shape, weights, backbone_weights, activation, name, crf=crf
+        "fcn16s", num_classes, input_shape, weights, backbone_weights, activation, name, crf
     )
 
 
+@document(
+    FCN_DOC,
+    title="FCN-8s",
+    summary="FCN-16s plus the `score_pool3` skip fused at stride 8.",
+    crf_normalization='"caffe" mode',
+)
 def fcn8s(
     num_classes: int = 21,
     input_shape: tuple[int | None, int | None, int] = (None, None, 3),
@@ -271,26 +214,4 @@ def fcn8s(
     name: str = "fcn8s",
     crf: bool = False,
 ) -> keras.Model:
-    """Builds FCN-8s: FCN-16s plus the `score_pool3` skip fused at stride 8.
-
-    Args:
-        num_classes: Number of classes (21 for PASCAL VOC: 20 + background).
-        input_shape: `(height, width, channels)`; height and width may be `None`.
-        weights: `None` or the path of a full-model weight file (`.weights.h5` or `.keras`).
-        backbone_weights: `None`, `"imagenet"` or the path of a `keras.applications.VGG16`
-            (with top) weight file.
-        activation: `None` for logits, or a Keras activation such as `"softmax"`.
-        name: Model name.
-        crf: Append a CRF-as-RNN layer (`keras_dense.apps.with_crf`, default CrfRnn settings;
-            the input stays "caffe"-normalised and is de-normalised for the CRF). Call
-            `with_crf` yourself for other settings.
-
-    Returns:
-        A functional `keras.Model` mapping `(B, H, W, C)` to `(B, H, W, num_classes)`.
-
-    Raises:
-        ValueError: An argument is invalid.
-    """
-    return _fcn(
-        "fcn8s", num_classes, input_shape, weights, backbone_weights, activation, name, crf=crf
-    )
+    return _fcn("fcn8s", num_classes, input_shape, weights, backbone_weights, activation, name, crf)

@@ -1,9 +1,10 @@
-"""The VGG16 convolutional trunk shared by FCN, DeconvNet and Fast R-CNN.
+"""The VGG16 convolutional trunk shared by FCN, DeconvNet and Fast R-CNN, and its weights.
 
 Layers are named as in the papers (`conv1_1` ... `conv5_3`, `pool1` ... `pool5`) so that
 `model.summary()` reads like the papers' figures. `VGG16_IMAGENET_NAMES` maps those names to
-the layer names of `keras.applications.VGG16`, which is what `backbone_weights="imagenet"`
-uses to copy the ImageNet weights.
+the layer names of `keras.applications.VGG16`, and `VGG16_FC_NAMES` maps the papers' `fc6` /
+`fc7` to VGG16's `fc1` / `fc2`; `load_vgg16_weights` (what `backbone_weights="imagenet"` does)
+copies the ImageNet weights through both maps.
 """
 
 from __future__ import annotations
@@ -11,6 +12,9 @@ from __future__ import annotations
 from typing import Callable
 
 import keras
+import numpy as np
+
+from keras_dense.apps.backbone_weights import resolve_source_model, transfer_weights
 
 # Filters of each convolution, block by block.
 VGG16_BLOCKS: tuple[tuple[int, ...], ...] = (
@@ -27,6 +31,9 @@ VGG16_IMAGENET_NAMES: dict[str, str] = {
     for b, block in enumerate(VGG16_BLOCKS)
     for i in range(len(block))
 }
+
+# Our fully connected (or convolutionalised) layer -> keras.applications.VGG16 Dense layer.
+VGG16_FC_NAMES: dict[str, str] = {"fc6": "fc1", "fc7": "fc2"}
 
 
 def default_pool(x, name: str):
@@ -74,3 +81,58 @@ def vgg16_trunk(
         outputs[f"pool{b}"] = result
         x = result[0] if isinstance(result, (tuple, list)) else result
     return outputs
+
+
+def dense_to_conv(kernel_shape: tuple[int, ...]):
+    """Returns a transform reshaping `[dense_kernel, bias]` into a kernel of `kernel_shape`.
+
+    `kernel_shape` is the target kernel's shape without its last (units) axis: `(7, 7, 512)`
+    turns VGG16's `fc1` kernel `(25088, 4096)` into a 7x7 conv kernel `(7, 7, 512, 4096)`.
+    Keras' `Flatten` of the 7x7x512 `block5_pool` map is row-major (y, x, channel), which is
+    exactly the order of the conv kernel's first three axes. `(25088,)` keeps a Dense kernel.
+    """
+
+    def transform(weights: list[np.ndarray]) -> list[np.ndarray]:
+        kernel, bias = weights
+        if kernel.shape[0] != int(np.prod(kernel_shape)):
+            return weights  # transfer_weights names the mismatch
+        return [kernel.reshape(*kernel_shape, kernel.shape[-1]), bias]
+
+    return transform
+
+
+def load_vgg16_weights(model: keras.Model, backbone_weights: str, fc: bool = True) -> list[str]:
+    """Copies keras.applications VGG16 weights into a model built on `vgg16_trunk`.
+
+    The 13 convolutions are copied by name (`VGG16_IMAGENET_NAMES`). With `fc=True`, VGG16's
+    `fc1` / `fc2` go into the model's `fc6` / `fc7` (`VGG16_FC_NAMES`) when both exist: as
+    they are into Dense layers (Fast R-CNN), reshaped into the kernel of a convolution (FCN,
+    DeconvNet: `fc6` is a 7x7x512 convolution, `fc7` a 1x1 one). Other layers (BatchNorm,
+    heads) keep their initialisation.
+
+    Args:
+        model: The model; layers missing from it are skipped.
+        backbone_weights: `"imagenet"` or the path of a `keras.applications.VGG16`
+            (`include_top=True`) weight file.
+        fc: Also copy `fc6` / `fc7`.
+
+    Returns:
+        The names of the layers that received weights.
+
+    Raises:
+        ValueError: A layer's weight shapes do not match VGG16's.
+    """
+    source = resolve_source_model(backbone_weights, keras.applications.VGG16)
+    name_map = dict(VGG16_IMAGENET_NAMES)
+    transforms = {}
+    source_names = {layer.name for layer in source.layers}
+    target_names = {layer.name for layer in model.layers}
+    if fc:
+        for ours, theirs in VGG16_FC_NAMES.items():
+            if ours in target_names and theirs in source_names:
+                name_map[ours] = theirs
+                kernel_shape = tuple(model.get_layer(ours).kernel.shape)
+                transforms[ours] = dense_to_conv(kernel_shape[:-1])
+    loaded = transfer_weights(model, source, name_map, transforms)
+    del source
+    return loaded

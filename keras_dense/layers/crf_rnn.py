@@ -34,6 +34,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_dense.crf.mean_field import build_kernels, mean_field
+from keras_dense.layers.walk import iter_layers
 from keras_dense.ops.permutohedral import check_implementation, resolve_implementation
 
 
@@ -194,13 +195,17 @@ class CrfRnn(keras.layers.Layer):
         return config
 
 
+def is_crf_layer(layer) -> bool:
+    """Whether `layer` is a CRF-as-RNN layer (a `CrfRnn`, subclasses included).
+
+    Use this rather than matching "crf" in a class or layer name.
+    """
+    return isinstance(layer, CrfRnn)
+
+
 def crf_layers(model: keras.Model) -> list[CrfRnn]:
-    """Every `CrfRnn` layer of `model`, nested models included."""
-    found = []
-    for layer in model._flatten_layers(include_self=False, recursive=True):
-        if isinstance(layer, CrfRnn):
-            found.append(layer)
-    return found
+    """Every `CrfRnn` layer of `model`, nested models included (`iter_layers`)."""
+    return [layer for layer in iter_layers(model) if is_crf_layer(layer)]
 
 
 def _reset_compiled_functions(model: keras.Model) -> None:

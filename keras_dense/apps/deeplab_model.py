@@ -20,15 +20,7 @@ from collections.abc import Sequence
 import keras
 
 from keras_dense.apps.atrous_backbones import BACKBONES, atrous_backbone, load_backbone_weights
-from keras_dense.apps.backbone_weights import load_model_weights
-from keras_dense.apps.builder_checks import (
-    apply_activation,
-    check_activation,
-    check_backbone_weights,
-    check_input_shape,
-    check_num_classes,
-)
-from keras_dense.apps.with_crf import with_crf
+from keras_dense.apps.builder import build_model
 from keras_dense.layers.aspp import ASPP, BN_EPSILON
 from keras_dense.layers.resizing import ResizeToMatch
 
@@ -127,31 +119,70 @@ def deeplab(
         ValueError: An argument is out of range.
     """
     _check_arguments(backbone, output_stride, atrous_rates, decoder)
-    num_classes = check_num_classes(num_classes)
-    input_shape = check_input_shape(input_shape)
-    check_activation(activation)
-    check_backbone_weights(backbone_weights, input_shape, BACKBONES[backbone].__name__)
     rates = tuple(atrous_rates) if atrous_rates is not None else DEFAULT_ATROUS_RATES[output_stride]
     if name is None:
         name = f"deeplabv3{'plus' if decoder else ''}_{backbone}"
 
-    inputs = keras.Input(shape=input_shape, name="image")
-    features, low_level = atrous_backbone(inputs, backbone, output_stride, multi_grid)
+    def graph(inputs, classes: int):
+        return deeplab_graph(inputs, classes, backbone, output_stride, rates, decoder, multi_grid)
 
-    x = ASPP(filters=ASPP_FILTERS, atrous_rates=rates, dropout=ASPP_DROPOUT, name="aspp")(features)
+    def load_backbone(model: keras.Model, path: str):
+        # A model over the backbone layers only (shared with `model`) receives the weights:
+        # everything from the image to the ASPP input.
+        backbone_model = keras.Model(
+            model.inputs, model.get_layer("aspp").input, name=f"{backbone}_atrous"
+        )
+        return load_backbone_weights(backbone_model, backbone, path)
+
+    return build_model(
+        graph,
+        num_classes=num_classes,
+        input_shape=input_shape,
+        name=name,
+        activation=activation,
+        activation_prefix="logits",
+        weights=weights,
+        backbone_weights=backbone_weights,
+        load_backbone=load_backbone,
+        backbone_source=BACKBONES[backbone].__name__,
+        crf=crf,
+        crf_normalization=backbone_normalization(backbone),
+    )
+
+
+def backbone_normalization(backbone: str) -> str:
+    """The input normalisation of a backbone: "caffe" for ResNet, "tf" for the others."""
+    return "caffe" if backbone.startswith("resnet") else "tf"
+
+
+def deeplab_graph(
+    inputs,
+    num_classes: int,
+    backbone: str,
+    output_stride: int,
+    atrous_rates: Sequence[int],
+    decoder: bool,
+    multi_grid: Sequence[int] | None = None,
+):
+    """DeepLabv3(+) from the image input to the upsampled logits (no activation).
+
+    Args:
+        inputs: The image input tensor `(B, H, W, 3)`.
+        num_classes: Number of classes.
+        backbone: The atrous backbone (see `deeplab`).
+        output_stride: 16 or 8.
+        atrous_rates: The three ASPP rates.
+        decoder: Add the DeepLabv3+ decoder.
+        multi_grid: ResNet multi-grid (see `deeplab`).
+
+    Returns:
+        The `upsample_logits` tensor `(B, H, W, num_classes)`.
+    """
+    features, low_level = atrous_backbone(inputs, backbone, output_stride, multi_grid)
+    x = ASPP(
+        filters=ASPP_FILTERS, atrous_rates=tuple(atrous_rates), dropout=ASPP_DROPOUT, name="aspp"
+    )(features)
     if decoder:
         x = deeplab_decoder(x, low_level)
     x = keras.layers.Conv2D(num_classes, 1, name="logits")(x)
-    x = ResizeToMatch(interpolation="bilinear", name="upsample_logits")([x, inputs])
-    x = apply_activation(x, activation, prefix="logits")
-    model = keras.Model(inputs, x, name=name)
-
-    if backbone_weights is not None:
-        # A model over the backbone layers only (shared with `model`) receives the weights.
-        backbone_model = keras.Model(inputs, [low_level, features], name=f"{backbone}_atrous")
-        load_backbone_weights(backbone_model, backbone, backbone_weights)
-    if crf:
-        crf_normalization = "caffe" if backbone.startswith("resnet") else "tf"
-        model = with_crf(model, normalization=crf_normalization)
-    load_model_weights(model, weights)
-    return model
+    return ResizeToMatch(interpolation="bilinear", name="upsample_logits")([x, inputs])

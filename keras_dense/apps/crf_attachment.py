@@ -23,16 +23,24 @@ from keras_dense.layers.resizing import CropToMatch
 from keras_dense.utils.normalization import check_mode
 
 
-def _logits_and_activation(model: keras.Model):
-    """The output tensor before a final Activation/Softmax layer, and that layer's config."""
+def _output_layer(model: keras.Model) -> keras.layers.Layer | None:
+    """The layer of `model.layers` whose output is the model's (single) output."""
     output = model.outputs[0]
-    last = output._keras_history[0]
-    if (
-        isinstance(last, (keras.layers.Activation, keras.layers.Softmax))
-        and len(last._inbound_nodes) == 1
-    ):
+    for layer in reversed(model.layers):
+        try:
+            if layer.output is output:
+                return layer
+        except (AttributeError, ValueError):  # never called, or several outputs
+            continue
+    return None
+
+
+def _logits_and_activation(model: keras.Model):
+    """The output tensor before a final Activation/Softmax layer, and that layer."""
+    last = _output_layer(model)
+    if isinstance(last, (keras.layers.Activation, keras.layers.Softmax)):
         return last.input, last
-    return output, None
+    return model.outputs[0], None
 
 
 def with_crf(

@@ -15,6 +15,17 @@ import numpy as np
 _FUNCTIONAL_KEYS = ("name", "trainable", "layers", "input_layers", "output_layers")
 
 
+def _is_functional(model) -> bool:
+    """Whether `model` is a functional model (its config lists its graph's input layers)."""
+    if not isinstance(model, keras.Model) or isinstance(model, keras.Sequential):
+        return False
+    try:
+        config = model.get_config()
+    except (NotImplementedError, TypeError):
+        return False
+    return isinstance(config, dict) and "input_layers" in config
+
+
 def _factorise(kernel: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray]:
     """Best rank-`rank` factors `(first, second)` with `first @ second ~= kernel` (Frobenius).
 
@@ -55,7 +66,7 @@ def compress_dense(model: keras.Model, ranks: dict[str, int]) -> keras.Model:
         ValueError: `model` is not functional, a name is not a Dense layer of it, or a rank is
             out of range.
     """
-    if not isinstance(model, keras.Model) or not hasattr(model, "_run_through_graph"):
+    if not _is_functional(model):
         raise ValueError(f"model: expected a functional keras.Model, got {type(model).__name__}")
     if not ranks:
         raise ValueError("ranks: expected a non-empty {dense_layer_name: rank} dict")

@@ -18,12 +18,14 @@ from collections.abc import Sequence
 import keras
 import tensorflow as tf
 
-from keras_dense.apps.backbone_weights import (
-    load_model_weights,
-    resolve_source_model,
-    transfer_weights,
+from keras_dense.apps.builder import build_model
+from keras_dense.apps.vgg import (
+    VGG16_FC_NAMES,
+    VGG16_IMAGENET_NAMES,
+    default_pool,
+    load_vgg16_weights,
+    vgg16_trunk,
 )
-from keras_dense.apps.vgg import VGG16_IMAGENET_NAMES, default_pool, vgg16_trunk
 from keras_dense.detection.boxes import BOX_STDS
 from keras_dense.detection.losses import fast_rcnn_loss
 from keras_dense.detection.sampling import sample_rois
@@ -32,7 +34,7 @@ from keras_dense.layers.roi_pooling import RoIPooling
 FROZEN_LAYERS = ("conv1_1", "conv1_2", "conv2_1", "conv2_2")
 FC_UNITS = 4096
 # Our layer name -> keras.applications.VGG16 layer name (conv trunk, fc6/fc7 from fc1/fc2).
-FAST_RCNN_IMAGENET_NAMES = {**VGG16_IMAGENET_NAMES, "fc6": "fc1", "fc7": "fc2"}
+FAST_RCNN_IMAGENET_NAMES = {**VGG16_IMAGENET_NAMES, **VGG16_FC_NAMES}
 BATCH_KEYS = ("images", "boxes", "labels", "num_boxes", "proposals", "num_proposals")
 
 
@@ -244,12 +246,8 @@ def fast_rcnn(
     Raises:
         ValueError: Bad argument.
     """
-    if not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"num_classes={num_classes!r}: expected a positive int")
     if backbone != "vgg16":
         raise ValueError(f"backbone={backbone!r}: expected 'vgg16'")
-    if len(input_shape) != 3 or input_shape[-1] != 3:
-        raise ValueError(f"input_shape={input_shape!r}: expected (height, width, 3)")
     if backbone_weights is not None and pool_size != 7:
         raise ValueError(
             f"pool_size={pool_size!r}: backbone_weights needs pool_size=7 (VGG16's fc1 takes "
@@ -258,8 +256,42 @@ def fast_rcnn(
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout={dropout!r}: expected a rate in [0, 1)")
 
-    images = keras.Input(shape=input_shape, name="images")
-    rois = keras.Input(shape=(None, 4), name="rois")
+    def graph(inputs, classes: int):
+        images, rois = inputs
+        return fast_rcnn_graph(images, rois, classes, pool_size, roi_mode, dropout)
+
+    return build_model(
+        graph,
+        num_classes=num_classes,
+        input_shape=input_shape,
+        input_channels=3,
+        name=name,
+        input_name="images",
+        extra_inputs={"rois": (None, 4)},
+        weights=weights,
+        backbone_weights=backbone_weights,
+        load_backbone=load_vgg16_weights,
+        backbone_source="keras.applications.VGG16 (include_top=True)",
+        frozen_layers=FROZEN_LAYERS,
+        model_class=FastRCNN,
+        **kwargs,
+    )
+
+
+def fast_rcnn_graph(images, rois, num_classes: int, pool_size: int, roi_mode: str, dropout: float):
+    """Fast R-CNN from the image and RoI inputs to `[cls_score, bbox_pred]`.
+
+    Args:
+        images: The image input tensor `(B, H, W, 3)`.
+        rois: The RoI input tensor `(B, R, 4)`.
+        num_classes: Object classes K (the heads have K + 1 outputs).
+        pool_size: RoI pooling grid.
+        roi_mode: `"max"` or `"align"`.
+        dropout: Dropout rate after fc6 and fc7.
+
+    Returns:
+        `[cls_score (B, R, K + 1), bbox_pred (B, R, 4 (K + 1))]`.
+    """
     features = vgg16_trunk(images, pool=_pool_without_pool5)["conv5_3"]
     pooled = RoIPooling(pool_size, 1.0 / 16.0, mode=roi_mode, name="roi_pool5")([features, rois])
     x = keras.layers.Reshape((-1, pool_size * pool_size * 512), name="roi_flatten")(pooled)
@@ -277,12 +309,4 @@ def fast_rcnn(
         kernel_initializer=keras.initializers.RandomNormal(stddev=0.001),
         name="bbox_pred",
     )(x)
-    model = FastRCNN(inputs=[images, rois], outputs=[cls_score, bbox_pred], name=name, **kwargs)
-    for layer_name in FROZEN_LAYERS:
-        model.get_layer(layer_name).trainable = False
-
-    if backbone_weights is not None:
-        source = resolve_source_model(backbone_weights, keras.applications.VGG16)
-        transfer_weights(model, source, FAST_RCNN_IMAGENET_NAMES)
-    load_model_weights(model, weights)
-    return model
+    return [cls_score, bbox_pred]

@@ -32,25 +32,10 @@ Inputs are expected preprocessed as `keras.applications.vgg16.preprocess_input` 
 
 from __future__ import annotations
 
-import os
-
 import keras
-import numpy as np
 
-from keras_dense.apps.backbone_weights import (
-    load_model_weights,
-    resolve_source_model,
-    transfer_weights,
-)
-from keras_dense.apps.builder_checks import (
-    apply_activation,
-    check_activation,
-    check_backbone_weights,
-    check_input_shape,
-    check_num_classes,
-)
-from keras_dense.apps.vgg import VGG16_IMAGENET_NAMES, vgg16_trunk
-from keras_dense.apps.with_crf import with_crf
+from keras_dense.apps.builder import build_model
+from keras_dense.apps.vgg import load_vgg16_weights, vgg16_trunk
 from keras_dense.layers.pooling_switches import (
     MaxPoolingWithArgmax2D,
     MaxUnpooling2D,
@@ -87,20 +72,6 @@ def _conv_bn_relu(x, layer: keras.layers.Layer):
     return keras.layers.ReLU(name=f"{name}_relu")(x)
 
 
-def _dense_to_conv(kernel_shape: tuple[int, int, int]):
-    """Transform reshaping VGG16's `[dense_kernel, bias]` into a conv kernel and bias.
-
-    Keras' `Flatten` of the 7x7x512 `block5_pool` map is row-major (y, x, channel), which is
-    exactly the order of a `(7, 7, 512, units)` conv kernel's first three axes.
-    """
-
-    def transform(weights: list[np.ndarray]) -> list[np.ndarray]:
-        kernel, bias = weights
-        return [kernel.reshape(*kernel_shape, kernel.shape[-1]), bias]
-
-    return transform
-
-
 def load_vgg16_deconvnet_backbone(model: keras.Model, backbone_weights: str) -> list[str]:
     """Copies keras.applications VGG16 weights into DeconvNet's convolution network.
 
@@ -116,20 +87,8 @@ def load_vgg16_deconvnet_backbone(model: keras.Model, backbone_weights: str) -> 
     Returns:
         The names of the layers that received weights.
     """
-    source = resolve_source_model(backbone_weights, keras.applications.VGG16)
-    source_names = {layer.name for layer in source.layers}
-    name_map = dict(VGG16_IMAGENET_NAMES)
-    transforms = {}
-    fc6_filters = model.get_layer("fc6").filters
-    if fc6_filters == PAPER_FC_FILTERS and {"fc1", "fc2"} <= source_names:
-        name_map.update({"fc6": "fc1", "fc7": "fc2"})
-        transforms = {
-            "fc6": _dense_to_conv((FC_KERNEL, FC_KERNEL, 512)),
-            "fc7": _dense_to_conv((1, 1, PAPER_FC_FILTERS)),
-        }
-    loaded = transfer_weights(model, source, name_map, transforms)
-    del source
-    return loaded
+    fc = model.get_layer("fc6").filters == PAPER_FC_FILTERS
+    return load_vgg16_weights(model, backbone_weights, fc=fc)
 
 
 def _check_fc_padding(fc_padding: str, input_shape: tuple) -> None:
@@ -188,15 +147,39 @@ def deconvnet(
         ValueError: An argument is invalid, or the input is too small for a "valid" fc6.
         FileNotFoundError: `weights` or `backbone_weights` is a missing file.
     """
-    num_classes = check_num_classes(num_classes)
-    input_shape = check_input_shape(input_shape)
-    check_activation(activation)
-    check_backbone_weights(backbone_weights, input_shape, "keras.applications.VGG16")
-    _check_fc_padding(fc_padding, input_shape)
     if isinstance(fc_filters, bool) or not isinstance(fc_filters, int) or fc_filters < 1:
         raise ValueError(f"fc_filters must be a positive integer, got {fc_filters!r}")
 
-    inputs = keras.Input(shape=input_shape, name="image")
+    def graph(inputs, classes: int):
+        _check_fc_padding(fc_padding, tuple(inputs.shape[1:]))
+        return deconvnet_graph(inputs, classes, fc_padding, fc_filters)
+
+    return build_model(
+        graph,
+        num_classes=num_classes,
+        input_shape=input_shape,
+        name=name,
+        activation=activation,
+        weights=weights,
+        backbone_weights=backbone_weights,
+        load_backbone=load_vgg16_deconvnet_backbone,
+        crf=crf,
+        crf_normalization="caffe",
+    )
+
+
+def deconvnet_graph(inputs, num_classes: int, fc_padding: str, fc_filters: int):
+    """DeconvNet from the image input to the `score` logits (no activation).
+
+    Args:
+        inputs: The image input tensor `(B, H, W, C)`.
+        num_classes: Number of classes.
+        fc_padding: Padding of `fc6` / `deconv_fc6`.
+        fc_filters: Filters of `fc6` / `fc7`.
+
+    Returns:
+        The `score` tensor `(B, H, W, num_classes)`.
+    """
     encoder = vgg16_trunk(inputs, batch_norm=True, pool=pool_with_switches)
     x, _ = encoder["pool5"]
 
@@ -217,13 +200,4 @@ def deconvnet(
             layer = keras.layers.Conv2DTranspose(f, 3, padding="same", name=f"deconv{block}_{i}")
             x = _conv_bn_relu(x, layer)
 
-    outputs = keras.layers.Conv2D(num_classes, 1, name="score")(x)
-    outputs = apply_activation(outputs, activation)
-    model = keras.Model(inputs, outputs, name=name)
-
-    if backbone_weights is not None:
-        load_vgg16_deconvnet_backbone(model, os.fspath(backbone_weights))
-    if crf:
-        model = with_crf(model, normalization="caffe")
-    load_model_weights(model, weights)
-    return model
+    return keras.layers.Conv2D(num_classes, 1, name="score")(x)

@@ -40,14 +40,7 @@ from __future__ import annotations
 
 import keras
 
-from keras_dense.apps.backbone_weights import load_model_weights
-from keras_dense.apps.builder_checks import (
-    apply_activation,
-    check_activation,
-    check_input_shape,
-    check_num_classes,
-)
-from keras_dense.apps.with_crf import with_crf
+from keras_dense.apps.builder import build_model
 from keras_dense.layers.resizing import CropToMatch
 
 _CONVS_PER_LEVEL = 2
@@ -227,9 +220,6 @@ def unet(
     Raises:
         ValueError: An argument is invalid.
     """
-    num_classes = check_num_classes(num_classes)
-    input_shape = check_input_shape(input_shape)
-    check_activation(activation)
     depth = _check_depth(depth)
     if padding not in ("valid", "same"):
         raise ValueError(f"padding must be 'valid' (the paper) or 'same', got {padding!r}")
@@ -237,10 +227,47 @@ def unet(
         raise ValueError(f"filters must be a positive integer, got {filters!r}")
     if not 0.0 <= float(dropout) < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
-    if padding == "valid":
-        _check_valid_input(input_shape, depth)
 
-    inputs = keras.Input(shape=input_shape, name="image")
+    def graph(inputs, classes: int):
+        if padding == "valid":
+            _check_valid_input(tuple(inputs.shape[1:]), depth)
+        return unet_graph(inputs, classes, padding, filters, depth, batch_norm, dropout)
+
+    return build_model(
+        graph,
+        num_classes=num_classes,
+        input_shape=input_shape,
+        name=name,
+        activation=activation,
+        weights=weights,
+        crf=crf,
+        crf_normalization="caffe",
+    )
+
+
+def unet_graph(
+    inputs,
+    num_classes: int,
+    padding: str = "valid",
+    filters: int = 64,
+    depth: int = 5,
+    batch_norm: bool = False,
+    dropout: float = 0.0,
+):
+    """U-Net from the image input to the `conv_u0d-score` logits (no activation).
+
+    Args:
+        inputs: The image input tensor `(B, H, W, C)`.
+        num_classes: Number of classes.
+        padding: `"valid"` or `"same"` (see `unet`).
+        filters: Channels of the first level.
+        depth: Number of levels.
+        batch_norm: BatchNormalization before every ReLU.
+        dropout: Dropout rate at the end of the contracting path.
+
+    Returns:
+        The score tensor.
+    """
     x = inputs
     skips = []
     for level in range(depth):
@@ -270,10 +297,4 @@ def unet(
         x = _conv(x, width, _KERNEL, padding, batch_norm, f"conv_u{level}c-d")
         source = f"u{level}d"
 
-    outputs = keras.layers.Conv2D(num_classes, 1, name="conv_u0d-score")(x)
-    outputs = apply_activation(outputs, activation)
-    model = keras.Model(inputs, outputs, name=name)
-    if crf:
-        model = with_crf(model, normalization="caffe")
-    load_model_weights(model, weights)
-    return model
+    return keras.layers.Conv2D(num_classes, 1, name="conv_u0d-score")(x)
