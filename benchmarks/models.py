@@ -19,7 +19,6 @@ Run: `python benchmarks/models.py [--size 128] [--batch 2] [--runs 7]`. Prints o
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import platform
@@ -34,36 +33,20 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-# Name -> (module in keras_dense.apps, builder function, keyword arguments given `size`).
-BUILDERS: dict[str, tuple[str, str, Callable[[int], dict]]] = {
-    "fcn8s": ("fcn", "fcn8s", lambda s: {"input_shape": (s, s, 3)}),
+import keras_dense  # noqa: E402
+
+# Name -> (builder function of keras_dense.apps, keyword arguments given `size`).
+BUILDERS: dict[str, tuple[str, Callable[[int], dict]]] = {
+    "fcn8s": ("fcn8s", lambda s: {"input_shape": (s, s, 3)}),
     "deeplab_resnet50_os16": (
-        "deeplab_model",
         "deeplab",
         lambda s: {"backbone": "resnet50", "output_stride": 16, "input_shape": (s, s, 3)},
     ),
     # The paper's 7x7 "valid" fc6 needs inputs of at least 193 px; "same" runs at any size.
-    "deconvnet": (
-        "deconvnet_model",
-        "deconvnet",
-        lambda s: {"input_shape": (s, s, 3), "fc_padding": "same"},
-    ),
-    "unet": ("unet_model", "unet", lambda s: {"input_shape": (s, s, 3), "padding": "same"}),
+    "deconvnet": ("deconvnet", lambda s: {"input_shape": (s, s, 3), "fc_padding": "same"}),
+    "unet": ("unet", lambda s: {"input_shape": (s, s, 3), "padding": "same"}),
 }
 COMPARED_WITH_KERAS_HUB = ("deeplab_resnet50_os16", "deeplab_resnet50_os32")
-
-
-def find_builder(module: str, function: str) -> Callable | None:
-    """Returns `keras_dense.apps.<function>` (or from its module) or None if not written yet."""
-    import keras_dense.apps as apps
-
-    builder = getattr(apps, function, None)
-    if builder is not None:
-        return builder
-    try:
-        return getattr(importlib.import_module(f"keras_dense.apps.{module}"), function)
-    except (ImportError, AttributeError):
-        return None
 
 
 def deeplab_os32(num_classes: int, size: int) -> keras.Model:
@@ -243,14 +226,17 @@ def main(argv: list[str] | None = None) -> dict:
         elif name == "keras_hub_deeplabv3plus":
             if report["versions"]["keras_hub"] is None:
                 report["missing"].append(name)
+                print(
+                    "benchmarks/models.py: keras-hub is not installed, so the keras-hub "
+                    "comparison is left out; install the bench extra (make bench, or "
+                    "pip install -e '.[bench]')",
+                    file=sys.stderr,
+                )
                 continue
             factory = lambda: keras_hub_deeplab(args.num_classes, args.size)  # noqa: E731
         else:
-            module, function, kwargs = BUILDERS[name]
-            builder = find_builder(module, function)
-            if builder is None:
-                report["missing"].append(name)
-                continue
+            function, kwargs = BUILDERS[name]
+            builder = getattr(keras_dense.apps, function)
             factory = lambda b=builder, k=kwargs: b(  # noqa: E731
                 num_classes=args.num_classes, **k(args.size)
             )

@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Iterator
-
 import keras
 import numpy as np
 
+from keras_dense.layers.crf_rnn import use_portable_crf
 from keras_dense.layers.roi_pooling import use_portable_roi_pooling
-
-# Where the CRF-as-RNN layer's portable switch may live (first found is used).
-_PORTABLE_CRF_MODULES = ("keras_dense.layers.crf_rnn", "keras_dense.crf")
 
 
 class NonFiniteWeightsError(ValueError):
@@ -45,39 +40,18 @@ def check_finite_weights(model: keras.Model) -> None:
         raise NonFiniteWeightsError(model.name, bad)
 
 
-def _all_layers(layer: keras.layers.Layer) -> Iterator[keras.layers.Layer]:
-    for child in getattr(layer, "layers", ()):
-        yield child
-        yield from _all_layers(child)
-
-
-def _has_crf_layer(model: keras.Model) -> bool:
-    return any("crf" in type(layer).__name__.lower() for layer in _all_layers(model))
-
-
 def portable_model(model: keras.Model) -> keras.Model:
-    """Switches RoIPooling and CRF layers to their pure-TensorFlow implementations.
+    """Switches RoIPooling and CRF-as-RNN layers to their pure-TensorFlow implementations.
 
-    RoIPooling layers go through `use_portable_roi_pooling`; CRF layers through
-    `use_portable_crf(model)` of the CRF module when it is installed; a model without CRF
-    layers is otherwise returned as it is.
+    The compiled custom ops are faster on a CPU, but TF Serving cannot load them; the op
+    audit refuses any export in which one remains.
 
     Args:
-        model: The model.
+        model: The model (changed in place).
 
     Returns:
-        The model to export (the same object unless `use_portable_crf` returned a new one).
+        The model.
     """
     use_portable_roi_pooling(model)
-    if not _has_crf_layer(model):
-        return model
-    for name in _PORTABLE_CRF_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ImportError:
-            continue
-        switch = getattr(module, "use_portable_crf", None)
-        if switch is not None:
-            result = switch(model)
-            return result if isinstance(result, keras.Model) else model
-    return model  # the op audit refuses the export if a custom op remains
+    use_portable_crf(model)
+    return model

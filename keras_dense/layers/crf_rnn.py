@@ -34,7 +34,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_dense.crf.mean_field import build_kernels, mean_field
-from keras_dense.layers.walk import iter_layers
+from keras_dense.layers.walk import iter_layers, reset_compiled_functions
 from keras_dense.ops.permutohedral import check_implementation, resolve_implementation
 
 
@@ -208,13 +208,6 @@ def crf_layers(model: keras.Model) -> list[CrfRnn]:
     return [layer for layer in iter_layers(model) if is_crf_layer(layer)]
 
 
-def _reset_compiled_functions(model: keras.Model) -> None:
-    # Keras caches traced train/test/predict functions; a changed attribute needs a retrace.
-    for attribute in ("train_function", "test_function", "predict_function"):
-        if hasattr(model, attribute):
-            setattr(model, attribute, None)
-
-
 def use_portable_crf(model: keras.Model) -> keras.Model:
     """Switches every CrfRnn layer of `model` to the pure-TF implementation, in place.
 
@@ -229,7 +222,7 @@ def use_portable_crf(model: keras.Model) -> keras.Model:
     """
     for layer in crf_layers(model):
         layer.implementation = "tf"
-    _reset_compiled_functions(model)
+    reset_compiled_functions(model)
     return model
 
 
@@ -248,5 +241,5 @@ def set_crf_iterations(model: keras.Model, num_iterations: int) -> keras.Model:
     iterations = _iterations(num_iterations)
     for layer in crf_layers(model):
         layer.num_iterations = iterations
-    _reset_compiled_functions(model)
+    reset_compiled_functions(model)
     return model

@@ -51,6 +51,7 @@ import functools
 import keras
 import tensorflow as tf
 
+from keras_dense.layers.walk import iter_layers, reset_compiled_functions
 from keras_dense.ops import loader
 from keras_dense.ops.permutohedral import check_implementation, resolve_implementation
 
@@ -480,11 +481,8 @@ def use_portable_roi_pooling(model: keras.Model) -> keras.Model:
     Returns:
         The same model.
     """
-    for layer in model._flatten_layers(include_self=False, recursive=True):
+    for layer in iter_layers(model):
         if isinstance(layer, RoIPooling):
             layer.implementation = "tf"
-    # Keras caches traced train/test/predict functions; a changed attribute needs a retrace.
-    for attribute in ("train_function", "test_function", "predict_function"):
-        if hasattr(model, attribute):
-            setattr(model, attribute, None)
+    reset_compiled_functions(model)
     return model

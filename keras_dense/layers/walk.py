@@ -29,3 +29,11 @@ def iter_layers(model: keras.layers.Layer) -> Iterator[keras.layers.Layer]:
         seen.add(id(layer))
         yield layer
         stack.extend(reversed(getattr(layer, "layers", ())))
+
+
+def reset_compiled_functions(model: keras.Model) -> None:
+    """Drops a model's traced train/test/predict functions, so a changed layer setting (an
+    implementation switch) takes effect at the next call."""
+    for attribute in ("train_function", "test_function", "predict_function"):
+        if hasattr(model, attribute):
+            setattr(model, attribute, None)

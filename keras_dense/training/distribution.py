@@ -9,6 +9,8 @@ from dataclasses import dataclass
 import keras
 import tensorflow as tf
 
+from keras_dense.layers.walk import iter_layers
+
 
 @dataclass(frozen=True)
 class WorkerInfo:
@@ -140,13 +142,8 @@ def synchronize_batch_norm(model: keras.Model) -> int:
         The number of layers changed.
     """
 
-    def walk(layers):
-        for layer in layers:
-            yield layer
-            yield from walk(getattr(layer, "layers", []))
-
     changed = 0
-    for layer in walk(model.layers):
+    for layer in iter_layers(model):
         if isinstance(layer, keras.layers.BatchNormalization) and not layer.synchronized:
             layer.synchronized = True
             changed += 1
