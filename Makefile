@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install demo test lint clean
+.PHONY: install demo test lint bench clean
 
 # Creates .venv when missing and installs the package with its test extra; re-runs when the
 # package metadata changes.
@@ -27,6 +27,15 @@ test: install
 lint: $(STAMP)
 	$(BIN)/ruff check keras_dense tests benchmarks tfrecords
 	$(BIN)/ruff format --check keras_dense tests benchmarks tfrecords
+
+# The benchmarks with their references (pydensecrf2, keras-hub): long runs, not part of CI.
+bench: install
+	$(BIN)/python -m pip install --quiet -e ".[bench,test]"
+	for script in benchmarks/*.py; do \
+	  case "$$script" in */common.py|*/gpu_check.py) continue;; esac; \
+	  echo "== $$script"; $(BIN)/python "$$script" || exit 1; \
+	done
+	$(BIN)/python benchmarks/gpu_check.py
 
 clean:
 	rm -rf demo_output .pytest_cache build *.egg-info

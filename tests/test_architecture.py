@@ -109,3 +109,23 @@ def test_the_detector_is_caught_by_the_task_comparison_pattern():
 def test_layer_names_exist(level):
     for name in LAYERS[level]:
         assert (PACKAGE / name).is_dir() or (PACKAGE / f"{name}.py").is_file(), name
+
+
+def test_a_new_task_needs_only_its_module_and_registration(monkeypatch):
+    """A task registered from outside the package is usable by recipes and the registry."""
+    from keras_dense import tasks
+    from keras_dense.tasks import task as task_module
+    from keras_dense.training.recipe import validate
+
+    class ToyTask(tasks.Task):
+        name = "toy"
+        builders = ("unet",)
+
+    monkeypatch.setattr(task_module, "_REGISTRY", dict(task_module._REGISTRY))
+    tasks.register_task(ToyTask())
+    assert tasks.get_task("toy").builders == ("unet",)
+    assert tasks.task_of_builder("fast_rcnn").name == "detection"
+    recipe = validate({"task": "toy", "model": {"builder": "unet"}, "data": {"train": "x"}})
+    assert recipe["task"] == "toy"
+    with pytest.raises(ValueError, match="expected one of"):
+        tasks.get_task("nope")
