@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 import tensorflow as tf
 
 from keras_dense.ops.lattice import Lattice
-from keras_dense.ops.permutohedral import build_lattice, filter_lattice
+from keras_dense.ops.permutohedral import build_lattice, filter_lattice, prepare_filter
 
 
 def pixel_positions(height: tf.Tensor | int, width: tf.Tensor | int) -> tf.Tensor:
@@ -116,6 +116,8 @@ def mean_field(
         (B, N, C) logits whose softmax is the final Q.
     """
     scales = [1.0] * len(lattices) if kernel_scales is None else [float(s) for s in kernel_scales]
+    # Built once, used by every iteration (and the backward pass).
+    lattices = [prepare_filter(lattice, implementation) for lattice in lattices]
     shape = tf.shape(unary)
     ones = tf.ones(tf.stack([shape[0], shape[1], 1]), unary.dtype)
     inverse_norms = [

@@ -16,6 +16,8 @@ images and CRF features), otherwise exact dense row ids from one `tf.unique` per
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import tensorflow as tf
 
@@ -203,45 +205,154 @@ def build_lattice(features: tf.Tensor) -> Lattice:
     )
 
 
-def filter_lattice(values: tf.Tensor, lattice: Lattice, reverse: bool = False) -> tf.Tensor:
+# The splat and the slice are split into this many row blocks (ranges of points): the
+# blocks' sparse products are independent ops, which TensorFlow's inter-op pool runs in
+# parallel on a multi-core CPU (one sparse product is single-threaded there).
+SPLIT_PARTS = 2
+
+
+class LatticeOperator(NamedTuple):
+    """The lattice's filter as fixed sparse matrices, built once and reused by every filtering.
+
+    With P = B*N points and L = B*M lattice rows (row b*M + m is point m of image b, so the
+    batch is block diagonal), the filter is `alpha * S^T Blur_d ... Blur_0 S v`.
+
+    Attributes:
+        lattice: The `Lattice` it was built from (the custom op filters with that).
+        slice_parts: `SPLIT_PARTS` SparseTensors, together the rows of S^T (P, L): part p
+            holds the rows of points `starts[p]` to `starts[p+1]`, d+1 entries per row (the
+            barycentric weights), in row-major order.
+        starts: (SPLIT_PARTS + 1,) int64 first point of each part, then P.
+        blur_matrices: d+1 symmetric (L, L) SparseTensors `I + (N1_j + N2_j) / 2`, 3 entries
+            per row (missing neighbours are entries of value 0).
+    """
+
+    lattice: Lattice
+    slice_parts: tuple
+    starts: tf.Tensor
+    blur_matrices: tuple
+
+
+def lattice_operator(lattice: Lattice | LatticeOperator) -> LatticeOperator:
+    """Builds the sparse matrices of the lattice's filter (index arithmetic done once).
+
+    Args:
+        lattice: A `Lattice` from either implementation (or a `LatticeOperator`, returned
+            as is).
+
+    Returns:
+        The `LatticeOperator`; `filter_lattice` accepts it in place of the lattice.
+    """
+    if isinstance(lattice, LatticeOperator):
+        return lattice
+    indices = tf.cast(lattice.splat_indices, tf.int64)
+    d1 = indices.shape[-1]
+    if d1 is None:
+        raise ValueError("the lattice's last dimension (d+1) must be static")
+    shape = tf.shape(indices, out_type=tf.int64)
+    batch, points = shape[0], shape[1]
+    max_points = tf.shape(lattice.blur_neighbors, out_type=tf.int64)[1]
+    total_points = batch * points
+    rows = batch * max_points
+    base = tf.range(batch, dtype=tf.int64)[:, None, None] * max_points
+    columns = tf.reshape(indices + base, [-1])
+    weights = tf.reshape(tf.cast(lattice.barycentric_weights, tf.float32), [-1])
+    starts = total_points * tf.range(SPLIT_PARTS + 1, dtype=tf.int64) // SPLIT_PARTS
+    slice_parts = []
+    for part in range(SPLIT_PARTS):
+        first, end = starts[part], starts[part + 1]
+        entry = tf.range(first * d1, end * d1)
+        slice_parts.append(
+            tf.SparseTensor(
+                tf.stack([entry // d1 - first, tf.gather(columns, entry)], axis=1),
+                tf.gather(weights, entry),
+                tf.stack([end - first, rows]),
+            )
+        )
+
+    neighbours = tf.cast(lattice.blur_neighbors, tf.int64)  # (B, M, d+1, 2)
+    row = tf.reshape(tf.range(rows, dtype=tf.int64), [-1, 1])
+    row3 = tf.reshape(tf.tile(row, [1, 3]), [-1])
+    blur_matrices = []
+    for j in range(d1):
+        pair = neighbours[:, :, j, :]
+        valid = tf.reshape(pair >= 0, [-1, 2])
+        pair = tf.reshape(tf.where(pair >= 0, pair + base, 0), [-1, 2])
+        # Missing neighbours: an entry of value 0 on the diagonal (a fixed number of entries,
+        # no boolean mask, so no host round trip on a GPU).
+        pair = tf.where(valid, pair, row)
+        column = tf.reshape(tf.concat([row, pair], axis=1), [-1])
+        value = tf.concat([tf.ones_like(row, tf.float32), 0.5 * tf.cast(valid, tf.float32)], 1)
+        blur_matrices.append(
+            tf.SparseTensor(
+                tf.stack([row3, column], axis=1), tf.reshape(value, [-1]), tf.stack([rows, rows])
+            )
+        )
+    return LatticeOperator(lattice, tuple(slice_parts), starts, tuple(blur_matrices))
+
+
+def _cast_sparse(matrix: tf.SparseTensor, dtype: tf.DType) -> tf.SparseTensor:
+    if matrix.values.dtype == dtype:
+        return matrix
+    return tf.SparseTensor(matrix.indices, tf.cast(matrix.values, dtype), matrix.dense_shape)
+
+
+def _apply(flat: tf.Tensor, operator: LatticeOperator, reverse: bool) -> tf.Tensor:
+    """The filter of (P, C) values: splat, blur, slice, as sparse-dense products."""
+    dtype = flat.dtype
+    slice_parts = [_cast_sparse(m, dtype) for m in operator.slice_parts]
+    blur = [_cast_sparse(m, dtype) for m in operator.blur_matrices]
+    starts = operator.starts
+    # Splat: S v = sum over the parts of (S^T)_p^T v_p.
+    lattice_values = tf.add_n(
+        [
+            tf.sparse.sparse_dense_matmul(part, flat[starts[p] : starts[p + 1]], adjoint_a=True)
+            for p, part in enumerate(slice_parts)
+        ]
+    )
+    for matrix in reversed(blur) if reverse else blur:
+        lattice_values = tf.sparse.sparse_dense_matmul(matrix, lattice_values)
+    d = len(blur) - 1
+    alpha = tf.constant(1.0 / (1.0 + 2.0**-d), dtype)
+    sliced = tf.concat(
+        [tf.sparse.sparse_dense_matmul(part, lattice_values) for part in slice_parts], axis=0
+    )
+    return alpha * sliced
+
+
+def filter_lattice(
+    values: tf.Tensor, lattice: Lattice | LatticeOperator, reverse: bool = False
+) -> tf.Tensor:
     """Splat, blur along the d+1 lattice directions, slice (the op's filter, in stock TF).
+
+    Each step is a product with a fixed sparse matrix (`lattice_operator`): pass a
+    `LatticeOperator` to filter many value tensors with one lattice without rebuilding it.
+    The gradient with respect to `values` is the transposed filter (blur order reversed), as
+    the op's; there is none with respect to the lattice.
 
     Args:
         values: (B, N, C) float32 or float64 values at the points.
-        lattice: The lattice of the same points (from either implementation).
+        lattice: The lattice of the same points (from either implementation), or its
+            `LatticeOperator`.
         reverse: Blur the directions in reverse order (the transpose of the filter).
 
     Returns:
         (B, N, C) filtered values, same dtype as `values`.
     """
+    operator = lattice_operator(lattice)
     values = tf.convert_to_tensor(values)
-    indices = tf.cast(lattice.splat_indices, tf.int64)
-    d1 = indices.shape[-1]
-    if d1 is None:
-        raise ValueError("the lattice's last dimension (d+1) must be static")
-    d = d1 - 1
-    dtype = values.dtype
-    shape = tf.shape(values, out_type=tf.int64)
-    batch, points, channels = shape[0], shape[1], shape[2]
-    max_points = tf.shape(lattice.blur_neighbors, out_type=tf.int64)[1]
-    weights = tf.cast(lattice.barycentric_weights, dtype)
+    if values.dtype not in (tf.float32, tf.float64):
+        raise ValueError(f"values must be float32 or float64, got {values.dtype}")
 
-    # Row 0 is the zero value of missing neighbours; point m of image b is row b * M + m + 1.
-    base = tf.range(batch, dtype=tf.int64)[:, None, None] * max_points + 1
-    rows = tf.reshape(indices + base, [-1])
-    contributions = tf.reshape(values[:, :, None, :] * weights[..., None], tf.stack([-1, channels]))
-    lattice_values = tf.math.unsorted_segment_sum(contributions, rows, batch * max_points + 1)
+    @tf.custom_gradient
+    def _filter(v):
+        shape = tf.shape(v)
+        flat = tf.reshape(v, tf.stack([-1, shape[2]]))
+        out = tf.reshape(_apply(flat, operator, reverse), shape)
 
-    neighbours = tf.cast(lattice.blur_neighbors, tf.int64)
-    neighbours = tf.where(neighbours >= 0, neighbours + base[..., None], 0)
-    neighbours = tf.reshape(neighbours, [-1, d1, 2])
-    neighbours = tf.concat([tf.zeros([1, d1, 2], tf.int64), neighbours], axis=0)
-    half = tf.constant(0.5, dtype)
-    for j in reversed(range(d1)) if reverse else range(d1):
-        first = tf.gather(lattice_values, neighbours[:, j, 0])
-        second = tf.gather(lattice_values, neighbours[:, j, 1])
-        lattice_values = lattice_values + half * (first + second)
+        def grad(upstream):
+            return filter_lattice(upstream, operator, reverse=not reverse)
 
-    sliced = tf.reshape(tf.gather(lattice_values, rows), tf.stack([batch, points, d1, channels]))
-    alpha = tf.constant(1.0 / (1.0 + 2.0**-d), dtype)
-    return alpha * tf.reduce_sum(sliced * weights[..., None], axis=2)
+        return out, grad
+
+    return _filter(values)
