@@ -13,7 +13,15 @@ import pytest
 import tensorflow as tf
 
 from keras_dense.crf.mean_field import bilateral_features, spatial_features
-from keras_dense.ops import Lattice, OpBuildError, build_lattice, filter_lattice, loader
+from keras_dense.ops import (
+    Lattice,
+    LatticeOperator,
+    OpBuildError,
+    build_lattice,
+    filter_lattice,
+    loader,
+    prepare_filter,
+)
 from keras_dense.ops.permutohedral import resolve_implementation
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -108,6 +116,109 @@ def test_twin_builds_the_same_lattice_and_filters_the_same(op):
                 b = filter_lattice(values, tf_lattice, reverse, "tf").numpy()
                 assert a.dtype == dtype
                 np.testing.assert_allclose(a, b, atol=1e-4, rtol=0)
+
+
+def _numpy_filter(values: np.ndarray, lattice: Lattice, reverse: bool = False) -> np.ndarray:
+    """The lattice's filter written directly from its tensors in float64 NumPy (a reference
+    independent of both implementations): splat, [1/2, 1, 1/2] blur per direction, slice."""
+    indices = lattice.splat_indices.numpy()
+    weights = lattice.barycentric_weights.numpy().astype(np.float64)
+    neighbours = lattice.blur_neighbors.numpy()
+    batch, points, d1 = indices.shape
+    out = np.zeros(values.shape, np.float64)
+    for b in range(batch):
+        grid = np.zeros((neighbours.shape[1] + 1, values.shape[2]))  # row 0: missing neighbour
+        np.add.at(grid, indices[b] + 1, weights[b][..., None] * values[b][:, None, :])
+        for j in reversed(range(d1)) if reverse else range(d1):
+            grid[1:] = grid[1:] + 0.5 * (
+                grid[neighbours[b, :, j, 0] + 1] + grid[neighbours[b, :, j, 1] + 1]
+            )
+        sliced = (grid[indices[b] + 1] * weights[b][..., None]).sum(1)
+        out[b] = sliced / (1.0 + 2.0 ** -(d1 - 1))
+    return out
+
+
+def _odd_batch(batch: int, height: int, width: int, seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    images = np.stack(
+        [
+            _images(height, width, seed + b)[name]
+            for b, name in zip(range(batch), ("pieces", "noise", "gradient", "pieces"))
+        ]
+    )
+    images = images + rng.normal(0, 3, images.shape)  # images differ: different M_b
+    # Spatial features of a different scale per image (else the images share one lattice).
+    spread = (1.0 + 0.3 * np.arange(batch, dtype=np.float32))[:, None, None]
+    return {
+        "spatial": spatial_features(batch, height, width, 3.0).numpy() * spread,
+        "bilateral": bilateral_features(images.astype(np.float32), 7.0, 15.0).numpy(),
+    }
+
+
+@pytest.mark.parametrize("kernel", ["spatial", "bilateral"])
+def test_twin_operator_equals_op_and_numpy_for_batches_and_odd_sizes(op, kernel):
+    # B = 3 images of an odd size (13 x 17), different lattice sizes; channel counts that take
+    # every path of the op (1 to 6 whole vectors, and the general case) and of the twin.
+    features = _odd_batch(3, 13, 17, seed=7)[kernel]
+    op_lattice = build_lattice(features, "custom_op")
+    num_points = op_lattice.num_points.numpy()
+    assert len(set(num_points)) > 1  # padding in play
+    operator = prepare_filter(build_lattice(features, "tf"), "tf")
+    assert isinstance(operator, LatticeOperator)
+    rng = np.random.default_rng(8)
+    for dtype, channels in (
+        (np.float32, 1),
+        (np.float32, 9),
+        (np.float32, 21),
+        (np.float32, 48),
+        (np.float32, 49),
+        (np.float64, 3),
+        (np.float64, 21),
+        (np.float64, 25),
+    ):
+        values = rng.normal(size=(3, 13 * 17, channels)).astype(dtype)
+        for reverse in (False, True):
+            expected = _numpy_filter(values.astype(np.float64), op_lattice, reverse)
+            by_op = filter_lattice(values, op_lattice, reverse, "custom_op").numpy()
+            by_twin = filter_lattice(values, operator, reverse, "tf").numpy()
+            assert by_op.dtype == by_twin.dtype == dtype
+            scale = np.abs(expected).max()
+            message = f"{dtype.__name__} C={channels} reverse={reverse}"
+            np.testing.assert_allclose(by_twin, by_op, atol=1e-4, rtol=0, err_msg=message)
+            np.testing.assert_allclose(by_op, expected, atol=1e-5 * scale, err_msg=message)
+            np.testing.assert_allclose(by_twin, expected, atol=1e-5 * scale, err_msg=message)
+    # The op takes the twin's operator too (it filters with the lattice inside).
+    values = rng.normal(size=(3, 13 * 17, 4)).astype(np.float32)
+    np.testing.assert_allclose(
+        filter_lattice(values, operator, implementation="custom_op").numpy(),
+        filter_lattice(values, op_lattice, implementation="custom_op").numpy(),
+        atol=1e-5,
+    )
+
+
+def test_twin_operator_in_a_tf_function_with_gradients(op):
+    features = _odd_batch(2, 9, 11, seed=9)["bilateral"]
+    lattice = build_lattice(features, "custom_op")
+    values = np.random.default_rng(10).normal(size=(2, 99, 5)).astype(np.float32)
+    upstream = np.random.default_rng(11).normal(size=(2, 99, 5)).astype(np.float32)
+
+    @tf.function
+    def twin(x):
+        operator = prepare_filter(build_lattice(features, "tf"), "tf")
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = tf.reduce_sum(filter_lattice(filter_lattice(x, operator), operator) * upstream)
+        return loss, tape.gradient(loss, x)
+
+    x = tf.constant(values)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        once = filter_lattice(x, lattice, implementation="custom_op")
+        loss = tf.reduce_sum(filter_lattice(once, lattice, implementation="custom_op") * upstream)
+    expected_gradient = tape.gradient(loss, x)
+    got_loss, got_gradient = twin(x)
+    np.testing.assert_allclose(got_loss.numpy(), loss.numpy(), rtol=1e-5)
+    np.testing.assert_allclose(got_gradient.numpy(), expected_gradient.numpy(), atol=1e-4)
 
 
 def test_twin_exact_row_codes_fallback(op, monkeypatch):
