@@ -221,13 +221,15 @@ def test_twin_operator_in_a_tf_function_with_gradients(op):
     np.testing.assert_allclose(got_gradient.numpy(), expected_gradient.numpy(), atol=1e-4)
 
 
-def test_twin_exact_row_codes_fallback(op, monkeypatch):
-    # Keys too wide for one int64 code are ranked one coordinate at a time instead.
+@pytest.mark.parametrize("limit", ["_FLOAT_CODE_BITS", "_CODE_BITS"])
+def test_twin_exact_row_codes_fallback(op, monkeypatch, limit):
+    # Keys too wide for one float64 code get an int64 code; too wide for that, they are
+    # ranked one coordinate at a time instead.
     from keras_dense.ops import permutohedral_tf
 
     features = np.random.default_rng(6).uniform(0, 9, (2, 120, 4)).astype(np.float32)
     expected = build_lattice(features, "custom_op")
-    monkeypatch.setattr(permutohedral_tf, "_CODE_BITS", 0.0)
+    monkeypatch.setattr(permutohedral_tf, limit, 0.0)
     got = build_lattice(features, "tf")
     for field, a, b in zip(Lattice._fields, expected, got):
         np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=field)

@@ -10,8 +10,13 @@ build is not differentiable (`tf.stop_gradient` on the features).
 
 Hashing: a lattice key is the first d coordinates of a lattice point, all congruent to the
 same remainder r modulo d+1. Each key becomes one int64 code `(image, r, q_0, ..., q_{d-1})`
-with `q_i = key_i // (d+1)` in mixed radix when the ranges fit in 62 bits (always, for
-images and CRF features), otherwise exact dense row ids from one `tf.unique` per coordinate.
+with `q_i = key_i // (d+1)` in mixed radix: one exact float64 matrix-vector product when the
+ranges fit in 52 bits (images and CRF features), int64 arithmetic up to 62 bits, otherwise
+exact dense row ids from one `tf.unique` per coordinate.
+
+Filtering: the lattice is fixed, so splat, blur and slice are fixed sparse matrices;
+`lattice_operator` builds them once (`LatticeOperator`) and each filtering is then a few
+`tf.sparse.sparse_dense_matmul` products, with no index arithmetic (see `filter_lattice`).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import tensorflow as tf
 from keras_dense.ops.lattice import Lattice, lattice_scale_factors, max_feature_magnitude
 
 _CODE_BITS = 62.0
+_FLOAT_CODE_BITS = 52.0
 
 
 def _elevate(features: tf.Tensor, d: int) -> tf.Tensor:
@@ -62,14 +68,12 @@ def _simplex(elevated: tf.Tensor, d: int) -> tuple[tf.Tensor, tf.Tensor]:
         tf.cast(from_earlier, tf.int32), -1
     )
 
-    positive = rank >= d1 - rem_sum
-    rem0_pos = tf.where(positive, rem0 - d1, rem0)
-    rank_pos = tf.where(positive, rank + rem_sum - d1, rank + rem_sum)
-    negative = rank < -rem_sum
-    rem0_neg = tf.where(negative, rem0 + d1, rem0)
-    rank_neg = tf.where(negative, rank + d1 + rem_sum, rank + rem_sum)
-    rem0 = tf.where(rem_sum > 0, rem0_pos, tf.where(rem_sum < 0, rem0_neg, rem0))
-    rank = tf.where(rem_sum > 0, rank_pos, tf.where(rem_sum < 0, rank_neg, rank))
+    # Bring the point back onto the plane: the op's two cases (rem_sum > 0: ranks that pass d
+    # wrap around and their coordinates drop by d+1; rem_sum < 0: the reverse) are one
+    # modular shift of the ranks.
+    shifted = rank + rem_sum
+    rank = tf.math.floormod(shifted, d1)
+    rem0 = rem0 - (shifted - rank)
 
     # w[r]: the scaled differential coordinate of the axis of rank r (one term per r).
     scaled = (elevated - tf.cast(rem0, tf.float32)) * down
@@ -86,13 +90,10 @@ def _simplex(elevated: tf.Tensor, d: int) -> tuple[tf.Tensor, tf.Tensor]:
     return keys, weights
 
 
-def _mixed_radix_codes(rows: tf.Tensor) -> tf.Tensor:
-    low = tf.reduce_min(rows, axis=0)
-    radix = tf.reduce_max(rows, axis=0) - low + 1
-    codes = tf.zeros_like(rows[:, 0])
-    for c in range(rows.shape[1]):
-        codes = codes * radix[c] + (rows[:, c] - low[c])
-    return codes
+def _mixed_radix_codes(rows: tf.Tensor, low: tf.Tensor, radix: tf.Tensor) -> tf.Tensor:
+    # sum_c (row_c - low_c) * prod_{c' > c} radix_c': three whole-matrix ops, no column loop.
+    multipliers = tf.math.cumprod(radix, reverse=True, exclusive=True)
+    return tf.reduce_sum((rows - low) * multipliers, axis=1)
 
 
 def _dense_row_codes(rows: tf.Tensor) -> tf.Tensor:
@@ -109,19 +110,57 @@ def _row_codes(rows: tf.Tensor) -> tf.Tensor:
     """int64 codes of (R, k) int64 rows: equal exactly when the rows are equal."""
     if rows.shape[0] == 0:
         return tf.zeros([0], tf.int64)
-    spans = tf.cast(tf.reduce_max(rows, 0) - tf.reduce_min(rows, 0) + 1, tf.float64)
-    bits = tf.reduce_sum(tf.math.log(spans)) / np.log(2.0)
+    low = tf.reduce_min(rows, 0)
+    radix = tf.reduce_max(rows, 0) - low + 1
+    bits = tf.reduce_sum(tf.math.log(tf.cast(radix, tf.float64))) / np.log(2.0)
     return tf.cond(
-        bits < _CODE_BITS, lambda: _mixed_radix_codes(rows), lambda: _dense_row_codes(rows)
+        bits < _CODE_BITS,
+        lambda: _mixed_radix_codes(rows, low, radix),
+        lambda: _dense_row_codes(rows),
     )
 
 
 def _key_rows(image: tf.Tensor, keys: tf.Tensor, d: int) -> tf.Tensor:
-    """(R,) image ids and (R, d) keys -> (R, d+2) int64 rows (image, remainder, quotients)."""
-    keys = tf.cast(keys, tf.int64)
-    remainder = tf.math.floormod(keys[:, :1], d + 1)
-    quotients = tf.math.floordiv(keys, d + 1)
+    """(R,) image ids and (R, d) int32 keys -> (R, d+2) int64 rows (image, remainder, quotients).
+
+    The quotients `floor(key / (d+1))` come from float64 division, exact here (|key| < 2^24:
+    the quotient is exact when d+1 divides the key, else at least 1/(d+1) from an integer)
+    and several times faster than int64 division on a CPU.
+    """
+    quotients = tf.cast(tf.math.floor(tf.cast(keys, tf.float64) / float(d + 1)), tf.int64)
+    remainder = tf.cast(keys[:, :1], tf.int64) - (d + 1) * quotients[:, :1]
     return tf.concat([tf.cast(image, tf.int64)[:, None], remainder, quotients], axis=1)
+
+
+def _lattice_codes(image: tf.Tensor, keys: tf.Tensor, d: int) -> tf.Tensor:
+    """int64 codes of (R,) image ids and (R, d) int32 keys: equal exactly when both are equal.
+
+    Usually one float64 matrix-vector product: the mixed-radix code of (image, remainder,
+    quotients - their minimum) is an integer below 2^52 (checked), so float64 products and
+    sums are exact. Otherwise the int64 rows of `_key_rows` are coded by `_row_codes`.
+    """
+    if keys.shape[0] == 0:
+        return tf.zeros([0], tf.int64)
+    d1 = float(d + 1)
+    quotients = tf.math.floor(tf.cast(keys, tf.float64) / d1)  # exact, see _key_rows
+    remainder = tf.cast(keys[:, 0], tf.float64) - d1 * quotients[:, 0]
+    # Column bounds from the int32 keys (cheap) mapped through the monotone floor(k / (d+1)).
+    low = tf.math.floor(tf.cast(tf.reduce_min(keys, 0), tf.float64) / d1)
+    high = tf.math.floor(tf.cast(tf.reduce_max(keys, 0), tf.float64) / d1)
+    image = tf.cast(image, tf.float64)
+    radix = tf.concat([[tf.reduce_max(image) + 1.0, d1], high - low + 1.0], 0)
+    bits = tf.reduce_sum(tf.math.log(radix)) / np.log(2.0)
+
+    def exact_float():
+        multipliers = tf.math.cumprod(radix, reverse=True, exclusive=True)
+        codes = tf.linalg.matvec(quotients - low, multipliers[2:])
+        return tf.cast(codes + remainder * multipliers[1] + image * multipliers[0], tf.int64)
+
+    return tf.cond(
+        bits < min(_FLOAT_CODE_BITS, _CODE_BITS),
+        exact_float,
+        lambda: _row_codes(_key_rows(image, keys, d)),
+    )
 
 
 def build_lattice(features: tf.Tensor) -> Lattice:
@@ -155,7 +194,7 @@ def build_lattice(features: tf.Tensor) -> Lattice:
     keys, weights = _simplex(_elevate(features, d), d)
     flat_keys = tf.reshape(keys, [-1, d])
     entry_image = tf.repeat(tf.range(batch), vertices)
-    codes = _row_codes(_key_rows(entry_image, flat_keys, d))
+    codes = _lattice_codes(entry_image, flat_keys, d)
     # First-occurrence numbering: image 0's points first, then image 1's, ... as in the op.
     unique_codes, global_index = tf.unique(codes, out_idx=tf.int64)
     total = tf.size(unique_codes, out_type=tf.int64)
@@ -175,10 +214,9 @@ def build_lattice(features: tf.Tensor) -> Lattice:
     neighbour_keys = tf.stack([point_keys[:, None] + step, point_keys[:, None] - step], axis=2)
     neighbour_keys = tf.reshape(neighbour_keys, [-1, d])  # (P * (d+1) * 2, d)
     neighbour_image = tf.repeat(point_image, 2 * d1)
-    rows = _key_rows(
+    all_codes = _lattice_codes(
         tf.concat([point_image, neighbour_image], 0), tf.concat([point_keys, neighbour_keys], 0), d
     )
-    all_codes = _row_codes(rows)
     point_codes, query_codes = all_codes[:total], all_codes[total:]
     order = tf.cast(tf.argsort(point_codes), tf.int64)
     sorted_codes = tf.gather(point_codes, order)
