@@ -57,16 +57,13 @@ def _simplex(elevated: tf.Tensor, d: int) -> tuple[tf.Tensor, tf.Tensor]:
     rem0 = tf.cast(tf.where(up - elevated < elevated - dn, up, dn), tf.int32)
     rem_sum = tf.reduce_sum(rem0, axis=-1, keepdims=True) // d1
 
-    # rank[i] = #{j > i: diff_i < diff_j} + #{j < i: not diff_j < diff_i}
+    # rank[i] = #{j > i: diff_i < diff_j} + #{j < i: not diff_j < diff_i}, i.e. the position
+    # of i when sorting by decreasing diff, ties in index order.
     diff = elevated - tf.cast(rem0, tf.float32)
-    less = diff[..., :, None] < diff[..., None, :]  # [i, j]: diff_i < diff_j
-    upper = tf.constant(np.triu(np.ones((d1, d1), bool), 1))
-    lower = tf.constant(np.tril(np.ones((d1, d1), bool), -1))
-    from_later = tf.logical_and(less, upper)
-    from_earlier = tf.logical_and(tf.logical_not(tf.linalg.matrix_transpose(less)), lower)
-    rank = tf.reduce_sum(tf.cast(from_later, tf.int32), -1) + tf.reduce_sum(
-        tf.cast(from_earlier, tf.int32), -1
-    )
+    d_i, d_j = diff[..., :, None], diff[..., None, :]
+    earlier = tf.constant(np.tril(np.ones((d1, d1), bool), -1))  # [i, j]: j < i
+    before = tf.where(earlier, d_j >= d_i, d_j > d_i)  # [i, j]: j sorts before i
+    rank = tf.reduce_sum(tf.cast(before, tf.int32), -1)
 
     # Bring the point back onto the plane: the op's two cases (rem_sum > 0: ranks that pass d
     # wrap around and their coordinates drop by d+1; rem_sum < 0: the reverse) are one
@@ -243,36 +240,29 @@ def build_lattice(features: tf.Tensor) -> Lattice:
     )
 
 
-# The splat and the slice are split into this many row blocks (ranges of points): the
-# blocks' sparse products are independent ops, which TensorFlow's inter-op pool runs in
-# parallel on a multi-core CPU (one sparse product is single-threaded there).
-SPLIT_PARTS = 2
-
-
 class LatticeOperator(NamedTuple):
     """The lattice's filter as fixed sparse matrices, built once and reused by every filtering.
 
-    With P = B*N points and L = B*M lattice rows (row b*M + m is point m of image b, so the
-    batch is block diagonal), the filter is `alpha * S^T Blur_d ... Blur_0 S v`.
+    With P = B*N points and L = B*M lattice rows (row b*M + m is lattice point m of image b,
+    so the batch is block diagonal), the filter is `alpha * S^T Blur_d ... Blur_0 S v`.
 
     Attributes:
         lattice: The `Lattice` it was built from (the custom op filters with that).
-        slice_parts: `SPLIT_PARTS` SparseTensors, together the rows of S^T (P, L): part p
-            holds the rows of points `starts[p]` to `starts[p+1]`, d+1 entries per row (the
-            barycentric weights), in row-major order.
-        starts: (SPLIT_PARTS + 1,) int64 first point of each part, then P.
-        blur_matrices: d+1 symmetric (L, L) SparseTensors `I + (N1_j + N2_j) / 2`, 3 entries
-            per row (missing neighbours are entries of value 0).
+        slice_matrix: S^T, a (P, L) SparseTensor: d+1 entries per row (the barycentric
+            weights of the point's simplex vertices), in row-major order. The splat is its
+            adjoint product.
+        blur_matrices: d+1 symmetric (L, L) SparseTensors `I + (N1_j + N2_j) / 2` (times
+            alpha for direction 0), 3 entries per row in row-major order (a missing neighbour is an entry of value 0 on the
+            diagonal: a fixed number of entries, no boolean mask, no host round trip on a GPU).
     """
 
     lattice: Lattice
-    slice_parts: tuple
-    starts: tf.Tensor
+    slice_matrix: tf.SparseTensor
     blur_matrices: tuple
 
 
 def lattice_operator(lattice: Lattice | LatticeOperator) -> LatticeOperator:
-    """Builds the sparse matrices of the lattice's filter (index arithmetic done once).
+    """Builds the sparse matrices of the lattice's filter (all index arithmetic, once).
 
     Args:
         lattice: A `Lattice` from either implementation (or a `LatticeOperator`, returned
@@ -290,43 +280,38 @@ def lattice_operator(lattice: Lattice | LatticeOperator) -> LatticeOperator:
     shape = tf.shape(indices, out_type=tf.int64)
     batch, points = shape[0], shape[1]
     max_points = tf.shape(lattice.blur_neighbors, out_type=tf.int64)[1]
-    total_points = batch * points
     rows = batch * max_points
-    base = tf.range(batch, dtype=tf.int64)[:, None, None] * max_points
-    columns = tf.reshape(indices + base, [-1])
-    weights = tf.reshape(tf.cast(lattice.barycentric_weights, tf.float32), [-1])
-    starts = total_points * tf.range(SPLIT_PARTS + 1, dtype=tf.int64) // SPLIT_PARTS
-    slice_parts = []
-    for part in range(SPLIT_PARTS):
-        first, end = starts[part], starts[part + 1]
-        entry = tf.range(first * d1, end * d1)
-        slice_parts.append(
-            tf.SparseTensor(
-                tf.stack([entry // d1 - first, tf.gather(columns, entry)], axis=1),
-                tf.gather(weights, entry),
-                tf.stack([end - first, rows]),
-            )
-        )
+    base = tf.range(batch, dtype=tf.int64)[:, None, None] * max_points  # (B, 1, 1)
 
+    point = tf.reshape(tf.repeat(tf.range(batch * points)[:, None], d1, axis=1), [-1])
+    slice_matrix = tf.SparseTensor(
+        tf.stack([point, tf.reshape(indices + base, [-1])], axis=1),
+        tf.reshape(tf.cast(lattice.barycentric_weights, tf.float32), [-1]),
+        tf.stack([batch * points, rows]),
+    )
+
+    # All directions at once: (d+1, L, 3) columns [self, n1, n2] and values [1, 1/2, 1/2].
     neighbours = tf.cast(lattice.blur_neighbors, tf.int64)  # (B, M, d+1, 2)
-    row = tf.reshape(tf.range(rows, dtype=tf.int64), [-1, 1])
-    row3 = tf.reshape(tf.tile(row, [1, 3]), [-1])
-    blur_matrices = []
-    for j in range(d1):
-        pair = neighbours[:, :, j, :]
-        valid = tf.reshape(pair >= 0, [-1, 2])
-        pair = tf.reshape(tf.where(pair >= 0, pair + base, 0), [-1, 2])
-        # Missing neighbours: an entry of value 0 on the diagonal (a fixed number of entries,
-        # no boolean mask, so no host round trip on a GPU).
-        pair = tf.where(valid, pair, row)
-        column = tf.reshape(tf.concat([row, pair], axis=1), [-1])
-        value = tf.concat([tf.ones_like(row, tf.float32), 0.5 * tf.cast(valid, tf.float32)], 1)
-        blur_matrices.append(
-            tf.SparseTensor(
-                tf.stack([row3, column], axis=1), tf.reshape(value, [-1]), tf.stack([rows, rows])
-            )
+    valid = neighbours >= 0
+    row = tf.reshape(tf.range(rows, dtype=tf.int64), [1, -1, 1])
+    pairs = tf.transpose(tf.reshape(neighbours + base[..., None], [rows, d1, 2]), [1, 0, 2])
+    valid = tf.transpose(tf.reshape(valid, [rows, d1, 2]), [1, 0, 2])
+    pairs = tf.where(valid, pairs, row)
+    columns = tf.concat([tf.broadcast_to(row, [d1, rows, 1]), pairs], axis=2)
+    values = tf.concat([tf.ones([d1, rows, 1]), 0.5 * tf.cast(valid, tf.float32)], axis=2)
+    # The slice's factor alpha = 1 / (1 + 2^-d), folded into direction 0 (the product is
+    # linear): one pass less over the (P, C) output per filtering.
+    alpha = 1.0 / (1.0 + 2.0 ** -(d1 - 1))
+    values = values * tf.constant([alpha] + [1.0] * (d1 - 1), tf.float32)[:, None, None]
+    row_ids = tf.reshape(tf.broadcast_to(row, [1, rows, 3]), [-1])
+    dense_shape = tf.stack([rows, rows])
+    blur_matrices = tuple(
+        tf.SparseTensor(
+            tf.stack([row_ids, tf.reshape(c, [-1])], 1), tf.reshape(v, [-1]), dense_shape
         )
-    return LatticeOperator(lattice, tuple(slice_parts), starts, tuple(blur_matrices))
+        for c, v in zip(tf.unstack(columns, num=d1), tf.unstack(values, num=d1))
+    )
+    return LatticeOperator(lattice, slice_matrix, blur_matrices)
 
 
 def _cast_sparse(matrix: tf.SparseTensor, dtype: tf.DType) -> tf.SparseTensor:
@@ -338,24 +323,12 @@ def _cast_sparse(matrix: tf.SparseTensor, dtype: tf.DType) -> tf.SparseTensor:
 def _apply(flat: tf.Tensor, operator: LatticeOperator, reverse: bool) -> tf.Tensor:
     """The filter of (P, C) values: splat, blur, slice, as sparse-dense products."""
     dtype = flat.dtype
-    slice_parts = [_cast_sparse(m, dtype) for m in operator.slice_parts]
+    slice_matrix = _cast_sparse(operator.slice_matrix, dtype)
     blur = [_cast_sparse(m, dtype) for m in operator.blur_matrices]
-    starts = operator.starts
-    # Splat: S v = sum over the parts of (S^T)_p^T v_p.
-    lattice_values = tf.add_n(
-        [
-            tf.sparse.sparse_dense_matmul(part, flat[starts[p] : starts[p + 1]], adjoint_a=True)
-            for p, part in enumerate(slice_parts)
-        ]
-    )
+    lattice_values = tf.sparse.sparse_dense_matmul(slice_matrix, flat, adjoint_a=True)  # splat
     for matrix in reversed(blur) if reverse else blur:
         lattice_values = tf.sparse.sparse_dense_matmul(matrix, lattice_values)
-    d = len(blur) - 1
-    alpha = tf.constant(1.0 / (1.0 + 2.0**-d), dtype)
-    sliced = tf.concat(
-        [tf.sparse.sparse_dense_matmul(part, lattice_values) for part in slice_parts], axis=0
-    )
-    return alpha * sliced
+    return tf.sparse.sparse_dense_matmul(slice_matrix, lattice_values)  # slice
 
 
 def filter_lattice(
