@@ -252,8 +252,9 @@ class LatticeOperator(NamedTuple):
             weights of the point's simplex vertices), in row-major order. The splat is its
             adjoint product.
         blur_matrices: d+1 symmetric (L, L) SparseTensors `I + (N1_j + N2_j) / 2` (times
-            alpha for direction 0), 3 entries per row in row-major order (a missing neighbour is an entry of value 0 on the
-            diagonal: a fixed number of entries, no boolean mask, no host round trip on a GPU).
+            alpha for direction 0), 3 entries per row in row-major order (a missing neighbour
+            is an entry of value 0 on the diagonal: a fixed number of entries, no boolean
+            mask, so no host round trip on a GPU).
     """
 
     lattice: Lattice
