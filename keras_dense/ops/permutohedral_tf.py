@@ -32,8 +32,14 @@ _CODE_BITS = 62.0
 _FLOAT_CODE_BITS = 52.0
 
 
-def _elevate(features: tf.Tensor, d: int) -> tf.Tensor:
-    """Elevates (B, N, d) features onto the lattice hyperplane: (B, N, d+1), op's float order."""
+# Up to this many lattice coordinates (d+1), the simplex is computed one coordinate at a time
+# on (B, N) tensors (O(d^2) small ops), which is several times faster on a CPU than the
+# (B, N, d+1, d+1) broadcasts of the general form.
+_MAX_UNROLLED_COORDINATES = 8
+
+
+def _elevate_coordinates(features: tf.Tensor, d: int) -> list[tf.Tensor]:
+    """Elevates (B, N, d) features onto the lattice hyperplane: d+1 (B, N) coordinates."""
     scale = tf.constant(lattice_scale_factors(d), tf.float32)
     cf = features * scale
     elevated = [None] * (d + 1)
@@ -43,7 +49,63 @@ def _elevate(features: tf.Tensor, d: int) -> tf.Tensor:
         elevated[j] = total - tf.constant(float(j), tf.float32) * c
         total = total + c
     elevated[0] = total
-    return tf.stack(elevated, axis=-1)
+    return elevated
+
+
+def _elevate(features: tf.Tensor, d: int) -> tf.Tensor:
+    """Elevates (B, N, d) features onto the lattice hyperplane: (B, N, d+1), op's float order."""
+    return tf.stack(_elevate_coordinates(features, d), axis=-1)
+
+
+def _simplex_unrolled(elevated: list[tf.Tensor], d: int) -> tuple[tf.Tensor, tf.Tensor]:
+    """`_simplex` one coordinate at a time: same arithmetic, same results, bit for bit.
+
+    Args:
+        elevated: The d+1 (B, N) elevated coordinates.
+        d: Feature dimension.
+
+    Returns:
+        Vertex keys (B, N, d+1, d) int32 and barycentric weights (B, N, d+1).
+    """
+    d1 = d + 1
+    down = tf.constant(np.float32(1.0) / np.float32(d1))
+    up_factor = tf.constant(float(d1), tf.float32)
+    rem0 = []
+    for e in elevated:
+        v = e * down
+        up = tf.math.ceil(v) * up_factor
+        dn = tf.math.floor(v) * up_factor
+        rem0.append(tf.cast(tf.where(up - e < e - dn, up, dn), tf.int32))
+    rem_sum = tf.math.floordiv(tf.add_n(rem0), d1)  # exact: a sum of multiples of d+1
+
+    # rank[i] = #{j > i: diff_i < diff_j} + #{j < i: not diff_j < diff_i}, as the op counts.
+    diff = [e - tf.cast(r, tf.float32) for e, r in zip(elevated, rem0)]
+    terms = [[] for _ in range(d1)]
+    for i in range(d1):
+        for j in range(i + 1, d1):
+            smaller = tf.cast(diff[i] < diff[j], tf.int32)
+            terms[i].append(smaller)
+            terms[j].append(1 - smaller)
+    rank = [tf.add_n(t) for t in terms]
+    for i in range(d1):  # back onto the plane (see `_simplex`)
+        shifted = rank[i] + rem_sum
+        rank[i] = tf.math.floormod(shifted, d1)
+        rem0[i] = rem0[i] - (shifted - rank[i])
+
+    scaled = [(e - tf.cast(r, tf.float32)) * down for e, r in zip(elevated, rem0)]
+    zero = tf.zeros_like(scaled[0])
+    by_rank = [
+        tf.add_n([tf.where(tf.equal(rank[i], r), scaled[i], zero) for i in range(d1)])
+        for r in range(d1)
+    ]
+    weights = [by_rank[d] + (1.0 + (-by_rank[0]))]
+    weights += [by_rank[d - k] - by_rank[d1 - k] for k in range(1, d1)]
+
+    keys = list(rem0[:d])  # vertex 0: rem0 itself (every rank is at most d)
+    for k in range(1, d1):
+        keys += [tf.where(rank[i] <= d - k, rem0[i] + k, rem0[i] + (k - d1)) for i in range(d)]
+    shape = tf.concat([tf.shape(zero), [d1, d]], 0)
+    return tf.reshape(tf.stack(keys, axis=-1), shape), tf.stack(weights, axis=-1)
 
 
 def _simplex(elevated: tf.Tensor, d: int) -> tuple[tf.Tensor, tf.Tensor]:
@@ -188,7 +250,10 @@ def build_lattice(features: tf.Tensor) -> Lattice:
     batch, points = shape[0], shape[1]
     vertices = points * d1
 
-    keys, weights = _simplex(_elevate(features, d), d)
+    if d1 <= _MAX_UNROLLED_COORDINATES:
+        keys, weights = _simplex_unrolled(_elevate_coordinates(features, d), d)
+    else:
+        keys, weights = _simplex(_elevate(features, d), d)
     flat_keys = tf.reshape(keys, [-1, d])
     entry_image = tf.repeat(tf.range(batch), vertices)
     codes = _lattice_codes(entry_image, flat_keys, d)
