@@ -100,7 +100,7 @@ def test_lattice_filtering_approximates_exact_gaussian(op, implementation):
 
 def test_twin_builds_the_same_lattice_and_filters_the_same(op):
     rng = np.random.default_rng(1)
-    for d, channels in ((1, 1), (2, 3), (5, 4), (7, 2), (9, 2)):  # 9: the general simplex
+    for d, channels in ((1, 1), (2, 3), (3, 1), (5, 4), (7, 2), (9, 2)):  # 9: general simplex
         features = rng.uniform(0, 6, (2, 150, d)).astype(np.float32)
         features[1] *= 0.5  # fewer lattice points in image 1: exercises the padding
         op_lattice = build_lattice(features, "custom_op")

@@ -161,9 +161,14 @@ int64_t NumPieces(OpKernelContext* context, int64_t total, int64_t min_piece) {
 // Embeds one feature vector in the lattice: writes the keys (first d coordinates) of the d+1
 // vertices of its enclosing simplex and their barycentric weights. The arithmetic (float,
 // operation order) is mirrored exactly by keras_dense/ops/permutohedral_tf.py.
-inline void EmbedPoint(const float* feature, int d, const float* scale, float* elevated,
-                       int32_t* rem0, int32_t* rank, float* barycentric, int32_t* keys,
-                       float* weights) {
+// kD > 0 fixes d at compile time (the CRF's d = 2 and d = 5: loops unroll, the small arrays
+// stay in registers); kD == 0 takes d at run time.
+template <int kD>
+__attribute__((always_inline)) inline void EmbedPoint(
+    const float* __restrict feature, int d_runtime, const float* __restrict scale,
+    float* __restrict elevated, int32_t* __restrict rem0, int32_t* __restrict rank,
+    float* __restrict barycentric, int32_t* __restrict keys, float* __restrict weights) {
+  const int d = kD > 0 ? kD : d_runtime;
   const int d1 = d + 1;
   const float down_factor = 1.0f / static_cast<float>(d1);
   const float up_factor = static_cast<float>(d1);
@@ -237,13 +242,17 @@ inline void EmbedPoint(const float* feature, int d, const float* scale, float* e
 
 // Embeds points [begin, end) and hashes their simplex vertices into `table`: writes local
 // point indices and barycentric weights. Returns false if a feature exceeds `limit`.
+template <int kD>
 KERAS_DENSE_MULTIVERSION bool EmbedRange(const float* features, int64_t begin, int64_t end,
-                                         int d, const float* scale, float limit,
+                                         int d_runtime, const float* scale, float limit,
                                          LatticeHashTable* table, int32_t* indices,
                                          float* weights) {
+  const int d = kD > 0 ? kD : d_runtime;
   const int d1 = d + 1;
-  std::vector<float> elevated(d1), barycentric(d1 + 1);
-  std::vector<int32_t> rem0(d1), rank(d1), keys(d1 * d);
+  // Scratch of the largest d (64): on the stack, no allocation per range.
+  constexpr int kMax = kD > 0 ? kD + 1 : 65;
+  float elevated[kMax], barycentric[kMax + 1];
+  int32_t rem0[kMax], rank[kMax], keys[kMax * (kMax - 1) > 0 ? kMax * (kMax - 1) : 1];
   // Neighbouring points often share simplex vertices: remember the previous point's.
   std::vector<int32_t> previous_keys(d1 * d), previous_index(d1, -1);
   const std::vector<float> zeros(d, 0.0f);
@@ -259,10 +268,9 @@ KERAS_DENSE_MULTIVERSION bool EmbedRange(const float* features, int64_t begin, i
         break;
       }
     }
-    EmbedPoint(f, d, scale, elevated.data(), rem0.data(), rank.data(), barycentric.data(),
-               keys.data(), weights + n * d1);
+    EmbedPoint<kD>(f, d, scale, elevated, rem0, rank, barycentric, keys, weights + n * d1);
     for (int k = 0; k < d1; ++k) {
-      const int32_t* key = keys.data() + k * d;
+      const int32_t* key = keys + k * d;
       int32_t* previous = previous_keys.data() + k * d;
       if (previous_index[k] < 0 || !std::equal(key, key + d, previous)) {
         previous_index[k] = table->FindOrInsert(key);
@@ -329,9 +337,15 @@ class PermutohedralBuildOp : public OpKernel {
       const float* image_features = feature_data + b * points * d;
       ParallelFor(context, pieces, 1000000, [&](int64_t begin, int64_t end) {
         for (int64_t s = begin; s < end; ++s) {
-          if (!EmbedRange(image_features, RangeStart(points, pieces, s),
-                          RangeStart(points, pieces, s + 1), d, scale.data(), limit, &local[s],
-                          image_indices, image_weights)) {
+          const int64_t first = RangeStart(points, pieces, s);
+          const int64_t last = RangeStart(points, pieces, s + 1);
+          // The CRF's kernels: spatial d = 2, bilateral d = 2 + 3 colours (or + 1 grey).
+          auto embed = d == 2   ? &EmbedRange<2>
+                       : d == 3 ? &EmbedRange<3>
+                       : d == 5 ? &EmbedRange<5>
+                                : &EmbedRange<0>;
+          if (!embed(image_features, first, last, d, scale.data(), limit, &local[s],
+                     image_indices, image_weights)) {
             finite = false;
           }
         }
