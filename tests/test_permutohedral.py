@@ -221,6 +221,31 @@ def test_twin_operator_in_a_tf_function_with_gradients(op):
     np.testing.assert_allclose(got_gradient.numpy(), expected_gradient.numpy(), atol=1e-4)
 
 
+def test_twin_output_scale_is_folded_exactly_with_its_gradient(op):
+    from keras_dense.ops import permutohedral_tf
+
+    features = _odd_batch(2, 9, 11, seed=12)["bilateral"]
+    lattice = build_lattice(features, "custom_op")
+    rng = np.random.default_rng(13)
+    scale = rng.uniform(0.5, 2.0, (2, 99, 1)).astype(np.float32)
+    values = tf.constant(rng.normal(size=(2, 99, 3)).astype(np.float32))
+    upstream = rng.normal(size=(2, 99, 3)).astype(np.float32)
+    scaled = permutohedral_tf.with_output_scale(prepare_filter(lattice, "tf"), scale)
+    results = []
+    for fn in (
+        lambda x: filter_lattice(x, scaled, implementation="tf"),
+        lambda x: filter_lattice(x, lattice, implementation="custom_op") * scale,
+    ):
+        with tf.GradientTape() as tape:
+            tape.watch(values)
+            out = fn(values)
+            loss = tf.reduce_sum(out * upstream)
+        results.append((out.numpy(), tape.gradient(loss, values).numpy()))
+    np.testing.assert_allclose(results[0][0], results[1][0], atol=1e-4)
+    np.testing.assert_allclose(results[0][1], results[1][1], atol=1e-4)
+    assert np.abs(results[0][1]).max() > 0.1
+
+
 @pytest.mark.parametrize("limit", ["_FLOAT_CODE_BITS", "_CODE_BITS"])
 def test_twin_exact_row_codes_fallback(op, monkeypatch, limit):
     # Keys too wide for one float64 code get an int64 code; too wide for that, they are

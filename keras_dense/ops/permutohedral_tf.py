@@ -320,11 +320,40 @@ class LatticeOperator(NamedTuple):
             alpha for direction 0), 3 entries per row in row-major order (a missing neighbour
             is an entry of value 0 on the diagonal: a fixed number of entries, no boolean
             mask, so no host round trip on a GPU).
+        output_scale: None, or (P, 1) float32 factors of the output rows, folded into
+            `scaled_slice` (see `with_output_scale`).
+        scaled_slice: None, or `diag(output_scale) S^T` (same indices as `slice_matrix`).
     """
 
     lattice: Lattice
     slice_matrix: tf.SparseTensor
     blur_matrices: tuple
+    output_scale: tf.Tensor | None = None
+    scaled_slice: tf.SparseTensor | None = None
+
+
+def with_output_scale(operator: LatticeOperator, scale: tf.Tensor) -> LatticeOperator:
+    """The operator times a per-point factor: `filter(v) * scale`, with no extra pass.
+
+    The factor is folded into the slice matrix's values once (a mean field multiplies every
+    filtering by the same normalisation); the splat keeps the plain weights.
+
+    Args:
+        operator: A `LatticeOperator` without an output scale.
+        scale: (B, N, 1) factors, one per point.
+
+    Returns:
+        The scaled `LatticeOperator` (its gradient is the transposed, scaled filter).
+    """
+    if operator.output_scale is not None:
+        raise ValueError("the operator already has an output scale")
+    matrix = operator.slice_matrix
+    scale = tf.reshape(tf.cast(scale, tf.float32), [-1, 1])
+    values = matrix.values * tf.gather(scale[:, 0], matrix.indices[:, 0])
+    return operator._replace(
+        output_scale=scale,
+        scaled_slice=tf.SparseTensor(matrix.indices, values, matrix.dense_shape),
+    )
 
 
 def lattice_operator(lattice: Lattice | LatticeOperator) -> LatticeOperator:
@@ -394,6 +423,8 @@ def _apply(flat: tf.Tensor, operator: LatticeOperator, reverse: bool) -> tf.Tens
     lattice_values = tf.sparse.sparse_dense_matmul(slice_matrix, flat, adjoint_a=True)  # splat
     for matrix in reversed(blur) if reverse else blur:
         lattice_values = tf.sparse.sparse_dense_matmul(matrix, lattice_values)
+    if operator.scaled_slice is not None:
+        slice_matrix = _cast_sparse(operator.scaled_slice, dtype)
     return tf.sparse.sparse_dense_matmul(slice_matrix, lattice_values)  # slice
 
 
@@ -428,7 +459,12 @@ def filter_lattice(
         out = tf.reshape(_apply(flat, operator, reverse), shape)
 
         def grad(upstream):
-            return filter_lattice(upstream, operator, reverse=not reverse)
+            # (D F)^T = F^T D: scale, then the reversed filter without the scale.
+            if operator.output_scale is None:
+                return filter_lattice(upstream, operator, reverse=not reverse)
+            scale = tf.reshape(tf.cast(operator.output_scale, upstream.dtype), tf.shape(v)[:2])
+            plain = operator._replace(output_scale=None, scaled_slice=None)
+            return filter_lattice(upstream * scale[..., None], plain, reverse=not reverse)
 
         return out, grad
 
