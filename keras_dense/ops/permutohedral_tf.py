@@ -10,9 +10,10 @@ build is not differentiable (`tf.stop_gradient` on the features).
 
 Hashing: a lattice key is the first d coordinates of a lattice point, all congruent to the
 same remainder r modulo d+1. Each key becomes one int64 code `(image, r, q_0, ..., q_{d-1})`
-with `q_i = key_i // (d+1)` in mixed radix: one exact float64 matrix-vector product when the
-ranges fit in 52 bits (images and CRF features), int64 arithmetic up to 62 bits, otherwise
-exact dense row ids from one `tf.unique` per coordinate.
+with `q_i = key_i // (d+1)` in mixed radix (int64 arithmetic up to 62 bits, otherwise exact
+dense row ids from one `tf.unique` per coordinate); when the keys' own ranges fit in 52 bits
+(images and CRF features), the code is the keys' mixed-radix number, from one exact float64
+matrix-vector product.
 
 Filtering: the lattice is fixed, so splat, blur and slice are fixed sparse matrices;
 `lattice_operator` builds them once (`LatticeOperator`) and each filtering is then a few
@@ -194,26 +195,24 @@ def _key_rows(image: tf.Tensor, keys: tf.Tensor, d: int) -> tf.Tensor:
 def _lattice_codes(image: tf.Tensor, keys: tf.Tensor, d: int) -> tf.Tensor:
     """int64 codes of (R,) image ids and (R, d) int32 keys: equal exactly when both are equal.
 
-    Usually one float64 matrix-vector product: the mixed-radix code of (image, remainder,
-    quotients - their minimum) is an integer below 2^52 (checked), so float64 products and
-    sums are exact. Otherwise the int64 rows of `_key_rows` are coded by `_row_codes`.
+    Usually one float64 matrix-vector product: the mixed-radix code of (image, key - its
+    minimum) is an integer below 2^52 (checked), so float64 products and sums are exact.
+    Wider keys are coded by their quotients (`_key_rows`, d+1 times narrower per
+    coordinate) in int64 (`_row_codes`).
     """
     if keys.shape[0] == 0:
         return tf.zeros([0], tf.int64)
-    d1 = float(d + 1)
-    quotients = tf.math.floor(tf.cast(keys, tf.float64) / d1)  # exact, see _key_rows
-    remainder = tf.cast(keys[:, 0], tf.float64) - d1 * quotients[:, 0]
-    # Column bounds from the int32 keys (cheap) mapped through the monotone floor(k / (d+1)).
-    low = tf.math.floor(tf.cast(tf.reduce_min(keys, 0), tf.float64) / d1)
-    high = tf.math.floor(tf.cast(tf.reduce_max(keys, 0), tf.float64) / d1)
+    low = tf.reduce_min(keys, 0)
+    span = tf.cast(tf.reduce_max(keys, 0) - low, tf.float64) + 1.0
     image = tf.cast(image, tf.float64)
-    radix = tf.concat([[tf.reduce_max(image) + 1.0, d1], high - low + 1.0], 0)
+    radix = tf.concat([[tf.reduce_max(image) + 1.0], span], 0)
     bits = tf.reduce_sum(tf.math.log(radix)) / np.log(2.0)
 
     def exact_float():
         multipliers = tf.math.cumprod(radix, reverse=True, exclusive=True)
-        codes = tf.linalg.matvec(quotients - low, multipliers[2:])
-        return tf.cast(codes + remainder * multipliers[1] + image * multipliers[0], tf.int64)
+        offsets = tf.cast(keys - low, tf.float64)
+        codes = tf.linalg.matvec(offsets, multipliers[1:]) + image * multipliers[0]
+        return tf.cast(codes, tf.int64)
 
     return tf.cond(
         bits < min(_FLOAT_CODE_BITS, _CODE_BITS),
