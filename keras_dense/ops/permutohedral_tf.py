@@ -17,7 +17,7 @@ matrix-vector product.
 
 Filtering: the lattice is fixed, so splat, blur and slice are fixed sparse matrices;
 `lattice_operator` builds them once (`LatticeOperator`) and each filtering is then a few
-`tf.sparse.sparse_dense_matmul` products, with no index arithmetic (see `filter_lattice`).
+sparse-dense products (`SparseTensorDenseMatMul`), with no index arithmetic.
 """
 
 from __future__ import annotations
@@ -304,6 +304,41 @@ def build_lattice(features: tf.Tensor) -> Lattice:
     )
 
 
+class SparseMatrix(NamedTuple):
+    """A sparse matrix in coordinate form, for `SparseTensorDenseMatMul`.
+
+    Like a `tf.SparseTensor`, but with int32 indices (half the index traffic of each product;
+    every row and column id here is below 2^31).
+
+    Attributes:
+        indices: (nnz, 2) int32 (row, column) of each entry.
+        values: (nnz,) float32 entries.
+        dense_shape: (2,) int64 shape.
+    """
+
+    indices: tf.Tensor
+    values: tf.Tensor
+    dense_shape: tf.Tensor
+
+
+def _sparse_matrix(indices: tf.Tensor, values: tf.Tensor, dense_shape: tf.Tensor) -> SparseMatrix:
+    return SparseMatrix(tf.cast(indices, tf.int32), values, tf.cast(dense_shape, tf.int64))
+
+
+def _matmul(matrix: SparseMatrix, dense: tf.Tensor, adjoint: bool = False) -> tf.Tensor:
+    """`matrix @ dense` (`matrix^T @ dense` if `adjoint`), in `dense`'s dtype."""
+    values = matrix.values
+    if values.dtype != dense.dtype:
+        values = tf.cast(values, dense.dtype)
+    return tf.raw_ops.SparseTensorDenseMatMul(
+        a_indices=matrix.indices,
+        a_values=values,
+        a_shape=matrix.dense_shape,
+        b=dense,
+        adjoint_a=adjoint,
+    )
+
+
 class LatticeOperator(NamedTuple):
     """The lattice's filter as fixed sparse matrices, built once and reused by every filtering.
 
@@ -312,10 +347,10 @@ class LatticeOperator(NamedTuple):
 
     Attributes:
         lattice: The `Lattice` it was built from (the custom op filters with that).
-        slice_matrix: S^T, a (P, L) SparseTensor: d+1 entries per row (the barycentric
+        slice_matrix: S^T, a (P, L) `SparseMatrix`: d+1 entries per row (the barycentric
             weights of the point's simplex vertices), in row-major order. The splat is its
             adjoint product.
-        blur_matrices: d+1 symmetric (L, L) SparseTensors `I + (N1_j + N2_j) / 2` (times
+        blur_matrices: d+1 symmetric (L, L) `SparseMatrix`es `I + (N1_j + N2_j) / 2` (times
             alpha for direction 0), 3 entries per row in row-major order (a missing neighbour
             is an entry of value 0 on the diagonal: a fixed number of entries, no boolean
             mask, so no host round trip on a GPU).
@@ -325,10 +360,10 @@ class LatticeOperator(NamedTuple):
     """
 
     lattice: Lattice
-    slice_matrix: tf.SparseTensor
+    slice_matrix: SparseMatrix
     blur_matrices: tuple
     output_scale: tf.Tensor | None = None
-    scaled_slice: tf.SparseTensor | None = None
+    scaled_slice: SparseMatrix | None = None
 
 
 def with_output_scale(operator: LatticeOperator, scale: tf.Tensor) -> LatticeOperator:
@@ -351,7 +386,7 @@ def with_output_scale(operator: LatticeOperator, scale: tf.Tensor) -> LatticeOpe
     values = matrix.values * tf.gather(scale[:, 0], matrix.indices[:, 0])
     return operator._replace(
         output_scale=scale,
-        scaled_slice=tf.SparseTensor(matrix.indices, values, matrix.dense_shape),
+        scaled_slice=matrix._replace(values=values),
     )
 
 
@@ -378,7 +413,7 @@ def lattice_operator(lattice: Lattice | LatticeOperator) -> LatticeOperator:
     base = tf.range(batch, dtype=tf.int64)[:, None, None] * max_points  # (B, 1, 1)
 
     point = tf.reshape(tf.repeat(tf.range(batch * points)[:, None], d1, axis=1), [-1])
-    slice_matrix = tf.SparseTensor(
+    slice_matrix = _sparse_matrix(
         tf.stack([point, tf.reshape(indices + base, [-1])], axis=1),
         tf.reshape(tf.cast(lattice.barycentric_weights, tf.float32), [-1]),
         tf.stack([batch * points, rows]),
@@ -400,7 +435,7 @@ def lattice_operator(lattice: Lattice | LatticeOperator) -> LatticeOperator:
     row_ids = tf.reshape(tf.broadcast_to(row, [1, rows, 3]), [-1])
     dense_shape = tf.stack([rows, rows])
     blur_matrices = tuple(
-        tf.SparseTensor(
+        _sparse_matrix(
             tf.stack([row_ids, tf.reshape(c, [-1])], 1), tf.reshape(v, [-1]), dense_shape
         )
         for c, v in zip(tf.unstack(columns, num=d1), tf.unstack(values, num=d1))
@@ -408,23 +443,14 @@ def lattice_operator(lattice: Lattice | LatticeOperator) -> LatticeOperator:
     return LatticeOperator(lattice, slice_matrix, blur_matrices)
 
 
-def _cast_sparse(matrix: tf.SparseTensor, dtype: tf.DType) -> tf.SparseTensor:
-    if matrix.values.dtype == dtype:
-        return matrix
-    return tf.SparseTensor(matrix.indices, tf.cast(matrix.values, dtype), matrix.dense_shape)
-
-
 def _apply(flat: tf.Tensor, operator: LatticeOperator, reverse: bool) -> tf.Tensor:
     """The filter of (P, C) values: splat, blur, slice, as sparse-dense products."""
-    dtype = flat.dtype
-    slice_matrix = _cast_sparse(operator.slice_matrix, dtype)
-    blur = [_cast_sparse(m, dtype) for m in operator.blur_matrices]
-    lattice_values = tf.sparse.sparse_dense_matmul(slice_matrix, flat, adjoint_a=True)  # splat
+    lattice_values = _matmul(operator.slice_matrix, flat, adjoint=True)  # splat
+    blur = operator.blur_matrices
     for matrix in reversed(blur) if reverse else blur:
-        lattice_values = tf.sparse.sparse_dense_matmul(matrix, lattice_values)
-    if operator.scaled_slice is not None:
-        slice_matrix = _cast_sparse(operator.scaled_slice, dtype)
-    return tf.sparse.sparse_dense_matmul(slice_matrix, lattice_values)  # slice
+        lattice_values = _matmul(matrix, lattice_values)
+    slice_matrix = operator.slice_matrix if operator.scaled_slice is None else operator.scaled_slice
+    return _matmul(slice_matrix, lattice_values)  # slice
 
 
 def filter_lattice(
