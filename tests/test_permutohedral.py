@@ -244,6 +244,9 @@ def test_twin_output_scale_is_folded_exactly_with_its_gradient(op):
     np.testing.assert_allclose(results[0][0], results[1][0], atol=1e-4)
     np.testing.assert_allclose(results[0][1], results[1][1], atol=1e-4)
     assert np.abs(results[0][1]).max() > 0.1
+    # The op honours a scaled operator too.
+    by_op = filter_lattice(values, scaled, implementation="custom_op").numpy()
+    np.testing.assert_allclose(by_op, results[1][0], atol=1e-5)
 
 
 @pytest.mark.parametrize("limit", ["_FLOAT_CODE_BITS", "_CODE_BITS"])

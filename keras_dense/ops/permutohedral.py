@@ -126,16 +126,20 @@ def filter_lattice(
     """
     if resolve_implementation(implementation) == "tf":
         return permutohedral_tf.filter_lattice(values, lattice, reverse=reverse)
+    scale = None
     if isinstance(lattice, LatticeOperator):
-        lattice = lattice.lattice
+        lattice, scale = lattice.lattice, lattice.output_scale
     library = loader.load_library()
-    return library.keras_dense_permutohedral_filter(
+    filtered = library.keras_dense_permutohedral_filter(
         values,
         lattice.splat_indices,
         lattice.barycentric_weights,
         lattice.blur_neighbors,
         reverse=bool(reverse),
     )
+    if scale is None:
+        return filtered
+    return filtered * tf.reshape(tf.cast(scale, filtered.dtype), tf.shape(filtered)[:2])[..., None]
 
 
 @tf.RegisterGradient(FILTER_OP)
