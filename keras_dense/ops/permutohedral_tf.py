@@ -308,7 +308,7 @@ class SparseMatrix(NamedTuple):
     """A sparse matrix in coordinate form, for `SparseTensorDenseMatMul`.
 
     Like a `tf.SparseTensor`, but with int32 indices (half the index traffic of each product;
-    every row and column id here is below 2^31).
+    `lattice_operator` checks that every row and column id is below 2^31).
 
     Attributes:
         indices: (nnz, 2) int32 (row, column) of each entry.
@@ -410,6 +410,11 @@ def lattice_operator(lattice: Lattice | LatticeOperator) -> LatticeOperator:
     batch, points = shape[0], shape[1]
     max_points = tf.shape(lattice.blur_neighbors, out_type=tf.int64)[1]
     rows = batch * max_points
+    check = tf.debugging.Assert(
+        tf.maximum(batch * points, rows) < 2**31, ["too many points for int32 sparse indices"]
+    )
+    with tf.control_dependencies([check]):
+        indices = tf.identity(indices)
     base = tf.range(batch, dtype=tf.int64)[:, None, None] * max_points  # (B, 1, 1)
 
     point = tf.reshape(tf.repeat(tf.range(batch * points)[:, None], d1, axis=1), [-1])
