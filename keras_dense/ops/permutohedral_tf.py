@@ -278,13 +278,12 @@ def build_lattice(features: tf.Tensor) -> Lattice:
     all_codes = _lattice_codes(
         tf.concat([point_image, neighbour_image], 0), tf.concat([point_keys, neighbour_keys], 0), d
     )
-    point_codes, query_codes = all_codes[:total], all_codes[total:]
-    order = tf.cast(tf.argsort(point_codes), tf.int64)
-    sorted_codes = tf.gather(point_codes, order)
-    position = tf.searchsorted(sorted_codes, query_codes, out_type=tf.int64)
-    position = tf.minimum(position, tf.maximum(total - 1, 0))
-    found = tf.logical_and(total > 0, tf.gather(sorted_codes, position) == query_codes)
-    neighbour_global = tf.gather(order, position)
+    # The lattice points' codes are distinct and come first, so `tf.unique` (first-occurrence
+    # ids) gives point p the id p, and a neighbour key the id of its point, or an id >= total
+    # when it is not in the lattice: one hash pass, no sort, no binary search.
+    _, ids = tf.unique(all_codes, out_idx=tf.int64)
+    neighbour_global = ids[total:]
+    found = neighbour_global < total
     neighbour_local = tf.where(
         found, neighbour_global - tf.gather(start, neighbour_image), tf.constant(-1, tf.int64)
     )
