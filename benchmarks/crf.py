@@ -2,23 +2,30 @@
 
 10 mean-field iterations on a 320x213 image with 21 classes, spatial and bilateral kernels
 with DeepLab's parameters (theta_alpha=80, theta_beta=13, theta_gamma=3, weights 3 and 10),
-timed end to end (lattice construction included), median of 5 runs after one warm-up run:
+timed end to end (lattice construction included) in the same process:
 
 - `custom_op`: `keras_dense.crf.dense_crf(..., implementation="custom_op")`;
-- `tf`: the same with the pure-TF twin;
+- `tf`: the same with the pure-TF twin (the path inside exported SavedModels);
 - `reference`: Krähenbühl's C++ implementation through pydensecrf, with the same unary
   (-log p, same clipping), the same features, Potts compatibility and per-pixel
   normalisation `NORMALIZE_AFTER` (divide by the filtering of ones: our normalisation).
 
-Reports wall and CPU time, the speed ratios, the arg-max agreement with the reference and the
-machine's load average (other processes share the cores). Prints JSON.
+One warm-up run each, then `--runs` rounds; each round runs every implementation once
+(interleaved, so that a change in the machine's load hits all of them alike). Reports the
+median, min and max wall time (`time.perf_counter`) and CPU time (`time.process_time`: all
+threads of the process, i.e. the work done), the ratios of the medians, a breakdown into
+lattice construction and one filtering (op vs twin), agreement with the reference, versions,
+the machine and `os.getloadavg()` before and after (other processes share the cores: treat
+differences smaller than the runs' spread as noise). Prints JSON.
 
 pydensecrf is a benchmark-only dependency, not a requirement of keras_dense. The PyPI
-`pydensecrf` 1.0rc3 sdist no longer builds with Cython 3; its maintained fork builds from
-source with pip:
+`pydensecrf` 1.0rc3 sdist no longer builds with Cython 3; its maintained fork `pydensecrf2`
+(1.1 tested; builds from source with pip and g++) provides `import pydensecrf`:
 
-    .venv/bin/python -m pip install pydensecrf2      # provides `import pydensecrf`
-    .venv/bin/python benchmarks/crf.py [--runs 5] [--iterations 10] [--threads 1]
+    .venv/bin/python -m pip install pydensecrf2
+    .venv/bin/python benchmarks/crf.py [--runs 7] [--iterations 10] [--threads 1]
+
+Without it the report says so under "reference" and compares the op and the twin only.
 """
 
 from __future__ import annotations
@@ -96,25 +103,86 @@ def reference_crf(probabilities, image, iterations):
     return np.asarray(crf.inference(iterations)).T.reshape(height, width, classes)
 
 
-def timed(fn, runs: int):
-    """Median wall and CPU seconds of `fn()` over `runs` runs after one warm-up run."""
-    result = fn()
-    walls, cpus = [], []
+def _summary(walls: list, cpus: list) -> dict:
+    def ms(values):
+        return [round(v * 1e3, 2) for v in values]
+
+    return {
+        "median_wall_ms": round(statistics.median(walls) * 1e3, 2),
+        "median_cpu_ms": round(statistics.median(cpus) * 1e3, 2),
+        "wall_ms_min_max": [min(ms(walls)), max(ms(walls))],
+        "cpu_ms_min_max": [min(ms(cpus)), max(ms(cpus))],
+        "wall_ms_runs": ms(walls),
+        "cpu_ms_runs": ms(cpus),
+    }
+
+
+def interleaved(runners: dict, runs: int) -> tuple[dict, dict]:
+    """One warm-up call each, then `runs` rounds of one timed call each.
+
+    Returns:
+        (last result of each runner, timing summary of each runner).
+    """
+    results = {name: fn() for name, fn in runners.items()}
+    walls = {name: [] for name in runners}
+    cpus = {name: [] for name in runners}
     for _ in range(runs):
-        wall, cpu = time.perf_counter(), time.process_time()
-        fn()
-        walls.append(time.perf_counter() - wall)
-        cpus.append(time.process_time() - cpu)
-    return result, statistics.median(walls), statistics.median(cpus), walls
+        for name, fn in runners.items():
+            wall, cpu = time.perf_counter(), time.process_time()
+            results[name] = fn()
+            walls[name].append(time.perf_counter() - wall)
+            cpus[name].append(time.process_time() - cpu)
+    return results, {name: _summary(walls[name], cpus[name]) for name in runners}
+
+
+def _ratio(numerator: dict, denominator: dict, key: str) -> float:
+    return round(numerator[key] / denominator[key], 2)
+
+
+def component_timings(image, probabilities, runs: int) -> dict:
+    """Lattice construction (both kernels) and one filtering of the 21 classes with both
+    kernels, for the op and for the twin (the twin's sparse operator built beforehand)."""
+    import numpy as np
+    import tensorflow as tf
+
+    from keras_dense.crf.mean_field import build_kernels
+    from keras_dense.ops import filter_lattice, prepare_filter
+
+    image_tensor = tf.constant(image[None].astype(np.float32))
+    q = tf.constant(probabilities.reshape(1, -1, CLASSES))
+    thetas = (PARAMS["theta_alpha"], PARAMS["theta_beta"], PARAMS["theta_gamma"])
+    runners = {}
+    for implementation in ("custom_op", "tf"):
+        build = tf.function(lambda x, i=implementation: build_kernels(x, *thetas, i))
+        prepare = tf.function(
+            lambda x, i=implementation: [
+                prepare_filter(lat, i) for lat in build_kernels(x, *thetas, i)
+            ]
+        )
+        operators = prepare(image_tensor)
+        filtering = tf.function(
+            lambda v, ops=operators, i=implementation: [
+                filter_lattice(v, op, implementation=i) for op in ops
+            ]
+        )
+        runners[f"{implementation}_build"] = lambda b=build: b(image_tensor)
+        runners[f"{implementation}_build_and_prepare"] = lambda p=prepare: p(image_tensor)
+        runners[f"{implementation}_filter_both_kernels"] = lambda f=filtering: f(q)
+    _, timings = interleaved(runners, runs)
+    return {
+        name: {k: v for k, v in summary.items() if k.startswith("median")}
+        for name, summary in timings.items()
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--iterations", type=int, default=10)
     parser.add_argument(
         "--threads", type=int, default=0, help="TF intra/inter-op threads (0: TF's default)"
     )
+    parser.add_argument("--no-components", action="store_true", help="skip the breakdown")
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -142,28 +210,42 @@ def main() -> None:
     }
     report = {"image": f"{WIDTH}x{HEIGHT}", "classes": CLASSES, "iterations": args.iterations}
     report.update(params=PARAMS, runs=args.runs, threads=args.threads or "default")
-    report["load_average_before"] = os.getloadavg()
+    report["load_average_before"] = [round(x, 2) for x in os.getloadavg()]
+    reference_version = None
     try:
         import pydensecrf.densecrf  # noqa: F401
 
         runners["reference"] = lambda: reference_crf(probabilities, image, args.iterations)
+        reference_version = _distribution_version("pydensecrf2") or _distribution_version(
+            "pydensecrf"
+        )
     except ImportError as error:
-        report["reference_missing"] = f"{error}: pip install pydensecrf2 (see the docstring)"
+        message = (
+            f"pydensecrf is not installed ({error}): no reference timing. Install it with "
+            "`pip install pydensecrf2` (the `bench` extra); see this script's docstring."
+        )
+        report["reference"] = {"missing": message}
+        print(message, file=sys.stderr)
 
-    results = {}
-    for name, fn in runners.items():
-        q, wall, cpu, walls = timed(fn, args.runs)
-        results[name] = q
-        report[name] = {
-            "median_wall_ms": round(wall * 1e3, 1),
-            "median_cpu_ms": round(cpu * 1e3, 1),
-            "wall_ms_runs": [round(t * 1e3, 1) for t in walls],
-            "unary_accuracy": round(float(np.mean(probabilities.argmax(-1) == labels)), 4),
-            "crf_accuracy": round(float(np.mean(q.argmax(-1) == labels)), 4),
-        }
-    report["load_average_after"] = os.getloadavg()
-    report["twin_vs_op_max_abs_diff"] = float(np.abs(results["tf"] - results["custom_op"]).max())
-    if "reference" in results:
+    results, timings = interleaved(runners, args.runs)
+    unary_accuracy = round(float(np.mean(probabilities.argmax(-1) == labels)), 4)
+    for name, summary in timings.items():
+        summary["crf_accuracy"] = round(float(np.mean(results[name].argmax(-1) == labels)), 4)
+        report[name] = summary
+    report["unary_accuracy"] = unary_accuracy
+    op, twin = timings["custom_op"], timings["tf"]
+    ratios = {
+        "twin_over_op_wall": _ratio(twin, op, "median_wall_ms"),
+        "twin_over_op_cpu": _ratio(twin, op, "median_cpu_ms"),
+    }
+    if "reference" in timings:
+        reference = timings["reference"]
+        ratios.update(
+            reference_over_op_wall=_ratio(reference, op, "median_wall_ms"),
+            reference_over_op_cpu=_ratio(reference, op, "median_cpu_ms"),
+            reference_over_twin_wall=_ratio(reference, twin, "median_wall_ms"),
+            reference_over_twin_cpu=_ratio(reference, twin, "median_cpu_ms"),
+        )
         for name in ("custom_op", "tf"):
             report[name]["argmax_agreement_with_reference"] = round(
                 float(np.mean(results[name].argmax(-1) == results["reference"].argmax(-1))), 5
@@ -171,11 +253,22 @@ def main() -> None:
             report[name]["max_abs_prob_diff_to_reference"] = float(
                 np.abs(results[name] - results["reference"]).max()
             )
-            report[name]["speedup_vs_reference_wall"] = round(
-                report["reference"]["median_wall_ms"] / report[name]["median_wall_ms"], 2
-            )
-    report["environment"] = environment()
+    report["ratios"] = ratios
+    report["twin_vs_op_max_abs_diff"] = float(np.abs(results["tf"] - results["custom_op"]).max())
+    if not args.no_components:
+        report["components"] = component_timings(image, probabilities, args.runs)
+    report["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
+    report["environment"] = dict(environment(), pydensecrf=reference_version)
     print(json.dumps(report, indent=2))
+
+
+def _distribution_version(name: str) -> str | None:
+    from importlib import metadata
+
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
 
 
 if __name__ == "__main__":

@@ -302,6 +302,6 @@ def test_saved_model_runs_without_the_custom_op(op, tmp_path):
     report = json.loads(output.strip().splitlines()[-1])
     assert report["unregistered"] == []
     assert not any(name.startswith("KerasDense") for name in report["ops"])
-    assert {"UnsortedSegmentSum", "Unique"} <= set(report["ops"])  # the twin is in there
+    assert {"SparseTensorDenseMatMul", "Unique"} <= set(report["ops"])  # the twin is in there
     assert not report["library_mapped"] and not report["keras_dense_imported"]
     np.testing.assert_allclose(np.load(tmp_path / "out.npy"), expected, atol=1e-4)

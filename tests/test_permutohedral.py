@@ -13,7 +13,15 @@ import pytest
 import tensorflow as tf
 
 from keras_dense.crf.mean_field import bilateral_features, spatial_features
-from keras_dense.ops import Lattice, OpBuildError, build_lattice, filter_lattice, loader
+from keras_dense.ops import (
+    Lattice,
+    LatticeOperator,
+    OpBuildError,
+    build_lattice,
+    filter_lattice,
+    loader,
+    prepare_filter,
+)
 from keras_dense.ops.permutohedral import resolve_implementation
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -92,7 +100,7 @@ def test_lattice_filtering_approximates_exact_gaussian(op, implementation):
 
 def test_twin_builds_the_same_lattice_and_filters_the_same(op):
     rng = np.random.default_rng(1)
-    for d, channels in ((1, 1), (2, 3), (5, 4), (7, 2)):
+    for d, channels in ((1, 1), (2, 3), (3, 1), (5, 4), (7, 2), (9, 2)):  # 9: general simplex
         features = rng.uniform(0, 6, (2, 150, d)).astype(np.float32)
         features[1] *= 0.5  # fewer lattice points in image 1: exercises the padding
         op_lattice = build_lattice(features, "custom_op")
@@ -110,13 +118,146 @@ def test_twin_builds_the_same_lattice_and_filters_the_same(op):
                 np.testing.assert_allclose(a, b, atol=1e-4, rtol=0)
 
 
-def test_twin_exact_row_codes_fallback(op, monkeypatch):
-    # Keys too wide for one int64 code are ranked one coordinate at a time instead.
+def _numpy_filter(values: np.ndarray, lattice: Lattice, reverse: bool = False) -> np.ndarray:
+    """The lattice's filter written directly from its tensors in float64 NumPy (a reference
+    independent of both implementations): splat, [1/2, 1, 1/2] blur per direction, slice."""
+    indices = lattice.splat_indices.numpy()
+    weights = lattice.barycentric_weights.numpy().astype(np.float64)
+    neighbours = lattice.blur_neighbors.numpy()
+    batch, points, d1 = indices.shape
+    out = np.zeros(values.shape, np.float64)
+    for b in range(batch):
+        grid = np.zeros((neighbours.shape[1] + 1, values.shape[2]))  # row 0: missing neighbour
+        np.add.at(grid, indices[b] + 1, weights[b][..., None] * values[b][:, None, :])
+        for j in reversed(range(d1)) if reverse else range(d1):
+            grid[1:] = grid[1:] + 0.5 * (
+                grid[neighbours[b, :, j, 0] + 1] + grid[neighbours[b, :, j, 1] + 1]
+            )
+        sliced = (grid[indices[b] + 1] * weights[b][..., None]).sum(1)
+        out[b] = sliced / (1.0 + 2.0 ** -(d1 - 1))
+    return out
+
+
+def _odd_batch(batch: int, height: int, width: int, seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    images = np.stack(
+        [
+            _images(height, width, seed + b)[name]
+            for b, name in zip(range(batch), ("pieces", "noise", "gradient", "pieces"))
+        ]
+    )
+    images = images + rng.normal(0, 3, images.shape)  # images differ: different M_b
+    # Spatial features of a different scale per image (else the images share one lattice).
+    spread = (1.0 + 0.3 * np.arange(batch, dtype=np.float32))[:, None, None]
+    return {
+        "spatial": spatial_features(batch, height, width, 3.0).numpy() * spread,
+        "bilateral": bilateral_features(images.astype(np.float32), 7.0, 15.0).numpy(),
+    }
+
+
+@pytest.mark.parametrize("kernel", ["spatial", "bilateral"])
+def test_twin_operator_equals_op_and_numpy_for_batches_and_odd_sizes(op, kernel):
+    # B = 3 images of an odd size (13 x 17), different lattice sizes; channel counts that take
+    # every path of the op (1 to 6 whole vectors, and the general case) and of the twin.
+    features = _odd_batch(3, 13, 17, seed=7)[kernel]
+    op_lattice = build_lattice(features, "custom_op")
+    num_points = op_lattice.num_points.numpy()
+    assert len(set(num_points)) > 1  # padding in play
+    operator = prepare_filter(build_lattice(features, "tf"), "tf")
+    assert isinstance(operator, LatticeOperator)
+    rng = np.random.default_rng(8)
+    for dtype, channels in (
+        (np.float32, 1),
+        (np.float32, 9),
+        (np.float32, 21),
+        (np.float32, 48),
+        (np.float32, 49),
+        (np.float64, 3),
+        (np.float64, 21),
+        (np.float64, 25),
+    ):
+        values = rng.normal(size=(3, 13 * 17, channels)).astype(dtype)
+        for reverse in (False, True):
+            expected = _numpy_filter(values.astype(np.float64), op_lattice, reverse)
+            by_op = filter_lattice(values, op_lattice, reverse, "custom_op").numpy()
+            by_twin = filter_lattice(values, operator, reverse, "tf").numpy()
+            assert by_op.dtype == by_twin.dtype == dtype
+            scale = np.abs(expected).max()
+            message = f"{dtype.__name__} C={channels} reverse={reverse}"
+            np.testing.assert_allclose(by_twin, by_op, atol=1e-4, rtol=0, err_msg=message)
+            np.testing.assert_allclose(by_op, expected, atol=1e-5 * scale, err_msg=message)
+            np.testing.assert_allclose(by_twin, expected, atol=1e-5 * scale, err_msg=message)
+    # The op takes the twin's operator too (it filters with the lattice inside).
+    values = rng.normal(size=(3, 13 * 17, 4)).astype(np.float32)
+    np.testing.assert_allclose(
+        filter_lattice(values, operator, implementation="custom_op").numpy(),
+        filter_lattice(values, op_lattice, implementation="custom_op").numpy(),
+        atol=1e-5,
+    )
+
+
+def test_twin_operator_in_a_tf_function_with_gradients(op):
+    features = _odd_batch(2, 9, 11, seed=9)["bilateral"]
+    lattice = build_lattice(features, "custom_op")
+    values = np.random.default_rng(10).normal(size=(2, 99, 5)).astype(np.float32)
+    upstream = np.random.default_rng(11).normal(size=(2, 99, 5)).astype(np.float32)
+
+    @tf.function
+    def twin(x):
+        operator = prepare_filter(build_lattice(features, "tf"), "tf")
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = tf.reduce_sum(filter_lattice(filter_lattice(x, operator), operator) * upstream)
+        return loss, tape.gradient(loss, x)
+
+    x = tf.constant(values)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        once = filter_lattice(x, lattice, implementation="custom_op")
+        loss = tf.reduce_sum(filter_lattice(once, lattice, implementation="custom_op") * upstream)
+    expected_gradient = tape.gradient(loss, x)
+    got_loss, got_gradient = twin(x)
+    np.testing.assert_allclose(got_loss.numpy(), loss.numpy(), rtol=1e-5)
+    np.testing.assert_allclose(got_gradient.numpy(), expected_gradient.numpy(), atol=1e-4)
+
+
+def test_twin_output_scale_is_folded_exactly_with_its_gradient(op):
+    from keras_dense.ops import permutohedral_tf
+
+    features = _odd_batch(2, 9, 11, seed=12)["bilateral"]
+    lattice = build_lattice(features, "custom_op")
+    rng = np.random.default_rng(13)
+    scale = rng.uniform(0.5, 2.0, (2, 99, 1)).astype(np.float32)
+    values = tf.constant(rng.normal(size=(2, 99, 3)).astype(np.float32))
+    upstream = rng.normal(size=(2, 99, 3)).astype(np.float32)
+    scaled = permutohedral_tf.with_output_scale(prepare_filter(lattice, "tf"), scale)
+    results = []
+    for fn in (
+        lambda x: filter_lattice(x, scaled, implementation="tf"),
+        lambda x: filter_lattice(x, lattice, implementation="custom_op") * scale,
+    ):
+        with tf.GradientTape() as tape:
+            tape.watch(values)
+            out = fn(values)
+            loss = tf.reduce_sum(out * upstream)
+        results.append((out.numpy(), tape.gradient(loss, values).numpy()))
+    np.testing.assert_allclose(results[0][0], results[1][0], atol=1e-4)
+    np.testing.assert_allclose(results[0][1], results[1][1], atol=1e-4)
+    assert np.abs(results[0][1]).max() > 0.1
+    # The op honours a scaled operator too.
+    by_op = filter_lattice(values, scaled, implementation="custom_op").numpy()
+    np.testing.assert_allclose(by_op, results[1][0], atol=1e-5)
+
+
+@pytest.mark.parametrize("limit", ["_FLOAT_CODE_BITS", "_CODE_BITS"])
+def test_twin_exact_row_codes_fallback(op, monkeypatch, limit):
+    # Keys too wide for one float64 code get an int64 code; too wide for that, they are
+    # ranked one coordinate at a time instead.
     from keras_dense.ops import permutohedral_tf
 
     features = np.random.default_rng(6).uniform(0, 9, (2, 120, 4)).astype(np.float32)
     expected = build_lattice(features, "custom_op")
-    monkeypatch.setattr(permutohedral_tf, "_CODE_BITS", 0.0)
+    monkeypatch.setattr(permutohedral_tf, limit, 0.0)
     got = build_lattice(features, "tf")
     for field, a, b in zip(Lattice._fields, expected, got):
         np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=field)

@@ -27,8 +27,14 @@ from collections.abc import Callable, Sequence
 
 import tensorflow as tf
 
+from keras_dense.ops import permutohedral_tf
 from keras_dense.ops.lattice import Lattice
-from keras_dense.ops.permutohedral import build_lattice, filter_lattice
+from keras_dense.ops.permutohedral import (
+    build_lattice,
+    filter_lattice,
+    prepare_filter,
+    resolve_implementation,
+)
 
 
 def pixel_positions(height: tf.Tensor | int, width: tf.Tensor | int) -> tf.Tensor:
@@ -116,19 +122,29 @@ def mean_field(
         (B, N, C) logits whose softmax is the final Q.
     """
     scales = [1.0] * len(lattices) if kernel_scales is None else [float(s) for s in kernel_scales]
+    implementation = resolve_implementation(implementation)
+    # Built once, used by every iteration (and the backward pass).
+    lattices = [prepare_filter(lattice, implementation) for lattice in lattices]
     shape = tf.shape(unary)
     ones = tf.ones(tf.stack([shape[0], shape[1], 1]), unary.dtype)
     inverse_norms = [
         scale / (filter_lattice(ones, lattice, implementation=implementation) + 1e-20)
         for lattice, scale in zip(lattices, scales)
     ]
+    if implementation == "tf":
+        # The twin folds each normalisation into its slice matrix: no pass to multiply.
+        lattices = [
+            permutohedral_tf.with_output_scale(lattice, inverse)
+            for lattice, inverse in zip(lattices, inverse_norms)
+        ]
+        inverse_norms = [None] * len(lattices)
     logits = unary
     for _ in range(int(num_iterations)):
         q = tf.nn.softmax(logits, axis=-1)
-        filtered = [
-            filter_lattice(q, lattice, implementation=implementation) * inverse
-            for lattice, inverse in zip(lattices, inverse_norms)
-        ]
+        filtered = []
+        for lattice, inverse in zip(lattices, inverse_norms):
+            values = filter_lattice(q, lattice, implementation=implementation)
+            filtered.append(values if inverse is None else values * inverse)
         logits = unary - pairwise_fn(filtered)
     return logits
 

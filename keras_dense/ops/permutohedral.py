@@ -2,7 +2,11 @@
 
 `build_lattice(features)` embeds each image's points once; `filter_lattice(values, lattice)`
 then filters any number of value tensors with it (every mean-field iteration, and the
-backward pass). The filter approximates, for unit-scaled features,
+backward pass). `prepare_filter(lattice)` turns a lattice into what its implementation
+filters with fastest (for the twin, its fixed sparse splat / blur / slice matrices), to build
+once per lattice and pass to `filter_lattice` in place of the lattice.
+
+The filter approximates, for unit-scaled features,
 
     out_i = sum_j exp(-|f_i - f_j|^2 / 2) * v_j     (up to a smooth, per-point factor)
 
@@ -31,6 +35,7 @@ import tensorflow as tf
 
 from keras_dense.ops import loader, permutohedral_tf
 from keras_dense.ops.lattice import Lattice
+from keras_dense.ops.permutohedral_tf import LatticeOperator
 
 IMPLEMENTATIONS = ("auto", "custom_op", "tf")
 BUILD_OP = "KerasDensePermutohedralBuild"
@@ -83,14 +88,36 @@ def build_lattice(features: tf.Tensor, implementation: str = "auto") -> Lattice:
     return Lattice(*outputs)
 
 
+def prepare_filter(
+    lattice: Lattice | LatticeOperator, implementation: str = "auto"
+) -> Lattice | LatticeOperator:
+    """What `filter_lattice` filters with fastest, built once per lattice.
+
+    Args:
+        lattice: A `Lattice` (or a `LatticeOperator`).
+        implementation: `"auto"`, `"custom_op"` or `"tf"`.
+
+    Returns:
+        For the twin, the lattice's `LatticeOperator` (its sparse matrices); for the custom
+        op, the `Lattice` itself (the op precomputes nothing across calls).
+    """
+    if resolve_implementation(implementation) == "tf":
+        return permutohedral_tf.lattice_operator(lattice)
+    return lattice.lattice if isinstance(lattice, LatticeOperator) else lattice
+
+
 def filter_lattice(
-    values: tf.Tensor, lattice: Lattice, reverse: bool = False, implementation: str = "auto"
+    values: tf.Tensor,
+    lattice: Lattice | LatticeOperator,
+    reverse: bool = False,
+    implementation: str = "auto",
 ) -> tf.Tensor:
     """Filters values with a lattice: splat, blur along the d+1 directions, slice.
 
     Args:
         values: (B, N, C) float32 or float64.
-        lattice: The `Lattice` of the same B point sets of N points.
+        lattice: The `Lattice` of the same B point sets of N points, or what
+            `prepare_filter` made of it (either implementation accepts either).
         reverse: Blur in reverse direction order (the transpose of the forward filter).
         implementation: `"auto"`, `"custom_op"` or `"tf"`.
 
@@ -99,14 +126,20 @@ def filter_lattice(
     """
     if resolve_implementation(implementation) == "tf":
         return permutohedral_tf.filter_lattice(values, lattice, reverse=reverse)
+    scale = None
+    if isinstance(lattice, LatticeOperator):
+        lattice, scale = lattice.lattice, lattice.output_scale
     library = loader.load_library()
-    return library.keras_dense_permutohedral_filter(
+    filtered = library.keras_dense_permutohedral_filter(
         values,
         lattice.splat_indices,
         lattice.barycentric_weights,
         lattice.blur_neighbors,
         reverse=bool(reverse),
     )
+    if scale is None:
+        return filtered
+    return filtered * tf.reshape(tf.cast(scale, filtered.dtype), tf.shape(filtered)[:2])[..., None]
 
 
 @tf.RegisterGradient(FILTER_OP)

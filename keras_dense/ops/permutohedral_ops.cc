@@ -26,6 +26,8 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -159,9 +161,14 @@ int64_t NumPieces(OpKernelContext* context, int64_t total, int64_t min_piece) {
 // Embeds one feature vector in the lattice: writes the keys (first d coordinates) of the d+1
 // vertices of its enclosing simplex and their barycentric weights. The arithmetic (float,
 // operation order) is mirrored exactly by keras_dense/ops/permutohedral_tf.py.
-inline void EmbedPoint(const float* feature, int d, const float* scale, float* elevated,
-                       int32_t* rem0, int32_t* rank, float* barycentric, int32_t* keys,
-                       float* weights) {
+// kD > 0 fixes d at compile time (the CRF's d = 2 and d = 5: loops unroll, the small arrays
+// stay in registers); kD == 0 takes d at run time.
+template <int kD>
+__attribute__((always_inline)) inline void EmbedPoint(
+    const float* __restrict feature, int d_runtime, const float* __restrict scale,
+    float* __restrict elevated, int32_t* __restrict rem0, int32_t* __restrict rank,
+    float* __restrict barycentric, int32_t* __restrict keys, float* __restrict weights) {
+  const int d = kD > 0 ? kD : d_runtime;
   const int d1 = d + 1;
   const float down_factor = 1.0f / static_cast<float>(d1);
   const float up_factor = static_cast<float>(d1);
@@ -235,13 +242,17 @@ inline void EmbedPoint(const float* feature, int d, const float* scale, float* e
 
 // Embeds points [begin, end) and hashes their simplex vertices into `table`: writes local
 // point indices and barycentric weights. Returns false if a feature exceeds `limit`.
+template <int kD>
 KERAS_DENSE_MULTIVERSION bool EmbedRange(const float* features, int64_t begin, int64_t end,
-                                         int d, const float* scale, float limit,
+                                         int d_runtime, const float* scale, float limit,
                                          LatticeHashTable* table, int32_t* indices,
                                          float* weights) {
+  const int d = kD > 0 ? kD : d_runtime;
   const int d1 = d + 1;
-  std::vector<float> elevated(d1), barycentric(d1 + 1);
-  std::vector<int32_t> rem0(d1), rank(d1), keys(d1 * d);
+  // Scratch of the largest d (64): on the stack, no allocation per range.
+  constexpr int kMax = kD > 0 ? kD + 1 : 65;
+  float elevated[kMax], barycentric[kMax + 1];
+  int32_t rem0[kMax], rank[kMax], keys[kMax * (kMax - 1) > 0 ? kMax * (kMax - 1) : 1];
   // Neighbouring points often share simplex vertices: remember the previous point's.
   std::vector<int32_t> previous_keys(d1 * d), previous_index(d1, -1);
   const std::vector<float> zeros(d, 0.0f);
@@ -257,10 +268,9 @@ KERAS_DENSE_MULTIVERSION bool EmbedRange(const float* features, int64_t begin, i
         break;
       }
     }
-    EmbedPoint(f, d, scale, elevated.data(), rem0.data(), rank.data(), barycentric.data(),
-               keys.data(), weights + n * d1);
+    EmbedPoint<kD>(f, d, scale, elevated, rem0, rank, barycentric, keys, weights + n * d1);
     for (int k = 0; k < d1; ++k) {
-      const int32_t* key = keys.data() + k * d;
+      const int32_t* key = keys + k * d;
       int32_t* previous = previous_keys.data() + k * d;
       if (previous_index[k] < 0 || !std::equal(key, key + d, previous)) {
         previous_index[k] = table->FindOrInsert(key);
@@ -327,9 +337,15 @@ class PermutohedralBuildOp : public OpKernel {
       const float* image_features = feature_data + b * points * d;
       ParallelFor(context, pieces, 1000000, [&](int64_t begin, int64_t end) {
         for (int64_t s = begin; s < end; ++s) {
-          if (!EmbedRange(image_features, RangeStart(points, pieces, s),
-                          RangeStart(points, pieces, s + 1), d, scale.data(), limit, &local[s],
-                          image_indices, image_weights)) {
+          const int64_t first = RangeStart(points, pieces, s);
+          const int64_t last = RangeStart(points, pieces, s + 1);
+          // The CRF's kernels: spatial d = 2, bilateral d = 2 + 3 colours (or + 1 grey).
+          auto embed = d == 2   ? &EmbedRange<2>
+                       : d == 3 ? &EmbedRange<3>
+                       : d == 5 ? &EmbedRange<5>
+                                : &EmbedRange<0>;
+          if (!embed(image_features, first, last, d, scale.data(), limit, &local[s],
+                     image_indices, image_weights)) {
             finite = false;
           }
         }
@@ -416,20 +432,40 @@ inline int64_t PaddedChannels(int64_t channels, int64_t lanes) {
   return (channels + lanes - 1) / lanes * lanes;
 }
 
+// The filter's kernels process all C channels of a lattice row or a point together, as
+// `packets` whole 32-byte vectors. kP > 0 fixes the number of packets at compile time (the
+// common small C: accumulators stay in registers and the loops unroll); kP == 0 is the
+// general case (packets at run time).
+constexpr int kMaxStaticPackets = 6;
+
 // Adds the weighted values of points [begin, end) to their lattice rows (row m+1 for point
-// m; rows are `padded` wide). Returns false on an out-of-range index.
-template <typename T>
+// m; rows are `packets` vectors wide). A point's values are loaded once, as whole vectors
+// (the lanes past C read the next points' values: they only ever reach the padding lanes of
+// the lattice rows, which nothing outputs); the points whose vectors would pass the end of
+// the range are staged in a zero-padded copy, so that no read passes the end of the tensor.
+// Returns false on an out-of-range index.
+template <typename T, int kP>
 KERAS_DENSE_MULTIVERSION bool SplatRange(const T* __restrict values,
                                          const int32_t* __restrict indices,
                                          const float* __restrict weights, int64_t begin,
                                          int64_t end, int64_t d1, int64_t channels,
-                                         int64_t padded, int64_t max_points,
+                                         int64_t packets, int64_t max_points,
                                          T* __restrict lattice) {
   using P = Packet<T>;
-  std::vector<T> source(padded, T(0));
+  constexpr int64_t kLanes = P::kLanes;
+  const int64_t np = kP > 0 ? kP : packets;
+  const int64_t padded = np * kLanes;
+  T fixed[kMaxStaticPackets * kLanes];
+  std::vector<T> general(kP > 0 ? 0 : padded);
+  T* staging = kP > 0 ? fixed : general.data();
   bool valid = true;
   for (int64_t n = begin; n < end; ++n) {
-    std::copy(values + n * channels, values + (n + 1) * channels, source.begin());
+    const T* source = values + n * channels;
+    if (kP == 0 || n * channels + padded > end * channels) {
+      std::copy(source, source + channels, staging);
+      std::fill(staging + channels, staging + padded, T(0));
+      source = staging;
+    }
     for (int64_t k = 0; k < d1; ++k) {
       const int64_t r = int64_t{indices[n * d1 + k]} + 1;
       if (r < 1 || r > max_points) {
@@ -438,8 +474,8 @@ KERAS_DENSE_MULTIVERSION bool SplatRange(const T* __restrict values,
       }
       const T w = static_cast<T>(weights[n * d1 + k]);
       T* row = lattice + r * padded;
-      for (int64_t c = 0; c < padded; c += P::kLanes) {
-        P::Store(row + c, P::Load(row + c) + w * P::Load(source.data() + c));
+      for (int64_t c = 0; c < np; ++c) {
+        P::Store(row + c * kLanes, P::Load(row + c * kLanes) + w * P::Load(source + c * kLanes));
       }
     }
   }
@@ -452,13 +488,17 @@ KERAS_DENSE_MULTIVERSION void AddTo(T* __restrict target, const T* __restrict so
   for (int64_t i = 0; i < count; ++i) target[i] += source[i];
 }
 
-// One blur step along direction j for lattice points [begin, end).
-template <typename T>
+// One blur step along direction j for lattice points [begin, end): one pass over the
+// neighbour table, whole rows at a time.
+template <typename T, int kP>
 KERAS_DENSE_MULTIVERSION bool BlurRange(const T* __restrict lattice,
                                         const int32_t* __restrict neighbors, int j,
-                                        int64_t begin, int64_t end, int64_t d1, int64_t padded,
+                                        int64_t begin, int64_t end, int64_t d1, int64_t packets,
                                         int64_t max_points, T* __restrict blurred) {
   using P = Packet<T>;
+  constexpr int64_t kLanes = P::kLanes;
+  const int64_t np = kP > 0 ? kP : packets;
+  const int64_t padded = np * kLanes;
   const T half = static_cast<T>(0.5);
   bool valid = true;
   for (int64_t m = begin; m < end; ++m) {
@@ -474,43 +514,122 @@ KERAS_DENSE_MULTIVERSION bool BlurRange(const T* __restrict lattice,
     }
     const T* first = lattice + r1 * padded;
     const T* second = lattice + r2 * padded;
-    for (int64_t c = 0; c < padded; c += P::kLanes) {
-      P::Store(target + c,
-               P::Load(self + c) + half * (P::Load(first + c) + P::Load(second + c)));
+    for (int64_t c = 0; c < np; ++c) {
+      const int64_t o = c * kLanes;
+      P::Store(target + o, P::Load(self + o) + half * (P::Load(first + o) + P::Load(second + o)));
     }
   }
   return valid;
 }
 
-// Barycentric interpolation of the lattice at points [begin, end), times alpha.
-template <typename T>
+// Barycentric interpolation of the lattice at points [begin, end), times alpha. The sums are
+// kept in registers (kP > 0) and stored as whole vectors: the lanes past C spill into the
+// next points' rows, which are written after it; the points whose vectors would pass the end
+// of the range go through `staging`, so that nothing is written outside the range.
+template <typename T, int kP>
 KERAS_DENSE_MULTIVERSION bool SliceRange(const T* __restrict lattice,
                                          const int32_t* __restrict indices,
                                          const float* __restrict weights, int64_t begin,
                                          int64_t end, int64_t d1, int64_t channels,
-                                         int64_t padded, int64_t max_points, T alpha,
+                                         int64_t packets, int64_t max_points, T alpha,
                                          T* __restrict out) {
   using P = Packet<T>;
-  std::vector<T> sum(padded);
+  using V = typename P::Type;
+  constexpr int64_t kLanes = P::kLanes;
+  constexpr int kSlots = kP > 0 ? kP : 1;
+  const int64_t np = kP > 0 ? kP : packets;
+  const int64_t padded = np * kLanes;
+  T fixed[kMaxStaticPackets * kLanes];
+  std::vector<T> general(kP > 0 ? 0 : padded);
+  T* staging = kP > 0 ? fixed : general.data();
   bool valid = true;
   for (int64_t n = begin; n < end; ++n) {
-    std::fill(sum.begin(), sum.end(), T(0));
-    for (int64_t k = 0; k < d1; ++k) {
-      const int64_t r = int64_t{indices[n * d1 + k]} + 1;
-      if (r < 1 || r > max_points) {
-        valid = false;
-        continue;
+    T* target = out + n * channels;
+    if (kP > 0) {
+      V sum[kSlots];
+      for (int c = 0; c < kSlots; ++c) sum[c] = V{};
+      for (int64_t k = 0; k < d1; ++k) {
+        const int64_t r = int64_t{indices[n * d1 + k]} + 1;
+        if (r < 1 || r > max_points) {
+          valid = false;
+          continue;
+        }
+        const T w = alpha * static_cast<T>(weights[n * d1 + k]);
+        const T* row = lattice + r * padded;
+        for (int c = 0; c < kSlots; ++c) sum[c] += w * P::Load(row + c * kLanes);
       }
-      const T w = alpha * static_cast<T>(weights[n * d1 + k]);
-      const T* row = lattice + r * padded;
-      for (int64_t c = 0; c < padded; c += P::kLanes) {
-        P::Store(sum.data() + c, P::Load(sum.data() + c) + w * P::Load(row + c));
+      const bool inside = n * channels + padded <= end * channels;
+      T* destination = inside ? target : staging;
+      for (int c = 0; c < kSlots; ++c) P::Store(destination + c * kLanes, sum[c]);
+      if (!inside) std::copy(staging, staging + channels, target);
+    } else {
+      std::fill(staging, staging + padded, T(0));
+      for (int64_t k = 0; k < d1; ++k) {
+        const int64_t r = int64_t{indices[n * d1 + k]} + 1;
+        if (r < 1 || r > max_points) {
+          valid = false;
+          continue;
+        }
+        const T w = alpha * static_cast<T>(weights[n * d1 + k]);
+        const T* row = lattice + r * padded;
+        for (int64_t c = 0; c < padded; c += kLanes) {
+          P::Store(staging + c, P::Load(staging + c) + w * P::Load(row + c));
+        }
       }
+      std::copy(staging, staging + channels, target);
     }
-    std::copy(sum.begin(), sum.begin() + channels, out + n * channels);
   }
   return valid;
 }
+
+// Scratch memory reused across calls (no allocation per filtering once warm): a mutex-guarded
+// free list of buffers that only grow.
+template <typename T>
+class BufferPool {
+ public:
+  class Lease {
+   public:
+    Lease(BufferPool* pool, std::unique_ptr<std::vector<T>> buffer)
+        : pool_(pool), buffer_(std::move(buffer)) {}
+    Lease(Lease&&) = default;
+    ~Lease() {
+      if (buffer_) pool_->Release(std::move(buffer_));
+    }
+    T* data() { return buffer_->data(); }
+
+   private:
+    BufferPool* pool_;
+    std::unique_ptr<std::vector<T>> buffer_;
+  };
+
+  static BufferPool* Global() {
+    static BufferPool* pool = new BufferPool();
+    return pool;
+  }
+
+  Lease Acquire(int64_t size) {
+    std::unique_ptr<std::vector<T>> buffer;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (!free_.empty()) {
+        buffer = std::move(free_.back());
+        free_.pop_back();
+      }
+    }
+    if (!buffer) buffer = std::make_unique<std::vector<T>>();
+    if (static_cast<int64_t>(buffer->size()) < size) buffer->resize(size);
+    return Lease(this, std::move(buffer));
+  }
+
+ private:
+  void Release(std::unique_ptr<std::vector<T>> buffer) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (free_.size() < 64) free_.push_back(std::move(buffer));
+  }
+
+  std::mutex mutex_;
+  std::vector<std::unique_ptr<std::vector<T>>> free_;
+};
 
 template <typename T>
 class PermutohedralFilterOp : public OpKernel {
@@ -541,12 +660,33 @@ class PermutohedralFilterOp : public OpKernel {
                 neighbors.dims() == 4 && neighbors.dim_size(0) == batch &&
                     neighbors.dim_size(2) == d1 && neighbors.dim_size(3) == 2,
                 absl::InvalidArgumentError("blur_neighbors must have shape (batch, M, d+1, 2)"));
-    const int64_t max_points = neighbors.dim_size(1);
-    const int64_t vertices = points * d1;
-
     Tensor* output = nullptr;
     OP_REQUIRES_OK(context, context->allocate_output(0, values.shape(), &output));
     if (batch == 0 || points == 0 || channels == 0) return;
+    const int64_t packets = PaddedChannels(channels, Packet<T>::kLanes) / Packet<T>::kLanes;
+    switch (packets) {
+      case 1: return Run<1>(context, values, splat_indices, weights, neighbors, output);
+      case 2: return Run<2>(context, values, splat_indices, weights, neighbors, output);
+      case 3: return Run<3>(context, values, splat_indices, weights, neighbors, output);
+      case 4: return Run<4>(context, values, splat_indices, weights, neighbors, output);
+      case 5: return Run<5>(context, values, splat_indices, weights, neighbors, output);
+      case 6: return Run<6>(context, values, splat_indices, weights, neighbors, output);
+      default: return Run<0>(context, values, splat_indices, weights, neighbors, output);
+    }
+  }
+
+ private:
+  template <int kP>
+  void Run(OpKernelContext* context, const Tensor& values, const Tensor& splat_indices,
+           const Tensor& weights, const Tensor& neighbors, Tensor* output) {
+    static_assert(kP <= kMaxStaticPackets, "add the case to Compute's dispatch");
+    const int64_t batch = values.dim_size(0);
+    const int64_t points = values.dim_size(1);
+    const int64_t channels = values.dim_size(2);
+    const int64_t d1 = splat_indices.dim_size(2);
+    const int d = static_cast<int>(d1 - 1);
+    const int64_t max_points = neighbors.dim_size(1);
+    const int64_t vertices = points * d1;
 
     const T* in = values.flat<T>().data();
     T* out = output->flat<T>().data();
@@ -557,11 +697,18 @@ class PermutohedralFilterOp : public OpKernel {
     // Row 0 of each buffer is the zero value of missing neighbours; lattice point m is row m+1.
     const int64_t rows = max_points + 1;
     const int64_t padded = PaddedChannels(channels, Packet<T>::kLanes);
+    const int64_t packets = padded / Packet<T>::kLanes;
+    const int64_t size = rows * padded;
     const int64_t pieces = NumPieces(context, points, 2048);
-    std::vector<T> buffer(rows * padded), scratch(rows * padded);
-    std::vector<T> partial((pieces - 1) * rows * padded);
+    BufferPool<T>* pool = BufferPool<T>::Global();
+    auto first = pool->Acquire(size);
+    auto second = pool->Acquire(size);
+    auto partial = pool->Acquire(std::max<int64_t>(1, (pieces - 1) * size));
+    T* buffer = first.data();
+    T* scratch = second.data();
     const T alpha = static_cast<T>(1.0 / (1.0 + std::pow(2.0, -d)));
     std::atomic<bool> valid(true);
+    std::fill(scratch, scratch + padded, T(0));
 
     for (int64_t b = 0; b < batch; ++b) {
       const T* image_in = in + b * points * channels;
@@ -574,11 +721,11 @@ class PermutohedralFilterOp : public OpKernel {
       // (the lattice buffer is small and stays in cache), then add the pieces' buffers.
       ParallelFor(context, pieces, 1000000, [&](int64_t begin, int64_t end) {
         for (int64_t s = begin; s < end; ++s) {
-          T* target = s == 0 ? buffer.data() : partial.data() + (s - 1) * rows * padded;
-          std::fill(target, target + rows * padded, T(0));
-          if (!SplatRange(image_in, indices, image_weights, RangeStart(points, pieces, s),
-                          RangeStart(points, pieces, s + 1), d1, channels, padded, max_points,
-                          target)) {
+          T* target = s == 0 ? buffer : partial.data() + (s - 1) * size;
+          std::fill(target, target + size, T(0));
+          if (!SplatRange<T, kP>(image_in, indices, image_weights,
+                                 RangeStart(points, pieces, s), RangeStart(points, pieces, s + 1),
+                                 d1, channels, packets, max_points, target)) {
             valid = false;
           }
         }
@@ -586,19 +733,18 @@ class PermutohedralFilterOp : public OpKernel {
       if (pieces > 1) {
         ParallelFor(context, rows, pieces * padded + 10, [&](int64_t begin, int64_t end) {
           for (int64_t s = 1; s < pieces; ++s) {
-            AddTo(buffer.data() + begin * padded,
-                  partial.data() + ((s - 1) * rows + begin) * padded, (end - begin) * padded);
+            AddTo(buffer + begin * padded, partial.data() + ((s - 1) * rows + begin) * padded,
+                  (end - begin) * padded);
           }
         });
       }
 
-      // Blur along each lattice direction.
+      // Blur along each lattice direction (row 0 of both buffers stays zero).
       for (int step = 0; step < d1; ++step) {
         const int j = reverse_ ? d - step : step;
-        std::fill(scratch.begin(), scratch.begin() + padded, T(0));
         ParallelFor(context, max_points, 4 * padded + 10, [&](int64_t begin, int64_t end) {
-          if (!BlurRange(buffer.data(), image_neighbors, j, begin, end, d1, padded, max_points,
-                         scratch.data())) {
+          if (!BlurRange<T, kP>(buffer, image_neighbors, j, begin, end, d1, packets, max_points,
+                                scratch)) {
             valid = false;
           }
         });
@@ -607,8 +753,8 @@ class PermutohedralFilterOp : public OpKernel {
 
       // Slice: barycentric interpolation of the blurred lattice at every point.
       ParallelFor(context, points, 2 * padded * d1 + 10, [&](int64_t begin, int64_t end) {
-        if (!SliceRange(buffer.data(), indices, image_weights, begin, end, d1, channels, padded,
-                        max_points, alpha, image_out)) {
+        if (!SliceRange<T, kP>(buffer, indices, image_weights, begin, end, d1, channels,
+                               packets, max_points, alpha, image_out)) {
           valid = false;
         }
       });
@@ -619,7 +765,6 @@ class PermutohedralFilterOp : public OpKernel {
                     "KerasDensePermutohedralBuild"));
   }
 
- private:
   bool reverse_ = false;
 };
 
