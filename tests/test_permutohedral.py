@@ -428,7 +428,7 @@ def test_cli_build_ops_command(op, capsys):
     import argparse
 
     from keras_dense import cli
-    from keras_dense.ops import build_ops_command
+    from keras_dense.commands import build_ops as build_ops_command
 
     assert "keras_dense.commands.build_ops" in cli.COMMAND_MODULES
     parser = argparse.ArgumentParser()
