@@ -19,7 +19,7 @@ from keras_dense.data import segmentation_dataset
 from keras_dense.data.image_io import encode_png
 from keras_dense.evaluation.confusion_image import confusion_matrix_image
 from keras_dense.evaluation.evaluator import evaluate_segmentation
-from keras_dense.losses import MaskedSparseCrossEntropy
+from keras_dense.losses import build_loss, median_frequency_weights
 from keras_dense.metrics import build_metrics
 from keras_dense.prediction.inference import plan_prediction, segment
 from keras_dense.prediction.palette import colorize, overlay
@@ -170,16 +170,45 @@ class SegmentationTask(Task):
     def finalize_model(self, model, mixed_precision):
         return float32_logits(model) if mixed_precision else model
 
-    def compile(self, model, recipe, optimizer, num_classes):
-        training, data = recipe["training"], recipe["data"]
+    def __init__(self):
+        # ((train pattern, ignore label), (weights, absent classes)) of the last run whose
+        # `compile` computed median-frequency weights; `card_fields` writes them into its card.
+        self._median_frequency: tuple | None = None
+
+    def class_weights(self, recipe: dict, num_classes: int) -> list[float] | None:
+        """The recipe's `loss.class_weights` as numbers, or None for unweighted.
+
+        `"median_frequency"` is computed over the training shards' masks (see
+        `keras_dense.losses.median_frequency_weights`), reported on stdout and kept for the
+        model card (`card_fields`).
+
+        Raises:
+            RecipeError: A list whose length is not the number of classes.
+        """
+        data = recipe["data"]
         weights = recipe["loss"]["class_weights"]
+        if isinstance(weights, str):  # "median_frequency" (the recipe validator checks it)
+            values, absent = median_frequency_weights(
+                data["train"], num_classes, data["ignore_label"]
+            )
+            self._median_frequency = ((data["train"], data["ignore_label"]), (values, absent))
+            shown = ", ".join(f"{w:.4g}" for w in values)
+            print(f"median-frequency class weights over {data['train']}: [{shown}]")
+            if absent:
+                print(f"  classes never present in the training masks (weight 0): {absent}")
+            return values
         if weights and len(weights) != num_classes:
             raise RecipeError(
                 f"recipe key 'loss.class_weights': {len(weights)} weights for {num_classes} classes"
             )
+        return [float(w) for w in weights] or None
+
+    def compile(self, model, recipe, optimizer, num_classes):
+        training, data = recipe["training"], recipe["data"]
+        weights = self.class_weights(recipe, num_classes)
         model.compile(
             optimizer=optimizer,
-            loss=MaskedSparseCrossEntropy(data["ignore_label"], weights or None),
+            loss=build_loss(recipe["loss"]["name"], data["ignore_label"], weights),
             metrics=build_metrics(training["metrics"], num_classes, data["ignore_label"]),
             jit_compile=training["jit_compile"],
         )
@@ -191,7 +220,20 @@ class SegmentationTask(Task):
         return f"{prefix}loss", "min"
 
     def card_fields(self, recipe):
-        return {"input_size": list(recipe["data"]["crop_size"])}  # the training tile
+        fields = {"input_size": list(recipe["data"]["crop_size"])}  # the training tile
+        loss = {"name": recipe["loss"]["name"], "class_weights": recipe["loss"]["class_weights"]}
+        data = recipe["data"]
+        last = self._median_frequency
+        if isinstance(loss["class_weights"], str) and last is not None:
+            if last[0] == (data["train"], data["ignore_label"]):  # this run's `compile`
+                weights, absent = last[1]
+                loss.update(
+                    class_weights=weights,
+                    class_weights_rule=recipe["loss"]["class_weights"],
+                    classes_absent=absent,
+                )
+        fields["loss"] = loss
+        return fields
 
     def evaluate(self, model, card, pattern, options: EvaluateOptions):
         cm, scores = evaluate_segmentation(
