@@ -21,7 +21,12 @@ from keras_dense.evaluation.confusion_image import confusion_matrix_image
 from keras_dense.evaluation.evaluator import evaluate_segmentation
 from keras_dense.losses import build_loss, median_frequency_weights
 from keras_dense.metrics import build_metrics
-from keras_dense.prediction.inference import plan_prediction, segment
+from keras_dense.prediction.inference import (
+    plan_prediction,
+    segment,
+    segment_probabilities,
+    tta_probabilities,
+)
 from keras_dense.prediction.palette import colorize, overlay
 from keras_dense.signatures.geometry import InputGeometry, segmenter_geometry
 from keras_dense.signatures.memory_budget import measure_bytes_per_pixel, pixel_budget
@@ -42,6 +47,7 @@ from keras_dense.tasks.task import (
     register_task,
 )
 from keras_dense.utils.errors import RecipeError
+from keras_dense.utils.tta import TestTimeAugmentation
 
 
 def crop_masks_to_output(
@@ -236,10 +242,14 @@ class SegmentationTask(Task):
         return fields
 
     def evaluate(self, model, card, pattern, options: EvaluateOptions):
+        tta = options.tta if options.tta.enabled else None
         cm, scores = evaluate_segmentation(
-            model, card, pattern, crf=options.crf, tiled=options.tiled
+            model, card, pattern, crf=options.crf, tiled=options.tiled, tta=tta
         )
-        return {**scores, "crf": options.crf, "confusion_matrix": cm.tolist()}
+        report = {**scores, "crf": options.crf, "confusion_matrix": cm.tolist()}
+        if tta is not None:
+            report["tta"] = tta.to_json()
+        return report
 
     def report_lines(self, report):
         lines = [
@@ -269,7 +279,12 @@ class SegmentationTask(Task):
                     "forbids tiling"
                 )
             tiled = True
-        scores = segment(model, rgb, card, tiled=tiled, tile_size=options.tile_size)
+        if options.tta.enabled:
+            scores = segment_probabilities(
+                model, rgb, card, options.tta, tiled=tiled, tile_size=options.tile_size
+            )
+        else:
+            scores = segment(model, rgb, card, tiled=tiled, tile_size=options.tile_size)
         classes = np.argmax(scores, axis=-1).astype(np.uint8)
         return {
             "_mask.png": encode_png(colorize(classes)),
@@ -280,6 +295,11 @@ class SegmentationTask(Task):
         geometry = segmenter_geometry(model)
         num_classes = int(model.outputs[0].shape[-1])
         bytes_per_pixel = measure_bytes_per_pixel(model, geometry, num_classes)
+        tta = options.tta if options.tta.enabled else None
+        if tta is not None:
+            # Every pass holds its own activations and the graph may run them at once: the
+            # memory per image pixel grows with the pixels of all passes, sum(s^2) (x2 flip).
+            bytes_per_pixel *= tta.pixel_factor
         budget = pixel_budget(bytes_per_pixel, options.max_request_memory, options.max_pixels)
         signatures = segmentation_signatures(
             model,
@@ -288,8 +308,12 @@ class SegmentationTask(Task):
             options.batch_mode,
             budget.max_image_pixels,
             budget.max_request_pixels,
+            tta=tta,
         )
-        return signatures, {"geometry": dataclasses.asdict(geometry)}, budget
+        serving = {"geometry": dataclasses.asdict(geometry)}
+        if tta is not None:
+            serving["tta"] = tta.to_json()
+        return signatures, serving, budget
 
     def verify_export(self, loaded, model, serving, tolerance):
         geometry = InputGeometry(
@@ -301,6 +325,11 @@ class SegmentationTask(Task):
         got = loaded.signatures["serving_tensor"](images=tf.constant(images))["scores"]
         want = np.asarray(model(images, training=False), np.float32)
         check_close("scores", got.numpy(), want, tolerance)
+        if "tta" in serving and geometry.fixed_size is None and geometry.margin == 0:
+            tta = TestTimeAugmentation(serving["tta"]["flip"], tuple(serving["tta"]["scales"]))
+            got = loaded.signatures["serving_tensor"](images=tf.constant(images[:1]))
+            want = tta_probabilities(model, images[0], {}, tta, tiled=False)
+            check_close("probabilities", got["probabilities"].numpy()[0], want, tolerance)
 
 
 register_task(SegmentationTask())
