@@ -201,3 +201,49 @@ def test_evaluate_crf_takes_the_tta_probabilities(model, saved, tmp_path):
         np.add.at(expected, (truth[keep], np.argmax(refined, -1)[keep]), 1)
     assert report["crf"] is True and report["tta"]["scales"] == [0.75, 1.0]
     np.testing.assert_array_equal(report["confusion_matrix"], expected)
+
+
+def test_predict_memory_plan_accounts_for_the_largest_scale(model):
+    from keras_dense.signatures.geometry import segmenter_geometry
+    from keras_dense.signatures.memory_budget import measure_bytes_per_pixel
+
+    per_pixel = measure_bytes_per_pixel(model, segmenter_geometry(model), 4)
+    budget = int(1000 * 1000 * per_pixel * 1.1)
+    card = {"normalization": "caffe"}
+    assert inference.plan_prediction(model, card, 1000, 1000, budget) == "whole"
+    tta = TestTimeAugmentation(True, SCALES)
+    assert inference.plan_prediction(model, card, 1000, 1000, budget, tta) == "tiled"
+    assert inference.plan_prediction(model, card, 1000, 1000, budget, parse_tta()) == "whole"
+
+
+def test_export_tta_fixed_size_model_flips_and_refuses_scales(tmp_path):
+    keras.utils.set_random_seed(5)
+    fixed = unet(num_classes=3, input_shape=(48, 64, 3), padding="same", filters=4, depth=2)
+    with pytest.raises(ValueError, match="fixed input size"):
+        export_saved_model(fixed, tmp_path, name="bad", tta=TestTimeAugmentation(True, SCALES))
+    result = export_saved_model(fixed, tmp_path, name="fixed", tta=TestTimeAugmentation(True))
+    rgb = _image(30, 41, seed=6)
+    png = cv2.imencode(".png", rgb[..., ::-1])[1].tobytes()
+    x = cv2.resize(rgb.astype(np.float32), (64, 48), interpolation=cv2.INTER_LINEAR)
+    x = np.asarray(normalize(x, "caffe"))
+    probs = _softmax(fixed.predict(x[None], verbose=0)[0])
+    probs += _softmax(fixed.predict(x[None, :, ::-1], verbose=0)[0])[:, ::-1]
+    probs = cv2.resize(probs.astype(np.float32), (41, 30), interpolation=cv2.INTER_LINEAR)
+    serve = tf.saved_model.load(result.path).signatures["serving_default"]
+    classes = serve(image_bytes=tf.constant([png]))["classes"].numpy()[0]
+    top2 = np.sort(probs, -1)[..., -2:]
+    clear = top2[..., 1] - top2[..., 0] > 1e-4
+    np.testing.assert_array_equal(classes[clear], probs.argmax(-1)[clear])
+
+
+def test_export_tta_valid_model(tmp_path):
+    keras.utils.set_random_seed(6)
+    valid = unet(num_classes=3, input_shape=(None, None, 3), padding="valid", filters=4, depth=2)
+    result = export_saved_model(
+        valid, tmp_path, name="valid", tta=TestTimeAugmentation(True, SCALES)
+    )
+    png = cv2.imencode(".png", _image(30, 41, seed=7))[1].tobytes()
+    serve = tf.saved_model.load(result.path).signatures["serving_default"]
+    out = serve(image_bytes=tf.constant([png]))
+    assert out["classes"].shape == (1, 30, 41)
+    assert out["classes"].numpy().min() >= 0

@@ -107,7 +107,9 @@ def read_input(path: str) -> np.ndarray:
     return image.rgb
 
 
-def check_header(path: str, task, model, card: dict, max_memory: int) -> str:
+def check_header(
+    path: str, task, model, card: dict, max_memory: int, options: PredictOptions | None = None
+) -> str:
     """Reads an input's size from its header and plans its prediction before decoding it.
 
     Returns:
@@ -125,7 +127,7 @@ def check_header(path: str, task, model, card: dict, max_memory: int) -> str:
     if size is None:
         return "whole"
     try:
-        return task.plan_prediction(model, card, size[0], size[1], max_memory)
+        return task.plan_prediction(model, card, size[0], size[1], max_memory, options)
     except ValueError as err:
         raise BadInputError(path, str(err)) from None
 
@@ -157,7 +159,7 @@ def predict_file(model, card: dict, path: str, output: str, stem: str, args) -> 
         BadInputError: The file is missing, unreadable, not a decodable image, or too large.
     """
     max_memory = parse_memory(getattr(args, "max_memory", "2GiB"))
-    plan = check_header(path, get_task(card["task"]), model, card, max_memory)
+    plan = check_header(path, get_task(card["task"]), model, card, max_memory, _options(args))
     rgb = read_input(path)
     try:
         return predict_image(model, card, rgb, output, stem, args, plan)
@@ -211,7 +213,7 @@ def run(args: argparse.Namespace) -> int:
         for name, source_id, rgb in _records(args.data, card):
             total += 1
             try:
-                plan = task.plan_prediction(model, card, *rgb.shape[:2], max_memory)
+                plan = task.plan_prediction(model, card, *rgb.shape[:2], max_memory, _options(args))
                 stem = _unique_stem(str(source_id) + ".png", used)
                 written = predict_image(model, card, rgb, args.output, stem, args, plan)
             except ValueError as err:

@@ -98,7 +98,14 @@ def full_size_bytes_per_pixel(card: dict, num_classes: int) -> int:
     return 3 + 4 * channels + 4 * num_classes + 1 + 3 + 3
 
 
-def plan_prediction(model: keras.Model, card: dict, height: int, width: int, max_memory: int):
+def plan_prediction(
+    model: keras.Model,
+    card: dict,
+    height: int,
+    width: int,
+    max_memory: int,
+    tta: TestTimeAugmentation | None = None,
+):
     """Decides how one image is segmented within a memory budget, before decoding it.
 
     Args:
@@ -107,6 +114,9 @@ def plan_prediction(model: keras.Model, card: dict, height: int, width: int, max
         height: The image height (from its header).
         width: The image width.
         max_memory: Bytes the prediction may use.
+        tta: Test-time augmentation: its passes run one after the other, so the largest
+            scale s sets the peak (s^2 times the pixels), plus the scaled input and softmax
+            and two full-size float32 probability arrays (the sum and the current pass).
 
     Returns:
         `"whole"` (one pass fits the budget) or `"tiled"` (overlap-tile inference, whose
@@ -122,9 +132,15 @@ def plan_prediction(model: keras.Model, card: dict, height: int, width: int, max
     pixels = height * width
     num_classes = int(model.outputs[0].shape[-1])
     per_pixel = measure_bytes_per_pixel(model, segmenter_geometry(model), num_classes)
-    if pixels * per_pixel <= max_memory:
+    extra = 0.0
+    if tta is not None and tta.enabled:
+        largest = max(tta.scales) ** 2
+        channels = card.get("input_channels", 3)
+        extra = largest * 4 * (channels + num_classes) + 2 * 4 * num_classes
+        per_pixel = per_pixel * max(largest, 1.0)
+    if pixels * (per_pixel + extra) <= max_memory:
         return "whole"
-    needed = pixels * full_size_bytes_per_pixel(card, num_classes)
+    needed = pixels * (full_size_bytes_per_pixel(card, num_classes) + extra)
     if needed <= max_memory:
         return "tiled"
     raise ValueError(

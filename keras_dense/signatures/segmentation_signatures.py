@@ -186,7 +186,9 @@ def _classes_fixed_size(model, geometry, normalization, pixels, sizes, flip=Fals
     scores = model(finish_normalization(images, normalization), training=False)
     scores = tf.cast(scores, tf.float32)
     if flip:
-        mirrored = model(finish_normalization(tf.reverse(images, [2]), normalization))
+        mirrored = model(
+            finish_normalization(tf.reverse(images, [2]), normalization), training=False
+        )
         mirrored = tf.reverse(tf.cast(mirrored, tf.float32), [2])
         scores = tf.nn.softmax(scores, axis=-1) + tf.nn.softmax(mirrored, axis=-1)
 

@@ -267,8 +267,9 @@ class SegmentationTask(Task):
         image = confusion_matrix_image(cm, card["classes"], title=title)
         return {"confusion_matrix.png": encode_png(image)}
 
-    def plan_prediction(self, model, card, height, width, max_memory):
-        return plan_prediction(model, card, height, width, max_memory)
+    def plan_prediction(self, model, card, height, width, max_memory, options=None):
+        tta = options.tta if options is not None else None
+        return plan_prediction(model, card, height, width, max_memory, tta)
 
     def predict_image(self, model, card, rgb, options: PredictOptions, plan: str):
         tiled = options.tiled

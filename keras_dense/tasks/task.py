@@ -141,7 +141,15 @@ class Task:
         """Extra files (name -> content) written beside `metrics.json`."""
         return {}
 
-    def plan_prediction(self, model, card: dict, height: int, width: int, max_memory: int):
+    def plan_prediction(
+        self,
+        model,
+        card: dict,
+        height: int,
+        width: int,
+        max_memory: int,
+        options: PredictOptions | None = None,
+    ):
         """How an image of this size is predicted within `max_memory` bytes ("whole")."""
         return "whole"
 
