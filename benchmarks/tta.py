@@ -11,6 +11,12 @@ with both. Prints JSON: the scores, the seconds of each evaluation, the settings
 machine and load average (other processes share the cores).
 
     .venv/bin/python benchmarks/tta.py [--train-images 300] [--test-images 150] [--steps 600]
+
+Measured (2 shared AMD EPYC cores, load average about 5, TF 2.21, Keras 3.15; 300 training
+and 150 test images at 128 px, 600 steps; about 2.3 minutes): mIoU without TTA 0.7128 /
+0.7266 (seeds 0 / 1); flip +0.0087 / +0.0085, scales 0.75,1,1.25 +0.0088 / +0.0017, flip +
+scales +0.0136 / +0.0064. A small, consistent gain for a weak model; one seed moves the
+baseline by as much, so compare within a seed.
 """
 
 from __future__ import annotations

@@ -148,6 +148,10 @@ def test_exported_tta_matches_in_memory(model, tmp_path):
     result = export_saved_model(
         model, tmp_path, name="tta", card={"normalization": "caffe"}, tta=tta
     )  # runs the op audit and the verification of `probabilities`
+    from keras_dense.export.saved_model_export import CARD_ASSET
+
+    card = json.loads((tmp_path / "tta" / "1" / CARD_ASSET).read_text())
+    assert card["serving"]["tta"] == {"flip": True, "scales": list(SCALES)}
     assert result.memory_budget.bytes_per_pixel == pytest.approx(
         plain.memory_budget.bytes_per_pixel * tta.pixel_factor
     )
@@ -247,3 +251,14 @@ def test_export_tta_valid_model(tmp_path):
     out = serve(image_bytes=tf.constant([png]))
     assert out["classes"].shape == (1, 30, 41)
     assert out["classes"].numpy().min() >= 0
+
+
+def test_detection_refuses_tta():
+    from keras_dense.tasks import EvaluateOptions, PredictOptions, get_task
+
+    task = get_task("detection")
+    tta = TestTimeAugmentation(True)
+    with pytest.raises(ValueError, match="--tta"):
+        task.evaluate(None, {}, "unused", EvaluateOptions(tta=tta))
+    with pytest.raises(ValueError, match="--tta"):
+        task.predict_image(None, {}, None, PredictOptions(tta=tta), "whole")
