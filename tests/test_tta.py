@@ -262,3 +262,15 @@ def test_detection_refuses_tta():
         task.evaluate(None, {}, "unused", EvaluateOptions(tta=tta))
     with pytest.raises(ValueError, match="--tta"):
         task.predict_image(None, {}, None, PredictOptions(tta=tta), "whole")
+
+
+def test_export_command_takes_tta(saved, tmp_path):
+    from keras_dense.export.saved_model_export import CARD_ASSET
+
+    _, path, _ = saved
+    argv = ["export", "--model", path, "--output", str(tmp_path / "m"), "--tta", "flip"]
+    assert cli.main([*argv, "--scales", "0.75,1"]) == 0
+    card = json.loads((tmp_path / "m" / "1" / CARD_ASSET).read_text())
+    assert card["serving"]["tta"] == {"flip": True, "scales": [0.75, 1.0]}
+    loaded = tf.saved_model.load(str(tmp_path / "m" / "1"))
+    assert "probabilities" in loaded.signatures["serving_tensor"].structured_outputs
