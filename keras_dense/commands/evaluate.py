@@ -1,4 +1,5 @@
-"""`keras-dense evaluate --model M --data PATTERN [--crf] [--tiled] [--output DIR]`."""
+"""`keras-dense evaluate --model M --data PATTERN [--crf] [--tiled] [--tta flip] [--scales S]
+[--output DIR]`."""
 
 from __future__ import annotations
 
@@ -28,6 +29,19 @@ def register(sub) -> None:
         "--use-07-metric", action="store_true", help="detection: VOC2007 11-point AP"
     )
     parser.add_argument(
+        "--tta",
+        choices=("none", "flip"),
+        default="none",
+        help="test-time augmentation: flip also runs each image mirrored left-right and "
+        "averages the softmax (with --scales)",
+    )
+    parser.add_argument(
+        "--scales",
+        default=None,
+        help="comma-separated image scales whose softmax is averaged, e.g. 0.75,1,1.25 "
+        "(default 1; with --tta flip, DeepLab's multi-scale + flip evaluation)",
+    )
+    parser.add_argument(
         "--output",
         help="folder for metrics.json and confusion_matrix.png (default: beside "
         "the model, <model name>_eval/)",
@@ -51,13 +65,18 @@ def run(args: argparse.Namespace) -> int:
     from keras_dense.tasks import EvaluateOptions, get_task
     from keras_dense.tasks.model_loading import load_model_with_card
     from keras_dense.utils.files import atomic_write_bytes
+    from keras_dense.utils.tta import parse_tta
 
+    tta = parse_tta(args.tta, args.scales)
     model, card = load_model_with_card(args.model)
     task = get_task(card["task"])
     output = args.output or os.path.splitext(args.model)[0] + "_eval"
     os.makedirs(output, exist_ok=True)
     options = EvaluateOptions(
-        crf=args.crf, tiled=True if args.tiled else None, use_07_metric=args.use_07_metric
+        crf=args.crf,
+        tiled=True if args.tiled else None,
+        use_07_metric=args.use_07_metric,
+        tta=tta,
     )
     report = {"model": args.model, "data": args.data, "task": task.name}
     report.update(task.evaluate(model, card, args.data, options))

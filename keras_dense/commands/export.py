@@ -49,6 +49,19 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--max-size", type=int, default=1000, help="detection: cap on the longer side"
     )
+    parser.add_argument(
+        "--tta",
+        choices=("none", "flip"),
+        default="none",
+        help="test-time augmentation: flip also runs each image mirrored left-right and "
+        "averages the softmax (with --scales)",
+    )
+    parser.add_argument(
+        "--scales",
+        default=None,
+        help="comma-separated image scales whose softmax is averaged, e.g. 0.75,1,1.25 "
+        "(default 1; with --tta flip, DeepLab's multi-scale + flip evaluation)",
+    )
     parser.set_defaults(run=run)
 
 
@@ -56,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
     """Runs `keras-dense export`."""
     from keras_dense.export.saved_model_export import export_saved_model
     from keras_dense.signatures.memory_budget import parse_memory
+    from keras_dense.utils.tta import parse_tta
 
     output = os.path.normpath(args.output)
     name = os.path.basename(output)
@@ -71,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
         max_request_memory=parse_memory(args.max_request_memory),
         min_size=args.min_size,
         max_size=args.max_size,
+        tta=parse_tta(args.tta, args.scales),
     )
     budget = result.memory_budget
     print(

@@ -17,6 +17,7 @@ from keras_dense.data.image_io import (
 from keras_dense.signatures.memory_budget import parse_memory
 from keras_dense.tasks import PredictOptions, get_task
 from keras_dense.utils.files import atomic_write_bytes
+from keras_dense.utils.tta import parse_tta
 
 
 def register(sub) -> None:
@@ -51,6 +52,19 @@ def register(sub) -> None:
         "models), always or never",
     )
     parser.add_argument("--tile-size", type=int, help="tile size for overlap-tile inference")
+    parser.add_argument(
+        "--tta",
+        choices=("none", "flip"),
+        default="none",
+        help="test-time augmentation: flip also runs each image mirrored left-right and "
+        "averages the softmax (with --scales)",
+    )
+    parser.add_argument(
+        "--scales",
+        default=None,
+        help="comma-separated image scales whose softmax is averaged, e.g. 0.75,1,1.25 "
+        "(default 1; with --tta flip, DeepLab's multi-scale + flip evaluation)",
+    )
     parser.add_argument(
         "--score-threshold", type=float, default=0.5, help="detection: lowest score drawn"
     )
@@ -93,7 +107,9 @@ def read_input(path: str) -> np.ndarray:
     return image.rgb
 
 
-def check_header(path: str, task, model, card: dict, max_memory: int) -> str:
+def check_header(
+    path: str, task, model, card: dict, max_memory: int, options: PredictOptions | None = None
+) -> str:
     """Reads an input's size from its header and plans its prediction before decoding it.
 
     Returns:
@@ -111,7 +127,7 @@ def check_header(path: str, task, model, card: dict, max_memory: int) -> str:
     if size is None:
         return "whole"
     try:
-        return task.plan_prediction(model, card, size[0], size[1], max_memory)
+        return task.plan_prediction(model, card, size[0], size[1], max_memory, options)
     except ValueError as err:
         raise BadInputError(path, str(err)) from None
 
@@ -121,6 +137,7 @@ def _options(args) -> PredictOptions:
         tiled={"auto": None, "always": True, "never": False}[args.tiled],
         tile_size=args.tile_size,
         score_threshold=args.score_threshold,
+        tta=parse_tta(getattr(args, "tta", "none"), getattr(args, "scales", None)),
     )
 
 
@@ -142,7 +159,7 @@ def predict_file(model, card: dict, path: str, output: str, stem: str, args) -> 
         BadInputError: The file is missing, unreadable, not a decodable image, or too large.
     """
     max_memory = parse_memory(getattr(args, "max_memory", "2GiB"))
-    plan = check_header(path, get_task(card["task"]), model, card, max_memory)
+    plan = check_header(path, get_task(card["task"]), model, card, max_memory, _options(args))
     rgb = read_input(path)
     try:
         return predict_image(model, card, rgb, output, stem, args, plan)
@@ -171,6 +188,7 @@ def run(args: argparse.Namespace) -> int:
     if args.tile_size is not None and args.tile_size < 1:
         raise ValueError(f"--tile-size {args.tile_size}: expected a positive integer")
     max_memory = parse_memory(args.max_memory)
+    parse_tta(args.tta, args.scales)  # a bad --tta or --scales fails before any work
     if not args.inputs and not args.data:
         raise ValueError("nothing to predict: give image files or folders, or --data PATTERN")
     files = expand_inputs(args.inputs)
@@ -195,7 +213,7 @@ def run(args: argparse.Namespace) -> int:
         for name, source_id, rgb in _records(args.data, card):
             total += 1
             try:
-                plan = task.plan_prediction(model, card, *rgb.shape[:2], max_memory)
+                plan = task.plan_prediction(model, card, *rgb.shape[:2], max_memory, _options(args))
                 stem = _unique_stem(str(source_id) + ".png", used)
                 written = predict_image(model, card, rgb, args.output, stem, args, plan)
             except ValueError as err:

@@ -8,7 +8,8 @@ from keras_dense.crf import dense_crf
 from keras_dense.data import BadInputError, read_examples
 from keras_dense.data.class_lists import check_card_classes, object_classes
 from keras_dense.evaluation.segmentation_metrics import confusion_matrix, segmentation_scores
-from keras_dense.prediction.inference import detect_objects, segment
+from keras_dense.prediction.inference import detect_objects, segment, segment_probabilities
+from keras_dense.utils.tta import TestTimeAugmentation
 
 
 def _softmax(scores: np.ndarray) -> np.ndarray:
@@ -18,7 +19,12 @@ def _softmax(scores: np.ndarray) -> np.ndarray:
 
 
 def evaluate_segmentation(
-    model, card: dict, pattern: str, crf: bool = False, tiled: bool | None = None
+    model,
+    card: dict,
+    pattern: str,
+    crf: bool = False,
+    tiled: bool | None = None,
+    tta: TestTimeAugmentation | None = None,
 ) -> tuple[np.ndarray, dict]:
     """Confusion matrix and scores of a segmenter over every record matching `pattern`.
 
@@ -32,6 +38,9 @@ def evaluate_segmentation(
         pattern: Glob pattern of TFRecord shards with masks.
         crf: Refine the softmax with `keras_dense.crf.dense_crf` before the argmax.
         tiled: Force (True) or forbid (False) overlap-tile inference; None: automatic.
+        tta: Test-time augmentation: the argmax (or the CRF) takes the softmax averaged over
+            its flips and scales (`keras_dense.prediction.inference.segment_probabilities`);
+            None or disabled: the plain prediction.
 
     Returns:
         `(confusion matrix, scores)`, scores as in `segmentation_scores` plus `images`.
@@ -63,13 +72,17 @@ def evaluate_segmentation(
                 f"the ignore label {card['ignore_label']}: the shards do not use the model's "
                 "class list",
             )
-        scores = segment(model, example["image"], card, tiled=tiled)
+        if tta is not None and tta.enabled:
+            scores = segment_probabilities(model, example["image"], card, tta, tiled=tiled)
+        else:
+            scores = segment(model, example["image"], card, tiled=tiled)
         if scores.shape[-1] != len(classes):
             raise ValueError(
                 f"the model predicts {scores.shape[-1]} classes, its card names {len(classes)}"
             )
         if crf:
-            scores = dense_crf(_softmax(scores), example["image"])
+            probs = scores if tta is not None and tta.enabled else _softmax(scores)
+            scores = dense_crf(probs, example["image"])
         predicted = np.argmax(scores, axis=-1)
         cm += confusion_matrix(example["mask"], predicted, len(classes), card["ignore_label"])
         count += 1

@@ -30,6 +30,7 @@ from keras_dense.signatures.memory_budget import DEFAULT_MAX_REQUEST_MEMORY, Pix
 from keras_dense.tasks import ExportOptions, get_task
 from keras_dense.tasks.model_loading import load_model_with_card
 from keras_dense.utils.normalization import check_mode
+from keras_dense.utils.tta import TestTimeAugmentation
 from keras_dense.utils.version import __version__
 
 CARD_ASSET = os.path.join("assets.extra", "model_card.json")
@@ -122,6 +123,7 @@ def export_saved_model(
     nms_iou: float = 0.3,
     max_detections: int = 100,
     verify: bool = True,
+    tta: TestTimeAugmentation | None = None,
 ) -> ExportResult:
     """Exports a model as a TF Serving SavedModel version, `output_root/NAME/<version>/`.
 
@@ -147,6 +149,9 @@ def export_saved_model(
         nms_iou: Detection: per-class NMS IoU threshold.
         max_detections: Detection: detections per image (padded length of the outputs).
         verify: Reload the SavedModel and compare `serving_tensor` with the model.
+        tta: Segmentation: test-time augmentation baked into the signatures (flip and
+            scales, `keras_dense.signatures.segmentation_signatures`); the measured bytes per
+            pixel are multiplied by `tta.pixel_factor`. None: none.
 
     Returns:
         An `ExportResult`.
@@ -175,6 +180,7 @@ def export_saved_model(
         score_threshold=score_threshold,
         nms_iou=nms_iou,
         max_detections=max_detections,
+        tta=tta or TestTimeAugmentation(),
     )
     signatures, serving, budget = task.export_signatures(model, full_card, options)
     serving.update(

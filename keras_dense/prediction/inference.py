@@ -15,6 +15,7 @@ import numpy as np
 
 from keras_dense.tiling import DEFAULT_TILE_SIZE, predict_tiled
 from keras_dense.utils.normalization import normalize
+from keras_dense.utils.tta import TestTimeAugmentation, scaled_size
 
 # Images with a side above this are segmented tile by tile (overlap-tile) unless told otherwise.
 LARGE_SIDE = 1024
@@ -97,7 +98,14 @@ def full_size_bytes_per_pixel(card: dict, num_classes: int) -> int:
     return 3 + 4 * channels + 4 * num_classes + 1 + 3 + 3
 
 
-def plan_prediction(model: keras.Model, card: dict, height: int, width: int, max_memory: int):
+def plan_prediction(
+    model: keras.Model,
+    card: dict,
+    height: int,
+    width: int,
+    max_memory: int,
+    tta: TestTimeAugmentation | None = None,
+):
     """Decides how one image is segmented within a memory budget, before decoding it.
 
     Args:
@@ -106,6 +114,9 @@ def plan_prediction(model: keras.Model, card: dict, height: int, width: int, max
         height: The image height (from its header).
         width: The image width.
         max_memory: Bytes the prediction may use.
+        tta: Test-time augmentation: its passes run one after the other, so the largest
+            scale s sets the peak (s^2 times the pixels), plus the scaled input and softmax
+            and two full-size float32 probability arrays (the sum and the current pass).
 
     Returns:
         `"whole"` (one pass fits the budget) or `"tiled"` (overlap-tile inference, whose
@@ -121,9 +132,15 @@ def plan_prediction(model: keras.Model, card: dict, height: int, width: int, max
     pixels = height * width
     num_classes = int(model.outputs[0].shape[-1])
     per_pixel = measure_bytes_per_pixel(model, segmenter_geometry(model), num_classes)
-    if pixels * per_pixel <= max_memory:
+    extra = 0.0
+    if tta is not None and tta.enabled:
+        largest = max(tta.scales) ** 2
+        channels = card.get("input_channels", 3)
+        extra = largest * 4 * (channels + num_classes) + 2 * 4 * num_classes
+        per_pixel = per_pixel * max(largest, 1.0)
+    if pixels * (per_pixel + extra) <= max_memory:
         return "whole"
-    needed = pixels * full_size_bytes_per_pixel(card, num_classes)
+    needed = pixels * (full_size_bytes_per_pixel(card, num_classes) + extra)
     if needed <= max_memory:
         return "tiled"
     raise ValueError(
@@ -154,16 +171,103 @@ def segment(
     Returns:
         (H, W, K) float32 scores (logits, or what the model outputs).
     """
-    x = prepare_image(image, card)
+    return _scores(model, prepare_image(image, card), card, tiled, tile_size)
+
+
+def _scores(model, x: np.ndarray, card: dict, tiled: bool | None, tile_size: int | None):
+    """`segment` of an already prepared (H, W, C) input."""
     valid_tile = valid_tile_size(model, card)
     if tiled is None:
-        tiled = valid_tile is not None or max(image.shape[:2]) > LARGE_SIDE
+        tiled = valid_tile is not None or max(x.shape[:2]) > LARGE_SIDE
     if tiled:
         if tile_size is None:
             trained = (card.get("input_size") or [0])[0]
             tile_size = valid_tile or max(DEFAULT_TILE_SIZE, int(trained))
         return np.asarray(predict_tiled(model, x, tile_size=tile_size), np.float32)
     return np.asarray(model.predict_on_batch(x[None]), np.float32)[0]
+
+
+def softmax(scores: np.ndarray) -> np.ndarray:
+    """Softmax over the last axis (float32)."""
+    shifted = scores - scores.max(axis=-1, keepdims=True)
+    exp = np.exp(shifted)
+    return (exp / exp.sum(axis=-1, keepdims=True)).astype(np.float32)
+
+
+def resize_bilinear(array: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Bilinear resize of an (H, W, C) float array, as `tf.image.resize` (half-pixel centres,
+    no antialiasing) does it in the serving graph."""
+    import tensorflow as tf
+
+    return tf.image.resize(array, (height, width), method="bilinear").numpy()
+
+
+def tta_probabilities(
+    model: keras.Model,
+    x: np.ndarray,
+    card: dict,
+    tta: TestTimeAugmentation,
+    tiled: bool | None = None,
+    tile_size: int | None = None,
+) -> np.ndarray:
+    """Softmax of a prepared (H, W, C) input averaged over the flips and scales of `tta`.
+
+    For each scale s the input is resized (bilinear) to `scaled_size(H, s)` x
+    `scaled_size(W, s)`, run as it is and (with `tta.flip`) mirrored left-right; each softmax
+    is un-mirrored and resized back to (H, W) (bilinear), and all are averaged.
+
+    Args:
+        model: The segmenter (logits out).
+        x: The normalised input (`prepare_image`).
+        card: The model card.
+        tta: The augmentations.
+        tiled: As in `segment`, decided per scaled input when None.
+        tile_size: As in `segment`.
+
+    Returns:
+        (H, W, K) float32 probabilities.
+    """
+    height, width = x.shape[:2]
+    total = None
+    for scale in tta.scales:
+        size = (scaled_size(height, scale), scaled_size(width, scale))
+        scaled = x if size == (height, width) else resize_bilinear(x, *size)
+        for flip in (False, True) if tta.flip else (False,):
+            inputs = np.ascontiguousarray(scaled[:, ::-1]) if flip else scaled
+            probs = softmax(_scores(model, inputs, card, tiled, tile_size))
+            if flip:
+                probs = probs[:, ::-1]
+            if size != (height, width):
+                probs = resize_bilinear(probs, height, width)
+            total = probs if total is None else total + probs
+    return (total / tta.passes).astype(np.float32)
+
+
+def segment_probabilities(
+    model: keras.Model,
+    image: np.ndarray,
+    card: dict,
+    tta: TestTimeAugmentation | None = None,
+    tiled: bool | None = None,
+    tile_size: int | None = None,
+) -> np.ndarray:
+    """Per-pixel class probabilities of one image, with optional test-time augmentation.
+
+    Args:
+        model: A segmenter whose outputs are logits.
+        image: (H, W, 3) uint8 RGB.
+        card: The model card.
+        tta: Flip and scales (see `tta_probabilities`); None: the softmax of `segment`.
+        tiled: As in `segment`.
+        tile_size: As in `segment`.
+
+    Returns:
+        (H, W, K) float32 probabilities.
+    """
+    x = prepare_image(image, card)
+    if tta is None or not tta.enabled:
+        return softmax(_scores(model, x, card, tiled, tile_size))
+    return tta_probabilities(model, x, card, tta, tiled, tile_size)
 
 
 def fast_rcnn_resize(image: np.ndarray, min_size: int, max_size: int):

@@ -110,6 +110,8 @@ class DetectionTask(Task):
     def evaluate(self, model, card, pattern, options: EvaluateOptions):
         if options.crf:
             raise ValueError("--crf applies to segmentation models only")
+        if options.tta.enabled:
+            raise ValueError("--tta and --scales apply to segmentation models only")
         return evaluate_detection(model, card, pattern, options.use_07_metric)
 
     def report_lines(self, report):
@@ -118,6 +120,8 @@ class DetectionTask(Task):
         return lines
 
     def predict_image(self, model, card, rgb, options: PredictOptions, plan: str):
+        if options.tta.enabled:
+            raise ValueError("--tta and --scales apply to segmentation models only")
         found = detect_objects(model, rgb, card, score_threshold=options.score_threshold)
         names = card["classes"]
         drawn = draw_boxes(rgb, found["boxes"], found["labels"], found["scores"], names)
@@ -136,6 +140,8 @@ class DetectionTask(Task):
         }
 
     def export_signatures(self, model, card, options: ExportOptions):
+        if options.tta.enabled:
+            raise ValueError("--tta and --scales apply to segmentation models only")
         # The detector runs on images resized to at most max_size: only decoding grows.
         budget = pixel_budget(
             float(serving_bytes_per_pixel(3, 0)), options.max_request_memory, options.max_pixels

@@ -19,9 +19,14 @@ from keras_dense.data import segmentation_dataset
 from keras_dense.data.image_io import encode_png
 from keras_dense.evaluation.confusion_image import confusion_matrix_image
 from keras_dense.evaluation.evaluator import evaluate_segmentation
-from keras_dense.losses import MaskedSparseCrossEntropy
+from keras_dense.losses import build_loss, median_frequency_weights
 from keras_dense.metrics import build_metrics
-from keras_dense.prediction.inference import plan_prediction, segment
+from keras_dense.prediction.inference import (
+    plan_prediction,
+    segment,
+    segment_probabilities,
+    tta_probabilities,
+)
 from keras_dense.prediction.palette import colorize, overlay
 from keras_dense.signatures.geometry import InputGeometry, segmenter_geometry
 from keras_dense.signatures.memory_budget import measure_bytes_per_pixel, pixel_budget
@@ -42,6 +47,7 @@ from keras_dense.tasks.task import (
     register_task,
 )
 from keras_dense.utils.errors import RecipeError
+from keras_dense.utils.tta import TestTimeAugmentation
 
 
 def crop_masks_to_output(
@@ -170,16 +176,45 @@ class SegmentationTask(Task):
     def finalize_model(self, model, mixed_precision):
         return float32_logits(model) if mixed_precision else model
 
-    def compile(self, model, recipe, optimizer, num_classes):
-        training, data = recipe["training"], recipe["data"]
+    def __init__(self):
+        # ((train pattern, ignore label), (weights, absent classes)) of the last run whose
+        # `compile` computed median-frequency weights; `card_fields` writes them into its card.
+        self._median_frequency: tuple | None = None
+
+    def class_weights(self, recipe: dict, num_classes: int) -> list[float] | None:
+        """The recipe's `loss.class_weights` as numbers, or None for unweighted.
+
+        `"median_frequency"` is computed over the training shards' masks (see
+        `keras_dense.losses.median_frequency_weights`), reported on stdout and kept for the
+        model card (`card_fields`).
+
+        Raises:
+            RecipeError: A list whose length is not the number of classes.
+        """
+        data = recipe["data"]
         weights = recipe["loss"]["class_weights"]
+        if isinstance(weights, str):  # "median_frequency" (the recipe validator checks it)
+            values, absent = median_frequency_weights(
+                data["train"], num_classes, data["ignore_label"]
+            )
+            self._median_frequency = ((data["train"], data["ignore_label"]), (values, absent))
+            shown = ", ".join(f"{w:.4g}" for w in values)
+            print(f"median-frequency class weights over {data['train']}: [{shown}]")
+            if absent:
+                print(f"  classes never present in the training masks (weight 0): {absent}")
+            return values
         if weights and len(weights) != num_classes:
             raise RecipeError(
                 f"recipe key 'loss.class_weights': {len(weights)} weights for {num_classes} classes"
             )
+        return [float(w) for w in weights] or None
+
+    def compile(self, model, recipe, optimizer, num_classes):
+        training, data = recipe["training"], recipe["data"]
+        weights = self.class_weights(recipe, num_classes)
         model.compile(
             optimizer=optimizer,
-            loss=MaskedSparseCrossEntropy(data["ignore_label"], weights or None),
+            loss=build_loss(recipe["loss"]["name"], data["ignore_label"], weights),
             metrics=build_metrics(training["metrics"], num_classes, data["ignore_label"]),
             jit_compile=training["jit_compile"],
         )
@@ -191,13 +226,30 @@ class SegmentationTask(Task):
         return f"{prefix}loss", "min"
 
     def card_fields(self, recipe):
-        return {"input_size": list(recipe["data"]["crop_size"])}  # the training tile
+        fields = {"input_size": list(recipe["data"]["crop_size"])}  # the training tile
+        loss = {"name": recipe["loss"]["name"], "class_weights": recipe["loss"]["class_weights"]}
+        data = recipe["data"]
+        last = self._median_frequency
+        if isinstance(loss["class_weights"], str) and last is not None:
+            if last[0] == (data["train"], data["ignore_label"]):  # this run's `compile`
+                weights, absent = last[1]
+                loss.update(
+                    class_weights=weights,
+                    class_weights_rule=recipe["loss"]["class_weights"],
+                    classes_absent=absent,
+                )
+        fields["loss"] = loss
+        return fields
 
     def evaluate(self, model, card, pattern, options: EvaluateOptions):
+        tta = options.tta if options.tta.enabled else None
         cm, scores = evaluate_segmentation(
-            model, card, pattern, crf=options.crf, tiled=options.tiled
+            model, card, pattern, crf=options.crf, tiled=options.tiled, tta=tta
         )
-        return {**scores, "crf": options.crf, "confusion_matrix": cm.tolist()}
+        report = {**scores, "crf": options.crf, "confusion_matrix": cm.tolist()}
+        if tta is not None:
+            report["tta"] = tta.to_json()
+        return report
 
     def report_lines(self, report):
         lines = [
@@ -215,8 +267,9 @@ class SegmentationTask(Task):
         image = confusion_matrix_image(cm, card["classes"], title=title)
         return {"confusion_matrix.png": encode_png(image)}
 
-    def plan_prediction(self, model, card, height, width, max_memory):
-        return plan_prediction(model, card, height, width, max_memory)
+    def plan_prediction(self, model, card, height, width, max_memory, options=None):
+        tta = options.tta if options is not None else None
+        return plan_prediction(model, card, height, width, max_memory, tta)
 
     def predict_image(self, model, card, rgb, options: PredictOptions, plan: str):
         tiled = options.tiled
@@ -227,7 +280,12 @@ class SegmentationTask(Task):
                     "forbids tiling"
                 )
             tiled = True
-        scores = segment(model, rgb, card, tiled=tiled, tile_size=options.tile_size)
+        if options.tta.enabled:
+            scores = segment_probabilities(
+                model, rgb, card, options.tta, tiled=tiled, tile_size=options.tile_size
+            )
+        else:
+            scores = segment(model, rgb, card, tiled=tiled, tile_size=options.tile_size)
         classes = np.argmax(scores, axis=-1).astype(np.uint8)
         return {
             "_mask.png": encode_png(colorize(classes)),
@@ -238,6 +296,11 @@ class SegmentationTask(Task):
         geometry = segmenter_geometry(model)
         num_classes = int(model.outputs[0].shape[-1])
         bytes_per_pixel = measure_bytes_per_pixel(model, geometry, num_classes)
+        tta = options.tta if options.tta.enabled else None
+        if tta is not None:
+            # Every pass holds its own activations and the graph may run them at once: the
+            # memory per image pixel grows with the pixels of all passes, sum(s^2) (x2 flip).
+            bytes_per_pixel *= tta.pixel_factor
         budget = pixel_budget(bytes_per_pixel, options.max_request_memory, options.max_pixels)
         signatures = segmentation_signatures(
             model,
@@ -246,8 +309,12 @@ class SegmentationTask(Task):
             options.batch_mode,
             budget.max_image_pixels,
             budget.max_request_pixels,
+            tta=tta,
         )
-        return signatures, {"geometry": dataclasses.asdict(geometry)}, budget
+        serving = {"geometry": dataclasses.asdict(geometry)}
+        if tta is not None:
+            serving["tta"] = tta.to_json()
+        return signatures, serving, budget
 
     def verify_export(self, loaded, model, serving, tolerance):
         geometry = InputGeometry(
@@ -259,6 +326,11 @@ class SegmentationTask(Task):
         got = loaded.signatures["serving_tensor"](images=tf.constant(images))["scores"]
         want = np.asarray(model(images, training=False), np.float32)
         check_close("scores", got.numpy(), want, tolerance)
+        if "tta" in serving and geometry.fixed_size is None and geometry.margin == 0:
+            tta = TestTimeAugmentation(serving["tta"]["flip"], tuple(serving["tta"]["scales"]))
+            got = loaded.signatures["serving_tensor"](images=tf.constant(images[:1]))
+            want = tta_probabilities(model, images[0], {}, tta, tiled=False)
+            check_close("probabilities", got["probabilities"].numpy()[0], want, tolerance)
 
 
 register_task(SegmentationTask())

@@ -17,6 +17,8 @@ import importlib
 import keras
 import numpy as np
 
+from keras_dense.utils.tta import TestTimeAugmentation
+
 _REGISTRY: dict[str, Task] = {}
 
 
@@ -33,6 +35,7 @@ class ExportOptions:
         score_threshold: Detection: minimum class probability reported.
         nms_iou: Detection: per-class NMS IoU threshold.
         max_detections: Detection: detections per image.
+        tta: Segmentation: test-time augmentation baked into the serving signatures.
     """
 
     batch_mode: str = "per_image"
@@ -43,6 +46,7 @@ class ExportOptions:
     score_threshold: float = 0.05
     nms_iou: float = 0.3
     max_detections: int = 100
+    tta: TestTimeAugmentation = TestTimeAugmentation()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,11 +57,13 @@ class EvaluateOptions:
         crf: Dense-CRF refinement (tasks that support it).
         tiled: Force overlap-tile inference (None: automatic).
         use_07_metric: VOC2007 11-point AP (tasks that report AP).
+        tta: Test-time augmentation (segmentation: softmax averaged over flips and scales).
     """
 
     crf: bool = False
     tiled: bool | None = None
     use_07_metric: bool = False
+    tta: TestTimeAugmentation = TestTimeAugmentation()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,11 +74,13 @@ class PredictOptions:
         tiled: Overlap-tile inference: None (automatic), True or False.
         tile_size: Tile size, or None for the default.
         score_threshold: Lowest score drawn (detection).
+        tta: Test-time augmentation (segmentation: softmax averaged over flips and scales).
     """
 
     tiled: bool | None = None
     tile_size: int | None = None
     score_threshold: float = 0.5
+    tta: TestTimeAugmentation = TestTimeAugmentation()
 
 
 class Task:
@@ -133,7 +141,15 @@ class Task:
         """Extra files (name -> content) written beside `metrics.json`."""
         return {}
 
-    def plan_prediction(self, model, card: dict, height: int, width: int, max_memory: int):
+    def plan_prediction(
+        self,
+        model,
+        card: dict,
+        height: int,
+        width: int,
+        max_memory: int,
+        options: PredictOptions | None = None,
+    ):
         """How an image of this size is predicted within `max_memory` bytes ("whole")."""
         return "whole"
 

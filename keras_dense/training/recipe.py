@@ -19,6 +19,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from keras_dense.losses import LOSS_NAMES
 from keras_dense.tasks import task_names
 from keras_dense.utils.errors import RecipeError
 
@@ -29,7 +30,9 @@ else:  # pragma: no cover - exercised on Python < 3.11 only
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("poly", "cosine", "step", "constant")
-LOSSES = ("sparse_categorical_crossentropy",)
+LOSSES = LOSS_NAMES  # see keras_dense.losses.build_loss
+# `loss.class_weights` may name a rule instead of listing the weights.
+CLASS_WEIGHT_RULES = ("median_frequency",)
 METRICS = ("mean_iou", "pixel_accuracy")
 NORMALIZATIONS = ("caffe", "torch", "tf", "none")
 
@@ -109,7 +112,11 @@ def _check_type(key: str, value, default) -> None:
     elif isinstance(default, str):
         ok = isinstance(value, str)
     elif isinstance(default, list):
-        ok = isinstance(value, list) or (key == "data.crop_size" and isinstance(value, int))
+        ok = (
+            isinstance(value, list)
+            or (key == "data.crop_size" and isinstance(value, int))
+            or (key == "loss.class_weights" and isinstance(value, str))
+        )
     else:
         ok = isinstance(value, dict)
     if not ok:
@@ -262,13 +269,23 @@ def validate(recipe: dict) -> dict:
     _require(sched["factor"] > 0, "schedule.factor", "expected > 0")
 
     loss = r["loss"]
-    _require(loss["name"] in LOSSES, "loss.name", f"expected one of {LOSSES}")
+    _require(loss["name"] in LOSSES, "loss.name", f"expected one of {LOSSES}, got {loss['name']!r}")
     weights = loss["class_weights"]
-    _require(
-        all(isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0 for w in weights),
-        "loss.class_weights",
-        "expected non-negative numbers, one per class",
-    )
+    if isinstance(weights, str):
+        _require(
+            weights in CLASS_WEIGHT_RULES,
+            "loss.class_weights",
+            f"expected a list of non-negative numbers (one per class) or one of "
+            f"{CLASS_WEIGHT_RULES}, got {weights!r}",
+        )
+    else:
+        _require(
+            all(
+                isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0 for w in weights
+            ),
+            "loss.class_weights",
+            'expected non-negative numbers, one per class, or "median_frequency"',
+        )
     return r
 
 

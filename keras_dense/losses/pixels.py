@@ -1,0 +1,74 @@
+"""Shared preparation of segmentation losses: flat probabilities, labels and a validity mask."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from keras import ops
+
+
+def check_class_weights(class_weights: Sequence[float] | None) -> list[float] | None:
+    """`class_weights` as a list of floats (None when empty).
+
+    Raises:
+        ValueError: A negative weight (the argument is named).
+    """
+    weights = None if not class_weights else [float(w) for w in class_weights]
+    if weights is not None and min(weights) < 0:
+        raise ValueError(f"class_weights={class_weights!r}: expected non-negative numbers")
+    return weights
+
+
+def class_weight_vector(class_weights: list[float] | None, num_classes: int):
+    """The (K,) float32 weight tensor (ones without weights).
+
+    Raises:
+        ValueError: The weights do not have one entry per class.
+    """
+    if class_weights is None:
+        return ops.ones((num_classes,), "float32")
+    if len(class_weights) != num_classes:
+        raise ValueError(
+            f"class_weights has {len(class_weights)} entries but the model predicts "
+            f"{num_classes} classes"
+        )
+    return ops.convert_to_tensor(class_weights, "float32")
+
+
+def flat_pixels(y_true, y_pred, ignore_label: int, from_logits: bool):
+    """Flattens a batch into per-pixel rows.
+
+    Args:
+        y_true: (B, H, W) or (B, H, W, 1) integer labels.
+        y_pred: (B, H, W, K) logits (`from_logits`) or probabilities.
+        ignore_label: Label of pixels that do not count.
+        from_logits: Whether `y_pred` holds logits.
+
+    Returns:
+        `(log_probs (N, K), probs (N, K), labels (N,) int32 with uncounted pixels set to 0,
+        valid (N,) float32 1 for counted pixels)`. A pixel counts when its label is in
+        `[0, K)` and is not `ignore_label`.
+    """
+    y_pred = ops.cast(y_pred, "float32")
+    num_classes = y_pred.shape[-1]
+    labels = ops.cast(y_true, "int32")
+    if len(labels.shape) == len(y_pred.shape):
+        labels = ops.squeeze(labels, axis=-1)
+    labels = ops.reshape(labels, (-1,))
+    y_pred = ops.reshape(y_pred, (-1, num_classes))
+    valid = ops.logical_and(labels >= 0, labels < num_classes)
+    valid = ops.logical_and(valid, labels != ignore_label)
+    safe = ops.where(valid, labels, 0)
+    if from_logits:
+        log_probs = ops.log_softmax(y_pred, axis=-1)
+        probs = ops.softmax(y_pred, axis=-1)
+    else:
+        probs = y_pred
+        log_probs = ops.log(ops.clip(y_pred, 1e-7, 1.0))
+    return log_probs, probs, safe, ops.cast(valid, "float32")
+
+
+def mean_over_present(per_class, present, weights):
+    """Weighted mean of (K,) per-class losses over the classes present; 0 when none is."""
+    w = present * weights
+    return ops.divide_no_nan(ops.sum(per_class * w), ops.sum(w))
