@@ -18,7 +18,12 @@ def register(sub) -> None:
     )
     parser.add_argument("--model", required=True, help="the saved model (X.keras, card X.json)")
     parser.add_argument("--data", required=True, help="glob pattern of TFRecord shards")
-    parser.add_argument("--crf", action="store_true", help="dense-CRF refinement (segmentation)")
+    parser.add_argument(
+        "--crf",
+        action="store_true",
+        help="dense-CRF refinement (segmentation), with the parameters keras-dense tune-crf "
+        "wrote into the model card (DeepLab's defaults when it has none)",
+    )
     parser.add_argument(
         "--tiled",
         action="store_true",
@@ -57,7 +62,10 @@ def run(args: argparse.Namespace) -> int:
     output = args.output or os.path.splitext(args.model)[0] + "_eval"
     os.makedirs(output, exist_ok=True)
     options = EvaluateOptions(
-        crf=args.crf, tiled=True if args.tiled else None, use_07_metric=args.use_07_metric
+        crf=args.crf,
+        tiled=True if args.tiled else None,
+        use_07_metric=args.use_07_metric,
+        progress=True,
     )
     report = {"model": args.model, "data": args.data, "task": task.name}
     report.update(task.evaluate(model, card, args.data, options))

@@ -54,6 +54,12 @@ def register(sub) -> None:
     parser.add_argument(
         "--score-threshold", type=float, default=0.5, help="detection: lowest score drawn"
     )
+    parser.add_argument(
+        "--crf",
+        action="store_true",
+        help="segmentation: dense-CRF refinement with the model card's parameters (see "
+        "keras-dense tune-crf; DeepLab's defaults when the card has none)",
+    )
     parser.set_defaults(run=run)
 
 
@@ -121,6 +127,7 @@ def _options(args) -> PredictOptions:
         tiled={"auto": None, "always": True, "never": False}[args.tiled],
         tile_size=args.tile_size,
         score_threshold=args.score_threshold,
+        crf=getattr(args, "crf", False),
     )
 
 

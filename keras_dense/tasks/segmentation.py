@@ -15,10 +15,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_dense.crf import dense_crf
+from keras_dense.crf.card_parameters import card_crf_parameters
 from keras_dense.data import segmentation_dataset
 from keras_dense.data.image_io import encode_png
 from keras_dense.evaluation.confusion_image import confusion_matrix_image
-from keras_dense.evaluation.evaluator import evaluate_segmentation
+from keras_dense.evaluation.evaluator import evaluate_segmentation, softmax
 from keras_dense.losses import MaskedSparseCrossEntropy
 from keras_dense.metrics import build_metrics
 from keras_dense.prediction.inference import plan_prediction, segment
@@ -195,7 +197,7 @@ class SegmentationTask(Task):
 
     def evaluate(self, model, card, pattern, options: EvaluateOptions):
         cm, scores = evaluate_segmentation(
-            model, card, pattern, crf=options.crf, tiled=options.tiled
+            model, card, pattern, crf=options.crf, tiled=options.tiled, progress=options.progress
         )
         return {**scores, "crf": options.crf, "confusion_matrix": cm.tolist()}
 
@@ -228,6 +230,8 @@ class SegmentationTask(Task):
                 )
             tiled = True
         scores = segment(model, rgb, card, tiled=tiled, tile_size=options.tile_size)
+        if options.crf:
+            scores = dense_crf(softmax(scores), rgb, **card_crf_parameters(card))
         classes = np.argmax(scores, axis=-1).astype(np.uint8)
         return {
             "_mask.png": encode_png(colorize(classes)),
@@ -259,6 +263,9 @@ class SegmentationTask(Task):
         got = loaded.signatures["serving_tensor"](images=tf.constant(images))["scores"]
         want = np.asarray(model(images, training=False), np.float32)
         check_close("scores", got.numpy(), want, tolerance)
+
+    def tflite_unsupported(self, card):
+        return None  # fully convolutional: stock TFLite ops at a fixed input size
 
 
 register_task(SegmentationTask())
