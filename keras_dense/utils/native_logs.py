@@ -31,7 +31,8 @@ from collections.abc import Callable, Iterator
 NATIVE_LOG_LINE = re.compile(
     r"^([IWE]\d{4} \d\d:\d\d:\d+\.\d+ +\d+ [^ ]+:\d+\]"
     r"|WARNING: All log messages before absl::InitializeLog\(\)"
-    r"|INFO: (Created TensorFlow Lite|Initialized TensorFlow Lite))"
+    r"|INFO: (Created TensorFlow Lite|Initialized TensorFlow Lite)"
+    r"|fully_quantize: \d)"
 )
 
 # Quiet unless the user chose a level: FATAL only.
