@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "keras_dense.commands.predict",
     "keras_dense.commands.export",
     "keras_dense.commands.serving_config",
+    "keras_dense.commands.tune_crf",
 )
 
 
