@@ -1,12 +1,15 @@
 """keras_dense: dense prediction (segmentation and detection) for TensorFlow / Keras 3.
 
-The subpackages are imported on first use (`keras_dense.apps`, `from keras_dense import
-data`), so that importing the package does not import TensorFlow: the `keras-dense` entry
-point must set TensorFlow's log level before that happens (see
-`keras_dense.utils.native_logs`).
+`import keras_dense` imports the subpackages (and so TensorFlow, and registers the custom
+layers for `keras.models.load_model`), except in the `keras-dense` command's own process
+(the console script or `python -m keras_dense.cli`): there the subpackages are imported on
+first use, so that `keras_dense.cli.main` sets TensorFlow's log level before TensorFlow is
+imported (see `keras_dense.utils.native_logs`).
 """
 
 import importlib
+import os
+import sys
 
 from keras_dense.utils.native_logs import set_library_log_level
 
@@ -32,6 +35,19 @@ _SUBPACKAGES = (
 __all__ = ["__version__", *_SUBPACKAGES, "predict_tiled"]
 
 
+def _started_as_cli() -> bool:
+    """Whether this process runs `keras-dense` (console script or `python -m keras_dense.cli`)."""
+    if sys.argv and os.path.basename(sys.argv[0]) in ("keras-dense", "keras-dense.exe"):
+        return True
+    command = list(getattr(sys, "orig_argv", ()))
+    for i, arg in enumerate(command):
+        if arg == "-m":
+            return i + 1 < len(command) and command[i + 1] == "keras_dense.cli"
+        if arg.startswith("-m"):
+            return arg[2:] == "keras_dense.cli"
+    return False
+
+
 def __getattr__(name: str):
     """Imports a subpackage (or `predict_tiled`, `__version__`) on first access."""
     if name in _SUBPACKAGES:
@@ -45,3 +61,10 @@ def __getattr__(name: str):
 
 def __dir__():
     return sorted(set(globals()) | set(__all__))
+
+
+if not _started_as_cli():
+    for _name in _SUBPACKAGES:
+        importlib.import_module(f"keras_dense.{_name}")
+    from keras_dense.tiling import predict_tiled  # noqa: E402
+    from keras_dense.utils.version import __version__  # noqa: E402

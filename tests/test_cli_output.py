@@ -31,8 +31,13 @@ def _env() -> dict:
     return env
 
 
-def _run(*args: str, code: str | None = None) -> subprocess.CompletedProcess:
+CONSOLE_SCRIPT = os.path.join(os.path.dirname(sys.executable), "keras-dense")
+
+
+def _run(*args: str, code: str | None = None, script: bool = False) -> subprocess.CompletedProcess:
     command = [sys.executable, "-c", code] if code else [sys.executable, "-m", "keras_dense.cli"]
+    if script:
+        command = [CONSOLE_SCRIPT]
     return subprocess.run(
         [*command, *args], capture_output=True, text=True, env=_env(), timeout=240, cwd=REPO
     )
@@ -52,10 +57,14 @@ def tiny(tmp_path_factory):
     return root, path
 
 
-def test_convert_prints_no_tensorflow_noise(tmp_path):
+@pytest.mark.parametrize("script", [False, True], ids=["python-m", "console-script"])
+def test_convert_prints_no_tensorflow_noise(tmp_path, script):
+    if script and not os.path.isfile(CONSOLE_SCRIPT):
+        pytest.skip(f"no console script {CONSOLE_SCRIPT} (package not installed)")
     out = _run(
-        "convert", "shapes", "--num-images", "2", "--size", "32", "--output", str(tmp_path / "s")
-    )
+        "convert", "shapes", "--num-images", "2", "--size", "32", "--output", str(tmp_path / "s"),
+        script=script,
+    )  # fmt: skip
     assert out.returncode == 0, out.stderr
     assert not NOISE.search(out.stderr), out.stderr
     assert not NOISE.search(out.stdout), out.stdout

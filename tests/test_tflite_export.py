@@ -111,14 +111,21 @@ def test_int8_is_calibrated_on_the_representative_set(segmenter, shards, tmp_pat
         assert not again.exists()
 
 
+@pytest.mark.parametrize(
+    "fault, message",
+    [("swapped", "below the 99.9% required"), ("nan", "NaN or infinite values")],
+)
 def test_a_conversion_that_disagrees_is_refused_and_not_written(
-    segmenter, tmp_path, monkeypatch, capsys
+    segmenter, tmp_path, monkeypatch, capsys, fault, message
 ):
     path, _ = segmenter
     real = tflite_export.run_tflite
 
     def broken(content, images):
-        return real(content, images)[..., ::-1]  # classes swapped, as a bad conversion would
+        got = real(content, images)
+        if fault == "nan":  # e.g. weights left as uninitialised variables
+            return np.where(np.arange(got.shape[-1]) == 0, np.nan, got)
+        return got[..., ::-1]  # classes swapped, as a bad conversion would
 
     monkeypatch.setattr(tflite_export, "run_tflite", broken)
     output = tmp_path / "out"
@@ -126,7 +133,7 @@ def test_a_conversion_that_disagrees_is_refused_and_not_written(
     assert cli.main(args) == 2
     err = capsys.readouterr().err
     assert err.startswith("keras-dense export: error: ") and "nothing was written" in err
-    assert "below the 99.9% required" in err and len(err.splitlines()) == 1
+    assert message in err and len(err.splitlines()) == 1
     assert not output.exists() or not os.listdir(output)
 
 

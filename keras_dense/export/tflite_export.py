@@ -304,7 +304,8 @@ def export_tflite(
 
     Raises:
         TFLiteUnsupportedError: The model's task has no TFLite export.
-        TFLiteCheckError: The converted model's agreement is below `MIN_AGREEMENT`.
+        TFLiteCheckError: The converted model's agreement is below `MIN_AGREEMENT`, or
+            its outputs are not finite.
         ImportError: The LiteRT interpreter (the `tflite` extra) is missing.
         ValueError: Bad arguments, an unknown input size, or non-finite weights.
     """
@@ -365,6 +366,12 @@ def export_tflite(
         "tensorflow_version": tf.__version__,
         "keras_dense_version": __version__,
     }
+    if not np.isfinite(stats["max_abs_diff"]):
+        raise TFLiteCheckError(
+            f"--model {model_path}: the {quantize!r} TFLite conversion outputs NaN or "
+            "infinite values where the Keras model does not; nothing was written",
+            report,
+        )
     if not stats["agreement"] >= minimum:
         raise TFLiteCheckError(
             f"--model {model_path}: the {quantize!r} TFLite conversion agrees with the Keras "
