@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "keras_dense.commands.predict",
     "keras_dense.commands.export",
     "keras_dense.commands.serving_config",
+    "keras_dense.commands.tune_crf",
 )
 
 
@@ -50,6 +51,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns:
         The exit status: 0 on success, 2 on bad input or arguments.
     """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # Before any command module imports TensorFlow: its log level is read once, at import.
+    configure_logging(_wants_verbose(argv))
     args = build_parser().parse_args(argv)
     try:
         return int(args.run(args) or 0)
@@ -67,6 +71,31 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         print(f"keras-dense {args.command}: error: {describe_error(err)}", file=sys.stderr)
         return 2
+
+
+def _wants_verbose(argv: Sequence[str]) -> bool:
+    """Whether the global `--verbose` flag is among the arguments (parsed before the parser)."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--verbose", action="store_true")
+    known, _ = pre.parse_known_args(argv)
+    return bool(known.verbose)
+
+
+def configure_logging(verbose: bool) -> None:
+    """Quiets TensorFlow's C++ and Python-side log output, or (verbose) leaves it as it is.
+
+    Our own errors are unaffected: they go to stderr as one line (with a traceback when
+    verbose), results to stdout.
+
+    Args:
+        verbose: Leave TensorFlow's logging alone.
+    """
+    from keras_dense.utils import native_logs
+
+    if verbose:
+        native_logs.leave_tensorflow_logging()
+    else:
+        native_logs.quiet_tensorflow()
 
 
 def describe_error(err: BaseException) -> str:

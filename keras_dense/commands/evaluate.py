@@ -19,7 +19,12 @@ def register(sub) -> None:
     )
     parser.add_argument("--model", required=True, help="the saved model (X.keras, card X.json)")
     parser.add_argument("--data", required=True, help="glob pattern of TFRecord shards")
-    parser.add_argument("--crf", action="store_true", help="dense-CRF refinement (segmentation)")
+    parser.add_argument(
+        "--crf",
+        action="store_true",
+        help="dense-CRF refinement (segmentation), with the parameters keras-dense tune-crf "
+        "wrote into the model card (DeepLab's defaults when it has none)",
+    )
     parser.add_argument(
         "--tiled",
         action="store_true",
@@ -77,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
         tiled=True if args.tiled else None,
         use_07_metric=args.use_07_metric,
         tta=tta,
+        progress=True,
     )
     report = {"model": args.model, "data": args.data, "task": task.name}
     report.update(task.evaluate(model, card, args.data, options))

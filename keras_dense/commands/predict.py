@@ -68,6 +68,12 @@ def register(sub) -> None:
     parser.add_argument(
         "--score-threshold", type=float, default=0.5, help="detection: lowest score drawn"
     )
+    parser.add_argument(
+        "--crf",
+        action="store_true",
+        help="segmentation: dense-CRF refinement with the model card's parameters (see "
+        "keras-dense tune-crf; DeepLab's defaults when the card has none)",
+    )
     parser.set_defaults(run=run)
 
 
@@ -138,6 +144,7 @@ def _options(args) -> PredictOptions:
         tile_size=args.tile_size,
         score_threshold=args.score_threshold,
         tta=parse_tta(getattr(args, "tta", "none"), getattr(args, "scales", None)),
+        crf=getattr(args, "crf", False),
     )
 
 

@@ -7,8 +7,6 @@ import glob
 import hashlib
 import json
 import os
-import sys
-import time
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
@@ -22,6 +20,7 @@ from keras_dense.utils.files import (
     remove_stale_temporaries,
     temporary_path,
 )
+from keras_dense.utils.progress import Progress
 
 MANIFEST_FORMAT = "keras_dense.tfrecords/1"
 
@@ -50,32 +49,6 @@ def _ordered_map(fn: Callable, items: Sequence, workers: int) -> Iterator:
                 yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()
-
-
-class _Progress:
-    """A one-line progress bar on stderr (redrawn only on a terminal)."""
-
-    def __init__(self, total: int, label: str, enabled: bool):
-        self.total, self.label, self.enabled = total, label, enabled
-        self.tty = sys.stderr.isatty()
-        self.start = time.monotonic()
-        self.done = 0
-
-    def update(self) -> None:
-        self.done += 1
-        if self.enabled and self.tty and (self.done == self.total or self.done % 10 == 0):
-            width = 30
-            filled = int(width * self.done / max(self.total, 1))
-            rate = self.done / max(time.monotonic() - self.start, 1e-9)
-            sys.stderr.write(
-                f"\r{self.label} [{'=' * filled}{'.' * (width - filled)}] "
-                f"{self.done}/{self.total} {rate:.1f} img/s"
-            )
-            sys.stderr.flush()
-
-    def close(self) -> None:
-        if self.enabled and self.tty:
-            sys.stderr.write("\n")
 
 
 def write_dataset(
@@ -156,7 +129,7 @@ def write_dataset(
     num_images = num_boxes = 0
     reoriented = []
     label = os.path.basename(output)
-    bar = _Progress(len(items), f"converting {label}", progress)
+    bar = Progress(len(items), f"converting {label}", progress)
     writers = [tf.io.TFRecordWriter(p) for p in tmp_paths]
     try:
         index = 0

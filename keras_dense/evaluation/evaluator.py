@@ -5,53 +5,36 @@ from __future__ import annotations
 import numpy as np
 
 from keras_dense.crf import dense_crf
+from keras_dense.crf.card_parameters import card_crf_parameters
 from keras_dense.data import BadInputError, read_examples
 from keras_dense.data.class_lists import check_card_classes, object_classes
+from keras_dense.data.tfrecord_files import resolve_files, scan_framing
 from keras_dense.evaluation.segmentation_metrics import confusion_matrix, segmentation_scores
 from keras_dense.prediction.inference import detect_objects, segment, segment_probabilities
+from keras_dense.utils.progress import Progress
 from keras_dense.utils.tta import TestTimeAugmentation
 
 
-def _softmax(scores: np.ndarray) -> np.ndarray:
+def softmax(scores: np.ndarray) -> np.ndarray:
+    """Softmax over the last axis of (H, W, K) scores, float32."""
     shifted = scores - scores.max(axis=-1, keepdims=True)
     exp = np.exp(shifted)
-    return exp / exp.sum(axis=-1, keepdims=True)
+    return (exp / exp.sum(axis=-1, keepdims=True)).astype(np.float32)
 
 
-def evaluate_segmentation(
-    model,
-    card: dict,
-    pattern: str,
-    crf: bool = False,
-    tiled: bool | None = None,
-    tta: TestTimeAugmentation | None = None,
-) -> tuple[np.ndarray, dict]:
-    """Confusion matrix and scores of a segmenter over every record matching `pattern`.
+def count_records(pattern: str) -> int:
+    """The number of records in the shards matching `pattern` (from the record framing)."""
+    return sum(scan_framing(path) for path in resolve_files(pattern))
 
-    Each image is predicted at its full size (tile by tile with `tiled`, or automatically for
-    large images and valid-padding models), optionally refined by the dense CRF, and
-    compared with its mask, skipping the card's ignore label.
 
-    Args:
-        model: The segmenter.
-        card: Its model card.
-        pattern: Glob pattern of TFRecord shards with masks.
-        crf: Refine the softmax with `keras_dense.crf.dense_crf` before the argmax.
-        tiled: Force (True) or forbid (False) overlap-tile inference; None: automatic.
-        tta: Test-time augmentation: the argmax (or the CRF) takes the softmax averaged over
-            its flips and scales (`keras_dense.prediction.inference.segment_probabilities`);
-            None or disabled: the plain prediction.
-
-    Returns:
-        `(confusion matrix, scores)`, scores as in `segmentation_scores` plus `images`.
+def checked_examples(card: dict, pattern: str):
+    """Yields `(record name, example)` of every record, checking its mask against the card.
 
     Raises:
-        ValueError: A record has no mask, or the model's class count differs from the card.
+        BadInputError: A record has no mask, a mask of another size than its image, or
+            labels outside the card's classes that are not the ignore label.
     """
     classes = card["classes"]
-    check_card_classes(pattern, card)
-    cm = np.zeros((len(classes), len(classes)), np.int64)
-    count = 0
     for example in read_examples(pattern):
         record = f"record {example['source_id']!r} in {pattern}"
         if "mask" not in example:
@@ -72,6 +55,50 @@ def evaluate_segmentation(
                 f"the ignore label {card['ignore_label']}: the shards do not use the model's "
                 "class list",
             )
+        yield record, example
+
+
+def evaluate_segmentation(
+    model,
+    card: dict,
+    pattern: str,
+    crf: bool = False,
+    tiled: bool | None = None,
+    progress: bool = False,
+    tta: TestTimeAugmentation | None = None,
+) -> tuple[np.ndarray, dict]:
+    """Confusion matrix and scores of a segmenter over every record matching `pattern`.
+
+    Each image is predicted at its full size (tile by tile with `tiled`, or automatically for
+    large images and valid-padding models), optionally refined by the dense CRF, and
+    compared with its mask, skipping the card's ignore label.
+
+    Args:
+        model: The segmenter.
+        card: Its model card.
+        pattern: Glob pattern of TFRecord shards with masks.
+        crf: Refine the softmax with `keras_dense.crf.dense_crf` before the argmax, with
+            the parameters of the card's `"crf"` (see `keras_dense.crf.card_parameters`;
+            DeepLab's defaults for those it does not set).
+        tiled: Force (True) or forbid (False) overlap-tile inference; None: automatic.
+        progress: Draw a progress bar on stderr (on a terminal only).
+        tta: Test-time augmentation: the argmax (or the CRF) takes the softmax averaged over
+            its flips and scales (`keras_dense.prediction.inference.segment_probabilities`);
+            None or disabled: the plain prediction.
+
+    Returns:
+        `(confusion matrix, scores)`, scores as in `segmentation_scores` plus `images`.
+
+    Raises:
+        ValueError: A record has no mask, or the model's class count differs from the card.
+    """
+    classes = card["classes"]
+    check_card_classes(pattern, card)
+    cm = np.zeros((len(classes), len(classes)), np.int64)
+    count = 0
+    crf_parameters = card_crf_parameters(card) if crf else {}
+    bar = Progress(count_records(pattern) if progress else 0, "evaluating", progress)
+    for _, example in checked_examples(card, pattern):
         if tta is not None and tta.enabled:
             scores = segment_probabilities(model, example["image"], card, tta, tiled=tiled)
         else:
@@ -81,11 +108,13 @@ def evaluate_segmentation(
                 f"the model predicts {scores.shape[-1]} classes, its card names {len(classes)}"
             )
         if crf:
-            probs = scores if tta is not None and tta.enabled else _softmax(scores)
-            scores = dense_crf(probs, example["image"])
+            probs = scores if tta is not None and tta.enabled else softmax(scores)
+            scores = dense_crf(probs, example["image"], **crf_parameters)
         predicted = np.argmax(scores, axis=-1)
         cm += confusion_matrix(example["mask"], predicted, len(classes), card["ignore_label"])
         count += 1
+        bar.update()
+    bar.close()
     result = segmentation_scores(cm, classes)
     result["images"] = count
     return cm, result

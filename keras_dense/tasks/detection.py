@@ -122,6 +122,8 @@ class DetectionTask(Task):
     def predict_image(self, model, card, rgb, options: PredictOptions, plan: str):
         if options.tta.enabled:
             raise ValueError("--tta and --scales apply to segmentation models only")
+        if options.crf:
+            raise ValueError("--crf applies to segmentation models only")
         found = detect_objects(model, rgb, card, score_threshold=options.score_threshold)
         names = card["classes"]
         drawn = draw_boxes(rgb, found["boxes"], found["labels"], found["scores"], names)
@@ -175,6 +177,14 @@ class DetectionTask(Task):
         want = model([image, rois], training=False)
         for key, value in zip(("cls_score", "bbox_pred"), want):
             check_close(key, got[key].numpy(), np.asarray(value, np.float32), tolerance)
+
+    def tflite_unsupported(self, card):
+        return (
+            "TFLite export is not supported for detection models: Fast R-CNN takes a variable "
+            "number of region proposals per image and runs RoI pooling and per-class NMS, "
+            "which have no fixed-shape TFLite form; export a SavedModel instead (keras-dense "
+            "export --format savedmodel)"
+        )
 
 
 register_task(DetectionTask())

@@ -15,10 +15,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_dense.crf import dense_crf
+from keras_dense.crf.card_parameters import card_crf_parameters
 from keras_dense.data import segmentation_dataset
 from keras_dense.data.image_io import encode_png
 from keras_dense.evaluation.confusion_image import confusion_matrix_image
-from keras_dense.evaluation.evaluator import evaluate_segmentation
+from keras_dense.evaluation.evaluator import evaluate_segmentation, softmax
 from keras_dense.losses import build_loss, median_frequency_weights
 from keras_dense.metrics import build_metrics
 from keras_dense.prediction.inference import (
@@ -244,7 +246,13 @@ class SegmentationTask(Task):
     def evaluate(self, model, card, pattern, options: EvaluateOptions):
         tta = options.tta if options.tta.enabled else None
         cm, scores = evaluate_segmentation(
-            model, card, pattern, crf=options.crf, tiled=options.tiled, tta=tta
+            model,
+            card,
+            pattern,
+            crf=options.crf,
+            tiled=options.tiled,
+            progress=options.progress,
+            tta=tta,
         )
         report = {**scores, "crf": options.crf, "confusion_matrix": cm.tolist()}
         if tta is not None:
@@ -286,6 +294,9 @@ class SegmentationTask(Task):
             )
         else:
             scores = segment(model, rgb, card, tiled=tiled, tile_size=options.tile_size)
+        if options.crf:
+            probs = scores if options.tta.enabled else softmax(scores)
+            scores = dense_crf(probs, rgb, **card_crf_parameters(card))
         classes = np.argmax(scores, axis=-1).astype(np.uint8)
         return {
             "_mask.png": encode_png(colorize(classes)),
@@ -331,6 +342,9 @@ class SegmentationTask(Task):
             got = loaded.signatures["serving_tensor"](images=tf.constant(images[:1]))
             want = tta_probabilities(model, images[0], {}, tta, tiled=False)
             check_close("probabilities", got["probabilities"].numpy()[0], want, tolerance)
+
+    def tflite_unsupported(self, card):
+        return None  # fully convolutional: stock TFLite ops at a fixed input size
 
 
 register_task(SegmentationTask())

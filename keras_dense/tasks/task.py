@@ -58,12 +58,14 @@ class EvaluateOptions:
         tiled: Force overlap-tile inference (None: automatic).
         use_07_metric: VOC2007 11-point AP (tasks that report AP).
         tta: Test-time augmentation (segmentation: softmax averaged over flips and scales).
+        progress: Draw a progress bar over the images on stderr (on a terminal only).
     """
 
     crf: bool = False
     tiled: bool | None = None
     use_07_metric: bool = False
     tta: TestTimeAugmentation = TestTimeAugmentation()
+    progress: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,12 +77,14 @@ class PredictOptions:
         tile_size: Tile size, or None for the default.
         score_threshold: Lowest score drawn (detection).
         tta: Test-time augmentation (segmentation: softmax averaged over flips and scales).
+        crf: Dense-CRF refinement with the model card's parameters (tasks that support it).
     """
 
     tiled: bool | None = None
     tile_size: int | None = None
     score_threshold: float = 0.5
     tta: TestTimeAugmentation = TestTimeAugmentation()
+    crf: bool = False
 
 
 class Task:
@@ -165,6 +169,49 @@ class Task:
     def verify_export(self, loaded, model: keras.Model, serving: dict, tolerance: float):
         """Compares the reloaded SavedModel's `serving_tensor` with the model; raises."""
         raise NotImplementedError
+
+    # -- TFLite export ---------------------------------------------------------------------
+    def tflite_unsupported(self, card: dict) -> str | None:
+        """Why this task's models cannot be exported to TFLite, or None when they can.
+
+        The TFLite export (`keras_dense.export.tflite_export`) refuses the model with this
+        reason instead of writing a file that does not work.
+
+        Args:
+            card: The model card.
+        """
+        return f"TFLite export is not supported for {self.name} models"
+
+    def tflite_check(self, got: np.ndarray, want: np.ndarray) -> dict:
+        """Compares a converted model's outputs with the Keras model's on the same images.
+
+        The default compares the argmax over the last axis: per pixel for a segmenter's
+        `(N, H, W, K)` logits, per image for a classifier's `(N, K)` scores.
+
+        Args:
+            got: The TFLite interpreter's outputs.
+            want: The Keras model's outputs, same shape.
+
+        Returns:
+            `{"agreement": fraction of equal argmaxes, "max_abs_diff": largest |got - want|,
+            "compared": number of argmaxes compared}`.
+
+        Raises:
+            ValueError: The shapes differ.
+        """
+        got, want = np.asarray(got, np.float32), np.asarray(want, np.float32)
+        if got.shape != want.shape:
+            raise ValueError(
+                f"the converted model outputs {got.shape}, the Keras model {want.shape}"
+            )
+        same = np.argmax(got, axis=-1) == np.argmax(want, axis=-1)
+        diff = np.abs(got - want)
+        return {
+            "agreement": float(np.mean(same)) if same.size else 1.0,
+            # NaN (e.g. an uninitialised weight) must fail the check, not vanish in a max.
+            "max_abs_diff": float(np.max(diff)) if np.all(np.isfinite(diff)) else float("inf"),
+            "compared": int(same.size),
+        }
 
 
 def check_close(key: str, got: np.ndarray, want: np.ndarray, tolerance: float) -> None:

@@ -7,6 +7,10 @@ For a model `X.keras` the card is `X.json`:
      "input_channels": 3, "background_outputs": 0, "builder": "unet", "builder_kwargs": {...},
      "recipe": "<resolved recipe path>", "keras_dense_version": "..."}
 
+Segmenters trained by keras-dense also hold `"input_size"` (the training tile, which a TFLite
+export uses as its fixed size), and `keras-dense tune-crf` adds `"crf"`: the tuned
+`dense_crf` parameters (see `keras_dense.crf.card_parameters`).
+
 `classes[i]` is the name of class id `i`; a model with `background_outputs` = 1 (detection)
 has one more score channel than classes, label `i + 1` being `classes[i]`. This module only
 reads and writes the file; the task named in it (`keras_dense.tasks.get_task`) knows the rest.
