@@ -6,27 +6,113 @@ from collections.abc import Sequence
 
 import tensorflow as tf
 
-from keras_dense.data.augment import random_color_affine, scale_crop_flip
+from keras_dense.data.augment import plan_crop, random_color_affine, resample_window
+from keras_dense.data.decode import JPEG_DCT_METHOD, decode_image, image_size, is_png
 from keras_dense.data.normalization import check_mode, finish, mean_pixel
 from keras_dense.data.records_dataset import AUTOTUNE, records_dataset, with_seeds
 from keras_dense.data.schema import parse_serialized
 
 
-def decode_image_and_mask(serialized: tf.Tensor, channels: int = 3):
-    """Parses a record and decodes its image (uint8, (H, W, C)) and mask (uint8, (H, W))."""
-    parsed = parse_serialized(serialized)
-    image = tf.io.decode_image(parsed["image_bytes"], channels=channels, expand_animations=False)
-    image.set_shape([None, None, channels])
+def _decode_mask(parsed: dict, filename: tf.Tensor) -> tf.Tensor:
     has_mask = tf.debugging.Assert(
         tf.strings.length(parsed["mask_bytes"]) > 0,
         [
             "record has no segmentation mask (image/segmentation/class/encoded); source_id:",
             parsed["source_id"],
+            "shard:",
+            filename,
         ],
     )
     with tf.control_dependencies([has_mask]):
-        mask = tf.io.decode_png(parsed["mask_bytes"], channels=1)[:, :, 0]
+        return tf.io.decode_png(parsed["mask_bytes"], channels=1)[:, :, 0]
+
+
+def check_same_size(
+    image_hw: tf.Tensor, mask: tf.Tensor, source_id: tf.Tensor, filename: tf.Tensor
+) -> tf.Tensor:
+    """Fails (InvalidArgumentError naming the record and its shard) unless sizes agree.
+
+    Args:
+        image_hw: `(height, width)` of the image.
+        mask: (H, W) mask.
+        source_id: The record's source id.
+        filename: The record's shard file.
+
+    Returns:
+        `mask`, with the check as a control dependency.
+    """
+    mask_hw = tf.shape(mask)[:2]
+    check = tf.debugging.Assert(
+        tf.reduce_all(tf.equal(tf.cast(image_hw, tf.int32), mask_hw)),
+        [
+            "image and mask sizes differ (height, width) in record",
+            source_id,
+            "of shard",
+            filename,
+            ": image",
+            image_hw,
+            "mask",
+            mask_hw,
+        ],
+    )
+    with tf.control_dependencies([check]):
+        return tf.identity(mask)
+
+
+def decode_image_and_mask(
+    serialized: tf.Tensor, channels: int = 3, filename: tf.Tensor | str = "<unknown shard>"
+):
+    """Parses a record and decodes its image (uint8, (H, W, C)) and mask (uint8, (H, W)).
+
+    Args:
+        serialized: The serialized Example.
+        channels: Image channels to decode.
+        filename: The record's shard file (for error messages).
+
+    Returns:
+        `(image, mask, source_id)`.
+
+    Raises:
+        tf.errors.InvalidArgumentError: (when run) no mask, or image and mask sizes differ.
+    """
+    parsed = parse_serialized(serialized)
+    image = decode_image(parsed["image_bytes"], channels)
+    mask = _decode_mask(parsed, filename)
+    mask = check_same_size(tf.shape(image)[:2], mask, parsed["source_id"], filename)
     return image, mask, parsed["source_id"]
+
+
+def decode_window(data: tf.Tensor, window: tf.Tensor, ratio: tf.Tensor, channels: int) -> tf.Tensor:
+    """Decodes only `window` (`[top, left, rows, cols]`) of an image, at 1/ratio for JPEG.
+
+    Args:
+        data: PNG or JPEG bytes.
+        window: The crop window in decoded pixels (see `augment.decoded_window`).
+        ratio: DCT downscale factor (JPEG only; must be 1 for PNG).
+        channels: Channels to decode.
+
+    Returns:
+        (rows, cols, channels) uint8.
+    """
+
+    def png():
+        full = tf.io.decode_png(data, channels=channels)
+        return full[window[0] : window[0] + window[2], window[1] : window[1] + window[3]]
+
+    # `ratio` is an attribute of the decode op (a constant): one branch per factor.
+    def jpeg_at(r: int):
+        return lambda: tf.image.decode_and_crop_jpeg(
+            data, window, channels=channels, ratio=r, dct_method=JPEG_DCT_METHOD
+        )
+
+    branch = tf.add_n([tf.cast(ratio >= r, tf.int32) for r in (2, 4, 8)])
+    image = tf.cond(
+        is_png(data),
+        png,
+        lambda: tf.switch_case(branch, [jpeg_at(1), jpeg_at(2), jpeg_at(4), jpeg_at(8)]),
+    )
+    image.set_shape([None, None, channels])
+    return image
 
 
 def segmentation_dataset(
@@ -46,12 +132,21 @@ def segmentation_dataset(
     seed: int | None = None,
     drop_remainder: bool | None = None,
     verify: bool = True,
+    fast_decode: bool = True,
 ) -> tf.data.Dataset:
     """Batches of `(images, masks)` for segmentation training or evaluation.
 
     Training (`training=True`): random scale in `scale_range`, random crop of `crop_size` with
     padding (image padded with the mean pixel, mask with `ignore_label`), horizontal flip and
-    photometric jitter, all in one resampling (see `keras_dense.data.augment`).
+    photometric jitter, all in one resampling (see `keras_dense.data.augment`). The crop is
+    planned from the image header, so a JPEG is decoded only where the crop reads it
+    (`tf.image.decode_and_crop_jpeg`), and at 1/2, 1/4 or 1/8 size in the DCT domain when the
+    random scale is at most that (`fast_decode=True`). Contrast jitter is about the mean grey
+    of the source pixels the crop covers.
+
+    Every JPEG is decoded with the accurate integer DCT (`keras_dense.data.decode`), as in
+    serving. A record whose image and mask sizes differ fails with an `InvalidArgumentError`
+    naming its source id and shard file.
 
     Evaluation (`training=False`): no augmentation; images keep their size and are padded to
     the largest in the batch (mask padding = `ignore_label`), so no pixel is lost. With
@@ -73,7 +168,10 @@ def segmentation_dataset(
         deterministic: Fix the element order of parallel stages.
         seed: Seed of shuffling and augmentation.
         drop_remainder: Drop a last partial batch (default: True when training).
-        verify: Check shards (framing, manifest checksums) before reading.
+        verify: Check shards (framing, manifest checksums) before reading; each local shard
+            is checked once, then remembered by path, size and modification time.
+        fast_decode: Decode only the crop window of JPEGs, DCT-downscaled when the scale
+            allows (training). False decodes every image in full (the reference path).
 
     Returns:
         A dataset of `(images float32 (B, H, W, C), masks int32 (B, H, W))`.
@@ -92,54 +190,73 @@ def segmentation_dataset(
     if scale_range[0] <= 0 or scale_range[0] > scale_range[1]:
         raise ValueError(f"scale_range={scale_range}: expected 0 < min <= max")
     mean = tf.constant(mean_pixel(normalization, channels))
-    ds = records_dataset(file_pattern, training, seed, deterministic, cache, verify)
+    ds = records_dataset(
+        file_pattern, training, seed, deterministic, cache, verify, with_filenames=True
+    )
     if training:
         ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
         ds = with_seeds(ds, seed)
 
-        def train_map(serialized, element_seed):
-            image, mask, _ = decode_image_and_mask(serialized, channels)
-            # Resample the uint8 image directly; -1 marks padding (real pixels are >= 0).
-            crop, mask = scale_crop_flip(
-                image, mask, crop_size, scale_range, flip, ignore_label, element_seed, -1.0
-            )
-            valid = crop[..., :1] >= 0.0
-            matrix, offset = colour_and_normalization(crop, valid, element_seed)
-            pixels = tf.reshape(crop, [-1, channels]) @ matrix + offset
-            # Zero the padding (a multiply is cheaper than a broadcasting tf.where here).
-            out = tf.reshape(pixels, tf.shape(crop)) * tf.cast(valid, tf.float32)
-            return tf.ensure_shape(out, [*crop_size, channels]), mask
-
         # Normalisation as an affine map: finish(x - mean) = x @ norm + norm_offset.
         norm = finish(tf.eye(channels), normalization)
         norm_offset = -tf.linalg.matvec(norm, mean, transpose_a=True)
+        luma = tf.constant(
+            [[1.0 / channels] * channels if channels != 3 else [0.299, 0.587, 0.114]]
+        )
 
-        def colour_and_normalization(crop, valid, element_seed):
-            """One affine map for colour jitter (if any) followed by the normalisation."""
+        def colour_map(window, element_seed):
+            """The affine map of colour jitter (if any) followed by the normalisation."""
             if not photometric:
-                return norm, norm_offset
-            weights = tf.cast(valid, tf.float32)
-            luma = (
-                tf.reduce_mean(crop, axis=-1, keepdims=True)
-                if channels == 1
-                else (crop @ tf.constant([[0.299], [0.587], [0.114]]))
-            )
-            mean_grey = tf.reduce_sum(luma * weights) / tf.maximum(tf.reduce_sum(weights), 1.0)
-            if channels == 3:
-                matrix, offset = random_color_affine(element_seed, mean_grey)
+                matrix, offset = norm, norm_offset
             else:
-                matrix, offset = random_color_affine(
-                    element_seed, mean_grey, saturation=(1, 1), hue=0.0
-                )
-                matrix, offset = matrix[:1, :1], offset[:1]
-            return matrix @ norm, tf.linalg.matvec(norm, offset, transpose_a=True) + norm_offset
+                # Mean grey of the source pixels the crop covers, from every 4th row/column.
+                sample = tf.cast(window[::4, ::4], tf.float32)
+                mean_grey = tf.reduce_mean(tf.reshape(sample, [-1, channels]) @ tf.transpose(luma))
+                if channels == 3:
+                    matrix, offset = random_color_affine(element_seed, mean_grey)
+                else:
+                    matrix, offset = random_color_affine(
+                        element_seed, mean_grey, saturation=(1, 1), hue=0.0
+                    )
+                    matrix, offset = matrix[:1, :1], offset[:1]
+                matrix = matrix @ norm
+                offset = tf.linalg.matvec(norm, offset, transpose_a=True) + norm_offset
+
+            def apply(pixels):
+                flat = tf.reshape(pixels, [-1, channels]) @ matrix + offset
+                return tf.reshape(flat, tf.shape(pixels))
+
+            return apply
+
+        def train_map(record, element_seed):
+            filename, serialized = record
+            parsed = parse_serialized(serialized)
+            data = parsed["image_bytes"]
+            mask = _decode_mask(parsed, filename)
+            if fast_decode:
+                hw = image_size(data)
+                max_ratio = tf.where(is_png(data), 1, 8)
+            else:
+                full = decode_image(data, channels)
+                hw = tf.shape(full)[:2]
+                max_ratio = 1
+            mask = check_same_size(hw, mask, parsed["source_id"], filename)
+            plan = plan_crop(hw[0], hw[1], crop_size, scale_range, flip, element_seed, max_ratio)
+            if fast_decode:
+                window = decode_window(data, plan.window(), plan.ratio, channels)
+            else:
+                y, x = plan.y, plan.x
+                window = full[y.start : y.start + y.rows, x.start : x.start + x.rows]
+            return resample_window(
+                window, mask, plan, crop_size, ignore_label, colour_map(window, element_seed)
+            )
 
         ds = ds.map(train_map, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
         ds = ds.batch(batch_size, drop_remainder=True if drop_remainder is None else drop_remainder)
     else:
 
-        def eval_map(serialized):
-            image, mask, _ = decode_image_and_mask(serialized, channels)
+        def eval_map(filename, serialized):
+            image, mask, _ = decode_image_and_mask(serialized, channels, filename)
             image = finish(tf.cast(image, tf.float32) - mean, normalization)
             mask = tf.cast(mask, tf.int32)
             if crop_size is not None:
