@@ -99,11 +99,27 @@ def decode_window(data: tf.Tensor, window: tf.Tensor, ratio: tf.Tensor, channels
         full = tf.io.decode_png(data, channels=channels)
         return full[window[0] : window[0] + window[2], window[1] : window[1] + window[3]]
 
-    # `ratio` is an attribute of the decode op (a constant): one branch per factor.
+    # libjpeg treats the edges of a crop like image edges when it upsamples the chroma, so
+    # the pixels next to them differ (by a level or two) from a full decode: decode one more
+    # pixel on every side (where the image has one) and cut it off again.
+    size = image_size(data)
+
     def jpeg_at(r: int):
-        return lambda: tf.image.decode_and_crop_jpeg(
-            data, window, channels=channels, ratio=r, dct_method=JPEG_DCT_METHOD
-        )
+        def decode():
+            full_h = (size[0] + r - 1) // r
+            full_w = (size[1] + r - 1) // r
+            top = tf.maximum(window[0] - 1, 0)
+            left = tf.maximum(window[1] - 1, 0)
+            bottom = tf.minimum(window[0] + window[2] + 1, full_h)
+            right = tf.minimum(window[1] + window[3] + 1, full_w)
+            wider = tf.stack([top, left, bottom - top, right - left])
+            image = tf.image.decode_and_crop_jpeg(
+                data, wider, channels=channels, ratio=r, dct_method=JPEG_DCT_METHOD
+            )
+            dy, dx = window[0] - top, window[1] - left
+            return image[dy : dy + window[2], dx : dx + window[3]]
+
+        return decode
 
     branch = tf.add_n([tf.cast(ratio >= r, tf.int32) for r in (2, 4, 8)])
     image = tf.cond(
