@@ -3,6 +3,8 @@
 Both are measured in the same run on the same shards, for two kinds of images:
 
 - `synthetic`: 512x512 JPEGs of rendered shapes with PNG masks (like PASCAL VOC records),
+- `large`: 1536x1536 synthetic JPEGs (`--large-size`), where decoding only the crop's window
+  pays off most,
 - `real`: photos of the Oxford-IIIT Pet sample (various sizes, about 500x375) with their
   trimap PNGs, from the shared data sets (`$KERAS_DENSE_DATA` or ../shared/datasets); left
   out, with a note, when absent.
@@ -21,6 +23,7 @@ import os
 import statistics
 import sys
 import tempfile
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -117,6 +120,7 @@ def measure(pattern: str, n_images: int, args, ragged: bool) -> dict:
 
     n = n_images * args.epochs
     runs: dict[str, list[float]] = {"raw": [], "pipeline": [], "pipeline_full_decode": []}
+    cpu: dict[str, list[float]] = {k: [] for k in runs}
     consumers = {
         "raw": consume(raw),
         "pipeline": consume(full(True)),
@@ -126,8 +130,11 @@ def measure(pattern: str, n_images: int, args, ragged: bool) -> dict:
         fn()
     for _ in range(args.runs):  # interleaved so that machine noise hits all alike
         for name, fn in consumers.items():
+            start = time.process_time()
             runs[name].append(median_time(fn, runs=1, warmup=0)[0])
+            cpu[name].append(time.process_time() - start)
     med = {k: statistics.median(v) for k, v in runs.items()}
+    med_cpu = {k: statistics.median(v) for k, v in cpu.items()}
     return {
         "images_per_run": n,
         "raw_decode_images_per_s": round(n / med["raw"], 1),
@@ -139,7 +146,13 @@ def measure(pattern: str, n_images: int, args, ragged: bool) -> dict:
             round(min(r / p for r, p in zip(runs["raw"], runs["pipeline"])), 3),
             round(max(r / p for r, p in zip(runs["raw"], runs["pipeline"])), 3),
         ],
+        # CPU seconds of this process (all threads): less sensitive to other processes.
+        "cpu_ratio_pipeline_over_raw": round(med_cpu["raw"] / med_cpu["pipeline"], 3),
+        "cpu_ratio_full_decode_pipeline_over_raw": round(
+            med_cpu["raw"] / med_cpu["pipeline_full_decode"], 3
+        ),
         "run_seconds": {k: [round(t, 3) for t in v] for k, v in runs.items()},
+        "run_cpu_seconds": {k: [round(t, 3) for t in v] for k, v in cpu.items()},
     }
 
 
@@ -151,7 +164,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--epochs", type=int, default=2, help="passes per timed run")
     parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--sources", default="synthetic,real", help="synthetic,real")
+    parser.add_argument("--sources", default="synthetic,real,large", help="synthetic,real,large")
+    parser.add_argument("--large-size", type=int, default=1536)
+    parser.add_argument("--large-images", type=int, default=16)
     args = parser.parse_args()
 
     import tensorflow as tf
@@ -172,6 +187,13 @@ def main() -> None:
         if "synthetic" in sources:
             pattern = make_shards(os.path.join(tmp, ""), args.images, args.size)
             results["synthetic_512"] = measure(pattern, args.images, args, False)
+        if "large" in sources:
+            folder = os.path.join(tmp, "large")
+            os.makedirs(folder)
+            pattern = make_shards(folder, args.large_images, args.large_size)
+            results[f"synthetic_{args.large_size}"] = measure(
+                pattern, args.large_images, args, False
+            )
         if "real" in sources:
             pets = find_pets()
             if pets is None:

@@ -82,32 +82,46 @@ def decode_image_and_mask(
     return image, mask, parsed["source_id"]
 
 
-def decode_window(data: tf.Tensor, window: tf.Tensor, ratio: tf.Tensor, channels: int) -> tf.Tensor:
-    """Decodes only `window` (`[top, left, rows, cols]`) of an image, at 1/ratio for JPEG.
+def decode_window(
+    data: tf.Tensor,
+    window: tf.Tensor,
+    ratio: tf.Tensor,
+    channels: int,
+    size: tf.Tensor | None = None,
+) -> tf.Tensor:
+    """Decodes `window` (`[top, left, rows, cols]`) of an image, at 1/ratio for JPEG.
+
+    A JPEG window of at most half the image is decoded alone
+    (`tf.image.decode_and_crop_jpeg`: the entropy decoding still runs down to the window's
+    last row, the rest of the work is saved); a larger one is cut from a full decode, which
+    is then cheaper. Both give the same pixels.
 
     Args:
         data: PNG or JPEG bytes.
-        window: The crop window in decoded pixels (see `augment.decoded_window`).
+        window: The window in decoded pixels (`augment.CropPlan.window()`).
         ratio: DCT downscale factor (JPEG only; must be 1 for PNG).
         channels: Channels to decode.
+        size: `(height, width)` of the image if known (else read from the header).
 
     Returns:
         (rows, cols, channels) uint8.
     """
+    size = image_size(data) if size is None else size
+
+    def cut(image):
+        return image[window[0] : window[0] + window[2], window[1] : window[1] + window[3]]
 
     def png():
-        full = tf.io.decode_png(data, channels=channels)
-        return full[window[0] : window[0] + window[2], window[1] : window[1] + window[3]]
-
-    # libjpeg treats the edges of a crop like image edges when it upsamples the chroma, so
-    # the pixels next to them differ (by a level or two) from a full decode: decode one more
-    # pixel on every side (where the image has one) and cut it off again.
-    size = image_size(data)
+        return cut(tf.io.decode_png(data, channels=channels))
 
     def jpeg_at(r: int):
-        def decode():
-            full_h = (size[0] + r - 1) // r
-            full_w = (size[1] + r - 1) // r
+        full_h = (size[0] + r - 1) // r
+        full_w = (size[1] + r - 1) // r
+
+        def crop():
+            # libjpeg treats the edges of a crop like image edges when it upsamples the
+            # chroma, so the pixels next to them differ (by a level or two) from a full
+            # decode: decode one more pixel on every side (where there is one), cut it off.
             top = tf.maximum(window[0] - 1, 0)
             left = tf.maximum(window[1] - 1, 0)
             bottom = tf.minimum(window[0] + window[2] + 1, full_h)
@@ -119,8 +133,14 @@ def decode_window(data: tf.Tensor, window: tf.Tensor, ratio: tf.Tensor, channels
             dy, dx = window[0] - top, window[1] - left
             return image[dy : dy + window[2], dx : dx + window[3]]
 
-        return decode
+        def full():
+            return cut(
+                tf.io.decode_jpeg(data, channels=channels, ratio=r, dct_method=JPEG_DCT_METHOD)
+            )
 
+        return lambda: tf.cond(2 * window[2] * window[3] <= full_h * full_w, crop, full)
+
+    # `ratio` is an attribute of the decode ops (a constant): one branch per factor.
     branch = tf.add_n([tf.cast(ratio >= r, tf.int32) for r in (2, 4, 8)])
     image = tf.cond(
         is_png(data),
@@ -259,7 +279,7 @@ def segmentation_dataset(
             mask = check_same_size(hw, mask, parsed["source_id"], filename)
             plan = plan_crop(hw[0], hw[1], crop_size, scale_range, flip, element_seed, max_ratio)
             if fast_decode:
-                window = decode_window(data, plan.window(), plan.ratio, channels)
+                window = decode_window(data, plan.window(), plan.ratio, channels, hw)
             else:
                 y, x = plan.y, plan.x
                 window = full[y.start : y.start + y.rows, x.start : x.start + x.rows]
