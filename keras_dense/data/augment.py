@@ -102,8 +102,9 @@ def _axis(size: tf.Tensor, steps: tf.Tensor, ratio: tf.Tensor, crop: int, u: tf.
     scale = tf.cast(num, tf.float32) / q
     lo = tf.cast(tf.floor((first + 0.5) / scale - 0.5), tf.int32)
     hi = tf.cast(tf.floor((last + 0.5) / scale - 0.5), tf.int32) + 2
-    # Windows start on multiples of q decoded pixels, so that window pixel 0 is the centre
-    # of a whole scaled pixel; their length is a multiple of q for the same reason.
+    # Windows start on multiples of q decoded pixels, where an edge of a scaled pixel falls
+    # (start * num / q is whole), and are a multiple of q long: resizing the window by
+    # num / q then samples exactly the positions that resizing the whole image would.
     start = tf.minimum(tf.maximum(lo, 0) // q * q, (decoded - 1) // q * q)
     length = tf.maximum((hi - start + q - 1) // q * q, q)
     rows = tf.minimum(length, decoded - start)

@@ -114,7 +114,7 @@ def decode_window(
     def png():
         return cut(tf.io.decode_png(data, channels=channels))
 
-    def jpeg_at(r: int):
+    def jpeg(r: int, alone: bool):
         full_h = (size[0] + r - 1) // r
         full_w = (size[1] + r - 1) // r
 
@@ -138,15 +138,18 @@ def decode_window(
                 tf.io.decode_jpeg(data, channels=channels, ratio=r, dct_method=JPEG_DCT_METHOD)
             )
 
-        return lambda: tf.cond(2 * window[2] * window[3] <= full_h * full_w, crop, full)
+        return crop if alone else full
 
-    # `ratio` is an attribute of the decode ops (a constant): one branch per factor.
-    branch = tf.add_n([tf.cast(ratio >= r, tf.int32) for r in (2, 4, 8)])
-    image = tf.cond(
-        is_png(data),
-        png,
-        lambda: tf.switch_case(branch, [jpeg_at(1), jpeg_at(2), jpeg_at(4), jpeg_at(8)]),
-    )
+    # One flat switch (nested conditionals cost more in tf.data): PNG, then per DCT ratio (an
+    # attribute of the decode ops, so one branch each) the full decode and the window alone.
+    ratios = (1, 2, 4, 8)
+    level = tf.add_n([tf.cast(ratio >= r, tf.int32) for r in ratios[1:]])
+    decoded_h = (size[0] + ratio - 1) // ratio
+    decoded_w = (size[1] + ratio - 1) // ratio
+    alone = tf.cast(2 * window[2] * window[3] <= decoded_h * decoded_w, tf.int32)
+    branch = tf.where(is_png(data), 0, 1 + 2 * level + alone)
+    branches = [png] + [jpeg(r, a) for r in ratios for a in (False, True)]
+    image = tf.switch_case(branch, branches)
     image.set_shape([None, None, channels])
     return image
 
