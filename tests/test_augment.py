@@ -120,7 +120,7 @@ def test_decode_and_crop_gives_the_full_decode_result(tmp_path):
     """JPEG training crops: decoding only the window == decoding in full (same pixels)."""
     pattern = coordinate_jpeg_records(tmp_path)
     kwargs = dict(crop_size=(96, 80), training=True, seed=3, scale_range=(0.6, 2.0))
-    fast = segmentation_dataset(pattern, 2, **kwargs)
+    fast = segmentation_dataset(pattern, 2, fast_decode=True, **kwargs)
     full = segmentation_dataset(pattern, 2, fast_decode=False, **kwargs)
     batches = 0
     for (xa, ya), (xb, yb) in zip(fast.repeat(4), full.repeat(4)):
@@ -201,8 +201,17 @@ def test_dct_path_through_libjpeg_keeps_the_mask_aligned(tmp_path):
             normalization=None,
             seed=ratio,
             scale_range=scale,
+            fast_decode=True,
         )
         for images, masks in ds.repeat(3):
             for image, mask in zip(images.numpy(), masks.numpy()):
                 checked += check_alignment(image, mask, blocks, (ratio - 1) / 2 + 2, 2.5)
     assert checked > 1000
+
+
+def test_window_decoding_is_chosen_for_images_larger_than_the_crop(tmp_path):
+    from keras_dense.data.segmentation_pipeline import _large_images
+
+    pattern = coordinate_jpeg_records(tmp_path)  # 240 x 224 first
+    assert _large_images(pattern, (96, 80))
+    assert not _large_images(pattern, (200, 200))

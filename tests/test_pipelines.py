@@ -230,7 +230,7 @@ def test_image_and_mask_of_different_sizes_name_the_record_and_shard(tmp_path):
     write_dataset(str(tmp_path / "m"), [0, 1, 2], make, num_shards=3, progress=False)
     pattern = str(tmp_path / "m-*.tfrecord")
     for kwargs in (
-        dict(training=True, crop_size=32),
+        dict(training=True, crop_size=32, fast_decode=True),
         dict(training=True, crop_size=32, fast_decode=False),
         dict(),
     ):
