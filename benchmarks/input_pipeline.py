@@ -1,9 +1,18 @@
 """Input-pipeline throughput: full augmentation at crop 512 vs the raw read+decode rate.
 
-Both are measured in the same run on the same shards (synthetic 512x512 JPEG images with PNG
-masks, like PASCAL VOC records). Prints JSON.
+Both are measured in the same run on the same shards, for two kinds of images:
 
-    .venv/bin/python benchmarks/input_pipeline.py [--images 64] [--runs 5]
+- `synthetic`: 512x512 JPEGs of rendered shapes with PNG masks (like PASCAL VOC records),
+- `large`: 1536x1536 synthetic JPEGs (`--large-size`), where decoding only the crop's window
+  pays off most,
+- `real`: photos of the Oxford-IIIT Pet sample (various sizes, about 500x375) with their
+  trimap PNGs, from the shared data sets (`$KERAS_DENSE_DATA` or ../shared/datasets); left
+  out, with a note, when absent.
+
+The raw rate is parse + JPEG decode (accurate integer DCT, as the pipeline) + PNG mask decode
++ batching, with no augmentation. Prints one JSON object.
+
+    .venv/bin/python benchmarks/input_pipeline.py [--images 64] [--runs 5] [--sources real]
 """
 
 from __future__ import annotations
@@ -14,6 +23,7 @@ import os
 import statistics
 import sys
 import tempfile
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -37,6 +47,115 @@ def make_shards(directory: str, num_images: int, size: int) -> str:
     return output + "-*.tfrecord"
 
 
+def find_pets() -> str | None:
+    """The Oxford pets sample folder, if this machine has the shared data sets."""
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for root in (
+        os.environ.get("KERAS_DENSE_DATA"),
+        os.path.join(here, "..", "shared", "datasets"),
+    ):
+        if root and os.path.isdir(os.path.join(root, "oxford_pets_sample", "images")):
+            return os.path.join(root, "oxford_pets_sample")
+    return None
+
+
+def make_pet_shards(directory: str, num_images: int, pets: str) -> str:
+    """Shards of real photos (JPEG bytes kept as they are) with their trimaps as masks."""
+    import glob
+
+    import cv2
+
+    from keras_dense.data.image_io import encode_png
+    from keras_dense.data.schema import Record
+    from keras_dense.data.writer import write_dataset
+
+    stems = []
+    for path in sorted(glob.glob(os.path.join(pets, "images", "*.jpg"))):
+        stem = os.path.splitext(os.path.basename(path))[0]
+        if os.path.isfile(os.path.join(pets, "annotations", "trimaps", stem + ".png")):
+            stems.append(stem)
+        if len(stems) == num_images:
+            break
+
+    def make(stem: str) -> Record:
+        with open(os.path.join(pets, "images", stem + ".jpg"), "rb") as f:
+            data = f.read()
+        trimap = cv2.imread(os.path.join(pets, "annotations", "trimaps", stem + ".png"), 0)
+        h, w = trimap.shape
+        return Record(stem, data, "jpeg", h, w, mask_png=encode_png(trimap))
+
+    output = os.path.join(directory, "pets")
+    write_dataset(output, stems, make, num_shards=4, workers=1, progress=False)
+    return output + "-*.tfrecord"
+
+
+def measure(pattern: str, n_images: int, args, ragged: bool) -> dict:
+    """Raw read+decode vs the full training pipeline on the same shards, interleaved runs."""
+    from keras_dense.data import segmentation_dataset
+    from keras_dense.data.records_dataset import AUTOTUNE, records_dataset
+    from keras_dense.data.segmentation_pipeline import decode_image_and_mask
+
+    def raw():
+        ds = records_dataset(pattern, training=False, verify=False, with_filenames=True)
+        ds = ds.map(lambda f, r: decode_image_and_mask(r, 3, f)[:2], num_parallel_calls=AUTOTUNE)
+        # Images of one size batch densely; photos of various sizes as ragged batches.
+        ds = ds.ragged_batch(args.batch) if ragged else ds.batch(args.batch)
+        return ds.prefetch(AUTOTUNE)
+
+    def full(fast_decode: bool):
+        return lambda: segmentation_dataset(
+            pattern,
+            args.batch,
+            crop_size=args.crop,
+            training=True,
+            seed=0,
+            verify=False,
+            drop_remainder=False,
+            fast_decode=fast_decode,
+        )
+
+    def consume(make_ds):
+        ds = make_ds().repeat(args.epochs)
+        return lambda: sum(1 for _ in ds)
+
+    n = n_images * args.epochs
+    runs: dict[str, list[float]] = {"raw": [], "pipeline": [], "pipeline_full_decode": []}
+    cpu: dict[str, list[float]] = {k: [] for k in runs}
+    consumers = {
+        "raw": consume(raw),
+        "pipeline": consume(full(True)),
+        "pipeline_full_decode": consume(full(False)),
+    }
+    for fn in consumers.values():  # warm-up: file cache, graph tracing
+        fn()
+    for _ in range(args.runs):  # interleaved so that machine noise hits all alike
+        for name, fn in consumers.items():
+            start = time.process_time()
+            runs[name].append(median_time(fn, runs=1, warmup=0)[0])
+            cpu[name].append(time.process_time() - start)
+    med = {k: statistics.median(v) for k, v in runs.items()}
+    med_cpu = {k: statistics.median(v) for k, v in cpu.items()}
+    return {
+        "images_per_run": n,
+        "raw_decode_images_per_s": round(n / med["raw"], 1),
+        "segmentation_dataset_images_per_s": round(n / med["pipeline"], 1),
+        "full_decode_pipeline_images_per_s": round(n / med["pipeline_full_decode"], 1),
+        "ratio_pipeline_over_raw": round(med["raw"] / med["pipeline"], 3),
+        "ratio_full_decode_pipeline_over_raw": round(med["raw"] / med["pipeline_full_decode"], 3),
+        "ratio_spread": [
+            round(min(r / p for r, p in zip(runs["raw"], runs["pipeline"])), 3),
+            round(max(r / p for r, p in zip(runs["raw"], runs["pipeline"])), 3),
+        ],
+        # CPU seconds of this process (all threads): less sensitive to other processes.
+        "cpu_ratio_pipeline_over_raw": round(med_cpu["raw"] / med_cpu["pipeline"], 3),
+        "cpu_ratio_full_decode_pipeline_over_raw": round(
+            med_cpu["raw"] / med_cpu["pipeline_full_decode"], 3
+        ),
+        "run_seconds": {k: [round(t, 3) for t in v] for k, v in runs.items()},
+        "run_cpu_seconds": {k: [round(t, 3) for t in v] for k, v in cpu.items()},
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--images", type=int, default=64)
@@ -45,64 +164,48 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--epochs", type=int, default=2, help="passes per timed run")
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--sources", default="synthetic,real,large", help="synthetic,real,large")
+    parser.add_argument("--large-size", type=int, default=1536)
+    parser.add_argument("--large-images", type=int, default=16)
     args = parser.parse_args()
 
     import tensorflow as tf
 
-    from keras_dense.data import segmentation_dataset
-    from keras_dense.data.records_dataset import AUTOTUNE, records_dataset
-    from keras_dense.data.segmentation_pipeline import decode_image_and_mask
-
+    results: dict = {
+        "benchmark": "input_pipeline",
+        "image_size_synthetic": args.size,
+        "crop_size": args.crop,
+        "batch_size": args.batch,
+        "runs": args.runs,
+        "target_ratio": 0.8,
+        "augmentation": "random scale [0.5, 2], crop 512 with padding, flip, photometric",
+        "tf_data_threads": tf.data.Options().threading.private_threadpool_size,
+        "loadavg_before": [round(x, 2) for x in os.getloadavg()],
+    }
+    sources = args.sources.split(",")
     with tempfile.TemporaryDirectory() as tmp:
-        pattern = make_shards(tmp, args.images, args.size)
-
-        def raw():
-            ds = records_dataset(pattern, training=False, verify=False)
-            ds = ds.map(lambda r: decode_image_and_mask(r)[:2], num_parallel_calls=AUTOTUNE)
-            return ds.batch(args.batch).prefetch(AUTOTUNE)
-
-        def full():
-            return segmentation_dataset(
-                pattern,
-                args.batch,
-                crop_size=args.crop,
-                training=True,
-                seed=0,
-                verify=False,
-                drop_remainder=False,
+        if "synthetic" in sources:
+            pattern = make_shards(os.path.join(tmp, ""), args.images, args.size)
+            results["synthetic_512"] = measure(pattern, args.images, args, False)
+        if "large" in sources:
+            folder = os.path.join(tmp, "large")
+            os.makedirs(folder)
+            pattern = make_shards(folder, args.large_images, args.large_size)
+            results[f"synthetic_{args.large_size}"] = measure(
+                pattern, args.large_images, args, False
             )
-
-        def consume(make_ds):
-            ds = make_ds().repeat(args.epochs)
-            return lambda: sum(1 for _ in ds)
-
-        n = args.images * args.epochs
-        raw_runs, full_runs = [], []
-        consume_raw, consume_full = consume(raw), consume(full)
-        consume_raw()  # warm-up: file cache, graph tracing
-        consume_full()
-        for _ in range(args.runs):  # interleaved so that machine noise hits both alike
-            raw_runs.append(median_time(consume_raw, runs=1, warmup=0)[0])
-            full_runs.append(median_time(consume_full, runs=1, warmup=0)[0])
-        raw_s = statistics.median(raw_runs)
-        full_s = statistics.median(full_runs)
-        results = {
-            "benchmark": "input_pipeline",
-            "images_per_run": n,
-            "image_size": args.size,
-            "crop_size": args.crop,
-            "batch_size": args.batch,
-            "runs": args.runs,
-            "raw_decode_images_per_s": round(n / raw_s, 1),
-            "segmentation_dataset_images_per_s": round(n / full_s, 1),
-            "ratio_pipeline_over_raw": round(raw_s / full_s, 3),
-            "target_ratio": 0.8,
-            "raw_run_seconds": [round(t, 3) for t in raw_runs],
-            "pipeline_run_seconds": [round(t, 3) for t in full_runs],
-            "augmentation": "random scale [0.5, 2], crop 512 with padding, flip, photometric",
-            "tf_data_threads": tf.data.Options().threading.private_threadpool_size,
-            "environment": environment(),
-        }
+        if "real" in sources:
+            pets = find_pets()
+            if pets is None:
+                results["real_jpeg"] = {"skipped": "oxford_pets_sample not found"}
+            else:
+                pattern = make_pet_shards(tmp, args.images, pets)
+                results["real_jpeg"] = {
+                    "source": "oxford_pets_sample",
+                    **measure(pattern, args.images, args, True),
+                }
+    results["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
+    results["environment"] = environment()
     print(json.dumps(results, indent=2))
 
 

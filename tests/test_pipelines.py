@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import os
+
+import cv2
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from keras_dense.data import (
     BadInputError,
@@ -11,7 +16,11 @@ from keras_dense.data import (
     detection_dataset,
     read_examples,
     segmentation_dataset,
+    tfrecord_files,
 )
+from keras_dense.data.image_io import encode_jpeg, encode_png
+from keras_dense.data.schema import Record
+from keras_dense.data.writer import write_dataset
 
 from data_fixtures import coordinate_records
 
@@ -132,3 +141,154 @@ def test_bad_pipeline_arguments(tmp_path):
         segmentation_dataset(str(tmp_path / "s-*"), 2, training=True)
     with pytest.raises(ValueError, match="normalization='bgr'"):
         segmentation_dataset(str(tmp_path / "s-*"), 2, normalization="bgr")
+
+
+def _textured_jpeg(rng, h, w) -> bytes:
+    """A photo-like JPEG (smooth shading plus noise), where the fast DCT is visibly off."""
+    yy, xx = np.mgrid[0:h, 0:w]
+    base = np.stack([yy * 255 // h, xx * 255 // w, (yy + xx) * 127 // (h + w)], -1)
+    rgb = np.clip(base + rng.integers(-40, 40, (h, w, 3)), 0, 255).astype(np.uint8)
+    return encode_jpeg(rgb, 85)
+
+
+def test_jpeg_pixels_equal_opencv_in_every_reader(tmp_path):
+    """Training, evaluation, read_examples and detection all decode JPEG as OpenCV does."""
+    rng = np.random.default_rng(0)
+    sizes = [(64, 48), (50, 70)]
+    jpegs = [_textured_jpeg(rng, h, w) for h, w in sizes]
+
+    def make(i):
+        h, w = sizes[i]
+        mask = np.zeros((h, w), np.uint8)
+        boxes = np.array([[0.1, 0.1, 0.5, 0.6]], np.float32)
+        return Record(
+            f"tex{i}",
+            jpegs[i],
+            "jpeg",
+            h,
+            w,
+            mask_png=encode_png(mask),
+            boxes=boxes,
+            labels=np.array([1]),
+        )
+
+    write_dataset(str(tmp_path / "t"), [0, 1], make, progress=False)
+    pattern = str(tmp_path / "t-*.tfrecord")
+    flags = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
+    reference = {
+        f"tex{i}": cv2.imdecode(np.frombuffer(data, np.uint8), flags)[..., ::-1]
+        for i, data in enumerate(jpegs)
+    }
+    # The check means something: the fast DCT gives other pixels.
+    for i, data in enumerate(jpegs):
+        fast = tf.io.decode_image(data, channels=3).numpy()
+        assert np.abs(fast.astype(int) - reference[f"tex{i}"]).max() > 0
+    for example in read_examples(pattern):
+        np.testing.assert_array_equal(example["image"], reference[example["source_id"]])
+    for images, _ in segmentation_dataset(pattern, 1, normalization=None):
+        image = images.numpy()[0]
+        match = [k for k, v in reference.items() if v.shape == image.shape]
+        np.testing.assert_array_equal(image, reference[match[0]])
+    # Training at scale 1 without flip or jitter samples every pixel at its centre.
+    train = segmentation_dataset(
+        pattern,
+        1,
+        crop_size=(80, 80),
+        training=True,
+        scale_range=(1.0, 1.0),
+        flip=False,
+        photometric=False,
+        normalization=None,
+    )
+    for images, masks in train:
+        h, w = (masks.numpy()[0] != 255).any(1).sum(), (masks.numpy()[0] != 255).any(0).sum()
+        image = images.numpy()[0][:h, :w]
+        match = [k for k, v in reference.items() if v.shape[:2] == (h, w)]
+        np.testing.assert_allclose(image, reference[match[0]], atol=1e-3)
+    for batch in detection_dataset(pattern, 1, min_size=48, max_size=70, normalization=None):
+        sid = batch["source_id"].numpy()[0].decode()
+        h, w = reference[sid].shape[:2]
+        if min(h, w) == 48:  # Scale 1: no resampling.
+            np.testing.assert_allclose(batch["images"].numpy()[0, :h, :w], reference[sid])
+
+
+def test_image_and_mask_of_different_sizes_name_the_record_and_shard(tmp_path):
+    rng = np.random.default_rng(1)
+
+    def make(i):
+        h, w = 40, 30
+        mask_h = h + 4 if i == 1 else h
+        return Record(
+            f"pair{i}",
+            _textured_jpeg(rng, h, w),
+            "jpeg",
+            h,
+            w,
+            mask_png=encode_png(np.zeros((mask_h, w), np.uint8)),
+        )
+
+    write_dataset(str(tmp_path / "m"), [0, 1, 2], make, num_shards=3, progress=False)
+    pattern = str(tmp_path / "m-*.tfrecord")
+    for kwargs in (
+        dict(training=True, crop_size=32, fast_decode=True),
+        dict(training=True, crop_size=32, fast_decode=False),
+        dict(),
+    ):
+        with pytest.raises(tf.errors.InvalidArgumentError) as info:
+            list(segmentation_dataset(pattern, 1, **kwargs))
+        message = str(info.value)
+        assert "image and mask sizes differ" in message and "pair1" in message, message
+        assert "m-00001-of-00003.tfrecord" in message, message
+
+
+def test_verification_runs_once_per_shard_version(tmp_path, monkeypatch):
+    monkeypatch.setenv("KERAS_DENSE_CACHE", str(tmp_path / "cache"))
+    convert_shapes(str(tmp_path / "s"), 6, size=32, num_shards=2, progress=False)
+    pattern = str(tmp_path / "s-*")
+    opened = []
+    real_open = tfrecord_files._open
+
+    def counting_open(path):
+        opened.append(os.path.basename(path))
+        return real_open(path)
+
+    monkeypatch.setattr(tfrecord_files, "_open", counting_open)
+    segmentation_dataset(pattern, 2)
+    assert len(opened) == 4  # framing walk + SHA-256 of each of the two shards
+    opened.clear()
+    segmentation_dataset(pattern, 2, training=True, crop_size=16)
+    segmentation_dataset(pattern, 2)
+    assert opened == [], "a verified, unchanged shard must not be read again"
+    assert len(os.listdir(tmp_path / "cache" / "verified")) == 2
+    # Same size, new bytes, new modification time: checked again and named.
+    shard = tmp_path / "s-00001-of-00002.tfrecord"
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    stat = shard.stat()
+    shard.write_bytes(bytes(data))
+    os.utime(shard, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    with pytest.raises(BadInputError, match="s-00001-of-00002.tfrecord: SHA-256 differs"):
+        segmentation_dataset(pattern, 2)
+    assert opened == ["s-00001-of-00002.tfrecord"] * 2
+    # Restored, it passes (checked again); then a manifest edited after the check is
+    # compared with the remembered digest, without reading the shard.
+    data[len(data) // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    segmentation_dataset(pattern, 2)
+    manifest = tmp_path / "s.json"
+    content = json.loads(manifest.read_text())
+    content["shards"][0]["sha256"] = "0" * 64
+    manifest.write_text(json.dumps(content))
+    opened.clear()
+    with pytest.raises(BadInputError, match="s-00000-of-00002.tfrecord: SHA-256 differs"):
+        segmentation_dataset(pattern, 2)
+    assert opened == []
+
+
+def test_remote_shards_are_not_read_up_front(monkeypatch):
+    assert tfrecord_files.is_remote("gs://bucket/train-00000-of-00001.tfrecord")
+    assert tfrecord_files.is_remote("s3://b/x") and tfrecord_files.is_remote("hdfs://n/x")
+    assert not tfrecord_files.is_remote("/data/x.tfrecord")
+    assert not tfrecord_files.is_remote("file:///data/x.tfrecord")
+    monkeypatch.setattr(tfrecord_files, "_open", lambda path: pytest.fail(f"read {path}"))
+    tfrecord_files.check_files(["gs://bucket/train-00000-of-00001.tfrecord"])

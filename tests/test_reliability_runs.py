@@ -264,3 +264,43 @@ def test_rest_client_errors_name_the_url():
         client.predict([np.zeros((8, 8, 3), np.uint8)], model="m", protocol="rest")
     with pytest.raises(ServingError, match="response is not JSON"):
         parse_rest_response(b"<html>bad gateway</html>")
+
+
+def test_labels_outside_the_classes_stop_the_pipeline_naming_the_record(tmp_path):
+    from keras_dense.data import convert_pairs, segmentation_dataset
+
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    images.mkdir()
+    masks.mkdir()
+    rng = np.random.default_rng(0)
+    for i, top in enumerate((1, 5)):  # p1 holds label 5: outside a 2-class model
+        (images / f"p{i}.png").write_bytes(encode_png(rng.integers(0, 255, (16, 16, 3), np.uint8)))
+        mask = np.zeros((16, 16), np.uint8)
+        mask[:4, :4] = top
+        (masks / f"p{i}.png").write_bytes(encode_png(mask))
+    convert_pairs(str(images), str(masks), str(tmp_path / "s" / "train"), progress=False)
+    pattern = str(tmp_path / "s" / "train-*.tfrecord")
+    for training in (True, False):
+        ds = segmentation_dataset(
+            pattern, 2, crop_size=16, training=training, num_classes=2, photometric=False
+        )
+        with pytest.raises(tf.errors.InvalidArgumentError, match=r"p1.*train-00000-of-00001"):
+            for _ in ds:
+                pass
+    # Without the class count (e.g. inspecting data), the labels pass through as they are.
+    masks_seen = [m.numpy() for _, m in segmentation_dataset(pattern, 2, crop_size=16)]
+    assert 5 in np.concatenate([m.ravel() for m in masks_seen])
+
+
+def test_a_flipped_byte_in_a_shard_without_manifest_is_named(tmp_path, monkeypatch):
+    from keras_dense.data import convert_shapes, segmentation_dataset
+
+    monkeypatch.setenv("KERAS_DENSE_CACHE", str(tmp_path / "cache"))
+    convert_shapes(str(tmp_path / "s" / "train"), 3, size=32, progress=False)
+    (tmp_path / "s" / "train.json").unlink()
+    shard = tmp_path / "s" / "train-00000-of-00001.tfrecord"
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # inside a record's payload: only its CRC shows it
+    shard.write_bytes(bytes(data))
+    with pytest.raises(BadInputError, match=r"train-00000-of-00001\.tfrecord: corrupt TFRecord"):
+        segmentation_dataset(str(tmp_path / "s" / "train-*.tfrecord"), 1)

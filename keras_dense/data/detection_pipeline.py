@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import tensorflow as tf
 
+from keras_dense.data.decode import decode_image
 from keras_dense.data.records_dataset import AUTOTUNE, records_dataset, with_seeds
 from keras_dense.data.schema import parse_serialized
 from keras_dense.utils.normalization import check_mode, normalize
@@ -96,8 +97,7 @@ def detection_dataset(
 
     def prepare(serialized, element_seed):
         parsed = parse_serialized(serialized)
-        image = tf.io.decode_image(parsed["image_bytes"], channels=3, expand_animations=False)
-        image.set_shape([None, None, 3])
+        image = decode_image(parsed["image_bytes"], 3)
         height, width = tf.shape(image)[0], tf.shape(image)[1]
         scale = fast_rcnn_scale(height, width, min_size, max_size)
         new_h = tf.cast(tf.round(tf.cast(height, tf.float32) * scale), tf.int32)

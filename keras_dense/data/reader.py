@@ -7,6 +7,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import tensorflow as tf
 
+from keras_dense.data.decode import decode_image
 from keras_dense.data.errors import BadInputError
 from keras_dense.data.schema import parse_serialized
 from keras_dense.data.tfrecord_files import resolve_files
@@ -20,7 +21,8 @@ def decode_record(serialized: bytes, source: str = "<record>") -> dict:
         source: Name used in error messages.
 
     Returns:
-        A dict with `source_id` (str) and `image` (H, W, 3) uint8; when present `mask`
+        A dict with `source_id` (str) and `image` (H, W, 3) uint8 (JPEG decoded with the
+        accurate integer DCT, as everywhere in keras_dense); when present `mask`
         (H, W) uint8, `boxes` (n, 4) float32 normalised yxyx, `labels` (n,) int64,
         `difficult` (n,) bool, `is_crowd` (n,) bool and `proposals` (m, 4) float32.
 
@@ -31,9 +33,7 @@ def decode_record(serialized: bytes, source: str = "<record>") -> dict:
         parsed = parse_serialized(tf.constant(serialized))
         out = {
             "source_id": parsed["source_id"].numpy().decode(),
-            "image": tf.io.decode_image(
-                parsed["image_bytes"], channels=3, expand_animations=False
-            ).numpy(),
+            "image": decode_image(parsed["image_bytes"], 3).numpy(),
         }
         if parsed["mask_bytes"].numpy():
             out["mask"] = tf.io.decode_png(parsed["mask_bytes"], channels=1).numpy()[..., 0]

@@ -18,6 +18,7 @@ def records_dataset(
     deterministic: bool | None = None,
     cache: bool | str = False,
     verify: bool = True,
+    with_filenames: bool = False,
 ) -> tf.data.Dataset:
     """Serialized records from all matching shards, interleaved.
 
@@ -32,10 +33,13 @@ def records_dataset(
         seed: Seed of the file shuffle.
         deterministic: Passed to `interleave`; None leaves it to `tf.data.Options`.
         cache: Cache the serialized records in memory (True) or in the file named by a string.
-        verify: Check framing and manifest checksums up front (names a damaged file).
+        verify: Check framing and manifest checksums up front (names a damaged file); each
+            local shard is checked once and the result cached (`tfrecord_files.check_files`).
+        with_filenames: Yield `(shard file, record)` pairs, so that errors about a record can
+            name its file.
 
     Returns:
-        A dataset of scalar string tensors.
+        A dataset of scalar string tensors, or of `(filename, record)` string pairs.
     """
     files = resolve_files(file_pattern)
     if verify:
@@ -43,8 +47,15 @@ def records_dataset(
     ds = tf.data.Dataset.from_tensor_slices(files)
     if training and len(files) > 1:
         ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+
+    def read(filename):
+        records = tf.data.TFRecordDataset(filename, buffer_size=1 << 20)
+        if with_filenames:
+            return records.map(lambda record: (filename, record))
+        return records
+
     ds = ds.interleave(
-        lambda f: tf.data.TFRecordDataset(f, buffer_size=1 << 20),
+        read,
         cycle_length=min(len(files), 8),
         block_length=1,
         num_parallel_calls=AUTOTUNE if len(files) > 1 else None,

@@ -1,8 +1,22 @@
 """Finding TFRecord shards and checking them before they are read.
 
 TensorFlow reports a damaged record as "corrupted record at N" without naming the file.
-The checks here name it: `check_files` walks each shard's record framing (cheap: it seeks from
+The checks here name it: `check_files` walks each shard's record framing (it seeks from
 header to header) and, where the shards' manifest is present, compares SHA-256 digests.
+
+A full check reads every byte (about 9 ms per MB), so each local shard is checked once: the
+outcome is remembered in a small JSON file per shard in the verification cache
+(`$KERAS_DENSE_CACHE/verified`, by default `~/.cache/keras_dense/verified`), keyed by the
+shard's absolute path, size and modification time (ns). A shard that is rewritten or touched
+is checked again (an edit that keeps both the size and the modification time, which needs a
+deliberate `os.utime`, is not noticed); a cache that cannot be written is not an error (the
+shard is then checked at every start). Cache files are written under a temporary name (with
+the PID) and renamed, so concurrent workers never read a half-written entry.
+
+Remote shards (`gs://`, `s3://`, `hdfs://`, anything with a URL scheme other than `file://`)
+are not read up front: a full check would download every shard at every start. Their
+damage shows up when the records are read (TensorFlow's `DataLossError`); run `check_files`
+on a local copy, or with `remote=True`, to check them fully.
 """
 
 from __future__ import annotations
@@ -14,10 +28,23 @@ import os
 import re
 import struct
 from collections.abc import Sequence
+from typing import BinaryIO
 
 from keras_dense.data.errors import BadInputError
 
 _SHARD = re.compile(r"^(?P<stem>.+)-\d{5}-of-\d{5}\.tfrecord$")
+_SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
+CACHE_VERSION = 1
+
+
+def is_remote(path: str) -> bool:
+    """Whether a path names a remote file system (`gs://...`), not a local file."""
+    return bool(_SCHEME.match(str(path))) and not str(path).startswith("file://")
+
+
+def _open(path: str) -> BinaryIO:
+    """Opens a shard for reading (one place, so tests can count the reads)."""
+    return open(path, "rb")
 
 
 def resolve_files(file_pattern: str | Sequence[str]) -> list[str]:
@@ -35,7 +62,12 @@ def resolve_files(file_pattern: str | Sequence[str]) -> list[str]:
     patterns = [file_pattern] if isinstance(file_pattern, (str, os.PathLike)) else file_pattern
     files: list[str] = []
     for pattern in patterns:
-        matched = sorted(glob.glob(str(pattern)))
+        if is_remote(str(pattern)):
+            import tensorflow as tf
+
+            matched = sorted(tf.io.gfile.glob(str(pattern)))
+        else:
+            matched = sorted(glob.glob(str(pattern)))
         if not matched:
             raise BadInputError(str(pattern), "no TFRecord file matches this pattern")
         files.extend(matched)
@@ -56,7 +88,7 @@ def scan_framing(path: str) -> int:
     """
     size = os.path.getsize(path)
     count = 0
-    with open(path, "rb") as f:
+    with _open(path) as f:
         pos = 0
         while pos < size:
             header = f.read(12)
@@ -99,42 +131,133 @@ def load_manifest(path: str) -> dict:
 
 def _sha256(path: str) -> str:
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
+    with _open(path) as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
 
 
-def check_files(files: Sequence[str], verify_checksums: bool = True) -> None:
-    """Checks shards before reading: framing always, SHA-256 against the manifest if asked.
+def cache_dir() -> str:
+    """The verification cache: `$KERAS_DENSE_CACHE/verified` or `~/.cache/keras_dense/verified`."""
+    root = os.environ.get("KERAS_DENSE_CACHE") or os.path.join(
+        os.path.expanduser("~"), ".cache", "keras_dense"
+    )
+    return os.path.join(root, "verified")
+
+
+def _cache_file(path: str) -> str:
+    key = hashlib.sha256(os.path.abspath(path).encode()).hexdigest()[:32]
+    return os.path.join(cache_dir(), key + ".json")
+
+
+def _stat_key(path: str) -> dict:
+    stat = os.stat(path)
+    return {
+        "version": CACHE_VERSION,
+        "path": os.path.abspath(path),
+        "size": stat.st_size,
+        "mtime_ns": stat.st_mtime_ns,
+    }
+
+
+def _cached(path: str, key: dict) -> dict | None:
+    """The remembered check of `path` if it is for the file as it is now."""
+    try:
+        with open(_cache_file(path)) as f:
+            entry = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(entry, dict) or any(entry.get(k) != v for k, v in key.items()):
+        return None
+    return entry
+
+
+def _remember(path: str, key: dict, records: int, sha256: str | None) -> None:
+    """Writes the cache entry atomically (temporary name with the PID, then rename)."""
+    target = _cache_file(path)
+    tmp = f"{target}.{os.getpid()}.tmp"
+    try:
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        with open(tmp, "w") as f:
+            json.dump({**key, "records": records, "sha256": sha256}, f)
+        os.replace(tmp, target)
+    except OSError:  # A read-only or full cache only costs a re-check next time.
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+
+
+def check_files(
+    files: Sequence[str],
+    verify_checksums: bool = True,
+    use_cache: bool = True,
+    remote: bool = False,
+) -> None:
+    """Checks shards before reading: framing always, then SHA-256 against the manifest, or,
+    for shards the manifest does not cover, every record's CRC.
+
+    A local shard whose path, size and modification time match a remembered successful check
+    is not read again (see the module docstring); its remembered record count and digest are
+    compared with the manifest as it is now.
 
     Args:
         files: Shard paths.
         verify_checksums: Compare each shard with its manifest entry, where one exists.
+        use_cache: Use and update the verification cache.
+        remote: Also read remote shards (`gs://` ...) in full; by default they are skipped.
 
     Raises:
         BadInputError: Naming the damaged or altered file.
     """
     manifests: dict[str, dict] = {}
     for path in files:
-        count = scan_framing(path)
+        if is_remote(path):
+            if remote:
+                _check_record_crcs(path)
+            continue
         manifest_file = find_manifest(path) if verify_checksums else None
-        if manifest_file is None:
-            continue
-        if manifest_file not in manifests:
-            manifests[manifest_file] = {
-                s["file"]: s for s in load_manifest(manifest_file).get("shards", [])
-            }
-        entry = manifests[manifest_file].get(os.path.basename(path))
-        if entry is None:
-            continue
-        if entry.get("records") is not None and entry["records"] != count:
+        entry = None
+        if manifest_file is not None:
+            if manifest_file not in manifests:
+                manifests[manifest_file] = {
+                    s["file"]: s for s in load_manifest(manifest_file).get("shards", [])
+                }
+            entry = manifests[manifest_file].get(os.path.basename(path))
+        want_sha = bool(entry and entry.get("sha256"))
+        key = _stat_key(path) if use_cache else None
+        cached = _cached(path, key) if use_cache else None
+        if cached is not None and (cached.get("sha256") or not want_sha):
+            count, digest = cached["records"], cached.get("sha256")
+        else:
+            count = scan_framing(path)
+            digest = _sha256(path) if want_sha else None
+            if not want_sha:  # no manifest digest: check every record's own CRC instead
+                _check_record_crcs(path)
+        if entry is not None and entry.get("records") is not None and entry["records"] != count:
             raise BadInputError(
                 path, f"holds {count} records but {manifest_file} says {entry['records']}"
             )
-        if entry.get("sha256") and entry["sha256"] != _sha256(path):
+        if want_sha and entry["sha256"] != digest:
             raise BadInputError(
                 path,
                 f"SHA-256 differs from {manifest_file}: the shard is "
                 "corrupt or was changed after conversion",
             )
+        if use_cache and (cached is None or digest != cached.get("sha256")):
+            _remember(path, key, count, digest)
+
+
+def _check_record_crcs(path: str) -> None:
+    """Reads a shard in full through TensorFlow (which checks each record's CRC-32C), naming
+    the file if it is damaged; for shards without a manifest digest, and remote ones."""
+    import tensorflow as tf
+
+    index = 0
+    try:
+        for _ in tf.data.TFRecordDataset(path):
+            index += 1
+    except tf.errors.DataLossError as err:
+        raise BadInputError(
+            path, f"corrupt TFRecord after record {index} ({str(err).splitlines()[0]})"
+        ) from None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from keras_dense.data.decode import JPEG_DCT_METHOD
 from keras_dense.utils.normalization import finish, mean_pixel
 
 JPEG_MAGIC = b"\xff\xd8\xff"
@@ -77,7 +78,7 @@ def decode_image_bytes(
         image = tf.cond(
             is_png,
             lambda: tf.io.decode_png(data, channels=channels),
-            lambda: tf.io.decode_jpeg(data, channels=channels, dct_method="INTEGER_ACCURATE"),
+            lambda: tf.io.decode_jpeg(data, channels=channels, dct_method=JPEG_DCT_METHOD),
         )
     return tf.ensure_shape(image, [None, None, channels])
 

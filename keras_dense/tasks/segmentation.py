@@ -87,7 +87,11 @@ def crop_masks_to_output(
 
 
 def segmentation_datasets(
-    recipe: dict, output_size=None, num_workers: int = 1, worker_index: int = 0
+    recipe: dict,
+    output_size=None,
+    num_workers: int = 1,
+    worker_index: int = 0,
+    num_classes: int | None = None,
 ):
     """Training and validation datasets of a segmentation recipe.
 
@@ -99,6 +103,8 @@ def segmentation_datasets(
             shards and validation runs a fixed number of steps on a repeated dataset (every
             worker must run the same steps).
         worker_index: This process's index in the cluster.
+        num_classes: The model's classes: a record with mask labels outside them (other than
+            the ignore label) stops training, naming the record and its shard.
 
     Returns:
         `(train, validation, steps_per_epoch, validation_steps)`; validation is None when the
@@ -112,6 +118,7 @@ def segmentation_datasets(
         "channels": data["channels"],
         "cache": data["cache"],
         "seed": recipe["seed"],
+        "num_classes": num_classes,
     }
     batch = training["batch_size"]
     train = segmentation_dataset(
@@ -173,7 +180,10 @@ class SegmentationTask(Task):
     def datasets(self, recipe, model, num_workers, worker_index):
         data = recipe["data"]
         output_size = _output_size(model, data["crop_size"], data["channels"])
-        return segmentation_datasets(recipe, output_size, num_workers, worker_index)
+        num_classes = int(model.outputs[0].shape[-1])
+        return segmentation_datasets(
+            recipe, output_size, num_workers, worker_index, num_classes=num_classes
+        )
 
     def finalize_model(self, model, mixed_precision):
         return float32_logits(model) if mixed_precision else model
