@@ -40,7 +40,8 @@ def builder_kwargs(
 
     `num_classes` defaults to the data's class count (and must match it when given);
     `input_shape` defaults to `(None, None, channels)`, and `0` in a given shape means
-    "any size" (TOML has no null).
+    "any size"; the string `"none"` stands for None (TOML has no null), e.g.
+    `--set model.kwargs.backbone_weights=\"none\"` for a run without downloads.
 
     Args:
         name: The builder name.
@@ -88,6 +89,8 @@ def builder_kwargs(
     for key, value in list(out.items()):
         if isinstance(value, list):
             out[key] = tuple(value)
+        elif value == "none":
+            out[key] = None
     return builder, out
 
 
