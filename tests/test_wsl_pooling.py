@@ -165,3 +165,89 @@ def test_class_wise_pooling_checks_the_channels():
         ClassWisePooling2D(maps_per_class=4)(_maps((1, 3, 3, 6)))
     with pytest.raises(ValueError, match="maps_per_class"):
         ClassWisePooling2D(maps_per_class=0)
+
+
+# ------------------------------------------------------------------------- wsl_classifier
+
+
+def _pool_reference(maps: np.ndarray, pooling: str, maps_per_class: int) -> np.ndarray:
+    """Image logits from the `class_maps` output, in NumPy."""
+    b, h, w, cm = maps.shape
+    maps = maps.reshape(b, h, w, cm // maps_per_class, maps_per_class).mean(-1)
+    ranked = _sorted_positions(maps)
+    if pooling == "gap":
+        return ranked.mean(-1)
+    if pooling == "max":
+        return ranked[..., -1]
+    if pooling == "lse":
+        return _lse_reference(maps, 5.0)
+    alpha = 1.0 if pooling == "weldon" else 0.7
+    return ranked[..., -1] + alpha * ranked[..., 0]
+
+
+@pytest.mark.parametrize(
+    ("pooling", "maps_per_class"),
+    [("gap", 1), ("max", 1), ("lse", 1), ("weldon", 1), ("wildcat", 1), ("wildcat", 3), ("gap", 2)],
+)
+def test_wsl_classifier_pools_its_class_maps(pooling, maps_per_class):
+    from keras_dense import apps
+
+    model = apps.wsl_classifier(num_classes=3, pooling=pooling, maps_per_class=maps_per_class)
+    assert model.name == f"wsl_vgg16_{pooling}"
+    probe = keras.Model(model.inputs, [model.get_layer("class_maps").output, model.output])
+    images = np.random.default_rng(0).normal(0, 50, (2, 64, 48, 3)).astype(np.float32)
+    maps, logits = (np.asarray(t) for t in probe(images))
+    assert maps.shape == (2, 4, 3, 3 * maps_per_class)  # stride 16
+    assert logits.shape == (2, 3)
+    want = _pool_reference(maps, pooling, maps_per_class)
+    np.testing.assert_allclose(logits, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+    has_class_wise = any(isinstance(layer, ClassWisePooling2D) for layer in model.layers)
+    assert has_class_wise == (maps_per_class > 1 or pooling == "wildcat")
+
+
+@pytest.mark.parametrize(("backbone", "channels"), [("resnet50", 2048), ("mobilenetv2", 320)])
+def test_wsl_classifier_backbones_run_at_any_size(backbone, channels):
+    from keras_dense import apps
+
+    model = apps.wsl_classifier(num_classes=2, backbone=backbone, pooling="lse")
+    assert model.get_layer("class_maps").input.shape[-1] == channels
+    for height, width in ((32, 32), (64, 40)):
+        logits = model(np.zeros((1, height, width, 3), np.float32))
+        assert tuple(logits.shape) == (1, 2)
+    probe = keras.Model(model.inputs, model.get_layer("class_maps").output)
+    assert tuple(probe(np.zeros((1, 64, 64, 3), np.float32)).shape) == (1, 2, 2, 2)  # stride 32
+
+
+def test_wsl_classifier_loads_backbone_weights_from_a_file(tmp_path):
+    from keras_dense import apps
+
+    source = keras.applications.MobileNetV2(
+        weights=None, include_top=False, input_shape=(224, 224, 3)
+    )
+    path = tmp_path / "mobilenetv2.weights.h5"
+    source.save_weights(path)
+    model = apps.wsl_classifier(num_classes=2, backbone="mobilenetv2", backbone_weights=str(path))
+    for name in ("Conv1", "block_16_project", "block_16_project_BN"):
+        for mine, theirs in zip(
+            model.get_layer(name).get_weights(), source.get_layer(name).get_weights()
+        ):
+            np.testing.assert_array_equal(mine, theirs)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"backbone": "alexnet"}, "backbone"),
+        ({"pooling": "mean"}, "pooling"),
+        ({"maps_per_class": 0}, "maps_per_class"),
+        ({"pooling": "gap", "pooling_kwargs": {"r": 2.0}}, "pooling_kwargs"),
+        ({"pooling": "lse", "pooling_kwargs": {"k": 2}}, "pooling_kwargs"),
+        ({"pooling": "lse", "pooling_kwargs": {"r": -1.0}}, "r must be"),
+        ({"input_shape": (None, None, 1)}, "input_shape"),
+    ],
+)
+def test_wsl_classifier_checks_its_arguments(kwargs, match):
+    from keras_dense import apps
+
+    with pytest.raises(ValueError, match=match):
+        apps.wsl_classifier(num_classes=2, **kwargs)
