@@ -26,7 +26,7 @@ LAYERS = (
     ("tiling",),
     ("apps", "losses", "metrics"),
     ("signatures",),
-    ("prediction",),
+    ("prediction", "localization"),
     ("evaluation",),
     ("tasks",),
     ("export",),
