@@ -25,6 +25,7 @@ LAYERS = (
     ("data",),
     ("tiling",),
     ("apps", "losses", "metrics"),
+    ("analysis",),
     ("signatures",),
     ("prediction", "localization"),
     ("evaluation",),
