@@ -411,7 +411,8 @@ def empirical_receptive_field(
     images = tf.convert_to_tensor(np.asarray(keras.ops.convert_to_numpy(images)), tf.float32)
     if images.shape.rank != 4:
         raise ValueError(f"images must be (batch, height, width, channels), got {images.shape}")
-    probe = keras.Model(model.inputs, layer.output)
+    inputs = list(model.inputs)
+    probe = keras.Model(inputs[0] if len(inputs) == 1 else inputs, layer.output)
     with tf.GradientTape() as tape:
         tape.watch(images)
         outputs = probe(images, training=False)

@@ -47,6 +47,12 @@ def _resize(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(keras.ops.convert_to_numpy(resized), np.float32)
 
 
+def _single_input(model: keras.Model):
+    """The model's input tensor when it has one (so that a probe takes a plain array)."""
+    inputs = list(model.inputs)
+    return inputs[0] if len(inputs) == 1 else inputs
+
+
 def _producers(model: keras.Model) -> dict[int, keras.layers.Layer]:
     """`id(output tensor) -> layer` over the model's own layers (first call of each)."""
     found = {}
@@ -93,7 +99,7 @@ def class_maps(model: keras.Model, images, upsample: bool = True) -> np.ndarray:
     for candidate in model.layers:
         if isinstance(candidate, ClassWisePooling2D) and candidate.input is layer.output:
             maps_per_class = candidate.maps_per_class
-    probe = keras.Model(model.inputs, layer.output)
+    probe = keras.Model(_single_input(model), layer.output)
     maps = np.asarray(keras.ops.convert_to_numpy(probe(images, training=False)), np.float32)
     if maps_per_class > 1:
         b, h, w, channels = maps.shape
@@ -107,7 +113,7 @@ def _cam_layers(classifier: keras.Model):
         "class_activation_maps needs a classifier whose single output is "
         "GlobalAveragePooling2D -> [Dropout] -> Dense -> [Activation/Softmax]"
     )
-    outputs = keras.tree.flatten(classifier.output)
+    outputs = keras.tree.flatten(classifier.outputs)
     if len(outputs) != 1:
         raise ValueError(f"{expected}; {classifier.name!r} has {len(outputs)} outputs")
     producers = _producers(classifier)
@@ -159,7 +165,7 @@ def class_activation_maps(classifier: keras.Model, images, upsample: bool = True
     """
     images = _as_images(images)
     pooling, dense = _cam_layers(classifier)
-    features_model = keras.Model(classifier.inputs, pooling.input)
+    features_model = keras.Model(_single_input(classifier), pooling.input)
     features = np.asarray(keras.ops.convert_to_numpy(features_model(images, training=False)))
     kernel = np.asarray(keras.ops.convert_to_numpy(dense.kernel), np.float64)
     maps = np.einsum("bhwk,kc->bhwc", features.astype(np.float64), kernel).astype(np.float32)

@@ -104,6 +104,31 @@ def test_cam_of_keras_applications_resnet50():
     np.testing.assert_allclose(_log_softmax(logits), log_probabilities, atol=1e-4)
 
 
+@pytest.mark.parametrize("kind", ["sequential", "nested-backbone"])
+def test_cam_of_sequential_and_nested_models(kind):
+    if kind == "sequential":
+        model = keras.Sequential(
+            [
+                keras.Input((16, 16, 3)),
+                keras.layers.Conv2D(4, 3),
+                keras.layers.GlobalAveragePooling2D(),
+                keras.layers.Dense(2, bias_initializer="random_normal"),
+            ]
+        )
+    else:
+        backbone = keras.applications.MobileNetV2(
+            weights=None, include_top=False, input_shape=(32, 32, 3)
+        )
+        inputs = keras.Input((32, 32, 3))
+        pooled = keras.layers.GlobalAveragePooling2D()(backbone(inputs))
+        model = keras.Model(inputs, keras.layers.Dense(2, bias_initializer="random_normal")(pooled))
+    size = model.inputs[0].shape[1]
+    images = _images((2, size, size, 3))
+    maps = class_activation_maps(model, images, upsample=False)
+    bias = model.layers[-1].bias.numpy()
+    np.testing.assert_allclose(maps.mean(axis=(1, 2)) + bias, np.asarray(model(images)), atol=1e-5)
+
+
 def test_cam_maps_are_the_weighted_features():
     # GAP directly on the input: the features are the image channels, the kernel mixes them.
     inputs = keras.Input((None, None, 2))

@@ -101,6 +101,8 @@ def test_zero_padding_and_the_resnet_stem():
     assert receptive_field(model, "crop") == ((11, 11), (4, 4), (4.0, 8.0))
     resnet = keras.applications.ResNet50(weights=None, include_top=False)
     assert receptive_field(resnet, "pool1_pool") == ((11, 11), (4, 4), (0.0, 0.0))
+    # through every residual branch (Araujo et al., Distill 2019: 483 px)
+    assert receptive_field(resnet, "conv5_block3_out")[:2] == ((483, 483), (32, 32))
 
 
 def test_branches_take_the_largest_size_and_need_one_jump():
