@@ -8,13 +8,16 @@ import tensorflow as tf
 
 from keras_dense.layers import (
     ASPP,
+    ClassWisePooling2D,
     CrfRnn,
     CropToMatch,
     Denormalization,
+    GlobalLSEPooling2D,
     MaxPoolingWithArgmax2D,
     MaxUnpooling2D,
     ResizeToMatch,
     RoIPooling,
+    WeldonPooling2D,
 )
 
 from helpers import run_python
@@ -140,6 +143,21 @@ CASES = [
         _roi_inputs,
         name="RoIPooling-align",
     ),
+    LayerCase(GlobalLSEPooling2D, {"r": 5.0}, _normal(5, 7, 3), name="GlobalLSEPooling2D-fixed"),
+    LayerCase(
+        GlobalLSEPooling2D,
+        {"r": 2.0, "trainable_r": True},
+        _normal(5, 7, 3),
+        name="GlobalLSEPooling2D-trainable",
+    ),
+    LayerCase(WeldonPooling2D, {"k_max": 3}, _normal(5, 7, 3), name="WeldonPooling2D-max"),
+    LayerCase(
+        WeldonPooling2D,
+        {"k_max": 0.2, "k_min": 0.1, "alpha": 0.7},
+        _normal(5, 7, 3),
+        name="WeldonPooling2D-fractions",
+    ),
+    LayerCase(ClassWisePooling2D, {"maps_per_class": 3}, _normal(5, 7, 6)),
 ]
 
 # Known layer bugs, documented as strict xfails: (case id, check) -> reason. None today (the

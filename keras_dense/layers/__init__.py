@@ -7,17 +7,21 @@ from keras_dense.layers.pooling_switches import MaxPoolingWithArgmax2D, MaxUnpoo
 from keras_dense.layers.resizing import CropToMatch, ResizeToMatch
 from keras_dense.layers.roi_pooling import RoIPooling
 from keras_dense.layers.upsampling import BilinearUpsamplingInitializer, bilinear_upsampling
+from keras_dense.layers.wsl_pooling import ClassWisePooling2D, GlobalLSEPooling2D, WeldonPooling2D
 
 __all__ = [
     "ASPP",
     "BilinearUpsamplingInitializer",
+    "ClassWisePooling2D",
     "CropToMatch",
     "CrfRnn",
     "Denormalization",
+    "GlobalLSEPooling2D",
     "MaxPoolingWithArgmax2D",
     "MaxUnpooling2D",
     "ResizeToMatch",
     "RoIPooling",
+    "WeldonPooling2D",
     "bilinear_upsampling",
     "set_crf_iterations",
     "use_portable_crf",

@@ -1,0 +1,233 @@
+"""Localisation without boxes: class maps of classifiers, and points and boxes from them.
+
+- `class_maps`: the `class_maps` layer of a `keras_dense.apps.wsl_classifier`, averaged per
+  class, at the input resolution (bilinear) or the feature resolution.
+- `class_activation_maps`: Zhou et al.'s CAM (CVPR 2016) for any Keras classifier that ends
+  `GlobalAveragePooling2D -> Dense`: the map of class `c` is `sum_k w_kc f_k` over the
+  features `f` that enter the global average pooling.
+- `points_from_maps`: the peak of each class map (the pointing game's prediction).
+- `boxes_from_maps`: the box of the largest connected region above a fraction of each map's
+  maximum (the CAM paper's localisation).
+
+Maps are NumPy arrays `(B, H, W, C)`. Points are `(y, x)` pixel indices; boxes are
+`[ymin, xmin, ymax, xmax]` in pixels with inclusive ends, the convention of
+`keras_dense.detection.boxes` (a one-pixel region is the box `[y, x, y, x]`).
+"""
+
+from __future__ import annotations
+
+import cv2
+import keras
+import numpy as np
+
+from keras_dense.layers.walk import iter_layers
+from keras_dense.layers.wsl_pooling import ClassWisePooling2D
+
+CLASS_MAPS_LAYER = "class_maps"
+# Layers that may follow the CAM's Dense layer (its pre-activation logits are what CAM splits).
+_OUTPUT_ACTIVATIONS = (keras.layers.Activation, keras.layers.Softmax)
+# Layers between the global average pooling and the Dense layer that are identities at
+# inference.
+_INFERENCE_IDENTITIES = (keras.layers.Dropout,)
+
+
+def _as_images(images) -> np.ndarray:
+    images = np.asarray(keras.ops.convert_to_numpy(images))
+    if images.ndim != 4:
+        raise ValueError(
+            f"images must be a batch (batch, height, width, channels), got the shape {images.shape}"
+        )
+    return images
+
+
+def _resize(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    resized = keras.ops.image.resize(
+        maps.astype(np.float32), size, interpolation="bilinear", data_format="channels_last"
+    )
+    return np.asarray(keras.ops.convert_to_numpy(resized), np.float32)
+
+
+def _single_input(model: keras.Model):
+    """The model's input tensor when it has one (so that a probe takes a plain array)."""
+    inputs = list(model.inputs)
+    return inputs[0] if len(inputs) == 1 else inputs
+
+
+def _producers(model: keras.Model) -> dict[int, keras.layers.Layer]:
+    """`id(output tensor) -> layer` over the model's own layers (first call of each)."""
+    found = {}
+    for layer in model.layers:
+        try:
+            outputs = keras.tree.flatten(layer.output)
+        except (AttributeError, ValueError):
+            continue
+        for tensor in outputs:
+            found[id(tensor)] = layer
+    return found
+
+
+def class_maps(model: keras.Model, images, upsample: bool = True) -> np.ndarray:
+    """The class maps of a weakly supervised classifier (`keras_dense.apps.wsl_classifier`).
+
+    Reads the output of the layer named `class_maps` (the 1x1 convolution before the spatial
+    pooling, found with `keras_dense.layers.walk.iter_layers`). When a `ClassWisePooling2D`
+    layer follows it (`maps_per_class > 1` or WILDCAT), each class's maps are averaged as
+    that layer does, so that there is one map per class.
+
+    Args:
+        model: The classifier; its `class_maps` layer must be in its own graph (not in a
+            nested model).
+        images: `(B, H, W, 3)` images, preprocessed as for the classifier.
+        upsample: Resize the maps bilinearly to `(H, W)`; `False` keeps the feature resolution
+            `(h, w)`.
+
+    Returns:
+        float32 maps `(B, H, W, C)` (or `(B, h, w, C)`).
+
+    Raises:
+        ValueError: The model has no `class_maps` layer, or images are not a batch.
+    """
+    images = _as_images(images)
+    layer = next((item for item in iter_layers(model) if item.name == CLASS_MAPS_LAYER), None)
+    if layer is None:
+        raise ValueError(
+            f"model {model.name!r} has no layer named {CLASS_MAPS_LAYER!r}: expected a "
+            "keras_dense.apps.wsl_classifier (use class_activation_maps for a GAP -> Dense "
+            "classifier)"
+        )
+    maps_per_class = 1
+    for candidate in model.layers:
+        if isinstance(candidate, ClassWisePooling2D) and candidate.input is layer.output:
+            maps_per_class = candidate.maps_per_class
+    probe = keras.Model(_single_input(model), layer.output)
+    maps = np.asarray(keras.ops.convert_to_numpy(probe(images, training=False)), np.float32)
+    if maps_per_class > 1:
+        b, h, w, channels = maps.shape
+        maps = maps.reshape(b, h, w, channels // maps_per_class, maps_per_class).mean(axis=-1)
+    return _resize(maps, images.shape[1:3]) if upsample else maps
+
+
+def _cam_layers(classifier: keras.Model):
+    """The classifier's final `(GlobalAveragePooling2D, Dense)` pair, or a ValueError."""
+    expected = (
+        "class_activation_maps needs a classifier whose single output is "
+        "GlobalAveragePooling2D -> [Dropout] -> Dense -> [Activation/Softmax]"
+    )
+    outputs = keras.tree.flatten(classifier.outputs)
+    if len(outputs) != 1:
+        raise ValueError(f"{expected}; {classifier.name!r} has {len(outputs)} outputs")
+    producers = _producers(classifier)
+    layer = producers.get(id(outputs[0]))
+    while isinstance(layer, _OUTPUT_ACTIVATIONS):
+        layer = producers.get(id(layer.input))
+    if not isinstance(layer, keras.layers.Dense):
+        found = type(layer).__name__ if layer is not None else "nothing"
+        raise ValueError(f"{expected}; the output comes from {found} (not a Dense layer)")
+    dense = layer
+    layer = producers.get(id(dense.input))
+    while isinstance(layer, _INFERENCE_IDENTITIES):
+        layer = producers.get(id(layer.input))
+    if not isinstance(layer, keras.layers.GlobalAveragePooling2D) or layer.keepdims:
+        found = type(layer).__name__ if layer is not None else "the model input"
+        raise ValueError(
+            f"{expected}; the Dense layer {dense.name!r} is fed by {found} (expected a "
+            "GlobalAveragePooling2D with keepdims=False)"
+        )
+    if layer.data_format != "channels_last":
+        raise ValueError(f"{expected}; {layer.name!r} must be channels_last")
+    return layer, dense
+
+
+def class_activation_maps(classifier: keras.Model, images, upsample: bool = True) -> np.ndarray:
+    """Class activation maps (Zhou et al., CVPR 2016) of a GAP -> Dense classifier.
+
+    With `f_k` the `K` feature maps that enter the final `GlobalAveragePooling2D` and `w_kc`
+    the kernel of the `Dense` layer after it, the map of class `c` is `sum_k w_kc f_k(x, y)`.
+    Since the pooling is a mean, at the feature resolution (`upsample=False`) the mean of each
+    map plus the Dense bias `b_c` is exactly the class's pre-activation logit (up to float
+    rounding), whatever activation follows (the Dense layer's own, e.g. keras.applications'
+    softmax, or a separate `Activation` / `Softmax` layer). The layers are found by walking
+    back from the output (`model.layers`, `layer.input`, `layer.output`); `Dropout` between
+    the pooling and the Dense layer is skipped (an identity at inference).
+
+    Args:
+        classifier: A Keras classifier ending `GlobalAveragePooling2D -> Dense`, such as
+            `keras.applications.ResNet50()`.
+        images: `(B, H, W, 3)` images, preprocessed as for the classifier.
+        upsample: Resize the maps bilinearly to `(H, W)`; `False` keeps the feature resolution.
+
+    Returns:
+        float32 maps `(B, H, W, C)` (or `(B, h, w, C)`), without the bias.
+
+    Raises:
+        ValueError: The classifier does not end `GlobalAveragePooling2D -> Dense` (the message
+            names what was found), or images are not a batch.
+    """
+    images = _as_images(images)
+    pooling, dense = _cam_layers(classifier)
+    features_model = keras.Model(_single_input(classifier), pooling.input)
+    features = np.asarray(keras.ops.convert_to_numpy(features_model(images, training=False)))
+    kernel = np.asarray(keras.ops.convert_to_numpy(dense.kernel), np.float64)
+    maps = np.einsum("bhwk,kc->bhwc", features.astype(np.float64), kernel).astype(np.float32)
+    return _resize(maps, images.shape[1:3]) if upsample else maps
+
+
+def _as_maps(maps) -> np.ndarray:
+    maps = np.asarray(keras.ops.convert_to_numpy(maps))
+    if maps.ndim != 4:
+        raise ValueError(
+            f"maps must be (batch, height, width, classes), got the shape {maps.shape}"
+        )
+    return maps
+
+
+def points_from_maps(maps) -> np.ndarray:
+    """The location of each class map's maximum (the first one in row-major order on ties).
+
+    Args:
+        maps: `(B, H, W, C)` class maps.
+
+    Returns:
+        int64 `(B, C, 2)` points `(y, x)` in pixels of the maps.
+    """
+    maps = _as_maps(maps)
+    b, h, w, c = maps.shape
+    flat = maps.reshape(b, h * w, c)
+    index = np.argmax(flat, axis=1)  # (B, C)
+    return np.stack([index // w, index % w], axis=-1).astype(np.int64)
+
+
+def boxes_from_maps(maps, threshold: float = 0.2) -> np.ndarray:
+    """Boxes of the largest region of each class map above `threshold` times its maximum.
+
+    As in the CAM paper: the pixels with `map >= threshold * max(map)` are split into
+    8-connected regions (OpenCV's `connectedComponentsWithStats`, one call per map) and the
+    box of the region with the most pixels is kept (the first one found on ties). A map whose
+    maximum is not positive has no such region; its box is the single pixel of its maximum.
+
+    Args:
+        maps: `(B, H, W, C)` class maps (e.g. `class_maps(..., upsample=True)`).
+        threshold: The fraction of the maximum, in [0, 1] (0.2 in the CAM paper).
+
+    Returns:
+        int64 `(B, C, 4)` boxes `[ymin, xmin, ymax, xmax]`, inclusive pixel indices (the
+        convention of `keras_dense.detection.boxes`).
+
+    Raises:
+        ValueError: `threshold` is not in [0, 1].
+    """
+    if isinstance(threshold, bool) or not 0.0 <= float(threshold) <= 1.0:
+        raise ValueError(f"threshold must be in [0, 1], got {threshold!r}")
+    maps = _as_maps(maps).astype(np.float64)
+    peaks = points_from_maps(maps)
+    boxes = np.concatenate([peaks, peaks], axis=-1)  # single-pixel fallback
+    top = maps.max(axis=(1, 2))  # (B, C)
+    for i, j in zip(*np.nonzero(top > 0)):
+        mask = (maps[i, :, :, j] >= threshold * top[i, j]).astype(np.uint8)
+        count, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+        if count < 2:
+            continue
+        label = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+        x, y, width, height = (int(v) for v in stats[label, :4])
+        boxes[i, j] = (y, x, y + height - 1, x + width - 1)
+    return boxes.astype(np.int64)
