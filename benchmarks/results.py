@@ -338,7 +338,8 @@ def table(results: dict, machine: str) -> str:
             return "failed"
         return f"{value:.3f}"
 
-    for result in results.values():
+    for name in [n for n in rows() if n in results]:
+        result = results[name]
         if "error" in result:
             lines.append(f"| `{result['recipe']}` | {result['data']} | | failed | | | | |")
             continue
@@ -350,7 +351,8 @@ def table(results: dict, machine: str) -> str:
             f"{budget} | {result['paper']} |"
         )
     lines += ["", "<details><summary>Exact commands</summary>", ""]
-    for name, result in results.items():
+    for name in [n for n in rows() if n in results]:
+        result = results[name]
         lines += [f"{name}:", "", "```bash", *result.get("commands", []), "```", ""]
     lines += ["</details>", END]
     return "\n".join(lines)
@@ -374,7 +376,9 @@ def main() -> None:
     parser.add_argument("--rows", nargs="+", default=list(rows()), choices=list(rows()))
     parser.add_argument("--write-readme", action="store_true")
     args = parser.parse_args()
-    results = {}
+    # Rows measured earlier (in runs/results/results.json) stay in the table unless re-run.
+    saved = REPO / WORK / "results.json"
+    results = json.loads(saved.read_text())["results"] if saved.is_file() else {}
     for name in args.rows:
         try:
             results[name] = run_row(rows()[name])
@@ -387,7 +391,12 @@ def main() -> None:
     env = environment()
     machine = f"{env['cpu']}, {env['cpu_count']} cores, TF {env['tensorflow']}"
     report = {"results": results, "environment": env, "load_average": os.getloadavg()}
-    print(json.dumps(report, indent=2))
+    text = json.dumps(report, indent=2)
+    print(text)
+    saved.parent.mkdir(parents=True, exist_ok=True)
+    tmp = saved.with_name(f"results.json.tmp-{os.getpid()}")
+    tmp.write_text(text + "\n")
+    os.replace(tmp, saved)
     if args.write_readme:
         write_readme(table(results, machine))
 

@@ -304,3 +304,18 @@ def test_a_flipped_byte_in_a_shard_without_manifest_is_named(tmp_path, monkeypat
     shard.write_bytes(bytes(data))
     with pytest.raises(BadInputError, match=r"train-00000-of-00001\.tfrecord: corrupt TFRecord"):
         segmentation_dataset(str(tmp_path / "s" / "train-*.tfrecord"), 1)
+
+
+@pytest.mark.parametrize("interpolation", ["bilinear", "nearest"])
+def test_resize_to_match_with_sizes_known_only_at_run_time(interpolation):
+    """Validation batches have dynamic sizes: the resize must work inside tf.function."""
+    from keras_dense.layers import ResizeToMatch
+
+    layer = ResizeToMatch(interpolation=interpolation)
+    spec = [tf.TensorSpec([None, None, None, 2]), tf.TensorSpec([None, None, None, 3])]
+    graph = tf.function(lambda x, r: layer([x, r]), input_signature=spec)
+    x = np.random.default_rng(0).normal(size=(2, 5, 7, 2)).astype(np.float32)
+    reference = np.zeros((2, 11, 13, 3), np.float32)
+    want = tf.image.resize(x, (11, 13), method=interpolation).numpy()
+    np.testing.assert_allclose(graph(x, reference).numpy(), want, atol=1e-6)
+    np.testing.assert_allclose(layer([x, reference]).numpy(), want, atol=1e-5)  # static path

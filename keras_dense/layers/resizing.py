@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import keras
+import tensorflow as tf
 from keras import ops
 
 
@@ -24,10 +25,17 @@ class ResizeToMatch(keras.layers.Layer):
 
     def call(self, inputs):
         x, reference = inputs
-        shape = ops.shape(reference)
-        return ops.image.resize(
-            x, (shape[1], shape[2]), interpolation=self.interpolation, data_format="channels_last"
-        )
+        static = reference.shape[1:3]
+        if None not in static:
+            return ops.image.resize(
+                x, tuple(static), interpolation=self.interpolation, data_format="channels_last"
+            )
+        # A size known only at run time: keras.ops.image.resize compares the size with 0 in
+        # Python (Keras 3.15), which fails on a symbolic size inside tf.function; the job is
+        # TensorFlow's here (same half-pixel sampling).
+        size = tf.shape(reference)[1:3]
+        resized = tf.image.resize(x, size, method=self.interpolation)
+        return tf.cast(resized, x.dtype)
 
     def compute_output_shape(self, input_shapes):
         x_shape, ref_shape = input_shapes
