@@ -7,6 +7,8 @@ import argparse
 import json
 import os
 
+from keras_dense.commands.tta_arguments import add_tta_arguments
+
 
 def register(sub) -> None:
     """Adds the `evaluate` command to the CLI's subparsers."""
@@ -33,19 +35,7 @@ def register(sub) -> None:
     parser.add_argument(
         "--use-07-metric", action="store_true", help="detection: VOC2007 11-point AP"
     )
-    parser.add_argument(
-        "--tta",
-        choices=("none", "flip"),
-        default="none",
-        help="test-time augmentation: flip also runs each image mirrored left-right and "
-        "averages the softmax (with --scales)",
-    )
-    parser.add_argument(
-        "--scales",
-        default=None,
-        help="comma-separated image scales whose softmax is averaged, e.g. 0.75,1,1.25 "
-        "(default 1; with --tta flip, DeepLab's multi-scale + flip evaluation)",
-    )
+    add_tta_arguments(parser)
     parser.add_argument(
         "--output",
         help="folder for metrics.json and confusion_matrix.png (default: beside "

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import os
 
+from keras_dense.commands.tta_arguments import add_tta_arguments
 from keras_dense.signatures.batch_modes import BATCH_MODES
 from keras_dense.signatures.image_bytes import DEFAULT_MAX_PIXELS
 
@@ -61,19 +62,7 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--max-size", type=int, default=1000, help="detection: cap on the longer side"
     )
-    parser.add_argument(
-        "--tta",
-        choices=("none", "flip"),
-        default="none",
-        help="test-time augmentation: flip also runs each image mirrored left-right and "
-        "averages the softmax (with --scales)",
-    )
-    parser.add_argument(
-        "--scales",
-        default=None,
-        help="comma-separated image scales whose softmax is averaged, e.g. 0.75,1,1.25 "
-        "(default 1; with --tta flip, DeepLab's multi-scale + flip evaluation)",
-    )
+    add_tta_arguments(parser)
     tflite = parser.add_argument_group("tflite")
     tflite.add_argument(
         "--quantize",

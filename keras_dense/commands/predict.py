@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 
+from keras_dense.commands.tta_arguments import add_tta_arguments
 from keras_dense.data.errors import BadInputError
 from keras_dense.data.image_io import (
     image_size_from_header,
@@ -52,19 +53,7 @@ def register(sub) -> None:
         "models), always or never",
     )
     parser.add_argument("--tile-size", type=int, help="tile size for overlap-tile inference")
-    parser.add_argument(
-        "--tta",
-        choices=("none", "flip"),
-        default="none",
-        help="test-time augmentation: flip also runs each image mirrored left-right and "
-        "averages the softmax (with --scales)",
-    )
-    parser.add_argument(
-        "--scales",
-        default=None,
-        help="comma-separated image scales whose softmax is averaged, e.g. 0.75,1,1.25 "
-        "(default 1; with --tta flip, DeepLab's multi-scale + flip evaluation)",
-    )
+    add_tta_arguments(parser)
     parser.add_argument(
         "--score-threshold", type=float, default=0.5, help="detection: lowest score drawn"
     )

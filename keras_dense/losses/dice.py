@@ -8,7 +8,7 @@ import keras
 from keras import ops
 
 from keras_dense.losses.pixels import (
-    check_class_weights,
+    MaskedPixelLoss,
     class_weight_vector,
     flat_pixels,
     mean_over_present,
@@ -16,7 +16,7 @@ from keras_dense.losses.pixels import (
 
 
 @keras.saving.register_keras_serializable(package="keras_dense")
-class DiceLoss(keras.losses.Loss):
+class DiceLoss(MaskedPixelLoss):
     """Soft Dice loss (Milletari et al. 2016) of softmax probabilities.
 
     For each class c, over all counted pixels of the batch (label in `[0, K)` and not
@@ -43,14 +43,10 @@ class DiceLoss(keras.losses.Loss):
         name: str = "dice_loss",
         **kwargs,
     ):
-        kwargs.setdefault("dtype", "float32")
-        super().__init__(name=name, **kwargs)
+        super().__init__(ignore_label, class_weights, from_logits, name, **kwargs)
         if not float(smooth) >= 0:
             raise ValueError(f"smooth={smooth!r}: expected a non-negative number")
         self.smooth = float(smooth)
-        self.ignore_label = int(ignore_label)
-        self.class_weights = check_class_weights(class_weights)
-        self.from_logits = bool(from_logits)
 
     def call(self, y_true, y_pred):
         """The batch's Dice loss (a scalar)."""
@@ -67,12 +63,5 @@ class DiceLoss(keras.losses.Loss):
 
     def get_config(self):
         config = super().get_config()
-        config.update(
-            {
-                "smooth": self.smooth,
-                "ignore_label": self.ignore_label,
-                "class_weights": self.class_weights,
-                "from_logits": self.from_logits,
-            }
-        )
+        config.update({"smooth": self.smooth})
         return config

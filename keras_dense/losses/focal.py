@@ -7,11 +7,11 @@ from collections.abc import Sequence
 import keras
 from keras import ops
 
-from keras_dense.losses.pixels import check_class_weights, class_weight_vector, flat_pixels
+from keras_dense.losses.pixels import MaskedPixelLoss, class_weight_vector, flat_pixels
 
 
 @keras.saving.register_keras_serializable(package="keras_dense")
-class FocalLoss(keras.losses.Loss):
+class FocalLoss(MaskedPixelLoss):
     """Softmax focal loss `-(1 - p_t)^gamma * log(p_t)`, the mean over the counted pixels.
 
     `p_t` is the probability of the true class; `log(p_t)` comes from `log_softmax` of the
@@ -38,14 +38,10 @@ class FocalLoss(keras.losses.Loss):
         name: str = "focal_loss",
         **kwargs,
     ):
-        kwargs.setdefault("dtype", "float32")
-        super().__init__(name=name, **kwargs)
+        super().__init__(ignore_label, class_weights, from_logits, name, **kwargs)
         if not float(gamma) >= 0:
             raise ValueError(f"gamma={gamma!r}: expected a non-negative number")
         self.gamma = float(gamma)
-        self.ignore_label = int(ignore_label)
-        self.class_weights = check_class_weights(class_weights)
-        self.from_logits = bool(from_logits)
 
     def call(self, y_true, y_pred):
         """Per-pixel losses scaled so that the mean reduction gives the weighted mean."""
@@ -66,12 +62,5 @@ class FocalLoss(keras.losses.Loss):
 
     def get_config(self):
         config = super().get_config()
-        config.update(
-            {
-                "gamma": self.gamma,
-                "ignore_label": self.ignore_label,
-                "class_weights": self.class_weights,
-                "from_logits": self.from_logits,
-            }
-        )
+        config.update({"gamma": self.gamma})
         return config

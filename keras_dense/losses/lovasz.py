@@ -8,7 +8,7 @@ import keras
 import tensorflow as tf
 
 from keras_dense.losses.pixels import (
-    check_class_weights,
+    MaskedPixelLoss,
     class_weight_vector,
     flat_pixels,
     mean_over_present,
@@ -52,7 +52,7 @@ def lovasz_softmax_per_class(probs, labels, valid):
 
 
 @keras.saving.register_keras_serializable(package="keras_dense")
-class LovaszSoftmaxLoss(keras.losses.Loss):
+class LovaszSoftmaxLoss(MaskedPixelLoss):
     """Lovász-softmax loss (Berman, Triki and Blaschko, CVPR 2018) of a whole batch.
 
     The pixels of the batch are pooled (the paper's non-per-image variant); for each class the
@@ -78,11 +78,7 @@ class LovaszSoftmaxLoss(keras.losses.Loss):
         name: str = "lovasz_softmax_loss",
         **kwargs,
     ):
-        kwargs.setdefault("dtype", "float32")
-        super().__init__(name=name, **kwargs)
-        self.ignore_label = int(ignore_label)
-        self.class_weights = check_class_weights(class_weights)
-        self.from_logits = bool(from_logits)
+        super().__init__(ignore_label, class_weights, from_logits, name, **kwargs)
 
     def call(self, y_true, y_pred):
         """The batch's Lovász-softmax loss (a scalar)."""
@@ -91,14 +87,3 @@ class LovaszSoftmaxLoss(keras.losses.Loss):
         losses, present = lovasz_softmax_per_class(probs, labels, valid)
         weights = class_weight_vector(self.class_weights, num_classes)
         return mean_over_present(losses, present, weights)
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            {
-                "ignore_label": self.ignore_label,
-                "class_weights": self.class_weights,
-                "from_logits": self.from_logits,
-            }
-        )
-        return config

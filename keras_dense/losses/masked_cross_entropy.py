@@ -7,9 +7,11 @@ from collections.abc import Sequence
 import keras
 from keras import ops
 
+from keras_dense.losses.pixels import MaskedPixelLoss
+
 
 @keras.saving.register_keras_serializable(package="keras_dense")
-class MaskedSparseCrossEntropy(keras.losses.Loss):
+class MaskedSparseCrossEntropy(MaskedPixelLoss):
     """Sparse softmax cross-entropy over pixels, skipping `ignore_label`, with class weights.
 
     The loss of a batch is the weighted mean over its labelled pixels:
@@ -34,13 +36,7 @@ class MaskedSparseCrossEntropy(keras.losses.Loss):
         name: str = "masked_sparse_cross_entropy",
         **kwargs,
     ):
-        kwargs.setdefault("dtype", "float32")
-        super().__init__(name=name, **kwargs)
-        self.ignore_label = int(ignore_label)
-        self.class_weights = None if not class_weights else [float(w) for w in class_weights]
-        if self.class_weights is not None and min(self.class_weights) < 0:
-            raise ValueError(f"class_weights={class_weights!r}: expected non-negative numbers")
-        self.from_logits = bool(from_logits)
+        super().__init__(ignore_label, class_weights, from_logits, name, **kwargs)
 
     def call(self, y_true, y_pred):
         """Per-pixel losses scaled so that the mean reduction gives the weighted mean."""
@@ -72,14 +68,3 @@ class MaskedSparseCrossEntropy(keras.losses.Loss):
         total = ops.cast(ops.size(cross_entropy), "float32")
         scale = ops.divide_no_nan(total, ops.sum(weights))
         return cross_entropy * weights * scale
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            {
-                "ignore_label": self.ignore_label,
-                "class_weights": self.class_weights,
-                "from_logits": self.from_logits,
-            }
-        )
-        return config

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import keras
 from keras import ops
 
 
@@ -72,3 +73,43 @@ def mean_over_present(per_class, present, weights):
     """Weighted mean of (K,) per-class losses over the classes present; 0 when none is."""
     w = present * weights
     return ops.divide_no_nan(ops.sum(per_class * w), ops.sum(w))
+
+
+class MaskedPixelLoss(keras.losses.Loss):
+    """Base of the per-pixel segmentation losses: the arguments they all share.
+
+    Pixels whose label is `ignore_label` or outside `[0, K)` do not count (and get zero
+    gradient); the losses compute in float32 whatever the dtype policy.
+
+    Args:
+        ignore_label: Label value of pixels that do not count (255).
+        class_weights: Optional non-negative weight per class.
+        from_logits: `y_pred` holds logits (True) or probabilities (False).
+        name: Loss name.
+        **kwargs: `keras.losses.Loss` arguments (`reduction`, `dtype`).
+    """
+
+    def __init__(
+        self,
+        ignore_label: int = 255,
+        class_weights: Sequence[float] | None = None,
+        from_logits: bool = True,
+        name: str | None = None,
+        **kwargs,
+    ):
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(name=name, **kwargs)
+        self.ignore_label = int(ignore_label)
+        self.class_weights = check_class_weights(class_weights)
+        self.from_logits = bool(from_logits)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "ignore_label": self.ignore_label,
+                "class_weights": self.class_weights,
+                "from_logits": self.from_logits,
+            }
+        )
+        return config

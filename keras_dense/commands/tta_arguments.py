@@ -1,0 +1,26 @@
+"""The `--tta` / `--scales` options that `evaluate`, `predict` and `export` share."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_tta_arguments(parser: argparse.ArgumentParser) -> None:
+    """Adds `--tta {none,flip}` and `--scales S1,S2,...` (read by `keras_dense.utils.tta`).
+
+    Args:
+        parser: The command's parser.
+    """
+    parser.add_argument(
+        "--tta",
+        choices=("none", "flip"),
+        default="none",
+        help="test-time augmentation: flip also runs each image mirrored left-right and "
+        "averages the softmax (with --scales)",
+    )
+    parser.add_argument(
+        "--scales",
+        default=None,
+        help="comma-separated image scales whose softmax is averaged, e.g. 0.75,1,1.25 "
+        "(default 1; with --tta flip, DeepLab's multi-scale + flip evaluation)",
+    )
