@@ -224,6 +224,17 @@ def test_gt_valid_masks_boxes():
     assert labels[0, anchor_index(2, 2)] == 1
 
 
+def test_a_box_touching_no_inside_anchor_makes_no_positive():
+    # [0, 0, 3, 3] overlaps only border anchors: py-faster-rcnn's tie rule would turn every
+    # inside anchor (all at IoU 0 with it) positive; here none is.
+    anchors = small_anchors()
+    gts = np.array([[[0, 0, 3, 3]]], np.float32)
+    labels = match_anchors(anchors, gts, np.array([1]), np.array([[128, 128]]))["labels"]
+    labels = labels.numpy()
+    assert (labels != 1).all()
+    assert (labels == 0).sum() == 36  # the 6 x 6 inside anchors
+
+
 def many_boxes_batch(num_gt):
     """16 x 16 map, scales 16 and 64: every inside 64-px anchor matched exactly by a box."""
     anchors = generate_anchors(16, 16, 16, scales=(16, 64), ratios=(1,)).numpy()
@@ -413,6 +424,32 @@ def test_proposals_match_the_numpy_reference(training, with_scale):
         assert (boxes[b, n:] == 0).all() and (scores[b, n:] == 0).all()
     # NMS did something, and the post-NMS cut applies (image 0 fills it in training).
     assert (counts < pre).all()
+
+
+def test_tied_scores_keep_the_anchor_order():
+    # Equal logits everywhere (all scores tie) and zero deltas: the boxes are the clipped
+    # anchors, ranked by anchor index as the stable reference sort does.
+    objectness, deltas, shapes = proposal_inputs()
+    objectness = np.zeros_like(objectness)
+    deltas = np.zeros_like(deltas)
+    layer = ProposalLayer(**LAYER_ARGS, test_post_nms_top_n=80, min_size=8)
+    boxes, scores, counts = (t.numpy() for t in layer([objectness, deltas, shapes]))
+    anchors = reference_anchors(8, 10, **LAYER_ARGS)
+    for b in range(2):
+        want, _ = reference_proposals(
+            objectness[b].reshape(-1),
+            deltas[b].reshape(-1, 4),
+            anchors,
+            shapes[b],
+            1.0,
+            6000,
+            80,
+            0.7,
+            8,
+        )
+        assert counts[b] == len(want)
+        np.testing.assert_allclose(boxes[b, : counts[b]], want, atol=1e-3)
+        np.testing.assert_allclose(scores[b, : counts[b]], 0.5)
 
 
 def test_proposals_drop_small_boxes_and_stay_inside():

@@ -12,7 +12,8 @@ Batched and in graph, no loop over images. Per image:
    `keras_dense.detection.iou_matrix` (a box is suppressed when its IoU with a kept,
    higher-scoring box exceeds `nms_iou`), through one batched
    `tf.image.combined_non_max_suppression` (its IoU uses exclusive extents, so it is given
-   boxes with `ymax + 1`, `xmax + 1`, which makes the two IoUs identical);
+   boxes with `ymax + 1`, `xmax + 1`, which makes the two IoUs identical). Ties in score
+   are broken by anchor index (NMS ranks the boxes by their top-N position, not by score);
 6. the first `post_nms_top_n` survivors (2000 training / 300 test), best first.
 
 The outputs are padded to `post_nms_top_n` rows: `[proposals (B, N, 4)` yxyx inclusive
@@ -95,23 +96,29 @@ def propose(
     ranked = tf.where(big_enough, scores, -1.0)  # sigmoid scores are >= 0
 
     k = tf.minimum(pre_nms_top_n, tf.shape(ranked)[1])
-    top_scores, top_index = tf.math.top_k(ranked, k=k)  # best first, ties by index
+    top_scores, top_index = tf.math.top_k(ranked, k=k)  # best first, ties by anchor index
     top_boxes = tf.gather(boxes, top_index, batch_dims=1)
+    # NMS sees the rank (k for the best box ... 1) instead of the score: tied scores, common
+    # near sigmoid saturation, keep top_k's order, and the kept ranks give back the exact
+    # boxes and scores. Boxes too small to keep get rank 0, below the score threshold.
+    ranks = tf.cast(k - tf.range(k), tf.float32)[None, :]
+    ranks = tf.where(top_scores >= 0.0, ranks, 0.0)
     exclusive = top_boxes + [0.0, 0.0, 1.0, 1.0]
     nmsed = tf.image.combined_non_max_suppression(
         exclusive[:, :, None, :],
-        top_scores[:, :, None],
+        ranks[:, :, None],
         max_output_size_per_class=post_nms_top_n,
         max_total_size=post_nms_top_n,
         iou_threshold=nms_iou,
-        score_threshold=-0.5,  # drops the -1 (too small) boxes only
+        score_threshold=0.5,
         pad_per_class=False,
         clip_boxes=False,
     )
     count = nmsed.valid_detections
     kept = tf.range(post_nms_top_n)[None, :] < count[:, None]
-    proposals = tf.where(kept[..., None], nmsed.nmsed_boxes - [0.0, 0.0, 1.0, 1.0], 0.0)
-    out_scores = tf.where(kept, nmsed.nmsed_scores, 0.0)
+    position = tf.where(kept, k - tf.cast(tf.round(nmsed.nmsed_scores), tf.int32), 0)
+    proposals = tf.where(kept[..., None], tf.gather(top_boxes, position, batch_dims=1), 0.0)
+    out_scores = tf.where(kept, tf.gather(top_scores, position, batch_dims=1), 0.0)
     return [tf.stop_gradient(proposals), tf.stop_gradient(out_scores), count]
 
 
