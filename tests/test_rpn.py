@@ -368,9 +368,34 @@ def test_head_shapes_and_gradient_reaches_every_weight():
         assert np.isfinite(grad).all() and np.abs(grad).max() > 0, weight.path
 
 
-def test_head_arguments_are_checked():
+def test_head_arguments_are_checked_and_initializer_kept():
     with pytest.raises(ValueError, match="num_anchors"):
         RPNHead(num_anchors=0)
+    with pytest.raises(ValueError, match="kernel_initializer"):
+        RPNHead(kernel_initializer="no_such_initializer")
+    head = RPNHead(num_anchors=2, filters=4, kernel_initializer="zeros")
+    clone = RPNHead.from_config(head.get_config())
+    clone(np.ones((1, 3, 3, 2), np.float32))
+    assert all((w.numpy() == 0).all() for w in clone.weights)
+    paper = RPNHead(num_anchors=2, filters=4)
+    paper(np.ones((1, 3, 3, 2), np.float32))
+    assert 0.005 < float(np.std(paper.conv.kernel.numpy())) < 0.02
+
+
+def test_targets_in_a_graph_with_dynamic_shapes():
+    fn = tf.function(
+        lambda a, g, n, s: rpn_targets(a, g, n, s, seed=(3, 4))["labels"],
+        input_signature=[
+            tf.TensorSpec([None, 4]),
+            tf.TensorSpec([None, None, 4]),
+            tf.TensorSpec([None], tf.int32),
+            tf.TensorSpec([None, 2], tf.int32),
+        ],
+    )
+    gts, counts, shapes = hand_batch()
+    got = fn(small_anchors(), gts, counts, shapes).numpy()
+    eager = rpn_targets(small_anchors(), gts, counts, shapes, seed=(3, 4))["labels"].numpy()
+    np.testing.assert_array_equal(got, eager)
 
 
 # -------------------------------------------------------------------- proposal layer
@@ -481,6 +506,16 @@ def test_proposal_layer_in_a_graph_with_dynamic_shapes():
     eager = layer([objectness, deltas, shapes])
     for g, e in zip(got, eager):
         np.testing.assert_allclose(g.numpy(), e.numpy())
+
+
+def test_functional_model_switches_to_the_training_lengths():
+    inputs = [keras.Input((None, None, 9)), keras.Input((None, None, 36))]
+    shapes = keras.Input((2,), dtype="int32")
+    layer = ProposalLayer(**LAYER_ARGS, train_post_nms_top_n=50, test_post_nms_top_n=20)
+    model = keras.Model([*inputs, shapes], layer([*inputs, shapes]))
+    objectness, deltas, image_shape = proposal_inputs()
+    assert model([objectness, deltas, image_shape])[0].shape == (2, 20, 4)
+    assert model([objectness, deltas, image_shape], training=True)[0].shape == (2, 50, 4)
 
 
 def test_proposal_layer_checks_its_arguments_and_inputs():

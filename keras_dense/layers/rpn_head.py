@@ -29,7 +29,8 @@ class RPNHead(keras.layers.Layer):
     Args:
         num_anchors: Anchors per cell A (9: 3 scales x 3 ratios).
         filters: Channels of the 3 x 3 conv (512 for VGG16, 256 for ZF).
-        kernel_initializer: Initialiser of the three kernels.
+        kernel_initializer: Initialiser of the three kernels; None for the paper's
+            `RandomNormal(stddev=0.01)`.
         **kwargs: Standard layer keyword arguments.
     """
 
@@ -37,7 +38,7 @@ class RPNHead(keras.layers.Layer):
         self,
         num_anchors: int = 9,
         filters: int = 512,
-        kernel_initializer="random_normal_001",
+        kernel_initializer=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -46,11 +47,18 @@ class RPNHead(keras.layers.Layer):
                 raise ValueError(f"{name}={value!r}: expected a positive int")
         self.num_anchors = num_anchors
         self.filters = filters
-        self.kernel_initializer = kernel_initializer
-        initializer = (
-            keras.initializers.RandomNormal(stddev=0.01)
-            if kernel_initializer == "random_normal_001"
-            else keras.initializers.get(kernel_initializer)
+        if kernel_initializer is None:
+            initializer = keras.initializers.RandomNormal(stddev=0.01)
+        else:
+            try:
+                initializer = keras.initializers.get(kernel_initializer)
+            except ValueError as error:
+                raise ValueError(
+                    f"kernel_initializer={kernel_initializer!r}: expected None or a Keras "
+                    "initializer"
+                ) from error
+        self.kernel_initializer = (
+            None if kernel_initializer is None else keras.initializers.serialize(initializer)
         )
 
         def conv(units, size, name, activation=None):
@@ -86,14 +94,11 @@ class RPNHead(keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        initializer = self.kernel_initializer
-        if not isinstance(initializer, str):
-            initializer = keras.initializers.serialize(keras.initializers.get(initializer))
         config.update(
             {
                 "num_anchors": self.num_anchors,
                 "filters": self.filters,
-                "kernel_initializer": initializer,
+                "kernel_initializer": self.kernel_initializer,
             }
         )
         return config
