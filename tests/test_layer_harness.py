@@ -15,8 +15,10 @@ from keras_dense.layers import (
     GlobalLSEPooling2D,
     MaxPoolingWithArgmax2D,
     MaxUnpooling2D,
+    ProposalLayer,
     ResizeToMatch,
     RoIPooling,
+    RPNHead,
     WeldonPooling2D,
 )
 
@@ -69,6 +71,30 @@ def _roi_inputs(rng, batch):
     rois[:, 0] = [-4.0, 2.0, 12.0, 36.0]
     return [features, rois]
 
+
+def _proposal_inputs(with_scale: bool):
+    # A 5 x 6 map at stride 8 (a 40 x 48 image), 3 anchors per cell; distinct scores.
+    def make(rng, batch):
+        objectness = rng.normal(0, 2, (batch, 5, 6, 3)).astype(np.float32)
+        deltas = rng.normal(0, 0.2, (batch, 5, 6, 12)).astype(np.float32)
+        shapes = np.tile(np.array([[40, 48]], np.int32), (batch, 1))
+        shapes[::2] = [36, 44]
+        inputs = [objectness, deltas, shapes]
+        if with_scale:
+            inputs.append(rng.uniform(0.5, 1.5, (batch,)).astype(np.float32))
+        return inputs
+
+    return make
+
+
+PROPOSAL_ARGS = {
+    "stride": 8,
+    "scales": (12, 20, 32),
+    "ratios": (1,),
+    "test_pre_nms_top_n": 60,
+    "test_post_nms_top_n": 20,
+    "min_size": 6,
+}
 
 CASES = [
     LayerCase(
@@ -158,6 +184,23 @@ CASES = [
         name="WeldonPooling2D-fractions",
     ),
     LayerCase(ClassWisePooling2D, {"maps_per_class": 3}, _normal(5, 7, 6)),
+    LayerCase(RPNHead, {"num_anchors": 3, "filters": 8}, _normal(5, 6, 4)),
+    LayerCase(
+        ProposalLayer,
+        PROPOSAL_ARGS,
+        _proposal_inputs(False),
+        name="ProposalLayer-shape",
+        float32_outputs=True,
+        atol=1e-4,
+    ),
+    LayerCase(
+        ProposalLayer,
+        {**PROPOSAL_ARGS, "nms_iou": 0.5},
+        _proposal_inputs(True),
+        name="ProposalLayer-scale",
+        float32_outputs=True,
+        atol=1e-4,
+    ),
 ]
 
 # Known layer bugs, documented as strict xfails: (case id, check) -> reason. None today (the

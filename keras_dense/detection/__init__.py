@@ -1,5 +1,7 @@
-"""Object detection pieces of Fast R-CNN: boxes, RoI sampling, loss, proposals and inference."""
+"""Object detection pieces of Fast / Faster R-CNN: boxes, anchors, RoI sampling, RPN targets,
+losses, proposals and inference."""
 
+from keras_dense.detection.anchors import anchor_sizes, generate_anchors, num_anchors
 from keras_dense.detection.boxes import (
     BOX_STDS,
     box_area,
@@ -11,18 +13,34 @@ from keras_dense.detection.boxes import (
 from keras_dense.detection.detect import detect, postprocess_detections, unpad_detections
 from keras_dense.detection.losses import fast_rcnn_loss, smooth_l1
 from keras_dense.detection.proposals import selective_search
-from keras_dense.detection.sampling import sample_rois
+from keras_dense.detection.rpn_targets import (
+    inside_image,
+    match_anchors,
+    rpn_loss,
+    rpn_targets,
+    sample_anchors,
+)
+from keras_dense.detection.sampling import random_true_indices, sample_rois
 
 __all__ = [
     "BOX_STDS",
+    "anchor_sizes",
     "box_area",
     "clip_boxes",
     "decode_boxes",
     "detect",
     "encode_boxes",
     "fast_rcnn_loss",
+    "generate_anchors",
+    "inside_image",
     "iou_matrix",
+    "match_anchors",
+    "num_anchors",
     "postprocess_detections",
+    "random_true_indices",
+    "rpn_loss",
+    "rpn_targets",
+    "sample_anchors",
     "sample_rois",
     "selective_search",
     "smooth_l1",

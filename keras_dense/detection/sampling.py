@@ -20,8 +20,19 @@ from keras_dense.detection.boxes import BOX_STDS, encode_boxes, iou_matrix
 IGNORE_LABEL = -1
 
 
-def _first_k(mask: tf.Tensor, k: int, seed: tf.Tensor | None, salt: int):
-    """Indices of `k` random True entries of `mask` (B, N) and which of the k slots are real."""
+def random_true_indices(mask: tf.Tensor, k: int, seed: tf.Tensor | None, salt: int):
+    """Indices of up to `k` random True entries of each row of `mask`, without repetition.
+
+    Args:
+        mask: (B, N) bool, with N >= k.
+        k: Slots per row.
+        seed: None (stateful random) or an int pair for `tf.random.stateless_uniform`.
+        salt: Added to the second seed word, so that draws of one step differ.
+
+    Returns:
+        `(indices, ok)`: (B, k) int32 indices into N, and (B, k) bool telling which slots
+        hold a True entry (a row with fewer than k True entries has trailing False slots).
+    """
     shape = tf.shape(mask)
     if seed is None:
         noise = tf.random.uniform(shape)
@@ -116,8 +127,8 @@ def sample_rois(
     foreground = valid & (best_iou >= fg_iou_threshold)
     background = valid & (best_iou >= low) & (best_iou < high)
 
-    fg_index, fg_ok = _first_k(foreground, fg_per_image, seed, 1)
-    bg_index, bg_ok = _first_k(background, rois_per_image, seed, 2)
+    fg_index, fg_ok = random_true_indices(foreground, fg_per_image, seed, 1)
+    bg_index, bg_ok = random_true_indices(background, rois_per_image, seed, 2)
     num_fg = tf.reduce_sum(tf.cast(fg_ok, tf.int32), axis=1, keepdims=True)
     bg_ok &= tf.range(rois_per_image)[None, :] < rois_per_image - num_fg
 

@@ -4,8 +4,10 @@ from keras_dense.layers.aspp import ASPP
 from keras_dense.layers.crf_rnn import CrfRnn, set_crf_iterations, use_portable_crf
 from keras_dense.layers.denormalization import Denormalization
 from keras_dense.layers.pooling_switches import MaxPoolingWithArgmax2D, MaxUnpooling2D
+from keras_dense.layers.proposal_layer import ProposalLayer, propose
 from keras_dense.layers.resizing import CropToMatch, ResizeToMatch
 from keras_dense.layers.roi_pooling import RoIPooling
+from keras_dense.layers.rpn_head import RPNHead, flatten_rpn_outputs
 from keras_dense.layers.upsampling import BilinearUpsamplingInitializer, bilinear_upsampling
 from keras_dense.layers.wsl_pooling import ClassWisePooling2D, GlobalLSEPooling2D, WeldonPooling2D
 
@@ -19,10 +21,14 @@ __all__ = [
     "GlobalLSEPooling2D",
     "MaxPoolingWithArgmax2D",
     "MaxUnpooling2D",
+    "ProposalLayer",
+    "RPNHead",
     "ResizeToMatch",
     "RoIPooling",
     "WeldonPooling2D",
     "bilinear_upsampling",
+    "flatten_rpn_outputs",
+    "propose",
     "set_crf_iterations",
     "use_portable_crf",
 ]
