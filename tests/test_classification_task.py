@@ -9,16 +9,16 @@ import tensorflow as tf
 
 from keras_dense import apps
 from keras_dense.data import convert_shapes, read_examples
+from keras_dense.data.classification_pipeline import (
+    classification_dataset,
+    mask_offset,
+    record_labels,
+)
 from keras_dense.data.image_io import encode_png
 from keras_dense.data.schema import Record, parse_serialized, serialize_record
 from keras_dense.data.writer import write_dataset
 from keras_dense.tasks import EvaluateOptions, get_task
-from keras_dense.tasks.classification import (
-    classification_dataset,
-    evaluate_classification,
-    mask_offset,
-    record_labels,
-)
+from keras_dense.tasks.classification import evaluate_classification
 
 NUM_CLASSES = 3  # circle, square, triangle (shapes without background)
 
