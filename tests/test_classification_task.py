@@ -193,3 +193,35 @@ def test_image_label_records_train_batches(tmp_path):
     assert mask_offset(pattern) == 0
     labels = np.concatenate([y for _, y in classification_dataset(pattern, 3, 3, (16, 16))])
     np.testing.assert_array_equal(labels, np.eye(3)[[0, 1, 2, 0, 1, 2]])
+
+
+def test_recipe_trains_and_evaluates(shapes, tmp_path):
+    import json
+    import pathlib
+
+    from keras_dense import cli
+    from keras_dense.training import load_recipe, train
+
+    recipe_path = pathlib.Path(__file__).resolve().parents[1] / "apps" / "wsl_shapes.toml"
+    recipe = load_recipe(
+        str(recipe_path),
+        [
+            f'data.train="{shapes}"',
+            f'data.validation="{shapes}"',
+            "data.crop_size=32",
+            "training.batch_size=4",
+            "training.epochs=1",
+            "training.steps_per_epoch=2",
+        ],
+    )
+    summary = train(recipe, str(tmp_path / "run"), verbose=0)
+    assert summary["monitor"] == "val_auc"
+    card = json.loads((tmp_path / "run" / "best.json").read_text())
+    assert card["task"] == "classification"
+    assert card["classes"] == ["circle", "square", "triangle"]
+    assert card["background_threshold"] == 0.5 and card["mask_offset"] == 1
+    out = tmp_path / "eval"
+    args = ["evaluate", "--model", summary["model"], "--data", shapes, "--output", str(out)]
+    assert cli.main([*args, "--pointing-tolerance", "2"]) == 0
+    report = json.loads((out / "metrics.json").read_text())
+    assert report["pointing_tolerance"] == 2.0 and report["images"] == 12
