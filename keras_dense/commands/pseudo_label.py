@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
         crf=args.crf,
         crf_parameters=card_crf_parameters(card) if args.crf else None,
         provenance={"model": args.model, "threshold_from": source},
-        ignore_label=int(card.get("ignore_label") or 255),
+        ignore_label=255 if card.get("ignore_label") is None else int(card["ignore_label"]),
         num_shards=args.num_shards,
     )
     print(summarize(manifest))

@@ -163,7 +163,7 @@ def evaluate_classification(
     names = list(card["classes"])
     num_classes = len(names)
     offset = mask_offset(pattern)
-    ignore_label = int(card.get("ignore_label", 255) or 255)
+    ignore_label = 255 if card.get("ignore_label") is None else int(card["ignore_label"])
     normalization = card.get("normalization")
     scores, targets = [], []
     pointing = {"0": None, "tol": None, "centre_0": None, "centre_tol": None}
