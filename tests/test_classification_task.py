@@ -225,3 +225,30 @@ def test_recipe_trains_and_evaluates(shapes, tmp_path):
     assert cli.main([*args, "--pointing-tolerance", "2"]) == 0
     report = json.loads((out / "metrics.json").read_text())
     assert report["pointing_tolerance"] == 2.0 and report["images"] == 12
+
+
+def test_predict_writes_scores_and_a_class_map(tmp_path):
+    import json
+
+    from keras_dense import cli
+    from keras_dense.utils.model_card import write_model_card
+    from tests.data_fixtures import write_rgb
+
+    model = _small_model()
+    path = str(tmp_path / "cls.keras")
+    model.save(path)
+    classes = ["circle", "square", "triangle"]
+    write_model_card(path, {"task": "classification", "normalization": "caffe", "classes": classes})
+    rgb = np.random.default_rng(0).integers(0, 256, (40, 48, 3), np.uint8)
+    write_rgb(tmp_path / "photo.png", rgb)
+    out = tmp_path / "pred"
+    assert (
+        cli.main(["predict", "--model", path, str(tmp_path / "photo.png"), "--output", str(out)])
+        == 0
+    )
+    scores = json.loads((out / "photo_scores.json").read_text())
+    x = rgb[None, ..., ::-1].astype(np.float32) - np.array([103.939, 116.779, 123.68], np.float32)
+    want = 1 / (1 + np.exp(-np.asarray(model(x), np.float64)[0]))
+    assert [s["class"] for s in scores] == classes
+    np.testing.assert_allclose([s["score"] for s in scores], want, rtol=1e-4)
+    assert (out / "photo_class_map.png").is_file()
