@@ -252,3 +252,29 @@ def test_predict_writes_scores_and_a_class_map(tmp_path):
     assert [s["class"] for s in scores] == classes
     np.testing.assert_allclose([s["score"] for s in scores], want, rtol=1e-4)
     assert (out / "photo_class_map.png").is_file()
+
+
+def test_ground_truth_boxes_and_mask_regions_score_perfect_maps(shapes):
+    from keras_dense.data.classification_pipeline import evaluation_records
+    from keras_dense.evaluation.localization_metrics import corloc, pointing_game
+    from keras_dense.localization import boxes_from_maps, points_from_maps
+    from keras_dense.tasks.classification import mask_region_boxes
+
+    ids = np.arange(NUM_CLASSES) + 1
+    hits = pairs = 0
+    for _image, labels, mask, boxes, box_labels in evaluation_records(shapes, 3, 1, 255):
+        maps = np.stack([(mask == i).astype(np.float32) for i in ids], -1)[None]
+        predicted = boxes_from_maps(maps, 0.2)
+        from_boxes = corloc(predicted, [{"boxes": boxes, "labels": box_labels}], class_ids=ids)
+        region_boxes, region_labels = mask_region_boxes(mask, ids)
+        from_regions = corloc(
+            predicted, [{"boxes": region_boxes, "labels": region_labels}], class_ids=ids
+        )
+        pointing = pointing_game(points_from_maps(maps), mask[None], 0, ids)
+        np.testing.assert_array_equal(pointing["hits"], pointing["counts"])
+        np.testing.assert_array_equal(from_regions["hits"], from_regions["counts"])
+        np.testing.assert_array_equal(from_boxes["counts"], labels)  # every present class
+        hits += from_boxes["hits"].sum()
+        pairs += from_boxes["counts"].sum()
+    # Boxes of overlapping instances of one class can differ from the merged region.
+    assert hits >= 0.8 * pairs
