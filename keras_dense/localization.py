@@ -231,3 +231,210 @@ def boxes_from_maps(maps, threshold: float = 0.2) -> np.ndarray:
         x, y, width, height = (int(v) for v in stats[label, :4])
         boxes[i, j] = (y, x, y + height - 1, x + width - 1)
     return boxes.astype(np.int64)
+
+
+# ----------------------------------------------------------------------------- pseudo-labels
+
+DEFAULT_BACKGROUND_THRESHOLD = 0.5
+
+
+def _normalised_maps(maps, labels) -> tuple[np.ndarray, np.ndarray]:
+    """Each labelled class's map over its image maximum; `(B, H, W, C)` and `(B, C)` allowed."""
+    maps = _as_maps(maps).astype(np.float32)
+    labels = np.asarray(labels)
+    if labels.shape != (maps.shape[0], maps.shape[-1]):
+        raise ValueError(
+            f"labels must be (images, classes) = {(maps.shape[0], maps.shape[-1])}, got "
+            f"{labels.shape}"
+        )
+    peak = maps.max(axis=(1, 2))  # (B, C)
+    allowed = (labels > 0) & (peak > 0)  # a class whose map never rises claims nothing
+    scale = np.where(allowed, peak, 1.0)[:, None, None, :]
+    return maps / scale, allowed
+
+
+def _check_threshold(threshold: float) -> float:
+    if isinstance(threshold, bool) or not 0.0 <= float(threshold) <= 1.0:
+        raise ValueError(f"background threshold must be in [0, 1], got {threshold!r}")
+    return float(threshold)
+
+
+def pseudo_label_masks(maps, labels, threshold: float = DEFAULT_BACKGROUND_THRESHOLD):
+    """Segmentation pseudo-labels from class maps and image-level labels.
+
+    Only the classes an image is labelled with may claim pixels (the others are suppressed,
+    as the adaptive bias of weakly supervised segmentation does). Each labelled class's map
+    is divided by its maximum over the image; a pixel is background (0) where every labelled
+    class is below `threshold` (also where the image has no labelled class, or the labelled
+    classes' maps are never positive), else the labelled class with the highest normalised
+    map, as id `c + 1`.
+
+    Args:
+        maps: `(B, H, W, C)` class maps (e.g. `class_maps(..., upsample=True)`).
+        labels: `(B, C)` 0/1 image labels.
+        threshold: The fraction of each class's peak below which it claims nothing, in
+            [0, 1].
+
+    Returns:
+        uint8 `(B, H, W)` masks: 0 background, `c + 1` for class `c`.
+
+    Raises:
+        ValueError: Shapes disagree, or the threshold is outside [0, 1].
+    """
+    threshold = _check_threshold(threshold)
+    normalised, allowed = _normalised_maps(maps, labels)
+    scores = np.where(allowed[:, None, None, :], normalised, -np.inf)
+    foreground = (scores >= threshold).any(axis=-1)
+    return np.where(foreground, np.argmax(scores, axis=-1) + 1, 0).astype(np.uint8)
+
+
+def pseudo_label_probabilities(maps, labels, threshold: float = DEFAULT_BACKGROUND_THRESHOLD):
+    """Class probabilities `(B, H, W, 1 + C)` behind `pseudo_label_masks`, for a dense CRF.
+
+    The unnormalised score of background is `threshold`; that of a labelled class its map
+    over its peak, clipped to [0, 1]; absent classes score 0. Each pixel's scores are divided
+    by their sum (a small epsilon keeps background and the labelled classes above zero), so
+    the argmax is the pseudo-label (ties aside) and the CRF's unary is `-log` of these.
+
+    Args:
+        maps: `(B, H, W, C)` class maps.
+        labels: `(B, C)` 0/1 image labels.
+        threshold: The background score, in [0, 1].
+
+    Returns:
+        float32 probabilities summing to 1 over the last axis.
+    """
+    threshold = _check_threshold(threshold)
+    normalised, allowed = _normalised_maps(maps, labels)
+    eps = 1e-3
+    classes = np.where(allowed[:, None, None, :], np.clip(normalised, 0.0, 1.0) + eps, 0.0)
+    background = np.full(classes.shape[:-1] + (1,), threshold + eps, np.float32)
+    scores = np.concatenate([background, classes], axis=-1)
+    return (scores / scores.sum(axis=-1, keepdims=True)).astype(np.float32)
+
+
+def crf_pseudo_label_masks(probabilities, images, labels, **crf_parameters) -> np.ndarray:
+    """Pseudo-labels refined by `keras_dense.crf.dense_crf`, absent classes still suppressed.
+
+    Args:
+        probabilities: `(B, H, W, 1 + C)` from `pseudo_label_probabilities`.
+        images: `(B, H, W, 3)` uint8 RGB images.
+        labels: `(B, C)` 0/1 image labels.
+        **crf_parameters: `dense_crf` keyword arguments (e.g. a model card's).
+
+    Returns:
+        uint8 `(B, H, W)` masks.
+    """
+    from keras_dense.crf import dense_crf
+
+    allowed = np.concatenate([np.ones((len(labels), 1), bool), np.asarray(labels) > 0], axis=-1)[
+        :, None, None, :
+    ]
+    refined = np.stack(
+        [dense_crf(p, image, **crf_parameters) for p, image in zip(probabilities, images)]
+    )
+    return np.argmax(np.where(allowed, refined, -1.0), axis=-1).astype(np.uint8)
+
+
+def write_pseudo_labels(
+    model: keras.Model,
+    pattern,
+    output: str,
+    classes,
+    normalization: str | None,
+    threshold: float = DEFAULT_BACKGROUND_THRESHOLD,
+    crf: bool = False,
+    crf_parameters: dict | None = None,
+    provenance: dict | None = None,
+    ignore_label: int = 255,
+    num_shards: int = 1,
+    progress: bool = True,
+) -> dict:
+    """Writes segmentation shards whose masks are a classifier's pseudo-labels.
+
+    Every record of `pattern` is read (any shards the classification task reads: its image
+    labels come from its mask, boxes or `image/class/label`), its class maps computed at the
+    image's size, and `pseudo_label_masks` (or, with `crf`, `crf_pseudo_label_masks`) written
+    as its mask beside the original encoded image. The class list is background + `classes`.
+
+    Args:
+        model: A `keras_dense.apps.wsl_classifier`.
+        pattern: Input shards.
+        output: `DIR/NAME` of the new shards (`keras_dense.data.writer.write_dataset`).
+        classes: The classifier's class names (without background).
+        normalization: The classifier's input normalisation.
+        threshold: Background threshold (fraction of each labelled class's peak).
+        crf: Refine with the dense CRF.
+        crf_parameters: `dense_crf` keyword arguments (None: DeepLab's defaults).
+        provenance: Stored in the manifest's `arguments` (model path, data pattern, ...).
+        ignore_label: The input masks' ignore label (when deriving labels from masks).
+        num_shards: Output shards.
+        progress: Show a progress bar.
+
+    Returns:
+        The manifest.
+    """
+    import tensorflow as tf
+
+    from keras_dense.data.classification_pipeline import (
+        decode_optional_mask,
+        mask_offset,
+        record_labels,
+    )
+    from keras_dense.data.decode import decode_image
+    from keras_dense.data.image_io import encode_png, sniff_format
+    from keras_dense.data.records_dataset import records_dataset
+    from keras_dense.data.schema import Record, parse_serialized
+    from keras_dense.data.writer import write_dataset
+    from keras_dense.utils.normalization import normalize
+
+    threshold = _check_threshold(threshold)
+    classes = list(classes)
+    offset = mask_offset(pattern)
+    serialized = list(records_dataset(pattern, False).as_numpy_iterator())
+
+    def make(item) -> Record:
+        parsed = parse_serialized(tf.constant(item))
+        image = decode_image(parsed["image_bytes"], 3)
+        height, width = int(image.shape[0]), int(image.shape[1])
+        mask = decode_optional_mask(parsed)
+        labels = record_labels(
+            parsed, mask, height, width, len(classes), offset, ignore_label
+        ).numpy()[None]
+        rgb = image.numpy()[None]
+        maps = class_maps(model, np.asarray(normalize(tf.constant(rgb), normalization)))
+        if crf:
+            probabilities = pseudo_label_probabilities(maps, labels, threshold)
+            pseudo = crf_pseudo_label_masks(probabilities, rgb, labels, **(crf_parameters or {}))
+        else:
+            pseudo = pseudo_label_masks(maps, labels, threshold)
+        data = parsed["image_bytes"].numpy()
+        return Record(
+            source_id=parsed["source_id"].numpy().decode(),
+            image_bytes=data,
+            image_format=sniff_format(data) or "jpeg",
+            height=height,
+            width=width,
+            mask_png=encode_png(pseudo[0]),
+        )
+
+    return write_dataset(
+        output,
+        serialized,
+        make,
+        item_name=lambda item: "record",
+        num_shards=num_shards,
+        classes=["background", *classes],
+        ignore_label=255,
+        task="segmentation",
+        arguments={
+            "pseudo_label": {
+                **(provenance or {}),
+                "data": pattern if isinstance(pattern, str) else list(pattern),
+                "background_threshold": threshold,
+                "crf": bool(crf),
+                "crf_parameters": dict(crf_parameters or {}) if crf else None,
+            }
+        },
+        progress=progress,
+    )

@@ -66,6 +66,12 @@ def register(sub) -> None:
     )
     _add_common_convert_args(coco)
 
+    folders = formats.add_parser(
+        "folders", help="one sub-folder of images per class (image-level labels only)"
+    )
+    folders.add_argument("--root", required=True, help="folder of class sub-folders")
+    _add_common_convert_args(folders)
+
     shapes = formats.add_parser("shapes", help="the built-in synthetic shapes set")
     shapes.add_argument("--num-images", type=int, required=True)
     shapes.add_argument("--size", type=int, default=128)
@@ -114,6 +120,8 @@ def _convert(args: argparse.Namespace) -> dict:
             on_error=args.on_error,
             **common,
         )
+    if args.format == "folders":
+        return data.convert_folders(args.root, on_error=args.on_error, **common)
     return data.convert_shapes(num_images=args.num_images, size=args.size, seed=args.seed, **common)
 
 

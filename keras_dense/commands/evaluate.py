@@ -37,6 +37,13 @@ def register(sub) -> None:
     )
     add_tta_arguments(parser)
     parser.add_argument(
+        "--pointing-tolerance",
+        type=float,
+        default=3.0,
+        help="classification: pointing-game tolerance in pixels (default 3, for images up "
+        "to about 128 px; 18 is the usual value on VOC)",
+    )
+    parser.add_argument(
         "--output",
         help="folder for metrics.json and confusion_matrix.png (default: beside "
         "the model, <model name>_eval/)",
@@ -73,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
         use_07_metric=args.use_07_metric,
         tta=tta,
         progress=True,
+        pointing_tolerance=args.pointing_tolerance,
     )
     report = {"model": args.model, "data": args.data, "task": task.name}
     report.update(task.evaluate(model, card, args.data, options))

@@ -3,6 +3,7 @@
 from keras_dense.data.converters import (
     SHAPE_CLASSES,
     convert_coco,
+    convert_folders,
     convert_pairs,
     convert_shapes,
     convert_voc,
@@ -18,6 +19,7 @@ __all__ = [
     "SHAPE_CLASSES",
     "BadInputError",
     "convert_coco",
+    "convert_folders",
     "convert_pairs",
     "convert_shapes",
     "convert_voc",

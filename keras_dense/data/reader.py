@@ -24,7 +24,8 @@ def decode_record(serialized: bytes, source: str = "<record>") -> dict:
         A dict with `source_id` (str) and `image` (H, W, 3) uint8 (JPEG decoded with the
         accurate integer DCT, as everywhere in keras_dense); when present `mask`
         (H, W) uint8, `boxes` (n, 4) float32 normalised yxyx, `labels` (n,) int64,
-        `difficult` (n,) bool, `is_crowd` (n,) bool and `proposals` (m, 4) float32.
+        `difficult` (n,) bool, `is_crowd` (n,) bool, `proposals` (m, 4) float32 and
+        `image_labels` (k,) int64 (1-based `image/class/label` ids).
 
     Raises:
         BadInputError: The record cannot be parsed or its image/mask cannot be decoded.
@@ -48,6 +49,9 @@ def decode_record(serialized: bytes, source: str = "<record>") -> dict:
         crowd = parsed["is_crowd"].numpy()
         out["difficult"] = difficult if len(difficult) == n else np.zeros(n, bool)
         out["is_crowd"] = crowd if len(crowd) == n else np.zeros(n, bool)
+    image_labels = parsed["image_labels"].numpy()
+    if image_labels.shape[0]:
+        out["image_labels"] = image_labels.astype(np.int64)
     proposals = parsed["proposals"].numpy()
     if proposals.shape[0]:
         out["proposals"] = proposals.astype(np.float32)

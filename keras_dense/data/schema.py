@@ -10,6 +10,7 @@ tools are read as they are:
 | boxes | `image/object/bbox/{xmin,ymin,xmax,ymax}`, normalised to [0, 1] |
 | box labels | `image/object/class/label` (1-based), `image/object/class/text`, `image/object/difficult`, `image/object/is_crowd` |
 | proposals | `image/proposal/bbox/{xmin,ymin,xmax,ymax}`, normalised |
+| image labels | `image/class/label`: the classes in the image (multi-label, 1-based like box labels, 0 = background) |
 
 Boxes are normalised as the Object Detection API does it: `xmin / width`, `xmax / width`.
 In memory boxes are `[ymin, xmin, ymax, xmax]` (TensorFlow's order).
@@ -36,6 +37,7 @@ LABEL_TEXT = "image/object/class/text"
 DIFFICULT = "image/object/difficult"
 IS_CROWD = "image/object/is_crowd"
 PROPOSAL_PREFIX = "image/proposal/bbox/"
+IMAGE_LABEL = "image/class/label"
 COORDS = ("ymin", "xmin", "ymax", "xmax")
 
 
@@ -61,6 +63,8 @@ class Record:
             `{"input": ..., "reason": ...}`; listed in the manifest, not serialized.
         orientation: The EXIF orientation the converter applied to the source image (1 =
             none); listed in the manifest, not serialized.
+        image_labels: (k,) 1-based ids of the classes in the image (`image/class/label`,
+            image-level multi-label annotation), or None.
     """
 
     source_id: str
@@ -78,6 +82,7 @@ class Record:
     proposals: np.ndarray | None = None
     rejected: list[dict] = field(default_factory=list)
     orientation: int = 1
+    image_labels: np.ndarray | None = None
 
 
 def _bytes(values: list[bytes]) -> tf.train.Feature:
@@ -126,6 +131,8 @@ def serialize_record(record: Record) -> bytes:
         crowd = record.is_crowd if record.is_crowd is not None else np.zeros(n)
         features[DIFFICULT] = _ints(difficult)
         features[IS_CROWD] = _ints(crowd)
+    if record.image_labels is not None:
+        features[IMAGE_LABEL] = _ints(record.image_labels)
     if record.proposals is not None:
         features.update(_box_features(PROPOSAL_PREFIX, record.proposals))
     example = tf.train.Example(features=tf.train.Features(feature=features))
@@ -144,6 +151,7 @@ def feature_spec() -> dict:
         LABEL: tf.io.VarLenFeature(tf.int64),
         DIFFICULT: tf.io.VarLenFeature(tf.int64),
         IS_CROWD: tf.io.VarLenFeature(tf.int64),
+        IMAGE_LABEL: tf.io.VarLenFeature(tf.int64),
     }
     for prefix in (BOX_PREFIX, PROPOSAL_PREFIX):
         for name in COORDS:
@@ -165,7 +173,8 @@ def parse_serialized(serialized: tf.Tensor) -> dict:
     Returns:
         A dict with `image_bytes`, `mask_bytes` (empty string when absent), `source_id`,
         `boxes` (n,4) normalised yxyx, `labels` (n,) int32, `difficult` (n,) bool,
-        `is_crowd` (n,) bool and `proposals` (m,4).
+        `is_crowd` (n,) bool, `proposals` (m,4) and `image_labels` (k,) int32 (the
+        1-based `image/class/label` ids; empty when absent).
     """
     parsed = tf.io.parse_single_example(serialized, feature_spec())
     return {
@@ -177,4 +186,5 @@ def parse_serialized(serialized: tf.Tensor) -> dict:
         "difficult": tf.cast(tf.sparse.to_dense(parsed[DIFFICULT]), tf.bool),
         "is_crowd": tf.cast(tf.sparse.to_dense(parsed[IS_CROWD]), tf.bool),
         "proposals": parse_boxes(parsed, PROPOSAL_PREFIX),
+        "image_labels": tf.cast(tf.sparse.to_dense(parsed[IMAGE_LABEL]), tf.int32),
     }

@@ -18,6 +18,7 @@ from keras_dense.tasks.task import (
 TASK_MODULES = (
     "keras_dense.tasks.segmentation",
     "keras_dense.tasks.detection",
+    "keras_dense.tasks.classification",
 )
 
 __all__ = [

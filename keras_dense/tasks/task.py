@@ -59,6 +59,8 @@ class EvaluateOptions:
         use_07_metric: VOC2007 11-point AP (tasks that report AP).
         tta: Test-time augmentation (segmentation: softmax averaged over flips and scales).
         progress: Draw a progress bar over the images on stderr (on a terminal only).
+        pointing_tolerance: Classification: the pointing game's tolerance in pixels (3 by
+            default, for images up to about 128 px; Oquab et al. use 18 on VOC).
     """
 
     crf: bool = False
@@ -66,6 +68,7 @@ class EvaluateOptions:
     use_07_metric: bool = False
     tta: TestTimeAugmentation = TestTimeAugmentation()
     progress: bool = False
+    pointing_tolerance: float = 3.0
 
 
 @dataclasses.dataclass(frozen=True)
