@@ -15,7 +15,7 @@ $(STAMP): setup.cfg pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP)
-	$(BIN)/python -m keras_dense.ops --build
+	$(BIN)/keras-dense build-ops --if-missing
 
 demo: install
 	$(BIN)/python -m keras_dense.demo --output demo_output
