@@ -33,6 +33,7 @@ import warnings
 
 SOURCE_DIR = pathlib.Path(__file__).resolve().parent
 SOURCES = ("permutohedral_ops.cc", "roi_pooling_ops.cc")
+HEADERS = ("parallel_for.h",)  # hashed with the sources: a change rebuilds
 LIBRARY_NAME = "permutohedral_ops.so"
 CACHE_ENV = "KERAS_DENSE_OPS_CACHE"
 DEFAULT_CACHE = pathlib.Path("~/.cache/keras_dense/ops")
@@ -67,7 +68,7 @@ def cache_key() -> str:
     import tensorflow as tf
 
     digest = hashlib.sha256()
-    for name in SOURCES:
+    for name in (*SOURCES, *HEADERS):
         digest.update((SOURCE_DIR / name).read_bytes())
     compile_flags, link_flags = _tf_flags()
     digest.update(" ".join([*BASE_FLAGS, *compile_flags, *link_flags]).encode())

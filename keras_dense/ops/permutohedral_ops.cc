@@ -36,6 +36,8 @@
 #include "tensorflow/core/framework/shape_inference.h"
 #include "tensorflow/core/util/work_sharder.h"
 
+#include "parallel_for.h"
+
 namespace keras_dense {
 namespace {
 
@@ -56,16 +58,9 @@ using ::tensorflow::shape_inference::ShapeHandle;
 // a synchronisation, which is slow when other processes keep the cores busy.
 constexpr int64_t kMinParallelCost = int64_t{1} << 21;
 
-// Splits `total` units of work, each costing about `cost` cycles, over the worker threads.
 template <typename Fn>
 void ParallelFor(OpKernelContext* context, int64_t total, int64_t cost, Fn fn) {
-  if (total * cost < kMinParallelCost) {
-    if (total > 0) fn(0, total);
-    return;
-  }
-  const auto* threads = context->device()->tensorflow_cpu_worker_threads();
-  ::tensorflow::Shard(threads->num_threads, threads->workers, total, cost,
-                      [&fn](int64_t begin, int64_t end) { fn(begin, end); });
+  ::keras_dense::ParallelFor(context, total, cost, kMinParallelCost, fn);
 }
 
 // Open-addressing hash table from lattice keys (the first d coordinates of a lattice point;

@@ -27,6 +27,8 @@
 #include "tensorflow/core/framework/shape_inference.h"
 #include "tensorflow/core/util/work_sharder.h"
 
+#include "parallel_for.h"
+
 namespace keras_dense {
 namespace {
 
@@ -70,13 +72,7 @@ constexpr int64_t kMinParallelCost = int64_t{1} << 20;
 
 template <typename Fn>
 void ParallelFor(OpKernelContext* context, int64_t total, int64_t cost, Fn fn) {
-  if (total * cost < kMinParallelCost) {
-    if (total > 0) fn(0, total);
-    return;
-  }
-  const auto* threads = context->device()->tensorflow_cpu_worker_threads();
-  ::tensorflow::Shard(threads->num_threads, threads->workers, total, cost,
-                      [&fn](int64_t begin, int64_t end) { fn(begin, end); });
+  ::keras_dense::ParallelFor(context, total, cost, kMinParallelCost, fn);
 }
 
 // C's round() of coordinate * scale, clipped to +-2^24; NaN reads as 0 (the pure-TF twin
