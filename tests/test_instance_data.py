@@ -1,0 +1,281 @@
+"""Instance masks in the data layer: schema, `convert instances`, shapes, COCO, detection input.
+
+References are independent NumPy: an instance's box is recomputed here from `np.nonzero` of its
+mask (`[ys.min(), xs.min(), ys.max() + 1, xs.max() + 1] / [H, W, H, W]`).
+"""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_dense.cli import main
+from keras_dense.data import (
+    BadInputError,
+    convert_instances,
+    convert_shapes,
+    decode_record,
+    read_examples,
+)
+from keras_dense.data.image_io import encode_png
+from keras_dense.data.schema import INSTANCE_MASK, Record, serialize_record
+from keras_dense.data.writer import write_dataset
+
+from data_fixtures import random_image, write_palette_png, write_rgb
+
+
+def tight_boxes(masks: np.ndarray) -> np.ndarray:
+    """(K, 4) normalised yxyx tight boxes of (K, H, W) masks, max exclusive (float32)."""
+    h, w = masks.shape[1:]
+    out = []
+    for m in masks:
+        ys, xs = np.nonzero(m)
+        out.append([ys.min(), xs.min(), ys.max() + 1, xs.max() + 1])
+    return np.asarray(out, np.float32).reshape(-1, 4) / np.float32([h, w, h, w])
+
+
+def _instance_map(rng, h, w, n):
+    """An instance-id map with ids 1..n, each with pixels (later ellipses paint over earlier)."""
+    ids = np.zeros((h, w), np.uint8)
+    for k in range(1, n + 1):
+        centre = (int(rng.integers(0, w)), int(rng.integers(0, h)))
+        axes = (int(rng.integers(2, w // 3)), int(rng.integers(2, h // 3)))
+        cv2.ellipse(ids, centre, axes, float(rng.uniform(0, 180)), 0, 360, k, -1)
+    present = [v for v in np.unique(ids) if v]
+    relabel = np.zeros(256, np.uint8)
+    relabel[present] = np.arange(1, len(present) + 1)
+    return relabel[ids]
+
+
+def _instances_folder(root, n_images=4, seed=0):
+    """`images/` (PNG and JPEG) and `masks/STEM_mask.png` (grey and palette PNGs)."""
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    truth = {}
+    for i in range(n_images):
+        h, w = int(rng.integers(32, 72)), int(rng.integers(32, 72))
+        stem = f"Ped{i:03d}"
+        write_rgb(root / "images" / f"{stem}{'.jpg' if i % 2 else '.png'}", random_image(rng, h, w))
+        ids = _instance_map(rng, h, w, int(rng.integers(1, 6)))
+        if i % 2:  # Penn-Fudan's masks are palette PNGs
+            write_palette_png(root / "masks" / f"{stem}_mask.png", ids)
+        else:
+            assert cv2.imwrite(str(root / "masks" / f"{stem}_mask.png"), ids)
+        truth[stem] = ids
+    return truth
+
+
+def _masks_of(ids):
+    n = int(ids.max())
+    return (ids[None] == np.arange(1, n + 1)[:, None, None]).astype(np.uint8)
+
+
+def test_record_round_trip_and_empty_masks():
+    rng = np.random.default_rng(1)
+    masks = (rng.random((3, 20, 30)) < 0.3).astype(np.uint8)
+    masks[:, 5, 5] = 1
+    record = Record(
+        "r",
+        encode_png(random_image(rng, 20, 30)),
+        "png",
+        20,
+        30,
+        boxes=tight_boxes(masks),
+        labels=np.array([1, 2, 1]),
+        instance_masks=[encode_png(m) for m in masks],
+    )
+    ex = decode_record(serialize_record(record))
+    np.testing.assert_array_equal(ex["instance_masks"], masks)
+    assert ex["instance_masks"].dtype == np.uint8
+    # 0/255 masks from other tools read as 0/1.
+    record.instance_masks = [encode_png(m * 255) for m in masks]
+    np.testing.assert_array_equal(decode_record(serialize_record(record))["instance_masks"], masks)
+    bare = decode_record(serialize_record(Record("b", record.image_bytes, "png", 20, 30)))
+    assert bare["instance_masks"].shape == (0, 20, 30)
+    record.instance_masks = record.instance_masks[:2]
+    with pytest.raises(ValueError, match="record 'r': 2 instance masks for 3 boxes"):
+        serialize_record(record)
+
+
+def _write_examples(path, examples):
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for ex in examples:
+            writer.write(ex.SerializeToString())
+
+
+def test_reader_names_records_with_bad_masks(tmp_path):
+    rng = np.random.default_rng(2)
+    masks = np.zeros((2, 16, 24), np.uint8)
+    masks[0, 2:5, 3:9] = masks[1, 8:12, 1:4] = 1
+    record = Record(
+        "bad_one",
+        encode_png(random_image(rng, 16, 24)),
+        "png",
+        16,
+        24,
+        boxes=tight_boxes(masks),
+        labels=np.array([1, 1]),
+        instance_masks=[encode_png(m) for m in masks],
+    )
+    fewer = tf.train.Example.FromString(serialize_record(record))
+    del fewer.features.feature[INSTANCE_MASK].bytes_list.value[1]
+    smaller = tf.train.Example.FromString(serialize_record(record))
+    smaller.features.feature[INSTANCE_MASK].bytes_list.value[1] = encode_png(masks[1, :8])
+    _write_examples(tmp_path / "a.tfrecord", [fewer])
+    _write_examples(tmp_path / "b.tfrecord", [smaller])
+    with pytest.raises(BadInputError, match=r"a.tfrecord record 0 \(bad_one\): 1 instance masks"):
+        list(read_examples(str(tmp_path / "a.tfrecord")))
+    with pytest.raises(BadInputError, match=r"bad_one\): instance mask 1 is 24x8 but the image"):
+        list(read_examples(str(tmp_path / "b.tfrecord")))
+
+
+def test_convert_instances_round_trip(tmp_path):
+    truth = _instances_folder(tmp_path)
+    manifest = convert_instances(
+        str(tmp_path / "images"),
+        str(tmp_path / "masks"),
+        str(tmp_path / "out" / "ped"),
+        class_name="pedestrian",
+        num_shards=2,
+        workers=2,
+        progress=False,
+    )
+    assert manifest["classes"] == ["pedestrian"] and manifest["box_label_offset"] == 1
+    assert manifest["num_boxes"] == sum(int(ids.max()) for ids in truth.values())
+    examples = {e["source_id"]: e for e in read_examples(str(tmp_path / "out" / "ped-*"))}
+    assert sorted(examples) == sorted(truth)
+    for stem, ids in truth.items():
+        ex, masks = examples[stem], _masks_of(ids)
+        assert ex["image"].shape[:2] == ids.shape
+        np.testing.assert_array_equal(ex["instance_masks"], masks)
+        np.testing.assert_array_equal(ex["boxes"], tight_boxes(masks))
+        np.testing.assert_array_equal(ex["labels"], np.ones(len(masks)))
+
+
+def test_convert_instances_command_with_classes_file(tmp_path, capsys):
+    truth = _instances_folder(tmp_path, n_images=3, seed=4)
+    stems = sorted(truth)
+    classes = tmp_path / "classes.csv"
+    classes.write_text(
+        f"# stem,instance,class\n*,*,person\n{stems[1]},1,bicycle\n{stems[2]},*,dog\n"
+    )
+    status = main(
+        [
+            "convert",
+            "instances",
+            "--images",
+            str(tmp_path / "images"),
+            "--masks",
+            str(tmp_path / "masks"),
+            "--classes-file",
+            str(classes),
+            "--output",
+            str(tmp_path / "o" / "p"),
+        ]
+    )
+    assert status == 0 and "wrote 3 images" in capsys.readouterr().out
+    manifest = json.loads((tmp_path / "o" / "p.json").read_text())
+    assert manifest["classes"] == ["person", "bicycle", "dog"]
+    examples = {e["source_id"]: e for e in read_examples(str(tmp_path / "o" / "p-*"))}
+    for stem, ids in truth.items():
+        n = int(ids.max())
+        expected = {stems[0]: [1] * n, stems[1]: [2] + [1] * (n - 1), stems[2]: [3] * n}[stem]
+        np.testing.assert_array_equal(examples[stem]["labels"], expected)
+        np.testing.assert_array_equal(examples[stem]["boxes"], tight_boxes(_masks_of(ids)))
+
+
+def _one_pair(tmp_path, ids, image_shape=None):
+    (tmp_path / "images").mkdir(exist_ok=True)
+    (tmp_path / "masks").mkdir(exist_ok=True)
+    h, w = image_shape or ids.shape
+    write_rgb(tmp_path / "images" / "a.png", np.zeros((h, w, 3), np.uint8))
+    write_rgb(tmp_path / "images" / "b.png", np.zeros((20, 20, 3), np.uint8))
+    good = np.zeros((20, 20), np.uint8)
+    good[3:6, 4:9] = 1
+    assert cv2.imwrite(str(tmp_path / "masks" / "b_mask.png"), good)
+    assert cv2.imwrite(str(tmp_path / "masks" / "a_mask.png"), ids)
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("gap", r"a_mask.png: instance id 2 has no pixels \(ids present: \[1, 3\]\)"),
+        ("size", r"a_mask.png: mask size 20x20 differs from its image's 24x20"),
+        ("too_many", r"a_mask.png: 4 instances \(largest id 4\) but --max-instances is 3"),
+        ("missing", r"a.png: image without an annotation: expected mask .*a_mask.png"),
+        ("no_class", r"a_mask.png: no class for instance 2 of 'a' in --classes-file"),
+    ],
+)
+def test_bad_instance_input_is_named_then_skipped(tmp_path, case, message):
+    ids = np.zeros((20, 20), np.uint8)
+    ids[1:4, 1:4], ids[5:9, 5:9], ids[10:12, 2:6], ids[14:18, 14:18] = 1, 2, 3, 4
+    if case == "gap":
+        ids[ids >= 2] = 3
+    elif case != "too_many":
+        ids[ids == 4] = 0
+    _one_pair(tmp_path, ids, (20, 24) if case == "size" else None)
+    if case == "missing":
+        (tmp_path / "masks" / "a_mask.png").unlink()
+    options = {"max_instances": 3}
+    if case == "no_class":
+        (tmp_path / "c.csv").write_text("a,1,x\nb,*,x\na,3,y\n")
+        options["classes_file"] = str(tmp_path / "c.csv")
+    args = (str(tmp_path / "images"), str(tmp_path / "masks"), str(tmp_path / "o"))
+    with pytest.raises(BadInputError, match=message):
+        convert_instances(*args, progress=False, **options)
+    manifest = convert_instances(*args, on_error="skip", progress=False, **options)
+    assert manifest["num_images"] == 1 and manifest["num_boxes"] == 1
+    [skip] = manifest["skipped"]
+    assert skip["input"].endswith("a_mask.png" if case != "missing" else "a.png")
+
+
+def test_bad_classes_file_lines_are_named(tmp_path):
+    _one_pair(tmp_path, np.ones((20, 20), np.uint8))
+    args = (str(tmp_path / "images"), str(tmp_path / "masks"), str(tmp_path / "o"))
+    for text, message in [
+        ("*,*,a\nb,1\n", r"c.csv line 2: 'b,1': expected STEM,INSTANCE_ID,CLASS"),
+        ("b,x,a\n", r"c.csv line 1: instance id 'x': expected an integer in \[1, 255\] or '\*'"),
+        ("b,1,a\nb,01,c\n", r"c.csv line 2: b,01 is already given the class 'a'"),
+    ]:
+        (tmp_path / "c.csv").write_text(text)
+        with pytest.raises(BadInputError, match=message):
+            convert_instances(*args, classes_file=str(tmp_path / "c.csv"), progress=False)
+
+
+def test_shapes_instance_masks_agree_with_the_semantic_mask_and_boxes(tmp_path):
+    convert_shapes(str(tmp_path / "s"), 8, size=64, seed=5, progress=False)
+    examples = list(read_examples(str(tmp_path / "s-*.tfrecord")))
+    assert sum(len(e["boxes"]) for e in examples) > 8
+    for ex in examples:
+        masks, mask = ex["instance_masks"], ex["mask"]
+        assert masks.shape == (len(ex["boxes"]), 64, 64) and masks.max() == 1
+        assert masks.sum(axis=0).max() == 1  # visible pixels: no pixel in two instances
+        for cls in (1, 2, 3):
+            union = masks[ex["labels"] == cls].sum(axis=0).astype(bool)
+            np.testing.assert_array_equal(union, mask == cls)
+        np.testing.assert_allclose(ex["boxes"], tight_boxes(masks), atol=1e-7)
+
+
+def test_write_dataset_counts_only_consistent_records(tmp_path):
+    """A converter bug (masks not one per box) stops the conversion instead of writing it."""
+
+    def make(i):
+        return Record(
+            "x",
+            encode_png(np.zeros((8, 8, 3), np.uint8)),
+            "png",
+            8,
+            8,
+            boxes=np.zeros((1, 4), np.float32),
+            labels=np.array([1]),
+            instance_masks=[],
+        )
+
+    with pytest.raises(ValueError, match="0 instance masks for 1 boxes"):
+        write_dataset(str(tmp_path / "w"), [0], make, progress=False)
+    assert not list(tmp_path.glob("w-*"))
