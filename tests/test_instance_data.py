@@ -279,3 +279,93 @@ def test_write_dataset_counts_only_consistent_records(tmp_path):
     with pytest.raises(ValueError, match="0 instance masks for 1 boxes"):
         write_dataset(str(tmp_path / "w"), [0], make, progress=False)
     assert not list(tmp_path.glob("w-*"))
+
+
+def _coco_file(tmp_path, drop_segmentation_of=None):
+    """Two images; a polygon, an uncompressed crowd RLE, a compressed RLE and a 2-part polygon."""
+    from pycocotools import mask as mask_utils
+
+    rng = np.random.default_rng(3)
+    (tmp_path / "img").mkdir(exist_ok=True)
+    sizes = [(40, 60), (48, 32)]
+    images = []
+    for i, (h, w) in enumerate(sizes):
+        write_rgb(tmp_path / "img" / f"{i}.png", random_image(rng, h, w))
+        images.append({"id": 10 + i, "file_name": f"{i}.png", "height": h, "width": w})
+    blob = np.zeros((40, 60), np.uint8)
+    cv2.circle(blob, (40, 25), 9, 1, -1)
+    rows, cols = np.nonzero(blob)
+    # Uncompressed RLE: column-major run lengths starting with zeros.
+    flat = np.concatenate([[0], blob.ravel(order="F"), [0]])
+    changes = np.flatnonzero(np.diff(flat)) + 1
+    counts = np.diff(np.concatenate([[1], changes, [flat.size - 1]])).tolist()
+    compressed = mask_utils.encode(np.asfortranarray(_square(48, 32)))
+    compressed["counts"] = compressed["counts"].decode()
+    anns = [
+        {"id": 1, "image_id": 10, "category_id": 18, "bbox": [2, 3, 20, 10], "iscrowd": 0,
+         "segmentation": [[2, 3, 22, 3, 12, 13]], "area": 100},
+        {"id": 2, "image_id": 10, "category_id": 5, "iscrowd": 1, "area": float(blob.sum()),
+         "bbox": [int(cols.min()), int(rows.min()), int(np.ptp(cols)) + 1, int(np.ptp(rows)) + 1],
+         "segmentation": {"counts": counts, "size": [40, 60]}},
+        {"id": 3, "image_id": 11, "category_id": 5, "bbox": [4, 6, 10, 12], "iscrowd": 0,
+         "segmentation": compressed, "area": 120},
+        {"id": 4, "image_id": 11, "category_id": 18, "bbox": [1, 30, 30, 15], "iscrowd": 0,
+         "segmentation": [[1, 30, 10, 30, 10, 40], [20, 35, 31, 35, 31, 45, 20, 45]], "area": 90},
+    ]  # fmt: skip
+    if drop_segmentation_of is not None:
+        del anns[drop_segmentation_of]["segmentation"]
+    cats = [{"id": 5, "name": "airplane"}, {"id": 18, "name": "dog"}]
+    path = tmp_path / "instances.json"
+    path.write_text(json.dumps({"images": images, "annotations": anns, "categories": cats}))
+    return str(path), str(tmp_path / "img")
+
+
+def _square(h, w):
+    out = np.zeros((h, w), np.uint8)
+    out[6:18, 4:14] = 1
+    return out
+
+
+def test_coco_instance_masks_match_pycocotools(tmp_path):
+    pytest.importorskip("pycocotools", reason="the COCO converter needs the 'coco' extra")
+    from pycocotools.coco import COCO
+
+    from keras_dense.data import convert_coco
+
+    annotations, images = _coco_file(tmp_path)
+    manifest = convert_coco(annotations, images, str(tmp_path / "c"), progress=False)
+    assert manifest["instance_masks"] is True
+    coco = COCO(annotations)
+    examples = {e["source_id"]: e for e in read_examples(str(tmp_path / "c-*"))}
+    for image_id, stem in ((10, "0"), (11, "1")):
+        ex = examples[stem]
+        expected = np.stack([coco.annToMask(a) for a in coco.loadAnns(coco.getAnnIds(image_id))])
+        assert expected.reshape(len(expected), -1).sum(1).min() > 0
+        np.testing.assert_array_equal(ex["instance_masks"], expected)
+        assert len(ex["boxes"]) == len(expected)
+    np.testing.assert_array_equal(examples["0"]["is_crowd"], [False, True])
+    # Boxes stay COCO's bbox; here they are the tight boxes of the masks.
+    np.testing.assert_allclose(
+        examples["0"]["boxes"][1], tight_boxes(examples["0"]["instance_masks"][1:])[0], atol=1e-6
+    )
+    bare = convert_coco(
+        annotations, images, str(tmp_path / "d"), instance_masks=False, progress=False
+    )
+    assert bare["instance_masks"] is False
+    assert all(e["instance_masks"].shape[0] == 0 for e in read_examples(str(tmp_path / "d-*")))
+
+
+def test_coco_missing_segmentation_is_named_or_box_only(tmp_path):
+    pytest.importorskip("pycocotools", reason="the COCO converter needs the 'coco' extra")
+    from keras_dense.data import convert_coco
+
+    annotations, images = _coco_file(tmp_path, drop_segmentation_of=2)
+    with pytest.raises(BadInputError, match=r"annotation 3 \(image 11\): field 'segmentation'"):
+        convert_coco(annotations, images, str(tmp_path / "c"), progress=False)
+    data = json.loads(open(annotations).read())
+    for ann in data["annotations"]:
+        ann.pop("segmentation", None)
+    with open(annotations, "w") as f:
+        json.dump(data, f)
+    manifest = convert_coco(annotations, images, str(tmp_path / "c"), progress=False)
+    assert manifest["instance_masks"] is False and manifest["num_boxes"] == 4

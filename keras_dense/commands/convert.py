@@ -92,6 +92,13 @@ def register(sub) -> None:
         action="store_true",
         help="also write semantic masks (needs pycocotools)",
     )
+    coco.add_argument(
+        "--no-instance-masks",
+        dest="instance_masks",
+        action="store_false",
+        default=None,
+        help="leave out the per-object masks (written by default when the file has segmentations)",
+    )
     _add_common_convert_args(coco)
 
     folders = formats.add_parser(
@@ -157,6 +164,7 @@ def _convert(args: argparse.Namespace) -> dict:
             args.annotations,
             args.images,
             semantic_masks=args.semantic_masks,
+            instance_masks=args.instance_masks,
             on_error=args.on_error,
             **common,
         )
