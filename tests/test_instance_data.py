@@ -369,3 +369,102 @@ def test_coco_missing_segmentation_is_named_or_box_only(tmp_path):
         json.dump(data, f)
     manifest = convert_coco(annotations, images, str(tmp_path / "c"), progress=False)
     assert manifest["instance_masks"] is False and manifest["num_boxes"] == 4
+
+
+def _mask_box(mask):
+    ys, xs = np.nonzero(mask)
+    return np.array([ys.min(), xs.min(), ys.max() + 1, xs.max() + 1], np.float32)
+
+
+def test_detection_dataset_masks_follow_resize_flip_and_padding(tmp_path):
+    from keras_dense.data import detection_dataset
+
+    truth = _instances_folder(tmp_path, n_images=6, seed=8)
+    convert_instances(
+        str(tmp_path / "images"), str(tmp_path / "masks"), str(tmp_path / "p"), progress=False
+    )
+    pattern = str(tmp_path / "p-*.tfrecord")
+    common = dict(min_size=80, max_size=160, normalization=None, max_boxes=8, seed=3)
+    plain = {}
+    for batch in detection_dataset(pattern, 2, instance_masks=True, max_instances=6, **common):
+        assert batch["instance_masks"].shape[1] == 6 and batch["instance_masks"].dtype == tf.uint8
+        for b, sid in enumerate(batch["source_id"].numpy()):
+            plain[sid.decode()] = {k: v[b].numpy() for k, v in batch.items()}
+    flipped = 0
+    train = detection_dataset(
+        pattern, 2, training=True, instance_masks=True, max_instances=6, **common
+    )
+    for batch in train.take(3):
+        for b, sid in enumerate(batch["source_id"].numpy()):
+            ex, ref = {k: v[b].numpy() for k, v in batch.items()}, plain[sid.decode()]
+            n, (h, w) = ex["num_boxes"], ex["image_shape"]
+            assert n == truth[sid.decode()].max() and ex["num_proposals"] == 0
+            masks = ex["instance_masks"]
+            assert not masks[n:].any() and not masks[:, h:].any() and not masks[:, :, w:].any()
+            for i in range(n):  # each row's mask has its box, within a pixel
+                np.testing.assert_allclose(_mask_box(masks[i]), ex["boxes"][i], atol=1.0)
+            if not np.array_equal(masks, ref["instance_masks"]):
+                mirrored = ref["instance_masks"][:, :h, :w][:, :, ::-1]
+                np.testing.assert_array_equal(masks[:, :h, :w], mirrored)
+                flipped += 1
+    assert flipped > 0
+    # Resized masks are the source masks at the resized size (NumPy bilinear, cut at 0.5).
+    for sid, ex in plain.items():
+        ids = truth[sid]
+        h, w = ex["image_shape"]
+        ys = np.clip((np.arange(h) + 0.5) * ids.shape[0] / h - 0.5, 0, ids.shape[0] - 1)
+        xs = np.clip((np.arange(w) + 0.5) * ids.shape[1] / w - 0.5, 0, ids.shape[1] - 1)
+        y0, x0 = np.floor(ys).astype(int), np.floor(xs).astype(int)
+        y1, x1 = np.minimum(y0 + 1, ids.shape[0] - 1), np.minimum(x0 + 1, ids.shape[1] - 1)
+        fy, fx = (ys - y0)[:, None], (xs - x0)[None]
+        for i, m in enumerate(_masks_of(ids).astype(np.float64)):
+            value = (
+                m[y0][:, x0] * (1 - fy) * (1 - fx)
+                + m[y0][:, x1] * (1 - fy) * fx
+                + m[y1][:, x0] * fy * (1 - fx)
+                + m[y1][:, x1] * fy * fx
+            )
+            sure = np.abs(value - 0.5) > 1e-4
+            got = ex["instance_masks"][i, :h, :w]
+            np.testing.assert_array_equal(got[sure], (value >= 0.5)[sure])
+
+
+def test_detection_dataset_drops_crowd_masks_with_their_boxes(tmp_path):
+    pytest.importorskip("pycocotools", reason="the COCO converter needs the 'coco' extra")
+    from keras_dense.data import convert_coco, detection_dataset
+
+    annotations, images = _coco_file(tmp_path)
+    convert_coco(annotations, images, str(tmp_path / "c"), progress=False)
+    options = dict(min_size=40, max_size=60, normalization=None, instance_masks=True)
+    for keep_crowd, rows in ((False, [0]), (True, [0, 1])):
+        batch = next(
+            iter(detection_dataset(str(tmp_path / "c-*"), 1, keep_crowd=keep_crowd, **options))
+        )
+        record = next(read_examples(str(tmp_path / "c-*")))
+        assert record["source_id"] == "0" and batch["num_boxes"][0] == len(rows)
+        # Image 0 is 40x60, min_size 40: scale 1, so masks are the stored ones.
+        np.testing.assert_array_equal(
+            batch["instance_masks"][0, : len(rows), :40, :60], record["instance_masks"][rows]
+        )
+
+
+def test_detection_dataset_names_records_without_masks(tmp_path):
+    from keras_dense.data import detection_dataset
+
+    def make(i):
+        return Record(
+            f"no_masks_{i}",
+            encode_png(np.zeros((16, 16, 3), np.uint8)),
+            "png",
+            16,
+            16,
+            boxes=np.array([[0.1, 0.1, 0.5, 0.5]], np.float32),
+            labels=np.array([1]),
+        )
+
+    write_dataset(str(tmp_path / "n"), [0], make, progress=False)
+    ds = detection_dataset(str(tmp_path / "n-*"), 1, min_size=16, max_size=16, instance_masks=True)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="no_masks_0.*one mask per box"):
+        next(iter(ds))
+    batch = next(iter(detection_dataset(str(tmp_path / "n-*"), 1, min_size=16, max_size=16)))
+    assert "instance_masks" not in batch and batch["num_proposals"].numpy().tolist() == [0]
