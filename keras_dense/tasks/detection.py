@@ -86,7 +86,7 @@ class DetectionTask(Task):
     """Object detection (see the module docstring)."""
 
     name = "detection"
-    builders = ("fast_rcnn",)
+    builders = ("fast_rcnn", "rcnn")
     background_outputs = 1
 
     def class_names(self, names):
