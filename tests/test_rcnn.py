@@ -12,8 +12,10 @@ from keras_dense.apps import FastRCNN, rcnn
 from keras_dense.detection import detect
 from keras_dense.layers import ChunkedTimeDistributed, ContextWarp
 from keras_dense.tasks import task_of_builder
+from keras_dense.training import load_recipe
+from keras_dense.training.builders import build_model
 
-from helpers import keras_roundtrip_in_subprocess
+from helpers import REPO_ROOT, keras_roundtrip_in_subprocess
 
 CROP, PAD = 32, 4
 
@@ -106,6 +108,18 @@ def test_context_warp_rejects_bad_arguments():
         rcnn(num_classes=2, crop_size=CROP, context_padding=PAD, roi_chunk=0)
     with pytest.raises(ValueError, match="backbone_weights needs"):
         rcnn(num_classes=2, crop_size=CROP, backbone_weights="imagenet")
+
+
+def test_the_recipe_builds_through_the_detection_task():
+    recipe = load_recipe(
+        str(REPO_ROOT / "apps" / "rcnn_bccd.toml"),
+        ['model.kwargs.backbone_weights="none"', "model.kwargs.crop_size=64"],
+    )
+    assert task_of_builder(recipe["model"]["builder"]).name == recipe["task"] == "detection"
+    model, kwargs = build_model(recipe["model"]["builder"], recipe["model"]["kwargs"], 3, 3)
+    assert isinstance(model, FastRCNN) and model.num_classes == 3
+    assert kwargs["context_padding"] == 16 and model.rois_per_image == 64
+    assert model.get_layer("rcnn_features").chunk_size == 64
 
 
 def tiny_rcnn(**kwargs) -> FastRCNN:

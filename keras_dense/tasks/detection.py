@@ -1,4 +1,4 @@
-"""Object detection: boxes, class labels and scores per image (Fast R-CNN).
+"""Object detection: boxes, class labels and scores per image (Fast R-CNN, R-CNN).
 
 Records carry boxes (and optionally proposals); the model's own `train_step` samples RoIs and
 computes its loss, so training only needs the batches. Evaluation reports PASCAL VOC mAP;
