@@ -122,10 +122,10 @@ def test_the_recipe_builds_through_the_detection_task():
     assert model.get_layer("rcnn_features").chunk_size == 64
 
 
-def tiny_rcnn(**kwargs) -> FastRCNN:
+def tiny_rcnn(num_classes: int = 3, **kwargs) -> FastRCNN:
     keras.utils.set_random_seed(kwargs.pop("seed", 1))
     options = {"crop_size": CROP, "context_padding": PAD, "fc_units": 32, "roi_chunk": 7}
-    return rcnn(num_classes=3, **{**options, **kwargs})
+    return rcnn(num_classes=num_classes, **{**options, **kwargs})
 
 
 @pytest.fixture(scope="module")
@@ -220,3 +220,33 @@ def test_full_size_model_layers_parameters_and_backbone_weights(monkeypatch):
         mine = owner.get_layer(ours).get_weights()
         for got, want in zip(mine, source.get_layer(theirs).get_weights()):
             np.testing.assert_array_equal(got, want)
+
+
+def test_saved_model_export_gives_the_detect_results(tmp_path):
+    """The export driver's detection signature (stock TF ops, the chunk loop in the graph)."""
+    import cv2
+
+    from keras_dense.export import export_saved_model
+
+    from export_test_utils import normalize_np
+
+    model = tiny_rcnn(num_classes=2, fc_units=8, roi_chunk=2)
+    kernel, bias = model.get_layer("cls_score").get_weights()
+    model.get_layer("cls_score").set_weights([kernel * 300.0, bias])  # distinct scores
+    options = dict(score_threshold=0.0, nms_iou=0.5, max_detections=5)
+    card = {"task": "detection", "normalization": "caffe"}
+    export_saved_model(model, tmp_path, name="det", card=card, min_size=48, max_size=64, **options)
+    serve = tf.saved_model.load(str(tmp_path / "det" / "1")).signatures["serving_default"]
+    rgb = np.random.default_rng(5).integers(0, 256, (48, 64, 3), np.uint8)  # already at scale
+    png = cv2.imencode(".png", rgb[..., ::-1])[1].tobytes()
+    proposals = np.array([[[2, 3, 30, 40], [10, 10, 45, 60], [0, 5, 47, 63]]], np.float32)
+    got = serve(image_bytes=tf.constant([png]), proposals=proposals, num_proposals=[3])
+    ref = detect(model, normalize_np(rgb, "caffe")[None], proposals, **options)
+    count = int(ref["num_detections"][0])
+    assert count > 0 and int(got["num_detections"][0]) == count
+    np.testing.assert_allclose(
+        got["detection_scores"][0, :count], ref["scores"][0, :count], atol=1e-4
+    )
+    np.testing.assert_allclose(
+        got["detection_boxes"][0, :count], ref["boxes"][0, :count], atol=0.05
+    )
