@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from keras_dense.layers import (
     ASPP,
+    ChunkedTimeDistributed,
     ClassWisePooling2D,
+    ContextWarp,
     CrfRnn,
     CropToMatch,
     Denormalization,
@@ -26,6 +29,7 @@ from helpers import run_python
 from layer_harness import (
     CHECKS,
     FRESH_PROCESS_LOAD,
+    Fresh,
     LayerCase,
     registered_layer_classes,
     save_case_model,
@@ -72,6 +76,16 @@ def _roi_inputs(rng, batch):
     return [features, rois]
 
 
+def _warp_inputs(rng, batch):
+    # A 12 x 16 image; boxes in whole pixels (exact in bfloat16), one partly outside it.
+    images = rng.normal(0, 1, (batch, 12, 16, 3)).astype(np.float32)
+    corners = rng.integers(0, 8, (batch, 3, 2))
+    sizes = rng.integers(1, 8, (batch, 3, 2))
+    rois = np.concatenate([corners, corners + sizes], axis=-1).astype(np.float32)
+    rois[:, 0] = [-3.0, 10.0, 6.0, 19.0]
+    return [images, rois]
+
+
 def _proposal_inputs(with_scale: bool):
     # A 5 x 6 map at stride 8 (a 40 x 48 image), 3 anchors per cell; distinct scores.
     def make(rng, batch):
@@ -114,6 +128,19 @@ CASES = [
         },
         _crf_inputs,
     ),
+    LayerCase(
+        ChunkedTimeDistributed,
+        {"layer": Fresh(lambda: keras.layers.Conv2D(3, 3, padding="same")), "chunk_size": 2},
+        _normal(5, 6, 6, 2),
+        name="ChunkedTimeDistributed-chunks",
+    ),
+    LayerCase(
+        ChunkedTimeDistributed,
+        {"layer": Fresh(lambda: keras.layers.Dense(4)), "chunk_size": None},
+        _normal(3, 5),
+        name="ChunkedTimeDistributed-whole",
+    ),
+    LayerCase(ContextWarp, {"crop_size": 8, "context_padding": 1}, _warp_inputs),
     LayerCase(CropToMatch, {}, _two_maps((10, 12, 2), (6, 7, 1)), name="CropToMatch-center"),
     LayerCase(
         CropToMatch, {"offset": (1, 2)}, _two_maps((10, 12, 2), (6, 7, 1)), name="CropToMatch-1-2"

@@ -88,7 +88,7 @@ def test_recipe_kwargs_fit_the_builder(path):
     )
     assert kwargs["num_classes"] == num_classes
     if recipe["task"] == "detection":
-        assert recipe["model"]["builder"] == "fast_rcnn"
+        assert recipe["model"]["builder"] in ("fast_rcnn", "rcnn")
 
 
 def test_shapes_demo_builds_and_runs():

@@ -1,6 +1,8 @@
 """Custom Keras layers, all registered under the package name "keras_dense"."""
 
 from keras_dense.layers.aspp import ASPP
+from keras_dense.layers.chunked_time_distributed import ChunkedTimeDistributed
+from keras_dense.layers.context_warp import ContextWarp, context_warp
 from keras_dense.layers.crf_rnn import CrfRnn, set_crf_iterations, use_portable_crf
 from keras_dense.layers.denormalization import Denormalization
 from keras_dense.layers.pooling_switches import MaxPoolingWithArgmax2D, MaxUnpooling2D
@@ -14,7 +16,9 @@ from keras_dense.layers.wsl_pooling import ClassWisePooling2D, GlobalLSEPooling2
 __all__ = [
     "ASPP",
     "BilinearUpsamplingInitializer",
+    "ChunkedTimeDistributed",
     "ClassWisePooling2D",
+    "ContextWarp",
     "CropToMatch",
     "CrfRnn",
     "Denormalization",
@@ -27,6 +31,7 @@ __all__ = [
     "RoIPooling",
     "WeldonPooling2D",
     "bilinear_upsampling",
+    "context_warp",
     "flatten_rpn_outputs",
     "propose",
     "set_crf_iterations",

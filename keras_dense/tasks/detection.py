@@ -1,4 +1,4 @@
-"""Object detection: boxes, class labels and scores per image (Fast R-CNN).
+"""Object detection: boxes, class labels and scores per image (Fast R-CNN, R-CNN).
 
 Records carry boxes (and optionally proposals); the model's own `train_step` samples RoIs and
 computes its loss, so training only needs the batches. Evaluation reports PASCAL VOC mAP;
@@ -86,7 +86,7 @@ class DetectionTask(Task):
     """Object detection (see the module docstring)."""
 
     name = "detection"
-    builders = ("fast_rcnn",)
+    builders = ("fast_rcnn", "rcnn")
     background_outputs = 1
 
     def class_names(self, names):
