@@ -127,6 +127,15 @@ class Task:
         """Compiles the model with this task's loss and metrics."""
         raise NotImplementedError
 
+    def train_batch_stage(self, recipe: dict, model: keras.Model):
+        """A function applied to each training batch at the start of the train step, or None.
+
+        It runs inside the compiled step, on the step's device (e.g. batched augmentation
+        with `data.augment_on = "device"`); the trainer installs it
+        (`keras_dense.training.batch_stage`).
+        """
+        return None
+
     def monitor(self, recipe: dict, has_validation: bool) -> tuple[str, str]:
         """`(log key, "max" | "min")` that picks the best checkpoint."""
         return ("val_loss" if has_validation else "loss"), "min"
