@@ -170,15 +170,17 @@ def augment_batch(
     pixels = top + (bottom - top) * y.lerp[:, :, None, None]
 
     # Colour: contrast pivots about the mean grey of the pixels the crop reads, from every
-    # 4th row and column of its source window (as the host path).
+    # 4th row and column of its source window (as the host path). Windows start on multiples
+    # of SCALE_STEP (a multiple of 4), so those are every 4th row and column of the canvas.
     def window_sample(start, rows, length):
-        r = tf.range(length)[None] - start[:, None]
-        return tf.cast((r >= 0) & (r < rows[:, None]) & (r % 4 == 0), tf.float32)
+        r = 4 * tf.range(length)[None] - start[:, None]
+        return tf.cast((r >= 0) & (r < rows[:, None]), tf.float32)
 
     if photometric:
-        rows = window_sample(plans[:, 4], plans[:, 5], tf.shape(images)[1])
-        cols = window_sample(plans[:, 8], plans[:, 9], tf.shape(images)[2])
-        grey = tf.tensordot(tf.cast(images, tf.float32), luma_weights(channels)[0], [[3], [0]])
+        sample = tf.cast(images[:, ::4, ::4], tf.float32)
+        rows = window_sample(plans[:, 4], plans[:, 5], tf.shape(sample)[1])
+        cols = window_sample(plans[:, 8], plans[:, 9], tf.shape(sample)[2])
+        grey = tf.tensordot(sample, luma_weights(channels)[0], [[3], [0]])
         total = tf.einsum("bh,bhw,bw->b", rows, grey, cols)
         mean_grey = total / (tf.reduce_sum(rows, 1) * tf.reduce_sum(cols, 1))
     else:

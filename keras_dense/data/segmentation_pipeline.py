@@ -216,16 +216,6 @@ def decode_window(
     return image
 
 
-def _round_canvas(features: dict, masks: tf.Tensor, ignore_label: int):
-    """Pads a decoded batch (augment_on="device") to a multiple of `CANVAS_MULTIPLE`."""
-    shape = tf.shape(masks)
-    pad_h = -shape[1] % CANVAS_MULTIPLE
-    pad_w = -shape[2] % CANVAS_MULTIPLE
-    images = tf.pad(features["images"], [[0, 0], [0, pad_h], [0, pad_w], [0, 0]])
-    masks = tf.pad(masks, [[0, 0], [0, pad_h], [0, pad_w]], constant_values=ignore_label)
-    return dict(features, images=images), masks
-
-
 def _large_images(file_pattern: str | Sequence[str], crop_size: tuple[int, int]) -> bool:
     """Whether the first record's image has more than twice the pixels of the crop."""
     try:
@@ -388,11 +378,18 @@ def segmentation_dataset(
             image, mask, _ = decode_image_and_mask(
                 serialized, channels, filename, num_classes, ignore_label
             )
-            features = {
-                "images": image,
-                "image_sizes": tf.shape(image)[:2],
-                "seeds": tf.cast(element_seed, tf.int64),
-            }
+            size = tf.shape(image)[:2]
+            # Canvas: a multiple of CANVAS_MULTIPLE (padded_batch then pads to the largest).
+            pad_h, pad_w = -size[0] % CANVAS_MULTIPLE, -size[1] % CANVAS_MULTIPLE
+            image, mask = tf.cond(
+                pad_h + pad_w > 0,
+                lambda: (
+                    tf.pad(image, [[0, pad_h], [0, pad_w], [0, 0]]),
+                    tf.pad(mask, [[0, pad_h], [0, pad_w]], constant_values=ignore_label),
+                ),
+                lambda: (image, mask),
+            )
+            features = {"images": image, "image_sizes": size, "seeds": element_seed}
             return features, mask
 
         drop = True if drop_remainder is None else drop_remainder
@@ -413,11 +410,6 @@ def segmentation_dataset(
                     tf.constant(ignore_label, tf.uint8),
                 ),
                 drop_remainder=drop,
-            )
-            ds = ds.map(
-                lambda features, masks: _round_canvas(features, masks, ignore_label),
-                num_parallel_calls=AUTOTUNE,
-                deterministic=deterministic,
             )
         else:
             ds = ds.map(train_map, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
