@@ -179,6 +179,7 @@ class SegmentationTask(Task):
     name = "segmentation"
     builders = ("fcn32s", "fcn16s", "fcn8s", "deeplab", "deconvnet", "unet")
     image_summaries = True
+    augments_on_device = True
 
     def datasets(self, recipe, model, num_workers, worker_index):
         data = recipe["data"]

@@ -99,12 +99,15 @@ class Task:
         background_outputs: Score channels the model has beyond `classes` (1 for a
             background class that is not listed in the class names).
         image_summaries: Whether the trainer writes input/truth/prediction image summaries.
+        augments_on_device: Whether `train_batch_stage` implements the recipe key
+            `data.augment_on = "device"` (the recipe validator refuses it otherwise).
     """
 
     name: str = ""
     builders: tuple[str, ...] = ()
     background_outputs: int = 0
     image_summaries: bool = False
+    augments_on_device: bool = False
 
     # -- data and classes ------------------------------------------------------------------
     def class_names(self, names: list[str]) -> list[str]:

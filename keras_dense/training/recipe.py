@@ -21,7 +21,7 @@ from collections.abc import Sequence
 
 from keras_dense.data.device_augment import AUGMENT_ON
 from keras_dense.losses import LOSS_NAMES
-from keras_dense.tasks import task_names
+from keras_dense.tasks import get_task, task_names
 from keras_dense.utils.errors import RecipeError
 
 if sys.version_info >= (3, 11):
@@ -241,10 +241,11 @@ def validate(recipe: dict) -> dict:
         "data.augment_on",
         f"expected one of {AUGMENT_ON}, got {data['augment_on']!r}",
     )
+    device_tasks = [name for name in tasks if get_task(name).augments_on_device]
     _require(
-        data["augment_on"] == "host" or r["task"] == "segmentation",
+        data["augment_on"] == "host" or r["task"] in device_tasks,
         "data.augment_on",
-        f"'device' is implemented for task = 'segmentation' only, not {r['task']!r}",
+        f"'device' is implemented for the tasks {device_tasks}, not {r['task']!r}",
     )
     _require(all(isinstance(c, str) for c in data["classes"]), "data.classes", "expected strings")
     for key in ("min_size", "max_size", "max_boxes", "max_proposals", "shuffle_buffer"):
