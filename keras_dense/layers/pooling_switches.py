@@ -56,6 +56,19 @@ def pooled_size(size: int | None, pool: int, stride: int, padding: str) -> int |
     return (size - pool) // stride + 1
 
 
+def _in_xla_context() -> bool:
+    """Whether the graph being traced is compiled by XLA (`jit_compile=True`).
+
+    `tf.nn.max_pool_with_argmax` has no XLA kernel; outside XLA it is the fastest form
+    (about 2x less CPU than the reshape form, which XLA in turn compiles to less than either).
+    """
+    try:
+        from tensorflow.python.ops import control_flow_util
+    except ImportError:  # pragma: no cover - a TensorFlow without the helper: always portable
+        return True
+    return bool(control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph()))
+
+
 def _static_or_dynamic(tensor) -> list:
     """Shape of `tensor` as a list, with Python ints where static and scalars elsewhere."""
     dynamic = tf.shape(tensor)
@@ -92,7 +105,7 @@ class MaxPoolingWithArgmax2D(keras.layers.Layer):
         self.padding = _check_padding(padding)
 
     def call(self, inputs):
-        if self.pool_size == self.strides:
+        if self.pool_size == self.strides and _in_xla_context():
             return self._tiled(inputs)
         pooled, switches = tf.nn.max_pool_with_argmax(
             inputs,
@@ -108,7 +121,8 @@ class MaxPoolingWithArgmax2D(keras.layers.Layer):
         """Non-overlapping windows (pool == stride, e.g. 2x2/2) from reshapes, max and gather.
 
         Same outputs and switches as `tf.nn.max_pool_with_argmax`, which XLA cannot compile
-        (`jit_compile=True`); the gradient goes to the switch alone, as max pooling's.
+        (`jit_compile=True`; this form is used there); the gradient goes to the switch alone,
+        as max pooling's.
         """
         (ph, pw), k = self.pool_size, self.pool_size[0] * self.pool_size[1]
         batch, height, width, channels = _static_or_dynamic(inputs)
