@@ -13,6 +13,7 @@ from keras_dense.layers import (
     CropToMatch,
     Denormalization,
     GlobalLSEPooling2D,
+    MaskHead,
     MaxPoolingWithArgmax2D,
     MaxUnpooling2D,
     ProposalLayer,
@@ -185,6 +186,9 @@ CASES = [
     ),
     LayerCase(ClassWisePooling2D, {"maps_per_class": 3}, _normal(5, 7, 6)),
     LayerCase(RPNHead, {"num_anchors": 3, "filters": 8}, _normal(5, 6, 4)),
+    LayerCase(
+        MaskHead, {"num_classes": 3, "filters": 8, "num_convs": 2}, _normal(4, 6, 6, 5), atol=1e-4
+    ),
     LayerCase(
         ProposalLayer,
         PROPOSAL_ARGS,

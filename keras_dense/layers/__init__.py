@@ -3,6 +3,7 @@
 from keras_dense.layers.aspp import ASPP
 from keras_dense.layers.crf_rnn import CrfRnn, set_crf_iterations, use_portable_crf
 from keras_dense.layers.denormalization import Denormalization
+from keras_dense.layers.mask_head import MaskHead
 from keras_dense.layers.pooling_switches import MaxPoolingWithArgmax2D, MaxUnpooling2D
 from keras_dense.layers.proposal_layer import ProposalLayer, propose
 from keras_dense.layers.resizing import CropToMatch, ResizeToMatch
@@ -19,6 +20,7 @@ __all__ = [
     "CrfRnn",
     "Denormalization",
     "GlobalLSEPooling2D",
+    "MaskHead",
     "MaxPoolingWithArgmax2D",
     "MaxUnpooling2D",
     "ProposalLayer",
