@@ -7,6 +7,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_dense.detection import mask_loss, mask_targets, paste_masks
+from keras_dense.layers import ClassMasks
 
 from mask_reference import crop_mask, paste_mask
 from mask_reference import mask_loss as reference_mask_loss
@@ -129,3 +130,15 @@ def test_mask_loss_matches_numpy_and_uses_the_class_channel_of_positives_only():
     changed[0, 2] -= 3.0
     np.testing.assert_allclose(float(mask_loss(labels, targets, changed)), got, rtol=1e-6)
     assert float(mask_loss(np.zeros((1, 2), np.int32), targets[:1, :2], logits[:1, :2])) == 0.0
+
+
+def test_class_masks_pick_the_sigmoid_of_each_detections_class():
+    rng = np.random.default_rng(3)
+    logits = rng.normal(0, 2, (2, 4, 3, 3, 5)).astype(np.float32)
+    classes = np.array([[1, 5, 0, 3], [2, 2, 4, 0]], np.int32)
+    got = np.asarray(ClassMasks()([logits, classes]))
+    for b in range(2):
+        for d in range(4):
+            k = classes[b, d]
+            want = 0.0 if k == 0 else 1.0 / (1.0 + np.exp(-logits[b, d, :, :, k - 1]))
+            np.testing.assert_allclose(got[b, d], want, atol=1e-6)

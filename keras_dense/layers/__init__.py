@@ -3,7 +3,8 @@
 from keras_dense.layers.aspp import ASPP
 from keras_dense.layers.crf_rnn import CrfRnn, set_crf_iterations, use_portable_crf
 from keras_dense.layers.denormalization import Denormalization
-from keras_dense.layers.mask_head import MaskHead
+from keras_dense.layers.detection_layer import DetectionLayer
+from keras_dense.layers.mask_head import ClassMasks, MaskHead
 from keras_dense.layers.pooling_switches import MaxPoolingWithArgmax2D, MaxUnpooling2D
 from keras_dense.layers.proposal_layer import ProposalLayer, propose
 from keras_dense.layers.resizing import CropToMatch, ResizeToMatch
@@ -15,10 +16,12 @@ from keras_dense.layers.wsl_pooling import ClassWisePooling2D, GlobalLSEPooling2
 __all__ = [
     "ASPP",
     "BilinearUpsamplingInitializer",
+    "ClassMasks",
     "ClassWisePooling2D",
     "CropToMatch",
     "CrfRnn",
     "Denormalization",
+    "DetectionLayer",
     "GlobalLSEPooling2D",
     "MaskHead",
     "MaxPoolingWithArgmax2D",

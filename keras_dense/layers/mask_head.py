@@ -93,3 +93,29 @@ class MaskHead(keras.layers.Layer):
             {"num_classes": self.num_classes, "filters": self.filters, "num_convs": self.num_convs}
         )
         return config
+
+
+@keras.saving.register_keras_serializable(package="keras_dense")
+class ClassMasks(keras.layers.Layer):
+    """Each detection's mask probabilities: the sigmoid of its class's channel.
+
+    At test time Mask R-CNN uses "the k-th mask, where k is the predicted class by the
+    classification branch" (He et al. 2017, Sec. 3.1).
+
+    Inputs: `[mask_logits (B, D, M, M, K), classes (B, D) int 1-based (0: no detection)]`.
+    Output: (B, D, M, M) probabilities, 0 for class 0.
+
+    Args:
+        **kwargs: Standard layer keyword arguments.
+    """
+
+    def call(self, inputs):
+        logits, classes = inputs
+        classes = ops.cast(classes, "int32")
+        channel = ops.maximum(classes - 1, 0)[:, :, None, None, None]
+        chosen = ops.take_along_axis(logits, channel, axis=-1)[..., 0]
+        valid = ops.cast(classes > 0, chosen.dtype)[:, :, None, None]
+        return ops.sigmoid(chosen) * valid
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[0][:4])
