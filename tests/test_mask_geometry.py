@@ -4,10 +4,12 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from keras_dense.detection import mask_loss, mask_targets, paste_masks
 from keras_dense.layers import ClassMasks
+from keras_dense.prediction.palette import draw_instances, instance_colours
 
 from mask_reference import crop_mask, paste_mask
 from mask_reference import mask_loss as reference_mask_loss
@@ -142,3 +144,21 @@ def test_class_masks_pick_the_sigmoid_of_each_detections_class():
             k = classes[b, d]
             want = 0.0 if k == 0 else 1.0 / (1.0 + np.exp(-logits[b, d, :, :, k - 1]))
             np.testing.assert_allclose(got[b, d], want, atol=1e-6)
+
+
+def test_draw_instances_blends_each_instance_in_its_own_colour():
+    image = np.random.default_rng(4).integers(0, 256, (40, 48, 3)).astype(np.uint8)
+    masks = np.zeros((2, 40, 48), bool)
+    masks[0, 10:20, 10:20] = True
+    masks[1, 25:35, 30:45] = True
+    boxes = np.array([[8, 8, 22, 22], [23, 28, 37, 47]], np.float32)
+    drawn = draw_instances(image, masks, boxes, [1, 2], [0.9, 0.8], ["a", "b"], alpha=0.5)
+    colours = instance_colours(2)
+    assert not np.array_equal(colours[0], colours[1])
+    for k, (y, x) in enumerate([(15, 15), (30, 36)]):
+        want = np.round(0.5 * image[y, x] + 0.5 * colours[k].astype(np.float32))
+        np.testing.assert_array_equal(drawn[y, x], want.astype(np.uint8))
+    # Away from the masks and the boxes (and their captions) the image is untouched.
+    np.testing.assert_array_equal(drawn[:, :5], image[:, :5])
+    with pytest.raises(ValueError, match="masks"):
+        draw_instances(image, masks[:, :10], boxes, [1, 2], [0.9, 0.8], ["a", "b"])
