@@ -39,13 +39,17 @@ from keras_dense.tasks.task import (
 from keras_dense.utils.errors import RecipeError
 
 
-def detection_datasets(recipe: dict, num_workers: int = 1, worker_index: int = 0):
+def detection_datasets(
+    recipe: dict, num_workers: int = 1, worker_index: int = 0, instance_masks: bool = False
+):
     """Training and validation datasets of a detection recipe (dict batches, no targets).
 
     Args:
         recipe: The resolved recipe.
         num_workers: Processes in the cluster (see `segmentation_datasets`).
         worker_index: This process's index in the cluster.
+        instance_masks: Batches also hold each box's instance mask (`instance_masks`, for
+            Mask R-CNN).
 
     Returns:
         `(train, validation, steps_per_epoch, validation_steps)`.
@@ -60,6 +64,8 @@ def detection_datasets(recipe: dict, num_workers: int = 1, worker_index: int = 0
         "cache": data["cache"],
         "seed": recipe["seed"],
     }
+    if instance_masks:
+        common["instance_masks"] = True
     batch = training["batch_size"]
     train = detection_dataset(
         worker_shards(data["train"], "data.train", num_workers, worker_index),
