@@ -12,9 +12,13 @@ import pytest
 import tensorflow as tf
 
 from keras_dense.apps import MaskRCNN, mask_rcnn
-from keras_dense.detection import paste_masks, postprocess_detections
+from keras_dense.data import convert_shapes, read_examples
+from keras_dense.detection import mask_targets, paste_masks, postprocess_detections
+from keras_dense.evaluation.instance_evaluation import evaluate_instances
 from keras_dense.export import audit_saved_model, export_saved_model
+from keras_dense.prediction.inference import fast_rcnn_resize
 from keras_dense.prediction.instances import segment_instances
+from keras_dense.utils.normalization import normalize
 
 from export_test_utils import decode_rgb, encode, make_image
 from helpers import run_python
@@ -237,8 +241,6 @@ class OracleModel:
         self.examples = examples  # image bytes -> (boxes in pixels, labels, masks)
 
     def __call__(self, inputs, training=False):
-        from keras_dense.detection import mask_targets
-
         images, shape, scale = inputs
         key = int(np.round(np.asarray(images).sum()))
         boxes, labels, masks = self.examples[key]
@@ -255,11 +257,6 @@ class OracleModel:
 
 
 def test_evaluation_of_an_oracle_gives_full_box_ap_and_high_mask_ap(tmp_path):
-    from keras_dense.data import convert_shapes, read_examples
-    from keras_dense.evaluation.instance_evaluation import evaluate_instances
-    from keras_dense.utils.normalization import normalize
-    from keras_dense.prediction.inference import fast_rcnn_resize
-
     convert_shapes(str(tmp_path / "val"), 6, size=48, seed=2, progress=False)
     manifest = json.loads((tmp_path / "val.json").read_text())
     card = {"classes": manifest["classes"][1:], "min_size": 96, "max_size": 96}
