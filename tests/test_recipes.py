@@ -26,9 +26,10 @@ REQUIRED = {
     "deeplab_pets",
     "fast_rcnn_bccd",
     "shapes_demo",
+    "mask_rcnn_shapes",
 }
 # Class counts of the data sets the recipes read (segmentation: with background).
-NUM_CLASSES = {"voc2012": 21, "voc2007": 20, "isbi2012": 2, "pets": 2, "bccd": 3, "shapes": 4}
+NUM_CLASSES = {"voc2012": 21, "voc2007": 20, "isbi2012": 2, "pets": 2, "bccd": 3, "shapes": 4, "shapes128": 4}
 
 
 def _convert_commands(path: pathlib.Path) -> list[list[str]]:
@@ -79,6 +80,8 @@ def test_recipe_kwargs_fit_the_builder(path):
     data_set = recipe["data"]["train"].split("/")[1]
     num_classes = NUM_CLASSES[data_set]
     if recipe["task"] == "classification":  # weakly supervised: background is not a class
+        num_classes -= 1
+    if recipe["task"] == "instance_segmentation":  # object classes (the shapes list has background)
         num_classes -= 1
     builder, kwargs = builder_kwargs(
         recipe["model"]["builder"],
