@@ -29,7 +29,15 @@ REQUIRED = {
     "mask_rcnn_shapes",
 }
 # Class counts of the data sets the recipes read (segmentation: with background).
-NUM_CLASSES = {"voc2012": 21, "voc2007": 20, "isbi2012": 2, "pets": 2, "bccd": 3, "shapes": 4, "shapes128": 4}
+NUM_CLASSES = {
+    "voc2012": 21,
+    "voc2007": 20,
+    "isbi2012": 2,
+    "pets": 2,
+    "bccd": 3,
+    "shapes": 4,
+    "shapes128": 4,
+}
 
 
 def _convert_commands(path: pathlib.Path) -> list[list[str]]:
