@@ -28,6 +28,7 @@ BUILDERS = [
     apps.deconvnet,
     apps.unet,
     apps.fast_rcnn,
+    apps.faster_rcnn,
     apps.wsl_classifier,
 ]
 

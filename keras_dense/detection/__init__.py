@@ -10,7 +10,12 @@ from keras_dense.detection.boxes import (
     encode_boxes,
     iou_matrix,
 )
-from keras_dense.detection.detect import detect, postprocess_detections, unpad_detections
+from keras_dense.detection.detect import (
+    detect,
+    postprocess_detections,
+    proposes_regions,
+    unpad_detections,
+)
 from keras_dense.detection.losses import fast_rcnn_loss, smooth_l1
 from keras_dense.detection.proposals import selective_search
 from keras_dense.detection.rpn_targets import (
@@ -37,6 +42,7 @@ __all__ = [
     "match_anchors",
     "num_anchors",
     "postprocess_detections",
+    "proposes_regions",
     "random_true_indices",
     "rpn_loss",
     "rpn_targets",
