@@ -10,7 +10,12 @@ from keras_dense.detection.boxes import (
     encode_boxes,
     iou_matrix,
 )
-from keras_dense.detection.detect import detect, postprocess_detections, unpad_detections
+from keras_dense.detection.detect import (
+    detect,
+    postprocess_detections,
+    proposes_regions,
+    unpad_detections,
+)
 from keras_dense.detection.losses import fast_rcnn_loss, mask_loss, smooth_l1
 from keras_dense.detection.mask_paste import paste_masks
 from keras_dense.detection.mask_targets import mask_targets
@@ -42,6 +47,7 @@ __all__ = [
     "num_anchors",
     "paste_masks",
     "postprocess_detections",
+    "proposes_regions",
     "random_true_indices",
     "rpn_loss",
     "rpn_targets",

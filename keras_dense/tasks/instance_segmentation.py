@@ -55,7 +55,9 @@ class InstanceSegmentationTask(Task):
             )
 
     def datasets(self, recipe, model, num_workers, worker_index):
-        return detection_datasets(recipe, num_workers, worker_index, instance_masks=True)
+        return detection_datasets(
+            recipe, num_workers, worker_index, read_proposals=False, instance_masks=True
+        )
 
     def compile(self, model, recipe, optimizer, num_classes):
         # The model's train_step samples anchors and RoIs and computes its own losses.
