@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+import cv2
 import keras
 import numpy as np
 import pytest
@@ -301,3 +302,25 @@ def test_bad_arguments_and_batches(model):
         model.check_batch(batch)
     pasted = paste_masks(np.ones((1, 1, 28, 28), np.float32), [[[0, 0, 10, 10]]], (12, 12))
     assert np.asarray(pasted).shape == (1, 1, 12, 12)
+
+
+def test_task_predict_draws_each_instance_and_writes_ids_and_json(model):
+    from keras_dense.tasks import PredictOptions, get_task
+
+    task = get_task("instance_segmentation")
+    assert "mask_rcnn" in task.builders
+    card = {"classes": ["a", "b"], "min_size": 64, "max_size": 96, "normalization": "caffe"}
+    rgb = make_image(64, 80, 5)
+    files = task.predict_image(model, card, rgb, PredictOptions(score_threshold=0.0), "whole")
+    assert set(files) == {"_instances.png", "_instance_ids.png", "_instances.json"}
+    found = segment_instances(model, rgb, card, 0.0)
+    listed = json.loads(files["_instances.json"])
+    assert len(listed) == len(found["scores"]) > 0
+    assert [d["mask_pixels"] for d in listed] == [int(m.sum()) for m in found["masks"]]
+    ids = cv2.imdecode(np.frombuffer(files["_instance_ids.png"], np.uint8), cv2.IMREAD_UNCHANGED)
+    want = np.zeros(rgb.shape[:2], np.uint16)
+    for index, mask in enumerate(found["masks"]):
+        want[mask] = index + 1
+    np.testing.assert_array_equal(ids, want)
+    drawn = decode_rgb(files["_instances.png"])
+    assert drawn.shape == rgb.shape and not np.array_equal(drawn, rgb)
