@@ -138,26 +138,28 @@ class MaskRCNN(FasterRCNN):
         terms["mask_loss"] = mask_loss(labels, wanted, logits)
         return terms
 
+    @property
+    def max_detections(self) -> int:
+        """Detections per image, fixed when the graph is built (the builder's argument)."""
+        return int(self.output["detection_boxes"].shape[1])
+
     def set_detection_options(
-        self,
-        score_threshold: float | None = None,
-        nms_iou: float | None = None,
-        max_detections: int | None = None,
+        self, score_threshold: float | None = None, nms_iou: float | None = None
     ) -> None:
         """Changes the in-graph detection step's thresholds (None keeps a value).
+
+        The number of detections per image is part of the graph's shapes: build the model
+        with another `max_detections` to change it.
 
         Args:
             score_threshold: Minimum class probability of a detection.
             nms_iou: Per-class NMS IoU threshold.
-            max_detections: Detections per image (the padded length of the outputs).
         """
         layer = self.get_layer(self.detection_layer_name)
         if score_threshold is not None:
             layer.score_threshold = float(score_threshold)
         if nms_iou is not None:
             layer.nms_iou = float(nms_iou)
-        if max_detections is not None:
-            layer.max_detections = int(max_detections)
         for attribute in ("predict_function", "test_function", "train_function"):
             if hasattr(self, attribute):
                 setattr(self, attribute, None)

@@ -122,14 +122,16 @@ class InstanceSegmentationTask(Task):
     def export_signatures(self, model, card, options: ExportOptions):
         if options.tta.enabled:
             raise ValueError("--tta and --scales apply to segmentation models only")
+        # Thresholds apply to the in-graph detection step; the number of detections per
+        # image is fixed by the model's graph (its builder's max_detections).
         model.set_detection_options(
-            score_threshold=options.score_threshold,
-            nms_iou=options.nms_iou,
-            max_detections=options.max_detections,
+            score_threshold=options.score_threshold, nms_iou=options.nms_iou
         )
+        max_detections = model.max_detections
         # The model runs on images resized to at most max_size; what grows with the request
-        # is the decoded image and the pasted masks: max_detections float32 + uint8 planes.
-        per_pixel = serving_bytes_per_pixel(3, 0) + 2 * 5 * options.max_detections
+        # is the decoded image and the pasted masks: per detection a float32 and a uint8
+        # plane, twice (the pasted masks and the padded output).
+        per_pixel = serving_bytes_per_pixel(3, 0) + 2 * 5 * max_detections
         budget = pixel_budget(float(per_pixel), options.max_request_memory, options.max_pixels)
         min_size = card.get("min_size", options.min_size)
         max_size = card.get("max_size", options.max_size)
@@ -146,7 +148,7 @@ class InstanceSegmentationTask(Task):
             "max_size": max_size,
             "nms_iou": options.nms_iou,
             "score_threshold": options.score_threshold,
-            "max_detections": options.max_detections,
+            "max_detections": max_detections,
         }
         return signatures, serving, budget
 
