@@ -446,6 +446,10 @@ def test_detection_dataset_drops_crowd_masks_with_their_boxes(tmp_path):
         np.testing.assert_array_equal(
             batch["instance_masks"][0, : len(rows), :40, :60], record["instance_masks"][rows]
         )
+    ds = detection_dataset(str(tmp_path / "c-*"), 1, keep_crowd=True, max_instances=1, **options)
+    too_many = r"max_instances =\] \[1\] \[in record\] \[0\] \[:\] \[2\]"
+    with pytest.raises(tf.errors.InvalidArgumentError, match=too_many):
+        next(iter(ds))
 
 
 def test_detection_dataset_names_records_without_masks(tmp_path):
@@ -465,6 +469,17 @@ def test_detection_dataset_names_records_without_masks(tmp_path):
     write_dataset(str(tmp_path / "n"), [0], make, progress=False)
     ds = detection_dataset(str(tmp_path / "n-*"), 1, min_size=16, max_size=16, instance_masks=True)
     with pytest.raises(tf.errors.InvalidArgumentError, match="no_masks_0.*one mask per box"):
+        next(iter(ds))
+    # The same record with a 16x8 mask for its 16x16 image.
+    smaller = tf.train.Example.FromString(serialize_record(make(1)))
+    smaller.features.feature[INSTANCE_MASK].bytes_list.value.append(
+        encode_png(np.ones((8, 16), np.uint8))
+    )
+    _write_examples(tmp_path / "s.tfrecord", [smaller])
+    ds = detection_dataset(
+        str(tmp_path / "s.tfrecord"), 1, min_size=16, max_size=16, instance_masks=True
+    )
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"\[no_masks_1\] \[is\] \[8 16\]"):
         next(iter(ds))
     batch = next(iter(detection_dataset(str(tmp_path / "n-*"), 1, min_size=16, max_size=16)))
     assert "instance_masks" not in batch and batch["num_proposals"].numpy().tolist() == [0]

@@ -41,35 +41,39 @@ def _resized_instance_masks(
     new_w: tf.Tensor,
     source_id: tf.Tensor,
 ) -> tf.Tensor:
-    """(K, new_h, new_w) uint8 0/1 masks from K PNGs of (height, width), one at a time.
+    """(K, new_h, new_w) uint8 0/1 masks from K PNGs of (height, width).
 
-    Each mask is resized as the image is (bilinear, half-pixel centres) and cut at 0.5, so
-    a pixel is in the resized mask when its centre is on the object's side of the edge.
+    The masks are resized as the image is (bilinear, half-pixel centres) and cut at 0.5, so
+    a pixel is in the resized mask when its centre is on the object's side of the edge. All K
+    are resized in one call (twice as fast as one at a time in `benchmarks/instance_masks.py`),
+    which holds K float32 masks at both sizes for a moment.
     """
 
-    def one(png):
-        mask = tf.io.decode_png(png, channels=1)
+    def decode(png):
+        mask = tf.io.decode_png(png, channels=1)[..., 0]
         check = tf.debugging.Assert(
-            tf.reduce_all(tf.shape(mask)[:2] == tf.stack([height, width])),
+            tf.reduce_all(tf.shape(mask) == tf.stack([height, width])),
             [
                 "an instance mask of record",
                 source_id,
                 "is",
-                tf.shape(mask)[:2],
+                tf.shape(mask),
                 "(height, width) but its image is",
                 tf.stack([height, width]),
             ],
         )
         with tf.control_dependencies([check]):
-            mask = tf.cast(mask > 0, tf.float32)
-        resized = tf.image.resize(mask, [new_h, new_w], antialias=False)
+            return tf.identity(mask)
+
+    def resize():
+        masks = tf.map_fn(
+            decode, encoded, fn_output_signature=tf.TensorSpec([None, None], tf.uint8)
+        )
+        masks = tf.cast(masks[..., None] > 0, tf.float32)
+        resized = tf.image.resize(masks, [new_h, new_w], antialias=False)
         return tf.cast(resized[..., 0] >= 0.5, tf.uint8)
 
-    masks = tf.cond(
-        tf.size(encoded) > 0,
-        lambda: tf.map_fn(one, encoded, fn_output_signature=tf.TensorSpec([None, None], tf.uint8)),
-        lambda: tf.zeros([0, new_h, new_w], tf.uint8),
-    )
+    masks = tf.cond(tf.size(encoded) > 0, resize, lambda: tf.zeros([0, new_h, new_w], tf.uint8))
     return tf.reshape(masks, [-1, new_h, new_w])
 
 

@@ -11,6 +11,8 @@ must have pixels (a gap is an error naming the id). Instance k becomes box k - 1
   converter and the shapes set write them);
 - its class: `class_name` for every instance, or the one `classes_file` gives.
 
+A mask of background only gives a record without boxes (an image with no object).
+
 A classes file is a CSV of `STEM,INSTANCE_ID,CLASS` lines (blank lines and `#` comments are
 skipped). `STEM` may be `*` (any image) and `INSTANCE_ID` may be `*` (any instance); the most
 specific line wins: `STEM,ID` over `STEM,*` over `*,ID` over `*,*`. So `*,*,person` alone

@@ -171,4 +171,5 @@ def convert_shapes(
             "num_shards": num_shards,
         },
         progress=progress,
+        extra={"instance_masks": True},
     )
