@@ -25,10 +25,19 @@ REQUIRED = {
     "crfrnn_voc",
     "deeplab_pets",
     "fast_rcnn_bccd",
+    "faster_rcnn_bccd",
     "shapes_demo",
 }
 # Class counts of the data sets the recipes read (segmentation: with background).
-NUM_CLASSES = {"voc2012": 21, "voc2007": 20, "isbi2012": 2, "pets": 2, "bccd": 3, "shapes": 4}
+NUM_CLASSES = {
+    "voc2012": 21,
+    "voc2007": 20,
+    "isbi2012": 2,
+    "pets": 2,
+    "bccd": 3,
+    "bccd_boxes": 3,
+    "shapes": 4,
+}
 
 
 def _convert_commands(path: pathlib.Path) -> list[list[str]]:
@@ -88,7 +97,9 @@ def test_recipe_kwargs_fit_the_builder(path):
     )
     assert kwargs["num_classes"] == num_classes
     if recipe["task"] == "detection":
-        assert recipe["model"]["builder"] == "fast_rcnn"
+        assert recipe["model"]["builder"] in ("fast_rcnn", "faster_rcnn")
+        # Faster R-CNN proposes its own regions: its shards need none.
+        assert (recipe["data"]["max_proposals"] == 0) == (recipe["model"]["builder"] != "fast_rcnn")
 
 
 def test_shapes_demo_builds_and_runs():
