@@ -15,7 +15,7 @@ from keras_dense.detection import detect, generate_anchors
 from keras_dense.export import audit_saved_model, export_saved_model
 from keras_dense.layers import ProposalLayer, RoIPooling
 
-from detection_reference import reference_proposals
+from detection_reference import inclusive_iou, reference_proposals
 from export_test_utils import decode_rgb, encode, make_image, normalize_np
 from helpers import run_python
 
@@ -344,3 +344,19 @@ momentum = 0.9
     assert set(serve.structured_input_signature[1]) == {"image_bytes"}
     got = serve(image_bytes=tf.constant([image.read_bytes()]))
     assert got["detection_boxes"].shape[0] == 1
+
+
+def test_sampled_targets_name_the_matched_ground_truth(model):
+    batch = synthetic_batch(np.random.default_rng(6))
+    rng = np.random.default_rng(7)
+    near = np.repeat(batch["boxes"][:, :2], 10, axis=1) + rng.normal(0, 4, (2, 20, 4))
+    targets = model.sample_targets(batch, near.astype(np.float32), np.array([20, 10]), seed=(1, 2))
+    labels, matched = targets["labels"].numpy(), targets["matched_gt"].numpy()
+    rois = targets["rois"].numpy()
+    assert (labels > 0).any() and ((matched >= 0) == (labels > 0)).all()
+    for b, r in zip(*np.nonzero(labels > 0)):
+        g = matched[b, r]
+        assert g < batch["num_boxes"][b] and batch["labels"][b, g] == labels[b, r]
+        truth = batch["boxes"][b, : batch["num_boxes"][b]]
+        ious = [inclusive_iou(rois[b, r], box) for box in truth]
+        assert ious[g] >= 0.5 and ious[g] == max(ious)
