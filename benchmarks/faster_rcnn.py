@@ -53,6 +53,16 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 DATA = "tfrecords/bench_faster"
 CLASSES = "RBC,WBC,Platelets"
 MIN_SIZE, MAX_SIZE = 240, 400
+# The README's results row for apps/fast_rcnn_bccd.toml (benchmarks/results.py, same steps,
+# scale and data, backbone_weights "none"; its default 64 RoIs per image).
+README_FAST_RCNN = {
+    "recipe": "apps/fast_rcnn_bccd.toml",
+    "map": 0.243,
+    "train_seconds": 341,
+    "evaluate_seconds": 89,
+    "source": "README results table (benchmarks/results.py): training.steps=150, "
+    "data.min_size=240, data.max_size=400, backbone_weights none, val split",
+}
 
 
 def shared_bccd() -> pathlib.Path:
@@ -215,18 +225,23 @@ def proposal_recall(model_path: str, bccd: pathlib.Path) -> dict:
     return result
 
 
-def latency(faster_path: str, fast_path: str, bccd: pathlib.Path, runs: int) -> dict:
+def latency(faster_path: str, fast_path: str | None, bccd: pathlib.Path, runs: int) -> dict:
     """End-to-end detection latency per 600 x 800 image, proposals included."""
     import cv2
     import keras
     import numpy as np
 
     import keras_dense  # noqa: F401
+    from keras_dense.apps import fast_rcnn
     from keras_dense.detection import detect, selective_search
     from keras_dense.utils.normalization import normalize
 
     faster = keras.models.load_model(REPO / faster_path)
-    fast = keras.models.load_model(REPO / fast_path)
+    if fast_path is None:
+        keras.utils.set_random_seed(0)
+        fast = fast_rcnn(num_classes=faster.num_classes)
+    else:
+        fast = keras.models.load_model(REPO / fast_path)
     _, image, _ = next(iter(test_examples(bccd)))
     image = cv2.resize(image, (800, 600), interpolation=cv2.INTER_LINEAR)
     x = np.asarray(normalize(image, "caffe"), np.float32)[None]
@@ -276,6 +291,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=150, help="training steps of each model")
     parser.add_argument("--runs", type=int, default=3, help="timed latency runs")
     parser.add_argument("--work", default="runs/bench_faster", help="run folder (repo-relative)")
+    parser.add_argument(
+        "--fast-baseline",
+        choices=("train", "readme"),
+        default="train",
+        help="mAP baseline: train Fast R-CNN here (default) or quote the README's results row "
+        "(same recipe, steps, scale; `benchmarks/results.py`); the latency baseline then uses "
+        "an untrained Fast R-CNN (same architecture and proposals, so the same work)",
+    )
     args = parser.parse_args()
     bccd = shared_bccd()
     if not (bccd / "Annotations").is_dir():
@@ -283,9 +306,14 @@ def main() -> None:
     commands: list[str] = []
     out = {"environment": environment(), "load_average_start": load_average()}
     out["convert_seconds"] = round(convert(bccd, commands), 1)
-    fast = train_and_score(
-        "fast_rcnn", "apps/fast_rcnn_bccd.toml", [], args.work, args.steps, commands
-    )
+    if args.fast_baseline == "train":
+        fast = train_and_score(
+            "fast_rcnn", "apps/fast_rcnn_bccd.toml", [], args.work, args.steps, commands
+        )
+        fast_path = f"{args.work}/fast_rcnn/best.keras"
+    else:
+        fast = dict(README_FAST_RCNN)
+        fast_path = None
     faster = train_and_score(
         "faster_rcnn",
         "apps/faster_rcnn_bccd.toml",
@@ -305,7 +333,7 @@ def main() -> None:
     save_partial(args.work, out)
     out["load_average_latency"] = load_average()
     out["latency_600x800"] = latency(
-        f"{args.work}/faster_rcnn/best.keras", f"{args.work}/fast_rcnn/best.keras", bccd, args.runs
+        f"{args.work}/faster_rcnn/best.keras", fast_path, bccd, args.runs
     )
     out["load_average_end"] = load_average()
     out["commands"] = commands
