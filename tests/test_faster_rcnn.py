@@ -3,6 +3,8 @@ losses, detect without proposals, .keras round trip in a fresh process, export +
 
 from __future__ import annotations
 
+import json
+
 import keras
 import numpy as np
 import pytest
@@ -13,7 +15,7 @@ from keras_dense.detection import detect, generate_anchors
 from keras_dense.export import audit_saved_model, export_saved_model
 from keras_dense.layers import ProposalLayer, RoIPooling
 
-from detection_reference import reference_proposals
+from detection_reference import inclusive_iou, reference_proposals
 from export_test_utils import decode_rgb, encode, make_image, normalize_np
 from helpers import run_python
 
@@ -265,3 +267,96 @@ def test_resnet50_backbone_is_conv4_at_stride_16():
     assert backbone.layers[-1].name == "conv4_block6_out"
     features = backbone(np.zeros((1, 64, 96, 3), np.float32))
     assert features.shape[1:3] == (4, 6)
+
+
+def test_detection_task_trains_evaluates_predicts_and_exports_without_proposals(tmp_path):
+    from keras_dense import cli
+    from keras_dense.data import convert_shapes, detection_dataset, read_examples
+
+    convert_shapes(str(tmp_path / "data" / "train"), 8, size=64, seed=0, progress=False)
+    convert_shapes(str(tmp_path / "data" / "val"), 2, size=64, seed=1, progress=False)
+    first = next(iter(read_examples(str(tmp_path / "data" / "train-*.tfrecord"))))
+    assert len(first.get("proposals", ())) == 0  # the shapes records hold no proposals
+    # Records without proposals: max_proposals 0 gives (B, 0, 4) and zero counts.
+    batch = next(
+        iter(
+            detection_dataset(
+                str(tmp_path / "data" / "val-*.tfrecord"),
+                2,
+                min_size=64,
+                max_size=64,
+                max_proposals=0,
+            )
+        )
+    )
+    assert batch["proposals"].shape == (2, 0, 4) and not batch["num_proposals"].numpy().any()
+    recipe = tmp_path / "faster.toml"
+    recipe.write_text(
+        f"""
+task = "detection"
+seed = 0
+[model]
+builder = "faster_rcnn"
+[model.kwargs]
+fc_units = 16
+rpn_filters = 16
+anchor_scales = [16, 32, 64]
+rois_per_image = 16
+train_pre_nms_top_n = 200
+train_post_nms_top_n = 50
+test_pre_nms_top_n = 100
+test_post_nms_top_n = 20
+[data]
+train = "{tmp_path / "data" / "train-*.tfrecord"}"
+validation = "{tmp_path / "data" / "val-*.tfrecord"}"
+min_size = 64
+max_size = 64
+max_proposals = 0
+[training]
+batch_size = 2
+epochs = 1
+steps_per_epoch = 2
+validation_steps = 1
+[optimizer]
+name = "sgd"
+learning_rate = 0.001
+momentum = 0.9
+"""
+    )
+    run = tmp_path / "run"
+    assert cli.main(["train", str(recipe), "--output", str(run)]) == 0
+    model_path = str(run / "best.keras")
+    report = tmp_path / "eval"
+    data = str(tmp_path / "data" / "val-*.tfrecord")
+    assert (
+        cli.main(["evaluate", "--model", model_path, "--data", data, "--output", str(report)]) == 0
+    )
+    image = tmp_path / "scene.png"
+    image.write_bytes(encode(make_image(64, 80, 5), "png"))
+    out = tmp_path / "pred"
+    args = ["predict", "--model", model_path, str(image), "--output", str(out)]
+    assert cli.main([*args, "--score-threshold", "0.0"]) == 0
+    assert (out / "scene_boxes.png").is_file()
+    assert isinstance(json.loads((out / "scene_detections.json").read_text()), list)
+    saved = tmp_path / "saved_models"
+    assert cli.main(["export", "--model", model_path, "--output", str(saved / "frcnn")]) == 0
+    serve = tf.saved_model.load(str(saved / "frcnn" / "1")).signatures["serving_default"]
+    assert set(serve.structured_input_signature[1]) == {"image_bytes"}
+    got = serve(image_bytes=tf.constant([image.read_bytes()]))
+    assert got["detection_boxes"].shape[0] == 1
+
+
+def test_sampled_targets_name_the_matched_ground_truth(model):
+    batch = synthetic_batch(np.random.default_rng(6))
+    rng = np.random.default_rng(7)
+    near = np.repeat(batch["boxes"][:, :2], 10, axis=1) + rng.normal(0, 4, (2, 20, 4))
+    targets = model.sample_targets(batch, near.astype(np.float32), np.array([20, 10]), seed=(1, 2))
+    labels, matched = targets["labels"].numpy(), targets["matched_gt"].numpy()
+    rois = targets["rois"].numpy()
+    assert (labels > 0).any() and ((matched >= 0) == (labels > 0)).all()
+    for b, r in zip(*np.nonzero(labels > 0)):
+        g = matched[b, r]
+        assert g < batch["num_boxes"][b] and batch["labels"][b, g] == labels[b, r]
+        truth = batch["boxes"][b, : batch["num_boxes"][b]]
+        ious = [inclusive_iou(rois[b, r], box) for box in truth]
+        assert ious[g] >= 0.5 and ious[g] == max(ious)

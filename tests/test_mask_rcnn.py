@@ -142,7 +142,7 @@ def test_mask_loss_crops_the_matched_instance_into_each_foreground_roi(model):
     slots = model.foreground_slots()
     labels = targets["labels"].numpy()[:, :slots]
     rois = targets["rois"].numpy()[:, :slots]
-    index = targets["matched_gt_index"].numpy()[:, :slots]
+    index = targets["matched_gt"].numpy()[:, :slots]
     assert (labels > 0).sum() >= 3 and (targets["labels"].numpy()[:, slots:] <= 0).all()
     wanted = np.zeros((*labels.shape, 28, 28))
     for b in range(2):

@@ -25,6 +25,7 @@ REQUIRED = {
     "crfrnn_voc",
     "deeplab_pets",
     "fast_rcnn_bccd",
+    "faster_rcnn_bccd",
     "shapes_demo",
     "mask_rcnn_shapes",
 }
@@ -35,6 +36,7 @@ NUM_CLASSES = {
     "isbi2012": 2,
     "pets": 2,
     "bccd": 3,
+    "bccd_boxes": 3,
     "shapes": 4,
     "shapes128": 4,
 }
@@ -99,7 +101,9 @@ def test_recipe_kwargs_fit_the_builder(path):
     )
     assert kwargs["num_classes"] == num_classes
     if recipe["task"] == "detection":
-        assert recipe["model"]["builder"] == "fast_rcnn"
+        assert recipe["model"]["builder"] in ("fast_rcnn", "faster_rcnn")
+        # Faster R-CNN proposes its own regions: its shards need none.
+        assert (recipe["data"]["max_proposals"] == 0) == (recipe["model"]["builder"] != "fast_rcnn")
 
 
 def test_shapes_demo_builds_and_runs():

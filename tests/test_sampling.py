@@ -78,7 +78,7 @@ def check_image(out, batch, image, expect_fg, expect_bg):
     bg = labels == 0
     assert fg.sum() == expect_fg and bg.sum() == expect_bg
     assert (labels[fg.sum() + bg.sum() :] == -1).all()  # padding at the end
-    matched = out["matched_gt_index"][image]
+    matched = out["matched_gt"][image]
     for roi, label, target, index in zip(rois, labels, out["box_targets"][image], matched):
         if label <= 0:
             assert index == -1

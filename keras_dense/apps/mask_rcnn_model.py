@@ -128,7 +128,7 @@ class MaskRCNN(FasterRCNN):
         labels = targets["labels"][:, :slots]
         wanted = mask_targets(
             batch["instance_masks"],
-            targets["matched_gt_index"][:, :slots],
+            targets["matched_gt"][:, :slots],
             rois,
             mask_size=self.mask_size,
             threshold=self.mask_target_threshold,

@@ -60,7 +60,7 @@ def mask_targets(
         instance_masks: (B, G, H, W) instance masks (any numeric dtype, 1 inside the
             instance, 0 outside), rows matching the ground-truth boxes of the batch.
         matched_gt_index: (B, R) int, the ground-truth row of each RoI (`sample_rois`'s
-            `"matched_gt_index"`); negative for RoIs without a mask target.
+            `"matched_gt"`); negative for RoIs without a mask target.
         rois: (B, R, 4) RoIs `[ymin, xmin, ymax, xmax]`, continuous pixels of the masks.
         mask_size: Cells per side of the target (28 in Mask R-CNN).
         threshold: Targets are `sample >= threshold` (0 or 1) when set (0.5, He et al.'s

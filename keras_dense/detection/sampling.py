@@ -82,9 +82,8 @@ def sample_rois(
           -1 for padding slots;
         - `"box_targets"`: (B, rois_per_image, 4) normalised `(dx, dy, dw, dh)` targets
           towards the matched ground truth for foreground RoIs, zeros elsewhere;
-        - `"matched_gt_index"`: (B, rois_per_image) int32 row of `gt_boxes` that each
-          foreground RoI was matched to (for per-instance targets such as Mask R-CNN's
-          masks, `keras_dense.detection.mask_targets`), -1 for background and padding.
+        - `"matched_gt"`: (B, rois_per_image) int32 row of `gt_boxes` each foreground RoI
+          is matched to (what Mask R-CNN crops its mask target from); -1 elsewhere.
 
     Raises:
         ValueError: An argument is out of range.
@@ -153,10 +152,5 @@ def sample_rois(
     targets = encode_boxes(matched_boxes, rois, box_stds)
     targets = tf.where(is_fg[..., None], targets, 0.0)
     rois = tf.where(used[..., None], rois, 0.0)
-    matched_index = tf.where(is_fg, matched, -1)
-    return {
-        "rois": rois,
-        "labels": labels,
-        "box_targets": targets,
-        "matched_gt_index": matched_index,
-    }
+    matched_gt = tf.where(is_fg, matched, IGNORE_LABEL)
+    return {"rois": rois, "labels": labels, "box_targets": targets, "matched_gt": matched_gt}
