@@ -70,7 +70,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--batch-size", type=int, default=2)
-    parser.add_argument("--learning-rate", type=float, default=1e-4)
+    parser.add_argument("--learning-rate", type=float, default=3e-4)
     parser.add_argument("--keep", default="", help="folder to keep the run in (default: temp)")
     parser.add_argument(
         "--set", action="append", default=[], help="further recipe overrides (KEY=VALUE)"
