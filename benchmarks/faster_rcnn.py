@@ -169,8 +169,16 @@ def best_iou(proposals, truth):
     return (inter / (area_p + area_g - inter)).max(axis=0)
 
 
-def proposal_recall(model_path: str, bccd: pathlib.Path) -> dict:
-    """Recall at IoU 0.5 / 0.7 of RPN@300 and selective search@2000 on BCCD test."""
+def proposal_recall(
+    model_path: str | None, bccd: pathlib.Path, methods=("rpn", "selective_search")
+) -> dict:
+    """Recall at IoU 0.5 / 0.7 of RPN@300 and selective search@2000 on BCCD test.
+
+    Args:
+        model_path: The trained Faster R-CNN (`.keras`, repo-relative); None without "rpn".
+        bccd: The BCCD folder.
+        methods: Which of "rpn" and "selective_search" to measure.
+    """
     import keras
     import numpy as np
     import tensorflow as tf
@@ -180,10 +188,11 @@ def proposal_recall(model_path: str, bccd: pathlib.Path) -> dict:
     from keras_dense.prediction.inference import fast_rcnn_resize
     from keras_dense.utils.normalization import normalize
 
-    model = keras.models.load_model(REPO / model_path)
-    backbone = model.get_layer("backbone")
-    rpn = model.get_layer("rpn")
-    proposal_layer = model.get_layer("proposal_layer")
+    if "rpn" in methods:
+        model = keras.models.load_model(REPO / model_path)
+        backbone = model.get_layer("backbone")
+        rpn = model.get_layer("rpn")
+        proposal_layer = model.get_layer("proposal_layer")
 
     @tf.function(reduce_retracing=True)
     def propose(images, shape, scale):
@@ -194,24 +203,31 @@ def proposal_recall(model_path: str, bccd: pathlib.Path) -> dict:
     times = {"rpn": [], "selective_search": []}
     counts = {"rpn": [], "selective_search": []}
     for _, image, truth in test_examples(bccd):
-        resized, scale = fast_rcnn_resize(image, MIN_SIZE, MAX_SIZE)
-        x = np.asarray(normalize(resized, "caffe"), np.float32)[None]
-        shape = np.array([resized.shape[:2]], np.float32)
-        args = (tf.constant(x), tf.constant(shape), tf.constant([scale], tf.float32))
-        if not times["rpn"]:
-            propose(*args)  # trace once
-        start = time.perf_counter()
-        boxes, _, count = propose(*args)
-        boxes = boxes.numpy()[0, : int(count[0])] / scale
-        times["rpn"].append(time.perf_counter() - start)
-        start = time.perf_counter()
-        searched = selective_search(image, max_boxes=2000)
-        times["selective_search"].append(time.perf_counter() - start)
-        for key, found in (("rpn", boxes[:300]), ("selective_search", searched[:2000])):
-            ious[key].append(best_iou(np.asarray(found, np.float64), truth))
-            counts[key].append(len(found))
+        found = {}
+        if "rpn" in methods:
+            resized, scale = fast_rcnn_resize(image, MIN_SIZE, MAX_SIZE)
+            x = np.asarray(normalize(resized, "caffe"), np.float32)[None]
+            shape = np.array([resized.shape[:2]], np.float32)
+            args = (tf.constant(x), tf.constant(shape), tf.constant([scale], tf.float32))
+            if not times["rpn"]:
+                propose(*args)  # trace once
+            start = time.perf_counter()
+            boxes, _, count = propose(*args)
+            boxes = boxes.numpy()[0, : int(count[0])] / scale
+            times["rpn"].append(time.perf_counter() - start)
+            found["rpn"] = boxes[:300]
+        if "selective_search" in methods:
+            start = time.perf_counter()
+            searched = selective_search(image, max_boxes=2000)
+            times["selective_search"].append(time.perf_counter() - start)
+            found["selective_search"] = searched[:2000]
+        for key, boxes in found.items():
+            ious[key].append(best_iou(np.asarray(boxes, np.float64), truth))
+            counts[key].append(len(boxes))
     result = {}
     for key, label in (("rpn", "rpn_at_300"), ("selective_search", "selective_search_at_2000")):
+        if key not in methods:
+            continue
         best = np.concatenate(ious[key])
         result[label] = {
             "recall_iou_0.5": round(float((best >= 0.5).mean()), 4),
@@ -219,8 +235,8 @@ def proposal_recall(model_path: str, bccd: pathlib.Path) -> dict:
             "median_seconds_per_image": round(statistics.median(times[key]), 4),
             "mean_proposals_per_image": round(float(np.mean(counts[key])), 1),
         }
-    result["ground_truth_boxes"] = int(sum(len(v) for v in ious["rpn"]))
-    result["images"] = len(ious["rpn"])
+    result["ground_truth_boxes"] = int(sum(len(v) for v in ious[methods[0]]))
+    result["images"] = len(ious[methods[0]])
     result["rpn_scale"] = f"shorter side {MIN_SIZE}, longer <= {MAX_SIZE} (the training scale)"
     return result
 
