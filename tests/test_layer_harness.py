@@ -10,12 +10,15 @@ import tensorflow as tf
 from keras_dense.layers import (
     ASPP,
     ChunkedTimeDistributed,
+    ClassMasks,
     ClassWisePooling2D,
     ContextWarp,
     CrfRnn,
     CropToMatch,
     Denormalization,
+    DetectionLayer,
     GlobalLSEPooling2D,
+    MaskHead,
     MaxPoolingWithArgmax2D,
     MaxUnpooling2D,
     ProposalLayer,
@@ -84,6 +87,23 @@ def _warp_inputs(rng, batch):
     rois = np.concatenate([corners, corners + sizes], axis=-1).astype(np.float32)
     rois[:, 0] = [-3.0, 10.0, 6.0, 19.0]
     return [images, rois]
+
+
+def _class_mask_inputs(rng, batch):
+    logits = rng.normal(0, 2, (batch, 3, 4, 4, 2)).astype(np.float32)
+    classes = rng.integers(0, 3, (batch, 3)).astype(np.int32)
+    return [logits, classes]
+
+
+def _detection_inputs(rng, batch):
+    # 6 proposals in a 40 x 48 image, 2 classes (+ background); the last one is padding.
+    corners = rng.uniform(0, 20, (batch, 6, 2))
+    proposals = np.concatenate([corners, corners + rng.uniform(8, 20, (batch, 6, 2))], -1)
+    cls_score = rng.normal(0, 2, (batch, 6, 3)).astype(np.float32)
+    bbox_pred = rng.normal(0, 0.3, (batch, 6, 12)).astype(np.float32)
+    shapes = np.tile(np.array([[40, 48]], np.float32), (batch, 1))
+    count = np.full((batch,), 5, np.int32)
+    return [cls_score, bbox_pred, proposals.astype(np.float32), shapes, count]
 
 
 def _proposal_inputs(with_scale: bool):
@@ -212,6 +232,17 @@ CASES = [
     ),
     LayerCase(ClassWisePooling2D, {"maps_per_class": 3}, _normal(5, 7, 6)),
     LayerCase(RPNHead, {"num_anchors": 3, "filters": 8}, _normal(5, 6, 4)),
+    LayerCase(ClassMasks, {}, _class_mask_inputs),
+    LayerCase(
+        DetectionLayer,
+        {"score_threshold": 0.1, "nms_iou": 0.5, "max_detections": 4},
+        _detection_inputs,
+        float32_outputs=True,
+        atol=1e-4,
+    ),
+    LayerCase(
+        MaskHead, {"num_classes": 3, "filters": 8, "num_convs": 2}, _normal(4, 6, 6, 5), atol=1e-4
+    ),
     LayerCase(
         ProposalLayer,
         PROPOSAL_ARGS,

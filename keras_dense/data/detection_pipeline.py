@@ -119,7 +119,9 @@ def detection_dataset(
         flip: Random horizontal flip when training.
         normalization: `"caffe"` (VGG16), `"torch"`, `"tf"` or None.
         max_boxes: Rows of the padded box tensors; an image with more boxes is an error.
-        max_proposals: Rows of the padded proposal tensor; more proposals are an error.
+        max_proposals: Rows of the padded proposal tensor; more proposals are an error. 0
+            leaves the records' proposals out (Faster R-CNN proposes its own): `proposals`
+            is then (B, 0, 4) and `num_proposals` zeros.
         keep_crowd: Keep COCO crowd boxes in the targets.
         shuffle_buffer: Records in the shuffle buffer.
         cache: Cache serialized records in memory (True) or a file (str).
@@ -144,6 +146,8 @@ def detection_dataset(
     check_mode(normalization)
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size}: expected an integer >= 1")
+    if isinstance(max_proposals, bool) or not isinstance(max_proposals, int) or max_proposals < 0:
+        raise ValueError(f"max_proposals={max_proposals!r}: expected an int >= 0")
     if min_size < 1 or max_size < min_size:
         raise ValueError(
             f"min_size={min_size}, max_size={max_size}: expected 1 <= min_size <= max_size"
@@ -203,7 +207,10 @@ def detection_dataset(
                 encoded, height, width, new_h, new_w, parsed["source_id"]
             )
         boxes = boxes * size
-        proposals = parsed["proposals"] * size
+        if max_proposals == 0:  # Faster R-CNN: the records' proposals are not read
+            proposals = tf.zeros([0, 4], tf.float32)
+        else:
+            proposals = parsed["proposals"] * size
         if training and flip:
             do_flip = tf.random.stateless_uniform([], element_seed) < 0.5
             w = tf.cast(new_w, tf.float32)

@@ -248,8 +248,13 @@ def validate(recipe: dict) -> dict:
         f"'device' is implemented for the tasks {device_tasks}, not {r['task']!r}",
     )
     _require(all(isinstance(c, str) for c in data["classes"]), "data.classes", "expected strings")
-    for key in ("min_size", "max_size", "max_boxes", "max_proposals", "shuffle_buffer"):
+    for key in ("min_size", "max_size", "max_boxes", "shuffle_buffer"):
         _require(data[key] >= 1, f"data.{key}", f"expected >= 1, got {data[key]}")
+    _require(
+        data["max_proposals"] >= 0,
+        "data.max_proposals",
+        f"expected >= 0 (0: no proposals read), got {data['max_proposals']}",
+    )
     _require(training["batch_size"] >= 1, "training.batch_size", "expected >= 1")
     _require(training["epochs"] >= 1, "training.epochs", "expected >= 1")
     for key in ("steps", "steps_per_epoch", "validation_steps", "validation_batch_size"):
