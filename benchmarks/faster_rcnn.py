@@ -27,10 +27,29 @@ Three measurements, each with its baseline measured in the same run:
 Needs `../shared/datasets/bccd` (or `$KERAS_DENSE_DATA/bccd`); converts it into
 `tfrecords/bench_faster/` unless the shards are there.
 
-Measured (AMD EPYC, 2 cores shared with other jobs, TF 2.21.0, Keras 3.15): see the JSON
-printed by the last run, copied below.
+Measured 2026-12-01 on AMD EPYC, 2 cores shared with up to 6 other jobs (load average 3-12,
+given per part), Python 3.11.7, TF 2.21.0, Keras 3.15.1, NumPy 2.4.6, no GPU. The run was
+split to fit the machine's load (`--fast-baseline readme`, then the functions of this script
+called one by one on the same trained model); the JSON pieces:
 
-RESULTS_PLACEHOLDER
+- mAP from scratch, BCCD val (87 images), 150 optimizer steps (the trainer rounds up to 2
+  epochs = 204 batches of 2), shorter side 240, 64 RoIs per image, no ImageNet weights:
+  Faster R-CNN **0.063** (AP RBC 0.166, WBC 0.022, Platelets 0.000; training 2101 s wall at
+  load ~11, evaluation 77 s) against Fast R-CNN + selective search **0.243** (the README's
+  row, same recipe settings; 341 s training). At this budget the jointly trained RPN's
+  proposals are good (below) but the head has not learnt to classify them: Fast R-CNN's head
+  trains on selective-search boxes from step one, Faster R-CNN's on the proposals of an RPN
+  that is itself being learnt.
+- Proposal recall on BCCD test (72 images, 945 boxes): RPN@300 (the model above) recall
+  **0.891** at IoU 0.5 and **0.534** at 0.7; selective search@2000 (mean 905 boxes per
+  image: OpenCV's fast mode on the <= 500-px copy returns fewer than 2000) **0.850** and
+  **0.495**. Time per image, paired on the first 12 test images at load ~3-4: RPN 0.274 s
+  (backbone + RPN + proposal layer at the 240-px scale), selective search 1.01 s (640 x 480);
+  over the 72 images, not paired: RPN 0.268 s (load ~3), selective search 7.68 s (load ~10).
+- Latency per 600 x 800 image, proposals included, median of 3 interleaved runs at load
+  ~11-12 (untrained Faster R-CNN of the recipe's architecture, 300 proposals; Fast R-CNN +
+  selective search, 910 proposals): Faster R-CNN **12.9 s**, Fast R-CNN + selective search
+  **27.7 s**, ratio **2.15** (runs: 10.4 / 12.9 / 13.9 s and 27.7 / 23.2 / 31.2 s).
 """
 
 from __future__ import annotations
