@@ -28,7 +28,15 @@ REQUIRED = {
     "shapes_demo",
 }
 # Class counts of the data sets the recipes read (segmentation: with background).
-NUM_CLASSES = {"voc2012": 21, "voc2007": 20, "isbi2012": 2, "pets": 2, "bccd": 3, "shapes": 4}
+NUM_CLASSES = {
+    "voc2012": 21,
+    "voc2007": 20,
+    "isbi2012": 2,
+    "pets": 2,
+    "pets_wsl": 4,  # background + the 3 breeds (convert pairs --class-from-prefix)
+    "bccd": 3,
+    "shapes": 4,
+}
 
 
 def _convert_commands(path: pathlib.Path) -> list[list[str]]:
