@@ -235,16 +235,20 @@ def test_tune_threshold_command_writes_the_card_and_pseudo_label_uses_it(tmp_pat
     assert card_background_threshold(card) == (choice.threshold, "model card background_threshold")
     assert card_background_threshold(card, crf=True)[0] == choice.threshold  # falls back
     args = ["tune-threshold", "--model", path, "--data", pattern, "--grid", "0.25", "--crf"]
-    assert cli.main(args) == 0
+    assert cli.main([*args, "--crf-parameter", "num_iterations=2"]) == 0
     card = json.loads(open(path[: -len(".keras")] + ".json").read())
     assert card["background_threshold_crf"] == 0.25
+    assert card["crf"] == {"num_iterations": 2}
+    assert card["background_threshold_crf_search"]["crf_parameters"] == {"num_iterations": 2}
     want = (0.25, "model card background_threshold_crf")
     assert card_background_threshold(card, crf=True) == want
     out = str(tmp_path / "pseudo")
     assert cli.main(["pseudo-label", "--model", path, "--data", pattern, "--output", out]) == 0
     provenance = json.loads(open(out + ".json").read())["arguments"]["pseudo_label"]
     assert provenance["background_threshold"] == choice.threshold
-    assert cli.main(["tune-threshold", "--model", path, "--data", pattern, "--grid", "x"]) == 2
+    assert cli.main([*tune, "--grid", "x"]) == 2
+    assert cli.main([*tune, "--crf", "--crf-parameter", "theta=3"]) == 2
+    assert cli.main([*tune, "--crf-parameter", "theta_alpha=3"]) == 2  # without --crf
     assert card_background_threshold({}) == (0.5, "default")
     with pytest.raises(ValueError, match="background_threshold"):
         card_background_threshold({"background_threshold": 3})

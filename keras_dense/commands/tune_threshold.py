@@ -31,6 +31,15 @@ def register(sub) -> None:
         help="thresholds to try, each in [0, 1] (default 0.05, 0.10, ..., 0.95)",
     )
     parser.add_argument(
+        "--crf-parameter",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="with --crf: a dense_crf parameter (theta_alpha, theta_beta, theta_gamma, "
+        "spatial_weight, bilateral_weight, num_iterations) over the card's 'crf', also written "
+        "into it; e.g. theta_alpha=15 theta_beta=20 theta_gamma=1 for 64-px images; repeatable",
+    )
+    parser.add_argument(
         "--max-images", type=int, default=None, help="score the first N records only"
     )
     parser.add_argument(
@@ -61,6 +70,29 @@ def parse_thresholds(text: str | None) -> tuple[float, ...]:
     return tuple(values)
 
 
+def parse_crf_parameters(items: list[str]) -> dict:
+    """`["theta_alpha=15", ...]` -> `{"theta_alpha": 15.0, ...}`, checked by name and type.
+
+    Raises:
+        ValueError: An item is not KEY=NUMBER or names no dense_crf parameter.
+    """
+    from keras_dense.crf.card_parameters import CRF_PARAMETERS
+
+    parameters = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or key not in CRF_PARAMETERS:
+            raise ValueError(
+                f"--crf-parameter {item}: expected KEY=VALUE with KEY one of "
+                f"{sorted(CRF_PARAMETERS)}"
+            )
+        try:
+            parameters[key] = CRF_PARAMETERS[key](value)
+        except ValueError:
+            raise ValueError(f"--crf-parameter {item}: {value!r} is not a number") from None
+    return parameters
+
+
 def run(args: argparse.Namespace) -> int:
     """Chooses the threshold, prints the curve and updates the card."""
     from keras_dense.crf.card_parameters import card_crf_parameters
@@ -72,13 +104,16 @@ def run(args: argparse.Namespace) -> int:
     if args.max_images is not None and args.max_images < 1:
         raise ValueError(f"--max-images {args.max_images}: expected a positive integer")
     grid = parse_thresholds(args.grid)
+    overrides = parse_crf_parameters(args.crf_parameter)
+    if overrides and not args.crf:
+        raise ValueError("--crf-parameter applies with --crf only")
     model, card = load_model_with_card(args.model)
     if card.get("task") != "classification":
         raise ValueError(
             f"--model {args.model}: tune-threshold applies to classification models "
             f"(wsl_classifier), the card says task {card.get('task')!r}"
         )
-    crf_parameters = card_crf_parameters(card) if args.crf else None
+    crf_parameters = {**card_crf_parameters(card), **overrides} if args.crf else None
     choice = choose_background_threshold(
         model, card, args.data, grid, args.crf, crf_parameters, args.max_images
     )
@@ -94,6 +129,8 @@ def run(args: argparse.Namespace) -> int:
     with open(path) as f:
         stored = json.load(f)
     key = CRF_BACKGROUND_THRESHOLD_KEY if args.crf else BACKGROUND_THRESHOLD_KEY
+    if overrides:
+        stored["crf"] = {**(stored.get("crf") or {}), **overrides}
     stored[key] = choice.threshold
     stored[f"{key}_search"] = {
         "tuned_on": args.data,
