@@ -5,10 +5,10 @@ scratch) is trained on the 300 trainval photos with the breed (the file-name pre
 breeds and 1 dog breed) as the only label, then measured against the trimaps (1 = pet,
 2 = background, 3 = border, ignored):
 
-1. on every other photo of the test split (the odd lines, 149 photos): mAP over the 3 breeds and the pointing
-   game (the peak of the image's breed map on a pet pixel, at 0 px and at
-   `--tolerance` px, 6 by default: the 3 px of the 64-px shapes scaled to 128 px), beside the
-   centre-point baseline;
+1. on every other photo of the test split (the odd lines, 149 photos): mAP over the 3
+   breeds and the pointing game (the peak of the image's breed map on a pet pixel, at 0 px
+   and at `--tolerance` px, 6 by default: the 3 px of the 64-px shapes scaled to 128 px),
+   beside the centre-point baseline;
 2. the background threshold is chosen on the other test photos (the even lines, 149 photos;
    raw and after the CRF) and written into the model card; they also pick the best epoch;
 3. the 300 trainval photos are pseudo-labelled with the card's thresholds (raw and with the
@@ -22,7 +22,19 @@ Needs the shared data sets (`$KERAS_DENSE_DATA` or ../shared/datasets). Prints J
 
     .venv/bin/python benchmarks/wsl_pets.py [--size 128] [--steps 1000] [--pooling gap]
 
-RESULTS_PLACEHOLDER
+Measured (AMD EPYC, 2 cores shared with other jobs, load average 12.6 at the end, TF 2.21,
+Keras 3.15; photos resized to 128 px, GAP, 1000 steps of 16 from scratch: 429 s training,
+9 minutes in all):
+
+- mAP over the 3 breeds 0.880 (AP Abyssinian 0.808, Bengal 0.894, american_bulldog 0.938);
+- pointing at 0 / 6 px 0.550 / 0.765, but the centre point scores 0.859 / 0.946: the pets are
+  photographed centred;
+- pseudo-mask pet IoU on the 300 trainval photos 0.392 raw / 0.405 after the CRF
+  (thresholds 0.2 / 0.1, chosen on the 149 other test photos), against 0.326 for
+  all-foreground masks and 0.459 / 0.469 for centred boxes of half / three quarters of each
+  side. The breed classifier's maps peak on a part of the pet and fall off over the rest
+  (hence the low thresholds): better than all-foreground masks, worse than the centre box on
+  these centred photos.
 """
 
 from __future__ import annotations
