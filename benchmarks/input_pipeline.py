@@ -10,7 +10,11 @@ Both are measured in the same run on the same shards, for two kinds of images:
   out, with a note, when absent.
 
 The raw rate is parse + JPEG decode (accurate integer DCT, as the pipeline) + PNG mask decode
-+ batching, with no augmentation. Prints one JSON object.
++ batching, with no augmentation. `augment_on_device` gives the host rate of
+`segmentation_dataset(..., augment_on="device")` (decode, padded batches, seeds: what the host
+does when the augmentation runs in the train step) against the same raw rate, and the cost of
+that batched stage (`keras_dense.data.device_augment`) when it runs on this machine's CPU.
+Prints one JSON object.
 
     .venv/bin/python benchmarks/input_pipeline.py [--images 64] [--runs 5] [--sources real]
 """
@@ -114,17 +118,36 @@ def measure(pattern: str, n_images: int, args, ragged: bool) -> dict:
             fast_decode=fast_decode,
         )
 
+    def device_host():
+        # augment_on="device": the host part only (decode, padded batches, seeds).
+        return segmentation_dataset(
+            pattern,
+            args.batch,
+            crop_size=args.crop,
+            training=True,
+            seed=0,
+            verify=False,
+            drop_remainder=False,
+            augment_on="device",
+        )
+
     def consume(make_ds):
         ds = make_ds().repeat(args.epochs)
         return lambda: sum(1 for _ in ds)
 
     n = n_images * args.epochs
-    runs: dict[str, list[float]] = {"raw": [], "pipeline": [], "pipeline_full_decode": []}
+    runs: dict[str, list[float]] = {
+        "raw": [],
+        "pipeline": [],
+        "pipeline_full_decode": [],
+        "device_host_part": [],
+    }
     cpu: dict[str, list[float]] = {k: [] for k in runs}
     consumers = {
         "raw": consume(raw),
         "pipeline": consume(full(True)),
         "pipeline_full_decode": consume(full(False)),
+        "device_host_part": consume(device_host),
     }
     for fn in consumers.values():  # warm-up: file cache, graph tracing
         fn()
@@ -135,7 +158,18 @@ def measure(pattern: str, n_images: int, args, ragged: bool) -> dict:
             cpu[name].append(time.process_time() - start)
     med = {k: statistics.median(v) for k, v in runs.items()}
     med_cpu = {k: statistics.median(v) for k, v in cpu.items()}
+    stage = device_stage_cost(device_host(), args)
     return {
+        "augment_on_device": {
+            "host_images_per_s": round(n / med["device_host_part"], 1),
+            "ratio_host_part_over_raw": round(med["raw"] / med["device_host_part"], 3),
+            "cpu_ratio_host_part_over_raw": round(med_cpu["raw"] / med_cpu["device_host_part"], 3),
+            "ratio_host_part_spread": [
+                round(min(r / p for r, p in zip(runs["raw"], runs["device_host_part"])), 3),
+                round(max(r / p for r, p in zip(runs["raw"], runs["device_host_part"])), 3),
+            ],
+            **stage,
+        },
         "images_per_run": n,
         "raw_decode_images_per_s": round(n / med["raw"], 1),
         "segmentation_dataset_images_per_s": round(n / med["pipeline"], 1),
@@ -153,6 +187,38 @@ def measure(pattern: str, n_images: int, args, ragged: bool) -> dict:
         ),
         "run_seconds": {k: [round(t, 3) for t in v] for k, v in runs.items()},
         "run_cpu_seconds": {k: [round(t, 3) for t in v] for k, v in cpu.items()},
+    }
+
+
+def device_stage_cost(dataset, args) -> dict:
+    """The batched device stage (`augment_batch`) on this machine's CPU, per batch.
+
+    Times the compiled stage alone on decoded batches already in memory (median of
+    `args.runs` passes over them): the work `augment_on="device"` moves from the tf.data
+    threads into the train step. On a GPU it runs on the accelerator instead.
+    """
+    import tensorflow as tf
+
+    from keras_dense.data.device_augment import device_stage
+
+    stage = tf.function(device_stage((args.crop, args.crop)), reduce_retracing=True)
+    batches = list(dataset.take(4))
+    for batch in batches:  # trace each canvas shape once
+        stage(batch)
+    walls, cpus = [], []
+    for _ in range(args.runs):
+        start, cpu = time.perf_counter(), time.process_time()
+        for batch in batches:
+            images, _ = stage(batch)
+            images.numpy()
+        walls.append((time.perf_counter() - start) / len(batches))
+        cpus.append((time.process_time() - cpu) / len(batches))
+    wall, cpu = statistics.median(walls), statistics.median(cpus)
+    return {
+        "device_stage_on_cpu_ms_per_batch": round(wall * 1e3, 1),
+        "device_stage_on_cpu_cpu_ms_per_batch": round(cpu * 1e3, 1),
+        "device_stage_on_cpu_images_per_s": round(args.batch / wall, 1),
+        "device_stage_runs_ms": [round(w * 1e3, 1) for w in walls],
     }
 
 

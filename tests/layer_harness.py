@@ -48,12 +48,23 @@ BF16_RTOL = 0.05
 
 
 @dataclasses.dataclass(frozen=True)
+class Fresh:
+    """An `init_kwargs` value built anew for every layer (e.g. the layer a wrapper wraps).
+
+    Attributes:
+        factory: `() -> value`, called by `LayerCase.make_layer` (under the current policy).
+    """
+
+    factory: Callable[[], Any]
+
+
+@dataclasses.dataclass(frozen=True)
 class LayerCase:
     """One harness case.
 
     Attributes:
         layer_cls: The layer class (looked up by class, not by module path).
-        init_kwargs: Constructor keyword arguments.
+        init_kwargs: Constructor keyword arguments; `Fresh` values are built per layer.
         make_inputs: `(rng, batch) -> inputs`: an array or a list of arrays (batch first).
         name: Test id; defaults to the class name.
         batch_independent: Whether the items of a batch are computed independently.
@@ -81,7 +92,9 @@ class LayerCase:
         return self.make_inputs(np.random.default_rng(seed), batch)
 
     def make_layer(self, **overrides) -> keras.layers.Layer:
-        return self.layer_cls(**{**self.init_kwargs, **overrides})
+        kwargs = {**self.init_kwargs, **overrides}
+        kwargs = {k: v.factory() if isinstance(v, Fresh) else v for k, v in kwargs.items()}
+        return self.layer_cls(**kwargs)
 
 
 def registered_layer_classes() -> dict[str, type]:

@@ -28,6 +28,8 @@ BUILDERS = [
     apps.deconvnet,
     apps.unet,
     apps.fast_rcnn,
+    apps.faster_rcnn,
+    apps.mask_rcnn,
     apps.wsl_classifier,
 ]
 

@@ -52,3 +52,11 @@ def test_smoke_runs_every_section(capsys):
     assert "seconds" in sections["crf"]["tf_on_device"]
     assert "forward_s" in sections["roi_pooling"]["max"]
     assert sections["input_pipeline"]["host_images_per_s"] > 0
+
+
+def test_known_upstream_issue_is_labelled():
+    gpu_check = load_gpu_check()
+    message = "InternalError: Seen floating point types of different precisions in %MaxPoolGrad"
+    labelled = gpu_check._known_issue({"error": message})
+    assert "upstream" in labelled["known_issue"] and labelled["error"] == message
+    assert "known_issue" not in gpu_check._known_issue({"error": "OOM when allocating"})

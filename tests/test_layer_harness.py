@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from keras_dense.layers import (
     ASPP,
+    ChunkedTimeDistributed,
+    ClassMasks,
     ClassWisePooling2D,
+    ContextWarp,
     CrfRnn,
     CropToMatch,
     Denormalization,
+    DetectionLayer,
     GlobalLSEPooling2D,
+    MaskHead,
     MaxPoolingWithArgmax2D,
     MaxUnpooling2D,
     ProposalLayer,
@@ -26,6 +32,7 @@ from helpers import run_python
 from layer_harness import (
     CHECKS,
     FRESH_PROCESS_LOAD,
+    Fresh,
     LayerCase,
     registered_layer_classes,
     save_case_model,
@@ -72,6 +79,33 @@ def _roi_inputs(rng, batch):
     return [features, rois]
 
 
+def _warp_inputs(rng, batch):
+    # A 12 x 16 image; boxes in whole pixels (exact in bfloat16), one partly outside it.
+    images = rng.normal(0, 1, (batch, 12, 16, 3)).astype(np.float32)
+    corners = rng.integers(0, 8, (batch, 3, 2))
+    sizes = rng.integers(1, 8, (batch, 3, 2))
+    rois = np.concatenate([corners, corners + sizes], axis=-1).astype(np.float32)
+    rois[:, 0] = [-3.0, 10.0, 6.0, 19.0]
+    return [images, rois]
+
+
+def _class_mask_inputs(rng, batch):
+    logits = rng.normal(0, 2, (batch, 3, 4, 4, 2)).astype(np.float32)
+    classes = rng.integers(0, 3, (batch, 3)).astype(np.int32)
+    return [logits, classes]
+
+
+def _detection_inputs(rng, batch):
+    # 6 proposals in a 40 x 48 image, 2 classes (+ background); the last one is padding.
+    corners = rng.uniform(0, 20, (batch, 6, 2))
+    proposals = np.concatenate([corners, corners + rng.uniform(8, 20, (batch, 6, 2))], -1)
+    cls_score = rng.normal(0, 2, (batch, 6, 3)).astype(np.float32)
+    bbox_pred = rng.normal(0, 0.3, (batch, 6, 12)).astype(np.float32)
+    shapes = np.tile(np.array([[40, 48]], np.float32), (batch, 1))
+    count = np.full((batch,), 5, np.int32)
+    return [cls_score, bbox_pred, proposals.astype(np.float32), shapes, count]
+
+
 def _proposal_inputs(with_scale: bool):
     # A 5 x 6 map at stride 8 (a 40 x 48 image), 3 anchors per cell; distinct scores.
     def make(rng, batch):
@@ -114,6 +148,19 @@ CASES = [
         },
         _crf_inputs,
     ),
+    LayerCase(
+        ChunkedTimeDistributed,
+        {"layer": Fresh(lambda: keras.layers.Conv2D(3, 3, padding="same")), "chunk_size": 2},
+        _normal(5, 6, 6, 2),
+        name="ChunkedTimeDistributed-chunks",
+    ),
+    LayerCase(
+        ChunkedTimeDistributed,
+        {"layer": Fresh(lambda: keras.layers.Dense(4)), "chunk_size": None},
+        _normal(3, 5),
+        name="ChunkedTimeDistributed-whole",
+    ),
+    LayerCase(ContextWarp, {"crop_size": 8, "context_padding": 1}, _warp_inputs),
     LayerCase(CropToMatch, {}, _two_maps((10, 12, 2), (6, 7, 1)), name="CropToMatch-center"),
     LayerCase(
         CropToMatch, {"offset": (1, 2)}, _two_maps((10, 12, 2), (6, 7, 1)), name="CropToMatch-1-2"
@@ -185,6 +232,17 @@ CASES = [
     ),
     LayerCase(ClassWisePooling2D, {"maps_per_class": 3}, _normal(5, 7, 6)),
     LayerCase(RPNHead, {"num_anchors": 3, "filters": 8}, _normal(5, 6, 4)),
+    LayerCase(ClassMasks, {}, _class_mask_inputs),
+    LayerCase(
+        DetectionLayer,
+        {"score_threshold": 0.1, "nms_iou": 0.5, "max_detections": 4},
+        _detection_inputs,
+        float32_outputs=True,
+        atol=1e-4,
+    ),
+    LayerCase(
+        MaskHead, {"num_classes": 3, "filters": 8, "num_convs": 2}, _normal(4, 6, 6, 5), atol=1e-4
+    ),
     LayerCase(
         ProposalLayer,
         PROPOSAL_ARGS,

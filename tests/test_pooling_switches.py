@@ -168,3 +168,31 @@ def test_keras_roundtrip_in_fresh_process(tmp_path):
     model = _pool_unpool_model()
     x = np.random.default_rng(7).normal(size=(2, 7, 9, 3)).astype(np.float32)
     keras_roundtrip_in_subprocess(model, x, tmp_path)
+
+
+@pytest.mark.parametrize("padding, hw", [("same", (7, 10)), ("same", (8, 6)), ("valid", (9, 7))])
+def test_xla_compiled_pooling_matches_the_argmax_op(padding, hw):
+    # Small integers: many ties, which must resolve to the first maximum as the op does.
+    rng = np.random.default_rng(3)
+    x = tf.constant(rng.integers(0, 4, (2, *hw, 3)).astype(np.float32))
+    layer = MaxPoolingWithArgmax2D(2, padding=padding)
+    pooled, switches = tf.function(layer, jit_compile=True)(x)
+    want_pooled, want_switches = tf.nn.max_pool_with_argmax(
+        x, 2, 2, padding.upper(), output_dtype=tf.int64, include_batch_in_index=False
+    )
+    np.testing.assert_array_equal(pooled.numpy(), want_pooled.numpy())
+    np.testing.assert_array_equal(switches.numpy(), want_switches.numpy())
+
+
+def test_jit_compiled_model_predicts_as_eager():
+    inputs = keras.Input((None, None, 3))
+    features = keras.layers.Conv2D(4, 3, padding="same")(inputs)
+    pooled, switches = MaxPoolingWithArgmax2D()(features)
+    decoded = keras.layers.Conv2D(4, 3, padding="same")(pooled)
+    outputs = MaxUnpooling2D()([decoded, switches, features])
+    model = keras.Model(inputs, outputs)
+    x = np.random.default_rng(4).normal(size=(2, 15, 18, 3)).astype(np.float32)
+    eager = model(x).numpy()
+    model.compile(jit_compile=True)
+    np.testing.assert_allclose(model.predict(x, verbose=0), eager, atol=1e-5)
+    assert np.count_nonzero(eager) > 0

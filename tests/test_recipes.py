@@ -25,7 +25,9 @@ REQUIRED = {
     "crfrnn_voc",
     "deeplab_pets",
     "fast_rcnn_bccd",
+    "faster_rcnn_bccd",
     "shapes_demo",
+    "mask_rcnn_shapes",
 }
 # Class counts of the data sets the recipes read (segmentation: with background).
 NUM_CLASSES = {
@@ -35,7 +37,9 @@ NUM_CLASSES = {
     "pets": 2,
     "pets_wsl": 4,  # background + the 3 breeds (convert pairs --class-from-prefix)
     "bccd": 3,
+    "bccd_boxes": 3,
     "shapes": 4,
+    "shapes128": 4,
 }
 
 
@@ -88,6 +92,8 @@ def test_recipe_kwargs_fit_the_builder(path):
     num_classes = NUM_CLASSES[data_set]
     if recipe["task"] == "classification":  # weakly supervised: background is not a class
         num_classes -= 1
+    if recipe["task"] == "instance_segmentation":  # object classes (the shapes list has background)
+        num_classes -= 1
     builder, kwargs = builder_kwargs(
         recipe["model"]["builder"],
         recipe["model"]["kwargs"],
@@ -96,7 +102,10 @@ def test_recipe_kwargs_fit_the_builder(path):
     )
     assert kwargs["num_classes"] == num_classes
     if recipe["task"] == "detection":
-        assert recipe["model"]["builder"] == "fast_rcnn"
+        assert recipe["model"]["builder"] in ("fast_rcnn", "rcnn", "faster_rcnn")
+        # Faster R-CNN proposes its own regions: its shards need none.
+        needs_proposals = recipe["model"]["builder"] in ("fast_rcnn", "rcnn")
+        assert (recipe["data"]["max_proposals"] == 0) == (not needs_proposals)
 
 
 def test_shapes_demo_builds_and_runs():

@@ -78,7 +78,10 @@ def check_image(out, batch, image, expect_fg, expect_bg):
     bg = labels == 0
     assert fg.sum() == expect_fg and bg.sum() == expect_bg
     assert (labels[fg.sum() + bg.sum() :] == -1).all()  # padding at the end
-    for roi, label, target in zip(rois, labels, out["box_targets"][image]):
+    matched = out["matched_gt"][image]
+    for roi, label, target, index in zip(rois, labels, out["box_targets"][image], matched):
+        if label <= 0:
+            assert index == -1
         if label < 0:
             np.testing.assert_array_equal(roi, 0.0)
             continue
@@ -87,6 +90,9 @@ def check_image(out, batch, image, expect_fg, expect_bg):
         best = int(np.argmax(ious))
         if label > 0:
             assert ious[best] >= 0.5 and label == gts[best][1]
+            # The matched row is the best-overlapping (non-difficult) ground-truth box.
+            assert 0 <= index < batch["num_boxes"][image] and not batch["difficult"][image, index]
+            np.testing.assert_array_equal(batch["boxes"][image, index], gts[best][0])
             back = np.asarray(decode_boxes(target[None], roi[None]))[0]
             np.testing.assert_allclose(back, gts[best][0], atol=1e-3)
         else:

@@ -99,7 +99,13 @@ def _resnet_block(x, filters: int, stride: int, rate: int, conv_shortcut: bool, 
     return keras.layers.Activation("relu", name=f"{name}_out")(x)
 
 
-def _resnet(x, blocks: Sequence[int], schedule: AtrousSchedule, multi_grid: Sequence[int]):
+def _resnet(
+    x,
+    blocks: Sequence[int],
+    schedule: AtrousSchedule,
+    multi_grid: Sequence[int],
+    last_stage: int = 5,
+):
     schedule.downsample()  # conv1, stride 2
     x = keras.layers.ZeroPadding2D(((3, 3), (3, 3)), name="conv1_pad")(x)
     x = keras.layers.Conv2D(64, 7, strides=2, name="conv1_conv")(x)
@@ -111,6 +117,8 @@ def _resnet(x, blocks: Sequence[int], schedule: AtrousSchedule, multi_grid: Sequ
 
     low_level = None
     for stage, (filters, num_blocks) in enumerate(zip((64, 128, 256, 512), blocks), start=2):
+        if stage > last_stage:
+            break
         # The stride sits in the first 1x1 convs of a stage, so the stage's 3x3 convs all come
         # after the (removed) subsampling and all use the rate reached after it.
         stride = schedule.downsample()[0] if stage > 2 else 1
@@ -334,6 +342,29 @@ def atrous_backbone(
     if backbone == "xception":
         return _xception(inputs, schedule)
     return _mobilenetv2(inputs, schedule)
+
+
+def resnet_trunk(inputs, backbone: str = "resnet50", last_stage: int = 4):
+    """Applies a ResNet up to the end of stage `last_stage` (Faster R-CNN's conv4 features).
+
+    The layers are those of `atrous_backbone` (keras.applications names, so that
+    `load_backbone_weights` fills them); stage 4 ends at output stride 16.
+
+    Args:
+        inputs: Image tensor `(B, H, W, 3)`, "caffe"-preprocessed.
+        backbone: `"resnet50"` or `"resnet101"`.
+        last_stage: The last stage built, 2 to 5 (`conv{last_stage}_block*`).
+
+    Returns:
+        The output of `conv{last_stage}`'s last block, at output stride `2 ** last_stage`.
+    """
+    if backbone not in RESNET_BLOCKS:
+        raise ValueError(f"backbone={backbone!r}: expected one of {sorted(RESNET_BLOCKS)}")
+    if last_stage not in (2, 3, 4, 5):
+        raise ValueError(f"last_stage={last_stage!r}: expected 2, 3, 4 or 5")
+    blocks = RESNET_BLOCKS[backbone]
+    schedule = AtrousSchedule(32)
+    return _resnet(inputs, blocks, schedule, (1,) * blocks[3], last_stage)[0]
 
 
 def atrous_backbone_model(

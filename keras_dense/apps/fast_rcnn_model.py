@@ -293,11 +293,42 @@ def fast_rcnn_graph(images, rois, num_classes: int, pool_size: int, roi_mode: st
         `[cls_score (B, R, K + 1), bbox_pred (B, R, 4 (K + 1))]`.
     """
     features = vgg16_trunk(images, pool=_pool_without_pool5)["conv5_3"]
-    pooled = RoIPooling(pool_size, 1.0 / 16.0, mode=roi_mode, name="roi_pool5")([features, rois])
-    x = keras.layers.Reshape((-1, pool_size * pool_size * 512), name="roi_flatten")(pooled)
-    x = keras.layers.Dense(FC_UNITS, activation="relu", name="fc6")(x)
+    return fast_rcnn_head(features, rois, num_classes, pool_size, roi_mode, dropout)
+
+
+def fast_rcnn_head(
+    features,
+    rois,
+    num_classes: int,
+    pool_size: int = 7,
+    roi_mode: str = "max",
+    dropout: float = 0.5,
+    fc_units: int = FC_UNITS,
+    spatial_scale: float = 1.0 / 16.0,
+):
+    """Fast R-CNN's per-RoI head: RoI pooling, fc6, fc7 and the two sibling outputs.
+
+    Shared by Fast R-CNN (on the VGG16 trunk) and Faster R-CNN (on any stride-16 backbone).
+
+    Args:
+        features: The feature map tensor `(B, h, w, C)` with a known C.
+        rois: The RoI tensor `(B, R, 4)`, yxyx in input pixels.
+        num_classes: Object classes K (the heads have K + 1 outputs).
+        pool_size: RoI pooling grid.
+        roi_mode: `"max"` or `"align"`.
+        dropout: Dropout rate after fc6 and fc7.
+        fc_units: Units of fc6 and fc7 (4096).
+        spatial_scale: Feature cells per input pixel (1 / 16).
+
+    Returns:
+        `[cls_score (B, R, K + 1), bbox_pred (B, R, 4 (K + 1))]`.
+    """
+    channels = features.shape[-1]
+    pooled = RoIPooling(pool_size, spatial_scale, mode=roi_mode, name="roi_pool5")([features, rois])
+    x = keras.layers.Reshape((-1, pool_size * pool_size * channels), name="roi_flatten")(pooled)
+    x = keras.layers.Dense(fc_units, activation="relu", name="fc6")(x)
     x = keras.layers.Dropout(dropout, name="drop6")(x)
-    x = keras.layers.Dense(FC_UNITS, activation="relu", name="fc7")(x)
+    x = keras.layers.Dense(fc_units, activation="relu", name="fc7")(x)
     x = keras.layers.Dropout(dropout, name="drop7")(x)
     cls_score = keras.layers.Dense(
         num_classes + 1,

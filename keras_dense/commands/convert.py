@@ -56,6 +56,34 @@ def register(sub) -> None:
     )
     _add_common_convert_args(pairs)
 
+    instances = formats.add_parser(
+        "instances",
+        help="a folder of images and a folder of instance-id masks (0 background, 1..N)",
+    )
+    instances.add_argument("--images", required=True, help="folder of images")
+    instances.add_argument(
+        "--masks",
+        required=True,
+        help="folder of single-channel/palette PNGs of instance ids (Penn-Fudan layout)",
+    )
+    instances.add_argument(
+        "--mask-suffix", default="_mask", help="suffix after the stem in mask names (default _mask)"
+    )
+    group = instances.add_mutually_exclusive_group()
+    group.add_argument("--class-name", help="the class of every instance (default: object)")
+    group.add_argument(
+        "--classes-file",
+        help="CSV of STEM,INSTANCE_ID,CLASS lines ('*' wildcards; the most specific line wins)",
+    )
+    instances.add_argument(
+        "--max-instances",
+        type=int,
+        default=100,
+        help="a mask with more instances is an error (default 100, at most 255)",
+    )
+    instances.add_argument("--split-file", help="file listing the stems to convert")
+    _add_common_convert_args(instances)
+
     voc = formats.add_parser("voc", help="PASCAL VOC devkit layout")
     voc.add_argument("--root", required=True, help="folder with JPEGImages/, Annotations/, ...")
     voc.add_argument("--task", choices=("segmentation", "detection"), required=True)
@@ -71,6 +99,13 @@ def register(sub) -> None:
         "--semantic-masks",
         action="store_true",
         help="also write semantic masks (needs pycocotools)",
+    )
+    coco.add_argument(
+        "--no-instance-masks",
+        dest="instance_masks",
+        action="store_false",
+        default=None,
+        help="leave out the per-object masks (written by default when the file has segmentations)",
     )
     _add_common_convert_args(coco)
 
@@ -111,6 +146,18 @@ def _convert(args: argparse.Namespace) -> dict:
             on_error=args.on_error,
             **common,
         )
+    if args.format == "instances":
+        return data.convert_instances(
+            args.images,
+            args.masks,
+            mask_suffix=args.mask_suffix,
+            class_name=args.class_name,
+            classes_file=args.classes_file,
+            max_instances=args.max_instances,
+            split_file=args.split_file,
+            on_error=args.on_error,
+            **common,
+        )
     if args.format == "voc":
         return data.convert_voc(
             args.root,
@@ -126,6 +173,7 @@ def _convert(args: argparse.Namespace) -> dict:
             args.annotations,
             args.images,
             semantic_masks=args.semantic_masks,
+            instance_masks=args.instance_masks,
             on_error=args.on_error,
             **common,
         )

@@ -33,6 +33,50 @@ def _flags_like(flags: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
     )
 
 
+def _resized_instance_masks(
+    encoded: tf.Tensor,
+    height: tf.Tensor,
+    width: tf.Tensor,
+    new_h: tf.Tensor,
+    new_w: tf.Tensor,
+    source_id: tf.Tensor,
+) -> tf.Tensor:
+    """(K, new_h, new_w) uint8 0/1 masks from K PNGs of (height, width).
+
+    The masks are resized as the image is (bilinear, half-pixel centres) and cut at 0.5, so
+    a pixel is in the resized mask when its centre is on the object's side of the edge. All K
+    are resized in one call (twice as fast as one at a time in `benchmarks/instance_masks.py`),
+    which holds K float32 masks at both sizes for a moment.
+    """
+
+    def decode(png):
+        mask = tf.io.decode_png(png, channels=1)[..., 0]
+        check = tf.debugging.Assert(
+            tf.reduce_all(tf.shape(mask) == tf.stack([height, width])),
+            [
+                "an instance mask of record",
+                source_id,
+                "is",
+                tf.shape(mask),
+                "(height, width) but its image is",
+                tf.stack([height, width]),
+            ],
+        )
+        with tf.control_dependencies([check]):
+            return tf.identity(mask)
+
+    def resize():
+        masks = tf.map_fn(
+            decode, encoded, fn_output_signature=tf.TensorSpec([None, None], tf.uint8)
+        )
+        masks = tf.cast(masks[..., None] > 0, tf.float32)
+        resized = tf.image.resize(masks, [new_h, new_w], antialias=False)
+        return tf.cast(resized[..., 0] >= 0.5, tf.uint8)
+
+    masks = tf.cond(tf.size(encoded) > 0, resize, lambda: tf.zeros([0, new_h, new_w], tf.uint8))
+    return tf.reshape(masks, [-1, new_h, new_w])
+
+
 def detection_dataset(
     file_pattern: str | Sequence[str],
     batch_size: int,
@@ -50,6 +94,8 @@ def detection_dataset(
     seed: int | None = None,
     drop_remainder: bool | None = None,
     verify: bool = True,
+    instance_masks: bool = False,
+    max_instances: int | None = None,
 ) -> tf.data.Dataset:
     """Batches of images with padded boxes, labels and proposals.
 
@@ -57,7 +103,12 @@ def detection_dataset(
     `max_size` (the Fast R-CNN scale), then zero-padded (after normalisation, so padding is
     the mean pixel) at the bottom and right to the largest image of the batch. Boxes and
     proposals are converted to pixels of the resized image. Training flips images, boxes and
-    proposals together. Crowd boxes are left out unless `keep_crowd`.
+    proposals together. Crowd boxes are left out unless `keep_crowd`. Records without
+    proposals give `num_proposals` 0 (two-stage detectors with an RPN need none).
+
+    With `instance_masks`, each box's mask (`image/object/mask`) comes along at the resized,
+    padded image size: resized like the image (bilinear, cut at 0.5), flipped with it, and
+    dropped with its crowd box, so mask row i is the object of box row i.
 
     Args:
         file_pattern: Glob pattern(s) of TFRecord shards.
@@ -68,7 +119,9 @@ def detection_dataset(
         flip: Random horizontal flip when training.
         normalization: `"caffe"` (VGG16), `"torch"`, `"tf"` or None.
         max_boxes: Rows of the padded box tensors; an image with more boxes is an error.
-        max_proposals: Rows of the padded proposal tensor; more proposals are an error.
+        max_proposals: Rows of the padded proposal tensor; more proposals are an error. 0
+            leaves the records' proposals out (Faster R-CNN proposes its own): `proposals`
+            is then (B, 0, 4) and `num_proposals` zeros.
         keep_crowd: Keep COCO crowd boxes in the targets.
         shuffle_buffer: Records in the shuffle buffer.
         cache: Cache serialized records in memory (True) or a file (str).
@@ -76,19 +129,34 @@ def detection_dataset(
         seed: Seed of shuffling and flipping.
         drop_remainder: Drop a last partial batch (default: True when training).
         verify: Check shards before reading.
+        instance_masks: Add `instance_masks`; a record whose boxes do not each have a mask
+            (or whose masks differ in size from its image) is an error naming its source_id.
+        max_instances: Rows of the padded mask tensor (default `max_boxes`; at most
+            `max_boxes`); an image with more boxes is an error. Lower it to bound memory:
+            a batch holds `B * max_instances * H * W` bytes of masks.
 
     Returns:
         A dataset of dicts: `images` (B,H,W,3) float32, `image_shape` (B,2) int32, `scale`
         (B,), `boxes` (B,max_boxes,4) pixel yxyx, `labels` (B,max_boxes) int32 (0 = padding),
         `difficult` (B,max_boxes) bool, `num_boxes` (B,), `proposals` (B,max_proposals,4),
-        `num_proposals` (B,), `source_id` (B,) string.
+        `num_proposals` (B,), `source_id` (B,) string; with `instance_masks` also
+        `instance_masks` (B, max_instances, H, W) uint8 0/1 (zero rows and zero padding
+        beyond each image's boxes and size).
     """
     check_mode(normalization)
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size}: expected an integer >= 1")
+    if isinstance(max_proposals, bool) or not isinstance(max_proposals, int) or max_proposals < 0:
+        raise ValueError(f"max_proposals={max_proposals!r}: expected an int >= 0")
     if min_size < 1 or max_size < min_size:
         raise ValueError(
             f"min_size={min_size}, max_size={max_size}: expected 1 <= min_size <= max_size"
+        )
+    if max_instances is None:
+        max_instances = max_boxes
+    if instance_masks and not 1 <= max_instances <= max_boxes:
+        raise ValueError(
+            f"max_instances={max_instances}: expected an integer in [1, max_boxes={max_boxes}]"
         )
     ds = records_dataset(file_pattern, training, seed, deterministic, cache, verify)
     if training:
@@ -108,13 +176,41 @@ def detection_dataset(
         # Records from other tools may lack the per-box flags: default them to False.
         difficult = _flags_like(parsed["difficult"], labels)
         crowd = _flags_like(parsed["is_crowd"], labels)
+        mask_checks = []
+        if instance_masks:
+            encoded = parsed["instance_mask_bytes"]
+            mask_checks.append(
+                tf.debugging.Assert(
+                    tf.size(encoded) == tf.size(labels),
+                    [
+                        "record",
+                        parsed["source_id"],
+                        "has",
+                        tf.size(encoded),
+                        "instance masks (image/object/mask) for",
+                        tf.size(labels),
+                        "boxes; instance_masks=True needs one mask per box",
+                    ],
+                )
+            )
+            with tf.control_dependencies(mask_checks):
+                encoded = tf.identity(encoded)
         if not keep_crowd:
             keep = tf.logical_not(crowd)
             boxes = tf.boolean_mask(boxes, keep)
             labels = tf.boolean_mask(labels, keep)
             difficult = tf.boolean_mask(difficult, keep)
+            if instance_masks:
+                encoded = tf.boolean_mask(encoded, keep)
+        if instance_masks:
+            masks = _resized_instance_masks(
+                encoded, height, width, new_h, new_w, parsed["source_id"]
+            )
         boxes = boxes * size
-        proposals = parsed["proposals"] * size
+        if max_proposals == 0:  # Faster R-CNN: the records' proposals are not read
+            proposals = tf.zeros([0, 4], tf.float32)
+        else:
+            proposals = parsed["proposals"] * size
         if training and flip:
             do_flip = tf.random.stateless_uniform([], element_seed) < 0.5
             w = tf.cast(new_w, tf.float32)
@@ -125,6 +221,8 @@ def detection_dataset(
             image = tf.where(do_flip, image[:, ::-1], image)
             boxes = tf.cond(do_flip, lambda: mirror(boxes), lambda: boxes)
             proposals = tf.cond(do_flip, lambda: mirror(proposals), lambda: proposals)
+            if instance_masks:
+                masks = tf.cond(do_flip, lambda: masks[:, :, ::-1], lambda: masks)
         num_boxes = tf.shape(boxes)[0]
         num_proposals = tf.shape(proposals)[0]
         checks = [
@@ -151,8 +249,22 @@ def detection_dataset(
                 ],
             ),
         ]
+        if instance_masks:
+            checks.append(
+                tf.debugging.Assert(
+                    num_boxes <= max_instances,
+                    [
+                        "more boxes than max_instances =",
+                        max_instances,
+                        "in record",
+                        parsed["source_id"],
+                        ":",
+                        num_boxes,
+                    ],
+                )
+            )
         with tf.control_dependencies(checks):
-            return {
+            out = {
                 "images": normalize(image, normalization),
                 "image_shape": tf.stack([new_h, new_w]),
                 "scale": scale,
@@ -164,6 +276,9 @@ def detection_dataset(
                 "num_proposals": num_proposals,
                 "source_id": parsed["source_id"],
             }
+            if instance_masks:
+                out["instance_masks"] = _pad_rows(masks, max_instances)
+            return out
 
     ds = ds.map(prepare, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
     drop = training if drop_remainder is None else drop_remainder

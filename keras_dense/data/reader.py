@@ -25,10 +25,13 @@ def decode_record(serialized: bytes, source: str = "<record>") -> dict:
         accurate integer DCT, as everywhere in keras_dense); when present `mask`
         (H, W) uint8, `boxes` (n, 4) float32 normalised yxyx, `labels` (n,) int64,
         `difficult` (n,) bool, `is_crowd` (n,) bool, `proposals` (m, 4) float32 and
-        `image_labels` (k,) int64 (1-based `image/class/label` ids).
+        `image_labels` (k,) int64 (1-based `image/class/label` ids); always
+        `instance_masks` (n, H, W) uint8 of 0/1, one per box in the order of `boxes`
+        (`image/object/mask`; (0, H, W) when the record has none).
 
     Raises:
-        BadInputError: The record cannot be parsed or its image/mask cannot be decoded.
+        BadInputError: The record cannot be parsed, its image/mask cannot be decoded, or its
+            instance masks are not one per box at the image's size.
     """
     try:
         parsed = parse_serialized(tf.constant(serialized))
@@ -55,7 +58,44 @@ def decode_record(serialized: bytes, source: str = "<record>") -> dict:
     proposals = parsed["proposals"].numpy()
     if proposals.shape[0]:
         out["proposals"] = proposals.astype(np.float32)
+    out["instance_masks"] = _decode_instance_masks(
+        parsed["instance_mask_bytes"].numpy(),
+        out["image"].shape[:2],
+        len(out.get("labels", ())),
+        f"{source} ({out['source_id']})" if out["source_id"] else source,
+    )
     return out
+
+
+def _decode_instance_masks(
+    encoded: np.ndarray, image_shape: tuple[int, int], num_boxes: int, source: str
+) -> np.ndarray:
+    """(n, H, W) uint8 0/1 masks from the PNGs of `image/object/mask`, checked against the boxes."""
+    height, width = image_shape
+    if encoded.shape[0] == 0:
+        return np.zeros((0, height, width), np.uint8)
+    if encoded.shape[0] != num_boxes:
+        raise BadInputError(
+            source,
+            f"{encoded.shape[0]} instance masks (image/object/mask) for {num_boxes} boxes: "
+            "expected one mask per box",
+        )
+    masks = np.zeros((encoded.shape[0], height, width), np.uint8)
+    for k, png in enumerate(encoded):
+        try:
+            decoded = tf.io.decode_png(png, channels=1).numpy()[..., 0]
+        except tf.errors.InvalidArgumentError as err:
+            raise BadInputError(
+                source, f"instance mask {k} is not a PNG ({str(err).splitlines()[0]})"
+            ) from None
+        if decoded.shape != (height, width):
+            raise BadInputError(
+                source,
+                f"instance mask {k} is {decoded.shape[1]}x{decoded.shape[0]} but the image "
+                f"is {width}x{height} (width x height)",
+            )
+        masks[k] = decoded != 0
+    return masks
 
 
 def read_examples(file_pattern: str | Sequence[str]) -> Iterator[dict]:

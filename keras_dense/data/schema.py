@@ -9,11 +9,18 @@ tools are read as they are:
 | semantic mask | `image/segmentation/class/encoded` (single-channel PNG of class ids), `image/segmentation/class/format` |
 | boxes | `image/object/bbox/{xmin,ymin,xmax,ymax}`, normalised to [0, 1] |
 | box labels | `image/object/class/label` (1-based), `image/object/class/text`, `image/object/difficult`, `image/object/is_crowd` |
+| instance masks | `image/object/mask`: one single-channel PNG per box, in box order, at the image's size (0 background, non-zero = the object; keras_dense writes 0/1) |
 | proposals | `image/proposal/bbox/{xmin,ymin,xmax,ymax}`, normalised |
 | image labels | `image/class/label`: the classes in the image (multi-label, 1-based like box labels, 0 = background) |
 
 Boxes are normalised as the Object Detection API does it: `xmin / width`, `xmax / width`.
-In memory boxes are `[ymin, xmin, ymax, xmax]` (TensorFlow's order).
+In memory boxes are `[ymin, xmin, ymax, xmax]` (TensorFlow's order). Coordinates are
+continuous: a box holding pixel columns `x0..x1` spans `[x0 / width, (x1 + 1) / width]`, so
+the box of an instance mask is `(ys.min(), xs.min(), ys.max() + 1, xs.max() + 1)` divided by
+`(height, width, height, width)` (the max is exclusive in pixel indices).
+
+Instance masks are PNG-encoded, as the Object Detection API writes them (its other form, a
+dense float list under the same key, is not read).
 """  # noqa: E501
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ DIFFICULT = "image/object/difficult"
 IS_CROWD = "image/object/is_crowd"
 PROPOSAL_PREFIX = "image/proposal/bbox/"
 IMAGE_LABEL = "image/class/label"
+INSTANCE_MASK = "image/object/mask"
 COORDS = ("ymin", "xmin", "ymax", "xmax")
 
 
@@ -65,6 +73,8 @@ class Record:
             none); listed in the manifest, not serialized.
         image_labels: (k,) 1-based ids of the classes in the image (`image/class/label`,
             image-level multi-label annotation), or None.
+        instance_masks: (n,) single-channel PNGs of 0/1 (1 = the object's pixels), one per
+            box in box order, each at the image's size; or None.
     """
 
     source_id: str
@@ -83,6 +93,7 @@ class Record:
     rejected: list[dict] = field(default_factory=list)
     orientation: int = 1
     image_labels: np.ndarray | None = None
+    instance_masks: list[bytes] | None = None
 
 
 def _bytes(values: list[bytes]) -> tf.train.Feature:
@@ -110,6 +121,9 @@ def serialize_record(record: Record) -> bytes:
 
     Returns:
         The serialized Example.
+
+    Raises:
+        ValueError: The record has instance masks but not one per box.
     """
     features = {
         IMAGE_ENCODED: _bytes([record.image_bytes]),
@@ -131,6 +145,14 @@ def serialize_record(record: Record) -> bytes:
         crowd = record.is_crowd if record.is_crowd is not None else np.zeros(n)
         features[DIFFICULT] = _ints(difficult)
         features[IS_CROWD] = _ints(crowd)
+    if record.instance_masks is not None:
+        num_boxes = 0 if record.boxes is None else len(record.boxes)
+        if len(record.instance_masks) != num_boxes:
+            raise ValueError(
+                f"record {record.source_id!r}: {len(record.instance_masks)} instance masks "
+                f"for {num_boxes} boxes; expected one mask per box"
+            )
+        features[INSTANCE_MASK] = _bytes(list(record.instance_masks))
     if record.image_labels is not None:
         features[IMAGE_LABEL] = _ints(record.image_labels)
     if record.proposals is not None:
@@ -152,6 +174,7 @@ def feature_spec() -> dict:
         DIFFICULT: tf.io.VarLenFeature(tf.int64),
         IS_CROWD: tf.io.VarLenFeature(tf.int64),
         IMAGE_LABEL: tf.io.VarLenFeature(tf.int64),
+        INSTANCE_MASK: tf.io.VarLenFeature(tf.string),
     }
     for prefix in (BOX_PREFIX, PROPOSAL_PREFIX):
         for name in COORDS:
@@ -174,7 +197,8 @@ def parse_serialized(serialized: tf.Tensor) -> dict:
         A dict with `image_bytes`, `mask_bytes` (empty string when absent), `source_id`,
         `boxes` (n,4) normalised yxyx, `labels` (n,) int32, `difficult` (n,) bool,
         `is_crowd` (n,) bool, `proposals` (m,4) and `image_labels` (k,) int32 (the
-        1-based `image/class/label` ids; empty when absent).
+        1-based `image/class/label` ids; empty when absent) and `instance_mask_bytes` (k,)
+        string, the PNG of each box's instance mask (empty when absent).
     """
     parsed = tf.io.parse_single_example(serialized, feature_spec())
     return {
@@ -187,4 +211,5 @@ def parse_serialized(serialized: tf.Tensor) -> dict:
         "is_crowd": tf.cast(tf.sparse.to_dense(parsed[IS_CROWD]), tf.bool),
         "proposals": parse_boxes(parsed, PROPOSAL_PREFIX),
         "image_labels": tf.cast(tf.sparse.to_dense(parsed[IMAGE_LABEL]), tf.int32),
+        "instance_mask_bytes": tf.sparse.to_dense(parsed[INSTANCE_MASK], default_value=""),
     }

@@ -6,8 +6,14 @@ from collections.abc import Sequence
 
 import tensorflow as tf
 
-from keras_dense.data.augment import plan_crop, random_color_affine, resample_window
+from keras_dense.data.augment import plan_crop, resample_window
 from keras_dense.data.decode import JPEG_DCT_METHOD, decode_image, image_size, is_png
+from keras_dense.data.device_augment import (
+    CANVAS_MULTIPLE,
+    check_augment_on,
+    colour_affine,
+    luma_weights,
+)
 from keras_dense.data.records_dataset import AUTOTUNE, records_dataset, with_seeds
 from keras_dense.data.schema import parse_serialized
 from keras_dense.data.tfrecord_files import resolve_files
@@ -239,6 +245,7 @@ def segmentation_dataset(
     verify: bool = True,
     fast_decode: bool | None = None,
     num_classes: int | None = None,
+    augment_on: str = "host",
 ) -> tf.data.Dataset:
     """Batches of `(images, masks)` for segmentation training or evaluation.
 
@@ -286,14 +293,23 @@ def segmentation_dataset(
             `[0, num_classes)` other than `ignore_label` stops the pipeline with an
             InvalidArgumentError naming the record and its shard (such labels would be left
             out of the loss and the metrics without a word).
+        augment_on: Training: `"host"` (default) augments here, in tf.data; `"device"` only
+            decodes and yields `({"images": uint8 (B, H, W, C), "image_sizes": (B, 2),
+            "seeds": (B, 2)}, masks uint8 (B, H, W))`, padded to the batch's largest image
+            (rounded up to a multiple of 64; mask padding `ignore_label`), for
+            `keras_dense.data.device_augment.augment_batch` at the start of the train step
+            (same augmentations, same per-image seeds; `fast_decode` does not apply).
+
     Returns:
-        A dataset of `(images float32 (B, H, W, C), masks int32 (B, H, W))`.
+        A dataset of `(images float32 (B, H, W, C), masks int32 (B, H, W))` (see
+        `augment_on` for the device stage's batches).
 
     Raises:
         ValueError: Bad arguments.
         keras_dense.data.BadInputError: No shard matches, or a shard is damaged (named).
     """
     check_mode(normalization)
+    check_augment_on(augment_on)
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size}: expected an integer >= 1")
     if isinstance(crop_size, int):
@@ -303,6 +319,8 @@ def segmentation_dataset(
     if scale_range[0] <= 0 or scale_range[0] > scale_range[1]:
         raise ValueError(f"scale_range={scale_range}: expected 0 < min <= max")
     mean = tf.constant(mean_pixel(normalization, channels))
+    if augment_on == "device":
+        fast_decode = False
     if training and fast_decode is None:
         fast_decode = _large_images(file_pattern, crop_size)
     ds = records_dataset(
@@ -312,30 +330,18 @@ def segmentation_dataset(
         ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
         ds = with_seeds(ds, seed)
 
-        # Normalisation as an affine map: finish(x - mean) = x @ norm + norm_offset.
-        norm = finish(tf.eye(channels), normalization)
-        norm_offset = -tf.linalg.matvec(norm, mean, transpose_a=True)
-        luma = tf.constant(
-            [[1.0 / channels] * channels if channels != 3 else [0.299, 0.587, 0.114]]
-        )
+        luma = luma_weights(channels)
 
         def colour_map(window, element_seed):
             """The affine map of colour jitter (if any) followed by the normalisation."""
-            if not photometric:
-                matrix, offset = norm, norm_offset
-            else:
+            mean_grey = 0.0
+            if photometric:
                 # Mean grey of the source pixels the crop covers, from every 4th row/column.
                 sample = tf.cast(window[::4, ::4], tf.float32)
                 mean_grey = tf.reduce_mean(tf.reshape(sample, [-1, channels]) @ tf.transpose(luma))
-                if channels == 3:
-                    matrix, offset = random_color_affine(element_seed, mean_grey)
-                else:
-                    matrix, offset = random_color_affine(
-                        element_seed, mean_grey, saturation=(1, 1), hue=0.0
-                    )
-                    matrix, offset = matrix[:1, :1], offset[:1]
-                matrix = matrix @ norm
-                offset = tf.linalg.matvec(norm, offset, transpose_a=True) + norm_offset
+            matrix, offset = colour_affine(
+                element_seed, mean_grey, channels, photometric, normalization
+            )
 
             def apply(pixels):
                 flat = tf.reshape(pixels, [-1, channels]) @ matrix + offset
@@ -366,8 +372,48 @@ def segmentation_dataset(
                 window, mask, plan, crop_size, ignore_label, colour_map(window, element_seed)
             )
 
-        ds = ds.map(train_map, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
-        ds = ds.batch(batch_size, drop_remainder=True if drop_remainder is None else drop_remainder)
+        def decode_map(record, element_seed):
+            # augment_on="device": decode only; `device_augment.augment_batch` does the rest.
+            filename, serialized = record
+            image, mask, _ = decode_image_and_mask(
+                serialized, channels, filename, num_classes, ignore_label
+            )
+            size = tf.shape(image)[:2]
+            # Canvas: a multiple of CANVAS_MULTIPLE (padded_batch then pads to the largest).
+            pad_h, pad_w = -size[0] % CANVAS_MULTIPLE, -size[1] % CANVAS_MULTIPLE
+            image, mask = tf.cond(
+                pad_h + pad_w > 0,
+                lambda: (
+                    tf.pad(image, [[0, pad_h], [0, pad_w], [0, 0]]),
+                    tf.pad(mask, [[0, pad_h], [0, pad_w]], constant_values=ignore_label),
+                ),
+                lambda: (image, mask),
+            )
+            features = {"images": image, "image_sizes": size, "seeds": element_seed}
+            return features, mask
+
+        drop = True if drop_remainder is None else drop_remainder
+        if augment_on == "device":
+            ds = ds.map(decode_map, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+            ds = ds.padded_batch(
+                batch_size,
+                padded_shapes=(
+                    {"images": [None, None, channels], "image_sizes": [2], "seeds": [2]},
+                    [None, None],
+                ),
+                padding_values=(
+                    {
+                        "images": tf.constant(0, tf.uint8),
+                        "image_sizes": 0,
+                        "seeds": tf.constant(0, tf.int64),
+                    },
+                    tf.constant(ignore_label, tf.uint8),
+                ),
+                drop_remainder=drop,
+            )
+        else:
+            ds = ds.map(train_map, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+            ds = ds.batch(batch_size, drop_remainder=drop)
     else:
 
         def eval_map(filename, serialized):

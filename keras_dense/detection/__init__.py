@@ -10,8 +10,15 @@ from keras_dense.detection.boxes import (
     encode_boxes,
     iou_matrix,
 )
-from keras_dense.detection.detect import detect, postprocess_detections, unpad_detections
-from keras_dense.detection.losses import fast_rcnn_loss, smooth_l1
+from keras_dense.detection.detect import (
+    detect,
+    postprocess_detections,
+    proposes_regions,
+    unpad_detections,
+)
+from keras_dense.detection.losses import fast_rcnn_loss, mask_loss, smooth_l1
+from keras_dense.detection.mask_paste import paste_masks
+from keras_dense.detection.mask_targets import mask_targets
 from keras_dense.detection.proposals import selective_search
 from keras_dense.detection.rpn_targets import (
     inside_image,
@@ -34,9 +41,13 @@ __all__ = [
     "generate_anchors",
     "inside_image",
     "iou_matrix",
+    "mask_loss",
+    "mask_targets",
     "match_anchors",
     "num_anchors",
+    "paste_masks",
     "postprocess_detections",
+    "proposes_regions",
     "random_true_indices",
     "rpn_loss",
     "rpn_targets",

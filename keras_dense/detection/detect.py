@@ -1,4 +1,4 @@
-"""Fast R-CNN inference: class scores and box deltas to padded, NMS-filtered detections."""
+"""Fast / Faster R-CNN inference: class scores and box deltas to padded, NMS-filtered detections."""
 
 from __future__ import annotations
 
@@ -75,47 +75,82 @@ def postprocess_detections(
     }
 
 
+def proposes_regions(model) -> bool:
+    """Whether `model` proposes its own regions (Faster R-CNN) instead of taking them."""
+    return bool(getattr(model, "proposes_regions", False))
+
+
 def detect(
     model,
     images,
-    proposals,
+    proposals=None,
     score_threshold: float = 0.05,
     nms_iou: float = 0.3,
     max_detections: int = 100,
     image_shape=None,
     num_proposals=None,
     box_stds: Sequence[float] = BOX_STDS,
+    scale=None,
 ) -> dict[str, tf.Tensor]:
-    """Runs a Fast R-CNN model and returns padded detections.
+    """Runs a Fast or Faster R-CNN model and returns padded detections.
 
     The steps of Fast R-CNN's test: class probabilities by softmax; per-class boxes decoded
     from each proposal; clipping to the image; per-class NMS at `nms_iou`
     (`tf.image.combined_non_max_suppression`, batched; its IoU uses exclusive box extents);
-    at most `max_detections` boxes over all classes.
+    at most `max_detections` boxes over all classes. A Faster R-CNN model
+    (`keras_dense.apps.faster_rcnn`) proposes its own regions: call it without `proposals`.
 
     Args:
-        model: A model mapping `[images, rois]` to `[cls_score, bbox_pred]`, e.g.
-            `keras_dense.apps.fast_rcnn(...)`.
+        model: A Fast R-CNN model mapping `[images, rois]` to `[cls_score, bbox_pred]`
+            (e.g. `keras_dense.apps.fast_rcnn(...)`), or a Faster R-CNN model (a model with
+            `proposes_regions = True`, inputs `[images, image_shape, scale]` and the outputs
+            `cls_score`, `bbox_pred`, `proposals`, `num_proposals`).
         images: (B, H, W, 3) images, preprocessed as the model expects.
-        proposals: (B, P, 4) proposals in the pixels of `images`, yxyx.
+        proposals: (B, P, 4) proposals in the pixels of `images`, yxyx: required by Fast
+            R-CNN, None for Faster R-CNN.
         score_threshold: Minimum class probability kept (0.05).
         nms_iou: NMS IoU threshold (0.3).
         max_detections: Detections per image (100).
         image_shape: Optional (B, 2) valid (height, width) of each (padded) image; the full
             image size by default.
-        num_proposals: Optional (B,) number of valid proposals.
+        num_proposals: Optional (B,) number of valid proposals (Fast R-CNN).
         box_stds: Standard deviations of the box targets.
+        scale: Optional (B,) resize factors of the images (Faster R-CNN: they scale the
+            proposals' minimum size); 1 by default.
 
     Returns:
         A dict with `"boxes"` (B, max_detections, 4) pixels yxyx, `"scores"`, `"classes"`
         (1-based, 0 for padding) and `"num_detections"`, see `postprocess_detections`.
+
+    Raises:
+        ValueError: `proposals` missing for a Fast R-CNN model, or given to a Faster R-CNN
+            model.
     """
     images = tf.convert_to_tensor(images, tf.float32)
-    proposals = tf.convert_to_tensor(proposals, tf.float32)
     if image_shape is None:
         size = tf.shape(images)[1:3]
         image_shape = tf.tile(size[None, :], [tf.shape(images)[0], 1])
-    cls_score, bbox_pred = model([images, proposals], training=False)
+    if proposes_regions(model):
+        if proposals is not None:
+            raise ValueError(
+                f"proposals: model {model.name!r} proposes its own regions (Faster R-CNN); "
+                "call detect(model, images) without proposals"
+            )
+        if scale is None:
+            scale = tf.ones([tf.shape(images)[0]], tf.float32)
+        shape = tf.cast(image_shape, tf.float32)
+        outputs = model([images, shape, tf.cast(scale, tf.float32)], training=False)
+        cls_score, bbox_pred = outputs["cls_score"], outputs["bbox_pred"]
+        proposals, num_proposals = outputs["proposals"], outputs["num_proposals"]
+    else:
+        if proposals is None:
+            raise ValueError(
+                f"proposals: model {getattr(model, 'name', model)!r} scores external region "
+                "proposals (Fast R-CNN); pass proposals (B, P, 4) yxyx pixels, e.g. from "
+                "keras_dense.detection.selective_search"
+            )
+        proposals = tf.convert_to_tensor(proposals, tf.float32)
+        cls_score, bbox_pred = model([images, proposals], training=False)
     return postprocess_detections(
         cls_score,
         bbox_pred,

@@ -63,3 +63,32 @@ def fast_rcnn_loss(
         "cls_loss": cls_loss,
         "box_loss": box_loss,
     }
+
+
+def mask_loss(labels, mask_targets, mask_logits) -> tf.Tensor:
+    """Mask R-CNN's `L_mask` (He et al. 2017, Sec. 3): per-pixel sigmoid cross-entropy.
+
+    Only the mask of a RoI's ground-truth class contributes (no competition between classes),
+    and only foreground RoIs count. The loss is the mean over every pixel of every foreground
+    RoI's `m x m` target (Detectron's normalisation); 0 when the batch has no foreground RoI.
+
+    Args:
+        labels: (B, R) int class ids of the sampled RoIs (0 background, -1 padding).
+        mask_targets: (B, R, m, m) targets in [0, 1] (`keras_dense.detection.mask_targets`).
+        mask_logits: (B, R, m, m, K) mask head logits, channel `k - 1` for class `k`.
+
+    Returns:
+        The scalar loss, float32.
+    """
+    labels = tf.cast(labels, tf.int32)
+    logits = tf.cast(mask_logits, tf.float32)
+    targets = tf.cast(mask_targets, tf.float32)
+    positive = labels > 0
+    channel = tf.maximum(labels - 1, 0)
+    # (B, R, m, m): the channel of each RoI's class, gathered without a one-hot product.
+    chosen = tf.gather(tf.transpose(logits, [0, 1, 4, 2, 3]), channel, batch_dims=2)
+    per_pixel = tf.nn.sigmoid_cross_entropy_with_logits(labels=targets, logits=chosen)
+    per_roi = tf.reduce_sum(per_pixel, axis=[2, 3])
+    pixels = tf.cast(tf.shape(chosen)[2] * tf.shape(chosen)[3], tf.float32)
+    count = tf.reduce_sum(tf.cast(positive, tf.float32)) * pixels
+    return tf.reduce_sum(tf.where(positive, per_roi, 0.0)) / tf.maximum(count, 1.0)

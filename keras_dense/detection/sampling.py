@@ -81,7 +81,9 @@ def sample_rois(
         - `"labels"`: (B, rois_per_image) int32, class id for foreground, 0 for background,
           -1 for padding slots;
         - `"box_targets"`: (B, rois_per_image, 4) normalised `(dx, dy, dw, dh)` targets
-          towards the matched ground truth for foreground RoIs, zeros elsewhere.
+          towards the matched ground truth for foreground RoIs, zeros elsewhere;
+        - `"matched_gt"`: (B, rois_per_image) int32 row of `gt_boxes` each foreground RoI
+          is matched to (what Mask R-CNN crops its mask target from); -1 elsewhere.
 
     Raises:
         ValueError: An argument is out of range.
@@ -150,4 +152,5 @@ def sample_rois(
     targets = encode_boxes(matched_boxes, rois, box_stds)
     targets = tf.where(is_fg[..., None], targets, 0.0)
     rois = tf.where(used[..., None], rois, 0.0)
-    return {"rois": rois, "labels": labels, "box_targets": targets}
+    matched_gt = tf.where(is_fg, matched, IGNORE_LABEL)
+    return {"rois": rois, "labels": labels, "box_targets": targets, "matched_gt": matched_gt}

@@ -121,9 +121,10 @@ def evaluate_segmentation(
 
 
 def evaluate_detection(model, card: dict, pattern: str, use_07_metric: bool = False) -> dict:
-    """VOC mean average precision of a Fast R-CNN model over the matching records.
+    """VOC mean average precision of a Fast or Faster R-CNN model over the matching records.
 
-    Proposals stored in the records are used; images without any get selective search.
+    Fast R-CNN uses the proposals stored in the records (images without any get selective
+    search); Faster R-CNN proposes its own.
 
     Args:
         model: The Fast R-CNN model.

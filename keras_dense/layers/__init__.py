@@ -1,8 +1,12 @@
 """Custom Keras layers, all registered under the package name "keras_dense"."""
 
 from keras_dense.layers.aspp import ASPP
+from keras_dense.layers.chunked_time_distributed import ChunkedTimeDistributed
+from keras_dense.layers.context_warp import ContextWarp, context_warp
 from keras_dense.layers.crf_rnn import CrfRnn, set_crf_iterations, use_portable_crf
 from keras_dense.layers.denormalization import Denormalization
+from keras_dense.layers.detection_layer import DetectionLayer
+from keras_dense.layers.mask_head import ClassMasks, MaskHead
 from keras_dense.layers.pooling_switches import MaxPoolingWithArgmax2D, MaxUnpooling2D
 from keras_dense.layers.proposal_layer import ProposalLayer, propose
 from keras_dense.layers.resizing import CropToMatch, ResizeToMatch
@@ -14,11 +18,16 @@ from keras_dense.layers.wsl_pooling import ClassWisePooling2D, GlobalLSEPooling2
 __all__ = [
     "ASPP",
     "BilinearUpsamplingInitializer",
+    "ChunkedTimeDistributed",
+    "ClassMasks",
     "ClassWisePooling2D",
+    "ContextWarp",
     "CropToMatch",
     "CrfRnn",
     "Denormalization",
+    "DetectionLayer",
     "GlobalLSEPooling2D",
+    "MaskHead",
     "MaxPoolingWithArgmax2D",
     "MaxUnpooling2D",
     "ProposalLayer",
@@ -27,6 +36,7 @@ __all__ = [
     "RoIPooling",
     "WeldonPooling2D",
     "bilinear_upsampling",
+    "context_warp",
     "flatten_rpn_outputs",
     "propose",
     "set_crf_iterations",

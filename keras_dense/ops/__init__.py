@@ -1,5 +1,6 @@
-"""TensorFlow ops: the permutohedral lattice (custom C++ op and its pure-TF twin); the same
-library holds the RoI max-pooling kernels used by `keras_dense.layers.RoIPooling`."""
+"""TensorFlow ops: the permutohedral lattice (custom C++ op and its pure-TF twin) and the fused
+Potts mean field built on it; the same library holds the RoI max-pooling kernels used by
+`keras_dense.layers.RoIPooling`."""
 
 from keras_dense.ops.lattice import Lattice
 from keras_dense.ops.loader import OpBuildError
@@ -10,6 +11,7 @@ from keras_dense.ops.permutohedral import (
     resolve_implementation,
 )
 from keras_dense.ops.permutohedral_tf import LatticeOperator
+from keras_dense.ops.potts_mean_field import potts_mean_field
 
 __all__ = [
     "Lattice",
@@ -17,6 +19,7 @@ __all__ = [
     "OpBuildError",
     "build_lattice",
     "filter_lattice",
+    "potts_mean_field",
     "prepare_filter",
     "resolve_implementation",
 ]

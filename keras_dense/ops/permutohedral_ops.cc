@@ -1,5 +1,5 @@
 // Permutohedral lattice filtering (Adams, Baek and Davis, "Fast High-Dimensional Filtering
-// Using the Permutohedral Lattice", Eurographics 2010) as two TensorFlow CPU ops.
+// Using the Permutohedral Lattice", Eurographics 2010) as TensorFlow CPU ops.
 //
 // KerasDensePermutohedralBuild(features (B, N, d) float)
 //   -> splat_indices       (B, N, d+1)      int32  lattice point of each simplex vertex
@@ -20,6 +20,10 @@
 //   filter with reversed blur order is exactly the transpose: it is the gradient with respect
 //   to `values` (registered in Python). There is no gradient with respect to the features.
 //
+// KerasDensePottsMeanField(unary (B, N, C) float, K lattices, kernel_weights, num_iterations)
+//   -> (B, N, C) marginals: the whole mean-field inference of a dense CRF with Potts
+//   compatibility over K such lattices in one kernel (see PottsMeanFieldOp below).
+//
 // Work is spread over TensorFlow's intra-op CPU worker threads with `Shard`.
 #include <algorithm>
 #include <atomic>
@@ -29,6 +33,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "tensorflow/core/framework/op.h"
@@ -626,6 +631,143 @@ class BufferPool {
   std::vector<std::unique_ptr<std::vector<T>>> free_;
 };
 
+constexpr char kBadLatticeMessage[] =
+    "lattice tensors hold out-of-range indices: build them with KerasDensePermutohedralBuild";
+
+// Scratch of one image's filtering: two lattice buffers and the partial splat buffers of the
+// pieces past the first, sized for `rows` lattice rows of `padded` channels.
+template <typename T>
+struct FilterScratch {
+  T* buffer;
+  T* scratch;
+  T* partial;
+};
+
+// One image's lattice, as the filter's stages see it.
+struct ImageLattice {
+  const int32_t* indices;    // (points, d+1) splat indices
+  const float* weights;      // (points, d+1) barycentric weights
+  const int32_t* neighbors;  // (max_points, d+1, 2) blur neighbours
+  int64_t d1;
+  int64_t max_points;
+};
+
+// Splat: scatter the weighted values of `points` points onto the lattices, one buffer per
+// piece of the image and lattice (a lattice buffer is small and stays in cache), then add the
+// pieces' buffers into `memory[k].buffer`. Points go in blocks, each splatted onto every
+// lattice in turn, so that a block's values are read from memory once for all lattices.
+// Returns false on an out-of-range index.
+template <typename T, int kP>
+bool SplatImage(OpKernelContext* context, const T* image_in, const ImageLattice* lattices,
+                const FilterScratch<T>* memory, int kernels, int64_t points, int64_t channels,
+                int64_t pieces) {
+  constexpr int64_t kBlock = 256;
+  const int64_t padded = PaddedChannels(channels, Packet<T>::kLanes);
+  const int64_t packets = padded / Packet<T>::kLanes;
+  std::atomic<bool> valid(true);
+  ParallelFor(context, pieces, 1000000, [&](int64_t begin, int64_t end) {
+    for (int64_t s = begin; s < end; ++s) {
+      std::vector<T*> targets(kernels);
+      for (int k = 0; k < kernels; ++k) {
+        const int64_t size = (lattices[k].max_points + 1) * padded;
+        targets[k] = s == 0 ? memory[k].buffer : memory[k].partial + (s - 1) * size;
+        std::fill(targets[k], targets[k] + size, T(0));
+      }
+      const int64_t last = RangeStart(points, pieces, s + 1);
+      for (int64_t first = RangeStart(points, pieces, s); first < last; first += kBlock) {
+        const int64_t stop = std::min(first + kBlock, last);
+        for (int k = 0; k < kernels; ++k) {
+          const ImageLattice& lattice = lattices[k];
+          if (!SplatRange<T, kP>(image_in, lattice.indices, lattice.weights, first, stop,
+                                 lattice.d1, channels, packets, lattice.max_points,
+                                 targets[k])) {
+            valid = false;
+          }
+        }
+      }
+    }
+  });
+  if (pieces > 1) {
+    for (int k = 0; k < kernels; ++k) {
+      const int64_t rows = lattices[k].max_points + 1;
+      T* buffer = memory[k].buffer;
+      const T* partial = memory[k].partial;
+      ParallelFor(context, rows, pieces * padded + 10, [&](int64_t begin, int64_t end) {
+        for (int64_t s = 1; s < pieces; ++s) {
+          AddTo(buffer + begin * padded, partial + ((s - 1) * rows + begin) * padded,
+                (end - begin) * padded);
+        }
+      });
+    }
+  }
+  return valid.load();
+}
+
+// Blurs a splatted lattice (in `memory.buffer`) along each lattice direction, in the order
+// 0..d (d..0 if `reverse`); row 0 of both buffers stays zero. Sets `*result` to the buffer
+// holding the blurred lattice. Returns false on an out-of-range neighbour.
+template <typename T, int kP>
+bool BlurImage(OpKernelContext* context, const ImageLattice& lattice, int64_t channels,
+               bool reverse, FilterScratch<T> memory, const T** result) {
+  const int d = static_cast<int>(lattice.d1 - 1);
+  const int64_t padded = PaddedChannels(channels, Packet<T>::kLanes);
+  const int64_t packets = padded / Packet<T>::kLanes;
+  T* buffer = memory.buffer;
+  T* scratch = memory.scratch;
+  std::fill(scratch, scratch + padded, T(0));
+  std::atomic<bool> valid(true);
+  for (int step = 0; step < lattice.d1; ++step) {
+    const int j = reverse ? d - step : step;
+    ParallelFor(context, lattice.max_points, 4 * padded + 10, [&](int64_t begin, int64_t end) {
+      if (!BlurRange<T, kP>(buffer, lattice.neighbors, j, begin, end, lattice.d1, packets,
+                            lattice.max_points, scratch)) {
+        valid = false;
+      }
+    });
+    std::swap(buffer, scratch);
+  }
+  *result = buffer;
+  return valid.load();
+}
+
+template <typename T>
+T LatticeAlpha(int64_t d1) {
+  return static_cast<T>(1.0 / (1.0 + std::pow(2.0, -static_cast<double>(d1 - 1))));
+}
+
+// Filters one image's `points` values (`channels` wide, row-major) with its lattice: splat,
+// blur along the d+1 directions (reversed order if `reverse`), slice times alpha. Row 0 of
+// both lattice buffers is the zero value of missing neighbours; lattice point m is row m+1.
+// Returns false on an out-of-range index.
+template <typename T, int kP>
+bool FilterImage(OpKernelContext* context, const T* image_in, T* image_out,
+                 const ImageLattice& lattice, int64_t points, int64_t channels, bool reverse,
+                 int64_t pieces, FilterScratch<T> memory) {
+  const int64_t padded = PaddedChannels(channels, Packet<T>::kLanes);
+  const int64_t packets = padded / Packet<T>::kLanes;
+  bool valid = SplatImage<T, kP>(context, image_in, &lattice, &memory, 1, points, channels,
+                                 pieces);
+  const T* blurred = nullptr;
+  valid &= BlurImage<T, kP>(context, lattice, channels, reverse, memory, &blurred);
+  const T alpha = LatticeAlpha<T>(lattice.d1);
+  std::atomic<bool> sliced(true);
+  // Slice: barycentric interpolation of the blurred lattice at every point.
+  ParallelFor(context, points, 2 * padded * lattice.d1 + 10, [&](int64_t begin, int64_t end) {
+    if (!SliceRange<T, kP>(blurred, lattice.indices, lattice.weights, begin, end, lattice.d1,
+                           channels, packets, lattice.max_points, alpha, image_out)) {
+      sliced = false;
+    }
+  });
+  return valid && sliced.load();
+}
+
+
+// Lattice-buffer floats one filtering of `channels` values needs (see `FilterScratch`).
+template <typename T>
+int64_t FilterScratchSize(int64_t max_points, int64_t channels) {
+  return (max_points + 1) * PaddedChannels(channels, Packet<T>::kLanes);
+}
+
 template <typename T>
 class PermutohedralFilterOp : public OpKernel {
  public:
@@ -679,7 +821,6 @@ class PermutohedralFilterOp : public OpKernel {
     const int64_t points = values.dim_size(1);
     const int64_t channels = values.dim_size(2);
     const int64_t d1 = splat_indices.dim_size(2);
-    const int d = static_cast<int>(d1 - 1);
     const int64_t max_points = neighbors.dim_size(1);
     const int64_t vertices = points * d1;
 
@@ -689,78 +830,314 @@ class PermutohedralFilterOp : public OpKernel {
     const float* weight_data = weights.flat<float>().data();
     const int32_t* neighbor_data = neighbors.flat<int32_t>().data();
 
-    // Row 0 of each buffer is the zero value of missing neighbours; lattice point m is row m+1.
-    const int64_t rows = max_points + 1;
-    const int64_t padded = PaddedChannels(channels, Packet<T>::kLanes);
-    const int64_t packets = padded / Packet<T>::kLanes;
-    const int64_t size = rows * padded;
+    const int64_t size = FilterScratchSize<T>(max_points, channels);
     const int64_t pieces = NumPieces(context, points, 2048);
     BufferPool<T>* pool = BufferPool<T>::Global();
     auto first = pool->Acquire(size);
     auto second = pool->Acquire(size);
     auto partial = pool->Acquire(std::max<int64_t>(1, (pieces - 1) * size));
-    T* buffer = first.data();
-    T* scratch = second.data();
-    const T alpha = static_cast<T>(1.0 / (1.0 + std::pow(2.0, -d)));
-    std::atomic<bool> valid(true);
-    std::fill(scratch, scratch + padded, T(0));
-
+    const FilterScratch<T> memory{first.data(), second.data(), partial.data()};
+    bool valid = true;
     for (int64_t b = 0; b < batch; ++b) {
-      const T* image_in = in + b * points * channels;
-      T* image_out = out + b * points * channels;
-      const int32_t* indices = index_data + b * vertices;
-      const float* image_weights = weight_data + b * vertices;
-      const int32_t* image_neighbors = neighbor_data + b * max_points * d1 * 2;
-
-      // Splat: scatter the weighted values onto the lattice, one buffer per piece of the image
-      // (the lattice buffer is small and stays in cache), then add the pieces' buffers.
-      ParallelFor(context, pieces, 1000000, [&](int64_t begin, int64_t end) {
-        for (int64_t s = begin; s < end; ++s) {
-          T* target = s == 0 ? buffer : partial.data() + (s - 1) * size;
-          std::fill(target, target + size, T(0));
-          if (!SplatRange<T, kP>(image_in, indices, image_weights,
-                                 RangeStart(points, pieces, s), RangeStart(points, pieces, s + 1),
-                                 d1, channels, packets, max_points, target)) {
-            valid = false;
-          }
-        }
-      });
-      if (pieces > 1) {
-        ParallelFor(context, rows, pieces * padded + 10, [&](int64_t begin, int64_t end) {
-          for (int64_t s = 1; s < pieces; ++s) {
-            AddTo(buffer + begin * padded, partial.data() + ((s - 1) * rows + begin) * padded,
-                  (end - begin) * padded);
-          }
-        });
-      }
-
-      // Blur along each lattice direction (row 0 of both buffers stays zero).
-      for (int step = 0; step < d1; ++step) {
-        const int j = reverse_ ? d - step : step;
-        ParallelFor(context, max_points, 4 * padded + 10, [&](int64_t begin, int64_t end) {
-          if (!BlurRange<T, kP>(buffer, image_neighbors, j, begin, end, d1, packets, max_points,
-                                scratch)) {
-            valid = false;
-          }
-        });
-        std::swap(buffer, scratch);
-      }
-
-      // Slice: barycentric interpolation of the blurred lattice at every point.
-      ParallelFor(context, points, 2 * padded * d1 + 10, [&](int64_t begin, int64_t end) {
-        if (!SliceRange<T, kP>(buffer, indices, image_weights, begin, end, d1, channels,
-                               packets, max_points, alpha, image_out)) {
-          valid = false;
-        }
-      });
+      const ImageLattice lattice{index_data + b * vertices, weight_data + b * vertices,
+                                 neighbor_data + b * max_points * d1 * 2, d1, max_points};
+      valid &= FilterImage<T, kP>(context, in + b * points * channels,
+                                  out + b * points * channels, lattice, points, channels,
+                                  reverse_, pieces, memory);
     }
-    OP_REQUIRES(context, valid.load(),
-                absl::InvalidArgumentError(
-                    "lattice tensors hold out-of-range indices: build them with "
-                    "KerasDensePermutohedralBuild"));
+    OP_REQUIRES(context, valid, absl::InvalidArgumentError(kBadLatticeMessage));
+  }
+  bool reverse_ = false;
+};
+
+// ---------------------------------------------------------------------------------------------
+// KerasDensePottsMeanField: the whole mean-field inference of a dense CRF with Potts
+// compatibility in one kernel (the post-processing path; no gradient).
+//
+// KerasDensePottsMeanField(unary (B, N, C) float, splat_indices[K], barycentric_weights[K],
+//                          blur_neighbors[K], kernel_weights: list(float) of K,
+//                          num_iterations: int) -> probabilities (B, N, C)
+//   Q = softmax(U); then `num_iterations` times: filter Q with each of the K lattices,
+//   divide by that lattice's filtering of ones (NORMALIZE_AFTER), and
+//   Q = softmax(U + sum_k w_k * filtered_k / norm_k).
+//   The Potts energy sum_k w_k sum_{l' != l} filtered_k[l'] / norm_k differs from
+//   -sum_k w_k filtered_k[l] / norm_k by a per-pixel constant, which the softmax ignores.
+//   Same result as keras_dense.crf.mean_field.mean_field with potts_pairwise (to float
+//   rounding: the exponential here is a polynomial approximation, relative error ~2e-7).
+//   Buffers are taken once per call from the pool; nothing is allocated per iteration.
+
+using FloatVector = Packet<float>::Type;
+typedef int32_t IntVector __attribute__((vector_size(32)));
+
+// exp(x) for 8 floats: x = n ln2 + r with |r| <= ln2 / 2, exp(r) from a degree-7 polynomial
+// (the Cephes expf coefficients), 2^n from the exponent bits. Inputs below -87 give exactly 0
+// (no denormals; the padding lanes of a softmax hold -inf).
+__attribute__((always_inline)) inline FloatVector VectorExp(FloatVector x) {
+  const FloatVector upper = FloatVector{} + 88.3762626647949f;
+  const FloatVector lower = FloatVector{} - 87.0f;
+  const IntVector underflow = x < lower;
+  x = x < upper ? x : upper;
+  x = x > lower ? x : lower;
+  const FloatVector fx = x * 1.44269504088896341f + 0.5f;
+  FloatVector n = __builtin_convertvector(__builtin_convertvector(fx, IntVector), FloatVector);
+  n = n > fx ? n - 1.0f : n;  // floor
+  x = x - n * 0.693359375f;
+  x = x - n * -2.12194440e-4f;
+  const FloatVector z = x * x;
+  FloatVector y = FloatVector{} + 1.9875691500e-4f;
+  y = y * x + 1.3981999507e-3f;
+  y = y * x + 8.3334519073e-3f;
+  y = y * x + 4.1665795894e-2f;
+  y = y * x + 1.6666665459e-1f;
+  y = y * x + 5.0000001201e-1f;
+  y = y * z + x + 1.0f;
+  const IntVector bits = (__builtin_convertvector(n, IntVector) + 127) << 23;
+  FloatVector scale;
+  __builtin_memcpy(&scale, &bits, sizeof(scale));
+  return underflow ? FloatVector{} : y * scale;
+}
+
+// The largest lane (`Max`) or the sum of the lanes (`Sum`), in every lane.
+__attribute__((always_inline)) inline FloatVector BroadcastMax(FloatVector v) {
+  v = v > __builtin_shuffle(v, IntVector{4, 5, 6, 7, 0, 1, 2, 3})
+          ? v
+          : __builtin_shuffle(v, IntVector{4, 5, 6, 7, 0, 1, 2, 3});
+  v = v > __builtin_shuffle(v, IntVector{2, 3, 0, 1, 6, 7, 4, 5})
+          ? v
+          : __builtin_shuffle(v, IntVector{2, 3, 0, 1, 6, 7, 4, 5});
+  return v > __builtin_shuffle(v, IntVector{1, 0, 3, 2, 5, 4, 7, 6})
+             ? v
+             : __builtin_shuffle(v, IntVector{1, 0, 3, 2, 5, 4, 7, 6});
+}
+
+__attribute__((always_inline)) inline FloatVector BroadcastSum(FloatVector v) {
+  v += __builtin_shuffle(v, IntVector{4, 5, 6, 7, 0, 1, 2, 3});
+  v += __builtin_shuffle(v, IntVector{2, 3, 0, 1, 6, 7, 4, 5});
+  return v + __builtin_shuffle(v, IntVector{1, 0, 3, 2, 5, 4, 7, 6});
+}
+
+// Q[n] = softmax(U[n] + sum_k scales[k][n] * slice_k(n)) for points [begin, end), where
+// slice_k(n) is the barycentric interpolation of lattice k's blurred buffer at point n (the
+// filter's slice, without alpha: `scales` holds it). `unary` rows are padded to whole vectors
+// with -inf; the lattices' padding lanes are 0 (Q's are), so the padding lanes of the logits
+// stay -inf and those of Q are 0. All classes of a point at once, as whole vectors. Q rows
+// are written `q_stride` floats apart: the padded width (whole vectors), or the number of
+// classes (the op's output). Returns false on an out-of-range index.
+template <int kP>
+KERAS_DENSE_MULTIVERSION bool UpdateMarginals(const float* __restrict unary,
+                                              const ImageLattice* lattices,
+                                              const float* const* blurred,
+                                              const float* const* scales, int kernels,
+                                              int64_t begin, int64_t end, int64_t channels,
+                                              int64_t packets, int64_t q_stride,
+                                              float* __restrict q) {
+  using P = Packet<float>;
+  constexpr int64_t kLanes = P::kLanes;
+  const int64_t np = kP > 0 ? kP : packets;
+  const int64_t padded = np * kLanes;
+  FloatVector fixed_logits[kMaxStaticPackets], fixed_sums[kMaxStaticPackets];
+  float fixed_staging[kMaxStaticPackets * kLanes];
+  // The general case's vectors live in a float buffer aligned by hand (std::vector does not
+  // align to a vector type's 32 bytes here).
+  std::vector<float> general_vectors(kP > 0 ? 0 : (2 * np + 1) * kLanes);
+  std::vector<float> general_staging(kP > 0 ? 0 : padded);
+  FloatVector* general = nullptr;
+  if (kP == 0) {
+    void* start = general_vectors.data();
+    size_t space = general_vectors.size() * sizeof(float);
+    general = static_cast<FloatVector*>(
+        std::align(sizeof(FloatVector), 2 * np * sizeof(FloatVector), start, space));
+  }
+  FloatVector* logit = kP > 0 ? fixed_logits : general;
+  FloatVector* sum = kP > 0 ? fixed_sums : general + np;
+  float* staging = kP > 0 ? fixed_staging : general_staging.data();
+  const bool whole_rows = q_stride == padded;
+  bool valid = true;
+  for (int64_t n = begin; n < end; ++n) {
+    for (int64_t p = 0; p < np; ++p) logit[p] = P::Load(unary + n * padded + p * kLanes);
+    for (int k = 0; k < kernels; ++k) {
+      const ImageLattice& lattice = lattices[k];
+      for (int64_t p = 0; p < np; ++p) sum[p] = FloatVector{};
+      for (int64_t v = 0; v < lattice.d1; ++v) {
+        const int64_t r = int64_t{lattice.indices[n * lattice.d1 + v]} + 1;
+        if (r < 1 || r > lattice.max_points) {
+          valid = false;
+          continue;
+        }
+        const float w = lattice.weights[n * lattice.d1 + v];
+        const float* row = blurred[k] + r * padded;
+        for (int64_t p = 0; p < np; ++p) sum[p] += w * P::Load(row + p * kLanes);
+      }
+      const float a = scales[k][n];
+      for (int64_t p = 0; p < np; ++p) logit[p] += a * sum[p];
+    }
+    FloatVector top = logit[0];
+    for (int64_t p = 1; p < np; ++p) top = logit[p] > top ? logit[p] : top;
+    top = BroadcastMax(top);
+    FloatVector total = FloatVector{};
+    for (int64_t p = 0; p < np; ++p) {
+      logit[p] = VectorExp(logit[p] - top);
+      total += logit[p];
+    }
+    const FloatVector inverse = 1.0f / BroadcastSum(total);
+    float* target = q + n * q_stride;
+    if (whole_rows) {
+      for (int64_t p = 0; p < np; ++p) P::Store(target + p * kLanes, logit[p] * inverse);
+    } else {
+      for (int64_t p = 0; p < np; ++p) P::Store(staging + p * kLanes, logit[p] * inverse);
+      std::copy(staging, staging + channels, target);
+    }
+  }
+  return valid;
+}
+
+class PottsMeanFieldOp : public OpKernel {
+ public:
+  explicit PottsMeanFieldOp(OpKernelConstruction* context) : OpKernel(context) {
+    OP_REQUIRES_OK(context, context->GetAttr("kernel_weights", &kernel_weights_));
+    OP_REQUIRES_OK(context, context->GetAttr("num_iterations", &num_iterations_));
+    int kernels = 0;
+    OP_REQUIRES_OK(context, context->GetAttr("num_kernels", &kernels));
+    OP_REQUIRES(context, static_cast<int>(kernel_weights_.size()) == kernels,
+                absl::InvalidArgumentError("kernel_weights must hold one weight per lattice"));
   }
 
-  bool reverse_ = false;
+  void Compute(OpKernelContext* context) override {
+    const Tensor& unary = context->input(0);
+    OP_REQUIRES(context, unary.dims() == 3,
+                absl::InvalidArgumentError("unary must have shape (batch, points, classes)"));
+    ::tensorflow::OpInputList indices, weights, neighbors;
+    OP_REQUIRES_OK(context, context->input_list("splat_indices", &indices));
+    OP_REQUIRES_OK(context, context->input_list("barycentric_weights", &weights));
+    OP_REQUIRES_OK(context, context->input_list("blur_neighbors", &neighbors));
+    const int64_t batch = unary.dim_size(0);
+    const int64_t points = unary.dim_size(1);
+    for (int k = 0; k < indices.size(); ++k) {
+      const Tensor& index = indices[k];
+      OP_REQUIRES(context,
+                  index.dims() == 3 && index.dim_size(0) == batch &&
+                      index.dim_size(1) == points && index.dim_size(2) >= 2 &&
+                      weights[k].shape() == index.shape(),
+                  absl::InvalidArgumentError(
+                      "lattice " + std::to_string(k) +
+                      ": splat_indices and barycentric_weights must both be (batch, points, "
+                      "d+1) with the unary's batch and points"));
+      OP_REQUIRES(context,
+                  neighbors[k].dims() == 4 && neighbors[k].dim_size(0) == batch &&
+                      neighbors[k].dim_size(2) == index.dim_size(2) &&
+                      neighbors[k].dim_size(3) == 2,
+                  absl::InvalidArgumentError("lattice " + std::to_string(k) +
+                                             ": blur_neighbors must have shape (batch, M, d+1, 2)"));
+    }
+    Tensor* output = nullptr;
+    OP_REQUIRES_OK(context, context->allocate_output(0, unary.shape(), &output));
+    const int64_t channels = unary.dim_size(2);
+    if (batch == 0 || points == 0 || channels == 0) return;
+    const int64_t packets = PaddedChannels(channels, Packet<float>::kLanes) / Packet<float>::kLanes;
+    switch (packets) {
+      case 1: return Run<1>(context, unary, indices, weights, neighbors, output);
+      case 2: return Run<2>(context, unary, indices, weights, neighbors, output);
+      case 3: return Run<3>(context, unary, indices, weights, neighbors, output);
+      case 4: return Run<4>(context, unary, indices, weights, neighbors, output);
+      case 5: return Run<5>(context, unary, indices, weights, neighbors, output);
+      case 6: return Run<6>(context, unary, indices, weights, neighbors, output);
+      default: return Run<0>(context, unary, indices, weights, neighbors, output);
+    }
+  }
+
+ private:
+  template <int kP>
+  void Run(OpKernelContext* context, const Tensor& unary,
+           const ::tensorflow::OpInputList& indices, const ::tensorflow::OpInputList& weights,
+           const ::tensorflow::OpInputList& neighbors, Tensor* output) {
+    const int kernels = indices.size();
+    const int64_t batch = unary.dim_size(0);
+    const int64_t points = unary.dim_size(1);
+    const int64_t channels = unary.dim_size(2);
+    const int64_t padded = PaddedChannels(channels, Packet<float>::kLanes);
+    const int64_t packets = padded / Packet<float>::kLanes;
+    const int64_t pieces = NumPieces(context, points, 2048);
+    BufferPool<float>* pool = BufferPool<float>::Global();
+    // Per lattice: two lattice buffers and the other pieces' splat buffers.
+    std::vector<BufferPool<float>::Lease> leases;
+    std::vector<FilterScratch<float>> memory(kernels);
+    for (int k = 0; k < kernels; ++k) {
+      const int64_t size = FilterScratchSize<float>(neighbors[k].dim_size(1), channels);
+      leases.push_back(pool->Acquire(size));
+      leases.push_back(pool->Acquire(size));
+      leases.push_back(pool->Acquire(std::max<int64_t>(1, (pieces - 1) * size)));
+      memory[k] = {leases[3 * k].data(), leases[3 * k + 1].data(), leases[3 * k + 2].data()};
+    }
+    auto scale_memory = pool->Acquire(kernels * points);
+    // U and Q with rows padded to whole vectors (U: -inf, Q: 0 in the padding lanes).
+    auto padded_unary = pool->Acquire(points * padded);
+    auto marginals = pool->Acquire(points * padded);
+    auto ones = pool->Acquire(points);
+    std::fill(ones.data(), ones.data() + points, 1.0f);
+    std::vector<const float*> scales(kernels), blurred(kernels);
+    for (int k = 0; k < kernels; ++k) scales[k] = scale_memory.data() + k * points;
+
+    const float* unary_data = unary.flat<float>().data();
+    float* out = output->flat<float>().data();
+    int64_t vertices = 0;
+    for (int k = 0; k < kernels; ++k) vertices += indices[k].dim_size(2);
+    const int64_t update_cost = 10 * padded * (vertices + 4);
+    bool valid = true;
+    std::vector<ImageLattice> lattices(kernels);
+    for (int64_t b = 0; b < batch; ++b) {
+      const float* source = unary_data + b * points * channels;
+      float* image_unary = padded_unary.data();
+      ParallelFor(context, points, padded + 10, [&](int64_t begin, int64_t end) {
+        for (int64_t n = begin; n < end; ++n) {
+          std::copy(source + n * channels, source + (n + 1) * channels, image_unary + n * padded);
+          std::fill(image_unary + n * padded + channels, image_unary + (n + 1) * padded,
+                    -std::numeric_limits<float>::infinity());
+        }
+      });
+      float* q = marginals.data();
+      float* image_out = out + b * points * channels;
+      for (int k = 0; k < kernels; ++k) {
+        const int64_t d1 = indices[k].dim_size(2);
+        const int64_t max_points = neighbors[k].dim_size(1);
+        lattices[k] = {indices[k].flat<int32_t>().data() + b * points * d1,
+                       weights[k].flat<float>().data() + b * points * d1,
+                       neighbors[k].flat<int32_t>().data() + b * max_points * d1 * 2, d1,
+                       max_points};
+        // Per-point factor of the kernel: weight * alpha / (filtering of ones).
+        float* scale = scale_memory.data() + k * points;
+        valid &= FilterImage<float, 1>(context, ones.data(), scale, lattices[k], points, 1,
+                                       false, pieces, memory[k]);
+        const float factor = kernel_weights_[k] * LatticeAlpha<float>(d1);
+        for (int64_t n = 0; n < points; ++n) scale[n] = factor / (scale[n] + 1e-20f);
+      }
+      std::atomic<bool> updated(true);
+      // The last update writes the output (rows of `channels`), the others Q (padded rows).
+      auto update = [&](int active_kernels, bool last) {
+        ParallelFor(context, points, update_cost, [&](int64_t begin, int64_t end) {
+          if (!UpdateMarginals<kP>(image_unary, lattices.data(), blurred.data(), scales.data(),
+                                   active_kernels, begin, end, channels, packets,
+                                   last ? channels : padded, last ? image_out : q)) {
+            updated = false;
+          }
+        });
+      };
+      update(0, num_iterations_ == 0);  // Q = softmax(U)
+      for (int iteration = 0; iteration < num_iterations_; ++iteration) {
+        valid &= SplatImage<float, kP>(context, q, lattices.data(), memory.data(), kernels,
+                                       points, padded, pieces);
+        for (int k = 0; k < kernels; ++k) {
+          valid &= BlurImage<float, kP>(context, lattices[k], padded, false, memory[k],
+                                        &blurred[k]);
+        }
+        update(kernels, iteration + 1 == num_iterations_);
+      }
+      valid &= updated.load();
+    }
+    OP_REQUIRES(context, valid, absl::InvalidArgumentError(kBadLatticeMessage));
+  }
+
+  std::vector<float> kernel_weights_;
+  int num_iterations_ = 0;
 };
 
 }  // namespace
@@ -814,5 +1191,24 @@ REGISTER_KERNEL_BUILDER(
 REGISTER_KERNEL_BUILDER(
     Name("KerasDensePermutohedralFilter").Device(DEVICE_CPU).TypeConstraint<double>("T"),
     PermutohedralFilterOp<double>);
+
+REGISTER_OP("KerasDensePottsMeanField")
+    .Input("unary: float32")
+    .Input("splat_indices: num_kernels * int32")
+    .Input("barycentric_weights: num_kernels * float32")
+    .Input("blur_neighbors: num_kernels * int32")
+    .Output("probabilities: float32")
+    .Attr("num_kernels: int >= 1")
+    .Attr("kernel_weights: list(float)")
+    .Attr("num_iterations: int >= 0")
+    .SetShapeFn([](InferenceContext* c) {
+      ShapeHandle unary;
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 3, &unary));
+      c->set_output(0, unary);
+      return absl::OkStatus();
+    })
+    .Doc("Mean-field inference of a dense CRF with Potts compatibility (see the source).");
+
+REGISTER_KERNEL_BUILDER(Name("KerasDensePottsMeanField").Device(DEVICE_CPU), PottsMeanFieldOp);
 
 }  // namespace keras_dense

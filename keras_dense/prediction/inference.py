@@ -289,29 +289,35 @@ def detect_objects(
     proposals: np.ndarray | None = None,
     score_threshold: float = 0.05,
 ) -> dict:
-    """Fast R-CNN detections of one image, in the image's pixels.
+    """Fast or Faster R-CNN detections of one image, in the image's pixels.
 
     Args:
-        model: A Fast R-CNN model (`keras_dense.apps.fast_rcnn`).
+        model: A Fast R-CNN model (`keras_dense.apps.fast_rcnn`) or a Faster R-CNN model
+            (`keras_dense.apps.faster_rcnn`, which proposes its own regions: `proposals`
+            is not used).
         image: (H, W, 3) uint8 RGB.
         card: The model card (`min_size`, `max_size`, `normalization`).
-        proposals: (n, 4) yxyx pixel proposals of `image`; None runs selective search.
+        proposals: (n, 4) yxyx pixel proposals of `image`; None runs selective search
+            (Fast R-CNN).
         score_threshold: Lowest score kept.
 
     Returns:
         `{"boxes": (n, 4) yxyx pixels, "scores": (n,), "labels": (n,) 1-based}`.
     """
-    from keras_dense.detection import detect, selective_search
+    from keras_dense.detection import detect, proposes_regions, selective_search
 
-    if proposals is None:
-        proposals = selective_search(image)
-    proposals = np.asarray(proposals, np.float32).reshape(-1, 4)
-    if len(proposals) == 0:
-        height, width = image.shape[:2]
-        proposals = np.array([[0, 0, height - 1, width - 1]], np.float32)
     resized, scale = fast_rcnn_resize(image, card.get("min_size", 600), card.get("max_size", 1000))
     x = np.asarray(normalize(resized, card.get("normalization")))
-    out = detect(model, x[None], (proposals * scale)[None], score_threshold=score_threshold)
+    if proposes_regions(model):
+        out = detect(model, x[None], score_threshold=score_threshold, scale=[scale])
+    else:
+        if proposals is None:
+            proposals = selective_search(image)
+        proposals = np.asarray(proposals, np.float32).reshape(-1, 4)
+        if len(proposals) == 0:
+            height, width = image.shape[:2]
+            proposals = np.array([[0, 0, height - 1, width - 1]], np.float32)
+        out = detect(model, x[None], (proposals * scale)[None], score_threshold=score_threshold)
     count = int(out["num_detections"][0])
     return {
         "boxes": np.asarray(out["boxes"][0, :count]) / scale,

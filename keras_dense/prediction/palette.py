@@ -1,4 +1,4 @@
-"""Colouring class masks: the PASCAL VOC palette, overlays and box drawing."""
+"""Colouring class masks: the PASCAL VOC palette, overlays, box and instance drawing."""
 
 from __future__ import annotations
 
@@ -67,6 +67,7 @@ def draw_boxes(
     labels: Sequence[int],
     scores: Sequence[float],
     class_names: Sequence[str],
+    colours: np.ndarray | None = None,
 ) -> np.ndarray:
     """Draws detections on a copy of an RGB image.
 
@@ -76,15 +77,19 @@ def draw_boxes(
         labels: (n,) 1-based class ids (name = `class_names[label - 1]`).
         scores: (n,) scores.
         class_names: Names of the classes.
+        colours: Optional (n, 3) RGB colour of each box; by default its class's VOC colour.
 
     Returns:
         (H, W, 3) uint8 RGB with boxes and captions.
     """
     canvas = np.ascontiguousarray(np.asarray(image, np.uint8).copy())
     thickness = max(1, round(max(canvas.shape[:2]) / 400))
-    for box, label, score in zip(np.asarray(boxes), labels, scores):
+    for index, (box, label, score) in enumerate(zip(np.asarray(boxes), labels, scores)):
         y0, x0, y1, x1 = (int(round(v)) for v in box)
-        colour = tuple(int(c) for c in PALETTE[int(label) % 255 or 1])
+        if colours is None:
+            colour = tuple(int(c) for c in PALETTE[int(label) % 255 or 1])
+        else:
+            colour = tuple(int(c) for c in colours[index])
         cv2.rectangle(canvas, (x0, y0), (x1, y1), colour, thickness)
         name = class_names[label - 1] if 0 < label <= len(class_names) else f"class {label}"
         caption = f"{name} {float(score):.2f}"
@@ -102,3 +107,63 @@ def draw_boxes(
             cv2.LINE_AA,
         )
     return canvas
+
+
+def instance_colours(count: int) -> np.ndarray:
+    """`count` well separated, saturated RGB colours (hues spaced by the golden angle).
+
+    Returns:
+        (count, 3) uint8 RGB.
+    """
+    hues = (np.arange(count) * 0.618033988749895 % 1.0 * 180).astype(np.uint8)  # OpenCV: 0-179
+    hsv = np.stack([hues, np.full(count, 220, np.uint8), np.full(count, 255, np.uint8)], -1)
+    return cv2.cvtColor(hsv[None], cv2.COLOR_HSV2RGB)[0] if count else np.zeros((0, 3), np.uint8)
+
+
+def draw_instances(
+    image: np.ndarray,
+    masks: np.ndarray,
+    boxes: np.ndarray,
+    labels: Sequence[int],
+    scores: Sequence[float],
+    class_names: Sequence[str],
+    alpha: float = 0.5,
+) -> np.ndarray:
+    """Draws instance segmentations: each instance's mask blended in its own colour, plus its
+    box and caption in that colour.
+
+    Instances are painted in the given order (highest score first from `detect`), so where
+    masks overlap the later ones are on top.
+
+    Args:
+        image: (H, W, 3) uint8 RGB.
+        masks: (n, H, W) bool (or probabilities, cut at 0.5) instance masks.
+        boxes: (n, 4) `[ymin, xmin, ymax, xmax]` pixels.
+        labels: (n,) 1-based class ids.
+        scores: (n,) scores.
+        class_names: Names of the classes.
+        alpha: Opacity of the mask colours.
+
+    Returns:
+        (H, W, 3) uint8 RGB.
+
+    Raises:
+        ValueError: The masks do not match the image or the boxes.
+    """
+    canvas = np.asarray(image, np.uint8)
+    if canvas.ndim == 2 or canvas.shape[-1] == 1:
+        canvas = np.repeat(canvas.reshape(canvas.shape[0], canvas.shape[1], 1), 3, axis=-1)
+    masks = np.asarray(masks)
+    if masks.dtype != bool:
+        masks = masks >= 0.5
+    if masks.ndim != 3 or masks.shape[1:] != canvas.shape[:2] or len(masks) != len(boxes):
+        raise ValueError(
+            f"masks: expected ({len(boxes)}, {canvas.shape[0]}, {canvas.shape[1]}), got "
+            f"{masks.shape}"
+        )
+    colours = instance_colours(len(masks))
+    painted = canvas.astype(np.float32)
+    for mask, colour in zip(masks, colours):
+        painted[mask] = (1.0 - alpha) * painted[mask] + alpha * colour.astype(np.float32)
+    painted = np.clip(np.round(painted), 0, 255).astype(np.uint8)
+    return draw_boxes(painted, boxes, labels, scores, class_names, colours=colours)

@@ -1,4 +1,4 @@
-"""Serving signatures of a Fast R-CNN detector: encoded images and proposals in, boxes out.
+"""Serving signatures of a Fast or Faster R-CNN detector: encoded images in, boxes out.
 
 Fast R-CNN scores external region proposals (selective search, computed by the client with
 `keras_dense.detection.selective_search`), so `serving_default` takes them with the images:
@@ -18,6 +18,12 @@ original pixels. Outputs (padded to `max_detections` rows, zeros past `num_detec
 
 `serving_tensor(images, rois)`: normalised float images and RoIs in their pixels; outputs the
 model's raw `cls_score` and `bbox_pred`.
+
+A Faster R-CNN model (`keras_dense.apps.faster_rcnn`, `proposes_regions`) proposes its own
+regions: its `serving_default` takes `image_bytes` only (same outputs; each image's resize
+factor scales the proposals' minimum size as in training), and its `serving_tensor(images,
+image_shape, scale)` returns the model's raw outputs (`cls_score`, `bbox_pred`, `proposals`,
+`proposal_scores`, `num_proposals`).
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ import keras
 import tensorflow as tf
 
 from keras_dense.data.detection_pipeline import fast_rcnn_scale
-from keras_dense.detection import detect
+from keras_dense.detection import detect, proposes_regions
 from keras_dense.signatures.batch_modes import run_batch
 from keras_dense.signatures.image_bytes import (
     centred_image,
@@ -35,6 +41,9 @@ from keras_dense.signatures.image_bytes import (
     image_at,
     pad_to,
 )
+
+# serving_tensor outputs of a Faster R-CNN model.
+FASTER_RCNN_OUTPUTS = ("cls_score", "bbox_pred", "proposals", "proposal_scores", "num_proposals")
 
 
 def _check_proposals(proposals, num_proposals, count):
@@ -69,7 +78,8 @@ def detection_signatures(
     """Builds the `serving_default` and `serving_tensor` concrete functions of a detector.
 
     Args:
-        model: A Fast R-CNN model, `[images, rois]` to `[cls_score, bbox_pred]`.
+        model: A Fast R-CNN model, `[images, rois]` to `[cls_score, bbox_pred]`, or a
+            Faster R-CNN model (`proposes_regions`).
         normalization: The model card's normalisation mode.
         min_size: Shorter side after resizing (the training scale, 600).
         max_size: Cap on the longer side (1000).
@@ -98,31 +108,47 @@ def detection_signatures(
         "max_detections": max_detections,
     }
 
-    @tf.function(
-        input_signature=[
-            tf.TensorSpec([None], tf.string, name="image_bytes"),
-            tf.TensorSpec([None, None, 4], tf.float32, name="proposals"),
-            tf.TensorSpec([None], tf.int32, name="num_proposals"),
-        ]
-    )
-    def serving_default(image_bytes, proposals, num_proposals):
+    proposing = proposes_regions(model)
+
+    def run(image_bytes, proposals, num_proposals):
+        """Decode, resize, normalise, detect, map back; proposals None for Faster R-CNN."""
         pixels, sizes = decode_batch(image_bytes, 3, **decode_kwargs)
         count = tf.shape(sizes)[0]
-        with tf.control_dependencies(_check_proposals(proposals, num_proposals, count)):
-            proposals = tf.identity(proposals)
         height = tf.cast(sizes[:, 0], tf.float32)
         width = tf.cast(sizes[:, 1], tf.float32)
         scale = fast_rcnn_scale(height, width, min_size, max_size)
         resized = tf.cast(tf.round(tf.cast(sizes, tf.float32) * scale[:, None]), tf.int32)
         factors = tf.cast(resized, tf.float32) / tf.cast(sizes, tf.float32)  # (N, 2) y, x
         factors = tf.tile(factors, [1, 2])[:, None, :]  # (N, 1, 4) yxyx
-        scaled_proposals = proposals * factors
+        if proposals is not None:
+            with tf.control_dependencies(_check_proposals(proposals, num_proposals, count)):
+                proposals = tf.identity(proposals)
+            scaled_proposals = proposals * factors
         largest = tf.reduce_max(resized, axis=0)
 
         def centred_input(index, height, width):
             image = centred_image(image_at(pixels, sizes, index, 3), normalization)
             image = tf.image.resize(image, resized[index], antialias=False)
             return pad_to(image, height, width)
+
+        def run_detect(images, rows):
+            """`detect` on `images`, the batch rows `rows` (a slice or an index list)."""
+            if proposals is None:
+                return detect(
+                    model,
+                    images,
+                    image_shape=tf.gather(resized, rows),
+                    scale=tf.gather(scale, rows),
+                    **detect_kwargs,
+                )
+            return detect(
+                model,
+                images,
+                tf.gather(scaled_proposals, rows),
+                image_shape=tf.gather(resized, rows),
+                num_proposals=tf.gather(num_proposals, rows),
+                **detect_kwargs,
+            )
 
         def batched():
             images = tf.map_fn(
@@ -131,26 +157,12 @@ def detection_signatures(
                 fn_output_signature=tf.TensorSpec([None, None, 3], tf.float32),
             )
             images = finish_normalization(images, normalization)
-            out = detect(
-                model,
-                images,
-                scaled_proposals,
-                image_shape=resized,
-                num_proposals=num_proposals,
-                **detect_kwargs,
-            )
+            out = run_detect(images, tf.range(count))
             return out["boxes"], out["scores"], out["classes"], out["num_detections"]
 
         def one_image(index):
             image = centred_input(index, resized[index, 0], resized[index, 1])
-            out = detect(
-                model,
-                finish_normalization(image[None], normalization),
-                scaled_proposals[index][None],
-                image_shape=resized[index][None],
-                num_proposals=num_proposals[index][None],
-                **detect_kwargs,
-            )
+            out = run_detect(finish_normalization(image[None], normalization), index[None])
             return out["boxes"][0], out["scores"][0], out["classes"][0], out["num_detections"][0]
 
         def per_image():
@@ -173,18 +185,50 @@ def detection_signatures(
             "num_detections": num,
         }
 
-    @tf.function(
-        input_signature=[
-            tf.TensorSpec([None, None, None, 3], tf.float32, name="images"),
-            tf.TensorSpec([None, None, 4], tf.float32, name="rois"),
-        ]
-    )
-    def serving_tensor(images, rois):
-        cls_score, bbox_pred = model([images, rois], training=False)
-        return {
-            "cls_score": tf.cast(cls_score, tf.float32),
-            "bbox_pred": tf.cast(bbox_pred, tf.float32),
-        }
+    if proposing:
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
+        def serving_default(image_bytes):
+            return run(image_bytes, None, None)
+
+        @tf.function(
+            input_signature=[
+                tf.TensorSpec([None, None, None, 3], tf.float32, name="images"),
+                tf.TensorSpec([None, 2], tf.float32, name="image_shape"),
+                tf.TensorSpec([None], tf.float32, name="scale"),
+            ]
+        )
+        def serving_tensor(images, image_shape, scale):
+            outputs = model([images, image_shape, scale], training=False)
+            return {
+                key: tf.cast(outputs[key], tf.int32 if key == "num_proposals" else tf.float32)
+                for key in FASTER_RCNN_OUTPUTS
+            }
+
+    else:
+
+        @tf.function(
+            input_signature=[
+                tf.TensorSpec([None], tf.string, name="image_bytes"),
+                tf.TensorSpec([None, None, 4], tf.float32, name="proposals"),
+                tf.TensorSpec([None], tf.int32, name="num_proposals"),
+            ]
+        )
+        def serving_default(image_bytes, proposals, num_proposals):
+            return run(image_bytes, proposals, num_proposals)
+
+        @tf.function(
+            input_signature=[
+                tf.TensorSpec([None, None, None, 3], tf.float32, name="images"),
+                tf.TensorSpec([None, None, 4], tf.float32, name="rois"),
+            ]
+        )
+        def serving_tensor(images, rois):
+            cls_score, bbox_pred = model([images, rois], training=False)
+            return {
+                "cls_score": tf.cast(cls_score, tf.float32),
+                "bbox_pred": tf.cast(bbox_pred, tf.float32),
+            }
 
     return {
         "serving_default": serving_default.get_concrete_function(),

@@ -19,6 +19,7 @@ TASK_MODULES = (
     "keras_dense.tasks.segmentation",
     "keras_dense.tasks.detection",
     "keras_dense.tasks.classification",
+    "keras_dense.tasks.instance_segmentation",
 )
 
 __all__ = [

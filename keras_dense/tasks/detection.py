@@ -1,7 +1,8 @@
-"""Object detection: boxes, class labels and scores per image (Fast R-CNN).
+"""Object detection: boxes, class labels and scores per image (R-CNN, Fast and Faster R-CNN).
 
-Records carry boxes (and optionally proposals); the model's own `train_step` samples RoIs and
-computes its loss, so training only needs the batches. Evaluation reports PASCAL VOC mAP;
+Records carry boxes (and optionally proposals, which Fast R-CNN needs and Faster R-CNN does
+not read); the model's own `train_step` samples RoIs and computes its loss, so training only
+needs the batches. Evaluation reports PASCAL VOC mAP;
 serving returns padded boxes, scores and classes; `predict` draws the boxes and writes them
 as JSON. Class names are object classes only: label `i + 1` is `classes[i]`, 0 background.
 """
@@ -16,10 +17,11 @@ import tensorflow as tf
 from keras_dense.data import detection_dataset
 from keras_dense.data.class_lists import object_classes
 from keras_dense.data.image_io import encode_png
+from keras_dense.detection import proposes_regions
 from keras_dense.evaluation.evaluator import evaluate_detection
 from keras_dense.prediction.inference import detect_objects
 from keras_dense.prediction.palette import draw_boxes
-from keras_dense.signatures.detection_signatures import detection_signatures
+from keras_dense.signatures.detection_signatures import FASTER_RCNN_OUTPUTS, detection_signatures
 from keras_dense.signatures.memory_budget import pixel_budget, serving_bytes_per_pixel
 from keras_dense.tasks.recipe_data import (
     check_batch_fits,
@@ -39,13 +41,23 @@ from keras_dense.tasks.task import (
 from keras_dense.utils.errors import RecipeError
 
 
-def detection_datasets(recipe: dict, num_workers: int = 1, worker_index: int = 0):
+def detection_datasets(
+    recipe: dict,
+    num_workers: int = 1,
+    worker_index: int = 0,
+    read_proposals: bool = True,
+    instance_masks: bool = False,
+):
     """Training and validation datasets of a detection recipe (dict batches, no targets).
 
     Args:
         recipe: The resolved recipe.
         num_workers: Processes in the cluster (see `segmentation_datasets`).
         worker_index: This process's index in the cluster.
+        read_proposals: Read the records' proposals (Fast R-CNN); False for a model that
+            proposes its own (Faster R-CNN: `max_proposals` 0, records need none).
+        instance_masks: Batches also hold each box's instance mask (`instance_masks`, for
+            Mask R-CNN).
 
     Returns:
         `(train, validation, steps_per_epoch, validation_steps)`.
@@ -56,10 +68,12 @@ def detection_datasets(recipe: dict, num_workers: int = 1, worker_index: int = 0
         "max_size": data["max_size"],
         "normalization": normalization_mode(data),
         "max_boxes": data["max_boxes"],
-        "max_proposals": data["max_proposals"],
+        "max_proposals": data["max_proposals"] if read_proposals else 0,
         "cache": data["cache"],
         "seed": recipe["seed"],
     }
+    if instance_masks:
+        common["instance_masks"] = True
     batch = training["batch_size"]
     train = detection_dataset(
         worker_shards(data["train"], "data.train", num_workers, worker_index),
@@ -86,7 +100,7 @@ class DetectionTask(Task):
     """Object detection (see the module docstring)."""
 
     name = "detection"
-    builders = ("fast_rcnn",)
+    builders = ("fast_rcnn", "rcnn", "faster_rcnn")
     background_outputs = 1
 
     def class_names(self, names):
@@ -97,7 +111,9 @@ class DetectionTask(Task):
             raise RecipeError("recipe key 'data.channels': detection needs 3-channel images")
 
     def datasets(self, recipe, model, num_workers, worker_index):
-        return detection_datasets(recipe, num_workers, worker_index)
+        return detection_datasets(
+            recipe, num_workers, worker_index, read_proposals=not proposes_regions(model)
+        )
 
     def compile(self, model, recipe, optimizer, num_classes):
         # The model's train_step samples RoIs and computes its own multi-task loss.
@@ -172,6 +188,21 @@ class DetectionTask(Task):
     def verify_export(self, loaded, model, serving, tolerance):
         rng = np.random.default_rng(0)
         image = rng.normal(size=(1, 64, 80, 3)).astype(np.float32)
+        if proposes_regions(model):  # Faster R-CNN: [images, image_shape, scale] -> dict
+            shape = np.array([[64, 80]], np.float32)
+            scale = np.ones(1, np.float32)
+            got = loaded.signatures["serving_tensor"](
+                images=tf.constant(image), image_shape=tf.constant(shape), scale=tf.constant(scale)
+            )
+            want = model([image, shape, scale], training=False)
+            for key in FASTER_RCNN_OUTPUTS:
+                check_close(
+                    key,
+                    got[key].numpy().astype(np.float32),
+                    np.asarray(want[key], np.float32),
+                    tolerance,
+                )
+            return
         rois = np.array([[[4, 4, 40, 60], [10, 20, 60, 70]]], np.float32)
         got = loaded.signatures["serving_tensor"](images=tf.constant(image), rois=tf.constant(rois))
         want = model([image, rois], training=False)

@@ -18,6 +18,7 @@ import tensorflow as tf
 from keras_dense.crf import dense_crf
 from keras_dense.crf.card_parameters import card_crf_parameters
 from keras_dense.data import segmentation_dataset
+from keras_dense.data.device_augment import device_stage
 from keras_dense.data.image_io import encode_png
 from keras_dense.evaluation.confusion_image import confusion_matrix_image
 from keras_dense.evaluation.evaluator import evaluate_segmentation, softmax
@@ -130,9 +131,11 @@ def segmentation_datasets(
         flip=data["flip"],
         photometric=data["photometric"],
         shuffle_buffer=data["shuffle_buffer"],
+        augment_on=data["augment_on"],
         **common,
     ).repeat()
-    if output_size is not None:
+    # With augment_on = "device" the masks are cropped after the stage (`train_batch_stage`).
+    if output_size is not None and data["augment_on"] == "host":
         train = crop_masks_to_output(train, crop, output_size, data["ignore_label"], False)
     records = check_batch_fits(data["train"], batch)  # also with steps_per_epoch set
     steps = training["steps_per_epoch"] or records // batch
@@ -176,6 +179,7 @@ class SegmentationTask(Task):
     name = "segmentation"
     builders = ("fcn32s", "fcn16s", "fcn8s", "deeplab", "deconvnet", "unet")
     image_summaries = True
+    augments_on_device = True
 
     def datasets(self, recipe, model, num_workers, worker_index):
         data = recipe["data"]
@@ -184,6 +188,31 @@ class SegmentationTask(Task):
         return segmentation_datasets(
             recipe, output_size, num_workers, worker_index, num_classes=num_classes
         )
+
+    def train_batch_stage(self, recipe, model):
+        data = recipe["data"]
+        if data["augment_on"] != "device":
+            return None
+        crop = tuple(data["crop_size"])
+        augment = device_stage(
+            crop,
+            tuple(data["scale_range"]),
+            data["flip"],
+            data["photometric"],
+            normalization_mode(data),
+            data["ignore_label"],
+        )
+        output_size = _output_size(model, crop, data["channels"])
+        if output_size is None:
+            return augment
+        top = (crop[0] - output_size[0]) // 2
+        left = (crop[1] - output_size[1]) // 2
+
+        def augment_and_crop(batch):
+            images, masks = augment(batch)
+            return images, masks[:, top : top + output_size[0], left : left + output_size[1]]
+
+        return augment_and_crop
 
     def finalize_model(self, model, mixed_precision):
         return float32_logits(model) if mixed_precision else model

@@ -99,12 +99,15 @@ class Task:
         background_outputs: Score channels the model has beyond `classes` (1 for a
             background class that is not listed in the class names).
         image_summaries: Whether the trainer writes input/truth/prediction image summaries.
+        augments_on_device: Whether `train_batch_stage` implements the recipe key
+            `data.augment_on = "device"` (the recipe validator refuses it otherwise).
     """
 
     name: str = ""
     builders: tuple[str, ...] = ()
     background_outputs: int = 0
     image_summaries: bool = False
+    augments_on_device: bool = False
 
     # -- data and classes ------------------------------------------------------------------
     def class_names(self, names: list[str]) -> list[str]:
@@ -126,6 +129,15 @@ class Task:
     def compile(self, model: keras.Model, recipe: dict, optimizer, num_classes: int) -> None:
         """Compiles the model with this task's loss and metrics."""
         raise NotImplementedError
+
+    def train_batch_stage(self, recipe: dict, model: keras.Model):
+        """A function applied to each training batch at the start of the train step, or None.
+
+        It runs inside the compiled step, on the step's device (e.g. batched augmentation
+        with `data.augment_on = "device"`); the trainer installs it
+        (`keras_dense.training.batch_stage`).
+        """
+        return None
 
     def monitor(self, recipe: dict, has_validation: bool) -> tuple[str, str]:
         """`(log key, "max" | "min")` that picks the best checkpoint."""

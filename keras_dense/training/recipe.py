@@ -19,8 +19,9 @@ import os
 import sys
 from collections.abc import Sequence
 
+from keras_dense.data.device_augment import AUGMENT_ON
 from keras_dense.losses import LOSS_NAMES
-from keras_dense.tasks import task_names
+from keras_dense.tasks import get_task, task_names
 from keras_dense.utils.errors import RecipeError
 
 if sys.version_info >= (3, 11):
@@ -51,6 +52,8 @@ DEFAULTS: dict = {
         "scale_range": [0.5, 2.0],
         "flip": True,
         "photometric": True,
+        # "host": augment in tf.data; "device": decode only, augment at the train step's start.
+        "augment_on": "host",
         "cache": False,
         "shuffle_buffer": 256,
         "min_size": 600,
@@ -233,9 +236,25 @@ def validate(recipe: dict) -> dict:
         "data.scale_range",
         f"expected [min, max] with 0 < min <= max, got {low_high!r}",
     )
+    _require(
+        data["augment_on"] in AUGMENT_ON,
+        "data.augment_on",
+        f"expected one of {AUGMENT_ON}, got {data['augment_on']!r}",
+    )
+    device_tasks = [name for name in tasks if get_task(name).augments_on_device]
+    _require(
+        data["augment_on"] == "host" or r["task"] in device_tasks,
+        "data.augment_on",
+        f"'device' is implemented for the tasks {device_tasks}, not {r['task']!r}",
+    )
     _require(all(isinstance(c, str) for c in data["classes"]), "data.classes", "expected strings")
-    for key in ("min_size", "max_size", "max_boxes", "max_proposals", "shuffle_buffer"):
+    for key in ("min_size", "max_size", "max_boxes", "shuffle_buffer"):
         _require(data[key] >= 1, f"data.{key}", f"expected >= 1, got {data[key]}")
+    _require(
+        data["max_proposals"] >= 0,
+        "data.max_proposals",
+        f"expected >= 0 (0: no proposals read), got {data['max_proposals']}",
+    )
     _require(training["batch_size"] >= 1, "training.batch_size", "expected >= 1")
     _require(training["epochs"] >= 1, "training.epochs", "expected >= 1")
     for key in ("steps", "steps_per_epoch", "validation_steps", "validation_batch_size"):

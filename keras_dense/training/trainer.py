@@ -33,6 +33,7 @@ from keras_dense.tasks.recipe_data import (
     total_steps,
 )
 from keras_dense.training import backup, callbacks
+from keras_dense.training.batch_stage import install_batch_stage
 from keras_dense.training.builders import build_model
 from keras_dense.training.distribution import (
     select_strategy,
@@ -119,8 +120,9 @@ def _write_resolved_recipe(path: str, recipe: dict) -> None:
     atomic_write_bytes(path, (json.dumps(recipe, indent=2, sort_keys=True) + "\n").encode())
 
 
-def _sample_batch(dataset, count: int):
-    images, masks = next(iter(dataset.take(1)))
+def _sample_batch(dataset, count: int, stage=None):
+    batch = next(iter(dataset.take(1)))
+    images, masks = batch if stage is None else stage(batch)
     return np.asarray(images)[:count], np.asarray(masks)[:count]
 
 
@@ -194,6 +196,9 @@ def _train_locked(recipe: dict, run_dir: str, strategy, info, verbose, start) ->
             )
             task.compile(model, recipe, optimizer, len(classes))
             finished = backup.restore(model, os.path.join(run_dir, BACKUP_DIR))
+            stage = task.train_batch_stage(recipe, model)
+            if stage is not None:
+                install_batch_stage(model, stage)
     finally:
         keras.config.set_dtype_policy(previous_policy)
 
@@ -225,8 +230,10 @@ def _train_locked(recipe: dict, run_dir: str, strategy, info, verbose, start) ->
     ]
     if task.image_summaries and training["image_summaries"] > 0:
         # A fixed sample: the first images of the first validation (else training) batch.
-        images, masks = _sample_batch(
-            val_ds if val_ds is not None else train_ds, training["image_summaries"]
+        images, masks = (
+            _sample_batch(val_ds, training["image_summaries"])
+            if val_ds is not None
+            else _sample_batch(train_ds, training["image_summaries"], stage)
         )
         callback_list.append(
             callbacks.ImageSummaries(

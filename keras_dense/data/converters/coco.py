@@ -1,8 +1,13 @@
-"""Converter for COCO instance annotations (boxes, optionally semantic masks).
+"""Converter for COCO instance annotations (boxes, instance masks, optionally semantic masks).
 
 Category ids are mapped to contiguous labels 1..K in increasing id order. Crowd annotations
 (`iscrowd=1`) are recorded with `image/object/is_crowd=1`; the input pipelines leave them out
 of training targets, and in semantic masks their pixels get the ignore label.
+
+Each object's `segmentation` (polygons, RLE or uncompressed RLE) is rasterised by pycocotools
+at the image's size into its instance mask (`image/object/mask`, 0/1 PNG, in box order; crowd
+objects keep theirs). Boxes stay COCO's `bbox`. A file where no annotation has a
+`segmentation` (box-only COCO files) gives records without instance masks.
 """
 
 from __future__ import annotations
@@ -56,11 +61,29 @@ def _annotation_problem(ann: dict, label_of: dict) -> str | None:
     return None
 
 
+def _rasterise(segmentation, height: int, width: int) -> np.ndarray:
+    """(H, W) bool pixels of a COCO `segmentation` (polygons, RLE or uncompressed RLE)."""
+    from pycocotools import mask as mask_utils
+
+    if isinstance(segmentation, list):  # polygons: one RLE each, merged
+        rle = mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
+    elif isinstance(segmentation, dict) and isinstance(segmentation.get("counts"), list):
+        rle = mask_utils.frPyObjects(segmentation, height, width)  # uncompressed RLE
+    elif isinstance(segmentation, dict):
+        rle = segmentation
+        if tuple(rle.get("size", ())) != (height, width):
+            raise ValueError(f"RLE size {rle.get('size')} is not the image's [{height}, {width}]")
+    else:
+        raise TypeError(f"expected polygons or an RLE, got {type(segmentation).__name__}")
+    return mask_utils.decode(rle).astype(bool)
+
+
 def convert_coco(
     annotations: str,
     images: str,
     output: str,
     semantic_masks: bool = False,
+    instance_masks: bool | None = None,
     num_shards: int = 1,
     ignore_label: int = 255,
     on_error: str = "fail",
@@ -75,6 +98,9 @@ def convert_coco(
         output: `DIR/NAME` of the shards and manifest.
         semantic_masks: Also write a semantic mask (class id per pixel, 0 background; later
             annotations paint over earlier ones; crowd regions get `ignore_label`).
+        instance_masks: Write each object's mask (`image/object/mask`). None (default):
+            when any annotation of the file has a `segmentation`; then one without it is
+            rejected like any bad field.
         num_shards: Number of shards.
         ignore_label: Mask value of crowd regions.
         on_error: `"fail"` or `"skip"`.
@@ -90,6 +116,9 @@ def convert_coco(
     coco = _load_coco(annotations)
     if not os.path.isdir(images):
         raise BadInputError(images, "--images: no such folder")
+    if instance_masks is None:
+        instance_masks = any("segmentation" in ann for ann in coco.dataset.get("annotations", []))
+    rasterise = semantic_masks or instance_masks
     cat_ids = sorted(coco.getCatIds())
     label_of = {cid: i + 1 for i, cid in enumerate(cat_ids)}
     names = [coco.loadCats(cid)[0]["name"] for cid in cat_ids]
@@ -129,7 +158,7 @@ def convert_coco(
                 f"the JSON says {info['width']}x{info['height']} but the image is {width}x{height}",
             )
         anns = coco.loadAnns(coco.getAnnIds(imgIds=image_id))
-        boxes, labels, texts, crowd, rejected = [], [], [], [], []
+        boxes, labels, texts, crowd, rejected, objects = [], [], [], [], [], []
         mask = np.zeros((height, width), np.uint8) if semantic_masks else None
         for ann in anns:
             where = f"{annotations} annotation {ann.get('id', '?')} (image {image_id})"
@@ -150,9 +179,9 @@ def convert_coco(
                 )
                 continue
             region = None
-            if mask is not None:
+            if rasterise:
                 try:
-                    region = coco.annToMask(ann).astype(bool)
+                    region = _rasterise(ann.get("segmentation"), height, width)
                 except Exception as err:  # pycocotools raises many types for bad polygons
                     rejected.append(
                         {
@@ -168,8 +197,10 @@ def convert_coco(
             labels.append(label_of[ann["category_id"]])
             texts.append(names[labels[-1] - 1])
             crowd.append(int(ann.get("iscrowd", 0)))
-            if region is not None:
+            if mask is not None:
                 mask[region] = ignore_label if crowd[-1] else labels[-1]
+            if instance_masks:
+                objects.append(encode_png(region.astype(np.uint8)))
         if rejected and on_error == "fail":
             raise BadInputError(rejected[0]["input"], rejected[0]["reason"])
         return Record(
@@ -185,6 +216,7 @@ def convert_coco(
             is_crowd=np.asarray(crowd, np.int64),
             rejected=rejected,
             orientation=image.orientation,
+            instance_masks=objects if instance_masks else None,
         )
 
     return write_dataset(
@@ -202,10 +234,15 @@ def convert_coco(
             "annotations": annotations,
             "images": images,
             "semantic_masks": semantic_masks,
+            "instance_masks": instance_masks,
             "num_shards": num_shards,
             "on_error": on_error,
         },
         skipped=skipped,
         progress=progress,
-        extra={"box_label_offset": 1, "coco_category_ids": cat_ids},
+        extra={
+            "box_label_offset": 1,
+            "coco_category_ids": cat_ids,
+            "instance_masks": instance_masks,
+        },
     )

@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 
 import numpy as np
 
-from keras_dense.data.classes import read_split_file, resolve_classes
+from keras_dense.data.classes import resolve_classes
+from keras_dense.data.converters.image_mask_pairs import file_stem, pair_images_with_masks
 from keras_dense.data.errors import BadInputError
-from keras_dense.data.image_io import encode_png, list_images, read_image_file, read_mask_file
+from keras_dense.data.image_io import encode_png, read_image_file, read_mask_file
 from keras_dense.data.masks import check_mask, parse_remap, remap_lookup
 from keras_dense.data.schema import Record
 from keras_dense.data.writer import write_dataset
-
-
-def _stem(path: str) -> str:
-    return os.path.splitext(os.path.basename(path))[0]
 
 
 def prefix_class(stem: str) -> str | None:
@@ -91,48 +87,17 @@ def convert_pairs(
     names = resolve_classes(classes, classes_file)
     mapping = parse_remap(remap)
     table = remap_lookup(mapping)
-    for folder, flag in ((images, "--images"), (masks, "--masks")):
-        if not os.path.isdir(folder):
-            raise BadInputError(folder, f"{flag}: no such folder")
-    image_files = list_images(images)
-    if not image_files:
-        raise BadInputError(
-            images,
-            "empty input folder: no image files (.jpg, .jpeg, .png, .bmp, .tif, .ppm, .webp)",
-        )
-    _refuse_duplicate_stems(image_files)
-    skipped: list[dict] = []
-    if split_file is not None:
-        wanted = read_split_file(split_file)
-        by_stem = {_stem(p): p for p in image_files}
-        missing = [s for s in wanted if s not in by_stem]
-        skipped += [
-            {
-                "input": f"{split_file}:{s}",
-                "reason": f"listed in the split file but no image {s}.* in {images}",
-            }
-            for s in missing
-        ]
-        image_files = [by_stem[s] for s in wanted if s in by_stem]
-    pairs = []
-    for path in image_files:
-        mask_path = os.path.join(masks, _stem(path) + mask_suffix + ".png")
-        if os.path.isfile(mask_path):
-            pairs.append((path, mask_path))
-        else:
-            skipped.append(
-                {"input": path, "reason": f"image without an annotation: expected mask {mask_path}"}
-            )
+    pairs, skipped = pair_images_with_masks(images, masks, mask_suffix, split_file)
     prefix_ids: dict[str, int] = {}
     if class_from_prefix:
         for path, _ in pairs:
-            if prefix_class(_stem(path)) is None:
+            if prefix_class(file_stem(path)) is None:
                 raise BadInputError(
                     path,
                     "--class-from-prefix: the file name has no class prefix (expected "
                     "CLASS_ID.ext, e.g. Bengal_12.jpg)",
                 )
-        prefixes = sorted({prefix_class(_stem(path)) for path, _ in pairs})
+        prefixes = sorted({prefix_class(file_stem(path)) for path, _ in pairs})
         prefix_ids = {name: i for i, name in enumerate(prefixes, start=1)}
         names = ["background", *prefixes]
     num_classes = len(names) if names is not None else None
@@ -152,12 +117,12 @@ def convert_pairs(
                     f"{ignore_label} ignore) after --remap, found the values "
                     f"{extra.tolist()[:10]}",
                 )
-            class_id = prefix_ids[prefix_class(_stem(image_path))]
+            class_id = prefix_ids[prefix_class(file_stem(image_path))]
             mask = np.where(mask == 1, class_id, mask).astype(mask.dtype)
             image_labels = np.asarray([class_id], np.int64)
         check_mask(mask, image.rgb.shape[:2], num_classes, ignore_label, mask_path)
         return Record(
-            source_id=_stem(image_path),
+            source_id=file_stem(image_path),
             image_bytes=image.data,
             image_format=image.format,
             height=image.rgb.shape[0],
@@ -199,22 +164,6 @@ def convert_pairs(
         progress=progress,
         extra={"classes_inferred": num_classes is None},
     )
-
-
-def _refuse_duplicate_stems(image_files: list[str]) -> None:
-    """Two images with one stem (`a.png`, `a.jpg`) would share one mask and one source_id."""
-    by_stem: dict[str, list[str]] = {}
-    for path in image_files:
-        by_stem.setdefault(_stem(path), []).append(path)
-    clashes = {stem: paths for stem, paths in by_stem.items() if len(paths) > 1}
-    if clashes:
-        stem, paths = next(iter(sorted(clashes.items())))
-        more = f" (and {len(clashes) - 1} more stems)" if len(clashes) > 1 else ""
-        raise BadInputError(
-            paths[0],
-            f"images {' and '.join(paths)} share the stem {stem!r}{more}: each image needs "
-            "its own stem, which names its mask and its source_id; rename or remove one",
-        )
 
 
 def _infer_class_names(pairs, table: np.ndarray, ignore_label: int) -> list[str]:

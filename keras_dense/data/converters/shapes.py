@@ -2,8 +2,9 @@
 
 Every image is drawn from its own random generator (seeded by `seed` and the image index), so
 the set is identical for the same arguments whatever the number of workers. Objects may overlap;
-the later one is on top. Masks are exact (drawn by the same rasteriser as the image), and each
-box is the tight box of the object's visible pixels.
+the later one is on top. Masks are exact (drawn by the same rasteriser as the image); each
+object's instance mask (`image/object/mask`) holds its visible pixels and its box is the tight
+box of that mask.
 """
 
 from __future__ import annotations
@@ -45,6 +46,24 @@ def render_shapes(index: int, size: int = 128, seed: int = 0, max_objects: int =
         (n, 4) float32 pixel boxes `[ymin, xmin, ymax, xmax]` (max exclusive), (n,) int64
         1-based labels. Fully hidden objects have no box.
     """
+    rgb, mask, _, boxes, labels = render_shape_instances(index, size, seed, max_objects)
+    return rgb, mask, boxes, labels
+
+
+def render_shape_instances(index: int, size: int = 128, seed: int = 0, max_objects: int = 4):
+    """Draws one synthetic image with the mask of every object (the image of `render_shapes`).
+
+    Args:
+        index: Image index (with `seed`, it fixes the content).
+        size: Width and height in pixels.
+        seed: Data-set seed.
+        max_objects: Upper bound on the number of objects (at least 1 is drawn).
+
+    Returns:
+        `(rgb, mask, instance_masks, boxes, labels)`: as `render_shapes`, plus
+        (n, size, size) uint8 0/1 masks of each object's visible pixels, in box order (each
+        box is the tight box of its mask).
+    """
     rng = np.random.default_rng([seed, index])
     image = _background(rng, size)
     mask = np.zeros((size, size), np.uint8)
@@ -69,15 +88,23 @@ def render_shapes(index: int, size: int = 128, seed: int = 0, max_objects: int =
         mask[region] = cls
         instances[region] = obj + 1
         labels.append(cls)
-    boxes, kept = [], []
+    boxes, kept, masks = [], [], []
     for obj, cls in enumerate(labels):
-        ys, xs = np.nonzero(instances == obj + 1)
+        visible = instances == obj + 1
+        ys, xs = np.nonzero(visible)
         if ys.size == 0:
             continue
         boxes.append([ys.min(), xs.min(), ys.max() + 1, xs.max() + 1])
         kept.append(cls)
+        masks.append(visible.astype(np.uint8))
     rgb = np.clip(image, 0, 255).astype(np.uint8)
-    return (rgb, mask, np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(kept, np.int64))
+    return (
+        rgb,
+        mask,
+        np.asarray(masks, np.uint8).reshape(-1, size, size),
+        np.asarray(boxes, np.float32).reshape(-1, 4),
+        np.asarray(kept, np.int64),
+    )
 
 
 def convert_shapes(
@@ -89,7 +116,7 @@ def convert_shapes(
     workers: int = 1,
     progress: bool = True,
 ) -> dict:
-    """Writes the synthetic shapes set as TFRecords (image, mask and boxes in each record).
+    """Writes the synthetic shapes set as TFRecords (image, mask, boxes and instance masks).
 
     Args:
         output: `DIR/NAME` of the shards and manifest.
@@ -112,7 +139,7 @@ def convert_shapes(
         raise ValueError(f"size={size}: expected at least 16 pixels")
 
     def make(index: int) -> Record:
-        rgb, mask, boxes, labels = render_shapes(index, size, seed)
+        rgb, mask, instance_masks, boxes, labels = render_shape_instances(index, size, seed)
         return Record(
             source_id=f"shapes_{seed}_{index:06d}",
             image_bytes=encode_png(rgb),
@@ -123,6 +150,7 @@ def convert_shapes(
             boxes=boxes / size,
             labels=labels,
             label_texts=[SHAPE_CLASSES[c] for c in labels],
+            instance_masks=[encode_png(m) for m in instance_masks],
         )
 
     return write_dataset(
@@ -143,4 +171,5 @@ def convert_shapes(
             "num_shards": num_shards,
         },
         progress=progress,
+        extra={"instance_masks": True},
     )

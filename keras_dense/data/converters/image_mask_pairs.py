@@ -1,0 +1,90 @@
+"""Matching a folder of images with a folder of masks by file stem (pairs, instances)."""
+
+from __future__ import annotations
+
+import os
+
+from keras_dense.data.classes import read_split_file
+from keras_dense.data.errors import BadInputError
+from keras_dense.data.image_io import list_images
+
+
+def file_stem(path: str) -> str:
+    """The file name without folder and extension: the record's `source_id`."""
+    return os.path.splitext(os.path.basename(path))[0]
+
+
+def refuse_duplicate_stems(image_files: list[str]) -> None:
+    """Two images with one stem (`a.png`, `a.jpg`) would share one mask and one source_id.
+
+    Args:
+        image_files: The image paths.
+
+    Raises:
+        BadInputError: Naming the first clash.
+    """
+    by_stem: dict[str, list[str]] = {}
+    for path in image_files:
+        by_stem.setdefault(file_stem(path), []).append(path)
+    clashes = {stem: paths for stem, paths in by_stem.items() if len(paths) > 1}
+    if clashes:
+        stem, paths = next(iter(sorted(clashes.items())))
+        more = f" (and {len(clashes) - 1} more stems)" if len(clashes) > 1 else ""
+        raise BadInputError(
+            paths[0],
+            f"images {' and '.join(paths)} share the stem {stem!r}{more}: each image needs "
+            "its own stem, which names its mask and its source_id; rename or remove one",
+        )
+
+
+def pair_images_with_masks(
+    images: str, masks: str, mask_suffix: str = "", split_file: str | None = None
+) -> tuple[list[tuple[str, str]], list[dict]]:
+    """Pairs `images/STEM.ext` with `masks/STEM{mask_suffix}.png`.
+
+    Args:
+        images: Folder of images.
+        masks: Folder of masks.
+        mask_suffix: Suffix after the stem in mask names.
+        split_file: Optional file of stems to keep (first column of each line), in its order.
+
+    Returns:
+        `(pairs, skipped)`: `(image, mask)` paths in order, and `{"input", "reason"}` entries
+        for split-file stems without an image and images without a mask.
+
+    Raises:
+        BadInputError: A folder is missing or holds no image, or two images share a stem.
+    """
+    for folder, flag in ((images, "--images"), (masks, "--masks")):
+        if not os.path.isdir(folder):
+            raise BadInputError(folder, f"{flag}: no such folder")
+    image_files = list_images(images)
+    if not image_files:
+        raise BadInputError(
+            images,
+            "empty input folder: no image files (.jpg, .jpeg, .png, .bmp, .tif, .ppm, .webp)",
+        )
+    refuse_duplicate_stems(image_files)
+    skipped: list[dict] = []
+    if split_file is not None:
+        wanted = read_split_file(split_file)
+        by_stem = {file_stem(p): p for p in image_files}
+        skipped += [
+            {
+                "input": f"{split_file}:{s}",
+                "reason": f"listed in the split file but no image {s}.* in {images}",
+            }
+            for s in wanted
+            if s not in by_stem
+        ]
+        image_files = [by_stem[s] for s in wanted if s in by_stem]
+    pairs = []
+    for path in image_files:
+        mask_path = os.path.join(masks, file_stem(path) + mask_suffix + ".png")
+        if os.path.isfile(mask_path):
+            pairs.append((path, mask_path))
+        else:
+            skipped.append(
+                {"input": path, "reason": f"image without an annotation: expected mask {mask_path}"}
+            )
+    return pairs, skipped

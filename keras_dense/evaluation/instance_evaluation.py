@@ -1,0 +1,96 @@
+"""Evaluating an instance segmenter (Mask R-CNN) on TFRecord shards with instance masks."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from keras_dense.data import BadInputError, read_examples
+from keras_dense.data.class_lists import check_card_classes, object_classes
+from keras_dense.evaluation.coco_map import coco_metrics
+from keras_dense.evaluation.voc_map import voc_detection_map
+from keras_dense.prediction.instances import segment_instances
+from keras_dense.utils.progress import Progress
+
+
+def instance_ground_truth(example: dict, record: str) -> dict:
+    """Boxes (pixels), labels, instance masks and crowd flags of one `read_examples` record.
+
+    Raises:
+        BadInputError: The record has boxes but no instance masks.
+    """
+    height, width = example["image"].shape[:2]
+    size = np.array([height, width, height, width], np.float32)
+    boxes = example.get("boxes", np.zeros((0, 4), np.float32)) * size
+    labels = example.get("labels", np.zeros(0, np.int64))
+    masks = example.get("instance_masks", np.zeros((0, height, width), np.uint8))
+    if len(labels) and len(masks) != len(labels):
+        raise BadInputError(
+            record,
+            f"has {len(labels)} boxes but {len(masks)} instance masks (image/object/mask); "
+            "instance segmentation needs one mask per box (convert with instance masks)",
+        )
+    crowd = example.get("is_crowd", np.zeros(len(labels), bool))
+    return {"boxes": boxes, "labels": labels, "masks": masks.astype(bool), "crowd": crowd}
+
+
+def evaluate_instances(
+    model,
+    card: dict,
+    pattern: str,
+    use_07_metric: bool = False,
+    progress: bool = False,
+    total: int = 0,
+) -> dict:
+    """COCO box and mask AP and VOC mAP at IoU 0.5 of a Mask R-CNN model.
+
+    Every record matching `pattern` is segmented at its full size (`segment_instances`,
+    every detection the model keeps, score threshold 0), then compared with its boxes and
+    instance masks: COCOeval's summary for boxes and masks (`coco_metrics`) and the VOC
+    devkit's box mAP at 0.5 (crowd boxes count as VOC "difficult": neither hit nor miss).
+
+    Args:
+        model: The Mask R-CNN model.
+        card: Its model card.
+        pattern: Glob pattern of shards with boxes and instance masks.
+        use_07_metric: VOC2007 11-point AP for the VOC number.
+        progress: Draw a progress bar on stderr (on a terminal only).
+        total: Number of records, for the progress bar.
+
+    Returns:
+        `{"box_ap", "mask_ap", "box_ap50", "mask_ap50", "box_ap75", "mask_ap75", "voc_map",
+        "voc_ap" (class name -> AP), "coco" ({"bbox": ..., "segm": ...}), "images"}`.
+
+    Raises:
+        BadInputError: A record lacks instance masks or its classes differ from the card.
+    """
+    check_card_classes(pattern, card, object_classes)
+    detections, truths = [], []
+    bar = Progress(total, "evaluating", progress)
+    for example in read_examples(pattern):
+        record = f"record {example.get('source_id', '')!r} in {pattern}"
+        truths.append(instance_ground_truth(example, record))
+        detections.append(segment_instances(model, example["image"], card, score_threshold=0.0))
+        bar.update()
+    bar.close()
+    coco = coco_metrics(detections, truths)
+    voc = voc_detection_map(
+        detections,
+        [{"boxes": t["boxes"], "labels": t["labels"], "difficult": t["crowd"]} for t in truths],
+        use_07_metric=use_07_metric,
+    )
+    names = card["classes"]
+    return {
+        "box_ap": coco["bbox"]["AP"],
+        "mask_ap": coco["segm"]["AP"],
+        "box_ap50": coco["bbox"]["AP50"],
+        "mask_ap50": coco["segm"]["AP50"],
+        "box_ap75": coco["bbox"]["AP75"],
+        "mask_ap75": coco["segm"]["AP75"],
+        "voc_map": float(voc["map"]),
+        "voc_ap": {
+            (names[k - 1] if 0 < k <= len(names) else f"class_{k}"): float(v)
+            for k, v in voc["ap"].items()
+        },
+        "coco": coco,
+        "images": len(truths),
+    }

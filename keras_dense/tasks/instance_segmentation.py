@@ -1,0 +1,176 @@
+"""Instance segmentation: a box, a class, a score and a mask per object (Mask R-CNN).
+
+Records carry boxes and one instance mask per box (`image/object/mask`; `keras-dense
+convert shapes`, `convert coco` and `convert instances` write them). Training batches are
+`detection_dataset(..., instance_masks=True)`; the model's own `train_step` samples RoIs and
+computes the RPN, box and mask losses. Evaluation reports COCO box and mask AP
+(pycocotools, averaged over IoU 0.50:0.05:0.95, plus AP50 and AP75) and PASCAL VOC box mAP at
+IoU 0.5. `predict` draws every instance in its own colour with its box and writes the
+detections as JSON. Serving returns the Object Detection API's `detection_boxes`,
+`detection_scores`, `detection_classes`, `num_detections` and `detection_masks` (at each
+image's size). Class names are object classes: label `i + 1` is `classes[i]`, 0 background.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import tensorflow as tf
+
+from keras_dense.data.class_lists import object_classes
+from keras_dense.data.image_io import encode_png
+from keras_dense.evaluation.instance_evaluation import evaluate_instances
+from keras_dense.prediction.instances import segment_instances
+from keras_dense.prediction.palette import draw_instances
+from keras_dense.signatures.instance_signatures import TENSOR_OUTPUTS, instance_signatures
+from keras_dense.signatures.memory_budget import pixel_budget, serving_bytes_per_pixel
+from keras_dense.tasks.detection import detection_datasets
+from keras_dense.tasks.recipe_data import count_records
+from keras_dense.tasks.task import (
+    EvaluateOptions,
+    ExportOptions,
+    PredictOptions,
+    Task,
+    check_close,
+    register_task,
+)
+from keras_dense.utils.errors import RecipeError
+
+
+class InstanceSegmentationTask(Task):
+    """Instance segmentation (see the module docstring)."""
+
+    name = "instance_segmentation"
+    builders = ("mask_rcnn",)
+    background_outputs = 1
+
+    def class_names(self, names):
+        return object_classes(names)
+
+    def check_recipe(self, recipe):
+        if recipe["data"]["channels"] != 3:
+            raise RecipeError(
+                "recipe key 'data.channels': instance segmentation needs 3-channel images"
+            )
+
+    def datasets(self, recipe, model, num_workers, worker_index):
+        return detection_datasets(
+            recipe, num_workers, worker_index, read_proposals=False, instance_masks=True
+        )
+
+    def compile(self, model, recipe, optimizer, num_classes):
+        # The model's train_step samples anchors and RoIs and computes its own losses.
+        model.compile(optimizer=optimizer, jit_compile=recipe["training"]["jit_compile"])
+
+    def card_fields(self, recipe):
+        data = recipe["data"]
+        return {"min_size": data["min_size"], "max_size": data["max_size"]}
+
+    def evaluate(self, model, card, pattern, options: EvaluateOptions):
+        if options.crf:
+            raise ValueError("--crf applies to segmentation models only")
+        if options.tta.enabled:
+            raise ValueError("--tta and --scales apply to segmentation models only")
+        total = count_records(pattern) if options.progress else 0
+        return evaluate_instances(
+            model, card, pattern, options.use_07_metric, progress=options.progress, total=total
+        )
+
+    def report_lines(self, report):
+        lines = [
+            f"mask AP = {report['mask_ap']:.4f}, box AP = {report['box_ap']:.4f} "
+            f"(COCO, IoU 0.50:0.95) over {report['images']} images",
+            f"mask AP50 = {report['mask_ap50']:.4f}, box AP50 = {report['box_ap50']:.4f}, "
+            f"VOC box mAP@0.5 = {report['voc_map']:.4f}",
+        ]
+        lines += [f"  {name:>20}: VOC AP {ap:.4f}" for name, ap in report["voc_ap"].items()]
+        return lines
+
+    def predict_image(self, model, card, rgb, options: PredictOptions, plan: str):
+        if options.tta.enabled:
+            raise ValueError("--tta and --scales apply to segmentation models only")
+        if options.crf:
+            raise ValueError("--crf applies to segmentation models only")
+        found = segment_instances(model, rgb, card, score_threshold=options.score_threshold)
+        names = card["classes"]
+        drawn = draw_instances(
+            rgb, found["masks"], found["boxes"], found["labels"], found["scores"], names
+        )
+        instances = [
+            {
+                "box_yxyx": [float(v) for v in box],
+                "score": float(score),
+                "label": int(label),
+                "class": names[label - 1] if 0 < label <= len(names) else f"class_{label}",
+                "mask_pixels": int(np.count_nonzero(mask)),
+            }
+            for box, score, label, mask in zip(
+                found["boxes"], found["scores"], found["labels"], found["masks"]
+            )
+        ]
+        # One PNG of instance ids (0 background, i + 1 the i-th detection, later on top).
+        ids = np.zeros(rgb.shape[:2], np.uint16)
+        for index, mask in enumerate(found["masks"]):
+            ids[mask] = index + 1
+        return {
+            "_instances.png": encode_png(drawn),
+            "_instance_ids.png": encode_png(ids),
+            "_instances.json": (json.dumps(instances, indent=2) + "\n").encode(),
+        }
+
+    def export_signatures(self, model, card, options: ExportOptions):
+        if options.tta.enabled:
+            raise ValueError("--tta and --scales apply to segmentation models only")
+        # Thresholds apply to the in-graph detection step; the number of detections per
+        # image is fixed by the model's graph (its builder's max_detections).
+        model.set_detection_options(
+            score_threshold=options.score_threshold, nms_iou=options.nms_iou
+        )
+        max_detections = model.max_detections
+        # The model runs on images resized to at most max_size; what grows with the request
+        # is the decoded image and the pasted masks: per detection a float32 and a uint8
+        # plane, twice (the pasted masks and the padded output).
+        per_pixel = serving_bytes_per_pixel(3, 0) + 2 * 5 * max_detections
+        budget = pixel_budget(float(per_pixel), options.max_request_memory, options.max_pixels)
+        min_size = card.get("min_size", options.min_size)
+        max_size = card.get("max_size", options.max_size)
+        signatures = instance_signatures(
+            model,
+            card["normalization"],
+            min_size=min_size,
+            max_size=max_size,
+            max_pixels=budget.max_image_pixels,
+            max_request_pixels=budget.max_request_pixels,
+        )
+        serving = {
+            "min_size": min_size,
+            "max_size": max_size,
+            "nms_iou": options.nms_iou,
+            "score_threshold": options.score_threshold,
+            "max_detections": max_detections,
+        }
+        return signatures, serving, budget
+
+    def verify_export(self, loaded, model, serving, tolerance):
+        rng = np.random.default_rng(0)
+        image = rng.normal(size=(1, 64, 80, 3)).astype(np.float32)
+        shape = np.array([[64, 80]], np.float32)
+        scale = np.ones(1, np.float32)
+        got = loaded.signatures["serving_tensor"](
+            images=tf.constant(image), image_shape=tf.constant(shape), scale=tf.constant(scale)
+        )
+        want = model([image, shape, scale], training=False)
+        for key in TENSOR_OUTPUTS:
+            check_close(key, got[key].numpy(), np.asarray(want[key], np.float32), tolerance)
+
+    def tflite_unsupported(self, card):
+        return (
+            "TFLite export is not supported for instance segmentation models: Mask R-CNN "
+            "proposes a variable number of regions, runs NMS and RoIAlign, which have no "
+            "fixed-shape TFLite form; export a SavedModel instead (keras-dense export "
+            "--format savedmodel)"
+        )
+
+
+register_task(InstanceSegmentationTask())
