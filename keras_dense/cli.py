@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "keras_dense.commands.export",
     "keras_dense.commands.serving_config",
     "keras_dense.commands.tune_crf",
+    "keras_dense.commands.tune_threshold",
     "keras_dense.commands.pseudo_label",
     "keras_dense.commands.receptive_field",
 )

@@ -236,10 +236,57 @@ def boxes_from_maps(maps, threshold: float = 0.2) -> np.ndarray:
 # ----------------------------------------------------------------------------- pseudo-labels
 
 DEFAULT_BACKGROUND_THRESHOLD = 0.5
+# Model card keys of the chosen thresholds (`keras-dense tune-threshold`): for raw and for
+# CRF-refined pseudo-labels.
+BACKGROUND_THRESHOLD_KEY = "background_threshold"
+CRF_BACKGROUND_THRESHOLD_KEY = "background_threshold_crf"
 
 
-def _normalised_maps(maps, labels) -> tuple[np.ndarray, np.ndarray]:
-    """Each labelled class's map over its image maximum; `(B, H, W, C)` and `(B, C)` allowed."""
+def card_background_threshold(card: dict, crf: bool = False) -> tuple[float, str]:
+    """The background threshold a model card gives, and where it came from.
+
+    With `crf`, the card's `background_threshold_crf` (chosen on CRF-refined pseudo-masks)
+    comes first; then `background_threshold`; then `DEFAULT_BACKGROUND_THRESHOLD`.
+
+    Args:
+        card: The model card.
+        crf: Whether the pseudo-labels are refined by the dense CRF.
+
+    Returns:
+        `(threshold, "model card KEY" | "default")`.
+
+    Raises:
+        ValueError: The card's value is not a number in [0, 1].
+    """
+    keys = (
+        (CRF_BACKGROUND_THRESHOLD_KEY, BACKGROUND_THRESHOLD_KEY)
+        if crf
+        else (BACKGROUND_THRESHOLD_KEY,)
+    )
+    for key in keys:
+        value = card.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+            raise ValueError(f"model card key {key!r}: expected a number in [0, 1], got {value!r}")
+        return float(value), f"model card {key}"
+    return DEFAULT_BACKGROUND_THRESHOLD, "default"
+
+
+def normalised_class_maps(maps, labels) -> tuple[np.ndarray, np.ndarray]:
+    """Each labelled class's map divided by its image maximum, and which classes may claim.
+
+    Args:
+        maps: `(B, H, W, C)` class maps.
+        labels: `(B, C)` 0/1 image labels.
+
+    Returns:
+        `(normalised (B, H, W, C) float32, allowed (B, C) bool)`: a class is allowed where the
+        image is labelled with it and its map's peak is positive (else its map is unchanged).
+
+    Raises:
+        ValueError: The shapes disagree.
+    """
     maps = _as_maps(maps).astype(np.float32)
     labels = np.asarray(labels)
     if labels.shape != (maps.shape[0], maps.shape[-1]):
@@ -282,7 +329,7 @@ def pseudo_label_masks(maps, labels, threshold: float = DEFAULT_BACKGROUND_THRES
         ValueError: Shapes disagree, or the threshold is outside [0, 1].
     """
     threshold = _check_threshold(threshold)
-    normalised, allowed = _normalised_maps(maps, labels)
+    normalised, allowed = normalised_class_maps(maps, labels)
     scores = np.where(allowed[:, None, None, :], normalised, -np.inf)
     foreground = (scores >= threshold).any(axis=-1)
     return np.where(foreground, np.argmax(scores, axis=-1) + 1, 0).astype(np.uint8)
@@ -305,7 +352,7 @@ def pseudo_label_probabilities(maps, labels, threshold: float = DEFAULT_BACKGROU
         float32 probabilities summing to 1 over the last axis.
     """
     threshold = _check_threshold(threshold)
-    normalised, allowed = _normalised_maps(maps, labels)
+    normalised, allowed = normalised_class_maps(maps, labels)
     eps = 1e-3
     classes = np.where(allowed[:, None, None, :], np.clip(normalised, 0.0, 1.0) + eps, 0.0)
     background = np.full(classes.shape[:-1] + (1,), threshold + eps, np.float32)

@@ -130,3 +130,52 @@ def test_oxford_pets_trimaps(shared_datasets, tmp_path):
         )
         np.testing.assert_array_equal(e["mask"], table[source])
         assert e["image"].shape[:2] == source.shape
+
+
+def _trimap_folder(root, names):
+    """Images and Oxford-Pet-style trimaps (1 pet, 2 background, 3 border)."""
+    rng = np.random.default_rng(0)
+    (root / "images").mkdir()
+    (root / "masks").mkdir()
+    trimaps = {}
+    for name in names:
+        cv2.imwrite(str(root / "images" / f"{name}.png"), rng.integers(0, 255, (12, 10, 3)))
+        trimap = rng.integers(1, 4, (12, 10)).astype(np.uint8)
+        cv2.imwrite(str(root / "masks" / f"{name}.png"), trimap)
+        trimaps[name] = trimap
+    return trimaps
+
+
+def test_class_from_prefix_labels_the_object_pixels_and_the_image(tmp_path):
+    names = ["Bengal_1", "Bengal_2", "american_bulldog_10", "Abyssinian_3"]
+    trimaps = _trimap_folder(tmp_path, names)
+    manifest = convert_pairs(
+        str(tmp_path / "images"),
+        str(tmp_path / "masks"),
+        str(tmp_path / "out" / "pets"),
+        remap=["2:0", "3:255"],
+        class_from_prefix=True,
+        progress=False,
+    )
+    classes = ["background", "Abyssinian", "Bengal", "american_bulldog"]
+    assert manifest["classes"] == classes
+    assert manifest["arguments"]["class_from_prefix"] is True
+    for example in read_examples(str(tmp_path / "out" / "pets-*")):
+        stem = example["source_id"]
+        class_id = classes.index(stem.rsplit("_", 1)[0])
+        trimap = trimaps[stem]
+        want = np.select([trimap == 1, trimap == 2], [class_id, 0], 255)
+        np.testing.assert_array_equal(example["mask"], want)
+        np.testing.assert_array_equal(example["image_labels"], [class_id])
+
+
+def test_class_from_prefix_refuses_bad_input(tmp_path):
+    _trimap_folder(tmp_path, ["Bengal_1", "nounderscore"])
+    args = (str(tmp_path / "images"), str(tmp_path / "masks"), str(tmp_path / "o"))
+    with pytest.raises(BadInputError, match="nounderscore.*no class prefix"):
+        convert_pairs(*args, remap=["2:0", "3:255"], class_from_prefix=True, progress=False)
+    os.remove(tmp_path / "images" / "nounderscore.png")
+    with pytest.raises(BadInputError, match=r"Bengal_1.png.*binary mask.*\[2, 3\]"):
+        convert_pairs(*args, class_from_prefix=True, progress=False)  # trimap not remapped
+    with pytest.raises(ValueError, match="do not also give classes"):
+        convert_pairs(*args, classes="a,b", class_from_prefix=True, progress=False)

@@ -35,6 +35,7 @@ NUM_CLASSES = {
     "voc2007": 20,
     "isbi2012": 2,
     "pets": 2,
+    "pets_wsl": 4,  # background + the 3 breeds (convert pairs --class-from-prefix)
     "bccd": 3,
     "bccd_boxes": 3,
     "shapes": 4,

@@ -46,6 +46,7 @@ def vgg16_trunk(
     batch_norm: bool = False,
     pool: Callable | None = default_pool,
     first_padding: str = "same",
+    skip_pools: tuple[int, ...] = (),
 ) -> dict:
     """Applies the 13 VGG16 convolutions and 5 poolings to `x`.
 
@@ -57,11 +58,21 @@ def vgg16_trunk(
         pool: Callable `(tensor, name) -> tensor` (or `-> (tensor, extra)`) used for the
             five poolings; its full result is stored under `pool{b}`.
         first_padding: Padding of `conv1_1` (`"same"` or `"valid"`).
+        skip_pools: Blocks (1-5) whose pooling is removed, DeepLab-LargeFOV style: every later
+            convolution is dilated by 2 per removed pooling (so it sees what it saw with the
+            pooling; the weights stay valid) and `pool{b}` is the unpooled input. `(4,)` puts
+            `conv5_3` at stride 8, `(3, 4)` at stride 4.
 
     Returns:
         A dict with the output of every conv (`conv{b}_{i}`) and pool (`pool{b}`) layer.
+
+    Raises:
+        ValueError: `skip_pools` names a block outside 1-5.
     """
+    if any(b not in range(1, len(VGG16_BLOCKS) + 1) for b in skip_pools):
+        raise ValueError(f"skip_pools={tuple(skip_pools)!r}: expected block numbers in 1-5")
     outputs = {}
+    rate = 1
     for b, block in enumerate(VGG16_BLOCKS, start=1):
         for i, filters in enumerate(block, start=1):
             name = f"conv{b}_{i}"
@@ -70,6 +81,7 @@ def vgg16_trunk(
                 filters,
                 3,
                 padding=padding,
+                dilation_rate=rate,
                 activation=None if batch_norm else "relu",
                 name=name,
             )(x)
@@ -77,6 +89,10 @@ def vgg16_trunk(
                 x = keras.layers.BatchNormalization(name=f"{name}_bn")(x)
                 x = keras.layers.ReLU(name=f"{name}_relu")(x)
             outputs[name] = x
+        if b in skip_pools:
+            outputs[f"pool{b}"] = x
+            rate *= 2
+            continue
         result = pool(x, f"pool{b}")
         outputs[f"pool{b}"] = result
         x = result[0] if isinstance(result, (tuple, list)) else result

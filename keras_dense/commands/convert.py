@@ -46,6 +46,14 @@ def register(sub) -> None:
     pairs.add_argument("--ignore-label", type=int, default=255)
     pairs.add_argument("--mask-suffix", default="", help="suffix after the stem in mask names")
     pairs.add_argument("--split-file", help="file listing the stems to convert")
+    pairs.add_argument(
+        "--class-from-prefix",
+        action="store_true",
+        help="each image's class is its file name up to the last '_' (Oxford-IIIT Pet: "
+        "Bengal_12.jpg -> Bengal); masks must be binary after --remap (1 = object, which "
+        "gets that class's id); classes = background + the sorted prefixes; also writes "
+        "image/class/label. Not with --classes / --classes-file",
+    )
     _add_common_convert_args(pairs)
 
     instances = formats.add_parser(
@@ -134,6 +142,7 @@ def _convert(args: argparse.Namespace) -> dict:
             ignore_label=args.ignore_label,
             mask_suffix=args.mask_suffix,
             split_file=args.split_file,
+            class_from_prefix=args.class_from_prefix,
             on_error=args.on_error,
             **common,
         )

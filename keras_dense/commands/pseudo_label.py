@@ -27,7 +27,8 @@ def register(sub) -> None:
         type=float,
         default=None,
         help="fraction of each labelled class's peak below which a pixel is background "
-        "(default: the model card's background_threshold, else 0.5)",
+        "(default: the model card's, as chosen by keras-dense tune-threshold: with --crf its "
+        "background_threshold_crf, else its background_threshold; else 0.5)",
     )
     parser.add_argument("--num-shards", type=int, default=1, help="number of shards (default 1)")
     parser.set_defaults(run=run)
@@ -37,16 +38,14 @@ def run(args: argparse.Namespace) -> int:
     """Writes the pseudo-label shards and prints their summary."""
     from keras_dense.crf.card_parameters import card_crf_parameters
     from keras_dense.data.writer import summarize
-    from keras_dense.localization import DEFAULT_BACKGROUND_THRESHOLD, write_pseudo_labels
+    from keras_dense.localization import card_background_threshold, write_pseudo_labels
     from keras_dense.tasks.model_loading import load_model_with_card
 
     model, card = load_model_with_card(args.model)
     if args.background_threshold is not None:
         threshold, source = args.background_threshold, "--background-threshold"
-    elif card.get("background_threshold") is not None:
-        threshold, source = float(card["background_threshold"]), "model card"
     else:
-        threshold, source = DEFAULT_BACKGROUND_THRESHOLD, "default"
+        threshold, source = card_background_threshold(card, args.crf)
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"--background-threshold {threshold}: expected a value in [0, 1]")
     manifest = write_pseudo_labels(

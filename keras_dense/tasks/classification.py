@@ -59,7 +59,6 @@ from keras_dense.evaluation.localization_metrics import (
     pointing_game,
 )
 from keras_dense.localization import (
-    DEFAULT_BACKGROUND_THRESHOLD,
     boxes_from_maps,
     class_maps,
     points_from_maps,
@@ -370,11 +369,12 @@ class ClassificationTask(Task):
         return ("val_auc" if has_validation else "auc"), "max"
 
     def card_fields(self, recipe):
-        # The background threshold of `keras-dense pseudo-label` (fraction of each labelled
-        # class's peak) when the command is not given --background-threshold.
+        # No background threshold: it depends on the trained maps, so `keras-dense
+        # tune-threshold` chooses it on held-out masks and adds `background_threshold`
+        # (`background_threshold_crf`); until then `pseudo-label` uses
+        # DEFAULT_BACKGROUND_THRESHOLD.
         return {
             "input_size": list(recipe["data"]["crop_size"]),
-            "background_threshold": DEFAULT_BACKGROUND_THRESHOLD,
             "mask_offset": mask_offset(recipe["data"]["train"]),
         }
 

@@ -15,6 +15,16 @@ from keras_dense.data.schema import Record
 from keras_dense.data.writer import write_dataset
 
 
+def prefix_class(stem: str) -> str | None:
+    """The class named by a file stem's prefix, Oxford-IIIT Pet style: `Bengal_12` -> `Bengal`.
+
+    Returns:
+        The stem up to its last underscore, or None when it has no non-empty prefix.
+    """
+    head, sep, _ = stem.rpartition("_")
+    return head if sep and head else None
+
+
 def convert_pairs(
     images: str,
     masks: str,
@@ -26,6 +36,7 @@ def convert_pairs(
     ignore_label: int = 255,
     mask_suffix: str = "",
     split_file: str | None = None,
+    class_from_prefix: bool = False,
     on_error: str = "fail",
     workers: int = 1,
     progress: bool = True,
@@ -34,6 +45,13 @@ def convert_pairs(
 
     The mask of `images/NAME.ext` is `masks/NAME{mask_suffix}.png`. Masks are single-channel
     or palette PNGs of class ids; `remap` is applied before the checks.
+
+    With `class_from_prefix`, each image's class is named by its file name up to the last
+    underscore (`Bengal_12.jpg` -> `Bengal`, the Oxford-IIIT Pet convention), the masks must
+    be binary after `remap` (0 background, 1 object, or the ignore label), and the class list
+    is `background` then the prefixes in sorted order: the object pixels of an image get its
+    class's id and the record's `image/class/label` is that id (an image-level label for the
+    classification task; e.g. the breed of a pet, with the trimap for evaluation).
 
     Args:
         images: Folder of images.
@@ -48,6 +66,8 @@ def convert_pairs(
         ignore_label: The ignore value kept in masks.
         mask_suffix: Suffix after the stem in mask names (e.g. `_mask`).
         split_file: Optional file of stems to convert (first column of each line).
+        class_from_prefix: Class per image from its file-name prefix (see above); not with
+            `classes` / `classes_file`.
         on_error: `"fail"` or `"skip"`.
         workers: Encoding threads.
         progress: Show a progress bar.
@@ -59,16 +79,47 @@ def convert_pairs(
         BadInputError: Bad or missing inputs (with `on_error="fail"`), or an empty folder.
         ValueError: Bad arguments.
     """
+    if class_from_prefix and (classes is not None or classes_file is not None):
+        raise ValueError(
+            "class_from_prefix names the classes from the file names: do not also give "
+            "classes or classes_file"
+        )
     names = resolve_classes(classes, classes_file)
     mapping = parse_remap(remap)
     table = remap_lookup(mapping)
     pairs, skipped = pair_images_with_masks(images, masks, mask_suffix, split_file)
+    prefix_ids: dict[str, int] = {}
+    if class_from_prefix:
+        for path, _ in pairs:
+            if prefix_class(file_stem(path)) is None:
+                raise BadInputError(
+                    path,
+                    "--class-from-prefix: the file name has no class prefix (expected "
+                    "CLASS_ID.ext, e.g. Bengal_12.jpg)",
+                )
+        prefixes = sorted({prefix_class(file_stem(path)) for path, _ in pairs})
+        prefix_ids = {name: i for i, name in enumerate(prefixes, start=1)}
+        names = ["background", *prefixes]
     num_classes = len(names) if names is not None else None
 
     def make(pair: tuple[str, str]) -> Record:
         image_path, mask_path = pair
         image = read_image_file(image_path)
         mask = table[read_mask_file(mask_path)]
+        image_labels = None
+        if class_from_prefix:
+            found = np.unique(mask)
+            extra = found[(found != 0) & (found != 1) & (found != ignore_label)]
+            if extra.size:
+                raise BadInputError(
+                    mask_path,
+                    f"--class-from-prefix: expected a binary mask (0 background, 1 object, "
+                    f"{ignore_label} ignore) after --remap, found the values "
+                    f"{extra.tolist()[:10]}",
+                )
+            class_id = prefix_ids[prefix_class(file_stem(image_path))]
+            mask = np.where(mask == 1, class_id, mask).astype(mask.dtype)
+            image_labels = np.asarray([class_id], np.int64)
         check_mask(mask, image.rgb.shape[:2], num_classes, ignore_label, mask_path)
         return Record(
             source_id=file_stem(image_path),
@@ -79,6 +130,7 @@ def convert_pairs(
             channels=3,
             mask_png=encode_png(mask),
             orientation=image.orientation,
+            image_labels=image_labels,
         )
 
     if names is None:
@@ -105,6 +157,7 @@ def convert_pairs(
             "ignore_label": ignore_label,
             "mask_suffix": mask_suffix,
             "split_file": split_file,
+            "class_from_prefix": bool(class_from_prefix),
             "on_error": on_error,
         },
         skipped=skipped,

@@ -1,0 +1,107 @@
+"""Resolution of the weakly supervised classifier: the compact backbone and output strides."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_dense import apps
+from keras_dense.analysis import receptive_field
+from keras_dense.apps.compact_backbone import compact_backbone
+from keras_dense.localization import class_maps
+
+
+def _probe(model):
+    return keras.Model(model.inputs, model.get_layer("class_maps").output)
+
+
+@pytest.mark.parametrize("stride", [1, 2, 4, 8])
+def test_compact_backbone_output_stride_and_receptive_field(stride):
+    inputs = keras.Input((40, 24, 3))
+    model = keras.Model(inputs, compact_backbone(inputs, output_stride=stride, width=4))
+    out = model(np.zeros((1, 40, 24, 3), np.float32))
+    assert tuple(out.shape) == (1, -(-40 // stride), -(-24 // stride), 16)  # ceil, 4 w
+    field = receptive_field(model, model.layers[-1].name)
+    assert field.jump == (stride, stride)
+    # The same receptive field at every stride, by hand: 3x3 convs add 2 * dilation * jump
+    # each, a 2x2 pooling adds jump; pools after blocks 1..log2(stride), later blocks dilated.
+    size, jump, rate = 1, 1, 1
+    for block in range(1, 5):
+        size += 2 * (2 * rate * jump)
+        if block < 4:
+            if jump < stride:
+                size, jump = size + jump, jump * 2
+            else:
+                rate *= 2
+    assert field.size == (size, size)
+    assert 60 <= size <= 70
+
+
+def test_compact_is_the_wsl_default_stride_4_and_maps_align_with_the_input():
+    model = apps.wsl_classifier(num_classes=2, backbone="compact", pooling="gap", width=4)
+    assert model.name == "wsl_compact_gap"
+    images = np.random.default_rng(0).normal(0, 1, (2, 32, 48, 3)).astype(np.float32)
+    coarse = class_maps(model, images, upsample=False)
+    assert coarse.shape == (2, 8, 12, 2)
+    np.testing.assert_allclose(coarse.mean(axis=(1, 2)), np.asarray(model(images)), atol=1e-4)
+    fine = class_maps(model, images)
+    np.testing.assert_allclose(fine, tf.image.resize(coarse, (32, 48)).numpy(), atol=1e-5)
+    # "same" 2x2 poolings: cell i covers pixels [4 i, 4 i + 4) and is centred at 4 i + 1.5
+    # (start + jump * i), which is where half-pixel bilinear resizing puts sample i.
+    field = receptive_field(model, "class_maps")
+    assert field.jump == (4, 4) and field.start == (1.5, 1.5)
+
+
+@pytest.mark.parametrize(
+    ("backbone", "stride", "cells"),
+    [("vgg16", None, 4), ("vgg16", 8, 8), ("vgg16", 4, 16), ("mobilenetv2", 16, 4)],
+)
+def test_wsl_output_stride(backbone, stride, cells):
+    model = apps.wsl_classifier(num_classes=2, backbone=backbone, output_stride=stride)
+    out = _probe(model)(np.zeros((1, 64, 64, 3), np.float32))
+    assert tuple(out.shape) == (1, cells, cells, 2)
+
+
+def test_dilated_vgg16_is_the_strided_one_sampled():
+    """Removing pool4 and dilating conv5 by 2 computes conv5_3 densely (same weights)."""
+    keras.utils.set_random_seed(0)
+    base = apps.wsl_classifier(num_classes=2, backbone="vgg16", pooling="gap")
+    dense = apps.wsl_classifier(num_classes=2, backbone="vgg16", pooling="gap", output_stride=8)
+    dense.set_weights(base.get_weights())
+    images = np.random.default_rng(1).normal(0, 60, (1, 64, 64, 3)).astype(np.float32)
+    # conv1..conv4 are identical; conv5 at stride 8 sees the pool4 grid's samples at offsets
+    # of 2 cells, so its even cells are conv5 at stride 16 wherever pool4's max does not
+    # depend on the cell's parity: compare the pre-pool4 features instead (exact).
+    a = keras.Model(base.inputs, base.get_layer("conv4_3").output)(images)
+    b = keras.Model(dense.inputs, dense.get_layer("conv4_3").output)(images)
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-4)
+    assert dense.get_layer("conv5_1").dilation_rate == (2, 2)
+    assert base.get_layer("conv5_1").dilation_rate == (1, 1)
+    assert receptive_field(dense, "class_maps").jump == (8, 8)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"backbone": "vgg16", "output_stride": 32}, "output_stride"),
+        ({"backbone": "resnet50", "output_stride": 4}, "output_stride"),
+        ({"backbone": "compact", "output_stride": 16}, "output_stride"),
+        ({"backbone": "vgg16", "width": 8}, "width applies"),
+        ({"backbone": "compact", "width": 0}, "width"),
+        ({"backbone": "compact", "backbone_weights": "imagenet"}, "no pretrained"),
+    ],
+)
+def test_wsl_resolution_arguments_are_checked(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        apps.wsl_classifier(num_classes=2, **kwargs)
+
+
+def test_compact_classifier_saves_and_loads_in_safe_mode(tmp_path):
+    model = apps.wsl_classifier(num_classes=3, backbone="compact", pooling="lse", width=4)
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path, safe_mode=True)
+    x = np.random.default_rng(0).normal(0, 1, (1, 32, 32, 3)).astype(np.float32)
+    np.testing.assert_allclose(np.asarray(loaded(x)), np.asarray(model(x)), atol=1e-5)
