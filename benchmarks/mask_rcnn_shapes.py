@@ -70,7 +70,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--batch-size", type=int, default=2)
-    parser.add_argument("--learning-rate", type=float, default=3e-4)
+    parser.add_argument("--learning-rate", type=float, default=None, help="default: the recipe's")
     parser.add_argument("--keep", default="", help="folder to keep the run in (default: temp)")
     parser.add_argument(
         "--set", action="append", default=[], help="further recipe overrides (KEY=VALUE)"
@@ -103,7 +103,7 @@ def main() -> None:
             f"training.batch_size={args.batch_size}",
             f"training.epochs={epochs}",
             f"training.steps_per_epoch={max(args.steps // epochs, 1)}",
-            f"optimizer.learning_rate={args.learning_rate}",
+            *([f"optimizer.learning_rate={args.learning_rate}"] if args.learning_rate else []),
             *args.set,
         ]
         recipe = load_recipe(os.path.join(REPO, "apps", "mask_rcnn_shapes.toml"), overrides)
