@@ -299,7 +299,11 @@ def test_compact_stride_8_model_aligns_masks_at_its_stride_and_reloads_safely(tm
     assert model.get_layer("roi_head").get_layer("roi_pool5").spatial_scale == 1.0 / 8
     batch = synthetic_batch()
     model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    bn = model.get_layer("backbone").get_layer("compact1_down_bn")
+    assert not np.any(np.asarray(bn.moving_mean))
     model.fit(tf.data.Dataset.from_tensors(batch).repeat(2), epochs=1, verbose=0)
+    # The training step runs the trunk's batch norm in training mode: its statistics move.
+    assert np.all(np.asarray(bn.moving_mean) != 0)
     path = tmp_path / "compact.keras"
     model.save(path)
     np.savez(tmp_path / "inputs.npz", *model_inputs(batch))
