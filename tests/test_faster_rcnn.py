@@ -269,6 +269,37 @@ def test_resnet50_backbone_is_conv4_at_stride_16():
     assert features.shape[1:3] == (4, 6)
 
 
+@pytest.mark.parametrize("stride", [8, 16])
+def test_compact_backbone_sets_the_stride_of_features_anchors_and_roi_pooling(stride):
+    keras.utils.set_random_seed(5)
+    model = faster_rcnn(
+        num_classes=1, backbone="compact", backbone_width=8, feature_stride=stride, **SMALL
+    )
+    backbone = model.get_layer("backbone")
+    features = backbone(np.zeros((1, 64, 96, 3), np.float32))
+    assert features.shape[1:] == (64 // stride, 96 // stride, 8 * 4)
+    assert any(isinstance(layer, keras.layers.BatchNormalization) for layer in backbone.layers)
+    assert model.get_layer("proposal_layer").stride == stride
+    pool = model.get_layer("roi_head").get_layer("roi_pool5")
+    assert pool.spatial_scale == 1.0 / stride
+    # The RPN's anchor grid covers the image at that stride: one cell per `stride` pixels.
+    out = model.compute_output_spec(
+        [keras.KerasTensor((1, 64, 96, 3)), keras.KerasTensor((1, 2)), keras.KerasTensor((1,))]
+    )
+    assert out["cls_score"].shape == (1, SMALL["test_post_nms_top_n"], 2)
+
+
+def test_compact_backbone_bad_arguments():
+    with pytest.raises(ValueError, match="feature_stride"):
+        faster_rcnn(backbone="compact", feature_stride=4)
+    with pytest.raises(ValueError, match="feature_stride"):
+        faster_rcnn(backbone="vgg16", feature_stride=8)
+    with pytest.raises(ValueError, match="backbone_width"):
+        faster_rcnn(backbone="compact", backbone_width=0)
+    with pytest.raises(ValueError, match="never pretrained"):
+        faster_rcnn(backbone="compact", backbone_weights="imagenet")
+
+
 def test_detection_task_trains_evaluates_predicts_and_exports_without_proposals(tmp_path):
     from keras_dense import cli
     from keras_dense.data import convert_shapes, detection_dataset, read_examples

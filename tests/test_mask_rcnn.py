@@ -292,6 +292,37 @@ def test_paper_backbones_build_with_the_papers_mask_branch(backbone):
     assert (branch.filters, branch.num_convs, branch.num_classes) == (256, 4, 3)
 
 
+def test_compact_stride_8_model_aligns_masks_at_its_stride_and_reloads_safely(tmp_path):
+    model = small_model(backbone="compact", backbone_width=8, feature_stride=8)
+    align = model.get_layer("mask_head").get_layer("mask_roi_align")
+    assert align.spatial_scale == 1.0 / 8
+    assert model.get_layer("roi_head").get_layer("roi_pool5").spatial_scale == 1.0 / 8
+    batch = synthetic_batch()
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    bn = model.get_layer("backbone").get_layer("compact1_down_bn")
+    assert not np.any(np.asarray(bn.moving_mean))
+    model.fit(tf.data.Dataset.from_tensors(batch).repeat(2), epochs=1, verbose=0)
+    # The training step runs the trunk's batch norm in training mode: its statistics move.
+    assert np.all(np.asarray(bn.moving_mean) != 0)
+    path = tmp_path / "compact.keras"
+    model.save(path)
+    np.savez(tmp_path / "inputs.npz", *model_inputs(batch))
+    expected = model(model_inputs(batch), training=False)
+    run_python(
+        f"""
+        import numpy as np, keras, keras_dense
+        model = keras.models.load_model({str(path)!r}, safe_mode=True)
+        assert model.get_layer("proposal_layer").stride == 8
+        data = np.load({str(tmp_path / "inputs.npz")!r})
+        out = model([data[f"arr_{{i}}"] for i in range(3)], training=False)
+        np.savez({str(tmp_path / "out.npz")!r}, **{{k: np.asarray(v) for k, v in out.items()}})
+        """
+    )
+    got = np.load(tmp_path / "out.npz")
+    for key in ("detection_boxes", "detection_scores", "detection_masks"):
+        np.testing.assert_allclose(got[key], np.asarray(expected[key]), atol=1e-5, err_msg=key)
+
+
 def test_bad_arguments_and_batches(model):
     with pytest.raises(ValueError, match="mask_size"):
         mask_rcnn(mask_size=27)

@@ -13,6 +13,13 @@ Layers are named `compact{b}_{i}_conv` / `_bn` / `_relu` and `compact{b}_pool`. 
 `padding="same"`, so a feature cell `i` at stride `s` covers the input pixels `[s i, s i + s)`
 and its centre is `s i + (s - 1) / 2`: the half-pixel convention of bilinear resizing, which
 `keras_dense.localization.class_maps` relies on to upsample the maps in place.
+
+Detectors use a second form, `strided_compact_trunk`: each stage halves the resolution with a
+stride-2 3 x 3 conv followed by a second 3 x 3 conv (both with batch norm and ReLU); stage `i`
+(0-based) has `width * min(2 ** i, 4)` channels and `log2(stride)` stages give features at
+stride 8 or 16, the strides of the RPN anchors and RoI pooling. It keeps no dilation, so its
+receptive field grows with the stride, as a detector's should. Neither is a paper's network, and
+neither is ever pretrained; both are for small images and CPU experiments.
 """
 
 from __future__ import annotations
@@ -74,4 +81,47 @@ def compact_backbone(x, output_stride: int = 4, width: int = COMPACT_DEFAULT_WID
             stride *= 2
         else:
             rate *= 2
+    return x
+
+
+STRIDED_COMPACT_STRIDES = (8, 16)
+
+
+def check_strided_compact_options(width: int, stride: int) -> None:
+    """Raises ValueError naming `backbone_width` / `feature_stride` when either is bad."""
+    if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+        raise ValueError(f"backbone_width={width!r}: expected a positive int")
+    if isinstance(stride, bool) or stride not in STRIDED_COMPACT_STRIDES:
+        raise ValueError(
+            f"feature_stride={stride!r}: expected one of {list(STRIDED_COMPACT_STRIDES)}"
+        )
+
+
+def strided_compact_trunk(images, width: int = 32, stride: int = 16):
+    """Applies the detectors' strided compact trunk (module docstring) to an image tensor.
+
+    Args:
+        images: Image tensor `(B, H, W, C)` (any normalization; the first batch norm
+            rescales it).
+        width: Channels of the first stage (32); later stages double it up to 4x.
+        stride: Output stride, 8 or 16.
+
+    Returns:
+        The features `(B, ceil(H / stride), ceil(W / stride), width * min(2 ** (n - 1), 4))`,
+        n = log2(stride).
+
+    Raises:
+        ValueError: Bad `width` or `stride`.
+    """
+    check_strided_compact_options(width, stride)
+    x = images
+    for stage in range(stride.bit_length() - 1):
+        filters = width * min(2**stage, 4)
+        for conv, strides in (("down", 2), ("conv", 1)):
+            prefix = f"compact{stage + 1}_{conv}"
+            x = keras.layers.Conv2D(
+                filters, 3, strides=strides, padding="same", use_bias=False, name=prefix
+            )(x)
+            x = keras.layers.BatchNormalization(name=f"{prefix}_bn")(x)
+            x = keras.layers.ReLU(name=f"{prefix}_relu")(x)
     return x

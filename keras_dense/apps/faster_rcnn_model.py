@@ -3,7 +3,9 @@
 One functional graph, made of four named parts that the training step calls one by one:
 
 - `backbone`: a nested functional model, images -> stride-16 features (VGG16 up to conv5_3,
-  or ResNet-50 up to conv4, `keras_dense.apps.atrous_backbones.resnet_trunk`);
+  or ResNet-50 up to conv4, `keras_dense.apps.atrous_backbones.resnet_trunk`), or, for small
+  images and CPU experiments from scratch, the conv-BN-ReLU `compact` trunk at stride 8 or
+  16 (`keras_dense.apps.compact_backbone`);
 - `rpn`: `RPNHead`, features -> objectness logits and box deltas per anchor;
 - `proposal_layer`: `ProposalLayer` (decode, clip, min size, top-N, NMS 0.7, top-N);
 - `roi_head`: a nested functional model `[features, rois] -> [cls_score, bbox_pred]`
@@ -36,6 +38,10 @@ import tensorflow as tf
 
 from keras_dense.apps.atrous_backbones import load_backbone_weights, resnet_trunk
 from keras_dense.apps.builder import build_model
+from keras_dense.apps.compact_backbone import (
+    check_strided_compact_options,
+    strided_compact_trunk,
+)
 from keras_dense.apps.fast_rcnn_model import FC_UNITS, FROZEN_LAYERS, fast_rcnn_head
 from keras_dense.apps.vgg import default_pool, load_vgg16_weights, vgg16_trunk
 from keras_dense.detection.anchors import generate_anchors, num_anchors
@@ -46,7 +52,7 @@ from keras_dense.detection.sampling import sample_rois
 from keras_dense.layers.proposal_layer import ProposalLayer
 from keras_dense.layers.rpn_head import RPNHead
 
-BACKBONES = ("vgg16", "resnet50")
+BACKBONES = ("vgg16", "resnet50", "compact")
 FEATURE_STRIDE = 16
 OUTPUT_KEYS = ("cls_score", "bbox_pred", "proposals", "proposal_scores", "num_proposals")
 BATCH_KEYS = ("images", "image_shape", "boxes", "labels", "num_boxes")
@@ -359,11 +365,13 @@ def _pool_without_pool5(x, name: str):
     return x if name == "pool5" else default_pool(x, name)
 
 
-def _backbone_model(backbone, input_shape: tuple) -> keras.Model:
+def _backbone_model(backbone, input_shape: tuple, width: int, stride: int) -> keras.Model:
     images = keras.Input(input_shape, name="images")
     if isinstance(backbone, keras.Model):
         return keras.Model(images, backbone(images), name="backbone")
-    if backbone == "vgg16":
+    if backbone == "compact":
+        features = strided_compact_trunk(images, width, stride)
+    elif backbone == "vgg16":
         features = vgg16_trunk(images, pool=_pool_without_pool5)["conv5_3"]
     else:
         features = resnet_trunk(images, backbone, last_stage=4)
@@ -397,20 +405,24 @@ def faster_rcnn(
     test_post_nms_top_n: int = 300,
     rpn_nms_iou: float = 0.7,
     min_size: float = 16.0,
+    feature_stride: int = FEATURE_STRIDE,
+    backbone_width: int = 32,
     input_shape: tuple = (None, None, 3),
     backbone_weights: str | None = None,
     weights: str | None = None,
     name: str = "faster_rcnn",
     **kwargs,
 ) -> FasterRCNN:
-    """Builds Faster R-CNN: a stride-16 backbone, the RPN and the Fast R-CNN head.
+    """Builds Faster R-CNN: a stride-16 (or 8) backbone, the RPN and the Fast R-CNN head.
 
     Args:
         num_classes: Object classes K; the head has K + 1 outputs (background = 0).
         backbone: `"vgg16"` (conv5_3, conv1/conv2 frozen as in the paper), `"resnet50"`
             (conv1 ... conv4, all trainable; its features feed the same fc head, not a conv5
             head), or a `keras.Model` mapping images to stride-16 features with a known
-            number of channels (nested as is; it must be serializable).
+            number of channels (nested as is; it must be serializable). `"compact"`: a
+            small conv-BN-ReLU trunk from scratch (`keras_dense.apps.compact_backbone`), for
+            small images and CPU experiments; it takes no `backbone_weights`.
         anchor_scales: Anchor sides in input pixels ((128, 256, 512)).
         anchor_ratios: Anchor height / width ratios ((0.5, 1, 2)).
         rpn_filters: Channels of the RPN's 3 x 3 conv (512).
@@ -425,6 +437,10 @@ def faster_rcnn(
         rpn_nms_iou: IoU threshold of the proposals' NMS (0.7).
         min_size: Smallest proposal side in original-image pixels (16; the `scale` input
             converts it to input pixels).
+        feature_stride: Input pixels per feature cell: 16, or 8 with `backbone="compact"`
+            (anchors, proposals and RoI pooling follow it).
+        backbone_width: Channels of the compact trunk's first stage (32; ignored by the
+            other backbones).
         input_shape: Image shape (H, W, 3); H and W may be None.
         backbone_weights: None, `"imagenet"` or a weight file of the keras.applications
             network (VGG16 with its top: conv layers, and fc6/fc7 when `pool_size=7` and
@@ -449,6 +465,15 @@ def faster_rcnn(
         )
     if isinstance(backbone, keras.Model) and backbone_weights is not None:
         raise ValueError("backbone_weights: not supported with a backbone model (load its own)")
+    if backbone == "compact":
+        if backbone_weights is not None:
+            raise ValueError("backbone_weights: the compact backbone is never pretrained")
+        check_strided_compact_options(backbone_width, feature_stride)
+    elif feature_stride != FEATURE_STRIDE:
+        raise ValueError(
+            f"feature_stride={feature_stride!r}: expected {FEATURE_STRIDE} with this backbone "
+            "(8 needs backbone='compact')"
+        )
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout={dropout!r}: expected a rate in [0, 1)")
     for key, value in (("fc_units", fc_units), ("pool_size", pool_size)):
@@ -458,7 +483,7 @@ def faster_rcnn(
         raise ValueError(f"roi_mode={roi_mode!r}: expected 'max' or 'align'")
     anchors_per_cell = num_anchors(anchor_scales, anchor_ratios)  # checks both
     proposal_options = {
-        "stride": FEATURE_STRIDE,
+        "stride": feature_stride,
         "scales": tuple(float(s) for s in anchor_scales),
         "ratios": tuple(float(r) for r in anchor_ratios),
         "train_pre_nms_top_n": train_pre_nms_top_n,
@@ -473,7 +498,7 @@ def faster_rcnn(
 
     def graph(inputs, classes: int):
         images, image_shape, scale = inputs
-        trunk = _backbone_model(backbone, tuple(images.shape[1:]))
+        trunk = _backbone_model(backbone, tuple(images.shape[1:]), backbone_width, feature_stride)
         features = trunk(images)
         objectness, box_deltas = rpn_head(features)
         proposals, scores, count = proposal_layer([objectness, box_deltas, image_shape, scale])
@@ -484,7 +509,7 @@ def faster_rcnn(
             roi_mode=roi_mode,
             dropout=dropout,
             fc_units=fc_units,
-            spatial_scale=1.0 / FEATURE_STRIDE,
+            spatial_scale=1.0 / feature_stride,
         )
         cls_score, bbox_pred = head([features, proposals])
         return {

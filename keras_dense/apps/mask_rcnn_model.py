@@ -33,7 +33,7 @@ import keras
 import tensorflow as tf
 
 from keras_dense.apps.builder import build_model
-from keras_dense.apps.faster_rcnn_model import FEATURE_STRIDE, FasterRCNN, faster_rcnn
+from keras_dense.apps.faster_rcnn_model import FasterRCNN, faster_rcnn
 from keras_dense.detection.boxes import BOX_STDS
 from keras_dense.detection.losses import mask_loss
 from keras_dense.detection.mask_targets import mask_targets
@@ -165,12 +165,14 @@ class MaskRCNN(FasterRCNN):
                 setattr(self, attribute, None)
 
 
-def _mask_head_model(channels: int, num_classes: int, mask_size: int, **options) -> keras.Model:
+def _mask_head_model(
+    channels: int, num_classes: int, mask_size: int, stride: float, **options
+) -> keras.Model:
     features = keras.Input((None, None, channels), name="features")
     rois = keras.Input((None, 4), name="rois")
     pooled = RoIPooling(
         mask_size // 2,
-        1.0 / FEATURE_STRIDE,
+        1.0 / stride,
         mode="align",
         sampling_ratio=2,
         name="mask_roi_align",
@@ -199,7 +201,9 @@ def mask_rcnn(
 
     Args:
         num_classes: Object classes K; the box head has K + 1 outputs, the mask head K.
-        backbone: `"vgg16"` or `"resnet50"` (stride-16 features, see `faster_rcnn`).
+        backbone: `"vgg16"` or `"resnet50"` (stride-16 features, see `faster_rcnn`), or
+            `"compact"` (from scratch, stride 8 or 16 by `feature_stride`, for small images
+            and CPU experiments).
         mask_size: Side of the predicted masks (28; RoIAlign pools `mask_size / 2`).
         mask_filters: Channels of the mask head's convolutions (256).
         mask_convs: 3 x 3 convolutions of the mask head (4).
@@ -264,6 +268,7 @@ def mask_rcnn(
             features.shape[-1],
             classes,
             mask_size,
+            proposal_layer.stride,
             filters=mask_filters,
             num_convs=mask_convs,
         )
