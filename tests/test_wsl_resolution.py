@@ -10,7 +10,7 @@ import tensorflow as tf
 from keras_dense import apps
 from keras_dense.analysis import receptive_field
 from keras_dense.apps.compact_backbone import compact_backbone
-from keras_dense.localization import class_maps
+from keras_dense.localization import class_maps, points_from_maps
 
 
 def _probe(model):
@@ -105,3 +105,42 @@ def test_compact_classifier_saves_and_loads_in_safe_mode(tmp_path):
     loaded = keras.saving.load_model(path, safe_mode=True)
     x = np.random.default_rng(0).normal(0, 1, (1, 32, 32, 3)).astype(np.float32)
     np.testing.assert_allclose(np.asarray(loaded(x)), np.asarray(model(x)), atol=1e-5)
+
+
+@pytest.mark.parametrize("stride", [2, 4])
+def test_upsampled_class_map_peaks_where_the_synthetic_object_is(stride):
+    """A map of known peak, pooled to stride s and read back by class_maps, peaks in place.
+
+    The "class maps" are 2x2.. sxs average poolings of a Gaussian blob centred on a cell
+    centre `s i + (s - 1) / 2` (so the pooled map is symmetric about that cell): upsampled
+    with the half-pixel convention the maximum lies on the blob's centre, within 0.5 px (the
+    centre is between two pixels for even s). Reading cell i as pixel `s i` (align-corners,
+    or a missing half-cell offset) moves the peak by (s - 1) / 2 px and fails, near the
+    borders as well as in the middle.
+    """
+    size = 64
+    inputs = keras.Input((size, size, 3))
+    pooled = keras.layers.AveragePooling2D(stride, padding="same", name="class_maps")(inputs)
+    model = keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(pooled))
+    cells = size // stride
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:size, :size].astype(np.float64)
+    for cy, cx in [(1, cells - 2), (cells - 2, 2), (cells // 2, cells // 2 - 1)] + [
+        tuple(rng.integers(1, cells - 1, 2)) for _ in range(3)
+    ]:
+        true_y, true_x = stride * cy + (stride - 1) / 2, stride * cx + (stride - 1) / 2
+        blob = np.exp(-((yy - true_y) ** 2 + (xx - true_x) ** 2) / (2 * 3.0**2))
+        images = np.repeat(blob[None, :, :, None], 3, axis=-1).astype(np.float32)
+        maps = class_maps(model, images)
+        assert maps.shape == (1, size, size, 3)
+        (y, x) = points_from_maps(maps)[0, 0]
+        assert abs(y - true_y) <= 0.5 and abs(x - true_x) <= 0.5, (y, x, true_y, true_x)
+        # The independent reference: NumPy half-pixel bilinear interpolation of the cells.
+        coarse = blob.reshape(cells, stride, cells, stride).mean(axis=(1, 3))
+        src = np.clip((np.arange(size) + 0.5) / stride - 0.5, 0, cells - 1)
+        low = np.floor(src).astype(int)
+        high = np.minimum(low + 1, cells - 1)
+        frac = src - low
+        rows = coarse[low] * (1 - frac)[:, None] + coarse[high] * frac[:, None]
+        reference = rows[:, low] * (1 - frac)[None] + rows[:, high] * frac[None]
+        np.testing.assert_allclose(maps[0, ..., 0], reference, atol=1e-5)
