@@ -187,6 +187,10 @@ def main() -> None:
     )
     parser.add_argument("--width", type=int, default=16, help="compact backbone width")
     parser.add_argument("--output-stride", type=int, default=4)
+    parser.add_argument(
+        "--pointing-tta", default="flip", help="pointing maps: none or flip (left-right)"
+    )
+    parser.add_argument("--pointing-scales", default="1.5", help="pointing maps: image scales")
     parser.add_argument("--keep", default=None, help="keep the shards and runs in this folder")
     args = parser.parse_args()
 
@@ -195,7 +199,9 @@ def main() -> None:
     from keras_dense.localization import card_background_threshold
     from keras_dense.tasks.classification import evaluate_classification
     from keras_dense.tasks.model_loading import load_model_with_card
+    from keras_dense.utils.tta import parse_tta
 
+    pointing_tta = parse_tta(args.pointing_tta, args.pointing_scales)
     unet_poolings = args.poolings if args.unet_poolings is None else args.unet_poolings
     start = time.monotonic()
     results: dict = {}
@@ -253,6 +259,13 @@ def main() -> None:
                 centre_baseline_3px=report["centre_baseline"]["accuracy"],
                 corloc=report["corloc"]["corloc"],
             )
+            if pointing_tta.enabled:
+                augmented = evaluate_classification(model, card, test, 3.0, tta=pointing_tta)
+                row.update(
+                    pointing_tta_0px=augmented["pointing_0px"]["accuracy"],
+                    pointing_tta_3px=augmented["pointing"]["accuracy"],
+                    corloc_tta=augmented["corloc"]["corloc"],
+                )
             row.update(tune_thresholds(model, card, path, val, SMALL_IMAGE_CRF))
             model, card = load_model_with_card(path)  # the card with the thresholds
             for crf in (False, True):
