@@ -2,6 +2,8 @@
 
 - `class_maps`: the `class_maps` layer of a `keras_dense.apps.wsl_classifier`, averaged per
   class, at the input resolution (bilinear) or the feature resolution.
+- `augmented_class_maps`: `class_maps` averaged over test-time scales and left-right flips,
+  each resized back to the image (a finer, less biased peak for the pointing game).
 - `class_activation_maps`: Zhou et al.'s CAM (CVPR 2016) for any Keras classifier that ends
   `GlobalAveragePooling2D -> Dense`: the map of class `c` is `sum_k w_kc f_k` over the
   features `f` that enter the global average pooling.
@@ -22,6 +24,7 @@ import numpy as np
 
 from keras_dense.layers.walk import iter_layers
 from keras_dense.layers.wsl_pooling import ClassWisePooling2D
+from keras_dense.utils.tta import TestTimeAugmentation, scaled_size
 
 CLASS_MAPS_LAYER = "class_maps"
 # Layers that may follow the CAM's Dense layer (its pre-activation logits are what CAM splits).
@@ -105,6 +108,47 @@ def class_maps(model: keras.Model, images, upsample: bool = True) -> np.ndarray:
         b, h, w, channels = maps.shape
         maps = maps.reshape(b, h, w, channels // maps_per_class, maps_per_class).mean(axis=-1)
     return _resize(maps, images.shape[1:3]) if upsample else maps
+
+
+def augmented_class_maps(
+    model: keras.Model, images, tta: TestTimeAugmentation | None = None
+) -> np.ndarray:
+    """`class_maps` averaged over test-time scales and left-right flips, at the image size.
+
+    Each scale `s` resizes the images bilinearly (half-pixel centres) to
+    `keras_dense.utils.tta.scaled_size` of each side, reads their class maps at that size,
+    un-mirrors the flipped pass and resizes the maps back to `(H, W)`; the maps of the
+    `tta.passes` passes are averaged. Upscaling the input (`s > 1`) samples the maps more
+    finely (output stride `stride / s` in the image's pixels) and enlarges small objects
+    relative to the receptive field; the flip cancels a left-right bias of the learned maps.
+    With the default (one plain pass) this is `class_maps(model, images)`.
+
+    Args:
+        model: A `keras_dense.apps.wsl_classifier` (see `class_maps`).
+        images: `(B, H, W, 3)` images, preprocessed as for the classifier.
+        tta: The scales and flip (`keras_dense.utils.tta.parse_tta`); None: one plain pass.
+
+    Returns:
+        float32 maps `(B, H, W, C)`.
+
+    Raises:
+        ValueError: As `class_maps`.
+    """
+    images = _as_images(images)
+    tta = tta or TestTimeAugmentation()
+    height, width = images.shape[1:3]
+    total = None
+    for scale in tta.scales:
+        size = (scaled_size(height, scale), scaled_size(width, scale))
+        scaled = images if size == (height, width) else _resize(images, size)
+        for mirrored in (False, True) if tta.flip else (False,):
+            maps = class_maps(model, scaled[:, :, ::-1] if mirrored else scaled)
+            if mirrored:
+                maps = maps[:, :, ::-1]
+            if size != (height, width):
+                maps = _resize(np.ascontiguousarray(maps), (height, width))
+            total = maps if total is None else total + maps
+    return (total / tta.passes).astype(np.float32)
 
 
 def _cam_layers(classifier: keras.Model):

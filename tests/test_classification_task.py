@@ -226,6 +226,14 @@ def test_recipe_trains_and_evaluates(shapes, tmp_path):
     assert cli.main([*args, "--pointing-tolerance", "2"]) == 0
     report = json.loads((out / "metrics.json").read_text())
     assert report["pointing_tolerance"] == 2.0 and report["images"] == 12
+    assert report["localization_tta"] == {"flip": False, "scales": [1.0]}
+    # --tta / --scales average the pointing maps only: the scores (mAP) are the plain image's.
+    augmented_out = tmp_path / "eval_tta"
+    args = [*args[:-1], str(augmented_out), "--tta", "flip", "--scales", "1.5"]
+    assert cli.main(args) == 0
+    augmented = json.loads((augmented_out / "metrics.json").read_text())
+    assert augmented["localization_tta"] == {"flip": True, "scales": [1.5]}
+    assert augmented["map"] == report["map"]
 
 
 def test_predict_writes_scores_and_a_class_map(tmp_path):

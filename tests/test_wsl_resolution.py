@@ -10,7 +10,8 @@ import tensorflow as tf
 from keras_dense import apps
 from keras_dense.analysis import receptive_field
 from keras_dense.apps.compact_backbone import compact_backbone
-from keras_dense.localization import class_maps
+from keras_dense.localization import augmented_class_maps, class_maps, points_from_maps
+from keras_dense.utils.tta import TestTimeAugmentation
 
 
 def _probe(model):
@@ -105,3 +106,96 @@ def test_compact_classifier_saves_and_loads_in_safe_mode(tmp_path):
     loaded = keras.saving.load_model(path, safe_mode=True)
     x = np.random.default_rng(0).normal(0, 1, (1, 32, 32, 3)).astype(np.float32)
     np.testing.assert_allclose(np.asarray(loaded(x)), np.asarray(model(x)), atol=1e-5)
+
+
+def _half_pixel_bilinear(image: np.ndarray, size: int) -> np.ndarray:
+    """NumPy bilinear resize of a square (n, n) array to (size, size), half-pixel centres."""
+    n = image.shape[0]
+    src = np.clip((np.arange(size) + 0.5) * n / size - 0.5, 0, n - 1)
+    low = np.floor(src).astype(int)
+    high = np.minimum(low + 1, n - 1)
+    frac = src - low
+    rows = image[low] * (1 - frac)[:, None] + image[high] * frac[:, None]
+    return rows[:, low] * (1 - frac)[None] + rows[:, high] * frac[None]
+
+
+@pytest.mark.parametrize("stride", [2, 4])
+def test_upsampled_class_map_peaks_where_the_synthetic_object_is(stride):
+    """A map of known peak, pooled to stride s and read back by class_maps, peaks in place.
+
+    The "class maps" are 2x2.. sxs average poolings of a Gaussian blob centred on a cell
+    centre `s i + (s - 1) / 2` (so the pooled map is symmetric about that cell): upsampled
+    with the half-pixel convention the maximum lies on the blob's centre, within 0.5 px (the
+    centre is between two pixels for even s). Reading cell i as pixel `s i` (align-corners,
+    or a missing half-cell offset) moves the peak by (s - 1) / 2 px and fails, near the
+    borders as well as in the middle.
+    """
+    size = 64
+    inputs = keras.Input((size, size, 3))
+    pooled = keras.layers.AveragePooling2D(stride, padding="same", name="class_maps")(inputs)
+    model = keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(pooled))
+    cells = size // stride
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:size, :size].astype(np.float64)
+    for cy, cx in [(1, cells - 2), (cells - 2, 2), (cells // 2, cells // 2 - 1)] + [
+        tuple(rng.integers(1, cells - 1, 2)) for _ in range(3)
+    ]:
+        true_y, true_x = stride * cy + (stride - 1) / 2, stride * cx + (stride - 1) / 2
+        blob = np.exp(-((yy - true_y) ** 2 + (xx - true_x) ** 2) / (2 * 3.0**2))
+        images = np.repeat(blob[None, :, :, None], 3, axis=-1).astype(np.float32)
+        maps = class_maps(model, images)
+        assert maps.shape == (1, size, size, 3)
+        (y, x) = points_from_maps(maps)[0, 0]
+        assert abs(y - true_y) <= 0.5 and abs(x - true_x) <= 0.5, (y, x, true_y, true_x)
+        # The independent reference: NumPy half-pixel bilinear interpolation of the cells.
+        coarse = blob.reshape(cells, stride, cells, stride).mean(axis=(1, 3))
+        reference = _half_pixel_bilinear(coarse, size)
+        np.testing.assert_allclose(maps[0, ..., 0], reference, atol=1e-5)
+
+
+def test_augmented_class_maps_without_augmentation_are_the_class_maps():
+    model = apps.wsl_classifier(num_classes=2, backbone="compact", pooling="gap", width=4)
+    images = np.random.default_rng(0).normal(0, 1, (2, 32, 40, 3)).astype(np.float32)
+    np.testing.assert_allclose(
+        augmented_class_maps(model, images), class_maps(model, images), atol=1e-6
+    )
+
+
+def test_augmented_class_maps_flip_averages_the_unmirrored_maps():
+    """A map that reads the pixel to the right, flipped and back, reads the one to the left."""
+    inputs = keras.Input((8, 12, 1))
+    shift = keras.layers.Conv2D(1, (1, 2), padding="same", use_bias=False, name="class_maps")
+    model = keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(shift(inputs)))
+    shift.set_weights([np.array([0.0, 1.0], np.float32).reshape(1, 2, 1, 1)])
+    x = np.random.default_rng(1).normal(0, 1, (2, 8, 12, 1)).astype(np.float32)
+    right = np.concatenate([x[:, :, 1:], np.zeros_like(x[:, :, :1])], axis=2)  # x[.., j + 1]
+    left = np.concatenate([np.zeros_like(x[:, :, :1]), x[:, :, :-1]], axis=2)  # x[.., j - 1]
+    maps = augmented_class_maps(model, x, TestTimeAugmentation(flip=True))
+    np.testing.assert_allclose(maps, (right + left) / 2, atol=1e-6)
+
+
+@pytest.mark.parametrize("scale", [1.5, 2.0])
+def test_augmented_class_maps_upscaled_keep_the_peak_in_place(scale):
+    """Stride-4 maps of an upscaled image, resized back, still peak on the object (<= 1 px)."""
+    size = 64
+    inputs = keras.Input((None, None, 3))
+    pooled = keras.layers.AveragePooling2D(4, padding="same", name="class_maps")(inputs)
+    model = keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(pooled))
+    yy, xx = np.mgrid[:size, :size].astype(np.float64)
+    tta = TestTimeAugmentation(flip=True, scales=(scale,))
+    for true_y, true_x in [(5.0, 58.0), (57.0, 9.5), (31.5, 22.0), (12.0, 40.0)]:
+        blob = np.exp(-((yy - true_y) ** 2 + (xx - true_x) ** 2) / (2 * 3.0**2))
+        images = np.repeat(blob[None, :, :, None], 3, axis=-1).astype(np.float32)
+        maps = augmented_class_maps(model, images, tta)
+        assert maps.shape == (1, size, size, 3)
+        y, x = points_from_maps(maps)[0, 0]
+        assert abs(y - true_y) <= 1 and abs(x - true_x) <= 1, (y, x, true_y, true_x)
+        # NumPy reference: upscale, 4x4 cell means, upsample, (un)mirror, downscale, average.
+        big = int(size * scale)
+        passes = []
+        for image in (blob, blob[:, ::-1]):
+            up = _half_pixel_bilinear(image, big)
+            cells = up.reshape(big // 4, 4, big // 4, 4).mean(axis=(1, 3))
+            passes.append(_half_pixel_bilinear(_half_pixel_bilinear(cells, big), size))
+        reference = (passes[0] + passes[1][:, ::-1]) / 2
+        np.testing.assert_allclose(maps[0, ..., 0], reference, atol=1e-4)

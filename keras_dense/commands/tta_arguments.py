@@ -16,7 +16,8 @@ def add_tta_arguments(parser: argparse.ArgumentParser) -> None:
         choices=("none", "flip"),
         default="none",
         help="test-time augmentation: flip also runs each image mirrored left-right and "
-        "averages the softmax (with --scales)",
+        "averages the softmax (with --scales; classification: the class maps of the "
+        "pointing game and CorLoc)",
     )
     parser.add_argument(
         "--scales",

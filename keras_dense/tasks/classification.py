@@ -28,7 +28,9 @@ game at 0 px and at `EvaluateOptions.pointing_tolerance` px (default 3, for imag
 128 px; Oquab et al. use 18 px on VOC) against the masks (else the boxes) of the records,
 the pointing score of the centre-point baseline (every class pointed at the image centre),
 and CorLoc (`boxes_from_maps` at 0.2 of the peak against the record's boxes, or else the
-boxes of each class's connected mask regions).
+boxes of each class's connected mask regions). With `--tta flip` and / or `--scales` the maps
+of the pointing game and CorLoc are averaged over the flips and scales
+(`keras_dense.localization.augmented_class_maps`; the mAP stays on the plain image).
 
 Serving: `serving_default(image_bytes)` returns `scores` (N, C) sigmoid probabilities,
 `logits` (N, C), `class_maps` (N, H, W, C) at each image's size (bilinear, zero beyond an
@@ -59,6 +61,7 @@ from keras_dense.evaluation.localization_metrics import (
     pointing_game,
 )
 from keras_dense.localization import (
+    augmented_class_maps,
     boxes_from_maps,
     class_maps,
     points_from_maps,
@@ -93,6 +96,7 @@ from keras_dense.tasks.task import (
 )
 from keras_dense.utils.errors import RecipeError
 from keras_dense.utils.normalization import normalize
+from keras_dense.utils.tta import TestTimeAugmentation
 
 # CAM's box threshold (fraction of the map's peak) for CorLoc.
 CORLOC_MAP_THRESHOLD = 0.2
@@ -145,7 +149,12 @@ def _rates(total: dict | None, names: list[str]) -> dict:
 
 
 def evaluate_classification(
-    model: keras.Model, card: dict, pattern, tolerance: float = 3.0, progress: bool = False
+    model: keras.Model,
+    card: dict,
+    pattern,
+    tolerance: float = 3.0,
+    progress: bool = False,
+    tta: TestTimeAugmentation | None = None,
 ) -> dict:
     """mAP, accuracy at 0.5, pointing game (0 px and `tolerance`), centre baseline, CorLoc.
 
@@ -155,10 +164,14 @@ def evaluate_classification(
         pattern: Shards to evaluate on (full images, one at a time).
         tolerance: Pointing-game tolerance in pixels.
         progress: Unused (kept for the task interface).
+        tta: Scales and flip over which the class maps of the pointing game and CorLoc are
+            averaged (`keras_dense.localization.augmented_class_maps`); the scores (mAP) come
+            from the plain image. None: the plain image only.
 
     Returns:
         The JSON-ready report.
     """
+    tta = tta or TestTimeAugmentation()
     names = list(card["classes"])
     num_classes = len(names)
     offset = mask_offset(pattern)
@@ -175,7 +188,7 @@ def evaluate_classification(
         x = np.asarray(normalize(tf.constant(image[None]), normalization))
         scores.append(np.asarray(keras.ops.convert_to_numpy(model(x, training=False)))[0])
         targets.append(labels)
-        maps = class_maps(model, x)
+        maps = augmented_class_maps(model, x, tta)
         points = points_from_maps(maps)
         height, width = image.shape[:2]
         centre = np.tile(np.array([[[height // 2, width // 2]]]), (1, num_classes, 1))
@@ -212,6 +225,7 @@ def evaluate_classification(
         "ap": {n: float(v) for n, v in zip(names, ap["ap"])},
         "accuracy_at_0.5": float(correct.mean()),
         "pointing_tolerance": float(tolerance),
+        "localization_tta": tta.to_json(),
         "pointing_0px": _rates(pointing["0"], names),
         "pointing": _rates(pointing["tol"], names),
         "centre_baseline_0px": _rates(pointing["centre_0"], names),
@@ -381,9 +395,9 @@ class ClassificationTask(Task):
     def evaluate(self, model, card, pattern, options: EvaluateOptions):
         if options.crf:
             raise ValueError("--crf applies to segmentation models only")
-        if options.tta.enabled:
-            raise ValueError("--tta and --scales apply to segmentation models only")
-        return evaluate_classification(model, card, pattern, options.pointing_tolerance)
+        return evaluate_classification(
+            model, card, pattern, options.pointing_tolerance, tta=options.tta
+        )
 
     def report_lines(self, report):
         tol = report["pointing_tolerance"]
