@@ -326,6 +326,24 @@ def fast_rcnn_head(
     channels = features.shape[-1]
     pooled = RoIPooling(pool_size, spatial_scale, mode=roi_mode, name="roi_pool5")([features, rois])
     x = keras.layers.Reshape((-1, pool_size * pool_size * channels), name="roi_flatten")(pooled)
+    return fast_rcnn_classifier(x, num_classes, dropout, fc_units)
+
+
+def fast_rcnn_classifier(x, num_classes: int, dropout: float = 0.5, fc_units: int = FC_UNITS):
+    """fc6, fc7 and the two sibling outputs on per-RoI feature vectors.
+
+    Shared by Fast and Faster R-CNN (after RoI pooling) and R-CNN (after its per-region conv
+    network); the layer names are those of the paper's VGG16 head, so weights load by name.
+
+    Args:
+        x: Per-RoI features `(B, R, D)`.
+        num_classes: Object classes K (the heads have K + 1 outputs).
+        dropout: Dropout rate after fc6 and fc7.
+        fc_units: Units of fc6 and fc7 (4096).
+
+    Returns:
+        `[cls_score (B, R, K + 1), bbox_pred (B, R, 4 (K + 1))]`.
+    """
     x = keras.layers.Dense(fc_units, activation="relu", name="fc6")(x)
     x = keras.layers.Dropout(dropout, name="drop6")(x)
     x = keras.layers.Dense(fc_units, activation="relu", name="fc7")(x)

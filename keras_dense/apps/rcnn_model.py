@@ -38,7 +38,7 @@ import keras
 
 from keras_dense.apps.backbone_weights import resolve_source_model, transfer_weights
 from keras_dense.apps.builder import build_model
-from keras_dense.apps.fast_rcnn_model import FC_UNITS, FastRCNN
+from keras_dense.apps.fast_rcnn_model import FC_UNITS, FastRCNN, fast_rcnn_classifier
 from keras_dense.apps.vgg import (
     VGG16_FC_NAMES,
     VGG16_IMAGENET_NAMES,
@@ -215,18 +215,4 @@ def rcnn_graph(
     crops = ContextWarp(crop_size, context_padding, name="context_warp")([images, rois])
     conv = rcnn_conv_network(crop_size, images.shape[-1])
     x = ChunkedTimeDistributed(conv, roi_chunk, name="rcnn_features")(crops)
-    x = keras.layers.Dense(fc_units, activation="relu", name="fc6")(x)
-    x = keras.layers.Dropout(dropout, name="drop6")(x)
-    x = keras.layers.Dense(fc_units, activation="relu", name="fc7")(x)
-    x = keras.layers.Dropout(dropout, name="drop7")(x)
-    cls_score = keras.layers.Dense(
-        num_classes + 1,
-        kernel_initializer=keras.initializers.RandomNormal(stddev=0.01),
-        name="cls_score",
-    )(x)
-    bbox_pred = keras.layers.Dense(
-        4 * (num_classes + 1),
-        kernel_initializer=keras.initializers.RandomNormal(stddev=0.001),
-        name="bbox_pred",
-    )(x)
-    return [cls_score, bbox_pred]
+    return fast_rcnn_classifier(x, num_classes, dropout, fc_units)
