@@ -71,7 +71,7 @@ def test_recipe_file_with_overrides(tmp_path):
     [
         ({"training": {"epoch": 3}}, "training.epoch"),
         ({"training": {"epochs": "3"}}, "training.epochs"),
-        ({"optimizer": {"name": "rmsprop"}}, "optimizer.name"),
+        ({"optimizer": {"name": "rmsprob"}}, "optimizer.name"),
         ({"schedule": {"name": "step"}}, "schedule.boundaries"),
         ({"data": {"crop_size": [32]}}, "data.crop_size"),
         ({"training": {"metrics": ["dice"]}}, "training.metrics"),

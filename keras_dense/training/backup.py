@@ -3,7 +3,9 @@
 Like `keras.callbacks.BackupAndRestore`, but every file is written under a temporary name
 and renamed, and one small JSON (`state.json`) names the epoch and its weight file, so a
 process killed at any instant (`kill -9`) leaves either the previous or the new state, never
-a torn one. The trainer restores the state before `fit` and passes `initial_epoch`.
+a torn one. The trainer restores the state before `fit` and passes `initial_epoch`. The
+state also holds the epoch's logs, from which `metrics.csv` (written after it) is completed
+when a crash came between the two.
 """
 
 from __future__ import annotations
@@ -19,7 +21,10 @@ STATE_FILE = "state.json"
 
 
 def read_state(backup_dir: str) -> dict | None:
-    """The last saved state `{"epoch": E, "weights": file}` of `backup_dir`, or None."""
+    """The last saved state `{"epoch": E, "weights": file, "logs": {...}}`, or None.
+
+    `logs` (the epoch's metrics) is missing in states saved by older versions.
+    """
     path = os.path.join(backup_dir, STATE_FILE)
     if not os.path.isfile(path):
         return None
@@ -50,6 +55,16 @@ def restore(model: keras.Model, backup_dir: str) -> int:
     return int(state["epoch"])
 
 
+def _json_logs(logs: dict | None) -> dict:
+    values = {}
+    for key, value in (logs or {}).items():
+        try:
+            values[key] = float(value)
+        except (TypeError, ValueError):
+            continue
+    return values
+
+
 class EpochBackup(keras.callbacks.Callback):
     """Saves weights and optimizer state after every epoch, atomically.
 
@@ -77,7 +92,7 @@ class EpochBackup(keras.callbacks.Callback):
         temporary = os.path.join(self.backup_dir, f"tmp-{os.getpid()}-{name}")
         self.model.save_weights(temporary, overwrite=True)
         os.replace(temporary, final)
-        state = {"epoch": epoch + 1, "weights": name}
+        state = {"epoch": epoch + 1, "weights": name, "logs": _json_logs(logs)}
         atomic_write_bytes(
             os.path.join(self.backup_dir, STATE_FILE), json.dumps(state).encode() + b"\n"
         )

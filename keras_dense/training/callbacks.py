@@ -1,8 +1,16 @@
-"""Training callbacks: best-model checkpoint, TensorBoard image summaries, CSV history."""
+"""Training callbacks: best-model checkpoint, TensorBoard image summaries, CSV history.
+
+`metrics.csv` and the resume checkpoint (`keras_dense.training.backup`) agree about which
+epochs finished: an epoch's row is written (atomically, the whole file) only after its
+checkpoint, which also holds the epoch's logs; a resumed run reconciles the file with the
+checkpoint (`reconcile_history`), dropping rows the checkpoint does not hold and restoring the
+row a crash kept from being written, and says so.
+"""
 
 from __future__ import annotations
 
 import csv
+import glob
 import math
 import os
 
@@ -12,7 +20,7 @@ import tensorflow as tf
 
 from keras_dense.prediction.palette import colorize
 from keras_dense.training.summaries import write_images, write_scalar
-from keras_dense.utils.files import atomic_write_bytes
+from keras_dense.utils.files import atomic_write_bytes, remove_stale_temporaries
 from keras_dense.utils.model_card import write_model_card
 from keras_dense.utils.normalization import finish, mean_pixel
 
@@ -167,31 +175,122 @@ class ScalarSummaries(keras.callbacks.Callback):
         self._writers = {}
 
 
-def read_history(csv_path: str) -> list[dict]:
-    """Rows of a CSVLogger file as dicts (empty when the file is missing)."""
-    if not os.path.isfile(csv_path):
-        return []
-    with open(csv_path, newline="") as f:
-        return list(csv.DictReader(f))
+def _csv_bytes(header: list[str], rows: list[dict]) -> bytes:
+    lines = [",".join(header)]
+    lines += [",".join(str(row.get(key, "")) for key in header) for row in rows]
+    return ("\n".join(lines) + "\n").encode()
 
 
-def trim_history(csv_path: str, finished_epochs: int) -> list[dict]:
-    """Drops CSV rows of epochs not in the restored state (a crash between the two writes).
+def _csv_value(value) -> str:
+    try:
+        return repr(float(value))
+    except (TypeError, ValueError):
+        return str(value)
+
+
+class MetricsLog(keras.callbacks.Callback):
+    """Adds one row per epoch to a CSV file (`epoch` 0-based, then the logs, sorted).
+
+    The whole file is rewritten atomically each epoch, so a crash leaves the old or the new
+    file, never a torn row. Place it after `keras_dense.training.backup.EpochBackup`: a row
+    then implies its epoch's checkpoint.
 
     Args:
-        csv_path: The CSVLogger file.
-        finished_epochs: Epochs the restored state holds; rows with `epoch >= it` go.
+        csv_path: The file; rows already there (of a resumed run) are kept.
+    """
+
+    def __init__(self, csv_path: str):
+        super().__init__()
+        self.csv_path = csv_path
+
+    def on_train_begin(self, logs=None):
+        remove_stale_temporaries(glob.escape(self.csv_path) + ".tmp-*")
+
+    def on_epoch_end(self, epoch, logs=None):
+        header, rows = read_csv(self.csv_path)
+        row = {"epoch": str(epoch), **{k: _csv_value(v) for k, v in (logs or {}).items()}}
+        header = header or ["epoch", *sorted(logs or {})]
+        header += [key for key in sorted(row) if key not in header]
+        rows = [r for r in rows if r.get("epoch") != str(epoch)] + [row]
+        atomic_write_bytes(self.csv_path, _csv_bytes(header, rows))
+
+
+def read_csv(csv_path: str) -> tuple[list[str], list[dict]]:
+    """The header and rows of a CSV file (`([], [])` when the file is missing)."""
+    if not os.path.isfile(csv_path):
+        return [], []
+    with open(csv_path, newline="") as f:
+        reader = csv.DictReader(f)
+        rows = list(reader)
+        return list(reader.fieldnames or []), rows
+
+
+def reconcile_history(
+    csv_path: str, finished_epochs: int, checkpoint_logs: dict | None
+) -> tuple[list[dict], list[str]]:
+    """Makes `metrics.csv` hold exactly the epochs the resume checkpoint holds.
+
+    A run stopped between an epoch's checkpoint and its row lacks the row: it is restored from
+    the checkpoint's logs. Rows of epochs the checkpoint does not hold (a run stopped before
+    saving them, or a file written by an older version) are dropped: those epochs are trained
+    again. Unreadable and repeated rows are dropped too.
+
+    Args:
+        csv_path: The CSV file.
+        finished_epochs: Epochs the checkpoint holds (0: a fresh start).
+        checkpoint_logs: The logs of its last epoch, or None.
 
     Returns:
-        The rows kept.
+        `(rows, notes)`: the rows kept (in epoch order) and one line per change made, naming
+        the file, the epochs (1-based, as Keras prints them) and why.
     """
-    rows = read_history(csv_path)
-    kept = [row for row in rows if int(row["epoch"]) < finished_epochs]
-    if len(kept) != len(rows) and rows:
-        lines = [",".join(rows[0].keys())]
-        lines += [",".join(str(row[key]) for key in rows[0]) for row in kept]
-        atomic_write_bytes(csv_path, ("\n".join(lines) + "\n").encode())
-    return kept
+    header, rows = read_csv(csv_path)
+    notes: list[str] = []
+    kept: dict[int, dict] = {}
+    dropped, unreadable, repeated = [], 0, []
+    for row in rows:
+        try:
+            epoch = int(row.get("epoch") or "")
+        except ValueError:
+            unreadable += 1
+            continue
+        if epoch >= finished_epochs:
+            dropped.append(epoch + 1)
+        elif epoch in kept:
+            repeated.append(epoch + 1)
+        else:
+            kept[epoch] = row
+    if dropped:
+        notes.append(
+            f"{csv_path}: dropped the rows of epochs {sorted(set(dropped))}: the saved state "
+            f"holds {finished_epochs} finished epochs (the run stopped before saving the "
+            "others), so they are trained again"
+        )
+    if unreadable:
+        notes.append(f"{csv_path}: dropped {unreadable} unreadable rows (no epoch number)")
+    if repeated:
+        notes.append(f"{csv_path}: dropped repeated rows of epochs {sorted(set(repeated))}")
+    last = finished_epochs - 1
+    if finished_epochs and last not in kept and checkpoint_logs:
+        kept[last] = {"epoch": str(last), **{k: _csv_value(v) for k, v in checkpoint_logs.items()}}
+        header = header or ["epoch", *sorted(checkpoint_logs)]
+        header += [key for key in sorted(kept[last]) if key not in header]
+        notes.append(
+            f"{csv_path}: restored the row of epoch {finished_epochs} from the saved state "
+            "(the run stopped after saving the epoch, before writing its row)"
+        )
+    missing = [e + 1 for e in range(finished_epochs) if e not in kept]
+    if missing:
+        notes.append(
+            f"{csv_path}: no rows for the finished epochs {missing} (the file was edited or "
+            "removed); training goes on from the saved state"
+        )
+    ordered = [kept[e] for e in sorted(kept)]
+    if notes and header:
+        atomic_write_bytes(csv_path, _csv_bytes(header, ordered))
+    elif notes and not ordered and os.path.isfile(csv_path):
+        os.remove(csv_path)
+    return ordered, notes
 
 
 def best_in_history(rows: list[dict], monitor: str, mode: str) -> float | None:

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from keras_dense.data.device_augment import AUGMENT_ON
 from keras_dense.losses import LOSS_NAMES
 from keras_dense.tasks import get_task, task_names
+from keras_dense.training.optimizers import resolve_optimizer
 from keras_dense.utils.errors import RecipeError
 
 if sys.version_info >= (3, 11):
@@ -29,7 +30,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on Python < 3.11 only
     import tomli as tomllib
 
-OPTIMIZERS = ("sgd", "adamw")
+# `optimizer.name`: any `keras.optimizers` class (see keras_dense.training.optimizers).
 SCHEDULES = ("poly", "cosine", "step", "constant")
 LOSSES = LOSS_NAMES  # see keras_dense.losses.build_loss
 # `loss.class_weights` may name a rule instead of listing the weights.
@@ -205,6 +206,12 @@ def validate(recipe: dict) -> dict:
     Raises:
         RecipeError: An unknown key, a wrong type or a value out of range (the key is named).
     """
+    # `[optimizer]` also takes the chosen class's own arguments: they are checked against its
+    # constructor by `resolve_optimizer`, the keys of DEFAULTS by `_merge` as everywhere else.
+    given_optimizer = recipe.get("optimizer", {})
+    if isinstance(given_optimizer, dict):
+        known = {k: v for k, v in given_optimizer.items() if k in DEFAULTS["optimizer"]}
+        recipe = {**recipe, "optimizer": known}
     r = _merge(DEFAULTS, recipe)
     tasks = task_names()
     _require(r["task"] in tasks, "task", f"expected one of {tasks}, got {r['task']!r}")
@@ -264,11 +271,11 @@ def validate(recipe: dict) -> dict:
     _require(not unknown, "training.metrics", f"unknown {unknown}; known: {METRICS}")
 
     opt = r["optimizer"]
-    _require(opt["name"] in OPTIMIZERS, "optimizer.name", f"expected one of {OPTIMIZERS}")
     _require(opt["learning_rate"] > 0, "optimizer.learning_rate", "expected > 0")
     _require(0 <= opt["momentum"] < 1, "optimizer.momentum", "expected in [0, 1)")
     _require(opt["weight_decay"] >= 0, "optimizer.weight_decay", "expected >= 0")
     _require(opt["clipnorm"] >= 0, "optimizer.clipnorm", "expected >= 0 (0: off)")
+    r["optimizer"] = resolve_optimizer(given_optimizer, opt, DEFAULTS["optimizer"])
 
     sched = r["schedule"]
     _require(sched["name"] in SCHEDULES, "schedule.name", f"expected one of {SCHEDULES}")

@@ -8,9 +8,11 @@ The output folder of a run:
 | `backup/` | weights + optimizer after the last finished epoch (`state.json`), for resuming |
 | `logs/` | TensorBoard: `train/`, `validation/` scalars, `images/` input/truth/prediction |
 | `recipe.json` | the resolved recipe (defaults and `--set` overrides applied) |
-| `metrics.csv` | one row per epoch (appended when a run resumes) |
+| `metrics.csv` | one row per epoch, written after the epoch's `backup/` state |
 
-Running the same command again after a crash resumes after the last finished epoch. In a
+Running the same command again after a crash resumes after the last finished epoch (the one
+`backup/state.json` names); `metrics.csv` is first made to hold exactly those epochs (see
+`keras_dense.training.callbacks.reconcile_history`), and every change is printed. In a
 multi-worker run the chief writes this folder; other workers write theirs to
 `.worker-<type>-<index>/` inside it.
 """
@@ -205,7 +207,10 @@ def _train_locked(recipe: dict, run_dir: str, strategy, info, verbose, start) ->
     _write_resolved_recipe(os.path.join(run_dir, RESOLVED_RECIPE), _json_ready(recipe))
     monitor, mode = task.monitor(recipe, val_ds is not None)
     csv_path = os.path.join(run_dir, METRICS_CSV)
-    history = callbacks.trim_history(csv_path, finished) if finished else []
+    state = backup.read_state(os.path.join(run_dir, BACKUP_DIR)) if finished else None
+    history, notes = callbacks.reconcile_history(csv_path, finished, (state or {}).get("logs"))
+    for note in notes:
+        print(note)
     card = {
         "task": task.name,
         "normalization": normalization_mode(data),
@@ -225,7 +230,6 @@ def _train_locked(recipe: dict, run_dir: str, strategy, info, verbose, start) ->
         callbacks.BestCheckpoint(
             best_path, monitor, mode, callbacks.best_in_history(history, monitor, mode), card
         ),
-        keras.callbacks.CSVLogger(csv_path, append=finished > 0),
         callbacks.ScalarSummaries(os.path.join(run_dir, LOG_DIR)),
     ]
     if task.image_summaries and training["image_summaries"] > 0:
@@ -243,8 +247,11 @@ def _train_locked(recipe: dict, run_dir: str, strategy, info, verbose, start) ->
                 normalization_mode(data),
             )
         )
-    # Last, so that a saved state implies every other output of its epoch was written.
+    # Last but one, so that a saved state implies every other output of its epoch was
+    # written; then the CSV row, so that a row implies its epoch's state (which holds the
+    # epoch's logs: a crash between the two loses nothing, see reconcile_history).
     callback_list.append(backup.EpochBackup(os.path.join(run_dir, BACKUP_DIR)))
+    callback_list.append(callbacks.MetricsLog(csv_path))
 
     if verbose is None:
         verbose = 1 if sys.stdout.isatty() else 2
