@@ -37,11 +37,13 @@ def register(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     """Writes the pseudo-label shards and prints their summary."""
     from keras_dense.crf.card_parameters import card_crf_parameters
+    from keras_dense.data.class_lists import check_classifier_classes
     from keras_dense.data.writer import summarize
     from keras_dense.localization import card_background_threshold, write_pseudo_labels
     from keras_dense.tasks.model_loading import load_model_with_card
 
     model, card = load_model_with_card(args.model)
+    check_classifier_classes(args.data, card)
     if args.background_threshold is not None:
         threshold, source = args.background_threshold, "--background-threshold"
     else:

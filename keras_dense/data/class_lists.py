@@ -107,3 +107,17 @@ def check_card_classes(
             f"(ignore_label {card.get('ignore_label')}): the model would be scored against "
             "labels it does not predict; use shards converted with the model's class list",
         )
+
+
+def check_classifier_classes(pattern: str, card: dict, flag: str = "--data") -> None:
+    """`check_card_classes` for a weakly supervised classifier's card (task classification).
+
+    Background is not a classifier class (`object_classes` reads both lists), and a card
+    without an ignore label means 255, as the classifier's commands read it.
+
+    Raises:
+        BadInputError: The shards' class list (or ignore label) differs from the card's.
+    """
+    ignore_label = card.get("ignore_label")
+    card = {**card, "ignore_label": 255 if ignore_label is None else int(ignore_label)}
+    check_card_classes(pattern, card, object_classes, flag)

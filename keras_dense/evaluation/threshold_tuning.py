@@ -22,6 +22,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_dense.data.class_lists import check_classifier_classes
 from keras_dense.data.classification_pipeline import evaluation_records, mask_offset
 from keras_dense.localization import (
     class_maps,
@@ -146,8 +147,10 @@ def choose_background_threshold(
 
     Raises:
         ValueError: The shards have no background class id 0, no masks, or no records.
+        keras_dense.data.BadInputError: The shards' class list differs from the card's.
     """
     grid = _check_grid(thresholds)
+    check_classifier_classes(pattern, card)
     if mask_offset(pattern) != 1:
         raise ValueError(
             f"--data {pattern}: choosing the background threshold needs masks whose class list "

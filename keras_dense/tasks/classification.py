@@ -48,7 +48,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_dense.apps.wsl_classifier_model import CLASS_MAPS_LAYER, CLASS_WISE_LAYER
-from keras_dense.data.class_lists import object_classes
+from keras_dense.data.class_lists import check_classifier_classes, object_classes
 from keras_dense.data.classification_pipeline import (
     classification_dataset,
     evaluation_records,
@@ -170,7 +170,11 @@ def evaluate_classification(
 
     Returns:
         The JSON-ready report.
+
+    Raises:
+        keras_dense.data.BadInputError: The shards' class list differs from the card's.
     """
+    check_classifier_classes(pattern, card)
     tta = tta or TestTimeAugmentation()
     names = list(card["classes"])
     num_classes = len(names)
