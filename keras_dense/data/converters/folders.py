@@ -3,8 +3,16 @@
 
 `ROOT/CLASS_NAME/*.jpg|png|...`: the class names are the sub-folder names, sorted; every image
 gets the one label of its folder as `image/class/label` (1-based, as box labels: the label of
-`classes[i]` is `i + 1`). The manifest's class list has no "background" (these records have
-no masks). Files directly in `ROOT` and hidden folders are ignored, as Keras does.
+`classes[i]` is `i + 1`) and the source_id `CLASS_NAME/STEM`. The manifest's class list has no
+"background" (these records have no masks), and a class folder of that name is refused (the
+classification task reads a list starting with "background" as a segmentation list). Files
+directly in `ROOT` and hidden files and folders are ignored, as Keras does.
+
+Everything else under a class folder is converted or named: a folder inside it
+(`cat/sub/x.png`) and a file that is not an image this converter reads (`cat/x.gif`) stop the
+conversion (`--on-error skip`: listed in the manifest's `skipped`); two images of one stem in
+one class folder (`dog/a.png`, `dog/a.jpg`, one source_id) are refused, as by the pairs
+converter.
 """
 
 from __future__ import annotations
@@ -13,8 +21,9 @@ import os
 
 import numpy as np
 
+from keras_dense.data.converters.image_mask_pairs import refuse_duplicate_stems
 from keras_dense.data.errors import BadInputError
-from keras_dense.data.image_io import list_images, read_image_file
+from keras_dense.data.image_io import IMAGE_EXTENSIONS, list_images, read_image_file
 from keras_dense.data.schema import Record
 from keras_dense.data.writer import write_dataset
 
@@ -36,7 +45,52 @@ def class_folders(root: str) -> list[str]:
         raise BadInputError(
             root, "no class sub-folders: expected ROOT/CLASS_NAME/image files, one per class"
         )
+    for name in names:
+        if name.lower() == "background":
+            raise BadInputError(
+                os.path.join(root, name),
+                f"class folder {name!r}: 'background' is not a class of image labels (a class "
+                "list starting with it reads as a segmentation list, shifting every label); "
+                "rename the folder or leave it out of --root",
+            )
     return names
+
+
+def unconverted_entries(folder: str) -> list[dict]:
+    """What a class folder holds besides its images, each with the reason it is not converted.
+
+    Args:
+        folder: A class folder.
+
+    Returns:
+        `{"input", "reason"}` for every non-hidden sub-folder (with its file count) and every
+        non-hidden file without an image extension.
+    """
+    name = os.path.basename(folder)
+    found = []
+    for entry in sorted(os.listdir(folder)):
+        path = os.path.join(folder, entry)
+        if entry.startswith("."):
+            continue
+        if os.path.isdir(path):
+            count = sum(len(files) for _, _, files in os.walk(path))
+            found.append(
+                {
+                    "input": path,
+                    "reason": f"a folder inside the class folder {name!r} ({count} file"
+                    f"{'s' if count != 1 else ''}): not converted; images go directly in "
+                    "ROOT/CLASS_NAME/ (move them up, or make the folder a class of its own)",
+                }
+            )
+        elif not entry.lower().endswith(IMAGE_EXTENSIONS):
+            found.append(
+                {
+                    "input": path,
+                    "reason": "not an image file this converter reads (expected one of "
+                    f"{', '.join(IMAGE_EXTENSIONS)}): not converted",
+                }
+            )
+    return found
 
 
 def convert_folders(
@@ -71,6 +125,8 @@ def convert_folders(
     skipped: list[dict] = []
     for label, name in enumerate(names, start=1):
         files = list_images(os.path.join(root, name))
+        refuse_duplicate_stems(files, f"its source_id {name}/STEM")
+        skipped += unconverted_entries(os.path.join(root, name))
         if not files:
             skipped.append(
                 {

@@ -14,11 +14,14 @@ def file_stem(path: str) -> str:
     return os.path.splitext(os.path.basename(path))[0]
 
 
-def refuse_duplicate_stems(image_files: list[str]) -> None:
+def refuse_duplicate_stems(
+    image_files: list[str], names: str = "its mask and its source_id"
+) -> None:
     """Two images with one stem (`a.png`, `a.jpg`) would share one mask and one source_id.
 
     Args:
         image_files: The image paths.
+        names: What the stem names, for the message.
 
     Raises:
         BadInputError: Naming the first clash.
@@ -33,7 +36,7 @@ def refuse_duplicate_stems(image_files: list[str]) -> None:
         raise BadInputError(
             paths[0],
             f"images {' and '.join(paths)} share the stem {stem!r}{more}: each image needs "
-            "its own stem, which names its mask and its source_id; rename or remove one",
+            f"its own stem, which names {names}; rename or remove one",
         )
 
 

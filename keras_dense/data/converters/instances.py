@@ -13,18 +13,28 @@ must have pixels (a gap is an error naming the id). Instance k becomes box k - 1
 
 A mask of background only gives a record without boxes (an image with no object).
 
-A classes file is a CSV of `STEM,INSTANCE_ID,CLASS` lines (blank lines and `#` comments are
-skipped). `STEM` may be `*` (any image) and `INSTANCE_ID` may be `*` (any instance); the most
-specific line wins: `STEM,ID` over `STEM,*` over `*,ID` over `*,*`. So `*,*,person` alone
-labels everything, and `FudanPed00001,2,bicycle` overrides one instance. The class list is the
-classes in order of their first appearance in the file; box label = index + 1 (the manifest's
-`box_label_offset` is 1, as for COCO and VOC detection).
+A classes file is a UTF-8 CSV of `STEM,INSTANCE_ID,CLASS` lines (a byte-order mark is
+ignored; blank lines and `#` comments are skipped). `STEM` may be `*` (any image) and
+`INSTANCE_ID` may be `*` (any instance); the most specific line wins: `STEM,ID` over `STEM,*`
+over `*,ID` over `*,*`. So `*,*,person` alone labels everything, and `FudanPed00001,2,bicycle`
+overrides one instance. The class list is the classes in order of their first appearance in
+the file; box label = index + 1 (the manifest's `box_label_offset` is 1, as for COCO and VOC
+detection). "background" is not a class (it is id 0 of the masks, and a class list starting
+with it reads as a segmentation list). Every line must label at least one instance: a line
+whose stem or id matches nothing (a typo), or whose instances all have a more specific line, is
+an error naming the file and line (`--on-error skip`: listed in the manifest's `skipped`, and
+a class named only by such lines is left out of the class list).
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
+import difflib
+import io
 import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -64,26 +74,61 @@ def instance_boxes(ids: np.ndarray, num_instances: int) -> np.ndarray:
     return np.stack([ymin, xmin, ymax, xmax], axis=1).astype(np.float32)
 
 
-def read_instance_classes(path: str) -> tuple[list[str], dict[tuple[str, str], str]]:
+BACKGROUND = "background"
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassLine:
+    """One `STEM,INSTANCE_ID,CLASS` line of a classes file.
+
+    Attributes:
+        where: `FILE line N`.
+        text: The line as written.
+        key: `(stem, instance id)`, `"*"` wildcards kept, the id without leading zeros.
+        name: The class.
+    """
+
+    where: str
+    text: str
+    key: tuple[str, str]
+    name: str
+
+
+def _decode_classes_file(path: str) -> str:
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise BadInputError(
+            path,
+            f"not UTF-8 text (byte {data[err.start]:#04x} at line {line}); save the classes "
+            "file as UTF-8",
+        ) from None
+
+
+def read_instance_class_lines(path: str) -> list[ClassLine]:
     """Reads a classes file of `STEM,INSTANCE_ID,CLASS` lines (see the module docstring).
 
     Args:
-        path: The CSV file.
+        path: The CSV file (UTF-8; a byte-order mark is ignored).
 
     Returns:
-        `(names, table)`: the class names in order of first appearance, and
-        `{(stem, instance_id): class}` with `"*"` wildcards kept as keys.
+        Its lines, in order.
 
     Raises:
-        BadInputError: The file is missing, a line is malformed, or a key repeats with
-            another class.
+        BadInputError: The file is missing or not UTF-8, a line is malformed, names the
+            background (class "background" or instance id 0), or a key repeats with another
+            class; the file and line are named.
     """
     if not os.path.isfile(path):
         raise BadInputError(path, "--classes-file: no such file")
-    names: list[str] = []
-    table: dict[tuple[str, str], str] = {}
-    with open(path, newline="") as f:
-        for number, row in enumerate(csv.reader(f), start=1):
+    lines: list[ClassLine] = []
+    given: dict[tuple[str, str], str] = {}
+    reader = csv.reader(io.StringIO(_decode_classes_file(path), newline=""))
+    try:
+        for number, row in enumerate(reader, start=1):
             if not row or not "".join(row).strip() or row[0].lstrip().startswith("#"):
                 continue
             where = f"{path} line {number}"
@@ -93,28 +138,132 @@ def read_instance_classes(path: str) -> tuple[list[str], dict[tuple[str, str], s
                     where, f"{','.join(row)!r}: expected STEM,INSTANCE_ID,CLASS ('*' wildcards)"
                 )
             stem, instance, name = fields
+            if instance.isdigit() and int(instance) == 0:
+                raise BadInputError(
+                    where,
+                    "instance id 0 is the background of the masks, not an instance: expected "
+                    "an id in [1, 255] or '*'",
+                )
             if instance != WILDCARD and not (instance.isdigit() and 1 <= int(instance) <= 255):
                 raise BadInputError(
                     where, f"instance id {instance!r}: expected an integer in [1, 255] or '*'"
                 )
-            key = (stem, instance if instance == WILDCARD else str(int(instance)))
-            if table.get(key, name) != name:
+            if name.lower() == BACKGROUND:
                 raise BadInputError(
-                    where, f"{stem},{instance} is already given the class {table[key]!r}"
+                    where,
+                    f"class {name!r}: the background is id 0 of the masks, not a class of "
+                    "instances (a detection class list starting with 'background' shifts every "
+                    "label); name the objects' class",
                 )
-            table[key] = name
-            if name not in names:
-                names.append(name)
-    if not names:
+            key = (stem, instance if instance == WILDCARD else str(int(instance)))
+            if given.get(key, name) != name:
+                raise BadInputError(
+                    where, f"{stem},{instance} is already given the class {given[key]!r}"
+                )
+            given[key] = name
+            lines.append(ClassLine(where, ",".join(row), key, name))
+    except csv.Error as err:
+        raise BadInputError(f"{path} line {reader.line_num}", f"unreadable CSV ({err})") from None
+    if not lines:
         raise BadInputError(path, "--classes-file: no STEM,INSTANCE_ID,CLASS line")
+    return lines
+
+
+def class_table(lines: Sequence[ClassLine]) -> tuple[list[str], dict[tuple[str, str], str]]:
+    """`(names, table)`: the classes in order of first appearance and `{key: class}`."""
+    names: list[str] = []
+    table: dict[tuple[str, str], str] = {}
+    for line in lines:
+        table[line.key] = line.name
+        if line.name not in names:
+            names.append(line.name)
     return names, table
 
 
-def _class_of(table: dict[tuple[str, str], str], stem: str, instance: int) -> str | None:
-    for key in ((stem, str(instance)), (stem, WILDCARD), (WILDCARD, str(instance))):
+def read_instance_classes(path: str) -> tuple[list[str], dict[tuple[str, str], str]]:
+    """Reads a classes file (see `read_instance_class_lines`) into `class_table`'s form.
+
+    Returns:
+        `(names, table)`: the class names in order of first appearance, and
+        `{(stem, instance_id): class}` with `"*"` wildcards kept as keys.
+
+    Raises:
+        BadInputError: As `read_instance_class_lines`.
+    """
+    return class_table(read_instance_class_lines(path))
+
+
+def _chosen_key(table, stem: str, instance: int) -> tuple[str, str] | None:
+    for key in (
+        (stem, str(instance)),
+        (stem, WILDCARD),
+        (WILDCARD, str(instance)),
+        (WILDCARD, WILDCARD),
+    ):
         if key in table:
-            return table[key]
-    return table.get((WILDCARD, WILDCARD))
+            return key
+    return None
+
+
+def unused_class_lines(
+    lines: Sequence[ClassLine], instances: dict[str, int]
+) -> list[tuple[ClassLine, str]]:
+    """The lines of a classes file that label no instance, each with the reason.
+
+    Args:
+        lines: The classes file's lines.
+        instances: Number of instances of each image, by stem.
+
+    Returns:
+        `(line, reason)` for every line that is the chosen (most specific) line of no
+        instance, in file order.
+    """
+    _, table = class_table(lines)
+    used = {
+        _chosen_key(table, stem, k)
+        for stem, count in instances.items()
+        for k in range(1, count + 1)
+    }
+    most = max(instances.values(), default=0)
+    unused = []
+    for line in lines:
+        if line.key in used:
+            continue
+        stem, instance = line.key
+        if stem != WILDCARD and stem not in instances:
+            close = difflib.get_close_matches(stem, list(instances), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            why = f"no image has the stem {stem!r}{hint}"
+        elif stem != WILDCARD and instance != WILDCARD and int(instance) > instances[stem]:
+            count = instances[stem]
+            why = f"{stem} has {count} instance{'s' if count != 1 else ''}"
+        elif stem == WILDCARD and instance != WILDCARD and int(instance) > most:
+            why = f"no image has {instance} instances (the most is {most})"
+        elif stem != WILDCARD and instances[stem] == 0:
+            why = f"{stem}'s mask has no instance"
+        else:
+            why = "every instance it matches has a more specific line"
+        unused.append((line, f"{line.text!r} matches no instance: {why}; fix or remove the line"))
+    return unused
+
+
+def _instance_counts(pairs: Sequence[tuple[str, str]], workers: int) -> dict[str, int]:
+    """Largest instance id of each readable mask, by image stem (unreadable masks: left out,
+    they are named when their pair is converted)."""
+
+    def count(pair):
+        try:
+            return file_stem(pair[0]), int(read_mask_file(pair[1]).max(initial=0))
+        except BadInputError:
+            return None
+
+    with ThreadPoolExecutor(max(int(workers), 1)) as pool:
+        return dict(found for found in pool.map(count, pairs) if found is not None)
+
+
+def _class_of(table: dict[tuple[str, str], str], stem: str, instance: int) -> str | None:
+    key = _chosen_key(table, stem, instance)
+    return None if key is None else table[key]
 
 
 def read_instance_ids(
@@ -201,13 +350,27 @@ def convert_instances(
     if not 1 <= max_instances <= 255:
         raise ValueError(f"max_instances={max_instances}: expected an integer in [1, 255]")
     if classes_file is not None:
-        names, table = read_instance_classes(classes_file)
+        lines = read_instance_class_lines(classes_file)
     else:
         class_name = "object" if class_name is None else class_name.strip()
         if not class_name:
             raise ValueError("--class-name: expected a non-empty name")
+        if class_name.lower() == BACKGROUND:
+            raise ValueError(
+                f"--class-name {class_name!r}: the background is id 0 of the masks, not a class "
+                "of instances; name the objects' class"
+            )
         names, table = [class_name], {(WILDCARD, WILDCARD): class_name}
     pairs, skipped = pair_images_with_masks(images, masks, mask_suffix, split_file)
+    if classes_file is not None:
+        unused = unused_class_lines(lines, _instance_counts(pairs, workers))
+        if unused and on_error == "fail":
+            line, reason = unused[0]
+            more = f" ({len(unused) - 1} more unused lines)" if len(unused) > 1 else ""
+            raise BadInputError(line.where, reason + more)
+        skipped = [{"input": line.where, "reason": reason} for line, reason in unused] + skipped
+        dropped = {line.where for line, _ in unused}
+        names, table = class_table([line for line in lines if line.where not in dropped])
 
     def make(pair: tuple[str, str]) -> Record:
         image_path, mask_path = pair
