@@ -197,3 +197,55 @@ def test_manifest_counts_every_file_once(tmp_path):
     assert ids == ["cat/a", "cat/b", "dog/a"] and len(set(ids)) == len(records)
     assert json.loads((tmp_path / "o.json").read_text())["images_per_class"] == {"cat": 2, "dog": 1}
     assert manifest["skipped"] == []
+
+
+# -------------------------------------------- one-name-per-line classes files and split files
+
+
+@pytest.fixture
+def pairs_folder(tmp_path):
+    from data_fixtures import make_pairs_folder
+
+    make_pairs_folder(tmp_path, n=3, num_classes=3, seed=2)
+    return tmp_path
+
+
+def test_a_bom_in_a_classes_file_does_not_rename_the_background(pairs_folder):
+    from keras_dense.data import convert_pairs
+
+    path = pairs_folder / "classes.txt"
+    path.write_bytes("background\ncat\ndog\n".encode("utf-8-sig"))
+    manifest = convert_pairs(
+        str(pairs_folder / "images"),
+        str(pairs_folder / "masks"),
+        str(pairs_folder / "o"),
+        classes_file=str(path),
+        progress=False,
+    )
+    # "\ufeffbackground" would be read as an object class by detection and classification.
+    assert manifest["classes"] == ["background", "cat", "dog"]
+    path.write_bytes(b"background\ncaf\xe9\n")
+    with pytest.raises(ValueError, match=r"classes\.txt: not UTF-8 text .*at line 2"):
+        convert_pairs(
+            str(pairs_folder / "images"),
+            str(pairs_folder / "masks"),
+            str(pairs_folder / "o2"),
+            classes_file=str(path),
+            progress=False,
+        )
+
+
+def test_a_bom_in_a_split_file_does_not_drop_its_first_stem(pairs_folder):
+    from keras_dense.data import convert_pairs
+
+    split = pairs_folder / "split.txt"
+    split.write_bytes("img00\nimg01\n".encode("utf-8-sig"))
+    manifest = convert_pairs(
+        str(pairs_folder / "images"),
+        str(pairs_folder / "masks"),
+        str(pairs_folder / "o"),
+        classes="a,b,c",
+        split_file=str(split),
+        progress=False,
+    )
+    assert manifest["num_images"] == 2 and manifest["skipped"] == []

@@ -29,6 +29,28 @@ VOC_CLASSES = (
 )
 
 
+def read_text_lines(path: str, what: str) -> list[str]:
+    """The lines of a UTF-8 text file (a byte-order mark, as Excel and Notepad write, ignored).
+
+    Args:
+        path: The file.
+        what: What the file is, for the message (e.g. "--classes-file").
+
+    Raises:
+        ValueError: The file is not UTF-8 (naming it and the line).
+    """
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        return data.decode("utf-8-sig").splitlines()
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise ValueError(
+            f"{what} {path}: not UTF-8 text (byte {data[err.start]:#04x} at line {line}); "
+            "save it as UTF-8"
+        ) from None
+
+
 def resolve_classes(
     classes: Sequence[str] | str | None, classes_file: str | None
 ) -> list[str] | None:
@@ -42,7 +64,8 @@ def resolve_classes(
         The names, or None when neither is given.
 
     Raises:
-        ValueError: Both are given, a name repeats, or the list is empty.
+        ValueError: Both are given, a name repeats, the list is empty, or the file is not
+            UTF-8.
         FileNotFoundError: The classes file does not exist.
     """
     if classes is not None and classes_file is not None:
@@ -50,8 +73,9 @@ def resolve_classes(
     if classes_file is not None:
         if not os.path.isfile(classes_file):
             raise FileNotFoundError(f"--classes-file {classes_file}: no such file")
-        with open(classes_file) as f:
-            names = [line.strip() for line in f if line.strip()]
+        names = [
+            line.strip() for line in read_text_lines(classes_file, "--classes-file") if line.strip()
+        ]
     elif classes is not None:
         names = classes.split(",") if isinstance(classes, str) else list(classes)
         names = [n.strip() for n in names if n.strip()]
@@ -76,12 +100,12 @@ def read_split_file(path: str) -> list[str]:
 
     Raises:
         FileNotFoundError: The file does not exist.
+        ValueError: It is not UTF-8.
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"split file {path}: no such file")
     stems = []
-    with open(path) as f:
-        for line in f:
-            if line.strip() and not line.lstrip().startswith("#"):
-                stems.append(line.split()[0])
+    for line in read_text_lines(path, "split file"):
+        if line.strip() and not line.lstrip().startswith("#"):
+            stems.append(line.split()[0])
     return list(dict.fromkeys(stems))
