@@ -18,6 +18,7 @@ import subprocess
 import sys
 
 import keras
+import numpy as np
 import pytest
 
 from keras_dense import apps, cli
@@ -368,3 +369,37 @@ def test_classifier_commands_accept_shards_of_its_class_list(classifier_and_shar
     assert cli.main(tune) == 0
     out = str(tmp_path / "pseudo")
     assert cli.main(["pseudo-label", "--model", model, "--data", shapes, "--output", out]) == 0
+
+
+def test_resume_refuses_shards_whose_class_list_changed(tmp_path):
+    from keras_dense.data import convert_pairs
+    from keras_dense.data.image_io import encode_png
+    from keras_dense.training import train
+
+    convert_shapes(str(tmp_path / "train"), 4, size=32, seed=0, progress=False)
+    convert_shapes(str(tmp_path / "val"), 2, size=32, seed=1, progress=False)
+    recipe_path = write_tiny_unet_recipe(tmp_path / "r.toml", tmp_path, 1, 1, learning_rate=0.01)
+    out = tmp_path / "run"
+    train(load_recipe(str(recipe_path)), str(out), verbose=0)
+    # The same globs now hold shards of another 4-class list (the model's shapes fit).
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 4), ("val", 2)):
+        (tmp_path / split / "images").mkdir(parents=True)
+        (tmp_path / split / "masks").mkdir()
+        for i in range(count):
+            image = rng.integers(0, 255, (32, 32, 3)).astype("uint8")
+            mask = rng.integers(0, 4, (32, 32)).astype("uint8")
+            (tmp_path / split / "images" / f"p{i}.png").write_bytes(encode_png(image))
+            (tmp_path / split / "masks" / f"p{i}.png").write_bytes(encode_png(mask))
+        convert_pairs(
+            str(tmp_path / split / "images"),
+            str(tmp_path / split / "masks"),
+            str(tmp_path / split),
+            classes="background,cat,dog,bird",
+            progress=False,
+        )
+    longer = load_recipe(str(recipe_path), ["training.epochs=2"])
+    with pytest.raises(RecipeError, match=r"circle.*cat|cat.*circle") as err:
+        train(longer, str(out), verbose=0)
+    assert "--output" in str(err.value)
+    assert _state_epoch(out) == 1 and len(_csv_rows(out)) == 1

@@ -71,12 +71,15 @@ class EpochBackup(keras.callbacks.Callback):
     Args:
         backup_dir: Folder of the state (created when missing).
         keep: Number of epoch weight files kept (older ones are removed).
+        run: JSON-ready facts about the run saved with every state (e.g. `classes`), for
+            the checks of a resume.
     """
 
-    def __init__(self, backup_dir: str, keep: int = 1):
+    def __init__(self, backup_dir: str, keep: int = 1, run: dict | None = None):
         super().__init__()
         self.backup_dir = backup_dir
         self.keep = max(int(keep), 1)
+        self.run = dict(run or {})
 
     def on_train_begin(self, logs=None):
         # Files of a save interrupted by a crash (they never got their final name).
@@ -92,7 +95,7 @@ class EpochBackup(keras.callbacks.Callback):
         temporary = os.path.join(self.backup_dir, f"tmp-{os.getpid()}-{name}")
         self.model.save_weights(temporary, overwrite=True)
         os.replace(temporary, final)
-        state = {"epoch": epoch + 1, "weights": name, "logs": _json_logs(logs)}
+        state = {**self.run, "epoch": epoch + 1, "weights": name, "logs": _json_logs(logs)}
         atomic_write_bytes(
             os.path.join(self.backup_dir, STATE_FILE), json.dumps(state).encode() + b"\n"
         )

@@ -113,6 +113,40 @@ def check_resume(run_dir: str, recipe: dict) -> None:
         )
 
 
+def check_resumed_classes(run_dir: str, classes: list[str]) -> None:
+    """Refuses to resume a run on shards whose class list is not the one it was trained on.
+
+    The same recipe can point at shards that were converted again with other classes; the
+    saved weights would then go on learning other labels under the old names.
+
+    Args:
+        run_dir: The run folder.
+        classes: The class list of this run's shards (`data_classes`).
+
+    Raises:
+        RecipeError: The saved state (or, for states of older versions, the best model's card)
+            names other classes.
+    """
+    state = backup.read_state(os.path.join(run_dir, BACKUP_DIR))
+    if state is None:
+        return
+    saved, source = state.get("classes"), os.path.join(run_dir, BACKUP_DIR, backup.STATE_FILE)
+    card_path = os.path.join(run_dir, os.path.splitext(BEST_MODEL)[0] + ".json")
+    if saved is None and os.path.isfile(card_path):
+        try:
+            with open(card_path) as f:
+                saved, source = json.load(f).get("classes"), card_path
+        except (OSError, json.JSONDecodeError):
+            saved = None
+    if saved is not None and list(saved) != list(classes):
+        raise RecipeError(
+            f"{run_dir} holds a run trained on the classes {list(saved)} ({source}), but the "
+            f"shards of data.train / data.validation now have {list(classes)}: resuming would "
+            "train the saved weights on other labels; train into another --output to start a "
+            "new run, or point the recipe back at the shards of this run"
+        )
+
+
 def _toml_value(value) -> str:
     return json.dumps(value) if not isinstance(value, bool) else str(value).lower()
 
@@ -173,6 +207,7 @@ def _train_locked(recipe: dict, run_dir: str, strategy, info, verbose, start) ->
     check_patterns(recipe)
     keras.utils.set_random_seed(recipe["seed"])
     classes = data_classes(data, task)
+    check_resumed_classes(run_dir, classes)
 
     previous_policy = keras.config.dtype_policy()
     if training["mixed_precision"]:
@@ -250,7 +285,9 @@ def _train_locked(recipe: dict, run_dir: str, strategy, info, verbose, start) ->
     # Last but one, so that a saved state implies every other output of its epoch was
     # written; then the CSV row, so that a row implies its epoch's state (which holds the
     # epoch's logs: a crash between the two loses nothing, see reconcile_history).
-    callback_list.append(backup.EpochBackup(os.path.join(run_dir, BACKUP_DIR)))
+    callback_list.append(
+        backup.EpochBackup(os.path.join(run_dir, BACKUP_DIR), run={"classes": classes})
+    )
     callback_list.append(callbacks.MetricsLog(csv_path))
 
     if verbose is None:
