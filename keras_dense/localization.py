@@ -476,10 +476,13 @@ def write_pseudo_labels(
     from keras_dense.data.image_io import encode_png, sniff_format
     from keras_dense.data.records_dataset import records_dataset
     from keras_dense.data.schema import Record, parse_serialized
-    from keras_dense.data.writer import write_dataset
+    from keras_dense.data.tfrecord_files import resolve_files
+    from keras_dense.data.writer import refuse_overlap, write_dataset
     from keras_dense.utils.normalization import normalize
 
     threshold = _check_threshold(threshold)
+    inputs = resolve_files(pattern)
+    refuse_overlap(output, num_shards, inputs)  # before reading: never onto its own input
     classes = list(classes)
     offset = mask_offset(pattern)
     serialized = list(records_dataset(pattern, False).as_numpy_iterator())
@@ -528,4 +531,5 @@ def write_pseudo_labels(
             }
         },
         progress=progress,
+        read_from=inputs,
     )

@@ -10,7 +10,7 @@ import tensorflow as tf
 from keras_dense.data.decode import decode_image
 from keras_dense.data.errors import BadInputError
 from keras_dense.data.schema import parse_serialized
-from keras_dense.data.tfrecord_files import resolve_files
+from keras_dense.data.tfrecord_files import check_files, resolve_files
 
 
 def decode_record(serialized: bytes, source: str = "<record>") -> dict:
@@ -98,19 +98,30 @@ def _decode_instance_masks(
     return masks
 
 
-def read_examples(file_pattern: str | Sequence[str]) -> Iterator[dict]:
+def read_examples(file_pattern: str | Sequence[str], verify: bool = True) -> Iterator[dict]:
     """Yields every record of the matching shards, in file order, as NumPy arrays.
+
+    Before the first record, the shards are checked as training checks them
+    (`tfrecord_files.check_files`, once per call, with the same verification cache): framing,
+    record counts and SHA-256 against the manifest, and the set on disk against the manifest
+    (no shard missing, none left over), so `evaluate`, `tune-crf`, `predict` and the other
+    readers never score a partial or altered set.
 
     Args:
         file_pattern: A glob pattern (or list of patterns) of TFRecord files.
+        verify: Check the shards first; False reads them as they are.
 
     Yields:
         Dicts as described in `decode_record`.
 
     Raises:
-        BadInputError: No file matches, or a file is truncated or corrupt (named).
+        BadInputError: No file matches, a file is truncated, corrupt or unlike its manifest,
+            or the set is incomplete (named).
     """
-    for path in resolve_files(file_pattern):
+    files = resolve_files(file_pattern)
+    if verify:
+        check_files(files)
+    for path in files:
         index = 0
         try:
             for serialized in tf.data.TFRecordDataset(path):

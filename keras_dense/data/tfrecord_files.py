@@ -13,6 +13,18 @@ deliberate `os.utime`, is not noticed); a cache that cannot be written is not an
 shard is then checked at every start). Cache files are written under a temporary name (with
 the PID) and renamed, so concurrent workers never read a half-written entry.
 
+A manifest is checked against the set on disk before any of its shards is trusted: every shard
+it lists must exist, no other shard named like the set (`NAME-*-of-*.tfrecord`, e.g. a leftover
+of a conversion with another shard count) may sit beside them, and its entries must be whole
+(a `shards` list of distinct files whose record counts add up to `num_images`). A pattern may
+select a subset of an intact set; a damaged set is refused, naming the file and the manifest.
+A JSON beside the shards that is not a shard manifest (no `format` of ours, no `shards`; e.g.
+another tool's `train.json`) is ignored.
+
+Before listing or checking shards, an unfinished commit of their set (a writer killed during
+its renames, `shard_commit`) is finished or rolled back, with a warning; a live one is waited
+for.
+
 Remote shards (`gs://`, `s3://`, `hdfs://`, anything with a URL scheme other than `file://`)
 are not read up front: a full check would download every shard at every start. Their
 damage shows up when the records are read (TensorFlow's `DataLossError`); run `check_files`
@@ -21,6 +33,7 @@ on a local copy, or with `remote=True`, to check them fully.
 
 from __future__ import annotations
 
+import fnmatch
 import glob
 import hashlib
 import json
@@ -31,8 +44,10 @@ from collections.abc import Sequence
 from typing import BinaryIO
 
 from keras_dense.data.errors import BadInputError
+from keras_dense.data.shard_commit import JOURNAL_SUFFIX, settle, shard_set_glob
 
-_SHARD = re.compile(r"^(?P<stem>.+)-\d{5}-of-\d{5}\.tfrecord$")
+MANIFEST_FORMAT = "keras_dense.tfrecords/1"
+_SHARD = re.compile(r"^(?P<stem>.+)-\d{5}-of-(?P<count>\d{5})\.tfrecord$")
 _SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 CACHE_VERSION = 1
 
@@ -57,7 +72,8 @@ def resolve_files(file_pattern: str | Sequence[str]) -> list[str]:
         The matching files, sorted, without duplicates.
 
     Raises:
-        BadInputError: A pattern matches no file.
+        BadInputError: A pattern matches no file, or an interrupted commit of a matching shard
+            set cannot be settled (see `shard_commit`).
     """
     patterns = [file_pattern] if isinstance(file_pattern, (str, os.PathLike)) else file_pattern
     files: list[str] = []
@@ -67,11 +83,49 @@ def resolve_files(file_pattern: str | Sequence[str]) -> list[str]:
 
             matched = sorted(tf.io.gfile.glob(str(pattern)))
         else:
+            _settle_commits(str(pattern))
             matched = sorted(glob.glob(str(pattern)))
         if not matched:
             raise BadInputError(str(pattern), "no TFRecord file matches this pattern")
         files.extend(matched)
     return sorted(dict.fromkeys(files))
+
+
+def _settle(journal: str) -> None:
+    """Finishes or rolls back a dead writer's commit, waits for a live one (`shard_commit`)."""
+    try:
+        settle(journal, lambda message: BadInputError(journal, message))
+    except OSError as err:
+        raise BadInputError(
+            journal,
+            f"the commit of this shard set was interrupted and cannot be settled here ({err}); "
+            "read it once with write access to the folder",
+        ) from None
+
+
+def _settle_commits(pattern: str) -> None:
+    """Settles the unfinished commits whose files `pattern` could match."""
+    directory = os.path.dirname(pattern) or "."
+    name = os.path.basename(pattern)
+    for journal in glob.glob(os.path.join(directory, "*" + JOURNAL_SUFFIX)):
+        try:
+            with open(journal) as f:
+                content = json.load(f)
+            names = [e["target"] for e in content["renames"] + content["retired"]]
+            concerned = any(fnmatch.fnmatchcase(os.path.basename(n), name) for n in names)
+        except FileNotFoundError:
+            continue
+        except (OSError, ValueError, KeyError, TypeError):
+            concerned = True  # unreadable: settle it to be safe
+        if concerned:
+            _settle(journal)
+
+
+def _journal_of(shard: str) -> str | None:
+    match = _SHARD.match(os.path.basename(shard))
+    if not match:
+        return None
+    return os.path.join(os.path.dirname(shard), match.group("stem") + JOURNAL_SUFFIX)
 
 
 def scan_framing(path: str) -> int:
@@ -125,8 +179,91 @@ def load_manifest(path: str) -> dict:
     try:
         with open(path) as f:
             return json.load(f)
-    except (OSError, json.JSONDecodeError) as err:
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
         raise BadInputError(path, f"unreadable manifest ({err})") from None
+
+
+def manifest_shards(path: str, manifest: object) -> dict[str, dict] | None:
+    """The shard entries of a manifest by file name, checked for being whole.
+
+    Args:
+        path: The manifest's file (for messages).
+        manifest: Its parsed JSON.
+
+    Returns:
+        `{file name: {"file", "records", "sha256"}}`; None when the JSON is not a shard
+        manifest (neither our `format` nor a `shards` key: another tool's file).
+
+    Raises:
+        BadInputError: A damaged manifest: no `shards` list, a malformed or repeated entry,
+            or record counts that do not add up to `num_images`.
+    """
+    if not isinstance(manifest, dict) or (
+        manifest.get("format") != MANIFEST_FORMAT and "shards" not in manifest
+    ):
+        return None
+    shards = manifest.get("shards")
+    if not isinstance(shards, list) or not shards:
+        raise BadInputError(
+            path, "no 'shards' list: the manifest is damaged (convert the data again)"
+        )
+    entries: dict[str, dict] = {}
+    for index, entry in enumerate(shards):
+        name = entry.get("file") if isinstance(entry, dict) else None
+        records = entry.get("records") if isinstance(entry, dict) else None
+        digest = entry.get("sha256") if isinstance(entry, dict) else None
+        if (
+            not isinstance(name, str)
+            or not name
+            or os.path.basename(name) != name
+            or not (records is None or (type(records) is int and records >= 0))
+            or not (digest is None or isinstance(digest, str))
+        ):
+            raise BadInputError(
+                path,
+                f"shard entry {index} ({json.dumps(entry)[:120]}) is damaged: expected "
+                '{"file": "NAME-0000k-of-0000N.tfrecord", "records": N, "sha256": "..."}',
+            )
+        if name in entries:
+            raise BadInputError(path, f"lists {name} twice: the manifest is damaged")
+        entries[name] = entry
+    counts = [entry.get("records") for entry in shards]
+    total = manifest.get("num_images")
+    if type(total) is int and None not in counts and sum(counts) != total:
+        raise BadInputError(
+            path,
+            f"num_images {total} but its shards hold {sum(counts)} records: the manifest is "
+            "damaged",
+        )
+    return entries
+
+
+def _check_set(path: str, entries: dict[str, dict]) -> None:
+    """The shards on disk are exactly those the manifest `path` lists."""
+    directory = os.path.dirname(path)
+    count = len(entries)
+    listed = sorted(entries)
+    for name in listed:
+        match = _SHARD.match(name)
+        if match and int(match.group("count")) != count:
+            raise BadInputError(path, f"lists {name} among {count} shards: the manifest is damaged")
+    missing = [name for name in listed if not os.path.isfile(os.path.join(directory, name))]
+    if missing:
+        raise BadInputError(
+            os.path.join(directory, missing[0]),
+            f"missing: {path} lists {count} shards and {len(missing)} of them "
+            f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}) are not on disk; "
+            "the shard set is incomplete (copy it again, or convert again)",
+        )
+    stem = path[: -len(".json")]
+    for shard in sorted(glob.glob(shard_set_glob(stem))):
+        if os.path.basename(shard) not in entries:
+            raise BadInputError(
+                shard,
+                f"not listed in {path}, which lists {count} shard(s) ({listed[0]}"
+                f"{', ...' if count > 1 else ''}): a leftover of another conversion? Remove "
+                "it, or convert again",
+            )
 
 
 def _sha256(path: str) -> str:
@@ -208,22 +345,33 @@ def check_files(
         remote: Also read remote shards (`gs://` ...) in full; by default they are skipped.
 
     Raises:
-        BadInputError: Naming the damaged or altered file.
+        BadInputError: Naming the damaged or altered file, a shard missing from its set, a
+            shard its manifest does not list, or a damaged manifest.
     """
-    manifests: dict[str, dict] = {}
+    journals = {_journal_of(path) for path in files if not is_remote(path)}
+    for journal in sorted(j for j in journals if j is not None and os.path.lexists(j)):
+        _settle(journal)
+    manifests: dict[str, dict | None] = {}
     for path in files:
         if is_remote(path):
             if remote:
                 _check_record_crcs(path)
             continue
+        if not os.path.isfile(path):
+            raise BadInputError(path, "no such file (removed after the pattern was expanded?)")
         manifest_file = find_manifest(path) if verify_checksums else None
         entry = None
         if manifest_file is not None:
             if manifest_file not in manifests:
-                manifests[manifest_file] = {
-                    s["file"]: s for s in load_manifest(manifest_file).get("shards", [])
-                }
-            entry = manifests[manifest_file].get(os.path.basename(path))
+                entries = manifest_shards(manifest_file, load_manifest(manifest_file))
+                if entries is not None:
+                    _check_set(manifest_file, entries)
+                manifests[manifest_file] = entries
+            entries = manifests[manifest_file]
+            if entries is None:
+                manifest_file = None
+            else:
+                entry = entries.get(os.path.basename(path))
         want_sha = bool(entry and entry.get("sha256"))
         key = _stat_key(path) if use_cache else None
         cached = _cached(path, key) if use_cache else None

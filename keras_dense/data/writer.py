@@ -15,14 +15,20 @@ import tensorflow as tf
 
 from keras_dense.data.errors import BadInputError
 from keras_dense.data.schema import Record, serialize_record
+from keras_dense.data.shard_commit import (
+    CommitBusyError,
+    commit,
+    journal_path,
+    settle,
+    shard_set_glob,
+)
+from keras_dense.data.tfrecord_files import MANIFEST_FORMAT, is_remote
 from keras_dense.utils.files import (
     remove_quietly,
     remove_stale_temporaries,
     temporary_path,
 )
 from keras_dense.utils.progress import Progress
-
-MANIFEST_FORMAT = "keras_dense.tfrecords/1"
 
 
 def shard_paths(output: str, num_shards: int) -> list[str]:
@@ -67,14 +73,19 @@ def write_dataset(
     skipped: Iterable[dict] = (),
     extra: dict | None = None,
     progress: bool = True,
+    read_from: Sequence[str] = (),
 ) -> dict:
     """Converts `items` into TFRecord shards plus a manifest.
 
     Record `i` goes to shard `i % num_shards`, so the output depends only on the inputs and
-    arguments. Shards and manifest are written under temporary names `*.tmp-PID`; only when
-    all of them are complete are they renamed into place (shards first, the manifest last),
-    and a failed rename puts the earlier files back, so a shard set is never left without its
-    manifest. Temporary files of dead earlier runs to the same name are removed first.
+    arguments. Shards and manifest are written under temporary names `*.tmp-PID` and fsynced;
+    only when all of them are complete are they renamed into place by a journalled commit
+    (`shard_commit.commit`): a failed rename puts the previous set back, and a commit killed
+    half-way (SIGKILL, power loss) is finished or rolled back by the next reader or writer, so
+    a shard set is never torn. Shards of an earlier conversion to the same name with another
+    shard count are removed in the same commit. First, an unfinished commit of a dead earlier
+    run to the same name is settled, and its temporaries and backups (`*.old.tmp-PID`) are
+    removed; those of live processes are kept.
 
     Args:
         output: `DIR/NAME`; shards are `DIR/NAME-0000k-of-0000N.tfrecord`, the manifest
@@ -92,13 +103,16 @@ def write_dataset(
         skipped: Inputs the converter already rejected (`{"input": ..., "reason": ...}`).
         extra: More manifest fields.
         progress: Show a progress bar on a terminal.
+        read_from: The files the items are read from (shards, when converting shards to
+            shards); writing onto any of them is refused before anything is written.
 
     Returns:
         The manifest as a dict.
 
     Raises:
         BadInputError: With `on_error="fail"`, the first bad input; or when no record is usable.
-        ValueError: Bad arguments.
+        ValueError: Bad arguments, or an output whose shard set or manifest is an input.
+        CommitBusyError: Another live process keeps committing the same name.
     """
     if on_error not in ("fail", "skip"):
         raise ValueError(f"on_error={on_error!r}: expected 'fail' or 'skip'")
@@ -108,11 +122,21 @@ def write_dataset(
     if skipped and on_error == "fail":
         first = skipped[0]
         raise BadInputError(first["input"], first["reason"])
+    refuse_overlap(output, num_shards, read_from)
     directory = os.path.dirname(os.path.abspath(output))
     os.makedirs(directory, exist_ok=True)
-    prefix = glob.escape(output)
-    remove_stale_temporaries(prefix + "-*.tfrecord.tmp-*")
-    remove_stale_temporaries(prefix + ".json.tmp-*")
+    # A dead run's unfinished commit first: its temporaries are the files it still needs.
+    # While a live process commits this name, its files are left alone (cleaned next time).
+    if settle(journal_path(output), CommitBusyError, wait=False):
+        prefix = glob.escape(output)
+        for pattern in (
+            shard_set_glob(output) + ".tmp-*",
+            shard_set_glob(output) + ".old.tmp-*",
+            prefix + ".json.tmp-*",
+            prefix + ".json.old.tmp-*",
+            glob.escape(journal_path(output)) + ".tmp-*",
+        ):
+            remove_stale_temporaries(pattern)
     paths = shard_paths(output, num_shards)
     tmp_paths = [temporary_path(p) for p in paths]
     manifest_file = manifest_path(output)
@@ -162,6 +186,7 @@ def write_dataset(
             with open(tmp, "rb") as f:
                 for block in iter(lambda f=f: f.read(1 << 20), b""):
                     digest.update(block)
+                os.fsync(f.fileno())  # complete on disk before the commit journal exists
         manifest = {
             "format": MANIFEST_FORMAT,
             "name": os.path.basename(output),
@@ -185,46 +210,61 @@ def write_dataset(
             f.write((json.dumps(manifest, indent=2) + "\n").encode())
             f.flush()
             os.fsync(f.fileno())
-        _rename_all([*tmp_paths, manifest_tmp], [*paths, manifest_file])
+        commit(output, list(zip([*tmp_paths, manifest_tmp], [*paths, manifest_file])))
     finally:
         bar.close()
         for w in writers:
             w.close()
         for tmp in [*tmp_paths, manifest_tmp]:
             remove_quietly(tmp)
-    _remove_stale_shards(output, paths)
     return manifest
 
 
-def _rename_all(sources: list[str], targets: list[str]) -> None:
-    """Renames every source onto its target, or none: a failure restores the old targets."""
-    backups: list[tuple[str, str | None]] = []
-    try:
-        for source, target in zip(sources, targets):
-            backup = None
-            if os.path.exists(target):
-                backup = temporary_path(target + ".old")
-                os.replace(target, backup)
-            backups.append((target, backup))
-            os.replace(source, target)
-    except BaseException:
-        for target, backup in reversed(backups):
-            if backup is not None:
-                os.replace(backup, target)
-            else:
-                remove_quietly(target)
-        raise
-    for _, backup in backups:
-        if backup is not None:
-            remove_quietly(backup)
+def refuse_overlap(output: str, num_shards: int, read_from: Sequence[str]) -> None:
+    """Refuses an output that would write, replace or remove one of the files being read.
 
+    The output's files are its new shards, its manifest, its commit journal and every shard
+    already named like the set's (an earlier conversion with another shard count, removed by
+    the commit). Paths are compared after resolving links, and by file identity.
 
-def _remove_stale_shards(output: str, keep: list[str]) -> None:
-    """Removes shards of an earlier conversion to the same name with another shard count."""
-    keep_set = {os.path.abspath(p) for p in keep}
-    for path in glob.glob(glob.escape(output) + "-[0-9][0-9][0-9][0-9][0-9]-of-*.tfrecord"):
-        if os.path.abspath(path) not in keep_set:
-            os.remove(path)
+    Args:
+        output: `DIR/NAME` of the shard set to write.
+        num_shards: Its number of shards.
+        read_from: The input files.
+
+    Raises:
+        ValueError: Naming the output, the file and the input that matched it.
+    """
+    by_path: dict[str, str] = {}
+    by_id: dict[tuple[int, int], str] = {}
+    for path in read_from:
+        if is_remote(str(path)):
+            continue
+        by_path[os.path.realpath(path)] = str(path)
+        try:
+            stat = os.stat(path)
+        except OSError:
+            continue
+        by_id[(stat.st_dev, stat.st_ino)] = str(path)
+    if not by_path:
+        return
+    written = [
+        *shard_paths(output, num_shards),
+        manifest_path(output),
+        journal_path(output),
+        *sorted(glob.glob(shard_set_glob(output))),
+    ]
+    for path in written:
+        hit = by_path.get(os.path.realpath(path))
+        if hit is None and os.path.exists(path):
+            stat = os.stat(path)
+            hit = by_id.get((stat.st_dev, stat.st_ino))
+        if hit is not None:
+            raise ValueError(
+                f"output {output}: {path} is also an input (read as {hit}); writing this "
+                "shard set would replace or remove the data being read. Choose another output "
+                "name (nothing was written)"
+            )
 
 
 def summarize(manifest: dict) -> str:

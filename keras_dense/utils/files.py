@@ -1,7 +1,10 @@
 """Writing files so that a crash never leaves a half-written file where a complete one belongs.
 
-Every temporary file is named `TARGET.tmp-PID`, so a later run can tell the debris of a dead
-process (removed by `remove_stale_temporaries`) from the work of a live one (kept).
+Every temporary file is named `TARGET.tmp-PID` (a backup of a replaced file `TARGET.old.tmp-PID`),
+so a later run can tell the debris of a dead process (removed by `remove_stale_temporaries`)
+from the work of a live one (kept). Files that must name their writer for good (a commit
+journal) record `process_identity()`: the PID, the host and the process's start time, which
+tells a reused PID from the writer.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ import contextlib
 import glob
 import os
 import re
+import socket
 
 _TMP_SUFFIX = re.compile(r"\.tmp-(\d+)$")
 
@@ -30,6 +34,52 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:  # exists, owned by someone else
         return True
     return True
+
+
+def _proc_stat(pid: int) -> tuple[str, int] | None:
+    """`(state, start time in clock ticks since boot)` of a process, from `/proc`; else None."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+        fields = data[data.rindex(b")") + 2 :].split()
+        return fields[0].decode(), int(fields[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def process_start_time(pid: int) -> int | None:
+    """When a process started (clock ticks since boot, Linux `/proc`), or None where unknown.
+
+    With the PID it names one process for good: a PID reused later has another start time.
+    """
+    stat = _proc_stat(pid)
+    return None if stat is None else stat[1]
+
+
+def process_identity() -> dict:
+    """This process as `{"pid", "host", "start"}`, to record in files that others check."""
+    pid = os.getpid()
+    return {"pid": pid, "host": socket.gethostname(), "start": process_start_time(pid)}
+
+
+def identity_alive(identity: dict) -> bool:
+    """Whether the process a `process_identity` record names may still be running.
+
+    A record from another host is assumed alive (its processes cannot be seen from here). On
+    this host the PID must exist, not be a zombie, and, where both are known, have the
+    recorded start time (otherwise the PID was reused by another process).
+    """
+    if identity.get("host") not in (None, socket.gethostname()):
+        return True
+    pid = identity.get("pid")
+    if not isinstance(pid, int) or not pid_alive(pid):
+        return False
+    stat = _proc_stat(pid)
+    if stat is None:
+        return True
+    state, start = stat
+    recorded = identity.get("start")
+    return state != "Z" and (recorded is None or recorded == start)
 
 
 def remove_stale_temporaries(pattern: str) -> list[str]:
