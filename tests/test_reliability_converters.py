@@ -66,7 +66,10 @@ def _labels(root) -> dict[str, list[str]]:
 @pytest.mark.parametrize(
     ("line", "why"),
     [
-        ("aa,1,bicycle", r"line 2: 'aa,1,bicycle' matches no instance: no image has the stem 'aa'"),
+        (
+            "aa,1,bicycle",
+            r"line 2: 'aa,1,bicycle' matches no instance: no image with a mask has the stem 'aa'",
+        ),
         ("b,2,bicycle", r"line 2: 'b,2,bicycle' matches no instance: b has 1 instance"),
         ("*,7,bicycle", r"line 2: '\*,7,bicycle' matches no instance: no image has 7 instances"),
         ("b,*,bicycle\nb,1,dog", r"line 2: 'b,\*,bicycle' matches no instance: every instance"),

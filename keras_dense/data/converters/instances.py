@@ -233,7 +233,7 @@ def unused_class_lines(
         if stem != WILDCARD and stem not in instances:
             close = difflib.get_close_matches(stem, list(instances), n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            why = f"no image has the stem {stem!r}{hint}"
+            why = f"no image with a mask has the stem {stem!r}{hint}"
         elif stem != WILDCARD and instance != WILDCARD and int(instance) > instances[stem]:
             count = instances[stem]
             why = f"{stem} has {count} instance{'s' if count != 1 else ''}"
