@@ -7,17 +7,51 @@ from collections.abc import Sequence
 import tensorflow as tf
 
 from keras_dense.data.decode import decode_image
+from keras_dense.data.detection_records import MIN_RESIZED_SIDE, excluding
 from keras_dense.data.records_dataset import AUTOTUNE, records_dataset, with_seeds
 from keras_dense.data.schema import parse_serialized
 from keras_dense.utils.normalization import check_mode, normalize
 
 
 def fast_rcnn_scale(height: tf.Tensor, width: tf.Tensor, min_size: int, max_size: int):
-    """The resize factor: shorter side to `min_size`, longer side at most `max_size`."""
+    """The resize factor: shorter side to `min_size`, longer side at most `max_size`.
+
+    An image so elongated that the resize leaves its shorter side below `MIN_RESIZED_SIDE`
+    pixels (an 8 x 4000 strip: the detector would see no feature row and return nothing) is
+    an error naming its size and, for a batch, its positions; crop or tile such images.
+
+    Args:
+        height: Image height(s), a scalar or (N,) tensor.
+        width: Image width(s), same shape.
+        min_size: Target shorter side.
+        max_size: Cap on the longer side.
+
+    Returns:
+        The factor(s), float32, shaped like `height`.
+    """
     h = tf.cast(height, tf.float32)
     w = tf.cast(width, tf.float32)
     scale = min_size / tf.minimum(h, w)
-    return tf.minimum(scale, max_size / tf.maximum(h, w))
+    scale = tf.minimum(scale, max_size / tf.maximum(h, w))
+    shorter = tf.round(tf.minimum(h, w) * scale)
+    thin = tf.reshape(shorter < MIN_RESIZED_SIDE, [-1])
+    check = tf.debugging.Assert(
+        tf.logical_not(tf.reduce_any(thin)),
+        [
+            "image(s) at batch position(s)",
+            tf.where(thin)[:, 0],
+            "of height",
+            tf.boolean_mask(tf.reshape(h, [-1]), thin),
+            "and width",
+            tf.boolean_mask(tf.reshape(w, [-1]), thin),
+            f"are too elongated for the detector: resized (shorter side to {min_size}, longer "
+            f"side at most {max_size}) their shorter side falls below the minimum side of "
+            f"{MIN_RESIZED_SIDE} px (the feature stride), so nothing could be detected; crop or "
+            f"tile them to an aspect ratio of at most {max_size / MIN_RESIZED_SIDE:g}:1",
+        ],
+    )
+    with tf.control_dependencies([check]):
+        return tf.identity(scale)
 
 
 def _pad_rows(values: tf.Tensor, rows: int) -> tf.Tensor:
@@ -96,6 +130,7 @@ def detection_dataset(
     verify: bool = True,
     instance_masks: bool = False,
     max_instances: int | None = None,
+    exclude: Sequence[int] = (),
 ) -> tf.data.Dataset:
     """Batches of images with padded boxes, labels and proposals.
 
@@ -134,6 +169,8 @@ def detection_dataset(
         max_instances: Rows of the padded mask tensor (default `max_boxes`; at most
             `max_boxes`); an image with more boxes is an error. Lower it to bound memory:
             a batch holds `B * max_instances * H * W` bytes of masks.
+        exclude: Records to leave out, by `detection_records.record_key` (the bad records
+            that `detection_records.leave_out` lists with `data.on_error = "skip"`).
 
     Returns:
         A dataset of dicts: `images` (B,H,W,3) float32, `image_shape` (B,2) int32, `scale`
@@ -159,6 +196,8 @@ def detection_dataset(
             f"max_instances={max_instances}: expected an integer in [1, max_boxes={max_boxes}]"
         )
     ds = records_dataset(file_pattern, training, seed, deterministic, cache, verify)
+    if len(exclude):
+        ds = ds.filter(excluding(exclude))
     if training:
         ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     ds = with_seeds(ds, seed)

@@ -30,7 +30,8 @@ def decode_record(serialized: bytes, source: str = "<record>") -> dict:
         (`image/object/mask`; (0, H, W) when the record has none).
 
     Raises:
-        BadInputError: The record cannot be parsed, its image/mask cannot be decoded, or its
+        BadInputError: The record cannot be parsed, its image/mask cannot be decoded, its
+            labels (or difficult / crowd flags, when present) are not one per box, or its
             instance masks are not one per box at the image's size.
     """
     try:
@@ -43,15 +44,28 @@ def decode_record(serialized: bytes, source: str = "<record>") -> dict:
             out["mask"] = tf.io.decode_png(parsed["mask_bytes"], channels=1).numpy()[..., 0]
     except (tf.errors.InvalidArgumentError, UnicodeDecodeError) as err:
         raise BadInputError(source, f"undecodable record ({str(err).splitlines()[0]})") from None
+    named = f"{source} ({out['source_id']})" if out["source_id"] else source
     boxes = parsed["boxes"].numpy()
-    if boxes.shape[0] or parsed["labels"].shape[0]:
+    num_boxes = boxes.shape[0]
+    if num_boxes or parsed["labels"].shape[0]:
         out["boxes"] = boxes.astype(np.float32)
         out["labels"] = parsed["labels"].numpy().astype(np.int64)
-        n = len(out["labels"])
-        difficult = parsed["difficult"].numpy()
-        crowd = parsed["is_crowd"].numpy()
-        out["difficult"] = difficult if len(difficult) == n else np.zeros(n, bool)
-        out["is_crowd"] = crowd if len(crowd) == n else np.zeros(n, bool)
+        if len(out["labels"]) != num_boxes:
+            raise BadInputError(
+                named,
+                f"{len(out['labels'])} labels (image/object/class/label) for {num_boxes} boxes: "
+                "expected one 1-based class id per box",
+            )
+        # Absent flags mean "not difficult" / "not crowd"; a list of another length is wrong.
+        for key in ("difficult", "is_crowd"):
+            flags = parsed[key].numpy()
+            if len(flags) not in (0, num_boxes):
+                raise BadInputError(
+                    named,
+                    f"{len(flags)} image/object/{key} flags for {num_boxes} boxes: expected one "
+                    "per box, or none",
+                )
+            out[key] = flags if len(flags) else np.zeros(num_boxes, bool)
     image_labels = parsed["image_labels"].numpy()
     if image_labels.shape[0]:
         out["image_labels"] = image_labels.astype(np.int64)
@@ -59,10 +73,7 @@ def decode_record(serialized: bytes, source: str = "<record>") -> dict:
     if proposals.shape[0]:
         out["proposals"] = proposals.astype(np.float32)
     out["instance_masks"] = _decode_instance_masks(
-        parsed["instance_mask_bytes"].numpy(),
-        out["image"].shape[:2],
-        len(out.get("labels", ())),
-        f"{source} ({out['source_id']})" if out["source_id"] else source,
+        parsed["instance_mask_bytes"].numpy(), out["image"].shape[:2], num_boxes, named
     )
     return out
 

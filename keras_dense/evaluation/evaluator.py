@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 
 from keras_dense.crf import dense_crf
 from keras_dense.crf.card_parameters import card_crf_parameters
 from keras_dense.data import BadInputError, read_examples
 from keras_dense.data.class_lists import check_card_classes, object_classes
+from keras_dense.data.detection_records import check_evaluation_records
 from keras_dense.data.tfrecord_files import resolve_files, scan_framing
 from keras_dense.evaluation.segmentation_metrics import confusion_matrix, segmentation_scores
 from keras_dense.prediction.inference import detect_objects, segment, segment_probabilities
@@ -134,10 +137,30 @@ def evaluate_detection(model, card: dict, pattern: str, use_07_metric: bool = Fa
 
     Returns:
         `{"map", "ap" (class name -> AP), "images"}`.
+
+    Raises:
+        BadInputError: A record is unusable or has labels outside the card's classes, or the
+            shards hold no record or no box (`detection_records.check_evaluation_records`).
     """
+    from keras_dense.detection import proposes_regions
     from keras_dense.evaluation.voc_map import voc_detection_map
 
     check_card_classes(pattern, card, object_classes)
+    reads_proposals = not proposes_regions(model)
+    report = check_evaluation_records(
+        pattern,
+        len(card["classes"]),
+        card.get("min_size", 600),
+        card.get("max_size", 1000),
+        proposals=reads_proposals,
+    )
+    missing = sum(report.without_proposals.values())
+    if reads_proposals and missing:
+        print(
+            f"note: {missing} of {report.records} records of {pattern} have no region "
+            "proposals: selective search proposes regions for them",
+            file=sys.stderr,
+        )
     detections, truths = [], []
     for example in read_examples(pattern):
         height, width = example["image"].shape[:2]

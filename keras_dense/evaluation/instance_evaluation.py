@@ -6,6 +6,7 @@ import numpy as np
 
 from keras_dense.data import BadInputError, read_examples
 from keras_dense.data.class_lists import check_card_classes, object_classes
+from keras_dense.data.detection_records import check_evaluation_records
 from keras_dense.evaluation.coco_map import coco_metrics
 from keras_dense.evaluation.voc_map import voc_detection_map
 from keras_dense.prediction.instances import segment_instances
@@ -61,9 +62,18 @@ def evaluate_instances(
         "voc_ap" (class name -> AP), "coco" ({"bbox": ..., "segm": ...}), "images"}`.
 
     Raises:
-        BadInputError: A record lacks instance masks or its classes differ from the card.
+        BadInputError: A record is unusable (e.g. lacks instance masks, or has labels outside
+            the card's classes), its classes differ from the card, or the shards hold no
+            record or no box (`detection_records.check_evaluation_records`).
     """
     check_card_classes(pattern, card, object_classes)
+    check_evaluation_records(
+        pattern,
+        len(card["classes"]),
+        card.get("min_size", 800),
+        card.get("max_size", 1333),
+        instance_masks=True,
+    )
     detections, truths = [], []
     bar = Progress(total, "evaluating", progress)
     for example in read_examples(pattern):

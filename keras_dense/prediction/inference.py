@@ -13,6 +13,7 @@ import cv2
 import keras
 import numpy as np
 
+from keras_dense.data.detection_records import resize_problem
 from keras_dense.tiling import DEFAULT_TILE_SIZE, predict_tiled
 from keras_dense.utils.normalization import normalize
 from keras_dense.utils.tta import TestTimeAugmentation, scaled_size
@@ -275,8 +276,16 @@ def fast_rcnn_resize(image: np.ndarray, min_size: int, max_size: int):
 
     Returns:
         `(resized image, scale)`.
+
+    Raises:
+        ValueError: The image is so elongated that its resized shorter side would fall below
+            the detector's minimum side (`detection_records.MIN_RESIZED_SIDE`, its feature
+            stride): the detector would see no feature row and return nothing.
     """
     height, width = image.shape[:2]
+    problem = resize_problem(height, width, min_size, max_size)
+    if problem:
+        raise ValueError(problem)
     scale = min(min_size / min(height, width), max_size / max(height, width))
     size = (max(int(round(width * scale)), 1), max(int(round(height * scale)), 1))
     return cv2.resize(image, size, interpolation=cv2.INTER_LINEAR), scale
@@ -303,6 +312,9 @@ def detect_objects(
 
     Returns:
         `{"boxes": (n, 4) yxyx pixels, "scores": (n,), "labels": (n,) 1-based}`.
+
+    Raises:
+        ValueError: The image is too elongated for the detector (see `fast_rcnn_resize`).
     """
     from keras_dense.detection import detect, proposes_regions, selective_search
 

@@ -10,12 +10,20 @@ as JSON. Class names are object classes only: label `i + 1` is `classes[i]`, 0 b
 from __future__ import annotations
 
 import json
+import sys
 
 import numpy as np
 import tensorflow as tf
 
-from keras_dense.data import detection_dataset
+from keras_dense.data import BadInputError, detection_dataset
 from keras_dense.data.class_lists import object_classes
+from keras_dense.data.detection_records import (
+    DetectionRules,
+    check_records,
+    leave_out,
+    refuse,
+    refuse_empty,
+)
 from keras_dense.data.image_io import encode_png
 from keras_dense.detection import proposes_regions
 from keras_dense.evaluation.evaluator import evaluate_detection
@@ -41,14 +49,107 @@ from keras_dense.tasks.task import (
 from keras_dense.utils.errors import RecipeError
 
 
+def _check_proposals(report, pattern: str, recipe: dict, read: bool) -> None:
+    """Refuses (or, when allowed, warns about) Fast R-CNN records without proposals."""
+    data = recipe["data"]
+    missing = sum(report.without_proposals.values()) if read else report.records
+    if not missing:
+        return
+    usable = report.records - len(report.problems)
+    where = (
+        "data.max_proposals = 0 reads none of their proposals"
+        if not read
+        else f"{missing} of {usable} records have no region proposals (image/proposal/bbox/*), "
+        f"e.g. in {min(report.without_proposals)}"
+    )
+    consequence = (
+        f"{recipe['model']['builder']} does not propose regions: on those images it would "
+        "train on the ground-truth boxes as its only RoIs (no background RoIs), while evaluate "
+        "runs selective search"
+    )
+    if not data["allow_missing_proposals"]:
+        raise BadInputError(
+            f"data.train = {pattern!r}",
+            f"{where}; {consequence}. Add proposals (keras-dense convert voc ... --proposals "
+            "selective_search), train a model that proposes its own (faster_rcnn), or set "
+            "data.allow_missing_proposals = true to train so anyway",
+        )
+    print(
+        f"warning: data.train = {pattern!r}: {where}; {consequence} "
+        "(data.allow_missing_proposals = true)",
+        file=sys.stderr,
+    )
+
+
+def check_detection_data(
+    recipe: dict, num_classes: int | None, read_proposals: bool, instance_masks: bool
+) -> list[int]:
+    """Checks every training and validation record once, before the first step.
+
+    See `keras_dense.data.detection_records` for the rules. Bad training records stop the run
+    naming the first (`data.on_error = "fail"`) or are left out with a count
+    (`"skip"`); bad validation records always stop it (the validation scores must cover the
+    whole set). A Fast R-CNN / R-CNN model (`read_proposals`) on records without proposals is
+    refused unless `data.allow_missing_proposals`.
+
+    Args:
+        recipe: The resolved recipe.
+        num_classes: The model's object classes (labels must be in [1, K]).
+        read_proposals: The model takes the records' proposals.
+        instance_masks: The model needs one instance mask per box.
+
+    Returns:
+        The `record_key` of each training record to leave out.
+
+    Raises:
+        BadInputError: A bad record (named), no box at all, or missing proposals.
+    """
+    data = recipe["data"]
+    reads = read_proposals and data["max_proposals"] > 0
+    rules = DetectionRules(
+        num_classes=num_classes,
+        instance_masks=instance_masks,
+        proposals=reads,
+        max_boxes=data["max_boxes"],
+        max_proposals=data["max_proposals"] if reads else None,
+        min_size=data["min_size"],
+        max_size=data["max_size"],
+    )
+    report = check_records(data["train"], rules)
+    if data["on_error"] == "skip":
+        exclude = leave_out(report, "data.train")
+    else:
+        refuse(
+            report,
+            "data.train",
+            ' (data.on_error = "skip", e.g. --set data.on_error=skip, leaves bad records out)',
+        )
+        exclude = []
+    refuse_empty(report, f"data.train = {data['train']!r}", "there is nothing to learn")
+    if read_proposals:
+        _check_proposals(report, data["train"], recipe, reads)
+    if data["validation"]:
+        refuse(
+            check_records(data["validation"], rules),
+            "data.validation",
+            " (validation records are never left out: fix or remove them)",
+        )
+    return exclude
+
+
 def detection_datasets(
     recipe: dict,
     num_workers: int = 1,
     worker_index: int = 0,
     read_proposals: bool = True,
     instance_masks: bool = False,
+    num_classes: int | None = None,
 ):
     """Training and validation datasets of a detection recipe (dict batches, no targets).
+
+    Every record is checked first (`check_detection_data`); with `data.on_error = "skip"`
+    the bad training records are filtered out of the pipeline and the epoch counts only the
+    others.
 
     Args:
         recipe: The resolved recipe.
@@ -58,11 +159,17 @@ def detection_datasets(
             proposes its own (Faster R-CNN: `max_proposals` 0, records need none).
         instance_masks: Batches also hold each box's instance mask (`instance_masks`, for
             Mask R-CNN).
+        num_classes: The model's object classes, for the label check (None: only >= 1).
 
     Returns:
         `(train, validation, steps_per_epoch, validation_steps)`.
+
+    Raises:
+        BadInputError: A bad record, no box, or missing proposals (see `check_detection_data`).
+        RecipeError: Fewer usable records than one batch.
     """
     data, training = recipe["data"], recipe["training"]
+    exclude = check_detection_data(recipe, num_classes, read_proposals, instance_masks)
     common = {
         "min_size": data["min_size"],
         "max_size": data["max_size"],
@@ -81,10 +188,18 @@ def detection_datasets(
         training=True,
         flip=data["flip"],
         shuffle_buffer=data["shuffle_buffer"],
+        exclude=exclude,
         **common,
     ).repeat()
     records = check_batch_fits(data["train"], batch)  # also with steps_per_epoch set
-    steps = training["steps_per_epoch"] or records // batch
+    usable = records - len(exclude)
+    if usable < batch:
+        raise RecipeError(
+            f"recipe key 'training.batch_size' = {batch} is larger than the {usable} usable "
+            f"record(s) of data.train ({len(exclude)} of {records} left out as bad): an epoch "
+            "would have no full batch; lower the batch size or fix the records"
+        )
+    steps = training["steps_per_epoch"] or usable // batch
     validation, validation_steps = validation_dataset(
         lambda pattern, val_batch: detection_dataset(pattern, val_batch, **common),
         recipe,
@@ -112,7 +227,11 @@ class DetectionTask(Task):
 
     def datasets(self, recipe, model, num_workers, worker_index):
         return detection_datasets(
-            recipe, num_workers, worker_index, read_proposals=not proposes_regions(model)
+            recipe,
+            num_workers,
+            worker_index,
+            read_proposals=not proposes_regions(model),
+            num_classes=getattr(model, "num_classes", None),
         )
 
     def compile(self, model, recipe, optimizer, num_classes):

@@ -56,7 +56,12 @@ class InstanceSegmentationTask(Task):
 
     def datasets(self, recipe, model, num_workers, worker_index):
         return detection_datasets(
-            recipe, num_workers, worker_index, read_proposals=False, instance_masks=True
+            recipe,
+            num_workers,
+            worker_index,
+            read_proposals=False,
+            instance_masks=True,
+            num_classes=getattr(model, "num_classes", None),
         )
 
     def compile(self, model, recipe, optimizer, num_classes):

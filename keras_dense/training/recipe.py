@@ -37,6 +37,7 @@ LOSSES = LOSS_NAMES  # see keras_dense.losses.build_loss
 CLASS_WEIGHT_RULES = ("median_frequency",)
 METRICS = ("mean_iou", "pixel_accuracy")
 NORMALIZATIONS = ("caffe", "torch", "tf", "none")
+ON_ERROR = ("fail", "skip")
 
 DEFAULTS: dict = {
     "task": "segmentation",
@@ -61,6 +62,11 @@ DEFAULTS: dict = {
         "max_size": 1000,
         "max_boxes": 100,
         "max_proposals": 2000,
+        # Detection records that fail the check (keras_dense.data.detection_records): "fail"
+        # stops naming the first; "skip" leaves them out of training with a count.
+        "on_error": "fail",
+        # Fast R-CNN / R-CNN on records without proposals trains on ground-truth RoIs only.
+        "allow_missing_proposals": False,
     },
     "training": {
         "batch_size": 8,
@@ -261,6 +267,11 @@ def validate(recipe: dict) -> dict:
         data["max_proposals"] >= 0,
         "data.max_proposals",
         f"expected >= 0 (0: no proposals read), got {data['max_proposals']}",
+    )
+    _require(
+        data["on_error"] in ON_ERROR,
+        "data.on_error",
+        f"expected one of {ON_ERROR}, got {data['on_error']!r}",
     )
     _require(training["batch_size"] >= 1, "training.batch_size", "expected >= 1")
     _require(training["epochs"] >= 1, "training.epochs", "expected >= 1")
