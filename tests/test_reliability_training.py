@@ -133,6 +133,7 @@ def test_schedule_and_loss_scale_apply_to_any_optimizer(tmp_path):
     [
         ({"name": "adamm"}, r"'optimizer.name': 'adamm' is not a Keras optimizer.*'adam'"),
         ({"name": "loss_scale_optimizer"}, r"'optimizer.name'"),
+        ({"name": "multioptimizer"}, r"'optimizer.name'"),  # wraps others: not from a table
         ({"name": "adam", "momentum": 0.5}, r"'optimizer.momentum'.*Adam.*'amsgrad'"),
         ({"name": "rmsprop", "rhoo": 0.5}, r"'optimizer.rhoo'.*did you mean 'rho'"),
         ({"name": "sgd", "beta_1": 0.5}, r"'optimizer.beta_1'.*SGD"),

@@ -44,8 +44,9 @@ def _key(name: str) -> str:
 def optimizer_classes() -> dict[str, type]:
     """The `keras.optimizers` classes by lower-case class name (`"adam"`, `"rmsprop"`, ...).
 
-    The base `Optimizer` and the `LossScaleOptimizer` wrapper (`training.mixed_precision`
-    applies it) are left out.
+    The base `Optimizer`, the `LossScaleOptimizer` wrapper (`training.mixed_precision`
+    applies it) and wrappers of other optimizers (no `learning_rate` argument, e.g.
+    `MultiOptimizer`) are left out.
     """
     table = {}
     for attribute in dir(keras.optimizers):
@@ -54,6 +55,7 @@ def optimizer_classes() -> dict[str, type]:
             isinstance(value, type)
             and issubclass(value, keras.optimizers.Optimizer)
             and value not in (keras.optimizers.Optimizer, keras.optimizers.LossScaleOptimizer)
+            and "learning_rate" in optimizer_arguments(value)
         ):
             table[value.__name__.lower()] = value
     return table
