@@ -106,7 +106,9 @@ def example(
         "image/width": _ints([w]),
         "image/source_id": _bytes([source_id.encode()]),
         "image/object/class/label": _ints(labels),
-        "image/object/class/text": _bytes([CLASSES[0].encode()] * len(boxes)),
+        "image/object/class/text": _bytes(
+            [CLASSES[k - 1].encode() if 0 < k <= len(CLASSES) else b"?" for k in labels]
+        ),
     }
     for i, name in enumerate(COORDS):
         feature[f"image/object/bbox/{name}"] = _floats(boxes[:, i])
@@ -201,6 +203,11 @@ BAD = {
         dict(extra={"image/object/class/text": _bytes([b"a", b"b"])}),
         "image/object/class/text",
         "2 class names for 1 boxes",
+    ),
+    "class_text_contradicts_the_class_list": (
+        dict(labels=[2], extra={"image/object/class/text": _bytes([b"dog"])}),
+        "image/object/class/text",
+        "label map",
     ),
     "labels_without_boxes": (
         dict(boxes=np.zeros((0, 4)), labels=[1, 2]),
@@ -503,6 +510,17 @@ def test_good_records_pass_and_are_counted(tmp_path):
     report = check_records(str(tmp_path / "t-*.tfrecord"), DetectionRules(num_classes=3))
     assert not report.problems
     assert (report.records, report.boxes) == (5, 8)
+
+
+def test_class_texts_are_compared_with_the_class_list_ignoring_case(tmp_path):
+    texts = {"image/object/class/text": _bytes([b" B ", b"c"])}
+    write_shard(tmp_path / "t", [example(boxes=[BOX, BOX], labels=[2, 3], extra=texts)])
+    rules = DetectionRules(num_classes=3, class_names=("a", "b", "c"))
+    assert not check_records(str(tmp_path / "t-*.tfrecord"), rules).problems
+    # The same labels under another label map (b and c swapped) are refused.
+    rules = DetectionRules(num_classes=3, class_names=("a", "c", "b"))
+    problem = check_records(str(tmp_path / "t-*.tfrecord"), rules).problems[0]
+    assert "box 0 has label 2 ('c' in the class list) but class text ' B '" in problem.reason
 
 
 def test_max_boxes_is_checked_without_counting_crowd_boxes(tmp_path):

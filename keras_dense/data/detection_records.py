@@ -25,6 +25,9 @@ What a record must satisfy (keys in `keras_dense.data.schema`):
 - one label per box, each in `[1, num_classes]` (0 is background in the 1-based ids);
   `image/object/class/text`, `difficult` and `is_crowd`, when present, one per box (absent
   flags mean "not difficult", "not crowd"; absent texts are fine: labels are what is read);
+  a class text must name the class its label has in the class list (case and surrounding
+  spaces aside): another name means the record was written with another label map;
+  `image/format` is not read (the bytes are sniffed);
 - `image/object/mask`, when present: one PNG per box at the image's size (header and end
   marker checked, not the pixels); with `instance_masks` every record with boxes has them;
 - proposals (when read): the same coordinate rules, except that zero-area proposals are
@@ -48,6 +51,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import sys
 from collections.abc import Sequence
 
@@ -100,6 +104,9 @@ class DetectionRules:
 
     Attributes:
         num_classes: Object classes K; labels must be in [1, K]. None: only >= 1.
+        class_names: The object class names (label i is `class_names[i - 1]`); a record's
+            `image/object/class/text` must name the same class (compared without case and
+            surrounding spaces; empty texts are not compared). None: texts not compared.
         instance_masks: Every record with boxes needs one instance mask per box.
         proposals: Check the proposals' coordinates (they are read: Fast R-CNN, R-CNN).
         max_boxes: Most boxes per record (the pipeline's padded rows); None: no limit.
@@ -111,6 +118,7 @@ class DetectionRules:
     """
 
     num_classes: int | None = None
+    class_names: tuple[str, ...] | None = None
     instance_masks: bool = False
     proposals: bool = False
     max_boxes: int | None = None
@@ -398,6 +406,9 @@ def _label_problems(feature_map, num_boxes: int, rules: DetectionRules) -> list:
             )
         ]
     problems = []
+    texts = _values(feature_map, schema.LABEL_TEXT)
+    if rules.class_names and len(texts) == num_boxes:
+        problems += _text_problems(texts, labels, rules.class_names)
     for key, what in (
         (schema.LABEL_TEXT, "class names"),
         (schema.DIFFICULT, "difficult flags"),
@@ -409,6 +420,26 @@ def _label_problems(feature_map, num_boxes: int, rules: DetectionRules) -> list:
                 (key, f"{count} {what} for {num_boxes} boxes; expected one per box, or none")
             )
     return problems
+
+
+def _text_problems(texts: list, labels: np.ndarray, class_names: Sequence[str]) -> list:
+    """A class text that names another class than the class list gives its label."""
+    for row, (text, label) in enumerate(zip(texts, labels)):
+        name = text.decode("utf-8", "replace")
+        if not name.strip() or label > len(class_names):
+            continue
+        expected = class_names[label - 1]
+        if name.strip().casefold() != expected.strip().casefold():
+            return [
+                (
+                    schema.LABEL_TEXT,
+                    f"box {row} has label {label} ({expected!r} in the class list) but class "
+                    f"text {name!r}: the record's label map differs from the class list "
+                    f"{list(class_names)} (labels are what is read): fix data.classes, or "
+                    "the records' labels",
+                )
+            ]
+    return []
 
 
 def _mask_problems(feature_map, num_boxes: int, size, rules: DetectionRules) -> list:
@@ -730,7 +761,7 @@ def refuse_empty(report: RecordsReport, what: str, purpose: str) -> None:
 
 def check_evaluation_records(
     pattern: str,
-    num_classes: int,
+    class_names: Sequence[str],
     min_size: int,
     max_size: int,
     instance_masks: bool = False,
@@ -745,7 +776,8 @@ def check_evaluation_records(
 
     Args:
         pattern: The shards (`--data`).
-        num_classes: The model's object classes.
+        class_names: The model card's object classes (placeholder names `class_0`, ... of a
+            card without classes are not compared with the records' class texts).
         min_size: The model card's resize (shorter side).
         max_size: The model card's cap on the longer side.
         instance_masks: Every record with boxes needs instance masks.
@@ -758,8 +790,10 @@ def check_evaluation_records(
     Raises:
         BadInputError: A bad record, no record, or no box at all.
     """
+    placeholders = all(re.fullmatch(r"class_\d+", name) for name in class_names)
     rules = DetectionRules(
-        num_classes=num_classes,
+        num_classes=len(class_names),
+        class_names=None if placeholders else tuple(class_names),
         instance_masks=instance_masks,
         proposals=proposals,
         min_size=min_size,

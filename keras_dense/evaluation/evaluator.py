@@ -149,7 +149,7 @@ def evaluate_detection(model, card: dict, pattern: str, use_07_metric: bool = Fa
     reads_proposals = not proposes_regions(model)
     report = check_evaluation_records(
         pattern,
-        len(card["classes"]),
+        card["classes"],
         card.get("min_size", 600),
         card.get("max_size", 1000),
         proposals=reads_proposals,

@@ -69,7 +69,7 @@ def evaluate_instances(
     check_card_classes(pattern, card, object_classes)
     check_evaluation_records(
         pattern,
-        len(card["classes"]),
+        card["classes"],
         card.get("min_size", 800),
         card.get("max_size", 1333),
         instance_masks=True,

@@ -33,6 +33,7 @@ from keras_dense.signatures.detection_signatures import FASTER_RCNN_OUTPUTS, det
 from keras_dense.signatures.memory_budget import pixel_budget, serving_bytes_per_pixel
 from keras_dense.tasks.recipe_data import (
     check_batch_fits,
+    data_classes,
     no_auto_shard,
     normalization_mode,
     validation_dataset,
@@ -82,7 +83,11 @@ def _check_proposals(report, pattern: str, recipe: dict, read: bool) -> None:
 
 
 def check_detection_data(
-    recipe: dict, num_classes: int | None, read_proposals: bool, instance_masks: bool
+    recipe: dict,
+    num_classes: int | None,
+    read_proposals: bool,
+    instance_masks: bool,
+    class_names: list[str] | None = None,
 ) -> list[int]:
     """Checks every training and validation record once, before the first step.
 
@@ -97,6 +102,7 @@ def check_detection_data(
         num_classes: The model's object classes (labels must be in [1, K]).
         read_proposals: The model takes the records' proposals.
         instance_masks: The model needs one instance mask per box.
+        class_names: The run's object classes, compared with the records' class texts.
 
     Returns:
         The `record_key` of each training record to leave out.
@@ -108,6 +114,7 @@ def check_detection_data(
     reads = read_proposals and data["max_proposals"] > 0
     rules = DetectionRules(
         num_classes=num_classes,
+        class_names=tuple(class_names) if class_names else None,
         instance_masks=instance_masks,
         proposals=reads,
         max_boxes=data["max_boxes"],
@@ -144,6 +151,7 @@ def detection_datasets(
     read_proposals: bool = True,
     instance_masks: bool = False,
     num_classes: int | None = None,
+    class_names: list[str] | None = None,
 ):
     """Training and validation datasets of a detection recipe (dict batches, no targets).
 
@@ -160,6 +168,8 @@ def detection_datasets(
         instance_masks: Batches also hold each box's instance mask (`instance_masks`, for
             Mask R-CNN).
         num_classes: The model's object classes, for the label check (None: only >= 1).
+        class_names: The run's object classes, compared with the records' class texts (None:
+            not compared).
 
     Returns:
         `(train, validation, steps_per_epoch, validation_steps)`.
@@ -169,7 +179,7 @@ def detection_datasets(
         RecipeError: Fewer usable records than one batch.
     """
     data, training = recipe["data"], recipe["training"]
-    exclude = check_detection_data(recipe, num_classes, read_proposals, instance_masks)
+    exclude = check_detection_data(recipe, num_classes, read_proposals, instance_masks, class_names)
     common = {
         "min_size": data["min_size"],
         "max_size": data["max_size"],
@@ -232,6 +242,7 @@ class DetectionTask(Task):
             worker_index,
             read_proposals=not proposes_regions(model),
             num_classes=getattr(model, "num_classes", None),
+            class_names=data_classes(recipe["data"], self),
         )
 
     def compile(self, model, recipe, optimizer, num_classes):

@@ -26,7 +26,7 @@ from keras_dense.prediction.palette import draw_instances
 from keras_dense.signatures.instance_signatures import TENSOR_OUTPUTS, instance_signatures
 from keras_dense.signatures.memory_budget import pixel_budget, serving_bytes_per_pixel
 from keras_dense.tasks.detection import detection_datasets
-from keras_dense.tasks.recipe_data import count_records
+from keras_dense.tasks.recipe_data import count_records, data_classes
 from keras_dense.tasks.task import (
     EvaluateOptions,
     ExportOptions,
@@ -62,6 +62,7 @@ class InstanceSegmentationTask(Task):
             read_proposals=False,
             instance_masks=True,
             num_classes=getattr(model, "num_classes", None),
+            class_names=data_classes(recipe["data"], self),
         )
 
     def compile(self, model, recipe, optimizer, num_classes):
