@@ -111,6 +111,8 @@ def check_detection_data(
         BadInputError: A bad record (named), no box at all, or missing proposals.
     """
     data = recipe["data"]
+    if num_classes is None and class_names:
+        num_classes = len(class_names)
     reads = read_proposals and data["max_proposals"] > 0
     rules = DetectionRules(
         num_classes=num_classes,
