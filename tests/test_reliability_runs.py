@@ -143,6 +143,16 @@ def test_resume_with_another_recipe_lists_the_keys(two_sets, tmp_path):
     assert "training.batch_size (2 -> 3)" in message and "training.steps_per_epoch" in message
     assert "--output" in message and "--set training.batch_size=2" in message
     assert len(message) < 1000
+    # A run saved by an older version lacks the keys added since: at their defaults they are
+    # what that run did, so it resumes; set otherwise they are a change.
+    saved = json.loads((run_dir / "recipe.json").read_text())
+    del saved["data"]["on_error"], saved["data"]["allow_missing_proposals"]
+    (run_dir / "recipe.json").write_text(json.dumps(saved))
+    check_resume(str(run_dir), _recipe(two_sets))
+    skipping = _recipe(two_sets)
+    skipping["data"]["on_error"] = "skip"
+    with pytest.raises(RecipeError, match=r"data\.on_error \(None -> 'skip'\)"):
+        check_resume(str(run_dir), skipping)
 
 
 @pytest.fixture(scope="module")

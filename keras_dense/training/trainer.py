@@ -43,7 +43,7 @@ from keras_dense.training.distribution import (
     worker_info,
 )
 from keras_dense.training.optimizers import build_optimizer
-from keras_dense.training.recipe import RecipeError
+from keras_dense.training.recipe import DEFAULTS, RecipeError
 from keras_dense.utils.files import atomic_write_bytes
 from keras_dense.utils.run_lock import run_lock
 from keras_dense.utils.version import __version__
@@ -97,10 +97,14 @@ def check_resume(run_dir: str, recipe: dict) -> None:
     except (OSError, json.JSONDecodeError) as err:
         raise RecipeError(f"{path}: unreadable saved recipe of the run to resume ({err})") from None
     after = _flatten(_json_ready(recipe))
+    defaults = _flatten(_json_ready(DEFAULTS))
     changed = sorted(
         k
         for k in before.keys() | after.keys()
-        if before.get(k) != after.get(k) and k not in RESUMABLE_CHANGES
+        if before.get(k) != after.get(k)
+        and k not in RESUMABLE_CHANGES
+        # A key added by a later version, at its default, is what the older run did.
+        and not (k not in before and k in defaults and after.get(k) == defaults[k])
     )
     if changed:
         details = ", ".join(f"{k} ({before.get(k)!r} -> {after.get(k)!r})" for k in changed[:8])
