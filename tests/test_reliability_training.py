@@ -24,7 +24,7 @@ import pytest
 from keras_dense import apps, cli
 from keras_dense.data import convert_shapes
 from keras_dense.training import load_recipe
-from keras_dense.training.optimizers import build_optimizer
+from keras_dense.training.optimizers import build_optimizer, optimizer_class
 from keras_dense.training.recipe import DEFAULTS, RecipeError, validate
 from keras_dense.utils.model_card import write_model_card
 
@@ -121,7 +121,8 @@ def test_weight_decay_stays_explicit(tmp_path):
 def test_schedule_and_loss_scale_apply_to_any_optimizer(tmp_path):
     recipe = load_recipe(_recipe_file(tmp_path, 'name = "rmsprop"', 'name = "poly"'))
     built = _built(recipe, total_steps=10)
-    assert float(built.learning_rate) == pytest.approx(0.01)  # step 0 of the poly decay
+    # Step 0 of the poly decay from RMSprop's own default rate (none written).
+    assert float(built.learning_rate) == pytest.approx(keras.optimizers.RMSprop().learning_rate)
     assert type(built._learning_rate).__name__ == "PolyDecay"
     scaled = _built(recipe, 10, mixed_precision=True)
     assert isinstance(scaled, keras.optimizers.LossScaleOptimizer)
@@ -141,11 +142,77 @@ def test_schedule_and_loss_scale_apply_to_any_optimizer(tmp_path):
         ({"name": "adam", "amsgrad": 1}, r"'optimizer.amsgrad': expected a boolean"),
         ({"name": "adam", "name_": "x"}, r"'optimizer.name_'"),
         ({"name": "adam", "weight_decay": -1.0}, r"'optimizer.weight_decay'"),
+        # Arguments whose Keras default is None: checked as the others, not at the first step.
+        ({"name": "adamax", "clipvalue": "x"}, r"'optimizer.clipvalue': expected a number > 0"),
+        (
+            {"name": "adam", "gradient_accumulation_steps": 2.5},
+            r"'optimizer.gradient_accumulation_steps': expected an integer >= 1 .*got 2.5",
+        ),
+        ({"name": "sgd", "global_clipnorm": -2.0}, r"'optimizer.global_clipnorm': .*-2.0.*> 0"),
+        # Out of range: the key, the value and the range are named.
+        ({"name": "adam", "beta_1": 1.5}, r"'optimizer.beta_1': 1.5 .*expected .*\[0, 1\)"),
+        ({"name": "adamw", "beta_2": -0.1}, r"'optimizer.beta_2': -0.1 .*\[0, 1\)"),
+        ({"name": "nadam", "epsilon": -1.0}, r"'optimizer.epsilon': -1.0 .*> 0"),
+        ({"name": "rmsprop", "rho": 7}, r"'optimizer.rho': 7 .*\[0, 1\)"),
+        ({"name": "rmsprop", "momentum": 1.0}, r"'optimizer.momentum'.*\[0, 1\)"),
+        ({"name": "adam", "ema_momentum": 2.0, "use_ema": True}, r"'optimizer.ema_momentum': 2.0"),
+        ({"name": "adagrad", "initial_accumulator_value": -1}, r"accumulator_value': -1 .*>= 0"),
+        ({"name": "ftrl", "l1_regularization_strength": -1}, r"l1_regularization_strength': -1"),
+        ({"name": "lion", "learning_rate": -1e-4}, r"'optimizer.learning_rate'.*> 0"),
+        # What only Keras' constructor knows is named at validation too, not at the first step.
+        ({"name": "lion", "beta_1": 0.0}, r"'optimizer.beta_1'.*Lion refused .*beta_1"),
+        (
+            {"name": "adam", "clipnorm": 1.0, "global_clipnorm": 1.0},
+            r"'optimizer.clipnorm', 'optimizer.global_clipnorm'.*Adam refused",
+        ),
     ],
 )
 def test_bad_optimizer_names_and_arguments_are_named(optimizer, message):
     with pytest.raises(RecipeError, match=message):
         validate({**MINIMAL, "optimizer": optimizer})
+
+
+def test_optimizer_arguments_in_range_are_accepted_and_built():
+    recipe = validate(
+        {
+            **MINIMAL,
+            "optimizer": {
+                "name": "adam",
+                "beta_1": 0.0,
+                "epsilon": 1e-8,
+                "clipvalue": 0.5,
+                "use_ema": True,
+                "ema_momentum": 0.9,
+                "gradient_accumulation_steps": 3,
+            },
+        }
+    )
+    want = keras.optimizers.Adam(
+        learning_rate=0.001,
+        beta_1=0.0,
+        epsilon=1e-8,
+        clipvalue=0.5,
+        use_ema=True,
+        ema_momentum=0.9,
+        gradient_accumulation_steps=3,
+    )
+    assert _config(_built(recipe)) == _config(want)
+    # 1 is every step, what Keras means by leaving it out (Keras itself refuses 1).
+    once = validate({**MINIMAL, "optimizer": {"name": "adam", "gradient_accumulation_steps": 1}})
+    assert _built(once).gradient_accumulation_steps is None
+
+
+@pytest.mark.parametrize("name", ["adam", "lion", "rmsprop", "schedulefreeadamw", "sgd", "adamw"])
+def test_the_learning_rate_not_written_is_the_optimizers_own(name):
+    # sgd and adamw keep the recipe's 0.01 (as before); the others take Keras' default, as
+    # their other arguments do (Lion at SGD's 0.01 would step 10x its authors' advice).
+    recipe = validate({**MINIMAL, "optimizer": {"name": name}})
+    keras_default = optimizer_class(name)().get_config()["learning_rate"]
+    want = 0.01 if name in ("sgd", "adamw") else keras_default
+    assert recipe["optimizer"]["learning_rate"] == pytest.approx(want)
+    assert float(_built(recipe).learning_rate) == pytest.approx(want)
+    written = validate({**MINIMAL, "optimizer": {"name": name, "learning_rate": 0.2}})
+    assert float(_built(written).learning_rate) == pytest.approx(0.2)
 
 
 def test_an_optimizer_without_weight_decay_refuses_it(monkeypatch):
@@ -170,7 +237,7 @@ def test_resolved_recipe_of_another_optimizer_revalidates_and_resume_lists_its_k
     # The recipe's SGD/AdamW defaults are not carried into another optimizer's table.
     assert recipe["optimizer"] == {
         "name": "rmsprop",
-        "learning_rate": DEFAULTS["optimizer"]["learning_rate"],
+        "learning_rate": pytest.approx(float(keras.optimizers.RMSprop().learning_rate)),
         "weight_decay": 0.0,
         "clipnorm": 0.0,
         "rho": 0.8,
@@ -192,34 +259,39 @@ def test_resolved_recipe_of_another_optimizer_revalidates_and_resume_lists_its_k
 # --------------------------------------------------------------------------------- resume
 
 # Runs `keras-dense train RECIPE --output OUT` and SIGKILLs itself as soon as, after any
-# callback's epoch end, `WHAT` holds epoch `EPOCH` (1-based): "csv" when metrics.csv has its
-# row, "state" when the resume checkpoint names it. It logs every epoch it trains (with the
-# values Keras gives the callbacks) to OUT.seen.jsonl first.
+# callback's epoch end, the resume checkpoint names epoch `EPOCH` (1-based). Before, it logs
+# every epoch it trains (with the values Keras gives the callbacks) to OUT.seen.jsonl, and after
+# each callback's epoch end what a SIGKILL there would leave on disk (the metrics.csv rows and
+# the checkpoint's epoch; every write is atomic) to OUT.disk.jsonl.
 _KILLING_CHILD = """
 import csv, json, os, signal, sys
 import keras
 from keras_dense import cli
 
-recipe, out, what, epoch = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+recipe, out, epoch = sys.argv[1], sys.argv[2], int(sys.argv[3])
 
-def reached():
-    if what == "csv":
-        path = os.path.join(out, "metrics.csv")
-        return os.path.isfile(path) and any(
-            int(row["epoch"]) == epoch - 1 for row in csv.DictReader(open(path))
-        )
-    path = os.path.join(out, "backup", "state.json")
-    return os.path.isfile(path) and json.load(open(path))["epoch"] >= epoch
+def on_disk():
+    rows, state = [], 0
+    if os.path.isfile(os.path.join(out, "metrics.csv")):
+        rows = [int(r["epoch"]) for r in csv.DictReader(open(os.path.join(out, "metrics.csv")))]
+    if os.path.isfile(os.path.join(out, "backup", "state.json")):
+        state = json.load(open(os.path.join(out, "backup", "state.json")))["epoch"]
+    return rows, state
 
 class Seen(keras.callbacks.Callback):
     def on_epoch_end(self, index, logs=None):
         with open(out + ".seen.jsonl", "a") as f:
             f.write(json.dumps({"epoch": index, **{k: float(v) for k, v in logs.items()}}) + "\\n")
 
-def killing(inner):
+def killing(callback):
+    inner = callback.on_epoch_end
     def on_epoch_end(index, logs=None):
         inner(index, logs)
-        if reached():
+        rows, state = on_disk()
+        with open(out + ".disk.jsonl", "a") as f:
+            after = type(callback).__name__
+            f.write(json.dumps({"after": after, "rows": rows, "state": state}) + "\\n")
+        if state >= epoch:
             os.kill(os.getpid(), signal.SIGKILL)
     return on_epoch_end
 
@@ -227,16 +299,16 @@ fit = keras.Model.fit
 def patched_fit(self, *args, callbacks=None, **kwargs):
     callbacks = [Seen(), *(callbacks or [])]
     for callback in callbacks:
-        callback.on_epoch_end = killing(callback.on_epoch_end)
+        callback.on_epoch_end = killing(callback)
     return fit(self, *args, callbacks=callbacks, **kwargs)
 keras.Model.fit = patched_fit
 sys.exit(cli.main(["train", recipe, "--output", out]))
 """
 
 
-def _train_killed(recipe, out, what: str, epoch: int):
+def _train_killed(recipe, out, epoch: int):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
-    command = [sys.executable, "-c", _KILLING_CHILD, str(recipe), str(out), what, str(epoch)]
+    command = [sys.executable, "-c", _KILLING_CHILD, str(recipe), str(out), str(epoch)]
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
 
 
@@ -249,33 +321,46 @@ def _state_epoch(out) -> int:
     return json.loads((out / "backup" / "state.json").read_text())["epoch"]
 
 
-def test_sigkill_between_checkpoint_and_metrics_row_resumes_without_redoing(tmp_path):
-    convert_shapes(str(tmp_path / "train"), 8, size=32, seed=0, progress=False)
-    convert_shapes(str(tmp_path / "val"), 4, size=32, seed=1, progress=False)
+def test_sigkill_between_checkpoint_and_metrics_row_resumes_without_redoing(
+    tmp_path, monkeypatch, capsys
+):
+    convert_shapes(str(tmp_path / "train"), 4, size=32, seed=0, progress=False)
+    convert_shapes(str(tmp_path / "val"), 2, size=32, seed=1, progress=False)
     recipe = write_tiny_unet_recipe(tmp_path / "tiny.toml", tmp_path, 3, 1, learning_rate=0.01)
     out = tmp_path / "run"
 
-    # 1. Killed the moment epoch 1's row is in metrics.csv: the checkpoint holds epoch 1 too.
-    first = _train_killed(recipe, out, "csv", 1)
-    assert first.returncode == -signal.SIGKILL, first.stderr[-3000:]
-    assert [int(r["epoch"]) for r in _csv_rows(out)] == [0]
-    assert (out / "backup" / "state.json").is_file(), "a row without its checkpoint"
-    assert _state_epoch(out) == 1
-
-    # 2. Killed the moment epoch 2's checkpoint exists (its row may not be written yet).
-    second = _train_killed(recipe, out, "state", 2)
-    assert second.returncode == -signal.SIGKILL, second.stderr[-3000:]
-    assert f"resuming {out} after epoch 1 of 3" in second.stdout
+    # 1. Killed the moment epoch 2's checkpoint exists: its row is not written yet.
+    killed = _train_killed(recipe, out, 2)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     assert _state_epoch(out) == 2
-    rows_at_kill = len(_csv_rows(out))
-    assert rows_at_kill <= 2
+    assert [int(r["epoch"]) for r in _csv_rows(out)] == [0]
+    # A SIGKILL after any callback would have left rows only of epochs the checkpoint holds
+    # (a row without its checkpoint would be trained again and logged twice).
+    disk = [json.loads(line) for line in open(str(out) + ".disk.jsonl")]
+    assert {d["after"] for d in disk} >= {"MetricsLog", "Seen"}
+    for d in disk:
+        assert all(row < d["state"] for row in d["rows"]), d
+    assert {"after": "MetricsLog", "rows": [0], "state": 1} in disk
 
-    # 3. The same command finishes the run.
-    third = _train_killed(recipe, out, "csv", 99)
-    assert third.returncode == 0, third.stderr[-3000:]
-    assert f"resuming {out} after epoch 2 of 3" in third.stdout
-    if rows_at_kill < 2:  # the row of epoch 2 comes back from the checkpoint, with a word
-        assert "restored the row of epoch 2 from the saved state" in third.stdout
+    # 2. The same command finishes the run (in this process, logging what it trains).
+    class Seen(keras.callbacks.Callback):
+        def on_epoch_end(self, index, logs=None):
+            with open(str(out) + ".seen.jsonl", "a") as f:
+                f.write(json.dumps({"epoch": index, **{k: float(v) for k, v in logs.items()}}))
+                f.write("\n")
+
+    fit = keras.Model.fit
+
+    def logged_fit(self, *args, callbacks=None, **kwargs):
+        return fit(self, *args, callbacks=[Seen(), *(callbacks or [])], **kwargs)
+
+    monkeypatch.setattr(keras.Model, "fit", logged_fit)
+    capsys.readouterr()
+    assert cli.main(["train", str(recipe), "--output", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert f"resuming {out} after epoch 2 of 3" in printed
+    # The row of epoch 2 comes back from the checkpoint, with a word.
+    assert "restored the row of epoch 2 from the saved state" in printed
 
     # Every epoch was trained once, by one process, and its row holds what that process logged.
     seen = [json.loads(line) for line in open(str(out) + ".seen.jsonl")]
@@ -363,13 +448,42 @@ def test_classifier_commands_refuse_shards_of_another_class_list(
     assert not out.exists() or not any(out.rglob("*.tfrecord"))
 
 
-def test_classifier_commands_accept_shards_of_its_class_list(classifier_and_shards, tmp_path):
+def test_classifier_commands_accept_shards_of_its_class_list(
+    classifier_and_shards, tmp_path, capsys
+):
+    from keras_dense.data import read_examples
+
     model, shapes, _, _ = classifier_and_shards
-    assert cli.main(["evaluate", "--model", model, "--data", shapes]) == 0
+    classes = ["circle", "square", "triangle"]
+    inputs = {e["source_id"]: e for e in read_examples(shapes)}
+    assert len(inputs) == 3
+    evaluate = ["evaluate", "--model", model, "--data", shapes, "--output", str(tmp_path)]
+    assert cli.main(evaluate) == 0
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["task"] == "classification" and metrics["images"] == 3
+    assert list(metrics["ap"]) == classes
+    assert all(0 <= ap <= 1 for ap in metrics["ap"].values())
+    assert metrics["map"] == pytest.approx(np.mean(list(metrics["ap"].values())))
+    assert f"mAP = {metrics['map']:.4f} over 3 images" in capsys.readouterr().out
+
+    card = pathlib.Path(os.path.splitext(model)[0] + ".json")
+    before = card.read_text()
     tune = ["tune-threshold", "--model", model, "--data", shapes, "--grid", "0.5", "--dry-run"]
     assert cli.main(tune) == 0
-    out = str(tmp_path / "pseudo")
-    assert cli.main(["pseudo-label", "--model", model, "--data", shapes, "--output", out]) == 0
+    printed = capsys.readouterr().out
+    assert "over 3 images: 0.5: " in printed and "best background threshold 0.5" in printed
+    assert card.read_text() == before  # --dry-run
+
+    out = tmp_path / "pseudo"
+    assert cli.main(["pseudo-label", "--model", model, "--data", shapes, "--output", str(out)]) == 0
+    manifest = json.loads((tmp_path / "pseudo.json").read_text())
+    assert manifest["classes"] == ["background", *classes] and manifest["num_images"] == 3
+    pseudo = {e["source_id"]: e for e in read_examples(str(tmp_path / "pseudo-*.tfrecord"))}
+    assert set(pseudo) == set(inputs)
+    for source_id, record in pseudo.items():
+        assert np.array_equal(record["image"], inputs[source_id]["image"])
+        assert record["mask"].shape == inputs[source_id]["image"].shape[:2]
+        assert set(np.unique(record["mask"])) <= {0, 1, 2, 3, 255}
 
 
 def test_resume_refuses_shards_whose_class_list_changed(tmp_path):
