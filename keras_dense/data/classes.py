@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
+from keras_dense.data.errors import BadInputError
+
 VOC_CLASSES = (
     "aeroplane",
     "bicycle",
@@ -29,26 +31,35 @@ VOC_CLASSES = (
 )
 
 
-def read_text_lines(path: str, what: str) -> list[str]:
-    """The lines of a UTF-8 text file (a byte-order mark, as Excel and Notepad write, ignored).
+def read_text(path: str, what: str) -> str:
+    """The text of a UTF-8 file (a byte-order mark, as Excel and Notepad write, ignored).
 
     Args:
         path: The file.
         what: What the file is, for the message (e.g. "--classes-file").
 
     Raises:
-        ValueError: The file is not UTF-8 (naming it and the line).
+        BadInputError: The file is not UTF-8 (naming it and the line; a ValueError).
     """
     with open(path, "rb") as f:
         data = f.read()
     try:
-        return data.decode("utf-8-sig").splitlines()
+        return data.decode("utf-8-sig")
     except UnicodeDecodeError as err:
         line = data[: err.start].count(b"\n") + 1
-        raise ValueError(
-            f"{what} {path}: not UTF-8 text (byte {data[err.start]:#04x} at line {line}); "
-            "save it as UTF-8"
+        raise BadInputError(
+            f"{what} {path}",
+            f"not UTF-8 text (byte {data[err.start]:#04x} at line {line}); save it as UTF-8",
         ) from None
+
+
+def read_text_lines(path: str, what: str) -> list[str]:
+    """The lines of a UTF-8 text file (see `read_text`).
+
+    Raises:
+        BadInputError: The file is not UTF-8 (naming it and the line; a ValueError).
+    """
+    return read_text(path, what).splitlines()
 
 
 def resolve_classes(

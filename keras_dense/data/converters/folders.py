@@ -3,10 +3,19 @@
 
 `ROOT/CLASS_NAME/*.jpg|png|...`: the class names are the sub-folder names, sorted; every image
 gets the one label of its folder as `image/class/label` (1-based, as box labels: the label of
-`classes[i]` is `i + 1`) and the source_id `CLASS_NAME/STEM`. The manifest's class list has no
-"background" (these records have no masks), and a class folder of that name is refused (the
-classification task reads a list starting with "background" as a segmentation list). Files
-directly in `ROOT` and hidden files and folders are ignored, as Keras does.
+`classes[i]` is `i + 1`) and the source_id `CLASS_NAME/STEM`. Files directly in `ROOT` and
+hidden files and folders are ignored, as Keras does, and so are the files and folders that
+operating systems and file managers leave beside images (`OS_METADATA`: `Thumbs.db`,
+`desktop.ini`, `__MACOSX/`, ...), wherever they are.
+
+A class folder named "background" (any case) is refused, naming the way out: rename it (e.g.
+`no_object`) to keep its images as a class of their own, or move it out of `ROOT`. Its name,
+not its images, is the problem: this project reads a class list starting with "background" as
+a segmentation list whose id 0 is no class (`keras_dense.data.class_lists.object_classes`), and
+sorted folder names put it first whenever the other names sort after it (`background/`,
+`person/`): the classifier would then have the one class "person", learnt from the background
+images (label 1), while the person images' label 2 would fall outside it. Wherever it sorts,
+`pseudo-label` masks would name both id 0 and that class "background".
 
 Everything else under a class folder is converted or named: a folder inside it
 (`cat/sub/x.png`) and a file that is not an image this converter reads (`cat/x.gif`) stop the
@@ -27,19 +36,45 @@ from keras_dense.data.image_io import IMAGE_EXTENSIONS, list_images, read_image_
 from keras_dense.data.schema import Record
 from keras_dense.data.writer import write_dataset
 
+# Names (compared in lower case) of what operating systems and file managers write beside
+# images, ignored as hidden files are: Windows Explorer's thumbnail caches and folder settings,
+# the Windows recycle bin and volume data, macOS Finder's custom-icon file and Archive
+# Utility's resource-fork folder (hidden files, `.DS_Store` and `._*` included, are ignored
+# anyway), and the thumbnail folders of Synology and QNAP NAS indexers.
+OS_METADATA = frozenset(
+    {
+        "thumbs.db",
+        "ehthumbs.db",
+        "ehthumbs_vista.db",
+        "desktop.ini",
+        "$recycle.bin",
+        "system volume information",
+        "icon\r",
+        "__macosx",
+        "@eadir",
+        "@__thumb",
+    }
+)
+
+
+def ignored(name: str) -> bool:
+    """Whether a file or folder name is hidden or OS metadata (`OS_METADATA`)."""
+    return name.startswith(".") or name.lower() in OS_METADATA
+
 
 def class_folders(root: str) -> list[str]:
-    """The sorted, non-hidden sub-folder names of `root`.
+    """The sorted sub-folder names of `root`, hidden ones and OS metadata left out.
 
     Raises:
-        BadInputError: `root` is not a folder or has no sub-folder.
+        BadInputError: `root` is not a folder or has no sub-folder, or a folder is named
+            "background" (see the module docstring).
     """
     if not os.path.isdir(root):
         raise BadInputError(root, "--root: no such folder")
     names = sorted(
         name
         for name in os.listdir(root)
-        if not name.startswith(".") and os.path.isdir(os.path.join(root, name))
+        if not ignored(name) and os.path.isdir(os.path.join(root, name))
     )
     if not names:
         raise BadInputError(
@@ -49,9 +84,11 @@ def class_folders(root: str) -> list[str]:
         if name.lower() == "background":
             raise BadInputError(
                 os.path.join(root, name),
-                f"class folder {name!r}: 'background' is not a class of image labels (a class "
-                "list starting with it reads as a segmentation list, shifting every label); "
-                "rename the folder or leave it out of --root",
+                f"class folder {name!r}: a class list starting with 'background' reads as a "
+                "segmentation list whose id 0 is no class (the classifier would drop it and "
+                "shift every label), and pseudo-label masks call id 0 'background'; rename the "
+                "folder (e.g. 'no_object') to keep its images as a class of their own, or move "
+                "it out of --root to leave them out",
             )
     return names
 
@@ -63,17 +100,17 @@ def unconverted_entries(folder: str) -> list[dict]:
         folder: A class folder.
 
     Returns:
-        `{"input", "reason"}` for every non-hidden sub-folder (with its file count) and every
-        non-hidden file without an image extension.
+        `{"input", "reason"}` for every sub-folder (with its file count) and every file
+        without an image extension, hidden ones and OS metadata (`ignored`) left out.
     """
     name = os.path.basename(folder)
     found = []
     for entry in sorted(os.listdir(folder)):
         path = os.path.join(folder, entry)
-        if entry.startswith("."):
+        if ignored(entry):
             continue
         if os.path.isdir(path):
-            count = sum(len(files) for _, _, files in os.walk(path))
+            count = sum(not ignored(f) for _, _, files in os.walk(path) for f in files)
             found.append(
                 {
                     "input": path,

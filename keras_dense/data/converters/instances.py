@@ -13,38 +13,42 @@ must have pixels (a gap is an error naming the id). Instance k becomes box k - 1
 
 A mask of background only gives a record without boxes (an image with no object).
 
-A classes file is a UTF-8 CSV of `STEM,INSTANCE_ID,CLASS` lines (a byte-order mark is
-ignored; blank lines and `#` comments are skipped). `STEM` may be `*` (any image) and
-`INSTANCE_ID` may be `*` (any instance); the most specific line wins: `STEM,ID` over `STEM,*`
-over `*,ID` over `*,*`. So `*,*,person` alone labels everything, and `FudanPed00001,2,bicycle`
-overrides one instance. The class list is the classes in order of their first appearance in
-the file; box label = index + 1 (the manifest's `box_label_offset` is 1, as for COCO and VOC
-detection). "background" is not a class (it is id 0 of the masks, and a class list starting
-with it reads as a segmentation list). Every line must label at least one instance: a line
-whose stem or id matches nothing (a typo), or whose instances all have a more specific line, is
-an error naming the file and line (`--on-error skip`: listed in the manifest's `skipped`, and
-a class named only by such lines is left out of the class list).
+A classes file (`STEM,INSTANCE_ID,CLASS` lines, `*` wildcards, the most specific line wins:
+see `keras_dense.data.converters.instance_classes`) gives the class list: every class it names,
+in order of first appearance, whatever the `--split-file` holds, so every split of one file has
+the same list; box label = index + 1 (the manifest's `box_label_offset` is 1, as for COCO and
+VOC detection). Every line must label at least one instance of the images in `--images` (of
+any split: a line for another split's image is used): a line whose stem or id matches nothing
+there (a typo), or whose instances all have a more specific line, is an error naming the file
+and line (`--on-error skip`: listed in the manifest's `skipped`; its class stays in the list).
+Each mask is decoded once: the check keeps what it decodes (up to `DECODED_MASKS_BUDGET`
+bytes) for the conversion.
 """
 
 from __future__ import annotations
 
-import csv
-import dataclasses
-import difflib
-import io
-import os
+import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from keras_dense.data.converters.image_mask_pairs import file_stem, pair_images_with_masks
+from keras_dense.data.converters.instance_classes import (
+    BACKGROUND,
+    WILDCARD,
+    class_of,
+    class_table,
+    read_instance_class_lines,
+    unused_class_lines,
+)
 from keras_dense.data.errors import BadInputError
 from keras_dense.data.image_io import encode_png, read_image_file, read_mask_file
 from keras_dense.data.schema import Record
 from keras_dense.data.writer import write_dataset
 
-WILDCARD = "*"
+# Bytes of decoded masks the classes-file check keeps for the conversion (beyond: decoded again).
+DECODED_MASKS_BUDGET = 256 << 20
 
 
 def instance_boxes(ids: np.ndarray, num_instances: int) -> np.ndarray:
@@ -74,200 +78,58 @@ def instance_boxes(ids: np.ndarray, num_instances: int) -> np.ndarray:
     return np.stack([ymin, xmin, ymax, xmax], axis=1).astype(np.float32)
 
 
-BACKGROUND = "background"
-
-
-@dataclasses.dataclass(frozen=True)
-class ClassLine:
-    """One `STEM,INSTANCE_ID,CLASS` line of a classes file.
-
-    Attributes:
-        where: `FILE line N`.
-        text: The line as written.
-        key: `(stem, instance id)`, `"*"` wildcards kept, the id without leading zeros.
-        name: The class.
-    """
-
-    where: str
-    text: str
-    key: tuple[str, str]
-    name: str
-
-
-def _decode_classes_file(path: str) -> str:
-    with open(path, "rb") as f:
-        data = f.read()
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        line = data[: err.start].count(b"\n") + 1
-        raise BadInputError(
-            path,
-            f"not UTF-8 text (byte {data[err.start]:#04x} at line {line}); save the classes "
-            "file as UTF-8",
-        ) from None
-
-
-def read_instance_class_lines(path: str) -> list[ClassLine]:
-    """Reads a classes file of `STEM,INSTANCE_ID,CLASS` lines (see the module docstring).
+class DecodedMasks:
+    """Masks decoded by the classes-file check, kept for the conversion up to a byte budget.
 
     Args:
-        path: The CSV file (UTF-8; a byte-order mark is ignored).
-
-    Returns:
-        Its lines, in order.
-
-    Raises:
-        BadInputError: The file is missing or not UTF-8, a line is malformed, names the
-            background (class "background" or instance id 0), or a key repeats with another
-            class; the file and line are named.
+        budget: Most bytes kept at once; a mask beyond it is decoded again when converted.
     """
-    if not os.path.isfile(path):
-        raise BadInputError(path, "--classes-file: no such file")
-    lines: list[ClassLine] = []
-    given: dict[tuple[str, str], str] = {}
-    reader = csv.reader(io.StringIO(_decode_classes_file(path), newline=""))
-    try:
-        for number, row in enumerate(reader, start=1):
-            if not row or not "".join(row).strip() or row[0].lstrip().startswith("#"):
-                continue
-            where = f"{path} line {number}"
-            fields = [v.strip() for v in row]
-            if len(fields) != 3 or not all(fields):
-                raise BadInputError(
-                    where, f"{','.join(row)!r}: expected STEM,INSTANCE_ID,CLASS ('*' wildcards)"
-                )
-            stem, instance, name = fields
-            if instance.isdigit() and int(instance) == 0:
-                raise BadInputError(
-                    where,
-                    "instance id 0 is the background of the masks, not an instance: expected "
-                    "an id in [1, 255] or '*'",
-                )
-            if instance != WILDCARD and not (instance.isdigit() and 1 <= int(instance) <= 255):
-                raise BadInputError(
-                    where, f"instance id {instance!r}: expected an integer in [1, 255] or '*'"
-                )
-            if name.lower() == BACKGROUND:
-                raise BadInputError(
-                    where,
-                    f"class {name!r}: the background is id 0 of the masks, not a class of "
-                    "instances (a detection class list starting with 'background' shifts every "
-                    "label); name the objects' class",
-                )
-            key = (stem, instance if instance == WILDCARD else str(int(instance)))
-            if given.get(key, name) != name:
-                raise BadInputError(
-                    where, f"{stem},{instance} is already given the class {given[key]!r}"
-                )
-            given[key] = name
-            lines.append(ClassLine(where, ",".join(row), key, name))
-    except csv.Error as err:
-        raise BadInputError(f"{path} line {reader.line_num}", f"unreadable CSV ({err})") from None
-    if not lines:
-        raise BadInputError(path, "--classes-file: no STEM,INSTANCE_ID,CLASS line")
-    return lines
+
+    def __init__(self, budget: int = DECODED_MASKS_BUDGET):
+        self.budget = budget
+        self._kept: dict[str, np.ndarray] = {}
+        self._size = 0
+        self._lock = threading.Lock()
+
+    def keep(self, path: str, ids: np.ndarray) -> None:
+        """Keeps the decoded mask of `path` if the budget allows."""
+        with self._lock:
+            if self._size + ids.nbytes <= self.budget:
+                self._kept[path] = ids
+                self._size += ids.nbytes
+
+    def take(self, path: str) -> np.ndarray | None:
+        """The kept mask of `path` (then forgotten), or None."""
+        with self._lock:
+            ids = self._kept.pop(path, None)
+            self._size -= 0 if ids is None else ids.nbytes
+            return ids
 
 
-def class_table(lines: Sequence[ClassLine]) -> tuple[list[str], dict[tuple[str, str], str]]:
-    """`(names, table)`: the classes in order of first appearance and `{key: class}`."""
-    names: list[str] = []
-    table: dict[tuple[str, str], str] = {}
-    for line in lines:
-        table[line.key] = line.name
-        if line.name not in names:
-            names.append(line.name)
-    return names, table
-
-
-def read_instance_classes(path: str) -> tuple[list[str], dict[tuple[str, str], str]]:
-    """Reads a classes file (see `read_instance_class_lines`) into `class_table`'s form.
-
-    Returns:
-        `(names, table)`: the class names in order of first appearance, and
-        `{(stem, instance_id): class}` with `"*"` wildcards kept as keys.
-
-    Raises:
-        BadInputError: As `read_instance_class_lines`.
-    """
-    return class_table(read_instance_class_lines(path))
-
-
-def _chosen_key(table, stem: str, instance: int) -> tuple[str, str] | None:
-    for key in (
-        (stem, str(instance)),
-        (stem, WILDCARD),
-        (WILDCARD, str(instance)),
-        (WILDCARD, WILDCARD),
-    ):
-        if key in table:
-            return key
-    return None
-
-
-def unused_class_lines(
-    lines: Sequence[ClassLine], instances: dict[str, int]
-) -> list[tuple[ClassLine, str]]:
-    """The lines of a classes file that label no instance, each with the reason.
-
-    Args:
-        lines: The classes file's lines.
-        instances: Number of instances of each image, by stem.
-
-    Returns:
-        `(line, reason)` for every line that is the chosen (most specific) line of no
-        instance, in file order.
-    """
-    _, table = class_table(lines)
-    used = {
-        _chosen_key(table, stem, k)
-        for stem, count in instances.items()
-        for k in range(1, count + 1)
-    }
-    most = max(instances.values(), default=0)
-    unused = []
-    for line in lines:
-        if line.key in used:
-            continue
-        stem, instance = line.key
-        if stem != WILDCARD and stem not in instances:
-            close = difflib.get_close_matches(stem, list(instances), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            why = f"no image with a mask has the stem {stem!r}{hint}"
-        elif stem != WILDCARD and instance != WILDCARD and int(instance) > instances[stem]:
-            count = instances[stem]
-            why = f"{stem} has {count} instance{'s' if count != 1 else ''}"
-        elif stem == WILDCARD and instance != WILDCARD and int(instance) > most:
-            why = f"no image has {instance} instances (the most is {most})"
-        elif stem != WILDCARD and instances[stem] == 0:
-            why = f"{stem}'s mask has no instance"
-        else:
-            why = "every instance it matches has a more specific line"
-        unused.append((line, f"{line.text!r} matches no instance: {why}; fix or remove the line"))
-    return unused
-
-
-def _instance_counts(pairs: Sequence[tuple[str, str]], workers: int) -> dict[str, int]:
-    """Largest instance id of each readable mask, by image stem (unreadable masks: left out,
-    they are named when their pair is converted)."""
+def instance_counts(
+    pairs: Sequence[tuple[str, str]], workers: int, decoded: DecodedMasks, keep: set[str]
+) -> dict[str, int | None]:
+    """Largest instance id of each mask, by image stem (None: unreadable, named when its pair
+    is converted); the masks in `keep` are kept in `decoded`."""
 
     def count(pair):
         try:
-            return file_stem(pair[0]), int(read_mask_file(pair[1]).max(initial=0))
+            ids = read_mask_file(pair[1])
         except BadInputError:
-            return None
+            return file_stem(pair[0]), None
+        if pair[1] in keep:
+            decoded.keep(pair[1], ids)
+        return file_stem(pair[0]), int(ids.max(initial=0))
 
     with ThreadPoolExecutor(max(int(workers), 1)) as pool:
-        return dict(found for found in pool.map(count, pairs) if found is not None)
-
-
-def _class_of(table: dict[tuple[str, str], str], stem: str, instance: int) -> str | None:
-    key = _chosen_key(table, stem, instance)
-    return None if key is None else table[key]
+        return dict(pool.map(count, pairs))
 
 
 def read_instance_ids(
-    mask_path: str, image_shape: tuple[int, int], max_instances: int
+    mask_path: str,
+    image_shape: tuple[int, int],
+    max_instances: int,
+    ids: np.ndarray | None = None,
 ) -> tuple[np.ndarray, int]:
     """Reads and checks one instance-id mask.
 
@@ -275,6 +137,7 @@ def read_instance_ids(
         mask_path: The PNG (single-channel or palette).
         image_shape: The image's (H, W).
         max_instances: Largest number of instances allowed.
+        ids: The mask already decoded (`read_mask_file`), or None to read it.
 
     Returns:
         `(ids, n)`: the (H, W) uint8 ids and the number of instances.
@@ -283,7 +146,7 @@ def read_instance_ids(
         BadInputError: Naming the mask: a size other than the image's, more than
             `max_instances` instances, or an id in 1..max id without pixels.
     """
-    ids = read_mask_file(mask_path)
+    ids = read_mask_file(mask_path) if ids is None else ids
     if ids.shape != tuple(image_shape):
         raise BadInputError(
             mask_path,
@@ -362,25 +225,32 @@ def convert_instances(
             )
         names, table = [class_name], {(WILDCARD, WILDCARD): class_name}
     pairs, skipped = pair_images_with_masks(images, masks, mask_suffix, split_file)
+    decoded = DecodedMasks()
     if classes_file is not None:
-        unused = unused_class_lines(lines, _instance_counts(pairs, workers))
+        # Lines are judged against every image of the folder: one file serves every split.
+        every = (
+            pairs if split_file is None else pair_images_with_masks(images, masks, mask_suffix)[0]
+        )
+        counts = instance_counts(every, workers, decoded, keep={mask for _, mask in pairs})
+        unused = unused_class_lines(lines, counts)
         if unused and on_error == "fail":
             line, reason = unused[0]
             more = f" ({len(unused) - 1} more unused lines)" if len(unused) > 1 else ""
             raise BadInputError(line.where, reason + more)
         skipped = [{"input": line.where, "reason": reason} for line, reason in unused] + skipped
-        dropped = {line.where for line, _ in unused}
-        names, table = class_table([line for line in lines if line.where not in dropped])
+        names, table = class_table(lines)
 
     def make(pair: tuple[str, str]) -> Record:
         image_path, mask_path = pair
         stem = file_stem(image_path)
         image = read_image_file(image_path)
         height, width = image.rgb.shape[:2]
-        ids, num = read_instance_ids(mask_path, (height, width), max_instances)
+        ids, num = read_instance_ids(
+            mask_path, (height, width), max_instances, decoded.take(mask_path)
+        )
         labels, texts = [], []
         for k in range(1, num + 1):
-            name = _class_of(table, stem, k)
+            name = class_of(table, stem, k)
             if name is None:
                 raise BadInputError(
                     mask_path,
