@@ -5,9 +5,15 @@
 - The commit of a shard set survives a SIGKILL between any two of its renames: the next reader
   or writer finishes it or rolls it back, never reading a torn set. The kill is real: a child
   process runs `write_dataset` and dies inside `os.replace` / `os.remove`.
+- A commit is live while its writer holds the set's `flock` (`NAME.commit.lock`), whatever PID
+  or host its journal records: a live writer paused mid-rename is never touched, a killed
+  writer's journal from "another host" is recovered at once. Without `flock`, PIDs decide.
+- A dead writer's backup that is a file's only copy is put back, never deleted; other debris
+  goes only once a new commit has landed.
 - Readers refuse a set that does not match its manifest (a missing shard, a leftover shard of
   another shard count, a changed byte, a wrong record count), and `read_examples` (evaluate,
-  tune-crf, predict ...) checks as training does.
+  tune-crf, predict ...) checks as training does, saying how to read a subset on purpose. A
+  JSON that is not a manifest (COCO's `train.json`) is ignored, by the class checks too.
 """
 
 from __future__ import annotations
@@ -161,7 +167,7 @@ def test_pseudo_label_onto_its_own_input_is_refused(tmp_path, capsys):
 
 CHILD = textwrap.dedent(
     """
-    import json, os, signal, sys
+    import json, os, signal, sys, time
     import cv2
     import numpy as np
     from keras_dense.data.schema import Record
@@ -187,9 +193,13 @@ CHILD = textwrap.dedent(
 
         def event(path):
             path = os.path.abspath(str(path))
-            if os.path.dirname(path) != directory or ".commit.json" in path:
-                return  # journal bookkeeping is not one of the set's renames
-            if events[0] == k:
+            if os.path.dirname(path) != directory or ".commit." in path:
+                return  # the journal's and the lock's bookkeeping are not the set's renames
+            if events[0] == k and "go" in job:  # pause (a live writer), until told to go on
+                open(job["paused"], "w").close()
+                while not os.path.exists(job["go"]):
+                    time.sleep(0.02)
+            elif events[0] == k:
                 os.kill(os.getpid(), signal.SIGKILL)
             events[0] += 1
 
@@ -230,20 +240,35 @@ CHILD = textwrap.dedent(
 )
 
 
-def run_child(folder, jobs, timeout=240) -> list:
+def start_child(folder, jobs) -> subprocess.Popen:
     script = folder / "child.py"
     script.write_text(CHILD)
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "TF_CPP_MIN_LOG_LEVEL": "3"}
-    done = subprocess.run(
+    return subprocess.Popen(
         [sys.executable, str(script), json.dumps(jobs)],
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=timeout,
         env=env,
     )
-    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULTS ")]
-    assert done.returncode == 0 and lines, done.stdout + done.stderr
+
+
+def child_results(child: subprocess.Popen, timeout=240) -> list:
+    out, err = child.communicate(timeout=timeout)
+    lines = [line for line in out.splitlines() if line.startswith("RESULTS ")]
+    assert child.returncode == 0 and lines, out + err
     return json.loads(lines[-1][len("RESULTS ") :])
+
+
+def run_child(folder, jobs, timeout=240) -> list:
+    return child_results(start_child(folder, jobs), timeout)
+
+
+def dead_pid() -> int:
+    """The PID of a process that has ended."""
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    return gone.pid
 
 
 def _consistent(directory, allowed: dict[str, list[str]]) -> str:
@@ -355,13 +380,105 @@ def test_interrupted_commit_with_a_lost_new_file_rolls_back(killed, layout, tmp_
     assert rolled_back >= 2
 
 
-def test_a_live_writers_journal_is_not_touched(killed, tmp_path, monkeypatch):
+def test_a_live_writer_paused_in_its_renames_is_never_touched(tmp_path, monkeypatch):
+    """Liveness is the commit lock the writer holds, not the PID or host in its journal.
+
+    A writer paused between two renames (one shard moved to its backup, its new file not yet
+    in place) while its journal names a dead PID of this host (another PID namespace), then
+    another host (a container renamed): readers and writers wait for it, touch nothing, and
+    it finishes its commit normally.
+    """
     from keras_dense.data import shard_commit
+
+    folder = tmp_path / "set"
+    folder.mkdir()
+    write_set(folder / "train", 6, 2, "a")
+    paused, go = tmp_path / "paused", tmp_path / "go"
+    job = {"dir": str(folder), "k": 1, "n": 4, "shards": 2, "paused": str(paused), "go": str(go)}
+    child = start_child(tmp_path, [job])
+    try:
+        deadline = time.monotonic() + 120
+        while not paused.exists():
+            assert child.poll() is None and time.monotonic() < deadline, child.communicate()
+            time.sleep(0.05)
+        assert not (folder / "train-00000-of-00002.tfrecord").exists()  # torn right now
+        journal = folder / "train.commit.json"
+        content = json.loads(journal.read_text())
+        monkeypatch.setattr(shard_commit, "COMMIT_WAIT_S", 0.3)
+        for who in (
+            {"pid": dead_pid(), "host": socket.gethostname(), "start": None},
+            {"pid": content["pid"], "host": "another-host.example", "start": None},
+        ):
+            journal.write_text(json.dumps({**content, **who}))
+            before = snapshot(folder)
+            with pytest.raises(BadInputError, match=r"train\.commit\.json.*committing") as err:
+                list(read_examples(str(folder / "train-*.tfrecord")))
+            assert f"PID {who['pid']}" in str(err.value) and "wait" in str(err.value)
+            with pytest.raises(RuntimeError, match=r"committing"):
+                write_set(folder / "train", 5, 1, "c")
+            assert snapshot(folder) == before  # nothing renamed, restored or removed
+    finally:
+        go.touch()
+    ((result,),) = child_results(child)
+    assert not result["killed"] and result["code"] == 0, result
+    assert _consistent(folder, {"new": ALL_B}) == "new"
+
+
+def test_a_killed_writers_journal_from_another_host_is_recovered_at_once(
+    killed, tmp_path, monkeypatch
+):
+    """A container restarted after a SIGKILL has another host name; its PID 1 is alive here.
+
+    Neither matters: nobody holds the commit lock, so the writer is dead.
+    """
+    from keras_dense.data import shard_commit
+
+    folders, _ = killed
+    monkeypatch.setattr(shard_commit, "COMMIT_WAIT_S", 3.0)  # the old code waited, then failed
+    calls = {
+        "reader": lambda copy: _consistent(copy, {"old": ALL_A, "new": ALL_B}),
+        "writer": lambda copy: write_set(copy / "train", 5, 1, "c"),
+    }
+    for name, call in calls.items():
+        copy = tmp_path / name
+        shutil.copytree(folders["3->2", 3], copy)
+        journal = copy / "train.commit.json"
+        content = json.loads(journal.read_text())
+        journal.write_text(json.dumps({**content, "pid": 1, "host": "restarted-container"}))
+        t0 = time.monotonic()
+        with pytest.warns(UserWarning, match=r"interrupted.*restarted-container"):
+            call(copy)
+        assert time.monotonic() - t0 < 2.0, name
+        assert not journal.exists() and not (copy / "train.commit.lock").exists()
+    assert _consistent(tmp_path / "writer", {"c": [f"c{i}" for i in range(5)]}) == "c"
+
+
+def test_a_stale_lock_file_without_a_journal_blocks_nothing(tmp_path):
+    """A writer killed after removing its journal, before removing its lock file."""
+    write_set(tmp_path / "train", 3, 1)
+    (tmp_path / "train.commit.lock").write_text("12345 elsewhere\n")
+    assert ids(tmp_path / "train-*.tfrecord") == ["a0", "a1", "a2"]
+    write_set(tmp_path / "train", 2, 1, "b")
+    assert _consistent(tmp_path, {"b": ["b0", "b1"]}) == "b"
+
+
+def test_without_flock_a_journal_is_judged_by_its_writers_pid(killed, tmp_path, monkeypatch):
+    """Where the file system has no `flock` (ENOLCK), liveness falls back to PID, host and
+    start time: a live PID's journal is waited for and left alone, a dead one's recovered."""
+    import errno
+
+    from keras_dense.data import shard_commit
+    from keras_dense.utils import file_lock
     from keras_dense.utils.files import process_start_time
 
+    def no_flock(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(file_lock, "_flock", no_flock)
     folders, _ = killed
     copy = tmp_path / "live"
     shutil.copytree(folders["3->2", 3], copy)
+    (copy / "train.commit.lock").unlink()  # no writer ever held a lock on this file system
     journal = copy / "train.commit.json"
     content = json.loads(journal.read_text())
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
@@ -384,27 +501,47 @@ def test_a_live_writers_journal_is_not_touched(killed, tmp_path, monkeypatch):
         sleeper.wait()
     with pytest.warns(UserWarning, match="interrupted"):
         assert _consistent(copy, {"old": ALL_A, "new": ALL_B})
+    write_set(copy / "train", 5, 1, "c")  # and a writer commits without the lock
+    assert _consistent(copy, {"c": [f"c{i}" for i in range(5)]}) == "c"
 
 
-def test_writer_waits_for_a_live_commit_then_goes_on(tmp_path, monkeypatch):
-    from keras_dense.data import shard_commit
-    from keras_dense.utils.files import process_start_time
+def test_the_commit_lock_file_never_has_two_holders(tmp_path, monkeypatch):
+    """The holder removes the file as it lets go; one who locked the removed file retries."""
+    from keras_dense.utils import file_lock
+
+    path = tmp_path / "train.commit.lock"
+    first, second = file_lock.FileLock(str(path)), file_lock.FileLock(str(path))
+    assert first.try_acquire("PID 1 on a") and not second.try_acquire()
+    assert first.note() == "PID 1 on a"
+    real, raced = file_lock._flock, []
+
+    def racing(fd, operation):
+        if not raced:  # the first lets go between the second's open and its flock
+            raced.append(fd)
+            first.release()
+        real(fd, operation)
+
+    monkeypatch.setattr(file_lock, "_flock", racing)
+    assert second.try_acquire() and path.exists()
+    assert not file_lock.FileLock(str(path)).try_acquire()  # the file at the path is held
+    second.release()
+    assert not path.exists()
+
+
+def test_writer_waits_for_a_live_commit_then_goes_on(tmp_path):
+    """Another commit holds the lock for 0.5 s (a thread: `flock` is per open file)."""
+    import fcntl
 
     write_set(tmp_path / "train", 6, 2)
-    journal = tmp_path / "train.commit.json"
-    journal.write_text(
-        json.dumps(
-            {
-                "format": shard_commit.JOURNAL_FORMAT,
-                "pid": os.getppid(),  # alive: pytest's parent
-                "host": socket.gethostname(),
-                "start": process_start_time(os.getppid()),
-                "renames": [],
-                "retired": [],
-            }
-        )
-    )
-    threading.Timer(0.5, journal.unlink).start()
+    lock = tmp_path / "train.commit.lock"
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+
+    def release():
+        os.remove(lock)
+        os.close(fd)
+
+    threading.Timer(0.5, release).start()
     t0 = time.monotonic()
     write_set(tmp_path / "train", 4, 2, "b")
     assert time.monotonic() - t0 >= 0.4
@@ -445,6 +582,49 @@ def test_stale_backups_of_dead_runs_are_removed_live_ones_kept(tmp_path):
     finally:
         live.kill()
         live.wait()
+
+
+def _failing_conversion(output) -> None:
+    def bad(i):
+        raise BadInputError(f"input{i}.png", "not an image")
+
+    with pytest.raises(BadInputError, match="input0.png"):
+        write_dataset(str(output), [0, 1], bad, classes=CLASSES, progress=False)
+
+
+def test_a_dead_writers_backup_that_is_the_last_copy_is_restored_not_deleted(tmp_path):
+    """A backup whose target is gone is the only copy of that shard: a conversion, even one
+    that fails, puts it back (naming both) instead of deleting it as debris."""
+    write_set(tmp_path / "train", 6, 2)
+    shard = tmp_path / "train-00001-of-00002.tfrecord"
+    original = shard.read_bytes()
+    backup = tmp_path / f"train-00001-of-00002.tfrecord.old.tmp-{dead_pid()}"
+    shard.rename(backup)
+    with pytest.raises(BadInputError, match="missing") as err:
+        list(read_examples(str(tmp_path / "train-*.tfrecord")))
+    assert backup.name in str(err.value), err.value  # the reader points at the backup
+    with pytest.warns(UserWarning, match=rf"{re.escape(backup.name)}.*restored.*{shard.name}"):
+        _failing_conversion(tmp_path / "train")
+    assert shard.read_bytes() == original and not backup.exists()
+    assert ids(tmp_path / "train-*.tfrecord") == ALL_A
+
+
+def test_debris_is_removed_only_after_the_new_commit_has_landed(tmp_path):
+    write_set(tmp_path / "train", 3, 1)
+    dead = dead_pid()
+    debris = [
+        tmp_path / f"train-00000-of-00001.tfrecord.old.tmp-{dead}",
+        tmp_path / f"train.json.old.tmp-{dead}",
+        tmp_path / f"train-00000-of-00002.tfrecord.tmp-{dead}",
+    ]
+    for path in debris:
+        path.write_bytes(b"x" * 10)
+    _failing_conversion(tmp_path / "train")
+    assert all(p.exists() for p in debris)  # nothing new landed: nothing removed
+    assert ids(tmp_path / "train-*.tfrecord") == ["a0", "a1", "a2"]
+    write_set(tmp_path / "train", 2, 1, "b")
+    assert not any(p.exists() for p in debris)
+    assert _consistent(tmp_path, {"b": ["b0", "b1"]}) == "b"
 
 
 # ------------------------------------------------ readers refuse a set unlike its manifest
@@ -588,6 +768,82 @@ def test_shards_of_other_tools_beside_an_unrelated_json_are_read(tmp_path):
         by_hand(tmp_path / f"train-{i:05d}-of-00002.tfrecord", 3, tag=f"s{i}_")
     (tmp_path / "train.json").write_text(json.dumps({"images": [], "annotations": []}))
     assert len(ids(tmp_path / "train-*.tfrecord")) == 6
+
+
+def segmentation_by_hand(path, n: int, tag: str) -> None:
+    """Segmentation records as the Model Garden's scripts write them (no manifest)."""
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for i in range(n):
+            mask = np.zeros((8, 12), np.uint8)
+            mask[:, : 1 + i] = 1
+
+            def data(value: bytes) -> tf.train.Feature:
+                return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
+
+            def number(value: int) -> tf.train.Feature:
+                return tf.train.Feature(int64_list=tf.train.Int64List(value=[value]))
+
+            feature = {
+                "image/encoded": data(_png(np.full((8, 12, 3), 40 * i, np.uint8))),
+                "image/format": data(b"png"),
+                "image/source_id": data(f"{tag}{i}".encode()),
+                "image/height": number(8),
+                "image/width": number(12),
+                "image/segmentation/class/encoded": data(_png(mask)),
+                "image/segmentation/class/format": data(b"png"),
+            }
+            example = tf.train.Example(features=tf.train.Features(feature=feature))
+            writer.write(example.SerializeToString())
+
+
+COCO_JSON = {"images": [], "annotations": [], "categories": [{"id": 1, "name": "thing"}]}
+
+
+def test_class_checks_ignore_a_json_that_is_not_a_manifest(tmp_path, segmenter, capsys):
+    """Model Garden shards next to the COCO `val.json` they were made from: the class checks
+    of evaluate and of training read no class list from it (the shards have no manifest)."""
+    from keras_dense.data.class_lists import shard_manifests
+    from keras_dense.tasks import get_task
+    from keras_dense.tasks.recipe_data import data_classes
+    from keras_dense.training.recipe import validate
+
+    for i in range(2):
+        segmentation_by_hand(tmp_path / f"val-{i:05d}-of-00002.tfrecord", 3, f"s{i}_")
+    (tmp_path / "val.json").write_text(json.dumps(COCO_JSON))
+    pattern = str(tmp_path / "val-*.tfrecord")
+    assert shard_manifests(pattern) == {}
+    args = ["evaluate", "--model", segmenter, "--data", pattern, "--output", str(tmp_path / "e")]
+    assert cli.main(args) == 0, capsys.readouterr().err
+    assert json.loads((tmp_path / "e" / "metrics.json").read_text())["images"] == 6
+    recipe = validate(
+        {
+            "model": {"builder": "unet", "kwargs": {"padding": "same", "filters": 4, "depth": 2}},
+            "data": {"train": pattern, "validation": pattern, "crop_size": 8, "classes": CLASSES},
+            "training": {"batch_size": 2, "epochs": 1, "steps_per_epoch": 1},
+            "optimizer": {"name": "sgd", "learning_rate": 0.01},
+            "schedule": {"name": "poly"},
+        }
+    )
+    assert data_classes(recipe["data"], get_task("segmentation")) == CLASSES
+
+
+def test_one_shard_copied_with_its_manifest_says_how_to_read_it(tmp_path, segmenter, capsys):
+    """The refusal stays (the set is incomplete), and says how to read the shard on purpose."""
+    write_set(tmp_path / "val", 8, 4)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    shutil.copy(tmp_path / "val-00001-of-00004.tfrecord", elsewhere)
+    shutil.copy(tmp_path / "val.json", elsewhere)
+    pattern = str(elsewhere / "val-*.tfrecord")
+    args = ["evaluate", "--model", segmenter, "--data", pattern]
+    assert cli.main([*args, "--output", str(tmp_path / "bad")]) == 2
+    err = capsys.readouterr().err
+    manifest = str(elsewhere / "val.json")
+    assert "lists 4 shards and 3 of them" in err and manifest in err, err
+    assert "copy the whole set" in err and f"move {manifest} out of this folder" in err, err
+    (elsewhere / "val.json").rename(tmp_path / "val-of-the-whole-set.json")  # as it says
+    assert cli.main([*args, "--output", str(tmp_path / "ok")]) == 0, capsys.readouterr().err
+    assert json.loads((tmp_path / "ok" / "metrics.json").read_text())["images"] == 2
 
 
 def test_a_reused_pid_is_not_taken_for_the_writer():

@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from keras_dense.data.errors import BadInputError
-from keras_dense.data.tfrecord_files import find_manifest, load_manifest, resolve_files
+from keras_dense.data.shard_manifest import find_manifest, load_manifest, manifest_shards
+from keras_dense.data.tfrecord_files import resolve_files
 
 
 def object_classes(names: Sequence[str]) -> list[str]:
@@ -22,14 +23,23 @@ def object_classes(names: Sequence[str]) -> list[str]:
 def shard_manifests(pattern: str | Sequence[str]) -> dict[str, dict]:
     """The manifests of the shards matching `pattern`, by manifest path.
 
+    A JSON named like a manifest that is not one (another tool's, e.g. the COCO `train.json`
+    beside Model Garden shards `train-*.tfrecord`) is left out, as the checksum checks leave
+    it (`shard_manifest.manifest_shards`): such shards have no class list of their own.
+
     Raises:
-        BadInputError: No shard matches, or a manifest is unreadable.
+        BadInputError: No shard matches, or a manifest is unreadable or damaged.
     """
     manifests: dict[str, dict] = {}
+    seen: set[str] = set()
     for shard in resolve_files(pattern):
         path = find_manifest(shard)
-        if path is not None and path not in manifests:
-            manifests[path] = load_manifest(path)
+        if path is None or path in seen:
+            continue
+        seen.add(path)
+        manifest = load_manifest(path)
+        if manifest_shards(path, manifest) is not None:
+            manifests[path] = manifest
     return manifests
 
 

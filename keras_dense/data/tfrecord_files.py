@@ -13,12 +13,10 @@ deliberate `os.utime`, is not noticed); a cache that cannot be written is not an
 shard is then checked at every start). Cache files are written under a temporary name (with
 the PID) and renamed, so concurrent workers never read a half-written entry.
 
-A manifest is checked against the set on disk before any of its shards is trusted: every shard
-it lists must exist, no other shard named like the set (`NAME-*-of-*.tfrecord`, e.g. a leftover
-of a conversion with another shard count) may sit beside them, and its entries must be whole
-(a `shards` list of distinct files whose record counts add up to `num_images`). A pattern may
-select a subset of an intact set; a damaged set is refused, naming the file and the manifest.
-A JSON beside the shards that is not a shard manifest (no `format` of ours, no `shards`; e.g.
+A manifest is checked against the set on disk before any of its shards is trusted
+(`shard_manifest.check_set`: no listed shard missing, no other shard of the name beside them,
+whole entries). A pattern may select a subset of an intact set; a damaged set is refused,
+naming the file and the manifest. A JSON beside the shards that is not a shard manifest (e.g.
 another tool's `train.json`) is ignored.
 
 Before listing or checking shards, an unfinished commit of their set (a writer killed during
@@ -44,10 +42,16 @@ from collections.abc import Sequence
 from typing import BinaryIO
 
 from keras_dense.data.errors import BadInputError
-from keras_dense.data.shard_commit import JOURNAL_SUFFIX, settle, shard_set_glob
+from keras_dense.data.shard_commit import JOURNAL_SUFFIX, settle
+from keras_dense.data.shard_manifest import (  # noqa: F401 (MANIFEST_FORMAT: imported from here)
+    MANIFEST_FORMAT,
+    SHARD_NAME,
+    check_set,
+    find_manifest,
+    load_manifest,
+    manifest_shards,
+)
 
-MANIFEST_FORMAT = "keras_dense.tfrecords/1"
-_SHARD = re.compile(r"^(?P<stem>.+)-\d{5}-of-(?P<count>\d{5})\.tfrecord$")
 _SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 CACHE_VERSION = 1
 
@@ -122,7 +126,7 @@ def _settle_commits(pattern: str) -> None:
 
 
 def _journal_of(shard: str) -> str | None:
-    match = _SHARD.match(os.path.basename(shard))
+    match = SHARD_NAME.match(os.path.basename(shard))
     if not match:
         return None
     return os.path.join(os.path.dirname(shard), match.group("stem") + JOURNAL_SUFFIX)
@@ -163,107 +167,6 @@ def scan_framing(path: str) -> int:
             pos = end
             count += 1
     return count
-
-
-def find_manifest(shard: str) -> str | None:
-    """The manifest `DIR/NAME.json` of a shard `DIR/NAME-0000k-of-0000N.tfrecord`, if present."""
-    match = _SHARD.match(os.path.basename(shard))
-    if not match:
-        return None
-    path = os.path.join(os.path.dirname(shard), match.group("stem") + ".json")
-    return path if os.path.isfile(path) else None
-
-
-def load_manifest(path: str) -> dict:
-    """Reads a manifest JSON, naming the file on error."""
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise BadInputError(path, f"unreadable manifest ({err})") from None
-
-
-def manifest_shards(path: str, manifest: object) -> dict[str, dict] | None:
-    """The shard entries of a manifest by file name, checked for being whole.
-
-    Args:
-        path: The manifest's file (for messages).
-        manifest: Its parsed JSON.
-
-    Returns:
-        `{file name: {"file", "records", "sha256"}}`; None when the JSON is not a shard
-        manifest (neither our `format` nor a `shards` key: another tool's file).
-
-    Raises:
-        BadInputError: A damaged manifest: no `shards` list, a malformed or repeated entry,
-            or record counts that do not add up to `num_images`.
-    """
-    if not isinstance(manifest, dict) or (
-        manifest.get("format") != MANIFEST_FORMAT and "shards" not in manifest
-    ):
-        return None
-    shards = manifest.get("shards")
-    if not isinstance(shards, list) or not shards:
-        raise BadInputError(
-            path, "no 'shards' list: the manifest is damaged (convert the data again)"
-        )
-    entries: dict[str, dict] = {}
-    for index, entry in enumerate(shards):
-        name = entry.get("file") if isinstance(entry, dict) else None
-        records = entry.get("records") if isinstance(entry, dict) else None
-        digest = entry.get("sha256") if isinstance(entry, dict) else None
-        if (
-            not isinstance(name, str)
-            or not name
-            or os.path.basename(name) != name
-            or not (records is None or (type(records) is int and records >= 0))
-            or not (digest is None or isinstance(digest, str))
-        ):
-            raise BadInputError(
-                path,
-                f"shard entry {index} ({json.dumps(entry)[:120]}) is damaged: expected "
-                '{"file": "NAME-0000k-of-0000N.tfrecord", "records": N, "sha256": "..."}',
-            )
-        if name in entries:
-            raise BadInputError(path, f"lists {name} twice: the manifest is damaged")
-        entries[name] = entry
-    counts = [entry.get("records") for entry in shards]
-    total = manifest.get("num_images")
-    if type(total) is int and None not in counts and sum(counts) != total:
-        raise BadInputError(
-            path,
-            f"num_images {total} but its shards hold {sum(counts)} records: the manifest is "
-            "damaged",
-        )
-    return entries
-
-
-def _check_set(path: str, entries: dict[str, dict]) -> None:
-    """The shards on disk are exactly those the manifest `path` lists."""
-    directory = os.path.dirname(path)
-    count = len(entries)
-    listed = sorted(entries)
-    for name in listed:
-        match = _SHARD.match(name)
-        if match and int(match.group("count")) != count:
-            raise BadInputError(path, f"lists {name} among {count} shards: the manifest is damaged")
-    missing = [name for name in listed if not os.path.isfile(os.path.join(directory, name))]
-    if missing:
-        raise BadInputError(
-            os.path.join(directory, missing[0]),
-            f"missing: {path} lists {count} shards and {len(missing)} of them "
-            f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}) are not on disk; "
-            "the shard set is incomplete (copy it again, or convert again)",
-        )
-    stem = path[: -len(".json")]
-    for shard in sorted(glob.glob(shard_set_glob(stem))):
-        if os.path.basename(shard) not in entries:
-            raise BadInputError(
-                shard,
-                f"not listed in {path}, which lists {count} shard(s) ({listed[0]}"
-                f"{', ...' if count > 1 else ''}): a leftover of another conversion? Remove "
-                "it, or convert again",
-            )
 
 
 def _sha256(path: str) -> str:
@@ -365,7 +268,7 @@ def check_files(
             if manifest_file not in manifests:
                 entries = manifest_shards(manifest_file, load_manifest(manifest_file))
                 if entries is not None:
-                    _check_set(manifest_file, entries)
+                    check_set(manifest_file, entries)
                 manifests[manifest_file] = entries
             entries = manifests[manifest_file]
             if entries is None:

@@ -15,19 +15,10 @@ import tensorflow as tf
 
 from keras_dense.data.errors import BadInputError
 from keras_dense.data.schema import Record, serialize_record
-from keras_dense.data.shard_commit import (
-    CommitBusyError,
-    commit,
-    journal_path,
-    settle,
-    shard_set_glob,
-)
-from keras_dense.data.tfrecord_files import MANIFEST_FORMAT, is_remote
-from keras_dense.utils.files import (
-    remove_quietly,
-    remove_stale_temporaries,
-    temporary_path,
-)
+from keras_dense.data.shard_commit import commit, journal_path, lock_path, prepare, shard_set_glob
+from keras_dense.data.shard_manifest import MANIFEST_FORMAT
+from keras_dense.data.tfrecord_files import is_remote
+from keras_dense.utils.files import remove_quietly, temporary_path
 from keras_dense.utils.progress import Progress
 
 
@@ -84,8 +75,10 @@ def write_dataset(
     half-way (SIGKILL, power loss) is finished or rolled back by the next reader or writer, so
     a shard set is never torn. Shards of an earlier conversion to the same name with another
     shard count are removed in the same commit. First, an unfinished commit of a dead earlier
-    run to the same name is settled, and its temporaries and backups (`*.old.tmp-PID`) are
-    removed; those of live processes are kept.
+    run to the same name is settled, and a dead run's backup (`*.old.tmp-PID`) whose target is
+    missing, the only copy of that file, is put back with a warning (`shard_commit.prepare`);
+    the other temporaries and backups of dead processes are removed once the new set has
+    landed, those of live processes kept.
 
     Args:
         output: `DIR/NAME`; shards are `DIR/NAME-0000k-of-0000N.tfrecord`, the manifest
@@ -112,7 +105,7 @@ def write_dataset(
     Raises:
         BadInputError: With `on_error="fail"`, the first bad input; or when no record is usable.
         ValueError: Bad arguments, or an output whose shard set or manifest is an input.
-        CommitBusyError: Another live process keeps committing the same name.
+        CommitBusyError: Another live process keeps committing the same name (a RuntimeError).
     """
     if on_error not in ("fail", "skip"):
         raise ValueError(f"on_error={on_error!r}: expected 'fail' or 'skip'")
@@ -125,18 +118,9 @@ def write_dataset(
     refuse_overlap(output, num_shards, read_from)
     directory = os.path.dirname(os.path.abspath(output))
     os.makedirs(directory, exist_ok=True)
-    # A dead run's unfinished commit first: its temporaries are the files it still needs.
-    # While a live process commits this name, its files are left alone (cleaned next time).
-    if settle(journal_path(output), CommitBusyError, wait=False):
-        prefix = glob.escape(output)
-        for pattern in (
-            shard_set_glob(output) + ".tmp-*",
-            shard_set_glob(output) + ".old.tmp-*",
-            prefix + ".json.tmp-*",
-            prefix + ".json.old.tmp-*",
-            glob.escape(journal_path(output)) + ".tmp-*",
-        ):
-            remove_stale_temporaries(pattern)
+    # A dead run's unfinished commit first, and its backups that are a file's only copy; the
+    # rest of the debris of dead runs goes only once this commit has landed (`commit`).
+    prepare(output)
     paths = shard_paths(output, num_shards)
     tmp_paths = [temporary_path(p) for p in paths]
     manifest_file = manifest_path(output)
@@ -223,9 +207,9 @@ def write_dataset(
 def refuse_overlap(output: str, num_shards: int, read_from: Sequence[str]) -> None:
     """Refuses an output that would write, replace or remove one of the files being read.
 
-    The output's files are its new shards, its manifest, its commit journal and every shard
-    already named like the set's (an earlier conversion with another shard count, removed by
-    the commit). Paths are compared after resolving links, and by file identity.
+    The output's files are its new shards, its manifest, its commit journal and lock, and every
+    shard already named like the set's (an earlier conversion with another shard count, removed
+    by the commit). Paths are compared after resolving links, and by file identity.
 
     Args:
         output: `DIR/NAME` of the shard set to write.
@@ -252,6 +236,7 @@ def refuse_overlap(output: str, num_shards: int, read_from: Sequence[str]) -> No
         *shard_paths(output, num_shards),
         manifest_path(output),
         journal_path(output),
+        lock_path(output),
         *sorted(glob.glob(shard_set_glob(output))),
     ]
     for path in written:

@@ -2,9 +2,13 @@
 
 Every temporary file is named `TARGET.tmp-PID` (a backup of a replaced file `TARGET.old.tmp-PID`),
 so a later run can tell the debris of a dead process (removed by `remove_stale_temporaries`)
-from the work of a live one (kept). Files that must name their writer for good (a commit
-journal) record `process_identity()`: the PID, the host and the process's start time, which
-tells a reused PID from the writer.
+from the work of a live one (kept). A PID is only seen within its PID namespace: a process of
+another container looks dead. Where that matters (deciding that a writer is gone and taking
+over its work) hold a lock instead (`utils.file_lock`).
+
+Files that name their writer (a commit journal) record `process_identity()`: the PID, the host
+and the process's start time, for messages, and for `identity_alive` where no file lock is
+available.
 """
 
 from __future__ import annotations
@@ -67,7 +71,8 @@ def identity_alive(identity: dict) -> bool:
 
     A record from another host is assumed alive (its processes cannot be seen from here). On
     this host the PID must exist, not be a zombie, and, where both are known, have the
-    recorded start time (otherwise the PID was reused by another process).
+    recorded start time (otherwise the PID was reused by another process). A best guess: a
+    process of another PID namespace looks dead; prefer a held `utils.file_lock.FileLock`.
     """
     if identity.get("host") not in (None, socket.gethostname()):
         return True
