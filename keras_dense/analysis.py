@@ -354,6 +354,47 @@ def receptive_field(model: keras.Model, layer_name: str) -> ReceptiveField:
     )
 
 
+def _output_in_model(layer):
+    """The output of `layer`'s first call in the model's graph.
+
+    For a nested model (a backbone called by the model), `layer.output` is the output of its
+    own inner graph, whose input layer may share a name with the outer model's ("images"); the
+    tensor the outer graph passes on is the output of its call there.
+    """
+    nodes = getattr(layer, "_inbound_nodes", None) or []
+    if isinstance(layer, keras.Model) and nodes:
+        outputs = keras.tree.flatten(nodes[0].output_tensors)
+        return outputs[0] if len(outputs) == 1 else outputs
+    return layer.output
+
+
+def _image_probe(model: keras.Model, layer) -> keras.Model:
+    """A model from the image input of `model` to `layer`'s output.
+
+    Detectors take more inputs than the image (image shapes, scales, regions); the layers a
+    receptive field is asked of depend on the image only.
+
+    Raises:
+        ValueError: The model has no single image input, or the layer also depends on the
+            other inputs.
+    """
+    inputs = keras.tree.flatten(model.inputs)
+    images = [t for t in inputs if len(t.shape) == 4]
+    if len(images) != 1:
+        raise ValueError(
+            f"model {model.name!r}: expected one image input (batch, height, width, channels), "
+            f"got {[tuple(t.shape) for t in inputs]}"
+        )
+    try:
+        return keras.Model(images[0], _output_in_model(layer))
+    except ValueError as err:
+        others = [t.name for t in inputs if t is not images[0]]
+        raise ValueError(
+            f"layer_name={layer.name!r}: its output depends on inputs besides the image "
+            f"({', '.join(others)}), so it has no receptive field over the image alone ({err})"
+        ) from None
+
+
 @dataclasses.dataclass(frozen=True)
 class EmpiricalReceptiveField:
     """The measured (effective) receptive field of a layer's centre unit.
@@ -411,17 +452,22 @@ def empirical_receptive_field(
     images = tf.convert_to_tensor(np.asarray(keras.ops.convert_to_numpy(images)), tf.float32)
     if images.shape.rank != 4:
         raise ValueError(f"images must be (batch, height, width, channels), got {images.shape}")
-    inputs = list(model.inputs)
-    probe = keras.Model(inputs[0] if len(inputs) == 1 else inputs, layer.output)
+    probe = _image_probe(model, layer)
     with tf.GradientTape() as tape:
         tape.watch(images)
-        outputs = probe(images, training=False)
-        if outputs.shape.rank != 4:
+        outputs = keras.tree.flatten(probe(images, training=False))
+        grids = {tuple(t.shape[1:3]) if t.shape.rank == 4 else None for t in outputs}
+        if len(grids) != 1 or None in grids:
+            shapes = [tuple(t.shape) for t in outputs]
             raise ValueError(
-                f"layer_name={layer_name!r}: its output {outputs.shape} is not spatial"
+                f"layer_name={layer_name!r}: its output(s) {shapes} are not spatial maps on "
+                "one grid"
             )
-        unit = (int(outputs.shape[1]) // 2, int(outputs.shape[2]) // 2)
-        objective = tf.reduce_sum(tf.cast(outputs[:, unit[0], unit[1], :], tf.float32))
+        # Several outputs on one grid (an RPN's scores and deltas): their sum at the unit.
+        unit = (int(outputs[0].shape[1]) // 2, int(outputs[0].shape[2]) // 2)
+        objective = tf.add_n(
+            [tf.reduce_sum(tf.cast(t[:, unit[0], unit[1], :], tf.float32)) for t in outputs]
+        )
     gradient = tape.gradient(objective, images)
     mass = np.abs(gradient.numpy().astype(np.float64)).sum(axis=-1).mean(axis=0)  # (H, W)
     total = mass.sum()

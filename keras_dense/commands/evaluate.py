@@ -5,9 +5,31 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 
+from keras_dense.commands.applicable_options import (
+    OptionScope,
+    fill_defaults,
+    refuse_inapplicable,
+    stored_card,
+)
 from keras_dense.commands.tta_arguments import add_tta_arguments
+
+# Options of some tasks only (`Task.command_options["evaluate"]`); left out they are None.
+_SCOPES = tuple(
+    OptionScope(dest, flag, task_specific=True)
+    for dest, flag in (
+        ("crf", "--crf"),
+        ("tiled", "--tiled"),
+        ("use_07_metric", "--use-07-metric"),
+        ("tta", "--tta"),
+        ("scales", "--scales"),
+        ("pointing_tolerance", "--pointing-tolerance"),
+        ("max_memory", "--max-memory"),
+    )
+)
+_DEFAULTS = {"pointing_tolerance": 3.0, "max_memory": "2GiB"}
 
 
 def register(sub) -> None:
@@ -17,7 +39,8 @@ def register(sub) -> None:
         help="score a saved model on TFRecord shards (mIoU, or VOC mAP for detection)",
         description="Segmentation: per-class IoU, mean IoU, pixel accuracy and "
         "frequency-weighted IoU over the confusion matrix (ignore label skipped), written as "
-        "JSON plus a confusion-matrix PNG. Detection: PASCAL VOC mAP as JSON.",
+        "JSON plus a confusion-matrix PNG. Detection: PASCAL VOC mAP as JSON. Options that do "
+        "not apply to the model's task are refused.",
     )
     parser.add_argument("--model", required=True, help="the saved model (X.keras, card X.json)")
     parser.add_argument("--data", required=True, help="glob pattern of TFRecord shards")
@@ -39,9 +62,16 @@ def register(sub) -> None:
     parser.add_argument(
         "--pointing-tolerance",
         type=float,
-        default=3.0,
+        default=None,
         help="classification: pointing-game tolerance in pixels (default 3, for images up "
         "to about 128 px; 18 is the usual value on VOC)",
+    )
+    parser.add_argument(
+        "--max-memory",
+        default=None,
+        help="segmentation: memory one image may take (e.g. 2GiB), planned as predict plans "
+        "it: larger images are evaluated tile by tile, or refused naming the record when even "
+        "that does not fit (default 2GiB)",
     )
     parser.add_argument(
         "--output",
@@ -64,11 +94,20 @@ def _json_safe(value):
 
 def run(args: argparse.Namespace) -> int:
     """Evaluates, writes the JSON (and the task's files) atomically and prints the headline."""
+    from keras_dense.signatures.memory_budget import parse_memory
     from keras_dense.tasks import EvaluateOptions, get_task
     from keras_dense.tasks.model_loading import load_model_with_card
     from keras_dense.utils.files import atomic_write_bytes
     from keras_dense.utils.tta import parse_tta
 
+    refuse_inapplicable(args, "evaluate", _SCOPES, task=stored_card(args.model)[0])
+    fill_defaults(args, _DEFAULTS)
+    if not (math.isfinite(args.pointing_tolerance) and args.pointing_tolerance >= 0):
+        raise ValueError(
+            f"--pointing-tolerance {args.pointing_tolerance}: expected a finite number of "
+            "pixels >= 0"
+        )
+    max_memory = parse_memory(args.max_memory, "--max-memory")
     tta = parse_tta(args.tta, args.scales)
     model, card = load_model_with_card(args.model)
     task = get_task(card["task"])
@@ -81,6 +120,7 @@ def run(args: argparse.Namespace) -> int:
         tta=tta,
         progress=True,
         pointing_tolerance=args.pointing_tolerance,
+        max_memory=max_memory,
     )
     report = {"model": args.model, "data": args.data, "task": task.name}
     report.update(task.evaluate(model, card, args.data, options))

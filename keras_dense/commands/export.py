@@ -7,9 +7,45 @@ from __future__ import annotations
 import argparse
 import os
 
+from keras_dense.commands.applicable_options import (
+    OptionScope,
+    fill_defaults,
+    refuse_inapplicable,
+    stored_card,
+)
 from keras_dense.commands.tta_arguments import add_tta_arguments
 from keras_dense.signatures.batch_modes import BATCH_MODES
 from keras_dense.signatures.image_bytes import DEFAULT_MAX_PIXELS
+
+# Where each option applies (its default is None in the parser, filled in by `_defaults`).
+_SCOPES = (
+    OptionScope("version", "--version", formats=("savedmodel",)),
+    OptionScope("batch_mode", "--batch-mode", task_specific=True, formats=("savedmodel",)),
+    OptionScope("max_pixels", "--max-pixels", formats=("savedmodel",)),
+    OptionScope("max_request_memory", "--max-request-memory", formats=("savedmodel",)),
+    OptionScope("min_size", "--min-size", task_specific=True, formats=("savedmodel",)),
+    OptionScope("max_size", "--max-size", task_specific=True, formats=("savedmodel",)),
+    OptionScope("tta", "--tta", task_specific=True, formats=("savedmodel",)),
+    OptionScope("scales", "--scales", task_specific=True, formats=("savedmodel",)),
+    OptionScope("allow_different_model", "--allow-different-model", formats=("savedmodel",)),
+    OptionScope("quantize", "--quantize", formats=("tflite",)),
+    OptionScope("data", "--data", formats=("tflite",)),
+    OptionScope("input_size", "--input-size", formats=("tflite",)),
+    OptionScope("check_images", "--check-images", formats=("tflite",)),
+    OptionScope("representative_images", "--representative-images", formats=("tflite",)),
+    OptionScope("min_agreement", "--min-agreement", formats=("tflite",)),
+)
+_DEFAULTS = {
+    "batch_mode": "per_image",
+    "max_pixels": DEFAULT_MAX_PIXELS,
+    "max_request_memory": "2GiB",
+    "tta": "none",
+    "quantize": "none",
+    "check_images": 8,
+    "representative_images": 32,
+}
+# Detection: the training scale when the model card has none (Fast R-CNN's).
+_DEFAULT_MIN_SIZE, _DEFAULT_MAX_SIZE = 600, 1000
 
 
 def register(subparsers) -> None:
@@ -19,11 +55,13 @@ def register(subparsers) -> None:
         help="export a .keras model as a TF Serving SavedModel version or a checked .tflite",
         description="savedmodel (default): writes OUTPUT/<version>/ (the layout TF Serving "
         "reads) atomically, with the signatures serving_default (JPEG/PNG bytes) and "
-        "serving_tensor (float images); refuses non-finite weights, non-stock ops and existing "
-        "versions. tflite: converts at a fixed input size, runs the result with the LiteRT "
+        "serving_tensor (float images); refuses non-finite weights, non-stock ops, existing "
+        "versions and a folder whose versions serve another model (task, classes or "
+        "signatures). tflite: converts at a fixed input size, runs the result with the LiteRT "
         "interpreter on images of --data (or generated ones) and writes OUTPUT/NAME.tflite "
         "plus NAME.tflite.json only when its per-pixel classes agree with the Keras model's "
-        "(99.9%% for none/float16, 98%% for int8). Segmentation models only.",
+        "(99.9%% for none/float16, 98%% for int8). Segmentation models only. Options that do "
+        "not apply to the format or the model's task are refused.",
     )
     parser.add_argument(
         "--format",
@@ -39,37 +77,52 @@ def register(subparsers) -> None:
         "--version", type=int, default=None, help="version number (default: the next integer)"
     )
     parser.add_argument(
+        "--allow-different-model",
+        action="store_true",
+        help="add the version although the folder's versions serve another task, class list "
+        "or signatures (TF Serving's stable/canary labels then name different models)",
+    )
+    parser.add_argument(
         "--batch-mode",
         choices=BATCH_MODES,
-        default="per_image",
-        help="mixed-size batches: run each image alone (exact) or pad to the largest",
+        default=None,
+        help="mixed-size batches: run each image alone (exact, default) or pad to the largest "
+        "(segmentation and detection)",
     )
     parser.add_argument(
         "--max-pixels",
         type=int,
-        default=DEFAULT_MAX_PIXELS,
-        help="largest image (height * width) the signature accepts",
+        default=None,
+        help=f"largest image (height * width) the signature accepts (default {DEFAULT_MAX_PIXELS})",
     )
     parser.add_argument(
         "--max-request-memory",
-        default="2GiB",
+        default=None,
         help="memory one request may take (e.g. 2GiB, 512MiB): the export measures the model's "
         "memory per pixel and refuses requests above the resulting pixel budget (default 2GiB)",
     )
     parser.add_argument(
-        "--min-size", type=int, default=600, help="detection: shorter side fed to the model"
+        "--min-size",
+        type=int,
+        default=None,
+        help="detection: shorter side fed to the model (default: the model card's training "
+        f"scale, else {_DEFAULT_MIN_SIZE})",
     )
     parser.add_argument(
-        "--max-size", type=int, default=1000, help="detection: cap on the longer side"
+        "--max-size",
+        type=int,
+        default=None,
+        help="detection: cap on the longer side (default: the model card's, else "
+        f"{_DEFAULT_MAX_SIZE})",
     )
     add_tta_arguments(parser)
     tflite = parser.add_argument_group("tflite")
     tflite.add_argument(
         "--quantize",
         choices=("none", "float16", "int8"),
-        default="none",
-        help="tflite: float32 (none), float16 weights, or int8 weights and activations "
-        "calibrated on --data",
+        default=None,
+        help="tflite: float32 (none, default), float16 weights, or int8 weights and "
+        "activations calibrated on --data",
     )
     tflite.add_argument(
         "--data",
@@ -81,13 +134,13 @@ def register(subparsers) -> None:
         help="tflite: fixed input H,W (default: the model card's input_size, the training tile)",
     )
     tflite.add_argument(
-        "--check-images", type=int, default=8, help="tflite: images the check compares"
+        "--check-images", type=int, default=None, help="tflite: images the check compares (8)"
     )
     tflite.add_argument(
         "--representative-images",
         type=int,
-        default=32,
-        help="tflite: images the int8 calibration sees",
+        default=None,
+        help="tflite, --quantize int8: images the int8 calibration sees (32)",
     )
     tflite.add_argument(
         "--min-agreement",
@@ -97,6 +150,46 @@ def register(subparsers) -> None:
         "(default 0.999 for none/float16, 0.98 for int8)",
     )
     parser.set_defaults(run=run)
+
+
+def check_options(args: argparse.Namespace) -> dict:
+    """Refuses options that do not apply, fills in the defaults and checks the numbers.
+
+    `--min-size` / `--max-size` left out become the model card's (its training scale), else
+    600 / 1000.
+
+    Returns:
+        The model card fields the export overrides: the detection sizes given.
+
+    Raises:
+        ValueError: An option that does not apply to `--format` or to the model's task
+            (named), or a bad value.
+    """
+    task, card = stored_card(args.model)
+    refuse_inapplicable(args, "export", _SCOPES, task=task, output_format=args.format)
+    if args.representative_images is not None and args.quantize != "int8":
+        raise ValueError(
+            "--representative-images does not apply without --quantize int8 (only int8 "
+            "calibrates on representative images); leave it out"
+        )
+    for flag, value in (("--min-size", args.min_size), ("--max-size", args.max_size)):
+        if value is not None and value < 1:
+            raise ValueError(f"{flag} {value}: expected a positive number of pixels")
+    min_size = args.min_size or card.get("min_size") or _DEFAULT_MIN_SIZE
+    max_size = args.max_size or card.get("max_size") or _DEFAULT_MAX_SIZE
+    if max_size < min_size:
+        raise ValueError(
+            f"--max-size {max_size} is below --min-size {min_size}: expected the cap on the "
+            "longer side to be at least the shorter side's size"
+        )
+    if args.max_pixels is not None and args.max_pixels < 1:
+        raise ValueError(f"--max-pixels {args.max_pixels}: expected a positive number of pixels")
+    if args.version is not None and args.version < 1:
+        raise ValueError(f"--version {args.version}: expected a positive integer")
+    given = {k: v for k, v in (("min_size", args.min_size), ("max_size", args.max_size)) if v}
+    fill_defaults(args, _DEFAULTS)
+    args.min_size, args.max_size = min_size, max_size
+    return given
 
 
 def run_tflite(args: argparse.Namespace) -> int:
@@ -127,27 +220,35 @@ def run_tflite(args: argparse.Namespace) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Runs `keras-dense export`."""
+    from keras_dense.signatures.memory_budget import parse_memory
+    from keras_dense.utils.tta import parse_tta
+
+    overrides = check_options(args)
     if args.format == "tflite":
         return run_tflite(args)
     from keras_dense.export.saved_model_export import export_saved_model
-    from keras_dense.signatures.memory_budget import parse_memory
-    from keras_dense.utils.tta import parse_tta
 
     output = os.path.normpath(args.output)
     name = os.path.basename(output)
     if not name or name in (".", ".."):
         raise ValueError(f"--output {args.output!r}: expected a folder such as saved_models/NAME")
+    max_request_memory = parse_memory(args.max_request_memory, "--max-request-memory")
+    tta = parse_tta(args.tta, args.scales)
+    # The served scale is the card's (the training scale) unless --min-size / --max-size say
+    # otherwise; the exported card records the sizes given.
     result = export_saved_model(
         args.model,
         os.path.dirname(output) or ".",
         name=name,
         version=args.version,
+        card=overrides or None,
         batch_mode=args.batch_mode,
         max_pixels=args.max_pixels,
-        max_request_memory=parse_memory(args.max_request_memory),
+        max_request_memory=max_request_memory,
         min_size=args.min_size,
         max_size=args.max_size,
-        tta=parse_tta(args.tta, args.scales),
+        tta=tta,
+        allow_different_model=args.allow_different_model,
     )
     budget = result.memory_budget
     print(

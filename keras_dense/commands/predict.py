@@ -8,6 +8,12 @@ import sys
 
 import numpy as np
 
+from keras_dense.commands.applicable_options import (
+    OptionScope,
+    fill_defaults,
+    refuse_inapplicable,
+    stored_card,
+)
 from keras_dense.commands.tta_arguments import add_tta_arguments
 from keras_dense.data.errors import BadInputError
 from keras_dense.data.image_io import (
@@ -19,6 +25,21 @@ from keras_dense.signatures.memory_budget import parse_memory
 from keras_dense.tasks import PredictOptions, get_task
 from keras_dense.utils.files import atomic_write_bytes
 from keras_dense.utils.tta import parse_tta
+
+# Options of some tasks only (`Task.command_options["predict"]`); left out they are None.
+_SCOPES = tuple(
+    OptionScope(dest, flag, task_specific=True)
+    for dest, flag in (
+        ("max_memory", "--max-memory"),
+        ("tiled", "--tiled"),
+        ("tile_size", "--tile-size"),
+        ("tta", "--tta"),
+        ("scales", "--scales"),
+        ("score_threshold", "--score-threshold"),
+        ("crf", "--crf"),
+    )
+)
+_DEFAULTS = {"max_memory": "2GiB", "tiled": "auto", "score_threshold": 0.5}
 
 
 def register(sub) -> None:
@@ -40,22 +61,27 @@ def register(sub) -> None:
     )
     parser.add_argument(
         "--max-memory",
-        default="2GiB",
-        help="memory one image may take (e.g. 2GiB): larger images are segmented tile by tile, "
-        "or refused when even that does not fit (default 2GiB)",
+        default=None,
+        help="segmentation: memory one image may take (e.g. 2GiB): larger images are "
+        "segmented tile by tile, or refused when even that does not fit (default 2GiB)",
     )
     parser.add_argument("--output", required=True, help="output folder")
     parser.add_argument(
         "--tiled",
         choices=("auto", "always", "never"),
-        default="auto",
-        help="overlap-tile inference: auto (images with a side above 1024 px, valid-padding "
-        "models), always or never",
+        default=None,
+        help="segmentation: overlap-tile inference: auto (default: images with a side above "
+        "1024 px, valid-padding models), always or never",
     )
-    parser.add_argument("--tile-size", type=int, help="tile size for overlap-tile inference")
+    parser.add_argument(
+        "--tile-size", type=int, help="segmentation: tile size for overlap-tile inference"
+    )
     add_tta_arguments(parser)
     parser.add_argument(
-        "--score-threshold", type=float, default=0.5, help="detection: lowest score drawn"
+        "--score-threshold",
+        type=float,
+        default=None,
+        help="detection: lowest score drawn, in [0, 1] (default 0.5)",
     )
     parser.add_argument(
         "--crf",
@@ -129,9 +155,9 @@ def check_header(
 
 def _options(args) -> PredictOptions:
     return PredictOptions(
-        tiled={"auto": None, "always": True, "never": False}[args.tiled],
+        tiled={"auto": None, "always": True, "never": False}[args.tiled or "auto"],
         tile_size=args.tile_size,
-        score_threshold=args.score_threshold,
+        score_threshold=0.5 if args.score_threshold is None else args.score_threshold,
         tta=parse_tta(getattr(args, "tta", "none"), getattr(args, "scales", None)),
         crf=getattr(args, "crf", False),
     )
@@ -154,7 +180,7 @@ def predict_file(model, card: dict, path: str, output: str, stem: str, args) -> 
     Raises:
         BadInputError: The file is missing, unreadable, not a decodable image, or too large.
     """
-    max_memory = parse_memory(getattr(args, "max_memory", "2GiB"))
+    max_memory = parse_memory(getattr(args, "max_memory", None) or "2GiB", "--max-memory")
     plan = check_header(path, get_task(card["task"]), model, card, max_memory, _options(args))
     rgb = read_input(path)
     try:
@@ -181,9 +207,15 @@ def run(args: argparse.Namespace) -> int:
     """Predicts every input; bad inputs are reported and skipped (exit status 1 at the end)."""
     from keras_dense.tasks.model_loading import load_model_with_card
 
+    refuse_inapplicable(args, "predict", _SCOPES, task=stored_card(args.model)[0])
+    fill_defaults(args, _DEFAULTS)
     if args.tile_size is not None and args.tile_size < 1:
         raise ValueError(f"--tile-size {args.tile_size}: expected a positive integer")
-    max_memory = parse_memory(args.max_memory)
+    if not 0.0 <= args.score_threshold <= 1.0:
+        raise ValueError(
+            f"--score-threshold {args.score_threshold}: expected a probability in [0, 1]"
+        )
+    max_memory = parse_memory(args.max_memory, "--max-memory")
     parse_tta(args.tta, args.scales)  # a bad --tta or --scales fails before any work
     if not args.inputs and not args.data:
         raise ValueError("nothing to predict: give image files or folders, or --data PATTERN")

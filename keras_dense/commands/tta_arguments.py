@@ -14,14 +14,15 @@ def add_tta_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--tta",
         choices=("none", "flip"),
-        default="none",
-        help="test-time augmentation: flip also runs each image mirrored left-right and "
+        default=None,
+        help="test-time augmentation (default none): flip also runs each image mirrored "
+        "left-right and "
         "averages the softmax (with --scales; classification: the class maps of the "
         "pointing game and CorLoc)",
     )
     parser.add_argument(
         "--scales",
         default=None,
-        help="comma-separated image scales whose softmax is averaged, e.g. 0.75,1,1.25 "
-        "(default 1; with --tta flip, DeepLab's multi-scale + flip evaluation)",
+        help="comma-separated image scales in [0.25, 4] whose softmax is averaged, e.g. "
+        "0.75,1,1.25 (default 1; with --tta flip, DeepLab's multi-scale + flip evaluation)",
     )

@@ -36,6 +36,20 @@ DEFAULT_PARAMETERS = {
     "bilateral_weight": 10.0,
     "spatial_weight": 3.0,
 }
+# Valid range of each parameter. Standard deviations (pixels, colour levels): below 0.1 a
+# kernel reaches no neighbour (exp(-1 / (2 * 0.1^2)) = 2e-22), and the lattice's features
+# (position or colour over the deviation) would pass the op's limit of about 2.8e5 on large
+# images; above 1e4 the kernel is flat over any image and the whole 0-255 colour range.
+# Weights: below 1e-3 a kernel changes nothing next to the unary term (-log p, at most 18.4
+# with probabilities clipped at 1e-8); above 1e3 it drowns the unary term and every pixel
+# takes one label.
+PARAMETER_RANGES = {
+    "theta_alpha": (0.1, 1e4),
+    "theta_beta": (0.1, 1e4),
+    "theta_gamma": (0.1, 1e4),
+    "bilateral_weight": (1e-3, 1e3),
+    "spatial_weight": (1e-3, 1e3),
+}
 DEFAULT_GRID = {
     "theta_alpha": (20.0, 40.0, 80.0, 140.0),
     "theta_beta": (3.0, 6.0, 13.0, 25.0),
@@ -75,11 +89,11 @@ def parse_grid(items: list[str] | None) -> dict:
         items: `--grid` values, e.g. `["theta_alpha=30,60,90", "spatial_weight=3"]`.
 
     Returns:
-        `{parameter: sorted tuple of positive floats}`.
+        `{parameter: sorted tuple of floats}`, each in its `PARAMETER_RANGES`.
 
     Raises:
-        ValueError: Unknown parameter, or a value that is not a positive number (the message
-            names `--grid`).
+        ValueError: Unknown parameter, or a value that is not a number in the parameter's
+            valid range (the message names `--grid`, the entry and the range).
     """
     grid = dict(DEFAULT_GRID)
     for item in items or ():
@@ -93,10 +107,27 @@ def parse_grid(items: list[str] | None) -> dict:
             numbers = tuple(sorted({float(v) for v in values.split(",") if v.strip()}))
         except ValueError:
             numbers = ()
-        if not numbers or not all(math.isfinite(v) and v > 0 for v in numbers):
-            raise ValueError(f"--grid {item!r}: expected positive numbers after '='")
+        if not numbers:
+            raise ValueError(f"--grid {item!r}: expected numbers after '='")
         grid[key] = numbers
+    check_grid(grid)
     return grid
+
+
+def check_grid(grid: dict) -> None:
+    """Raises ValueError naming the first grid value outside its parameter's valid range.
+
+    Args:
+        grid: `{parameter: values}` with parameters of `GRID_PARAMETERS`.
+    """
+    for key, values in grid.items():
+        low, high = PARAMETER_RANGES[key]
+        for value in values:
+            if not (math.isfinite(value) and low <= value <= high):
+                raise ValueError(
+                    f"--grid {key}={value:g}: outside the valid range [{low:g}, {high:g}] of "
+                    f"{key} (see keras_dense.evaluation.crf_tuning.PARAMETER_RANGES)"
+                )
 
 
 def _points(grid: dict) -> list[dict]:
@@ -108,7 +139,7 @@ def fine_grid(grid: dict, best: dict) -> dict:
     """For each parameter, `best` and the geometric midpoints to its coarse neighbours.
 
     At the ends of a coarse list the step to the one neighbour is mirrored; a parameter
-    with one coarse value stays fixed.
+    with one coarse value stays fixed. Values are clipped to `PARAMETER_RANGES`.
     """
     fine = {}
     for key, values in grid.items():
@@ -120,7 +151,9 @@ def fine_grid(grid: dict, best: dict) -> dict:
         i = values.index(value)
         below = values[i - 1] if i > 0 else value * value / values[i + 1]
         above = values[i + 1] if i + 1 < len(values) else value * value / values[i - 1]
-        fine[key] = tuple(sorted({math.sqrt(below * value), value, math.sqrt(value * above)}))
+        low, high = PARAMETER_RANGES.get(key, (0.0, math.inf))
+        points = (math.sqrt(below * value), value, math.sqrt(value * above))
+        fine[key] = tuple(sorted({min(max(p, low), high) for p in points}))
     return fine
 
 
@@ -201,6 +234,7 @@ def tune_crf(
     unknown = set(grid) - set(GRID_PARAMETERS)
     if unknown:
         raise ValueError(f"--grid: unknown parameter(s) {sorted(unknown)}")
+    check_grid(grid)
     if max_images is not None and max_images < 1:
         raise ValueError(f"--max-images {max_images}: expected a positive integer")
     kept = kept_softmaxes(model, card, pattern, max_images, progress)

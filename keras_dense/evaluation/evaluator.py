@@ -13,9 +13,17 @@ from keras_dense.data.class_lists import check_card_classes, object_classes
 from keras_dense.data.detection_records import check_evaluation_records
 from keras_dense.data.tfrecord_files import resolve_files, scan_framing
 from keras_dense.evaluation.segmentation_metrics import confusion_matrix, segmentation_scores
-from keras_dense.prediction.inference import detect_objects, segment, segment_probabilities
+from keras_dense.prediction.inference import (
+    detect_objects,
+    plan_prediction,
+    segment,
+    segment_probabilities,
+)
 from keras_dense.utils.progress import Progress
 from keras_dense.utils.tta import TestTimeAugmentation
+
+# Bytes one image's prediction may take by default, as `predict --max-memory`.
+DEFAULT_MAX_MEMORY = 2 * 1024**3
 
 
 def softmax(scores: np.ndarray) -> np.ndarray:
@@ -69,12 +77,17 @@ def evaluate_segmentation(
     tiled: bool | None = None,
     progress: bool = False,
     tta: TestTimeAugmentation | None = None,
+    max_memory: int = DEFAULT_MAX_MEMORY,
 ) -> tuple[np.ndarray, dict]:
     """Confusion matrix and scores of a segmenter over every record matching `pattern`.
 
     Each image is predicted at its full size (tile by tile with `tiled`, or automatically for
     large images and valid-padding models), optionally refined by the dense CRF, and
-    compared with its mask, skipping the card's ignore label.
+    compared with its mask, skipping the card's ignore label. Before an image is predicted,
+    its memory is planned as `predict` plans it (`keras_dense.prediction.inference.
+    plan_prediction`, with the test-time augmentation): an image whose single pass would
+    exceed `max_memory` is predicted tile by tile, and one that does not fit even tiled stops
+    the evaluation, naming the record.
 
     Args:
         model: The segmenter.
@@ -88,12 +101,16 @@ def evaluate_segmentation(
         tta: Test-time augmentation: the argmax (or the CRF) takes the softmax averaged over
             its flips and scales (`keras_dense.prediction.inference.segment_probabilities`);
             None or disabled: the plain prediction.
+        max_memory: Bytes one image's prediction may take (`--max-memory`).
 
     Returns:
-        `(confusion matrix, scores)`, scores as in `segmentation_scores` plus `images`.
+        `(confusion matrix, scores)`, scores as in `segmentation_scores` plus `images`,
+        `max_memory` and `tiled_images` (the images the memory plan had tiled).
 
     Raises:
         ValueError: A record has no mask, or the model's class count differs from the card.
+        BadInputError: An image does not fit `max_memory` even tile by tile, or needs tiling
+            while `tiled` is False.
     """
     classes = card["classes"]
     check_card_classes(pattern, card)
@@ -101,11 +118,14 @@ def evaluate_segmentation(
     count = 0
     crf_parameters = card_crf_parameters(card) if crf else {}
     bar = Progress(count_records(pattern) if progress else 0, "evaluating", progress)
-    for _, example in checked_examples(card, pattern):
+    tiled_images = 0
+    for record, example in checked_examples(card, pattern):
+        image_tiled = _planned_tiling(model, card, record, example["image"], max_memory, tta, tiled)
+        tiled_images += int(image_tiled is True and tiled is not True)
         if tta is not None and tta.enabled:
-            scores = segment_probabilities(model, example["image"], card, tta, tiled=tiled)
+            scores = segment_probabilities(model, example["image"], card, tta, tiled=image_tiled)
         else:
-            scores = segment(model, example["image"], card, tiled=tiled)
+            scores = segment(model, example["image"], card, tiled=image_tiled)
         if scores.shape[-1] != len(classes):
             raise ValueError(
                 f"the model predicts {scores.shape[-1]} classes, its card names {len(classes)}"
@@ -119,8 +139,29 @@ def evaluate_segmentation(
         bar.update()
     bar.close()
     result = segmentation_scores(cm, classes)
-    result["images"] = count
+    result.update(images=count, max_memory=int(max_memory), tiled_images=tiled_images)
     return cm, result
+
+
+def _planned_tiling(model, card: dict, record: str, image, max_memory, tta, tiled):
+    """`tiled` for one image after its memory plan: True when one pass does not fit.
+
+    Raises:
+        BadInputError: The image does not fit even tiled, or needs tiling that `tiled`
+            (False) forbids; the record is named.
+    """
+    height, width = image.shape[:2]
+    try:
+        plan = plan_prediction(model, card, height, width, max_memory, tta)
+    except ValueError as err:
+        raise BadInputError(record, str(err)) from None
+    if plan != "tiled":
+        return tiled
+    if tiled is False:
+        raise BadInputError(
+            record, "exceeds the --max-memory budget in one pass and tiling is turned off"
+        )
+    return True
 
 
 def evaluate_detection(model, card: dict, pattern: str, use_07_metric: bool = False) -> dict:

@@ -8,9 +8,11 @@ from keras_dense.export.op_audit import (
     stock_op_names,
 )
 from keras_dense.export.saved_model_export import ExportResult, export_saved_model
+from keras_dense.export.served_models import DifferentModelError, check_same_model
 from keras_dense.export.versions import VersionExistsError, list_versions
 
 __all__ = [
+    "DifferentModelError",
     "ExportResult",
     "NonFiniteWeightsError",
     "OpAuditError",
@@ -18,6 +20,7 @@ __all__ = [
     "audit_graph_def",
     "audit_saved_model",
     "check_finite_weights",
+    "check_same_model",
     "export_saved_model",
     "list_versions",
     "stock_op_names",

@@ -23,6 +23,12 @@ import tensorflow as tf
 
 from keras_dense.export.model_checks import check_finite_weights, portable_model
 from keras_dense.export.op_audit import audit_saved_model
+from keras_dense.export.served_models import (
+    CARD_ASSET,
+    ServedModel,
+    check_same_model,
+    read_signatures,
+)
 from keras_dense.export.versions import atomic_version_dir, check_model_name, resolve_version
 from keras_dense.signatures.batch_modes import check_batch_mode
 from keras_dense.signatures.image_bytes import DEFAULT_MAX_PIXELS
@@ -33,7 +39,6 @@ from keras_dense.utils.normalization import check_mode
 from keras_dense.utils.tta import TestTimeAugmentation
 from keras_dense.utils.version import __version__
 
-CARD_ASSET = os.path.join("assets.extra", "model_card.json")
 _VERIFY_TOLERANCE = 1e-4
 
 
@@ -124,6 +129,7 @@ def export_saved_model(
     max_detections: int = 100,
     verify: bool = True,
     tta: TestTimeAugmentation | None = None,
+    allow_different_model: bool = False,
 ) -> ExportResult:
     """Exports a model as a TF Serving SavedModel version, `output_root/NAME/<version>/`.
 
@@ -152,13 +158,18 @@ def export_saved_model(
         tta: Segmentation: test-time augmentation baked into the signatures (flip and
             scales, `keras_dense.signatures.segmentation_signatures`); the measured bytes per
             pixel are multiplied by `tta.pixel_factor`. None: none.
+        allow_different_model: Add the version although the folder's versions serve another
+            task, class list or signatures (`keras_dense.export.served_models`); refused
+            otherwise, before anything is built and again right before the rename. A version
+            chosen automatically that another export takes meanwhile becomes the next free
+            number.
 
     Returns:
         An `ExportResult`.
 
     Raises:
-        ValueError: A bad argument or card; `NonFiniteWeightsError`, `OpAuditError` and
-            `VersionExistsError` are ValueErrors too.
+        ValueError: A bad argument or card; `NonFiniteWeightsError`, `OpAuditError`,
+            `VersionExistsError` and `DifferentModelError` are ValueErrors too.
         FileNotFoundError: `model_or_path` does not exist.
     """
     check_batch_mode(batch_mode)
@@ -167,10 +178,13 @@ def export_saved_model(
     model, full_card, default_name = _load(model_or_path, card)
     name = check_model_name(default_name if name is None else name)
     model_dir = os.path.join(os.fspath(output_root), name)
+    chosen = version is None
     version = resolve_version(model_dir, version)
+    task = get_task(full_card["task"])
+    identity = ServedModel(task.name, tuple(full_card["classes"]), {})
+    check_same_model(model_dir, identity, allow_different_model=allow_different_model)
     check_finite_weights(model)
     model = portable_model(model)
-    task = get_task(full_card["task"])
     options = ExportOptions(
         batch_mode=batch_mode,
         max_pixels=max_pixels,
@@ -192,11 +206,18 @@ def export_saved_model(
 
     module = tf.Module()
     module.model_variables = [getattr(v, "value", v) for v in model.variables]
-    with atomic_version_dir(model_dir, version) as tmp:
+
+    # Checked again right before the rename: a version may have landed meanwhile.
+    def same_model(_version: int) -> None:
+        check_same_model(model_dir, identity, allow_different_model=allow_different_model)
+
+    with atomic_version_dir(model_dir, version, chosen, same_model) as pending:
+        tmp = pending.path
         tf.saved_model.save(module, tmp, signatures=signatures)
         audit_saved_model(tmp)
         if verify:
             task.verify_export(tf.saved_model.load(tmp), model, serving, _VERIFY_TOLERANCE)
+        identity = dataclasses.replace(identity, signatures=read_signatures(tmp))
         exported_card = dict(full_card)
         exported_card["serving"] = serving
         exported_card["exported_with"] = {
@@ -209,9 +230,9 @@ def export_saved_model(
             json.dump(exported_card, f, indent=2, sort_keys=True, default=str)
             f.write("\n")
     return ExportResult(
-        path=os.path.join(model_dir, str(version)),
+        path=os.path.join(model_dir, str(pending.version)),
         name=name,
-        version=version,
+        version=pending.version,
         task=task.name,
         signatures=tuple(sorted(signatures)),
         memory_budget=budget,

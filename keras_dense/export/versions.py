@@ -3,17 +3,19 @@
 TF Serving polls `ROOT/NAME` and loads the integer-named sub-folders as versions; any other
 name (such as the temporary `.tmp-*` folders used here) is ignored. A version is written in a
 temporary folder beside its final place and renamed when complete, so the server never sees
-half a version.
+half a version. Two exports that chose the same next number both succeed: the rename of the
+second fails on the first's folder, and it takes the next free number.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -68,25 +70,79 @@ def resolve_version(model_dir: str | os.PathLike, version: int | None) -> int:
     return version
 
 
+@dataclasses.dataclass
+class PendingVersion:
+    """A version being written by `atomic_version_dir`.
+
+    Attributes:
+        path: The temporary folder to write the SavedModel into.
+        version: The version it becomes; final once the `with` block has ended (another
+            export may take the planned number meanwhile, see `atomic_version_dir`).
+    """
+
+    path: str
+    version: int
+
+
+def _commit(
+    tmp: str,
+    model_dir: str,
+    version: int,
+    take_next: bool,
+    before_commit: Callable[[int], None] | None,
+) -> int:
+    """Renames `tmp` to `model_dir/<version>`, or with `take_next` to the next free number."""
+    while True:
+        target = os.path.join(model_dir, str(version))
+        if before_commit is not None:
+            before_commit(version)
+        if not os.path.exists(target):
+            try:
+                os.rename(tmp, target)  # atomic; fails if another export's folder landed there
+                return version
+            except OSError:
+                if not os.path.exists(target):
+                    raise
+        if not take_next:
+            raise VersionExistsError(f"{target} exists already; versions are never overwritten")
+        version = max([version, *list_versions(model_dir)]) + 1
+
+
 @contextlib.contextmanager
-def atomic_version_dir(model_dir: str | os.PathLike, version: int) -> Iterator[str]:
+def atomic_version_dir(
+    model_dir: str | os.PathLike,
+    version: int,
+    take_next: bool = False,
+    before_commit: Callable[[int], None] | None = None,
+) -> Iterator[PendingVersion]:
     """Yields a temporary folder that becomes `model_dir/<version>` when the block succeeds.
 
     The temporary folder lives in `model_dir` (same file system, so the rename is atomic) and
     is removed if the block raises.
 
+    Args:
+        model_dir: `ROOT/NAME`.
+        version: The planned version.
+        take_next: When another writer took `version` meanwhile (two exports at once), take
+            the next free number instead of failing (for versions chosen automatically).
+        before_commit: Called with the version about to be committed, right before the
+            rename; it may raise to refuse (e.g. a version that appeared meanwhile serves
+            another model).
+
+    Yields:
+        The `PendingVersion`; its `version` is final after the block.
+
     Raises:
-        VersionExistsError: The version appeared in the meantime.
+        VersionExistsError: The version appeared in the meantime (without `take_next`).
     """
+    model_dir = os.fspath(model_dir)
     os.makedirs(model_dir, exist_ok=True)
-    target = os.path.join(model_dir, str(version))
     tmp = tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=model_dir)
     os.chmod(tmp, 0o755)  # mkdtemp makes it private; a server may run as another user
+    pending = PendingVersion(tmp, version)
     try:
-        yield tmp
-        if os.path.exists(target):
-            raise VersionExistsError(f"{target} exists already; versions are never overwritten")
-        os.rename(tmp, target)
+        yield pending
+        pending.version = _commit(tmp, model_dir, version, take_next, before_commit)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -2,8 +2,10 @@
 
 Everything here is stock TensorFlow ops, so it runs inside a SavedModel served by TF Serving.
 Bad bytes raise `InvalidArgumentError` (through `tf.debugging.Assert` or the decoders), never
-crash the process: only JPEG and PNG are accepted (by signature bytes), and the pixel count
-announced by the header is checked against a limit before anything is decoded.
+crash the process: only JPEG and PNG are accepted (by signature bytes), files cut short are
+refused naming their position in the batch (a PNG must hold its IEND chunk, a JPEG an
+end-of-image marker after its scan data), and the pixel count announced by the header is
+checked against a limit before anything is decoded.
 """
 
 from __future__ import annotations
@@ -17,6 +19,133 @@ JPEG_MAGIC = b"\xff\xd8\xff"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # Decoded pixels allowed per image (a 50-megapixel photo); larger images are refused.
 DEFAULT_MAX_PIXELS = 50_000_000
+
+
+# The IEND chunk that closes every PNG: length 0, type, CRC.
+PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
+# JPEG markers: start of scan (the entropy-coded data follows) and end of image.
+_JPEG_SOS, _JPEG_EOI = 0xDA, 0xD9
+# JPEG states of the marker walk in `_jpeg_scan_start`.
+_WALKING, _AT_SCAN, _ENDS_EARLY, _UNREADABLE = 0, 1, 2, 3
+
+
+def _contains(data: tf.Tensor, start: tf.Tensor, pattern: bytes) -> tf.Tensor:
+    """Whether `pattern` occurs in `data[start:]` (vectorised: one comparison per byte)."""
+    values = tf.io.decode_raw(tf.strings.substr(data, start, tf.strings.length(data)), tf.uint8)
+    count = tf.maximum(tf.size(values) - len(pattern) + 1, 0)
+    found = tf.ones([count], tf.bool)
+    for offset, byte in enumerate(pattern):
+        found = tf.logical_and(found, tf.equal(values[offset : offset + count], byte))
+    return tf.reduce_any(found)
+
+
+def _ends_with(data: tf.Tensor, suffix: bytes) -> tf.Tensor:
+    length = tf.strings.length(data)
+    start = tf.maximum(length - len(suffix), 0)
+    return tf.equal(tf.strings.substr(data, start, len(suffix)), suffix)
+
+
+def _png_complete(data: tf.Tensor) -> tf.Tensor:
+    """Whether PNG bytes hold their IEND chunk (at the end, or before trailing bytes, which
+    decoders ignore): a file cut anywhere before its last byte does not."""
+    return tf.cond(
+        _ends_with(data, PNG_END), lambda: tf.constant(True), lambda: _contains(data, 8, PNG_END)
+    )
+
+
+def _jpeg_scan_start(data: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """Walks the JPEG marker segments from the start of the file to the first start of scan.
+
+    Segments before the scan carry their length, so the walk skips their contents (an EXIF
+    thumbnail, with markers of its own, included).
+
+    Returns:
+        `(state, position)`: `_AT_SCAN` and the scan marker's offset; `_ENDS_EARLY` (the file
+        ends inside the header); or `_UNREADABLE` (a layout the walk does not follow, left to
+        the decoder).
+    """
+    length = tf.strings.length(data)
+
+    def step(position, state):
+        def read():
+            return tf.cast(
+                tf.io.decode_raw(tf.strings.substr(data, position, 4), tf.uint8), tf.int32
+            )
+
+        inside = position + 4 <= length
+        head = tf.cond(inside, read, lambda: tf.zeros([4], tf.int32))
+        head = tf.ensure_shape(head, [4])
+        marker, size = head[1], head[2] * 256 + head[3]
+        fill = tf.equal(marker, 0xFF)
+        alone = (marker == 0xD8) | (marker == 0x01) | ((marker >= 0xD0) & (marker <= 0xD7))
+        scan = tf.equal(marker, _JPEG_SOS)
+        odd = (head[0] != 0xFF) | (marker == _JPEG_EOI) | (~fill & ~alone & ~scan & (size < 2))
+        state = tf.where(
+            ~inside, _ENDS_EARLY, tf.where(odd, _UNREADABLE, tf.where(scan, _AT_SCAN, _WALKING))
+        )
+        skip = tf.where(fill, 1, tf.where(alone, 2, 2 + size))
+        return tf.where(tf.equal(state, _WALKING), position + skip, position), state
+
+    position, state = tf.while_loop(
+        lambda position, state: tf.equal(state, _WALKING),
+        step,
+        (tf.constant(2), tf.constant(_WALKING)),
+    )
+    return state, position
+
+
+def _check_complete(data: tf.Tensor, is_png: tf.Tensor, index) -> tf.Tensor:
+    """Asserts that JPEG or PNG bytes are not cut short (the decoders' own errors do not say
+    which image of a batch failed); returns a tensor to depend on."""
+    size = tf.strings.length(data)
+
+    def png():
+        check = tf.debugging.Assert(
+            _png_complete(data),
+            [
+                tf.strings.format(
+                    "image_bytes[{}]: truncated PNG: no IEND chunk, the file ends early ({} bytes)",
+                    (index, size),
+                )
+            ],
+        )
+        with tf.control_dependencies([check]):
+            return tf.constant(True)
+
+    def jpeg():
+        state, scan = _jpeg_scan_start(data)
+        header = tf.debugging.Assert(
+            tf.not_equal(state, _ENDS_EARLY),
+            [
+                tf.strings.format(
+                    "image_bytes[{}]: truncated JPEG: the file ends inside its header ({} bytes)",
+                    (index, size),
+                )
+            ],
+        )
+        with tf.control_dependencies([header]):
+            ended = tf.cond(
+                tf.equal(state, _AT_SCAN),
+                lambda: tf.logical_or(
+                    _ends_with(data, b"\xff\xd9") & (size - 2 > scan),
+                    _contains(data, scan, bytes([0xFF, _JPEG_EOI])),
+                ),
+                lambda: tf.constant(True),
+            )
+        check = tf.debugging.Assert(
+            ended,
+            [
+                tf.strings.format(
+                    "image_bytes[{}]: truncated JPEG: no end-of-image marker after the image "
+                    "data ({} bytes)",
+                    (index, size),
+                )
+            ],
+        )
+        with tf.control_dependencies([check]):
+            return tf.constant(True)
+
+    return tf.cond(is_png, png, jpeg)
 
 
 def _header_size(data: tf.Tensor, is_png: tf.Tensor, index) -> tf.Tensor:
@@ -106,6 +235,8 @@ def checked_header_size(data: tf.Tensor, index=0) -> tf.Tensor:
         ],
     )
     with tf.control_dependencies([check_format]):
+        complete = _check_complete(data, is_png, index)
+    with tf.control_dependencies([complete]):
         return _header_size(data, is_png, index)
 
 

@@ -15,6 +15,7 @@ and the executor's own buffers.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import keras
 import numpy as np
@@ -166,11 +167,15 @@ def pixel_budget(
     return PixelBudget(float(bytes_per_pixel), int(max_request_memory), pixels, per_image)
 
 
-def parse_memory(text: str) -> int:
+def parse_memory(text: str, option: str | None = None) -> int:
     """A memory size such as `2GiB`, `512MiB`, `1.5GB` or `1000000` (bytes) in bytes.
 
+    Args:
+        text: The size.
+        option: The command-line option it came from, named in the error (e.g. `--max-memory`).
+
     Raises:
-        ValueError: Not a size.
+        ValueError: Not a positive, finite size.
     """
     units = {
         "": 1,
@@ -185,6 +190,7 @@ def parse_memory(text: str) -> int:
         "gb": 1000**3,
         "gib": 1024**3,
     }
+    where = f"{option} " if option else ""
     value = str(text).strip().lower()
     number = value.rstrip("abgikm")
     unit = value[len(number) :].strip()
@@ -192,6 +198,12 @@ def parse_memory(text: str) -> int:
         amount = float(number)
     except ValueError:
         amount = -1.0
-    if unit not in units or not amount > 0:
-        raise ValueError(f"{text!r}: expected a memory size such as 2GiB, 512MiB or 1000000")
-    return int(amount * units[unit])
+    if unit not in units or not (amount > 0 and math.isfinite(amount * units.get(unit, 1))):
+        raise ValueError(
+            f"{where}{text!r}: expected a positive, finite memory size such as 2GiB, 512MiB or "
+            "1000000"
+        )
+    size = int(amount * units[unit])
+    if size < 1:
+        raise ValueError(f"{where}{text!r}: expected a memory size of at least 1 byte")
+    return size

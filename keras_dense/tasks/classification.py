@@ -327,6 +327,7 @@ class ClassificationTask(Task):
 
     name = "classification"
     builders = ("wsl_classifier",)
+    command_options = {"evaluate": frozenset({"tta", "scales", "pointing_tolerance"})}
 
     def class_names(self, names):
         return object_classes(names)

@@ -228,6 +228,11 @@ class DetectionTask(Task):
 
     name = "detection"
     builders = ("fast_rcnn", "rcnn", "faster_rcnn")
+    command_options = {
+        "evaluate": frozenset({"use_07_metric"}),
+        "predict": frozenset({"score_threshold"}),
+        "export": frozenset({"batch_mode", "min_size", "max_size"}),
+    }
     background_outputs = 1
 
     def class_names(self, names):

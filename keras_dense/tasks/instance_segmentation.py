@@ -43,6 +43,11 @@ class InstanceSegmentationTask(Task):
 
     name = "instance_segmentation"
     builders = ("mask_rcnn",)
+    command_options = {
+        "evaluate": frozenset({"use_07_metric"}),
+        "predict": frozenset({"score_threshold"}),
+        "export": frozenset({"min_size", "max_size"}),
+    }
     background_outputs = 1
 
     def class_names(self, names):

@@ -180,6 +180,11 @@ class SegmentationTask(Task):
     builders = ("fcn32s", "fcn16s", "fcn8s", "deeplab", "deconvnet", "unet")
     image_summaries = True
     augments_on_device = True
+    command_options = {
+        "evaluate": frozenset({"crf", "tiled", "tta", "scales", "max_memory"}),
+        "predict": frozenset({"crf", "tiled", "tile_size", "tta", "scales", "max_memory"}),
+        "export": frozenset({"batch_mode", "tta", "scales"}),
+    }
 
     def datasets(self, recipe, model, num_workers, worker_index):
         data = recipe["data"]
@@ -292,6 +297,7 @@ class SegmentationTask(Task):
             tiled=options.tiled,
             progress=options.progress,
             tta=tta,
+            max_memory=options.max_memory,
         )
         report = {**scores, "crf": options.crf, "confusion_matrix": cm.tolist()}
         if tta is not None:

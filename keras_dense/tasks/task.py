@@ -61,6 +61,8 @@ class EvaluateOptions:
         progress: Draw a progress bar over the images on stderr (on a terminal only).
         pointing_tolerance: Classification: the pointing game's tolerance in pixels (3 by
             default, for images up to about 128 px; Oquab et al. use 18 on VOC).
+        max_memory: Segmentation: bytes one image's prediction may take, planned as `predict`
+            plans it (whole, tiled, or refused naming the record).
     """
 
     crf: bool = False
@@ -69,6 +71,7 @@ class EvaluateOptions:
     tta: TestTimeAugmentation = TestTimeAugmentation()
     progress: bool = False
     pointing_tolerance: float = 3.0
+    max_memory: int = 2 * 1024**3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,6 +104,9 @@ class Task:
         image_summaries: Whether the trainer writes input/truth/prediction image summaries.
         augments_on_device: Whether `train_batch_stage` implements the recipe key
             `data.augment_on = "device"` (the recipe validator refuses it otherwise).
+        command_options: Per command (`evaluate`, `predict`, `export`), the task-specific
+            options (by argument name, e.g. `"min_size"`) this task uses; the commands refuse
+            the others when given (`keras_dense.commands.applicable_options`).
     """
 
     name: str = ""
@@ -108,6 +114,7 @@ class Task:
     background_outputs: int = 0
     image_summaries: bool = False
     augments_on_device: bool = False
+    command_options: dict[str, frozenset[str]] = {}
 
     # -- data and classes ------------------------------------------------------------------
     def class_names(self, names: list[str]) -> list[str]:

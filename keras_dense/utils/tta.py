@@ -14,6 +14,20 @@ import dataclasses
 import numpy as np
 
 TTA_MODES = ("none", "flip")
+# Allowed image scales. Below 1/4 a 512-pixel image shrinks under 128 pixels, four units of a
+# stride-32 network: the prediction is a few blurred cells (at 1e-9, one pixel and a constant
+# class). Above 4 every pass holds 16x the image's pixels, beyond DeepLab's 0.5-1.75 and any
+# memory budget for ordinary photos.
+MIN_SCALE = 0.25
+MAX_SCALE = 4.0
+
+
+def _bad_scale(values) -> int | None:
+    """The index of the first value outside [MIN_SCALE, MAX_SCALE] (or NaN), else None."""
+    for index, value in enumerate(values):
+        if not (np.isfinite(value) and MIN_SCALE <= value <= MAX_SCALE):
+            return index
+    return None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,8 +46,13 @@ class TestTimeAugmentation:
 
     def __post_init__(self):
         scales = tuple(float(s) for s in self.scales)
-        if not scales or not all(np.isfinite(s) and s > 0 for s in scales):
-            raise ValueError(f"scales={self.scales!r}: expected one or more positive numbers")
+        bad = _bad_scale(scales)
+        if not scales or bad is not None:
+            got = "" if bad is None else f", got {scales[bad]:g}"
+            raise ValueError(
+                f"scales={self.scales!r}: expected one or more numbers in the range "
+                f"[{MIN_SCALE:g}, {MAX_SCALE:g}]{got}"
+            )
         object.__setattr__(self, "scales", scales)
 
     @property
@@ -48,12 +67,16 @@ class TestTimeAugmentation:
 
     @property
     def pixel_factor(self) -> float:
-        """Input pixels of all the passes over the image's pixels: `sum(s^2)` (x2 with flip).
+        """Input pixels of all the passes over the image's pixels, `sum(s^2)` (x2 with flip),
+        and at least 1.
 
         The serving graph's passes are independent, so TensorFlow may run them at once: the
-        export multiplies its measured bytes per pixel by this factor.
+        export multiplies its measured bytes per pixel by this factor. Passes at scales below
+        1 hold fewer pixels, but the request still holds the full-size image, its
+        probabilities and class maps, so the factor never makes the budget larger than
+        without augmentation.
         """
-        return float(sum(s * s for s in self.scales)) * (2 if self.flip else 1)
+        return max(1.0, float(sum(s * s for s in self.scales)) * (2 if self.flip else 1))
 
     def to_json(self) -> dict:
         """`{"flip": bool, "scales": [...]}` for model cards and reports."""
@@ -65,26 +88,32 @@ def parse_tta(mode: str | None = "none", scales: str | None = None) -> TestTimeA
 
     Args:
         mode: "none" or "flip".
-        scales: Comma-separated positive numbers such as "0.75,1,1.25"; None for "1".
+        scales: Comma-separated numbers in [MIN_SCALE, MAX_SCALE] such as "0.75,1,1.25";
+            None for "1".
 
     Returns:
         The `TestTimeAugmentation`.
 
     Raises:
-        ValueError: An unknown mode or a bad scale list (the option is named).
+        ValueError: An unknown mode or a bad scale list (the option and the value are
+            named).
     """
     mode = mode or "none"
     if mode not in TTA_MODES:
         raise ValueError(f"--tta {mode!r}: expected one of {TTA_MODES}")
     values = (1.0,)
     if scales is not None:
+        parts = [part.strip() for part in str(scales).split(",")]
         try:
-            values = tuple(float(part) for part in str(scales).split(","))
+            values = tuple(float(part) for part in parts)
         except ValueError:
             values = ()
-        if not values or not all(np.isfinite(s) and s > 0 for s in values):
+        bad = _bad_scale(values)
+        if not values or bad is not None:
+            got = "" if bad is None else f"; {parts[bad]!r} is outside"
             raise ValueError(
-                f"--scales {scales!r}: expected comma-separated positive numbers, e.g. 0.75,1,1.25"
+                f"--scales {scales!r}: expected comma-separated numbers in the range "
+                f"[{MIN_SCALE:g}, {MAX_SCALE:g}], e.g. 0.75,1,1.25{got}"
             )
     return TestTimeAugmentation(flip=mode == "flip", scales=values)
 

@@ -252,10 +252,14 @@ def convert_instances(
         for k in range(1, num + 1):
             name = class_of(table, stem, k)
             if name is None:
+                # Only partial '*' lines can exist here: a '*,*' line covers every instance.
+                wildcards = sorted(f"{s},{i}" for s, i in table if WILDCARD in (s, i))
+                have = f"; its '*' lines ({', '.join(wildcards)}) do not cover it" * bool(wildcards)
                 raise BadInputError(
                     mask_path,
-                    f"no class for instance {k} of {stem!r} in --classes-file {classes_file} "
-                    f"(add a line {stem},{k},CLASS or a '*' default)",
+                    f"no class for instance {k} of {stem!r} in --classes-file {classes_file}"
+                    f"{have} (add a line {stem},{k},CLASS, {stem},*,CLASS, *,{k},CLASS or "
+                    "*,*,CLASS)",
                 )
             labels.append(names.index(name) + 1)
             texts.append(name)
