@@ -17,7 +17,10 @@ from keras_dense.utils.native_logs import set_library_log_level
 # setting wins.
 set_library_log_level()
 
+# Every public module, reachable as `keras_dense.X` after `import keras_dense` (the README's
+# snippets use them so; tests/test_readme_snippets.py checks each one it names).
 _SUBPACKAGES = (
+    "analysis",
     "apps",
     "crf",
     "data",
@@ -25,11 +28,17 @@ _SUBPACKAGES = (
     "evaluation",
     "export",
     "layers",
+    "localization",
     "losses",
     "metrics",
+    "ops",
+    "prediction",
     "serving",
+    "signatures",
     "tasks",
+    "tiling",
     "training",
+    "utils",
 )
 
 __all__ = ["__version__", *_SUBPACKAGES, "predict_tiled"]
