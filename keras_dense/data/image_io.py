@@ -11,9 +11,8 @@ import cv2
 import numpy as np
 
 from keras_dense.data.errors import BadInputError
+from keras_dense.data.image_structure import JPEG_SOI, PNG_SIGNATURE, structure_problem
 
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-JPEG_SOI = b"\xff\xd8"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".ppm", ".webp")
 
 
@@ -27,11 +26,14 @@ def sniff_format(data: bytes) -> str | None:
 
 
 def _check_complete(data: bytes, fmt: str | None, path: str) -> None:
-    """Rejects truncated JPEG/PNG files, which decoders often accept with a warning."""
-    if fmt == "jpeg" and b"\xff\xd9" not in data[-64:]:
-        raise BadInputError(path, "truncated JPEG: the end-of-image marker is missing")
-    if fmt == "png" and b"IEND" not in data[-32:]:
-        raise BadInputError(path, "truncated PNG: the IEND chunk is missing")
+    """Rejects truncated or corrupt JPEG/PNG files, which decoders often accept with a warning.
+
+    Bytes after the end of the image (padding, a motion photo's video) are accepted, as the
+    decoders accept them (`image_structure.structure_problem`).
+    """
+    problem = structure_problem(data, fmt)
+    if problem:
+        raise BadInputError(path, problem)
 
 
 class LoadedImage(NamedTuple):
