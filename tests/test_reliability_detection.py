@@ -74,6 +74,29 @@ def _mask(h: int = H, w: int = W) -> bytes:
     return _png(mask)
 
 
+def _jpeg(h: int = H, w: int = W, seed: int = 0) -> bytes:
+    pixels = np.random.default_rng(seed).integers(0, 255, (h, w, 3), dtype=np.uint8)
+    ok, buffer = cv2.imencode(".jpg", pixels)
+    assert ok
+    return buffer.tobytes()
+
+
+def _zeroed_middle(png: bytes, count: int = 40) -> bytes:
+    """A PNG whose middle bytes are zeroed: signature, header and IEND intact."""
+    data = bytearray(png)
+    middle = len(data) // 2
+    data[middle : middle + count] = bytes(count)
+    return bytes(data)
+
+
+def _random_jpeg_body() -> bytes:
+    """A JPEG whose entropy-coded data is noise: headers, start of scan and EOI intact."""
+    jpeg = _jpeg()
+    start = jpeg.rfind(b"\xff\xda") + 20
+    noise = np.random.default_rng(5).integers(0, 256, len(jpeg) - start - 2, dtype=np.uint8)
+    return jpeg[:start] + noise.tobytes() + jpeg[-2:]
+
+
 def _floats(values) -> tf.train.Feature:
     return tf.train.Feature(float_list=tf.train.FloatList(value=list(values)))
 
@@ -184,6 +207,21 @@ BAD = {
         "image/encoded",
         "truncated PNG",
     ),
+    "truncated_jpeg": (
+        dict(extra={"image/encoded": _bytes([_jpeg()[:-200]])}),
+        "image/encoded",
+        "truncated JPEG",
+    ),
+    "corrupt_png_body": (
+        dict(extra={"image/encoded": _bytes([_zeroed_middle(_image())])}),
+        "image/encoded",
+        "the image is a corrupt PNG (chunk 'IDAT'",
+    ),
+    "corrupt_jpeg_body": (
+        dict(extra={"image/encoded": _bytes([_random_jpeg_body()])}),
+        "image/encoded",
+        "the image is a corrupt JPEG",
+    ),
     "height_disagrees": (
         dict(extra={"image/height": _ints([480])}),
         "image/height",
@@ -253,6 +291,28 @@ BAD_INSTANCES = {
         "2 instance masks for 1 boxes",
     ),
     "boxes_without_masks": (dict(), "image/object/mask", "no instance masks"),
+    "corrupt_mask_body": (
+        dict(
+            masks=[_zeroed_middle(_png(np.random.default_rng(1).integers(0, 2, (H, W), np.uint8)))]
+        ),
+        "image/object/mask",
+        "instance mask 0 is a corrupt PNG (chunk 'IDAT'",
+    ),
+    "mask_16_bit": (
+        dict(masks=[_png((cv2.imdecode(np.frombuffer(_mask(), np.uint8), 0)).astype(np.uint16))]),
+        "image/object/mask",
+        "instance mask 0 is a 16-bit PNG",
+    ),
+    "empty_mask": (
+        dict(masks=[_png(np.zeros((H, W), np.uint8))]),
+        "image/object/mask",
+        "instance mask 0 is empty",
+    ),
+    "second_mask_empty": (
+        dict(boxes=[BOX, BOX], labels=[1, 2], masks=[_mask(), _png(np.zeros((H, W), np.uint8))]),
+        "image/object/mask",
+        "instance mask 1 is empty",
+    ),
 }
 
 
@@ -275,9 +335,11 @@ def _recipe(task: str, train: str, validation: str = "", **data) -> dict:
     )
 
 
-def _stub(proposes_regions: bool = True, num_classes: int = len(CLASSES)):
+def _stub(proposes_regions: bool = True, num_classes: int = len(CLASSES), **attributes):
     """What the tasks' `datasets` read of a model: its class count and whether it proposes."""
-    return types.SimpleNamespace(num_classes=num_classes, proposes_regions=proposes_regions)
+    return types.SimpleNamespace(
+        num_classes=num_classes, proposes_regions=proposes_regions, **attributes
+    )
 
 
 def _assert_names(message: str, path: str, index: int, field: str, phrase: str) -> None:
@@ -344,6 +406,22 @@ def test_a_training_set_without_any_box_is_refused(tmp_path):
         get_task("detection").datasets(recipe, _stub(), 1, 0)
 
 
+def test_a_training_set_whose_boxes_are_all_left_out_is_refused(tmp_path):
+    """Before: accepted, while the pipeline drops crowd boxes and the model difficult ones."""
+    crowd = {"image/object/is_crowd": _ints([1])}
+    write_shard(tmp_path / "crowd", [example(source_id=f"c{k}", extra=crowd) for k in "12"])
+    recipe = _recipe("detection", str(tmp_path / "crowd-*.tfrecord"))
+    with pytest.raises(BadInputError, match=r"2 box\(es\), all .*crowd.*nothing to learn"):
+        get_task("detection").datasets(recipe, _stub(), 1, 0)
+    difficult = {"image/object/difficult": _ints([1])}
+    write_shard(tmp_path / "hard", [example(source_id=f"d{k}", extra=difficult) for k in "12"])
+    recipe = _recipe("detection", str(tmp_path / "hard-*.tfrecord"))
+    with pytest.raises(BadInputError, match=r"all .*difficult.*use_difficult"):
+        get_task("detection").datasets(recipe, _stub(use_difficult=False), 1, 0)
+    # A model that trains on difficult boxes has something to learn.
+    get_task("detection").datasets(recipe, _stub(use_difficult=True), 1, 0)
+
+
 def _train_args(tmp_path, task: str, train: str) -> list[str]:
     kwargs = dict(TINY_FASTER)
     if task == "instance_segmentation":
@@ -388,6 +466,9 @@ def _train_args(tmp_path, task: str, train: str) -> list[str]:
         ("instance_segmentation", "float_masks"),
         ("instance_segmentation", "nan_box"),
         ("instance_segmentation", "undecodable_mask"),
+        ("detection", "corrupt_png_body"),
+        ("detection", "corrupt_jpeg_body"),
+        ("instance_segmentation", "corrupt_mask_body"),
     ],
 )
 def test_train_exits_2_with_one_line_before_the_first_step(tmp_path, capsys, task, case):
@@ -471,6 +552,26 @@ def test_fast_rcnn_without_proposals_is_refused_naming_the_shard(tmp_path):
     get_task("detection").datasets(_recipe("detection", pattern), _stub(), 1, 0)
 
 
+def test_fast_rcnn_validation_shards_without_proposals_are_refused_too(tmp_path, capsys):
+    """Before: training shards with proposals and validation shards without were accepted."""
+    proposals = [(0.0, 0.0, 0.5, 0.5), (0.2, 0.2, 0.9, 0.9)]
+    write_shard(
+        tmp_path / "train", [example(source_id=f"p{k}", proposals=proposals) for k in "123"]
+    )
+    path = write_shard(tmp_path / "val", [example(source_id=f"v{k}") for k in "12"])
+    train, validation = str(tmp_path / "train-*.tfrecord"), str(tmp_path / "val-*.tfrecord")
+    fast = _stub(proposes_regions=False)
+    with pytest.raises(BadInputError) as caught:
+        get_task("detection").datasets(_recipe("detection", train, validation), fast, 1, 0)
+    message = str(caught.value)
+    assert message.startswith("data.validation") and path in message
+    assert "2 of 2 records" in message and "allow_missing_proposals" in message
+    allowed = _recipe("detection", train, validation, allow_missing_proposals=True)
+    get_task("detection").datasets(allowed, fast, 1, 0)
+    err = capsys.readouterr().err
+    assert "warning: data.validation" in err and "2 of 2 records" in err
+
+
 def test_allow_missing_proposals_warns_with_the_count(tmp_path, capsys):
     write_shard(tmp_path / "train", good_records())
     recipe = _recipe("detection", str(tmp_path / "train-*.tfrecord"), allow_missing_proposals=True)
@@ -486,6 +587,106 @@ def test_bad_proposals_are_named(tmp_path):
     with pytest.raises(BadInputError) as caught:
         get_task("detection").datasets(recipe, _stub(proposes_regions=False), 1, 0)
     _assert_names(str(caught.value), path, 3, "image/proposal/bbox/xmax", "finite")
+
+
+# -- damaged image and mask bodies; valid files with bytes after their end ------------------
+
+
+def test_the_damaged_fixtures_are_ones_tensorflow_cannot_decode():
+    """The reference: the pipeline's decoders fail on these (a raw graph error mid-epoch)."""
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        tf.io.decode_png(_zeroed_middle(_image()))
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        tf.io.decode_jpeg(_random_jpeg_body(), channels=3)
+    assert tf.io.decode_jpeg(_jpeg()).shape == (H, W, 3)
+
+
+def _with_trailing_bytes(case: str) -> bytes:
+    if case == "png_after_iend":
+        return _image() + bytes(64)
+    if case == "jpeg_zero_padding":
+        return _jpeg() + bytes(200)
+    # A phone's motion photo: an MP4 after the JPEG, here holding a start-of-scan pattern.
+    video = np.random.default_rng(3).integers(0, 256, 4000, dtype=np.uint8).tobytes()
+    return _jpeg() + b"\x00\x00\x00\x18ftypmp42" + video + b"\xff\xda\x00\x08" + bytes(40)
+
+
+@pytest.mark.parametrize("case", ["jpeg_zero_padding", "jpeg_motion_photo", "png_after_iend"])
+def test_images_with_bytes_after_their_end_are_accepted(tmp_path, case):
+    """Before: refused as truncated (the end marker was looked for in the last 64 / 32 bytes)."""
+    from keras_dense.data.image_io import read_image_file
+
+    data = _with_trailing_bytes(case)
+    is_png = case.startswith("png")
+    original = _image() if is_png else _jpeg()
+    reference = cv2.cvtColor(cv2.imdecode(np.frombuffer(original, np.uint8), 1), cv2.COLOR_BGR2RGB)
+    decode = tf.io.decode_png if is_png else tf.io.decode_jpeg
+    assert decode(data).shape == (H, W, 3)  # TensorFlow reads them
+    records = [example(source_id=f"g{k}", extra={"image/encoded": _bytes([data])}) for k in "12"]
+    write_shard(tmp_path / "t", records)
+    report = check_records(str(tmp_path / "t-*.tfrecord"), DetectionRules(num_classes=3))
+    assert not report.problems and (report.records, report.boxes) == (2, 2)
+    # The converters' reader shares the check.
+    path = tmp_path / ("x.png" if is_png else "x.jpg")
+    path.write_bytes(data)
+    np.testing.assert_array_equal(read_image_file(str(path)).rgb, reference)
+
+
+def test_a_jpeg_cut_short_is_still_refused_by_the_converters_reader(tmp_path):
+    from keras_dense.data.image_io import read_image_file
+
+    path = tmp_path / "x.jpg"
+    path.write_bytes(_jpeg()[:-200] + bytes(300))  # cut, then padded: no end-of-image marker
+    with pytest.raises(BadInputError, match="truncated JPEG"):
+        read_image_file(str(path))
+
+
+def test_a_one_bit_instance_mask_is_accepted(tmp_path):
+    mask = cv2.imdecode(np.frombuffer(_mask(), np.uint8), cv2.IMREAD_UNCHANGED)
+    ok, buffer = cv2.imencode(".png", mask, [cv2.IMWRITE_PNG_BILEVEL, 1])
+    one_bit = buffer.tobytes()
+    assert ok and one_bit[24] == 1  # IHDR bit depth
+    decoded = tf.io.decode_png(one_bit, channels=1).numpy()[..., 0]
+    np.testing.assert_array_equal(decoded > 0, mask > 0)  # the pipeline reads the object
+    write_shard(tmp_path / "t", [example(masks=[one_bit])])
+    rules = DetectionRules(num_classes=3, instance_masks=True)
+    assert not check_records(str(tmp_path / "t-*.tfrecord"), rules).problems
+
+
+def test_a_mask_is_empty_exactly_when_the_pipelines_decode_of_it_is(tmp_path):
+    """One object pixel anywhere (first or last row, any column) is an object; a colour mask
+    whose grey conversion (as `decode_png(channels=1)` reads it) is zero is empty."""
+    masks = []
+    for y, x in [(0, 0), (H - 1, W - 1), (H // 2, 0), (33, W - 1)]:
+        mask = np.zeros((H, W), np.uint8)
+        mask[y, x] = 1
+        masks.append(_png(mask))
+    faint = np.zeros((H, W, 3), np.uint8)
+    faint[10:20, 10:20, 0] = 1  # blue 1 (OpenCV's BGR): grey 0.07, read as 0
+    masks.append(_png(faint))
+    visible = faint * 200
+    masks.append(_png(visible))
+    records = [example(source_id=f"m{k}", masks=[png]) for k, png in enumerate(masks)]
+    write_shard(tmp_path / "t", records)
+    rules = DetectionRules(num_classes=3, instance_masks=True)
+    report = check_records(str(tmp_path / "t-*.tfrecord"), rules)
+    refused = {p.index for p in report.problems}
+    expected = {
+        k for k, png in enumerate(masks) if not tf.io.decode_png(png, channels=1).numpy().any()
+    }
+    assert refused == expected == {4}
+    assert "instance mask 0 is empty" in report.problems[0].reason
+
+
+def test_skip_leaves_out_a_record_with_an_empty_instance_mask(tmp_path, capsys):
+    empty = _png(np.zeros((H, W), np.uint8))
+    records = [*good_records(masks=[_mask()]), example(source_id="bad", masks=[empty])]
+    write_shard(tmp_path / "train", records)
+    recipe = _recipe("instance_segmentation", str(tmp_path / "train-*.tfrecord"), on_error="skip")
+    _, _, steps, _ = get_task("instance_segmentation").datasets(recipe, _stub(), 1, 0)
+    err = capsys.readouterr().err
+    assert "leaving out 1 of 4 records" in err and "instance mask 0 is empty" in err
+    assert steps == 3
 
 
 # -- the validator itself -----------------------------------------------------------------
@@ -516,11 +717,35 @@ def test_class_texts_are_compared_with_the_class_list_ignoring_case(tmp_path):
     texts = {"image/object/class/text": _bytes([b" B ", b"c"])}
     write_shard(tmp_path / "t", [example(boxes=[BOX, BOX], labels=[2, 3], extra=texts)])
     rules = DetectionRules(num_classes=3, class_names=("a", "b", "c"))
-    assert not check_records(str(tmp_path / "t-*.tfrecord"), rules).problems
-    # The same labels under another label map (b and c swapped) are refused.
+    report = check_records(str(tmp_path / "t-*.tfrecord"), rules)
+    assert not report.problems and not report.label_maps
+    # The same labels under another label map (b and c swapped) are refused, per shard.
     rules = DetectionRules(num_classes=3, class_names=("a", "c", "b"))
-    problem = check_records(str(tmp_path / "t-*.tfrecord"), rules).problems[0]
-    assert "box 0 has label 2 ('c' in the class list) but class text ' B '" in problem.reason
+    report = check_records(str(tmp_path / "t-*.tfrecord"), rules)
+    assert not report.problems
+    assert "box 0 has label 2 ('c' in the class list) but class text ' B '" in (
+        report.label_maps[0].reason
+    )
+
+
+def test_another_label_map_is_refused_once_per_shard_with_its_fix(tmp_path):
+    """Before: every record refused with the hint data.on_error=skip, which left out all."""
+    dog = {"image/object/class/text": _bytes([b"dog"])}
+    first = write_shard(
+        tmp_path / "train_a", [example(source_id=f"a{k}", labels=[2], extra=dog) for k in "123"]
+    )
+    write_shard(
+        tmp_path / "train_b", [example(source_id=f"b{k}", labels=[2], extra=dog) for k in "12"]
+    )
+    for on_error in ("fail", "skip"):
+        recipe = _recipe("detection", str(tmp_path / "train_*.tfrecord"), on_error=on_error)
+        with pytest.raises(BadInputError) as caught:
+            get_task("detection").datasets(recipe, _stub(), 1, 0)
+        message = str(caught.value)
+        assert first in message and "record 0 (source_id 'a1')" in message
+        assert "3 of 3 records of this shard" in message and "1 other shard" in message
+        assert "rename data.classes" in message and "label map" in message
+        assert "--set data.on_error=skip" not in message and "leaving out" not in message
 
 
 def test_max_boxes_is_checked_without_counting_crowd_boxes(tmp_path):
@@ -534,10 +759,11 @@ def test_max_boxes_is_checked_without_counting_crowd_boxes(tmp_path):
 
 
 def test_a_finished_check_is_remembered_until_the_shard_changes(tmp_path, monkeypatch):
+    """Before: with class names (always, in `train`) the cache never hit."""
     from keras_dense.data import detection_records
 
     path = write_shard(tmp_path / "t", good_records(2))
-    rules = DetectionRules(num_classes=3)
+    rules = DetectionRules(num_classes=3, class_names=tuple(CLASSES))
     first = check_records(path, rules)
     calls = []
     original = detection_records._check_shard
@@ -546,8 +772,13 @@ def test_a_finished_check_is_remembered_until_the_shard_changes(tmp_path, monkey
     )
     assert check_records(path, rules) == first and not calls
     assert check_records(path, DetectionRules(num_classes=2)).records == 2 and len(calls) == 1
+    # As `train` checks: the task's datasets, class names from data.classes; read once.
+    recipe = _recipe("detection", path)
+    for _ in range(3):
+        get_task("detection").datasets(recipe, _stub(), 1, 0)
+    assert len(calls) == 2
     write_shard(tmp_path / "t", [*good_records(2), example(source_id="bad", labels=[0])])
-    assert check_records(path, rules).problems[0].source_id == "bad" and len(calls) == 2
+    assert check_records(path, rules).problems[0].source_id == "bad" and len(calls) == 3
 
 
 def test_resize_problem_matches_the_graph_resize():
@@ -622,6 +853,28 @@ def test_evaluate_refuses_labels_outside_the_models_classes(
     assert len(err) == 1
     _assert_names(err[0], path, 2, "image/object/class/label", str(label))
     assert not (tmp_path / "eval" / "metrics.json").exists()
+
+
+def test_evaluate_where_every_box_is_difficult_exits_2(tmp_path, capsys, saved_detector):
+    """Before: `mAP = nan over 2 images`, exit 0 (difficult boxes are not scored)."""
+    difficult = {"image/object/difficult": _ints([1])}
+    write_shard(tmp_path / "hard", [example(source_id=f"d{k}", extra=difficult) for k in "12"])
+    args = ["evaluate", "--model", saved_detector[2], "--data", str(tmp_path / "hard-*")]
+    assert cli.main([*args, "--output", str(tmp_path / "eval")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert "2 box(es), all marked difficult" in err[0] and "mAP is undefined" in err[0]
+    assert not (tmp_path / "eval" / "metrics.json").exists()
+
+
+def test_instance_evaluate_where_every_box_is_crowd_is_refused(tmp_path):
+    crowd = {"image/object/is_crowd": _ints([1])}
+    write_shard(tmp_path / "val", [example(source_id="c", masks=[_mask()], extra=crowd)])
+    card = {"classes": CLASSES, "min_size": H, "max_size": W, "normalization": "caffe"}
+    with pytest.raises(BadInputError, match=r"1 box\(es\), all marked crowd.*undefined"):
+        get_task("instance_segmentation").evaluate(
+            _stub(), card, str(tmp_path / "val-*.tfrecord"), EvaluateOptions()
+        )
 
 
 def test_evaluate_without_records_or_boxes_exits_2(tmp_path, capsys, saved_detector):

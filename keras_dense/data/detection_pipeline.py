@@ -7,7 +7,8 @@ from collections.abc import Sequence
 import tensorflow as tf
 
 from keras_dense.data.decode import decode_image
-from keras_dense.data.detection_records import MIN_RESIZED_SIDE, excluding
+from keras_dense.data.detection_rules import MIN_RESIZED_SIDE
+from keras_dense.data.record_filter import excluding
 from keras_dense.data.records_dataset import AUTOTUNE, records_dataset, with_seeds
 from keras_dense.data.schema import parse_serialized
 from keras_dense.utils.normalization import check_mode, normalize
@@ -169,7 +170,7 @@ def detection_dataset(
         max_instances: Rows of the padded mask tensor (default `max_boxes`; at most
             `max_boxes`); an image with more boxes is an error. Lower it to bound memory:
             a batch holds `B * max_instances * H * W` bytes of masks.
-        exclude: Records to leave out, by `detection_records.record_key` (the bad records
+        exclude: Records to leave out, by `record_filter.record_key` (the bad records
             that `detection_records.leave_out` lists with `data.on_error = "skip"`).
 
     Returns:

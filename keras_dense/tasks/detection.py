@@ -50,9 +50,17 @@ from keras_dense.tasks.task import (
 from keras_dense.utils.errors import RecipeError
 
 
-def _check_proposals(report, pattern: str, recipe: dict, read: bool) -> None:
-    """Refuses (or, when allowed, warns about) Fast R-CNN records without proposals."""
+def _check_proposals(report, key: str, recipe: dict, read: bool) -> None:
+    """Refuses (or, when allowed, warns about) Fast R-CNN records without proposals.
+
+    Args:
+        report: The `check_records` report of the shards of recipe key `key`.
+        key: `"data.train"` or `"data.validation"`.
+        recipe: The resolved recipe.
+        read: The model reads proposals (`data.max_proposals` > 0).
+    """
     data = recipe["data"]
+    pattern = data[key.removeprefix("data.")]
     missing = sum(report.without_proposals.values()) if read else report.records
     if not missing:
         return
@@ -70,13 +78,13 @@ def _check_proposals(report, pattern: str, recipe: dict, read: bool) -> None:
     )
     if not data["allow_missing_proposals"]:
         raise BadInputError(
-            f"data.train = {pattern!r}",
+            f"{key} = {pattern!r}",
             f"{where}; {consequence}. Add proposals (keras-dense convert voc ... --proposals "
             "selective_search), train a model that proposes its own (faster_rcnn), or set "
             "data.allow_missing_proposals = true to train so anyway",
         )
     print(
-        f"warning: data.train = {pattern!r}: {where}; {consequence} "
+        f"warning: {key} = {pattern!r}: {where}; {consequence} "
         "(data.allow_missing_proposals = true)",
         file=sys.stderr,
     )
@@ -88,14 +96,17 @@ def check_detection_data(
     read_proposals: bool,
     instance_masks: bool,
     class_names: list[str] | None = None,
+    use_difficult: bool = True,
 ) -> list[int]:
     """Checks every training and validation record once, before the first step.
 
     See `keras_dense.data.detection_records` for the rules. Bad training records stop the run
     naming the first (`data.on_error = "fail"`) or are left out with a count
     (`"skip"`); bad validation records always stop it (the validation scores must cover the
-    whole set). A Fast R-CNN / R-CNN model (`read_proposals`) on records without proposals is
-    refused unless `data.allow_missing_proposals`.
+    whole set). Training shards without a box that is trained on (the pipeline leaves crowd
+    boxes out, and the model difficult ones unless `use_difficult`) are refused. A Fast
+    R-CNN / R-CNN model (`read_proposals`) on training or validation records without
+    proposals is refused unless `data.allow_missing_proposals`.
 
     Args:
         recipe: The resolved recipe.
@@ -103,6 +114,7 @@ def check_detection_data(
         read_proposals: The model takes the records' proposals.
         instance_masks: The model needs one instance mask per box.
         class_names: The run's object classes, compared with the records' class texts.
+        use_difficult: The model trains on boxes marked difficult.
 
     Returns:
         The `record_key` of each training record to leave out.
@@ -134,15 +146,21 @@ def check_detection_data(
             ' (data.on_error = "skip", e.g. --set data.on_error=skip, leaves bad records out)',
         )
         exclude = []
-    refuse_empty(report, f"data.train = {data['train']!r}", "there is nothing to learn")
+    left_out = {"crowd": "the training pipeline leaves crowd boxes out"}
+    if not use_difficult:
+        left_out["difficult"] = "the model does not train on difficult boxes (use_difficult)"
+    refuse_empty(report, f"data.train = {data['train']!r}", "there is nothing to learn", left_out)
     if read_proposals:
-        _check_proposals(report, data["train"], recipe, reads)
+        _check_proposals(report, "data.train", recipe, reads)
     if data["validation"]:
+        validation = check_records(data["validation"], rules)
         refuse(
-            check_records(data["validation"], rules),
+            validation,
             "data.validation",
             " (validation records are never left out: fix or remove them)",
         )
+        if read_proposals:
+            _check_proposals(validation, "data.validation", recipe, reads)
     return exclude
 
 
@@ -154,6 +172,7 @@ def detection_datasets(
     instance_masks: bool = False,
     num_classes: int | None = None,
     class_names: list[str] | None = None,
+    use_difficult: bool = True,
 ):
     """Training and validation datasets of a detection recipe (dict batches, no targets).
 
@@ -172,6 +191,8 @@ def detection_datasets(
         num_classes: The model's object classes, for the label check (None: only >= 1).
         class_names: The run's object classes, compared with the records' class texts (None:
             not compared).
+        use_difficult: The model trains on boxes marked difficult (else a training set
+            whose boxes are all difficult is refused).
 
     Returns:
         `(train, validation, steps_per_epoch, validation_steps)`.
@@ -181,7 +202,9 @@ def detection_datasets(
         RecipeError: Fewer usable records than one batch.
     """
     data, training = recipe["data"], recipe["training"]
-    exclude = check_detection_data(recipe, num_classes, read_proposals, instance_masks, class_names)
+    exclude = check_detection_data(
+        recipe, num_classes, read_proposals, instance_masks, class_names, use_difficult
+    )
     common = {
         "min_size": data["min_size"],
         "max_size": data["max_size"],
@@ -250,6 +273,7 @@ class DetectionTask(Task):
             read_proposals=not proposes_regions(model),
             num_classes=getattr(model, "num_classes", None),
             class_names=data_classes(recipe["data"], self),
+            use_difficult=getattr(model, "use_difficult", True),
         )
 
     def compile(self, model, recipe, optimizer, num_classes):

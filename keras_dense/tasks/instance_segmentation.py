@@ -68,6 +68,7 @@ class InstanceSegmentationTask(Task):
             instance_masks=True,
             num_classes=getattr(model, "num_classes", None),
             class_names=data_classes(recipe["data"], self),
+            use_difficult=getattr(model, "use_difficult", True),
         )
 
     def compile(self, model, recipe, optimizer, num_classes):
