@@ -6,6 +6,17 @@ import argparse
 import os
 
 
+def _positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1 (argparse names the option in its error)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value}: expected an integer >= 1")
+    return value
+
+
 def _add_common_convert_args(parser: argparse.ArgumentParser, on_error: bool = True) -> None:
     parser.add_argument(
         "--output",
@@ -14,7 +25,10 @@ def _add_common_convert_args(parser: argparse.ArgumentParser, on_error: bool = T
     )
     parser.add_argument("--num-shards", type=int, default=1, help="number of shards (default 1)")
     parser.add_argument(
-        "--workers", type=int, default=min(4, os.cpu_count() or 1), help="parallel encoding threads"
+        "--workers",
+        type=_positive_int,
+        default=min(4, os.cpu_count() or 1),
+        help="parallel encoding threads (>= 1)",
     )
     if on_error:
         parser.add_argument(
@@ -90,6 +104,13 @@ def register(sub) -> None:
     voc.add_argument("--split", help="ImageSets split name (default: every annotation)")
     voc.add_argument("--classes", help="comma-separated class names")
     voc.add_argument("--proposals", choices=("none", "selective_search"), default="none")
+    voc.add_argument(
+        "--coordinates",
+        choices=("one-based", "zero-based"),
+        default="one-based",
+        help="detection boxes: VOC 1-based pixel indices (default; the devkit, LabelImg) or "
+        "continuous 0-based corners (CVAT, Datumaro: a whole-image box is 0 0 W H)",
+    )
     _add_common_convert_args(voc)
 
     coco = formats.add_parser("coco", help="COCO instances JSON")
@@ -165,6 +186,7 @@ def _convert(args: argparse.Namespace) -> dict:
             split=args.split,
             classes=args.classes,
             proposals=args.proposals,
+            coordinates=args.coordinates,
             on_error=args.on_error,
             **common,
         )

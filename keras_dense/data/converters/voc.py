@@ -1,8 +1,17 @@
 """Converter for the PASCAL VOC devkit layout (segmentation or detection).
 
-Box convention: VOC boxes are 1-based inclusive pixel indices. They are stored normalised as
-continuous coordinates, `[(xmin - 1) / width, (ymin - 1) / height, xmax / width, ymax / height]`,
-so a box covering the whole image is exactly [0, 0, 1, 1].
+Box convention: VOC boxes are 1-based inclusive pixel indices (the devkit, LabelImg). They are
+stored normalised as continuous coordinates,
+`[(xmin - 1) / width, (ymin - 1) / height, xmax / width, ymax / height]`, so a box covering the
+whole image is exactly [0, 0, 1, 1]. Files of tools that write continuous 0-based corners (CVAT
+and Datumaro: a whole-image box is `0 0 W H`) are read with `coordinates="zero-based"`:
+`[xmin / width, ymin / height, xmax / width, ymax / height]`. A 0 coordinate in a 1-based file
+is refused, naming that option.
+
+Each annotation's image is `JPEGImages/<filename>` when it exists, else the one image of the
+annotation's stem (any image extension). A `<filename>` naming another image than an existing
+image of the stem, several images of the stem, and two annotation files of one image are
+refused (or, with `on_error="skip"`, listed).
 """
 
 from __future__ import annotations
@@ -15,8 +24,9 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from keras_dense.data.classes import VOC_CLASSES, read_split_file, resolve_classes
+from keras_dense.data.converters.exif_note import size_mismatch
 from keras_dense.data.errors import BadInputError
-from keras_dense.data.image_io import encode_png, read_image_file, read_mask_file
+from keras_dense.data.image_io import IMAGE_EXTENSIONS, encode_png, read_image_file, read_mask_file
 from keras_dense.data.masks import check_mask
 from keras_dense.data.paths import path_inside
 from keras_dense.data.schema import Record
@@ -24,8 +34,43 @@ from keras_dense.data.voc_xml import VocAnnotation, parse_voc_xml
 from keras_dense.data.writer import write_dataset
 from keras_dense.detection.proposals import selective_search
 
+COORDINATES = ("one-based", "zero-based")
 
-def check_voc_boxes(annotation: VocAnnotation, width: int, height: int, classes: list[str]):
+
+def _unknown_class(name: str, classes: list[str]) -> str:
+    """The reason for a class name outside the list, pointing at a near miss of case."""
+    reason = f"class {name!r} is not in the class list {classes}"
+    near = [c for c in classes if c.casefold() == name.casefold()]
+    if near:
+        reason += f" (names are case-sensitive; the list has {near[0]!r})"
+    return reason
+
+
+def _outside(obj, box: str, width: int, height: int, coordinates: str) -> str | None:
+    """Why a box leaves the image in the given convention, or None when it is inside."""
+    if coordinates == "zero-based":
+        low, convention = 0, "0-based corners, 0 <= x <= width"
+    else:
+        low, convention = 1, "VOC boxes are 1-based, inclusive"
+    if obj.xmin >= low and obj.ymin >= low and obj.xmax <= width and obj.ymax <= height:
+        return None
+    reason = f"box {box} outside the {width}x{height} image ({convention})"
+    if coordinates == "one-based" and 0 <= min(obj.xmin, obj.ymin) < 1:
+        axis = "xmin" if obj.xmin < 1 else "ymin"
+        reason += (
+            f"; {axis}={min(obj.xmin, obj.ymin):g} is not a 1-based pixel index: a file "
+            "written with 0-based corners (CVAT, Datumaro) converts with --coordinates zero-based"
+        )
+    return reason
+
+
+def check_voc_boxes(
+    annotation: VocAnnotation,
+    width: int,
+    height: int,
+    classes: list[str],
+    coordinates: str = "one-based",
+):
     """Splits an annotation's objects into valid ones and rejected ones.
 
     Args:
@@ -33,33 +78,39 @@ def check_voc_boxes(annotation: VocAnnotation, width: int, height: int, classes:
         width: Decoded image width.
         height: Decoded image height.
         classes: Known class names (label = index + 1).
+        coordinates: `"one-based"` (VOC pixel indices, inclusive) or `"zero-based"`
+            (continuous corners, as CVAT writes them).
 
     Returns:
         `(boxes (n,4) normalised yxyx, labels, texts, difficult, rejected)` where `rejected`
-        lists `(source, reason)` for boxes outside the image, of zero area or of an unknown
-        class.
+        lists `(source, reason)` for boxes outside the image, inverted, of zero area or of an
+        unknown class.
     """
     boxes, labels, texts, difficult, rejected = [], [], [], [], []
+    offset = 1 if coordinates == "one-based" else 0
     for k, obj in enumerate(annotation.objects):
         where = f"{annotation.path} object #{k} ({obj.name})"
         box = f"[xmin={obj.xmin:g}, ymin={obj.ymin:g}, xmax={obj.xmax:g}, ymax={obj.ymax:g}]"
+        outside = _outside(obj, box, width, height, coordinates)
         if obj.name not in classes:
-            rejected.append((where, f"class {obj.name!r} is not in the class list {classes}"))
-        elif obj.xmax <= obj.xmin or obj.ymax <= obj.ymin:
-            rejected.append((where, f"box of zero area {box}"))
-        elif obj.xmin < 1 or obj.ymin < 1 or obj.xmax > width or obj.ymax > height:
+            rejected.append((where, _unknown_class(obj.name, classes)))
+        elif obj.xmax < obj.xmin or obj.ymax < obj.ymin:
+            lo, hi = ("xmin", "xmax") if obj.xmax < obj.xmin else ("ymin", "ymax")
             rejected.append(
                 (
                     where,
-                    f"box {box} outside the {width}x{height} image "
-                    "(VOC boxes are 1-based, inclusive)",
+                    f"inverted box {box}: {hi} {getattr(obj, hi):g} < {lo} {getattr(obj, lo):g}",
                 )
             )
+        elif obj.xmax == obj.xmin or obj.ymax == obj.ymin:
+            rejected.append((where, f"box of zero area {box}"))
+        elif outside is not None:
+            rejected.append((where, outside))
         else:
             boxes.append(
                 [
-                    (obj.ymin - 1) / height,
-                    (obj.xmin - 1) / width,
+                    (obj.ymin - offset) / height,
+                    (obj.xmin - offset) / width,
                     obj.ymax / height,
                     obj.xmax / width,
                 ]
@@ -96,39 +147,46 @@ def _stems(root: str, layout: _Layout, split: str | None) -> tuple[list[str], st
     return [os.path.splitext(os.path.basename(f))[0] for f in files], os.path.join(root, folder)
 
 
-def _prepare_segmentation(root, stems, names, on_error, propose):
+def _prepare_segmentation(root, stems, names, on_error, propose, coordinates):
     """`(stems, class names, skipped, make_record)` for the segmentation layout."""
     names = names or ["background", *VOC_CLASSES]
     return stems, names, [], lambda stem: _segmentation_record(root, stem, names)
 
 
-def _prepare_detection(root, stems, names, on_error, propose):
+def _prepare_detection(root, stems, names, on_error, propose, coordinates):
     """`(stems, class names, skipped, make_record)` for the detection layout."""
     annotations: dict[str, VocAnnotation] = {}
+    images: dict[str, str] = {}
     skipped: list[dict] = []
+    by_stem = _images_by_stem(os.path.join(root, "JPEGImages"))
     for stem in stems:
         xml = os.path.join(root, "Annotations", f"{stem}.xml")
         if not os.path.isfile(xml):
             skipped.append({"input": xml, "reason": "image without an annotation"})
             continue
         try:
-            annotations[stem] = parse_voc_xml(xml)
+            annotation = parse_voc_xml(xml)
+            images[stem] = _image_of(root, stem, annotation, by_stem)
         except BadInputError as err:
             skipped.append({"input": err.source, "reason": err.reason})
+            continue
+        annotations[stem] = annotation
+    for stem, reason in _shared_images(annotations, images).items():
+        skipped.append({"input": annotations.pop(stem).path, "reason": reason})
     names = names or _default_detection_classes(annotations)
 
     def make(stem: str) -> Record:
         annotation = annotations[stem]
-        image = read_image_file(_image_of(root, stem, annotation))
+        image = read_image_file(images[stem])
         height, width = image.rgb.shape[:2]
-        if annotation.width and (annotation.width, annotation.height) != (width, height):
+        size = (annotation.width, annotation.height)
+        if annotation.width and size != (width, height):
             raise BadInputError(
                 annotation.path,
-                f"<size> says {annotation.width}x"
-                f"{annotation.height} but the image is {width}x{height}",
+                size_mismatch("<size> says", size, (height, width), image.orientation),
             )
         boxes, labels, texts, difficult, rejected = check_voc_boxes(
-            annotation, width, height, names
+            annotation, width, height, names, coordinates
         )
         if rejected and on_error == "fail":
             raise BadInputError(*rejected[0])
@@ -163,14 +221,15 @@ class _Layout:
     ignore_label: int | None
     manifest_extra: dict
     prepare: Callable
+    boxes: bool
 
 
 _LAYOUTS = {
     "segmentation": _Layout(
-        "Segmentation", "SegmentationClass", ".png", 255, {}, _prepare_segmentation
+        "Segmentation", "SegmentationClass", ".png", 255, {}, _prepare_segmentation, False
     ),
     "detection": _Layout(
-        "Main", "Annotations", ".xml", None, {"box_label_offset": 1}, _prepare_detection
+        "Main", "Annotations", ".xml", None, {"box_label_offset": 1}, _prepare_detection, True
     ),
 }
 
@@ -186,6 +245,7 @@ def convert_voc(
     on_error: str = "fail",
     workers: int = 1,
     progress: bool = True,
+    coordinates: str = "one-based",
 ) -> dict:
     """Converts a VOC devkit folder into TFRecords.
 
@@ -204,6 +264,8 @@ def convert_voc(
         on_error: `"fail"` or `"skip"`. With skip, a bad box is dropped on its own and listed.
         workers: Encoding threads.
         progress: Show a progress bar.
+        coordinates: Detection boxes: `"one-based"` (VOC pixel indices, inclusive; the devkit,
+            LabelImg) or `"zero-based"` (continuous corners; CVAT, Datumaro).
 
     Returns:
         The manifest.
@@ -214,6 +276,10 @@ def convert_voc(
     """
     if task not in _LAYOUTS:
         raise ValueError(f"task={task!r}: expected one of {sorted(_LAYOUTS)}")
+    if coordinates not in COORDINATES:
+        raise ValueError(f"coordinates={coordinates!r}: expected one of {list(COORDINATES)}")
+    if coordinates != "one-based" and not _LAYOUTS[task].boxes:
+        raise ValueError(f"coordinates={coordinates!r} applies to boxes (the detection task) only")
     if proposals not in ("none", "selective_search"):
         raise ValueError(f"proposals={proposals!r}: expected 'none' or 'selective_search'")
     if not os.path.isdir(root):
@@ -224,7 +290,7 @@ def convert_voc(
         raise BadInputError(listing, f"empty input: no {task} annotations found")
     propose = selective_search if proposals == "selective_search" else None
     stems, names, skipped, make = layout.prepare(
-        root, stems, resolve_classes(classes, None), on_error, propose
+        root, stems, resolve_classes(classes, None), on_error, propose, coordinates
     )
     return write_dataset(
         output,
@@ -245,6 +311,7 @@ def convert_voc(
             "proposals": proposals,
             "num_shards": num_shards,
             "on_error": on_error,
+            "coordinates": coordinates,
         },
         skipped=skipped,
         progress=progress,
@@ -281,6 +348,7 @@ def _default_detection_classes(annotations: dict[str, VocAnnotation]) -> list[st
     list would shift every label id, so it is refused.
     """
     found = sorted({o.name for a in annotations.values() for o in a.objects})
+    _refuse_case_variants(annotations, found)
     outside = [n for n in found if n not in VOC_CLASSES]
     if not outside:
         return list(VOC_CLASSES)
@@ -295,14 +363,83 @@ def _default_detection_classes(annotations: dict[str, VocAnnotation]) -> list[st
     )
 
 
-def _image_of(root: str, stem: str, annotation: VocAnnotation) -> str:
-    """The image file of an annotation: `JPEGImages/<filename>`, else `JPEGImages/STEM.jpg`."""
+def _refuse_case_variants(annotations: dict[str, VocAnnotation], found: list[str]) -> None:
+    """Names that differ only in case (`RBC`, `rbc`) would become two classes of one thing."""
+    by_key: dict[str, list[str]] = {}
+    for name in found:
+        by_key.setdefault(name.casefold(), []).append(name)
+    variants = next((v for v in by_key.values() if len(v) > 1), None)
+    if variants is None:
+        return
+    first, second = variants[:2]
+    files = {
+        n: next(a.path for a in annotations.values() for o in a.objects if o.name == n)
+        for n in (first, second)
+    }
+    raise BadInputError(
+        files[second],
+        f"class names {first!r} ({files[first]}) and {second!r} (this file) differ only in "
+        "case: the class list would hold both as two classes. Correct the annotations, or "
+        "give the class list with --classes (names are case-sensitive)",
+    )
+
+
+def _images_by_stem(folder: str) -> dict[str, list[str]]:
+    """The image files of `folder` (any image extension, any case) by stem, listed once."""
+    by_stem: dict[str, list[str]] = {}
+    names = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+    for name in names:
+        stem, ext = os.path.splitext(name)
+        if ext.lower() in IMAGE_EXTENSIONS and not name.startswith("."):
+            by_stem.setdefault(stem, []).append(os.path.join(folder, name))
+    return by_stem
+
+
+def _image_of(
+    root: str, stem: str, annotation: VocAnnotation, by_stem: dict[str, list[str]]
+) -> str:
+    """The image file of an annotation: `JPEGImages/<filename>`, else the image of STEM.
+
+    Raises:
+        BadInputError: No image; `<filename>` names an image while another image has the
+            annotation's stem; or several images have the stem and `<filename>` names none.
+    """
     folder = os.path.join(root, "JPEGImages")
-    candidates = []
+    of_stem = by_stem.get(stem, [])
     if annotation.filename:
-        candidates.append(path_inside(folder, annotation.filename, annotation.path))
-    candidates.append(os.path.join(folder, f"{stem}.jpg"))
-    for path in candidates:
-        if os.path.isfile(path):
-            return path
-    raise BadInputError(annotation.path, f"annotation without an image: expected {candidates[0]}")
+        named = os.path.normpath(path_inside(folder, annotation.filename, annotation.path))
+        if os.path.isfile(named):
+            others = [p for p in of_stem if os.path.normpath(p) != named]
+            if others:
+                raise BadInputError(
+                    annotation.path,
+                    f"<filename> names {named}, while {others[0]} has this annotation's stem: "
+                    "which image was annotated is a guess; correct <filename> or move one image",
+                )
+            return named
+    if len(of_stem) == 1:
+        return of_stem[0]
+    if of_stem:
+        raise BadInputError(
+            annotation.path,
+            f"images {' and '.join(of_stem)} share this annotation's stem and <filename> "
+            f"({annotation.filename!r}) names none of them: keep one",
+        )
+    expected = os.path.join(folder, annotation.filename or f"{stem}.jpg")
+    raise BadInputError(annotation.path, f"annotation without an image: expected {expected}")
+
+
+def _shared_images(annotations: dict[str, VocAnnotation], images: dict[str, str]) -> dict:
+    """`{stem: reason}` for the annotation files that share their image with another."""
+    by_image: dict[str, list[str]] = {}
+    for stem in annotations:
+        by_image.setdefault(os.path.realpath(images[stem]), []).append(stem)
+    shared = {}
+    for stems in by_image.values():
+        for stem in stems if len(stems) > 1 else ():
+            other = next(s for s in stems if s != stem)
+            shared[stem] = (
+                f"it and {annotations[other].path} both annotate {images[stem]}: one image "
+                "needs one annotation file; remove or correct one"
+            )
+    return shared
