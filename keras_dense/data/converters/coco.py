@@ -7,49 +7,42 @@ of training targets, and in semantic masks their pixels get the ignore label.
 Each object's `segmentation` (polygons, RLE or uncompressed RLE) is rasterised by pycocotools
 at the image's size into its instance mask (`image/object/mask`, 0/1 PNG, in box order; crowd
 objects keep theirs). Boxes stay COCO's `bbox`. A file where no annotation has a
-`segmentation` (box-only COCO files) gives records without instance masks.
+`segmentation`, or only empty ones (`[]`, the box exports of Roboflow and CVAT), gives records
+without instance masks.
+
+The file is read and checked by `coco_index.load_coco` (unique ids, resolved references;
+Roboflow's super-category, used by no annotation, left out with a warning), segmentations by
+`coco_segmentation` (well-formed polygons and RLEs, a mask inside its box) before pycocotools
+rasterises them. `source_id` is the file name without its extension, subfolders kept.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 
 import numpy as np
 
+from keras_dense.data.converters.coco_index import load_coco
+from keras_dense.data.converters.coco_segmentation import (
+    has_segmentation,
+    mask_box_problem,
+    rasterise,
+)
+from keras_dense.data.converters.exif_note import size_mismatch
 from keras_dense.data.errors import BadInputError
 from keras_dense.data.image_io import encode_png, read_image_file
-from keras_dense.data.paths import path_inside
 from keras_dense.data.schema import Record
 from keras_dense.data.writer import write_dataset
 
 
-def _load_coco(annotations: str):
-    try:
-        from pycocotools.coco import COCO
-    except ImportError:  # pragma: no cover - optional dependency
-        raise ImportError(
-            "the COCO converter needs pycocotools: pip install 'keras-dense[coco]'"
-        ) from None
-    if not os.path.isfile(annotations):
-        raise BadInputError(annotations, "--annotations: no such file")
-    try:
-        import contextlib
-        import io
-
-        with contextlib.redirect_stdout(io.StringIO()):
-            return COCO(annotations)
-    except (ValueError, KeyError, TypeError) as err:
-        raise BadInputError(annotations, f"not a COCO instances JSON ({err})") from None
-
-
-def _annotation_problem(ann: dict, label_of: dict) -> str | None:
-    """What is wrong with one annotation's fields, or None when they are usable."""
+def _box_problem(bbox, label_of: dict, ann: dict, width: int, height: int) -> str | None:
+    """What is wrong with an annotation's class, box or crowd flag, or None when usable."""
     if ann.get("category_id") not in label_of:
         return (
             f"field 'category_id' is {ann.get('category_id')!r}, which is not an id listed "
             f"in 'categories' {sorted(label_of)}"
         )
-    bbox = ann.get("bbox")
     if (
         not isinstance(bbox, (list, tuple))
         or len(bbox) != 4
@@ -58,24 +51,42 @@ def _annotation_problem(ann: dict, label_of: dict) -> str | None:
         return f"field 'bbox' is {bbox!r}: expected [x, y, width, height] numbers"
     if not all(np.isfinite(bbox)):
         return f"field 'bbox' is {bbox!r}: expected finite numbers"
+    x, y, w, h = bbox
+    for size, name in ((w, "width"), (h, "height")):
+        if size < 0:
+            return f"negative {name} {size:g} in field 'bbox' {bbox} ([x, y, width, height])"
+    if w == 0 or h == 0:
+        return f"box of zero area {bbox}"
+    if x < 0 or y < 0 or x + w > width + 0.5 or y + h > height + 0.5:
+        return f"box {bbox} (x,y,w,h) outside the {width}x{height} image"
+    crowd = ann.get("iscrowd", 0)
+    if not isinstance(crowd, (int, float)) or crowd not in (0, 1):
+        return f"field 'iscrowd' is {crowd!r}: expected 0 or 1"
     return None
 
 
-def _rasterise(segmentation, height: int, width: int) -> np.ndarray:
-    """(H, W) bool pixels of a COCO `segmentation` (polygons, RLE or uncompressed RLE)."""
-    from pycocotools import mask as mask_utils
+def _image_size_problem(info: dict) -> str | None:
+    """A `width` or `height` of an image entry that is not a whole number of pixels."""
+    for key in ("width", "height"):
+        value = info.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or value != int(value):
+            return f"field {key!r} is {value!r}: expected a whole number of pixels"
+    return None
 
-    if isinstance(segmentation, list):  # polygons: one RLE each, merged
-        rle = mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
-    elif isinstance(segmentation, dict) and isinstance(segmentation.get("counts"), list):
-        rle = mask_utils.frPyObjects(segmentation, height, width)  # uncompressed RLE
-    elif isinstance(segmentation, dict):
-        rle = segmentation
-        if tuple(rle.get("size", ())) != (height, width):
-            raise ValueError(f"RLE size {rle.get('size')} is not the image's [{height}, {width}]")
-    else:
-        raise TypeError(f"expected polygons or an RLE, got {type(segmentation).__name__}")
-    return mask_utils.decode(rle).astype(bool)
+
+def _check_semantic(num_classes: int, ignore_label: int) -> None:
+    """8-bit semantic masks hold 0 (background), labels 1..K and the ignore label."""
+    if not 0 <= ignore_label <= 255:
+        raise ValueError(f"ignore_label={ignore_label}: expected an integer in [0, 255]")
+    if num_classes >= ignore_label:
+        raise ValueError(
+            f"{num_classes} categories: semantic masks hold labels 1..{num_classes}, which must "
+            f"stay below the ignore label {ignore_label} (8-bit masks: a label equal to the "
+            "ignore label would be ignored, one above 255 would wrap around). Leave out "
+            "--semantic-masks"
+        )
 
 
 def convert_coco(
@@ -99,98 +110,99 @@ def convert_coco(
         semantic_masks: Also write a semantic mask (class id per pixel, 0 background; later
             annotations paint over earlier ones; crowd regions get `ignore_label`).
         instance_masks: Write each object's mask (`image/object/mask`). None (default):
-            when any annotation of the file has a `segmentation`; then one without it is
-            rejected like any bad field.
+            when any annotation of the file has a non-empty `segmentation` (box exports of
+            Roboflow and CVAT write `[]`); then one without it is rejected like any bad field.
         num_shards: Number of shards.
-        ignore_label: Mask value of crowd regions.
+        ignore_label: Mask value of crowd regions (semantic masks; in [0, 255], above every
+            label).
         on_error: `"fail"` or `"skip"`.
         workers: Encoding threads.
         progress: Show a progress bar.
 
     Returns:
-        The manifest (detection classes: label = index + 1).
+        The manifest (detection classes: label = index + 1; `coco_category_ids` the ids of
+        the classes, `coco_categories_left_out` Roboflow's super-category when left out).
 
     Raises:
-        BadInputError: Bad inputs (with `on_error="fail"`) or an empty annotation file.
+        BadInputError: Bad inputs (with `on_error="fail"`), an empty annotation file, or a file
+            whose structure or ids are ambiguous (see `coco_index.load_coco`).
+        ValueError: Semantic masks with more categories than 8-bit labels below the ignore
+            label hold, or an ignore label outside [0, 255].
     """
-    coco = _load_coco(annotations)
     if not os.path.isdir(images):
         raise BadInputError(images, "--images: no such folder")
+    index = load_coco(annotations, images)
+    entries = [ann for anns in index.annotations.values() for _, ann in anns]
     if instance_masks is None:
-        instance_masks = any("segmentation" in ann for ann in coco.dataset.get("annotations", []))
-    rasterise = semantic_masks or instance_masks
-    cat_ids = sorted(coco.getCatIds())
+        instance_masks = any(has_segmentation(ann) for ann in entries)
+    needs_masks = semantic_masks or instance_masks
+    cat_ids = [c["id"] for c in index.categories]
     label_of = {cid: i + 1 for i, cid in enumerate(cat_ids)}
-    names = [coco.loadCats(cid)[0]["name"] for cid in cat_ids]
-    image_ids = sorted(coco.getImgIds())
-    if not image_ids:
+    names = [c["name"] for c in index.categories]
+    if semantic_masks:
+        _check_semantic(len(names), ignore_label)
+    for cat in index.left_out:
+        warnings.warn(
+            f"{annotations}: category {cat['id']} {cat['name']!r} is {cat['reason']}: left out "
+            "of the class list",
+            stacklevel=2,
+        )
+    if not index.image_ids:
         raise BadInputError(annotations, "empty input: the file lists no images")
-    skipped = []
+    skipped = list(index.rejected)
     items = []
-    for image_id in image_ids:
-        info = coco.loadImgs(image_id)[0]
-        if not isinstance(info.get("file_name"), str) or not info["file_name"]:
-            raise BadInputError(
-                f"{annotations} image {image_id}",
-                f"field 'file_name' is {info.get('file_name')!r}: expected the image's file name",
-            )
-        path_inside(images, info["file_name"], f"{annotations} image {image_id}", "--images")
-        if not coco.getAnnIds(imgIds=image_id):
+    for image_id in index.image_ids:
+        if index.annotations[image_id]:
+            items.append(image_id)
+        else:
             skipped.append(
                 {
-                    "input": os.path.join(images, info["file_name"]),
+                    "input": os.path.join(images, index.images[image_id]["file_name"]),
                     "reason": "image without an annotation",
                 }
             )
-        else:
-            items.append(image_id)
+    missing_mask = "field 'segmentation' is {!r}: no segmentation, while other annotations of "
+    if semantic_masks:
+        missing_mask += "the file have one (semantic masks need every object's)"
+    else:
+        missing_mask += "the file have one: --no-instance-masks keeps the boxes only"
 
-    def make(image_id: int) -> Record:
-        info = coco.loadImgs(image_id)[0]
+    def make(image_id) -> Record:
+        info = index.images[image_id]
         path = os.path.join(images, info["file_name"])
         if not os.path.isfile(path):
-            raise BadInputError(path, f"image {image_id} listed in {annotations} is missing")
+            raise BadInputError(path, f"image {image_id!r} listed in {annotations} is missing")
+        problem = _image_size_problem(info)
+        if problem is not None:
+            raise BadInputError(path, f"{problem} (image {image_id!r} of {annotations})")
         image = read_image_file(path)
         height, width = image.rgb.shape[:2]
-        if (info.get("height", height), info.get("width", width)) != (height, width):
+        said = (info.get("width", width), info.get("height", height))
+        if said != (width, height):
             raise BadInputError(
-                path,
-                f"the JSON says {info['width']}x{info['height']} but the image is {width}x{height}",
+                path, size_mismatch("the JSON says", said, (height, width), image.orientation)
             )
-        anns = coco.loadAnns(coco.getAnnIds(imgIds=image_id))
         boxes, labels, texts, crowd, rejected, objects = [], [], [], [], [], []
         mask = np.zeros((height, width), np.uint8) if semantic_masks else None
-        for ann in anns:
-            where = f"{annotations} annotation {ann.get('id', '?')} (image {image_id})"
-            problem = _annotation_problem(ann, label_of)
+        for name, ann in index.annotations[image_id]:
+            where = f"{annotations} {name} (image {image_id})"
+            bbox = ann.get("bbox")
+            problem = _box_problem(bbox, label_of, ann, width, height)
+            region = None
+            if problem is None and needs_masks:
+                if not has_segmentation(ann):
+                    problem = missing_mask.format(ann.get("segmentation"))
+                else:
+                    try:
+                        region = rasterise(ann["segmentation"], height, width)
+                    except ValueError as err:
+                        problem = f"field 'segmentation' is not a valid polygon or RLE: {err}"
+                    else:
+                        problem = mask_box_problem(region, bbox)
             if problem is not None:
                 rejected.append({"input": where, "reason": problem})
                 continue
-            x, y, w, h = ann["bbox"]
-            if w <= 0 or h <= 0:
-                rejected.append({"input": where, "reason": f"box of zero area {ann['bbox']}"})
-                continue
-            if x < 0 or y < 0 or x + w > width + 0.5 or y + h > height + 0.5:
-                rejected.append(
-                    {
-                        "input": where,
-                        "reason": f"box {ann['bbox']} (x,y,w,h) outside the {width}x{height} image",
-                    }
-                )
-                continue
-            region = None
-            if rasterise:
-                try:
-                    region = _rasterise(ann.get("segmentation"), height, width)
-                except Exception as err:  # pycocotools raises many types for bad polygons
-                    rejected.append(
-                        {
-                            "input": where,
-                            "reason": f"field 'segmentation' is not a valid polygon or RLE "
-                            f"({type(err).__name__}: {err})",
-                        }
-                    )
-                    continue
+            x, y, w, h = bbox
             boxes.append(
                 [y / height, x / width, min(y + h, height) / height, min(x + w, width) / width]
             )
@@ -204,7 +216,7 @@ def convert_coco(
         if rejected and on_error == "fail":
             raise BadInputError(rejected[0]["input"], rejected[0]["reason"])
         return Record(
-            source_id=os.path.splitext(os.path.basename(info["file_name"]))[0],
+            source_id=info["source_id"],
             image_bytes=image.data,
             image_format=image.format,
             height=height,
@@ -243,6 +255,7 @@ def convert_coco(
         extra={
             "box_label_offset": 1,
             "coco_category_ids": cat_ids,
+            "coco_categories_left_out": index.left_out,
             "instance_masks": instance_masks,
         },
     )
