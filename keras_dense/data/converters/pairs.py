@@ -7,9 +7,15 @@ from collections.abc import Sequence
 import numpy as np
 
 from keras_dense.data.classes import resolve_classes
-from keras_dense.data.converters.image_mask_pairs import file_stem, pair_images_with_masks
+from keras_dense.data.converters.exif_note import size_mismatch
+from keras_dense.data.converters.image_mask_pairs import (
+    file_stem,
+    pair_images_with_masks,
+    read_label_mask,
+    refuse_ignore_only,
+)
 from keras_dense.data.errors import BadInputError
-from keras_dense.data.image_io import encode_png, read_image_file, read_mask_file
+from keras_dense.data.image_io import encode_png, read_image_file
 from keras_dense.data.masks import check_mask, parse_remap, remap_lookup
 from keras_dense.data.schema import Record
 from keras_dense.data.writer import write_dataset
@@ -44,7 +50,9 @@ def convert_pairs(
     """Converts image/mask pairs into segmentation TFRecords.
 
     The mask of `images/NAME.ext` is `masks/NAME{mask_suffix}.png`. Masks are single-channel
-    or palette PNGs of class ids; `remap` is applied before the checks.
+    (1 to 16-bit grey) or palette PNGs of class ids; `remap` is applied before the checks. A
+    mask of only 0 and the ignore label (a binary mask saved as 0/255) is refused: it labels no
+    class.
 
     With `class_from_prefix`, each image's class is named by its file name up to the last
     underscore (`Bengal_12.jpg` -> `Bengal`, the Oxford-IIIT Pet convention), the masks must
@@ -63,7 +71,7 @@ def convert_pairs(
             and values are not checked against a class list.
         classes_file: File with one class name per line.
         remap: `SRC:DST` pairs, e.g. `11:255` (void → ignore) or `255:1` (binarise).
-        ignore_label: The ignore value kept in masks.
+        ignore_label: The ignore value kept in masks, in [0, 255] and not a class id.
         mask_suffix: Suffix after the stem in mask names (e.g. `_mask`).
         split_file: Optional file of stems to convert (first column of each line).
         class_from_prefix: Class per image from its file-name prefix (see above); not with
@@ -77,8 +85,12 @@ def convert_pairs(
 
     Raises:
         BadInputError: Bad or missing inputs (with `on_error="fail"`), or an empty folder.
-        ValueError: Bad arguments.
+        ValueError: Bad arguments (an ignore label outside [0, 255] or equal to a class id).
     """
+    if not 0 <= ignore_label <= 255:
+        raise ValueError(
+            f"ignore_label={ignore_label}: expected an integer in [0, 255] (masks are 8-bit)"
+        )
     if class_from_prefix and (classes is not None or classes_file is not None):
         raise ValueError(
             "class_from_prefix names the classes from the file names: do not also give "
@@ -105,7 +117,8 @@ def convert_pairs(
     def make(pair: tuple[str, str]) -> Record:
         image_path, mask_path = pair
         image = read_image_file(image_path)
-        mask = table[read_mask_file(mask_path)]
+        mask = table[read_label_mask(mask_path)]
+        refuse_ignore_only(mask, ignore_label, mask_path)
         image_labels = None
         if class_from_prefix:
             found = np.unique(mask)
@@ -120,7 +133,13 @@ def convert_pairs(
             class_id = prefix_ids[prefix_class(file_stem(image_path))]
             mask = np.where(mask == 1, class_id, mask).astype(mask.dtype)
             image_labels = np.asarray([class_id], np.int64)
-        check_mask(mask, image.rgb.shape[:2], num_classes, ignore_label, mask_path)
+        shape = image.rgb.shape[:2]
+        if mask.shape != shape and mask.shape == shape[::-1] and image.orientation >= 5:
+            said = (mask.shape[1], mask.shape[0])
+            raise BadInputError(
+                mask_path, size_mismatch("the mask is", said, shape, image.orientation)
+            )
+        check_mask(mask, shape, num_classes, ignore_label, mask_path)
         return Record(
             source_id=file_stem(image_path),
             image_bytes=image.data,
@@ -135,6 +154,12 @@ def convert_pairs(
 
     if names is None:
         names = _infer_class_names(pairs, table, ignore_label)
+    if ignore_label < len(names):
+        raise ValueError(
+            f"ignore_label={ignore_label}: the mask value of class {names[ignore_label]!r}; "
+            f"the ignore label must not be a class id (0..{len(names) - 1}): use --remap or "
+            "another --ignore-label"
+        )
     return write_dataset(
         output,
         pairs,
@@ -171,7 +196,7 @@ def _infer_class_names(pairs, table: np.ndarray, ignore_label: int) -> list[str]
     largest = 0
     for _, mask_path in pairs:
         try:
-            values = np.unique(table[read_mask_file(mask_path)])
+            values = np.unique(table[read_label_mask(mask_path)])
         except BadInputError:
             continue  # reported (or skipped) when the pair itself is converted
         values = values[values != ignore_label]

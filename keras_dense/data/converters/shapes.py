@@ -17,6 +17,7 @@ from keras_dense.data.schema import Record
 from keras_dense.data.writer import write_dataset
 
 SHAPE_CLASSES = ("background", "circle", "square", "triangle")
+MAX_SIZE = 2048
 
 
 def _background(rng: np.random.Generator, size: int) -> np.ndarray:
@@ -121,8 +122,8 @@ def convert_shapes(
     Args:
         output: `DIR/NAME` of the shards and manifest.
         num_images: Number of images (>= 1).
-        size: Image side in pixels (>= 16).
-        seed: Random seed.
+        size: Image side in pixels (16 to 2048).
+        seed: Random seed (>= 0).
         num_shards: Number of shards.
         workers: Encoding threads.
         progress: Show a progress bar.
@@ -137,6 +138,13 @@ def convert_shapes(
         raise ValueError(f"num_images={num_images}: expected at least 1")
     if size < 16:
         raise ValueError(f"size={size}: expected at least 16 pixels")
+    if size > MAX_SIZE:
+        raise ValueError(
+            f"size={size}: expected at most {MAX_SIZE} pixels (each image is drawn in memory, "
+            "24 bytes per pixel)"
+        )
+    if seed < 0:
+        raise ValueError(f"seed={seed}: expected an integer >= 0")
 
     def make(index: int) -> Record:
         rgb, mask, instance_masks, boxes, labels = render_shape_instances(index, size, seed)
