@@ -23,6 +23,7 @@ from keras_dense import cli
 from keras_dense.data import (
     BadInputError,
     convert_coco,
+    convert_instances,
     convert_pairs,
     convert_shapes,
     convert_voc,
@@ -623,3 +624,28 @@ def test_pairs_mask_of_the_stored_pixels_of_a_rotated_photo_is_explained(tmp_pat
 def test_shapes_arguments_are_named(tmp_path, options, why):
     with pytest.raises(ValueError, match=why):
         convert_shapes(str(tmp_path / "s"), num_images=1, progress=False, **options)
+
+
+@pytest.mark.parametrize("bit_depth", [1, 2])
+def test_instances_low_bit_depth_grey_masks_keep_their_ids(tmp_path, bit_depth):
+    # A 1-bit mask of one instance read as id 255 ("instance ids 1..254 have no pixels");
+    # a 2-bit mask of ids 1 and 2 read as 85 and 170.
+    ids = np.zeros((16, 24), np.uint8)
+    ids[2:7, 3:11] = 1
+    if bit_depth > 1:
+        ids[9:14, 12:20] = 2
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    _write_image(tmp_path / "images" / "a.png", 16, 24)
+    _grey_png(tmp_path / "masks" / "a_mask.png", ids, bit_depth)
+    convert_instances(
+        str(tmp_path / "images"),
+        str(tmp_path / "masks"),
+        str(tmp_path / "out" / "i"),
+        class_name="cell",
+        progress=False,
+    )
+    (example,) = read_examples(str(tmp_path / "out" / "i-*"))
+    # The reference: one 0/1 mask per id of the array written into the file, in id order.
+    want = np.stack([(ids == k).astype(np.uint8) for k in range(1, int(ids.max()) + 1)])
+    np.testing.assert_array_equal(example["instance_masks"], want)

@@ -246,7 +246,8 @@ def read_mask_file(path: str) -> np.ndarray:
         path: The mask file.
 
     Returns:
-        (H, W) uint8 class ids (palette indices for palette PNGs).
+        (H, W) uint8 class ids (palette indices for palette PNGs; the stored values of 1, 2
+        and 4-bit grey PNGs, which decoders scale to 8 bits).
 
     Raises:
         BadInputError: The file is damaged, not a PNG, or not single-channel 8-bit.
@@ -285,6 +286,20 @@ def read_mask_file(path: str) -> np.ndarray:
                 f"mask is {mask.dtype} with values up to {mask.max()}; expected 8-bit class ids",
             )
         mask = mask.astype(np.uint8)
+    return _stored_grey_values(mask, data)
+
+
+def _stored_grey_values(mask: np.ndarray, data: bytes) -> np.ndarray:
+    """The ids a 1, 2 or 4-bit grey PNG stores; decoders scale them to 8 bits.
+
+    An image editor's binary mask (1 bit) would otherwise read as 0/255: the ignore label of
+    a semantic mask, instance id 255 of an instance mask.
+    """
+    # IHDR is the first chunk: bytes 24 and 25 are its bit depth and colour type (0 = grey).
+    if data.startswith(PNG_SIGNATURE) and len(data) >= 26 and data[25] == 0:
+        depth = data[24]
+        if depth in (1, 2, 4):
+            return mask // (255 // (2**depth - 1))
     return mask
 
 

@@ -8,7 +8,7 @@ import numpy as np
 
 from keras_dense.data.classes import read_split_file
 from keras_dense.data.errors import BadInputError
-from keras_dense.data.image_io import PNG_SIGNATURE, list_images, read_mask_file
+from keras_dense.data.image_io import list_images
 
 
 def file_stem(path: str) -> str:
@@ -93,33 +93,6 @@ def pair_images_with_masks(
                 {"input": path, "reason": f"image without an annotation: expected mask {mask_path}"}
             )
     return pairs, skipped
-
-
-def read_label_mask(path: str) -> np.ndarray:
-    """Reads a mask of ids like `read_mask_file`, keeping the ids of 1, 2 and 4-bit grey PNGs.
-
-    Decoders scale grey PNGs of fewer than 8 bits to 8 bits (a 1-bit mask's 1 becomes 255, a
-    2-bit 1 becomes 85): an image editor's binary mask would read as 0/255, the ignore label.
-    Such masks are scaled back to the values stored in the file.
-
-    Args:
-        path: The mask file.
-
-    Returns:
-        (H, W) uint8 ids.
-
-    Raises:
-        BadInputError: As `read_mask_file`.
-    """
-    mask = read_mask_file(path)
-    with open(path, "rb") as f:
-        header = f.read(26)
-    # IHDR is the first chunk: bytes 24 and 25 are its bit depth and colour type (0 = grey).
-    if header.startswith(PNG_SIGNATURE) and len(header) == 26 and header[25] == 0:
-        depth = header[24]
-        if depth in (1, 2, 4):
-            mask = mask // (255 // (2**depth - 1))
-    return mask
 
 
 def refuse_ignore_only(mask: np.ndarray, ignore_label: int, path: str) -> None:

@@ -11,11 +11,10 @@ from keras_dense.data.converters.exif_note import size_mismatch
 from keras_dense.data.converters.image_mask_pairs import (
     file_stem,
     pair_images_with_masks,
-    read_label_mask,
     refuse_ignore_only,
 )
 from keras_dense.data.errors import BadInputError
-from keras_dense.data.image_io import encode_png, read_image_file
+from keras_dense.data.image_io import encode_png, read_image_file, read_mask_file
 from keras_dense.data.masks import check_mask, parse_remap, remap_lookup
 from keras_dense.data.schema import Record
 from keras_dense.data.writer import write_dataset
@@ -117,7 +116,7 @@ def convert_pairs(
     def make(pair: tuple[str, str]) -> Record:
         image_path, mask_path = pair
         image = read_image_file(image_path)
-        mask = table[read_label_mask(mask_path)]
+        mask = table[read_mask_file(mask_path)]
         refuse_ignore_only(mask, ignore_label, mask_path)
         image_labels = None
         if class_from_prefix:
@@ -196,7 +195,7 @@ def _infer_class_names(pairs, table: np.ndarray, ignore_label: int) -> list[str]
     largest = 0
     for _, mask_path in pairs:
         try:
-            values = np.unique(table[read_label_mask(mask_path)])
+            values = np.unique(table[read_mask_file(mask_path)])
         except BadInputError:
             continue  # reported (or skipped) when the pair itself is converted
         values = values[values != ignore_label]
