@@ -95,22 +95,45 @@ def pair_images_with_masks(
     return pairs, skipped
 
 
-def refuse_ignore_only(mask: np.ndarray, ignore_label: int, path: str) -> None:
-    """Refuses a mask of only background (0) and the ignore label: it labels no class.
+def values_present(mask: np.ndarray) -> np.ndarray:
+    """(256,) bool: which values an 8-bit mask holds (a bincount, cheaper than `np.unique`)."""
+    return np.bincount(mask.ravel(), minlength=256).astype(bool)
 
-    A binary mask saved as 0/255 has its objects at 255, the ignore label: they would be left
-    out of training and scoring without a word.
+
+def only_background_and_ignore(present: np.ndarray, ignore_label: int) -> bool:
+    """Whether a mask holds the ignore label and otherwise at most background (0).
+
+    Args:
+        present: `values_present` of the mask.
+        ignore_label: The ignore value.
+    """
+    others = present.copy()
+    others[0] = others[ignore_label] = False
+    return bool(present[ignore_label]) and not others.any()
+
+
+def refuse_ignore_only_set(ignore_only: list[str], num_masks: int, ignore_label: int) -> None:
+    """Refuses a mask set in which no mask holds a class: only background and ignore.
+
+    A binary mask set saved as 0/255 has its objects at 255, the ignore label: they would be
+    left out of training and scoring without a word. One such mask among masks holding
+    classes is a tile with no object (a no-data border, a void outline) and is converted.
+
+    Args:
+        ignore_only: The masks of only 0 and the ignore label, in input order (not empty).
+        num_masks: The number of masks read.
+        ignore_label: The ignore value.
 
     Raises:
-        BadInputError: Naming the mask and the `--remap` that makes the objects a class.
+        BadInputError: Naming the first mask, a few others and the `--remap` that makes the
+            objects a class.
     """
-    values = np.unique(mask)
-    if ignore_label not in values or ((values != 0) & (values != ignore_label)).any():
-        return
-    count = int((mask == ignore_label).sum())
+    names = ", ".join(os.path.basename(p) for p in ignore_only[:3])
+    more = f" and {len(ignore_only) - 3} more" if len(ignore_only) > 3 else ""
     raise BadInputError(
-        path,
-        f"the mask holds only 0 and the ignore label {ignore_label} (after --remap): it labels "
-        f"no class, and its {count} pixels of {ignore_label} would be ignored. A binary mask "
-        f"saved as 0/{ignore_label} needs --remap {ignore_label}:1",
+        ignore_only[0],
+        f"no mask holds a class id other than 0: {len(ignore_only)} of the {num_masks} masks "
+        f"hold only 0 and the ignore label {ignore_label} (after --remap) ({names}{more}), "
+        f"so nothing would be learnt from them. The objects of a binary mask set saved as "
+        f"0/{ignore_label} are at the ignore label: --remap {ignore_label}:1 makes them class 1",
     )

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import threading
+import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -10,8 +14,10 @@ from keras_dense.data.classes import resolve_classes
 from keras_dense.data.converters.exif_note import size_mismatch
 from keras_dense.data.converters.image_mask_pairs import (
     file_stem,
+    only_background_and_ignore,
     pair_images_with_masks,
-    refuse_ignore_only,
+    refuse_ignore_only_set,
+    values_present,
 )
 from keras_dense.data.errors import BadInputError
 from keras_dense.data.image_io import encode_png, read_image_file, read_mask_file
@@ -49,9 +55,11 @@ def convert_pairs(
     """Converts image/mask pairs into segmentation TFRecords.
 
     The mask of `images/NAME.ext` is `masks/NAME{mask_suffix}.png`. Masks are single-channel
-    (1 to 16-bit grey) or palette PNGs of class ids; `remap` is applied before the checks. A
-    mask of only 0 and the ignore label (a binary mask saved as 0/255) is refused: it labels no
-    class.
+    (1 to 16-bit grey) or palette PNGs of class ids; `remap` is applied before the checks. A set
+    in which no mask holds a class id other than 0, only 0 and the ignore label (binary masks
+    saved as 0/255), is refused: it labels no class. Masks of only 0 and the ignore label in a
+    set with classes (tiles with no object and a no-data border) are converted, counted in the
+    manifest's `masks_only_background_and_ignore` and named in a warning.
 
     With `class_from_prefix`, each image's class is named by its file name up to the last
     underscore (`Bengal_12.jpg` -> `Bengal`, the Oxford-IIIT Pet convention), the masks must
@@ -83,7 +91,8 @@ def convert_pairs(
         The manifest.
 
     Raises:
-        BadInputError: Bad or missing inputs (with `on_error="fail"`), or an empty folder.
+        BadInputError: Bad or missing inputs (with `on_error="fail"`), an empty folder, or a
+            set in which no mask holds a class.
         ValueError: Bad arguments (an ignore label outside [0, 255] or equal to a class id).
     """
     if not 0 <= ignore_label <= 255:
@@ -112,22 +121,35 @@ def convert_pairs(
         prefix_ids = {name: i for i, name in enumerate(prefixes, start=1)}
         names = ["background", *prefixes]
     num_classes = len(names) if names is not None else None
+    if names is not None:
+        _refuse_ignore_label_of_a_class(names, ignore_label)
+    # Masks are read until one holds a class (every one when the classes are inferred).
+    scan = _scan_masks(pairs, table, ignore_label, 2 if class_from_prefix else num_classes)
+    if names is None:
+        names = [f"class_{i}" for i in range(scan.largest + 1)]
+        _refuse_ignore_label_of_a_class(names, ignore_label)
+    if not scan.found_class and scan.ignore_only:
+        refuse_ignore_only_set(scan.ignore_only, scan.num_read, ignore_label)
+    # Filled while the records are made; the writer reads `extra` once all are written.
+    extra = {"classes_inferred": num_classes is None, "masks_only_background_and_ignore": 0}
+    no_object: list[str] = []
+    lock = threading.Lock()
 
     def make(pair: tuple[str, str]) -> Record:
         image_path, mask_path = pair
         image = read_image_file(image_path)
         mask = table[read_mask_file(mask_path)]
-        refuse_ignore_only(mask, ignore_label, mask_path)
+        present = values_present(mask)
         image_labels = None
         if class_from_prefix:
-            found = np.unique(mask)
-            extra = found[(found != 0) & (found != 1) & (found != ignore_label)]
-            if extra.size:
+            found = np.flatnonzero(present)
+            unexpected = found[(found != 0) & (found != 1) & (found != ignore_label)]
+            if unexpected.size:
                 raise BadInputError(
                     mask_path,
                     f"--class-from-prefix: expected a binary mask (0 background, 1 object, "
                     f"{ignore_label} ignore) after --remap, found the values "
-                    f"{extra.tolist()[:10]}",
+                    f"{unexpected.tolist()[:10]}",
                 )
             class_id = prefix_ids[prefix_class(file_stem(image_path))]
             mask = np.where(mask == 1, class_id, mask).astype(mask.dtype)
@@ -139,6 +161,10 @@ def convert_pairs(
                 mask_path, size_mismatch("the mask is", said, shape, image.orientation)
             )
         check_mask(mask, shape, num_classes, ignore_label, mask_path)
+        if only_background_and_ignore(present, ignore_label):
+            with lock:
+                extra["masks_only_background_and_ignore"] += 1
+                no_object.append(mask_path)
         return Record(
             source_id=file_stem(image_path),
             image_bytes=image.data,
@@ -151,15 +177,7 @@ def convert_pairs(
             image_labels=image_labels,
         )
 
-    if names is None:
-        names = _infer_class_names(pairs, table, ignore_label)
-    if ignore_label < len(names):
-        raise ValueError(
-            f"ignore_label={ignore_label}: the mask value of class {names[ignore_label]!r}; "
-            f"the ignore label must not be a class id (0..{len(names) - 1}): use --remap or "
-            "another --ignore-label"
-        )
-    return write_dataset(
+    manifest = write_dataset(
         output,
         pairs,
         make,
@@ -186,19 +204,79 @@ def convert_pairs(
         },
         skipped=skipped,
         progress=progress,
-        extra={"classes_inferred": num_classes is None},
+        extra=extra,
     )
+    if no_object:
+        listed = ", ".join(os.path.basename(p) for p in sorted(no_object)[:3])
+        more = f" and {len(no_object) - 3} more" if len(no_object) > 3 else ""
+        warnings.warn(
+            f"{masks}: {len(no_object)} of the {manifest['num_images']} masks hold only 0 and "
+            f"the ignore label {ignore_label}, no object ({listed}{more}): converted, their "
+            f"{ignore_label} pixels ignored (manifest: masks_only_background_and_ignore). If "
+            f"{ignore_label} marks objects, use --remap {ignore_label}:1",
+            stacklevel=2,
+        )
+    return manifest
 
 
-def _infer_class_names(pairs, table: np.ndarray, ignore_label: int) -> list[str]:
-    """`class_0 ... class_K` where K is the largest non-ignore id in any readable mask."""
-    largest = 0
+def _refuse_ignore_label_of_a_class(names: Sequence[str], ignore_label: int) -> None:
+    """The ignore label must not be a class id."""
+    if ignore_label < len(names):
+        raise ValueError(
+            f"ignore_label={ignore_label}: the mask value of class {names[ignore_label]!r}; "
+            f"the ignore label must not be a class id (0..{len(names) - 1}): use --remap or "
+            "another --ignore-label"
+        )
+
+
+@dataclass
+class _MaskScan:
+    """What `_scan_masks` found.
+
+    Attributes:
+        found_class: Some mask holds a class id other than 0.
+        largest: The largest non-ignore value of the masks read.
+        ignore_only: The masks read that hold only 0 and the ignore label.
+        num_read: The number of readable masks read.
+    """
+
+    found_class: bool = False
+    largest: int = 0
+    ignore_only: list[str] = field(default_factory=list)
+    num_read: int = 0
+
+
+def _scan_masks(pairs, table: np.ndarray, ignore_label: int, num_ids: int | None) -> _MaskScan:
+    """Reads the masks (after `table`) until one holds a class id, or all with `num_ids` None.
+
+    A set with classes usually stops at its first mask, so the masks are decoded about once;
+    every mask is read only when the class list is inferred (its largest id is needed) or when
+    no mask holds a class (the set is then refused).
+
+    Args:
+        pairs: `(image, mask)` paths.
+        table: The `--remap` lookup table.
+        ignore_label: The ignore value.
+        num_ids: Class ids are 1..num_ids-1; None: every value but 0 and the ignore label,
+            and every mask is read.
+
+    Returns:
+        The scan. Unreadable masks are passed over: they are reported (or skipped) when their
+        pair is converted.
+    """
+    scan = _MaskScan()
     for _, mask_path in pairs:
         try:
-            values = np.unique(table[read_mask_file(mask_path)])
+            present = values_present(table[read_mask_file(mask_path)])
         except BadInputError:
-            continue  # reported (or skipped) when the pair itself is converted
-        values = values[values != ignore_label]
-        if values.size:
-            largest = max(largest, int(values.max()))
-    return [f"class_{i}" for i in range(largest + 1)]
+            continue
+        scan.num_read += 1
+        if only_background_and_ignore(present, ignore_label):
+            scan.ignore_only.append(mask_path)
+        present[ignore_label] = False
+        ids = np.flatnonzero(present)
+        scan.largest = max(scan.largest, int(ids.max()) if ids.size else 0)
+        scan.found_class |= bool(((ids > 0) & (ids < (num_ids or 256))).any())
+        if scan.found_class and num_ids is not None:
+            break
+    return scan
