@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import struct
 import warnings
 import zlib
@@ -477,6 +478,69 @@ def test_coco_bad_segmentations_are_named(tmp_path, segmentation, why):
         _coco(tmp_path, data)
 
 
+def _inside_by_pixel_centre(polygon) -> np.ndarray:
+    """(H, W) pixels whose centre lies inside `polygon` (even-odd rule), in NumPy."""
+    corners = np.asarray(polygon, np.float64).reshape(-1, 2)
+    ys, xs = np.mgrid[0:H, 0:W] + 0.5
+    inside = np.zeros((H, W), bool)
+    for (x1, y1), (x2, y2) in zip(corners, np.roll(corners, -1, axis=0)):
+        if y1 != y2:
+            inside ^= ((y1 > ys) != (y2 > ys)) & (xs < (x2 - x1) * (ys - y1) / (y2 - y1) + x1)
+    return inside
+
+
+@pytest.mark.parametrize(
+    ("polygon", "bbox", "clipped"),
+    [
+        # A vertex dragged 6 px past the right edge (CVAT, LabelMe); Roboflow clips the bbox.
+        ([20, 5, 46, 5, 40, 20], [20, 5, 20, 15], [20, 5, 40, 5, 40, 20]),
+        # Past the top-left corner; the bbox is the polygon's (CVAT), negative x and y.
+        ([-3, -2, 8, -2, 8, 9, -3, 9], [-3, -2, 11, 11], [0, 0, 8, 0, 8, 9, 0, 9]),
+        # 15 px past the bottom of the 30-px-high image: half its height, the most clipped.
+        ([4, 20, 14, 20, 14, 45, 4, 45], [4, 20, 10, 25], [4, 20, 14, 20, 14, 30, 4, 30]),
+    ],
+)
+def test_coco_polygon_slightly_outside_the_image_is_clipped(tmp_path, polygon, bbox, clipped):
+    # Refused ("outside the 40x30 image") once vertices were checked; clipped before.
+    data = _coco_data()
+    data["annotations"][0].update(segmentation=[polygon], bbox=bbox)
+    manifest = _coco(tmp_path, data, semantic_masks=True)
+    assert manifest["num_boxes"] == 2 and not manifest["skipped"]
+    example = _examples(str(tmp_path / "out" / "c-*"))["a"]
+    truth = _inside_by_pixel_centre(clipped)
+    np.testing.assert_array_equal(example["instance_masks"][0], truth)
+    np.testing.assert_array_equal(example["mask"], truth.astype(np.uint8))  # cat = label 1
+    x0, y0 = max(bbox[0], 0), max(bbox[1], 0)
+    x1, y1 = min(bbox[0] + bbox[2], W), min(bbox[1] + bbox[3], H)
+    np.testing.assert_allclose(example["boxes"], [[y0 / H, x0 / W, y1 / H, x1 / W]], atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("near", "far", "why"),
+    [
+        # 20 px (half the width) past the right edge is clipped, 21 px refused.
+        (([2, 3, 60, 3, 12, 11], [2, 3, 58, 8]), ([2, 3, 61, 3, 12, 11], None), "x = 61"),
+        # 15 px (half the height) above the top is clipped, 16 px refused.
+        (([2, -15, 12, 3, 12, 11], [2, -15, 10, 26]), ([2, -16, 12, 3, 12, 11], None), "y = -16"),
+        # A box (box exports, polygons within it) 20 px left of the image, 21 px or 1e9 wide.
+        (([2, 3, 12, 3, 12, 11], [-20, 3, 32, 8]), ([2, 3, 12, 3, 12, 11], [-21, 3, 33, 8]), ""),
+        (([2, 3, 12, 3, 12, 11], [2, 3, 58, 8]), ([2, 3, 12, 3, 12, 11], [2, 3, 1e9, 8]), ""),
+        # A box reaching 2 px into the margin is clipped; one wholly in the margin refused.
+        (([38, 3, 42, 3, 42, 11], [38, 3, 4, 8]), ([41, 3, 45, 3, 45, 11], [41, 3, 4, 8]), ""),
+    ],
+)
+def test_coco_vertices_and_boxes_far_outside_the_image_are_refused(tmp_path, near, far, why):
+    # NaN and 1e9 vertices (which crashed pycocotools) are in test_coco_bad_segmentations...
+    data = _coco_data()
+    data["annotations"][0].update(segmentation=[near[0]], bbox=near[1])
+    assert _coco(tmp_path, data)["num_boxes"] == 2
+    polygon, bbox = far
+    data["annotations"][0].update(segmentation=[polygon], bbox=bbox or near[1])
+    what = f"polygon 0 has {why}," if why else rf"box {re.escape(str(bbox))} \(x,y,w,h\) .*"
+    with pytest.raises(BadInputError, match=rf"annotation 11 \(image 1\): .*{what} outside the"):
+        _coco(tmp_path, data)
+
+
 def test_coco_compressed_rle_of_the_right_length_is_kept(tmp_path):
     from pycocotools import mask as mask_utils
 
@@ -593,6 +657,72 @@ def test_pairs_mask_of_only_background_and_ignore_is_refused(tmp_path, classes):
         _pairs(root, classes=classes)
     manifest = _pairs(root, classes=classes, remap=["255:1"])
     assert manifest["num_images"] == 1
+
+
+def _mask_set(tmp_path, masks: dict[str, np.ndarray]):
+    """Images and their masks (0/1 grey PNGs as image editors save them), one per name."""
+    for folder in ("images", "masks"):
+        (tmp_path / folder).mkdir()
+    for name, mask in masks.items():
+        _write_image(tmp_path / "images" / f"{name}.png")
+        assert cv2.imwrite(str(tmp_path / "masks" / f"{name}.png"), mask)
+    return tmp_path
+
+
+@pytest.mark.parametrize("classes", ["background,building", None])
+def test_pairs_masks_without_an_object_convert_in_a_set_with_objects(tmp_path, classes):
+    # Aerial tiles with a no-data border and no building: 0 and 255 only. Refused alone
+    # ("needs --remap 255:1", which would relabel every void pixel as a building).
+    with_object = np.zeros((H, W), np.uint8)
+    with_object[5:15, 10:30] = 1
+    with_object[:, 36:] = 255
+    void_strip = np.zeros((H, W), np.uint8)
+    void_strip[25:, :] = 255
+    root = _mask_set(tmp_path, {"a": with_object, "b": void_strip, "c": np.zeros((H, W), np.uint8)})
+    with pytest.warns(UserWarning, match=r"1 of the 3 masks .*only 0 and the ignore label.*b\.png"):
+        manifest = _pairs(root, classes=classes)
+    assert manifest["num_images"] == 3 and manifest["masks_only_background_and_ignore"] == 1
+    assert manifest["classes"] == (classes.split(",") if classes else ["class_0", "class_1"])
+    examples = _examples(str(root / "out" / "p-*"))
+    for name, truth in (("a", with_object), ("b", void_strip)):
+        np.testing.assert_array_equal(examples[name]["mask"], truth)
+
+
+@pytest.mark.parametrize("on_error", ["fail", "skip"])
+def test_pairs_set_where_no_mask_holds_a_class_is_refused_naming_masks(tmp_path, on_error):
+    # A binary set saved 0/255: every object is at the ignore label, in every mask.
+    objects = []
+    for k in range(3):
+        mask = np.zeros((H, W), np.uint8)
+        mask[2 + 5 * k : 8 + 5 * k, 4:20] = 255
+        objects.append(mask)
+    masks = {"a": objects[0], "b": objects[1], "c": np.zeros((H, W), np.uint8), "d": objects[2]}
+    root = _mask_set(tmp_path, masks)
+    why = (
+        r"a\.png: no mask holds a class id other than 0: 3 of the 4 masks hold only 0 and the "
+        r"ignore label 255 \(after --remap\) \(a\.png, b\.png, d\.png\).*--remap 255:1"
+    )
+    with pytest.raises(BadInputError, match=why):
+        _pairs(root, classes="background,object", on_error=on_error)
+    assert not (root / "out").exists()
+    manifest = _pairs(root, classes="background,object", remap=["255:1"])
+    assert manifest["num_images"] == 4 and manifest["masks_only_background_and_ignore"] == 0
+    np.testing.assert_array_equal(
+        _examples(str(root / "out" / "p-*"))["d"]["mask"], objects[2] // 255
+    )
+
+
+def test_cli_pairs_void_bordered_mask_without_object_converts(tmp_path, capsys):
+    with_object = np.zeros((H, W), np.uint8)
+    with_object[5:15, 10:30] = 1
+    void_strip = np.zeros((H, W), np.uint8)
+    void_strip[:, :6] = 255
+    root = _mask_set(tmp_path, {"a": with_object, "b": void_strip})
+    argv = ["convert", "pairs", "--images", str(root / "images"), "--masks", str(root / "masks")]
+    argv += ["--classes", "background,building", "--output", str(root / "out" / "p")]
+    with pytest.warns(UserWarning, match=r"b\.png"):
+        assert cli.main(argv) == 0
+    assert "wrote 2 images" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(

@@ -6,9 +6,9 @@ of training targets, and in semantic masks their pixels get the ignore label.
 
 Each object's `segmentation` (polygons, RLE or uncompressed RLE) is rasterised by pycocotools
 at the image's size into its instance mask (`image/object/mask`, 0/1 PNG, in box order; crowd
-objects keep theirs). Boxes stay COCO's `bbox`. A file where no annotation has a
-`segmentation`, or only empty ones (`[]`, the box exports of Roboflow and CVAT), gives records
-without instance masks.
+objects keep theirs). Boxes are COCO's `bbox`, clipped to the image (see
+`coco_segmentation.outside_margin`). A file where no annotation has a `segmentation`, or only
+empty ones (`[]`, the box exports of Roboflow and CVAT), gives records without instance masks.
 
 The file is read and checked by `coco_index.load_coco` (unique ids, resolved references;
 Roboflow's super-category, used by no annotation, left out with a warning), segmentations by
@@ -27,6 +27,7 @@ from keras_dense.data.converters.coco_index import load_coco
 from keras_dense.data.converters.coco_segmentation import (
     has_segmentation,
     mask_box_problem,
+    outside_margin,
     rasterise,
 )
 from keras_dense.data.converters.exif_note import size_mismatch
@@ -57,8 +58,14 @@ def _box_problem(bbox, label_of: dict, ann: dict, width: int, height: int) -> st
             return f"negative {name} {size:g} in field 'bbox' {bbox} ([x, y, width, height])"
     if w == 0 or h == 0:
         return f"box of zero area {bbox}"
-    if x < 0 or y < 0 or x + w > width + 0.5 or y + h > height + 0.5:
-        return f"box {bbox} (x,y,w,h) outside the {width}x{height} image"
+    mx, my = outside_margin(width), outside_margin(height)
+    if x < -mx or y < -my or x + w > width + mx or y + h > height + my:
+        return (
+            f"box {bbox} (x,y,w,h) reaches further outside the {width}x{height} image than "
+            f"the {mx:g} px (x) and {my:g} px (y) that are clipped"
+        )
+    if min(x + w, width) <= max(x, 0) or min(y + h, height) <= max(y, 0):
+        return f"box {bbox} (x,y,w,h) lies wholly outside the {width}x{height} image"
     crowd = ann.get("iscrowd", 0)
     if not isinstance(crowd, (int, float)) or crowd not in (0, 1):
         return f"field 'iscrowd' is {crowd!r}: expected 0 or 1"
@@ -203,9 +210,9 @@ def convert_coco(
                 rejected.append({"input": where, "reason": problem})
                 continue
             x, y, w, h = bbox
-            boxes.append(
-                [y / height, x / width, min(y + h, height) / height, min(x + w, width) / width]
-            )
+            x0, y0 = max(x, 0), max(y, 0)  # clipped to the image (`outside_margin`)
+            x1, y1 = min(x + w, width), min(y + h, height)
+            boxes.append([y0 / height, x0 / width, y1 / height, x1 / width])
             labels.append(label_of[ann["category_id"]])
             texts.append(names[labels[-1] - 1])
             crowd.append(int(ann.get("iscrowd", 0)))

@@ -4,7 +4,9 @@ pycocotools trusts its input: a NaN or huge polygon vertex crashes the process (
 fault or an allocation of gigabytes), an odd number of coordinates drops the last one, a
 polygon of 4 numbers is read as a box, and RLE counts that do not add up to the image decode
 memory beyond the mask. Each of these is a `ValueError` with the reason here, before
-pycocotools sees the data.
+pycocotools sees the data. Vertices a little outside the image (a vertex dragged past the
+canvas edge) are clipped, as the rasteriser clips them; far outside they are refused
+(`outside_margin`).
 """
 
 from __future__ import annotations
@@ -13,8 +15,27 @@ import math
 
 import numpy as np
 
-# Polygon vertices may lie this far (pixels) outside the image; the rasteriser clips them.
-VERTEX_MARGIN = 1.0
+
+def outside_margin(size: int) -> float:
+    """How far (pixels) a vertex or box edge may lie outside an image side of `size` pixels.
+
+    Such coordinates are clipped to the image. Several annotation tools let a vertex be dragged
+    past the canvas edge and save it as it is (LabelMe before its clamping, X-AnyLabeling,
+    RectLabel's "allow outside the image", DIVE), and COCO files converted from them keep it: a
+    few pixels out on small images, tens on large photos drawn zoomed out, so the margin grows
+    with the image: half its side, at least 8 px. Beyond that a coordinate is
+    another coordinate system or a corrupt value (a vertex at 1e9 made pycocotools allocate
+    gigabytes), not an overshoot; within it, the polygon spans at most twice the image per
+    side, which bounds the rasteriser's work. (An image whose size differs from the JSON's
+    `width`/`height` is refused before, so a rescaled annotation cannot hide in the margin.)
+
+    Args:
+        size: The image's width (for x) or height (for y).
+
+    Returns:
+        `max(8, size / 2)`.
+    """
+    return max(8.0, 0.5 * size)
 
 
 def has_segmentation(annotation: dict) -> bool:
@@ -45,11 +66,12 @@ def _polygons(segmentation: list, height: int, width: int) -> list[list[float]]:
         if len(values) < 6:
             raise ValueError(f"polygon {k} has {len(values) // 2} points: expected at least 3")
         for axis, coords, size in (("x", values[0::2], width), ("y", values[1::2], height)):
-            outside = (coords < -VERTEX_MARGIN) | (coords > size + VERTEX_MARGIN)
+            margin = outside_margin(size)
+            outside = (coords < -margin) | (coords > size + margin)
             if outside.any():
                 raise ValueError(
                     f"polygon {k} has {axis} = {coords[outside][0]:g}, outside the "
-                    f"{width}x{height} image"
+                    f"{width}x{height} image by more than the {margin:g} px that are clipped"
                 )
         polygons.append(values.tolist())
     return polygons
