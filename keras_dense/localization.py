@@ -24,6 +24,11 @@ import numpy as np
 
 from keras_dense.layers.walk import iter_layers
 from keras_dense.layers.wsl_pooling import ClassWisePooling2D
+from keras_dense.signatures.memory_budget import (
+    SAFETY_FACTOR,
+    activation_bytes,
+    serving_bytes_per_pixel,
+)
 from keras_dense.utils.tta import TestTimeAugmentation, scaled_size
 
 CLASS_MAPS_LAYER = "class_maps"
@@ -149,6 +154,118 @@ def augmented_class_maps(
                 maps = _resize(np.ascontiguousarray(maps), (height, width))
             total = maps if total is None else total + maps
     return (total / tta.passes).astype(np.float32)
+
+
+def class_map_bytes_per_pixel(model: keras.Model, tta: TestTimeAugmentation | None = None) -> float:
+    """Memory per image pixel of a classifier's scores and class maps at the image size.
+
+    The model's activations grow with the image (measured on symbolic inputs, as the export
+    measures them: `keras_dense.signatures.memory_budget.activation_bytes` at two sizes);
+    besides them the image (uint8 and float32), the maps at the image size, their sum over
+    the test-time passes and the pseudo-label arrays are held, all times `SAFETY_FACTOR`.
+    Test-time passes run one after the other, so the largest scale `s` sets the peak
+    (`s ** 2` times the pixels).
+
+    Args:
+        model: A `keras_dense.apps.wsl_classifier` (3-channel input).
+        tta: The test-time scales (None: the plain image).
+
+    Returns:
+        Bytes per input pixel.
+    """
+    sizes = (64, 128)
+    used = [activation_bytes(model, size, size, 3) for size in sizes]
+    slope = (used[1] - used[0]) / (sizes[1] ** 2 - sizes[0] ** 2)
+    num_classes = int(model.outputs[0].shape[-1])
+    per_pixel = SAFETY_FACTOR * (slope + serving_bytes_per_pixel(3, 0) + 4 * 4 * num_classes)
+    if tta is not None and tta.enabled:
+        per_pixel *= max(1.0, max(tta.scales) ** 2)
+    return float(per_pixel)
+
+
+def _memory_text(size: float) -> str:
+    return f"{size / 2**30:.2f} GiB" if size >= 2**30 else f"{size / 2**20:.1f} MiB"
+
+
+def class_map_memory_problem(
+    model: keras.Model,
+    height: int,
+    width: int,
+    max_memory: int,
+    tta: TestTimeAugmentation | None = None,
+) -> str | None:
+    """Why an image is too large for a memory budget (`class_map_bytes_per_pixel`), or None.
+
+    A classifier's maps cannot be computed tile by tile without changing them (the pooled
+    scores that normalise them see the whole image), so an image over the budget is refused.
+
+    Args:
+        model: The classifier.
+        height: The image height.
+        width: The image width.
+        max_memory: Bytes one image may take.
+        tta: The test-time scales.
+    """
+    needed = height * width * class_map_bytes_per_pixel(model, tta)
+    if needed <= max_memory:
+        return None
+    return (
+        f"a {width}x{height} image needs about {_memory_text(needed)} for the classifier's "
+        f"scores and class maps, above the --max-memory budget of {_memory_text(max_memory)}; "
+        "raise --max-memory or downscale the image"
+    )
+
+
+def check_classifier_records(
+    model: keras.Model,
+    pattern,
+    classes,
+    offset: int,
+    ignore_label: int = 255,
+    max_memory: int | None = None,
+    tta: TestTimeAugmentation | None = None,
+    require_masks: bool = False,
+):
+    """Checks the records a classifier is about to read, and their largest image's memory.
+
+    Every record is checked once (`keras_dense.data.classification_records`), so that a bad
+    field is named (shard, record, source_id, field) before the model runs instead of being
+    dropped or failing in the graph; then the largest image must fit `max_memory`.
+
+    Args:
+        model: The classifier.
+        pattern: The shards.
+        classes: The classifier's class names (its card's).
+        offset: Mask id of class 0 (`keras_dense.data.classification_pipeline.mask_offset`).
+        ignore_label: The masks' ignore label.
+        max_memory: Bytes one image may take (None: not checked).
+        tta: The test-time scales the maps are computed at.
+        require_masks: Every record must have a class mask.
+
+    Returns:
+        The `ClassificationReport`.
+
+    Raises:
+        keras_dense.data.BadInputError: A bad record, no records, or an image over the budget.
+    """
+    from keras_dense.data.classification_records import (
+        ClassificationRules,
+        check_classification_records,
+    )
+    from keras_dense.data.errors import BadInputError
+
+    names = tuple(classes)
+    rules = ClassificationRules(len(names), int(offset), int(ignore_label), names, require_masks)
+    what = f"--data {pattern if isinstance(pattern, str) else ', '.join(pattern)}"
+    report = check_classification_records(pattern, rules, what)
+    largest = report.largest
+    if max_memory is not None and largest is not None:
+        problem = class_map_memory_problem(
+            model, largest["height"], largest["width"], max_memory, tta
+        )
+        if problem:
+            raise BadInputError(largest["location"], problem)
+    return report
 
 
 def _cam_layers(classifier: keras.Model):
@@ -427,6 +544,22 @@ def crf_pseudo_label_masks(probabilities, images, labels, **crf_parameters) -> n
     return np.argmax(np.where(allowed, refined, -1.0), axis=-1).astype(np.uint8)
 
 
+class _StreamedRecords:
+    """The serialized records of shards, read while iterated; their count known beforehand."""
+
+    def __init__(self, pattern, count: int):
+        self.pattern = pattern
+        self.count = count
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __iter__(self):
+        from keras_dense.data.records_dataset import records_dataset
+
+        return records_dataset(self.pattern, False).as_numpy_iterator()
+
+
 def write_pseudo_labels(
     model: keras.Model,
     pattern,
@@ -440,6 +573,7 @@ def write_pseudo_labels(
     ignore_label: int = 255,
     num_shards: int = 1,
     progress: bool = True,
+    max_memory: int | None = None,
 ) -> dict:
     """Writes segmentation shards whose masks are a classifier's pseudo-labels.
 
@@ -461,9 +595,18 @@ def write_pseudo_labels(
         ignore_label: The input masks' ignore label (when deriving labels from masks).
         num_shards: Output shards.
         progress: Show a progress bar.
+        max_memory: Bytes one image's class maps may take (None: not checked).
+
+    Every record is checked first (`check_classifier_records`), and the records are then read
+    as they are written (never all held in memory).
 
     Returns:
         The manifest.
+
+    Raises:
+        keras_dense.data.BadInputError: A bad record (named), no records, or an image over
+            `max_memory`.
+        ValueError: The output would write onto an input shard.
     """
     import tensorflow as tf
 
@@ -474,7 +617,6 @@ def write_pseudo_labels(
     )
     from keras_dense.data.decode import decode_image
     from keras_dense.data.image_io import encode_png, sniff_format
-    from keras_dense.data.records_dataset import records_dataset
     from keras_dense.data.schema import Record, parse_serialized
     from keras_dense.data.tfrecord_files import resolve_files
     from keras_dense.data.writer import refuse_overlap, write_dataset
@@ -485,7 +627,8 @@ def write_pseudo_labels(
     refuse_overlap(output, num_shards, inputs)  # before reading: never onto its own input
     classes = list(classes)
     offset = mask_offset(pattern)
-    serialized = list(records_dataset(pattern, False).as_numpy_iterator())
+    report = check_classifier_records(model, pattern, classes, offset, ignore_label, max_memory)
+    serialized = _StreamedRecords(pattern, report.records)
 
     def make(item) -> Record:
         parsed = parse_serialized(tf.constant(item))

@@ -17,6 +17,7 @@ from keras_dense.commands.applicable_options import (
 from keras_dense.commands.tta_arguments import add_tta_arguments
 from keras_dense.data.errors import BadInputError
 from keras_dense.data.image_io import (
+    IMAGE_EXTENSIONS,
     image_size_from_header,
     list_images,
     read_image_file,
@@ -62,8 +63,9 @@ def register(sub) -> None:
     parser.add_argument(
         "--max-memory",
         default=None,
-        help="segmentation: memory one image may take (e.g. 2GiB): larger images are "
-        "segmented tile by tile, or refused when even that does not fit (default 2GiB)",
+        help="segmentation and classification: memory one image may take (e.g. 2GiB): larger "
+        "images are segmented tile by tile, or refused when even that does not fit (a "
+        "classifier's class maps are never tiled) (default 2GiB)",
     )
     parser.add_argument("--output", required=True, help="output folder")
     parser.add_argument(
@@ -92,12 +94,65 @@ def register(sub) -> None:
     parser.set_defaults(run=run)
 
 
+# Entries of an input folder named when some are left out.
+_SHOWN_LEFT_OUT = 10
+
+
+def _note_left_out(folder: str, images: list[str]) -> None:
+    """Names on stderr what a folder holds besides its images (hidden entries aside)."""
+    chosen = {os.path.basename(path) for path in images}
+    others = sorted(
+        name for name in os.listdir(folder) if name not in chosen and not name.startswith(".")
+    )
+    if not others:
+        return
+    named = [name + ("/" if os.path.isdir(os.path.join(folder, name)) else "") for name in others]
+    shown = ", ".join(named[:_SHOWN_LEFT_OUT])
+    if len(named) > _SHOWN_LEFT_OUT:
+        shown += f", ... ({len(named)} in all)"
+    print(
+        f"keras-dense predict: note: {folder}: left out {len(others)} entries that are not image "
+        f"files ({', '.join(IMAGE_EXTENSIONS)}) or are folders (not searched): {shown}",
+        file=sys.stderr,
+    )
+
+
 def expand_inputs(inputs: list[str]) -> list[str]:
-    """Files as given; folders replaced by the images directly inside them."""
+    """Files as given; folders replaced by the images directly inside them.
+
+    What a folder holds besides them (other files, sub-folders) is named on stderr.
+    """
     files = []
     for item in inputs:
-        files.extend(list_images(item) if os.path.isdir(item) else [item])
+        if os.path.isdir(item):
+            images = list_images(item)
+            _note_left_out(item, images)
+            files.extend(images)
+        else:
+            files.append(item)
     return files
+
+
+def refuse_output_among_inputs(output: str, files: list[str]) -> None:
+    """Refuses an output folder that holds one of the input files.
+
+    Outputs are named `STEM_SUFFIX` beside each other, and an input may have such a name (a
+    photo `a_mask.png` beside `a.png`): it would be replaced. A rerun would also read the
+    outputs of the first run as inputs.
+
+    Raises:
+        ValueError: Naming the folder and the input.
+    """
+    if not os.path.isdir(output):
+        return
+    for path in files:
+        folder = os.path.dirname(os.path.abspath(path))
+        if os.path.isdir(folder) and os.path.samefile(folder, output):
+            raise ValueError(
+                f"--output {output}: the folder holds the input {path}; predictions written "
+                "there could replace input images and would be read as inputs by the next run: "
+                "choose another output folder"
+            )
 
 
 def _unique_stem(path: str, used: set[str]) -> str:
@@ -206,6 +261,8 @@ def _records(pattern: str, card: dict):
 def run(args: argparse.Namespace) -> int:
     """Predicts every input; bad inputs are reported and skipped (exit status 1 at the end)."""
     from keras_dense.tasks.model_loading import load_model_with_card
+    from keras_dense.utils.card_fields import check_card_fields
+    from keras_dense.utils.model_card import model_card_path
 
     refuse_inapplicable(args, "predict", _SCOPES, task=stored_card(args.model)[0])
     fill_defaults(args, _DEFAULTS)
@@ -225,8 +282,11 @@ def run(args: argparse.Namespace) -> int:
             ", ".join(args.inputs),
             "no image files found (expected .jpg, .jpeg, .png, .bmp, .tif, .ppm or .webp)",
         )
+    refuse_output_among_inputs(args.output, files)
     model, card = load_model_with_card(args.model)
     task = get_task(card["task"])
+    # The fields every card shares, once; the task checks the class count against its model.
+    check_card_fields(card, source=model_card_path(args.model))
     os.makedirs(args.output, exist_ok=True)
     failed, used, total = [], set(), len(files)
     for path in files:

@@ -31,6 +31,12 @@ def register(sub) -> None:
         "background_threshold_crf, else its background_threshold; else 0.5)",
     )
     parser.add_argument("--num-shards", type=int, default=1, help="number of shards (default 1)")
+    parser.add_argument(
+        "--max-memory",
+        default="2GiB",
+        help="memory one image's class maps may take (e.g. 2GiB, the default): larger images "
+        "are refused, naming the record, before any is written",
+    )
     parser.set_defaults(run=run)
 
 
@@ -40,9 +46,21 @@ def run(args: argparse.Namespace) -> int:
     from keras_dense.data.class_lists import check_classifier_classes
     from keras_dense.data.writer import summarize
     from keras_dense.localization import card_background_threshold, write_pseudo_labels
+    from keras_dense.signatures.memory_budget import parse_memory
     from keras_dense.tasks.model_loading import load_model_with_card
+    from keras_dense.utils.card_fields import check_card_fields
+    from keras_dense.utils.model_card import model_card_path
 
+    if args.num_shards < 1:
+        raise ValueError(f"--num-shards {args.num_shards}: expected an integer >= 1")
+    max_memory = parse_memory(args.max_memory, "--max-memory")
     model, card = load_model_with_card(args.model)
+    if card.get("task") != "classification":
+        raise ValueError(
+            f"--model {args.model}: pseudo-label applies to classification models "
+            f"(wsl_classifier), the card says task {card.get('task')!r}"
+        )
+    check_card_fields(card, int(model.outputs[0].shape[-1]), model_card_path(args.model))
     check_classifier_classes(args.data, card)
     if args.background_threshold is not None:
         threshold, source = args.background_threshold, "--background-threshold"
@@ -62,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
         provenance={"model": args.model, "threshold_from": source},
         ignore_label=255 if card.get("ignore_label") is None else int(card["ignore_label"]),
         num_shards=args.num_shards,
+        max_memory=max_memory,
     )
     print(summarize(manifest))
     print(f"background threshold {threshold:g} ({source}), crf: {'on' if args.crf else 'off'}")

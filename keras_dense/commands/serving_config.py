@@ -37,11 +37,30 @@ def register(subparsers) -> None:
         "--num-batch-threads", type=int, default=None, help="default: the CPU count"
     )
     parser.add_argument("--prometheus-path", default=PROMETHEUS_PATH)
+    parser.add_argument(
+        "--allow-different-model",
+        action="store_true",
+        help="label a model's two newest versions stable and canary even when they serve "
+        "different models (another task, class list or signatures)",
+    )
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Runs `keras-dense serving-config`."""
+    for flag, value in (
+        ("--max-batch-size", args.max_batch_size),
+        ("--batch-timeout-micros", args.batch_timeout_micros),
+        ("--max-enqueued-batches", args.max_enqueued_batches),
+        ("--num-batch-threads", args.num_batch_threads),
+    ):
+        if value is not None and value < 1:
+            raise ValueError(f"{flag} {value}: expected a positive integer")
+    if not args.prometheus_path.startswith("/"):
+        raise ValueError(
+            f"--prometheus-path {args.prometheus_path}: expected a URL path starting with '/' "
+            f"(default {PROMETHEUS_PATH})"
+        )
     batching = BatchingOptions(
         max_batch_size=args.max_batch_size,
         batch_timeout_micros=args.batch_timeout_micros,
@@ -49,8 +68,15 @@ def run(args: argparse.Namespace) -> int:
         num_batch_threads=args.num_batch_threads,
     )
     written = write_serving_configs(
-        args.models, args.output, args.base_path, batching, args.prometheus_path
+        args.models,
+        args.output,
+        args.base_path,
+        batching,
+        args.prometheus_path,
+        args.allow_different_model,
     )
+    for note in written.notes:
+        print(f"keras-dense serving-config: note: {note}", file=sys.stderr)
     for name, versions in written.models.items():
         print(f"{name}: versions {versions}")
     print(f"wrote {written.models_config}, {written.batching_config}, {written.monitoring_config}")

@@ -45,6 +45,12 @@ def register(sub) -> None:
     parser.add_argument(
         "--dry-run", action="store_true", help="print the result without writing the card"
     )
+    parser.add_argument(
+        "--max-memory",
+        default="2GiB",
+        help="memory one image's class maps may take (e.g. 2GiB, the default): larger images "
+        "are refused, naming the record",
+    )
     parser.set_defaults(run=run)
 
 
@@ -98,7 +104,9 @@ def run(args: argparse.Namespace) -> int:
     from keras_dense.crf.card_parameters import card_crf_parameters
     from keras_dense.evaluation.threshold_tuning import choose_background_threshold
     from keras_dense.localization import BACKGROUND_THRESHOLD_KEY, CRF_BACKGROUND_THRESHOLD_KEY
+    from keras_dense.signatures.memory_budget import parse_memory
     from keras_dense.tasks.model_loading import load_model_with_card
+    from keras_dense.utils.card_fields import check_card_fields
     from keras_dense.utils.model_card import model_card_path, write_model_card
 
     if args.max_images is not None and args.max_images < 1:
@@ -107,15 +115,17 @@ def run(args: argparse.Namespace) -> int:
     overrides = parse_crf_parameters(args.crf_parameter)
     if overrides and not args.crf:
         raise ValueError("--crf-parameter applies with --crf only")
+    max_memory = parse_memory(args.max_memory, "--max-memory")
     model, card = load_model_with_card(args.model)
     if card.get("task") != "classification":
         raise ValueError(
             f"--model {args.model}: tune-threshold applies to classification models "
             f"(wsl_classifier), the card says task {card.get('task')!r}"
         )
+    check_card_fields(card, int(model.outputs[0].shape[-1]), model_card_path(args.model))
     crf_parameters = {**card_crf_parameters(card), **overrides} if args.crf else None
     choice = choose_background_threshold(
-        model, card, args.data, grid, args.crf, crf_parameters, args.max_images
+        model, card, args.data, grid, args.crf, crf_parameters, args.max_images, max_memory
     )
     curve = ", ".join(f"{t:g}: {v:.4f}" for t, v in choice.mean_iou_by_threshold.items())
     print(f"pseudo-mask mIoU by threshold over {choice.images} images: {curve}")

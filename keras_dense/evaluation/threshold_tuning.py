@@ -25,11 +25,13 @@ import tensorflow as tf
 from keras_dense.data.class_lists import check_classifier_classes
 from keras_dense.data.classification_pipeline import evaluation_records, mask_offset
 from keras_dense.localization import (
+    check_classifier_records,
     class_maps,
     crf_pseudo_label_masks,
     normalised_class_maps,
     pseudo_label_probabilities,
 )
+from keras_dense.utils.card_fields import check_card_fields
 from keras_dense.utils.normalization import normalize
 
 # 0.05, 0.10, ..., 0.95.
@@ -128,6 +130,7 @@ def choose_background_threshold(
     crf: bool = False,
     crf_parameters: dict | None = None,
     max_images: int | None = None,
+    max_memory: int | None = None,
 ) -> ThresholdChoice:
     """Chooses a classifier's background threshold by pseudo-mask mean IoU on held-out data.
 
@@ -141,15 +144,20 @@ def choose_background_threshold(
             ones.
         crf_parameters: `dense_crf` keyword arguments (None: DeepLab's defaults).
         max_images: Score the first N records only.
+        max_memory: Bytes one image's class maps may take (None: not checked).
 
     Returns:
         The `ThresholdChoice`.
 
     Raises:
-        ValueError: The shards have no background class id 0, no masks, or no records.
-        keras_dense.data.BadInputError: The shards' class list differs from the card's.
+        ValueError: The card's classes, ignore label or normalisation do not fit the model,
+            or the shards have no background class id 0.
+        keras_dense.data.BadInputError: The shards' class list differs from the card's, a
+            record is unusable or has no mask (named), there are no records, or an image is
+            over `max_memory`.
     """
     grid = _check_grid(thresholds)
+    check_card_fields(card, int(model.outputs[0].shape[-1]))
     check_classifier_classes(pattern, card)
     if mask_offset(pattern) != 1:
         raise ValueError(
@@ -158,6 +166,9 @@ def choose_background_threshold(
         )
     num_classes = len(card["classes"])
     ignore_label = 255 if card.get("ignore_label") is None else int(card["ignore_label"])
+    check_classifier_records(
+        model, pattern, card["classes"], 1, ignore_label, max_memory, require_masks=True
+    )
     k = num_classes + 1
     total = np.zeros((len(grid), k, k), np.int64)
     images = 0

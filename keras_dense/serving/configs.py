@@ -22,7 +22,12 @@ import os
 
 from google.protobuf import text_format
 
-from keras_dense.export.versions import list_versions
+from keras_dense.export.served_models import (
+    DifferentModelError,
+    ServedModel,
+    read_served_model,
+)
+from keras_dense.export.versions import check_model_name
 from keras_dense.serving.proto_schemas import batching_parameters_class, monitoring_config_class
 from keras_dense.utils.files import atomic_write_bytes
 
@@ -59,25 +64,146 @@ class BatchingOptions:
         return [*sizes, self.max_batch_size]
 
 
-def find_models(models_dir: str | os.PathLike) -> dict[str, list[int]]:
-    """Exported models under `models_dir`: `{name: sorted versions}`.
+# TF Serving's versions are int64.
+MAX_VERSION = 2**63 - 1
 
-    A model is a sub-folder with at least one integer-named version holding `saved_model.pb`.
+
+def _model_versions(model_dir: str, notes: list[str]) -> list[int]:
+    """The served versions of one model folder; what is left out is described in `notes`.
+
+    Raises:
+        ValueError: Two folders name one version (`7` and `007`), or a version is beyond int64.
+    """
+    versions: dict[int, str] = {}
+    for entry in sorted(os.scandir(model_dir), key=lambda e: e.name):
+        path = os.path.join(model_dir, entry.name)
+        if entry.name.startswith(".") or ".tmp-" in entry.name:
+            continue  # hidden, or an export in progress (keras_dense.export.versions)
+        if not entry.name.isdigit():
+            if entry.is_dir():
+                notes.append(f"{path}: not a version number, left out (TF Serving ignores it)")
+            continue
+        version = int(entry.name)
+        if version > MAX_VERSION:
+            raise ValueError(
+                f"{path}: version {version} is beyond TF Serving's largest version {MAX_VERSION} "
+                "(int64); rename the folder"
+            )
+        if version in versions:
+            raise ValueError(
+                f"{model_dir}: the folders {versions[version]!r} and {entry.name!r} both name "
+                f"version {version}; TF Serving would load one of them: remove or rename the other"
+            )
+        if not entry.is_dir():
+            notes.append(f"{path}: not a folder, left out")
+            continue
+        if not os.path.isfile(os.path.join(path, "saved_model.pb")):
+            notes.append(
+                f"{path}: no saved_model.pb (an export that did not finish, or a damaged one), "
+                "left out"
+            )
+            continue
+        versions[version] = entry.name
+    return sorted(versions)
+
+
+def scan_models(models_dir: str | os.PathLike) -> tuple[dict[str, list[int]], list[str]]:
+    """Exported models under `models_dir` and what was left out.
+
+    A model is a sub-folder with at least one integer-named version holding `saved_model.pb`;
+    its name must be one TF Serving serves (`keras_dense.export.versions.check_model_name`).
+
+    Returns:
+        `({name: sorted versions}, notes)`: one note per folder left out (a version without
+        `saved_model.pb`, a folder that is not a version, a model folder without versions).
+
+    Raises:
+        FileNotFoundError: `models_dir` does not exist.
+        ValueError: A model's name is unusable, two folders name one version, or a version is
+            beyond int64.
     """
     if not os.path.isdir(models_dir):
         raise FileNotFoundError(f"{models_dir}: no such folder of exported models")
-    found = {}
+    found, notes = {}, []
     for entry in sorted(os.scandir(models_dir), key=lambda e: e.name):
         if not entry.is_dir() or entry.name.startswith("."):
             continue
-        versions = [
-            v
-            for v in list_versions(entry.path)
-            if os.path.isfile(os.path.join(entry.path, str(v), "saved_model.pb"))
-        ]
-        if versions:
-            found[entry.name] = versions
+        path = os.path.join(os.fspath(models_dir), entry.name)
+        versions = _model_versions(path, notes)
+        if not versions:
+            notes.append(f"{path}: no version folder with saved_model.pb, left out")
+            continue
+        try:
+            check_model_name(entry.name)
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}; rename the folder") from None
+        found[entry.name] = versions
+    return found, notes
+
+
+def find_models(models_dir: str | os.PathLike) -> dict[str, list[int]]:
+    """Exported models under `models_dir`: `{name: sorted versions}` (see `scan_models`)."""
+    return scan_models(models_dir)[0]
+
+
+def _not_one_model(models_dir: str) -> str:
+    """The message for a folder without models, with a hint when it is one model's folder."""
+    versions = sorted(
+        int(name)
+        for name in os.listdir(models_dir)
+        if name.isdigit() and os.path.isfile(os.path.join(models_dir, name, "saved_model.pb"))
+    )
+    reason = "no exported model found (expected NAME/<version>/saved_model.pb)"
+    if not versions:
+        return f"{models_dir}: {reason}"
+    parent = os.path.dirname(os.path.abspath(models_dir))
+    return (
+        f"{models_dir}: {reason}; the folder holds versions {versions} of one model: pass the "
+        f"folder above it, {parent}"
+    )
+
+
+def _served_differences(old: ServedModel, new: ServedModel) -> list[str]:
+    """What differs between two versions that both have a keras-dense card: task, classes.
+
+    (Their signatures were compared by `keras-dense export` when the newer was added.)
+    """
+    found = []
+    if old.task != new.task:
+        found.append(f"task {old.task!r} and {new.task!r}")
+    if old.classes != new.classes:
+        found.append(f"classes {list(old.classes or ())} and {list(new.classes or ())}")
     return found
+
+
+def check_labelled_versions(models_dir: str | os.PathLike, models: dict[str, list[int]]) -> None:
+    """Refuses a model whose stable and canary versions serve different models.
+
+    Clients take the two labels of one name for the same model (retrained); a folder where
+    a U-Net and a detector follow each other would be served as one. Versions are compared by
+    their model cards (`assets.extra/model_card.json`: task and classes); versions without a
+    keras-dense card are not compared.
+
+    Raises:
+        DifferentModelError: Naming the folder, the versions and what differs (a ValueError).
+    """
+    for name, versions in models.items():
+        stable, canary = stable_and_canary(versions)
+        if stable == canary:
+            continue
+        folder = os.path.join(os.fspath(models_dir), name)
+        old = read_served_model(os.path.join(folder, str(stable)))
+        new = read_served_model(os.path.join(folder, str(canary)))
+        if old.task is None or new.task is None:
+            continue
+        found = _served_differences(old, new)
+        if found:
+            raise DifferentModelError(
+                f"{folder}: version {stable} (stable) and version {canary} (canary) serve "
+                f"different models: {'; '.join(found)}. Clients take the labels of one name for "
+                "one model: export the other model under another name, or pass "
+                "--allow-different-model to label them anyway"
+            )
 
 
 def stable_and_canary(versions: list[int]) -> tuple[int, int]:
@@ -129,7 +255,9 @@ def models_config_text(models: dict[str, list[int]], base_path: str) -> str:
 
 def batching_config_text(options: BatchingOptions) -> str:
     """The `batching.config` text (BatchingParameters)."""
-    threads = options.num_batch_threads or os.cpu_count() or 1
+    threads = options.num_batch_threads
+    if threads is None:
+        threads = os.cpu_count() or 1
     for field in ("max_batch_size", "batch_timeout_micros", "max_enqueued_batches"):
         value = getattr(options, field)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -149,7 +277,16 @@ def batching_config_text(options: BatchingOptions) -> str:
 
 
 def monitoring_config_text(path: str = PROMETHEUS_PATH) -> str:
-    """The `monitoring.config` text (MonitoringConfig with Prometheus enabled)."""
+    """The `monitoring.config` text (MonitoringConfig with Prometheus enabled).
+
+    Raises:
+        ValueError: `path` is not a URL path (starting with '/').
+    """
+    if not isinstance(path, str) or not path.startswith("/") or any(c.isspace() for c in path):
+        raise ValueError(
+            f"prometheus path {path!r}: expected a URL path starting with '/' and without spaces "
+            f"(e.g. {PROMETHEUS_PATH})"
+        )
     return f"prometheus_config {{\n  enable: true\n  path: {_quote(path)}\n}}\n"
 
 
@@ -205,6 +342,7 @@ class ServingConfigs:
     monitoring_config: str
     models: dict
     models_config_validated: bool
+    notes: tuple[str, ...] = ()
 
 
 def write_serving_configs(
@@ -213,6 +351,7 @@ def write_serving_configs(
     base_path: str = DEFAULT_BASE_PATH,
     batching: BatchingOptions | None = None,
     prometheus_path: str = PROMETHEUS_PATH,
+    allow_different_model: bool = False,
 ) -> ServingConfigs:
     """Writes `models.config`, `batching.config` and `monitoring.config`, each validated.
 
@@ -223,12 +362,23 @@ def write_serving_configs(
             an absolute local path for a local `tensorflow_model_server`).
         batching: Batching options (defaults: `BatchingOptions()`).
         prometheus_path: URL path of the Prometheus metrics.
+        allow_different_model: Label versions that serve different models (another task,
+            class list or signatures) stable and canary all the same.
 
     Returns:
         A `ServingConfigs`. `models_config_validated` is False when tensorflow-serving-api is
-        not installed (the file is then written unchecked).
+        not installed (the file is then written unchecked); `notes` name the folders left out.
+
+    Raises:
+        ValueError: No model is found (naming the folder, with a hint when it is one model's
+            folder), a model folder is unusable (see `scan_models`), or its stable and canary
+            versions serve different models (`check_labelled_versions`).
     """
-    models = find_models(models_dir)
+    models, notes = scan_models(models_dir)
+    if not models:
+        raise ValueError(_not_one_model(os.fspath(models_dir)))
+    if not allow_different_model:
+        check_labelled_versions(models_dir, models)
     texts = {
         MODELS_CONFIG: models_config_text(models, base_path),
         BATCHING_CONFIG: batching_config_text(batching or BatchingOptions()),
@@ -247,5 +397,10 @@ def write_serving_configs(
         paths[file_name] = os.path.join(os.fspath(output_dir), file_name)
         atomic_write_bytes(paths[file_name], text.encode())
     return ServingConfigs(
-        paths[MODELS_CONFIG], paths[BATCHING_CONFIG], paths[MONITORING_CONFIG], models, validated
+        paths[MODELS_CONFIG],
+        paths[BATCHING_CONFIG],
+        paths[MONITORING_CONFIG],
+        models,
+        validated,
+        tuple(notes),
     )

@@ -54,6 +54,7 @@ from keras_dense.data.classification_pipeline import (
     evaluation_records,
     mask_offset,
 )
+from keras_dense.data.errors import BadInputError
 from keras_dense.data.image_io import encode_png
 from keras_dense.evaluation.localization_metrics import (
     corloc,
@@ -63,6 +64,8 @@ from keras_dense.evaluation.localization_metrics import (
 from keras_dense.localization import (
     augmented_class_maps,
     boxes_from_maps,
+    check_classifier_records,
+    class_map_memory_problem,
     class_maps,
     points_from_maps,
 )
@@ -94,6 +97,7 @@ from keras_dense.tasks.task import (
     check_close,
     register_task,
 )
+from keras_dense.utils.card_fields import check_card_fields
 from keras_dense.utils.errors import RecipeError
 from keras_dense.utils.normalization import normalize
 from keras_dense.utils.tta import TestTimeAugmentation
@@ -155,6 +159,7 @@ def evaluate_classification(
     tolerance: float = 3.0,
     progress: bool = False,
     tta: TestTimeAugmentation | None = None,
+    max_memory: int | None = None,
 ) -> dict:
     """mAP, accuracy at 0.5, pointing game (0 px and `tolerance`), centre baseline, CorLoc.
 
@@ -167,19 +172,34 @@ def evaluate_classification(
         tta: Scales and flip over which the class maps of the pointing game and CorLoc are
             averaged (`keras_dense.localization.augmented_class_maps`); the scores (mAP) come
             from the plain image. None: the plain image only.
+        max_memory: Bytes one image may take (`keras_dense.localization.
+            class_map_bytes_per_pixel`); a larger one is refused, naming the record, before
+            any is scored. None: not checked.
 
     Returns:
         The JSON-ready report.
 
     Raises:
-        keras_dense.data.BadInputError: The shards' class list differs from the card's.
+        ValueError: The card's classes, ignore label or normalisation do not fit the model.
+        keras_dense.data.BadInputError: The shards' class list differs from the card's, a
+            record is unusable (named with its shard, source_id and field; see
+            `keras_dense.data.classification_records`), there are no records, or an image is
+            over `max_memory`.
     """
+    check_card_fields(card, int(model.outputs[0].shape[-1]))
     check_classifier_classes(pattern, card)
     tta = tta or TestTimeAugmentation()
     names = list(card["classes"])
     num_classes = len(names)
     offset = mask_offset(pattern)
     ignore_label = 255 if card.get("ignore_label") is None else int(card["ignore_label"])
+    records = check_classifier_records(model, pattern, names, offset, ignore_label, max_memory, tta)
+    if not records.labelled:
+        raise BadInputError(
+            f"--data {pattern}",
+            f"none of its {records.records} records is labelled with one of the model's classes "
+            f"{names} (by a mask id, a box or image/class/label): the mAP is undefined",
+        )
     normalization = card.get("normalization")
     scores, targets = [], []
     pointing = {"0": None, "tol": None, "centre_0": None, "centre_tol": None}
@@ -227,6 +247,7 @@ def evaluate_classification(
         "images": int(len(scores)),
         "map": ap["map"],
         "ap": {n: float(v) for n, v in zip(names, ap["ap"])},
+        "ap_excluded": [names[c] for c in ap["excluded"]],
         "accuracy_at_0.5": float(correct.mean()),
         "pointing_tolerance": float(tolerance),
         "localization_tta": tta.to_json(),
@@ -327,7 +348,10 @@ class ClassificationTask(Task):
 
     name = "classification"
     builders = ("wsl_classifier",)
-    command_options = {"evaluate": frozenset({"tta", "scales", "pointing_tolerance"})}
+    command_options = {
+        "evaluate": frozenset({"tta", "scales", "pointing_tolerance", "max_memory"}),
+        "predict": frozenset({"max_memory"}),
+    }
 
     def class_names(self, names):
         return object_classes(names)
@@ -401,24 +425,53 @@ class ClassificationTask(Task):
         if options.crf:
             raise ValueError("--crf applies to segmentation models only")
         return evaluate_classification(
-            model, card, pattern, options.pointing_tolerance, tta=options.tta
+            model,
+            card,
+            pattern,
+            options.pointing_tolerance,
+            tta=options.tta,
+            max_memory=options.max_memory,
         )
 
     def report_lines(self, report):
         tol = report["pointing_tolerance"]
-        return [
+        lines = [
             f"mAP = {report['map']:.4f} over {report['images']} images "
-            f"(accuracy at 0.5 = {report['accuracy_at_0.5']:.4f})",
-            f"pointing game: {report['pointing_0px']['accuracy']:.4f} at 0 px, "
-            f"{report['pointing']['accuracy']:.4f} at {tol:g} px (centre baseline "
-            f"{report['centre_baseline_0px']['accuracy']:.4f} / "
-            f"{report['centre_baseline']['accuracy']:.4f})",
-            f"CorLoc = {report['corloc']['corloc']:.4f}",
+            f"(accuracy at 0.5 = {report['accuracy_at_0.5']:.4f})"
         ]
+        excluded = report.get("ap_excluded") or []
+        if excluded:
+            lines.append(
+                f"left out of the mAP: {len(excluded)} class(es) without a positive image: "
+                f"{', '.join(excluded)}"
+            )
+        if report["pointing"].get("trials"):
+            lines.append(
+                f"pointing game: {report['pointing_0px']['accuracy']:.4f} at 0 px, "
+                f"{report['pointing']['accuracy']:.4f} at {tol:g} px (centre baseline "
+                f"{report['centre_baseline_0px']['accuracy']:.4f} / "
+                f"{report['centre_baseline']['accuracy']:.4f})"
+            )
+        else:
+            lines.append("pointing game: not measured (no labelled class has a mask or a box)")
+        if np.isfinite(report["corloc"]["corloc"]):
+            lines.append(f"CorLoc = {report['corloc']['corloc']:.4f}")
+        else:
+            lines.append("CorLoc: not measured (no labelled class has a mask or a box)")
+        return lines
+
+    def plan_prediction(self, model, card, height, width, max_memory, options=None):
+        check_card_fields(card, int(model.outputs[0].shape[-1]))
+        # The maps cannot be tiled without changing them: the image fits whole or is refused.
+        problem = class_map_memory_problem(model, height, width, max_memory)
+        if problem:
+            raise ValueError(problem)
+        return "whole"
 
     def predict_image(self, model, card, rgb, options: PredictOptions, plan: str):
         if options.tta.enabled or options.crf:
             raise ValueError("--tta, --scales and --crf apply to segmentation models only")
+        check_card_fields(card, int(model.outputs[0].shape[-1]))
         x = np.asarray(normalize(tf.constant(rgb[None]), card.get("normalization")))
         logits = np.asarray(keras.ops.convert_to_numpy(model(x, training=False)))[0]
         probabilities = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
@@ -427,10 +480,7 @@ class ClassificationTask(Task):
         heat = maps[..., best] - maps[..., best].min()
         heat = (255 * heat / max(float(heat.max()), 1e-12)).astype(np.uint8)
         names = list(card["classes"])
-        result = [
-            {"class": names[i] if i < len(names) else f"class_{i}", "score": float(p)}
-            for i, p in enumerate(probabilities)
-        ]
+        result = [{"class": names[i], "score": float(p)} for i, p in enumerate(probabilities)]
         return {
             "_scores.json": (json.dumps(result, indent=2) + "\n").encode(),
             "_class_map.png": encode_png(heat),
