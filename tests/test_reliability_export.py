@@ -321,10 +321,7 @@ def test_export_into_a_folder_of_another_model_is_refused(segmenter, detector, t
     code = cli.main(["export", "--model", detector, "--output", str(out)])
     err = capsys.readouterr().err
     assert code == 2 and "version 1" in err and "task" in err and "detection" in err
-    # Another signature (test-time augmentation adds the `probabilities` output).
-    code = cli.main(["export", "--model", segmenter, "--output", str(out), "--tta", "flip"])
-    err = capsys.readouterr().err
-    assert code == 2 and "version 1" in err and "signature" in err and "probabilities" in err
+    # Signatures: see test_added_outputs_are_compatible_removed_outputs_and_changed_inputs_are_not.
     assert list_versions(out) == [1]
     assert sorted(os.listdir(out)) == ["1"]  # no temporary folder left
     # The same model again is fine; another one only when asked.
@@ -581,3 +578,204 @@ def test_instances_without_a_class_name_the_wildcard_lines_that_do_not_cover_the
     message = str(error.value)
     assert "instance 2 of 'a'" in message and "*,1" in message
     assert "a '*' default" not in message and "*,*,CLASS" in message
+
+
+# --- review of items 11-13 and 21: options typed at their default, the folder's newest version,
+# compatible signatures, one memory measurement per evaluate, the commit lock, the JPEG check --
+
+
+class _Reached(Exception):
+    """Raised where a command has got past its option checks (the test stops there)."""
+
+
+def _reached(*args, **kwargs):
+    raise _Reached
+
+
+def _card_only(tmp_path, task: str) -> str:
+    """The path of a model of `task` whose card alone exists: options are checked on the card."""
+    card = {"task": task, "normalization": "caffe", "classes": ["circle", "square"]}
+    (tmp_path / f"{task}.json").write_text(json.dumps(card))
+    return str(tmp_path / f"{task}.keras")
+
+
+@pytest.mark.parametrize(
+    "command, task, options, other",
+    [
+        ("export", "segmentation", ["--quantize", "none"], "int8"),
+        ("export", "detection", ["--tta", "none"], "flip"),
+        ("export", "instance_segmentation", ["--batch-mode", "per_image"], "pad"),
+        ("predict", "detection", ["--tiled", "auto"], "always"),
+        ("evaluate", "detection", ["--tta", "none"], "flip"),
+    ],
+)
+def test_an_option_typed_at_its_default_is_not_refused(
+    tmp_path, monkeypatch, command, task, options, other, capsys
+):
+    """Typing the default is leaving the option out: the command goes on (here: to loading)."""
+    from keras_dense.tasks import model_loading
+
+    monkeypatch.setattr(saved_model_export, "export_saved_model", _reached)
+    monkeypatch.setattr(model_loading, "load_model_with_card", _reached)
+    model = _card_only(tmp_path, task)
+    extra = {
+        "export": ["--output", str(tmp_path / "served" / "m")],
+        "predict": ["--data", str(tmp_path / "x-*"), "--output", str(tmp_path / "p")],
+        "evaluate": ["--data", str(tmp_path / "x-*")],
+    }[command]
+    with pytest.raises(_Reached):
+        code = cli.main([command, "--model", model, *extra, *options])
+        pytest.fail(f"exit {code}: {capsys.readouterr().err}")
+    # Another value than the default still does not apply.
+    code = cli.main([command, "--model", model, *extra, options[0], other])
+    assert code == 2 and "does not apply" in capsys.readouterr().err
+
+
+def _export_unet(root, classes: int, seed: int = 0, **kwargs):
+    names = list(SHAPE_CLASSES) if classes == 4 else ["bg", "fg"]
+    card = {"normalization": "caffe", "classes": names}
+    return export_saved_model(
+        _unet(classes, seed), root, name="m", card=card, verify=False, **kwargs
+    )
+
+
+def test_after_a_deliberate_change_the_folder_serves_its_newest_model(tmp_path):
+    """Versions 1-2 serve 4 classes; version 3 (2 classes) was added on purpose. Retraining the
+    2-class model gives version 4: it is compared with version 3, not with version 1."""
+    for _ in range(2):
+        _export_unet(tmp_path, 4)
+    _export_unet(tmp_path, 2, seed=1, allow_different_model=True)
+    assert _export_unet(tmp_path, 2, seed=2).version == 4
+    with pytest.raises(ValueError, match=r"version 4 serves another model.*classes"):
+        _export_unet(tmp_path, 4)
+    assert list_versions(tmp_path / "m") == [1, 2, 3, 4]
+
+
+def test_added_outputs_are_compatible_removed_outputs_and_changed_inputs_are_not(
+    tmp_path, monkeypatch
+):
+    """`--tta flip` adds the `probabilities` output: clients of the plain version still work.
+    Dropping it again, or changing an input, is another model; refused before anything is
+    saved."""
+    from keras_dense.export import served_models
+
+    _export_unet(tmp_path, 4)
+    described = []
+    real_describe = served_models.describe_signatures
+    monkeypatch.setattr(
+        saved_model_export,
+        "describe_signatures",
+        lambda signatures: described.append(real_describe(signatures)) or described[-1],
+    )
+    assert _export_unet(tmp_path, 4, tta=parse_tta("flip")).version == 2
+    # The signatures as described before saving are those the SavedModel holds.
+    assert described == [served_models.read_signatures(tmp_path / "m" / "2")]
+    saves = []
+    real_save = tf.saved_model.save
+    monkeypatch.setattr(
+        tf.saved_model, "save", lambda *a, **k: saves.append(1) or real_save(*a, **k)
+    )
+    with pytest.raises(ValueError) as error:
+        _export_unet(tmp_path, 4)
+    message = str(error.value)
+    assert "version 2" in message and "serving_tensor" in message
+    missing = r"output 'probabilities' \(float32, rank 4\) is missing in this export"
+    assert re.search(missing, message), message
+    assert "scores" not in message  # what did not change is not listed
+    # Another input: a grey-image model (1 channel instead of 3) with the same classes.
+    keras.utils.set_random_seed(0)
+    grey = unet(4, input_shape=(None, None, 1), padding="same", filters=4, depth=2)
+    card = {"normalization": "caffe", "classes": list(SHAPE_CLASSES)}
+    with pytest.raises(ValueError) as error:
+        export_saved_model(grey, tmp_path, name="m", card=card, verify=False, tta=parse_tta("flip"))
+    message = str(error.value)
+    assert re.search(
+        r"serving_tensor input 'images' float32 \[\?, \?, \?, 3\] \(this export: "
+        r"float32 \[\?, \?, \?, 1\]\)",
+        message,
+    ), message
+    assert not saves  # refused before the SavedModel was written
+    assert list_versions(tmp_path / "m") == [1, 2]
+    assert sorted(os.listdir(tmp_path / "m")) == ["1", "2"]
+
+
+def test_evaluate_measures_the_model_memory_once(segmenter, shapes, tmp_path, monkeypatch):
+    """The bytes per pixel depend on the model, not on the image: one probe per evaluate."""
+    from keras_dense.signatures import memory_budget
+
+    calls = []
+    real = memory_budget.measure_bytes_per_pixel
+    monkeypatch.setattr(
+        memory_budget,
+        "measure_bytes_per_pixel",
+        lambda *a, **k: calls.append(1) or real(*a, **k),
+    )
+    code = cli.main(
+        ["evaluate", "--model", segmenter, "--data", shapes, "--output", str(tmp_path / "e")]
+    )
+    assert code == 0
+    report = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    assert report["images"] == 2 and len(calls) == 1
+
+
+def test_another_model_cannot_land_between_the_last_check_and_the_rename(tmp_path, monkeypatch):
+    """Export A (4 classes) passes its last check; export B (2 classes, --version 2) runs right
+    then. B waits for A's rename and is then refused; A lands as version 1."""
+    import threading
+
+    from keras_dense.utils.file_lock import FileLock
+
+    real_check = saved_model_export.check_same_model
+    waiting = threading.Event()
+    started, outcome = [], {}
+    real_try = FileLock.try_acquire
+
+    def try_acquire(self, note=""):
+        taken = real_try(self, note)
+        if not taken:
+            waiting.set()  # B waits for the lock
+        return taken
+
+    monkeypatch.setattr(FileLock, "try_acquire", try_acquire)
+
+    def run_b():
+        try:
+            outcome["b"] = _export_unet(tmp_path, 2, seed=1, version=2)
+        except Exception as err:  # noqa: BLE001 - reported below
+            outcome["b"] = err
+
+    def check_then_b_runs(*args, **kwargs):
+        real_check(*args, **kwargs)
+        saved = list((tmp_path / "m").glob(".tmp-*/saved_model.pb"))
+        if saved and not started:  # A's check right before its rename has passed
+            started.append(1)
+            thread = threading.Thread(target=run_b)
+            thread.start()
+            while not waiting.is_set() and thread.is_alive():
+                waiting.wait(0.05)
+            outcome["thread"] = thread
+
+    monkeypatch.setattr(saved_model_export, "check_same_model", check_then_b_runs)
+    mine = _export_unet(tmp_path, 4)
+    outcome["thread"].join(120)
+    assert mine.version == 1
+    assert isinstance(outcome["b"], ValueError), outcome["b"]
+    assert re.search(r"version 1 serves another model.*classes", str(outcome["b"]))
+    assert sorted(os.listdir(tmp_path / "m")) == ["1"]  # no lock file or temporary left
+
+
+def test_a_well_terminated_jpeg_is_not_scanned_byte_by_byte(monkeypatch):
+    """The end-of-image marker at the end of the file suffices; only a file with bytes after its
+    end is searched for the marker."""
+    from keras_dense.signatures import image_bytes
+
+    scans = []
+    real = image_bytes._contains
+    monkeypatch.setattr(image_bytes, "_contains", lambda *a, **k: scans.append(1) or real(*a, **k))
+    jpeg = encode(make_image(40, 52, 1), "jpg")
+    size = image_bytes.checked_header_size(tf.constant(jpeg))
+    assert size.numpy().tolist() == [40, 52] and not scans
+    size = image_bytes.checked_header_size(tf.constant(jpeg + b"\x00" * 10))
+    assert size.numpy().tolist() == [40, 52] and len(scans) == 1
+    with pytest.raises(tf.errors.InvalidArgumentError, match="truncated JPEG"):
+        image_bytes.checked_header_size(tf.constant(jpeg[:-2]))

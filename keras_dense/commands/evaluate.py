@@ -8,28 +8,18 @@ import json
 import math
 import os
 
-from keras_dense.commands.applicable_options import (
-    OptionScope,
-    fill_defaults,
-    refuse_inapplicable,
-    stored_card,
-)
+from keras_dense.commands.applicable_options import CommandOptions, stored_card
 from keras_dense.commands.tta_arguments import add_tta_arguments
+from keras_dense.prediction.inference import DEFAULT_MAX_MEMORY
 
+_DEFAULT_MEMORY = f"{DEFAULT_MAX_MEMORY / 2**30:g}GiB"
 # Options of some tasks only (`Task.command_options["evaluate"]`); left out they are None.
-_SCOPES = tuple(
-    OptionScope(dest, flag, task_specific=True)
-    for dest, flag in (
-        ("crf", "--crf"),
-        ("tiled", "--tiled"),
-        ("use_07_metric", "--use-07-metric"),
-        ("tta", "--tta"),
-        ("scales", "--scales"),
-        ("pointing_tolerance", "--pointing-tolerance"),
-        ("max_memory", "--max-memory"),
-    )
+_DEFAULTS = {"tta": "none", "pointing_tolerance": 3.0, "max_memory": _DEFAULT_MEMORY}
+_OPTIONS = CommandOptions.task_specific(
+    "evaluate",
+    ("crf", "tiled", "use_07_metric", "tta", "scales", "pointing_tolerance", "max_memory"),
+    _DEFAULTS,
 )
-_DEFAULTS = {"pointing_tolerance": 3.0, "max_memory": "2GiB"}
 
 
 def register(sub) -> None:
@@ -71,7 +61,7 @@ def register(sub) -> None:
         default=None,
         help="segmentation: memory one image may take (e.g. 2GiB), planned as predict plans "
         "it: larger images are evaluated tile by tile, or refused naming the record when even "
-        "that does not fit (default 2GiB)",
+        f"that does not fit (default {_DEFAULT_MEMORY})",
     )
     parser.add_argument(
         "--output",
@@ -100,8 +90,7 @@ def run(args: argparse.Namespace) -> int:
     from keras_dense.utils.files import atomic_write_bytes
     from keras_dense.utils.tta import parse_tta
 
-    refuse_inapplicable(args, "evaluate", _SCOPES, task=stored_card(args.model)[0])
-    fill_defaults(args, _DEFAULTS)
+    _OPTIONS.check(args, task=stored_card(args.model)[0])
     if not (math.isfinite(args.pointing_tolerance) and args.pointing_tolerance >= 0):
         raise ValueError(
             f"--pointing-tolerance {args.pointing_tolerance}: expected a finite number of "

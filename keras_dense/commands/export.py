@@ -8,16 +8,18 @@ import argparse
 import os
 
 from keras_dense.commands.applicable_options import (
+    CommandOptions,
     OptionScope,
-    fill_defaults,
-    refuse_inapplicable,
+    is_given,
     stored_card,
 )
 from keras_dense.commands.tta_arguments import add_tta_arguments
 from keras_dense.signatures.batch_modes import BATCH_MODES
 from keras_dense.signatures.image_bytes import DEFAULT_MAX_PIXELS
+from keras_dense.signatures.memory_budget import DEFAULT_MAX_REQUEST_MEMORY
 
-# Where each option applies (its default is None in the parser, filled in by `_defaults`).
+_DEFAULT_REQUEST_MEMORY = f"{DEFAULT_MAX_REQUEST_MEMORY / 2**30:g}GiB"
+# Where each option applies (its default is None in the parser, filled in from `_DEFAULTS`).
 _SCOPES = (
     OptionScope("version", "--version", formats=("savedmodel",)),
     OptionScope("batch_mode", "--batch-mode", task_specific=True, formats=("savedmodel",)),
@@ -38,12 +40,13 @@ _SCOPES = (
 _DEFAULTS = {
     "batch_mode": "per_image",
     "max_pixels": DEFAULT_MAX_PIXELS,
-    "max_request_memory": "2GiB",
+    "max_request_memory": _DEFAULT_REQUEST_MEMORY,
     "tta": "none",
     "quantize": "none",
     "check_images": 8,
     "representative_images": 32,
 }
+_OPTIONS = CommandOptions("export", _SCOPES, _DEFAULTS)
 # Detection: the training scale when the model card has none (Fast R-CNN's).
 _DEFAULT_MIN_SIZE, _DEFAULT_MAX_SIZE = 600, 1000
 
@@ -99,7 +102,8 @@ def register(subparsers) -> None:
         "--max-request-memory",
         default=None,
         help="memory one request may take (e.g. 2GiB, 512MiB): the export measures the model's "
-        "memory per pixel and refuses requests above the resulting pixel budget (default 2GiB)",
+        "memory per pixel and refuses requests above the resulting pixel budget (default "
+        f"{_DEFAULT_REQUEST_MEMORY})",
     )
     parser.add_argument(
         "--min-size",
@@ -166,8 +170,8 @@ def check_options(args: argparse.Namespace) -> dict:
             (named), or a bad value.
     """
     task, card = stored_card(args.model)
-    refuse_inapplicable(args, "export", _SCOPES, task=task, output_format=args.format)
-    if args.representative_images is not None and args.quantize != "int8":
+    _OPTIONS.check(args, task=task, output_format=args.format)
+    if is_given(args, "representative_images", _DEFAULTS) and args.quantize != "int8":
         raise ValueError(
             "--representative-images does not apply without --quantize int8 (only int8 "
             "calibrates on representative images); leave it out"
@@ -187,7 +191,6 @@ def check_options(args: argparse.Namespace) -> dict:
     if args.version is not None and args.version < 1:
         raise ValueError(f"--version {args.version}: expected a positive integer")
     given = {k: v for k, v in (("min_size", args.min_size), ("max_size", args.max_size)) if v}
-    fill_defaults(args, _DEFAULTS)
     args.min_size, args.max_size = min_size, max_size
     return given
 

@@ -14,6 +14,7 @@ from keras_dense.data.detection_records import check_evaluation_records
 from keras_dense.data.tfrecord_files import resolve_files, scan_framing
 from keras_dense.evaluation.segmentation_metrics import confusion_matrix, segmentation_scores
 from keras_dense.prediction.inference import (
+    DEFAULT_MAX_MEMORY,
     detect_objects,
     plan_prediction,
     segment,
@@ -21,9 +22,6 @@ from keras_dense.prediction.inference import (
 )
 from keras_dense.utils.progress import Progress
 from keras_dense.utils.tta import TestTimeAugmentation
-
-# Bytes one image's prediction may take by default, as `predict --max-memory`.
-DEFAULT_MAX_MEMORY = 2 * 1024**3
 
 
 def softmax(scores: np.ndarray) -> np.ndarray:

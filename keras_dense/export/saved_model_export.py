@@ -5,11 +5,13 @@ The SavedModel holds two signatures (see `segmentation_signatures` / `detection_
 Its `assets.extra/model_card.json` (ignored by TF Serving) is the model card plus what the
 export decided (signatures, input geometry, versions of the tools).
 
-Checks, in order: weights must be finite (else `NonFiniteWeightsError` naming them); CRF
-and RoIPooling layers are switched to their pure-TF implementations; after writing, the op
-audit walks the graph and all nested functions (`OpAuditError` on a non-stock op); the
-SavedModel is reloaded and its `serving_tensor` compared with the in-memory model. Only then
-is the temporary folder renamed to `OUTPUT_ROOT/NAME/<version>`.
+Checks, in order: the task and classes must be those of the version the new one succeeds
+(`keras_dense.export.served_models`, `DifferentModelError`); weights must be finite (else
+`NonFiniteWeightsError` naming them); CRF and RoIPooling layers are switched to their pure-TF
+implementations; once the signatures are built, they must still serve what that version
+served; after writing, the op audit walks the graph and all nested functions (`OpAuditError`
+on a non-stock op); the SavedModel is reloaded and its `serving_tensor` compared with the
+in-memory model. Only then is the temporary folder renamed to `OUTPUT_ROOT/NAME/<version>`.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from keras_dense.export.served_models import (
     CARD_ASSET,
     ServedModel,
     check_same_model,
+    describe_signatures,
     read_signatures,
 )
 from keras_dense.export.versions import atomic_version_dir, check_model_name, resolve_version
@@ -158,11 +161,13 @@ def export_saved_model(
         tta: Segmentation: test-time augmentation baked into the signatures (flip and
             scales, `keras_dense.signatures.segmentation_signatures`); the measured bytes per
             pixel are multiplied by `tta.pixel_factor`. None: none.
-        allow_different_model: Add the version although the folder's versions serve another
-            task, class list or signatures (`keras_dense.export.served_models`); refused
-            otherwise, before anything is built and again right before the rename. A version
-            chosen automatically that another export takes meanwhile becomes the next free
-            number.
+        allow_different_model: Add the version although the version it succeeds (the newest
+            below its number) serves another task, class list or signatures that drop or
+            change what that version served (`keras_dense.export.served_models`); refused
+            otherwise: the task and classes before anything is built, the signatures before
+            anything is saved, and all again right before the rename, under the folder's lock
+            (`keras_dense.export.versions`). A version chosen automatically that another
+            export takes meanwhile becomes the next free number.
 
     Returns:
         An `ExportResult`.
@@ -182,7 +187,7 @@ def export_saved_model(
     version = resolve_version(model_dir, version)
     task = get_task(full_card["task"])
     identity = ServedModel(task.name, tuple(full_card["classes"]), {})
-    check_same_model(model_dir, identity, allow_different_model=allow_different_model)
+    check_same_model(model_dir, identity, version, allow_different_model)
     check_finite_weights(model)
     model = portable_model(model)
     options = ExportOptions(
@@ -197,6 +202,8 @@ def export_saved_model(
         tta=tta or TestTimeAugmentation(),
     )
     signatures, serving, budget = task.export_signatures(model, full_card, options)
+    identity = dataclasses.replace(identity, signatures=describe_signatures(signatures))
+    check_same_model(model_dir, identity, version, allow_different_model)
     serving.update(
         batch_mode=batch_mode,
         max_pixels=budget.max_image_pixels,
@@ -207,9 +214,9 @@ def export_saved_model(
     module = tf.Module()
     module.model_variables = [getattr(v, "value", v) for v in model.variables]
 
-    # Checked again right before the rename: a version may have landed meanwhile.
-    def same_model(_version: int) -> None:
-        check_same_model(model_dir, identity, allow_different_model=allow_different_model)
+    # Checked again right before the rename, as saved: a version may have landed meanwhile.
+    def same_model(final_version: int) -> None:
+        check_same_model(model_dir, identity, final_version, allow_different_model)
 
     with atomic_version_dir(model_dir, version, chosen, same_model) as pending:
         tmp = pending.path

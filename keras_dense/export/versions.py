@@ -5,6 +5,13 @@ name (such as the temporary `.tmp-*` folders used here) is ignored. A version is
 temporary folder beside its final place and renamed when complete, so the server never sees
 half a version. Two exports that chose the same next number both succeed: the rename of the
 second fails on the first's folder, and it takes the next free number.
+
+The last check of a new version (`before_commit`: does it serve the model the folder serves?)
+and its rename happen under an exclusive lock on `NAME/.export.lock`
+(`keras_dense.utils.file_lock`), so no other export's version can land between them. The lock
+is held for a moment (no model is built or saved under it) and goes away with its holder,
+even when that process is killed; a folder on a file system without file locks is committed
+without it.
 """
 
 from __future__ import annotations
@@ -14,10 +21,17 @@ import dataclasses
 import os
 import re
 import shutil
+import socket
 import tempfile
 from collections.abc import Callable, Iterator
 
+from keras_dense.utils.file_lock import FileLock, LockUnsupportedError
+
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+# The lock file of a model folder (hidden: TF Serving and serving-config ignore it).
+LOCK_NAME = ".export.lock"
+# How long a commit waits for another export's commit (which holds the lock for a moment).
+LOCK_WAIT_S = 120.0
 
 
 class VersionExistsError(FileExistsError, ValueError):
@@ -84,6 +98,32 @@ class PendingVersion:
     version: int
 
 
+@contextlib.contextmanager
+def folder_lock(model_dir: str) -> Iterator[None]:
+    """Holds the exclusive lock of a model folder (`LOCK_NAME`), waiting up to `LOCK_WAIT_S`.
+
+    Raises:
+        RuntimeError: Another export held it all that time (its PID and host are named).
+    """
+    lock = FileLock(os.path.join(model_dir, LOCK_NAME))
+    try:
+        taken = lock.acquire(LOCK_WAIT_S, f"export, pid {os.getpid()} on {socket.gethostname()}")
+    except LockUnsupportedError:
+        taken = None
+    if taken is None:  # no file locks here: nothing to hold
+        yield
+        return
+    if not taken:
+        raise RuntimeError(
+            f"{lock.path}: another export ({lock.note() or 'unknown process'}) has been "
+            f"committing a version for over {LOCK_WAIT_S:g} s; try again when it has finished"
+        )
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 def _commit(
     tmp: str,
     model_dir: str,
@@ -91,21 +131,23 @@ def _commit(
     take_next: bool,
     before_commit: Callable[[int], None] | None,
 ) -> int:
-    """Renames `tmp` to `model_dir/<version>`, or with `take_next` to the next free number."""
-    while True:
-        target = os.path.join(model_dir, str(version))
-        if before_commit is not None:
-            before_commit(version)
-        if not os.path.exists(target):
-            try:
-                os.rename(tmp, target)  # atomic; fails if another export's folder landed there
-                return version
-            except OSError:
-                if not os.path.exists(target):
-                    raise
-        if not take_next:
-            raise VersionExistsError(f"{target} exists already; versions are never overwritten")
-        version = max([version, *list_versions(model_dir)]) + 1
+    """Renames `tmp` to `model_dir/<version>`, or with `take_next` to the next free number,
+    holding the folder's lock across `before_commit` and the rename."""
+    with folder_lock(model_dir):
+        while True:
+            target = os.path.join(model_dir, str(version))
+            if before_commit is not None:
+                before_commit(version)
+            if not os.path.exists(target):
+                try:
+                    os.rename(tmp, target)  # atomic; fails if another writer's folder is there
+                    return version
+                except OSError:
+                    if not os.path.exists(target):
+                        raise
+            if not take_next:
+                raise VersionExistsError(f"{target} exists already; versions are never overwritten")
+            version = max([version, *list_versions(model_dir)]) + 1
 
 
 @contextlib.contextmanager
@@ -126,8 +168,8 @@ def atomic_version_dir(
         take_next: When another writer took `version` meanwhile (two exports at once), take
             the next free number instead of failing (for versions chosen automatically).
         before_commit: Called with the version about to be committed, right before the
-            rename; it may raise to refuse (e.g. a version that appeared meanwhile serves
-            another model).
+            rename and under the folder's lock (no other version lands in between); it may
+            raise to refuse (e.g. a version that appeared meanwhile serves another model).
 
     Yields:
         The `PendingVersion`; its `version` is final after the block.

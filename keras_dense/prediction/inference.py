@@ -7,6 +7,7 @@ feed the model: normalisation, input channels, and for detection the Fast R-CNN 
 from __future__ import annotations
 
 import os
+import weakref
 import zipfile
 
 import cv2
@@ -20,6 +21,11 @@ from keras_dense.utils.tta import TestTimeAugmentation, scaled_size
 
 # Images with a side above this are segmented tile by tile (overlap-tile) unless told otherwise.
 LARGE_SIDE = 1024
+# Bytes one image's prediction may take unless told otherwise (`predict` and `evaluate`
+# `--max-memory`).
+DEFAULT_MAX_MEMORY = 2 * 1024**3
+# The measured memory per pixel of each model (see `model_bytes_per_pixel`).
+_BYTES_PER_PIXEL: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def load_keras_model(path: str) -> keras.Model:
@@ -99,6 +105,23 @@ def full_size_bytes_per_pixel(card: dict, num_classes: int) -> int:
     return 3 + 4 * channels + 4 * num_classes + 1 + 3 + 3
 
 
+def model_bytes_per_pixel(model: keras.Model) -> float:
+    """Memory per input pixel of one pass of a segmenter (`measure_bytes_per_pixel`).
+
+    It depends on the model's layers only, not on the image: it is measured (on symbolic probe
+    models) once per model object and kept as long as the model lives.
+    """
+    from keras_dense.signatures.geometry import segmenter_geometry
+    from keras_dense.signatures.memory_budget import measure_bytes_per_pixel
+
+    per_pixel = _BYTES_PER_PIXEL.get(model)
+    if per_pixel is None:
+        num_classes = int(model.outputs[0].shape[-1])
+        per_pixel = measure_bytes_per_pixel(model, segmenter_geometry(model), num_classes)
+        _BYTES_PER_PIXEL[model] = per_pixel
+    return per_pixel
+
+
 def plan_prediction(
     model: keras.Model,
     card: dict,
@@ -127,12 +150,9 @@ def plan_prediction(
         ValueError: Even tiled, the image does not fit the budget (the message gives both
             numbers and the flag to raise it).
     """
-    from keras_dense.signatures.geometry import segmenter_geometry
-    from keras_dense.signatures.memory_budget import measure_bytes_per_pixel
-
     pixels = height * width
     num_classes = int(model.outputs[0].shape[-1])
-    per_pixel = measure_bytes_per_pixel(model, segmenter_geometry(model), num_classes)
+    per_pixel = model_bytes_per_pixel(model)
     extra = 0.0
     if tta is not None and tta.enabled:
         largest = max(tta.scales) ** 2

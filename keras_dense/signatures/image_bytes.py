@@ -53,6 +53,17 @@ def _png_complete(data: tf.Tensor) -> tf.Tensor:
     )
 
 
+def _jpeg_ends_after(data: tf.Tensor, scan: tf.Tensor) -> tf.Tensor:
+    """Whether JPEG bytes hold an end-of-image marker after their scan starts at `scan`.
+
+    A file that ends with the marker is complete without looking further; only one with bytes
+    after its end (which decoders ignore) is searched byte by byte.
+    """
+    marker = bytes([0xFF, _JPEG_EOI])
+    at_end = _ends_with(data, marker) & (tf.strings.length(data) - 2 > scan)
+    return tf.cond(at_end, lambda: tf.constant(True), lambda: _contains(data, scan, marker))
+
+
 def _jpeg_scan_start(data: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     """Walks the JPEG marker segments from the start of the file to the first start of scan.
 
@@ -126,10 +137,7 @@ def _check_complete(data: tf.Tensor, is_png: tf.Tensor, index) -> tf.Tensor:
         with tf.control_dependencies([header]):
             ended = tf.cond(
                 tf.equal(state, _AT_SCAN),
-                lambda: tf.logical_or(
-                    _ends_with(data, b"\xff\xd9") & (size - 2 > scan),
-                    _contains(data, scan, bytes([0xFF, _JPEG_EOI])),
-                ),
+                lambda: _jpeg_ends_after(data, scan),
                 lambda: tf.constant(True),
             )
         check = tf.debugging.Assert(

@@ -17,6 +17,7 @@ import importlib
 import keras
 import numpy as np
 
+from keras_dense.prediction.inference import DEFAULT_MAX_MEMORY
 from keras_dense.utils.tta import TestTimeAugmentation
 
 _REGISTRY: dict[str, Task] = {}
@@ -71,7 +72,7 @@ class EvaluateOptions:
     tta: TestTimeAugmentation = TestTimeAugmentation()
     progress: bool = False
     pointing_tolerance: float = 3.0
-    max_memory: int = 2 * 1024**3
+    max_memory: int = DEFAULT_MAX_MEMORY
 
 
 @dataclasses.dataclass(frozen=True)

@@ -22,12 +22,30 @@ MIN_SCALE = 0.25
 MAX_SCALE = 4.0
 
 
-def _bad_scale(values) -> int | None:
-    """The index of the first value outside [MIN_SCALE, MAX_SCALE] (or NaN), else None."""
+def check_scales(values: tuple[float, ...], argument: str, texts: list[str] | None = None):
+    """Raises ValueError unless `values` holds one or more scales in [MIN_SCALE, MAX_SCALE].
+
+    Args:
+        values: The scales.
+        argument: The argument and its value as the message names it, e.g. `--scales '0,1'`.
+        texts: How each value was written (default: the number itself).
+
+    Raises:
+        ValueError: No value, or one outside the range (or NaN), which is named.
+    """
     for index, value in enumerate(values):
         if not (np.isfinite(value) and MIN_SCALE <= value <= MAX_SCALE):
-            return index
-    return None
+            shown = repr(texts[index]) if texts else f"{value:g}"
+            got = f"; {shown} is outside"
+            break
+    else:
+        if values:
+            return
+        got = ""
+    raise ValueError(
+        f"{argument}: expected one or more numbers in the range [{MIN_SCALE:g}, "
+        f"{MAX_SCALE:g}], e.g. 0.75,1,1.25{got}"
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,13 +64,7 @@ class TestTimeAugmentation:
 
     def __post_init__(self):
         scales = tuple(float(s) for s in self.scales)
-        bad = _bad_scale(scales)
-        if not scales or bad is not None:
-            got = "" if bad is None else f", got {scales[bad]:g}"
-            raise ValueError(
-                f"scales={self.scales!r}: expected one or more numbers in the range "
-                f"[{MIN_SCALE:g}, {MAX_SCALE:g}]{got}"
-            )
+        check_scales(scales, f"scales={self.scales!r}")
         object.__setattr__(self, "scales", scales)
 
     @property
@@ -108,13 +120,7 @@ def parse_tta(mode: str | None = "none", scales: str | None = None) -> TestTimeA
             values = tuple(float(part) for part in parts)
         except ValueError:
             values = ()
-        bad = _bad_scale(values)
-        if not values or bad is not None:
-            got = "" if bad is None else f"; {parts[bad]!r} is outside"
-            raise ValueError(
-                f"--scales {scales!r}: expected comma-separated numbers in the range "
-                f"[{MIN_SCALE:g}, {MAX_SCALE:g}], e.g. 0.75,1,1.25{got}"
-            )
+        check_scales(values, f"--scales {scales!r}", parts)
     return TestTimeAugmentation(flip=mode == "flip", scales=values)
 
 
