@@ -225,6 +225,7 @@ def check_classifier_records(
     max_memory: int | None = None,
     tta: TestTimeAugmentation | None = None,
     require_masks: bool = False,
+    what: str | None = None,
 ):
     """Checks the records a classifier is about to read, and their largest image's memory.
 
@@ -235,12 +236,14 @@ def check_classifier_records(
     Args:
         model: The classifier.
         pattern: The shards.
-        classes: The classifier's class names (its card's).
+        classes: The classifier's class names (its card's; box class texts are compared with
+            them), or their number (texts not compared).
         offset: Mask id of class 0 (`keras_dense.data.classification_pipeline.mask_offset`).
         ignore_label: The masks' ignore label.
         max_memory: Bytes one image may take (None: not checked).
         tta: The test-time scales the maps are computed at.
         require_masks: Every record must have a class mask.
+        what: Where the shards come from, for the messages (default `--data PATTERN`).
 
     Returns:
         The `ClassificationReport`.
@@ -254,9 +257,11 @@ def check_classifier_records(
     )
     from keras_dense.data.errors import BadInputError
 
-    names = tuple(classes)
-    rules = ClassificationRules(len(names), int(offset), int(ignore_label), names, require_masks)
-    what = f"--data {pattern if isinstance(pattern, str) else ', '.join(pattern)}"
+    names = None if isinstance(classes, int) else tuple(classes)
+    count = classes if names is None else len(names)
+    rules = ClassificationRules(count, int(offset), int(ignore_label), names, require_masks)
+    if what is None:
+        what = f"--data {pattern if isinstance(pattern, str) else ', '.join(pattern)}"
     report = check_classification_records(pattern, rules, what)
     largest = report.largest
     if max_memory is not None and largest is not None:

@@ -245,6 +245,35 @@ def test_tune_threshold_and_pseudo_label_name_bad_records(model_path, tmp_path, 
     assert not os.path.exists(out + ".json")
 
 
+@pytest.mark.parametrize("split", ["train", "validation"])
+def test_training_a_classifier_names_a_bad_record_before_the_first_step(tmp_path, capsys, split):
+    import pathlib
+
+    bad = _example("bad", mask=_png(_mask(class_id=2).astype(np.uint16)))
+    good, _ = _shard(tmp_path / "good", [*_good(), *_good()])
+    pattern, shard = _shard(tmp_path / "bad", [*_good(), bad])
+    data = {"train": good, "validation": good, split: pattern}
+    recipe = pathlib.Path(__file__).resolve().parents[1] / "apps" / "wsl_shapes.toml"
+    run = tmp_path / "run"
+    overrides = [
+        f'data.train="{data["train"]}"',
+        f'data.validation="{data["validation"]}"',
+        'data.classes=["background", "circle", "square", "triangle"]',
+        "data.crop_size=32",
+        "model.kwargs.width=4",
+        "training.batch_size=2",
+        "training.epochs=1",
+        "training.steps_per_epoch=1",
+    ]
+    argv = ["train", str(recipe), "--output", str(run)]
+    for item in overrides:
+        argv += ["--set", item]
+    code = cli.main(argv)
+    err = capsys.readouterr().err
+    assert code == 2 and f"{shard} record 2 (source_id 'bad')" in err and "16-bit" in err, err
+    assert not (run / "best.keras").exists()
+
+
 def test_image_label_zero_is_counted_as_background(model_path, tmp_path, capsys):
     pattern, _ = _shard(tmp_path / "data", [*_good(), _example("bg", image__class__label=_ints(0))])
     out = str(tmp_path / "eval")
@@ -446,6 +475,23 @@ def test_predict_lists_what_it_leaves_out_of_a_folder(model_path, tmp_path, caps
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert "anim.gif" in captured.err and "notes.txt" in captured.err and "sub" in captured.err
+
+
+def test_predict_data_names_a_record_without_source_id_visibly(model_path, tmp_path, capsys):
+    examples = [_example("", mask=_mask()), _example(".hidden", mask=_mask())]
+    pattern, _ = _shard(tmp_path / "data", examples)
+    out = tmp_path / "pred"
+    assert (
+        cli.main(["predict", "--model", model_path, "--data", pattern, "--output", str(out)]) == 0
+    )
+    names = sorted(p.name for p in out.iterdir())
+    assert not [n for n in names if n.startswith(".")], names
+    assert names == [
+        "record_0_class_map.png",
+        "record_0_scores.json",
+        "record_1_class_map.png",
+        "record_1_scores.json",
+    ], names
 
 
 # ----------------------------------------------------------------------------- serving-config

@@ -244,6 +244,13 @@ def predict_file(model, card: dict, path: str, output: str, stem: str, args) -> 
         raise BadInputError(path, str(err)) from None
 
 
+def _record_file_name(source_id, index: int) -> str:
+    """The name a record's outputs are named after: the last part of its source_id, or
+    `record_N` (its position) when that is empty or would make hidden files."""
+    base = os.path.basename(str(source_id).rstrip("/"))
+    return (base if base and not base.startswith(".") else f"record_{index}") + ".png"
+
+
 def _records(pattern: str, card: dict):
     """`(name, source_id, rgb)` of every record of the shards, after checking their classes."""
     from keras_dense.data import read_examples
@@ -298,11 +305,11 @@ def run(args: argparse.Namespace) -> int:
             continue
         print(f"{path} -> {', '.join(os.path.basename(w) for w in written)}")
     if args.data:
-        for name, source_id, rgb in _records(args.data, card):
+        for index, (name, source_id, rgb) in enumerate(_records(args.data, card)):
             total += 1
             try:
                 plan = task.plan_prediction(model, card, *rgb.shape[:2], max_memory, _options(args))
-                stem = _unique_stem(str(source_id) + ".png", used)
+                stem = _unique_stem(_record_file_name(source_id, index), used)
                 written = predict_image(model, card, rgb, args.output, stem, args, plan)
             except ValueError as err:
                 print(f"keras-dense predict: error: {name}: {err}", file=sys.stderr)

@@ -363,11 +363,19 @@ class ClassificationTask(Task):
     def datasets(self, recipe, model, num_workers, worker_index):
         data, training = recipe["data"], recipe["training"]
         num_classes = int(model.outputs[0].shape[-1])
+        offset = mask_offset(data["train"])
+        ignore_label = 255 if data["ignore_label"] is None else int(data["ignore_label"])
+        for key in ("train", "validation"):
+            if data.get(key):  # every record checked once, before the first step
+                what = f"data.{key} = {data[key]!r}"
+                check_classifier_records(
+                    model, data[key], num_classes, offset, ignore_label, what=what
+                )
         common = {
             "num_classes": num_classes,
             "crop_size": tuple(data["crop_size"]),
             "normalization": normalization_mode(data),
-            "offset": mask_offset(data["train"]),
+            "offset": offset,
             "ignore_label": data["ignore_label"],
             "cache": data["cache"],
             "seed": recipe["seed"],
