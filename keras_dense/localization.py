@@ -74,6 +74,23 @@ def _producers(model: keras.Model) -> dict[int, keras.layers.Layer]:
     return found
 
 
+def check_finite(values: np.ndarray, model: keras.Model, what: str) -> None:
+    """Refuses a model's outputs that are not finite (a diverged model's NaN weights).
+
+    Read as they are, NaN scores still rank (an mAP comes out), NaN maps never claim a pixel
+    and a NaN score is written into JSON as the invalid `NaN`.
+
+    Raises:
+        ValueError: Naming the model, what was computed and how many values are not finite.
+    """
+    bad = int(np.size(values) - np.count_nonzero(np.isfinite(values)))
+    if bad:
+        raise ValueError(
+            f"model {model.name!r}: {bad} of its {what} are not finite (NaN or inf): its "
+            "weights are likely not finite (a diverged training); use another checkpoint"
+        )
+
+
 def class_maps(model: keras.Model, images, upsample: bool = True) -> np.ndarray:
     """The class maps of a weakly supervised classifier (`keras_dense.apps.wsl_classifier`).
 
@@ -93,7 +110,8 @@ def class_maps(model: keras.Model, images, upsample: bool = True) -> np.ndarray:
         float32 maps `(B, H, W, C)` (or `(B, h, w, C)`).
 
     Raises:
-        ValueError: The model has no `class_maps` layer, or images are not a batch.
+        ValueError: The model has no `class_maps` layer, images are not a batch, or the maps
+            are not finite (`check_finite`).
     """
     images = _as_images(images)
     layer = next((item for item in iter_layers(model) if item.name == CLASS_MAPS_LAYER), None)
@@ -109,6 +127,7 @@ def class_maps(model: keras.Model, images, upsample: bool = True) -> np.ndarray:
             maps_per_class = candidate.maps_per_class
     probe = keras.Model(_single_input(model), layer.output)
     maps = np.asarray(keras.ops.convert_to_numpy(probe(images, training=False)), np.float32)
+    check_finite(maps, model, "class maps")
     if maps_per_class > 1:
         b, h, w, channels = maps.shape
         maps = maps.reshape(b, h, w, channels // maps_per_class, maps_per_class).mean(axis=-1)

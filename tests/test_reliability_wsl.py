@@ -408,6 +408,58 @@ def test_pseudo_label_refuses_a_card_of_another_task(model_path, tmp_path, capsy
     assert code == 2 and "classification" in err and "'segmentation'" in err, err
 
 
+@pytest.fixture(scope="module")
+def nan_model_path(tmp_path_factory):
+    """The tiny classifier with one NaN weight (a diverged training's checkpoint)."""
+    keras.utils.set_random_seed(0)
+    model = apps.wsl_classifier(num_classes=3, backbone="compact", pooling="gap", width=4)
+    layer = model.get_layer("class_maps")
+    kernel = np.array(keras.ops.convert_to_numpy(layer.kernel))
+    kernel[0, 0, 0, 0] = np.nan
+    layer.kernel.assign(kernel)
+    path = str(tmp_path_factory.mktemp("nan_model") / "cls.keras")
+    model.save(path)
+    write_model_card(path, CARD)
+    return path
+
+
+def test_scores_that_are_not_finite_are_refused(nan_model_path, tmp_path, capsys):
+    from keras_dense.evaluation.localization_metrics import multilabel_average_precision
+
+    with pytest.raises(ValueError, match="not finite"):
+        multilabel_average_precision(np.array([[np.nan, 1.0], [0.5, 0.2]]), np.eye(2))
+    pattern, _ = _shard(tmp_path / "data", _good())
+    out = tmp_path / "eval"
+    argv = ["evaluate", "--model", nan_model_path, "--data", pattern, "--output", str(out)]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "not finite" in err, err
+    assert not (out / "metrics.json").exists()
+    image = tmp_path / "photo.png"
+    write_rgb(image, _RNG.integers(0, 256, (40, 48, 3), np.uint8))
+    pred = tmp_path / "pred"
+    argv = ["predict", "--model", nan_model_path, str(image), "--output", str(pred)]
+    assert cli.main(argv) == 1
+    assert "not finite" in capsys.readouterr().err
+    assert not (pred / "photo_scores.json").exists()
+    argv = ["tune-threshold", "--model", nan_model_path, "--data", pattern, "--dry-run"]
+    assert cli.main(argv) == 2 and "not finite" in capsys.readouterr().err
+    out = str(tmp_path / "pseudo" / "train")
+    argv = ["pseudo-label", "--model", nan_model_path, "--data", pattern, "--output", out]
+    assert cli.main(argv) == 2 and "not finite" in capsys.readouterr().err
+    assert not os.path.exists(out + ".json")
+
+
+def test_box_metrics_refuse_boxes_that_are_not_finite():
+    from keras_dense.evaluation.localization_metrics import corloc, pointing_game
+
+    truth = [{"boxes": np.array([[np.nan, 0.0, 3.0, 3.0]]), "labels": np.array([1])}]
+    with pytest.raises(ValueError, match="finite"):
+        pointing_game(np.zeros((1, 1, 2), np.int64), truth, 0, [1])
+    with pytest.raises(ValueError, match="finite"):
+        corloc(np.zeros((1, 1, 4)), truth, class_ids=[1])
+
+
 # ------------------------------------------------------------------------------------ memory
 
 

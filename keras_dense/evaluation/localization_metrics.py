@@ -48,6 +48,8 @@ def _box_lists(ground_truth: Sequence[dict], num_images: int, what: str):
             ) from None
         if len(boxes) != len(labels):
             raise ValueError(f"{what}: {len(boxes)} boxes but {len(labels)} labels in an image")
+        if not np.isfinite(boxes).all():
+            raise ValueError(f"{what}: box coordinates must be finite, got {boxes.tolist()}")
         result.append((boxes, labels))
     return result
 
@@ -222,7 +224,7 @@ def multilabel_average_precision(scores, labels) -> dict:
         classes (NaN if none), "excluded": [class indices without positives]}`.
 
     Raises:
-        ValueError: The shapes differ, or labels are not 0/1.
+        ValueError: The shapes differ, labels are not 0/1, or a score is NaN.
     """
     scores = np.asarray(scores, np.float64)
     labels = np.asarray(labels)
@@ -233,6 +235,11 @@ def multilabel_average_precision(scores, labels) -> dict:
         )
     if not np.isin(labels, (0, 1)).all():
         raise ValueError("labels must be 0 or 1")
+    if np.isnan(scores).any():
+        raise ValueError(
+            f"scores: {int(np.isnan(scores).sum())} are not finite (NaN), so images cannot be "
+            "ranked: is the model's output finite?"
+        )
     n = scores.shape[0]
     order = np.argsort(-scores, axis=0, kind="stable")
     ranked_scores = np.take_along_axis(scores, order, axis=0)

@@ -65,6 +65,7 @@ from keras_dense.localization import (
     augmented_class_maps,
     boxes_from_maps,
     check_classifier_records,
+    check_finite,
     class_map_memory_problem,
     class_maps,
     points_from_maps,
@@ -210,7 +211,9 @@ def evaluate_classification(
         pattern, num_classes, offset, ignore_label
     ):
         x = np.asarray(normalize(tf.constant(image[None]), normalization))
-        scores.append(np.asarray(keras.ops.convert_to_numpy(model(x, training=False)))[0])
+        logits = np.asarray(keras.ops.convert_to_numpy(model(x, training=False)))[0]
+        check_finite(logits, model, "scores")
+        scores.append(logits)
         targets.append(labels)
         maps = augmented_class_maps(model, x, tta)
         points = points_from_maps(maps)
@@ -482,6 +485,7 @@ class ClassificationTask(Task):
         check_card_fields(card, int(model.outputs[0].shape[-1]))
         x = np.asarray(normalize(tf.constant(rgb[None]), card.get("normalization")))
         logits = np.asarray(keras.ops.convert_to_numpy(model(x, training=False)))[0]
+        check_finite(logits, model, "scores")
         probabilities = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
         maps = class_maps(model, x)[0]
         best = int(np.argmax(logits))
