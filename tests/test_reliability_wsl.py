@@ -579,6 +579,15 @@ def test_serving_config_refuses_two_models_as_stable_and_canary(tmp_path, capsys
     assert _serving(tmp_path, "--allow-different-model") == 0
 
 
+def test_serving_config_names_a_served_version_that_is_not_a_saved_model(tmp_path, capsys):
+    _version(tmp_path, "m", 1, UNET)
+    (_version(tmp_path, "m", 2, UNET) / "saved_model.pb").write_bytes(b"x")
+    assert _serving(tmp_path) == 2
+    err = capsys.readouterr().err
+    assert os.path.join("m", "2", "saved_model.pb") in err and "SavedModel" in err, err
+    assert len(err.strip().splitlines()) == 1, err
+
+
 def test_serving_config_refuses_two_folders_of_one_version(tmp_path, capsys):
     _version(tmp_path, "m", "007")
     _version(tmp_path, "m", "7")

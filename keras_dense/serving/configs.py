@@ -18,15 +18,12 @@ Each file is checked by parsing it with the TF Serving protos (`tensorflow-servi
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 
 from google.protobuf import text_format
 
-from keras_dense.export.served_models import (
-    DifferentModelError,
-    ServedModel,
-    read_served_model,
-)
+from keras_dense.export.served_models import CARD_ASSET, DifferentModelError
 from keras_dense.export.versions import check_model_name
 from keras_dense.serving.proto_schemas import batching_parameters_class, monitoring_config_class
 from keras_dense.utils.files import atomic_write_bytes
@@ -163,38 +160,77 @@ def _not_one_model(models_dir: str) -> str:
     )
 
 
-def _served_differences(old: ServedModel, new: ServedModel) -> list[str]:
+def saved_model_problem(version_dir: str) -> str | None:
+    """Why a version's `saved_model.pb` is not a SavedModel TF Serving can load, or None."""
+    from google.protobuf.message import DecodeError
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    path = os.path.join(version_dir, "saved_model.pb")
+    try:
+        with open(path, "rb") as f:
+            saved_model_pb2.SavedModel().ParseFromString(f.read())
+    except (OSError, DecodeError) as err:
+        return (
+            f"{path}: cannot be read as a SavedModel ({err}): a damaged or unfinished export; "
+            "remove the version or export it again"
+        )
+    return None
+
+
+def _served_model(version_dir: str) -> tuple | None:
+    """`(task, classes)` from a version's keras-dense model card, None without a card."""
+    try:
+        with open(os.path.join(version_dir, CARD_ASSET)) as f:
+            card = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(card, dict) or card.get("task") is None:
+        return None
+    classes = card.get("classes")
+    return card["task"], list(classes) if isinstance(classes, list) else classes
+
+
+def _served_differences(old: tuple, new: tuple) -> list[str]:
     """What differs between two versions that both have a keras-dense card: task, classes.
 
     (Their signatures were compared by `keras-dense export` when the newer was added.)
     """
     found = []
-    if old.task != new.task:
-        found.append(f"task {old.task!r} and {new.task!r}")
-    if old.classes != new.classes:
-        found.append(f"classes {list(old.classes or ())} and {list(new.classes or ())}")
+    if old[0] != new[0]:
+        found.append(f"task {old[0]!r} and {new[0]!r}")
+    if old[1] != new[1]:
+        found.append(f"classes {old[1]} and {new[1]}")
     return found
 
 
-def check_labelled_versions(models_dir: str | os.PathLike, models: dict[str, list[int]]) -> None:
-    """Refuses a model whose stable and canary versions serve different models.
+def check_labelled_versions(
+    models_dir: str | os.PathLike,
+    models: dict[str, list[int]],
+    allow_different_model: bool = False,
+) -> None:
+    """Refuses served versions that are not SavedModels, or stable and canary that differ.
 
     Clients take the two labels of one name for the same model (retrained); a folder where
     a U-Net and a detector follow each other would be served as one. Versions are compared by
     their model cards (`assets.extra/model_card.json`: task and classes); versions without a
-    keras-dense card are not compared.
+    keras-dense card are not compared, nor any with `allow_different_model`.
 
     Raises:
+        ValueError: A served version's `saved_model.pb` cannot be parsed (naming it).
         DifferentModelError: Naming the folder, the versions and what differs (a ValueError).
     """
     for name, versions in models.items():
         stable, canary = stable_and_canary(versions)
-        if stable == canary:
-            continue
         folder = os.path.join(os.fspath(models_dir), name)
-        old = read_served_model(os.path.join(folder, str(stable)))
-        new = read_served_model(os.path.join(folder, str(canary)))
-        if old.task is None or new.task is None:
+        for version in sorted({stable, canary}):
+            problem = saved_model_problem(os.path.join(folder, str(version)))
+            if problem:
+                raise ValueError(problem)
+        if stable == canary or allow_different_model:
+            continue
+        old = _served_model(os.path.join(folder, str(stable)))
+        new = _served_model(os.path.join(folder, str(canary)))
+        if old is None or new is None:
             continue
         found = _served_differences(old, new)
         if found:
@@ -371,14 +407,14 @@ def write_serving_configs(
 
     Raises:
         ValueError: No model is found (naming the folder, with a hint when it is one model's
-            folder), a model folder is unusable (see `scan_models`), or its stable and canary
-            versions serve different models (`check_labelled_versions`).
+            folder), a model folder is unusable (see `scan_models`), a served version is not a
+            SavedModel, or its stable and canary versions serve different models
+            (`check_labelled_versions`).
     """
     models, notes = scan_models(models_dir)
     if not models:
         raise ValueError(_not_one_model(os.fspath(models_dir)))
-    if not allow_different_model:
-        check_labelled_versions(models_dir, models)
+    check_labelled_versions(models_dir, models, allow_different_model)
     texts = {
         MODELS_CONFIG: models_config_text(models, base_path),
         BATCHING_CONFIG: batching_config_text(batching or BatchingOptions()),
