@@ -779,3 +779,14 @@ def test_a_well_terminated_jpeg_is_not_scanned_byte_by_byte(monkeypatch):
     assert size.numpy().tolist() == [40, 52] and len(scans) == 1
     with pytest.raises(tf.errors.InvalidArgumentError, match="truncated JPEG"):
         image_bytes.checked_header_size(tf.constant(jpeg[:-2]))
+
+
+def test_export_names_a_damaged_saved_model_of_the_folder(segmenter, tmp_path, capsys):
+    out = tmp_path / "served"
+    assert cli.main(["export", "--model", segmenter, "--output", str(out)]) == 0
+    (out / "1" / "saved_model.pb").write_bytes(b"\xff\xff\xff not a protobuf")
+    code = cli.main(["export", "--model", segmenter, "--output", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and os.path.join(str(out), "1", "saved_model.pb") in err, err
+    assert "SavedModel" in err and len(err.strip().splitlines()) == 1, err
+    assert list_versions(out) == [1]

@@ -637,3 +637,115 @@ def test_serving_config_options_are_checked(tmp_path, capsys, argv, message):
     _version(tmp_path, "m", 1)
     assert _serving(tmp_path, *argv) == 2
     assert message in capsys.readouterr().err
+
+
+# ------------------------------------------------- options typed at their default; card's crf
+
+
+@pytest.fixture(scope="module")
+def detector_path(tmp_path_factory):
+    """A tiny Faster R-CNN (compact backbone) saved with a detection card."""
+    keras.utils.set_random_seed(0)
+    model = apps.faster_rcnn(
+        num_classes=2,
+        backbone="compact",
+        backbone_width=8,
+        fc_units=32,
+        rpn_filters=32,
+        anchor_scales=(32, 64),
+        test_pre_nms_top_n=50,
+        test_post_nms_top_n=10,
+        min_size=8,
+    )
+    path = str(tmp_path_factory.mktemp("detector") / "det.keras")
+    model.save(path)
+    card = {"task": "detection", "normalization": "caffe", "classes": ["circle", "square"]}
+    write_model_card(path, {**card, "min_size": 64, "max_size": 96})
+    return path
+
+
+def test_predict_on_a_detector_accepts_options_typed_at_their_default(
+    detector_path, tmp_path, capsys
+):
+    image = tmp_path / "photo.png"
+    write_rgb(image, _RNG.integers(0, 256, (40, 48, 3), np.uint8))
+    argv = ["predict", "--model", detector_path, str(image), "--output", str(tmp_path / "o")]
+    for option in (["--tta", "none"], ["--tiled", "auto"]):
+        code = cli.main([*argv, *option])
+        err = capsys.readouterr().err
+        assert code == 0, (option, err)
+    assert (tmp_path / "o" / "photo_detections.json").is_file()
+    code = cli.main([*argv, "--tta", "flip"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--tta" in err and "does not apply" in err, err
+
+
+@pytest.fixture(scope="module")
+def segmenter_path(tmp_path_factory):
+    """A tiny U-Net of the shapes classes and two shapes records."""
+    from keras_dense.data import SHAPE_CLASSES, convert_shapes
+
+    root = tmp_path_factory.mktemp("segmenter")
+    convert_shapes(str(root / "val"), 2, size=32, seed=3, progress=False)
+    keras.utils.set_random_seed(0)
+    model = apps.unet(4, input_shape=(None, None, 3), padding="same", filters=4, depth=2)
+    path = str(root / "seg.keras")
+    model.save(path)
+    write_model_card(
+        path, {"task": "segmentation", "normalization": "caffe", "classes": list(SHAPE_CLASSES)}
+    )
+    return path, str(root / "val-*.tfrecord")
+
+
+BAD_CRF = {
+    "misspelt key": ({"theta_alfa": 60.0}, r"crf\.theta_alfa.*theta_alpha"),
+    "negative theta": ({"theta_alpha": -5.0}, r"crf\.theta_alpha.*-5"),
+    "zero weight": ({"bilateral_weight": 0}, r"crf\.bilateral_weight"),
+    "huge theta": ({"theta_beta": 1e30}, r"crf\.theta_beta"),
+    "text theta": ({"theta_gamma": "3"}, r"crf\.theta_gamma"),
+    "nan weight": ({"spatial_weight": float("nan")}, r"crf\.spatial_weight"),
+    "fractional iterations": ({"num_iterations": 2.5}, r"crf\.num_iterations"),
+    "negative iterations": ({"num_iterations": -1}, r"crf\.num_iterations"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CRF))
+def test_card_crf_parameters_name_the_bad_card_key(case):
+    from keras_dense.crf.card_parameters import card_crf_parameters
+
+    stored, message = BAD_CRF[case]
+    with pytest.raises(ValueError, match=message):
+        card_crf_parameters({"task": "segmentation", "crf": stored})
+
+
+def test_card_crf_parameters_keep_what_tune_crf_writes():
+    """The tuner's record keys are accepted (not passed on), the range ends are valid."""
+    from keras_dense.crf.card_parameters import card_crf_parameters
+    from keras_dense.evaluation.crf_tuning import PARAMETER_RANGES
+
+    stored = {
+        "theta_alpha": PARAMETER_RANGES["theta_alpha"][0],
+        "bilateral_weight": PARAMETER_RANGES["bilateral_weight"][1],
+        "num_iterations": 5,
+        "mean_iou": 0.5,
+        "baseline_mean_iou": 0.4,
+        "default_crf_mean_iou": 0.45,
+        "tuned_on": "val-*",
+        "images": 3,
+    }
+    assert card_crf_parameters({"crf": stored}) == {
+        "theta_alpha": 0.1,
+        "bilateral_weight": 1e3,
+        "num_iterations": 5,
+    }
+
+
+def test_evaluate_crf_names_a_misspelt_card_key(segmenter_path, tmp_path, capsys):
+    model, pattern = segmenter_path
+    card = json.loads(open(os.path.splitext(model)[0] + ".json").read())
+    path = _with_card(model, tmp_path, {**card, "crf": {"theta_alfa": 60.0}})
+    code = cli.main(["evaluate", "--model", path, "--data", pattern, "--crf"])
+    err = capsys.readouterr().err
+    assert code == 2 and "crf.theta_alfa" in err and "theta_alpha" in err, err
+    assert len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "edited_eval" / "metrics.json").exists()

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import sys
 from collections.abc import Iterable, Mapping
 
 
@@ -53,14 +52,6 @@ def is_given(args: argparse.Namespace, dest: str, defaults: Mapping[str, object]
     return not (dest in defaults and value == defaults[dest])
 
 
-def declared_defaults(args: argparse.Namespace) -> dict:
-    """The defaults declared by the command that parsed `args` (the `_DEFAULTS` of the module
-    whose `run` the command's parser set), for callers that do not pass their own."""
-    module = sys.modules.get(getattr(getattr(args, "run", None), "__module__", None) or "")
-    defaults = getattr(module, "_DEFAULTS", None)
-    return dict(defaults) if isinstance(defaults, Mapping) else {}
-
-
 def _tasks_using(command: str, dest: str) -> str:
     from keras_dense.tasks import get_task, task_names
 
@@ -85,13 +76,13 @@ def refuse_inapplicable(
         task: The model's task name (None: not known yet, tasks are not checked).
         output_format: The `--format` chosen (None: the command has none).
         defaults: The values used for options left out; an option typed at its default is
-            not refused (see `is_given`). None: the command's own (`declared_defaults`).
+            not refused (see `is_given`). None: no option has a default.
 
     Raises:
         ValueError: An option given for a format or task it does not apply to.
     """
     if defaults is None:
-        defaults = declared_defaults(args)
+        defaults = {}
     for scope in scopes:
         if not is_given(args, scope.dest, defaults):
             continue

@@ -8,12 +8,7 @@ import sys
 
 import numpy as np
 
-from keras_dense.commands.applicable_options import (
-    OptionScope,
-    fill_defaults,
-    refuse_inapplicable,
-    stored_card,
-)
+from keras_dense.commands.applicable_options import CommandOptions, stored_card
 from keras_dense.commands.tta_arguments import add_tta_arguments
 from keras_dense.data.errors import BadInputError
 from keras_dense.data.image_io import (
@@ -22,25 +17,20 @@ from keras_dense.data.image_io import (
     list_images,
     read_image_file,
 )
+from keras_dense.prediction.inference import DEFAULT_MAX_MEMORY
 from keras_dense.signatures.memory_budget import parse_memory
 from keras_dense.tasks import PredictOptions, get_task
 from keras_dense.utils.files import atomic_write_bytes
 from keras_dense.utils.tta import parse_tta
 
-# Options of some tasks only (`Task.command_options["predict"]`); left out they are None.
-_SCOPES = tuple(
-    OptionScope(dest, flag, task_specific=True)
-    for dest, flag in (
-        ("max_memory", "--max-memory"),
-        ("tiled", "--tiled"),
-        ("tile_size", "--tile-size"),
-        ("tta", "--tta"),
-        ("scales", "--scales"),
-        ("score_threshold", "--score-threshold"),
-        ("crf", "--crf"),
-    )
+_DEFAULT_MEMORY = f"{DEFAULT_MAX_MEMORY / 2**30:g}GiB"
+# Options of some tasks only (`Task.command_options["predict"]`); left out they are None, and
+# typed at their default they are the same as left out.
+_OPTIONS = CommandOptions.task_specific(
+    "predict",
+    ("max_memory", "tiled", "tile_size", "tta", "scales", "score_threshold", "crf"),
+    {"max_memory": _DEFAULT_MEMORY, "tiled": "auto", "score_threshold": 0.5, "tta": "none"},
 )
-_DEFAULTS = {"max_memory": "2GiB", "tiled": "auto", "score_threshold": 0.5}
 
 
 def register(sub) -> None:
@@ -65,7 +55,7 @@ def register(sub) -> None:
         default=None,
         help="segmentation and classification: memory one image may take (e.g. 2GiB): larger "
         "images are segmented tile by tile, or refused when even that does not fit (a "
-        "classifier's class maps are never tiled) (default 2GiB)",
+        f"classifier's class maps are never tiled) (default {_DEFAULT_MEMORY})",
     )
     parser.add_argument("--output", required=True, help="output folder")
     parser.add_argument(
@@ -235,7 +225,7 @@ def predict_file(model, card: dict, path: str, output: str, stem: str, args) -> 
     Raises:
         BadInputError: The file is missing, unreadable, not a decodable image, or too large.
     """
-    max_memory = parse_memory(getattr(args, "max_memory", None) or "2GiB", "--max-memory")
+    max_memory = parse_memory(getattr(args, "max_memory", None) or _DEFAULT_MEMORY, "--max-memory")
     plan = check_header(path, get_task(card["task"]), model, card, max_memory, _options(args))
     rgb = read_input(path)
     try:
@@ -271,8 +261,7 @@ def run(args: argparse.Namespace) -> int:
     from keras_dense.utils.card_fields import check_card_fields
     from keras_dense.utils.model_card import model_card_path
 
-    refuse_inapplicable(args, "predict", _SCOPES, task=stored_card(args.model)[0])
-    fill_defaults(args, _DEFAULTS)
+    _OPTIONS.check(args, task=stored_card(args.model)[0])
     if args.tile_size is not None and args.tile_size < 1:
         raise ValueError(f"--tile-size {args.tile_size}: expected a positive integer")
     if not 0.0 <= args.score_threshold <= 1.0:

@@ -20,6 +20,7 @@ import math
 import numpy as np
 
 from keras_dense.crf import dense_crf
+from keras_dense.crf.parameter_ranges import PARAMETER_RANGES
 from keras_dense.data.class_lists import check_card_classes
 from keras_dense.evaluation.evaluator import checked_examples, count_records, softmax
 from keras_dense.evaluation.segmentation_metrics import confusion_matrix, segmentation_scores
@@ -36,20 +37,7 @@ DEFAULT_PARAMETERS = {
     "bilateral_weight": 10.0,
     "spatial_weight": 3.0,
 }
-# Valid range of each parameter. Standard deviations (pixels, colour levels): below 0.1 a
-# kernel reaches no neighbour (exp(-1 / (2 * 0.1^2)) = 2e-22), and the lattice's features
-# (position or colour over the deviation) would pass the op's limit of about 2.8e5 on large
-# images; above 1e4 the kernel is flat over any image and the whole 0-255 colour range.
-# Weights: below 1e-3 a kernel changes nothing next to the unary term (-log p, at most 18.4
-# with probabilities clipped at 1e-8); above 1e3 it drowns the unary term and every pixel
-# takes one label.
-PARAMETER_RANGES = {
-    "theta_alpha": (0.1, 1e4),
-    "theta_beta": (0.1, 1e4),
-    "theta_gamma": (0.1, 1e4),
-    "bilateral_weight": (1e-3, 1e3),
-    "spatial_weight": (1e-3, 1e3),
-}
+# Valid range of each parameter: `keras_dense.crf.parameter_ranges`.
 DEFAULT_GRID = {
     "theta_alpha": (20.0, 40.0, 80.0, 140.0),
     "theta_beta": (3.0, 6.0, 13.0, 25.0),

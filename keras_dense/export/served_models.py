@@ -31,6 +31,10 @@ class DifferentModelError(ValueError):
     """A version of the folder serves another task, class list or signatures."""
 
 
+class DamagedSavedModelError(ValueError):
+    """A version's `saved_model.pb` cannot be parsed as a SavedModel."""
+
+
 @dataclasses.dataclass(frozen=True)
 class TensorDescription:
     """One input or output of a signature.
@@ -93,17 +97,30 @@ def read_signatures(version_dir: str | os.PathLike) -> dict:
     Returns:
         `{signature: {"inputs": {key: TensorDescription}, "outputs": {...}}}`; empty when it
         has no readable `saved_model.pb`.
+
+    Raises:
+        DamagedSavedModelError: `saved_model.pb` is there but is not a SavedModel protobuf
+            (naming the file).
     """
     import tensorflow as tf
+    from google.protobuf.message import DecodeError
     from tensorflow.core.protobuf import saved_model_pb2
 
     path = os.path.join(os.fspath(version_dir), "saved_model.pb")
     saved_model = saved_model_pb2.SavedModel()
     try:
         with open(path, "rb") as f:
-            saved_model.ParseFromString(f.read())
-    except (OSError, ValueError):  # DecodeError is a ValueError
+            data = f.read()
+    except OSError:
         return {}
+    try:
+        # protobuf's DecodeError is not a ValueError (it derives from Exception).
+        saved_model.ParseFromString(data)
+    except DecodeError as err:
+        raise DamagedSavedModelError(
+            f"{path}: cannot be read as a SavedModel ({err}): a damaged or unfinished export; "
+            "remove that version folder or export it again"
+        ) from None
     if not saved_model.meta_graphs:
         return {}
 
