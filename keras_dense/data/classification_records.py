@@ -38,7 +38,7 @@ from keras_dense.data import schema
 from keras_dense.data.detection_rules import DetectionRules
 from keras_dense.data.errors import BadInputError
 from keras_dense.data.image_io import image_size_from_header
-from keras_dense.data.image_structure import PNG_SIGNATURE, png_header
+from keras_dense.data.mask_png import class_mask_problem
 from keras_dense.data.record_check import check_example
 from keras_dense.data.record_fields import values
 from keras_dense.data.record_images import image_problem
@@ -46,9 +46,8 @@ from keras_dense.data.tfrecord_files import is_remote, resolve_files
 from keras_dense.utils.check_cache import CheckCache
 
 # Raised whenever what a shard's check accepts or remembers changes.
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 _CACHE = CheckCache("validated_classification", CACHE_VERSION)
-_COLOUR_TYPES = {2: "colour (RGB)", 3: "palette", 6: "colour (RGBA)"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,32 +112,12 @@ def _mask_problem(data: bytes, size: tuple | None, rules: ClassificationRules) -
         size: The image's `(height, width)`, None when unknown.
         rules: The classes, mask offset and ignore label.
     """
-    if not data.startswith(PNG_SIGNATURE):
-        return (
-            f"the class mask is not a PNG (starts with {data[:8]!r}); expected an 8-bit "
-            "greyscale PNG of class ids"
-        ), False
+    reason = class_mask_problem(data)  # not a PNG, or one TensorFlow reads as other ids
+    if reason:
+        return reason, False
     reason, mask_size = image_problem(data, "the class mask")
     if reason:
         return reason, False
-    header = png_header(data)
-    if header.colour_type in _COLOUR_TYPES:
-        return (
-            f"the class mask is a {_COLOUR_TYPES[header.colour_type]} PNG: TensorFlow reads it as "
-            "the grey level of each pixel's colour, not a class id; store the ids as an 8-bit "
-            "greyscale PNG"
-        ), False
-    if header.bit_depth == 16:
-        return (
-            "the class mask is a 16-bit PNG: it is read as 8-bit, which turns ids below 256 into "
-            "0; store the ids as an 8-bit greyscale PNG"
-        ), False
-    if header.bit_depth != 8:
-        return (
-            f"the class mask is a {header.bit_depth}-bit greyscale PNG: TensorFlow scales it to "
-            f"8 bits (id 1 becomes {255 // (2**header.bit_depth - 1)}); store the ids as an "
-            "8-bit greyscale PNG"
-        ), False
     if size is not None and mask_size != size:
         return (
             f"the class mask is {mask_size[1]}x{mask_size[0]} but the image is "

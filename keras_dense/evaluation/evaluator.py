@@ -11,7 +11,8 @@ from keras_dense.crf.card_parameters import card_crf_parameters
 from keras_dense.data import BadInputError, read_examples
 from keras_dense.data.class_lists import check_card_classes, object_classes
 from keras_dense.data.detection_records import check_evaluation_records
-from keras_dense.data.tfrecord_files import resolve_files, scan_framing
+from keras_dense.data.segmentation_records import check_segmentation_masks
+from keras_dense.data.tfrecord_files import check_files, resolve_files, scan_framing
 from keras_dense.evaluation.segmentation_metrics import confusion_matrix, segmentation_scores
 from keras_dense.prediction.inference import (
     DEFAULT_MAX_MEMORY,
@@ -39,11 +40,19 @@ def count_records(pattern: str) -> int:
 def checked_examples(card: dict, pattern: str):
     """Yields `(record name, example)` of every record, checking its mask against the card.
 
+    After the shards are verified against their manifest (`check_files`), every record's
+    class mask header is checked once per shard (`check_segmentation_masks`, cached): a
+    palette, low-bit or 16-bit PNG, which the decoder reads silently wrong, is refused before
+    any record is scored.
+
     Raises:
-        BadInputError: A record has no mask, a mask of another size than its image, or
+        BadInputError: A record has no mask, a mask that is not an 8-bit greyscale PNG (naming
+            its shard, index and source_id), a mask of another size than its image, or
             labels outside the card's classes that are not the ignore label.
     """
     classes = card["classes"]
+    check_files(resolve_files(pattern))  # the manifest first, as read_examples checks it
+    check_segmentation_masks(pattern, f"--data {pattern}")
     for example in read_examples(pattern):
         record = f"record {example['source_id']!r} in {pattern}"
         if "mask" not in example:

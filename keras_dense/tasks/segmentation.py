@@ -20,6 +20,7 @@ from keras_dense.crf.card_parameters import card_crf_parameters
 from keras_dense.data import segmentation_dataset
 from keras_dense.data.device_augment import device_stage
 from keras_dense.data.image_io import encode_png
+from keras_dense.data.segmentation_records import check_segmentation_masks
 from keras_dense.evaluation.confusion_image import confusion_matrix_image
 from keras_dense.evaluation.evaluator import evaluate_segmentation, softmax
 from keras_dense.losses import build_loss, median_frequency_weights
@@ -156,6 +157,33 @@ def segmentation_datasets(
     return train, validation, steps, validation_steps
 
 
+def check_segmentation_data(recipe: dict) -> None:
+    """Checks the class masks of every training and validation record once, before training.
+
+    A mask that `tf.io.decode_png` would read silently wrong (palette, 1/2/4-bit or 16-bit
+    PNG, see `keras_dense.data.mask_png`) or a missing mask stops the run, naming the shard,
+    record, source_id and field (`keras_dense.data.segmentation_records`; cached per shard).
+    `data.on_error = "skip"` does not apply: the segmentation pipeline reads every record of
+    its shards and has no cheap way to leave one out, so bad records are refused either way.
+
+    Args:
+        recipe: The resolved recipe.
+
+    Raises:
+        BadInputError: A record with a missing or unusable class mask (named).
+    """
+    data = recipe["data"]
+    note = ""
+    if data["on_error"] == "skip":
+        note = (
+            ' (data.on_error = "skip" does not apply to segmentation records: the pipeline '
+            "cannot leave a record out; fix or re-convert them)"
+        )
+    check_segmentation_masks(data["train"], "data.train", note)
+    if data["validation"]:
+        check_segmentation_masks(data["validation"], "data.validation", note)
+
+
 def float32_logits(model: keras.Model) -> keras.Model:
     """Appends a float32 identity so a mixed-precision segmenter's logits are float32."""
     if model.outputs[0].dtype == "float32":
@@ -187,6 +215,7 @@ class SegmentationTask(Task):
     }
 
     def datasets(self, recipe, model, num_workers, worker_index):
+        check_segmentation_data(recipe)
         data = recipe["data"]
         output_size = _output_size(model, data["crop_size"], data["channels"])
         num_classes = int(model.outputs[0].shape[-1])
