@@ -42,7 +42,8 @@ from keras_dense.data.mask_png import class_mask_problem
 from keras_dense.data.record_check import check_example
 from keras_dense.data.record_fields import values
 from keras_dense.data.record_images import image_problem
-from keras_dense.data.tfrecord_files import is_remote, resolve_files
+from keras_dense.data.shard_checks import shard_records, shard_results
+from keras_dense.data.tfrecord_files import resolve_files
 from keras_dense.utils.check_cache import CheckCache
 
 # Raised whenever what a shard's check accepts or remembers changes.
@@ -198,35 +199,27 @@ def _check_shard(path: str, rules: ClassificationRules) -> dict:
         "labelled": 0,
     }
     largest = None
-    try:
-        for serialized in tf.data.TFRecordDataset(path).as_numpy_iterator():
-            problems, facts = check_classification_example(serialized, rules)
-            index = result["records"]
-            result["records"] += 1
-            location = _location(path, index, facts["source_id"])
-            if problems:
-                result["problems"] += 1
-                if result["first_problem"] is None:
-                    field, reason = problems[0]
-                    result["first_problem"] = {
-                        "location": location,
-                        "field": field,
-                        "reason": reason,
-                    }
-                continue
-            result["background_labels"] += facts["background_label"]
-            result["labelled"] += facts["labelled"]
-            if facts["size"] is None:
-                continue
-            height, width = facts["size"]
-            if largest is None or height * width > largest["height"] * largest["width"]:
-                largest = {"location": location, "height": height, "width": width}
-    except tf.errors.DataLossError as err:
-        raise BadInputError(
-            path,
-            f"truncated or corrupt TFRecord after record {result['records']} "
-            f"({str(err).splitlines()[0]})",
-        ) from None
+    for index, serialized in shard_records(path):
+        problems, facts = check_classification_example(serialized, rules)
+        result["records"] += 1
+        location = _location(path, index, facts["source_id"])
+        if problems:
+            result["problems"] += 1
+            if result["first_problem"] is None:
+                field, reason = problems[0]
+                result["first_problem"] = {
+                    "location": location,
+                    "field": field,
+                    "reason": reason,
+                }
+            continue
+        result["background_labels"] += facts["background_label"]
+        result["labelled"] += facts["labelled"]
+        if facts["size"] is None:
+            continue
+        height, width = facts["size"]
+        if largest is None or height * width > largest["height"] * largest["width"]:
+            largest = {"location": location, "height": height, "width": width}
     return {**result, "largest": largest}
 
 
@@ -256,14 +249,12 @@ def check_classification_records(
     """
     files = resolve_files(file_pattern)
     report = ClassificationReport(files=files)
-    for path in files:
-        cacheable = use_cache and not is_remote(path)
-        key = _CACHE.key(path, dataclasses.asdict(rules)) if cacheable else None
-        result = _CACHE.load(key) if cacheable else None
-        if result is None:
-            result = _check_shard(path, rules)
-            if cacheable:
-                _CACHE.store(key, result)
+
+    def check(path: str) -> dict:
+        return _check_shard(path, rules)
+
+    params = dataclasses.asdict(rules)
+    for _, result in shard_results(files, _CACHE, params, check, use_cache):
         report.records += result["records"]
         report.problems += result["problems"]
         report.background_labels += result["background_labels"]

@@ -73,7 +73,8 @@ from keras_dense.data.detection_rules import (
 from keras_dense.data.errors import BadInputError
 from keras_dense.data.record_check import check_example
 from keras_dense.data.record_filter import excluding, record_key
-from keras_dense.data.tfrecord_files import is_remote, resolve_files
+from keras_dense.data.shard_checks import shard_records, shard_results
+from keras_dense.data.tfrecord_files import resolve_files
 from keras_dense.utils.check_cache import CheckCache
 
 __all__ = [
@@ -218,31 +219,23 @@ def _check_shard(path: str, rules: DetectionRules) -> dict:
     problems: list[dict] = []
     bad: list[bytes] = []
     label_map = None
-    try:
-        for serialized in tf.data.TFRecordDataset(path).as_numpy_iterator():
-            found, facts = check_example(serialized, rules)
-            index = counts["records"]
-            counts["records"] += 1
-            if found:
-                field, reason = found[0]
-                problem = {"index": index, "source_id": facts["source_id"], "field": field}
-                problems.append({**problem, "reason": reason})
-                bad.append(serialized)
-                continue
-            for name in ("boxes", "difficult", "crowd", "difficult_crowd"):
-                counts[name] += facts[name]
-            without += facts["proposals"] == 0
-            if facts["label_map"]:
-                if label_map is None:
-                    label_map = {"index": index, "source_id": facts["source_id"], "records": 0}
-                    label_map["reason"] = facts["label_map"]
-                label_map["records"] += 1
-    except tf.errors.DataLossError as err:
-        raise BadInputError(
-            path,
-            f"truncated or corrupt TFRecord after record {counts['records']} "
-            f"({str(err).splitlines()[0]})",
-        ) from None
+    for index, serialized in shard_records(path):
+        found, facts = check_example(serialized, rules)
+        counts["records"] += 1
+        if found:
+            field, reason = found[0]
+            problem = {"index": index, "source_id": facts["source_id"], "field": field}
+            problems.append({**problem, "reason": reason})
+            bad.append(serialized)
+            continue
+        for name in ("boxes", "difficult", "crowd", "difficult_crowd"):
+            counts[name] += facts[name]
+        without += facts["proposals"] == 0
+        if facts["label_map"]:
+            if label_map is None:
+                label_map = {"index": index, "source_id": facts["source_id"], "records": 0}
+                label_map["reason"] = facts["label_map"]
+            label_map["records"] += 1
     if bad:
         keys = record_key(tf.constant(bad)).numpy()
         for problem, key in zip(problems, keys):
@@ -268,14 +261,12 @@ def check_records(
     """
     files = resolve_files(file_pattern)
     report = RecordsReport(files=files)
-    for path in files:
-        cacheable = use_cache and not is_remote(path)
-        key = _CACHE.key(path, dataclasses.asdict(rules)) if cacheable else None
-        result = _CACHE.load(key) if cacheable else None
-        if result is None:
-            result = _check_shard(path, rules)
-            if cacheable:
-                _CACHE.store(key, result)
+
+    def check(path: str) -> dict:
+        return _check_shard(path, rules)
+
+    params = dataclasses.asdict(rules)
+    for path, result in shard_results(files, _CACHE, params, check, use_cache):
         report.records += result["records"]
         report.boxes += result["boxes"]
         report.difficult_boxes += result["difficult"]

@@ -21,7 +21,8 @@ from google.protobuf.message import DecodeError
 from keras_dense.data import schema
 from keras_dense.data.errors import BadInputError
 from keras_dense.data.mask_png import class_mask_problem
-from keras_dense.data.tfrecord_files import is_remote, resolve_files
+from keras_dense.data.shard_checks import shard_records, shard_results
+from keras_dense.data.tfrecord_files import resolve_files
 from keras_dense.utils.check_cache import CheckCache
 
 # Raised whenever what a shard's check accepts or remembers changes.
@@ -61,24 +62,16 @@ def record_mask_problem(serialized: bytes) -> tuple[str, str | None]:
 def _check_shard(path: str) -> dict:
     """The JSON-serialisable check of one shard (what the cache keeps)."""
     result = {"records": 0, "problems": 0, "first_problem": None}
-    try:
-        for serialized in tf.data.TFRecordDataset(path).as_numpy_iterator():
-            source_id, reason = record_mask_problem(serialized)
-            index = result["records"]
-            result["records"] += 1
-            if reason is None:
-                continue
-            result["problems"] += 1
-            if result["first_problem"] is None:
-                where = f"{path} record {index}"
-                location = f"{where} (source_id {source_id!r})" if source_id else where
-                result["first_problem"] = {"location": location, "reason": reason}
-    except tf.errors.DataLossError as err:
-        raise BadInputError(
-            path,
-            f"truncated or corrupt TFRecord after record {result['records']} "
-            f"({str(err).splitlines()[0]})",
-        ) from None
+    for index, serialized in shard_records(path):
+        source_id, reason = record_mask_problem(serialized)
+        result["records"] += 1
+        if reason is None:
+            continue
+        result["problems"] += 1
+        if result["first_problem"] is None:
+            where = f"{path} record {index}"
+            location = f"{where} (source_id {source_id!r})" if source_id else where
+            result["first_problem"] = {"location": location, "reason": reason}
     return result
 
 
@@ -104,14 +97,8 @@ def check_segmentation_masks(
             (naming the shard, record, source_id and field, and how many others are).
     """
     records, problems, first = 0, 0, None
-    for path in resolve_files(file_pattern):
-        cacheable = use_cache and not is_remote(path)
-        key = _CACHE.key(path, {}) if cacheable else None
-        result = _CACHE.load(key) if cacheable else None
-        if result is None:
-            result = _check_shard(path)
-            if cacheable:
-                _CACHE.store(key, result)
+    files = resolve_files(file_pattern)
+    for _, result in shard_results(files, _CACHE, {}, _check_shard, use_cache):
         records += result["records"]
         problems += result["problems"]
         first = first or result["first_problem"]
