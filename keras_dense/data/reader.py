@@ -10,6 +10,7 @@ import tensorflow as tf
 from keras_dense.data.decode import decode_image
 from keras_dense.data.errors import BadInputError
 from keras_dense.data.schema import parse_serialized
+from keras_dense.data.shard_checks import shard_records
 from keras_dense.data.tfrecord_files import check_files, resolve_files
 
 
@@ -133,13 +134,5 @@ def read_examples(file_pattern: str | Sequence[str], verify: bool = True) -> Ite
     if verify:
         check_files(files)
     for path in files:
-        index = 0
-        try:
-            for serialized in tf.data.TFRecordDataset(path):
-                yield decode_record(serialized.numpy(), f"{path} record {index}")
-                index += 1
-        except tf.errors.DataLossError as err:
-            raise BadInputError(
-                path,
-                f"truncated or corrupt TFRecord after record {index} ({str(err).splitlines()[0]})",
-            ) from None
+        for index, serialized in shard_records(path):
+            yield decode_record(serialized, f"{path} record {index}")
