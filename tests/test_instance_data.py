@@ -403,7 +403,8 @@ def test_detection_dataset_masks_follow_resize_flip_and_padding(tmp_path):
             assert not masks[n:].any() and not masks[:, h:].any() and not masks[:, :, w:].any()
             for i in range(n):  # each row's mask has its box, within a pixel
                 np.testing.assert_allclose(_mask_box(masks[i]), ex["boxes"][i], atol=1.0)
-            if not np.array_equal(masks, ref["instance_masks"]):
+            # Compared within the image: the batch's padding depends on its other image.
+            if not np.array_equal(masks[:, :h, :w], ref["instance_masks"][:, :h, :w]):
                 mirrored = ref["instance_masks"][:, :h, :w][:, :, ::-1]
                 np.testing.assert_array_equal(masks[:, :h, :w], mirrored)
                 flipped += 1
