@@ -169,6 +169,11 @@ def scan_framing(path: str) -> int:
     return count
 
 
+def count_records(file_pattern: str | Sequence[str]) -> int:
+    """The number of records in the matching shards, from their record framing."""
+    return sum(scan_framing(path) for path in resolve_files(file_pattern))
+
+
 def _sha256(path: str) -> str:
     digest = hashlib.sha256()
     with _open(path) as f:

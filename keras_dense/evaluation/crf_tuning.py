@@ -22,9 +22,10 @@ import numpy as np
 from keras_dense.crf import dense_crf
 from keras_dense.crf.parameter_ranges import PARAMETER_RANGES
 from keras_dense.data.class_lists import check_card_classes
-from keras_dense.evaluation.evaluator import checked_examples, count_records, softmax
+from keras_dense.data.tfrecord_files import count_records
+from keras_dense.evaluation.evaluator import checked_examples
 from keras_dense.evaluation.segmentation_metrics import confusion_matrix, segmentation_scores
-from keras_dense.prediction.inference import segment
+from keras_dense.prediction.inference import segment, softmax
 from keras_dense.utils.progress import Progress
 
 # The parameters searched and `dense_crf`'s defaults (DeepLab's).

@@ -12,7 +12,7 @@ from keras_dense.data import BadInputError, read_examples
 from keras_dense.data.class_lists import check_card_classes, object_classes
 from keras_dense.data.detection_records import check_evaluation_records
 from keras_dense.data.segmentation_records import check_segmentation_masks
-from keras_dense.data.tfrecord_files import check_files, resolve_files, scan_framing
+from keras_dense.data.tfrecord_files import check_files, count_records, resolve_files
 from keras_dense.evaluation.segmentation_metrics import confusion_matrix, segmentation_scores
 from keras_dense.prediction.inference import (
     DEFAULT_MAX_MEMORY,
@@ -20,21 +20,10 @@ from keras_dense.prediction.inference import (
     plan_prediction,
     segment,
     segment_probabilities,
+    softmax,
 )
 from keras_dense.utils.progress import Progress
 from keras_dense.utils.tta import TestTimeAugmentation
-
-
-def softmax(scores: np.ndarray) -> np.ndarray:
-    """Softmax over the last axis of (H, W, K) scores, float32."""
-    shifted = scores - scores.max(axis=-1, keepdims=True)
-    exp = np.exp(shifted)
-    return (exp / exp.sum(axis=-1, keepdims=True)).astype(np.float32)
-
-
-def count_records(pattern: str) -> int:
-    """The number of records in the shards matching `pattern` (from the record framing)."""
-    return sum(scan_framing(path) for path in resolve_files(pattern))
 
 
 def checked_examples(card: dict, pattern: str):

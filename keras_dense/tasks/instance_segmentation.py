@@ -20,13 +20,14 @@ import tensorflow as tf
 
 from keras_dense.data.class_lists import object_classes
 from keras_dense.data.image_io import encode_png
+from keras_dense.data.tfrecord_files import count_records
 from keras_dense.evaluation.instance_evaluation import evaluate_instances
 from keras_dense.prediction.instances import segment_instances
 from keras_dense.prediction.palette import draw_instances
 from keras_dense.signatures.instance_signatures import TENSOR_OUTPUTS, instance_signatures
 from keras_dense.signatures.memory_budget import pixel_budget, serving_bytes_per_pixel
 from keras_dense.tasks.detection import detection_datasets
-from keras_dense.tasks.recipe_data import count_records, data_classes
+from keras_dense.tasks.recipe_data import data_classes
 from keras_dense.tasks.task import (
     EvaluateOptions,
     ExportOptions,

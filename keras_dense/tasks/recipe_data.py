@@ -11,18 +11,13 @@ import tensorflow as tf
 
 from keras_dense.data import BadInputError
 from keras_dense.data.class_lists import agreed_manifest_classes
-from keras_dense.data.tfrecord_files import resolve_files, scan_framing
+from keras_dense.data.tfrecord_files import count_records, resolve_files
 from keras_dense.utils.errors import RecipeError
 
 
 def normalization_mode(data: dict) -> str | None:
     """The recipe's normalisation with "none" (TOML has no null) as None."""
     return None if data["normalization"] == "none" else data["normalization"]
-
-
-def count_records(pattern: str) -> int:
-    """Number of records in the shards matching `pattern` (from their framing)."""
-    return sum(scan_framing(path) for path in resolve_files(pattern))
 
 
 def data_classes(data: dict, task) -> list[str]:

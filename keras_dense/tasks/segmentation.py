@@ -22,13 +22,14 @@ from keras_dense.data.device_augment import device_stage
 from keras_dense.data.image_io import encode_png
 from keras_dense.data.segmentation_records import check_segmentation_masks
 from keras_dense.evaluation.confusion_image import confusion_matrix_image
-from keras_dense.evaluation.evaluator import evaluate_segmentation, softmax
+from keras_dense.evaluation.evaluator import evaluate_segmentation
 from keras_dense.losses import build_loss, median_frequency_weights
 from keras_dense.metrics import build_metrics
 from keras_dense.prediction.inference import (
     plan_prediction,
     segment,
     segment_probabilities,
+    softmax,
     tta_probabilities,
 )
 from keras_dense.prediction.palette import colorize, overlay
