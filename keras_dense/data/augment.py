@@ -234,39 +234,6 @@ def resample_window(
     return out_image, out_mask
 
 
-def scale_crop_flip(
-    image: tf.Tensor,
-    mask: tf.Tensor,
-    crop_size: tuple[int, int],
-    scale_range: tuple[float, float],
-    flip: bool,
-    ignore_label: int,
-    seed: tf.Tensor,
-) -> tuple[tf.Tensor, tf.Tensor]:
-    """Random scale, random crop with padding and random horizontal flip of decoded arrays.
-
-    The same sampling as the pipeline's (`plan_crop` + `resample_window`) for an image that is
-    already decoded in full.
-
-    Args:
-        image: (H, W, C) image, uint8 or float.
-        mask: (H, W) class ids, uint8.
-        crop_size: `(height, width)` of the output.
-        scale_range: `(min, max)` of the uniform random scale.
-        flip: Whether to flip horizontally with probability 1/2.
-        ignore_label: Mask value of padded pixels.
-        seed: int32/int64 shape-(2,) stateless seed.
-
-    Returns:
-        `(image (ch, cw, C) float32 with padding 0, mask (ch, cw) int32)`.
-    """
-    shape = tf.shape(image)
-    plan = plan_crop(shape[0], shape[1], crop_size, scale_range, flip, seed)
-    y, x = plan.y, plan.x
-    window = image[y.start : y.start + y.rows, x.start : x.start + x.rows]
-    return resample_window(window, mask, plan, crop_size, ignore_label)
-
-
 # RGB -> YIQ; a hue shift is a rotation of the (I, Q) plane, so it is linear in RGB.
 # NumPy, not tf.constant: creating tensors at import time would initialise TensorFlow's eager
 # context before a user (or the trainer) configures a multi-worker strategy.

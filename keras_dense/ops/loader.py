@@ -191,11 +191,6 @@ def load_library(required: bool = True):
         return _library
 
 
-def is_loaded() -> bool:
-    """Whether this process has loaded the custom op library."""
-    return _library is not None
-
-
 def main(argv: list[str] | None = None) -> int:
     """Command line: build (`--build`) or rebuild (`--force`) the op library."""
     parser = argparse.ArgumentParser(
