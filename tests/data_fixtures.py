@@ -41,6 +41,27 @@ def write_palette_png(path, indices: np.ndarray, palette: np.ndarray | None = No
     pathlib.Path(path).write_bytes(data)
 
 
+def grey_png_bytes(values: np.ndarray, bit_depth: int) -> bytes:
+    """A greyscale PNG of `bit_depth` (1, 2, 4, 8 or 16) bits a pixel, packed by hand
+    (filter 0), as image editors and other tools write them; our writers only write 8 bits."""
+    height, width = values.shape
+    rows = []
+    for row in values:
+        if bit_depth == 16:
+            packed = np.asarray(row).astype(">u2").tobytes()
+        else:
+            bits = "".join(format(int(v), f"0{bit_depth}b") for v in row)
+            bits += "0" * (-len(bits) % 8)
+            packed = int(bits, 2).to_bytes(len(bits) // 8, "big")
+        rows.append(b"\x00" + packed)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, bit_depth, 0, 0, 0, 0))
+        + _chunk(b"IDAT", zlib.compress(b"".join(rows)))
+        + _chunk(b"IEND", b"")
+    )
+
+
 def write_rgb(path, rgb: np.ndarray) -> None:
     """Writes an RGB array with OpenCV (format from the extension)."""
     assert cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))

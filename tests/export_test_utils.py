@@ -23,6 +23,22 @@ def small_unet(seed: int = 3, **kwargs) -> keras.Model:
     return keras_dense.apps.unet(**options)
 
 
+def tiny_faster_rcnn() -> keras.Model:
+    """A two-class Faster R-CNN on the compact backbone, small enough for CPU tests."""
+    keras.utils.set_random_seed(0)
+    return keras_dense.apps.faster_rcnn(
+        num_classes=2,
+        backbone="compact",
+        backbone_width=8,
+        fc_units=32,
+        rpn_filters=32,
+        anchor_scales=(32, 64),
+        test_pre_nms_top_n=50,
+        test_post_nms_top_n=10,
+        min_size=8,
+    )
+
+
 def make_image(height: int, width: int, seed: int, grey: bool = False) -> np.ndarray:
     """A smooth random RGB (or grey) uint8 image with some structure."""
     rng = np.random.default_rng(seed)

@@ -14,7 +14,6 @@ import os
 import re
 import struct
 import warnings
-import zlib
 
 import cv2
 import numpy as np
@@ -30,6 +29,8 @@ from keras_dense.data import (
     convert_voc,
     read_examples,
 )
+
+from data_fixtures import grey_png_bytes
 
 H, W = 30, 40  # every image here is 40 wide, 30 high
 
@@ -598,23 +599,8 @@ def test_coco_size_of_the_stored_pixels_of_a_rotated_photo_is_explained(tmp_path
 # ---------------------------------------------------------------------------------- pairs
 
 
-def _chunk(kind: bytes, payload: bytes) -> bytes:
-    crc = zlib.crc32(kind + payload) & 0xFFFFFFFF
-    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", crc)
-
-
 def _grey_png(path, values: np.ndarray, bit_depth: int) -> None:
-    """A greyscale PNG of 1, 2 or 4 bits per pixel, packed by hand (filter 0)."""
-    h, w = values.shape
-    rows = []
-    for row in values:
-        bits = "".join(format(int(v), f"0{bit_depth}b") for v in row)
-        bits += "0" * (-len(bits) % 8)
-        rows.append(b"\x00" + int(bits, 2).to_bytes(len(bits) // 8, "big"))
-    header = struct.pack(">IIBBBBB", w, h, bit_depth, 0, 0, 0, 0)
-    data = b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header)
-    data += _chunk(b"IDAT", zlib.compress(b"".join(rows))) + _chunk(b"IEND", b"")
-    path.write_bytes(data)
+    path.write_bytes(grey_png_bytes(values, bit_depth))
 
 
 def _pairs_root(tmp_path, write_mask, image=None):

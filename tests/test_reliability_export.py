@@ -16,13 +16,13 @@ import pytest
 import tensorflow as tf
 
 from keras_dense import cli
-from keras_dense.apps import faster_rcnn, unet
+from keras_dense.apps import unet
 from keras_dense.data import SHAPE_CLASSES, convert_shapes, read_examples
 from keras_dense.export import export_saved_model, list_versions, saved_model_export
 from keras_dense.utils.model_card import write_model_card
 from keras_dense.utils.tta import TestTimeAugmentation, parse_tta
 
-from export_test_utils import encode, make_image
+from export_test_utils import encode, make_image, tiny_faster_rcnn
 
 
 def _unet(classes: int = 4, seed: int = 0) -> keras.Model:
@@ -51,21 +51,6 @@ def segmenter(tmp_path_factory):
     return _save(_unet(), root / "seg.keras", card)
 
 
-def _small_faster_rcnn() -> keras.Model:
-    keras.utils.set_random_seed(0)
-    return faster_rcnn(
-        num_classes=2,
-        backbone="compact",
-        backbone_width=8,
-        fc_units=32,
-        rpn_filters=32,
-        anchor_scales=(32, 64),
-        test_pre_nms_top_n=50,
-        test_post_nms_top_n=10,
-        min_size=8,
-    )
-
-
 @pytest.fixture(scope="module")
 def detector(tmp_path_factory):
     """A tiny Faster R-CNN (compact backbone) saved with a detection card (trained at 64)."""
@@ -77,7 +62,7 @@ def detector(tmp_path_factory):
         "min_size": 64,
         "max_size": 96,
     }
-    return _save(_small_faster_rcnn(), root / "det.keras", card)
+    return _save(tiny_faster_rcnn(), root / "det.keras", card)
 
 
 # --- item 11: --scales bounds and the memory plan of evaluate ---------------------------------

@@ -11,8 +11,6 @@ written by hand with `tf.train.Example`, as another tool writes them. `train`, `
 from __future__ import annotations
 
 import os
-import struct
-import zlib
 
 import cv2
 import keras
@@ -27,7 +25,7 @@ from keras_dense.data.errors import BadInputError
 from keras_dense.tasks import get_task
 from keras_dense.training.recipe import validate
 from keras_dense.utils.model_card import write_model_card
-from tests.data_fixtures import write_palette_png
+from tests.data_fixtures import grey_png_bytes, write_palette_png
 
 CLASSES = ["background", "circle", "square"]
 HEIGHT, WIDTH = 32, 48
@@ -47,30 +45,7 @@ def _ids(class_id=1) -> np.ndarray:
 
 
 def _grey_png(mask: np.ndarray, bit_depth: int) -> bytes:
-    """A greyscale PNG of `bit_depth` (1, 2, 4, 8 or 16) bits, written by hand (filter 0)."""
-    height, width = mask.shape
-    rows = []
-    for row in mask:
-        if bit_depth == 16:
-            packed = row.astype(">u2").tobytes()
-        else:
-            per_byte = 8 // bit_depth
-            packed = bytearray((width + per_byte - 1) // per_byte)
-            for x, value in enumerate(row):
-                packed[x // per_byte] |= int(value) << (8 - bit_depth * (x % per_byte + 1))
-        rows.append(b"\x00" + bytes(packed))
-
-    def chunk(kind, payload):
-        body = kind + payload
-        return struct.pack(">I", len(payload)) + body + struct.pack(">I", zlib.crc32(body))
-
-    header = struct.pack(">IIBBBBB", width, height, bit_depth, 0, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(b"".join(rows)))
-        + chunk(b"IEND", b"")
-    )
+    return grey_png_bytes(mask, bit_depth)
 
 
 def _palette_png(tmp_path, mask) -> bytes:

@@ -22,7 +22,8 @@ import tensorflow as tf
 from keras_dense import apps, cli
 from keras_dense.data.image_io import encode_png
 from keras_dense.utils.model_card import write_model_card
-from tests.data_fixtures import write_palette_png, write_rgb
+from tests.data_fixtures import grey_png_bytes, write_palette_png, write_rgb
+from tests.export_test_utils import tiny_faster_rcnn
 
 CLASSES = ["circle", "square", "triangle"]
 CARD = {"task": "classification", "normalization": "caffe", "classes": CLASSES}
@@ -128,27 +129,7 @@ def _good():
 
 
 def _grey_png(mask: np.ndarray, bit_depth: int) -> bytes:
-    """A greyscale PNG of 1, 2 or 4 bits per pixel, written by hand (filter 0)."""
-    per_byte = 8 // bit_depth
-    height, width = mask.shape
-    rows = []
-    for row in mask:
-        packed = bytearray((width + per_byte - 1) // per_byte)
-        for x, value in enumerate(row):
-            packed[x // per_byte] |= int(value) << (8 - bit_depth * (x % per_byte + 1))
-        rows.append(b"\x00" + bytes(packed))
-
-    def chunk(kind, payload):
-        body = kind + payload
-        return struct.pack(">I", len(payload)) + body + struct.pack(">I", zlib.crc32(body))
-
-    header = struct.pack(">IIBBBBB", width, height, bit_depth, 0, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(b"".join(rows)))
-        + chunk(b"IEND", b"")
-    )
+    return grey_png_bytes(mask, bit_depth)
 
 
 def _palette_png(tmp_path, mask) -> bytes:
@@ -645,18 +626,7 @@ def test_serving_config_options_are_checked(tmp_path, capsys, argv, message):
 @pytest.fixture(scope="module")
 def detector_path(tmp_path_factory):
     """A tiny Faster R-CNN (compact backbone) saved with a detection card."""
-    keras.utils.set_random_seed(0)
-    model = apps.faster_rcnn(
-        num_classes=2,
-        backbone="compact",
-        backbone_width=8,
-        fc_units=32,
-        rpn_filters=32,
-        anchor_scales=(32, 64),
-        test_pre_nms_top_n=50,
-        test_post_nms_top_n=10,
-        min_size=8,
-    )
+    model = tiny_faster_rcnn()
     path = str(tmp_path_factory.mktemp("detector") / "det.keras")
     model.save(path)
     card = {"task": "detection", "normalization": "caffe", "classes": ["circle", "square"]}
