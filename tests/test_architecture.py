@@ -24,6 +24,7 @@ LAYERS = (
     ("layers",),
     ("data",),
     ("tiling",),
+    ("backbones",),
     ("apps", "losses", "metrics"),
     ("analysis",),
     ("signatures",),
