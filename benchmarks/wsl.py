@@ -4,7 +4,8 @@ For each pooling (gap, max, lse, weldon) a `wsl_classifier` (the compact backbon
 at stride 4, from scratch) is trained with image labels only (`apps/wsl_shapes.toml`, the
 classification task deriving them from the shapes masks; best epoch by validation AUC), then:
 
-1. evaluated on held-out test shards (seed 2; `keras_dense.tasks.classification`): mAP, the
+1. evaluated on held-out test shards (seed 2;
+   `keras_dense.evaluation.classification_evaluation`): mAP, the
    pointing game at 0 and 3 px, CorLoc, and the centre-point baseline's pointing score, from
    the plain maps and (`pointing_tta_*`, `corloc_tta`) from the maps averaged over the
    `--pointing-tta` flip and `--pointing-scales` (`keras_dense.localization.augmented_class_maps`);
@@ -229,9 +230,9 @@ def main() -> None:
     args = parser.parse_args()
 
     from keras_dense.data import convert_shapes
+    from keras_dense.evaluation.classification_evaluation import evaluate_classification
     from keras_dense.evaluation.threshold_tuning import mean_iou
     from keras_dense.localization import card_background_threshold
-    from keras_dense.tasks.classification import evaluate_classification
     from keras_dense.tasks.model_loading import load_model_with_card
     from keras_dense.utils.tta import parse_tta
 

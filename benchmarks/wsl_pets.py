@@ -116,8 +116,8 @@ def main() -> None:
         raise SystemExit("the Oxford pets sample is not here ($KERAS_DENSE_DATA or ../shared)")
 
     from keras_dense.data import convert_pairs, read_examples
+    from keras_dense.evaluation.classification_evaluation import evaluate_classification
     from keras_dense.localization import card_background_threshold, write_pseudo_labels
-    from keras_dense.tasks.classification import evaluate_classification
     from keras_dense.tasks.model_loading import load_model_with_card
 
     start = time.monotonic()

@@ -17,8 +17,8 @@ from keras_dense.data.classification_pipeline import (
 from keras_dense.data.image_io import encode_png
 from keras_dense.data.schema import Record, parse_serialized, serialize_record
 from keras_dense.data.writer import write_dataset
+from keras_dense.evaluation.classification_evaluation import evaluate_classification
 from keras_dense.tasks import EvaluateOptions, get_task
-from keras_dense.tasks.classification import evaluate_classification
 
 NUM_CLASSES = 3  # circle, square, triangle (shapes without background)
 
@@ -265,9 +265,9 @@ def test_predict_writes_scores_and_a_class_map(tmp_path):
 
 def test_ground_truth_boxes_and_mask_regions_score_perfect_maps(shapes):
     from keras_dense.data.classification_pipeline import evaluation_records
+    from keras_dense.evaluation.classification_evaluation import mask_region_boxes
     from keras_dense.evaluation.localization_metrics import corloc, pointing_game
     from keras_dense.localization import boxes_from_maps, points_from_maps
-    from keras_dense.tasks.classification import mask_region_boxes
 
     ids = np.arange(NUM_CLASSES) + 1
     hits = pairs = 0

@@ -32,51 +32,30 @@ boxes of each class's connected mask regions). With `--tta flip` and / or `--sca
 of the pointing game and CorLoc are averaged over the flips and scales
 (`keras_dense.localization.augmented_class_maps`; the mAP stays on the plain image).
 
-Serving: `serving_default(image_bytes)` returns `scores` (N, C) sigmoid probabilities,
-`logits` (N, C), `class_maps` (N, H, W, C) at each image's size (bilinear, zero beyond an
-image in a batch of mixed sizes) and `image_sizes` (N, 2); `serving_tensor(images)` returns
-the raw logits as `scores`.
+Evaluation (`keras_dense.evaluation.classification_evaluation`) and serving
+(`keras_dense.signatures.classification_signatures`: `scores`, `logits` and `class_maps` at
+each image's size) are in their packages; this module holds the `Task` only.
 """
 
 from __future__ import annotations
 
 import json
 
-import cv2
 import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_dense.apps.wsl_classifier_model import CLASS_MAPS_LAYER, CLASS_WISE_LAYER
-from keras_dense.data.class_lists import check_classifier_classes, object_classes
-from keras_dense.data.classification_pipeline import (
-    classification_dataset,
-    evaluation_records,
-    mask_offset,
-)
-from keras_dense.data.errors import BadInputError
+from keras_dense.data.class_lists import object_classes
+from keras_dense.data.classification_pipeline import classification_dataset, mask_offset
 from keras_dense.data.image_io import encode_png
-from keras_dense.evaluation.localization_metrics import (
-    corloc,
-    multilabel_average_precision,
-    pointing_game,
-)
+from keras_dense.evaluation.classification_evaluation import evaluate_classification
 from keras_dense.localization import (
-    augmented_class_maps,
-    boxes_from_maps,
     check_classifier_records,
     check_finite,
     class_map_memory_problem,
     class_maps,
-    points_from_maps,
 )
-from keras_dense.signatures.image_bytes import (
-    centred_image,
-    decode_batch,
-    finish_normalization,
-    image_at,
-    pad_to,
-)
+from keras_dense.signatures.classification_signatures import classification_signatures
 from keras_dense.signatures.memory_budget import (
     SAFETY_FACTOR,
     activation_bytes,
@@ -101,249 +80,6 @@ from keras_dense.tasks.task import (
 from keras_dense.utils.card_fields import check_card_fields
 from keras_dense.utils.errors import RecipeError
 from keras_dense.utils.normalization import normalize
-from keras_dense.utils.tta import TestTimeAugmentation
-
-# CAM's box threshold (fraction of the map's peak) for CorLoc.
-CORLOC_MAP_THRESHOLD = 0.2
-
-
-def mask_region_boxes(mask: np.ndarray, ids) -> tuple[np.ndarray, np.ndarray]:
-    """Boxes of the 8-connected regions of each class id in a mask (inclusive pixels).
-
-    Args:
-        mask: (H, W) class ids.
-        ids: The ids whose regions are boxed.
-
-    Returns:
-        `(boxes (m, 4) yxyx, labels (m,) the id of each)`.
-    """
-    boxes, labels = [], []
-    for class_id in ids:
-        region = (mask == class_id).astype(np.uint8)
-        count, _, stats, _ = cv2.connectedComponentsWithStats(region, connectivity=8)
-        x, y, w, h = (stats[1:count, i] for i in range(4))
-        boxes.append(np.stack([y, x, y + h - 1, x + w - 1], -1))
-        labels.append(np.full(count - 1, class_id))
-    if not boxes:
-        return np.zeros((0, 4)), np.zeros(0, np.int64)
-    return np.concatenate(boxes).astype(np.float64), np.concatenate(labels).astype(np.int64)
-
-
-def _accumulate(total: dict | None, part: dict) -> dict:
-    hits, counts = np.asarray(part["hits"]), np.asarray(part["counts"])
-    if total is None:
-        return {"hits": hits.copy(), "counts": counts.copy()}
-    total["hits"] += hits
-    total["counts"] += counts
-    return total
-
-
-def _rates(total: dict | None, names: list[str]) -> dict:
-    if total is None:
-        return {"accuracy": float("nan"), "mean_class_accuracy": float("nan"), "per_class": {}}
-    hits, counts = total["hits"], total["counts"]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        per_class = np.where(counts > 0, hits / np.maximum(counts, 1), np.nan)
-    present = counts > 0
-    return {
-        "accuracy": float(hits.sum() / counts.sum()) if counts.sum() else float("nan"),
-        "mean_class_accuracy": float(per_class[present].mean()) if present.any() else float("nan"),
-        "per_class": {n: float(v) for n, v in zip(names, per_class)},
-        "trials": int(counts.sum()),
-    }
-
-
-def evaluate_classification(
-    model: keras.Model,
-    card: dict,
-    pattern,
-    tolerance: float = 3.0,
-    progress: bool = False,
-    tta: TestTimeAugmentation | None = None,
-    max_memory: int | None = None,
-) -> dict:
-    """mAP, accuracy at 0.5, pointing game (0 px and `tolerance`), centre baseline, CorLoc.
-
-    Args:
-        model: A `wsl_classifier`.
-        card: Its model card (`classes`, `normalization`, `ignore_label`).
-        pattern: Shards to evaluate on (full images, one at a time).
-        tolerance: Pointing-game tolerance in pixels.
-        progress: Unused (kept for the task interface).
-        tta: Scales and flip over which the class maps of the pointing game and CorLoc are
-            averaged (`keras_dense.localization.augmented_class_maps`); the scores (mAP) come
-            from the plain image. None: the plain image only.
-        max_memory: Bytes one image may take (`keras_dense.localization.
-            class_map_bytes_per_pixel`); a larger one is refused, naming the record, before
-            any is scored. None: not checked.
-
-    Returns:
-        The JSON-ready report.
-
-    Raises:
-        ValueError: The card's classes, ignore label or normalisation do not fit the model.
-        keras_dense.data.BadInputError: The shards' class list differs from the card's, a
-            record is unusable (named with its shard, source_id and field; see
-            `keras_dense.data.classification_records`), there are no records, or an image is
-            over `max_memory`.
-    """
-    check_card_fields(card, int(model.outputs[0].shape[-1]))
-    check_classifier_classes(pattern, card)
-    tta = tta or TestTimeAugmentation()
-    names = list(card["classes"])
-    num_classes = len(names)
-    offset = mask_offset(pattern)
-    ignore_label = 255 if card.get("ignore_label") is None else int(card["ignore_label"])
-    records = check_classifier_records(model, pattern, names, offset, ignore_label, max_memory, tta)
-    if not records.labelled:
-        raise BadInputError(
-            f"--data {pattern}",
-            f"none of its {records.records} records is labelled with one of the model's classes "
-            f"{names} (by a mask id, a box or image/class/label): the mAP is undefined",
-        )
-    normalization = card.get("normalization")
-    scores, targets = [], []
-    pointing = {"0": None, "tol": None, "centre_0": None, "centre_tol": None}
-    found = None
-    mask_ids = np.arange(num_classes) + offset
-    box_ids = np.arange(num_classes) + 1
-    for image, labels, mask, boxes, box_labels in evaluation_records(
-        pattern, num_classes, offset, ignore_label
-    ):
-        x = np.asarray(normalize(tf.constant(image[None]), normalization))
-        logits = np.asarray(keras.ops.convert_to_numpy(model(x, training=False)))[0]
-        check_finite(logits, model, "scores")
-        scores.append(logits)
-        targets.append(labels)
-        maps = augmented_class_maps(model, x, tta)
-        points = points_from_maps(maps)
-        height, width = image.shape[:2]
-        centre = np.tile(np.array([[[height // 2, width // 2]]]), (1, num_classes, 1))
-        if mask.size:
-            truth, ids = mask[None], mask_ids
-        else:
-            truth, ids = [{"boxes": boxes, "labels": box_labels}], box_ids
-        for key, guess, tol in (
-            ("0", points, 0),
-            ("tol", points, tolerance),
-            ("centre_0", centre, 0),
-            ("centre_tol", centre, tolerance),
-        ):
-            pointing[key] = _accumulate(pointing[key], pointing_game(guess, truth, tol, ids))
-        if len(box_labels):
-            gt = {"boxes": boxes, "labels": box_labels}
-            gt_ids = box_ids
-        elif mask.size:
-            region_boxes, region_labels = mask_region_boxes(mask, mask_ids)
-            gt, gt_ids = {"boxes": region_boxes, "labels": region_labels}, mask_ids
-        else:
-            continue
-        predicted = boxes_from_maps(maps, CORLOC_MAP_THRESHOLD)
-        found = _accumulate(found, corloc(predicted, [gt], class_ids=gt_ids))
-    if not scores:
-        raise ValueError(f"--data {pattern}: no records")
-    scores, targets = np.stack(scores), np.stack(targets)
-    ap = multilabel_average_precision(scores, targets)
-    correct = (scores > 0) == (targets > 0.5)
-    corloc_rates = _rates(found, names)
-    return {
-        "images": int(len(scores)),
-        "map": ap["map"],
-        "ap": {n: float(v) for n, v in zip(names, ap["ap"])},
-        "ap_excluded": [names[c] for c in ap["excluded"]],
-        "accuracy_at_0.5": float(correct.mean()),
-        "pointing_tolerance": float(tolerance),
-        "localization_tta": tta.to_json(),
-        "pointing_0px": _rates(pointing["0"], names),
-        "pointing": _rates(pointing["tol"], names),
-        "centre_baseline_0px": _rates(pointing["centre_0"], names),
-        "centre_baseline": _rates(pointing["centre_tol"], names),
-        "corloc": {
-            "corloc": corloc_rates["accuracy"],
-            "mean_class_corloc": corloc_rates["mean_class_accuracy"],
-            "per_class": corloc_rates["per_class"],
-            "map_threshold": CORLOC_MAP_THRESHOLD,
-        },
-        "mask_offset": offset,
-    }
-
-
-def maps_model(model: keras.Model) -> keras.Model:
-    """`images -> [logits (B, C), class maps (B, h, w, C)]` of a `wsl_classifier`.
-
-    Raises:
-        ValueError: The model has no `class_maps` layer.
-    """
-    names = {layer.name for layer in model.layers}
-    if CLASS_MAPS_LAYER not in names:
-        raise ValueError(
-            f"model {model.name!r} has no layer named {CLASS_MAPS_LAYER!r}: the classification "
-            "task serves keras_dense.apps.wsl_classifier models"
-        )
-    layer = CLASS_WISE_LAYER if CLASS_WISE_LAYER in names else CLASS_MAPS_LAYER
-    return keras.Model(model.inputs, [model.outputs[0], model.get_layer(layer).output])
-
-
-def classification_signatures(
-    model: keras.Model,
-    normalization: str | None,
-    max_pixels: int | None = None,
-    max_request_pixels: int | None = None,
-) -> dict:
-    """`serving_default` (image bytes) and `serving_tensor` (images) of a classifier.
-
-    Every image runs alone at its own size (the maps are resized bilinearly to it with
-    `tf.image.resize`); stock ops only.
-
-    Args:
-        model: A `wsl_classifier`.
-        normalization: The model card's normalisation mode.
-        max_pixels: Largest accepted image (pixels); None for the default.
-        max_request_pixels: Largest accepted request (pixels over its images); None: none.
-
-    Returns:
-        `{"serving_default": ..., "serving_tensor": ...}` concrete functions.
-    """
-    probe = maps_model(model)
-    num_classes = int(model.outputs[0].shape[-1])
-    kwargs = {} if max_pixels is None else {"max_pixels": int(max_pixels)}
-    if max_request_pixels is not None:
-        kwargs["max_request_pixels"] = int(max_request_pixels)
-
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
-    def serving_default(image_bytes):
-        pixels, sizes = decode_batch(image_bytes, 3, **kwargs)
-        height, width = tf.reduce_max(sizes[:, 0]), tf.reduce_max(sizes[:, 1])
-
-        def one(index):
-            image = centred_image(image_at(pixels, sizes, index, 3), normalization)
-            logits, maps = probe(finish_normalization(image, normalization)[None], training=False)
-            maps = tf.image.resize(tf.cast(maps, tf.float32), sizes[index], method="bilinear")
-            return tf.cast(logits[0], tf.float32), pad_to(maps[0], height, width)
-
-        logits, maps = tf.map_fn(
-            one,
-            tf.range(tf.shape(sizes)[0]),
-            fn_output_signature=(
-                tf.TensorSpec([num_classes], tf.float32),
-                tf.TensorSpec([None, None, num_classes], tf.float32),
-            ),
-        )
-        return {
-            "scores": tf.sigmoid(logits),
-            "logits": logits,
-            "class_maps": maps,
-            "image_sizes": sizes,
-        }
-
-    @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32, "images")])
-    def serving_tensor(images):
-        return {"scores": tf.cast(model(images, training=False), tf.float32)}
-
-    return {
-        "serving_default": serving_default.get_concrete_function(),
-        "serving_tensor": serving_tensor.get_concrete_function(),
-    }
 
 
 class ClassificationTask(Task):
