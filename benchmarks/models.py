@@ -55,13 +55,13 @@ def deeplab_os32(num_classes: int, size: int) -> keras.Model:
     This is the configuration keras-hub's DeepLabV3 runs (its ResNet has no dilation), so
     the two can be compared at equal work; `deeplab()` itself offers output stride 16 or 8.
     """
-    from keras_dense.apps.atrous_backbones import atrous_backbone
     from keras_dense.apps.deeplab_model import deeplab_decoder
+    from keras_dense.backbones import get_backbone
     from keras_dense.layers import ASPP, ResizeToMatch
 
     inputs = keras.Input((size, size, 3))
-    features, low_level = atrous_backbone(inputs, "resnet50", output_stride=32)
-    x = deeplab_decoder(ASPP(atrous_rates=(6, 12, 18), name="aspp")(features), low_level)
+    features = get_backbone("resnet50").apply(inputs, output_stride=32)
+    x = deeplab_decoder(ASPP(atrous_rates=(6, 12, 18), name="aspp")(features[32]), features[4])
     x = keras.layers.Conv2D(num_classes, 1, name="logits")(x)
     outputs = ResizeToMatch(name="upsample_logits")([x, inputs])
     return keras.Model(inputs, outputs, name="deeplabv3plus_resnet50_os32")

@@ -81,7 +81,7 @@ def vgg16_gmacs(height: int, width: int, regions: int, per_region_conv: bool) ->
     R-CNN (conv once on the `height x width` image). 3 x 3 "same" convolutions, 2 x 2 pools
     rounding up; heads for 21 classes (21 scores + 84 deltas).
     """
-    from keras_dense.apps.vgg import VGG16_BLOCKS
+    from keras_dense.backbones.vgg16 import VGG16_BLOCKS
 
     def conv(h: int, w: int) -> int:
         total, cin = 0, 3

@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 
 from keras_dense.apps import deeplab
-from keras_dense.apps.atrous_backbones import atrous_backbone_model, backbone_name_map
-from keras_dense.apps.backbone_weights import transfer_weights
+from keras_dense.backbones import get_backbone
 from tests.helpers import keras_roundtrip_in_subprocess
 
 NUM_CLASSES = 5
@@ -162,13 +161,14 @@ def test_backbone_weights_from_path(backbone, source_weight_files):
     assert compared > 50
 
 
-def _atrous_backbones(backbone: str, source: keras.Model, input_shape=(None, None, 3)):
-    """The backbone at output strides 32, 16 and 8 with the weights of `source`."""
+def _atrous_backbones(backbone: str, path: str, input_shape=(None, None, 3)):
+    """The backbone at output strides 32, 16 and 8 with the weights of the file `path`, as
+    `[stride-4 features, deepest features]` models."""
     models = {}
     for output_stride in (32, 16, 8):
-        model = atrous_backbone_model(backbone, output_stride, input_shape=input_shape)
-        transfer_weights(model, source, backbone_name_map(model, source, backbone))
-        models[output_stride] = model
+        model = get_backbone(backbone).model(input_shape, output_stride, weights=path)
+        outputs = [model.output["stride_4"], model.output[f"stride_{output_stride}"]]
+        models[output_stride] = keras.Model(model.input, outputs)
     return models
 
 
@@ -188,8 +188,8 @@ def test_atrous_backbone_is_the_dense_keras_applications_network(
     stride(s) and dilating what follows gives, sampled every 2 (OS16) or 4 (OS8) pixels, the
     OS32 output again; layers before the first removed stride are untouched.
     """
-    source = source_weight_files[backbone][0]
-    models = _atrous_backbones(backbone, source)
+    source, path = source_weight_files[backbone]
+    models = _atrous_backbones(backbone, path)
     x = np.random.default_rng(5).normal(size=(1, 64, 96, 3)).astype(np.float32)
     outputs = {os_: model.predict(x, verbose=0) for os_, model in models.items()}
     reference = keras.Model(
@@ -222,7 +222,7 @@ def test_mobilenetv2_static_odd_size_keeps_the_keras_padding(source_weight_files
     reference = keras.Model(source.input, source.get_layer("block_16_project_BN").output)
     reference = reference.predict(x, verbose=0)
     scale = np.abs(reference).max()
-    models = _atrous_backbones("mobilenetv2", source, input_shape=shape)
+    models = _atrous_backbones("mobilenetv2", path, input_shape=shape)
     for output_stride, step in [(32, 1), (16, 2), (8, 4)]:
         features = models[output_stride].predict(x, verbose=0)[1][:, ::step, ::step]
         assert features.shape == reference.shape
@@ -230,7 +230,7 @@ def test_mobilenetv2_static_odd_size_keeps_the_keras_padding(source_weight_files
 
 
 def test_multi_grid_rates():
-    model = atrous_backbone_model("resnet50", 16, multi_grid=(1, 2, 4))
+    model = get_backbone("resnet50").model(output_stride=16, multi_grid=(1, 2, 4))
     rates = [model.get_layer(f"conv5_block{b}_2_conv").dilation_rate[0] for b in (1, 2, 3)]
     assert rates == [2, 4, 8]
     assert model.get_layer("conv4_block6_2_conv").dilation_rate == (1, 1)
@@ -260,8 +260,9 @@ def test_full_model_weights_argument(tmp_path):
 @pytest.mark.parametrize(
     "kwargs, argument",
     [
-        ({"backbone": "vgg16"}, "backbone"),
-        ({"output_stride": 32}, "output_stride"),
+        ({"backbone": "vgg19"}, "backbone"),
+        ({"output_stride": 4}, "output_stride"),
+        ({"backbone": "compact", "output_stride": 2, "atrous_rates": (1, 2, 3)}, "output_stride"),
         ({"atrous_rates": (6, 12)}, "atrous_rates"),
         ({"num_classes": 0}, "num_classes"),
         ({"backbone": "mobilenetv2", "multi_grid": (1, 2, 4)}, "multi_grid"),

@@ -9,7 +9,7 @@ import tensorflow as tf
 
 from keras_dense import apps
 from keras_dense.analysis import receptive_field
-from keras_dense.apps.compact_backbone import compact_backbone
+from keras_dense.backbones.compact import compact_backbone
 from keras_dense.localization import augmented_class_maps, class_maps, points_from_maps
 from keras_dense.utils.tta import TestTimeAugmentation
 
@@ -86,7 +86,7 @@ def test_dilated_vgg16_is_the_strided_one_sampled():
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"backbone": "vgg16", "output_stride": 32}, "output_stride"),
+        ({"backbone": "vgg16", "output_stride": 2}, "output_stride"),
         ({"backbone": "resnet50", "output_stride": 4}, "output_stride"),
         ({"backbone": "compact", "output_stride": 16}, "output_stride"),
         ({"backbone": "vgg16", "width": 8}, "width applies"),

@@ -29,7 +29,6 @@ from typing import Any
 
 import keras
 
-from keras_dense.apps.backbone_weights import load_model_weights
 from keras_dense.apps.crf_attachment import with_crf
 
 # Descriptions of the shared builder arguments, indented for an `Args:` section.
@@ -165,6 +164,27 @@ def check_backbone_weights(backbone_weights, input_shape: tuple, source: str) ->
             f"backbone_weights={backbone_weights!r} needs 3 input channels, got "
             f"input_shape={input_shape!r}"
         )
+
+
+def load_model_weights(model: keras.Model, weights: str | None) -> None:
+    """Loads a full-model weight file (the builders' `weights=` argument).
+
+    Args:
+        model: The freshly built model.
+        weights: `None` (keep the initialisation) or a path to a `.weights.h5` file, or
+            a `.keras` file whose weights are copied.
+
+    Raises:
+        FileNotFoundError: The file does not exist.
+    """
+    if weights is None:
+        return
+    check_weights(weights)
+    if weights.endswith(".keras"):
+        source = keras.models.load_model(weights, compile=False)
+        model.set_weights(source.get_weights())
+    else:
+        model.load_weights(weights)
 
 
 def apply_activation(outputs, activation, prefix: str = "score"):

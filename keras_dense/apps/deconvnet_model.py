@@ -35,7 +35,7 @@ from __future__ import annotations
 import keras
 
 from keras_dense.apps.builder import build_model
-from keras_dense.apps.vgg import load_vgg16_weights, vgg16_trunk
+from keras_dense.backbones.vgg16 import load_vgg16_weights, vgg16_trunk
 from keras_dense.layers.pooling_switches import (
     MaxPoolingWithArgmax2D,
     MaxUnpooling2D,

@@ -1,13 +1,14 @@
 """DeepLabv3 and DeepLabv3+ (Chen et al., 2017 and ECCV 2018).
 
-DeepLabv3: an atrous backbone (output stride 16 or 8, `atrous_backbones.py`) followed by
+DeepLabv3: any registered backbone (`keras_dense.backbones`; ResNet, Xception, MobileNetV2
+are atrous, so output stride 16 or 8 dilates them, 32 keeps the ImageNet topology) followed by
 Atrous Spatial Pyramid Pooling (`keras_dense.layers.ASPP`, layer `aspp`), a 1x1 classifier
 (`logits`) and bilinear upsampling to the input size.
 
-DeepLabv3+ adds a decoder: the stride-4 backbone features are projected to 48 channels
-(1x1 conv, BN, ReLU), the ASPP output is bilinearly upsampled to their size and concatenated
-with them, and two 3x3 convs with 256 filters (BN, ReLU) refine the result. The block's
-layers are named `decoder_*`, its last layer `decoder`.
+DeepLabv3+ adds a decoder: the backbone's stride-4 features (`features[4]`) are projected to
+48 channels (1x1 conv, BN, ReLU), the ASPP output is bilinearly upsampled to their size and
+concatenated with them, and two 3x3 convs with 256 filters (BN, ReLU) refine the result. The
+block's layers are named `decoder_*`, its last layer `decoder`.
 
 All resizes read the target size at run time, so the model accepts any input size (odd sizes
 included) and its output is always `(B, H, W, num_classes)`.
@@ -19,12 +20,13 @@ from collections.abc import Sequence
 
 import keras
 
-from keras_dense.apps.atrous_backbones import BACKBONES, atrous_backbone, load_backbone_weights
 from keras_dense.apps.builder import build_model
+from keras_dense.backbones.backbone import Backbone
+from keras_dense.backbones.registry import get_backbone
 from keras_dense.layers.aspp import ASPP, BN_EPSILON
 from keras_dense.layers.resizing import ResizeToMatch
 
-DEFAULT_ATROUS_RATES = {16: (6, 12, 18), 8: (12, 24, 36)}
+DEFAULT_ATROUS_RATES = {32: (3, 6, 9), 16: (6, 12, 18), 8: (12, 24, 36)}
 ASPP_FILTERS = 256
 DECODER_FILTERS = 256
 LOW_LEVEL_FILTERS = 48
@@ -48,7 +50,7 @@ def deeplab_decoder(x, low_level):
     """The DeepLabv3+ decoder.
 
     Args:
-        x: ASPP output (output stride 16 or 8).
+        x: ASPP output (output stride 8 or more).
         low_level: Backbone features at output stride 4.
 
     Returns:
@@ -62,11 +64,20 @@ def deeplab_decoder(x, low_level):
     return _conv_bn_relu(x, DECODER_FILTERS, 3, "decoder_conv2", relu_name="decoder")
 
 
-def _check_arguments(backbone, output_stride, atrous_rates, decoder) -> None:
-    if backbone not in BACKBONES:
-        raise ValueError(f"backbone={backbone!r}: expected one of {sorted(BACKBONES)}")
-    if output_stride not in DEFAULT_ATROUS_RATES:
-        raise ValueError(f"output_stride={output_stride!r}: expected 16 or 8")
+def _check_arguments(
+    family: Backbone, output_stride, atrous_rates, decoder, backbone_weights, multi_grid
+) -> None:
+    family.check(output_stride, backbone_weights, multi_grid=multi_grid)
+    if atrous_rates is None and output_stride not in DEFAULT_ATROUS_RATES:
+        raise ValueError(
+            f"output_stride={output_stride!r} with atrous_rates=None: the default rates are "
+            f"for output strides {sorted(DEFAULT_ATROUS_RATES)}; give atrous_rates"
+        )
+    if decoder and output_stride <= 4:
+        raise ValueError(
+            f"output_stride={output_stride!r} with decoder=True: the decoder adds stride-4 "
+            "features to coarser ASPP features; use decoder=False"
+        )
     if atrous_rates is not None and (
         len(atrous_rates) != 3 or not all(isinstance(r, int) and r >= 1 for r in atrous_rates)
     ):
@@ -93,24 +104,27 @@ def deeplab(
 
     Args:
         num_classes: Number of classes.
-        backbone: `"resnet50"`, `"resnet101"`, `"xception"` or `"mobilenetv2"`: the
-            keras.applications network, made atrous. Preprocess inputs with that network's
-            `preprocess_input`.
-        output_stride: 16 or 8: the ratio of input size to ASPP feature size.
-        atrous_rates: The three ASPP dilation rates; `None` means (6, 12, 18) at output stride
-            16 and (12, 24, 36) at output stride 8.
+        backbone: A registered backbone (`keras_dense.backbones.backbone_names()`:
+            `"resnet50"`, `"resnet101"`, `"xception"`, `"mobilenetv2"`, `"vgg16"`, ...).
+            Normalise inputs as the family expects (`get_backbone(backbone).normalization`).
+        output_stride: The ratio of input size to ASPP feature size, one the backbone takes
+            (16 or 8 dilate the ImageNet networks, 32 keeps them as they are).
+        atrous_rates: The three ASPP dilation rates; `None` means (3, 6, 9) at output stride
+            32, (6, 12, 18) at 16 and (12, 24, 36) at 8.
         decoder: `True` for DeepLabv3+, `False` for DeepLabv3 (classifier on the ASPP output).
         input_shape: `(H, W, C)`; `None` sizes accept any input size.
         weights: `None` or the path of a full-model weight file (`.weights.h5` or `.keras`).
         backbone_weights: `None`, `"imagenet"` (downloads the keras.applications weights) or
-            the path of a keras.applications weight file for `backbone`, loaded by layer name.
+            the path of a keras.applications weight file for `backbone`, loaded by layer name
+            (`get_backbone(backbone).load_weights`).
         activation: `None` for logits, or an activation applied to the output (`"softmax"`).
-        multi_grid: ResNet only: multipliers of the last stage's dilation rate per block
-            (DeepLabv3's multi-grid, e.g. `(1, 2, 4)`); `None` means `(1, 1, 1)`.
+        multi_grid: ResNet only (the family's option): multipliers of the last stage's
+            dilation rate per block (DeepLabv3's multi-grid, e.g. `(1, 2, 4)`); `None` means
+            `(1, 1, 1)`.
         name: Model name; defaults to `deeplabv3plus_{backbone}` (`deeplabv3_...`).
         crf: Append a CRF-as-RNN layer (`keras_dense.apps.with_crf`, default CrfRnn settings),
-            fed with the input de-normalised from the backbone's mode ("caffe" for ResNet,
-            "tf" for Xception and MobileNetV2).
+            fed with the input de-normalised from the backbone's normalisation ("caffe" for
+            ResNet and VGG16, "tf" for Xception and MobileNetV2).
 
     Returns:
         A functional `keras.Model` mapping `(B, H, W, C)` images to `(B, H, W, num_classes)`.
@@ -118,21 +132,14 @@ def deeplab(
     Raises:
         ValueError: An argument is out of range.
     """
-    _check_arguments(backbone, output_stride, atrous_rates, decoder)
+    family = get_backbone(backbone)
+    _check_arguments(family, output_stride, atrous_rates, decoder, backbone_weights, multi_grid)
     rates = tuple(atrous_rates) if atrous_rates is not None else DEFAULT_ATROUS_RATES[output_stride]
     if name is None:
         name = f"deeplabv3{'plus' if decoder else ''}_{backbone}"
 
     def graph(inputs, classes: int):
         return deeplab_graph(inputs, classes, backbone, output_stride, rates, decoder, multi_grid)
-
-    def load_backbone(model: keras.Model, path: str):
-        # A model over the backbone layers only (shared with `model`) receives the weights:
-        # everything from the image to the ASPP input.
-        backbone_model = keras.Model(
-            model.inputs, model.get_layer("aspp").input, name=f"{backbone}_atrous"
-        )
-        return load_backbone_weights(backbone_model, backbone, path)
 
     return build_model(
         graph,
@@ -143,16 +150,11 @@ def deeplab(
         activation_prefix="logits",
         weights=weights,
         backbone_weights=backbone_weights,
-        load_backbone=load_backbone,
-        backbone_source=BACKBONES[backbone].__name__,
+        load_backbone=family.load_weights,
+        backbone_source=family.weights_source or family.name,
         crf=crf,
-        crf_normalization=backbone_normalization(backbone),
+        crf_normalization=family.normalization,
     )
-
-
-def backbone_normalization(backbone: str) -> str:
-    """The input normalisation of a backbone: "caffe" for ResNet, "tf" for the others."""
-    return "caffe" if backbone.startswith("resnet") else "tf"
 
 
 def deeplab_graph(
@@ -169,8 +171,8 @@ def deeplab_graph(
     Args:
         inputs: The image input tensor `(B, H, W, 3)`.
         num_classes: Number of classes.
-        backbone: The atrous backbone (see `deeplab`).
-        output_stride: 16 or 8.
+        backbone: The registered backbone (see `deeplab`).
+        output_stride: One the backbone takes.
         atrous_rates: The three ASPP rates.
         decoder: Add the DeepLabv3+ decoder.
         multi_grid: ResNet multi-grid (see `deeplab`).
@@ -178,11 +180,11 @@ def deeplab_graph(
     Returns:
         The `upsample_logits` tensor `(B, H, W, num_classes)`.
     """
-    features, low_level = atrous_backbone(inputs, backbone, output_stride, multi_grid)
+    features = get_backbone(backbone).apply(inputs, output_stride, multi_grid=multi_grid)
     x = ASPP(
         filters=ASPP_FILTERS, atrous_rates=tuple(atrous_rates), dropout=ASPP_DROPOUT, name="aspp"
-    )(features)
+    )(features[output_stride])
     if decoder:
-        x = deeplab_decoder(x, low_level)
+        x = deeplab_decoder(x, features[4])
     x = keras.layers.Conv2D(num_classes, 1, name="logits")(x)
     return ResizeToMatch(interpolation="bilinear", name="upsample_logits")([x, inputs])

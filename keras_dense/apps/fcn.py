@@ -3,7 +3,7 @@ Semantic Segmentation", CVPR 2015), on the VGG16 trunk.
 
 Architecture (layer names follow the paper's Caffe models):
 
-- `conv1_1` ... `pool5`: the VGG16 convolutions (`keras_dense.apps.vgg.vgg16_trunk`).
+- `conv1_1` ... `pool5`: the VGG16 convolutions (`keras_dense.backbones.vgg16.vgg16_trunk`).
 - `fc6` (7x7 conv, 4096 filters, ReLU) + `drop6`, `fc7` (1x1 conv, 4096, ReLU) + `drop7`:
   VGG16's fully connected layers turned into convolutions.
 - `score_fr`: 1x1 conv to `num_classes` class scores at stride 32.
@@ -42,7 +42,7 @@ from __future__ import annotations
 import keras
 
 from keras_dense.apps.builder import build_model, document
-from keras_dense.apps.vgg import load_vgg16_weights, vgg16_trunk
+from keras_dense.backbones.vgg16 import load_vgg16_weights, vgg16_trunk
 from keras_dense.layers.resizing import CropToMatch
 from keras_dense.layers.upsampling import bilinear_crop_offset, bilinear_upsampling
 
@@ -60,7 +60,7 @@ _FINAL_UPSCORE = {"fcn32s": "upscore", "fcn16s": "upscore16", "fcn8s": "upscore8
 def load_vgg16_fcn_backbone(model: keras.Model, backbone_weights: str) -> list[str]:
     """Copies keras.applications VGG16 weights into an FCN's trunk and `fc6` / `fc7`.
 
-    See `keras_dense.apps.vgg.load_vgg16_weights`: VGG16's `fc1` kernel `(25088, 4096)`
+    See `keras_dense.backbones.vgg16.load_vgg16_weights`: VGG16's `fc1` kernel `(25088, 4096)`
     becomes `fc6`'s `(7, 7, 512, 4096)` and `fc2` becomes the 1x1 conv `fc7`.
 
     Args:

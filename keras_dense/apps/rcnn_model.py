@@ -36,10 +36,10 @@ from collections.abc import Sequence
 
 import keras
 
-from keras_dense.apps.backbone_weights import resolve_source_model, transfer_weights
 from keras_dense.apps.builder import build_model
 from keras_dense.apps.fast_rcnn_model import FC_UNITS, FastRCNN, fast_rcnn_classifier
-from keras_dense.apps.vgg import (
+from keras_dense.backbones.pretrained_weights import resolve_source_model, transfer_weights
+from keras_dense.backbones.vgg16 import (
     VGG16_FC_NAMES,
     VGG16_IMAGENET_NAMES,
     default_pool,

@@ -4,12 +4,12 @@ Trained with image-level labels only (multi-label, one sigmoid per class), these
 still localise: their class maps light up where the class is (Oquab et al., CVPR 2015;
 Zhou et al., CVPR 2016; Durand et al., CVPR 2016 and 2017). The architecture:
 
-1. backbone features (by default stride 16 for VGG16's `conv5_3`, 32 for ResNet-50's
+1. the deepest features of any registered backbone (`keras_dense.backbones`), at the
+   family's default output stride (16 for VGG16's `conv5_3`, 32 for ResNet-50's
    `conv5_block3_out` and MobileNetV2's `block_16_project_BN`, 4 for the from-scratch
-   `"compact"` backbone of `keras_dense.apps.compact_backbone`); `output_stride` makes them
+   `"compact"` backbone of `keras_dense.backbones.compact`); `output_stride` makes them
    denser: VGG16 at 8 (pool4 removed, conv5 dilated by 2) or 4 (pool3 too, conv4 dilated by 2
-   and conv5 by 4, as DeepLab-LargeFOV), ResNet-50 / MobileNetV2 at 8 or 16
-   (`keras_dense.apps.atrous_backbones`);
+   and conv5 by 4, as DeepLab-LargeFOV), ResNet-50 / MobileNetV2 at 8 or 16 (atrous);
 2. a 1x1 convolution `class_maps` to `num_classes * maps_per_class` maps `(B, h, w, C * M)`,
    class-major (see `keras_dense.layers.ClassWisePooling2D`);
 3. with `maps_per_class > 1` (and always for `"wildcat"`), `class_wise_pool`
@@ -28,29 +28,11 @@ from typing import Any
 
 import keras
 
-from keras_dense.apps.atrous_backbones import BACKBONES, atrous_backbone, load_backbone_weights
 from keras_dense.apps.builder import build_model, document
-from keras_dense.apps.compact_backbone import (
-    COMPACT_DEFAULT_WIDTH,
-    check_compact_arguments,
-    compact_backbone,
-)
-from keras_dense.apps.vgg import load_vgg16_weights, vgg16_trunk
+from keras_dense.backbones.registry import get_backbone
 from keras_dense.layers.wsl_pooling import ClassWisePooling2D, GlobalLSEPooling2D, WeldonPooling2D
 
-WSL_BACKBONES = ("vgg16", "resnet50", "mobilenetv2", "compact")
 WSL_POOLINGS = ("gap", "max", "lse", "weldon", "wildcat")
-# Input normalisation each backbone's ImageNet weights expect ("compact" has none: "tf").
-WSL_NORMALIZATION = {"vgg16": "caffe", "resnet50": "caffe", "mobilenetv2": "tf", "compact": "tf"}
-# Output stride of the class maps per backbone: the default first, then the others accepted.
-WSL_OUTPUT_STRIDES = {
-    "vgg16": (16, 8, 4),
-    "resnet50": (32, 16, 8),
-    "mobilenetv2": (32, 16, 8),
-    "compact": (4, 1, 2, 8),
-}
-# VGG16 poolings removed (then dilated) per output stride of conv5_3.
-VGG16_SKIPPED_POOLS = {16: (), 8: (4,), 4: (3, 4)}
 # Default arguments of the pooling layer, per pooling (overridden by `pooling_kwargs`).
 POOLING_DEFAULTS: dict[str, dict[str, Any]] = {
     "gap": {},
@@ -62,15 +44,6 @@ POOLING_DEFAULTS: dict[str, dict[str, Any]] = {
 CLASS_MAPS_LAYER = "class_maps"
 CLASS_WISE_LAYER = "class_wise_pool"
 LOGITS_LAYER = "image_logits"
-
-
-def _backbone_features(inputs, backbone: str, output_stride: int, width: int | None):
-    if backbone == "vgg16":
-        return vgg16_trunk(inputs, skip_pools=VGG16_SKIPPED_POOLS[output_stride])["conv5_3"]
-    if backbone == "compact":
-        return compact_backbone(inputs, output_stride, width or COMPACT_DEFAULT_WIDTH)
-    features, _ = atrous_backbone(inputs, backbone, output_stride=output_stride)
-    return features
 
 
 def _spatial_pooling(pooling: str, options: Mapping[str, Any]) -> keras.layers.Layer:
@@ -107,42 +80,29 @@ def wsl_graph(
     Args:
         inputs: The image input tensor `(B, H, W, 3)`.
         num_classes: Number of classes `C`.
-        backbone: One of `WSL_BACKBONES`.
+        backbone: A registered backbone (`keras_dense.backbones.backbone_names()`).
         pooling: One of `WSL_POOLINGS`.
         maps_per_class: `M`, maps per class.
         pooling_kwargs: Arguments of the pooling layer, over `POOLING_DEFAULTS[pooling]`.
-        output_stride: Stride of the class maps, one of `WSL_OUTPUT_STRIDES[backbone]`
-            (None: the backbone's default, the first).
-        width: The compact backbone's first-block width (None: 32).
+        output_stride: Stride of the class maps, one the backbone takes (None: the
+            family's `default_output_stride`).
+        width: The compact backbone's first-block width (its `width` option; None: 32).
 
     Returns:
         The `image_logits` tensor `(B, C)`.
     """
     options = {**POOLING_DEFAULTS[pooling], **dict(pooling_kwargs or {})}
     pool = _spatial_pooling(pooling, options)
-    stride = WSL_OUTPUT_STRIDES[backbone][0] if output_stride is None else output_stride
-    x = _backbone_features(inputs, backbone, stride, width)
+    family = get_backbone(backbone)
+    stride = family.check(output_stride)
+    x = family.apply(inputs, stride, width=width)[stride]
     x = keras.layers.Conv2D(num_classes * maps_per_class, 1, name=CLASS_MAPS_LAYER)(x)
     if maps_per_class > 1 or pooling == "wildcat":
         x = ClassWisePooling2D(maps_per_class, name=CLASS_WISE_LAYER)(x)
     return pool(x)
 
 
-def _check_options(backbone, pooling, maps_per_class, pooling_kwargs, output_stride, width):
-    if backbone not in WSL_BACKBONES:
-        raise ValueError(f"backbone={backbone!r}: expected one of {list(WSL_BACKBONES)}")
-    strides = WSL_OUTPUT_STRIDES[backbone]
-    if output_stride is not None and (
-        isinstance(output_stride, bool) or output_stride not in strides
-    ):
-        raise ValueError(
-            f"output_stride={output_stride!r} for backbone={backbone!r}: expected one of "
-            f"{sorted(strides)} (or None for {strides[0]})"
-        )
-    if width is not None:
-        if backbone != "compact":
-            raise ValueError(f"width applies to backbone='compact' only, not {backbone!r}")
-        check_compact_arguments(output_stride or strides[0], width)
+def _check_options(pooling, maps_per_class, pooling_kwargs):
     if pooling not in WSL_POOLINGS:
         raise ValueError(f"pooling={pooling!r}: expected one of {list(WSL_POOLINGS)}")
     if (
@@ -163,12 +123,13 @@ WSL_DOC = """Builds a weakly supervised classifier: backbone, 1x1 class maps, sp
 
     Args:
         num_classes: Number of classes (20 for PASCAL VOC's object classes).
-        backbone: `"vgg16"` (VGG16's `conv5_3`, stride 16), `"resnet50"` or
-            `"mobilenetv2"` (stride 32, keras.applications layer names), or `"compact"`
-            (`keras_dense.apps.compact_backbone`: 8 conv-BN-ReLU layers for small images
+        backbone: A registered backbone (`keras_dense.backbones.backbone_names()`), e.g.
+            `"vgg16"` (VGG16's `conv5_3`, stride 16), `"resnet50"` or `"mobilenetv2"`
+            (stride 32, keras.applications layer names), or `"compact"`
+            (`keras_dense.backbones.compact`: 8 conv-BN-ReLU layers for small images
             trained from scratch, stride 4, no ImageNet weights). Preprocess the input in the
-            backbone's mode: "caffe" for VGG16 and ResNet-50, "tf" for MobileNetV2 (and,
-            by convention, the compact backbone).
+            family's normalisation (`get_backbone(backbone).normalization`): "caffe" for
+            VGG16 and ResNet-50, "tf" for MobileNetV2 (and, by convention, the compact one).
         pooling: `"gap"` (global average, CAM), `"max"` (global max, Oquab et al.),
             `"lse"` (log-sum-exp, `GlobalLSEPooling2D`, r=5), `"weldon"` (`WeldonPooling2D`,
             k_max=k_min=1, alpha=1) or `"wildcat"` (`ClassWisePooling2D` then
@@ -181,10 +142,12 @@ WSL_DOC = """Builds a weakly supervised classifier: backbone, 1x1 class maps, sp
             for "weldon" / "wildcat".
         output_stride: Stride of the class maps (None: the backbone's default). VGG16: 16, 8
             (pool4 removed, conv5 dilated by 2) or 4 (pool3 and pool4 removed, conv4 dilated
-            by 2, conv5 by 4; the ImageNet weights still apply); ResNet-50 / MobileNetV2: 32,
-            16 or 8 (atrous, `keras_dense.apps.atrous_backbones`); compact: 4, or 1, 2, 8.
+            by 2, conv5 by 4; the ImageNet weights still apply) or 32 (pool5); ResNet-50 /
+            MobileNetV2: 32, 16 or 8 (atrous); compact: 4, or 1, 2, 8; in general one of
+            `get_backbone(backbone).output_strides`.
             Finer maps point more precisely on small images and cost more compute.
-        width: The compact backbone's first-block filters (blocks `w, 2w, 4w, 4w`; None: 32).
+        width: The compact backbone's `width` option: its first-block filters (blocks
+            `w, 2w, 4w, 4w`; None: 32). Other backbones refuse it.
         input_shape: `(height, width, 3)`; `None` sizes accept any input size.
         backbone_weights: `None`, `"imagenet"` (downloads the keras.applications weights) or
             the path of a keras.applications weight file of the backbone, loaded by name.
@@ -216,12 +179,9 @@ def wsl_classifier(
     activation: str | None = None,
     name: str | None = None,
 ) -> keras.Model:
-    _check_options(backbone, pooling, maps_per_class, pooling_kwargs, output_stride, width)
-    if backbone == "compact" and backbone_weights is not None:
-        raise ValueError(
-            f"backbone_weights={backbone_weights!r}: the compact backbone has no pretrained "
-            "weights (it is trained from scratch); use None"
-        )
+    family = get_backbone(backbone)
+    family.check(output_stride, backbone_weights, width=width)
+    _check_options(pooling, maps_per_class, pooling_kwargs)
     if name is None:
         name = f"wsl_{backbone}_{pooling}"
 
@@ -237,16 +197,6 @@ def wsl_classifier(
             width,
         )
 
-    def load_backbone(model: keras.Model, path: str):
-        if backbone == "vgg16":
-            return load_vgg16_weights(model, path, fc=False)
-        features = model.get_layer(CLASS_MAPS_LAYER).input
-        backbone_model = keras.Model(model.inputs, features, name=f"{backbone}_features")
-        return load_backbone_weights(backbone_model, backbone, path)
-
-    source = {"vgg16": "keras.applications.VGG16", "compact": "none"}.get(backbone) or (
-        BACKBONES[backbone].__name__
-    )
     return build_model(
         graph,
         num_classes=num_classes,
@@ -256,7 +206,7 @@ def wsl_classifier(
         activation_prefix="image",
         weights=weights,
         backbone_weights=backbone_weights,
-        load_backbone=load_backbone,
-        backbone_source=source,
+        load_backbone=family.load_weights,
+        backbone_source=family.weights_source or family.name,
         input_channels=3,
     )

@@ -12,6 +12,7 @@ from keras_dense.backbones.registry import (
     backbone_names,
     build_backbone,
     get_backbone,
+    load_backbone_weights,
     register_backbone,
 )
 
@@ -21,6 +22,7 @@ __all__ = [
     "build_backbone",
     "features_by_stride",
     "get_backbone",
+    "load_backbone_weights",
     "register_backbone",
     "stride_key",
 ]

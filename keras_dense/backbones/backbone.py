@@ -101,7 +101,8 @@ class Backbone:
         Args:
             output_stride: `None` (the default stride) or one of `output_strides`.
             backbone_weights: `None`, `"imagenet"` or a weight file path.
-            **options: The family's own options.
+            **options: The family's own options; an option given as `None` means its
+                default and is accepted by every family.
 
         Returns:
             The output stride to build at.
@@ -117,15 +118,19 @@ class Backbone:
                 f"output_stride={output_stride!r} for backbone={self.name!r}: expected one "
                 f"of {list(self.output_strides)}"
             )
-        unknown = sorted(set(options) - set(self.options))
+        unknown = sorted(k for k, v in options.items() if v is not None and k not in self.options)
         if unknown:
-            takes = f"takes {list(self.options)}" if self.options else "takes no options"
-            raise ValueError(f"backbone={self.name!r} {takes}, got {unknown}")
+            takes = f"it takes {list(self.options)}" if self.options else "it takes no options"
+            raise ValueError(
+                f"{', '.join(unknown)} applies to other backbones, not to "
+                f"backbone={self.name!r} ({takes})"
+            )
         if backbone_weights is not None:
             if not self.pretrained:
                 raise ValueError(
-                    f"backbone_weights={backbone_weights!r}: backbone={self.name!r} is "
-                    "never pretrained (train it from scratch with backbone_weights=None)"
+                    f"backbone_weights={backbone_weights!r}: backbone={self.name!r} has no "
+                    "pretrained weights, it is never pretrained (train it from scratch with "
+                    "backbone_weights=None)"
                 )
             if backbone_weights != "imagenet" and not (
                 isinstance(backbone_weights, (str, os.PathLike))
@@ -143,6 +148,7 @@ class Backbone:
         Raises:
             ValueError: See `check`.
         """
+        options = {key: value for key, value in options.items() if value is not None}
         stride = self.check(output_stride, **options)
         features = self.features(x, stride, **options)
         return dict(sorted(features.items()))

@@ -1,10 +1,17 @@
-"""The VGG16 convolutional trunk shared by FCN, DeconvNet and Fast R-CNN, and its weights.
+"""VGG16: the convolutional trunk shared by FCN, DeconvNet and Fast R-CNN, and its weights.
 
 Layers are named as in the papers (`conv1_1` ... `conv5_3`, `pool1` ... `pool5`) so that
 `model.summary()` reads like the papers' figures. `VGG16_IMAGENET_NAMES` maps those names to
 the layer names of `keras.applications.VGG16`, and `VGG16_FC_NAMES` maps the papers' `fc6` /
 `fc7` to VGG16's `fc1` / `fc2`; `load_vgg16_weights` (what `backbone_weights="imagenet"` does)
 copies the ImageNet weights through both maps.
+
+The registered family `"vgg16"` ("caffe" inputs) gives the features `{1: conv1_2, 2: conv2_2,
+4: conv3_3, 8: conv4_3, 16: conv5_3, 32: pool5}` up to its output stride: 32 through pool5,
+16 (the default: conv5_3, VGG16's last convolution) without pool5, 8 with pool4 removed and
+conv5 dilated by 2 (DeepLab-LargeFOV), 4 with pool3 removed too (conv4 dilated by 2, conv5 by
+4). Builders that need the named taps (FCN's pool3 / pool4, DeconvNet's pooling switches) call
+`vgg16_trunk` directly.
 """
 
 from __future__ import annotations
@@ -14,7 +21,9 @@ from typing import Callable
 import keras
 import numpy as np
 
-from keras_dense.apps.backbone_weights import resolve_source_model, transfer_weights
+from keras_dense.backbones.backbone import Backbone
+from keras_dense.backbones.pretrained_weights import resolve_source_model, transfer_weights
+from keras_dense.backbones.registry import register_backbone
 
 # Filters of each convolution, block by block.
 VGG16_BLOCKS: tuple[tuple[int, ...], ...] = (
@@ -152,3 +161,29 @@ def load_vgg16_weights(model: keras.Model, backbone_weights: str, fc: bool = Tru
     loaded = transfer_weights(model, source, name_map, transforms)
     del source
     return loaded
+
+
+def vgg16_features(x, output_stride: int = 16) -> dict[int, object]:
+    """The VGG16 features of `x` (module docstring), up to `output_stride` (4 to 32)."""
+    skip_pools = tuple(b for b in (3, 4, 5) if 2**b > output_stride)
+    outputs = vgg16_trunk(x, skip_pools=skip_pools)
+    features, stride = {}, 1
+    for b, block in enumerate(VGG16_BLOCKS, start=1):
+        features[stride] = outputs[f"conv{b}_{len(block)}"]
+        if b not in skip_pools:
+            stride *= 2
+            features[stride] = outputs[f"pool{b}"]
+    return features
+
+
+VGG16 = register_backbone(
+    Backbone(
+        name="vgg16",
+        features=vgg16_features,
+        output_strides=(4, 8, 16, 32),
+        default_output_stride=16,
+        normalization="caffe",
+        weights_source="keras.applications.VGG16",
+        load_weights=load_vgg16_weights,
+    )
+)
