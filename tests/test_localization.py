@@ -305,3 +305,27 @@ def test_multilabel_ap_against_brute_force_with_ties():
     assert result["map"] == pytest.approx(np.mean(want))
     with pytest.raises(ValueError, match="0 or 1"):
         multilabel_average_precision(scores, labels * 2)
+
+
+def test_the_localization_package_imports_at_module_level():
+    """One concept per module, every import at the top (no function-local imports)."""
+    import ast
+    import pathlib
+
+    import keras_dense.localization as package
+
+    folder = pathlib.Path(package.__file__).parent
+    assert folder.name == "localization" and len(list(folder.glob("*.py"))) > 5
+    local = []
+    for path in sorted(folder.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                local += [
+                    f"{path.name}:{inner.lineno}"
+                    for inner in ast.walk(node)
+                    if isinstance(inner, (ast.Import, ast.ImportFrom))
+                ]
+    assert not local, f"function-local imports: {local}"
+    for name in package.__all__:
+        value = getattr(package, name)
+        assert name.isupper() or value.__module__.startswith("keras_dense.localization."), name
