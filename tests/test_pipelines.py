@@ -292,3 +292,14 @@ def test_remote_shards_are_not_read_up_front(monkeypatch):
     assert not tfrecord_files.is_remote("file:///data/x.tfrecord")
     monkeypatch.setattr(tfrecord_files, "_open", lambda path: pytest.fail(f"read {path}"))
     tfrecord_files.check_files(["gs://bucket/train-00000-of-00001.tfrecord"])
+
+
+def test_read_stage_refuses_exclude_with_filenames(tmp_path):
+    from keras_dense.data.record_stage import read_stage
+
+    convert_shapes(str(tmp_path / "s"), 2, size=32, progress=False)
+    pattern = str(tmp_path / "s-*")
+    with pytest.raises(ValueError, match="exclude= needs with_filenames=False"):
+        read_stage(pattern, False, 8, False, True, 0, True, with_filenames=True, exclude=[1])
+    records = list(read_stage(pattern, False, 8, False, True, 0, True, with_filenames=True))
+    assert len(records) == 2 and all(str(f.numpy()).endswith(".tfrecord'") for f, _ in records)

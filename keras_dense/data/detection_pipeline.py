@@ -1,115 +1,34 @@
-"""The tf.data input pipeline for detection (Fast R-CNN style)."""
+"""The tf.data input pipeline for detection (Fast R-CNN style).
+
+The stages it composes are in `keras_dense.data.detection_stages`.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 
 import tensorflow as tf
 
-from keras_dense.data.decode import decode_image
-from keras_dense.data.detection_rules import MIN_RESIZED_SIDE
-from keras_dense.data.record_filter import excluding
-from keras_dense.data.records_dataset import AUTOTUNE, records_dataset, with_seeds
-from keras_dense.data.schema import parse_serialized
-from keras_dense.utils.normalization import check_mode, normalize
+from keras_dense.data.detection_scale import fast_rcnn_scale  # noqa: F401 (its old home)
+from keras_dense.data.detection_stages import (
+    DetectionTargets,
+    batch_stage,
+    decode_stage,
+    flip_stage,
+    pad_stage,
+)
+from keras_dense.data.record_stage import read_stage
+from keras_dense.data.records_dataset import with_seeds
+from keras_dense.utils.normalization import check_mode
 
 
-def fast_rcnn_scale(height: tf.Tensor, width: tf.Tensor, min_size: int, max_size: int):
-    """The resize factor: shorter side to `min_size`, longer side at most `max_size`.
-
-    An image so elongated that the resize leaves its shorter side below `MIN_RESIZED_SIDE`
-    pixels (an 8 x 4000 strip: the detector would see no feature row and return nothing) is
-    an error naming its size and, for a batch, its positions; crop or tile such images.
-
-    Args:
-        height: Image height(s), a scalar or (N,) tensor.
-        width: Image width(s), same shape.
-        min_size: Target shorter side.
-        max_size: Cap on the longer side.
-
-    Returns:
-        The factor(s), float32, shaped like `height`.
-    """
-    h = tf.cast(height, tf.float32)
-    w = tf.cast(width, tf.float32)
-    scale = min_size / tf.minimum(h, w)
-    scale = tf.minimum(scale, max_size / tf.maximum(h, w))
-    shorter = tf.round(tf.minimum(h, w) * scale)
-    thin = tf.reshape(shorter < MIN_RESIZED_SIDE, [-1])
-    check = tf.debugging.Assert(
-        tf.logical_not(tf.reduce_any(thin)),
-        [
-            "image(s) at batch position(s)",
-            tf.where(thin)[:, 0],
-            "of height",
-            tf.boolean_mask(tf.reshape(h, [-1]), thin),
-            "and width",
-            tf.boolean_mask(tf.reshape(w, [-1]), thin),
-            f"are too elongated for the detector: resized (shorter side to {min_size}, longer "
-            f"side at most {max_size}) their shorter side falls below the minimum side of "
-            f"{MIN_RESIZED_SIDE} px (the feature stride), so nothing could be detected; crop or "
-            f"tile them to an aspect ratio of at most {max_size / MIN_RESIZED_SIDE:g}:1",
-        ],
-    )
-    with tf.control_dependencies([check]):
-        return tf.identity(scale)
-
-
-def _pad_rows(values: tf.Tensor, rows: int) -> tf.Tensor:
-    pad = rows - tf.shape(values)[0]
-    paddings = [[0, pad]] + [[0, 0]] * (len(values.shape) - 1)
-    return tf.ensure_shape(tf.pad(values, paddings), [rows, *values.shape[1:]])
-
-
-def _flags_like(flags: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
-    """`flags` when it has one entry per label, otherwise all False."""
-    return tf.cond(
-        tf.size(flags) == tf.size(labels), lambda: flags, lambda: tf.zeros_like(labels, tf.bool)
-    )
-
-
-def _resized_instance_masks(
-    encoded: tf.Tensor,
-    height: tf.Tensor,
-    width: tf.Tensor,
-    new_h: tf.Tensor,
-    new_w: tf.Tensor,
-    source_id: tf.Tensor,
-) -> tf.Tensor:
-    """(K, new_h, new_w) uint8 0/1 masks from K PNGs of (height, width).
-
-    The masks are resized as the image is (bilinear, half-pixel centres) and cut at 0.5, so
-    a pixel is in the resized mask when its centre is on the object's side of the edge. All K
-    are resized in one call (twice as fast as one at a time in `benchmarks/instance_masks.py`),
-    which holds K float32 masks at both sizes for a moment.
-    """
-
-    def decode(png):
-        mask = tf.io.decode_png(png, channels=1)[..., 0]
-        check = tf.debugging.Assert(
-            tf.reduce_all(tf.shape(mask) == tf.stack([height, width])),
-            [
-                "an instance mask of record",
-                source_id,
-                "is",
-                tf.shape(mask),
-                "(height, width) but its image is",
-                tf.stack([height, width]),
-            ],
-        )
-        with tf.control_dependencies([check]):
-            return tf.identity(mask)
-
-    def resize():
-        masks = tf.map_fn(
-            decode, encoded, fn_output_signature=tf.TensorSpec([None, None], tf.uint8)
-        )
-        masks = tf.cast(masks[..., None] > 0, tf.float32)
-        resized = tf.image.resize(masks, [new_h, new_w], antialias=False)
-        return tf.cast(resized[..., 0] >= 0.5, tf.uint8)
-
-    masks = tf.cond(tf.size(encoded) > 0, resize, lambda: tf.zeros([0, new_h, new_w], tf.uint8))
-    return tf.reshape(masks, [-1, new_h, new_w])
+def _prepare(serialized, element_seed, targets: DetectionTargets, flip: bool) -> dict:
+    """One record through the decode, (training) flip and pad stages."""
+    example = decode_stage(serialized, targets)
+    if flip:
+        example = flip_stage(example, element_seed)
+    return pad_stage(example, targets)
 
 
 def detection_dataset(
@@ -196,131 +115,21 @@ def detection_dataset(
         raise ValueError(
             f"max_instances={max_instances}: expected an integer in [1, max_boxes={max_boxes}]"
         )
-    ds = records_dataset(file_pattern, training, seed, deterministic, cache, verify)
-    if len(exclude):
-        ds = ds.filter(excluding(exclude))
-    if training:
-        ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    targets = DetectionTargets(
+        min_size,
+        max_size,
+        normalization,
+        max_boxes,
+        max_proposals,
+        keep_crowd,
+        instance_masks,
+        max_instances,
+    )
+    ds = read_stage(
+        file_pattern, training, shuffle_buffer, cache, deterministic, seed, verify, exclude=exclude
+    )
     ds = with_seeds(ds, seed)
-
-    def prepare(serialized, element_seed):
-        parsed = parse_serialized(serialized)
-        image = decode_image(parsed["image_bytes"], 3)
-        height, width = tf.shape(image)[0], tf.shape(image)[1]
-        scale = fast_rcnn_scale(height, width, min_size, max_size)
-        new_h = tf.cast(tf.round(tf.cast(height, tf.float32) * scale), tf.int32)
-        new_w = tf.cast(tf.round(tf.cast(width, tf.float32) * scale), tf.int32)
-        image = tf.image.resize(image, [new_h, new_w], antialias=False)
-        size = tf.cast(tf.stack([new_h, new_w, new_h, new_w]), tf.float32)
-        boxes, labels = parsed["boxes"], parsed["labels"]
-        # Records from other tools may lack the per-box flags: default them to False.
-        difficult = _flags_like(parsed["difficult"], labels)
-        crowd = _flags_like(parsed["is_crowd"], labels)
-        mask_checks = []
-        if instance_masks:
-            encoded = parsed["instance_mask_bytes"]
-            mask_checks.append(
-                tf.debugging.Assert(
-                    tf.size(encoded) == tf.size(labels),
-                    [
-                        "record",
-                        parsed["source_id"],
-                        "has",
-                        tf.size(encoded),
-                        "instance masks (image/object/mask) for",
-                        tf.size(labels),
-                        "boxes; instance_masks=True needs one mask per box",
-                    ],
-                )
-            )
-            with tf.control_dependencies(mask_checks):
-                encoded = tf.identity(encoded)
-        if not keep_crowd:
-            keep = tf.logical_not(crowd)
-            boxes = tf.boolean_mask(boxes, keep)
-            labels = tf.boolean_mask(labels, keep)
-            difficult = tf.boolean_mask(difficult, keep)
-            if instance_masks:
-                encoded = tf.boolean_mask(encoded, keep)
-        if instance_masks:
-            masks = _resized_instance_masks(
-                encoded, height, width, new_h, new_w, parsed["source_id"]
-            )
-        boxes = boxes * size
-        if max_proposals == 0:  # Faster R-CNN: the records' proposals are not read
-            proposals = tf.zeros([0, 4], tf.float32)
-        else:
-            proposals = parsed["proposals"] * size
-        if training and flip:
-            do_flip = tf.random.stateless_uniform([], element_seed) < 0.5
-            w = tf.cast(new_w, tf.float32)
-
-            def mirror(b):
-                return tf.stack([b[:, 0], w - b[:, 3], b[:, 2], w - b[:, 1]], axis=1)
-
-            image = tf.where(do_flip, image[:, ::-1], image)
-            boxes = tf.cond(do_flip, lambda: mirror(boxes), lambda: boxes)
-            proposals = tf.cond(do_flip, lambda: mirror(proposals), lambda: proposals)
-            if instance_masks:
-                masks = tf.cond(do_flip, lambda: masks[:, :, ::-1], lambda: masks)
-        num_boxes = tf.shape(boxes)[0]
-        num_proposals = tf.shape(proposals)[0]
-        checks = [
-            tf.debugging.Assert(
-                num_boxes <= max_boxes,
-                [
-                    "more boxes than max_boxes =",
-                    max_boxes,
-                    "in record",
-                    parsed["source_id"],
-                    ":",
-                    num_boxes,
-                ],
-            ),
-            tf.debugging.Assert(
-                num_proposals <= max_proposals,
-                [
-                    "more proposals than max_proposals =",
-                    max_proposals,
-                    "in record",
-                    parsed["source_id"],
-                    ":",
-                    num_proposals,
-                ],
-            ),
-        ]
-        if instance_masks:
-            checks.append(
-                tf.debugging.Assert(
-                    num_boxes <= max_instances,
-                    [
-                        "more boxes than max_instances =",
-                        max_instances,
-                        "in record",
-                        parsed["source_id"],
-                        ":",
-                        num_boxes,
-                    ],
-                )
-            )
-        with tf.control_dependencies(checks):
-            out = {
-                "images": normalize(image, normalization),
-                "image_shape": tf.stack([new_h, new_w]),
-                "scale": scale,
-                "boxes": _pad_rows(boxes, max_boxes),
-                "labels": _pad_rows(labels, max_boxes),
-                "difficult": _pad_rows(difficult, max_boxes),
-                "num_boxes": num_boxes,
-                "proposals": _pad_rows(proposals, max_proposals),
-                "num_proposals": num_proposals,
-                "source_id": parsed["source_id"],
-            }
-            if instance_masks:
-                out["instance_masks"] = _pad_rows(masks, max_instances)
-            return out
-
-    ds = ds.map(prepare, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+    prepare = partial(_prepare, targets=targets, flip=training and flip)
+    ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
     drop = training if drop_remainder is None else drop_remainder
-    ds = ds.padded_batch(batch_size, drop_remainder=drop)
-    return ds.prefetch(AUTOTUNE)
+    return batch_stage(ds, batch_size, drop).prefetch(tf.data.AUTOTUNE)

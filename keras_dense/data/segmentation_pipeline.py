@@ -3,217 +3,34 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 
 import tensorflow as tf
 
-from keras_dense.data.augment import plan_crop, resample_window
-from keras_dense.data.decode import JPEG_DCT_METHOD, decode_image, image_size, is_png
-from keras_dense.data.device_augment import (
-    CANVAS_MULTIPLE,
-    check_augment_on,
-    colour_affine,
-    luma_weights,
-)
-from keras_dense.data.records_dataset import AUTOTUNE, records_dataset, with_seeds
+from keras_dense.data.decode import image_size
+from keras_dense.data.device_augment import check_augment_on
+from keras_dense.data.record_stage import read_stage
+from keras_dense.data.records_dataset import with_seeds
 from keras_dense.data.schema import parse_serialized
+from keras_dense.data.segmentation_decode import (  # noqa: F401 (the names this module had)
+    check_labels,
+    check_same_size,
+    decode_image_and_mask,
+    decode_window,
+)
+from keras_dense.data.segmentation_stages import (
+    Decoding,
+    HostAugmentation,
+    batch_device,
+    batch_evaluation,
+    batch_host,
+    device_prepare_stage,
+    evaluation_stage,
+    host_augment_stage,
+    map_stage,
+)
 from keras_dense.data.tfrecord_files import resolve_files
-from keras_dense.utils.normalization import check_mode, finish, mean_pixel
-
-
-def _decode_mask(
-    parsed: dict,
-    filename: tf.Tensor,
-    num_classes: int | None = None,
-    ignore_label: int = 255,
-) -> tf.Tensor:
-    has_mask = tf.debugging.Assert(
-        tf.strings.length(parsed["mask_bytes"]) > 0,
-        [
-            "record has no segmentation mask (image/segmentation/class/encoded); source_id:",
-            parsed["source_id"],
-            "shard:",
-            filename,
-        ],
-    )
-    with tf.control_dependencies([has_mask]):
-        mask = tf.io.decode_png(parsed["mask_bytes"], channels=1)[:, :, 0]
-    if num_classes is None:
-        return mask
-    return check_labels(mask, num_classes, ignore_label, parsed["source_id"], filename)
-
-
-def check_labels(
-    mask: tf.Tensor, num_classes: int, ignore_label: int, source_id: tf.Tensor, filename
-) -> tf.Tensor:
-    """Fails (InvalidArgumentError naming the record and shard) on labels outside the classes.
-
-    A label >= `num_classes` that is not `ignore_label` would otherwise be dropped from the
-    loss and the metrics without a word (the class lists of model and data disagree).
-
-    Args:
-        mask: (H, W) uint8 labels.
-        num_classes: Valid labels are `[0, num_classes)`.
-        ignore_label: The one other allowed value.
-        source_id: The record's source id.
-        filename: The record's shard file.
-
-    Returns:
-        `mask`, with the check as a control dependency.
-    """
-    labels = tf.cast(mask, tf.int32)
-    outside = tf.logical_and(labels >= num_classes, labels != ignore_label)
-    count = tf.reduce_sum(tf.cast(outside, tf.int32))
-    check = tf.debugging.Assert(
-        tf.equal(count, 0),
-        [
-            "mask labels outside [0, num_classes) that are not the ignore label in record",
-            source_id,
-            "of shard",
-            filename,
-            ": pixels",
-            count,
-            "largest label",
-            tf.reduce_max(labels),
-            "num_classes",
-            num_classes,
-        ],
-    )
-    with tf.control_dependencies([check]):
-        return tf.identity(mask)
-
-
-def check_same_size(
-    image_hw: tf.Tensor, mask: tf.Tensor, source_id: tf.Tensor, filename: tf.Tensor
-) -> tf.Tensor:
-    """Fails (InvalidArgumentError naming the record and its shard) unless sizes agree.
-
-    Args:
-        image_hw: `(height, width)` of the image.
-        mask: (H, W) mask.
-        source_id: The record's source id.
-        filename: The record's shard file.
-
-    Returns:
-        `mask`, with the check as a control dependency.
-    """
-    mask_hw = tf.shape(mask)[:2]
-    check = tf.debugging.Assert(
-        tf.reduce_all(tf.equal(tf.cast(image_hw, tf.int32), mask_hw)),
-        [
-            "image and mask sizes differ (height, width) in record",
-            source_id,
-            "of shard",
-            filename,
-            ": image",
-            image_hw,
-            "mask",
-            mask_hw,
-        ],
-    )
-    with tf.control_dependencies([check]):
-        return tf.identity(mask)
-
-
-def decode_image_and_mask(
-    serialized: tf.Tensor,
-    channels: int = 3,
-    filename: tf.Tensor | str = "<unknown shard>",
-    num_classes: int | None = None,
-    ignore_label: int = 255,
-):
-    """Parses a record and decodes its image (uint8, (H, W, C)) and mask (uint8, (H, W)).
-
-    Args:
-        serialized: The serialized Example.
-        channels: Image channels to decode.
-        filename: The record's shard file (for error messages).
-        num_classes: When given, labels outside `[0, num_classes)` other than
-            `ignore_label` fail the record (`check_labels`).
-        ignore_label: The ignore value.
-
-    Returns:
-        `(image, mask, source_id)`.
-
-    Raises:
-        tf.errors.InvalidArgumentError: (when run) no mask, or image and mask sizes differ.
-    """
-    parsed = parse_serialized(serialized)
-    image = decode_image(parsed["image_bytes"], channels)
-    mask = _decode_mask(parsed, filename, num_classes, ignore_label)
-    mask = check_same_size(tf.shape(image)[:2], mask, parsed["source_id"], filename)
-    return image, mask, parsed["source_id"]
-
-
-def decode_window(
-    data: tf.Tensor,
-    window: tf.Tensor,
-    ratio: tf.Tensor,
-    channels: int,
-    size: tf.Tensor | None = None,
-) -> tf.Tensor:
-    """Decodes `window` (`[top, left, rows, cols]`) of an image, at 1/ratio for JPEG.
-
-    A JPEG window of at most half the image is decoded alone
-    (`tf.image.decode_and_crop_jpeg`: the entropy decoding still runs down to the window's
-    last row, the rest of the work is saved); a larger one is cut from a full decode, which
-    is then cheaper. Both give the same pixels.
-
-    Args:
-        data: PNG or JPEG bytes.
-        window: The window in decoded pixels (`augment.CropPlan.window()`).
-        ratio: DCT downscale factor (JPEG only; must be 1 for PNG).
-        channels: Channels to decode.
-        size: `(height, width)` of the image if known (else read from the header).
-
-    Returns:
-        (rows, cols, channels) uint8.
-    """
-    size = image_size(data) if size is None else size
-
-    def cut(image):
-        return image[window[0] : window[0] + window[2], window[1] : window[1] + window[3]]
-
-    def png():
-        return cut(tf.io.decode_png(data, channels=channels))
-
-    def jpeg(r: int, alone: bool):
-        full_h = (size[0] + r - 1) // r
-        full_w = (size[1] + r - 1) // r
-
-        def crop():
-            # libjpeg treats the edges of a crop like image edges when it upsamples the
-            # chroma, so the pixels next to them differ (by a level or two) from a full
-            # decode: decode one more pixel on every side (where there is one), cut it off.
-            top = tf.maximum(window[0] - 1, 0)
-            left = tf.maximum(window[1] - 1, 0)
-            bottom = tf.minimum(window[0] + window[2] + 1, full_h)
-            right = tf.minimum(window[1] + window[3] + 1, full_w)
-            wider = tf.stack([top, left, bottom - top, right - left])
-            image = tf.image.decode_and_crop_jpeg(
-                data, wider, channels=channels, ratio=r, dct_method=JPEG_DCT_METHOD
-            )
-            dy, dx = window[0] - top, window[1] - left
-            return image[dy : dy + window[2], dx : dx + window[3]]
-
-        def full():
-            return cut(
-                tf.io.decode_jpeg(data, channels=channels, ratio=r, dct_method=JPEG_DCT_METHOD)
-            )
-
-        return crop if alone else full
-
-    # One flat switch (nested conditionals cost more in tf.data): PNG, then per DCT ratio (an
-    # attribute of the decode ops, so one branch each) the full decode and the window alone.
-    ratios = (1, 2, 4, 8)
-    level = tf.add_n([tf.cast(ratio >= r, tf.int32) for r in ratios[1:]])
-    decoded_h = (size[0] + ratio - 1) // ratio
-    decoded_w = (size[1] + ratio - 1) // ratio
-    alone = tf.cast(2 * window[2] * window[3] <= decoded_h * decoded_w, tf.int32)
-    branch = tf.where(is_png(data), 0, 1 + 2 * level + alone)
-    branches = [png] + [jpeg(r, a) for r in ratios for a in (False, True)]
-    image = tf.switch_case(branch, branches)
-    image.set_shape([None, None, channels])
-    return image
+from keras_dense.utils.normalization import check_mode
 
 
 def _large_images(file_pattern: str | Sequence[str], crop_size: tuple[int, int]) -> bool:
@@ -224,6 +41,19 @@ def _large_images(file_pattern: str | Sequence[str], crop_size: tuple[int, int])
     except (StopIteration, tf.errors.OpError):
         return False
     return int(height) * int(width) > 2 * crop_size[0] * crop_size[1]
+
+
+def _checked_crop_size(batch_size, crop_size, training, scale_range):
+    """`crop_size` as `(h, w)` (or None), after checking the arguments that shape batches."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size}: expected an integer >= 1")
+    if isinstance(crop_size, int):
+        crop_size = (crop_size, crop_size)
+    if training and crop_size is None:
+        raise ValueError("crop_size is required when training=True (e.g. crop_size=512)")
+    if scale_range[0] <= 0 or scale_range[0] > scale_range[1]:
+        raise ValueError(f"scale_range={scale_range}: expected 0 < min <= max")
+    return crop_size
 
 
 def segmentation_dataset(
@@ -310,130 +140,30 @@ def segmentation_dataset(
     """
     check_mode(normalization)
     check_augment_on(augment_on)
-    if batch_size < 1:
-        raise ValueError(f"batch_size={batch_size}: expected an integer >= 1")
-    if isinstance(crop_size, int):
-        crop_size = (crop_size, crop_size)
-    if training and crop_size is None:
-        raise ValueError("crop_size is required when training=True (e.g. crop_size=512)")
-    if scale_range[0] <= 0 or scale_range[0] > scale_range[1]:
-        raise ValueError(f"scale_range={scale_range}: expected 0 < min <= max")
-    mean = tf.constant(mean_pixel(normalization, channels))
+    crop_size = _checked_crop_size(batch_size, crop_size, training, scale_range)
     if augment_on == "device":
         fast_decode = False
     if training and fast_decode is None:
         fast_decode = _large_images(file_pattern, crop_size)
-    ds = records_dataset(
-        file_pattern, training, seed, deterministic, cache, verify, with_filenames=True
+    decoding = Decoding(channels, num_classes, ignore_label)
+    ds = read_stage(
+        file_pattern, training, shuffle_buffer, cache, deterministic, seed, verify, True
     )
     if training:
-        ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
         ds = with_seeds(ds, seed)
-
-        luma = luma_weights(channels)
-
-        def colour_map(window, element_seed):
-            """The affine map of colour jitter (if any) followed by the normalisation."""
-            mean_grey = 0.0
-            if photometric:
-                # Mean grey of the source pixels the crop covers, from every 4th row/column.
-                sample = tf.cast(window[::4, ::4], tf.float32)
-                mean_grey = tf.reduce_mean(tf.reshape(sample, [-1, channels]) @ tf.transpose(luma))
-            matrix, offset = colour_affine(
-                element_seed, mean_grey, channels, photometric, normalization
-            )
-
-            def apply(pixels):
-                flat = tf.reshape(pixels, [-1, channels]) @ matrix + offset
-                return tf.reshape(flat, tf.shape(pixels))
-
-            return apply
-
-        def train_map(record, element_seed):
-            filename, serialized = record
-            parsed = parse_serialized(serialized)
-            data = parsed["image_bytes"]
-            mask = _decode_mask(parsed, filename, num_classes, ignore_label)
-            if fast_decode:
-                hw = image_size(data)
-                max_ratio = tf.where(is_png(data), 1, 8)
-            else:
-                full = decode_image(data, channels)
-                hw = tf.shape(full)[:2]
-                max_ratio = 1
-            mask = check_same_size(hw, mask, parsed["source_id"], filename)
-            plan = plan_crop(hw[0], hw[1], crop_size, scale_range, flip, element_seed, max_ratio)
-            if fast_decode:
-                window = decode_window(data, plan.window(), plan.ratio, channels, hw)
-            else:
-                y, x = plan.y, plan.x
-                window = full[y.start : y.start + y.rows, x.start : x.start + x.rows]
-            return resample_window(
-                window, mask, plan, crop_size, ignore_label, colour_map(window, element_seed)
-            )
-
-        def decode_map(record, element_seed):
-            # augment_on="device": decode only; `device_augment.augment_batch` does the rest.
-            filename, serialized = record
-            image, mask, _ = decode_image_and_mask(
-                serialized, channels, filename, num_classes, ignore_label
-            )
-            size = tf.shape(image)[:2]
-            # Canvas: a multiple of CANVAS_MULTIPLE (padded_batch then pads to the largest).
-            pad_h, pad_w = -size[0] % CANVAS_MULTIPLE, -size[1] % CANVAS_MULTIPLE
-            image, mask = tf.cond(
-                pad_h + pad_w > 0,
-                lambda: (
-                    tf.pad(image, [[0, pad_h], [0, pad_w], [0, 0]]),
-                    tf.pad(mask, [[0, pad_h], [0, pad_w]], constant_values=ignore_label),
-                ),
-                lambda: (image, mask),
-            )
-            features = {"images": image, "image_sizes": size, "seeds": element_seed}
-            return features, mask
-
-        drop = True if drop_remainder is None else drop_remainder
-        if augment_on == "device":
-            ds = ds.map(decode_map, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
-            ds = ds.padded_batch(
-                batch_size,
-                padded_shapes=(
-                    {"images": [None, None, channels], "image_sizes": [2], "seeds": [2]},
-                    [None, None],
-                ),
-                padding_values=(
-                    {
-                        "images": tf.constant(0, tf.uint8),
-                        "image_sizes": 0,
-                        "seeds": tf.constant(0, tf.int64),
-                    },
-                    tf.constant(ignore_label, tf.uint8),
-                ),
-                drop_remainder=drop,
-            )
-        else:
-            ds = ds.map(train_map, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
-            ds = ds.batch(batch_size, drop_remainder=drop)
-    else:
-
-        def eval_map(filename, serialized):
-            image, mask, _ = decode_image_and_mask(
-                serialized, channels, filename, num_classes, ignore_label
-            )
-            image = finish(tf.cast(image, tf.float32) - mean, normalization)
-            mask = tf.cast(mask, tf.int32)
-            if crop_size is not None:
-                pad_h = tf.maximum(crop_size[0] - tf.shape(image)[0], 0)
-                pad_w = tf.maximum(crop_size[1] - tf.shape(image)[1], 0)
-                image = tf.pad(image, [[0, pad_h], [0, pad_w], [0, 0]])
-                mask = tf.pad(mask, [[0, pad_h], [0, pad_w]], constant_values=ignore_label)
-            return image, mask
-
-        ds = ds.map(eval_map, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
-        ds = ds.padded_batch(
-            batch_size,
-            padded_shapes=([None, None, channels], [None, None]),
-            padding_values=(0.0, ignore_label),
-            drop_remainder=bool(drop_remainder),
+    drop = (drop_remainder is None or drop_remainder) if training else bool(drop_remainder)
+    if not training:
+        stage = partial(
+            evaluation_stage, decoding=decoding, normalization=normalization, min_size=crop_size
         )
-    return ds.prefetch(AUTOTUNE)
+        ds = batch_evaluation(map_stage(ds, stage, deterministic), batch_size, decoding, drop)
+    elif augment_on == "device":
+        stage = partial(device_prepare_stage, decoding=decoding)
+        ds = batch_device(map_stage(ds, stage, deterministic), batch_size, decoding, drop)
+    else:
+        augmentation = HostAugmentation(
+            crop_size, scale_range, flip, photometric, normalization, fast_decode
+        )
+        stage = partial(host_augment_stage, decoding=decoding, augmentation=augmentation)
+        ds = batch_host(map_stage(ds, stage, deterministic), batch_size, drop)
+    return ds.prefetch(tf.data.AUTOTUNE)
