@@ -34,6 +34,8 @@ from collections.abc import Sequence
 import keras
 import numpy as np
 
+from keras_dense.utils.output_probe import model_output_size
+
 # Tile size used when the model's input size is not fixed.
 DEFAULT_TILE_SIZE = 256
 # Context margin of same-size models when none is given (rounded up to the alignment).
@@ -109,24 +111,6 @@ def model_alignment(model: keras.Model, tile_size: int | Sequence[int]) -> int:
             if stride > 1:
                 alignment = math.lcm(alignment, round(stride))
     return alignment
-
-
-def _output_size(model: keras.Model, tile_h: int, tile_w: int, channels: int):
-    """`(height, width)` of the model's output for one tile (symbolic, else by running it)."""
-    try:
-        shape = model.compute_output_spec(keras.KerasTensor((1, tile_h, tile_w, channels))).shape
-        if len(shape) != 4 or shape[1] is None or shape[2] is None:
-            zeros = np.zeros((1, tile_h, tile_w, channels), np.float32)
-            shape = np.asarray(model.predict_on_batch(zeros)).shape
-    except Exception as error:
-        raise ValueError(
-            f"tile_size={(tile_h, tile_w)!r} is not accepted by the model ({error}); pass a "
-            "tile_size the model can process (for a valid U-Net see "
-            "keras_dense.apps.unet_model.unet_input_size)"
-        ) from error
-    if len(shape) != 4:
-        raise ValueError(f"predict_tiled needs a (B, H, W, K) output, the model gives {shape}")
-    return shape[1], shape[2]
 
 
 def _axis_geometry(tile: int, out: int, margin: int | None, alignment: int, axis: str):
@@ -218,7 +202,13 @@ def predict_tiled(
         raise ValueError(f"alignment must be a positive integer, got {alignment!r}")
 
     count, height, width, channels = images.shape
-    out_hw = _output_size(model, tile[0], tile[1], channels)
+    try:
+        out_hw = model_output_size(model, tile[0], tile[1], channels, run_if_unknown=True)
+    except ValueError as error:
+        raise ValueError(
+            f"predict_tiled: tile_size={tile!r}: {error}; pass a tile_size the model can process "
+            "(for a valid U-Net see keras_dense.apps.unet_model.unet_input_size)"
+        ) from error
     if guessed_size and out_hw != tile:
         raise ValueError(
             f"the model shrinks a {tile} tile to {out_hw} (valid padding) and its input size is "

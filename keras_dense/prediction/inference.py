@@ -17,6 +17,7 @@ import numpy as np
 from keras_dense.data.detection_records import resize_problem
 from keras_dense.tiling import DEFAULT_TILE_SIZE, predict_tiled
 from keras_dense.utils.normalization import normalize
+from keras_dense.utils.output_probe import accepted_output_size
 from keras_dense.utils.tta import TestTimeAugmentation, scaled_size
 
 # Images with a side above this are segmented tile by tile (overlap-tile) unless told otherwise.
@@ -63,12 +64,10 @@ def prepare_image(image: np.ndarray, card: dict) -> np.ndarray:
     return np.asarray(normalize(image, card.get("normalization")))
 
 
-def _probe_output(model: keras.Model, size: int, channels: int):
-    try:
-        shape = model.compute_output_spec(keras.KerasTensor((1, size, size, channels))).shape
-    except Exception:
-        return None
-    return shape[1]
+def _probe_output(model: keras.Model, size: int, channels: int) -> int | None:
+    """The output height for a square input of `size`, or None if the model rejects it."""
+    hw = accepted_output_size(model, size, size, channels)
+    return None if hw is None else hw[0]
 
 
 def valid_tile_size(model: keras.Model, card: dict) -> int | None:

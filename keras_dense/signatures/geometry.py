@@ -25,6 +25,7 @@ import dataclasses
 import keras
 
 from keras_dense.tiling import model_alignment
+from keras_dense.utils.output_probe import accepted_output_size
 
 # Probe sizes: every size from 64 to 127, then larger ones (models with a minimum size such
 # as DeconvNet's valid fc6, >= 193 px); the first accepted one and its neighbours tell the
@@ -66,20 +67,10 @@ class InputGeometry:
         return self.offset + self.step * -(-(needed - self.offset) // self.step)
 
 
-def _output_hw(model: keras.Model, height: int, width: int, channels: int):
-    """The model's output `(height, width)` for one input size, or None if it is rejected."""
-    try:
-        spec = model.compute_output_spec(keras.KerasTensor((1, height, width, channels)))
-    except Exception:  # any rejection (shape mismatch in a concat, pooling of odd size, ...)
-        return None
-    spec = keras.tree.flatten(spec)[0]
-    if len(spec.shape) != 4 or spec.shape[1] is None or spec.shape[2] is None:
-        return None
-    return int(spec.shape[1]), int(spec.shape[2])
-
-
 def _first_accepted(model: keras.Model, channels: int) -> int | None:
-    return next((s for s in _PROBE_SIZES if _output_hw(model, s, s, channels) is not None), None)
+    return next(
+        (s for s in _PROBE_SIZES if accepted_output_size(model, s, s, channels) is not None), None
+    )
 
 
 def segmenter_geometry(model: keras.Model) -> InputGeometry:
@@ -104,7 +95,7 @@ def segmenter_geometry(model: keras.Model) -> InputGeometry:
     if channels is None:
         raise ValueError(f"model {model.name!r}: the number of input channels must be known")
     if height is not None and width is not None:
-        if _output_hw(model, height, width, channels) is None:
+        if accepted_output_size(model, height, width, channels) is None:
             raise ValueError(f"model {model.name!r}: output is not a (B, H, W, K) score map")
         return InputGeometry((int(height), int(width)), 0, 0, 1, int(channels))
     if height is not None or width is not None:
@@ -118,7 +109,7 @@ def segmenter_geometry(model: keras.Model) -> InputGeometry:
             f"model {model.name!r}: no input size from {_PROBE_START} to {_PROBE_SIZES[-1]} "
             "pixels is accepted; cannot serve it on images"
         )
-    out = _output_hw(model, probe, probe, channels)[0]
+    out = accepted_output_size(model, probe, probe, channels)[0]
     lost = probe - out
     if lost < 0 or lost % 2:
         raise ValueError(
@@ -128,14 +119,15 @@ def segmenter_geometry(model: keras.Model) -> InputGeometry:
     margin = lost // 2
 
     def accepted(size: int) -> bool:
-        return size >= 1 and _output_hw(model, size, size, channels) == (size - lost,) * 2
+        return size >= 1 and accepted_output_size(model, size, size, channels) == (size - lost,) * 2
 
     if accepted(probe + 1) and accepted(probe + 3):
         step = 1
     else:
         step = model_alignment(model, probe)
         for size in (probe + step, probe + 2 * step):
-            if _output_hw(model, size, size + step, channels) != (size - lost, size + step - lost):
+            expected = (size - lost, size + step - lost)
+            if accepted_output_size(model, size, size + step, channels) != expected:
                 raise ValueError(
                     f"model {model.name!r}: accepts {probe} pixels but not {size}; cannot derive "
                     "the input sizes it accepts"

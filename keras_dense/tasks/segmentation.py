@@ -52,6 +52,7 @@ from keras_dense.tasks.task import (
     register_task,
 )
 from keras_dense.utils.errors import RecipeError
+from keras_dense.utils.output_probe import model_output_size
 from keras_dense.utils.tta import TestTimeAugmentation
 
 
@@ -197,8 +198,7 @@ def float32_logits(model: keras.Model) -> keras.Model:
 
 def _output_size(model: keras.Model, crop, channels: int):
     """The model's output size for a training crop, or None when it equals the crop."""
-    shape = model.compute_output_spec(keras.KerasTensor((1, *crop, channels))).shape
-    size = (int(shape[1]), int(shape[2]))
+    size = model_output_size(model, crop[0], crop[1], channels)
     return None if size == tuple(crop) else size
 
 
