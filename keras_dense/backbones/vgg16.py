@@ -22,7 +22,11 @@ import keras
 import numpy as np
 
 from keras_dense.backbones.backbone import Backbone
-from keras_dense.backbones.pretrained_weights import resolve_source_model, transfer_weights
+from keras_dense.backbones.pretrained_weights import (
+    notop_factory,
+    resolve_source_model,
+    transfer_weights,
+)
 from keras_dense.backbones.registry import register_backbone
 
 # Filters of each convolution, block by block.
@@ -137,21 +141,26 @@ def load_vgg16_weights(model: keras.Model, backbone_weights: str, fc: bool = Tru
 
     Args:
         model: The model; layers missing from it are skipped.
-        backbone_weights: `"imagenet"` or the path of a `keras.applications.VGG16`
-            (`include_top=True`) weight file.
+        backbone_weights: `"imagenet"` or the path of a `keras.applications.VGG16` weight
+            file: with its classifier (`include_top=True`) when `fc6` / `fc7` are copied;
+            a model without them (the registered family, the WSL classifier) also takes the
+            smaller file without it.
         fc: Also copy `fc6` / `fc7`.
 
     Returns:
         The names of the layers that received weights.
 
     Raises:
-        ValueError: A layer's weight shapes do not match VGG16's.
+        ValueError: A layer's weight shapes do not match VGG16's, or the file has no `fc1` /
+            `fc2` for the model's `fc6` / `fc7`.
     """
-    source = resolve_source_model(backbone_weights, keras.applications.VGG16)
+    target_names = {layer.name for layer in model.layers}
+    needs_top = fc and any(name in target_names for name in VGG16_FC_NAMES)
+    factory = keras.applications.VGG16 if needs_top else notop_factory(keras.applications.VGG16)
+    source = resolve_source_model(backbone_weights, factory)
     name_map = dict(VGG16_IMAGENET_NAMES)
     transforms = {}
     source_names = {layer.name for layer in source.layers}
-    target_names = {layer.name for layer in model.layers}
     if fc:
         for ours, theirs in VGG16_FC_NAMES.items():
             if ours in target_names and theirs in source_names:
