@@ -293,7 +293,7 @@ def test_compact_backbone_bad_arguments():
     with pytest.raises(ValueError, match="feature_stride"):
         faster_rcnn(backbone="compact", feature_stride=4)
     with pytest.raises(ValueError, match="feature_stride"):
-        faster_rcnn(backbone="vgg16", feature_stride=8)
+        faster_rcnn(backbone="vgg16", feature_stride=32)
     with pytest.raises(ValueError, match="backbone_width"):
         faster_rcnn(backbone="compact", backbone_width=0)
     with pytest.raises(ValueError, match="never pretrained"):

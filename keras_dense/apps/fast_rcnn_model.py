@@ -13,33 +13,24 @@ sampling, targets and the multi-task loss all run in the graph, so `model.fit(da
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import keras
-import tensorflow as tf
 
 from keras_dense.apps.builder import build_model
-from keras_dense.apps.vgg import (
-    VGG16_FC_NAMES,
-    VGG16_IMAGENET_NAMES,
-    default_pool,
-    load_vgg16_weights,
-    vgg16_trunk,
-)
-from keras_dense.detection.boxes import BOX_STDS
-from keras_dense.detection.losses import fast_rcnn_loss
-from keras_dense.detection.sampling import sample_rois
+from keras_dense.apps.two_stage_detector import TwoStageDetector
+from keras_dense.backbones.registry import get_backbone
+from keras_dense.backbones.vgg16 import VGG16_FC_NAMES, VGG16_IMAGENET_NAMES
 from keras_dense.layers.roi_pooling import RoIPooling
 
 FROZEN_LAYERS = ("conv1_1", "conv1_2", "conv2_1", "conv2_2")
 FC_UNITS = 4096
+FEATURE_STRIDE = 16
 # Our layer name -> keras.applications.VGG16 layer name (conv trunk, fc6/fc7 from fc1/fc2).
 FAST_RCNN_IMAGENET_NAMES = {**VGG16_IMAGENET_NAMES, **VGG16_FC_NAMES}
 BATCH_KEYS = ("images", "boxes", "labels", "num_boxes", "proposals", "num_proposals")
 
 
 @keras.saving.register_keras_serializable(package="keras_dense")
-class FastRCNN(keras.Model):
+class FastRCNN(TwoStageDetector):
     """A functional model `[images, rois] -> [cls_score, bbox_pred]` trained as Fast R-CNN.
 
     Build it with `keras_dense.apps.fast_rcnn(...)`. Any functional graph with these inputs
@@ -50,32 +41,20 @@ class FastRCNN(keras.Model):
     `difficult`. Each step samples `rois_per_image` RoIs per image (`sample_rois`) and minimises
     `fast_rcnn_loss`. `predict` on such a dict runs the heads on the proposals. Compile with an
     optimizer only (the loss is built in); the paper uses SGD, momentum 0.9, lr 0.001.
+    Metrics: `loss`, `cls_loss`, `box_loss`.
 
     Args:
         *args: `inputs`, `outputs` (and `name`), as for a functional `keras.Model`.
-        rois_per_image: RoIs sampled per image and step (64; 2 images give R = 128).
-        fg_fraction: Largest share of foreground RoIs (0.25).
-        fg_iou_threshold: IoU with a ground-truth box that makes a RoI foreground (0.5).
-        bg_iou_range: IoU range `[low, high)` of background RoIs ((0.1, 0.5)).
-        box_stds: Standard deviations normalising the box targets ((0.1, 0.1, 0.2, 0.2)).
-        box_loss_weight: lambda of the smooth-L1 term (1).
-        use_difficult: Train on VOC "difficult" boxes too (False, as the paper).
-        **kwargs: Functional model keyword arguments (`inputs`, `outputs`, `name`, ...).
+        **kwargs: The RoI sampling options of `TwoStageDetector`, with the paper's defaults
+            `rois_per_image=64` (2 images give R = 128) and `bg_iou_range=(0.1, 0.5)`, and
+            the functional model's keyword arguments.
     """
 
-    def __init__(
-        self,
-        *args,
-        rois_per_image: int = 64,
-        fg_fraction: float = 0.25,
-        fg_iou_threshold: float = 0.5,
-        bg_iou_range: Sequence[float] = (0.1, 0.5),
-        box_stds: Sequence[float] = BOX_STDS,
-        box_loss_weight: float = 1.0,
-        use_difficult: bool = False,
-        **kwargs,
-    ):
-        super().__init__(*args, **kwargs)
+    default_rois_per_image = 64
+    default_bg_iou_range = (0.1, 0.5)
+    batch_keys = BATCH_KEYS
+
+    def check_graph(self) -> None:
         if len(self.outputs) != 2:
             raise ValueError(
                 f"outputs: expected [cls_score, bbox_pred], got {len(self.outputs)} outputs"
@@ -86,129 +65,18 @@ class FastRCNN(keras.Model):
                 "outputs: expected cls_score (B, R, K + 1) and bbox_pred (B, R, 4 (K + 1)), got "
                 f"{self.outputs[0].shape} and {self.outputs[1].shape}"
             )
-        if len(box_stds) != 4:
-            raise ValueError(f"box_stds={box_stds!r}: expected 4 numbers")
-        self.rois_per_image = int(rois_per_image)
-        self.fg_fraction = float(fg_fraction)
-        self.fg_iou_threshold = float(fg_iou_threshold)
-        self.bg_iou_range = tuple(float(v) for v in bg_iou_range)
-        self.box_stds = tuple(float(v) for v in box_stds)
-        self.box_loss_weight = float(box_loss_weight)
-        self.use_difficult = bool(use_difficult)
-        self.loss_tracker = keras.metrics.Mean(name="loss")
-        self.cls_loss_tracker = keras.metrics.Mean(name="cls_loss")
-        self.box_loss_tracker = keras.metrics.Mean(name="box_loss")
 
-    @property
-    def num_classes(self) -> int:
-        """Number of object classes K (without background)."""
-        return int(self.outputs[0].shape[-1]) - 1
+    def compute_losses(self, batch: dict, training: bool = True, seed=None) -> dict:
+        """The head on RoIs sampled among the batch's proposals: `cls_loss`, `box_loss`, `loss`."""
+        targets = self.sample_targets(batch, seed=seed)
+        cls_score, bbox_pred = self([batch["images"], targets["rois"]], training=training)
+        terms = self.box_head_losses(targets, cls_score, bbox_pred)
+        terms["loss"] = self.total_loss(terms)
+        return terms
 
-    @property
-    def metrics(self):
-        return [self.loss_tracker, self.cls_loss_tracker, self.box_loss_tracker]
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            {
-                "rois_per_image": self.rois_per_image,
-                "fg_fraction": self.fg_fraction,
-                "fg_iou_threshold": self.fg_iou_threshold,
-                "bg_iou_range": list(self.bg_iou_range),
-                "box_stds": list(self.box_stds),
-                "box_loss_weight": self.box_loss_weight,
-                "use_difficult": self.use_difficult,
-            }
-        )
-        return config
-
-    def sample_targets(self, batch: dict, seed=None) -> dict:
-        """Samples training RoIs with their labels and box targets for a detection batch.
-
-        Args:
-            batch: A detection batch dict (see the class docstring).
-            seed: Optional int pair for reproducible sampling.
-
-        Returns:
-            The dict of `keras_dense.detection.sample_rois`.
-        """
-        missing = [key for key in BATCH_KEYS if key not in batch]
-        if missing:
-            raise ValueError(
-                f"batch: missing keys {missing}; expected a keras_dense.data.detection_dataset "
-                f"batch with {list(BATCH_KEYS)}"
-            )
-        return sample_rois(
-            batch["proposals"],
-            batch["num_proposals"],
-            batch["boxes"],
-            batch["labels"],
-            batch["num_boxes"],
-            gt_difficult=batch.get("difficult"),
-            rois_per_image=self.rois_per_image,
-            fg_fraction=self.fg_fraction,
-            fg_iou_threshold=self.fg_iou_threshold,
-            bg_iou_range=self.bg_iou_range,
-            box_stds=self.box_stds,
-            use_difficult=self.use_difficult,
-            seed=seed,
-        )
-
-    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        """Fast R-CNN loss of the sampled RoIs `y` (from `sample_targets`), plus `self.losses`."""
-        cls_score, bbox_pred = y_pred
-        terms = fast_rcnn_loss(
-            y["labels"], y["box_targets"], cls_score, bbox_pred, self.box_loss_weight
-        )
-        self.cls_loss_tracker.update_state(terms["cls_loss"])
-        self.box_loss_tracker.update_state(terms["box_loss"])
-        loss = terms["loss"]
-        if self.losses:
-            loss = loss + tf.add_n([tf.cast(v, loss.dtype) for v in self.losses])
-        return loss
-
-    @staticmethod
-    def _batch(data) -> dict:
-        if isinstance(data, (tuple, list)) and data and isinstance(data[0], dict):
-            data = data[0]
-        if not isinstance(data, dict):
-            raise ValueError(
-                "FastRCNN.fit/evaluate: expected batches that are dicts from "
-                f"keras_dense.data.detection_dataset, got {type(data).__name__}"
-            )
-        return data
-
-    def train_step(self, data):
-        batch = self._batch(data)
-        targets = self.sample_targets(batch)
-        with tf.GradientTape() as tape:
-            y_pred = self([batch["images"], targets["rois"]], training=True)
-            loss = self.compute_loss(x=batch, y=targets, y_pred=y_pred, training=True)
-            scaled = self.optimizer.scale_loss(loss) if self.optimizer is not None else loss
-        weights = self.trainable_weights
-        gradients = tape.gradient(scaled, weights)
-        self.optimizer.apply_gradients(zip(gradients, weights))
-        self.loss_tracker.update_state(loss)
-        return {m.name: m.result() for m in self.metrics}
-
-    def test_step(self, data):
-        batch = self._batch(data)
-        targets = self.sample_targets(batch)
-        y_pred = self([batch["images"], targets["rois"]], training=False)
-        loss = self.compute_loss(x=batch, y=targets, y_pred=y_pred, training=False)
-        self.loss_tracker.update_state(loss)
-        return {m.name: m.result() for m in self.metrics}
-
-    def predict_step(self, data):
-        if isinstance(data, dict):
-            return self([data["images"], data["proposals"]], training=False)
-        return super().predict_step(data)
-
-
-def _pool_without_pool5(x, name: str):
-    """VGG16 pooling for pool1..pool4; Fast R-CNN replaces pool5 by RoI pooling."""
-    return x if name == "pool5" else default_pool(x, name)
+    def model_inputs(self, batch: dict) -> list:
+        """`[images, proposals]` of a batch dict, for calling the model."""
+        return [batch["images"], batch["proposals"]]
 
 
 def fast_rcnn(
@@ -227,7 +95,7 @@ def fast_rcnn(
 
     Args:
         num_classes: Object classes K; the heads have K + 1 outputs (background = 0).
-        backbone: Only `"vgg16"`.
+        backbone: Only `"vgg16"` (the registry's VGG16 family, as the paper).
         pool_size: RoI pooling grid (7; fc6 then has 7 * 7 * 512 inputs).
         input_shape: Image shape (H, W, 3); H and W may be None.
         backbone_weights: None, `"imagenet"` or a VGG16 weight file: conv1_1..conv5_3 from
@@ -246,8 +114,7 @@ def fast_rcnn(
     Raises:
         ValueError: Bad argument.
     """
-    if backbone != "vgg16":
-        raise ValueError(f"backbone={backbone!r}: expected 'vgg16'")
+    family = get_backbone(backbone, allowed=("vgg16",))  # the paper's trunk only
     if backbone_weights is not None and pool_size != 7:
         raise ValueError(
             f"pool_size={pool_size!r}: backbone_weights needs pool_size=7 (VGG16's fc1 takes "
@@ -270,8 +137,8 @@ def fast_rcnn(
         extra_inputs={"rois": (None, 4)},
         weights=weights,
         backbone_weights=backbone_weights,
-        load_backbone=load_vgg16_weights,
-        backbone_source="keras.applications.VGG16 (include_top=True)",
+        load_backbone=family.load_weights,
+        backbone_source=f"{family.weights_source} (include_top=True)",
         frozen_layers=FROZEN_LAYERS,
         model_class=FastRCNN,
         **kwargs,
@@ -292,7 +159,8 @@ def fast_rcnn_graph(images, rois, num_classes: int, pool_size: int, roi_mode: st
     Returns:
         `[cls_score (B, R, K + 1), bbox_pred (B, R, 4 (K + 1))]`.
     """
-    features = vgg16_trunk(images, pool=_pool_without_pool5)["conv5_3"]
+    # conv5_3 at stride 16: RoI pooling replaces pool5.
+    features = get_backbone("vgg16").apply(images, FEATURE_STRIDE)[FEATURE_STRIDE]
     return fast_rcnn_head(features, rois, num_classes, pool_size, roi_mode, dropout)
 
 
@@ -304,7 +172,7 @@ def fast_rcnn_head(
     roi_mode: str = "max",
     dropout: float = 0.5,
     fc_units: int = FC_UNITS,
-    spatial_scale: float = 1.0 / 16.0,
+    spatial_scale: float = 1.0 / FEATURE_STRIDE,
 ):
     """Fast R-CNN's per-RoI head: RoI pooling, fc6, fc7 and the two sibling outputs.
 

@@ -31,35 +31,40 @@ step is factored into overridable methods (`run_rpn`, `rpn_losses`, `train_propo
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
+import types
 from collections.abc import Sequence
 
 import keras
 import tensorflow as tf
 
-from keras_dense.apps.atrous_backbones import load_backbone_weights, resnet_trunk
 from keras_dense.apps.builder import build_model
-from keras_dense.apps.compact_backbone import (
-    check_strided_compact_options,
-    strided_compact_trunk,
-)
 from keras_dense.apps.fast_rcnn_model import FC_UNITS, FROZEN_LAYERS, fast_rcnn_head
-from keras_dense.apps.vgg import default_pool, load_vgg16_weights, vgg16_trunk
+from keras_dense.apps.two_stage_detector import TwoStageDetector
+from keras_dense.backbones.registry import get_backbone
+from keras_dense.backbones.vgg16 import load_vgg16_weights
 from keras_dense.detection.anchors import generate_anchors, num_anchors
-from keras_dense.detection.boxes import BOX_STDS
-from keras_dense.detection.losses import fast_rcnn_loss
 from keras_dense.detection.rpn_targets import rpn_loss, rpn_targets
-from keras_dense.detection.sampling import sample_rois
 from keras_dense.layers.proposal_layer import ProposalLayer
 from keras_dense.layers.rpn_head import RPNHead
 
-BACKBONES = ("vgg16", "resnet50", "compact")
 FEATURE_STRIDE = 16
+# Strides of the feature map the RPN and the RoI head read: C4 (the papers') or C3.
+FEATURE_STRIDES = (8, 16)
+# `backbone="compact"` (recipes before the backbone registry) is the detectors' strided
+# compact trunk, registered as "compact_strided".
+BACKBONE_ALIASES = {"compact": "compact_strided"}
+# Backbone layers kept frozen, as the papers did (Fast R-CNN's VGG16 conv1 and conv2).
+FROZEN_BACKBONE_LAYERS = {"vgg16": FROZEN_LAYERS}
+# The builder arguments that are not architecture options of `faster_rcnn_parts`.
+MODEL_ARGUMENTS = ("num_classes", "input_shape", "weights", "name")
 OUTPUT_KEYS = ("cls_score", "bbox_pred", "proposals", "proposal_scores", "num_proposals")
 BATCH_KEYS = ("images", "image_shape", "boxes", "labels", "num_boxes")
 
 
 @keras.saving.register_keras_serializable(package="keras_dense")
-class FasterRCNN(keras.Model):
+class FasterRCNN(TwoStageDetector):
     """A functional Faster R-CNN `[images, image_shape, scale] -> dict` (module docstring).
 
     Build it with `keras_dense.apps.faster_rcnn(...)`. `fit`/`evaluate` take the batches of
@@ -79,20 +84,16 @@ class FasterRCNN(keras.Model):
         rpn_negative_iou: Anchor IoU below which it is negative (0.3).
         rpn_allowed_border: Pixels an anchor may cross the border by and still count (0).
         rpn_box_loss_weight: lambda of the RPN's smooth-L1 term (1).
-        rois_per_image: RoIs sampled per image for the head (128, py-faster-rcnn's end2end).
-        fg_fraction: Largest share of foreground RoIs (0.25).
-        fg_iou_threshold: IoU making a RoI foreground (0.5).
-        bg_iou_range: IoU range `[low, high)` of background RoIs ((0, 0.5), py-faster-rcnn's
-            end2end `BG_THRESH_LO = 0`).
-        box_stds: Standard deviations normalising the head's box targets.
-        box_loss_weight: lambda of the head's smooth-L1 term (1).
-        use_difficult: Train on VOC "difficult" boxes too (False).
-        **kwargs: Functional model keyword arguments (`inputs`, `outputs`, `name`, ...).
+        **kwargs: The head's RoI sampling options of `TwoStageDetector`, with
+            py-faster-rcnn's end2end defaults `rois_per_image=128` and `bg_iou_range=(0,
+            0.5)` (`BG_THRESH_LO = 0`), and the functional model's keyword arguments.
     """
 
     # detect() lets a model with this flag propose its own regions.
     proposes_regions = True
     loss_names: tuple[str, ...] = ("rpn_cls_loss", "rpn_box_loss", "cls_loss", "box_loss")
+    batch_keys = BATCH_KEYS
+    optional_batch_keys = ("scale", "difficult")
     # Names of the four parts in the graph.
     backbone_name = "backbone"
     rpn_name = "rpn"
@@ -108,16 +109,17 @@ class FasterRCNN(keras.Model):
         rpn_negative_iou: float = 0.3,
         rpn_allowed_border: float = 0.0,
         rpn_box_loss_weight: float = 1.0,
-        rois_per_image: int = 128,
-        fg_fraction: float = 0.25,
-        fg_iou_threshold: float = 0.5,
-        bg_iou_range: Sequence[float] = (0.0, 0.5),
-        box_stds: Sequence[float] = BOX_STDS,
-        box_loss_weight: float = 1.0,
-        use_difficult: bool = False,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
+        self.rpn_batch_size_per_image = int(rpn_batch_size_per_image)
+        self.rpn_positive_fraction = float(rpn_positive_fraction)
+        self.rpn_positive_iou = float(rpn_positive_iou)
+        self.rpn_negative_iou = float(rpn_negative_iou)
+        self.rpn_allowed_border = float(rpn_allowed_border)
+        self.rpn_box_loss_weight = float(rpn_box_loss_weight)
+
+    def check_graph(self) -> None:
         outputs = self.output
         if not isinstance(outputs, dict) or not set(OUTPUT_KEYS) <= set(outputs):
             raise ValueError(
@@ -129,32 +131,6 @@ class FasterRCNN(keras.Model):
         missing = [part for part in parts if part not in names]
         if missing:
             raise ValueError(f"FasterRCNN: the graph has no layers named {missing}")
-        if len(box_stds) != 4:
-            raise ValueError(f"box_stds={box_stds!r}: expected 4 numbers")
-        self.rpn_batch_size_per_image = int(rpn_batch_size_per_image)
-        self.rpn_positive_fraction = float(rpn_positive_fraction)
-        self.rpn_positive_iou = float(rpn_positive_iou)
-        self.rpn_negative_iou = float(rpn_negative_iou)
-        self.rpn_allowed_border = float(rpn_allowed_border)
-        self.rpn_box_loss_weight = float(rpn_box_loss_weight)
-        self.rois_per_image = int(rois_per_image)
-        self.fg_fraction = float(fg_fraction)
-        self.fg_iou_threshold = float(fg_iou_threshold)
-        self.bg_iou_range = tuple(float(v) for v in bg_iou_range)
-        self.box_stds = tuple(float(v) for v in box_stds)
-        self.box_loss_weight = float(box_loss_weight)
-        self.use_difficult = bool(use_difficult)
-        self.loss_tracker = keras.metrics.Mean(name="loss")
-        self.term_trackers = [keras.metrics.Mean(name=name) for name in self.loss_names]
-
-    @property
-    def num_classes(self) -> int:
-        """Number of object classes K (without background)."""
-        return int(self.output["cls_score"].shape[-1]) - 1
-
-    @property
-    def metrics(self):
-        return [self.loss_tracker, *self.term_trackers]
 
     def get_config(self):
         config = super().get_config()
@@ -166,13 +142,6 @@ class FasterRCNN(keras.Model):
                 "rpn_negative_iou": self.rpn_negative_iou,
                 "rpn_allowed_border": self.rpn_allowed_border,
                 "rpn_box_loss_weight": self.rpn_box_loss_weight,
-                "rois_per_image": self.rois_per_image,
-                "fg_fraction": self.fg_fraction,
-                "fg_iou_threshold": self.fg_iou_threshold,
-                "bg_iou_range": list(self.bg_iou_range),
-                "box_stds": list(self.box_stds),
-                "box_loss_weight": self.box_loss_weight,
-                "use_difficult": self.use_difficult,
             }
         )
         return config
@@ -180,24 +149,6 @@ class FasterRCNN(keras.Model):
     # ------------------------------------------------------------------------------------
     # The parts of a step
     # ------------------------------------------------------------------------------------
-    @staticmethod
-    def check_batch(data) -> dict:
-        """The batch dict of `fit`/`evaluate` data, or a ValueError naming what is missing."""
-        if isinstance(data, (tuple, list)) and data and isinstance(data[0], dict):
-            data = data[0]
-        if not isinstance(data, dict):
-            raise ValueError(
-                "FasterRCNN.fit/evaluate: expected batches that are dicts from "
-                f"keras_dense.data.detection_dataset, got {type(data).__name__}"
-            )
-        missing = [key for key in BATCH_KEYS if key not in data]
-        if missing:
-            raise ValueError(
-                f"batch: missing keys {missing}; expected a keras_dense.data.detection_dataset "
-                f"batch with {list(BATCH_KEYS)} (and optionally scale, difficult)"
-            )
-        return data
-
     @staticmethod
     def batch_scale(batch: dict) -> tf.Tensor:
         """The batch's per-image resize factors (B,), ones when it has none."""
@@ -258,42 +209,17 @@ class FasterRCNN(keras.Model):
         inputs = [rpn["objectness"], rpn["box_deltas"], batch["image_shape"]]
         return layer([*inputs, self.batch_scale(batch)], training=True)
 
-    def sample_targets(self, batch: dict, proposals, num_proposals, seed=None) -> dict:
-        """Training RoIs (proposals + ground truth) with labels and box targets.
-
-        Returns:
-            The dict of `keras_dense.detection.sample_rois`.
-        """
-        return sample_rois(
-            tf.stop_gradient(proposals),
-            num_proposals,
-            batch["boxes"],
-            batch["labels"],
-            batch["num_boxes"],
-            gt_difficult=batch.get("difficult"),
-            rois_per_image=self.rois_per_image,
-            fg_fraction=self.fg_fraction,
-            fg_iou_threshold=self.fg_iou_threshold,
-            bg_iou_range=self.bg_iou_range,
-            box_stds=self.box_stds,
-            use_difficult=self.use_difficult,
-            seed=seed,
-        )
-
     def head_losses(self, batch: dict, rpn: dict, targets: dict, training: bool) -> dict:
         """The head on the sampled RoIs and its loss: `{"cls_loss", "box_loss"}`."""
         head = self.get_layer(self.roi_head_name)
         cls_score, bbox_pred = head([rpn["features"], targets["rois"]], training=training)
-        terms = fast_rcnn_loss(targets["labels"], targets["box_targets"], cls_score, bbox_pred, 1.0)
-        return {"cls_loss": terms["cls_loss"], "box_loss": terms["box_loss"]}
+        return self.box_head_losses(targets, cls_score, bbox_pred)
 
     def loss_weights(self) -> dict:
-        """Weight of each term of `loss_names` in the total loss."""
         return {
             "rpn_cls_loss": 1.0,
             "rpn_box_loss": self.rpn_box_loss_weight,
-            "cls_loss": 1.0,
-            "box_loss": self.box_loss_weight,
+            **super().loss_weights(),
         }
 
     def compute_losses(self, batch: dict, training: bool = True, seed=None) -> dict:
@@ -313,34 +239,10 @@ class FasterRCNN(keras.Model):
         proposals, _, count = self.train_proposals(batch, rpn)
         targets = self.sample_targets(batch, proposals, count, seed)
         terms.update(self.head_losses(batch, rpn, targets, training))
-        weights = self.loss_weights()
-        loss = tf.add_n([weights.get(name, 1.0) * terms[name] for name in self.loss_names])
-        if self.losses:
-            loss = loss + tf.add_n([tf.cast(v, tf.float32) for v in self.losses])
-        terms["loss"] = loss
+        terms["loss"] = self.total_loss(terms)
         terms["_rpn"] = rpn
         terms["_targets"] = targets
         return terms
-
-    def _record(self, terms: dict) -> dict:
-        self.loss_tracker.update_state(terms["loss"])
-        for tracker in self.term_trackers:
-            tracker.update_state(terms[tracker.name])
-        return {m.name: m.result() for m in self.metrics}
-
-    def train_step(self, data):
-        batch = self.check_batch(data)
-        with tf.GradientTape() as tape:
-            terms = self.compute_losses(batch, training=True)
-            loss = terms["loss"]
-            scaled = self.optimizer.scale_loss(loss) if self.optimizer is not None else loss
-        weights = self.trainable_weights
-        gradients = tape.gradient(scaled, weights)
-        self.optimizer.apply_gradients(zip(gradients, weights))
-        return self._record(terms)
-
-    def test_step(self, data):
-        return self._record(self.compute_losses(self.check_batch(data), training=False))
 
     def model_inputs(self, batch: dict) -> list:
         """`[images, image_shape, scale]` of a batch dict, for calling the model."""
@@ -352,46 +254,183 @@ class FasterRCNN(keras.Model):
             shape = tf.tile(size[None], [tf.shape(images)[0], 1])
         return [images, shape, self.batch_scale(batch)]
 
-    def predict_step(self, data):
-        if isinstance(data, (tuple, list)) and data and isinstance(data[0], dict):
-            data = data[0]
-        if isinstance(data, dict):
-            return self(self.model_inputs(data), training=False)
-        return super().predict_step(data)
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class FasterRCNNParts:
+    """Faster R-CNN's checked parts; `graph` wires them on input tensors.
 
-def _pool_without_pool5(x, name: str):
-    """VGG16 pooling for pool1..pool4: conv5_3 stays at stride 16."""
-    return x if name == "pool5" else default_pool(x, name)
+    Made by `faster_rcnn_parts`; `faster_rcnn` and `mask_rcnn` build their graphs with it, so
+    a detector with a further branch composes the same parts instead of copying them.
 
+    Attributes:
+        backbone: The registered family name, or a `keras.Model` nested as is.
+        feature_stride: Input pixels per feature cell.
+        backbone_options: The family's own options (`{"width": 32}` for the compact trunk).
+        rpn: The `RPNHead` layer (`"rpn"`).
+        proposal_layer: The `ProposalLayer` (`"proposal_layer"`).
+        head_options: Keyword arguments of `fast_rcnn_head` besides the inputs and classes.
+    """
 
-def _backbone_model(backbone, input_shape: tuple, width: int, stride: int) -> keras.Model:
-    images = keras.Input(input_shape, name="images")
-    if isinstance(backbone, keras.Model):
-        return keras.Model(images, backbone(images), name="backbone")
-    if backbone == "compact":
-        features = strided_compact_trunk(images, width, stride)
-    elif backbone == "vgg16":
-        features = vgg16_trunk(images, pool=_pool_without_pool5)["conv5_3"]
-    else:
-        features = resnet_trunk(images, backbone, last_stage=4)
-    model = keras.Model(images, features, name="backbone")
-    if backbone == "vgg16":
-        for layer_name in FROZEN_LAYERS:  # as in the paper (and Fast R-CNN)
+    backbone: str | keras.Model
+    feature_stride: int
+    backbone_options: dict
+    rpn: RPNHead
+    proposal_layer: ProposalLayer
+    head_options: dict
+
+    @property
+    def backbone_source(self) -> str:
+        """The pretrained network of `backbone_weights`, for messages."""
+        if isinstance(self.backbone, keras.Model):
+            return "the backbone model"
+        return get_backbone(self.backbone).weights_source or f"backbone={self.backbone!r}"
+
+    def backbone_model(self, input_shape: tuple) -> keras.Model:
+        """The trunk as the nested model `"backbone"`: images -> features at the stride."""
+        images = keras.Input(input_shape, name="images")
+        if isinstance(self.backbone, keras.Model):
+            return keras.Model(images, self.backbone(images), name=FasterRCNN.backbone_name)
+        family = get_backbone(self.backbone)
+        # Built at the network's own stride: the feature at `feature_stride` is then C4 (or
+        # C3) of the undilated network, and the model keeps only the layers it needs.
+        features = family.apply(images, max(family.output_strides), **self.backbone_options)
+        if self.feature_stride not in features:
+            raise ValueError(
+                f"feature_stride={self.feature_stride!r}: backbone={self.backbone!r} gives "
+                f"features at the strides {sorted(features)}"
+            )
+        model = keras.Model(images, features[self.feature_stride], name=FasterRCNN.backbone_name)
+        for layer_name in FROZEN_BACKBONE_LAYERS.get(self.backbone, ()):
             model.get_layer(layer_name).trainable = False
-    return model
+        return model
+
+    def roi_head_model(self, channels: int, num_classes: int) -> keras.Model:
+        """The nested model `"roi_head"`: `[features, rois] -> [cls_score, bbox_pred]`."""
+        features = keras.Input((None, None, channels), name="features")
+        rois = keras.Input((None, 4), name="rois")
+        outputs = fast_rcnn_head(features, rois, num_classes, **self.head_options)
+        return keras.Model([features, rois], outputs, name=FasterRCNN.roi_head_name)
+
+    def graph(self, images, image_shape, scale, num_classes: int) -> tuple[dict, object]:
+        """Wires the parts on the input tensors.
+
+        Returns:
+            `(outputs, features)`: the dict of `OUTPUT_KEYS` and the backbone's features.
+        """
+        features = self.backbone_model(tuple(images.shape[1:]))(images)
+        objectness, box_deltas = self.rpn(features)
+        proposals, scores, count = self.proposal_layer([objectness, box_deltas, image_shape, scale])
+        head = self.roi_head_model(features.shape[-1], num_classes)
+        cls_score, bbox_pred = head([features, proposals])
+        outputs = {
+            "cls_score": cls_score,
+            "bbox_pred": bbox_pred,
+            "proposals": proposals,
+            "proposal_scores": scores,
+            "num_proposals": count,
+        }
+        return outputs, features
+
+    def load_backbone(self, model: keras.Model, path: str) -> list[str]:
+        """Copies the family's pretrained weights into the backbone (and VGG16's fc6/fc7)."""
+        family = get_backbone(self.backbone)
+        loaded = family.load_weights(model.get_layer(FasterRCNN.backbone_name), path)
+        head = self.head_options
+        if family.name == "vgg16" and head["pool_size"] == 7 and head["fc_units"] == FC_UNITS:
+            loaded += load_vgg16_weights(model.get_layer(FasterRCNN.roi_head_name), path)
+        return loaded
 
 
-def _roi_head_model(channels: int, num_classes: int, **options) -> keras.Model:
-    features = keras.Input((None, None, channels), name="features")
-    rois = keras.Input((None, 4), name="rois")
-    outputs = fast_rcnn_head(features, rois, num_classes, **options)
-    return keras.Model([features, rois], outputs, name="roi_head")
+def architecture_defaults() -> dict:
+    """`faster_rcnn`'s architecture arguments (all but `num_classes`, `input_shape`,
+    `weights` and `name`) with their defaults."""
+    return {
+        key: parameter.default
+        for key, parameter in inspect.signature(faster_rcnn).parameters.items()
+        if parameter.default is not inspect.Parameter.empty and key not in MODEL_ARGUMENTS
+    }
+
+
+def faster_rcnn_parts(**options) -> FasterRCNNParts:
+    """Checks Faster R-CNN's architecture options and makes its parts.
+
+    Args:
+        **options: Architecture arguments of `faster_rcnn` (`backbone`, `anchor_scales`,
+            ..., `backbone_weights`); those not given take `faster_rcnn`'s defaults.
+
+    Returns:
+        The parts; `parts.graph(...)` wires them.
+
+    Raises:
+        ValueError: Bad or unknown argument.
+    """
+    defaults = architecture_defaults()
+    unknown = sorted(set(options) - set(defaults))
+    if unknown:
+        raise ValueError(
+            f"unknown arguments {unknown}: Faster R-CNN's architecture takes {sorted(defaults)}"
+        )
+    o = types.SimpleNamespace(**{**defaults, **options})
+    backbone, feature_stride, dropout = o.backbone, o.feature_stride, o.dropout
+    if isinstance(backbone, keras.Model):
+        if o.backbone_weights is not None:
+            raise ValueError("backbone_weights: not supported with a backbone model (load its own)")
+        backbone_options = {}
+    else:
+        if not isinstance(backbone, str):
+            raise ValueError(f"backbone={backbone!r}: expected a registered name or a keras.Model")
+        backbone = BACKBONE_ALIASES.get(backbone, backbone)
+        family = get_backbone(backbone)  # names the registered ones
+        backbone_options = {}
+        if "width" in family.options:  # the compact trunk's; ignored by the other families
+            width = o.backbone_width
+            if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+                raise ValueError(f"backbone_width={width!r}: expected a positive int")
+            backbone_options["width"] = width
+        family.check(None, o.backbone_weights)  # a family that is never pretrained says so
+    if isinstance(feature_stride, bool) or feature_stride not in FEATURE_STRIDES:
+        raise ValueError(
+            f"feature_stride={feature_stride!r}: expected one of {list(FEATURE_STRIDES)}"
+        )
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout={dropout!r}: expected a rate in [0, 1)")
+    for key, value in (("fc_units", o.fc_units), ("pool_size", o.pool_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{key}={value!r}: expected a positive int")
+    if o.roi_mode not in ("max", "align"):
+        raise ValueError(f"roi_mode={o.roi_mode!r}: expected 'max' or 'align'")
+    anchors_per_cell = num_anchors(o.anchor_scales, o.anchor_ratios)  # checks both
+    proposal_layer = ProposalLayer(  # checks its options
+        stride=feature_stride,
+        scales=tuple(float(s) for s in o.anchor_scales),
+        ratios=tuple(float(r) for r in o.anchor_ratios),
+        train_pre_nms_top_n=o.train_pre_nms_top_n,
+        train_post_nms_top_n=o.train_post_nms_top_n,
+        test_pre_nms_top_n=o.test_pre_nms_top_n,
+        test_post_nms_top_n=o.test_post_nms_top_n,
+        nms_iou=o.rpn_nms_iou,
+        min_size=o.min_size,
+        name=FasterRCNN.proposal_layer_name,
+    )
+    return FasterRCNNParts(
+        backbone=backbone,
+        feature_stride=feature_stride,
+        backbone_options=backbone_options,
+        rpn=RPNHead(anchors_per_cell, o.rpn_filters, name=FasterRCNN.rpn_name),
+        proposal_layer=proposal_layer,
+        head_options={
+            "pool_size": o.pool_size,
+            "roi_mode": o.roi_mode,
+            "dropout": dropout,
+            "fc_units": o.fc_units,
+            "spatial_scale": 1.0 / feature_stride,
+        },
+    )
 
 
 def faster_rcnn(
     num_classes: int = 20,
-    backbone: str = "vgg16",
+    backbone: str | keras.Model = "vgg16",
     anchor_scales: Sequence[float] = (128, 256, 512),
     anchor_ratios: Sequence[float] = (0.5, 1, 2),
     rpn_filters: int = 512,
@@ -413,16 +452,19 @@ def faster_rcnn(
     name: str = "faster_rcnn",
     **kwargs,
 ) -> FasterRCNN:
-    """Builds Faster R-CNN: a stride-16 (or 8) backbone, the RPN and the Fast R-CNN head.
+    """Builds Faster R-CNN: a backbone at stride 16 (or 8), the RPN and the Fast R-CNN head.
 
     Args:
         num_classes: Object classes K; the head has K + 1 outputs (background = 0).
-        backbone: `"vgg16"` (conv5_3, conv1/conv2 frozen as in the paper), `"resnet50"`
-            (conv1 ... conv4, all trainable; its features feed the same fc head, not a conv5
-            head), or a `keras.Model` mapping images to stride-16 features with a known
-            number of channels (nested as is; it must be serializable). `"compact"`: a
-            small conv-BN-ReLU trunk from scratch (`keras_dense.apps.compact_backbone`), for
-            small images and CPU experiments; it takes no `backbone_weights`.
+        backbone: A family of the backbone registry (`keras_dense.backbones.backbone_names()`):
+            the trunk is the family's network cut at its last feature map at
+            `feature_stride` (VGG16: conv5_3 at 16, conv1/conv2 frozen as in the paper;
+            ResNet: conv1 ... conv4 at 16, all trainable, feeding the same fc head, not a
+            conv5 head; MobileNetV2, Xception, ...). `"compact"` is the registry's
+            `"compact_strided"`: a small conv-BN-ReLU trunk from scratch, for small images
+            and CPU experiments, never pretrained. Or a `keras.Model` mapping images to
+            features at `feature_stride` with a known number of channels (nested as is; it
+            must be serializable).
         anchor_scales: Anchor sides in input pixels ((128, 256, 512)).
         anchor_ratios: Anchor height / width ratios ((0.5, 1, 2)).
         rpn_filters: Channels of the RPN's 3 x 3 conv (512).
@@ -437,14 +479,15 @@ def faster_rcnn(
         rpn_nms_iou: IoU threshold of the proposals' NMS (0.7).
         min_size: Smallest proposal side in original-image pixels (16; the `scale` input
             converts it to input pixels).
-        feature_stride: Input pixels per feature cell: 16, or 8 with `backbone="compact"`
-            (anchors, proposals and RoI pooling follow it).
+        feature_stride: Input pixels per feature cell: 16 (C4, the paper's) or 8 (C3);
+            anchors, proposals and RoI pooling follow it. A family without features at that
+            stride is refused.
         backbone_width: Channels of the compact trunk's first stage (32; ignored by the
             other backbones).
         input_shape: Image shape (H, W, 3); H and W may be None.
-        backbone_weights: None, `"imagenet"` or a weight file of the keras.applications
-            network (VGG16 with its top: conv layers, and fc6/fc7 when `pool_size=7` and
-            `fc_units=4096`; ResNet50: conv1 ... conv4).
+        backbone_weights: None, `"imagenet"` or a weight file of the family's
+            keras.applications network (VGG16 with its top: conv layers, and fc6/fc7 when
+            `pool_size=7` and `fc_units=4096`).
         weights: None or a weight file of this model (`.weights.h5` or `.keras`).
         name: Model name.
         **kwargs: Training options of `FasterRCNN` (`rpn_batch_size_per_image`,
@@ -459,75 +502,12 @@ def faster_rcnn(
     Raises:
         ValueError: Bad argument.
     """
-    if not isinstance(backbone, keras.Model) and backbone not in BACKBONES:
-        raise ValueError(
-            f"backbone={backbone!r}: expected one of {list(BACKBONES)} or a keras.Model"
-        )
-    if isinstance(backbone, keras.Model) and backbone_weights is not None:
-        raise ValueError("backbone_weights: not supported with a backbone model (load its own)")
-    if backbone == "compact":
-        if backbone_weights is not None:
-            raise ValueError("backbone_weights: the compact backbone is never pretrained")
-        check_strided_compact_options(backbone_width, feature_stride)
-    elif feature_stride != FEATURE_STRIDE:
-        raise ValueError(
-            f"feature_stride={feature_stride!r}: expected {FEATURE_STRIDE} with this backbone "
-            "(8 needs backbone='compact')"
-        )
-    if not 0.0 <= dropout < 1.0:
-        raise ValueError(f"dropout={dropout!r}: expected a rate in [0, 1)")
-    for key, value in (("fc_units", fc_units), ("pool_size", pool_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{key}={value!r}: expected a positive int")
-    if roi_mode not in ("max", "align"):
-        raise ValueError(f"roi_mode={roi_mode!r}: expected 'max' or 'align'")
-    anchors_per_cell = num_anchors(anchor_scales, anchor_ratios)  # checks both
-    proposal_options = {
-        "stride": feature_stride,
-        "scales": tuple(float(s) for s in anchor_scales),
-        "ratios": tuple(float(r) for r in anchor_ratios),
-        "train_pre_nms_top_n": train_pre_nms_top_n,
-        "train_post_nms_top_n": train_post_nms_top_n,
-        "test_pre_nms_top_n": test_pre_nms_top_n,
-        "test_post_nms_top_n": test_post_nms_top_n,
-        "nms_iou": rpn_nms_iou,
-        "min_size": min_size,
-    }
-    proposal_layer = ProposalLayer(**proposal_options, name="proposal_layer")  # checks them
-    rpn_head = RPNHead(anchors_per_cell, rpn_filters, name="rpn")
+    # The arguments as given, before any other local name exists.
+    given = locals()
+    parts = faster_rcnn_parts(**{key: given[key] for key in architecture_defaults()})
 
     def graph(inputs, classes: int):
-        images, image_shape, scale = inputs
-        trunk = _backbone_model(backbone, tuple(images.shape[1:]), backbone_width, feature_stride)
-        features = trunk(images)
-        objectness, box_deltas = rpn_head(features)
-        proposals, scores, count = proposal_layer([objectness, box_deltas, image_shape, scale])
-        head = _roi_head_model(
-            features.shape[-1],
-            classes,
-            pool_size=pool_size,
-            roi_mode=roi_mode,
-            dropout=dropout,
-            fc_units=fc_units,
-            spatial_scale=1.0 / feature_stride,
-        )
-        cls_score, bbox_pred = head([features, proposals])
-        return {
-            "cls_score": cls_score,
-            "bbox_pred": bbox_pred,
-            "proposals": proposals,
-            "proposal_scores": scores,
-            "num_proposals": count,
-        }
-
-    def load_backbone(model: keras.Model, path: str):
-        trunk = model.get_layer(FasterRCNN.backbone_name)
-        if backbone == "vgg16":  # (a backbone model takes no backbone_weights)
-            loaded = load_vgg16_weights(trunk, path, fc=False)
-            if pool_size == 7 and fc_units == FC_UNITS:
-                loaded += load_vgg16_weights(model.get_layer(FasterRCNN.roi_head_name), path)
-            return loaded
-        return load_backbone_weights(trunk, backbone, path)
+        return parts.graph(*inputs, classes)[0]
 
     return build_model(
         graph,
@@ -539,14 +519,8 @@ def faster_rcnn(
         extra_inputs={"image_shape": (2,), "scale": ()},
         weights=weights,
         backbone_weights=backbone_weights,
-        load_backbone=load_backbone,
-        backbone_source=(
-            "keras.applications.VGG16 (include_top=True)"
-            if backbone == "vgg16"
-            else "keras.applications.ResNet50"
-            if backbone == "resnet50"
-            else "the backbone model"
-        ),
+        load_backbone=parts.load_backbone,
+        backbone_source=parts.backbone_source,
         model_class=FasterRCNN,
         **kwargs,
     )

@@ -27,13 +27,11 @@ is the per-pixel sigmoid cross-entropy of the RoI's class channel (`mask_loss`).
 
 from __future__ import annotations
 
-import inspect
-
 import keras
 import tensorflow as tf
 
 from keras_dense.apps.builder import build_model
-from keras_dense.apps.faster_rcnn_model import FasterRCNN, faster_rcnn
+from keras_dense.apps.faster_rcnn_model import FasterRCNN, faster_rcnn_parts
 from keras_dense.detection.boxes import BOX_STDS
 from keras_dense.detection.losses import mask_loss
 from keras_dense.detection.mask_targets import mask_targets
@@ -79,6 +77,14 @@ class MaskRCNN(FasterRCNN):
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
+        self.mask_size = int(self.output["detection_masks"].shape[-1])
+        self.mask_loss_weight = float(mask_loss_weight)
+        self.mask_target_threshold = (
+            None if mask_target_threshold is None else float(mask_target_threshold)
+        )
+
+    def check_graph(self) -> None:
+        super().check_graph()
         missing = [key for key in DETECTION_KEYS if key not in self.output]
         if missing:
             raise ValueError(f"outputs: a Mask R-CNN graph needs the outputs {missing}")
@@ -86,11 +92,6 @@ class MaskRCNN(FasterRCNN):
         for part in (self.mask_head_name, self.detection_layer_name):
             if part not in names:
                 raise ValueError(f"MaskRCNN: the graph has no layer named {part!r}")
-        self.mask_size = int(self.output["detection_masks"].shape[-1])
-        self.mask_loss_weight = float(mask_loss_weight)
-        self.mask_target_threshold = (
-            None if mask_target_threshold is None else float(mask_target_threshold)
-        )
 
     def get_config(self):
         config = super().get_config()
@@ -102,9 +103,9 @@ class MaskRCNN(FasterRCNN):
         )
         return config
 
-    @staticmethod
-    def check_batch(data) -> dict:
-        batch = FasterRCNN.check_batch(data)
+    @classmethod
+    def check_batch(cls, data) -> dict:
+        batch = super().check_batch(data)
         if "instance_masks" not in batch:
             raise ValueError(
                 "batch: missing key 'instance_masks'; Mask R-CNN trains on "
@@ -201,9 +202,10 @@ def mask_rcnn(
 
     Args:
         num_classes: Object classes K; the box head has K + 1 outputs, the mask head K.
-        backbone: `"vgg16"` or `"resnet50"` (stride-16 features, see `faster_rcnn`), or
-            `"compact"` (from scratch, stride 8 or 16 by `feature_stride`, for small images
-            and CPU experiments).
+        backbone: A family of the backbone registry, cut at `feature_stride` (`"resnet50"`:
+            conv4 at stride 16; `"vgg16"`: conv5_3; see `faster_rcnn`), `"compact"` (from
+            scratch, stride 8 or 16 by `feature_stride`, for small images and CPU
+            experiments) or a `keras.Model`.
         mask_size: Side of the predicted masks (28; RoIAlign pools `mask_size / 2`).
         mask_filters: Channels of the mask head's convolutions (256).
         mask_convs: 3 x 3 convolutions of the mask head (4).
@@ -231,14 +233,13 @@ def mask_rcnn(
         raise ValueError(f"mask_size={mask_size!r}: expected an even int >= 2")
     if mask_size % 2:
         raise ValueError(f"mask_size={mask_size!r}: expected an even int (RoIAlign to half)")
-    training_keys = {
-        key
-        for cls in (FasterRCNN, MaskRCNN)
-        for key, parameter in inspect.signature(cls.__init__).parameters.items()
-        if parameter.kind is inspect.Parameter.KEYWORD_ONLY
-    }
+    training_keys = MaskRCNN.training_option_names()
     training = {k: v for k, v in kwargs.items() if k in training_keys}
     architecture = {k: v for k, v in kwargs.items() if k not in training_keys}
+    # Faster R-CNN's parts (backbone, RPN, proposal layer, box head), checked once.
+    parts = faster_rcnn_parts(
+        backbone=backbone, roi_mode=roi_mode, backbone_weights=backbone_weights, **architecture
+    )
     box_stds = training.get("box_stds", BOX_STDS)
     detection_layer = DetectionLayer(
         score_threshold, nms_iou, max_detections, box_stds, name=MaskRCNN.detection_layer_name
@@ -246,40 +247,28 @@ def mask_rcnn(
 
     def graph(inputs, classes: int):
         images, image_shape, scale = inputs
-        # Faster R-CNN's parts, built once and wired here with the mask branch after them.
-        base = faster_rcnn(
-            classes,
-            backbone=backbone,
-            roi_mode=roi_mode,
-            input_shape=tuple(images.shape[1:]),
-            backbone_weights=backbone_weights,
-            name=f"{name}_base",
-            **architecture,
-        )
-        features = base.get_layer(FasterRCNN.backbone_name)(images)
-        objectness, box_deltas = base.get_layer(FasterRCNN.rpn_name)(features)
-        proposal_layer = base.get_layer(FasterRCNN.proposal_layer_name)
-        proposals, scores, count = proposal_layer([objectness, box_deltas, image_shape, scale])
-        cls_score, bbox_pred = base.get_layer(FasterRCNN.roi_head_name)([features, proposals])
+        outputs, features = parts.graph(images, image_shape, scale, classes)
         boxes, det_scores, det_classes, num = detection_layer(
-            [cls_score, bbox_pred, proposals, image_shape, count]
+            [
+                outputs["cls_score"],
+                outputs["bbox_pred"],
+                outputs["proposals"],
+                image_shape,
+                outputs["num_proposals"],
+            ]
         )
         head = _mask_head_model(
             features.shape[-1],
             classes,
             mask_size,
-            proposal_layer.stride,
+            parts.feature_stride,
             filters=mask_filters,
             num_convs=mask_convs,
         )
         logits = head([features, boxes])
         masks = ClassMasks(name="detection_masks")([logits, det_classes])
         return {
-            "cls_score": cls_score,
-            "bbox_pred": bbox_pred,
-            "proposals": proposals,
-            "proposal_scores": scores,
-            "num_proposals": count,
+            **outputs,
             "detection_boxes": boxes,
             "detection_scores": det_scores,
             "detection_classes": det_classes,
@@ -296,6 +285,9 @@ def mask_rcnn(
         input_name="images",
         extra_inputs={"image_shape": (2,), "scale": ()},
         weights=weights,
+        backbone_weights=backbone_weights,
+        load_backbone=parts.load_backbone,
+        backbone_source=parts.backbone_source,
         model_class=MaskRCNN,
         **training,
     )
