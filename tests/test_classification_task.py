@@ -19,6 +19,7 @@ from keras_dense.data.schema import Record, parse_serialized, serialize_record
 from keras_dense.data.writer import write_dataset
 from keras_dense.evaluation.classification_evaluation import evaluate_classification
 from keras_dense.tasks import EvaluateOptions, get_task
+from keras_dense.training.recipe import validate
 
 NUM_CLASSES = 3  # circle, square, triangle (shapes without background)
 
@@ -122,7 +123,9 @@ def _small_model(pooling="gap"):
 def test_a_few_fit_steps_lower_the_loss(shapes):
     model = _small_model("lse")
     task = get_task("classification")
-    recipe = {"training": {"jit_compile": False}}
+    recipe = validate(
+        {"task": "classification", "model": {"builder": "wsl_classifier"}, "data": {"train": "x"}}
+    )
     task.compile(model, recipe, keras.optimizers.Adam(1e-4), NUM_CLASSES)
     images, labels = next(iter(classification_dataset(shapes, 8, NUM_CLASSES, (32, 32))))
     bce = keras.losses.BinaryCrossentropy(from_logits=True)

@@ -146,7 +146,7 @@ def test_resume_with_another_recipe_lists_the_keys(two_sets, tmp_path):
     # A run saved by an older version lacks the keys added since: at their defaults they are
     # what that run did, so it resumes; set otherwise they are a change.
     saved = json.loads((run_dir / "recipe.json").read_text())
-    del saved["data"]["on_error"], saved["data"]["allow_missing_proposals"]
+    del saved["data"]["on_error"], saved["model"]["num_classes"]
     (run_dir / "recipe.json").write_text(json.dumps(saved))
     check_resume(str(run_dir), _recipe(two_sets))
     skipping = _recipe(two_sets)

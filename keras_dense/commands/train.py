@@ -33,9 +33,9 @@ def register(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Loads the recipe, trains it and prints a summary."""
-    from keras_dense.training import load_recipe, train
+    from keras_dense.training import load_config, train
 
-    recipe = load_recipe(args.recipe, args.overrides)
+    recipe = load_config(args.recipe, args.overrides)  # parsed and checked once
     output = args.output or os.path.join("runs", os.path.splitext(os.path.basename(args.recipe))[0])
     summary = train(recipe, output)
     best = summary["best"]

@@ -1,26 +1,31 @@
 """What every task needs from a recipe's `[data]` table: shards, classes, steps, validation.
 
-The task modules (`keras_dense.tasks.segmentation`, ...) build their pipelines with these.
+The task modules (`keras_dense.tasks.segmentation`, ...) build their pipelines with these,
+from the typed recipe (`keras_dense.tasks.recipe_config.Recipe`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections.abc import Mapping
 
 import tensorflow as tf
 
 from keras_dense.data import BadInputError
 from keras_dense.data.class_lists import agreed_manifest_classes
 from keras_dense.data.tfrecord_files import count_records, resolve_files
+from keras_dense.tasks.configs import DataConfig
+from keras_dense.tasks.recipe_config import Recipe
 from keras_dense.utils.errors import RecipeError
 
 
-def normalization_mode(data: dict) -> str | None:
+def normalization_mode(data: DataConfig) -> str | None:
     """The recipe's normalisation with "none" (TOML has no null) as None."""
-    return None if data["normalization"] == "none" else data["normalization"]
+    return data.normalization_mode
 
 
-def data_classes(data: dict, task) -> list[str]:
+def data_classes(data: DataConfig | Mapping, task) -> list[str]:
     """The class names of a run, checked against every manifest of its shards.
 
     Every manifest of the training and validation shards is read; they must agree with each
@@ -29,7 +34,7 @@ def data_classes(data: dict, task) -> list[str]:
     (`Task.class_names`: detection drops a leading "background").
 
     Args:
-        data: The recipe's `[data]` table.
+        data: The recipe's `[data]` config (or its resolved table).
         task: The recipe's `keras_dense.tasks.Task`.
 
     Returns:
@@ -40,9 +45,11 @@ def data_classes(data: dict, task) -> list[str]:
         RecipeError: The recipe's classes or ignore label disagree with the manifests, or no
             names are given and no manifest has them.
     """
-    patterns = {"data.train": data["train"], "data.validation": data["validation"]}
+    if isinstance(data, Mapping):
+        data = task.data_config(**{k: v for k, v in data.items() if k in _fields(task)})
+    patterns = {"data.train": data.train, "data.validation": data.validation}
     found, ignore_label, manifests = agreed_manifest_classes(patterns, task.class_names)
-    names = task.class_names(list(data["classes"])) if data["classes"] else []
+    names = task.class_names(list(data.classes)) if data.classes else []
     if names and found is not None and names != found:
         raise RecipeError(
             f"recipe key 'data.classes' = {names} differs from the class list of the shards "
@@ -50,13 +57,9 @@ def data_classes(data: dict, task) -> list[str]:
             "wrong classes: fix data.classes (or drop it to use the manifests'), or convert "
             "the data with these classes"
         )
-    if (
-        ignore_label is not None
-        and data.get("ignore_label") is not None
-        and ignore_label != data["ignore_label"]
-    ):
+    if ignore_label is not None and ignore_label != data.ignore_label:
         raise RecipeError(
-            f"recipe key 'data.ignore_label' = {data['ignore_label']} differs from the shards' "
+            f"recipe key 'data.ignore_label' = {data.ignore_label} differs from the shards' "
             f"ignore_label {ignore_label} (manifests: {', '.join(sorted(manifests))})"
         )
     names = names or list(found or [])
@@ -66,6 +69,18 @@ def data_classes(data: dict, task) -> list[str]:
             "with class names; list the classes in the recipe"
         )
     return names
+
+
+def run_num_classes(recipe: Recipe, task) -> int:
+    """The model's classes: `model.num_classes` as the trainer resolved it, else the data's.
+
+    Never read from a model's outputs: the trainer passes the class count it built with.
+    """
+    return recipe.model.num_classes or len(data_classes(recipe.data, task))
+
+
+def _fields(task) -> set[str]:
+    return {f.name for f in dataclasses.fields(task.data_config)}
 
 
 def check_batch_fits(pattern: str, batch_size: int, key: str = "data.train") -> int:
@@ -129,12 +144,12 @@ def no_auto_shard(dataset: tf.data.Dataset) -> tf.data.Dataset:
     return dataset.with_options(options)
 
 
-def validation_dataset(make, recipe: dict, num_workers: int, worker_index: int):
+def validation_dataset(make, recipe: Recipe, num_workers: int, worker_index: int):
     """The validation dataset of a recipe, shared by segmentation and detection.
 
     Args:
         make: `(file_patterns, batch_size) -> tf.data.Dataset` building the batches.
-        recipe: The resolved recipe.
+        recipe: The recipe.
         num_workers: Processes in the cluster; with several, validation runs a fixed number of
             steps on a repeated, not auto-sharded dataset (every worker runs the same steps).
         worker_index: This process's index in the cluster.
@@ -143,20 +158,20 @@ def validation_dataset(make, recipe: dict, num_workers: int, worker_index: int):
         `(validation, validation_steps)`: `(None, None)` without validation data;
         validation_steps None for one exact pass.
     """
-    data, training = recipe["data"], recipe["training"]
-    if not data["validation"]:
+    data, training = recipe.data, recipe.training
+    if not data.validation:
         return None, None
-    val_batch = training["validation_batch_size"] or training["batch_size"]
+    val_batch = training.validation_batch_size or training.batch_size
     validation = make(
-        worker_shards(data["validation"], "data.validation", num_workers, worker_index), val_batch
+        worker_shards(data.validation, "data.validation", num_workers, worker_index), val_batch
     )
     if num_workers == 1:
         # A known length spares Keras a first pass ending in a "ran out of data" warning.
-        batches = math.ceil(count_records(data["validation"]) / val_batch)
+        batches = math.ceil(count_records(data.validation) / val_batch)
         validation = validation.apply(tf.data.experimental.assert_cardinality(batches))
-    validation_steps = training["validation_steps"] or None
+    validation_steps = training.validation_steps or None
     if num_workers > 1 and validation_steps is None:
-        validation_steps = max(count_records(data["validation"]) // val_batch, 1)
+        validation_steps = max(count_records(data.validation) // val_batch, 1)
     if validation_steps is not None:
         validation = validation.repeat()
     if num_workers > 1:
@@ -164,19 +179,19 @@ def validation_dataset(make, recipe: dict, num_workers: int, worker_index: int):
     return validation, validation_steps
 
 
-def total_steps(recipe: dict, steps_per_epoch: int) -> tuple[int, int]:
+def total_steps(recipe: Recipe, steps_per_epoch: int) -> tuple[int, int]:
     """`(epochs, optimizer steps)`: `training.steps` (when > 0) sets the number of epochs."""
-    training = recipe["training"]
-    if training["steps"]:
-        epochs = math.ceil(training["steps"] / steps_per_epoch)
-        return epochs, training["steps"]
-    return training["epochs"], training["epochs"] * steps_per_epoch
+    training = recipe.training
+    if training.steps:
+        epochs = math.ceil(training.steps / steps_per_epoch)
+        return epochs, training.steps
+    return training.epochs, training.epochs * steps_per_epoch
 
 
-def check_patterns(recipe: dict) -> None:
+def check_patterns(recipe: Recipe) -> None:
     """Fails early, naming the recipe key, when a data pattern matches no file."""
     for key in ("train", "validation"):
-        pattern = recipe["data"][key]
+        pattern = getattr(recipe.data, key)
         if not pattern:
             continue
         try:

@@ -1,10 +1,13 @@
-"""Training recipes: TOML files, `--set key=value` overrides, defaults and validation.
+"""Training recipes: TOML files, `--set key=value` overrides, parsing into typed configs.
 
-A recipe has the tables `[model]` (`builder` and `[model.kwargs]`), `[data]`, `[training]`,
-`[optimizer]`, `[schedule]` and `[loss]`, plus top-level `task` and `seed`; `DEFAULTS` lists
-every key with its default value. Keys are validated against it, so a misspelt key is an
-error naming it, not a silently ignored setting. `[model.kwargs]` is free-form: it is checked
-against the builder's signature when the model is built.
+A recipe has the tables `[model]` (`builder`, `num_classes` and `[model.kwargs]`), `[data]`,
+`[training]`, `[optimizer]`, `[schedule]` and `[loss]`, plus top-level `task` and `seed`. It
+is parsed once into a `keras_dense.tasks.recipe_config.Recipe`: each table is a dataclass
+declaring its keys and defaults (`keras_dense.tasks.configs`), and `[data]` is the recipe's
+task's own (`Task.data_config`). A misspelt key is an error naming it, a value of the wrong
+type names its key path, and a key of another task's `[data]` names the tasks it applies to.
+`[model.kwargs]` is free-form: it is checked against the builder's signature when the model
+is built; `[optimizer]` also takes the chosen class's own arguments.
 
 Overrides use dotted keys and TOML values: `--set training.epochs=3`,
 `--set optimizer.name="adamw"` (a value that is not valid TOML is taken as a string, so
@@ -14,146 +17,71 @@ Overrides use dotted keys and TOML values: `--set training.epochs=3`,
 from __future__ import annotations
 
 import copy
-import difflib
+import dataclasses
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
-from keras_dense.data.device_augment import AUGMENT_ON
 from keras_dense.losses import LOSS_NAMES
-from keras_dense.tasks import get_task, task_names
+from keras_dense.tasks.configs import (
+    CLASS_WEIGHT_RULES,
+    NORMALIZATIONS,
+    ON_ERROR,
+    SCHEDULES,
+    OptimizerConfig,
+)
+from keras_dense.tasks.recipe_config import Recipe, default_table, parse_recipe_table
+from keras_dense.tasks.segmentation_config import SEGMENTATION_METRICS
 from keras_dense.training.optimizers import resolve_optimizer
 from keras_dense.utils.errors import RecipeError
+from keras_dense.utils.typed_tables import parse_table, table_of
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised on Python < 3.11 only
     import tomli as tomllib
 
-# `optimizer.name`: any `keras.optimizers` class (see keras_dense.training.optimizers).
-SCHEDULES = ("poly", "cosine", "step", "constant")
+__all__ = [
+    "CLASS_WEIGHT_RULES",
+    "DEFAULTS",
+    "LOSSES",
+    "METRICS",
+    "NORMALIZATIONS",
+    "ON_ERROR",
+    "SCHEDULES",
+    "Recipe",
+    "RecipeError",
+    "UNTYPED_DEFAULTS",
+    "apply_overrides",
+    "load_config",
+    "load_recipe",
+    "parse_override",
+    "parse_recipe",
+    "read_recipe_file",
+    "validate",
+]
+
 LOSSES = LOSS_NAMES  # see keras_dense.losses.build_loss
-# `loss.class_weights` may name a rule instead of listing the weights.
-CLASS_WEIGHT_RULES = ("median_frequency",)
-METRICS = ("mean_iou", "pixel_accuracy")
-NORMALIZATIONS = ("caffe", "torch", "tf", "none")
-ON_ERROR = ("fail", "skip")
+METRICS = SEGMENTATION_METRICS  # segmentation's; each task declares its own (`Task.metrics`)
 
-DEFAULTS: dict = {
-    "task": "segmentation",
-    "seed": 0,
-    "model": {"builder": "", "kwargs": {}},
-    "data": {
-        "train": "",
-        "validation": "",
-        "classes": [],
-        "normalization": "caffe",
-        "channels": 3,
-        "ignore_label": 255,
-        "crop_size": [512, 512],
-        "scale_range": [0.5, 2.0],
-        "flip": True,
-        "photometric": True,
-        # "host": augment in tf.data; "device": decode only, augment at the train step's start.
-        "augment_on": "host",
-        "cache": False,
-        "shuffle_buffer": 256,
-        "min_size": 600,
-        "max_size": 1000,
-        "max_boxes": 100,
-        "max_proposals": 2000,
-        # Detection records that fail the check (keras_dense.data.detection_records): "fail"
-        # stops naming the first; "skip" leaves them out of training with a count.
-        "on_error": "fail",
-        # Fast R-CNN / R-CNN on records without proposals trains on ground-truth RoIs only.
-        "allow_missing_proposals": False,
-    },
-    "training": {
-        "batch_size": 8,
-        "validation_batch_size": 0,
-        "epochs": 1,
-        "steps": 0,
-        "steps_per_epoch": 0,
-        "validation_steps": 0,
-        "metrics": ["mean_iou", "pixel_accuracy"],
-        "mixed_precision": False,
-        "jit_compile": False,
-        "image_summaries": 3,
-    },
-    "optimizer": {
-        "name": "sgd",
-        "learning_rate": 0.01,
-        "momentum": 0.9,
-        "nesterov": False,
-        "weight_decay": 0.0,
-        "beta_1": 0.9,
-        "beta_2": 0.999,
-        "epsilon": 1e-7,
-        "clipnorm": 0.0,
-    },
-    "schedule": {
-        "name": "constant",
-        "power": 0.9,
-        "end_learning_rate": 0.0,
-        "alpha": 0.0,
-        "boundaries": [],
-        "factor": 0.1,
-    },
-    "loss": {"name": "sparse_categorical_crossentropy", "class_weights": []},
+# The resolved table of a segmentation recipe that sets nothing (the default task).
+DEFAULTS: dict = default_table("segmentation")
+
+# What recipes saved before the configs were typed held (`recipe.json` of older runs): one
+# `[data]` table with every task's keys, and segmentation's metrics for every task. Resuming
+# such a run takes a key at these values to mean what this version's defaults mean.
+UNTYPED_DEFAULTS: dict = {
+    "data.crop_size": [512, 512],
+    "data.scale_range": [0.5, 2.0],
+    "data.photometric": True,
+    "data.augment_on": "host",
+    "data.min_size": 600,
+    "data.max_size": 1000,
+    "data.max_boxes": 100,
+    "data.max_proposals": 2000,
+    "data.allow_missing_proposals": False,
+    "training.metrics": ["mean_iou", "pixel_accuracy"],
 }
-
-# Free-form tables (any keys): their contents are checked elsewhere.
-_FREE_FORM = ("model.kwargs",)
-
-
-def _type_name(value) -> str:
-    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}.get(
-        type(value), "a list" if isinstance(value, list) else "a table"
-    )
-
-
-def _check_type(key: str, value, default) -> None:
-    if isinstance(default, bool):
-        ok = isinstance(value, bool)
-    elif isinstance(default, float):
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    elif isinstance(default, int):
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    elif isinstance(default, str):
-        ok = isinstance(value, str)
-    elif isinstance(default, list):
-        ok = (
-            isinstance(value, list)
-            or (key == "data.crop_size" and isinstance(value, int))
-            or (key == "loss.class_weights" and isinstance(value, str))
-        )
-    else:
-        ok = isinstance(value, dict)
-    if not ok:
-        raise RecipeError(
-            f"recipe key {key!r}: expected {_type_name(default)}, got {value!r} "
-            f"({_type_name(value)})"
-        )
-
-
-def _merge(defaults: dict, given: dict, prefix: str = "") -> dict:
-    """Deep-merges `given` over `defaults`, rejecting unknown keys and wrong types."""
-    out = copy.deepcopy(defaults)
-    for key, value in given.items():
-        dotted = f"{prefix}{key}"
-        if key not in defaults:
-            close = difflib.get_close_matches(key, list(defaults), n=1)
-            hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
-            raise RecipeError(
-                f"recipe key {dotted!r} is unknown{hint}; known keys here: {sorted(defaults)}"
-            )
-        default = defaults[key]
-        _check_type(dotted, value, default)
-        if isinstance(default, dict) and dotted not in _FREE_FORM:
-            out[key] = _merge(default, value, f"{dotted}.")
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
 
 
 def parse_override(assignment: str) -> tuple[list[str], object]:
@@ -195,135 +123,42 @@ def apply_overrides(recipe: dict, overrides: Sequence[str]) -> dict:
     return recipe
 
 
-def _require(condition: bool, key: str, message: str) -> None:
-    if not condition:
-        raise RecipeError(f"recipe key {key!r}: {message}")
+def _resolved_optimizer(recipe: Mapping) -> dict:
+    """The recipe's `[optimizer]`: shared keys typed and checked, the class's own resolved."""
+    given = recipe.get("optimizer", {})
+    if not isinstance(given, Mapping):
+        return given  # `parse_recipe_table` names the key
+    shared = {f.name for f in dataclasses.fields(OptimizerConfig)}
+    known = parse_table(
+        OptimizerConfig, {k: v for k, v in given.items() if k in shared}, "optimizer."
+    )
+    known.check()
+    return resolve_optimizer(dict(given), table_of(known), table_of(OptimizerConfig()))
 
 
-def validate(recipe: dict) -> dict:
-    """Merges `recipe` over `DEFAULTS` and checks every value.
+def parse_recipe(recipe: Mapping) -> Recipe:
+    """Parses and checks a recipe table (after overrides) into its typed configs.
 
     Args:
-        recipe: The parsed recipe (after overrides).
+        recipe: The recipe as plain TOML values (a file's, or a stored `Recipe.to_dict`).
 
     Returns:
-        The resolved recipe: every key present, `data.crop_size` as `[h, w]`.
+        The `Recipe`: every key present, `data.crop_size` as `(h, w)`.
 
     Raises:
-        RecipeError: An unknown key, a wrong type or a value out of range (the key is named).
+        RecipeError: An unknown key, a wrong type, a key of another task's `[data]` or a
+            value out of range (the key is named).
     """
-    # `[optimizer]` also takes the chosen class's own arguments: they are checked against its
-    # constructor by `resolve_optimizer`, the keys of DEFAULTS by `_merge` as everywhere else.
-    given_optimizer = recipe.get("optimizer", {})
-    if isinstance(given_optimizer, dict):
-        known = {k: v for k, v in given_optimizer.items() if k in DEFAULTS["optimizer"]}
-        recipe = {**recipe, "optimizer": known}
-    r = _merge(DEFAULTS, recipe)
-    tasks = task_names()
-    _require(r["task"] in tasks, "task", f"expected one of {tasks}, got {r['task']!r}")
-    _require(bool(r["model"]["builder"]), "model.builder", "missing: name a builder, e.g. 'unet'")
-    data, training = r["data"], r["training"]
-    _require(bool(data["train"]), "data.train", "missing: a glob pattern of TFRecord shards")
-    _require(
-        data["normalization"] in NORMALIZATIONS,
-        "data.normalization",
-        f"expected one of {NORMALIZATIONS}, got {data['normalization']!r}",
-    )
-    _require(
-        data["channels"] in (1, 3), "data.channels", f"expected 1 or 3, got {data['channels']}"
-    )
-    _require(
-        0 <= data["ignore_label"] <= 255, "data.ignore_label", "expected an integer in [0, 255]"
-    )
-    crop = data["crop_size"]
-    crop = [crop, crop] if isinstance(crop, int) else crop
-    _require(
-        len(crop) == 2 and all(isinstance(c, int) and c > 0 for c in crop),
-        "data.crop_size",
-        f"expected a positive integer or [height, width], got {data['crop_size']!r}",
-    )
-    data["crop_size"] = crop
-    low_high = data["scale_range"]
-    _require(
-        len(low_high) == 2 and 0 < low_high[0] <= low_high[1],
-        "data.scale_range",
-        f"expected [min, max] with 0 < min <= max, got {low_high!r}",
-    )
-    _require(
-        data["augment_on"] in AUGMENT_ON,
-        "data.augment_on",
-        f"expected one of {AUGMENT_ON}, got {data['augment_on']!r}",
-    )
-    device_tasks = [name for name in tasks if get_task(name).augments_on_device]
-    _require(
-        data["augment_on"] == "host" or r["task"] in device_tasks,
-        "data.augment_on",
-        f"'device' is implemented for the tasks {device_tasks}, not {r['task']!r}",
-    )
-    _require(all(isinstance(c, str) for c in data["classes"]), "data.classes", "expected strings")
-    for key in ("min_size", "max_size", "max_boxes", "shuffle_buffer"):
-        _require(data[key] >= 1, f"data.{key}", f"expected >= 1, got {data[key]}")
-    _require(
-        data["max_proposals"] >= 0,
-        "data.max_proposals",
-        f"expected >= 0 (0: no proposals read), got {data['max_proposals']}",
-    )
-    _require(
-        data["on_error"] in ON_ERROR,
-        "data.on_error",
-        f"expected one of {ON_ERROR}, got {data['on_error']!r}",
-    )
-    _require(training["batch_size"] >= 1, "training.batch_size", "expected >= 1")
-    _require(training["epochs"] >= 1, "training.epochs", "expected >= 1")
-    for key in ("steps", "steps_per_epoch", "validation_steps", "validation_batch_size"):
-        _require(training[key] >= 0, f"training.{key}", "expected >= 0 (0: automatic)")
-    _require(training["image_summaries"] >= 0, "training.image_summaries", "expected >= 0")
-    unknown = [m for m in training["metrics"] if m not in METRICS]
-    _require(not unknown, "training.metrics", f"unknown {unknown}; known: {METRICS}")
+    return parse_recipe_table(recipe, _resolved_optimizer(recipe))
 
-    opt = r["optimizer"]
-    _require(opt["learning_rate"] > 0, "optimizer.learning_rate", "expected > 0")
-    _require(0 <= opt["momentum"] < 1, "optimizer.momentum", "expected in [0, 1)")
-    _require(opt["weight_decay"] >= 0, "optimizer.weight_decay", "expected >= 0")
-    _require(opt["clipnorm"] >= 0, "optimizer.clipnorm", "expected >= 0 (0: off)")
-    r["optimizer"] = resolve_optimizer(given_optimizer, opt, DEFAULTS["optimizer"])
 
-    sched = r["schedule"]
-    _require(sched["name"] in SCHEDULES, "schedule.name", f"expected one of {SCHEDULES}")
-    _require(sched["power"] > 0, "schedule.power", "expected > 0 (DeepLab: 0.9)")
-    _require(0 <= sched["alpha"] <= 1, "schedule.alpha", "expected in [0, 1]")
-    bounds = sched["boundaries"]
-    _require(
-        all(isinstance(b, int) and b > 0 for b in bounds) and bounds == sorted(set(bounds)),
-        "schedule.boundaries",
-        f"expected increasing positive step numbers, got {bounds!r}",
-    )
-    _require(
-        sched["name"] != "step" or bool(bounds),
-        "schedule.boundaries",
-        "the step schedule needs at least one boundary (optimizer steps)",
-    )
-    _require(sched["factor"] > 0, "schedule.factor", "expected > 0")
+def validate(recipe: Mapping) -> dict:
+    """`parse_recipe` as a plain table: the resolved recipe `recipe.json` holds.
 
-    loss = r["loss"]
-    _require(loss["name"] in LOSSES, "loss.name", f"expected one of {LOSSES}, got {loss['name']!r}")
-    weights = loss["class_weights"]
-    if isinstance(weights, str):
-        _require(
-            weights in CLASS_WEIGHT_RULES,
-            "loss.class_weights",
-            f"expected a list of non-negative numbers (one per class) or one of "
-            f"{CLASS_WEIGHT_RULES}, got {weights!r}",
-        )
-    else:
-        _require(
-            all(
-                isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0 for w in weights
-            ),
-            "loss.class_weights",
-            'expected non-negative numbers, one per class, or "median_frequency"',
-        )
-    return r
+    Raises:
+        RecipeError: See `parse_recipe`.
+    """
+    return parse_recipe(recipe).to_dict()
 
 
 def read_recipe_file(path: str) -> dict:
@@ -337,23 +172,29 @@ def read_recipe_file(path: str) -> dict:
         raise RecipeError(f"recipe {path}: invalid TOML ({err})") from None
 
 
-def load_recipe(path: str, overrides: Sequence[str] = ()) -> dict:
-    """Reads, overrides and validates a recipe.
+def load_config(path: str, overrides: Sequence[str] = ()) -> Recipe:
+    """Reads, overrides and parses a recipe file into its typed configs.
 
     Args:
         path: The TOML file.
         overrides: `key=value` strings (see `parse_override`), applied in order.
 
     Returns:
-        The resolved recipe (see `validate`).
+        The `Recipe`.
 
     Raises:
         FileNotFoundError: The file does not exist.
-        RecipeError: Invalid TOML, a bad override or an invalid key or value.
+        RecipeError: Invalid TOML, a bad override or an invalid key or value (the file and
+            the key are named).
     """
     try:
-        return validate(apply_overrides(read_recipe_file(path), overrides))
+        return parse_recipe(apply_overrides(read_recipe_file(path), overrides))
     except RecipeError as err:
         if str(err).startswith(f"recipe {path}"):
             raise
         raise RecipeError(f"recipe {path}: {err}") from None
+
+
+def load_recipe(path: str, overrides: Sequence[str] = ()) -> dict:
+    """`load_config` as a plain table (see `validate`)."""
+    return load_config(path, overrides).to_dict()
