@@ -1,4 +1,9 @@
-"""The tf.data input pipeline for semantic segmentation."""
+"""The tf.data input pipeline for semantic segmentation.
+
+`segmentation_dataset` composes the stages of `keras_dense.data.segmentation_stages` (read,
+decode, host augmentation or device preparation or evaluation, batch/pad); record decoding
+is in `keras_dense.data.segmentation_decode`.
+"""
 
 from __future__ import annotations
 
@@ -43,7 +48,12 @@ def _large_images(file_pattern: str | Sequence[str], crop_size: tuple[int, int])
     return int(height) * int(width) > 2 * crop_size[0] * crop_size[1]
 
 
-def _checked_crop_size(batch_size, crop_size, training, scale_range):
+def _checked_crop_size(
+    batch_size: int,
+    crop_size: int | tuple[int, int] | None,
+    training: bool,
+    scale_range: tuple[float, float],
+) -> tuple[int, int] | None:
     """`crop_size` as `(h, w)` (or None), after checking the arguments that shape batches."""
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size}: expected an integer >= 1")
