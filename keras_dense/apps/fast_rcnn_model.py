@@ -115,6 +115,7 @@ def fast_rcnn(
         ValueError: Bad argument.
     """
     family = get_backbone(backbone, allowed=("vgg16",))  # the paper's trunk only
+    FastRCNN.check_options(kwargs)
     if backbone_weights is not None and pool_size != 7:
         raise ValueError(
             f"pool_size={pool_size!r}: backbone_weights needs pool_size=7 (VGG16's fc1 takes "

@@ -504,6 +504,7 @@ def faster_rcnn(
     """
     # The arguments as given, before any other local name exists.
     given = locals()
+    FasterRCNN.check_options(kwargs)
     parts = faster_rcnn_parts(**{key: given[key] for key in architecture_defaults()})
 
     def graph(inputs, classes: int):

@@ -31,7 +31,11 @@ import keras
 import tensorflow as tf
 
 from keras_dense.apps.builder import build_model
-from keras_dense.apps.faster_rcnn_model import FasterRCNN, faster_rcnn_parts
+from keras_dense.apps.faster_rcnn_model import (
+    FasterRCNN,
+    architecture_defaults,
+    faster_rcnn_parts,
+)
 from keras_dense.detection.boxes import BOX_STDS
 from keras_dense.detection.losses import mask_loss
 from keras_dense.detection.mask_targets import mask_targets
@@ -233,6 +237,7 @@ def mask_rcnn(
         raise ValueError(f"mask_size={mask_size!r}: expected an even int >= 2")
     if mask_size % 2:
         raise ValueError(f"mask_size={mask_size!r}: expected an even int (RoIAlign to half)")
+    MaskRCNN.check_options(kwargs, architecture_defaults())
     training_keys = MaskRCNN.training_option_names()
     training = {k: v for k, v in kwargs.items() if k in training_keys}
     architecture = {k: v for k, v in kwargs.items() if k not in training_keys}

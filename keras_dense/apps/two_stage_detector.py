@@ -100,6 +100,23 @@ class TwoStageDetector(keras.Model):
             if parameter.kind is inspect.Parameter.KEYWORD_ONLY
         }
 
+    @classmethod
+    def check_options(cls, options, builder_options=()) -> None:
+        """Raises ValueError naming the keys of a builder's `**kwargs` that no one takes.
+
+        Args:
+            options: The builder's extra keyword arguments.
+            builder_options: Further names the builder itself takes from them.
+        """
+        training = cls.training_option_names()
+        unknown = sorted(set(options) - training - set(builder_options))
+        if unknown:
+            other = f" and the options {sorted(builder_options)}" if builder_options else ""
+            raise ValueError(
+                f"unknown arguments {unknown}: expected the training options of "
+                f"{cls.__name__} {sorted(training)}{other}"
+            )
+
     def check_graph(self) -> None:
         """Raises ValueError when the functional graph is not this detector's (subclasses)."""
 
