@@ -3,6 +3,8 @@ NumPy/OpenCV references written independently of keras_dense.export."""
 
 from __future__ import annotations
 
+import json
+
 import cv2
 import keras
 import numpy as np
@@ -90,3 +92,19 @@ def assert_classes_match(got: np.ndarray, scores: np.ndarray, rtol: float = 1e-4
     assert unclear.mean() < 0.05
     assert np.sort(np.bincount(reference.ravel()))[-2] >= 0.05 * reference.size
     np.testing.assert_array_equal(got[~unclear], reference[~unclear])
+
+
+class Reached(Exception):
+    """Raised where a command has got past its option checks (the test stops there)."""
+
+
+def reached(*args, **kwargs):
+    """A stand-in for the first step after a command's checks (loading, exporting)."""
+    raise Reached
+
+
+def card_only(tmp_path, task: str) -> str:
+    """The path of a model of `task` whose card alone exists: options are checked on the card."""
+    card = {"task": task, "normalization": "caffe", "classes": ["circle", "square"]}
+    (tmp_path / f"{task}.json").write_text(json.dumps(card))
+    return str(tmp_path / f"{task}.keras")

@@ -22,7 +22,7 @@ from keras_dense.export import export_saved_model, list_versions, saved_model_ex
 from keras_dense.utils.model_card import write_model_card
 from keras_dense.utils.tta import TestTimeAugmentation, parse_tta
 
-from export_test_utils import encode, make_image, tiny_faster_rcnn
+from export_test_utils import Reached, card_only, encode, make_image, reached, tiny_faster_rcnn
 
 
 def _unet(classes: int = 4, seed: int = 0) -> keras.Model:
@@ -90,7 +90,7 @@ def test_export_with_tiny_scales_is_refused_and_budget_is_never_above_the_plain_
     assert not os.path.exists(out)
     # The smallest allowed scale: the passes hold fewer pixels, but the request still holds
     # the full-size image and its outputs, so the budget may not exceed the plain one.
-    from keras_dense.tasks import ExportOptions, get_task
+    from keras_dense.tasks import get_task
     from keras_dense.tasks import segmentation as segmentation_task
 
     model = keras.models.load_model(segmenter)
@@ -101,7 +101,7 @@ def test_export_with_tiny_scales_is_refused_and_budget_is_never_above_the_plain_
     try:
         segmentation_task.segmentation_signatures = lambda *a, **k: {}
         for name, tta in (("plain", TestTimeAugmentation()), ("small", parse_tta("none", "0.25"))):
-            _, _, budgets[name] = task.export_signatures(model, card, ExportOptions(tta=tta))
+            _, _, budgets[name] = task.export_signatures(model, card, task.export_options(tta=tta))
     finally:
         segmentation_task.segmentation_signatures = original
     assert budgets["small"].max_request_pixels <= budgets["plain"].max_request_pixels
@@ -569,21 +569,6 @@ def test_instances_without_a_class_name_the_wildcard_lines_that_do_not_cover_the
 # compatible signatures, one memory measurement per evaluate, the commit lock, the JPEG check --
 
 
-class _Reached(Exception):
-    """Raised where a command has got past its option checks (the test stops there)."""
-
-
-def _reached(*args, **kwargs):
-    raise _Reached
-
-
-def _card_only(tmp_path, task: str) -> str:
-    """The path of a model of `task` whose card alone exists: options are checked on the card."""
-    card = {"task": task, "normalization": "caffe", "classes": ["circle", "square"]}
-    (tmp_path / f"{task}.json").write_text(json.dumps(card))
-    return str(tmp_path / f"{task}.keras")
-
-
 @pytest.mark.parametrize(
     "command, task, options, other",
     [
@@ -600,15 +585,15 @@ def test_an_option_typed_at_its_default_is_not_refused(
     """Typing the default is leaving the option out: the command goes on (here: to loading)."""
     from keras_dense.tasks import model_loading
 
-    monkeypatch.setattr(saved_model_export, "export_saved_model", _reached)
-    monkeypatch.setattr(model_loading, "load_model_with_card", _reached)
-    model = _card_only(tmp_path, task)
+    monkeypatch.setattr(saved_model_export, "export_saved_model", reached)
+    monkeypatch.setattr(model_loading, "load_model_with_card", reached)
+    model = card_only(tmp_path, task)
     extra = {
         "export": ["--output", str(tmp_path / "served" / "m")],
         "predict": ["--data", str(tmp_path / "x-*"), "--output", str(tmp_path / "p")],
         "evaluate": ["--data", str(tmp_path / "x-*")],
     }[command]
-    with pytest.raises(_Reached):
+    with pytest.raises(Reached):
         code = cli.main([command, "--model", model, *extra, *options])
         pytest.fail(f"exit {code}: {capsys.readouterr().err}")
     # Another value than the default still does not apply.

@@ -254,14 +254,17 @@ def test_export_tta_valid_model(tmp_path):
 
 
 def test_detection_refuses_tta():
-    from keras_dense.tasks import EvaluateOptions, PredictOptions, get_task
+    """A detector supports no TTA: the export keyword is refused in the one mapping place
+    (the commands refuse --tta through the capabilities, tests/test_task_capabilities.py)."""
+    from keras_dense.export.saved_model_export import task_export_options
+    from keras_dense.tasks import get_task
 
     task = get_task("detection")
-    tta = TestTimeAugmentation(True)
-    with pytest.raises(ValueError, match="--tta"):
-        task.evaluate(None, {}, "unused", EvaluateOptions(tta=tta))
-    with pytest.raises(ValueError, match="--tta"):
-        task.predict_image(None, {}, None, PredictOptions(tta=tta), "whole")
+    assert not (task.capabilities.score_tta or task.capabilities.map_tta)
+    with pytest.raises(ValueError, match="tta does not apply to detection models.*segmentation"):
+        task_export_options(task, None, {"tta": TestTimeAugmentation(True)})
+    # The default (no augmentation) says nothing and is not refused.
+    assert task_export_options(task, None, {"tta": TestTimeAugmentation()}) == task.export_options()
 
 
 def test_export_command_takes_tta(saved, tmp_path):

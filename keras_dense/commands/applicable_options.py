@@ -4,9 +4,12 @@ An option that does not apply would otherwise be ignored without a word (`export
 int8` writing a float SavedModel). Such options default to None in their parser, so that
 "given" can be told from "left out"; the command fills its default in after the check. Typing
 the default value (`--tta none`, `--quantize none`) is the same as leaving the option out, so
-it is never refused. Which task-specific options a task uses, per command, is the task's own
-`command_options` (`keras_dense.tasks.Task`), so a new task needs no change here.
-`CommandOptions` holds one command's scopes and defaults and runs both steps.
+it is never refused. An option that only some tasks support names the capabilities it needs
+(`OptionScope.needs`, see `keras_dense.tasks.capabilities.TaskCapabilities`), or the export
+option field it sets (`OptionScope.export_field`, see `keras_dense.tasks.export_options`);
+each task declares what it has, so a new task needs no change here. `refuse_inapplicable` is
+the one place that refuses them (`keras_dense.tasks.capabilities.unsupported_error` words the
+message); `CommandOptions` holds one command's scopes and defaults and runs both steps.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,15 +27,37 @@ class OptionScope:
     Attributes:
         dest: The option's attribute in the parsed arguments.
         flag: The option as typed, e.g. `--quantize`.
-        task_specific: It applies only to the tasks whose `command_options` of the command
-            name it.
+        needs: Capabilities (`TaskCapabilities` field names) of which the model's task must
+            have one; () with no `export_field`: every task.
         formats: `--format` values it applies to; None: every format.
+        export_field: The field of the task's export options (`Task.export_options`) that the
+            option sets; it applies to the tasks that declare it.
     """
 
     dest: str
     flag: str
-    task_specific: bool = False
+    needs: tuple[str, ...] = ()
     formats: tuple[str, ...] | None = None
+    export_field: str | None = None
+
+    @property
+    def task_specific(self) -> bool:
+        """Whether only some tasks support it."""
+        return bool(self.needs) or self.export_field is not None
+
+    def supported_by(self, task) -> bool:
+        """Whether a `keras_dense.tasks.Task` supports the option."""
+        if self.export_field is not None:
+            return any(f.name == self.export_field for f in dataclasses.fields(task.export_options))
+        return not self.needs or task.capabilities.has_any(self.needs)
+
+    def feature(self) -> str:
+        """What the option needs, in words (for the refusal)."""
+        from keras_dense.tasks.capabilities import describe
+
+        if self.export_field is not None:
+            return f"the export option {self.export_field}"
+        return describe(self.needs)
 
 
 def is_given(args: argparse.Namespace, dest: str, defaults: Mapping[str, object]) -> bool:
@@ -52,16 +77,27 @@ def is_given(args: argparse.Namespace, dest: str, defaults: Mapping[str, object]
     return not (dest in defaults and value == defaults[dest])
 
 
-def _tasks_using(command: str, dest: str) -> str:
-    from keras_dense.tasks import get_task, task_names
+def refuse_task(what: str, task: str, scope: OptionScope, hint: str = "; leave it out") -> None:
+    """Raises the one refusal when the model's task does not support an option or command.
 
-    names = [n for n in task_names() if dest in get_task(n).command_options.get(command, ())]
-    return " and ".join(f"{name} models" for name in names) or "no model"
+    Args:
+        what: The option or command as typed (`--crf`, `tune-crf`).
+        task: The model's task name.
+        scope: What it needs (`needs` or `export_field`).
+        hint: Appended to the message.
+
+    Raises:
+        ValueError: "WHAT does not apply to TASK models: FEATURE is supported by ... only".
+    """
+    from keras_dense.tasks.capabilities import unsupported_error
+
+    error = unsupported_error(what, task, scope.supported_by, scope.feature(), hint)
+    if error is not None:
+        raise error
 
 
 def refuse_inapplicable(
     args: argparse.Namespace,
-    command: str,
     scopes: tuple[OptionScope, ...],
     task: str | None = None,
     output_format: str | None = None,
@@ -71,7 +107,6 @@ def refuse_inapplicable(
 
     Args:
         args: The parsed arguments (options left out are None, or False for switches).
-        command: The command (`export`, `predict`, ...), the key of `Task.command_options`.
         scopes: Where each checked option applies.
         task: The model's task name (None: not known yet, tasks are not checked).
         output_format: The `--format` chosen (None: the command has none).
@@ -92,15 +127,8 @@ def refuse_inapplicable(
                 f"{scope.flag} does not apply to --format {output_format} (only to {wanted}); "
                 "leave it out"
             )
-        if task is None or not scope.task_specific:
-            continue
-        from keras_dense.tasks import get_task
-
-        if scope.dest not in get_task(task).command_options.get(command, ()):
-            raise ValueError(
-                f"{scope.flag} does not apply to {task} models (only to "
-                f"{_tasks_using(command, scope.dest)}); leave it out"
-            )
+        if task is not None and scope.task_specific:
+            refuse_task(scope.flag, task, scope)
 
 
 def fill_defaults(args: argparse.Namespace, defaults: Mapping[str, object]) -> None:
@@ -115,7 +143,7 @@ class CommandOptions:
     """One command's options that apply to some tasks or formats only, and its defaults.
 
     Attributes:
-        command: The command, the key of `Task.command_options`.
+        command: The command, e.g. `evaluate`.
         scopes: Where each option applies.
         defaults: The value of each option left out (None in its parser); typing it is the
             same as leaving the option out.
@@ -127,11 +155,21 @@ class CommandOptions:
 
     @classmethod
     def task_specific(
-        cls, command: str, dests: Iterable[str], defaults: Mapping[str, object] | None = None
+        cls,
+        command: str,
+        needs: Mapping[str, tuple[str, ...]],
+        defaults: Mapping[str, object] | None = None,
     ) -> CommandOptions:
-        """Options that apply to some tasks only, typed `--NAME` (`dest` with '-' for '_')."""
+        """Options that some tasks support, typed `--NAME` (`dest` with '-' for '_').
+
+        Args:
+            command: The command.
+            needs: Per option (`dest`), the capabilities of which the task must have one.
+            defaults: The value of each option left out.
+        """
         scopes = tuple(
-            OptionScope(dest, "--" + dest.replace("_", "-"), task_specific=True) for dest in dests
+            OptionScope(dest, "--" + dest.replace("_", "-"), needs=tuple(capabilities))
+            for dest, capabilities in needs.items()
         )
         return cls(command, scopes, dict(defaults or {}))
 
@@ -148,7 +186,7 @@ class CommandOptions:
         Raises:
             ValueError: An option given for a format or task it does not apply to.
         """
-        refuse_inapplicable(args, self.command, self.scopes, task, output_format, self.defaults)
+        refuse_inapplicable(args, self.scopes, task, output_format, self.defaults)
         fill_defaults(args, self.defaults)
 
 

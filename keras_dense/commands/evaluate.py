@@ -13,11 +13,20 @@ from keras_dense.commands.tta_arguments import add_tta_arguments
 from keras_dense.prediction.inference import DEFAULT_MAX_MEMORY
 
 _DEFAULT_MEMORY = f"{DEFAULT_MAX_MEMORY / 2**30:g}GiB"
-# Options of some tasks only (`Task.command_options["evaluate"]`); left out they are None.
+# Options that need a capability of the model's task (`Task.capabilities`); left out they are
+# None.
 _DEFAULTS = {"tta": "none", "pointing_tolerance": 3.0, "max_memory": _DEFAULT_MEMORY}
 _OPTIONS = CommandOptions.task_specific(
     "evaluate",
-    ("crf", "tiled", "use_07_metric", "tta", "scales", "pointing_tolerance", "max_memory"),
+    {
+        "crf": ("crf",),
+        "tiled": ("tiled_inference",),
+        "use_07_metric": ("voc_ap",),
+        "tta": ("score_tta", "map_tta"),
+        "scales": ("score_tta", "map_tta"),
+        "pointing_tolerance": ("pointing_game",),
+        "max_memory": ("memory_planning",),
+    },
     _DEFAULTS,
 )
 

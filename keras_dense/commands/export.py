@@ -5,6 +5,8 @@ file: `keras-dense export --format tflite [--quantize none|float16|int8] --model
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import functools
 import os
 
 from keras_dense.commands.applicable_options import (
@@ -14,22 +16,14 @@ from keras_dense.commands.applicable_options import (
     stored_card,
 )
 from keras_dense.commands.tta_arguments import add_tta_arguments
-from keras_dense.signatures.batch_modes import BATCH_MODES
-from keras_dense.signatures.image_bytes import DEFAULT_MAX_PIXELS
-from keras_dense.signatures.memory_budget import DEFAULT_MAX_REQUEST_MEMORY
+from keras_dense.tasks.export_options import check_values, declared_fields, flag_of
 
-_DEFAULT_REQUEST_MEMORY = f"{DEFAULT_MAX_REQUEST_MEMORY / 2**30:g}GiB"
-# Where each option applies (its default is None in the parser, filled in from `_DEFAULTS`).
-_SCOPES = (
-    OptionScope("version", "--version", formats=("savedmodel",)),
-    OptionScope("batch_mode", "--batch-mode", task_specific=True, formats=("savedmodel",)),
-    OptionScope("max_pixels", "--max-pixels", formats=("savedmodel",)),
-    OptionScope("max_request_memory", "--max-request-memory", formats=("savedmodel",)),
-    OptionScope("min_size", "--min-size", task_specific=True, formats=("savedmodel",)),
-    OptionScope("max_size", "--max-size", task_specific=True, formats=("savedmodel",)),
-    OptionScope("tta", "--tta", task_specific=True, formats=("savedmodel",)),
-    OptionScope("scales", "--scales", task_specific=True, formats=("savedmodel",)),
-    OptionScope("allow_different_model", "--allow-different-model", formats=("savedmodel",)),
+_SAVEDMODEL = ("savedmodel",)
+# Where the options that are not export option declarations apply (their default is None in
+# the parser, filled in from the defaults).
+_FIXED_SCOPES = (
+    OptionScope("version", "--version", formats=_SAVEDMODEL),
+    OptionScope("allow_different_model", "--allow-different-model", formats=_SAVEDMODEL),
     OptionScope("quantize", "--quantize", formats=("tflite",)),
     OptionScope("data", "--data", formats=("tflite",)),
     OptionScope("input_size", "--input-size", formats=("tflite",)),
@@ -37,18 +31,81 @@ _SCOPES = (
     OptionScope("representative_images", "--representative-images", formats=("tflite",)),
     OptionScope("min_agreement", "--min-agreement", formats=("tflite",)),
 )
-_DEFAULTS = {
-    "batch_mode": "per_image",
-    "max_pixels": DEFAULT_MAX_PIXELS,
-    "max_request_memory": _DEFAULT_REQUEST_MEMORY,
-    "tta": "none",
-    "quantize": "none",
-    "check_images": 8,
-    "representative_images": 32,
-}
-_OPTIONS = CommandOptions("export", _SCOPES, _DEFAULTS)
-# Detection: the training scale when the model card has none (Fast R-CNN's).
-_DEFAULT_MIN_SIZE, _DEFAULT_MAX_SIZE = 600, 1000
+_FIXED_DEFAULTS = {"quantize": "none", "check_images": 8, "representative_images": 32}
+
+
+@functools.cache
+def declared_options() -> dict[str, tuple[dataclasses.Field, tuple[str, ...]]]:
+    """Every task's export option declarations: name -> (field, the tasks declaring it).
+
+    In task order, each name once (tasks declaring the same name share its declaration:
+    `keras_dense.tasks.export_options`).
+    """
+    from keras_dense.tasks import get_task, task_names
+
+    found: dict[str, tuple[dataclasses.Field, tuple[str, ...]]] = {}
+    for task in task_names():
+        for name, field in declared_fields(get_task(task).export_options).items():
+            first, tasks = found.get(name, (field, ()))
+            found[name] = (first, (*tasks, task))
+    return found
+
+
+def _is_tta(field: dataclasses.Field) -> bool:
+    return field.metadata.get("type") is None and field.metadata.get("parse") is None
+
+
+def _shown_default(field: dataclasses.Field) -> str:
+    meta = field.metadata
+    if meta.get("shown_default") is not None:
+        return meta["shown_default"]
+    return str(field.default)
+
+
+@functools.cache
+def _options() -> CommandOptions:
+    """The command's scopes and defaults: the fixed ones plus one per declared option."""
+    from keras_dense.tasks import task_names
+
+    every = set(task_names())
+    scopes, defaults = list(_FIXED_SCOPES), dict(_FIXED_DEFAULTS)
+    for name, (field, tasks) in declared_options().items():
+        field_of = None if set(tasks) == every else name
+        dests = ("tta", "scales") if _is_tta(field) else (name,)
+        for dest in dests:
+            scopes.append(
+                OptionScope(dest, flag_of(dest), formats=_SAVEDMODEL, export_field=field_of)
+            )
+        if _is_tta(field):
+            defaults["tta"] = "none"
+        elif field.default is not None:
+            shown = field.metadata.get("shown_default")
+            defaults[name] = shown if field.metadata.get("parse") else field.default
+    return CommandOptions("export", tuple(scopes), defaults)
+
+
+def add_declared_options(parser: argparse.ArgumentParser) -> None:
+    """One option per declared export option field: flag, type, choices and help from it.
+
+    Each is None when left out (the task's default then applies); the help names the default
+    and, when only some tasks declare it, those tasks.
+    """
+    from keras_dense.tasks import task_names
+
+    every = set(task_names())
+    for name, (field, tasks) in declared_options().items():
+        meta = field.metadata
+        which = "" if set(tasks) == every else f"{' and '.join(tasks)} models: "
+        if _is_tta(field):  # --tta and --scales, read by keras_dense.utils.tta
+            add_tta_arguments(parser, f"{which}{meta['help']}")
+            continue
+        parser.add_argument(
+            flag_of(name),
+            type=meta["type"] or str,
+            choices=meta["choices"],
+            default=None,
+            help=f"{which}{meta['help']} (default {_shown_default(field)})".replace("%", "%%"),
+        )
 
 
 def register(subparsers) -> None:
@@ -85,41 +142,7 @@ def register(subparsers) -> None:
         help="add the version although the folder's versions serve another task, class list "
         "or signatures (TF Serving's stable/canary labels then name different models)",
     )
-    parser.add_argument(
-        "--batch-mode",
-        choices=BATCH_MODES,
-        default=None,
-        help="mixed-size batches: run each image alone (exact, default) or pad to the largest "
-        "(segmentation and detection)",
-    )
-    parser.add_argument(
-        "--max-pixels",
-        type=int,
-        default=None,
-        help=f"largest image (height * width) the signature accepts (default {DEFAULT_MAX_PIXELS})",
-    )
-    parser.add_argument(
-        "--max-request-memory",
-        default=None,
-        help="memory one request may take (e.g. 2GiB, 512MiB): the export measures the model's "
-        "memory per pixel and refuses requests above the resulting pixel budget (default "
-        f"{_DEFAULT_REQUEST_MEMORY})",
-    )
-    parser.add_argument(
-        "--min-size",
-        type=int,
-        default=None,
-        help="detection: shorter side fed to the model (default: the model card's training "
-        f"scale, else {_DEFAULT_MIN_SIZE})",
-    )
-    parser.add_argument(
-        "--max-size",
-        type=int,
-        default=None,
-        help="detection: cap on the longer side (default: the model card's, else "
-        f"{_DEFAULT_MAX_SIZE})",
-    )
-    add_tta_arguments(parser)
+    add_declared_options(parser)
     tflite = parser.add_argument_group("tflite")
     tflite.add_argument(
         "--quantize",
@@ -157,42 +180,44 @@ def register(subparsers) -> None:
 
 
 def check_options(args: argparse.Namespace) -> dict:
-    """Refuses options that do not apply, fills in the defaults and checks the numbers.
-
-    `--min-size` / `--max-size` left out become the model card's (its training scale), else
-    600 / 1000.
+    """Refuses options that do not apply, fills in the defaults and checks the values.
 
     Returns:
-        The model card fields the export overrides: the detection sizes given.
+        The given export option values by field name (parsed: `max_request_memory` in bytes,
+        `tta` a `TestTimeAugmentation`), for `export_saved_model`.
 
     Raises:
         ValueError: An option that does not apply to `--format` or to the model's task
             (named), or a bad value.
     """
+    from keras_dense.tasks import get_task
+    from keras_dense.utils.tta import parse_tta
+
     task, card = stored_card(args.model)
-    _OPTIONS.check(args, task=task, output_format=args.format)
-    if is_given(args, "representative_images", _DEFAULTS) and args.quantize != "int8":
+    options = _options()
+    options.check(args, task=task, output_format=args.format)
+    if is_given(args, "representative_images", options.defaults) and args.quantize != "int8":
         raise ValueError(
             "--representative-images does not apply without --quantize int8 (only int8 "
             "calibrates on representative images); leave it out"
         )
-    for flag, value in (("--min-size", args.min_size), ("--max-size", args.max_size)):
-        if value is not None and value < 1:
-            raise ValueError(f"{flag} {value}: expected a positive number of pixels")
-    min_size = args.min_size or card.get("min_size") or _DEFAULT_MIN_SIZE
-    max_size = args.max_size or card.get("max_size") or _DEFAULT_MAX_SIZE
-    if max_size < min_size:
-        raise ValueError(
-            f"--max-size {max_size} is below --min-size {min_size}: expected the cap on the "
-            "longer side to be at least the shorter side's size"
-        )
-    if args.max_pixels is not None and args.max_pixels < 1:
-        raise ValueError(f"--max-pixels {args.max_pixels}: expected a positive number of pixels")
     if args.version is not None and args.version < 1:
         raise ValueError(f"--version {args.version}: expected a positive integer")
-    given = {k: v for k, v in (("min_size", args.min_size), ("max_size", args.max_size)) if v}
-    args.min_size, args.max_size = min_size, max_size
-    return given
+    values = {}
+    for name, (field, tasks) in declared_options().items():
+        if _is_tta(field):
+            if is_given(args, "tta", options.defaults) or args.scales is not None:
+                values[name] = parse_tta(args.tta, args.scales)
+            continue
+        value = getattr(args, name, None)
+        if value is None or (task is not None and task not in tasks):
+            continue  # left out, or filled in with a default that does not apply
+        parse = field.metadata.get("parse")
+        values[name] = parse(value, flag_of(name)) if parse else value
+        check_values(get_task(tasks[0]).export_options, {name: values[name]}, flag_of)
+    if task is not None and args.format == "savedmodel":
+        get_task(task).export_options(**values).check_with_card(card)
+    return values
 
 
 def run_tflite(args: argparse.Namespace) -> int:
@@ -223,10 +248,7 @@ def run_tflite(args: argparse.Namespace) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Runs `keras-dense export`."""
-    from keras_dense.signatures.memory_budget import parse_memory
-    from keras_dense.utils.tta import parse_tta
-
-    overrides = check_options(args)
+    values = check_options(args)
     if args.format == "tflite":
         return run_tflite(args)
     from keras_dense.export.saved_model_export import export_saved_model
@@ -235,23 +257,18 @@ def run(args: argparse.Namespace) -> int:
     name = os.path.basename(output)
     if not name or name in (".", ".."):
         raise ValueError(f"--output {args.output!r}: expected a folder such as saved_models/NAME")
-    max_request_memory = parse_memory(args.max_request_memory, "--max-request-memory")
-    tta = parse_tta(args.tta, args.scales)
-    # The served scale is the card's (the training scale) unless --min-size / --max-size say
-    # otherwise; the exported card records the sizes given.
+    # Options that are also model card fields (a detector's min_size / max_size, its
+    # training scale) are recorded in the exported card as given.
+    card = stored_card(args.model)[1]
+    overrides = {key: value for key, value in values.items() if key in card}
     result = export_saved_model(
         args.model,
         os.path.dirname(output) or ".",
         name=name,
         version=args.version,
         card=overrides or None,
-        batch_mode=args.batch_mode,
-        max_pixels=args.max_pixels,
-        max_request_memory=max_request_memory,
-        min_size=args.min_size,
-        max_size=args.max_size,
-        tta=tta,
         allow_different_model=args.allow_different_model,
+        **values,
     )
     budget = result.memory_budget
     print(

@@ -24,11 +24,19 @@ from keras_dense.utils.files import atomic_write_bytes
 from keras_dense.utils.tta import parse_tta
 
 _DEFAULT_MEMORY = f"{DEFAULT_MAX_MEMORY / 2**30:g}GiB"
-# Options of some tasks only (`Task.command_options["predict"]`); left out they are None, and
-# typed at their default they are the same as left out.
+# Options that need a capability of the model's task (`Task.capabilities`); left out they are
+# None, and typed at their default they are the same as left out.
 _OPTIONS = CommandOptions.task_specific(
     "predict",
-    ("max_memory", "tiled", "tile_size", "tta", "scales", "score_threshold", "crf"),
+    {
+        "max_memory": ("memory_planning",),
+        "tiled": ("tiled_inference",),
+        "tile_size": ("tiled_inference",),
+        "tta": ("score_tta",),
+        "scales": ("score_tta",),
+        "score_threshold": ("scored_detections",),
+        "crf": ("crf",),
+    },
     {"max_memory": _DEFAULT_MEMORY, "tiled": "auto", "score_threshold": 0.5, "tta": "none"},
 )
 

@@ -5,6 +5,11 @@ from __future__ import annotations
 
 import argparse
 
+from keras_dense.commands.applicable_options import OptionScope, refuse_task
+
+# What the model's task must support.
+_NEEDS = OptionScope("model", "--model", needs=("class_maps",))
+
 
 def register(sub) -> None:
     """Adds the `pseudo-label` command to the CLI's subparsers."""
@@ -55,11 +60,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--num-shards {args.num_shards}: expected an integer >= 1")
     max_memory = parse_memory(args.max_memory, "--max-memory")
     model, card = load_model_with_card(args.model)
-    if card.get("task") != "classification":
-        raise ValueError(
-            f"--model {args.model}: pseudo-label applies to classification models "
-            f"(wsl_classifier), the card says task {card.get('task')!r}"
-        )
+    refuse_task("pseudo-label", card["task"], _NEEDS, f" (--model {args.model})")
     check_card_fields(card, int(model.outputs[0].shape[-1]), model_card_path(args.model))
     check_classifier_classes(args.data, card)
     if args.background_threshold is not None:

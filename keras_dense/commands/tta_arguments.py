@@ -5,20 +5,26 @@ from __future__ import annotations
 import argparse
 
 
-def add_tta_arguments(parser: argparse.ArgumentParser) -> None:
+def add_tta_arguments(parser: argparse.ArgumentParser, purpose: str | None = None) -> None:
     """Adds `--tta {none,flip}` and `--scales S1,S2,...` (read by `keras_dense.utils.tta`).
 
     Args:
         parser: The command's parser.
+        purpose: What the augmentation is for, opening the help of `--tta` (None: evaluate
+            and predict's, the softmax or a classifier's class maps averaged).
     """
+    what = (
+        "averages the softmax (with --scales; classification: the class maps of the "
+        "pointing game and CorLoc)"
+        if purpose is None
+        else "averages the softmax (with --scales)"
+    )
     parser.add_argument(
         "--tta",
         choices=("none", "flip"),
         default=None,
-        help="test-time augmentation (default none): flip also runs each image mirrored "
-        "left-right and "
-        "averages the softmax (with --scales; classification: the class maps of the "
-        "pointing game and CorLoc)",
+        help=f"{purpose or 'test-time augmentation'} (default none): flip also runs each image "
+        f"mirrored left-right and {what}",
     )
     parser.add_argument(
         "--scales",

@@ -5,6 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 
+from keras_dense.commands.applicable_options import OptionScope
+
+# What the model's task must support.
+_NEEDS = OptionScope("model", "--model", needs=("crf",))
+
 
 def register(sub) -> None:
     """Adds the `tune-crf` command to the CLI's subparsers."""
@@ -44,10 +49,9 @@ def register(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Tunes, prints the three mIoUs and the parameters, and updates the card."""
-    from keras_dense.commands.applicable_options import stored_card
+    from keras_dense.commands.applicable_options import refuse_task, stored_card
     from keras_dense.crf.card_parameters import CARD_KEY
     from keras_dense.evaluation.crf_tuning import parse_grid, tune_crf
-    from keras_dense.tasks import get_task, task_names
     from keras_dense.tasks.model_loading import load_model_with_card
     from keras_dense.utils.model_card import model_card_path, write_model_card
 
@@ -56,14 +60,9 @@ def run(args: argparse.Namespace) -> int:
     if args.max_images is not None and args.max_images < 1:
         raise ValueError(f"--max-images {args.max_images}: expected a positive integer")
     grid = parse_grid(args.grid)
-    # The tasks whose evaluate and predict take --crf (reading the card only, up front).
-    with_crf = [n for n in task_names() if "crf" in get_task(n).command_options.get("evaluate", ())]
-    task = stored_card(args.model)[0]
-    if task is not None and task not in with_crf:
-        raise ValueError(
-            f"--model {args.model}: a {task} model; tune-crf tunes the dense CRF of "
-            f"{' and '.join(with_crf)} models only"
-        )
+    task = stored_card(args.model)[0]  # the card only, before the model is loaded
+    if task is not None:
+        refuse_task("tune-crf", task, _NEEDS, f" (--model {args.model})")
     model, card = load_model_with_card(args.model)
     result = tune_crf(
         model,

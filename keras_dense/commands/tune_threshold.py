@@ -7,6 +7,11 @@ from __future__ import annotations
 import argparse
 import json
 
+from keras_dense.commands.applicable_options import OptionScope, refuse_task
+
+# What the model's task must support.
+_NEEDS = OptionScope("model", "--model", needs=("class_maps",))
+
 
 def register(sub) -> None:
     """Adds the `tune-threshold` command to the CLI's subparsers."""
@@ -117,11 +122,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--crf-parameter applies with --crf only")
     max_memory = parse_memory(args.max_memory, "--max-memory")
     model, card = load_model_with_card(args.model)
-    if card.get("task") != "classification":
-        raise ValueError(
-            f"--model {args.model}: tune-threshold applies to classification models "
-            f"(wsl_classifier), the card says task {card.get('task')!r}"
-        )
+    refuse_task("tune-threshold", card["task"], _NEEDS, f" (--model {args.model})")
     check_card_fields(card, int(model.outputs[0].shape[-1]), model_card_path(args.model))
     crf_parameters = {**card_crf_parameters(card), **overrides} if args.crf else None
     choice = choose_background_threshold(

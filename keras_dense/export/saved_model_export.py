@@ -33,13 +33,12 @@ from keras_dense.export.served_models import (
     read_signatures,
 )
 from keras_dense.export.versions import atomic_version_dir, check_model_name, resolve_version
-from keras_dense.signatures.batch_modes import check_batch_mode
-from keras_dense.signatures.image_bytes import DEFAULT_MAX_PIXELS
-from keras_dense.signatures.memory_budget import DEFAULT_MAX_REQUEST_MEMORY, PixelBudget
-from keras_dense.tasks import ExportOptions, get_task
+from keras_dense.signatures.memory_budget import PixelBudget
+from keras_dense.tasks import ExportOptions, get_task, task_names
+from keras_dense.tasks.capabilities import unsupported_error
+from keras_dense.tasks.export_options import declared_fields, default_of
 from keras_dense.tasks.model_loading import load_model_with_card
 from keras_dense.utils.normalization import check_mode
-from keras_dense.utils.tta import TestTimeAugmentation
 from keras_dense.utils.version import __version__
 
 _VERIFY_TOLERANCE = 1e-4
@@ -115,6 +114,47 @@ def _load(model_or_path, card: dict | None) -> tuple[keras.Model, dict, str]:
     return model, full_card, default_name
 
 
+def task_export_options(task, options: ExportOptions | None, values: dict) -> ExportOptions:
+    """The task's export options: `options`, with `values` (field keywords) set on them.
+
+    The one place where keyword arguments become the task's typed options (the
+    `export_saved_model` keywords of before the options were typed keep working).
+
+    Args:
+        task: The model's `keras_dense.tasks.Task`.
+        options: An instance of `task.export_options`, or None for its defaults.
+        values: Field name -> value; None values are left at the default (`tta=None`: none).
+
+    Raises:
+        ValueError: Options of another task's class, or a field this task does not declare
+            (the message names the tasks that do), or a bad value.
+    """
+    cls = task.export_options
+    if options is None:
+        options = cls()
+    elif type(options) is not cls:
+        raise ValueError(
+            f"options: a {type(options).__name__}, expected the {task.name} task's {cls.__name__}"
+        )
+    declared = declared_fields(cls)
+    given = {key: value for key, value in values.items() if value is not None}
+    for key, value in list(given.items()):
+        if key in declared:
+            continue
+        others = [declared_fields(get_task(n).export_options).get(key) for n in task_names()]
+        if any(field is not None and default_of(field) == value for field in others):
+            del given[key]  # another task's option at its default says nothing
+            continue
+        error = unsupported_error(
+            key,
+            task.name,
+            lambda other, key=key: key in declared_fields(other.export_options),
+            f"the export option {key}",
+        )
+        raise error or ValueError(f"{key}: not an export option of {task.name} models")
+    return dataclasses.replace(options, **given)
+
+
 def export_saved_model(
     model_or_path,
     output_root: str | os.PathLike,
@@ -122,17 +162,10 @@ def export_saved_model(
     version: int | None = None,
     *,
     card: dict | None = None,
-    batch_mode: str = "per_image",
-    max_pixels: int = DEFAULT_MAX_PIXELS,
-    max_request_memory: int = DEFAULT_MAX_REQUEST_MEMORY,
-    min_size: int = 600,
-    max_size: int = 1000,
-    score_threshold: float = 0.05,
-    nms_iou: float = 0.3,
-    max_detections: int = 100,
+    options: ExportOptions | None = None,
     verify: bool = True,
-    tta: TestTimeAugmentation | None = None,
     allow_different_model: bool = False,
+    **option_values,
 ) -> ExportResult:
     """Exports a model as a TF Serving SavedModel version, `output_root/NAME/<version>/`.
 
@@ -145,22 +178,13 @@ def export_saved_model(
             existing version is never overwritten.
         card: Model card fields overriding the file's (or the defaults for an in-memory model:
             segmentation, "caffe" normalisation, classes `class_i`).
-        batch_mode: "per_image" or "pad", how batches of mixed image sizes are run
-            (`keras_dense.signatures.batch_modes`).
-        max_pixels: Largest image (height * width) the signature accepts.
-        max_request_memory: Bytes one request may take: the export measures the model's
-            memory per input pixel (`keras_dense.signatures.memory_budget`) and writes the
-            resulting pixel budget (summed over a request's images) into `serving_default`,
-            which refuses larger requests before decoding them.
-        min_size: Detection: shorter image side fed to the model (the training scale).
-        max_size: Detection: cap on the longer side.
-        score_threshold: Detection: minimum class probability reported.
-        nms_iou: Detection: per-class NMS IoU threshold.
-        max_detections: Detection: detections per image (padded length of the outputs).
+        options: The task's export options (an instance of its `Task.export_options`, e.g.
+            `SegmentationExportOptions(batch_mode="pad")`); None: its defaults. Every task
+            has `max_pixels` (largest image accepted) and `max_request_memory` (bytes one
+            request may take: the export measures the model's memory per input pixel,
+            `keras_dense.signatures.memory_budget`, and writes the resulting pixel budget
+            into `serving_default`, which refuses larger requests before decoding them).
         verify: Reload the SavedModel and compare `serving_tensor` with the model.
-        tta: Segmentation: test-time augmentation baked into the signatures (flip and
-            scales, `keras_dense.signatures.segmentation_signatures`); the measured bytes per
-            pixel are multiplied by `tta.pixel_factor`. None: none.
         allow_different_model: Add the version although the version it succeeds (the newest
             below its number) serves another task, class list or signatures that drop or
             change what that version served (`keras_dense.export.served_models`); refused
@@ -168,6 +192,8 @@ def export_saved_model(
             anything is saved, and all again right before the rename, under the folder's lock
             (`keras_dense.export.versions`). A version chosen automatically that another
             export takes meanwhile becomes the next free number.
+        **option_values: The fields of `options` as keywords instead (`batch_mode="pad"`,
+            `tta=...`, `min_size=...`); a field the task does not declare is refused.
 
     Returns:
         An `ExportResult`.
@@ -177,35 +203,22 @@ def export_saved_model(
             `VersionExistsError` and `DifferentModelError` are ValueErrors too.
         FileNotFoundError: `model_or_path` does not exist.
     """
-    check_batch_mode(batch_mode)
-    if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
-        raise ValueError(f"max_pixels={max_pixels!r}: expected a positive int")
     model, full_card, default_name = _load(model_or_path, card)
+    task = get_task(full_card["task"])
+    options = task_export_options(task, options, option_values)
     name = check_model_name(default_name if name is None else name)
     model_dir = os.path.join(os.fspath(output_root), name)
     chosen = version is None
     version = resolve_version(model_dir, version)
-    task = get_task(full_card["task"])
     identity = ServedModel(task.name, tuple(full_card["classes"]), {})
     check_same_model(model_dir, identity, version, allow_different_model)
     check_finite_weights(model)
     model = portable_model(model)
-    options = ExportOptions(
-        batch_mode=batch_mode,
-        max_pixels=max_pixels,
-        max_request_memory=max_request_memory,
-        min_size=min_size,
-        max_size=max_size,
-        score_threshold=score_threshold,
-        nms_iou=nms_iou,
-        max_detections=max_detections,
-        tta=tta or TestTimeAugmentation(),
-    )
     signatures, serving, budget = task.export_signatures(model, full_card, options)
     identity = dataclasses.replace(identity, signatures=describe_signatures(signatures))
     check_same_model(model_dir, identity, version, allow_different_model)
     serving.update(
-        batch_mode=batch_mode,
+        batch_mode=getattr(options, "batch_mode", "per_image"),
         max_pixels=budget.max_image_pixels,
         memory_budget=dataclasses.asdict(budget),
         signatures=sorted(signatures),

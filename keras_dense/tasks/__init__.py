@@ -4,9 +4,11 @@ Add a task by writing its module (a `Task` subclass plus `register_task(...)`) a
 module here.
 """
 
+from keras_dense.tasks.capabilities import TaskCapabilities
+from keras_dense.tasks.export_options import ExportOptions
 from keras_dense.tasks.task import (
+    CompileResult,
     EvaluateOptions,
-    ExportOptions,
     PredictOptions,
     Task,
     get_task,
@@ -24,10 +26,12 @@ TASK_MODULES = (
 
 __all__ = [
     "TASK_MODULES",
+    "CompileResult",
     "EvaluateOptions",
     "ExportOptions",
     "PredictOptions",
     "Task",
+    "TaskCapabilities",
     "get_task",
     "register_task",
     "task_names",

@@ -62,6 +62,8 @@ from keras_dense.signatures.memory_budget import (
     pixel_budget,
     serving_bytes_per_pixel,
 )
+from keras_dense.tasks.capabilities import TaskCapabilities
+from keras_dense.tasks.export_options import ExportOptions
 from keras_dense.tasks.recipe_data import (
     check_batch_fits,
     no_auto_shard,
@@ -71,7 +73,6 @@ from keras_dense.tasks.recipe_data import (
 )
 from keras_dense.tasks.task import (
     EvaluateOptions,
-    ExportOptions,
     PredictOptions,
     Task,
     check_close,
@@ -87,10 +88,9 @@ class ClassificationTask(Task):
 
     name = "classification"
     builders = ("wsl_classifier",)
-    command_options = {
-        "evaluate": frozenset({"tta", "scales", "pointing_tolerance", "max_memory"}),
-        "predict": frozenset({"max_memory"}),
-    }
+    capabilities = TaskCapabilities(
+        map_tta=True, memory_planning=True, pointing_game=True, class_maps=True
+    )
 
     def class_names(self, names):
         return object_classes(names)
@@ -169,8 +169,6 @@ class ClassificationTask(Task):
         }
 
     def evaluate(self, model, card, pattern, options: EvaluateOptions):
-        if options.crf:
-            raise ValueError("--crf applies to segmentation models only")
         return evaluate_classification(
             model,
             card,
@@ -216,8 +214,6 @@ class ClassificationTask(Task):
         return "whole"
 
     def predict_image(self, model, card, rgb, options: PredictOptions, plan: str):
-        if options.tta.enabled or options.crf:
-            raise ValueError("--tta, --scales and --crf apply to segmentation models only")
         check_card_fields(card, int(model.outputs[0].shape[-1]))
         x = np.asarray(normalize(tf.constant(rgb[None]), card.get("normalization")))
         logits = np.asarray(keras.ops.convert_to_numpy(model(x, training=False)))[0]
@@ -235,8 +231,6 @@ class ClassificationTask(Task):
         }
 
     def export_signatures(self, model, card, options: ExportOptions):
-        if options.tta.enabled:
-            raise ValueError("--tta and --scales apply to segmentation models only")
         num_classes = int(model.outputs[0].shape[-1])
         sizes = (64, 128)
         used = [activation_bytes(model, s, s, 3) for s in sizes]

@@ -9,8 +9,9 @@ as JSON. Class names are object classes only: label `i + 1` is `classes[i]`, 0 b
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import sys
+import logging
 
 import numpy as np
 import tensorflow as tf
@@ -31,6 +32,8 @@ from keras_dense.prediction.inference import detect_objects
 from keras_dense.prediction.palette import draw_boxes
 from keras_dense.signatures.detection_signatures import FASTER_RCNN_OUTPUTS, detection_signatures
 from keras_dense.signatures.memory_budget import pixel_budget, serving_bytes_per_pixel
+from keras_dense.tasks.capabilities import TaskCapabilities
+from keras_dense.tasks.export_options import BatchModeOptions, DetectorOptions, option
 from keras_dense.tasks.recipe_data import (
     check_batch_fits,
     data_classes,
@@ -41,7 +44,6 @@ from keras_dense.tasks.recipe_data import (
 )
 from keras_dense.tasks.task import (
     EvaluateOptions,
-    ExportOptions,
     PredictOptions,
     Task,
     check_close,
@@ -83,10 +85,13 @@ def _check_proposals(report, key: str, recipe: dict, read: bool) -> None:
             "selective_search), train a model that proposes its own (faster_rcnn), or set "
             "data.allow_missing_proposals = true to train so anyway",
         )
-    print(
-        f"warning: {key} = {pattern!r}: {where}; {consequence} "
-        "(data.allow_missing_proposals = true)",
-        file=sys.stderr,
+    # Library code logs (the CLI shows warnings on stderr); it does not print.
+    logging.getLogger(__name__).warning(
+        "warning: %s = %r: %s; %s (data.allow_missing_proposals = true)",
+        key,
+        pattern,
+        where,
+        consequence,
     )
 
 
@@ -246,16 +251,69 @@ def detection_datasets(
     return train, validation, steps, validation_steps
 
 
+@dataclasses.dataclass(frozen=True)
+class DetectionExportOptions(DetectorOptions, BatchModeOptions):
+    """A Fast / Faster R-CNN detector's export options.
+
+    Attributes:
+        max_detections: Detections per image (the padded length of the outputs).
+    """
+
+    max_detections: int = option(100, "detections per image served", type=int, minimum=1)
+
+
+def detection_list(found: dict, names: list[str]) -> list[dict]:
+    """The JSON-ready detections of one image (`box_yxyx` pixels, score, label, class).
+
+    Args:
+        found: `boxes`, `scores` and `labels` of the image (label `i + 1` is `names[i]`).
+        names: The model card's object classes.
+    """
+    return [
+        {
+            "box_yxyx": [float(v) for v in box],
+            "score": float(score),
+            "label": int(label),
+            "class": names[label - 1] if 0 < label <= len(names) else f"class_{label}",
+        }
+        for box, score, label in zip(found["boxes"], found["scores"], found["labels"])
+    ]
+
+
+def verify_region_proposer(loaded, model, keys, tolerance: float) -> None:
+    """Compares a reloaded `serving_tensor(images, image_shape, scale)` with the model.
+
+    For the models that propose their own regions (Faster and Mask R-CNN), on one random
+    64x80 image.
+
+    Args:
+        loaded: The reloaded SavedModel.
+        model: The in-memory model (`[images, image_shape, scale] -> dict`).
+        keys: The outputs compared.
+        tolerance: Relative tolerance (`check_close`).
+
+    Raises:
+        RuntimeError: An output differs.
+    """
+    image = np.random.default_rng(0).normal(size=(1, 64, 80, 3)).astype(np.float32)
+    shape = np.array([[64, 80]], np.float32)
+    scale = np.ones(1, np.float32)
+    got = loaded.signatures["serving_tensor"](
+        images=tf.constant(image), image_shape=tf.constant(shape), scale=tf.constant(scale)
+    )
+    want = model([image, shape, scale], training=False)
+    for key in keys:
+        got_value = got[key].numpy().astype(np.float32)
+        check_close(key, got_value, np.asarray(want[key], np.float32), tolerance)
+
+
 class DetectionTask(Task):
     """Object detection (see the module docstring)."""
 
     name = "detection"
     builders = ("fast_rcnn", "rcnn", "faster_rcnn")
-    command_options = {
-        "evaluate": frozenset({"use_07_metric"}),
-        "predict": frozenset({"score_threshold"}),
-        "export": frozenset({"batch_mode", "min_size", "max_size"}),
-    }
+    capabilities = TaskCapabilities(voc_ap=True, scored_detections=True)
+    export_options = DetectionExportOptions
     background_outputs = 1
 
     def class_names(self, names):
@@ -285,10 +343,6 @@ class DetectionTask(Task):
         return {"min_size": data["min_size"], "max_size": data["max_size"]}
 
     def evaluate(self, model, card, pattern, options: EvaluateOptions):
-        if options.crf:
-            raise ValueError("--crf applies to segmentation models only")
-        if options.tta.enabled:
-            raise ValueError("--tta and --scales apply to segmentation models only")
         return evaluate_detection(model, card, pattern, options.use_07_metric)
 
     def report_lines(self, report):
@@ -297,30 +351,17 @@ class DetectionTask(Task):
         return lines
 
     def predict_image(self, model, card, rgb, options: PredictOptions, plan: str):
-        if options.tta.enabled:
-            raise ValueError("--tta and --scales apply to segmentation models only")
-        if options.crf:
-            raise ValueError("--crf applies to segmentation models only")
         found = detect_objects(model, rgb, card, score_threshold=options.score_threshold)
         names = card["classes"]
         drawn = draw_boxes(rgb, found["boxes"], found["labels"], found["scores"], names)
-        detections = [
-            {
-                "box_yxyx": [float(v) for v in box],
-                "score": float(score),
-                "label": int(label),
-                "class": names[label - 1] if 0 < label <= len(names) else f"class_{label}",
-            }
-            for box, score, label in zip(found["boxes"], found["scores"], found["labels"])
-        ]
+        detections = detection_list(found, names)
         return {
             "_boxes.png": encode_png(drawn),
             "_detections.json": (json.dumps(detections, indent=2) + "\n").encode(),
         }
 
-    def export_signatures(self, model, card, options: ExportOptions):
-        if options.tta.enabled:
-            raise ValueError("--tta and --scales apply to segmentation models only")
+    def export_signatures(self, model, card, options: DetectionExportOptions):
+        min_size, max_size = options.sizes(card)
         # The detector runs on images resized to at most max_size: only decoding grows.
         budget = pixel_budget(
             float(serving_bytes_per_pixel(3, 0)), options.max_request_memory, options.max_pixels
@@ -328,8 +369,8 @@ class DetectionTask(Task):
         signatures = detection_signatures(
             model,
             card["normalization"],
-            min_size=options.min_size,
-            max_size=options.max_size,
+            min_size=min_size,
+            max_size=max_size,
             score_threshold=options.score_threshold,
             nms_iou=options.nms_iou,
             max_detections=options.max_detections,
@@ -338,8 +379,8 @@ class DetectionTask(Task):
             max_request_pixels=budget.max_request_pixels,
         )
         serving = {
-            "min_size": options.min_size,
-            "max_size": options.max_size,
+            "min_size": min_size,
+            "max_size": max_size,
             "nms_iou": options.nms_iou,
             "score_threshold": options.score_threshold,
             "max_detections": options.max_detections,
@@ -347,23 +388,10 @@ class DetectionTask(Task):
         return signatures, serving, budget
 
     def verify_export(self, loaded, model, serving, tolerance):
-        rng = np.random.default_rng(0)
-        image = rng.normal(size=(1, 64, 80, 3)).astype(np.float32)
         if proposes_regions(model):  # Faster R-CNN: [images, image_shape, scale] -> dict
-            shape = np.array([[64, 80]], np.float32)
-            scale = np.ones(1, np.float32)
-            got = loaded.signatures["serving_tensor"](
-                images=tf.constant(image), image_shape=tf.constant(shape), scale=tf.constant(scale)
-            )
-            want = model([image, shape, scale], training=False)
-            for key in FASTER_RCNN_OUTPUTS:
-                check_close(
-                    key,
-                    got[key].numpy().astype(np.float32),
-                    np.asarray(want[key], np.float32),
-                    tolerance,
-                )
+            verify_region_proposer(loaded, model, FASTER_RCNN_OUTPUTS, tolerance)
             return
+        image = np.random.default_rng(0).normal(size=(1, 64, 80, 3)).astype(np.float32)
         rois = np.array([[[4, 4, 40, 60], [10, 20, 60, 70]]], np.float32)
         got = loaded.signatures["serving_tensor"](images=tf.constant(image), rois=tf.constant(rois))
         want = model([image, rois], training=False)

@@ -13,12 +13,11 @@ image's size). Class names are object classes: label `i + 1` is `classes[i]`, 0 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
-import tensorflow as tf
 
-from keras_dense.data.class_lists import object_classes
 from keras_dense.data.image_io import encode_png
 from keras_dense.data.tfrecord_files import count_records
 from keras_dense.evaluation.instance_evaluation import evaluate_instances
@@ -26,33 +25,31 @@ from keras_dense.prediction.instances import segment_instances
 from keras_dense.prediction.palette import draw_instances
 from keras_dense.signatures.instance_signatures import TENSOR_OUTPUTS, instance_signatures
 from keras_dense.signatures.memory_budget import pixel_budget, serving_bytes_per_pixel
-from keras_dense.tasks.detection import detection_datasets
-from keras_dense.tasks.recipe_data import data_classes
-from keras_dense.tasks.task import (
-    EvaluateOptions,
-    ExportOptions,
-    PredictOptions,
-    Task,
-    check_close,
-    register_task,
+from keras_dense.tasks.detection import (
+    DetectionTask,
+    detection_datasets,
+    detection_list,
+    verify_region_proposer,
 )
+from keras_dense.tasks.export_options import DetectorOptions
+from keras_dense.tasks.recipe_data import data_classes
+from keras_dense.tasks.task import EvaluateOptions, PredictOptions, register_task
 from keras_dense.utils.errors import RecipeError
 
 
-class InstanceSegmentationTask(Task):
-    """Instance segmentation (see the module docstring)."""
+@dataclasses.dataclass(frozen=True)
+class InstanceSegmentationExportOptions(DetectorOptions):
+    """A Mask R-CNN's export options (the detections per image are fixed by its graph)."""
+
+
+class InstanceSegmentationTask(DetectionTask):
+    """Instance segmentation (see the module docstring): a `DetectionTask` whose models also
+    segment each box; it overrides only what differs (records with instance masks, COCO
+    evaluation, the instance outputs and signatures)."""
 
     name = "instance_segmentation"
     builders = ("mask_rcnn",)
-    command_options = {
-        "evaluate": frozenset({"use_07_metric"}),
-        "predict": frozenset({"score_threshold"}),
-        "export": frozenset({"min_size", "max_size"}),
-    }
-    background_outputs = 1
-
-    def class_names(self, names):
-        return object_classes(names)
+    export_options = InstanceSegmentationExportOptions
 
     def check_recipe(self, recipe):
         if recipe["data"]["channels"] != 3:
@@ -72,19 +69,7 @@ class InstanceSegmentationTask(Task):
             use_difficult=getattr(model, "use_difficult", True),
         )
 
-    def compile(self, model, recipe, optimizer, num_classes):
-        # The model's train_step samples anchors and RoIs and computes its own losses.
-        model.compile(optimizer=optimizer, jit_compile=recipe["training"]["jit_compile"])
-
-    def card_fields(self, recipe):
-        data = recipe["data"]
-        return {"min_size": data["min_size"], "max_size": data["max_size"]}
-
     def evaluate(self, model, card, pattern, options: EvaluateOptions):
-        if options.crf:
-            raise ValueError("--crf applies to segmentation models only")
-        if options.tta.enabled:
-            raise ValueError("--tta and --scales apply to segmentation models only")
         total = count_records(pattern) if options.progress else 0
         return evaluate_instances(
             model, card, pattern, options.use_07_metric, progress=options.progress, total=total
@@ -101,26 +86,14 @@ class InstanceSegmentationTask(Task):
         return lines
 
     def predict_image(self, model, card, rgb, options: PredictOptions, plan: str):
-        if options.tta.enabled:
-            raise ValueError("--tta and --scales apply to segmentation models only")
-        if options.crf:
-            raise ValueError("--crf applies to segmentation models only")
         found = segment_instances(model, rgb, card, score_threshold=options.score_threshold)
         names = card["classes"]
         drawn = draw_instances(
             rgb, found["masks"], found["boxes"], found["labels"], found["scores"], names
         )
         instances = [
-            {
-                "box_yxyx": [float(v) for v in box],
-                "score": float(score),
-                "label": int(label),
-                "class": names[label - 1] if 0 < label <= len(names) else f"class_{label}",
-                "mask_pixels": int(np.count_nonzero(mask)),
-            }
-            for box, score, label, mask in zip(
-                found["boxes"], found["scores"], found["labels"], found["masks"]
-            )
+            {**detection, "mask_pixels": int(np.count_nonzero(mask))}
+            for detection, mask in zip(detection_list(found, names), found["masks"])
         ]
         # One PNG of instance ids (0 background, i + 1 the i-th detection, later on top).
         ids = np.zeros(rgb.shape[:2], np.uint16)
@@ -132,9 +105,7 @@ class InstanceSegmentationTask(Task):
             "_instances.json": (json.dumps(instances, indent=2) + "\n").encode(),
         }
 
-    def export_signatures(self, model, card, options: ExportOptions):
-        if options.tta.enabled:
-            raise ValueError("--tta and --scales apply to segmentation models only")
+    def export_signatures(self, model, card, options: InstanceSegmentationExportOptions):
         # Thresholds apply to the in-graph detection step; the number of detections per
         # image is fixed by the model's graph (its builder's max_detections).
         model.set_detection_options(
@@ -146,8 +117,7 @@ class InstanceSegmentationTask(Task):
         # plane, twice (the pasted masks and the padded output).
         per_pixel = serving_bytes_per_pixel(3, 0) + 2 * 5 * max_detections
         budget = pixel_budget(float(per_pixel), options.max_request_memory, options.max_pixels)
-        min_size = card.get("min_size", options.min_size)
-        max_size = card.get("max_size", options.max_size)
+        min_size, max_size = options.sizes(card)
         signatures = instance_signatures(
             model,
             card["normalization"],
@@ -166,16 +136,7 @@ class InstanceSegmentationTask(Task):
         return signatures, serving, budget
 
     def verify_export(self, loaded, model, serving, tolerance):
-        rng = np.random.default_rng(0)
-        image = rng.normal(size=(1, 64, 80, 3)).astype(np.float32)
-        shape = np.array([[64, 80]], np.float32)
-        scale = np.ones(1, np.float32)
-        got = loaded.signatures["serving_tensor"](
-            images=tf.constant(image), image_shape=tf.constant(shape), scale=tf.constant(scale)
-        )
-        want = model([image, shape, scale], training=False)
-        for key in TENSOR_OUTPUTS:
-            check_close(key, got[key].numpy(), np.asarray(want[key], np.float32), tolerance)
+        verify_region_proposer(loaded, model, TENSOR_OUTPUTS, tolerance)
 
     def tflite_unsupported(self, card):
         return (

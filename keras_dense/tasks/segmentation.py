@@ -36,6 +36,8 @@ from keras_dense.prediction.palette import colorize, overlay
 from keras_dense.signatures.geometry import InputGeometry, segmenter_geometry
 from keras_dense.signatures.memory_budget import measure_bytes_per_pixel, pixel_budget
 from keras_dense.signatures.segmentation_signatures import segmentation_signatures
+from keras_dense.tasks.capabilities import TaskCapabilities
+from keras_dense.tasks.export_options import BatchModeOptions, option
 from keras_dense.tasks.recipe_data import (
     check_batch_fits,
     no_auto_shard,
@@ -44,8 +46,8 @@ from keras_dense.tasks.recipe_data import (
     worker_shards,
 )
 from keras_dense.tasks.task import (
+    CompileResult,
     EvaluateOptions,
-    ExportOptions,
     PredictOptions,
     Task,
     check_close,
@@ -186,6 +188,21 @@ def check_segmentation_data(recipe: dict) -> None:
         check_segmentation_masks(data["validation"], "data.validation", note)
 
 
+@dataclasses.dataclass(frozen=True)
+class SegmentationExportOptions(BatchModeOptions):
+    """A segmenter's export options.
+
+    Attributes:
+        tta: Test-time augmentation baked into the serving signatures (flip and scales,
+            `keras_dense.signatures.segmentation_signatures`); the measured bytes per pixel
+            are multiplied by `tta.pixel_factor`.
+    """
+
+    tta: TestTimeAugmentation = option(
+        TestTimeAugmentation(), "test-time augmentation baked into the serving signatures"
+    )
+
+
 def float32_logits(model: keras.Model) -> keras.Model:
     """Appends a float32 identity so a mixed-precision segmenter's logits are float32."""
     if model.outputs[0].dtype == "float32":
@@ -209,11 +226,10 @@ class SegmentationTask(Task):
     builders = ("fcn32s", "fcn16s", "fcn8s", "deeplab", "deconvnet", "unet")
     image_summaries = True
     augments_on_device = True
-    command_options = {
-        "evaluate": frozenset({"crf", "tiled", "tta", "scales", "max_memory"}),
-        "predict": frozenset({"crf", "tiled", "tile_size", "tta", "scales", "max_memory"}),
-        "export": frozenset({"batch_mode", "tta", "scales"}),
-    }
+    capabilities = TaskCapabilities(
+        score_tta=True, crf=True, tiled_inference=True, memory_planning=True, tflite=True
+    )
+    export_options = SegmentationExportOptions
 
     def datasets(self, recipe, model, num_workers, worker_index):
         check_segmentation_data(recipe)
@@ -252,17 +268,17 @@ class SegmentationTask(Task):
     def finalize_model(self, model, mixed_precision):
         return float32_logits(model) if mixed_precision else model
 
-    def __init__(self):
-        # ((train pattern, ignore label), (weights, absent classes)) of the last run whose
-        # `compile` computed median-frequency weights; `card_fields` writes them into its card.
-        self._median_frequency: tuple | None = None
-
-    def class_weights(self, recipe: dict, num_classes: int) -> list[float] | None:
-        """The recipe's `loss.class_weights` as numbers, or None for unweighted.
+    def class_weights(
+        self, recipe: dict, num_classes: int
+    ) -> tuple[list[float] | None, CompileResult]:
+        """The recipe's `loss.class_weights` as numbers (None for unweighted) and their record.
 
         `"median_frequency"` is computed over the training shards' masks (see
-        `keras_dense.losses.median_frequency_weights`), reported on stdout and kept for the
-        model card (`card_fields`).
+        `keras_dense.losses.median_frequency_weights`); the weights, the rule and the absent
+        classes go into the returned card fields' `loss`, and two notes describe them.
+
+        Returns:
+            `(weights, CompileResult)`; the result is empty unless the weights were computed.
 
         Raises:
             RecipeError: A list whose length is not the number of classes.
@@ -273,27 +289,33 @@ class SegmentationTask(Task):
             values, absent = median_frequency_weights(
                 data["train"], num_classes, data["ignore_label"]
             )
-            self._median_frequency = ((data["train"], data["ignore_label"]), (values, absent))
             shown = ", ".join(f"{w:.4g}" for w in values)
-            print(f"median-frequency class weights over {data['train']}: [{shown}]")
+            notes = [f"median-frequency class weights over {data['train']}: [{shown}]"]
             if absent:
-                print(f"  classes never present in the training masks (weight 0): {absent}")
-            return values
+                notes.append(f"  classes never present in the training masks (weight 0): {absent}")
+            loss = {
+                "name": recipe["loss"]["name"],
+                "class_weights": values,
+                "class_weights_rule": weights,
+                "classes_absent": absent,
+            }
+            return values, CompileResult({"loss": loss}, tuple(notes))
         if weights and len(weights) != num_classes:
             raise RecipeError(
                 f"recipe key 'loss.class_weights': {len(weights)} weights for {num_classes} classes"
             )
-        return [float(w) for w in weights] or None
+        return [float(w) for w in weights] or None, CompileResult()
 
     def compile(self, model, recipe, optimizer, num_classes):
         training, data = recipe["training"], recipe["data"]
-        weights = self.class_weights(recipe, num_classes)
+        weights, result = self.class_weights(recipe, num_classes)
         model.compile(
             optimizer=optimizer,
             loss=build_loss(recipe["loss"]["name"], data["ignore_label"], weights),
             metrics=build_metrics(training["metrics"], num_classes, data["ignore_label"]),
             jit_compile=training["jit_compile"],
         )
+        return result
 
     def monitor(self, recipe, has_validation):
         prefix = "val_" if has_validation else ""
@@ -303,18 +325,11 @@ class SegmentationTask(Task):
 
     def card_fields(self, recipe):
         fields = {"input_size": list(recipe["data"]["crop_size"])}  # the training tile
-        loss = {"name": recipe["loss"]["name"], "class_weights": recipe["loss"]["class_weights"]}
-        data = recipe["data"]
-        last = self._median_frequency
-        if isinstance(loss["class_weights"], str) and last is not None:
-            if last[0] == (data["train"], data["ignore_label"]):  # this run's `compile`
-                weights, absent = last[1]
-                loss.update(
-                    class_weights=weights,
-                    class_weights_rule=recipe["loss"]["class_weights"],
-                    classes_absent=absent,
-                )
-        fields["loss"] = loss
+        # Weights computed by `compile` (median frequency) replace the rule (CompileResult).
+        fields["loss"] = {
+            "name": recipe["loss"]["name"],
+            "class_weights": recipe["loss"]["class_weights"],
+        }
         return fields
 
     def evaluate(self, model, card, pattern, options: EvaluateOptions):
@@ -378,7 +393,7 @@ class SegmentationTask(Task):
             "_overlay.png": encode_png(overlay(rgb, classes)),
         }
 
-    def export_signatures(self, model, card, options: ExportOptions):
+    def export_signatures(self, model, card, options: SegmentationExportOptions):
         geometry = segmenter_geometry(model)
         num_classes = int(model.outputs[0].shape[-1])
         bytes_per_pixel = measure_bytes_per_pixel(model, geometry, num_classes)
@@ -417,9 +432,6 @@ class SegmentationTask(Task):
             got = loaded.signatures["serving_tensor"](images=tf.constant(images[:1]))
             want = tta_probabilities(model, images[0], {}, tta, tiled=False)
             check_close("probabilities", got["probabilities"].numpy()[0], want, tolerance)
-
-    def tflite_unsupported(self, card):
-        return None  # fully convolutional: stock TFLite ops at a fixed input size
 
 
 register_task(SegmentationTask())

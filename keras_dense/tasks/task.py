@@ -18,36 +18,11 @@ import keras
 import numpy as np
 
 from keras_dense.prediction.inference import DEFAULT_MAX_MEMORY
+from keras_dense.tasks.capabilities import TaskCapabilities
+from keras_dense.tasks.export_options import ExportOptions
 from keras_dense.utils.tta import TestTimeAugmentation
 
 _REGISTRY: dict[str, Task] = {}
-
-
-@dataclasses.dataclass(frozen=True)
-class ExportOptions:
-    """What the export driver was asked for; each task uses the fields that apply to it.
-
-    Attributes:
-        batch_mode: How batches of mixed image sizes run ("per_image" or "pad").
-        max_pixels: Largest image (height * width) accepted.
-        max_request_memory: Bytes one request may take (turned into a pixel budget).
-        min_size: Detection: shorter side fed to the model.
-        max_size: Detection: cap on the longer side.
-        score_threshold: Detection: minimum class probability reported.
-        nms_iou: Detection: per-class NMS IoU threshold.
-        max_detections: Detection: detections per image.
-        tta: Segmentation: test-time augmentation baked into the serving signatures.
-    """
-
-    batch_mode: str = "per_image"
-    max_pixels: int = 50_000_000
-    max_request_memory: int = 2 * 1024**3
-    min_size: int = 600
-    max_size: int = 1000
-    score_threshold: float = 0.05
-    nms_iou: float = 0.3
-    max_detections: int = 100
-    tta: TestTimeAugmentation = TestTimeAugmentation()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,6 +69,20 @@ class PredictOptions:
     crf: bool = False
 
 
+@dataclasses.dataclass(frozen=True)
+class CompileResult:
+    """What `Task.compile` decided for this run (a task object keeps no per-run state).
+
+    Attributes:
+        card_fields: Model card fields computed while compiling (e.g. class weights measured
+            on the training data); they replace those of `Task.card_fields` with the same key.
+        notes: Lines for the person running the training (the trainer prints them).
+    """
+
+    card_fields: dict = dataclasses.field(default_factory=dict)
+    notes: tuple[str, ...] = ()
+
+
 class Task:
     """Base class of the tasks; subclasses override the hooks that apply to them.
 
@@ -105,9 +94,13 @@ class Task:
         image_summaries: Whether the trainer writes input/truth/prediction image summaries.
         augments_on_device: Whether `train_batch_stage` implements the recipe key
             `data.augment_on = "device"` (the recipe validator refuses it otherwise).
-        command_options: Per command (`evaluate`, `predict`, `export`), the task-specific
-            options (by argument name, e.g. `"min_size"`) this task uses; the commands refuse
-            the others when given (`keras_dense.commands.applicable_options`).
+        capabilities: What its models support beyond what every task does (TTA, CRF, ...);
+            the commands refuse the options of the others, in one place
+            (`keras_dense.commands.applicable_options`), and the task hooks trust their
+            options.
+        export_options: Its `ExportOptions` class; each declared field is one option of
+            `keras-dense export` and of `export_saved_model`
+            (`keras_dense.tasks.export_options`).
     """
 
     name: str = ""
@@ -115,7 +108,8 @@ class Task:
     background_outputs: int = 0
     image_summaries: bool = False
     augments_on_device: bool = False
-    command_options: dict[str, frozenset[str]] = {}
+    capabilities: TaskCapabilities = TaskCapabilities()
+    export_options: type[ExportOptions] = ExportOptions
 
     # -- data and classes ------------------------------------------------------------------
     def class_names(self, names: list[str]) -> list[str]:
@@ -134,8 +128,14 @@ class Task:
         """The built model, adapted for training (e.g. float32 outputs under mixed precision)."""
         return model
 
-    def compile(self, model: keras.Model, recipe: dict, optimizer, num_classes: int) -> None:
-        """Compiles the model with this task's loss and metrics."""
+    def compile(
+        self, model: keras.Model, recipe: dict, optimizer, num_classes: int
+    ) -> CompileResult | None:
+        """Compiles the model with this task's loss and metrics.
+
+        Returns:
+            What compiling decided for this run's card and log (None: nothing).
+        """
         raise NotImplementedError
 
     def train_batch_stage(self, recipe: dict, model: keras.Model):
@@ -203,6 +203,8 @@ class Task:
         Args:
             card: The model card.
         """
+        if self.capabilities.tflite:
+            return None
         return f"TFLite export is not supported for {self.name} models"
 
     def tflite_check(self, got: np.ndarray, want: np.ndarray) -> dict:

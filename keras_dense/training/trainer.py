@@ -27,7 +27,7 @@ import time
 import keras
 import numpy as np
 
-from keras_dense.tasks import get_task
+from keras_dense.tasks import CompileResult, get_task
 from keras_dense.tasks.recipe_data import (
     check_patterns,
     data_classes,
@@ -235,7 +235,7 @@ def _train_locked(recipe: dict, run_dir: str, strategy, info, verbose, start) ->
                 optimizer_steps,
                 training["mixed_precision"],
             )
-            task.compile(model, recipe, optimizer, len(classes))
+            compiled = task.compile(model, recipe, optimizer, len(classes)) or CompileResult()
             finished = backup.restore(model, os.path.join(run_dir, BACKUP_DIR))
             stage = task.train_batch_stage(recipe, model)
             if stage is not None:
@@ -248,7 +248,7 @@ def _train_locked(recipe: dict, run_dir: str, strategy, info, verbose, start) ->
     csv_path = os.path.join(run_dir, METRICS_CSV)
     state = backup.read_state(os.path.join(run_dir, BACKUP_DIR)) if finished else None
     history, notes = callbacks.reconcile_history(csv_path, finished, (state or {}).get("logs"))
-    for note in notes:
+    for note in (*compiled.notes, *notes):
         print(note)
     card = {
         "task": task.name,
@@ -262,6 +262,7 @@ def _train_locked(recipe: dict, run_dir: str, strategy, info, verbose, start) ->
         "recipe": os.path.abspath(os.path.join(run_dir, RESOLVED_RECIPE)),
         "keras_dense_version": __version__,
         **task.card_fields(recipe),
+        **compiled.card_fields,  # what compiling measured (e.g. class weights) replaces it
     }
     best_path = os.path.join(run_dir, BEST_MODEL)
     callback_list = [
