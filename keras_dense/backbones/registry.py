@@ -18,6 +18,10 @@ FAMILY_MODULES: tuple[str, ...] = (
     "keras_dense.backbones.xception",
     "keras_dense.backbones.mobilenet_v2",
     "keras_dense.backbones.compact",
+    "keras_dense.backbones.resnet_v2",
+    "keras_dense.backbones.mobilenet_v3",
+    "keras_dense.backbones.efficientnet_v2",
+    "keras_dense.backbones.convnext",
 )
 
 _REGISTRY: dict[str, Backbone] = {}

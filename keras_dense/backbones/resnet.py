@@ -14,7 +14,7 @@ e.g. `(1, 2, 4)`); `None` means `(1, 1, 1)`.
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import keras
 
@@ -53,6 +53,23 @@ def _block(x, filters: int, stride: int, rate: int, conv_shortcut: bool, name: s
     return keras.layers.Activation("relu", name=f"{name}_out")(x)
 
 
+def resnet_stem(x, schedule: AtrousSchedule, preact: bool = False):
+    """conv1 (7x7, stride 2) and pool1 (3x3 max, stride 2) with keras.applications' names.
+
+    ResNet v1 normalises and activates conv1 (`conv1_bn`, `conv1_relu`); v2 (`preact=True`)
+    leaves that to its first block's pre-activation.
+    """
+    schedule.downsample()  # conv1, stride 2
+    x = keras.layers.ZeroPadding2D(((3, 3), (3, 3)), name="conv1_pad")(x)
+    x = keras.layers.Conv2D(64, 7, strides=2, name="conv1_conv")(x)
+    if not preact:
+        x = keras.layers.BatchNormalization(epsilon=_BN_EPSILON, name="conv1_bn")(x)
+        x = keras.layers.Activation("relu", name="conv1_relu")(x)
+    schedule.downsample()  # pool1, stride 2
+    x = keras.layers.ZeroPadding2D(((1, 1), (1, 1)), name="pool1_pad")(x)
+    return keras.layers.MaxPooling2D(3, strides=2, name="pool1_pool")(x)
+
+
 def _resnet(
     x,
     blocks: Sequence[int],
@@ -60,15 +77,7 @@ def _resnet(
     multi_grid: Sequence[int],
     last_stage: int = 5,
 ) -> dict[int, object]:
-    schedule.downsample()  # conv1, stride 2
-    x = keras.layers.ZeroPadding2D(((3, 3), (3, 3)), name="conv1_pad")(x)
-    x = keras.layers.Conv2D(64, 7, strides=2, name="conv1_conv")(x)
-    x = keras.layers.BatchNormalization(epsilon=_BN_EPSILON, name="conv1_bn")(x)
-    x = keras.layers.Activation("relu", name="conv1_relu")(x)
-    schedule.downsample()  # pool1, stride 2
-    x = keras.layers.ZeroPadding2D(((1, 1), (1, 1)), name="pool1_pad")(x)
-    x = keras.layers.MaxPooling2D(3, strides=2, name="pool1_pool")(x)
-
+    x = resnet_stem(x, schedule)
     features = {}
     for stage, (filters, num_blocks) in enumerate(zip((64, 128, 256, 512), blocks), start=2):
         if stage > last_stage:
@@ -141,17 +150,34 @@ def resnet_trunk(inputs, backbone: str = "resnet50", last_stage: int = 4):
     return features[2**last_stage]
 
 
-for _name, _constructor in _CONSTRUCTORS.items():
-    _features = functools.partial(resnet_features, depth=_name)
-    register_backbone(
+def register_resnet(
+    name: str, constructor: Callable[..., keras.Model], features, normalization: str
+) -> Backbone:
+    """Registers a ResNet rebuilt with keras.applications names (v1 here, v2 in `resnet_v2`).
+
+    Args:
+        name: Registry name (`"resnet50"`).
+        constructor: The keras.applications constructor whose weights load by layer name.
+        features: The family's `features(x, output_stride, multi_grid=None)`.
+        normalization: The input normalisation of the pretrained weights.
+
+    Returns:
+        The registered `Backbone`: output strides 8, 16 and 32 (default 32), option
+        `multi_grid`.
+    """
+    return register_backbone(
         Backbone(
-            name=_name,
-            features=_features,
+            name=name,
+            features=features,
             output_strides=(8, 16, 32),
             default_output_stride=32,
-            normalization="caffe",
-            weights_source=f"keras.applications.{_constructor.__name__}",
-            load_weights=by_name_loader(_constructor, _features, 32),
+            normalization=normalization,
+            weights_source=f"keras.applications.{constructor.__name__}",
+            load_weights=by_name_loader(constructor, features, 32),
             options=("multi_grid",),
         )
     )
+
+
+for _name, _constructor in _CONSTRUCTORS.items():
+    register_resnet(_name, _constructor, functools.partial(resnet_features, depth=_name), "caffe")
