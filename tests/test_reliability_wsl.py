@@ -386,7 +386,8 @@ def test_pseudo_label_refuses_a_card_of_another_task(model_path, tmp_path, capsy
     out = str(tmp_path / "p" / "train")
     code = cli.main(["pseudo-label", "--model", path, "--data", pattern, "--output", out])
     err = capsys.readouterr().err
-    assert code == 2 and "classification" in err and "'segmentation'" in err, err
+    assert code == 2 and "pseudo-label does not apply to segmentation models" in err, err
+    assert "classification models only" in err and len(err.strip().splitlines()) == 1, err
 
 
 @pytest.fixture(scope="module")
