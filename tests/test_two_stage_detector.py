@@ -205,3 +205,17 @@ def test_a_stride_the_family_cannot_give_is_named(monkeypatch):
     monkeypatch.setitem(registry._REGISTRY, "coarse", family)
     with pytest.raises(ValueError, match=r"feature_stride=16: backbone='coarse' gives .*\[32\]"):
         faster_rcnn(2, backbone="coarse", **SMALL)
+
+
+def test_mask_rcnn_loads_backbone_weights_through_the_family(tmp_path):
+    keras.utils.set_random_seed(1)
+    source = keras.applications.ResNet50(weights=None, include_top=False, input_shape=(64, 64, 3))
+    path = str(tmp_path / "resnet50_notop.weights.h5")
+    source.save_weights(path)
+    model = mask_rcnn(2, backbone="resnet50", backbone_weights=path, mask_filters=4, **SMALL)
+    trunk = model.get_layer("backbone")
+    for name in ("conv1_conv", "conv2_block1_0_bn", "conv4_block6_3_conv"):
+        for got, want in zip(
+            trunk.get_layer(name).get_weights(), source.get_layer(name).get_weights()
+        ):
+            np.testing.assert_array_equal(got, want, err_msg=name)
