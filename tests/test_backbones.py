@@ -131,3 +131,13 @@ def test_keras_applications_weights_load_by_name_and_give_its_features(name, tmp
         scale = np.abs(want).max()
         assert scale > 1e-3, (name, key)
         np.testing.assert_allclose(got[key], want, atol=1e-4 * scale, err_msg=f"{name} {key}")
+
+
+@pytest.mark.parametrize("builder", ["fcn32s", "fcn16s", "fcn8s", "deconvnet", "rcnn"])
+def test_vgg16_builders_go_through_the_registry(builder):
+    """FCN, DeconvNet and R-CNN stay VGG16 by their papers: another registered backbone is
+    refused with the one choice named."""
+    from keras_dense import apps
+
+    with pytest.raises(ValueError, match=r"backbone='resnet50': expected one of \['vgg16'\]"):
+        getattr(apps, builder)(num_classes=2, backbone="resnet50")

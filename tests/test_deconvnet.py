@@ -10,8 +10,8 @@ import pytest
 from test_pooling_switches import numpy_unpool
 
 import keras_dense
-from keras_dense.apps import vgg
 from keras_dense.apps.deconvnet_model import deconvnet
+from keras_dense.backbones import vgg16 as vgg
 
 from helpers import keras_roundtrip_in_subprocess
 

@@ -112,6 +112,31 @@ def test_default_atrous_rates_follow_the_output_stride():
         assert _model("resnet50", output_stride).get_layer("aspp").atrous_rates == rates
 
 
+@pytest.mark.parametrize(
+    "backbone, output_stride, normalization",
+    [("vgg16", 16, "caffe"), ("compact", 8, "tf"), ("mobilenetv2", 32, "tf")],
+)
+def test_any_registered_backbone(backbone, output_stride, normalization):
+    """ASPP on the family's features at `output_stride`, the decoder on its stride-4 ones,
+    and the CRF de-normalises the input as the family expects."""
+    model = deeplab(
+        num_classes=3,
+        backbone=backbone,
+        output_stride=output_stride,
+        input_shape=(65, 97, 3),
+        crf=True,
+    )
+    assert model.get_layer("crf_image").normalization == normalization
+    probe = keras.Model(
+        model.input, [model.get_layer("aspp").input, model.get_layer("decoder_low_level").input]
+    )
+    aspp, low_level = probe.output
+    assert aspp.shape[1:3] == (-(-65 // output_stride), -(-97 // output_stride))
+    assert low_level.shape[1:3] == (-(-65 // 4), -(-97 // 4))
+    if output_stride == 32:
+        assert model.get_layer("aspp").atrous_rates == (3, 6, 9)
+
+
 # ---------------------------------------------------------------------------------------
 # Parameter counts: keras.applications backbone + the head counted from the paper's sizes
 # ---------------------------------------------------------------------------------------

@@ -57,7 +57,15 @@ def test_compact_is_the_wsl_default_stride_4_and_maps_align_with_the_input():
 
 @pytest.mark.parametrize(
     ("backbone", "stride", "cells"),
-    [("vgg16", None, 4), ("vgg16", 8, 8), ("vgg16", 4, 16), ("mobilenetv2", 16, 4)],
+    [
+        ("vgg16", None, 4),
+        ("vgg16", 8, 8),
+        ("vgg16", 4, 16),
+        ("vgg16", 32, 2),
+        ("mobilenetv2", 16, 4),
+        # Any registered backbone: the detectors' strided trunk, at its default stride 16.
+        ("compact_strided", None, 4),
+    ],
 )
 def test_wsl_output_stride(backbone, stride, cells):
     model = apps.wsl_classifier(num_classes=2, backbone=backbone, output_stride=stride)

@@ -9,7 +9,8 @@ out) to `build_model`, which does what every builder does the same way:
 3. appends the final activation (layer `{activation_prefix}_{activation}`);
 4. builds the model (`keras.Model` or a functional subclass such as `FastRCNN`), freezes
    `frozen_layers`;
-5. loads `backbone_weights` with the builder's `load_backbone`;
+5. loads `backbone_weights` with the builder's `load_backbone` (by default the registered
+   backbone's `load_weights`, `keras_dense.backbones`);
 6. appends the CRF-as-RNN layer when `crf=True` (`with_crf`);
 7. loads `weights`, a full-model weight file, last (so that it also covers the CRF).
 
@@ -30,6 +31,7 @@ from typing import Any
 import keras
 
 from keras_dense.apps.crf_attachment import with_crf
+from keras_dense.backbones.backbone import Backbone
 
 # Descriptions of the shared builder arguments, indented for an `Args:` section.
 ARG_DOCS: dict[str, str] = {
@@ -212,6 +214,7 @@ def build_model(
     backbone_weights: str | None = None,
     load_backbone: Callable[[keras.Model, str], object] | None = None,
     backbone_source: str = "keras.applications.VGG16",
+    backbone_family: Backbone | None = None,
     input_channels: int | None = None,
     crf: bool = False,
     crf_normalization: str | None = "caffe",
@@ -238,6 +241,9 @@ def build_model(
         load_backbone: `load_backbone(model, backbone_weights)` copies `backbone_weights`
             into the model; required for a builder that accepts `backbone_weights`.
         backbone_source: The pretrained network, for messages.
+        backbone_family: The registered backbone the model is built on, if any: it checks
+            `backbone_weights` (`Backbone.check`), names the pretrained network and, unless
+            `load_backbone` is given, loads the weights (`Backbone.load_weights`).
         input_channels: The number of input channels the builder requires, if any.
         crf: Append a CRF-as-RNN layer (`with_crf`) to the single output.
         crf_normalization: The input normalisation `with_crf` inverts for the CRF.
@@ -256,6 +262,10 @@ def build_model(
     input_shape = check_input_shape(input_shape, input_channels)
     check_activation(activation)
     check_weights(weights)
+    if backbone_family is not None:
+        backbone_family.check(None, backbone_weights)
+        backbone_source = backbone_family.weights_source or backbone_family.name
+        load_backbone = load_backbone or backbone_family.load_weights
     check_backbone_weights(backbone_weights, input_shape, backbone_source)
     if backbone_weights is not None and load_backbone is None:
         raise ValueError(f"backbone_weights={backbone_weights!r}: this model has no backbone")

@@ -35,6 +35,7 @@ from __future__ import annotations
 import keras
 
 from keras_dense.apps.builder import build_model
+from keras_dense.backbones.registry import get_backbone
 from keras_dense.backbones.vgg16 import load_vgg16_weights, vgg16_trunk
 from keras_dense.layers.pooling_switches import (
     MaxPoolingWithArgmax2D,
@@ -75,7 +76,8 @@ def _conv_bn_relu(x, layer: keras.layers.Layer):
 def load_vgg16_deconvnet_backbone(model: keras.Model, backbone_weights: str) -> list[str]:
     """Copies keras.applications VGG16 weights into DeconvNet's convolution network.
 
-    The 13 convolutions are copied by name; BatchNormalization layers stay freshly
+    The VGG16 family's loader (`load_vgg16_weights`), with `fc6` / `fc7` only when they have
+    VGG16's size. The 13 convolutions are copied by name; BatchNormalization layers stay freshly
     initialised. When `fc6` / `fc7` have the paper's 4096 filters and the source has its
     fully connected top, VGG16's `fc1` / `fc2` are reshaped into them too (the paper
     initialises the whole convolution network from VGG16).
@@ -117,6 +119,7 @@ def deconvnet(
     fc_padding: str = "valid",
     fc_filters: int = PAPER_FC_FILTERS,
     crf: bool = False,
+    backbone: str = "vgg16",
 ) -> keras.Model:
     """Builds DeconvNet: VGG16 with BN, fc6/fc7, and the mirrored unpooling/deconvolution net.
 
@@ -139,6 +142,8 @@ def deconvnet(
             lighter model (fc6 and deconv_fc6 alone hold 205 M of the 252 M parameters).
         crf: Append a CRF-as-RNN layer (`keras_dense.apps.with_crf`, default CrfRnn settings;
             the input stays "caffe"-normalised and is de-normalised for the CRF).
+        backbone: `"vgg16"`, the only backbone DeconvNet takes (by the paper; from the
+            registry, `keras_dense.backbones`).
 
     Returns:
         A functional `keras.Model` mapping `(B, H, W, C)` to `(B, H, W, num_classes)`.
@@ -147,6 +152,7 @@ def deconvnet(
         ValueError: An argument is invalid, or the input is too small for a "valid" fc6.
         FileNotFoundError: `weights` or `backbone_weights` is a missing file.
     """
+    family = get_backbone(backbone, allowed=("vgg16",))
     if isinstance(fc_filters, bool) or not isinstance(fc_filters, int) or fc_filters < 1:
         raise ValueError(f"fc_filters must be a positive integer, got {fc_filters!r}")
 
@@ -162,9 +168,10 @@ def deconvnet(
         activation=activation,
         weights=weights,
         backbone_weights=backbone_weights,
+        backbone_family=family,
         load_backbone=load_vgg16_deconvnet_backbone,
         crf=crf,
-        crf_normalization="caffe",
+        crf_normalization=family.normalization,
     )
 
 

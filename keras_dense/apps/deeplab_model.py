@@ -150,8 +150,7 @@ def deeplab(
         activation_prefix="logits",
         weights=weights,
         backbone_weights=backbone_weights,
-        load_backbone=family.load_weights,
-        backbone_source=family.weights_source or family.name,
+        backbone_family=family,
         crf=crf,
         crf_normalization=family.normalization,
     )

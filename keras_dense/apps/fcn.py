@@ -42,7 +42,8 @@ from __future__ import annotations
 import keras
 
 from keras_dense.apps.builder import build_model, document
-from keras_dense.backbones.vgg16 import load_vgg16_weights, vgg16_trunk
+from keras_dense.backbones.registry import get_backbone
+from keras_dense.backbones.vgg16 import vgg16_trunk
 from keras_dense.layers.resizing import CropToMatch
 from keras_dense.layers.upsampling import bilinear_crop_offset, bilinear_upsampling
 
@@ -55,23 +56,6 @@ FCN_SKIPS: dict[str, tuple[str, ...]] = {
 
 # Name of the final (fixed) upsampling layer of each variant, as in the Caffe models.
 _FINAL_UPSCORE = {"fcn32s": "upscore", "fcn16s": "upscore16", "fcn8s": "upscore8"}
-
-
-def load_vgg16_fcn_backbone(model: keras.Model, backbone_weights: str) -> list[str]:
-    """Copies keras.applications VGG16 weights into an FCN's trunk and `fc6` / `fc7`.
-
-    See `keras_dense.backbones.vgg16.load_vgg16_weights`: VGG16's `fc1` kernel `(25088, 4096)`
-    becomes `fc6`'s `(7, 7, 512, 4096)` and `fc2` becomes the 1x1 conv `fc7`.
-
-    Args:
-        model: An FCN built by this module.
-        backbone_weights: `"imagenet"` or the path of a full `keras.applications.VGG16`
-            (`include_top=True`) weight file.
-
-    Returns:
-        The names of the layers that received weights.
-    """
-    return load_vgg16_weights(model, backbone_weights)
 
 
 def fcn_graph(inputs, num_classes: int, variant: str, dropout: float = 0.5):
@@ -120,7 +104,22 @@ def fcn_graph(inputs, num_classes: int, variant: str, dropout: float = 0.5):
     return CropToMatch(offset=(offset, offset), name="score")([up, inputs])
 
 
-def _fcn(variant: str, num_classes, input_shape, weights, backbone_weights, activation, name, crf):
+# The backbones FCN takes: VGG16, by the paper (its named taps pool3 / pool4 and fc6 / fc7).
+FCN_BACKBONES = ("vgg16",)
+
+
+def _fcn(
+    variant: str,
+    backbone: str,
+    num_classes,
+    input_shape,
+    weights,
+    backbone_weights,
+    activation,
+    name,
+    crf,
+):
+    family = get_backbone(backbone, allowed=FCN_BACKBONES)
     return build_model(
         lambda inputs, classes: fcn_graph(inputs, classes, variant),
         num_classes=num_classes,
@@ -129,10 +128,9 @@ def _fcn(variant: str, num_classes, input_shape, weights, backbone_weights, acti
         activation=activation,
         weights=weights,
         backbone_weights=backbone_weights,
-        load_backbone=load_vgg16_fcn_backbone,
-        backbone_source="keras.applications.VGG16 (include_top=True)",
+        backbone_family=family,
         crf=crf,
-        crf_normalization="caffe",
+        crf_normalization=family.normalization,
     )
 
 
@@ -145,10 +143,13 @@ FCN_DOC = """Builds {title}: {summary}
         {weights_doc}
         backbone_weights: `None`, `"imagenet"` (downloads keras.applications' VGG16) or the
             path of a `keras.applications.VGG16` (with top) weight file. Loads the
-            convolutions and `fc6` / `fc7` (from VGG16's `fc1` / `fc2`).
+            convolutions and `fc6` / `fc7` (from VGG16's `fc1` / `fc2`; the VGG16 family's
+            `load_weights`, `keras_dense.backbones.vgg16.load_vgg16_weights`).
         {activation_doc}
         {name_doc}
         {crf_doc}
+        backbone: `"vgg16"`, the only backbone FCN takes (by the paper; from the registry,
+            `keras_dense.backbones`).
 
     Returns:
         A functional `keras.Model` mapping `(B, H, W, C)` to `(B, H, W, num_classes)`.
@@ -173,9 +174,18 @@ def fcn32s(
     activation: str | None = None,
     name: str = "fcn32s",
     crf: bool = False,
+    backbone: str = "vgg16",
 ) -> keras.Model:
     return _fcn(
-        "fcn32s", num_classes, input_shape, weights, backbone_weights, activation, name, crf
+        "fcn32s",
+        backbone,
+        num_classes,
+        input_shape,
+        weights,
+        backbone_weights,
+        activation,
+        name,
+        crf,
     )
 
 
@@ -193,9 +203,18 @@ def fcn16s(
     activation: str | None = None,
     name: str = "fcn16s",
     crf: bool = False,
+    backbone: str = "vgg16",
 ) -> keras.Model:
     return _fcn(
-        "fcn16s", num_classes, input_shape, weights, backbone_weights, activation, name, crf
+        "fcn16s",
+        backbone,
+        num_classes,
+        input_shape,
+        weights,
+        backbone_weights,
+        activation,
+        name,
+        crf,
     )
 
 
@@ -213,5 +232,16 @@ def fcn8s(
     activation: str | None = None,
     name: str = "fcn8s",
     crf: bool = False,
+    backbone: str = "vgg16",
 ) -> keras.Model:
-    return _fcn("fcn8s", num_classes, input_shape, weights, backbone_weights, activation, name, crf)
+    return _fcn(
+        "fcn8s",
+        backbone,
+        num_classes,
+        input_shape,
+        weights,
+        backbone_weights,
+        activation,
+        name,
+        crf,
+    )

@@ -39,6 +39,7 @@ import keras
 from keras_dense.apps.builder import build_model
 from keras_dense.apps.fast_rcnn_model import FC_UNITS, FastRCNN, fast_rcnn_classifier
 from keras_dense.backbones.pretrained_weights import resolve_source_model, transfer_weights
+from keras_dense.backbones.registry import get_backbone
 from keras_dense.backbones.vgg16 import (
     VGG16_FC_NAMES,
     VGG16_IMAGENET_NAMES,
@@ -54,6 +55,9 @@ CONV_NETWORK = "rcnn_conv"
 
 def load_rcnn_vgg16_weights(model: keras.Model, backbone_weights: str) -> list[str]:
     """Copies keras.applications VGG16 weights into an R-CNN model.
+
+    Not the VGG16 family's `load_weights`: the convolutions sit in a nested network and fc6 /
+    fc7 in the outer model, both filled from one source network.
 
     conv1_1 ... conv5_3 go into the nested per-region network (`rcnn_conv`), VGG16's
     `fc1` / `fc2` into `fc6` / `fc7` (as Dense layers: the crops are 224 x 224, so pool5 is
@@ -97,7 +101,7 @@ def rcnn(
 
     Args:
         num_classes: Object classes K; the heads have K + 1 outputs (background = 0).
-        backbone: Only `"vgg16"`.
+        backbone: Only `"vgg16"` (from the registry, `keras_dense.backbones`).
         crop_size: Side of the warped region (224, VGG16's input size).
         context_padding: Context pixels around the box at the warped size (16, as R-CNN).
         roi_chunk: Regions per pass of the convolutional network (64); None runs all the
@@ -120,8 +124,7 @@ def rcnn(
     Raises:
         ValueError: Bad argument.
     """
-    if backbone != "vgg16":
-        raise ValueError(f"backbone={backbone!r}: expected 'vgg16'")
+    family = get_backbone(backbone, allowed=("vgg16",))
     if isinstance(crop_size, bool) or not isinstance(crop_size, int) or crop_size < 32:
         raise ValueError(
             f"crop_size={crop_size!r}: expected an int >= 32 (VGG16 pools 5 times by 2)"
@@ -156,8 +159,8 @@ def rcnn(
         extra_inputs={"rois": (None, 4)},
         weights=weights,
         backbone_weights=backbone_weights,
+        backbone_family=family,
         load_backbone=load_rcnn_vgg16_weights,
-        backbone_source="keras.applications.VGG16 (include_top=True)",
         model_class=FastRCNN,
         **kwargs,
     )

@@ -206,7 +206,6 @@ def wsl_classifier(
         activation_prefix="image",
         weights=weights,
         backbone_weights=backbone_weights,
-        load_backbone=family.load_weights,
-        backbone_source=family.weights_source or family.name,
+        backbone_family=family,
         input_channels=3,
     )
