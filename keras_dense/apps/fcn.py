@@ -110,6 +110,7 @@ FCN_BACKBONES = ("vgg16",)
 
 def _fcn(
     variant: str,
+    *,
     backbone: str,
     num_classes,
     input_shape,
@@ -176,17 +177,7 @@ def fcn32s(
     crf: bool = False,
     backbone: str = "vgg16",
 ) -> keras.Model:
-    return _fcn(
-        "fcn32s",
-        backbone,
-        num_classes,
-        input_shape,
-        weights,
-        backbone_weights,
-        activation,
-        name,
-        crf,
-    )
+    return _fcn("fcn32s", **locals())  # the arguments above, by name
 
 
 @document(
@@ -205,17 +196,7 @@ def fcn16s(
     crf: bool = False,
     backbone: str = "vgg16",
 ) -> keras.Model:
-    return _fcn(
-        "fcn16s",
-        backbone,
-        num_classes,
-        input_shape,
-        weights,
-        backbone_weights,
-        activation,
-        name,
-        crf,
-    )
+    return _fcn("fcn16s", **locals())  # the arguments above, by name
 
 
 @document(
@@ -234,14 +215,4 @@ def fcn8s(
     crf: bool = False,
     backbone: str = "vgg16",
 ) -> keras.Model:
-    return _fcn(
-        "fcn8s",
-        backbone,
-        num_classes,
-        input_shape,
-        weights,
-        backbone_weights,
-        activation,
-        name,
-        crf,
-    )
+    return _fcn("fcn8s", **locals())  # the arguments above, by name
