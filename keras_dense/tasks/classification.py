@@ -63,11 +63,16 @@ from keras_dense.signatures.memory_budget import (
     serving_bytes_per_pixel,
 )
 from keras_dense.tasks.capabilities import TaskCapabilities
+from keras_dense.tasks.classification_config import (
+    CLASSIFICATION_METRICS,
+    ClassificationData,
+)
 from keras_dense.tasks.export_options import ExportOptions
+from keras_dense.tasks.recipe_config import as_recipe
 from keras_dense.tasks.recipe_data import (
     check_batch_fits,
     no_auto_shard,
-    normalization_mode,
+    run_num_classes,
     validation_dataset,
     worker_shards,
 )
@@ -88,6 +93,8 @@ class ClassificationTask(Task):
 
     name = "classification"
     builders = ("wsl_classifier",)
+    data_config = ClassificationData
+    metrics = CLASSIFICATION_METRICS
     capabilities = TaskCapabilities(
         map_tta=True, memory_planning=True, pointing_game=True, class_maps=True
     )
@@ -96,41 +103,46 @@ class ClassificationTask(Task):
         return object_classes(names)
 
     def check_recipe(self, recipe):
-        if recipe["data"]["channels"] != 3:
+        if as_recipe(recipe).data.channels != 3:
             raise RecipeError("recipe key 'data.channels': wsl_classifier needs 3-channel images")
 
     def datasets(self, recipe, model, num_workers, worker_index):
-        data, training = recipe["data"], recipe["training"]
-        num_classes = int(model.outputs[0].shape[-1])
-        offset = mask_offset(data["train"])
-        ignore_label = 255 if data["ignore_label"] is None else int(data["ignore_label"])
+        recipe = as_recipe(recipe)
+        data, training = recipe.data, recipe.training
+        num_classes = run_num_classes(recipe, self)
+        offset = mask_offset(data.train)
         for key in ("train", "validation"):
-            if data.get(key):  # every record checked once, before the first step
-                what = f"data.{key} = {data[key]!r}"
+            pattern = getattr(data, key)
+            if pattern:  # every record checked once, before the first step
                 check_classifier_records(
-                    model, data[key], num_classes, offset, ignore_label, what=what
+                    model,
+                    pattern,
+                    num_classes,
+                    offset,
+                    data.ignore_label,
+                    what=f"data.{key} = {pattern!r}",
                 )
         common = {
             "num_classes": num_classes,
-            "crop_size": tuple(data["crop_size"]),
-            "normalization": normalization_mode(data),
+            "crop_size": data.crop_size,
+            "normalization": data.normalization_mode,
             "offset": offset,
-            "ignore_label": data["ignore_label"],
-            "cache": data["cache"],
-            "seed": recipe["seed"],
+            "ignore_label": data.ignore_label,
+            "cache": data.cache,
+            "seed": recipe.seed,
         }
-        batch = training["batch_size"]
+        batch = training.batch_size
         train = classification_dataset(
-            worker_shards(data["train"], "data.train", num_workers, worker_index),
+            worker_shards(data.train, "data.train", num_workers, worker_index),
             batch,
             training=True,
-            min_scale=min(1.0, float(data["scale_range"][0])),
-            flip=data["flip"],
-            shuffle_buffer=data["shuffle_buffer"],
+            min_scale=min(1.0, float(data.scale_range[0])),
+            flip=data.flip,
+            shuffle_buffer=data.shuffle_buffer,
             **common,
         ).repeat()
-        records = check_batch_fits(data["train"], batch)
-        steps = training["steps_per_epoch"] or records // batch
+        records = check_batch_fits(data.train, batch)
+        steps = training.steps_per_epoch or records // batch
         validation, validation_steps = validation_dataset(
             lambda pattern, size: classification_dataset(pattern, size, **common),
             recipe,
@@ -142,31 +154,35 @@ class ClassificationTask(Task):
         return train, validation, steps, validation_steps
 
     def compile(self, model, recipe, optimizer, num_classes):
-        # `training.metrics` (segmentation metrics) do not apply: AUC and accuracy at 0.5.
+        training = as_recipe(recipe).training
+        metrics = {
+            "auc": lambda: keras.metrics.AUC(
+                multi_label=True, num_labels=num_classes, from_logits=True, name="auc"
+            ),
+            "accuracy_at_0_5": lambda: keras.metrics.BinaryAccuracy(
+                threshold=0.0, name="accuracy_at_0_5"
+            ),
+        }
         model.compile(
             optimizer=optimizer,
             loss=keras.losses.BinaryCrossentropy(from_logits=True),
-            metrics=[
-                keras.metrics.AUC(
-                    multi_label=True, num_labels=num_classes, from_logits=True, name="auc"
-                ),
-                keras.metrics.BinaryAccuracy(threshold=0.0, name="accuracy_at_0_5"),
-            ],
-            jit_compile=recipe["training"]["jit_compile"],
+            metrics=[metrics[name]() for name in training.metrics],
+            jit_compile=training.jit_compile,
         )
 
     def monitor(self, recipe, has_validation):
-        return ("val_auc" if has_validation else "auc"), "max"
+        prefix = "val_" if has_validation else ""
+        if "auc" in as_recipe(recipe).training.metrics:
+            return f"{prefix}auc", "max"
+        return f"{prefix}loss", "min"
 
     def card_fields(self, recipe):
         # No background threshold: it depends on the trained maps, so `keras-dense
         # tune-threshold` chooses it on held-out masks and adds `background_threshold`
         # (`background_threshold_crf`); until then `pseudo-label` uses
         # DEFAULT_BACKGROUND_THRESHOLD.
-        return {
-            "input_size": list(recipe["data"]["crop_size"]),
-            "mask_offset": mask_offset(recipe["data"]["train"]),
-        }
+        data = as_recipe(recipe).data
+        return {"input_size": list(data.crop_size), "mask_offset": mask_offset(data.train)}
 
     def evaluate(self, model, card, pattern, options: EvaluateOptions):
         return evaluate_classification(

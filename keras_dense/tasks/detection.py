@@ -33,12 +33,13 @@ from keras_dense.prediction.palette import draw_boxes
 from keras_dense.signatures.detection_signatures import FASTER_RCNN_OUTPUTS, detection_signatures
 from keras_dense.signatures.memory_budget import pixel_budget, serving_bytes_per_pixel
 from keras_dense.tasks.capabilities import TaskCapabilities
+from keras_dense.tasks.detection_config import DetectionData
 from keras_dense.tasks.export_options import BatchModeOptions, DetectorOptions, option
+from keras_dense.tasks.recipe_config import Recipe, as_recipe
 from keras_dense.tasks.recipe_data import (
     check_batch_fits,
     data_classes,
     no_auto_shard,
-    normalization_mode,
     validation_dataset,
     worker_shards,
 )
@@ -52,17 +53,17 @@ from keras_dense.tasks.task import (
 from keras_dense.utils.errors import RecipeError
 
 
-def _check_proposals(report, key: str, recipe: dict, read: bool) -> None:
+def _check_proposals(report, key: str, recipe: Recipe, read: bool) -> None:
     """Refuses (or, when allowed, warns about) Fast R-CNN records without proposals.
 
     Args:
         report: The `check_records` report of the shards of recipe key `key`.
         key: `"data.train"` or `"data.validation"`.
-        recipe: The resolved recipe.
+        recipe: The recipe.
         read: The model reads proposals (`data.max_proposals` > 0).
     """
-    data = recipe["data"]
-    pattern = data[key.removeprefix("data.")]
+    data = recipe.data
+    pattern = getattr(data, key.removeprefix("data."))
     missing = sum(report.without_proposals.values()) if read else report.records
     if not missing:
         return
@@ -74,11 +75,11 @@ def _check_proposals(report, key: str, recipe: dict, read: bool) -> None:
         f"e.g. in {min(report.without_proposals)}"
     )
     consequence = (
-        f"{recipe['model']['builder']} does not propose regions: on those images it would "
+        f"{recipe.model.builder} does not propose regions: on those images it would "
         "train on the ground-truth boxes as its only RoIs (no background RoIs), while evaluate "
         "runs selective search"
     )
-    if not data["allow_missing_proposals"]:
+    if not data.allow_missing_proposals:
         raise BadInputError(
             f"{key} = {pattern!r}",
             f"{where}; {consequence}. Add proposals (keras-dense convert voc ... --proposals "
@@ -96,7 +97,7 @@ def _check_proposals(report, key: str, recipe: dict, read: bool) -> None:
 
 
 def check_detection_data(
-    recipe: dict,
+    recipe: Recipe | dict,
     num_classes: int | None,
     read_proposals: bool,
     instance_masks: bool,
@@ -114,7 +115,7 @@ def check_detection_data(
     proposals is refused unless `data.allow_missing_proposals`.
 
     Args:
-        recipe: The resolved recipe.
+        recipe: The recipe (a resolved table is parsed).
         num_classes: The model's object classes (labels must be in [1, K]).
         read_proposals: The model takes the records' proposals.
         instance_masks: The model needs one instance mask per box.
@@ -127,22 +128,23 @@ def check_detection_data(
     Raises:
         BadInputError: A bad record (named), no box at all, or missing proposals.
     """
-    data = recipe["data"]
+    recipe = as_recipe(recipe)
+    data = recipe.data
     if num_classes is None and class_names:
         num_classes = len(class_names)
-    reads = read_proposals and data["max_proposals"] > 0
+    reads = read_proposals and data.max_proposals > 0
     rules = DetectionRules(
         num_classes=num_classes,
         class_names=tuple(class_names) if class_names else None,
         instance_masks=instance_masks,
         proposals=reads,
-        max_boxes=data["max_boxes"],
-        max_proposals=data["max_proposals"] if reads else None,
-        min_size=data["min_size"],
-        max_size=data["max_size"],
+        max_boxes=data.max_boxes,
+        max_proposals=data.max_proposals if reads else None,
+        min_size=data.min_size,
+        max_size=data.max_size,
     )
-    report = check_records(data["train"], rules)
-    if data["on_error"] == "skip":
+    report = check_records(data.train, rules)
+    if data.on_error == "skip":
         exclude = leave_out(report, "data.train")
     else:
         refuse(
@@ -154,11 +156,11 @@ def check_detection_data(
     left_out = {"crowd": "the training pipeline leaves crowd boxes out"}
     if not use_difficult:
         left_out["difficult"] = "the model does not train on difficult boxes (use_difficult)"
-    refuse_empty(report, f"data.train = {data['train']!r}", "there is nothing to learn", left_out)
+    refuse_empty(report, f"data.train = {data.train!r}", "there is nothing to learn", left_out)
     if read_proposals:
         _check_proposals(report, "data.train", recipe, reads)
-    if data["validation"]:
-        validation = check_records(data["validation"], rules)
+    if data.validation:
+        validation = check_records(data.validation, rules)
         refuse(
             validation,
             "data.validation",
@@ -170,7 +172,7 @@ def check_detection_data(
 
 
 def detection_datasets(
-    recipe: dict,
+    recipe: Recipe | dict,
     num_workers: int = 1,
     worker_index: int = 0,
     read_proposals: bool = True,
@@ -186,7 +188,7 @@ def detection_datasets(
     others.
 
     Args:
-        recipe: The resolved recipe.
+        recipe: The recipe (a resolved table is parsed).
         num_workers: Processes in the cluster (see `segmentation_datasets`).
         worker_index: This process's index in the cluster.
         read_proposals: Read the records' proposals (Fast R-CNN); False for a model that
@@ -206,32 +208,33 @@ def detection_datasets(
         BadInputError: A bad record, no box, or missing proposals (see `check_detection_data`).
         RecipeError: Fewer usable records than one batch.
     """
-    data, training = recipe["data"], recipe["training"]
+    recipe = as_recipe(recipe)
+    data, training = recipe.data, recipe.training
     exclude = check_detection_data(
         recipe, num_classes, read_proposals, instance_masks, class_names, use_difficult
     )
     common = {
-        "min_size": data["min_size"],
-        "max_size": data["max_size"],
-        "normalization": normalization_mode(data),
-        "max_boxes": data["max_boxes"],
-        "max_proposals": data["max_proposals"] if read_proposals else 0,
-        "cache": data["cache"],
-        "seed": recipe["seed"],
+        "min_size": data.min_size,
+        "max_size": data.max_size,
+        "normalization": data.normalization_mode,
+        "max_boxes": data.max_boxes,
+        "max_proposals": data.max_proposals if read_proposals else 0,
+        "cache": data.cache,
+        "seed": recipe.seed,
     }
     if instance_masks:
         common["instance_masks"] = True
-    batch = training["batch_size"]
+    batch = training.batch_size
     train = detection_dataset(
-        worker_shards(data["train"], "data.train", num_workers, worker_index),
+        worker_shards(data.train, "data.train", num_workers, worker_index),
         batch,
         training=True,
-        flip=data["flip"],
-        shuffle_buffer=data["shuffle_buffer"],
+        flip=data.flip,
+        shuffle_buffer=data.shuffle_buffer,
         exclude=exclude,
         **common,
     ).repeat()
-    records = check_batch_fits(data["train"], batch)  # also with steps_per_epoch set
+    records = check_batch_fits(data.train, batch)  # also with steps_per_epoch set
     usable = records - len(exclude)
     if usable < batch:
         raise RecipeError(
@@ -239,7 +242,7 @@ def detection_datasets(
             f"record(s) of data.train ({len(exclude)} of {records} left out as bad): an epoch "
             "would have no full batch; lower the batch size or fix the records"
         )
-    steps = training["steps_per_epoch"] or usable // batch
+    steps = training.steps_per_epoch or usable // batch
     validation, validation_steps = validation_dataset(
         lambda pattern, val_batch: detection_dataset(pattern, val_batch, **common),
         recipe,
@@ -312,6 +315,9 @@ class DetectionTask(Task):
 
     name = "detection"
     builders = ("fast_rcnn", "rcnn", "faster_rcnn")
+    data_config = DetectionData
+    # Records carry an instance mask per box, which the batches hold (Mask R-CNN).
+    instance_masks = False
     capabilities = TaskCapabilities(voc_ap=True, scored_detections=True)
     export_options = DetectionExportOptions
     background_outputs = 1
@@ -320,27 +326,32 @@ class DetectionTask(Task):
         return object_classes(names)
 
     def check_recipe(self, recipe):
-        if recipe["data"]["channels"] != 3:
-            raise RecipeError("recipe key 'data.channels': detection needs 3-channel images")
+        if as_recipe(recipe).data.channels != 3:
+            raise RecipeError(
+                f"recipe key 'data.channels': {self.name.replace('_', ' ')} needs 3-channel images"
+            )
 
     def datasets(self, recipe, model, num_workers, worker_index):
+        recipe = as_recipe(recipe)
+        class_names = data_classes(recipe.data, self)
         return detection_datasets(
             recipe,
             num_workers,
             worker_index,
-            read_proposals=not proposes_regions(model),
-            num_classes=getattr(model, "num_classes", None),
-            class_names=data_classes(recipe["data"], self),
+            read_proposals=not self.instance_masks and not proposes_regions(model),
+            instance_masks=self.instance_masks,
+            num_classes=recipe.model.num_classes or len(class_names),
+            class_names=class_names,
             use_difficult=getattr(model, "use_difficult", True),
         )
 
     def compile(self, model, recipe, optimizer, num_classes):
         # The model's train_step samples RoIs and computes its own multi-task loss.
-        model.compile(optimizer=optimizer, jit_compile=recipe["training"]["jit_compile"])
+        model.compile(optimizer=optimizer, jit_compile=as_recipe(recipe).training.jit_compile)
 
     def card_fields(self, recipe):
-        data = recipe["data"]
-        return {"min_size": data["min_size"], "max_size": data["max_size"]}
+        data = as_recipe(recipe).data
+        return {"min_size": data.min_size, "max_size": data.max_size}
 
     def evaluate(self, model, card, pattern, options: EvaluateOptions):
         return evaluate_detection(model, card, pattern, options.use_07_metric)

@@ -27,14 +27,11 @@ from keras_dense.signatures.instance_signatures import TENSOR_OUTPUTS, instance_
 from keras_dense.signatures.memory_budget import pixel_budget, serving_bytes_per_pixel
 from keras_dense.tasks.detection import (
     DetectionTask,
-    detection_datasets,
     detection_list,
     verify_region_proposer,
 )
 from keras_dense.tasks.export_options import DetectorOptions
-from keras_dense.tasks.recipe_data import data_classes
 from keras_dense.tasks.task import EvaluateOptions, PredictOptions, register_task
-from keras_dense.utils.errors import RecipeError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,25 +46,8 @@ class InstanceSegmentationTask(DetectionTask):
 
     name = "instance_segmentation"
     builders = ("mask_rcnn",)
+    instance_masks = True  # `datasets`: batches with masks, no proposals read
     export_options = InstanceSegmentationExportOptions
-
-    def check_recipe(self, recipe):
-        if recipe["data"]["channels"] != 3:
-            raise RecipeError(
-                "recipe key 'data.channels': instance segmentation needs 3-channel images"
-            )
-
-    def datasets(self, recipe, model, num_workers, worker_index):
-        return detection_datasets(
-            recipe,
-            num_workers,
-            worker_index,
-            read_proposals=False,
-            instance_masks=True,
-            num_classes=getattr(model, "num_classes", None),
-            class_names=data_classes(recipe["data"], self),
-            use_difficult=getattr(model, "use_difficult", True),
-        )
 
     def evaluate(self, model, card, pattern, options: EvaluateOptions):
         total = count_records(pattern) if options.progress else 0

@@ -38,13 +38,15 @@ from keras_dense.signatures.memory_budget import measure_bytes_per_pixel, pixel_
 from keras_dense.signatures.segmentation_signatures import segmentation_signatures
 from keras_dense.tasks.capabilities import TaskCapabilities
 from keras_dense.tasks.export_options import BatchModeOptions, option
+from keras_dense.tasks.recipe_config import Recipe, as_recipe
 from keras_dense.tasks.recipe_data import (
     check_batch_fits,
     no_auto_shard,
-    normalization_mode,
+    run_num_classes,
     validation_dataset,
     worker_shards,
 )
+from keras_dense.tasks.segmentation_config import SEGMENTATION_METRICS, SegmentationData
 from keras_dense.tasks.task import (
     CompileResult,
     EvaluateOptions,
@@ -93,7 +95,7 @@ def crop_masks_to_output(
 
 
 def segmentation_datasets(
-    recipe: dict,
+    recipe: Recipe | dict,
     output_size=None,
     num_workers: int = 1,
     worker_index: int = 0,
@@ -102,7 +104,7 @@ def segmentation_datasets(
     """Training and validation datasets of a segmentation recipe.
 
     Args:
-        recipe: The resolved recipe.
+        recipe: The recipe (a resolved table is parsed).
         output_size: The model's output `(h, w)` for a training crop, when it differs from the
             crop (valid padding); None for same-size models.
         num_workers: Processes in the cluster; with several, each reads its share of the
@@ -116,40 +118,41 @@ def segmentation_datasets(
         `(train, validation, steps_per_epoch, validation_steps)`; validation is None when the
         recipe has none, validation_steps None for one exact pass.
     """
-    data, training = recipe["data"], recipe["training"]
-    crop = tuple(data["crop_size"])
+    recipe = as_recipe(recipe)
+    data, training = recipe.data, recipe.training
+    crop = data.crop_size
     common = {
-        "normalization": normalization_mode(data),
-        "ignore_label": data["ignore_label"],
-        "channels": data["channels"],
-        "cache": data["cache"],
-        "seed": recipe["seed"],
+        "normalization": data.normalization_mode,
+        "ignore_label": data.ignore_label,
+        "channels": data.channels,
+        "cache": data.cache,
+        "seed": recipe.seed,
         "num_classes": num_classes,
     }
-    batch = training["batch_size"]
+    batch = training.batch_size
     train = segmentation_dataset(
-        worker_shards(data["train"], "data.train", num_workers, worker_index),
+        worker_shards(data.train, "data.train", num_workers, worker_index),
         batch,
         crop_size=crop,
         training=True,
-        scale_range=tuple(data["scale_range"]),
-        flip=data["flip"],
-        photometric=data["photometric"],
-        shuffle_buffer=data["shuffle_buffer"],
-        augment_on=data["augment_on"],
+        scale_range=data.scale_range,
+        flip=data.flip,
+        photometric=data.photometric,
+        shuffle_buffer=data.shuffle_buffer,
+        augment_on=data.augment_on,
         **common,
     ).repeat()
     # With augment_on = "device" the masks are cropped after the stage (`train_batch_stage`).
-    if output_size is not None and data["augment_on"] == "host":
-        train = crop_masks_to_output(train, crop, output_size, data["ignore_label"], False)
-    records = check_batch_fits(data["train"], batch)  # also with steps_per_epoch set
-    steps = training["steps_per_epoch"] or records // batch
+    if output_size is not None and data.augment_on == "host":
+        train = crop_masks_to_output(train, crop, output_size, data.ignore_label, False)
+    records = check_batch_fits(data.train, batch)  # also with steps_per_epoch set
+    steps = training.steps_per_epoch or records // batch
 
     def make_validation(pattern, val_batch):
         validation = segmentation_dataset(pattern, val_batch, **common)
         if output_size is not None:
             validation = crop_masks_to_output(
-                validation, crop, output_size, data["ignore_label"], True
+                validation, crop, output_size, data.ignore_label, True
             )
         return validation
 
@@ -161,7 +164,7 @@ def segmentation_datasets(
     return train, validation, steps, validation_steps
 
 
-def check_segmentation_data(recipe: dict) -> None:
+def check_segmentation_data(data: SegmentationData) -> None:
     """Checks the class masks of every training and validation record once, before training.
 
     A mask that `tf.io.decode_png` would read silently wrong (palette, 1/2/4-bit or 16-bit
@@ -171,21 +174,20 @@ def check_segmentation_data(recipe: dict) -> None:
     its shards and has no cheap way to leave one out, so bad records are refused either way.
 
     Args:
-        recipe: The resolved recipe.
+        data: The recipe's `[data]`.
 
     Raises:
         BadInputError: A record with a missing or unusable class mask (named).
     """
-    data = recipe["data"]
     note = ""
-    if data["on_error"] == "skip":
+    if data.on_error == "skip":
         note = (
             ' (data.on_error = "skip" does not apply to segmentation records: the pipeline '
             "cannot leave a record out; fix or re-convert them)"
         )
-    check_segmentation_masks(data["train"], "data.train", note)
-    if data["validation"]:
-        check_segmentation_masks(data["validation"], "data.validation", note)
+    check_segmentation_masks(data.train, "data.train", note)
+    if data.validation:
+        check_segmentation_masks(data.validation, "data.validation", note)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -224,36 +226,38 @@ class SegmentationTask(Task):
 
     name = "segmentation"
     builders = ("fcn32s", "fcn16s", "fcn8s", "deeplab", "deconvnet", "unet")
+    data_config = SegmentationData
+    metrics = SEGMENTATION_METRICS
     image_summaries = True
-    augments_on_device = True
     capabilities = TaskCapabilities(
         score_tta=True, crf=True, tiled_inference=True, memory_planning=True, tflite=True
     )
     export_options = SegmentationExportOptions
 
     def datasets(self, recipe, model, num_workers, worker_index):
-        check_segmentation_data(recipe)
-        data = recipe["data"]
-        output_size = _output_size(model, data["crop_size"], data["channels"])
-        num_classes = int(model.outputs[0].shape[-1])
+        recipe = as_recipe(recipe)
+        data = recipe.data
+        check_segmentation_data(data)
+        output_size = _output_size(model, data.crop_size, data.channels)
+        num_classes = run_num_classes(recipe, self)
         return segmentation_datasets(
             recipe, output_size, num_workers, worker_index, num_classes=num_classes
         )
 
     def train_batch_stage(self, recipe, model):
-        data = recipe["data"]
-        if data["augment_on"] != "device":
+        data = as_recipe(recipe).data
+        if data.augment_on != "device":
             return None
-        crop = tuple(data["crop_size"])
+        crop = data.crop_size
         augment = device_stage(
             crop,
-            tuple(data["scale_range"]),
-            data["flip"],
-            data["photometric"],
-            normalization_mode(data),
-            data["ignore_label"],
+            data.scale_range,
+            data.flip,
+            data.photometric,
+            data.normalization_mode,
+            data.ignore_label,
         )
-        output_size = _output_size(model, crop, data["channels"])
+        output_size = _output_size(model, crop, data.channels)
         if output_size is None:
             return augment
         top = (crop[0] - output_size[0]) // 2
@@ -269,7 +273,7 @@ class SegmentationTask(Task):
         return float32_logits(model) if mixed_precision else model
 
     def class_weights(
-        self, recipe: dict, num_classes: int
+        self, recipe: Recipe, num_classes: int
     ) -> tuple[list[float] | None, CompileResult]:
         """The recipe's `loss.class_weights` as numbers (None for unweighted) and their record.
 
@@ -283,18 +287,17 @@ class SegmentationTask(Task):
         Raises:
             RecipeError: A list whose length is not the number of classes.
         """
-        data = recipe["data"]
-        weights = recipe["loss"]["class_weights"]
+        recipe = as_recipe(recipe)
+        data = recipe.data
+        weights = recipe.loss.class_weights
         if isinstance(weights, str):  # "median_frequency" (the recipe validator checks it)
-            values, absent = median_frequency_weights(
-                data["train"], num_classes, data["ignore_label"]
-            )
+            values, absent = median_frequency_weights(data.train, num_classes, data.ignore_label)
             shown = ", ".join(f"{w:.4g}" for w in values)
-            notes = [f"median-frequency class weights over {data['train']}: [{shown}]"]
+            notes = [f"median-frequency class weights over {data.train}: [{shown}]"]
             if absent:
                 notes.append(f"  classes never present in the training masks (weight 0): {absent}")
             loss = {
-                "name": recipe["loss"]["name"],
+                "name": recipe.loss.name,
                 "class_weights": values,
                 "class_weights_rule": weights,
                 "classes_absent": absent,
@@ -307,30 +310,28 @@ class SegmentationTask(Task):
         return [float(w) for w in weights] or None, CompileResult()
 
     def compile(self, model, recipe, optimizer, num_classes):
-        training, data = recipe["training"], recipe["data"]
+        recipe = as_recipe(recipe)
+        training, ignore_label = recipe.training, recipe.data.ignore_label
         weights, result = self.class_weights(recipe, num_classes)
         model.compile(
             optimizer=optimizer,
-            loss=build_loss(recipe["loss"]["name"], data["ignore_label"], weights),
-            metrics=build_metrics(training["metrics"], num_classes, data["ignore_label"]),
-            jit_compile=training["jit_compile"],
+            loss=build_loss(recipe.loss.name, ignore_label, weights),
+            metrics=build_metrics(list(training.metrics), num_classes, ignore_label),
+            jit_compile=training.jit_compile,
         )
         return result
 
     def monitor(self, recipe, has_validation):
         prefix = "val_" if has_validation else ""
-        if "mean_iou" in recipe["training"]["metrics"]:
+        if "mean_iou" in as_recipe(recipe).training.metrics:
             return f"{prefix}mean_iou", "max"
         return f"{prefix}loss", "min"
 
     def card_fields(self, recipe):
-        fields = {"input_size": list(recipe["data"]["crop_size"])}  # the training tile
-        # Weights computed by `compile` (median frequency) replace the rule (CompileResult).
-        fields["loss"] = {
-            "name": recipe["loss"]["name"],
-            "class_weights": recipe["loss"]["class_weights"],
-        }
-        return fields
+        recipe = as_recipe(recipe)
+        # The training tile; weights computed by `compile` (median frequency) replace the
+        # rule (CompileResult).
+        return {"input_size": list(recipe.data.crop_size), "loss": recipe.to_dict()["loss"]}
 
     def evaluate(self, model, card, pattern, options: EvaluateOptions):
         tta = options.tta if options.tta.enabled else None

@@ -13,14 +13,19 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+from typing import TYPE_CHECKING
 
 import keras
 import numpy as np
 
 from keras_dense.prediction.inference import DEFAULT_MAX_MEMORY
 from keras_dense.tasks.capabilities import TaskCapabilities
+from keras_dense.tasks.configs import DataConfig
 from keras_dense.tasks.export_options import ExportOptions
 from keras_dense.utils.tta import TestTimeAugmentation
+
+if TYPE_CHECKING:  # the recipe's module reads the registry below
+    from keras_dense.tasks.recipe_config import Recipe
 
 _REGISTRY: dict[str, Task] = {}
 
@@ -92,8 +97,6 @@ class Task:
         background_outputs: Score channels the model has beyond `classes` (1 for a
             background class that is not listed in the class names).
         image_summaries: Whether the trainer writes input/truth/prediction image summaries.
-        augments_on_device: Whether `train_batch_stage` implements the recipe key
-            `data.augment_on = "device"` (the recipe validator refuses it otherwise).
         capabilities: What its models support beyond what every task does (TTA, CRF, ...);
             the commands refuse the options of the others, in one place
             (`keras_dense.commands.applicable_options`), and the task hooks trust their
@@ -101,25 +104,30 @@ class Task:
         export_options: Its `ExportOptions` class; each declared field is one option of
             `keras-dense export` and of `export_saved_model`
             (`keras_dense.tasks.export_options`).
+        data_config: The dataclass of its recipes' `[data]` table (the keys its pipelines
+            read, with their defaults; `keras_dense.tasks.configs`).
+        metrics: The `training.metrics` its `compile` can build; a recipe without the key
+            gets all of them.
     """
 
     name: str = ""
     builders: tuple[str, ...] = ()
     background_outputs: int = 0
     image_summaries: bool = False
-    augments_on_device: bool = False
     capabilities: TaskCapabilities = TaskCapabilities()
     export_options: type[ExportOptions] = ExportOptions
+    data_config: type[DataConfig] = DataConfig
+    metrics: tuple[str, ...] = ()
 
     # -- data and classes ------------------------------------------------------------------
     def class_names(self, names: list[str]) -> list[str]:
         """The class names this task's models use, from a manifest's or recipe's list."""
         return list(names)
 
-    def check_recipe(self, recipe: dict) -> None:
+    def check_recipe(self, recipe: Recipe) -> None:
         """Raises `RecipeError` for recipe values that do not fit this task."""
 
-    def datasets(self, recipe: dict, model: keras.Model, num_workers: int, worker_index: int):
+    def datasets(self, recipe: Recipe, model: keras.Model, num_workers: int, worker_index: int):
         """`(train, validation, steps_per_epoch, validation_steps)` of a recipe."""
         raise NotImplementedError
 
@@ -129,7 +137,7 @@ class Task:
         return model
 
     def compile(
-        self, model: keras.Model, recipe: dict, optimizer, num_classes: int
+        self, model: keras.Model, recipe: Recipe, optimizer, num_classes: int
     ) -> CompileResult | None:
         """Compiles the model with this task's loss and metrics.
 
@@ -138,7 +146,7 @@ class Task:
         """
         raise NotImplementedError
 
-    def train_batch_stage(self, recipe: dict, model: keras.Model):
+    def train_batch_stage(self, recipe: Recipe, model: keras.Model):
         """A function applied to each training batch at the start of the train step, or None.
 
         It runs inside the compiled step, on the step's device (e.g. batched augmentation
@@ -147,11 +155,11 @@ class Task:
         """
         return None
 
-    def monitor(self, recipe: dict, has_validation: bool) -> tuple[str, str]:
+    def monitor(self, recipe: Recipe, has_validation: bool) -> tuple[str, str]:
         """`(log key, "max" | "min")` that picks the best checkpoint."""
         return ("val_loss" if has_validation else "loss"), "min"
 
-    def card_fields(self, recipe: dict) -> dict:
+    def card_fields(self, recipe: Recipe) -> dict:
         """Task-specific fields of the model card written by the trainer."""
         return {}
 

@@ -28,12 +28,8 @@ import keras
 import numpy as np
 
 from keras_dense.tasks import CompileResult, get_task
-from keras_dense.tasks.recipe_data import (
-    check_patterns,
-    data_classes,
-    normalization_mode,
-    total_steps,
-)
+from keras_dense.tasks.recipe_config import Recipe, as_recipe, default_table
+from keras_dense.tasks.recipe_data import check_patterns, data_classes, total_steps
 from keras_dense.training import backup, callbacks
 from keras_dense.training.batch_stage import install_batch_stage
 from keras_dense.training.builders import build_model
@@ -43,9 +39,10 @@ from keras_dense.training.distribution import (
     worker_info,
 )
 from keras_dense.training.optimizers import build_optimizer
-from keras_dense.training.recipe import DEFAULTS, RecipeError
+from keras_dense.training.recipe import UNTYPED_DEFAULTS, RecipeError
 from keras_dense.utils.files import atomic_write_bytes
 from keras_dense.utils.run_lock import run_lock
+from keras_dense.utils.typed_tables import plain
 from keras_dense.utils.version import __version__
 
 BEST_MODEL = "best.keras"
@@ -53,14 +50,6 @@ BACKUP_DIR = "backup"
 LOG_DIR = "logs"
 RESOLVED_RECIPE = "recipe.json"
 METRICS_CSV = "metrics.csv"
-
-
-def _json_ready(value):
-    if isinstance(value, (tuple, list)):
-        return [_json_ready(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _json_ready(v) for k, v in value.items()}
-    return value
 
 
 def _flatten(table: dict, prefix: str = "") -> dict:
@@ -77,12 +66,21 @@ def _flatten(table: dict, prefix: str = "") -> dict:
 RESUMABLE_CHANGES = ("training.epochs",)
 
 
-def check_resume(run_dir: str, recipe: dict) -> None:
+def _at_default(flat: dict, defaults: dict, key: str) -> bool:
+    return key not in flat or (key in defaults and flat[key] == defaults[key])
+
+
+def check_resume(run_dir: str, recipe: Recipe | dict) -> None:
     """Refuses to resume a run folder whose saved recipe differs from this one.
+
+    A key that only one of the two recipes has (one of another version) counts as unchanged
+    when it is at that version's default: a key added later at this version's default, and
+    a key of the untyped recipes (`UNTYPED_DEFAULTS`) at its old default, mean what the
+    other recipe did.
 
     Args:
         run_dir: The run folder.
-        recipe: This run's resolved recipe.
+        recipe: This run's recipe (a resolved table is parsed).
 
     Raises:
         RecipeError: The folder holds a saved state of a run whose recipe differs (other
@@ -96,15 +94,15 @@ def check_resume(run_dir: str, recipe: dict) -> None:
             before = _flatten(json.load(f))
     except (OSError, json.JSONDecodeError) as err:
         raise RecipeError(f"{path}: unreadable saved recipe of the run to resume ({err})") from None
-    after = _flatten(_json_ready(recipe))
-    defaults = _flatten(_json_ready(DEFAULTS))
+    config = as_recipe(recipe)
+    after = _flatten(config.to_dict())
+    defaults = _flatten(default_table(config.task))
     changed = sorted(
         k
         for k in before.keys() | after.keys()
         if before.get(k) != after.get(k)
         and k not in RESUMABLE_CHANGES
-        # A key added by a later version, at its default, is what the older run did.
-        and not (k not in before and k in defaults and after.get(k) == defaults[k])
+        and not (_at_default(before, UNTYPED_DEFAULTS, k) and _at_default(after, defaults, k))
     )
     if changed:
         details = ", ".join(f"{k} ({before.get(k)!r} -> {after.get(k)!r})" for k in changed[:8])
@@ -166,11 +164,11 @@ def _sample_batch(dataset, count: int, stage=None):
     return np.asarray(images)[:count], np.asarray(masks)[:count]
 
 
-def train(recipe: dict, output: str, verbose: int | None = None) -> dict:
-    """Trains a resolved recipe (see `keras_dense.training.load_recipe`).
+def train(recipe: Recipe | dict, output: str, verbose: int | None = None) -> dict:
+    """Trains a recipe (see `keras_dense.training.load_config`).
 
     Args:
-        recipe: The resolved recipe.
+        recipe: The parsed recipe, or its resolved table (`load_recipe`), parsed here.
         output: The run's output folder (see the module docstring); a folder holding a
             saved state resumes.
         verbose: Keras `fit` verbosity; default: a progress bar on a terminal, one line per
@@ -187,6 +185,7 @@ def train(recipe: dict, output: str, verbose: int | None = None) -> dict:
         keras_dense.data.BadInputError: A data pattern matches nothing or a shard is damaged.
     """
     start = time.monotonic()
+    recipe = as_recipe(recipe)
     strategy = select_strategy()  # first: the multi-worker strategy must precede other TF ops
     info = worker_info()
     run_dir = output
@@ -196,12 +195,12 @@ def train(recipe: dict, output: str, verbose: int | None = None) -> dict:
         return _train_locked(recipe, run_dir, strategy, info, verbose, start)
 
 
-def _train_locked(recipe: dict, run_dir: str, strategy, info, verbose, start) -> dict:
+def _train_locked(recipe: Recipe, run_dir: str, strategy, info, verbose, start) -> dict:
     """`train` inside the run folder's lock."""
     check_resume(run_dir, recipe)
-    task = get_task(recipe["task"])
-    data, training = recipe["data"], recipe["training"]
-    builder = recipe["model"]["builder"]
+    task = get_task(recipe.task)
+    data, training = recipe.data, recipe.training
+    builder = recipe.model.builder
     if builder not in task.builders:
         raise RecipeError(
             f"recipe key 'model.builder' = {builder!r} does not fit task = {task.name!r} "
@@ -209,42 +208,43 @@ def _train_locked(recipe: dict, run_dir: str, strategy, info, verbose, start) ->
         )
     task.check_recipe(recipe)
     check_patterns(recipe)
-    keras.utils.set_random_seed(recipe["seed"])
+    keras.utils.set_random_seed(recipe.seed)
     classes = data_classes(data, task)
     check_resumed_classes(run_dir, classes)
+    # The recipe as written goes to recipe.json; the tasks get it with the class count.
+    run = recipe.with_num_classes(recipe.model.class_count(len(classes)))
+    num_classes = run.model.num_classes
 
     previous_policy = keras.config.dtype_policy()
-    if training["mixed_precision"]:
+    if training.mixed_precision:
         keras.config.set_dtype_policy("mixed_float16")
     try:
         with strategy.scope():
-            model, kwargs = build_model(
-                builder, recipe["model"]["kwargs"], len(classes), data["channels"]
-            )
-            model = task.finalize_model(model, training["mixed_precision"])
+            model, kwargs = build_model(builder, run.model.kwargs, num_classes, data.channels)
+            model = task.finalize_model(model, training.mixed_precision)
             if strategy.num_replicas_in_sync > 1:
                 synchronize_batch_norm(model)
         train_ds, val_ds, steps, val_steps = task.datasets(
-            recipe, model, info.num_workers, info.task_id
+            run, model, info.num_workers, info.task_id
         )
-        epochs, optimizer_steps = total_steps(recipe, steps)
+        epochs, optimizer_steps = total_steps(run, steps)
         with strategy.scope():
             optimizer = build_optimizer(
-                recipe["optimizer"],
-                recipe["schedule"],
+                run.optimizer,
+                run.to_dict()["schedule"],
                 optimizer_steps,
-                training["mixed_precision"],
+                training.mixed_precision,
             )
-            compiled = task.compile(model, recipe, optimizer, len(classes)) or CompileResult()
+            compiled = task.compile(model, run, optimizer, num_classes) or CompileResult()
             finished = backup.restore(model, os.path.join(run_dir, BACKUP_DIR))
-            stage = task.train_batch_stage(recipe, model)
+            stage = task.train_batch_stage(run, model)
             if stage is not None:
                 install_batch_stage(model, stage)
     finally:
         keras.config.set_dtype_policy(previous_policy)
 
-    _write_resolved_recipe(os.path.join(run_dir, RESOLVED_RECIPE), _json_ready(recipe))
-    monitor, mode = task.monitor(recipe, val_ds is not None)
+    _write_resolved_recipe(os.path.join(run_dir, RESOLVED_RECIPE), recipe.to_dict())
+    monitor, mode = task.monitor(run, val_ds is not None)
     csv_path = os.path.join(run_dir, METRICS_CSV)
     state = backup.read_state(os.path.join(run_dir, BACKUP_DIR)) if finished else None
     history, notes = callbacks.reconcile_history(csv_path, finished, (state or {}).get("logs"))
@@ -252,16 +252,16 @@ def _train_locked(recipe: dict, run_dir: str, strategy, info, verbose, start) ->
         print(note)
     card = {
         "task": task.name,
-        "normalization": normalization_mode(data),
+        "normalization": data.normalization_mode,
         "classes": classes,
-        "ignore_label": data["ignore_label"],
-        "input_channels": data["channels"],
+        "ignore_label": data.ignore_label,
+        "input_channels": data.channels,
         "background_outputs": task.background_outputs,
         "builder": builder,
-        "builder_kwargs": _json_ready(kwargs),
+        "builder_kwargs": plain(kwargs),
         "recipe": os.path.abspath(os.path.join(run_dir, RESOLVED_RECIPE)),
         "keras_dense_version": __version__,
-        **task.card_fields(recipe),
+        **task.card_fields(run),
         **compiled.card_fields,  # what compiling measured (e.g. class weights) replaces it
     }
     best_path = os.path.join(run_dir, BEST_MODEL)
@@ -272,19 +272,19 @@ def _train_locked(recipe: dict, run_dir: str, strategy, info, verbose, start) ->
         ),
         callbacks.ScalarSummaries(os.path.join(run_dir, LOG_DIR)),
     ]
-    if task.image_summaries and training["image_summaries"] > 0:
+    if task.image_summaries and training.image_summaries > 0:
         # A fixed sample: the first images of the first validation (else training) batch.
         images, masks = (
-            _sample_batch(val_ds, training["image_summaries"])
+            _sample_batch(val_ds, training.image_summaries)
             if val_ds is not None
-            else _sample_batch(train_ds, training["image_summaries"], stage)
+            else _sample_batch(train_ds, training.image_summaries, stage)
         )
         callback_list.append(
             callbacks.ImageSummaries(
                 os.path.join(run_dir, LOG_DIR, "images"),
                 images,
                 masks,
-                normalization_mode(data),
+                data.normalization_mode,
             )
         )
     # Last but one, so that a saved state implies every other output of its epoch was
