@@ -27,6 +27,7 @@ from keras_dense.layers import (
     RPNHead,
     WeldonPooling2D,
 )
+from keras_dense.layers.pyramid_pooling import PyramidPooling
 
 from helpers import run_python
 from layer_harness import (
@@ -232,6 +233,7 @@ CASES = [
     ),
     LayerCase(ClassWisePooling2D, {"maps_per_class": 3}, _normal(5, 7, 6)),
     LayerCase(RPNHead, {"num_anchors": 3, "filters": 8}, _normal(5, 6, 4)),
+    LayerCase(PyramidPooling, {"bins": (1, 2, 3, 6), "filters": 2}, _normal(5, 4, 3)),
     LayerCase(ClassMasks, {}, _class_mask_inputs),
     LayerCase(
         DetectionLayer,

@@ -17,6 +17,7 @@ from keras_dense.apps.fast_rcnn_model import FastRCNN, fast_rcnn
 from keras_dense.apps.faster_rcnn_model import FasterRCNN, faster_rcnn
 from keras_dense.apps.fcn import fcn8s, fcn16s, fcn32s
 from keras_dense.apps.mask_rcnn_model import MaskRCNN, mask_rcnn
+from keras_dense.apps.pspnet_model import pspnet
 from keras_dense.apps.rcnn_model import rcnn
 from keras_dense.apps.unet_model import unet
 from keras_dense.apps.wsl_classifier_model import wsl_classifier
@@ -36,6 +37,7 @@ __all__ = [
     "fcn32s",
     "rcnn",
     "mask_rcnn",
+    "pspnet",
     "unet",
     "with_crf",
     "wsl_classifier",
