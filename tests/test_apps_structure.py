@@ -8,30 +8,18 @@ import types
 import zipfile
 
 import keras
-import numpy as np
 import pytest
 
-import keras_dense
 from keras_dense import apps
 from keras_dense.apps.builder import build_model
 from keras_dense.layers.crf_rnn import CrfRnn, crf_layers, is_crf_layer
 from keras_dense.layers.roi_pooling import RoIPooling
 from keras_dense.layers.walk import iter_layers
 
-from helpers import keras_roundtrip_in_subprocess, run_python
+from helpers import run_python
 
-BUILDERS = [
-    apps.fcn8s,
-    apps.fcn16s,
-    apps.fcn32s,
-    apps.deeplab,
-    apps.deconvnet,
-    apps.unet,
-    apps.fast_rcnn,
-    apps.faster_rcnn,
-    apps.mask_rcnn,
-    apps.wsl_classifier,
-]
+# The builders' shared argument checks, the config round trip and the fresh-process reload of
+# every name of apps.__all__ are in tests/test_model_harness.py.
 
 
 @pytest.mark.parametrize("name", apps.__all__)
@@ -46,21 +34,6 @@ def test_public_names_never_resolve_to_a_function_as_modules(name):
 @pytest.mark.parametrize("name", apps.__all__)
 def test_public_names_are_the_builders(name):
     assert not isinstance(getattr(apps, name), types.ModuleType)
-
-
-@pytest.mark.parametrize("builder", BUILDERS, ids=lambda b: b.__name__)
-@pytest.mark.parametrize("num_classes", [True, 0, -1, 2.0, "3"])
-def test_every_builder_checks_num_classes(builder, num_classes):
-    with pytest.raises(ValueError, match="num_classes"):
-        builder(num_classes=num_classes)
-
-
-@pytest.mark.parametrize("builder", BUILDERS, ids=lambda b: b.__name__)
-def test_every_builder_checks_weights_and_input_shape(builder, tmp_path):
-    with pytest.raises(FileNotFoundError, match="weights"):
-        builder(weights=str(tmp_path / "missing.weights.h5"))
-    with pytest.raises(ValueError, match="input_shape"):
-        builder(input_shape=(None, None))
 
 
 def test_fcn_docstrings_come_from_one_template():
@@ -126,20 +99,6 @@ def _tiny_fast_rcnn() -> apps.FastRCNN:
 def test_registered_names_are_kept():
     assert keras.saving.get_registered_name(apps.FastRCNN) == "keras_dense>FastRCNN"
     assert keras.saving.get_registered_object("keras_dense>FastRCNN") is apps.FastRCNN
-
-
-def test_saved_models_load_in_a_fresh_process(tmp_path):
-    rng = np.random.default_rng(0)
-    images = rng.normal(size=(1, 16, 16, 3)).astype(np.float32)
-    rois = np.array([[[0, 0, 8, 8], [4, 2, 15, 15]]], np.float32)
-    for folder in ("rcnn", "unet"):
-        (tmp_path / folder).mkdir()
-    keras_roundtrip_in_subprocess(_tiny_fast_rcnn(), [images, rois], tmp_path / "rcnn", atol=1e-5)
-    unet = keras_dense.apps.unet(
-        num_classes=2, input_shape=(None, None, 1), padding="same", filters=2, depth=2, crf=True
-    )
-    x = rng.uniform(-1, 1, size=(1, 8, 8, 1)).astype(np.float32)
-    keras_roundtrip_in_subprocess(unet, x, tmp_path / "unet", atol=1e-5)
 
 
 def test_file_saved_under_the_old_module_path_loads(tmp_path):
