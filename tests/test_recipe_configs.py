@@ -247,3 +247,25 @@ def test_num_classes_in_the_recipe_reaches_the_builder(tmp_path, monkeypatch):
     with pytest.raises(RecipeError, match=r"'model.num_classes' = 3 .* 4 classes"):
         train(parse_recipe(table), str(tmp_path / "run2"), verbose=0)
     assert len(calls) == 1
+
+
+def test_the_pipeline_checks_labels_against_the_recipes_class_count(tmp_path):
+    """The class count reaches the tasks from the recipe, not from the model's outputs."""
+    import tensorflow as tf
+
+    from keras_dense import apps
+    from keras_dense.data import convert_shapes
+
+    convert_shapes(str(tmp_path / "train"), 4, size=32, seed=0, progress=False)
+    table = {
+        "model": {"builder": "unet", "kwargs": {"padding": "same", "filters": 2, "depth": 1}},
+        "data": {"train": str(tmp_path / "train-*.tfrecord"), "crop_size": 32},
+        "training": {"batch_size": 4, "steps_per_epoch": 1},
+    }
+    model = apps.unet(4, input_shape=(None, None, 3), padding="same", filters=2, depth=1)
+    task = get_task("segmentation")
+    train, *_ = task.datasets(parse_recipe(table).with_num_classes(4), model, 1, 0)
+    next(iter(train))  # the shapes data: labels 0-3
+    train, *_ = task.datasets(parse_recipe(table).with_num_classes(2), model, 1, 0)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="outside"):
+        next(iter(train))
