@@ -12,7 +12,6 @@ from keras_dense.backbones.registry import (
     backbone_names,
     build_backbone,
     get_backbone,
-    load_backbone_weights,
     register_backbone,
 )
 
@@ -22,7 +21,6 @@ __all__ = [
     "build_backbone",
     "features_by_stride",
     "get_backbone",
-    "load_backbone_weights",
     "register_backbone",
     "stride_key",
 ]

@@ -75,17 +75,3 @@ def get_backbone(name: str, allowed=None) -> Backbone:
 def build_backbone(name: str, **kwargs):
     """`get_backbone(name).model(**kwargs)`: a functional model with outputs by stride."""
     return get_backbone(name).model(**kwargs)
-
-
-def load_backbone_weights(model, name: str, backbone_weights: str) -> list[str]:
-    """`get_backbone(name).load_weights(model, backbone_weights)`; returns the loaded layers.
-
-    Raises:
-        ValueError: `name` is never pretrained, or see the family's loader.
-    """
-    family = get_backbone(name)
-    if not family.pretrained:
-        raise ValueError(
-            f"backbone_weights={backbone_weights!r}: backbone={name!r} is never pretrained"
-        )
-    return family.load_weights(model, backbone_weights)
