@@ -132,3 +132,28 @@ def test_a_new_task_needs_only_its_module_and_registration(monkeypatch):
     assert recipe["task"] == "toy"
     with pytest.raises(ValueError, match="expected one of"):
         tasks.get_task("nope")
+
+
+def test_a_new_builder_reaches_its_task_by_its_own_declaration(monkeypatch):
+    """A builder declared with `apps.builder.makes` is a task's builder with no edit in tasks/."""
+    from keras_dense import apps, tasks
+    from keras_dense.apps.builder import makes
+
+    @makes("segmentation")
+    def toy_head(num_classes=2):
+        return None
+
+    monkeypatch.setattr(apps, "toy_head", toy_head, raising=False)
+    monkeypatch.setattr(apps, "__all__", [*apps.__all__, "toy_head"])
+    assert "toy_head" in tasks.get_task("segmentation").builders
+    assert tasks.task_of_builder("toy_head").name == "segmentation"
+    assert "toy_head" not in tasks.get_task("detection").builders
+    # every builder function in apps.__all__ declares a registered task
+    undeclared = [
+        name
+        for name in apps.__all__
+        if name[0].islower()
+        and getattr(getattr(apps, name), "task", None) is None
+        and name not in ("compress_dense", "convolutionalize", "with_crf")
+    ]
+    assert not undeclared, f"builders without @makes(task): {undeclared}"

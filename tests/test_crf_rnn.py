@@ -230,14 +230,10 @@ def test_with_crf_crops_the_image_for_valid_unet():
 def test_every_builder_takes_crf():
     import inspect
 
-    builders = (
-        keras_dense.apps.fcn32s,
-        keras_dense.apps.fcn16s,
-        keras_dense.apps.fcn8s,
-        keras_dense.apps.deconvnet,
-        keras_dense.apps.unet,
-        keras_dense.apps.deeplab,
-    )
+    from keras_dense.tasks import get_task
+
+    builders = [getattr(keras_dense.apps, n) for n in get_task("segmentation").builders]
+    assert len(builders) >= 7  # FCN-8/16/32s, DeconvNet, U-Net, DeepLab, PSPNet
     for builder in builders:
         assert inspect.signature(builder).parameters["crf"].default is False, builder.__name__
     fcn = keras_dense.apps.fcn8s(num_classes=3, input_shape=(64, 64, 3), crf=True)

@@ -52,6 +52,26 @@ ARG_DOCS: dict[str, str] = {
 }
 
 
+def makes(task: str) -> Callable[[Callable], Callable]:
+    """Decorator declaring the task (`keras_dense.tasks`) whose models a builder makes.
+
+    The task registry reads this declaration (`Task.builders`), so a new builder is usable by
+    recipes, `train`, `evaluate` and `export` without an edit under `keras_dense/tasks/`.
+
+    Args:
+        task: The task's registered name, e.g. `"segmentation"`.
+
+    Returns:
+        The decorator; it sets the builder's `task` attribute.
+    """
+
+    def declare(builder: Callable) -> Callable:
+        builder.task = task
+        return builder
+
+    return declare
+
+
 def document(template: str, **fields: Any) -> Callable[[Callable], Callable]:
     """Decorator setting a builder's docstring to `template` formatted with `fields`.
 

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import keras
 
-from keras_dense.apps.builder import build_model
+from keras_dense.apps.builder import build_model, makes
 from keras_dense.backbones.registry import get_backbone
 from keras_dense.backbones.vgg16 import load_vgg16_weights, vgg16_trunk
 from keras_dense.layers.pooling_switches import (
@@ -109,6 +109,7 @@ def _check_fc_padding(fc_padding: str, input_shape: tuple) -> None:
                 )
 
 
+@makes("segmentation")
 def deconvnet(
     num_classes: int = 21,
     input_shape: tuple[int | None, int | None, int] = (224, 224, 3),

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 import keras
 
-from keras_dense.apps.builder import build_model
+from keras_dense.apps.builder import build_model, makes
 from keras_dense.backbones.backbone import Backbone
 from keras_dense.backbones.registry import get_backbone
 from keras_dense.layers.aspp import ASPP, BN_EPSILON
@@ -86,6 +86,7 @@ def _check_arguments(
         raise ValueError(f"decoder={decoder!r}: expected True (DeepLabv3+) or False (DeepLabv3)")
 
 
+@makes("segmentation")
 def deeplab(
     num_classes: int = 21,
     backbone: str = "resnet50",

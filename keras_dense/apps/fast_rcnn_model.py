@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import keras
 
-from keras_dense.apps.builder import build_model
+from keras_dense.apps.builder import build_model, makes
 from keras_dense.apps.two_stage_detector import TwoStageDetector
 from keras_dense.backbones.registry import get_backbone
 from keras_dense.backbones.vgg16 import VGG16_FC_NAMES, VGG16_IMAGENET_NAMES
@@ -79,6 +79,7 @@ class FastRCNN(TwoStageDetector):
         return [batch["images"], batch["proposals"]]
 
 
+@makes("detection")
 def fast_rcnn(
     num_classes: int = 20,
     backbone: str = "vgg16",

@@ -39,7 +39,7 @@ from collections.abc import Sequence
 import keras
 import tensorflow as tf
 
-from keras_dense.apps.builder import build_model
+from keras_dense.apps.builder import build_model, makes
 from keras_dense.apps.fast_rcnn_model import FC_UNITS, FROZEN_LAYERS, fast_rcnn_head
 from keras_dense.apps.two_stage_detector import TwoStageDetector
 from keras_dense.backbones.registry import get_backbone
@@ -428,6 +428,7 @@ def faster_rcnn_parts(**options) -> FasterRCNNParts:
     )
 
 
+@makes("detection")
 def faster_rcnn(
     num_classes: int = 20,
     backbone: str | keras.Model = "vgg16",

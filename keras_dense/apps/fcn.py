@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import keras
 
-from keras_dense.apps.builder import build_model, document
+from keras_dense.apps.builder import build_model, document, makes
 from keras_dense.backbones.registry import get_backbone
 from keras_dense.backbones.vgg16 import vgg16_trunk
 from keras_dense.layers.resizing import CropToMatch
@@ -167,6 +167,7 @@ FCN_DOC = """Builds {title}: {summary}
     summary="VGG16, convolutional fc6/fc7, x32 bilinear upsampling of `score_fr`.",
     crf_normalization='"caffe" mode',
 )
+@makes("segmentation")
 def fcn32s(
     num_classes: int = 21,
     input_shape: tuple[int | None, int | None, int] = (None, None, 3),
@@ -186,6 +187,7 @@ def fcn32s(
     summary="FCN-32s plus the `score_pool4` skip fused at stride 16.",
     crf_normalization='"caffe" mode',
 )
+@makes("segmentation")
 def fcn16s(
     num_classes: int = 21,
     input_shape: tuple[int | None, int | None, int] = (None, None, 3),
@@ -205,6 +207,7 @@ def fcn16s(
     summary="FCN-16s plus the `score_pool3` skip fused at stride 8.",
     crf_normalization='"caffe" mode',
 )
+@makes("segmentation")
 def fcn8s(
     num_classes: int = 21,
     input_shape: tuple[int | None, int | None, int] = (None, None, 3),

@@ -30,7 +30,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from keras_dense.apps.builder import build_model
+from keras_dense.apps.builder import build_model, makes
 from keras_dense.apps.faster_rcnn_model import (
     FasterRCNN,
     architecture_defaults,
@@ -186,6 +186,7 @@ def _mask_head_model(
     return keras.Model([features, rois], logits, name="mask_head")
 
 
+@makes("instance_segmentation")
 def mask_rcnn(
     num_classes: int = 80,
     backbone: str = "resnet50",

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 import keras
 
-from keras_dense.apps.builder import build_model
+from keras_dense.apps.builder import build_model, makes
 from keras_dense.backbones.registry import get_backbone
 from keras_dense.layers.aspp import BN_EPSILON
 from keras_dense.layers.pyramid_pooling import PyramidPooling
@@ -29,6 +29,7 @@ PSP_FILTERS = 512
 PSP_DROPOUT = 0.1
 
 
+@makes("segmentation")
 def pspnet(
     num_classes: int = 21,
     backbone: str = "resnet50",

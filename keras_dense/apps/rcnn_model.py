@@ -36,7 +36,7 @@ from collections.abc import Sequence
 
 import keras
 
-from keras_dense.apps.builder import build_model
+from keras_dense.apps.builder import build_model, makes
 from keras_dense.apps.fast_rcnn_model import FC_UNITS, FastRCNN, fast_rcnn_classifier
 from keras_dense.backbones.pretrained_weights import resolve_source_model, transfer_weights
 from keras_dense.backbones.registry import get_backbone
@@ -82,6 +82,7 @@ def load_rcnn_vgg16_weights(model: keras.Model, backbone_weights: str) -> list[s
     return loaded
 
 
+@makes("detection")
 def rcnn(
     num_classes: int = 20,
     backbone: str = "vgg16",

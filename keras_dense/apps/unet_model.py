@@ -62,7 +62,7 @@ from __future__ import annotations
 
 import keras
 
-from keras_dense.apps.builder import build_model
+from keras_dense.apps.builder import build_model, makes
 from keras_dense.backbones.registry import get_backbone
 from keras_dense.layers.resizing import CropToMatch, ResizeToMatch
 
@@ -229,6 +229,7 @@ def _check_encoder_arguments(backbone: str, padding, depth) -> None:
         )
 
 
+@makes("segmentation")
 def unet(
     num_classes: int = 2,
     input_shape: tuple[int | None, int | None, int] | None = None,

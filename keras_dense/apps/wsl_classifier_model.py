@@ -28,7 +28,7 @@ from typing import Any
 
 import keras
 
-from keras_dense.apps.builder import build_model, document
+from keras_dense.apps.builder import build_model, document, makes
 from keras_dense.backbones.registry import get_backbone
 from keras_dense.layers.wsl_pooling import ClassWisePooling2D, GlobalLSEPooling2D, WeldonPooling2D
 
@@ -165,6 +165,7 @@ WSL_DOC = """Builds a weakly supervised classifier: backbone, 1x1 class maps, sp
 
 
 @document(WSL_DOC)
+@makes("classification")
 def wsl_classifier(
     num_classes: int = 20,
     backbone: str = "vgg16",

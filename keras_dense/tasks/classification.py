@@ -92,7 +92,6 @@ class ClassificationTask(Task):
     """Weakly supervised multi-label classification (see the module docstring)."""
 
     name = "classification"
-    builders = ("wsl_classifier",)
     data_config = ClassificationData
     metrics = CLASSIFICATION_METRICS
     capabilities = TaskCapabilities(

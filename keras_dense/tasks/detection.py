@@ -314,7 +314,6 @@ class DetectionTask(Task):
     """Object detection (see the module docstring)."""
 
     name = "detection"
-    builders = ("fast_rcnn", "rcnn", "faster_rcnn")
     data_config = DetectionData
     # Records carry an instance mask per box, which the batches hold (Mask R-CNN).
     instance_masks = False

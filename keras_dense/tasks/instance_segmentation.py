@@ -45,7 +45,6 @@ class InstanceSegmentationTask(DetectionTask):
     evaluation, the instance outputs and signatures)."""
 
     name = "instance_segmentation"
-    builders = ("mask_rcnn",)
     instance_masks = True  # `datasets`: batches with masks, no proposals read
     export_options = InstanceSegmentationExportOptions
 

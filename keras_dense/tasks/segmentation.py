@@ -225,7 +225,6 @@ class SegmentationTask(Task):
     """Semantic segmentation (see the module docstring)."""
 
     name = "segmentation"
-    builders = ("fcn32s", "fcn16s", "fcn8s", "deeplab", "deconvnet", "unet")
     data_config = SegmentationData
     metrics = SEGMENTATION_METRICS
     image_summaries = True

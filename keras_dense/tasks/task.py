@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import keras
 import numpy as np
 
+from keras_dense import apps
 from keras_dense.prediction.inference import DEFAULT_MAX_MEMORY
 from keras_dense.tasks.capabilities import TaskCapabilities
 from keras_dense.tasks.configs import DataConfig
@@ -93,7 +94,9 @@ class Task:
 
     Attributes:
         name: The name recipes and model cards use.
-        builders: Names of the `keras_dense.apps` builders that make models for this task.
+        builders: Names of the `keras_dense.apps` builders that make models for this task:
+            by default those declared for it with `keras_dense.apps.builder.makes`, in
+            `keras_dense.apps.__all__` order (a subclass may list them instead).
         background_outputs: Score channels the model has beyond `classes` (1 for a
             background class that is not listed in the class names).
         image_summaries: Whether the trainer writes input/truth/prediction image summaries.
@@ -111,13 +114,19 @@ class Task:
     """
 
     name: str = ""
-    builders: tuple[str, ...] = ()
     background_outputs: int = 0
     image_summaries: bool = False
     capabilities: TaskCapabilities = TaskCapabilities()
     export_options: type[ExportOptions] = ExportOptions
     data_config: type[DataConfig] = DataConfig
     metrics: tuple[str, ...] = ()
+
+    @property
+    def builders(self) -> tuple[str, ...]:
+        """The builders declared for this task (see the class docstring)."""
+        return tuple(
+            name for name in apps.__all__ if getattr(getattr(apps, name), "task", None) == self.name
+        )
 
     # -- data and classes ------------------------------------------------------------------
     def class_names(self, names: list[str]) -> list[str]:
