@@ -22,6 +22,7 @@ set_library_log_level()
 _SUBPACKAGES = (
     "analysis",
     "apps",
+    "backbones",
     "crf",
     "data",
     "detection",
