@@ -2,10 +2,10 @@
 
 One functional graph, made of four named parts that the training step calls one by one:
 
-- `backbone`: a nested functional model, images -> stride-16 features (VGG16 up to conv5_3,
-  or ResNet-50 up to conv4, `keras_dense.apps.atrous_backbones.resnet_trunk`), or, for small
-  images and CPU experiments from scratch, the conv-BN-ReLU `compact` trunk at stride 8 or
-  16 (`keras_dense.apps.compact_backbone`);
+- `backbone`: a nested functional model, images -> the features at `feature_stride` (16 or
+  8) of any family of `keras_dense.backbones` (VGG16 up to conv5_3, ResNet up to conv4,
+  MobileNetV2 up to block 12, ...), or, for small images and CPU experiments from scratch,
+  the conv-BN-ReLU `compact` trunk (`compact_strided` in the registry);
 - `rpn`: `RPNHead`, features -> objectness logits and box deltas per anchor;
 - `proposal_layer`: `ProposalLayer` (decode, clip, min size, top-N, NMS 0.7, top-N);
 - `roi_head`: a nested functional model `[features, rois] -> [cls_score, bbox_pred]`
