@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import keras
 from keras import ops
 
-from keras_dense.losses.pixels import MaskedPixelLoss, class_weight_vector, flat_pixels
+from keras_dense.losses.pixels import MaskedPixelLoss, flat_pixels, weighted_pixel_losses
 
 
 @keras.saving.register_keras_serializable(package="keras_dense")
@@ -55,10 +55,7 @@ class FocalLoss(MaskedPixelLoss):
         else:
             focus = ops.power(ops.maximum(1.0 - ops.exp(log_pt), 0.0), self.gamma)
             focal = -focus * log_pt
-        weights = ops.take(class_weight_vector(self.class_weights, num_classes), labels) * valid
-        total = ops.cast(ops.size(focal), "float32")
-        scale = ops.divide_no_nan(total, ops.sum(weights))
-        return focal * weights * scale
+        return weighted_pixel_losses(focal, labels, valid, self.class_weights, num_classes)
 
     def get_config(self):
         config = super().get_config()

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import keras
 import tensorflow as tf
 
@@ -62,23 +60,9 @@ class LovaszSoftmaxLoss(MaskedPixelLoss):
     outside `[0, K)` do not count and get zero gradient; a batch without counted pixels has
     loss 0. Sorting is vectorised over classes and pixels (`tf.argsort`).
 
-    Args:
-        ignore_label: Label value of pixels that do not count (255).
-        class_weights: Optional weight per class for the mean over the classes.
-        from_logits: `y_pred` holds logits (True) or probabilities (False).
-        name: Loss name.
-        **kwargs: `keras.losses.Loss` arguments (`reduction`, `dtype`).
+    Takes the arguments of `MaskedPixelLoss` (`ignore_label`, `class_weights` for the mean over
+    the classes, `from_logits`, `name`, Keras `Loss` arguments).
     """
-
-    def __init__(
-        self,
-        ignore_label: int = 255,
-        class_weights: Sequence[float] | None = None,
-        from_logits: bool = True,
-        name: str = "lovasz_softmax_loss",
-        **kwargs,
-    ):
-        super().__init__(ignore_label, class_weights, from_logits, name, **kwargs)
 
     def call(self, y_true, y_pred):
         """The batch's Lovász-softmax loss (a scalar)."""

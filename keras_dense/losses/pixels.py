@@ -36,6 +36,36 @@ def class_weight_vector(class_weights: list[float] | None, num_classes: int):
     return ops.convert_to_tensor(class_weights, "float32")
 
 
+def pixel_labels(y_true, y_pred, ignore_label: int):
+    """Labels of a batch next to its predictions, and which pixels count.
+
+    Args:
+        y_true: (B, H, W) or (B, H, W, 1) integer labels.
+        y_pred: (B, H, W, K) logits or probabilities.
+        ignore_label: Label of pixels that do not count.
+
+    Returns:
+        `(labels (B, H, W) int32 with uncounted pixels set to 0, valid (B, H, W) float32 1 for
+        counted pixels)`. A pixel counts when its label is in `[0, K)` and is not
+        `ignore_label`.
+    """
+    num_classes = y_pred.shape[-1]
+    labels = ops.cast(y_true, "int32")
+    if len(labels.shape) == len(y_pred.shape):
+        labels = ops.squeeze(labels, axis=-1)
+    valid = ops.logical_and(labels >= 0, labels < num_classes)
+    valid = ops.logical_and(valid, labels != ignore_label)
+    return ops.where(valid, labels, 0), ops.cast(valid, "float32")
+
+
+def log_probabilities(y_pred, from_logits: bool):
+    """float32 log-probabilities of logits (`from_logits`) or of probabilities (clipped)."""
+    y_pred = ops.cast(y_pred, "float32")
+    if from_logits:
+        return ops.log_softmax(y_pred, axis=-1)
+    return ops.log(ops.clip(y_pred, 1e-7, 1.0))
+
+
 def flat_pixels(y_true, y_pred, ignore_label: int, from_logits: bool):
     """Flattens a batch into per-pixel rows.
 
@@ -47,26 +77,39 @@ def flat_pixels(y_true, y_pred, ignore_label: int, from_logits: bool):
 
     Returns:
         `(log_probs (N, K), probs (N, K), labels (N,) int32 with uncounted pixels set to 0,
-        valid (N,) float32 1 for counted pixels)`. A pixel counts when its label is in
-        `[0, K)` and is not `ignore_label`.
+        valid (N,) float32 1 for counted pixels)`, as `pixel_labels` counts them.
     """
-    y_pred = ops.cast(y_pred, "float32")
-    num_classes = y_pred.shape[-1]
-    labels = ops.cast(y_true, "int32")
-    if len(labels.shape) == len(y_pred.shape):
-        labels = ops.squeeze(labels, axis=-1)
-    labels = ops.reshape(labels, (-1,))
-    y_pred = ops.reshape(y_pred, (-1, num_classes))
-    valid = ops.logical_and(labels >= 0, labels < num_classes)
-    valid = ops.logical_and(valid, labels != ignore_label)
-    safe = ops.where(valid, labels, 0)
-    if from_logits:
-        log_probs = ops.log_softmax(y_pred, axis=-1)
-        probs = ops.softmax(y_pred, axis=-1)
-    else:
-        probs = y_pred
-        log_probs = ops.log(ops.clip(y_pred, 1e-7, 1.0))
-    return log_probs, probs, safe, ops.cast(valid, "float32")
+    labels, valid = pixel_labels(y_true, y_pred, ignore_label)
+    y_pred = ops.reshape(ops.cast(y_pred, "float32"), (-1, y_pred.shape[-1]))
+    probs = ops.softmax(y_pred, axis=-1) if from_logits else y_pred
+    log_probs = log_probabilities(y_pred, from_logits)
+    return log_probs, probs, ops.reshape(labels, (-1,)), ops.reshape(valid, (-1,))
+
+
+def weighted_pixel_losses(
+    losses, labels, valid, class_weights: list[float] | None, num_classes: int
+):
+    """Per-pixel `losses` scaled so that Keras' mean reduction gives their weighted mean.
+
+    The result's mean is `sum_i w_i * L_i / sum_i w_i` with `w_i = class_weights[labels_i]`
+    (1 without weights) on counted pixels and 0 elsewhere; 0 when no pixel counts.
+
+    Args:
+        losses: Per-pixel losses, any shape.
+        labels: int32 labels of the same shape (uncounted pixels any valid class).
+        valid: float32 1 for counted pixels, of the same shape.
+        class_weights: Optional weight per class.
+        num_classes: Number of classes K (`class_weights` must have K entries).
+
+    Returns:
+        The scaled losses, shaped like `losses`.
+
+    Raises:
+        ValueError: `class_weights` does not have K entries.
+    """
+    weights = ops.take(class_weight_vector(class_weights, num_classes), labels) * valid
+    total = ops.cast(ops.size(losses), "float32")
+    return losses * weights * ops.divide_no_nan(total, ops.sum(weights))
 
 
 def mean_over_present(per_class, present, weights):
