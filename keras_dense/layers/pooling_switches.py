@@ -75,20 +75,13 @@ def _static_or_dynamic(tensor) -> list:
     return [dim if dim is not None else dynamic[i] for i, dim in enumerate(tensor.shape)]
 
 
-@keras.saving.register_keras_serializable(package="keras_dense")
-class MaxPoolingWithArgmax2D(keras.layers.Layer):
-    """2D max pooling that also returns the switches (argmax locations).
-
-    Returns `[pooled, switches]`: `pooled` as `keras.layers.MaxPooling2D` computes it and
-    `switches`, int64 of the same shape, holding the flat per-image index
-    `(y * W + x) * C + c` of each maximum (see the module docstring for ties). Channels-last
-    only. Gradients flow to the input through `pooled`; `switches` are not differentiable.
+class _PoolingWindowLayer(keras.layers.Layer):
+    """Base of the two layers below: a pooling window (`pool_size`, `strides`, `padding`).
 
     Args:
         pool_size: Window size, an int or `(height, width)`.
         strides: Stride, an int or a pair; `None` means `pool_size`.
-        padding: `"same"` (default: odd sizes are rounded up, the last window is partial, as
-            Caffe's pooling does for 2x2/2) or `"valid"`.
+        padding: `"same"` or `"valid"`.
         **kwargs: Standard layer keyword arguments.
     """
 
@@ -103,6 +96,31 @@ class MaxPoolingWithArgmax2D(keras.layers.Layer):
         self.pool_size = _pair(pool_size, "pool_size")
         self.strides = self.pool_size if strides is None else _pair(strides, "strides")
         self.padding = _check_padding(padding)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {"pool_size": self.pool_size, "strides": self.strides, "padding": self.padding}
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package="keras_dense")
+class MaxPoolingWithArgmax2D(_PoolingWindowLayer):
+    """2D max pooling that also returns the switches (argmax locations).
+
+    Returns `[pooled, switches]`: `pooled` as `keras.layers.MaxPooling2D` computes it and
+    `switches`, int64 of the same shape, holding the flat per-image index
+    `(y * W + x) * C + c` of each maximum (see the module docstring for ties). Channels-last
+    only. Gradients flow to the input through `pooled`; `switches` are not differentiable.
+
+    Args:
+        pool_size: Window size, an int or `(height, width)`.
+        strides: Stride, an int or a pair; `None` means `pool_size`.
+        padding: `"same"` (default: odd sizes are rounded up, the last window is partial, as
+            Caffe's pooling does for 2x2/2) or `"valid"`.
+        **kwargs: Standard layer keyword arguments.
+    """
 
     def call(self, inputs):
         if self.pool_size == self.strides and _in_xla_context():
@@ -173,16 +191,9 @@ class MaxPoolingWithArgmax2D(keras.layers.Layer):
             keras.KerasTensor(shape, dtype="int64"),
         ]
 
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            {"pool_size": self.pool_size, "strides": self.strides, "padding": self.padding}
-        )
-        return config
-
 
 @keras.saving.register_keras_serializable(package="keras_dense")
-class MaxUnpooling2D(keras.layers.Layer):
+class MaxUnpooling2D(_PoolingWindowLayer):
     """Places each pooled value at the position of its maximum, zeros elsewhere.
 
     Inputs are `[values, switches]` or `[values, switches, reference]`:
@@ -209,18 +220,6 @@ class MaxUnpooling2D(keras.layers.Layer):
         padding: Its padding, `"same"` or `"valid"`.
         **kwargs: Standard layer keyword arguments.
     """
-
-    def __init__(
-        self,
-        pool_size: int | tuple[int, int] = (2, 2),
-        strides: int | tuple[int, int] | None = None,
-        padding: str = "same",
-        **kwargs,
-    ):
-        super().__init__(**kwargs)
-        self.pool_size = _pair(pool_size, "pool_size")
-        self.strides = self.pool_size if strides is None else _pair(strides, "strides")
-        self.padding = _check_padding(padding)
 
     def _unpooled_size(self, size, axis: int):
         if size is None:
@@ -261,10 +260,3 @@ class MaxUnpooling2D(keras.layers.Layer):
             height = self._unpooled_size(values_shape[1], 0)
             width = self._unpooled_size(values_shape[2], 1)
         return (values_shape[0], height, width, values_shape[3])
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            {"pool_size": self.pool_size, "strides": self.strides, "padding": self.padding}
-        )
-        return config
