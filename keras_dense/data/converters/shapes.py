@@ -34,7 +34,7 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
 
 
 def render_shapes(index: int, size: int = 128, seed: int = 0, max_objects: int = 4):
-    """Draws one synthetic image.
+    """Draws one synthetic image: `render_shape_instances` without the instance masks.
 
     Args:
         index: Image index (with `seed`, it fixes the content).
@@ -55,10 +55,7 @@ def render_shape_instances(index: int, size: int = 128, seed: int = 0, max_objec
     """Draws one synthetic image with the mask of every object (the image of `render_shapes`).
 
     Args:
-        index: Image index (with `seed`, it fixes the content).
-        size: Width and height in pixels.
-        seed: Data-set seed.
-        max_objects: Upper bound on the number of objects (at least 1 is drawn).
+        index, size, seed, max_objects: As `render_shapes`.
 
     Returns:
         `(rgb, mask, instance_masks, boxes, labels)`: as `render_shapes`, plus
