@@ -59,13 +59,10 @@ def classification_signatures(
     """
     probe = maps_model(model)
     num_classes = int(model.outputs[0].shape[-1])
-    kwargs = {} if max_pixels is None else {"max_pixels": int(max_pixels)}
-    if max_request_pixels is not None:
-        kwargs["max_request_pixels"] = int(max_request_pixels)
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
     def serving_default(image_bytes):
-        pixels, sizes = decode_batch(image_bytes, 3, **kwargs)
+        pixels, sizes = decode_batch(image_bytes, 3, max_pixels, max_request_pixels)
         height, width = tf.reduce_max(sizes[:, 0]), tf.reduce_max(sizes[:, 1])
 
         def one(index):

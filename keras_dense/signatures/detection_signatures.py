@@ -34,6 +34,11 @@ import tensorflow as tf
 from keras_dense.data.detection_pipeline import fast_rcnn_scale
 from keras_dense.detection import detect, proposes_regions
 from keras_dense.signatures.batch_modes import run_batch
+from keras_dense.signatures.detector_io import (
+    PROPOSER_TENSOR_SIGNATURE,
+    check_resize_sizes,
+    detection_specs,
+)
 from keras_dense.signatures.image_bytes import (
     centred_image,
     decode_batch,
@@ -94,14 +99,7 @@ def detection_signatures(
     Returns:
         `{"serving_default": ..., "serving_tensor": ...}`.
     """
-    if not (isinstance(min_size, int) and isinstance(max_size, int) and 1 <= min_size <= max_size):
-        raise ValueError(
-            f"min_size={min_size!r}, max_size={max_size!r}: expected ints with "
-            "1 <= min_size <= max_size"
-        )
-    decode_kwargs = {} if max_pixels is None else {"max_pixels": int(max_pixels)}
-    if max_request_pixels is not None:
-        decode_kwargs["max_request_pixels"] = int(max_request_pixels)
+    check_resize_sizes(min_size, max_size)
     detect_kwargs = {
         "score_threshold": score_threshold,
         "nms_iou": nms_iou,
@@ -112,7 +110,7 @@ def detection_signatures(
 
     def run(image_bytes, proposals, num_proposals):
         """Decode, resize, normalise, detect, map back; proposals None for Faster R-CNN."""
-        pixels, sizes = decode_batch(image_bytes, 3, **decode_kwargs)
+        pixels, sizes = decode_batch(image_bytes, 3, max_pixels, max_request_pixels)
         count = tf.shape(sizes)[0]
         height = tf.cast(sizes[:, 0], tf.float32)
         width = tf.cast(sizes[:, 1], tf.float32)
@@ -169,12 +167,7 @@ def detection_signatures(
             return tf.map_fn(
                 one_image,
                 tf.range(count),
-                fn_output_signature=(
-                    tf.TensorSpec([max_detections, 4], tf.float32),
-                    tf.TensorSpec([max_detections], tf.float32),
-                    tf.TensorSpec([max_detections], tf.int32),
-                    tf.TensorSpec([], tf.int32),
-                ),
+                fn_output_signature=detection_specs(max_detections),
             )
 
         boxes, scores, classes, num = run_batch(resized, batch_mode, batched, per_image)
@@ -191,13 +184,7 @@ def detection_signatures(
         def serving_default(image_bytes):
             return run(image_bytes, None, None)
 
-        @tf.function(
-            input_signature=[
-                tf.TensorSpec([None, None, None, 3], tf.float32, name="images"),
-                tf.TensorSpec([None, 2], tf.float32, name="image_shape"),
-                tf.TensorSpec([None], tf.float32, name="scale"),
-            ]
-        )
+        @tf.function(input_signature=list(PROPOSER_TENSOR_SIGNATURE))
         def serving_tensor(images, image_shape, scale):
             outputs = model([images, image_shape, scale], training=False)
             return {

@@ -251,7 +251,7 @@ def checked_header_size(data: tf.Tensor, index=0) -> tf.Tensor:
 def decode_batch(
     image_bytes: tf.Tensor,
     channels: int,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
     max_request_pixels: int | None = None,
 ) -> tuple[tf.RaggedTensor, tf.Tensor]:
     """Decodes a batch of encoded images of any sizes, within a pixel budget.
@@ -262,7 +262,7 @@ def decode_batch(
     Args:
         image_bytes: (N,) tf.string, N >= 1.
         channels: Channels to decode to.
-        max_pixels: Largest accepted pixel count per image.
+        max_pixels: Largest accepted pixel count per image (None: `DEFAULT_MAX_PIXELS`).
         max_request_pixels: Largest accepted pixel count of the whole request (None: no
             limit besides `max_pixels`).
 
@@ -270,6 +270,7 @@ def decode_batch(
         `(pixels, sizes)`: a (N, None) uint8 ragged tensor whose row i is image i flattened
         in (H, W, C) order, and the (N, 2) int32 `(height, width)` of each image.
     """
+    max_pixels = DEFAULT_MAX_PIXELS if max_pixels is None else int(max_pixels)
     check = tf.debugging.Assert(
         tf.size(image_bytes) > 0, ["image_bytes: expected at least one image"]
     )
@@ -277,6 +278,7 @@ def decode_batch(
         image_bytes = tf.identity(image_bytes)
     checks = []
     if max_request_pixels is not None:
+        max_request_pixels = int(max_request_pixels)
         header_sizes = tf.map_fn(
             lambda i: checked_header_size(image_bytes[i], i),
             tf.range(tf.size(image_bytes)),

@@ -29,6 +29,11 @@ import tensorflow as tf
 
 from keras_dense.data.detection_pipeline import fast_rcnn_scale
 from keras_dense.detection.mask_paste import paste_masks
+from keras_dense.signatures.detector_io import (
+    PROPOSER_TENSOR_SIGNATURE,
+    check_resize_sizes,
+    detection_specs,
+)
 from keras_dense.signatures.image_bytes import (
     centred_image,
     decode_batch,
@@ -73,19 +78,12 @@ def instance_signatures(
     Raises:
         ValueError: Bad sizes.
     """
-    if not (isinstance(min_size, int) and isinstance(max_size, int) and 1 <= min_size <= max_size):
-        raise ValueError(
-            f"min_size={min_size!r}, max_size={max_size!r}: expected ints with "
-            "1 <= min_size <= max_size"
-        )
-    decode_kwargs = {} if max_pixels is None else {"max_pixels": int(max_pixels)}
-    if max_request_pixels is not None:
-        decode_kwargs["max_request_pixels"] = int(max_request_pixels)
+    check_resize_sizes(min_size, max_size)
     max_detections = int(model.output["detection_boxes"].shape[1])
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
     def serving_default(image_bytes):
-        pixels, sizes = decode_batch(image_bytes, 3, **decode_kwargs)
+        pixels, sizes = decode_batch(image_bytes, 3, max_pixels, max_request_pixels)
         count = tf.shape(sizes)[0]
         size_f = tf.cast(sizes, tf.float32)
         scale = fast_rcnn_scale(size_f[:, 0], size_f[:, 1], min_size, max_size)
@@ -117,10 +115,7 @@ def instance_signatures(
             one_image,
             tf.range(count),
             fn_output_signature=(
-                tf.TensorSpec([max_detections, 4], tf.float32),
-                tf.TensorSpec([max_detections], tf.float32),
-                tf.TensorSpec([max_detections], tf.int32),
-                tf.TensorSpec([], tf.int32),
+                *detection_specs(max_detections),
                 tf.TensorSpec([max_detections, None, None], tf.uint8),
             ),
         )
@@ -133,13 +128,7 @@ def instance_signatures(
             "image_sizes": sizes,
         }
 
-    @tf.function(
-        input_signature=[
-            tf.TensorSpec([None, None, None, 3], tf.float32, name="images"),
-            tf.TensorSpec([None, 2], tf.float32, name="image_shape"),
-            tf.TensorSpec([None], tf.float32, name="scale"),
-        ]
-    )
+    @tf.function(input_signature=list(PROPOSER_TENSOR_SIGNATURE))
     def serving_tensor(images, image_shape, scale):
         out = model([images, image_shape, scale], training=False)
         return {key: out[key] for key in TENSOR_OUTPUTS}

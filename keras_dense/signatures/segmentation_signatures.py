@@ -240,13 +240,10 @@ def segmentation_signatures(
             f"batch_mode={batch_mode!r} with tta: test-time augmentation runs each image "
             "alone; use batch_mode='per_image'"
         )
-    decode_kwargs = {} if max_pixels is None else {"max_pixels": int(max_pixels)}
-    if max_request_pixels is not None:
-        decode_kwargs["max_request_pixels"] = int(max_request_pixels)
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
     def serving_default(image_bytes):
-        pixels, sizes = decode_batch(image_bytes, geometry.channels, **decode_kwargs)
+        pixels, sizes = decode_batch(image_bytes, geometry.channels, max_pixels, max_request_pixels)
         if geometry.fixed_size is not None:
             flip = tta is not None and tta.flip
             classes = _classes_fixed_size(model, geometry, normalization, pixels, sizes, flip)
