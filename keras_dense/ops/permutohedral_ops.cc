@@ -438,6 +438,41 @@ inline int64_t PaddedChannels(int64_t channels, int64_t lanes) {
 // general case (packets at run time).
 constexpr int kMaxStaticPackets = 6;
 
+// Calls `fn(std::integral_constant<int, kP>())` with kP = `packets` when a kernel is compiled
+// for that many packets (1 to kMaxStaticPackets), and kP = 0 (the general case) otherwise.
+template <typename Fn>
+void DispatchPackets(int64_t packets, Fn fn) {
+  static_assert(kMaxStaticPackets == 6, "add the cases to DispatchPackets");
+  switch (packets) {
+    case 1: return fn(std::integral_constant<int, 1>());
+    case 2: return fn(std::integral_constant<int, 2>());
+    case 3: return fn(std::integral_constant<int, 3>());
+    case 4: return fn(std::integral_constant<int, 4>());
+    case 5: return fn(std::integral_constant<int, 5>());
+    case 6: return fn(std::integral_constant<int, 6>());
+    default: return fn(std::integral_constant<int, 0>());
+  }
+}
+
+// Calls `visit(row, weight)` for each of the d+1 vertices of point n whose lattice row (its
+// index + 1) lies in [1, max_points]; returns false when one does not (it is skipped).
+template <typename Visit>
+__attribute__((always_inline)) inline bool ForEachVertex(const int32_t* indices,
+                                                         const float* weights, int64_t n,
+                                                         int64_t d1, int64_t max_points,
+                                                         Visit&& visit) {
+  bool valid = true;
+  for (int64_t k = 0; k < d1; ++k) {
+    const int64_t r = int64_t{indices[n * d1 + k]} + 1;
+    if (r < 1 || r > max_points) {
+      valid = false;
+      continue;
+    }
+    visit(r, weights[n * d1 + k]);
+  }
+  return valid;
+}
+
 // Adds the weighted values of points [begin, end) to their lattice rows (row m+1 for point
 // m; rows are `packets` vectors wide). A point's values are loaded once, as whole vectors
 // (the lanes past C read the next points' values: they only ever reach the padding lanes of
@@ -466,18 +501,13 @@ KERAS_DENSE_MULTIVERSION bool SplatRange(const T* __restrict values,
       std::fill(staging + channels, staging + padded, T(0));
       source = staging;
     }
-    for (int64_t k = 0; k < d1; ++k) {
-      const int64_t r = int64_t{indices[n * d1 + k]} + 1;
-      if (r < 1 || r > max_points) {
-        valid = false;
-        continue;
-      }
-      const T w = static_cast<T>(weights[n * d1 + k]);
+    valid &= ForEachVertex(indices, weights, n, d1, max_points, [&](int64_t r, float weight) {
+      const T w = static_cast<T>(weight);
       T* row = lattice + r * padded;
       for (int64_t c = 0; c < np; ++c) {
         P::Store(row + c * kLanes, P::Load(row + c * kLanes) + w * P::Load(source + c * kLanes));
       }
-    }
+    });
   }
   return valid;
 }
@@ -548,34 +578,24 @@ KERAS_DENSE_MULTIVERSION bool SliceRange(const T* __restrict lattice,
     if (kP > 0) {
       V sum[kSlots];
       for (int c = 0; c < kSlots; ++c) sum[c] = V{};
-      for (int64_t k = 0; k < d1; ++k) {
-        const int64_t r = int64_t{indices[n * d1 + k]} + 1;
-        if (r < 1 || r > max_points) {
-          valid = false;
-          continue;
-        }
-        const T w = alpha * static_cast<T>(weights[n * d1 + k]);
+      valid &= ForEachVertex(indices, weights, n, d1, max_points, [&](int64_t r, float weight) {
+        const T w = alpha * static_cast<T>(weight);
         const T* row = lattice + r * padded;
         for (int c = 0; c < kSlots; ++c) sum[c] += w * P::Load(row + c * kLanes);
-      }
+      });
       const bool inside = n * channels + padded <= end * channels;
       T* destination = inside ? target : staging;
       for (int c = 0; c < kSlots; ++c) P::Store(destination + c * kLanes, sum[c]);
       if (!inside) std::copy(staging, staging + channels, target);
     } else {
       std::fill(staging, staging + padded, T(0));
-      for (int64_t k = 0; k < d1; ++k) {
-        const int64_t r = int64_t{indices[n * d1 + k]} + 1;
-        if (r < 1 || r > max_points) {
-          valid = false;
-          continue;
-        }
-        const T w = alpha * static_cast<T>(weights[n * d1 + k]);
+      valid &= ForEachVertex(indices, weights, n, d1, max_points, [&](int64_t r, float weight) {
+        const T w = alpha * static_cast<T>(weight);
         const T* row = lattice + r * padded;
         for (int64_t c = 0; c < padded; c += kLanes) {
           P::Store(staging + c, P::Load(staging + c) + w * P::Load(row + c));
         }
-      }
+      });
       std::copy(staging, staging + channels, target);
     }
   }
@@ -801,22 +821,17 @@ class PermutohedralFilterOp : public OpKernel {
     OP_REQUIRES_OK(context, context->allocate_output(0, values.shape(), &output));
     if (batch == 0 || points == 0 || channels == 0) return;
     const int64_t packets = PaddedChannels(channels, Packet<T>::kLanes) / Packet<T>::kLanes;
-    switch (packets) {
-      case 1: return Run<1>(context, values, splat_indices, weights, neighbors, output);
-      case 2: return Run<2>(context, values, splat_indices, weights, neighbors, output);
-      case 3: return Run<3>(context, values, splat_indices, weights, neighbors, output);
-      case 4: return Run<4>(context, values, splat_indices, weights, neighbors, output);
-      case 5: return Run<5>(context, values, splat_indices, weights, neighbors, output);
-      case 6: return Run<6>(context, values, splat_indices, weights, neighbors, output);
-      default: return Run<0>(context, values, splat_indices, weights, neighbors, output);
-    }
+    DispatchPackets(packets, [&](auto static_packets) {
+      Run<decltype(static_packets)::value>(context, values, splat_indices, weights, neighbors,
+                                           output);
+    });
   }
 
  private:
   template <int kP>
   void Run(OpKernelContext* context, const Tensor& values, const Tensor& splat_indices,
            const Tensor& weights, const Tensor& neighbors, Tensor* output) {
-    static_assert(kP <= kMaxStaticPackets, "add the case to Compute's dispatch");
+    static_assert(kP <= kMaxStaticPackets, "DispatchPackets gives kP <= kMaxStaticPackets");
     const int64_t batch = values.dim_size(0);
     const int64_t points = values.dim_size(1);
     const int64_t channels = values.dim_size(2);
@@ -958,16 +973,13 @@ KERAS_DENSE_MULTIVERSION bool UpdateMarginals(const float* __restrict unary,
     for (int k = 0; k < kernels; ++k) {
       const ImageLattice& lattice = lattices[k];
       for (int64_t p = 0; p < np; ++p) sum[p] = FloatVector{};
-      for (int64_t v = 0; v < lattice.d1; ++v) {
-        const int64_t r = int64_t{lattice.indices[n * lattice.d1 + v]} + 1;
-        if (r < 1 || r > lattice.max_points) {
-          valid = false;
-          continue;
-        }
-        const float w = lattice.weights[n * lattice.d1 + v];
-        const float* row = blurred[k] + r * padded;
-        for (int64_t p = 0; p < np; ++p) sum[p] += w * P::Load(row + p * kLanes);
-      }
+      valid &= ForEachVertex(lattice.indices, lattice.weights, n, lattice.d1, lattice.max_points,
+                             [&](int64_t r, float w) {
+                               const float* row = blurred[k] + r * padded;
+                               for (int64_t p = 0; p < np; ++p) {
+                                 sum[p] += w * P::Load(row + p * kLanes);
+                               }
+                             });
       const float a = scales[k][n];
       for (int64_t p = 0; p < np; ++p) logit[p] += a * sum[p];
     }
@@ -1034,15 +1046,9 @@ class PottsMeanFieldOp : public OpKernel {
     const int64_t channels = unary.dim_size(2);
     if (batch == 0 || points == 0 || channels == 0) return;
     const int64_t packets = PaddedChannels(channels, Packet<float>::kLanes) / Packet<float>::kLanes;
-    switch (packets) {
-      case 1: return Run<1>(context, unary, indices, weights, neighbors, output);
-      case 2: return Run<2>(context, unary, indices, weights, neighbors, output);
-      case 3: return Run<3>(context, unary, indices, weights, neighbors, output);
-      case 4: return Run<4>(context, unary, indices, weights, neighbors, output);
-      case 5: return Run<5>(context, unary, indices, weights, neighbors, output);
-      case 6: return Run<6>(context, unary, indices, weights, neighbors, output);
-      default: return Run<0>(context, unary, indices, weights, neighbors, output);
-    }
+    DispatchPackets(packets, [&](auto static_packets) {
+      Run<decltype(static_packets)::value>(context, unary, indices, weights, neighbors, output);
+    });
   }
 
  private:
