@@ -62,6 +62,7 @@ from keras_dense.utils.files import (
     process_identity,
     remove_quietly,
     temporary_path,
+    write_durably,
 )
 
 LOCK_SUFFIX = ".commit.lock"
@@ -319,9 +320,7 @@ def _create_exclusive(journal: str, content: dict) -> bool:
     tmp = temporary_path(journal)
     try:
         with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+            write_durably(f, data)
         try:
             os.link(tmp, journal)
         except FileExistsError:
@@ -332,9 +331,7 @@ def _create_exclusive(journal: str, content: dict) -> bool:
             except FileExistsError:
                 return False
             with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
+                write_durably(f, data)
     finally:
         remove_quietly(tmp)
     fsync_dir(os.path.dirname(os.path.abspath(journal)))

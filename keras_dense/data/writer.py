@@ -18,7 +18,7 @@ from keras_dense.data.schema import Record, serialize_record
 from keras_dense.data.shard_commit import commit, journal_path, lock_path, prepare, shard_set_glob
 from keras_dense.data.shard_manifest import MANIFEST_FORMAT
 from keras_dense.data.tfrecord_files import is_remote
-from keras_dense.utils.files import remove_quietly, temporary_path
+from keras_dense.utils.files import remove_quietly, temporary_path, write_durably
 from keras_dense.utils.progress import Progress
 
 
@@ -191,9 +191,7 @@ def write_dataset(
             **(extra or {}),
         }
         with open(manifest_tmp, "wb") as f:
-            f.write((json.dumps(manifest, indent=2) + "\n").encode())
-            f.flush()
-            os.fsync(f.fileno())
+            write_durably(f, (json.dumps(manifest, indent=2) + "\n").encode())
         commit(output, list(zip([*tmp_paths, manifest_tmp], [*paths, manifest_file])))
     finally:
         bar.close()

@@ -18,6 +18,7 @@ import glob
 import os
 import re
 import socket
+from typing import BinaryIO
 
 _TMP_SUFFIX = re.compile(r"\.tmp-(\d+)$")
 
@@ -113,6 +114,13 @@ def remove_quietly(path: str) -> None:
         os.remove(path)
 
 
+def write_durably(file: BinaryIO, data: bytes) -> None:
+    """Writes `data` to an open binary file and forces it to disk (flush, then fsync)."""
+    file.write(data)
+    file.flush()
+    os.fsync(file.fileno())
+
+
 def atomic_write_bytes(path: str, data: bytes) -> None:
     """Writes `data` to `path` through a temporary file and a rename.
 
@@ -126,9 +134,7 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
     tmp = temporary_path(path)
     try:
         with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+            write_durably(f, data)
         os.replace(tmp, path)
     except BaseException:
         remove_quietly(tmp)
