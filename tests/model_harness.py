@@ -27,6 +27,7 @@ outputs as `out0, out1, ...`, a single output as `out0`.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import os
 import pathlib
 from collections.abc import Callable
@@ -96,6 +97,35 @@ class ModelCase:
     learning_rate: float = 1e-3
     mixed_dtype: str = "float32"
     atol: float = 1e-4
+
+
+# ------------------------------------------------------------------------------ models
+
+
+class BuiltModels:
+    """The cases' models, each built once (seeded) and dropped after its last check.
+
+    The checks that use the shared model run in the order contract, export, fit (the test
+    file's order); `done(name, check)` frees the model after the last of them that the case
+    runs, so that the large models (FCN: 537 MB of weights) do not all stay in memory.
+    """
+
+    def __init__(self, cases: dict[str, ModelCase]):
+        self.cases = cases
+        self._models: dict[str, keras.Model] = {}
+
+    def __call__(self, name: str) -> keras.Model:
+        if name not in self._models:
+            keras.utils.set_random_seed(0)
+            self._models[name] = self.cases[name].build()
+        return self._models[name]
+
+    def done(self, name: str, check: str) -> None:
+        """Frees the model when `check` ("contract", "export" or "fit") is its last."""
+        case = self.cases[name]
+        last = "fit" if case.fit else "export" if case.export else "contract"
+        if check == last and self._models.pop(name, None) is not None:
+            gc.collect()
 
 
 # ------------------------------------------------------------------------------ outputs

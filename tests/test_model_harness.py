@@ -18,6 +18,7 @@ import keras
 import numpy as np
 import pytest
 from model_harness import (
+    BuiltModels,
     ModelCase,
     build_mixed_bfloat16,
     check_config_round_trip,
@@ -284,16 +285,8 @@ BUILDERS = [name for name, case in MODEL_CASES.items() if case.kind == "builder"
 
 @pytest.fixture(scope="module")
 def built():
-    """`built(name)`: the case's model, built once per module (seeded)."""
-    cache: dict[str, keras.Model] = {}
-
-    def get(name: str) -> keras.Model:
-        if name not in cache:
-            keras.utils.set_random_seed(0)
-            cache[name] = MODEL_CASES[name].build()
-        return cache[name]
-
-    return get
+    """`built(name)`: the case's model, built once per module, freed after its last check."""
+    return BuiltModels(MODEL_CASES)
 
 
 @pytest.fixture(scope="module")
@@ -361,6 +354,7 @@ def test_output_contract(name, built):
     case = MODEL_CASES[name]
     model, inputs = built(name), case.inputs()
     case.contract(model, inputs, model(inputs, training=False))
+    built.done(name, "contract")
 
 
 @pytest.mark.parametrize("name", MODEL_CASES)
@@ -381,6 +375,7 @@ def test_export_through_the_task(name, built, tmp_path):
     assert want, f"serving_tensor serves none of the model's outputs: {sorted(served)}"
     for key, value in want.items():
         np.testing.assert_allclose(served[key], value, atol=1e-4, err_msg=key)
+    built.done(name, "export")
 
 
 # Last: fit changes the shared models' weights (and compiles them).
@@ -389,3 +384,4 @@ def test_fit_lowers_the_loss(name, built):
     losses = fit_losses(built(name), MODEL_CASES[name])
     assert np.all(np.isfinite(losses)), losses
     assert losses[-1] < losses[0], losses
+    built.done(name, "fit")
