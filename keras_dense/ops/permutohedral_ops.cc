@@ -454,6 +454,19 @@ void DispatchPackets(int64_t packets, Fn fn) {
   }
 }
 
+// One row of `padded` scratch values: on the stack when kP > 0 (at most kMaxStaticPackets
+// vectors), on the heap in the general case.
+template <typename T, int kP>
+class RowScratch {
+ public:
+  explicit RowScratch(int64_t padded) : general_(kP > 0 ? 0 : padded) {}
+  T* data() { return kP > 0 ? fixed_ : general_.data(); }
+
+ private:
+  T fixed_[kMaxStaticPackets * Packet<T>::kLanes];
+  std::vector<T> general_;
+};
+
 // Calls `visit(row, weight)` for each of the d+1 vertices of point n whose lattice row (its
 // index + 1) lies in [1, max_points]; returns false when one does not (it is skipped).
 template <typename Visit>
@@ -490,16 +503,14 @@ KERAS_DENSE_MULTIVERSION bool SplatRange(const T* __restrict values,
   constexpr int64_t kLanes = P::kLanes;
   const int64_t np = kP > 0 ? kP : packets;
   const int64_t padded = np * kLanes;
-  T fixed[kMaxStaticPackets * kLanes];
-  std::vector<T> general(kP > 0 ? 0 : padded);
-  T* staging = kP > 0 ? fixed : general.data();
+  RowScratch<T, kP> staging(padded);
   bool valid = true;
   for (int64_t n = begin; n < end; ++n) {
     const T* source = values + n * channels;
     if (kP == 0 || n * channels + padded > end * channels) {
-      std::copy(source, source + channels, staging);
-      std::fill(staging + channels, staging + padded, T(0));
-      source = staging;
+      std::copy(source, source + channels, staging.data());
+      std::fill(staging.data() + channels, staging.data() + padded, T(0));
+      source = staging.data();
     }
     valid &= ForEachVertex(indices, weights, n, d1, max_points, [&](int64_t r, float weight) {
       const T w = static_cast<T>(weight);
@@ -569,9 +580,7 @@ KERAS_DENSE_MULTIVERSION bool SliceRange(const T* __restrict lattice,
   constexpr int kSlots = kP > 0 ? kP : 1;
   const int64_t np = kP > 0 ? kP : packets;
   const int64_t padded = np * kLanes;
-  T fixed[kMaxStaticPackets * kLanes];
-  std::vector<T> general(kP > 0 ? 0 : padded);
-  T* staging = kP > 0 ? fixed : general.data();
+  RowScratch<T, kP> staging(padded);
   bool valid = true;
   for (int64_t n = begin; n < end; ++n) {
     T* target = out + n * channels;
@@ -584,19 +593,19 @@ KERAS_DENSE_MULTIVERSION bool SliceRange(const T* __restrict lattice,
         for (int c = 0; c < kSlots; ++c) sum[c] += w * P::Load(row + c * kLanes);
       });
       const bool inside = n * channels + padded <= end * channels;
-      T* destination = inside ? target : staging;
+      T* destination = inside ? target : staging.data();
       for (int c = 0; c < kSlots; ++c) P::Store(destination + c * kLanes, sum[c]);
-      if (!inside) std::copy(staging, staging + channels, target);
+      if (!inside) std::copy(staging.data(), staging.data() + channels, target);
     } else {
-      std::fill(staging, staging + padded, T(0));
+      std::fill(staging.data(), staging.data() + padded, T(0));
       valid &= ForEachVertex(indices, weights, n, d1, max_points, [&](int64_t r, float weight) {
         const T w = alpha * static_cast<T>(weight);
         const T* row = lattice + r * padded;
         for (int64_t c = 0; c < padded; c += kLanes) {
-          P::Store(staging + c, P::Load(staging + c) + w * P::Load(row + c));
+          P::Store(staging.data() + c, P::Load(staging.data() + c) + w * P::Load(row + c));
         }
       });
-      std::copy(staging, staging + channels, target);
+      std::copy(staging.data(), staging.data() + channels, target);
     }
   }
   return valid;
@@ -951,11 +960,10 @@ KERAS_DENSE_MULTIVERSION bool UpdateMarginals(const float* __restrict unary,
   const int64_t np = kP > 0 ? kP : packets;
   const int64_t padded = np * kLanes;
   FloatVector fixed_logits[kMaxStaticPackets], fixed_sums[kMaxStaticPackets];
-  float fixed_staging[kMaxStaticPackets * kLanes];
   // The general case's vectors live in a float buffer aligned by hand (std::vector does not
   // align to a vector type's 32 bytes here).
   std::vector<float> general_vectors(kP > 0 ? 0 : (2 * np + 1) * kLanes);
-  std::vector<float> general_staging(kP > 0 ? 0 : padded);
+  RowScratch<float, kP> staging(padded);
   FloatVector* general = nullptr;
   if (kP == 0) {
     void* start = general_vectors.data();
@@ -965,7 +973,6 @@ KERAS_DENSE_MULTIVERSION bool UpdateMarginals(const float* __restrict unary,
   }
   FloatVector* logit = kP > 0 ? fixed_logits : general;
   FloatVector* sum = kP > 0 ? fixed_sums : general + np;
-  float* staging = kP > 0 ? fixed_staging : general_staging.data();
   const bool whole_rows = q_stride == padded;
   bool valid = true;
   for (int64_t n = begin; n < end; ++n) {
@@ -996,8 +1003,10 @@ KERAS_DENSE_MULTIVERSION bool UpdateMarginals(const float* __restrict unary,
     if (whole_rows) {
       for (int64_t p = 0; p < np; ++p) P::Store(target + p * kLanes, logit[p] * inverse);
     } else {
-      for (int64_t p = 0; p < np; ++p) P::Store(staging + p * kLanes, logit[p] * inverse);
-      std::copy(staging, staging + channels, target);
+      for (int64_t p = 0; p < np; ++p) {
+        P::Store(staging.data() + p * kLanes, logit[p] * inverse);
+      }
+      std::copy(staging.data(), staging.data() + channels, target);
     }
   }
   return valid;
