@@ -103,6 +103,21 @@ def _batch(seed=0, shape=(2, 8, 9)):
     return labels, logits
 
 
+@pytest.mark.parametrize(
+    "loss_class, name",
+    [
+        (MaskedSparseCrossEntropy, "masked_sparse_cross_entropy"),
+        (LovaszSoftmaxLoss, "lovasz_softmax_loss"),
+        (DiceLoss, "dice_loss"),
+        (FocalLoss, "focal_loss"),
+    ],
+)
+def test_default_name_is_the_same_for_every_instance(loss_class, name):
+    # Keras' automatic names get a suffix per instance (`_1`, `_2`); the losses keep theirs.
+    assert [loss_class().name for _ in range(2)] == [name, name]
+    assert loss_class(name="mine").name == "mine"
+
+
 # ------------------------------------------------------------------------- loss values
 @pytest.mark.parametrize("smooth", [1.0, 0.0, 5.0])
 def test_dice_matches_reference(smooth):

@@ -64,6 +64,8 @@ class LovaszSoftmaxLoss(MaskedPixelLoss):
     the classes, `from_logits`, `name`, Keras `Loss` arguments).
     """
 
+    default_name = "lovasz_softmax_loss"
+
     def call(self, y_true, y_pred):
         """The batch's Lovász-softmax loss (a scalar)."""
         num_classes = y_pred.shape[-1]

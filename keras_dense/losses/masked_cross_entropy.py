@@ -27,6 +27,8 @@ class MaskedSparseCrossEntropy(MaskedPixelLoss):
     per class, `from_logits`, `name`, Keras `Loss` arguments).
     """
 
+    default_name = "masked_sparse_cross_entropy"
+
     def call(self, y_true, y_pred):
         """Per-pixel losses scaled so that the mean reduction gives the weighted mean."""
         num_classes = y_pred.shape[-1]

@@ -128,9 +128,11 @@ class MaskedPixelLoss(keras.losses.Loss):
         ignore_label: Label value of pixels that do not count (255).
         class_weights: Optional non-negative weight per class.
         from_logits: `y_pred` holds logits (True) or probabilities (False).
-        name: Loss name.
+        name: Loss name; the class's `default_name` when not given.
         **kwargs: `keras.losses.Loss` arguments (`reduction`, `dtype`).
     """
+
+    default_name: str | None = None
 
     def __init__(
         self,
@@ -141,7 +143,7 @@ class MaskedPixelLoss(keras.losses.Loss):
         **kwargs,
     ):
         kwargs.setdefault("dtype", "float32")
-        super().__init__(name=name, **kwargs)
+        super().__init__(name=name or self.default_name, **kwargs)
         self.ignore_label = int(ignore_label)
         self.class_weights = check_class_weights(class_weights)
         self.from_logits = bool(from_logits)
