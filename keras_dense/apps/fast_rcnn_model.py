@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import keras
 
-from keras_dense.apps.builder import build_model, makes
-from keras_dense.apps.two_stage_detector import TwoStageDetector
+from keras_dense.apps.builder import makes
+from keras_dense.apps.two_stage_detector import TwoStageDetector, build_detector
 from keras_dense.backbones.registry import get_backbone
 from keras_dense.backbones.vgg16 import VGG16_FC_NAMES, VGG16_IMAGENET_NAMES
 from keras_dense.layers.roi_pooling import RoIPooling
@@ -53,6 +53,7 @@ class FastRCNN(TwoStageDetector):
     default_rois_per_image = 64
     default_bg_iou_range = (0.1, 0.5)
     batch_keys = BATCH_KEYS
+    extra_inputs = {"rois": (None, 4)}
 
     def check_graph(self) -> None:
         if len(self.outputs) != 2:
@@ -129,20 +130,17 @@ def fast_rcnn(
         images, rois = inputs
         return fast_rcnn_graph(images, rois, classes, pool_size, roi_mode, dropout)
 
-    return build_model(
+    return build_detector(
         graph,
+        FastRCNN,
         num_classes=num_classes,
         input_shape=input_shape,
-        input_channels=3,
         name=name,
-        input_name="images",
-        extra_inputs={"rois": (None, 4)},
         weights=weights,
         backbone_weights=backbone_weights,
         load_backbone=family.load_weights,
         backbone_source=f"{family.weights_source} (include_top=True)",
         frozen_layers=FROZEN_LAYERS,
-        model_class=FastRCNN,
         **kwargs,
     )
 

@@ -39,9 +39,9 @@ from collections.abc import Sequence
 import keras
 import tensorflow as tf
 
-from keras_dense.apps.builder import build_model, makes
+from keras_dense.apps.builder import makes
 from keras_dense.apps.fast_rcnn_model import FC_UNITS, FROZEN_LAYERS, fast_rcnn_head
-from keras_dense.apps.two_stage_detector import TwoStageDetector
+from keras_dense.apps.two_stage_detector import TwoStageDetector, build_detector
 from keras_dense.backbones.registry import get_backbone
 from keras_dense.backbones.vgg16 import load_vgg16_weights
 from keras_dense.detection.anchors import generate_anchors, num_anchors
@@ -94,6 +94,7 @@ class FasterRCNN(TwoStageDetector):
     loss_names: tuple[str, ...] = ("rpn_cls_loss", "rpn_box_loss", "cls_loss", "box_loss")
     batch_keys = BATCH_KEYS
     optional_batch_keys = ("scale", "difficult")
+    extra_inputs = {"image_shape": (2,), "scale": ()}
     # Names of the four parts in the graph.
     backbone_name = "backbone"
     rpn_name = "rpn"
@@ -331,6 +332,28 @@ class FasterRCNNParts:
         }
         return outputs, features
 
+    def build(self, graph, model_class: type[FasterRCNN], **arguments) -> FasterRCNN:
+        """Builds `graph` on Faster R-CNN's inputs, loading `backbone_weights` into the parts.
+
+        Args:
+            graph: `graph([images, image_shape, scale], num_classes) -> outputs`, wiring
+                these parts (`FasterRCNNParts.graph`) and any further branch.
+            model_class: `FasterRCNN` or a subclass.
+            **arguments: `num_classes`, `input_shape`, `name`, `weights`,
+                `backbone_weights` (see `keras_dense.apps.builder.build_model`) and the
+                training options of `model_class`.
+
+        Returns:
+            The `model_class` model.
+        """
+        return build_detector(
+            graph,
+            model_class,
+            load_backbone=self.load_backbone,
+            backbone_source=self.backbone_source,
+            **arguments,
+        )
+
     def load_backbone(self, model: keras.Model, path: str) -> list[str]:
         """Copies the family's pretrained weights into the backbone (and VGG16's fc6/fc7)."""
         family = get_backbone(self.backbone)
@@ -511,18 +534,13 @@ def faster_rcnn(
     def graph(inputs, classes: int):
         return parts.graph(*inputs, classes)[0]
 
-    return build_model(
+    return parts.build(
         graph,
+        FasterRCNN,
         num_classes=num_classes,
         input_shape=input_shape,
-        input_channels=3,
         name=name,
-        input_name="images",
-        extra_inputs={"image_shape": (2,), "scale": ()},
         weights=weights,
         backbone_weights=backbone_weights,
-        load_backbone=parts.load_backbone,
-        backbone_source=parts.backbone_source,
-        model_class=FasterRCNN,
         **kwargs,
     )

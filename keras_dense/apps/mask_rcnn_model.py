@@ -30,7 +30,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from keras_dense.apps.builder import build_model, makes
+from keras_dense.apps.builder import makes
 from keras_dense.apps.faster_rcnn_model import (
     FasterRCNN,
     architecture_defaults,
@@ -282,18 +282,13 @@ def mask_rcnn(
             "detection_masks": masks,
         }
 
-    return build_model(
+    return parts.build(
         graph,
+        MaskRCNN,
         num_classes=num_classes,
         input_shape=input_shape,
-        input_channels=3,
         name=name,
-        input_name="images",
-        extra_inputs={"image_shape": (2,), "scale": ()},
         weights=weights,
         backbone_weights=backbone_weights,
-        load_backbone=parts.load_backbone,
-        backbone_source=parts.backbone_source,
-        model_class=MaskRCNN,
         **training,
     )

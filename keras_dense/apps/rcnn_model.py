@@ -36,8 +36,9 @@ from collections.abc import Sequence
 
 import keras
 
-from keras_dense.apps.builder import build_model, makes
+from keras_dense.apps.builder import makes
 from keras_dense.apps.fast_rcnn_model import FC_UNITS, FastRCNN, fast_rcnn_classifier
+from keras_dense.apps.two_stage_detector import build_detector
 from keras_dense.backbones.pretrained_weights import resolve_source_model, transfer_weights
 from keras_dense.backbones.registry import get_backbone
 from keras_dense.backbones.vgg16 import (
@@ -150,19 +151,16 @@ def rcnn(
             images, rois, classes, crop_size, context_padding, roi_chunk, fc_units, dropout
         )
 
-    model = build_model(
+    model = build_detector(
         graph,
+        FastRCNN,
         num_classes=num_classes,
         input_shape=input_shape,
-        input_channels=3,
         name=name,
-        input_name="images",
-        extra_inputs={"rois": (None, 4)},
         weights=weights,
         backbone_weights=backbone_weights,
         backbone_family=family,
         load_backbone=load_rcnn_vgg16_weights,
-        model_class=FastRCNN,
         **kwargs,
     )
     if frozen_layers:

@@ -15,17 +15,19 @@ the ground truth (`keras_dense.detection.sample_rois`), then minimises a sum of 
   name of `loss_names` and the weighted total (`loss_weights`).
 
 A subclass checks its graph (`check_graph`), says how a batch is fed to the model
-(`model_inputs`) and computes its loss terms (`compute_losses`).
+(`model_inputs`) and computes its loss terms (`compute_losses`); it names its inputs besides
+the RGB `images` in `extra_inputs`, which `build_detector` creates.
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import keras
 import tensorflow as tf
 
+from keras_dense.apps.builder import build_model
 from keras_dense.detection.boxes import BOX_STDS
 from keras_dense.detection.losses import fast_rcnn_loss
 from keras_dense.detection.sampling import sample_rois
@@ -58,6 +60,8 @@ class TwoStageDetector(keras.Model):
     optional_batch_keys: tuple[str, ...] = ("difficult",)
     # The loss terms besides the total "loss", in the order of `metrics`.
     loss_names: tuple[str, ...] = ("cls_loss", "box_loss")
+    # `{name: shape}` of the model's inputs after `images` (B, H, W, 3).
+    extra_inputs: Mapping[str, tuple] = {}
 
     def __init__(
         self,
@@ -264,3 +268,29 @@ class TwoStageDetector(keras.Model):
         if isinstance(data, dict):
             return self(self.model_inputs(data), training=False)
         return super().predict_step(data)
+
+
+def build_detector(
+    graph: Callable, model_class: type[TwoStageDetector], **arguments
+) -> TwoStageDetector:
+    """`build_model` with a two-stage detector's inputs: RGB `images`, then
+    `model_class.extra_inputs`.
+
+    Args:
+        graph: `graph([images, *extra_inputs], num_classes) -> outputs`.
+        model_class: The detector class (`FastRCNN`, `FasterRCNN`, ...).
+        **arguments: The other arguments of `keras_dense.apps.builder.build_model`
+            (`num_classes`, `input_shape`, `name`, `weights`, `backbone_weights`, ...) and the
+            training options of `model_class`.
+
+    Returns:
+        The `model_class` model.
+    """
+    return build_model(
+        graph,
+        input_channels=3,
+        input_name="images",
+        extra_inputs=model_class.extra_inputs,
+        model_class=model_class,
+        **arguments,
+    )

@@ -68,14 +68,16 @@ def _spatial_pooling(pooling: str, options: Mapping[str, Any]) -> keras.layers.L
 def wsl_graph(
     inputs,
     num_classes: int,
-    backbone: str = "vgg16",
-    pooling: str = "gap",
-    maps_per_class: int = 1,
-    pooling_kwargs: Mapping[str, Any] | None = None,
-    output_stride: int | None = None,
-    width: int | None = None,
+    backbone: str,
+    pooling: str,
+    maps_per_class: int,
+    pooling_kwargs: Mapping[str, Any] | None,
+    output_stride: int | None,
+    width: int | None,
 ):
     """The weakly supervised classifier from the image input to the image logits.
+
+    The defaults of these options are `wsl_classifier`'s, which checks them.
 
     Args:
         inputs: The image input tensor `(B, H, W, 3)`.
