@@ -71,9 +71,8 @@ from keras_dense.tasks.export_options import ExportOptions
 from keras_dense.tasks.recipe_config import as_recipe
 from keras_dense.tasks.recipe_data import (
     check_batch_fits,
-    no_auto_shard,
     run_num_classes,
-    validation_dataset,
+    task_datasets,
     worker_shards,
 )
 from keras_dense.tasks.task import (
@@ -94,6 +93,7 @@ class ClassificationTask(Task):
     name = "classification"
     data_config = ClassificationData
     metrics = CLASSIFICATION_METRICS
+    best_metric = "auc"
     capabilities = TaskCapabilities(
         map_tta=True, memory_planning=True, pointing_game=True, class_maps=True
     )
@@ -142,15 +142,14 @@ class ClassificationTask(Task):
         ).repeat()
         records = check_batch_fits(data.train, batch)
         steps = training.steps_per_epoch or records // batch
-        validation, validation_steps = validation_dataset(
+        return task_datasets(
+            train,
+            steps,
             lambda pattern, size: classification_dataset(pattern, size, **common),
             recipe,
             num_workers,
             worker_index,
         )
-        if num_workers > 1:
-            train = no_auto_shard(train)
-        return train, validation, steps, validation_steps
 
     def compile(self, model, recipe, optimizer, num_classes):
         training = as_recipe(recipe).training
@@ -168,12 +167,6 @@ class ClassificationTask(Task):
             metrics=[metrics[name]() for name in training.metrics],
             jit_compile=training.jit_compile,
         )
-
-    def monitor(self, recipe, has_validation):
-        prefix = "val_" if has_validation else ""
-        if "auc" in as_recipe(recipe).training.metrics:
-            return f"{prefix}auc", "max"
-        return f"{prefix}loss", "min"
 
     def card_fields(self, recipe):
         # No background threshold: it depends on the trained maps, so `keras-dense

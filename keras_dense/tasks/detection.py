@@ -39,8 +39,7 @@ from keras_dense.tasks.recipe_config import Recipe, as_recipe
 from keras_dense.tasks.recipe_data import (
     check_batch_fits,
     data_classes,
-    no_auto_shard,
-    validation_dataset,
+    task_datasets,
     worker_shards,
 )
 from keras_dense.tasks.task import (
@@ -243,15 +242,14 @@ def detection_datasets(
             "would have no full batch; lower the batch size or fix the records"
         )
     steps = training.steps_per_epoch or usable // batch
-    validation, validation_steps = validation_dataset(
+    return task_datasets(
+        train,
+        steps,
         lambda pattern, val_batch: detection_dataset(pattern, val_batch, **common),
         recipe,
         num_workers,
         worker_index,
     )
-    if num_workers > 1:
-        train = no_auto_shard(train)
-    return train, validation, steps, validation_steps
 
 
 @dataclasses.dataclass(frozen=True)
@@ -388,14 +386,7 @@ class DetectionTask(Task):
             max_pixels=budget.max_image_pixels,
             max_request_pixels=budget.max_request_pixels,
         )
-        serving = {
-            "min_size": min_size,
-            "max_size": max_size,
-            "nms_iou": options.nms_iou,
-            "score_threshold": options.score_threshold,
-            "max_detections": options.max_detections,
-        }
-        return signatures, serving, budget
+        return signatures, options.serving(card, options.max_detections), budget
 
     def verify_export(self, loaded, model, serving, tolerance):
         if proposes_regions(model):  # Faster R-CNN: [images, image_shape, scale] -> dict

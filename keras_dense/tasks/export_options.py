@@ -204,6 +204,22 @@ class DetectorOptions(ExportOptions):
             )
         return int(min_size), int(max_size)
 
+    def serving(self, card: Mapping, max_detections: int) -> dict:
+        """The export's `serving` entries of the model card: what the signatures run with.
+
+        Args:
+            card: The model card (for `sizes`).
+            max_detections: Detections per image the signatures serve.
+        """
+        min_size, max_size = self.sizes(card)
+        return {
+            "min_size": min_size,
+            "max_size": max_size,
+            "nms_iou": self.nms_iou,
+            "score_threshold": self.score_threshold,
+            "max_detections": max_detections,
+        }
+
 
 def declared_fields(options_type: type) -> dict[str, dataclasses.Field]:
     """The fields of an `ExportOptions` class by name, in declaration order."""

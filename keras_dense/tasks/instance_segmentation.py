@@ -105,14 +105,7 @@ class InstanceSegmentationTask(DetectionTask):
             max_pixels=budget.max_image_pixels,
             max_request_pixels=budget.max_request_pixels,
         )
-        serving = {
-            "min_size": min_size,
-            "max_size": max_size,
-            "nms_iou": options.nms_iou,
-            "score_threshold": options.score_threshold,
-            "max_detections": max_detections,
-        }
-        return signatures, serving, budget
+        return signatures, options.serving(card, max_detections), budget
 
     def verify_export(self, loaded, model, serving, tolerance):
         verify_region_proposer(loaded, model, TENSOR_OUTPUTS, tolerance)

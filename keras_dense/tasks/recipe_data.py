@@ -179,6 +179,37 @@ def validation_dataset(make, recipe: Recipe, num_workers: int, worker_index: int
     return validation, validation_steps
 
 
+def task_datasets(
+    train: tf.data.Dataset,
+    steps: int,
+    make_validation,
+    recipe: Recipe,
+    num_workers: int,
+    worker_index: int,
+) -> tuple:
+    """What `Task.datasets` returns, from the training batches and the validation maker.
+
+    Args:
+        train: The repeated training dataset of this worker (its share of the shards).
+        steps: Training steps per epoch.
+        make_validation: `(file_patterns, batch_size) -> tf.data.Dataset` building the
+            validation batches (see `validation_dataset`).
+        recipe: The recipe.
+        num_workers: Processes in the cluster; with several, automatic sharding is turned off
+            (the files are already split, `worker_shards`).
+        worker_index: This process's index in the cluster.
+
+    Returns:
+        `(train, validation, steps_per_epoch, validation_steps)`.
+    """
+    validation, validation_steps = validation_dataset(
+        make_validation, recipe, num_workers, worker_index
+    )
+    if num_workers > 1:
+        train = no_auto_shard(train)
+    return train, validation, steps, validation_steps
+
+
 def total_steps(recipe: Recipe, steps_per_epoch: int) -> tuple[int, int]:
     """`(epochs, optimizer steps)`: `training.steps` (when > 0) sets the number of epochs."""
     training = recipe.training

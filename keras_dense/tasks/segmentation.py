@@ -41,9 +41,8 @@ from keras_dense.tasks.export_options import BatchModeOptions, option
 from keras_dense.tasks.recipe_config import Recipe, as_recipe
 from keras_dense.tasks.recipe_data import (
     check_batch_fits,
-    no_auto_shard,
     run_num_classes,
-    validation_dataset,
+    task_datasets,
     worker_shards,
 )
 from keras_dense.tasks.segmentation_config import SEGMENTATION_METRICS, SegmentationData
@@ -156,12 +155,7 @@ def segmentation_datasets(
             )
         return validation
 
-    validation, validation_steps = validation_dataset(
-        make_validation, recipe, num_workers, worker_index
-    )
-    if num_workers > 1:
-        train = no_auto_shard(train)
-    return train, validation, steps, validation_steps
+    return task_datasets(train, steps, make_validation, recipe, num_workers, worker_index)
 
 
 def check_segmentation_data(data: SegmentationData) -> None:
@@ -227,6 +221,7 @@ class SegmentationTask(Task):
     name = "segmentation"
     data_config = SegmentationData
     metrics = SEGMENTATION_METRICS
+    best_metric = "mean_iou"
     image_summaries = True
     capabilities = TaskCapabilities(
         score_tta=True, crf=True, tiled_inference=True, memory_planning=True, tflite=True
@@ -319,12 +314,6 @@ class SegmentationTask(Task):
             jit_compile=training.jit_compile,
         )
         return result
-
-    def monitor(self, recipe, has_validation):
-        prefix = "val_" if has_validation else ""
-        if "mean_iou" in as_recipe(recipe).training.metrics:
-            return f"{prefix}mean_iou", "max"
-        return f"{prefix}loss", "min"
 
     def card_fields(self, recipe):
         recipe = as_recipe(recipe)

@@ -111,6 +111,8 @@ class Task:
             read, with their defaults; `keras_dense.tasks.configs`).
         metrics: The `training.metrics` its `compile` can build; a recipe without the key
             gets all of them.
+        best_metric: The metric (higher is better) that picks the best checkpoint when the
+            recipe's `training.metrics` holds it (else, and when None, the lowest loss).
     """
 
     name: str = ""
@@ -120,6 +122,7 @@ class Task:
     export_options: type[ExportOptions] = ExportOptions
     data_config: type[DataConfig] = DataConfig
     metrics: tuple[str, ...] = ()
+    best_metric: str | None = None
 
     @property
     def builders(self) -> tuple[str, ...]:
@@ -165,8 +168,11 @@ class Task:
         return None
 
     def monitor(self, recipe: Recipe, has_validation: bool) -> tuple[str, str]:
-        """`(log key, "max" | "min")` that picks the best checkpoint."""
-        return ("val_loss" if has_validation else "loss"), "min"
+        """`(log key, "max" | "min")` that picks the best checkpoint (see `best_metric`)."""
+        prefix = "val_" if has_validation else ""
+        if self.best_metric is not None and self.best_metric in recipe.training.metrics:
+            return f"{prefix}{self.best_metric}", "max"
+        return f"{prefix}loss", "min"
 
     def card_fields(self, recipe: Recipe) -> dict:
         """Task-specific fields of the model card written by the trainer."""
