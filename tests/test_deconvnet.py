@@ -13,8 +13,6 @@ import keras_dense
 from keras_dense.apps.deconvnet_model import deconvnet
 from keras_dense.backbones import vgg16 as vgg
 
-from helpers import keras_roundtrip_in_subprocess
-
 # Table 1 of the paper: (layer, kernel, output channels) of every convolution/deconvolution.
 PAPER_CONV_NET = [
     ("conv1_1", 3, 64), ("conv1_2", 3, 64),
@@ -144,9 +142,3 @@ def test_bad_arguments_raise_value_error():
 
 def test_exported_from_apps():
     assert keras_dense.apps.deconvnet is deconvnet
-
-
-def test_keras_roundtrip_in_fresh_process(tmp_path):
-    model = _small_model()
-    x = np.random.default_rng(3).normal(size=(2, 37, 45, 3)).astype(np.float32)
-    keras_roundtrip_in_subprocess(model, x, tmp_path, atol=1e-4)

@@ -8,7 +8,6 @@ import pytest
 
 from keras_dense.apps import deeplab
 from keras_dense.backbones import get_backbone
-from tests.helpers import keras_roundtrip_in_subprocess
 
 NUM_CLASSES = 5
 APPLICATIONS = {
@@ -265,13 +264,6 @@ def test_multi_grid_rates():
 # ---------------------------------------------------------------------------------------
 # Serialisation and argument checks
 # ---------------------------------------------------------------------------------------
-def test_keras_round_trip_in_fresh_process(tmp_path):
-    model = deeplab(num_classes=4, backbone="mobilenetv2", output_stride=8, atrous_rates=(2, 3, 5))
-    _randomize_batch_norms(model, seed=3)
-    x = np.random.default_rng(6).normal(size=(2, 33, 47, 3)).astype(np.float32)
-    keras_roundtrip_in_subprocess(model, x, tmp_path, atol=1e-5)
-
-
 def test_full_model_weights_argument(tmp_path):
     model = deeplab(num_classes=3, backbone="mobilenetv2", decoder=False)
     _randomize_batch_norms(model, seed=4)

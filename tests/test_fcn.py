@@ -13,7 +13,6 @@ import pytest
 
 import keras_dense
 from keras_dense.apps import convolutionalize, fcn8s, fcn16s, fcn32s
-from tests.helpers import keras_roundtrip_in_subprocess
 from tests.test_upsampling import numpy_bilinear_matrix
 
 VARIANTS = ("fcn32s", "fcn16s", "fcn8s")
@@ -222,10 +221,6 @@ def test_bad_arguments():
         fcn16s(input_shape=(64, 64))
     with pytest.raises(ValueError, match="activation"):
         fcn8s(activation="no-such-activation")
-
-
-def test_keras_round_trip_in_fresh_process(fcn8s_model, tmp_path):
-    keras_roundtrip_in_subprocess(fcn8s_model, random_image(64, 64, seed=11), tmp_path, atol=1e-4)
 
 
 # --------------------------------------------------------------------------- convolutionalize

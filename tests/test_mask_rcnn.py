@@ -189,27 +189,6 @@ def test_fit_lowers_each_of_the_five_losses():
         assert history[name][-1] < history[name][0], (name, history[name])
 
 
-def test_keras_round_trip_in_a_fresh_process(model, tmp_path):
-    batch = synthetic_batch()
-    path = tmp_path / "mask_rcnn.keras"
-    model.save(path)
-    np.savez(tmp_path / "inputs.npz", *model_inputs(batch))
-    expected = model(model_inputs(batch), training=False)
-    run_python(
-        f"""
-        import numpy as np, keras, keras_dense
-        model = keras.models.load_model({str(path)!r}, safe_mode=True)
-        assert type(model).__name__ == "MaskRCNN", type(model)
-        data = np.load({str(tmp_path / "inputs.npz")!r})
-        out = model([data[f"arr_{{i}}"] for i in range(3)], training=False)
-        np.savez({str(tmp_path / "out.npz")!r}, **{{k: np.asarray(v) for k, v in out.items()}})
-        """
-    )
-    got = np.load(tmp_path / "out.npz")
-    for key in ("detection_boxes", "detection_scores", "detection_classes", "detection_masks"):
-        np.testing.assert_allclose(got[key], np.asarray(expected[key]), atol=1e-5, err_msg=key)
-
-
 def test_export_serves_pasted_masks_and_passes_the_op_audit(model, tmp_path):
     card = {"task": "instance_segmentation", "min_size": 64, "max_size": 96}
     # The export's default max_detections (100) differs from the graph's 8: the graph's holds.

@@ -15,7 +15,7 @@ from keras_dense.tasks import task_of_builder
 from keras_dense.training import load_recipe
 from keras_dense.training.builders import build_model
 
-from helpers import REPO_ROOT, keras_roundtrip_in_subprocess
+from helpers import REPO_ROOT
 
 CROP, PAD = 32, 4
 
@@ -185,14 +185,6 @@ def test_detect_on_the_model(small_model):
     assert all(1 <= c <= 3 for b in range(2) for c in classes[b, : n[b]])
     boxes = out["boxes"].numpy()
     assert boxes[..., 2].max() <= HEIGHT - 1 and boxes[..., 3].max() <= WIDTH - 1
-
-
-def test_keras_round_trip_in_a_fresh_process(small_model, tmp_path):
-    rng = np.random.default_rng(4)
-    images = rng.normal(0, 30, (1, HEIGHT, WIDTH, 3)).astype(np.float32)
-    rois = rng.uniform(0, 60, (1, 10, 4)).astype(np.float32)
-    rois[..., 2:] += 20
-    keras_roundtrip_in_subprocess(small_model, [images, rois], tmp_path, atol=1e-5)
 
 
 def test_full_size_model_layers_parameters_and_backbone_weights(monkeypatch):

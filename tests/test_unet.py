@@ -9,8 +9,6 @@ import pytest
 import keras_dense
 from keras_dense.apps.unet_model import unet, unet_input_size, unet_margin, unet_output_size
 
-from helpers import keras_roundtrip_in_subprocess
-
 # Fig. 1 of the paper: x-y size after each 3x3 convolution / 2x2 up-convolution.
 PAPER_CONTRACTING_SIZES = [(570, 568), (282, 280), (138, 136), (66, 64), (30, 28)]
 PAPER_EXPANSIVE_SIZES = [(56, 54, 52), (104, 102, 100), (200, 198, 196), (392, 390, 388)]
@@ -118,9 +116,3 @@ def test_bad_arguments_raise_value_error():
 
 def test_exported_from_apps():
     assert keras_dense.apps.unet is unet
-
-
-def test_keras_roundtrip_in_fresh_process(tmp_path):
-    model = unet(3, (None, None, 1), padding="same", filters=8, depth=4, batch_norm=True)
-    x = np.random.default_rng(2).normal(size=(2, 40, 56, 1)).astype(np.float32)
-    keras_roundtrip_in_subprocess(model, x, tmp_path, atol=1e-5)
