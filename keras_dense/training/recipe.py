@@ -32,6 +32,7 @@ from keras_dense.tasks.configs import (
 )
 from keras_dense.tasks.recipe_config import Recipe, default_table, parse_recipe_table
 from keras_dense.tasks.segmentation_config import SEGMENTATION_METRICS
+from keras_dense.training.backbone_normalization import check_backbone_normalization
 from keras_dense.training.optimizers import resolve_optimizer
 from keras_dense.utils.errors import RecipeError
 from keras_dense.utils.typed_tables import parse_table, table_of
@@ -184,11 +185,14 @@ def load_config(path: str, overrides: Sequence[str] = ()) -> Recipe:
 
     Raises:
         FileNotFoundError: The file does not exist.
-        RecipeError: Invalid TOML, a bad override or an invalid key or value (the file and
-            the key are named).
+        RecipeError: Invalid TOML, a bad override, an invalid key or value, or a
+            `data.normalization` unlike the pretrained backbone's (the file and the key are
+            named).
     """
     try:
-        return parse_recipe(apply_overrides(read_recipe_file(path), overrides))
+        recipe = parse_recipe(apply_overrides(read_recipe_file(path), overrides))
+        check_backbone_normalization(recipe)
+        return recipe
     except RecipeError as err:
         if str(err).startswith(f"recipe {path}"):
             raise
