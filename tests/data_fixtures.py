@@ -41,6 +41,13 @@ def write_palette_png(path, indices: np.ndarray, palette: np.ndarray | None = No
     pathlib.Path(path).write_bytes(data)
 
 
+def palette_png_bytes(folder, indices: np.ndarray) -> bytes:
+    """The bytes of a palette PNG of `indices`, written through `write_palette_png` in `folder`."""
+    path = pathlib.Path(folder) / "palette.png"
+    write_palette_png(path, indices)
+    return path.read_bytes()
+
+
 def grey_png_bytes(values: np.ndarray, bit_depth: int) -> bytes:
     """A greyscale PNG of `bit_depth` (1, 2, 4, 8 or 16) bits a pixel, packed by hand
     (filter 0), as image editors and other tools write them; our writers only write 8 bits."""

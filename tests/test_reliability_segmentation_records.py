@@ -25,7 +25,7 @@ from keras_dense.data.errors import BadInputError
 from keras_dense.tasks import get_task
 from keras_dense.training.recipe import validate
 from keras_dense.utils.model_card import write_model_card
-from tests.data_fixtures import grey_png_bytes, write_palette_png
+from tests.data_fixtures import grey_png_bytes, palette_png_bytes
 
 CLASSES = ["background", "circle", "square"]
 HEIGHT, WIDTH = 32, 48
@@ -44,22 +44,12 @@ def _ids(class_id=1) -> np.ndarray:
     return mask
 
 
-def _grey_png(mask: np.ndarray, bit_depth: int) -> bytes:
-    return grey_png_bytes(mask, bit_depth)
-
-
-def _palette_png(tmp_path, mask) -> bytes:
-    path = tmp_path / "palette.png"
-    write_palette_png(path, mask)
-    return path.read_bytes()
-
-
 # case -> (the mask's bytes, words the refusal must hold)
 BAD_MASKS = {
-    "palette": (lambda t: _palette_png(t, _ids(2)), "palette PNG"),
-    "1-bit": (lambda t: _grey_png(_ids(1), 1), "1-bit greyscale PNG"),
-    "2-bit": (lambda t: _grey_png(_ids(2), 2), "2-bit greyscale PNG"),
-    "16-bit": (lambda t: _grey_png(_ids(2), 16), "16-bit PNG"),
+    "palette": (lambda t: palette_png_bytes(t, _ids(2)), "palette PNG"),
+    "1-bit": (lambda t: grey_png_bytes(_ids(1), 1), "1-bit greyscale PNG"),
+    "2-bit": (lambda t: grey_png_bytes(_ids(2), 2), "2-bit greyscale PNG"),
+    "16-bit": (lambda t: grey_png_bytes(_ids(2), 16), "16-bit PNG"),
 }
 
 
@@ -185,20 +175,20 @@ def test_training_refuses_the_mask_naming_the_record(tmp_path, case):
 
 
 def test_a_bad_validation_mask_is_refused_too(tmp_path):
-    folder, shard = _data(tmp_path, _grey_png(_ids(1), 1), into="val")
+    folder, shard = _data(tmp_path, grey_png_bytes(_ids(1), 1), into="val")
     with pytest.raises(BadInputError, match=rf"{shard} record 2 \(source_id 'bad'\)"):
         _datasets(_recipe(folder))
 
 
 def test_on_error_skip_does_not_leave_a_bad_mask_out(tmp_path):
-    folder, shard = _data(tmp_path, _palette_png(tmp_path, _ids(2)))
+    folder, shard = _data(tmp_path, palette_png_bytes(tmp_path, _ids(2)))
     with pytest.raises(BadInputError, match=r"on_error.*does not apply") as info:
         _datasets(_recipe(folder, on_error="skip"))
     assert f"{shard} record 2" in str(info.value)
 
 
 def test_train_command_exits_2_with_one_line(tmp_path, capsys):
-    folder, shard = _data(tmp_path, _grey_png(_ids(1), 1))
+    folder, shard = _data(tmp_path, grey_png_bytes(_ids(1), 1))
     recipe = tmp_path / "recipe.toml"
     recipe.write_text(
         f"""task = "segmentation"
@@ -260,7 +250,7 @@ def test_evaluate_refuses_the_mask_naming_the_record(model_path, tmp_path, capsy
 
 
 def test_tune_crf_refuses_the_mask_naming_the_record(model_path, tmp_path, capsys):
-    folder, shard = _data(tmp_path, _palette_png(tmp_path, _ids(2)), into="val")
+    folder, shard = _data(tmp_path, palette_png_bytes(tmp_path, _ids(2)), into="val")
     pattern = os.path.join(folder, "val-*.tfrecord")
     code = cli.main(
         ["tune-crf", "--model", model_path, "--data", pattern, "--coarse-only", "--dry-run"]

@@ -22,7 +22,7 @@ import tensorflow as tf
 from keras_dense import apps, cli
 from keras_dense.data.image_io import encode_png
 from keras_dense.utils.model_card import write_model_card
-from tests.data_fixtures import grey_png_bytes, write_palette_png, write_rgb
+from tests.data_fixtures import grey_png_bytes, palette_png_bytes, write_rgb
 from tests.export_test_utils import tiny_faster_rcnn
 
 CLASSES = ["circle", "square", "triangle"]
@@ -128,16 +128,6 @@ def _good():
     return [_example("g0", mask=_mask(class_id=1)), _example("g1", mask=_mask(class_id=2))]
 
 
-def _grey_png(mask: np.ndarray, bit_depth: int) -> bytes:
-    return grey_png_bytes(mask, bit_depth)
-
-
-def _palette_png(tmp_path, mask) -> bytes:
-    path = tmp_path / "palette.png"
-    write_palette_png(path, mask)
-    return path.read_bytes()
-
-
 BOX = [[0.1, 0.1, 0.5, 0.5]]
 # case -> (the bad record's fields, the field the message must name)
 BAD_RECORDS = {
@@ -172,11 +162,11 @@ BAD_RECORDS = {
         "image/segmentation/class/encoded",
     ),
     "1-bit mask": (
-        lambda t: {"mask": _grey_png(_mask(class_id=1), 1)},
+        lambda t: {"mask": grey_png_bytes(_mask(class_id=1), 1)},
         "image/segmentation/class/encoded",
     ),
     "palette mask": (
-        lambda t: {"mask": _palette_png(t, _mask(class_id=2))},
+        lambda t: {"mask": palette_png_bytes(t, _mask(class_id=2))},
         "image/segmentation/class/encoded",
     ),
     "colour mask": (
