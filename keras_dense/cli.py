@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "keras_dense.commands.tune_threshold",
     "keras_dense.commands.pseudo_label",
     "keras_dense.commands.receptive_field",
+    "keras_dense.commands.pretrained",
 )
 
 
