@@ -38,7 +38,8 @@ VGG16_CONV_NAMES: tuple[str, ...] = tuple(
 
 def default_path() -> str:
     """Where the file is written: `$KERAS_DENSE_CACHE/weights/...` or `~/.cache/keras_dense/...`."""
-    root = os.environ.get(CACHE_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "keras_dense")
+    home_cache = os.path.join(os.path.expanduser("~"), ".cache", "keras_dense")
+    root = os.environ.get(CACHE_ENV) or home_cache
     return os.path.join(root, "weights", FILE_NAME)
 
 
