@@ -1,13 +1,20 @@
-"""The README's results table, measured: each recipe converted, trained and evaluated here.
+"""The README's results table, measured: each row converted, trained and evaluated here.
 
 Every row runs the exact `keras-dense` commands it reports (in fresh processes, from the
 repository root), on the shared data sets (`$KERAS_DENSE_DATA` or `../shared/datasets`) and on
-the synthetic shapes, with the CPU budget given by `--set` overrides of the recipe, then
-evaluates the best model plain, with the dense CRF and with test-time augmentation. It prints
-one JSON and, with `--write-readme`, replaces the block between the `results` markers in
-README.md (atomically). Not part of `make test`: a full run takes tens of minutes on 2 cores.
+synthetic shapes, with the CPU budget its `--set` overrides give. A row has up to two variants
+trained at the same budget (steps, batch, crop): "from scratch", and "pretrained trunk", whose
+VGG16 convolutions come from `keras-dense pretrained hed-vgg16` (a real pretrained VGG16 that
+ships in a Python package: no network). Each variant is trained with every seed of `--seeds`
+(initialisation and data order; the synthetic row also draws a fresh data set per seed). The
+table gives the mean over seeds and the half range (`± (max - min) / 2`); the + CRF and + TTA
+columns evaluate the pretrained variant (the scratch one where a row has no other).
 
-    .venv/bin/python benchmarks/results.py [--rows shapes isbi pets bccd] [--write-readme]
+It prints one JSON and, with `--write-readme`, replaces the block between the `results`
+markers in README.md (atomically). Not part of `make test`: a full run takes hours on 2 cores.
+
+    .venv/bin/python benchmarks/results.py [--rows shapes isbi pets ...] [--seeds 0 1]
+        [--write-readme]
 """
 
 from __future__ import annotations
@@ -18,9 +25,11 @@ import json
 import os
 import pathlib
 import shlex
+import statistics
 import subprocess
 import sys
 import time
+from typing import Callable
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -29,7 +38,10 @@ from common import environment  # noqa: E402
 REPO = pathlib.Path(__file__).resolve().parents[1]
 WORK = "runs/results"
 DATA = "tfrecords/results"
+PRETRAINED = f"{WORK}/vgg16_hed_notop.weights.h5"
+PRETRAINED_COMMAND = ["pretrained", "hed-vgg16", "--output", PRETRAINED]
 START, END = "<!-- results:start -->", "<!-- results:end -->"
+VARIANTS = {"scratch": "from scratch", "pretrained": "pretrained trunk"}
 
 
 def shared() -> str:
@@ -39,223 +51,161 @@ def shared() -> str:
 
 
 @dataclasses.dataclass
+class Variant:
+    """One way of training a row: a recipe and its `--set` overrides (data paths excluded)."""
+
+    recipe: str
+    overrides: list[str]
+
+
+@dataclasses.dataclass
 class Row:
-    """One recipe x data set: how to make its shards, train it, and score it."""
+    """One data set: how to make its shards, the variants to train, and how to score them.
+
+    `converts(folder, seed)` gives the converter argument lists writing `folder/train` and
+    `folder/val`; `fresh_data` rows draw a data set per seed (synthetic ones), the others
+    convert once.
+    """
 
     name: str
-    recipe: str
     data: str
-    converts: list[list[str]]
-    overrides: list[str]
-    evaluate: str
+    converts: Callable[[str, int], list[list[str]]]
+    variants: dict[str, Variant]
     evaluations: dict[str, list[str]]
     metric: str
     paper: str
+    fresh_data: bool = False
+
+    def folder(self, seed: int) -> str:
+        """The shards' folder for `seed`."""
+        return f"{DATA}/{self.name}/seed{seed}" if self.fresh_data else f"{DATA}/{self.name}"
+
+
+def pairs(images: str, masks: str, classes: str, remap: list[str], split: str, out: str):
+    """`keras-dense convert pairs` arguments."""
+    return shlex.split(
+        f"convert pairs --images {images} --masks {masks} --classes {classes} --remap "
+        f"{' '.join(remap)} --split-file {split} --output {out}"
+    )
+
+
+def voc(root: str, split: str, out: str, proposals: bool) -> list[str]:
+    """`keras-dense convert voc` arguments for BCCD detection shards."""
+    extra = " --proposals selective_search" if proposals else ""
+    return shlex.split(
+        f"convert voc --root {root} --task detection --split {split} --classes "
+        f"RBC,WBC,Platelets{extra} --on-error skip --output {out}"
+    )
 
 
 def rows() -> dict[str, Row]:
     """The table's rows (commands as run from the repository root)."""
     s = shared()
     isbi, pets, bccd = f"{s}/isbi2012_membrane", f"{s}/oxford_pets_sample", f"{s}/bccd"
-    tta = ["--tta", "flip", "--scales", "0.75,1,1.25"]
+    weights = f'model.kwargs.backbone_weights="{PRETRAINED}"'
+    scratch = 'model.kwargs.backbone_weights="none"'
+    pets_budget = shlex.split(
+        "data.crop_size=256 training.batch_size=4 training.epochs=3 training.steps_per_epoch=60"
+    )
+    bccd_budget = ["training.steps=300", "data.min_size=320", "data.max_size=480"]
+
+    def shapes(folder: str, seed: int) -> list[list[str]]:
+        return [
+            shlex.split(
+                f"convert shapes --num-images {n} --size 64 --seed {2 * seed + i} "
+                f"--output {folder}/{split}"
+            )
+            for i, (n, split) in enumerate((("1000", "train"), ("100", "val")))
+        ]
+
     return {
         "shapes": Row(
             "shapes",
-            "apps/shapes_demo.toml",
-            "synthetic shapes, 1000 train / 100 val, 64 px",
-            [
-                [
-                    "convert",
-                    "shapes",
-                    "--num-images",
-                    "1000",
-                    "--size",
-                    "64",
-                    "--seed",
-                    "0",
-                    "--output",
-                    f"{DATA}/shapes/train",
-                ],
-                [
-                    "convert",
-                    "shapes",
-                    "--num-images",
-                    "100",
-                    "--size",
-                    "64",
-                    "--seed",
-                    "1",
-                    "--output",
-                    f"{DATA}/shapes/val",
-                ],
-            ],
-            [
-                f'data.train="{DATA}/shapes/train-*.tfrecord"',
-                f'data.validation="{DATA}/shapes/val-*.tfrecord"',
-            ],
-            f"{DATA}/shapes/val-*.tfrecord",
-            {"plain": [], "crf": ["--crf"], "tta": tta},
+            "synthetic shapes, 1000 train / 100 val, 64 px, a fresh set per seed",
+            shapes,
+            {"scratch": Variant("apps/shapes_demo.toml", [])},
+            {"crf": ["--crf"], "tta": ["--tta", "flip", "--scales", "0.75,1,1.25"]},
             "mean_iou",
             "— (synthetic)",
+            fresh_data=True,
         ),
         "isbi": Row(
             "isbi",
-            "apps/unet_isbi.toml",
             "ISBI 2012 membranes, 25 train / 5 val slices, 512 px",
-            [
-                [
-                    "convert",
-                    "pairs",
-                    "--images",
+            lambda folder, seed: [
+                pairs(
                     f"{isbi}/train/image",
-                    "--masks",
                     f"{isbi}/train/label",
-                    "--classes",
                     "cell,membrane",
-                    "--remap",
-                    "255:1",
-                    "--split-file",
-                    "apps/splits/isbi2012_train.txt",
-                    "--output",
-                    f"{DATA}/isbi2012/train",
-                ],
-                [
-                    "convert",
-                    "pairs",
-                    "--images",
-                    f"{isbi}/train/image",
-                    "--masks",
-                    f"{isbi}/train/label",
-                    "--classes",
-                    "cell,membrane",
-                    "--remap",
-                    "255:1",
-                    "--split-file",
-                    "apps/splits/isbi2012_val.txt",
-                    "--output",
-                    f"{DATA}/isbi2012/val",
-                ],
+                    ["255:1"],
+                    f"apps/splits/isbi2012_{split}.txt",
+                    f"{folder}/{split}",
+                )
+                for split in ("train", "val")
             ],
-            [
-                f'data.train="{DATA}/isbi2012/train-*.tfrecord"',
-                f'data.validation="{DATA}/isbi2012/val-*.tfrecord"',
-                "model.kwargs.filters=16",
-                "training.epochs=4",
-                "training.steps_per_epoch=50",
-            ],
-            f"{DATA}/isbi2012/val-*.tfrecord",
-            {"plain": [], "tta": ["--tta", "flip"]},
+            {
+                "scratch": Variant(
+                    "apps/unet_isbi.toml",
+                    ["model.kwargs.filters=16", "training.epochs=4", "training.steps_per_epoch=50"],
+                ),
+                "pretrained": Variant(
+                    "apps/unet_vgg16_isbi.toml",
+                    [weights, "training.epochs=4", "training.steps_per_epoch=50"],
+                ),
+            },
+            {"tta": ["--tta", "flip"]},
             "mean_iou",
             "warping error 0.000353 on the ISBI test set (paper scale; not an IoU)",
         ),
         "pets": Row(
             "pets",
-            "apps/deeplab_pets.toml",
             "Oxford-IIIT Pet sample, 300 trainval / 298 test photos",
-            [
-                [
-                    "convert",
-                    "pairs",
-                    "--images",
+            lambda folder, seed: [
+                pairs(
                     f"{pets}/images",
-                    "--masks",
                     f"{pets}/annotations/trimaps",
-                    "--classes",
                     "background,pet",
-                    "--remap",
-                    "2:0",
-                    "3:255",
-                    "--split-file",
-                    f"{pets}/annotations/trainval.txt",
-                    "--output",
-                    f"{DATA}/pets/trainval",
-                ],
-                [
-                    "convert",
-                    "pairs",
-                    "--images",
-                    f"{pets}/images",
-                    "--masks",
-                    f"{pets}/annotations/trimaps",
-                    "--classes",
-                    "background,pet",
-                    "--remap",
-                    "2:0",
-                    "3:255",
-                    "--split-file",
-                    f"{pets}/annotations/test.txt",
-                    "--output",
-                    f"{DATA}/pets/test",
-                ],
+                    ["2:0", "3:255"],
+                    f"{pets}/annotations/{split}.txt",
+                    f"{folder}/{name}",
+                )
+                for split, name in (("trainval", "train"), ("test", "val"))
             ],
-            [
-                f'data.train="{DATA}/pets/trainval-*.tfrecord"',
-                f'data.validation="{DATA}/pets/test-*.tfrecord"',
-                'model.kwargs.backbone_weights="none"',
-                "data.crop_size=160",
-                "training.batch_size=4",
-                "training.epochs=3",
-                "training.steps_per_epoch=60",
-            ],
-            f"{DATA}/pets/test-*.tfrecord",
-            {"plain": [], "crf": ["--crf"], "tta": ["--tta", "flip"]},
+            {
+                "scratch": Variant("apps/deeplab_v1_pets.toml", [scratch, *pets_budget]),
+                "pretrained": Variant("apps/deeplab_v1_pets.toml", [weights, *pets_budget]),
+            },
+            {"crf": ["--crf"], "tta": ["--tta", "flip"]},
             "mean_iou",
-            "— (no published figure for this sample; ImageNet weights would help most)",
+            "— (no published figure for this sample)",
         ),
-        "bccd": Row(
-            "bccd",
-            "apps/fast_rcnn_bccd.toml",
-            "BCCD blood cells, VOC layout, train / val splits",
-            [
-                [
-                    "convert",
-                    "voc",
-                    "--root",
-                    bccd,
-                    "--task",
-                    "detection",
-                    "--split",
-                    "train",
-                    "--classes",
-                    "RBC,WBC,Platelets",
-                    "--proposals",
-                    "selective_search",
-                    "--on-error",
-                    "skip",
-                    "--output",
-                    f"{DATA}/bccd/train",
-                ],
-                [
-                    "convert",
-                    "voc",
-                    "--root",
-                    bccd,
-                    "--task",
-                    "detection",
-                    "--split",
-                    "val",
-                    "--classes",
-                    "RBC,WBC,Platelets",
-                    "--proposals",
-                    "selective_search",
-                    "--on-error",
-                    "skip",
-                    "--output",
-                    f"{DATA}/bccd/val",
-                ],
+        "bccd_fast": Row(
+            "bccd_fast",
+            "BCCD blood cells, train / val splits, selective-search proposals",
+            lambda folder, seed: [
+                voc(bccd, split, f"{folder}/{split}", True) for split in ("train", "val")
             ],
-            [
-                f'data.train="{DATA}/bccd/train-*.tfrecord"',
-                f'data.validation="{DATA}/bccd/val-*.tfrecord"',
-                'model.kwargs.backbone_weights="none"',
-                "training.steps=150",
-                "data.min_size=240",
-                "data.max_size=400",
-            ],
-            f"{DATA}/bccd/val-*.tfrecord",
-            {"plain": []},
+            {
+                "scratch": Variant("apps/fast_rcnn_bccd.toml", [scratch, *bccd_budget]),
+                "pretrained": Variant("apps/fast_rcnn_bccd.toml", [weights, *bccd_budget]),
+            },
+            {},
             "map",
             "— (Fast R-CNN VGG16 on VOC07: 66.9 mAP, paper scale)",
+        ),
+        "bccd_fpn": Row(
+            "bccd_fpn",
+            "BCCD blood cells, train / val splits",
+            lambda folder, seed: [
+                voc(bccd, split, f"{folder}/{split}", False) for split in ("train", "val")
+            ],
+            {
+                "scratch": Variant("apps/faster_rcnn_fpn_bccd.toml", [scratch, *bccd_budget]),
+                "pretrained": Variant("apps/faster_rcnn_fpn_bccd.toml", [weights, *bccd_budget]),
+            },
+            {},
+            "map",
+            "— (Faster R-CNN FPN ResNet-50 on COCO: 33.9 AP, paper scale)",
         ),
     }
 
@@ -274,86 +224,124 @@ def run_cli(args: list[str]) -> float:
     return time.monotonic() - start
 
 
-def run_row(row: Row) -> dict:
-    """Converts, trains and evaluates one row; returns its commands, times and metrics."""
-    commands, seconds = [], {}
-    start = time.monotonic()
-    for argv in row.converts:
-        run_cli(argv)
-        commands.append(shlex.join(["keras-dense", *argv]))
-    seconds["convert"] = time.monotonic() - start
-    output = f"{WORK}/{row.name}"
-    train = ["train", row.recipe, "--output", output]
-    for override in row.overrides:
+def evaluate(output: str, data: str, label: str, extra: list[str], metric: str):
+    """Evaluates `output/best.keras`; returns (argv, seconds, metric value or error dict)."""
+    argv = ["evaluate", "--model", f"{output}/best.keras", "--data", data]
+    argv += ["--output", f"{output}/eval_{label}", *extra]
+    try:
+        seconds = run_cli(argv)
+    except RuntimeError as err:
+        return argv, None, {"error": str(err).splitlines()[-1]}
+    report = json.loads((REPO / output / f"eval_{label}" / "metrics.json").read_text())
+    return argv, seconds, report[metric]
+
+
+def run_variant(row: Row, key: str, seed: int, extra_evaluations: bool) -> dict:
+    """Trains one variant with one seed and evaluates it; returns commands, times, metrics."""
+    folder, variant = row.folder(seed), row.variants[key]
+    output = f"{WORK}/{row.name}/{key}/seed{seed}"
+    train = ["train", variant.recipe, "--output", output, "--set", f"seed={seed}"]
+    train += ["--set", f'data.train="{folder}/train-*.tfrecord"']
+    train += ["--set", f'data.validation="{folder}/val-*.tfrecord"']
+    for override in variant.overrides:
         train += ["--set", override]
-    seconds["train"] = run_cli(train)
-    commands.append(shlex.join(["keras-dense", *train]))
-    metrics = {}
-    for label, extra in row.evaluations.items():
-        argv = [
-            "evaluate",
-            "--model",
-            f"{output}/best.keras",
-            "--data",
-            row.evaluate,
-            "--output",
-            f"{output}/eval_{label}",
-            *extra,
-        ]
-        try:
-            seconds[f"evaluate_{label}"] = run_cli(argv)
-        except RuntimeError as err:
-            metrics[label] = {"error": str(err).splitlines()[-1]}
-            continue
-        report = json.loads((REPO / output / f"eval_{label}" / "metrics.json").read_text())
-        metrics[label] = report[row.metric]
-        commands.append(shlex.join(["keras-dense", *argv]))
+    seconds = {"train": run_cli(train)}
+    commands, metrics = [shlex.join(["keras-dense", *train])], {}
+    evaluations = {"plain": [], **(row.evaluations if extra_evaluations else {})}
+    for label, extra in evaluations.items():
+        argv, took, value = evaluate(output, f"{folder}/val-*.tfrecord", label, extra, row.metric)
+        metrics[label] = value
+        if took is not None:
+            seconds[f"evaluate_{label}"] = took
+            commands.append(shlex.join(["keras-dense", *argv]))
+    return {"metrics": metrics, "seconds": seconds, "commands": commands}
+
+
+def run_row(row: Row, seeds: list[int]) -> dict:
+    """Converts, trains and evaluates every variant of one row with every seed."""
+    main_variant = "pretrained" if "pretrained" in row.variants else "scratch"
+    commands, convert_seconds, runs = [], 0.0, {key: [] for key in row.variants}
+    if "pretrained" in row.variants:
+        run_cli(PRETRAINED_COMMAND)
+        commands.append(shlex.join(["keras-dense", *PRETRAINED_COMMAND]))
+    for seed in seeds:
+        if row.fresh_data or seed == seeds[0]:
+            start = time.monotonic()
+            for argv in row.converts(row.folder(seed), seed):
+                run_cli(argv)
+                if seed == seeds[0]:
+                    commands.append(shlex.join(["keras-dense", *argv]))
+            convert_seconds += time.monotonic() - start
+        for key in row.variants:
+            result = run_variant(row, key, seed, extra_evaluations=key == main_variant)
+            runs[key].append(result)
+            if seed == seeds[0]:
+                commands += result["commands"]
     return {
         "data": row.data,
-        "recipe": row.recipe,
+        "recipes": {key: variant.recipe for key, variant in row.variants.items()},
         "metric": row.metric,
-        "metrics": metrics,
+        "seeds": seeds,
+        "main_variant": main_variant,
+        "runs": runs,
+        "convert_seconds": round(convert_seconds, 1),
         "paper": row.paper,
-        "seconds": {k: round(v, 1) for k, v in seconds.items()},
         "commands": commands,
     }
 
 
-def table(results: dict, machine: str) -> str:
+def spread(values: list) -> str:
+    """`mean ± half range` of the numbers among `values` ("failed" when none is a number)."""
+    numbers = [v for v in values if isinstance(v, (int, float))]
+    if not numbers:
+        return "failed" if values else "—"
+    half = (max(numbers) - min(numbers)) / 2
+    failed = len(values) - len(numbers)
+    note = f" ({failed} failed)" if failed else ""
+    return f"{statistics.mean(numbers):.3f} ± {half:.3f}{note}"
+
+
+def row_cells(result: dict) -> list[str]:
+    """The table cells of one measured row."""
+    runs, main = result["runs"], result["main_variant"]
+    columns = [
+        spread([r["metrics"].get("plain") for r in runs[k]]) if k in runs else "—" for k in VARIANTS
+    ]
+    for label in ("crf", "tta"):
+        values = [r["metrics"][label] for r in runs[main] if label in r["metrics"]]
+        columns.append(spread(values) if values else "—")
+    train = {k: statistics.median(r["seconds"]["train"] for r in v) for k, v in runs.items()}
+    budget = ", ".join(f"{VARIANTS[k]} {v:.0f} s" for k, v in train.items())
+    recipes = " / ".join(f"`{r}`" for r in dict.fromkeys(result["recipes"].values()))
+    return [recipes, result["data"], result["metric"], *columns, f"train {budget}", result["paper"]]
+
+
+def table(results: dict, machine: str, seeds: list[int]) -> str:
     """The Markdown block for the README."""
     lines = [
         START,
-        f"Measured by `benchmarks/results.py` on {machine}, from scratch (no ImageNet weights, "
-        "no network), with the CPU budget the `--set` overrides give; paper figures are at "
-        "paper scale (ImageNet weights, GPU, full schedules) and are not comparable.",
+        f"Measured by `benchmarks/results.py` on {machine}, mean ± half range over "
+        f"{len(seeds)} seeds (initialisation and data order; the shapes row draws a fresh data "
+        'set per seed). "Pretrained trunk" starts the VGG16 convolutions from '
+        "`keras-dense pretrained hed-vgg16` (ImageNet, then BSDS500 edges; no network) and "
+        'trains with the same steps, batch and crop as "from scratch"; + CRF and + TTA '
+        "evaluate the pretrained variant. Paper figures are at paper scale (ImageNet weights, "
+        "GPU, full schedules) and are not comparable.",
         "",
-        "| recipe | data | metric | plain | + CRF | + TTA | CPU budget (wall) | paper |",
-        "|---|---|---|---|---|---|---|---|",
+        "| recipe | data | metric | from scratch | pretrained trunk | + CRF | + TTA | "
+        "CPU budget (median wall per run) | paper |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-
-    def cell(value):
-        if value is None:
-            return "—"
-        if isinstance(value, dict):
-            return "failed"
-        return f"{value:.3f}"
-
     for name in [n for n in rows() if n in results]:
         result = results[name]
         if "error" in result:
-            lines.append(f"| `{result['recipe']}` | {result['data']} | | failed | | | | |")
+            lines.append(f"| {name} | {result.get('data', '')} | | failed | | | | | |")
             continue
-        m = result["metrics"]
-        budget = " + ".join(f"{k} {v:.0f} s" for k, v in result["seconds"].items())
-        lines.append(
-            f"| `{result['recipe']}` | {result['data']} | {result['metric']} | "
-            f"{cell(m.get('plain'))} | {cell(m.get('crf'))} | {cell(m.get('tta'))} | "
-            f"{budget} | {result['paper']} |"
-        )
-    lines += ["", "<details><summary>Exact commands</summary>", ""]
+        lines.append("| " + " | ".join(row_cells(result)) + " |")
+    summary = "Exact commands (first seed; the others set another seed)"
+    lines += ["", f"<details><summary>{summary}</summary>", ""]
     for name in [n for n in rows() if n in results]:
-        result = results[name]
-        lines += [f"{name}:", "", "```bash", *result.get("commands", []), "```", ""]
+        lines += [f"{name}:", "", "```bash", *results[name].get("commands", []), "```", ""]
     lines += ["</details>", END]
     return "\n".join(lines)
 
@@ -374,31 +362,33 @@ def write_readme(block: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", nargs="+", default=list(rows()), choices=list(rows()))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     parser.add_argument("--write-readme", action="store_true")
     args = parser.parse_args()
     # Rows measured earlier (in runs/results/results.json) stay in the table unless re-run.
     saved = REPO / WORK / "results.json"
     results = json.loads(saved.read_text())["results"] if saved.is_file() else {}
+    results = {k: v for k, v in results.items() if "runs" in v or "error" in v}
     for name in args.rows:
         try:
-            results[name] = run_row(rows()[name])
+            results[name] = run_row(rows()[name], args.seeds)
         except RuntimeError as err:
-            results[name] = {
-                "recipe": rows()[name].recipe,
-                "data": rows()[name].data,
-                "error": str(err)[-2000:],
-            }
+            results[name] = {"data": rows()[name].data, "error": str(err)[-2000:]}
+        write_json(saved, results)
     env = environment()
     machine = f"{env['cpu']}, {env['cpu_count']} cores, TF {env['tensorflow']}"
-    report = {"results": results, "environment": env, "load_average": os.getloadavg()}
-    text = json.dumps(report, indent=2)
-    print(text)
-    saved.parent.mkdir(parents=True, exist_ok=True)
-    tmp = saved.with_name(f"results.json.tmp-{os.getpid()}")
-    tmp.write_text(text + "\n")
-    os.replace(tmp, saved)
+    print(json.dumps({"results": results, "environment": env, "load_average": os.getloadavg()}))
     if args.write_readme:
-        write_readme(table(results, machine))
+        write_readme(table(results, machine, args.seeds))
+
+
+def write_json(path: pathlib.Path, results: dict) -> None:
+    """Saves the results so far (temporary file, then rename): a long run keeps every row."""
+    report = {"results": results, "environment": environment(), "load_average": os.getloadavg()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(report, indent=2) + "\n")
+    os.replace(tmp, path)
 
 
 if __name__ == "__main__":
