@@ -213,6 +213,12 @@ CASES: dict[str, ModelCase | Alias] = {
     "fcn16s": segmentation_case(lambda: apps.fcn16s(K), **FCN_SUBSET),
     "fcn32s": segmentation_case(lambda: apps.fcn32s(K), **FCN_SUBSET),
     "deeplab": segmentation_case(lambda: apps.deeplab(K, backbone="mobilenetv2")),
+    # DeepLab v1 / v2 on VGG16 with an 8-wide head (the trunk's 14.7 M parameters stay): v2
+    # adds only summed branches of v1's layer kinds, so it skips the reload and the fit.
+    "deeplab_v1": segmentation_case(lambda: apps.deeplab_v1(K, fc_filters=8), **FCN_FIT),
+    "deeplab_v2": segmentation_case(
+        lambda: apps.deeplab_v2(K, atrous_rates=(2, 4), fc_filters=8), **FCN_SUBSET
+    ),
     "pspnet": segmentation_case(lambda: apps.pspnet(K, backbone="compact", output_stride=4)),
     "deconvnet": segmentation_case(
         lambda: apps.deconvnet(K, input_shape=(None, None, 3), fc_padding="same", fc_filters=8)

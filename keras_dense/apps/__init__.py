@@ -3,7 +3,8 @@
 Every builder goes through `keras_dense.apps.builder.build_model`. Module names never shadow
 the public functions: `keras_dense.apps.unet` is the builder function, the module that holds
 it is `keras_dense.apps.unet_model` (likewise `deeplab_model`, `deconvnet_model`,
-`fast_rcnn_model`, `rcnn_model`, `faster_rcnn_model`, `mask_rcnn_model`,
+`deeplab_vgg_model` (DeepLab v1 / v2), `fast_rcnn_model`, `rcnn_model`, `faster_rcnn_model`,
+`mask_rcnn_model`,
 `wsl_classifier_model`, `convolutionalization`, `dense_compression`, `crf_attachment`;
 FCN-8s/16s/32s live in `keras_dense.apps.fcn`).
 """
@@ -12,6 +13,7 @@ from keras_dense.apps.convolutionalization import convolutionalize
 from keras_dense.apps.crf_attachment import with_crf
 from keras_dense.apps.deconvnet_model import deconvnet
 from keras_dense.apps.deeplab_model import deeplab
+from keras_dense.apps.deeplab_vgg_model import deeplab_v1, deeplab_v2
 from keras_dense.apps.dense_compression import compress_dense
 from keras_dense.apps.fast_rcnn_model import FastRCNN, fast_rcnn
 from keras_dense.apps.faster_rcnn_model import FasterRCNN, faster_rcnn
@@ -30,6 +32,8 @@ __all__ = [
     "convolutionalize",
     "deconvnet",
     "deeplab",
+    "deeplab_v1",
+    "deeplab_v2",
     "fast_rcnn",
     "faster_rcnn",
     "fcn8s",

@@ -16,6 +16,7 @@ conv5 dilated by 2 (DeepLab-LargeFOV), 4 with pool3 removed too (conv4 dilated b
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Callable
 
 import keras
@@ -60,6 +61,7 @@ def vgg16_trunk(
     pool: Callable | None = default_pool,
     first_padding: str = "same",
     skip_pools: tuple[int, ...] = (),
+    dilations: Mapping[int, int] | None = None,
 ) -> dict:
     """Applies the 13 VGG16 convolutions and 5 poolings to `x`.
 
@@ -75,6 +77,9 @@ def vgg16_trunk(
             convolution is dilated by 2 per removed pooling (so it sees what it saw with the
             pooling; the weights stay valid) and `pool{b}` is the unpooled input. `(4,)` puts
             `conv5_3` at stride 8, `(3, 4)` at stride 4.
+        dilations: `{block: rate}`, a further dilation of the block's convolutions
+            (multiplied with the one `skip_pools` gives), for a `pool` that keeps some
+            poolings at stride 1: DeepLab-LargeFOV's `{5: 2}` after a stride-1 `pool4`.
 
     Returns:
         A dict with the output of every conv (`conv{b}_{i}`) and pool (`pool{b}`) layer.
@@ -84,6 +89,9 @@ def vgg16_trunk(
     """
     if any(b not in range(1, len(VGG16_BLOCKS) + 1) for b in skip_pools):
         raise ValueError(f"skip_pools={tuple(skip_pools)!r}: expected block numbers in 1-5")
+    dilations = dict(dilations or {})
+    if any(b not in range(1, len(VGG16_BLOCKS) + 1) for b in dilations):
+        raise ValueError(f"dilations={dilations!r}: expected block numbers in 1-5")
     outputs = {}
     rate = 1
     for b, block in enumerate(VGG16_BLOCKS, start=1):
@@ -94,7 +102,7 @@ def vgg16_trunk(
                 filters,
                 3,
                 padding=padding,
-                dilation_rate=rate,
+                dilation_rate=rate * dilations.get(b, 1),
                 activation=None if batch_norm else "relu",
                 name=name,
             )(x)
