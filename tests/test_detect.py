@@ -19,9 +19,9 @@ class FixedHeads:
         return self.outputs
 
 
-def reference_decode(deltas, box):
+def reference_decode(deltas, box, stds=(0.1, 0.1, 0.2, 0.2)):
     """Fast R-CNN's bbox_transform_inv (inclusive widths), stds (0.1, 0.1, 0.2, 0.2)."""
-    dx, dy, dw, dh = deltas * np.array([0.1, 0.1, 0.2, 0.2])
+    dx, dy, dw, dh = deltas * np.array(stds)
     h, w = box[2] - box[0] + 1, box[3] - box[1] + 1
     cy, cx = box[0] + 0.5 * h, box[1] + 0.5 * w
     cy, cx, h, w = cy + dy * h, cx + dx * w, h * np.exp(dh), w * np.exp(dw)
@@ -115,3 +115,21 @@ def test_unpad_detections_slices_and_rescales():
     np.testing.assert_array_equal(images[0]["boxes"], padded["boxes"][0, :2] / 2.0)
     np.testing.assert_array_equal(images[1]["boxes"], padded["boxes"][1, :1] / 0.5)
     np.testing.assert_array_equal(images[0]["labels"], [2, 1])
+
+
+def test_detect_decodes_with_the_models_own_box_stds():
+    # A model trained with other target variances (`box_stds` of FastRCNN / FasterRCNN) must
+    # be decoded with them, unless detect is given its own.
+    stds = (0.2, 0.3, 0.4, 0.5)
+    proposals = np.array([[[10.0, 20.0, 49.0, 69.0]]], np.float32)
+    logits = np.array([[[0.0, 5.0]]], np.float32)
+    deltas = np.array([[[0.0, 0.0, 0.0, 0.0, 0.5, -0.5, 0.4, -0.3]]], np.float32)
+    model = FixedHeads(logits, deltas)
+    model.box_stds = stds
+    images = np.zeros((1, 100, 100, 3), np.float32)
+    for given, used in ((None, stds), ((1, 1, 1, 1), (1, 1, 1, 1))):
+        out = detect(model, images, proposals, score_threshold=0.1, box_stds=given)
+        expected = reference_decode(deltas[0, 0, 4:], proposals[0, 0], used)
+        assert int(out["num_detections"][0]) == 1
+        # detect clips to the 100 x 100 image.
+        np.testing.assert_allclose(out["boxes"][0, 0], np.clip(expected, 0, 99), atol=1e-3)

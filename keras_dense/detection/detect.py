@@ -89,7 +89,7 @@ def detect(
     max_detections: int = 100,
     image_shape=None,
     num_proposals=None,
-    box_stds: Sequence[float] = BOX_STDS,
+    box_stds: Sequence[float] | None = None,
     scale=None,
 ) -> dict[str, tf.Tensor]:
     """Runs a Fast or Faster R-CNN model and returns padded detections.
@@ -114,7 +114,8 @@ def detect(
         image_shape: Optional (B, 2) valid (height, width) of each (padded) image; the full
             image size by default.
         num_proposals: Optional (B,) number of valid proposals (Fast R-CNN).
-        box_stds: Standard deviations of the box targets.
+        box_stds: Standard deviations of the box targets; None takes the model's own
+            `box_stds` (the variances its head was trained with), else (0.1, 0.1, 0.2, 0.2).
         scale: Optional (B,) resize factors of the images (Faster R-CNN: they scale the
             proposals' minimum size); 1 by default.
 
@@ -126,6 +127,8 @@ def detect(
         ValueError: `proposals` missing for a Fast R-CNN model, or given to a Faster R-CNN
             model.
     """
+    if box_stds is None:
+        box_stds = getattr(model, "box_stds", BOX_STDS)
     images = tf.convert_to_tensor(images, tf.float32)
     if image_shape is None:
         size = tf.shape(images)[1:3]
