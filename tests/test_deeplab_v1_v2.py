@@ -104,6 +104,9 @@ def test_largefov_strides_dilations_and_field_of_view():
     assert tuple(fc6["dilation_rate"]) == (12, 12)
     assert fc7["filters"] == 1024 and tuple(fc7["kernel_size"]) == (1, 1)
     assert fc8["filters"] == 21 and tuple(fc8["kernel_size"]) == (1, 1)
+    # The released model's fc8 filler: Gaussian, std 0.01 (its kernels start small).
+    kernel = model.get_layer("fc8").get_weights()[0]
+    assert abs(float(np.std(kernel)) - 0.01) < 0.001
     assert model.get_layer("drop6").rate == 0.5 and model.get_layer("drop7").rate == 0.5
     # The paper's "receptive field 224": fc6's window spans (3 - 1) * 12 cells of the
     # stride-8 grid plus one 32-px cell of VGG16's fc6 grid, as its 7x7 fc6 did (6 * 32 + 32).

@@ -12,17 +12,18 @@ Architecture (layer names follow the papers' Caffe models):
   `pool3` at stride 2, `pool4` and `pool5` at stride 1, all "same"-padded (they round odd
   sizes up, as Caffe's do); `conv5_1` ... `conv5_3` are dilated by 2 (they see what they saw
   behind a stride-2 `pool4`). The output stride is 8.
-- v1 (LargeFOV): `pool5a`, the released model's 3x3 stride-1 average pooling, then `fc6` (3x3
+- v1 (LargeFOV): `pool5a`, the released model's 3x3 stride-1 average pooling (its border cells
+  average the cells inside the map, where Caffe also counts the zero padding), then `fc6` (3x3
   convolution, 1024 filters, dilation 12, ReLU) + `drop6`, `fc7` (1x1, 1024, ReLU) + `drop7`
-  and `fc8` (1x1 to the classes). 20.5 M parameters at 21 classes, as the paper's Table 2 says
-  (VGG16's 4096-wide 7x7 `fc6` would be 134 M).
+  and `fc8` (1x1 to the classes; Gaussian kernels, std 0.01, as released). 20.5 M parameters
+  at 21 classes, as the paper's Table 2 says (VGG16's 4096-wide 7x7 `fc6` would be 134 M).
 - v2 (ASPP-L): four such `fc6_i` - `fc7_i` - `fc8_i` branches on `pool5`, `fc6_i` dilated by
   6, 12, 18 and 24; `fc8` adds their class scores.
 - `upsample_logits`: bilinear resizing of the stride-8 scores to the input size
   (`keras_dense.layers.ResizeToMatch`; any input size, odd sizes included).
 
-`fc6` ... `fc8` start fresh: the papers subsample VGG16's fully connected layers into `fc6`,
-which a 7x7x512x4096 Dense kernel does not give a 3x3x512x1024 one without that step, so
+`fc6` ... `fc8` start fresh: the papers initialise `fc6` / `fc7` by subsampling VGG16's fully
+connected layers (4096 to 1024 filters, 7x7 to 3x3 kernels), which is not done here;
 `backbone_weights` loads the 13 convolutions only (VGG16's no-top file suffices).
 The dense CRF of the papers is a post-processing step (`keras-dense evaluate --crf`,
 `keras_dense.crf.dense_crf`); `crf=True` appends the trainable CRF-as-RNN layer instead.
@@ -46,6 +47,8 @@ FC6_KERNEL = 3
 DROPOUT = 0.5
 LARGEFOV_RATE = 12
 ASPP_L_RATES = (6, 12, 18, 24)
+# The released models' `fc8` filler: Gaussian kernels with this standard deviation, zero bias.
+FC8_STDDEV = 0.01
 
 # Poolings that keep stride 1 (output stride 8) and the dilation of the blocks behind them.
 _STRIDE_ONE_POOLS = ("pool4", "pool5")
@@ -83,7 +86,13 @@ def fc_head(x, num_classes: int, rate: int, fc_filters: int, dropout: float, suf
     x = keras.layers.Dropout(dropout, name=f"drop6{suffix}")(x)
     x = keras.layers.Conv2D(fc_filters, 1, activation="relu", name=f"fc7{suffix}")(x)
     x = keras.layers.Dropout(dropout, name=f"drop7{suffix}")(x)
-    return keras.layers.Conv2D(num_classes, 1, name=f"fc8{suffix}")(x)
+    return keras.layers.Conv2D(
+        num_classes,
+        1,
+        kernel_initializer=keras.initializers.RandomNormal(stddev=FC8_STDDEV),
+        bias_initializer="zeros",
+        name=f"fc8{suffix}",
+    )(x)
 
 
 def deeplab_vgg_graph(
