@@ -187,13 +187,10 @@ def test_detect_on_the_model(small_model):
     assert boxes[..., 2].max() <= HEIGHT - 1 and boxes[..., 3].max() <= WIDTH - 1
 
 
-def test_full_size_model_layers_parameters_and_backbone_weights(monkeypatch):
-    from keras_dense.apps import rcnn_model
-
+def test_full_size_model_layers_parameters_and_backbone_weights():
     source = keras.applications.VGG16(weights=None, include_top=True)
     # The builder's loader, fed the in-memory VGG16 instead of the ImageNet download.
-    monkeypatch.setattr(rcnn_model, "resolve_source_model", lambda weights, factory: source)
-    model = rcnn(num_classes=3, backbone_weights="imagenet")
+    model = rcnn(num_classes=3, backbone_weights=source)
     # R-CNN and Fast R-CNN VGG16 have the same weights: 224-px crops give pool5 7 x 7 x 512.
     assert model.count_params() == expected_parameters(3)
     assert isinstance(model, FastRCNN) and model.num_classes == 3

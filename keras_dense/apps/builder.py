@@ -10,7 +10,9 @@ out) to `build_model`, which does what every builder does the same way:
 4. builds the model (`keras.Model` or a functional subclass such as `FastRCNN`), freezes
    `frozen_layers`;
 5. loads `backbone_weights` with the builder's `load_backbone` (by default the registered
-   backbone's `load_weights`, `keras_dense.backbones`);
+   backbone's `load_weights`, `keras_dense.backbones`), records on the model which layers
+   came from where (`pretrained_weights.weights_record`, for the model card) and names in one
+   logged line the backbone layers that start fresh (a source without VGG16's top);
 6. appends the CRF-as-RNN layer when `crf=True` (`with_crf`);
 7. loads `weights`, a full-model weight file, last (so that it also covers the CRF).
 
@@ -23,6 +25,7 @@ import line in `keras_dense/apps/__init__.py` (and its name in `__all__`).
 
 from __future__ import annotations
 
+import logging
 import numbers
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -32,6 +35,13 @@ import keras
 
 from keras_dense.apps.crf_attachment import with_crf
 from keras_dense.backbones.backbone import Backbone
+from keras_dense.backbones.pretrained_weights import (
+    LoadReport,
+    attach_record,
+    check_weights_argument,
+    plain_argument,
+    weights_record,
+)
 
 # Descriptions of the shared builder arguments, indented for an `Args:` section.
 ARG_DOCS: dict[str, str] = {
@@ -161,10 +171,11 @@ def check_weights(weights) -> None:
 
 
 def check_backbone_weights(backbone_weights, input_shape: tuple, source: str) -> None:
-    """Raises unless `backbone_weights` is None, "imagenet" or an existing file.
+    """Raises unless `backbone_weights` is None, "imagenet", an existing file or a model.
 
     Args:
-        backbone_weights: The builder's `backbone_weights` argument.
+        backbone_weights: The builder's `backbone_weights` argument (see
+            `keras_dense.backbones.pretrained_weights`).
         input_shape: The checked input shape (ImageNet weights need 3 channels).
         source: The keras.applications network the weights belong to, for messages.
 
@@ -174,18 +185,31 @@ def check_backbone_weights(backbone_weights, input_shape: tuple, source: str) ->
     """
     if backbone_weights is None:
         return
-    if backbone_weights != "imagenet" and (
-        not isinstance(backbone_weights, (str, os.PathLike)) or not os.path.exists(backbone_weights)
-    ):
-        raise FileNotFoundError(
-            f"backbone_weights={backbone_weights!r}: expected None, 'imagenet' or the path of "
-            f"an existing {source} weight file"
-        )
+    check_weights_argument(backbone_weights, source)
     if input_shape[-1] != 3:
         raise ValueError(
             f"backbone_weights={backbone_weights!r} needs 3 input channels, got "
             f"input_shape={input_shape!r}"
         )
+
+
+def load_backbone_weights(
+    model: keras.Model, backbone_weights, load_backbone: Callable[[keras.Model, object], object]
+) -> None:
+    """Loads `backbone_weights` with `load_backbone`, records where each layer came from and
+    says in one line (a logged warning) which backbone layers start fresh.
+
+    The record (`keras_dense.backbones.pretrained_weights.weights_record`) goes into the
+    training model card as `backbone_weights`.
+    """
+    report = load_backbone(model, plain_argument(backbone_weights))
+    if not isinstance(report, LoadReport):  # a loader of an older contract: names only
+        return
+    attach_record(model, report)
+    message = report.fresh_message()
+    if message:
+        # Library code logs (the CLI shows warnings on stderr); it does not print.
+        logging.getLogger(__name__).warning("%s", message)
 
 
 def load_model_weights(model: keras.Model, weights: str | None) -> None:
@@ -257,9 +281,12 @@ def build_model(
         activation: `None` or a Keras activation appended to the single output.
         activation_prefix: The activation layer is named `{activation_prefix}_{activation}`.
         weights: `None` or a full-model weight file, loaded at the end.
-        backbone_weights: `None`, `"imagenet"` or a weight file of `backbone_source`.
-        load_backbone: `load_backbone(model, backbone_weights)` copies `backbone_weights`
-            into the model; required for a builder that accepts `backbone_weights`.
+        backbone_weights: `None`, `"imagenet"`, a weight file of `backbone_source` (with or
+            without its top) or a `keras.Model` with its layer names.
+        load_backbone: `load_backbone(model, backbone_weights) -> LoadReport` copies
+            `backbone_weights` into the model; required for a builder that accepts
+            `backbone_weights`. The report is attached to the model (for the model card) and
+            the backbone layers that start fresh are named in one logged line.
         backbone_source: The pretrained network, for messages.
         backbone_family: The registered backbone the model is built on, if any: it checks
             `backbone_weights` (`Backbone.check`), names the pretrained network and, unless
@@ -305,8 +332,11 @@ def build_model(
     for layer_name in frozen_layers:
         model.get_layer(layer_name).trainable = False
     if backbone_weights is not None:
-        load_backbone(model, os.fspath(backbone_weights))
+        load_backbone_weights(model, backbone_weights, load_backbone)
     if crf:
+        record = weights_record(model)
         model = with_crf(model, normalization=crf_normalization)
+        if record is not None:
+            attach_record(model, LoadReport(record["source"], record["loaded"], record["fresh"]))
     load_model_weights(model, None if weights is None else os.fspath(weights))
     return model

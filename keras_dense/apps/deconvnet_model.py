@@ -35,6 +35,7 @@ from __future__ import annotations
 import keras
 
 from keras_dense.apps.builder import build_model, makes
+from keras_dense.backbones.pretrained_weights import LoadReport
 from keras_dense.backbones.registry import get_backbone
 from keras_dense.backbones.vgg16 import load_vgg16_weights, vgg16_trunk
 from keras_dense.layers.pooling_switches import (
@@ -73,21 +74,23 @@ def _conv_bn_relu(x, layer: keras.layers.Layer):
     return keras.layers.ReLU(name=f"{name}_relu")(x)
 
 
-def load_vgg16_deconvnet_backbone(model: keras.Model, backbone_weights: str) -> list[str]:
+def load_vgg16_deconvnet_backbone(model: keras.Model, backbone_weights) -> LoadReport:
     """Copies keras.applications VGG16 weights into DeconvNet's convolution network.
 
     The VGG16 family's loader (`load_vgg16_weights`), with `fc6` / `fc7` only when they have
     VGG16's size. The 13 convolutions are copied by name; BatchNormalization layers stay freshly
     initialised. When `fc6` / `fc7` have the paper's 4096 filters and the source has its
     fully connected top, VGG16's `fc1` / `fc2` are reshaped into them too (the paper
-    initialises the whole convolution network from VGG16).
+    initialises the whole convolution network from VGG16); a source without the top leaves
+    them fresh.
 
     Args:
         model: A DeconvNet built by `deconvnet`.
-        backbone_weights: `"imagenet"` or the path of a `keras.applications.VGG16` weight file.
+        backbone_weights: `"imagenet"`, the path of a `keras.applications.VGG16` weight file
+            or a `keras.Model` with VGG16's layer names.
 
     Returns:
-        The names of the layers that received weights.
+        Which layers received weights and which start fresh.
     """
     fc = model.get_layer("fc6").filters == PAPER_FC_FILTERS
     return load_vgg16_weights(model, backbone_weights, fc=fc)
@@ -131,9 +134,10 @@ def deconvnet(
             docstring); odd sizes are fine.
         weights: `None` or the path of a full-model weight file (`.weights.h5` or `.keras`).
         backbone_weights: `None`, `"imagenet"` (downloads keras.applications' VGG16) or the
-            path of a `keras.applications.VGG16` weight file. Loads the 13 convolutions by
-            name (BN stays fresh) and, with `fc_filters=4096`, `fc6` / `fc7` from VGG16's
-            `fc1` / `fc2`.
+            path of a `keras.applications.VGG16` weight file (with or without its top), or a
+            `keras.Model` with its layer names. Loads the 13 convolutions by name (BN stays
+            fresh) and, with `fc_filters=4096`, `fc6` / `fc7` from VGG16's `fc1` / `fc2`
+            (fresh, and said so, with a source without the top).
         activation: `None` for logits, or a Keras activation applied over the classes
             (`"softmax"`).
         name: Model name.

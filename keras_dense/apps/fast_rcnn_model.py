@@ -100,9 +100,10 @@ def fast_rcnn(
         backbone: Only `"vgg16"` (the registry's VGG16 family, as the paper).
         pool_size: RoI pooling grid (7; fc6 then has 7 * 7 * 512 inputs).
         input_shape: Image shape (H, W, 3); H and W may be None.
-        backbone_weights: None, `"imagenet"` or a VGG16 weight file: conv1_1..conv5_3 from
-            VGG16 by name, fc6/fc7 from VGG16's fc1/fc2 (same 25088 -> 4096 -> 4096 shapes,
-            requires `pool_size=7`).
+        backbone_weights: None, `"imagenet"`, a VGG16 weight file or a `keras.Model` with
+            VGG16's layer names: conv1_1..conv5_3 from VGG16 by name, fc6/fc7 from VGG16's
+            fc1/fc2 (same 25088 -> 4096 -> 4096 shapes, requires `pool_size=7`); a source
+            without VGG16's top leaves fc6/fc7 fresh, and the builder says so.
         weights: None or a weight file of this model (`.weights.h5` or `.keras`).
         roi_mode: `"max"` (Fast R-CNN RoI pooling) or `"align"` (RoIAlign).
         dropout: Dropout rate after fc6 and fc7 (0.5).
@@ -139,7 +140,7 @@ def fast_rcnn(
         weights=weights,
         backbone_weights=backbone_weights,
         load_backbone=family.load_weights,
-        backbone_source=f"{family.weights_source} (include_top=True)",
+        backbone_source=family.weights_source,
         frozen_layers=FROZEN_LAYERS,
         **kwargs,
     )

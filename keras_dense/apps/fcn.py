@@ -43,7 +43,7 @@ import keras
 
 from keras_dense.apps.builder import build_model, document, makes
 from keras_dense.backbones.registry import get_backbone
-from keras_dense.backbones.vgg16 import vgg16_trunk
+from keras_dense.backbones.vgg16 import load_vgg16_weights, vgg16_trunk
 from keras_dense.layers.resizing import CropToMatch
 from keras_dense.layers.upsampling import bilinear_crop_offset, bilinear_upsampling
 
@@ -58,7 +58,7 @@ FCN_SKIPS: dict[str, tuple[str, ...]] = {
 _FINAL_UPSCORE = {"fcn32s": "upscore", "fcn16s": "upscore16", "fcn8s": "upscore8"}
 
 
-def fcn_graph(inputs, num_classes: int, variant: str, dropout: float = 0.5):
+def fcn_graph(inputs, num_classes: int, variant: str, dropout: float = 0.5, fc_filters: int = 4096):
     """The FCN network from the image input to the `score` logits (no activation).
 
     Args:
@@ -66,17 +66,18 @@ def fcn_graph(inputs, num_classes: int, variant: str, dropout: float = 0.5):
         num_classes: Number of classes.
         variant: `"fcn32s"`, `"fcn16s"` or `"fcn8s"`.
         dropout: Rate of `drop6` / `drop7`.
+        fc_filters: Filters of `fc6` / `fc7` (VGG16's 4096, which their weights need).
 
     Returns:
         The `score` tensor `(B, H, W, num_classes)`.
     """
     features = vgg16_trunk(inputs)
 
-    x = keras.layers.Conv2D(4096, 7, padding="same", activation="relu", name="fc6")(
+    x = keras.layers.Conv2D(fc_filters, 7, padding="same", activation="relu", name="fc6")(
         features["pool5"]
     )
     x = keras.layers.Dropout(dropout, name="drop6")(x)
-    x = keras.layers.Conv2D(4096, 1, activation="relu", name="fc7")(x)
+    x = keras.layers.Conv2D(fc_filters, 1, activation="relu", name="fc7")(x)
     x = keras.layers.Dropout(dropout, name="drop7")(x)
     score = keras.layers.Conv2D(num_classes, 1, name="score_fr")(x)
 
@@ -106,6 +107,8 @@ def fcn_graph(inputs, num_classes: int, variant: str, dropout: float = 0.5):
 
 # The backbones FCN takes: VGG16, by the paper (its named taps pool3 / pool4 and fc6 / fc7).
 FCN_BACKBONES = ("vgg16",)
+# The width of VGG16's fully connected layers, which FCN's fc6 / fc7 take over.
+VGG16_FC_FILTERS = 4096
 
 
 def _fcn(
@@ -119,10 +122,15 @@ def _fcn(
     activation,
     name,
     crf,
+    fc_filters,
 ):
     family = get_backbone(backbone, allowed=FCN_BACKBONES)
+    if isinstance(fc_filters, bool) or not isinstance(fc_filters, int) or fc_filters < 1:
+        raise ValueError(f"fc_filters must be a positive integer, got {fc_filters!r}")
+    vgg16_fc = fc_filters == VGG16_FC_FILTERS
     return build_model(
-        lambda inputs, classes: fcn_graph(inputs, classes, variant),
+        lambda inputs, classes: fcn_graph(inputs, classes, variant, fc_filters=fc_filters),
+        load_backbone=lambda model, source: load_vgg16_weights(model, source, fc=vgg16_fc),
         num_classes=num_classes,
         input_shape=input_shape,
         name=name,
@@ -143,14 +151,19 @@ FCN_DOC = """Builds {title}: {summary}
             works (see the module docstring of `keras_dense.apps.fcn` for the alignment).
         {weights_doc}
         backbone_weights: `None`, `"imagenet"` (downloads keras.applications' VGG16) or the
-            path of a `keras.applications.VGG16` (with top) weight file. Loads the
-            convolutions and `fc6` / `fc7` (from VGG16's `fc1` / `fc2`; the VGG16 family's
-            `load_weights`, `keras_dense.backbones.vgg16.load_vgg16_weights`).
+            path of a `keras.applications.VGG16` weight file (with or without its top), or a
+            `keras.Model` with its layer names. Loads the convolutions and `fc6` / `fc7` (from
+            VGG16's `fc1` / `fc2`; the VGG16 family's `load_weights`,
+            `keras_dense.backbones.vgg16.load_vgg16_weights`); without the top `fc6` / `fc7`
+            start fresh, and the builder says so in one logged line.
         {activation_doc}
         {name_doc}
         {crf_doc}
         backbone: `"vgg16"`, the only backbone FCN takes (by the paper; from the registry,
             `keras_dense.backbones`).
+        fc_filters: Filters of `fc6` / `fc7`: VGG16's 4096 (the paper), which
+            `backbone_weights` fill from VGG16's `fc1` / `fc2`; any other width (1024, as
+            DeepLab's) starts them fresh and loads the convolutions only.
 
     Returns:
         A functional `keras.Model` mapping `(B, H, W, C)` to `(B, H, W, num_classes)`.
@@ -177,6 +190,7 @@ def fcn32s(
     name: str = "fcn32s",
     crf: bool = False,
     backbone: str = "vgg16",
+    fc_filters: int = VGG16_FC_FILTERS,
 ) -> keras.Model:
     return _fcn("fcn32s", **locals())  # the arguments above, by name
 
@@ -197,6 +211,7 @@ def fcn16s(
     name: str = "fcn16s",
     crf: bool = False,
     backbone: str = "vgg16",
+    fc_filters: int = VGG16_FC_FILTERS,
 ) -> keras.Model:
     return _fcn("fcn16s", **locals())  # the arguments above, by name
 
@@ -217,5 +232,6 @@ def fcn8s(
     name: str = "fcn8s",
     crf: bool = False,
     backbone: str = "vgg16",
+    fc_filters: int = VGG16_FC_FILTERS,
 ) -> keras.Model:
     return _fcn("fcn8s", **locals())  # the arguments above, by name

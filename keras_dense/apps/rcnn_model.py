@@ -39,7 +39,11 @@ import keras
 from keras_dense.apps.builder import makes
 from keras_dense.apps.fast_rcnn_model import FC_UNITS, FastRCNN, fast_rcnn_classifier
 from keras_dense.apps.two_stage_detector import build_detector
-from keras_dense.backbones.pretrained_weights import resolve_source_model, transfer_weights
+from keras_dense.backbones.pretrained_weights import (
+    LoadReport,
+    open_weight_source,
+    transfer_weights,
+)
 from keras_dense.backbones.registry import get_backbone
 from keras_dense.backbones.vgg16 import (
     VGG16_FC_NAMES,
@@ -54,7 +58,7 @@ from keras_dense.layers.context_warp import ContextWarp
 CONV_NETWORK = "rcnn_conv"
 
 
-def load_rcnn_vgg16_weights(model: keras.Model, backbone_weights: str) -> list[str]:
+def load_rcnn_vgg16_weights(model: keras.Model, backbone_weights) -> LoadReport:
     """Copies keras.applications VGG16 weights into an R-CNN model.
 
     Not the VGG16 family's `load_weights`: the convolutions sit in a nested network and fc6 /
@@ -62,25 +66,27 @@ def load_rcnn_vgg16_weights(model: keras.Model, backbone_weights: str) -> list[s
 
     conv1_1 ... conv5_3 go into the nested per-region network (`rcnn_conv`), VGG16's
     `fc1` / `fc2` into `fc6` / `fc7` (as Dense layers: the crops are 224 x 224, so pool5 is
-    7 x 7 x 512 as in VGG16).
+    7 x 7 x 512 as in VGG16); a source without VGG16's top leaves `fc6` / `fc7` fresh.
 
     Args:
         model: An R-CNN model from `rcnn`.
-        backbone_weights: `"imagenet"` or a `keras.applications.VGG16` (`include_top=True`)
-            weight file.
+        backbone_weights: `"imagenet"`, a `keras.applications.VGG16` weight file (with or
+            without its top) or a `keras.Model` with VGG16's layer names.
 
     Returns:
-        The names of the layers that received weights.
+        Which layers were loaded and which start fresh.
 
     Raises:
         ValueError: A layer's weight shapes do not match VGG16's (e.g. `crop_size` not 224).
     """
-    source = resolve_source_model(backbone_weights, keras.applications.VGG16)
+    network = "keras.applications.VGG16"
+    source = open_weight_source(backbone_weights, keras.applications.VGG16, include_top=True)
     conv = model.get_layer("rcnn_features").layer
-    loaded = transfer_weights(conv, source, VGG16_IMAGENET_NAMES)
-    loaded += transfer_weights(model, source, VGG16_FC_NAMES)
-    del source
-    return loaded
+    report = transfer_weights(conv, source, VGG16_IMAGENET_NAMES, network=network)
+    fc = transfer_weights(
+        model, source, VGG16_FC_NAMES, optional=tuple(VGG16_FC_NAMES), network=network
+    )
+    return report + fc
 
 
 @makes("detection")

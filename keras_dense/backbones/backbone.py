@@ -18,19 +18,26 @@ The contract:
   outputs keyed `"stride_4"`, `"stride_8"`, ... (string keys: a `.keras` file turns int keys
   into strings).
 - `Backbone.load_weights(model, backbone_weights)` copies `"imagenet"` (or a weight file of
-  the keras.applications network) into the backbone layers of `model`, by layer name.
+  the keras.applications network, or a model with its layer names) into the backbone layers
+  of `model`, by layer name, and reports which (`pretrained_weights.LoadReport`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Callable, Mapping
 
 import keras
 
+from keras_dense.backbones.pretrained_weights import (
+    LoadReport,
+    attach_record,
+    check_weights_argument,
+    plain_argument,
+)
+
 FeatureFunction = Callable[..., dict[int, "keras.KerasTensor"]]
-WeightLoader = Callable[[keras.Model, str], list[str]]
+WeightLoader = Callable[[keras.Model, object], LoadReport]
 
 
 def stride_key(stride: int) -> str:
@@ -65,7 +72,8 @@ class Backbone:
             raw 0-255 RGB, for networks that normalise inside).
         weights_source: The pretrained network (`"keras.applications.ResNet50"`), or `None`
             for a family that is never pretrained.
-        load_weights: `load_weights(model, backbone_weights) -> loaded layer names`; `None`
+        load_weights: `load_weights(model, backbone_weights) -> LoadReport` (which layers
+            were loaded, `keras_dense.backbones.pretrained_weights`); `None`
             exactly when `weights_source` is `None`.
         options: Names of the family's own keyword options (`("multi_grid",)`).
         input_channels: Channels the family requires (3 for pretrained families), or `None`.
@@ -100,7 +108,8 @@ class Backbone:
 
         Args:
             output_stride: `None` (the default stride) or one of `output_strides`.
-            backbone_weights: `None`, `"imagenet"` or a weight file path.
+            backbone_weights: `None`, `"imagenet"`, a weight file path (with or without the
+                network's top) or a `keras.Model` with the keras.applications layer names.
             **options: The family's own options; an option given as `None` means its
                 default and is accepted by every family.
 
@@ -132,14 +141,7 @@ class Backbone:
                     "pretrained weights, it is never pretrained (train it from scratch with "
                     "backbone_weights=None)"
                 )
-            if backbone_weights != "imagenet" and not (
-                isinstance(backbone_weights, (str, os.PathLike))
-                and os.path.exists(backbone_weights)
-            ):
-                raise FileNotFoundError(
-                    f"backbone_weights={backbone_weights!r}: expected None, 'imagenet' or "
-                    f"the path of an existing {self.weights_source} weight file"
-                )
+            check_weights_argument(backbone_weights, self.weights_source)
         return stride
 
     def apply(self, x, output_stride: int | None = None, **options) -> dict[int, object]:
@@ -166,7 +168,8 @@ class Backbone:
         Args:
             input_shape: `(height, width, channels)`; sizes may be `None`.
             output_stride: See `check`.
-            weights: `None`, `"imagenet"` or a weight file of `weights_source`.
+            weights: `None`, `"imagenet"`, a weight file of `weights_source` or a model
+                (see `check`).
             name: Model name (default `{name}_os{output_stride}`).
             **options: The family's own options.
 
@@ -187,5 +190,5 @@ class Backbone:
             name=name or f"{self.name}_os{stride}",
         )
         if weights is not None:
-            self.load_weights(model, os.fspath(weights))
+            attach_record(model, self.load_weights(model, plain_argument(weights)))
         return model

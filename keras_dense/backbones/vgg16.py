@@ -24,8 +24,8 @@ import numpy as np
 
 from keras_dense.backbones.backbone import Backbone
 from keras_dense.backbones.pretrained_weights import (
-    notop_factory,
-    resolve_source_model,
+    LoadReport,
+    open_weight_source,
     transfer_weights,
 )
 from keras_dense.backbones.registry import register_backbone
@@ -138,46 +138,45 @@ def dense_to_conv(kernel_shape: tuple[int, ...]):
     return transform
 
 
-def load_vgg16_weights(model: keras.Model, backbone_weights: str, fc: bool = True) -> list[str]:
+def load_vgg16_weights(model: keras.Model, backbone_weights, fc: bool = True) -> LoadReport:
     """Copies keras.applications VGG16 weights into a model built on `vgg16_trunk`.
 
     The 13 convolutions are copied by name (`VGG16_IMAGENET_NAMES`). With `fc=True`, VGG16's
-    `fc1` / `fc2` go into the model's `fc6` / `fc7` (`VGG16_FC_NAMES`) when both exist: as
-    they are into Dense layers (Fast R-CNN), reshaped into the kernel of a convolution (FCN,
-    DeconvNet: `fc6` is a 7x7x512 convolution, `fc7` a 1x1 one). Other layers (BatchNorm,
-    heads) keep their initialisation.
+    `fc1` / `fc2` go into the model's `fc6` / `fc7` (`VGG16_FC_NAMES`) where the model has
+    them: as they are into Dense layers (Fast R-CNN), reshaped into the kernel of a
+    convolution (FCN, DeconvNet: `fc6` is a 7x7x512 convolution, `fc7` a 1x1 one). A source
+    without VGG16's top (no `fc1` / `fc2`, read from the layers it holds) leaves `fc6` /
+    `fc7` fresh, and the report says so. Other layers (BatchNorm, heads) keep their
+    initialisation.
 
     Args:
         model: The model; layers missing from it are skipped.
-        backbone_weights: `"imagenet"` or the path of a `keras.applications.VGG16` weight
-            file: with its classifier (`include_top=True`) when `fc6` / `fc7` are copied;
-            a model without them (the registered family, the WSL classifier) also takes the
-            smaller file without it.
+        backbone_weights: `"imagenet"`, the path of a `keras.applications.VGG16` weight file
+            (with or without its top), or a `keras.Model` with VGG16's layer names (see
+            `keras_dense.backbones.pretrained_weights`).
         fc: Also copy `fc6` / `fc7`.
 
     Returns:
-        The names of the layers that received weights.
+        Which layers were loaded and which start fresh (iterates as the loaded names).
 
     Raises:
-        ValueError: A layer's weight shapes do not match VGG16's, or the file has no `fc1` /
-            `fc2` for the model's `fc6` / `fc7`.
+        ValueError: Naming the first layer whose weight shapes the source lacks or holds
+            otherwise (a file of another network), with the expected and found shapes.
     """
     target_names = {layer.name for layer in model.layers}
-    needs_top = fc and any(name in target_names for name in VGG16_FC_NAMES)
-    factory = keras.applications.VGG16 if needs_top else notop_factory(keras.applications.VGG16)
-    source = resolve_source_model(backbone_weights, factory)
+    fc_layers = [name for name in VGG16_FC_NAMES if fc and name in target_names]
+    source = open_weight_source(
+        backbone_weights, keras.applications.VGG16, include_top=bool(fc_layers)
+    )
     name_map = dict(VGG16_IMAGENET_NAMES)
     transforms = {}
-    source_names = {layer.name for layer in source.layers}
-    if fc:
-        for ours, theirs in VGG16_FC_NAMES.items():
-            if ours in target_names and theirs in source_names:
-                name_map[ours] = theirs
-                kernel_shape = tuple(model.get_layer(ours).kernel.shape)
-                transforms[ours] = dense_to_conv(kernel_shape[:-1])
-    loaded = transfer_weights(model, source, name_map, transforms)
-    del source
-    return loaded
+    for ours in fc_layers:
+        name_map[ours] = VGG16_FC_NAMES[ours]
+        kernel_shape = tuple(model.get_layer(ours).kernel.shape)
+        transforms[ours] = dense_to_conv(kernel_shape[:-1])
+    return transfer_weights(
+        model, source, name_map, transforms, optional=fc_layers, network="keras.applications.VGG16"
+    )
 
 
 def vgg16_features(x, output_stride: int = 16) -> dict[int, object]:

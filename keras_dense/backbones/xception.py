@@ -17,7 +17,7 @@ import keras
 
 from keras_dense.backbones.atrous_schedule import AtrousSchedule
 from keras_dense.backbones.backbone import Backbone
-from keras_dense.backbones.pretrained_weights import by_name_loader
+from keras_dense.backbones.pretrained_weights import WeightSource, by_name_loader
 from keras_dense.backbones.registry import register_backbone
 
 XCEPTION_RESIDUAL_BLOCKS = (2, 3, 4, 13)
@@ -91,15 +91,15 @@ def xception_features(x, output_stride: int = 32) -> dict[int, object]:
     return {stride: tensor for stride, tensor in features.items() if stride >= 4}
 
 
-def residual_names(source: keras.Model) -> dict[str, str]:
-    """Our residual conv / BN names -> the unnamed keras.applications layers, by order."""
-    convs = [layer.name for layer in source.layers if type(layer) is keras.layers.Conv2D]
-    convs = [n for n in convs if not n.startswith("block")]
-    norms = [
-        layer.name
-        for layer in source.layers
-        if isinstance(layer, keras.layers.BatchNormalization) and not layer.name.startswith("block")
-    ]
+def residual_names(source: WeightSource) -> dict[str, str]:
+    """Our residual conv / BN names -> the unnamed keras.applications layers, by order.
+
+    keras.applications names every other Xception layer `block...`; of the unnamed ones, the
+    residual convolutions hold one weight (no bias) and their batch norms four.
+    """
+    unnamed = [name for name in source.shapes if not name.startswith("block")]
+    convs = [name for name in unnamed if len(source.shapes[name]) == 1]
+    norms = [name for name in unnamed if len(source.shapes[name]) == 4]
     mapping = {}
     for block, conv, norm in zip(XCEPTION_RESIDUAL_BLOCKS, convs, norms):
         mapping[f"block{block}_residual_conv"] = conv

@@ -27,6 +27,7 @@ import time
 import keras
 import numpy as np
 
+from keras_dense.backbones.pretrained_weights import weights_record
 from keras_dense.tasks import CompileResult, get_task
 from keras_dense.tasks.recipe_config import Recipe, as_recipe, default_table
 from keras_dense.tasks.recipe_data import check_patterns, data_classes, total_steps
@@ -221,6 +222,7 @@ def _train_locked(recipe: Recipe, run_dir: str, strategy, info, verbose, start) 
     try:
         with strategy.scope():
             model, kwargs = build_model(builder, run.model.kwargs, num_classes, data.channels)
+            backbone_weights = weights_record(model)  # before finalize_model may rebuild it
             model = task.finalize_model(model, training.mixed_precision)
             if strategy.num_replicas_in_sync > 1:
                 synchronize_batch_norm(model)
@@ -259,6 +261,7 @@ def _train_locked(recipe: Recipe, run_dir: str, strategy, info, verbose, start) 
         "background_outputs": task.background_outputs,
         "builder": builder,
         "builder_kwargs": plain(kwargs),
+        "backbone_weights": backbone_weights,  # where the pretrained layers came from, or None
         "recipe": os.path.abspath(os.path.join(run_dir, RESOLVED_RECIPE)),
         "keras_dense_version": __version__,
         **task.card_fields(run),

@@ -7,6 +7,12 @@ For a model `X.keras` the card is `X.json`:
      "input_channels": 3, "background_outputs": 0, "builder": "unet", "builder_kwargs": {...},
      "recipe": "<resolved recipe path>", "keras_dense_version": "..."}
 
+Cards of `keras-dense train` runs also hold `"backbone_weights"`: null for a model trained from
+scratch, else where its pretrained layers came from, `{"source": "<file path, "imagenet" or
+keras.Model '<name>'>", "loaded": [layer names], "fresh": [layer names]}` ("fresh": layers the
+source could have filled but lacks, e.g. FCN's fc6 / fc7 with a file without VGG16's top; see
+`keras_dense.backbones.pretrained_weights`).
+
 Segmenters trained by keras-dense also hold `"input_size"` (the training tile, which a TFLite
 export uses as its fixed size), and `keras-dense tune-crf` adds `"crf"`: the tuned
 `dense_crf` parameters (see `keras_dense.crf.card_parameters`).
