@@ -107,31 +107,15 @@ def prepare_shards(work: pathlib.Path, side: int) -> tuple[str, str]:
 
 
 def keras_hub_deeplab(num_classes: int):
-    """keras-hub's DeepLabV3+ on a from-scratch ResNet-50 v1 (its preset's layout), wrapped so
-    that any input size gives `(B, H, W, num_classes)` logits."""
+    """keras-hub's DeepLabV3+ on a from-scratch ResNet-50 v1 (the layout of its
+    "deeplab_v3_plus_resnet50_pascalvoc" preset: ASPP on P5, decoder on P2), wrapped so that any
+    input size gives `(B, H, W, num_classes)` logits."""
     import keras
-    import keras_hub
+    from models import keras_hub_deeplab as hub_segmenter
 
     from keras_dense.prediction import inference
 
-    encoder = keras_hub.models.ResNetBackbone(
-        input_conv_filters=[64],
-        input_conv_kernel_sizes=[7],
-        stackwise_num_filters=[64, 128, 256, 512],
-        stackwise_num_blocks=[3, 4, 6, 3],
-        stackwise_num_strides=[1, 2, 2, 2],
-        block_type="bottleneck_block",
-        use_pre_activation=False,
-    )
-    backbone = keras_hub.models.DeepLabV3Backbone(
-        image_encoder=encoder,
-        spatial_pyramid_pooling_key="P5",
-        upsampling_size=8,
-        dilation_rates=[6, 12, 18],
-        low_level_feature_key="P2",
-        projection_filters=48,
-    )
-    segmenter = keras_hub.models.DeepLabV3ImageSegmenter(backbone, num_classes=num_classes)
+    segmenter = hub_segmenter(num_classes, None)  # benchmarks/models.py's, any input size
 
     class PadToMultiple(keras.layers.Layer):
         """Zero-pads H and W at the bottom/right up to a multiple of 32."""
