@@ -113,11 +113,14 @@ def test_keras_model_source_loads_exactly(vgg16_notop):
     assert source.name in record["source"] and record["loaded"] == CONVS
 
 
-def test_model_source_with_the_names_nested_in_a_submodel(vgg16_notop):
+def test_names_nested_in_a_submodel_load_from_the_model_and_its_file(vgg16_notop, tmp_path):
     source, _ = vgg16_notop
     image = keras.Input((32, 32, 3))
     wrapper = keras.Model(image, keras.layers.Conv2D(1, 1, name="edges")(source(image)))
     _assert_convs_equal(_vgg16_family_model(wrapper), source)
+    path = str(tmp_path / "wrapper.weights.h5")  # layers/functional/layers/conv2d/... groups
+    wrapper.save_weights(path)
+    _assert_convs_equal(_vgg16_family_model(path), source)
 
 
 def _write_keras2_h5(path, layers: dict[str, list[np.ndarray]]) -> None:
