@@ -17,11 +17,14 @@ from keras_dense.layers import (
     CropToMatch,
     Denormalization,
     DetectionLayer,
+    FeaturePyramid,
     GlobalLSEPooling2D,
     MaskHead,
     MaxPoolingWithArgmax2D,
     MaxUnpooling2D,
+    MultiLevelRoIPooling,
     ProposalLayer,
+    PyramidProposalLayer,
     ResizeToMatch,
     RoIPooling,
     RPNHead,
@@ -120,6 +123,26 @@ def _proposal_inputs(with_scale: bool):
         return inputs
 
     return make
+
+
+def _pyramid_inputs(rng, batch):
+    # C2 ... C5 of a 32 x 48 image (strides 4 ... 32), different channel counts.
+    sizes = [(8, 12, 3), (4, 6, 4), (2, 3, 5), (1, 2, 6)]
+    return [rng.normal(0, 1, (batch, *size)).astype(np.float32) for size in sizes]
+
+
+def _multilevel_roi_inputs(rng, batch):
+    # P2 and P3 of a 32 x 32 image and _roi_inputs' RoIs (levels 2 and 3 at canonical size 16).
+    features, rois = _roi_inputs(rng, batch)
+    return [features, rng.normal(0, 1, (batch, 4, 4, 2)).astype(np.float32), rois]
+
+
+def _pyramid_proposal_inputs(rng, batch):
+    # Two levels of a 40 x 48 image: 5 x 6 cells at stride 8, 3 x 3 at stride 16, 1 anchor.
+    objectness = [rng.normal(0, 2, (batch, *s, 1)).astype(np.float32) for s in ((5, 6), (3, 3))]
+    deltas = [rng.normal(0, 0.2, (batch, *s, 4)).astype(np.float32) for s in ((5, 6), (3, 3))]
+    shapes = np.tile(np.array([[40, 48]], np.int32), (batch, 1))
+    return [*objectness, *deltas, shapes, rng.uniform(0.5, 1.5, (batch,)).astype(np.float32)]
 
 
 PROPOSAL_ARGS = {
@@ -258,6 +281,26 @@ CASES = [
         {**PROPOSAL_ARGS, "nms_iou": 0.5},
         _proposal_inputs(True),
         name="ProposalLayer-scale",
+        float32_outputs=True,
+        atol=1e-4,
+    ),
+    LayerCase(FeaturePyramid, {"channels": 4}, _pyramid_inputs, atol=1e-4),
+    LayerCase(
+        MultiLevelRoIPooling,
+        {"pool_size": 2, "max_level": 3, "canonical_size": 16.0},
+        _multilevel_roi_inputs,
+    ),
+    LayerCase(
+        PyramidProposalLayer,
+        {
+            "strides": (8, 16),
+            "sizes": (12, 24),
+            "ratios": (1,),
+            "test_pre_nms_top_n": 40,
+            "test_post_nms_top_n": 10,
+            "min_size": 4,
+        },
+        _pyramid_proposal_inputs,
         float32_outputs=True,
         atol=1e-4,
     ),

@@ -27,6 +27,13 @@ sampled RoIs and `fast_rcnn_loss`. The loss is the unweighted sum of the four te
 step is factored into overridable methods (`run_rpn`, `rpn_losses`, `train_proposals`,
 `sample_targets`, `head_losses`, `compute_losses`) and `loss_names`, so that a subclass
 (Mask R-CNN) can add a branch and its loss.
+
+With `fpn=True` (Lin et al. 2017) the parts are the same with a fifth, `fpn`
+(`FeaturePyramid`): the backbone gives `[C2, C3, C4, C5]`, the pyramid `[P2, ..., P6]`; the
+one `rpn` head runs on every level, with one anchor size per level
+(`keras_dense.detection.pyramid_anchors`, whose order the RPN targets and the
+`PyramidProposalLayer` share); `roi_head` takes `[P2, ..., P5, rois]` and pools each RoI from
+its level (`MultiLevelRoIPooling`). `run_rpn` then returns the levels' outputs concatenated.
 """
 
 from __future__ import annotations
@@ -40,13 +47,28 @@ import keras
 import tensorflow as tf
 
 from keras_dense.apps.builder import makes
-from keras_dense.apps.fast_rcnn_model import FC_UNITS, FROZEN_LAYERS, fast_rcnn_head
+from keras_dense.apps.fast_rcnn_model import (
+    FC_UNITS,
+    FROZEN_LAYERS,
+    fast_rcnn_classifier,
+    fast_rcnn_head,
+)
 from keras_dense.apps.two_stage_detector import TwoStageDetector, build_detector
+from keras_dense.backbones.backbone import features_by_stride
 from keras_dense.backbones.registry import get_backbone
 from keras_dense.backbones.vgg16 import load_vgg16_weights
-from keras_dense.detection.anchors import generate_anchors, num_anchors
+from keras_dense.detection.anchors import (
+    DEFAULT_SCALES,
+    FPN_ANCHOR_SIZES,
+    FPN_STRIDES,
+    generate_anchors,
+    num_anchors,
+)
 from keras_dense.detection.rpn_targets import rpn_loss, rpn_targets
+from keras_dense.layers.feature_pyramid import FeaturePyramid
+from keras_dense.layers.multilevel_roi_pooling import MultiLevelRoIPooling
 from keras_dense.layers.proposal_layer import ProposalLayer
+from keras_dense.layers.pyramid_proposal_layer import PyramidProposalLayer
 from keras_dense.layers.rpn_head import RPNHead
 
 FEATURE_STRIDE = 16
@@ -61,6 +83,15 @@ FROZEN_BACKBONE_LAYERS = {"vgg16": FROZEN_LAYERS}
 MODEL_ARGUMENTS = ("num_classes", "input_shape", "weights", "name")
 OUTPUT_KEYS = ("cls_score", "bbox_pred", "proposals", "proposal_scores", "num_proposals")
 BATCH_KEYS = ("images", "image_shape", "boxes", "labels", "num_boxes")
+# The backbone strides a feature pyramid reads (C2 ... C5); P6 subsamples P5.
+FPN_BACKBONE_STRIDES = FPN_STRIDES[:-1]
+
+
+def head_inputs(features, rois) -> list:
+    """The inputs of a RoI head: `[features, rois]`, or `[P2, ..., P5, rois]` with FPN."""
+    if isinstance(features, (list, tuple)):
+        return [*features, rois]
+    return [features, rois]
 
 
 @keras.saving.register_keras_serializable(package="keras_dense")
@@ -100,6 +131,8 @@ class FasterRCNN(TwoStageDetector):
     rpn_name = "rpn"
     proposal_layer_name = "proposal_layer"
     roi_head_name = "roi_head"
+    # The feature pyramid's layer, present only in a model built with `fpn=True`.
+    fpn_name = "fpn"
 
     def __init__(
         self,
@@ -166,23 +199,48 @@ class FasterRCNN(TwoStageDetector):
             valid &= ~tf.cast(batch["difficult"], tf.bool)
         return valid
 
+    @property
+    def has_fpn(self) -> bool:
+        """Whether the model was built with a feature pyramid (`fpn=True`)."""
+        return any(layer.name == self.fpn_name for layer in self.layers)
+
     def run_rpn(self, batch: dict, training: bool) -> dict:
         """Backbone and RPN head on the batch's images.
 
         Returns:
-            `{"features", "objectness", "box_deltas"}`.
+            `{"features", "objectness", "box_deltas"}`; with FPN, `features` is the list
+            `[P2, ..., P5]`, the RPN outputs are those of all levels concatenated in anchor
+            order ((B, N) and (B, N, 4)), and `"levels"` holds `(objectness, box_deltas)`
+            of each level P2 ... P6.
         """
         features = self.get_layer(self.backbone_name)(batch["images"], training=training)
-        objectness, box_deltas = self.get_layer(self.rpn_name)(features, training=training)
-        return {"features": features, "objectness": objectness, "box_deltas": box_deltas}
+        head = self.get_layer(self.rpn_name)
+        if not self.has_fpn:
+            objectness, box_deltas = head(features, training=training)
+            return {"features": features, "objectness": objectness, "box_deltas": box_deltas}
+        pyramid = self.get_layer(self.fpn_name)(features, training=training)
+        levels = [head(level, training=training) for level in pyramid]
+        batch_size = tf.shape(batch["images"])[0]
+        return {
+            "features": pyramid[:-1],
+            "objectness": tf.concat([tf.reshape(o, [batch_size, -1]) for o, _ in levels], 1),
+            "box_deltas": tf.concat([tf.reshape(d, [batch_size, -1, 4]) for _, d in levels], 1),
+            "levels": levels,
+        }
+
+    def rpn_anchors(self, rpn: dict) -> tf.Tensor:
+        """The anchors of the RPN outputs of `run_rpn`, in their order (N, 4)."""
+        layer = self.get_layer(self.proposal_layer_name)
+        if "levels" in rpn:
+            return layer.anchors([objectness for objectness, _ in rpn["levels"]])
+        shape = tf.shape(rpn["objectness"])
+        return generate_anchors(shape[1], shape[2], layer.stride, layer.scales, layer.ratios)
 
     def rpn_losses(self, batch: dict, rpn: dict, seed=None) -> dict:
         """Anchor targets and the RPN loss: `{"rpn_cls_loss", "rpn_box_loss"}`."""
         layer = self.get_layer(self.proposal_layer_name)
-        shape = tf.shape(rpn["objectness"])
-        anchors = generate_anchors(shape[1], shape[2], layer.stride, layer.scales, layer.ratios)
         targets = rpn_targets(
-            anchors,
+            self.rpn_anchors(rpn),
             batch["boxes"],
             batch["num_boxes"],
             batch["image_shape"],
@@ -207,13 +265,18 @@ class FasterRCNN(TwoStageDetector):
     def train_proposals(self, batch: dict, rpn: dict) -> list[tf.Tensor]:
         """Proposals at the training lengths (no gradient): `[proposals, scores, count]`."""
         layer = self.get_layer(self.proposal_layer_name)
-        inputs = [rpn["objectness"], rpn["box_deltas"], batch["image_shape"]]
-        return layer([*inputs, self.batch_scale(batch)], training=True)
+        if "levels" in rpn:
+            maps = [o for o, _ in rpn["levels"]] + [d for _, d in rpn["levels"]]
+        else:
+            maps = [rpn["objectness"], rpn["box_deltas"]]
+        return layer([*maps, batch["image_shape"], self.batch_scale(batch)], training=True)
 
     def head_losses(self, batch: dict, rpn: dict, targets: dict, training: bool) -> dict:
         """The head on the sampled RoIs and its loss: `{"cls_loss", "box_loss"}`."""
         head = self.get_layer(self.roi_head_name)
-        cls_score, bbox_pred = head([rpn["features"], targets["rois"]], training=training)
+        cls_score, bbox_pred = head(
+            head_inputs(rpn["features"], targets["rois"]), training=training
+        )
         return self.box_head_losses(targets, cls_score, bbox_pred)
 
     def loss_weights(self) -> dict:
@@ -270,6 +333,7 @@ class FasterRCNNParts:
         rpn: The `RPNHead` layer (`"rpn"`).
         proposal_layer: The `ProposalLayer` (`"proposal_layer"`).
         head_options: Keyword arguments of `fast_rcnn_head` besides the inputs and classes.
+        fpn: The `FeaturePyramid` (`"fpn"`) of a model with FPN, else None (the C4 head).
     """
 
     backbone: str | keras.Model
@@ -278,6 +342,7 @@ class FasterRCNNParts:
     rpn: RPNHead
     proposal_layer: ProposalLayer
     head_options: dict
+    fpn: FeaturePyramid | None = None
 
     @property
     def backbone_source(self) -> str:
@@ -287,42 +352,94 @@ class FasterRCNNParts:
         return get_backbone(self.backbone).weights_source or f"backbone={self.backbone!r}"
 
     def backbone_model(self, input_shape: tuple) -> keras.Model:
-        """The trunk as the nested model `"backbone"`: images -> features at the stride."""
+        """The trunk as the nested model `"backbone"`: images -> features at the stride
+        (with FPN: the list `[C2, C3, C4, C5]`, strides 4 ... 32)."""
         images = keras.Input(input_shape, name="images")
         if isinstance(self.backbone, keras.Model):
-            return keras.Model(images, self.backbone(images), name=FasterRCNN.backbone_name)
+            features = self.backbone(images)
+            if self.fpn is not None:
+                features = self.pyramid_inputs(features, "the backbone model")
+            return keras.Model(images, features, name=FasterRCNN.backbone_name)
         family = get_backbone(self.backbone)
         # Built at the network's own stride: the feature at `feature_stride` is then C4 (or
         # C3) of the undilated network, and the model keeps only the layers it needs.
         features = family.apply(images, max(family.output_strides), **self.backbone_options)
-        if self.feature_stride not in features:
+        if self.fpn is not None:
+            outputs = self.pyramid_inputs(features, f"backbone={self.backbone!r}")
+            model = keras.Model(images, outputs, name=FasterRCNN.backbone_name)
+        elif self.feature_stride not in features:
             raise ValueError(
                 f"feature_stride={self.feature_stride!r}: backbone={self.backbone!r} gives "
                 f"features at the strides {sorted(features)}"
             )
-        model = keras.Model(images, features[self.feature_stride], name=FasterRCNN.backbone_name)
+        else:
+            model = keras.Model(
+                images, features[self.feature_stride], name=FasterRCNN.backbone_name
+            )
         for layer_name in FROZEN_BACKBONE_LAYERS.get(self.backbone, ()):
             model.get_layer(layer_name).trainable = False
         return model
 
+    @staticmethod
+    def pyramid_inputs(features, source: str) -> list:
+        """`[C2, C3, C4, C5]` of a backbone's `{stride: tensor}` (or `{"stride_4": ...}`)."""
+        if not isinstance(features, dict):
+            features = {}
+        elif not all(isinstance(key, int) for key in features):
+            features = features_by_stride(features)  # a backbone model's "stride_4" names
+        missing = [s for s in FPN_BACKBONE_STRIDES if s not in features]
+        if missing:
+            raise ValueError(
+                f"fpn=True: {source} gives features at the strides {sorted(features)}; a "
+                f"feature pyramid needs the strides {list(FPN_BACKBONE_STRIDES)}"
+            )
+        return [features[s] for s in FPN_BACKBONE_STRIDES]
+
+    @staticmethod
+    def level_inputs(channels: int, count: int) -> list:
+        """The pyramid-level inputs P2 ... of a nested RoI head model."""
+        return [
+            keras.Input((None, None, channels), name=f"p{level}") for level in range(2, 2 + count)
+        ]
+
     def roi_head_model(self, channels: int, num_classes: int) -> keras.Model:
-        """The nested model `"roi_head"`: `[features, rois] -> [cls_score, bbox_pred]`."""
-        features = keras.Input((None, None, channels), name="features")
+        """The nested model `"roi_head"`: `[features, rois] -> [cls_score, bbox_pred]`
+        (with FPN: `[P2, ..., P5, rois]`, each RoI pooled from its level)."""
         rois = keras.Input((None, 4), name="rois")
-        outputs = fast_rcnn_head(features, rois, num_classes, **self.head_options)
-        return keras.Model([features, rois], outputs, name=FasterRCNN.roi_head_name)
+        if self.fpn is None:
+            features = keras.Input((None, None, channels), name="features")
+            outputs = fast_rcnn_head(features, rois, num_classes, **self.head_options)
+            return keras.Model([features, rois], outputs, name=FasterRCNN.roi_head_name)
+        options = self.head_options
+        levels = self.level_inputs(channels, len(FPN_BACKBONE_STRIDES))
+        pool = options["pool_size"]
+        pooled = MultiLevelRoIPooling(pool, mode=options["roi_mode"], name="roi_pool5")(
+            [*levels, rois]
+        )
+        x = keras.layers.Reshape((-1, pool * pool * channels), name="roi_flatten")(pooled)
+        outputs = fast_rcnn_classifier(x, num_classes, options["dropout"], options["fc_units"])
+        return keras.Model([*levels, rois], outputs, name=FasterRCNN.roi_head_name)
 
     def graph(self, images, image_shape, scale, num_classes: int) -> tuple[dict, object]:
         """Wires the parts on the input tensors.
 
         Returns:
-            `(outputs, features)`: the dict of `OUTPUT_KEYS` and the backbone's features.
+            `(outputs, features)`: the dict of `OUTPUT_KEYS` and the features the RoI heads
+            read (the backbone's, or with FPN the list `[P2, ..., P5]`).
         """
         features = self.backbone_model(tuple(images.shape[1:]))(images)
-        objectness, box_deltas = self.rpn(features)
-        proposals, scores, count = self.proposal_layer([objectness, box_deltas, image_shape, scale])
-        head = self.roi_head_model(features.shape[-1], num_classes)
-        cls_score, bbox_pred = head([features, proposals])
+        if self.fpn is None:
+            objectness, box_deltas = self.rpn(features)
+            maps = [objectness, box_deltas]
+            channels = features.shape[-1]
+        else:
+            pyramid = self.fpn(features)
+            levels = [self.rpn(level) for level in pyramid]  # one head shared by the levels
+            maps = [o for o, _ in levels] + [d for _, d in levels]
+            features, channels = pyramid[:-1], self.fpn.channels
+        proposals, scores, count = self.proposal_layer([*maps, image_shape, scale])
+        head = self.roi_head_model(channels, num_classes)
+        cls_score, bbox_pred = head(head_inputs(features, proposals))
         outputs = {
             "cls_score": cls_score,
             "bbox_pred": bbox_pred,
@@ -359,7 +476,13 @@ class FasterRCNNParts:
         family = get_backbone(self.backbone)
         loaded = family.load_weights(model.get_layer(FasterRCNN.backbone_name), path)
         head = self.head_options
-        if family.name == "vgg16" and head["pool_size"] == 7 and head["fc_units"] == FC_UNITS:
+        # VGG16's fc6 reads 7 x 7 x 512 pooled cells: not the pyramid's 256 channels.
+        if (
+            family.name == "vgg16"
+            and self.fpn is None
+            and head["pool_size"] == 7
+            and head["fc_units"] == FC_UNITS
+        ):
             loaded += load_vgg16_weights(model.get_layer(FasterRCNN.roi_head_name), path)
         return loaded
 
@@ -411,6 +534,12 @@ def faster_rcnn_parts(**options) -> FasterRCNNParts:
                 raise ValueError(f"backbone_width={width!r}: expected a positive int")
             backbone_options["width"] = width
         family.check(None, o.backbone_weights)  # a family that is never pretrained says so
+        if o.fpn and max(family.output_strides) < max(FPN_BACKBONE_STRIDES):
+            raise ValueError(
+                f"fpn=True: backbone={backbone!r} reaches stride {max(family.output_strides)}; "
+                f"a feature pyramid needs the strides {list(FPN_BACKBONE_STRIDES)} (use a "
+                "classification network such as 'vgg16', 'resnet50' or 'mobilenetv2')"
+            )
     if isinstance(feature_stride, bool) or feature_stride not in FEATURE_STRIDES:
         raise ValueError(
             f"feature_stride={feature_stride!r}: expected one of {list(FEATURE_STRIDES)}"
@@ -422,10 +551,9 @@ def faster_rcnn_parts(**options) -> FasterRCNNParts:
             raise ValueError(f"{key}={value!r}: expected a positive int")
     if o.roi_mode not in ("max", "align"):
         raise ValueError(f"roi_mode={o.roi_mode!r}: expected 'max' or 'align'")
-    anchors_per_cell = num_anchors(o.anchor_scales, o.anchor_ratios)  # checks both
-    proposal_layer = ProposalLayer(  # checks its options
-        stride=feature_stride,
-        scales=tuple(float(s) for s in o.anchor_scales),
+    if not isinstance(o.fpn, bool):
+        raise ValueError(f"fpn={o.fpn!r}: expected True or False")
+    proposal_options = dict(
         ratios=tuple(float(r) for r in o.anchor_ratios),
         train_pre_nms_top_n=o.train_pre_nms_top_n,
         train_post_nms_top_n=o.train_post_nms_top_n,
@@ -435,6 +563,28 @@ def faster_rcnn_parts(**options) -> FasterRCNNParts:
         min_size=o.min_size,
         name=FasterRCNN.proposal_layer_name,
     )
+    if o.fpn:
+        if feature_stride != FEATURE_STRIDE:
+            raise ValueError(
+                f"feature_stride={feature_stride!r}: not used with fpn=True (the pyramid "
+                f"reads the strides {list(FPN_BACKBONE_STRIDES)}); leave it at {FEATURE_STRIDE}"
+            )
+        sizes = FPN_ANCHOR_SIZES if o.anchor_scales is None else tuple(o.anchor_scales)
+        if len(sizes) != len(FPN_STRIDES):
+            raise ValueError(
+                f"anchor_scales={o.anchor_scales!r}: with fpn=True expected one anchor size per "
+                f"level P2 ... P6 ({len(FPN_STRIDES)} sizes, e.g. {list(FPN_ANCHOR_SIZES)})"
+            )
+        anchors_per_cell = num_anchors(sizes[:1], o.anchor_ratios)  # checks the ratios
+        proposal_layer = PyramidProposalLayer(FPN_STRIDES, sizes, **proposal_options)
+        fpn = FeaturePyramid(o.fpn_channels, name=FasterRCNN.fpn_name)  # checks its options
+    else:
+        scales = DEFAULT_SCALES if o.anchor_scales is None else o.anchor_scales
+        anchors_per_cell = num_anchors(scales, o.anchor_ratios)  # checks both
+        proposal_layer = ProposalLayer(  # checks its options
+            stride=feature_stride, scales=tuple(float(s) for s in scales), **proposal_options
+        )
+        fpn = None
     return FasterRCNNParts(
         backbone=backbone,
         feature_stride=feature_stride,
@@ -448,6 +598,7 @@ def faster_rcnn_parts(**options) -> FasterRCNNParts:
             "fc_units": o.fc_units,
             "spatial_scale": 1.0 / feature_stride,
         },
+        fpn=fpn,
     )
 
 
@@ -455,7 +606,7 @@ def faster_rcnn_parts(**options) -> FasterRCNNParts:
 def faster_rcnn(
     num_classes: int = 20,
     backbone: str | keras.Model = "vgg16",
-    anchor_scales: Sequence[float] = (128, 256, 512),
+    anchor_scales: Sequence[float] | None = None,
     anchor_ratios: Sequence[float] = (0.5, 1, 2),
     rpn_filters: int = 512,
     pool_size: int = 7,
@@ -469,6 +620,8 @@ def faster_rcnn(
     rpn_nms_iou: float = 0.7,
     min_size: float = 16.0,
     feature_stride: int = FEATURE_STRIDE,
+    fpn: bool = False,
+    fpn_channels: int = 256,
     backbone_width: int = 32,
     input_shape: tuple = (None, None, 3),
     backbone_weights: str | None = None,
@@ -476,7 +629,8 @@ def faster_rcnn(
     name: str = "faster_rcnn",
     **kwargs,
 ) -> FasterRCNN:
-    """Builds Faster R-CNN: a backbone at stride 16 (or 8), the RPN and the Fast R-CNN head.
+    """Builds Faster R-CNN: a backbone at stride 16 (or 8) or a feature pyramid (`fpn=True`),
+    the RPN and the Fast R-CNN head.
 
     Args:
         num_classes: Object classes K; the head has K + 1 outputs (background = 0).
@@ -488,12 +642,14 @@ def faster_rcnn(
             `"compact_strided"`: a small conv-BN-ReLU trunk from scratch, for small images
             and CPU experiments, never pretrained. Or a `keras.Model` mapping images to
             features at `feature_stride` with a known number of channels (nested as is; it
-            must be serializable).
-        anchor_scales: Anchor sides in input pixels ((128, 256, 512)).
+            must be serializable; with `fpn=True` its output is a dict of the features at the
+            strides 4, 8, 16 and 32, keyed by int or as `"stride_4"`, ...).
+        anchor_scales: Anchor sides in input pixels; None is (128, 256, 512), or with
+            `fpn=True` one size per level P2 ... P6, (32, 64, 128, 256, 512).
         anchor_ratios: Anchor height / width ratios ((0.5, 1, 2)).
         rpn_filters: Channels of the RPN's 3 x 3 conv (512).
         pool_size: RoI pooling grid (7).
-        roi_mode: `"max"` (RoI pooling) or `"align"` (RoIAlign).
+        roi_mode: `"max"` (RoI pooling) or `"align"` (RoIAlign; FPN's).
         fc_units: Units of fc6 and fc7 (4096; smaller for quick experiments).
         dropout: Dropout rate after fc6 and fc7 (0.5).
         train_pre_nms_top_n: Proposals kept before NMS in training (12000).
@@ -505,7 +661,16 @@ def faster_rcnn(
             converts it to input pixels).
         feature_stride: Input pixels per feature cell: 16 (C4, the paper's) or 8 (C3);
             anchors, proposals and RoI pooling follow it. A family without features at that
-            stride is refused.
+            stride is refused. Not used with `fpn=True`.
+        fpn: Build a Feature Pyramid Network (Lin et al. 2017) on the backbone's C2 ... C5
+            (strides 4 ... 32; a family without them is refused): lateral 1 x 1 convs, the
+            top-down pathway and 3 x 3 output convs give P2 ... P5 at `fpn_channels`, P6
+            subsamples P5. The RPN head (shared by the levels) runs on P2 ... P6 with one
+            anchor size per level; the proposals of all levels go through one NMS; each RoI
+            is pooled from P_k, k = floor(4 + log2(sqrt(w h) / 224)) clamped to 2 ... 5
+            (`MultiLevelRoIPooling`), then the same fc head. False keeps the single-map
+            head (the papers' C4 head).
+        fpn_channels: Channels of the pyramid's levels (256).
         backbone_width: Channels of the compact trunk's first stage (32; ignored by the
             other backbones).
         input_shape: Image shape (H, W, 3); H and W may be None.

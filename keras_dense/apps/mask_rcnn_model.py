@@ -33,14 +33,17 @@ import tensorflow as tf
 from keras_dense.apps.builder import makes
 from keras_dense.apps.faster_rcnn_model import (
     FasterRCNN,
+    FasterRCNNParts,
     architecture_defaults,
     faster_rcnn_parts,
+    head_inputs,
 )
 from keras_dense.detection.boxes import BOX_STDS
 from keras_dense.detection.losses import mask_loss
 from keras_dense.detection.mask_targets import mask_targets
 from keras_dense.layers.detection_layer import DetectionLayer
 from keras_dense.layers.mask_head import ClassMasks, MaskHead
+from keras_dense.layers.multilevel_roi_pooling import MultiLevelRoIPooling
 from keras_dense.layers.roi_pooling import RoIPooling
 
 DETECTION_KEYS = (
@@ -139,7 +142,7 @@ class MaskRCNN(FasterRCNN):
             threshold=self.mask_target_threshold,
         )
         head = self.get_layer(self.mask_head_name)
-        logits = head([rpn["features"], rois], training=training)
+        logits = head(head_inputs(rpn["features"], rois), training=training)
         terms["mask_loss"] = mask_loss(labels, wanted, logits)
         return terms
 
@@ -171,19 +174,24 @@ class MaskRCNN(FasterRCNN):
 
 
 def _mask_head_model(
-    channels: int, num_classes: int, mask_size: int, stride: float, **options
+    channels: int, num_classes: int, mask_size: int, stride: float, fpn: bool, **options
 ) -> keras.Model:
-    features = keras.Input((None, None, channels), name="features")
     rois = keras.Input((None, 4), name="rois")
-    pooled = RoIPooling(
-        mask_size // 2,
-        1.0 / stride,
-        mode="align",
-        sampling_ratio=2,
-        name="mask_roi_align",
-    )([features, rois])
+    if fpn:  # [P2, ..., P5, rois]: each RoI pooled from its level
+        features = FasterRCNNParts.level_inputs(channels, 4)
+        pool = MultiLevelRoIPooling(mask_size // 2, mode="align", name="mask_roi_align")
+    else:
+        features = [keras.Input((None, None, channels), name="features")]
+        pool = RoIPooling(
+            mask_size // 2,
+            1.0 / stride,
+            mode="align",
+            sampling_ratio=2,
+            name="mask_roi_align",
+        )
+    pooled = pool([*features, rois])
     logits = MaskHead(num_classes, name="mask_branch", **options)(pooled)
-    return keras.Model([features, rois], logits, name="mask_head")
+    return keras.Model([*features, rois], logits, name="mask_head")
 
 
 @makes("instance_segmentation")
@@ -223,7 +231,8 @@ def mask_rcnn(
         weights: None or a weight file of this model (`.weights.h5` or `.keras`).
         name: Model name.
         **kwargs: The other options of `faster_rcnn` (anchors, RPN, proposal counts,
-            `fc_units`, `pool_size`, ...) and the training options of `FasterRCNN` /
+            `fc_units`, `pool_size`, `fpn=True` for a feature pyramid, whose levels the mask
+            branch also pools from by RoI size, ...) and the training options of `FasterRCNN` /
             `MaskRCNN` (`rois_per_image`, `mask_loss_weight`, ...).
 
     Returns:
@@ -263,15 +272,17 @@ def mask_rcnn(
                 outputs["num_proposals"],
             ]
         )
+        fpn = parts.fpn is not None
         head = _mask_head_model(
-            features.shape[-1],
+            parts.fpn.channels if fpn else features.shape[-1],
             classes,
             mask_size,
             parts.feature_stride,
+            fpn,
             filters=mask_filters,
             num_convs=mask_convs,
         )
-        logits = head([features, boxes])
+        logits = head(head_inputs(features, boxes))
         masks = ClassMasks(name="detection_masks")([logits, det_classes])
         return {
             **outputs,

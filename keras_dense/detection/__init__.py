@@ -1,7 +1,12 @@
 """Object detection pieces of Fast / Faster R-CNN: boxes, anchors, RoI sampling, RPN targets,
 losses, proposals and inference."""
 
-from keras_dense.detection.anchors import anchor_sizes, generate_anchors, num_anchors
+from keras_dense.detection.anchors import (
+    anchor_sizes,
+    generate_anchors,
+    num_anchors,
+    pyramid_anchors,
+)
 from keras_dense.detection.boxes import (
     BOX_STDS,
     box_area,
@@ -48,6 +53,7 @@ __all__ = [
     "paste_masks",
     "postprocess_detections",
     "proposes_regions",
+    "pyramid_anchors",
     "random_true_indices",
     "rpn_loss",
     "rpn_targets",

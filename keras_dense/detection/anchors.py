@@ -105,3 +105,49 @@ def generate_anchors(
     centres = tf.stack([cy, cx, cy, cx], axis=-1)  # (H, W, 4)
     anchors = centres[:, :, None, :] + half[None, None, :, :]  # (H, W, A, 4)
     return tf.reshape(anchors, [-1, 4])
+
+
+# Feature Pyramid Network (Lin et al., 2017): one anchor size per level P2 ... P6.
+FPN_STRIDES: tuple[int, ...] = (4, 8, 16, 32, 64)
+FPN_ANCHOR_SIZES: tuple[float, ...] = (32.0, 64.0, 128.0, 256.0, 512.0)
+
+
+def pyramid_anchors(
+    shapes: Sequence,
+    strides: Sequence[float] = FPN_STRIDES,
+    sizes: Sequence[float] = FPN_ANCHOR_SIZES,
+    ratios: Sequence[float] = DEFAULT_RATIOS,
+) -> tf.Tensor:
+    """The anchors of every level of a feature pyramid, concatenated level by level.
+
+    Level `l` has one anchor size, `sizes[l]`, at each ratio, on the map of `strides[l]`
+    (`generate_anchors(h_l, w_l, strides[l], (sizes[l],), ratios)`). The order, level-major
+    and then `generate_anchors`' order inside a level, is that of the RPN outputs of each
+    level flattened (`flatten_rpn_outputs`) and concatenated in the same level order.
+
+    Args:
+        shapes: One `(height, width)` per level: ints or scalar int tensors.
+        strides: Input pixels per cell of each level ((4, 8, 16, 32, 64): P2 ... P6).
+        sizes: The anchor side at ratio 1 of each level ((32, 64, 128, 256, 512)).
+        ratios: Height / width ratios, shared by the levels ((0.5, 1, 2)).
+
+    Returns:
+        (sum_l H_l * W_l * len(ratios), 4) float32 anchors, yxyx inclusive pixels.
+
+    Raises:
+        ValueError: Levels, strides and sizes of different lengths, or bad values.
+    """
+    sizes = _positive_numbers(sizes, "sizes")
+    strides = _positive_numbers(strides, "strides")
+    if not len(shapes) == len(strides) == len(sizes):
+        raise ValueError(
+            f"shapes, strides and sizes: expected one entry per level each, got "
+            f"{len(shapes)}, {len(strides)} and {len(sizes)}"
+        )
+    return tf.concat(
+        [
+            generate_anchors(shape[0], shape[1], stride, (size,), ratios)
+            for shape, stride, size in zip(shapes, strides, sizes)
+        ],
+        axis=0,
+    )

@@ -6,9 +6,12 @@ from keras_dense.layers.context_warp import ContextWarp, context_warp
 from keras_dense.layers.crf_rnn import CrfRnn, set_crf_iterations, use_portable_crf
 from keras_dense.layers.denormalization import Denormalization
 from keras_dense.layers.detection_layer import DetectionLayer
+from keras_dense.layers.feature_pyramid import FeaturePyramid
 from keras_dense.layers.mask_head import ClassMasks, MaskHead
+from keras_dense.layers.multilevel_roi_pooling import MultiLevelRoIPooling, fpn_levels
 from keras_dense.layers.pooling_switches import MaxPoolingWithArgmax2D, MaxUnpooling2D
 from keras_dense.layers.proposal_layer import ProposalLayer, propose
+from keras_dense.layers.pyramid_proposal_layer import PyramidProposalLayer
 from keras_dense.layers.resizing import CropToMatch, ResizeToMatch
 from keras_dense.layers.roi_pooling import RoIPooling
 from keras_dense.layers.rpn_head import RPNHead, flatten_rpn_outputs
@@ -26,11 +29,14 @@ __all__ = [
     "CrfRnn",
     "Denormalization",
     "DetectionLayer",
+    "FeaturePyramid",
     "GlobalLSEPooling2D",
     "MaskHead",
     "MaxPoolingWithArgmax2D",
     "MaxUnpooling2D",
+    "MultiLevelRoIPooling",
     "ProposalLayer",
+    "PyramidProposalLayer",
     "RPNHead",
     "ResizeToMatch",
     "RoIPooling",
@@ -38,6 +44,7 @@ __all__ = [
     "bilinear_upsampling",
     "context_warp",
     "flatten_rpn_outputs",
+    "fpn_levels",
     "propose",
     "set_crf_iterations",
     "use_portable_crf",

@@ -79,10 +79,48 @@ def propose(
     Returns:
         `[proposals (B, post_nms_top_n, 4), scores (B, post_nms_top_n), num_proposals (B,)]`.
     """
+    shape = tf.shape(objectness)
+    anchors = generate_anchors(shape[1], shape[2], stride, scales, ratios)  # (N, 4)
+    return propose_on_anchors(
+        objectness,
+        box_deltas,
+        anchors,
+        image_shape,
+        scale,
+        pre_nms_top_n=pre_nms_top_n,
+        post_nms_top_n=post_nms_top_n,
+        nms_iou=nms_iou,
+        min_size=min_size,
+        box_stds=box_stds,
+    )
+
+
+def propose_on_anchors(
+    objectness,
+    box_deltas,
+    anchors,
+    image_shape,
+    scale=None,
+    pre_nms_top_n: int = 6000,
+    post_nms_top_n: int = 300,
+    nms_iou: float = 0.7,
+    min_size: float = 16.0,
+    box_stds: Sequence[float] = RPN_BOX_STDS,
+) -> list[tf.Tensor]:
+    """`propose` on given anchors (a feature pyramid's, concatenated over its levels).
+
+    Args:
+        objectness: (B, N) logits, or (B, H, W, A) in anchor order.
+        box_deltas: (B, N, 4) deltas, or (B, H, W, 4A).
+        anchors: (N, 4) anchors, yxyx inclusive pixels.
+        image_shape, scale, pre_nms_top_n, post_nms_top_n, nms_iou, min_size, box_stds:
+            As for `propose`.
+
+    Returns:
+        `[proposals (B, post_nms_top_n, 4), scores (B, post_nms_top_n), num_proposals (B,)]`.
+    """
     logits = tf.cast(objectness, tf.float32)
-    shape = tf.shape(logits)
-    batch, height, width = shape[0], shape[1], shape[2]
-    anchors = generate_anchors(height, width, stride, scales, ratios)  # (N, 4)
+    batch = tf.shape(logits)[0]
     scores = tf.sigmoid(tf.reshape(logits, [batch, -1]))
     deltas = tf.reshape(tf.cast(box_deltas, tf.float32), [batch, -1, 4])
     size = tf.cast(image_shape, tf.float32)  # (B, 2)
