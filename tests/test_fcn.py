@@ -212,6 +212,29 @@ def test_backbone_weights_path_loads_convs_and_fc_layers(fcn32s_model, vgg16_cla
         )
 
 
+def test_fc_filters_other_than_vgg16s_load_the_convolutions_only(vgg16_classifier):
+    # The classifier (with fc1 / fc2) as an in-memory source: its fc layers cannot fill a
+    # 1024-wide fc6, so only the 13 convolutions are copied and fc6 / fc7 keep their init.
+    fresh = fcn8s(2, input_shape=(32, 32, 3), fc_filters=16)
+    model = fcn8s(2, input_shape=(32, 32, 3), fc_filters=16, backbone_weights=vgg16_classifier)
+    assert model.get_layer("fc6").kernel.shape == (7, 7, 512, 16)
+    assert model.get_layer("fc7").kernel.shape == (1, 1, 16, 16)
+    for a, b in zip(
+        model.get_layer("conv4_2").get_weights(),
+        vgg16_classifier.get_layer("block4_conv2").get_weights(),
+    ):
+        np.testing.assert_array_equal(a, b)
+    # Fresh means initialised as usual: the bias is zero and the kernel's scale is Glorot's,
+    # not fc1's (which has 4096 outputs and would not even fit).
+    assert not np.any(model.get_layer("fc6").get_weights()[1])
+    glorot_std = np.sqrt(2.0 / (7 * 7 * 512 + 7 * 7 * 16))
+    for m in (model, fresh):
+        std = float(np.std(m.get_layer("fc6").get_weights()[0]))
+        assert 0.8 * glorot_std < std < 1.2 * glorot_std
+    with pytest.raises(ValueError, match="fc_filters"):
+        fcn32s(fc_filters=0)
+
+
 def test_bad_arguments():
     with pytest.raises(FileNotFoundError, match="backbone_weights"):
         fcn8s(backbone_weights="/nonexistent/vgg16.weights.h5")
