@@ -40,6 +40,8 @@ WORK = "runs/results"
 DATA = "tfrecords/results"
 PRETRAINED = f"{WORK}/vgg16_hed_notop.weights.h5"
 PRETRAINED_COMMAND = ["pretrained", "hed-vgg16", "--output", PRETRAINED]
+WEIGHTS = f'model.kwargs.backbone_weights="{PRETRAINED}"'
+SCRATCH = 'model.kwargs.backbone_weights="none"'
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 VARIANTS = {"scratch": "from scratch", "pretrained": "pretrained trunk"}
 
@@ -98,16 +100,34 @@ def voc(root: str, split: str, out: str, proposals: bool) -> list[str]:
     )
 
 
+def bccd_row(name: str, recipe: str, proposals: bool, paper: str) -> Row:
+    """A BCCD detection row: scratch and pretrained variants of `recipe` at one budget."""
+    bccd = f"{shared()}/bccd"
+    budget = ["training.steps=300", "data.min_size=320", "data.max_size=480"]
+    detail = ", selective-search proposals" if proposals else ""
+    return Row(
+        name,
+        f"BCCD blood cells, train / val splits{detail}",
+        lambda folder, seed: [
+            voc(bccd, split, f"{folder}/{split}", proposals) for split in ("train", "val")
+        ],
+        {
+            "scratch": Variant(recipe, [SCRATCH, *budget]),
+            "pretrained": Variant(recipe, [WEIGHTS, *budget]),
+        },
+        {},
+        "map",
+        paper,
+    )
+
+
 def rows() -> dict[str, Row]:
     """The table's rows (commands as run from the repository root)."""
     s = shared()
-    isbi, pets, bccd = f"{s}/isbi2012_membrane", f"{s}/oxford_pets_sample", f"{s}/bccd"
-    weights = f'model.kwargs.backbone_weights="{PRETRAINED}"'
-    scratch = 'model.kwargs.backbone_weights="none"'
+    isbi, pets = f"{s}/isbi2012_membrane", f"{s}/oxford_pets_sample"
     pets_budget = shlex.split(
         "data.crop_size=256 training.batch_size=4 training.epochs=3 training.steps_per_epoch=60"
     )
-    bccd_budget = ["training.steps=300", "data.min_size=320", "data.max_size=480"]
 
     def shapes(folder: str, seed: int) -> list[list[str]]:
         return [
@@ -150,7 +170,7 @@ def rows() -> dict[str, Row]:
                 ),
                 "pretrained": Variant(
                     "apps/unet_vgg16_isbi.toml",
-                    [weights, "training.epochs=4", "training.steps_per_epoch=50"],
+                    [WEIGHTS, "training.epochs=4", "training.steps_per_epoch=50"],
                 ),
             },
             {"tta": ["--tta", "flip"]},
@@ -172,39 +192,23 @@ def rows() -> dict[str, Row]:
                 for split, name in (("trainval", "train"), ("test", "val"))
             ],
             {
-                "scratch": Variant("apps/deeplab_v1_pets.toml", [scratch, *pets_budget]),
-                "pretrained": Variant("apps/deeplab_v1_pets.toml", [weights, *pets_budget]),
+                "scratch": Variant("apps/deeplab_v1_pets.toml", [SCRATCH, *pets_budget]),
+                "pretrained": Variant("apps/deeplab_v1_pets.toml", [WEIGHTS, *pets_budget]),
             },
             {"crf": ["--crf"], "tta": ["--tta", "flip"]},
             "mean_iou",
             "— (no published figure for this sample)",
         ),
-        "bccd_fast": Row(
+        "bccd_fast": bccd_row(
             "bccd_fast",
-            "BCCD blood cells, train / val splits, selective-search proposals",
-            lambda folder, seed: [
-                voc(bccd, split, f"{folder}/{split}", True) for split in ("train", "val")
-            ],
-            {
-                "scratch": Variant("apps/fast_rcnn_bccd.toml", [scratch, *bccd_budget]),
-                "pretrained": Variant("apps/fast_rcnn_bccd.toml", [weights, *bccd_budget]),
-            },
-            {},
-            "map",
+            "apps/fast_rcnn_bccd.toml",
+            True,
             "— (Fast R-CNN VGG16 on VOC07: 66.9 mAP, paper scale)",
         ),
-        "bccd_fpn": Row(
+        "bccd_fpn": bccd_row(
             "bccd_fpn",
-            "BCCD blood cells, train / val splits",
-            lambda folder, seed: [
-                voc(bccd, split, f"{folder}/{split}", False) for split in ("train", "val")
-            ],
-            {
-                "scratch": Variant("apps/faster_rcnn_fpn_bccd.toml", [scratch, *bccd_budget]),
-                "pretrained": Variant("apps/faster_rcnn_fpn_bccd.toml", [weights, *bccd_budget]),
-            },
-            {},
-            "map",
+            "apps/faster_rcnn_fpn_bccd.toml",
+            False,
             "— (Faster R-CNN FPN ResNet-50 on COCO: 33.9 AP, paper scale)",
         ),
     }

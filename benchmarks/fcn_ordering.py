@@ -1,0 +1,121 @@
+"""The FCN paper's ordering with a pretrained trunk: FCN-32s < FCN-16s < FCN-8s, and DeepLab v1
+with the dense CRF above DeepLab v1, on one real set (the Oxford-IIIT Pet sample).
+
+Every model starts its VGG16 convolutions from `keras-dense pretrained hed-vgg16` (no network)
+and trains with the same recipe, budget (steps, batch, crop), optimiser and seeds. The fresh
+classifier layers (fc6 / fc7 of FCN, whose published weights are VGG16's own fully connected
+layers and are not in a no-top file) use 1024 channels for every FCN variant, as DeepLab's do.
+Each model is trained with every seed of `--seeds`; the JSON gives each seed's test mIoU, the
+mean, the half range, and whether the means and every seed follow the paper's order.
+
+    .venv/bin/python benchmarks/fcn_ordering.py [--seeds 0 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import statistics
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from common import environment  # noqa: E402
+from results import PRETRAINED, PRETRAINED_COMMAND, REPO, WORK, evaluate, rows, run_cli  # noqa: E402
+
+RECIPE = "apps/deeplab_v1_pets.toml"
+BUDGET = shlex.split(
+    "data.crop_size=256 training.batch_size=4 training.epochs=3 training.steps_per_epoch=60"
+)
+# (label, builder, its own overrides, evaluations beyond the plain one)
+MODELS = (
+    ("fcn32s", "fcn32s", ["model.kwargs.fc_filters=1024"], {}),
+    ("fcn16s", "fcn16s", ["model.kwargs.fc_filters=1024"], {}),
+    ("fcn8s", "fcn8s", ["model.kwargs.fc_filters=1024"], {}),
+    ("deeplab_v1", "deeplab_v1", [], {"crf": ["--crf"]}),
+)
+ORDER = ("fcn32s", "fcn16s", "fcn8s", "deeplab_v1", "deeplab_v1_crf")
+
+
+def train_and_score(label, builder, overrides, evaluations, seed, folder) -> dict:
+    """Trains one model with one seed; returns {score name: test mIoU} and the commands."""
+    output = f"{WORK}/ordering/{label}/seed{seed}"
+    train = ["train", RECIPE, "--output", output, "--set", f"seed={seed}"]
+    for override in [
+        f'model.builder="{builder}"',
+        f'model.kwargs.backbone_weights="{PRETRAINED}"',
+        f'data.train="{folder}/train-*.tfrecord"',
+        f'data.validation="{folder}/val-*.tfrecord"',
+        *BUDGET,
+        *overrides,
+    ]:
+        train += ["--set", override]
+    seconds = run_cli(train)
+    scores, commands = {}, [shlex.join(["keras-dense", *train])]
+    for name, extra in {"": [], **evaluations}.items():
+        argv, _, value = evaluate(
+            output, f"{folder}/val-*.tfrecord", name or "plain", extra, "mean_iou"
+        )
+        scores[f"{label}_{name}" if name else label] = value
+        commands.append(shlex.join(["keras-dense", *argv]))
+    return {"scores": scores, "train_seconds": round(seconds, 1), "commands": commands}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    args = parser.parse_args()
+    pets = rows()["pets"]
+    folder = pets.folder(args.seeds[0])
+    run_cli(PRETRAINED_COMMAND)
+    for argv in pets.converts(folder, args.seeds[0]):
+        run_cli(argv)
+    per_seed, runs = {}, []
+    for seed in args.seeds:
+        for label, builder, overrides, evaluations in MODELS:
+            result = train_and_score(label, builder, overrides, evaluations, seed, folder)
+            runs.append({"seed": seed, **result})
+            per_seed.setdefault(seed, {}).update(result["scores"])
+    summary = {}
+    for name in ORDER:
+        values = [per_seed[s][name] for s in args.seeds]
+        numbers = [v for v in values if isinstance(v, (int, float))]
+        summary[name] = {
+            "per_seed": values,
+            "mean": statistics.mean(numbers) if numbers else None,
+            "half_range": (max(numbers) - min(numbers)) / 2 if numbers else None,
+        }
+
+    def ordered(scores: dict) -> bool:
+        pairs = [("fcn32s", "fcn16s"), ("fcn16s", "fcn8s"), ("deeplab_v1", "deeplab_v1_crf")]
+        return all(
+            isinstance(scores[a], (int, float))
+            and isinstance(scores[b], (int, float))
+            and scores[a] < scores[b]
+            for a, b in pairs
+        )
+
+    report = {
+        "benchmark": "fcn_ordering",
+        "data": pets.data,
+        "recipe": RECIPE,
+        "budget": BUDGET,
+        "seeds": args.seeds,
+        "summary": summary,
+        "order_holds_for_means": ordered({k: v["mean"] for k, v in summary.items()}),
+        "order_holds_per_seed": {s: ordered(per_seed[s]) for s in args.seeds},
+        "runs": runs,
+        "environment": environment(),
+        "load_average": os.getloadavg(),
+    }
+    text = json.dumps(report, indent=2)
+    print(text)
+    path = REPO / WORK / "ordering" / "ordering.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
