@@ -162,28 +162,17 @@ def proposal_recall(model, val_batches, tops=(300, 1000)) -> dict:
     import tensorflow as tf
 
     from keras_dense.detection.boxes import iou_matrix
-    from keras_dense.layers.proposal_layer import propose
+    from keras_dense.layers.proposal_layer import ProposalLayer
 
     backbone, rpn = model.get_layer("backbone"), model.get_layer("rpn")
-    layer = model.get_layer("proposal_layer")
+    # The model's proposal layer, keeping max(tops) proposals at test instead of 300.
+    config = model.get_layer("proposal_layer").get_config()
+    layer = ProposalLayer.from_config({**config, "test_post_nms_top_n": max(tops)})
 
     @tf.function(reduce_retracing=True)
     def run(images, shape, scale):
         objectness, deltas = rpn(backbone(images, training=False))
-        return propose(
-            objectness,
-            deltas,
-            shape,
-            scale,
-            stride=layer.stride,
-            scales=layer.scales,
-            ratios=layer.ratios,
-            pre_nms_top_n=layer.test_pre_nms_top_n,
-            post_nms_top_n=max(tops),
-            nms_iou=layer.nms_iou,
-            min_size=layer.min_size,
-            box_stds=layer.box_stds,
-        )
+        return layer([objectness, deltas, shape, scale], training=False)
 
     best = {top: [] for top in tops}
     labels, counts = [], []
