@@ -73,9 +73,20 @@ def fixed_loss(model, batch) -> float:
 
 @pytest.fixture(scope="module")
 def full_model():
-    """The paper-sized model (134M parameters), built once; K = 3, 16 RoIs per image."""
+    """The paper-sized model (134M parameters), built once; K = 3, 16 RoIs per image.
+
+    Its convolutions come from an in-memory VGG16 (random weights): a pretrained trunk, whose
+    conv1 / conv2 the paper freezes.
+    """
     keras.utils.set_random_seed(1)
-    return fast_rcnn(num_classes=3, rois_per_image=16)
+    vgg16 = keras.applications.VGG16(weights=None, include_top=False)
+    return fast_rcnn(num_classes=3, rois_per_image=16, backbone_weights=vgg16)
+
+
+def test_from_scratch_nothing_is_frozen():
+    # Frozen random filters would never learn: only pretrained layers are frozen.
+    model = fast_rcnn(num_classes=1)
+    assert [layer.name for layer in model.layers if layer.weights and not layer.trainable] == []
 
 
 def test_shapes_layers_and_parameter_count(full_model):

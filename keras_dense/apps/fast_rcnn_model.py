@@ -4,7 +4,8 @@ The conv features of the whole image are computed once (VGG16 up to conv5_3, str
 every region of interest is max-pooled into a 7 x 7 grid (`RoIPooling`), goes through fc6 and
 fc7 (4096 units each, dropout 0.5) and two sibling heads: `cls_score` (K + 1 logits,
 background = class 0) and `bbox_pred` (4 deltas per class, `(dx, dy, dw, dh)`). conv1_x and
-conv2_x are frozen, as in the paper.
+conv2_x are frozen when `backbone_weights` loads them, as in the paper (from scratch, nothing
+is frozen).
 
 `FastRCNN` is a functional `keras.Model` whose `train_step` consumes the batches of
 `keras_dense.data.detection_dataset` (dicts with images, ground truth and proposals): RoI
@@ -141,7 +142,8 @@ def fast_rcnn(
         backbone_weights=backbone_weights,
         load_backbone=family.load_weights,
         backbone_source=family.weights_source,
-        frozen_layers=FROZEN_LAYERS,
+        # The paper freezes the pretrained conv1 / conv2; random filters must train.
+        frozen_layers=FROZEN_LAYERS if backbone_weights is not None else (),
         **kwargs,
     )
 

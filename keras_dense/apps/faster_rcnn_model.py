@@ -77,7 +77,8 @@ FEATURE_STRIDES = (8, 16)
 # `backbone="compact"` (recipes before the backbone registry) is the detectors' strided
 # compact trunk, registered as "compact_strided".
 BACKBONE_ALIASES = {"compact": "compact_strided"}
-# Backbone layers kept frozen, as the papers did (Fast R-CNN's VGG16 conv1 and conv2).
+# Pretrained backbone layers kept frozen, as the papers did (Fast R-CNN's VGG16 conv1 and
+# conv2); from scratch nothing is frozen.
 FROZEN_BACKBONE_LAYERS = {"vgg16": FROZEN_LAYERS}
 # The builder arguments that are not architecture options of `faster_rcnn_parts`.
 MODEL_ARGUMENTS = ("num_classes", "input_shape", "weights", "name")
@@ -376,8 +377,6 @@ class FasterRCNNParts:
             model = keras.Model(
                 images, features[self.feature_stride], name=FasterRCNN.backbone_name
             )
-        for layer_name in FROZEN_BACKBONE_LAYERS.get(self.backbone, ()):
-            model.get_layer(layer_name).trainable = False
         return model
 
     @staticmethod
@@ -472,9 +471,17 @@ class FasterRCNNParts:
         )
 
     def load_backbone(self, model: keras.Model, path: str) -> list[str]:
-        """Copies the family's pretrained weights into the backbone (and VGG16's fc6/fc7)."""
+        """Copies the family's pretrained weights into the backbone (and VGG16's fc6/fc7).
+
+        The pretrained low layers are then frozen, as the papers did (VGG16's conv1 / conv2);
+        a backbone trained from scratch keeps every layer trainable (frozen random filters
+        would never learn).
+        """
         family = get_backbone(self.backbone)
-        loaded = family.load_weights(model.get_layer(FasterRCNN.backbone_name), path)
+        backbone = model.get_layer(FasterRCNN.backbone_name)
+        loaded = family.load_weights(backbone, path)
+        for layer_name in FROZEN_BACKBONE_LAYERS.get(family.name, ()):
+            backbone.get_layer(layer_name).trainable = False
         head = self.head_options
         # VGG16's fc6 reads 7 x 7 x 512 pooled cells: not the pyramid's 256 channels.
         if (
@@ -636,7 +643,8 @@ def faster_rcnn(
         num_classes: Object classes K; the head has K + 1 outputs (background = 0).
         backbone: A family of the backbone registry (`keras_dense.backbones.backbone_names()`):
             the trunk is the family's network cut at its last feature map at
-            `feature_stride` (VGG16: conv5_3 at 16, conv1/conv2 frozen as in the paper;
+            `feature_stride` (VGG16: conv5_3 at 16, conv1/conv2 frozen when pretrained, as
+            in the paper;
             ResNet: conv1 ... conv4 at 16, all trainable, feeding the same fc head, not a
             conv5 head; MobileNetV2, Xception, ...). `"compact"` is the registry's
             `"compact_strided"`: a small conv-BN-ReLU trunk from scratch, for small images
