@@ -184,7 +184,10 @@ def test_resnet_trunk_stops_at_conv4_and_vgg16_keeps_its_frozen_layers():
     trunk = faster_rcnn(2, backbone="resnet50", **SMALL).get_layer("backbone")
     names = {layer.name for layer in trunk.layers}
     assert "conv4_block6_out" in names and not any(n.startswith("conv5") for n in names)
-    vgg = faster_rcnn(2, backbone="vgg16", **SMALL).get_layer("backbone")
+    assert all(layer.trainable for layer in trunk.layers)
+    pretrained = keras.applications.VGG16(weights=None, include_top=False)
+    vgg = faster_rcnn(2, backbone="vgg16", backbone_weights=pretrained, **SMALL)
+    vgg = vgg.get_layer("backbone")
     frozen = {layer.name for layer in vgg.layers if layer.weights and not layer.trainable}
     assert frozen == {"conv1_1", "conv1_2", "conv2_1", "conv2_2"}
     assert vgg.layers[-1].name == "conv5_3" and "pool5" not in {x.name for x in vgg.layers}
