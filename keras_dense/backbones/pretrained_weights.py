@@ -358,13 +358,25 @@ def transfer_weights(
         source = model_source(source)
     transforms = transforms or {}
     pending: dict[str, list[np.ndarray] | None] = {}
-    fresh, absent = [], []
+    parts: dict[str, keras.layers.Layer] = {}
+    fresh, absent, loaded_names = [], [], []
     for layer in target.layers:
         ours = layer.name
         if ours not in name_map:
             continue
         theirs = name_map[ours]
         expected = [tuple(w.shape) for w in layer.weights]
+        if theirs not in source.shapes and _nested_in(layer, source):
+            # A layer nesting layers (ConvNeXt's Sequential stem): the file names its parts.
+            for part in layer.layers:
+                if part.weights:
+                    parts[part.name] = part
+                    wanted = [tuple(w.shape) for w in part.weights]
+                    if source.shapes[part.name] != wanted:
+                        found = source.shapes[part.name]
+                        raise _mismatch(source, network, ours, part.name, wanted, found)
+            loaded_names.append(ours)
+            continue
         if theirs not in source.shapes:
             if ours in optional:
                 fresh.append(ours)
@@ -383,7 +395,18 @@ def transfer_weights(
         target.get_layer(ours).set_weights(
             source.read(name_map[ours]) if arrays is None else arrays
         )
-    return LoadReport(source.label, list(pending), fresh, absent)
+    for name, part in parts.items():
+        part.set_weights(source.read(name))
+    loaded = [
+        layer.name for layer in target.layers if layer.name in pending or layer.name in loaded_names
+    ]
+    return LoadReport(source.label, loaded, fresh, absent)
+
+
+def _nested_in(layer, source: WeightSource) -> bool:
+    """Whether `layer` nests weighted layers that `source` all holds by name."""
+    parts = [part for part in getattr(layer, "layers", ()) if part.weights]
+    return bool(parts) and all(part.name in source.shapes for part in parts)
 
 
 def weighted_layer_names(features: Callable[..., Mapping], output_stride: int) -> frozenset[str]:
