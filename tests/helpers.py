@@ -139,3 +139,42 @@ def predict_saved_models_in_subprocess(
         else:
             results[name] = f"no output (exit {proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
     return results
+
+
+def tiny_faster_rcnn_recipe(path, data_dir, model_lines: str) -> str:
+    """Writes a Faster R-CNN recipe for 64 px shapes shards in `data_dir` (2 steps, batch 2).
+
+    Args:
+        path: The recipe file to write.
+        data_dir: Folder holding `train-*.tfrecord` and `val-*.tfrecord`.
+        model_lines: The `[model.kwargs]` lines (TOML).
+
+    Returns:
+        The recipe path, as a string.
+    """
+    text = f"""
+task = "detection"
+seed = 0
+[model]
+builder = "faster_rcnn"
+[model.kwargs]
+{model_lines.strip()}
+[data]
+train = "{data_dir}/train-*.tfrecord"
+validation = "{data_dir}/val-*.tfrecord"
+min_size = 64
+max_size = 64
+max_proposals = 0
+[training]
+batch_size = 2
+epochs = 1
+steps_per_epoch = 2
+validation_steps = 1
+[optimizer]
+name = "sgd"
+learning_rate = 0.001
+momentum = 0.9
+"""
+    with open(path, "w") as f:
+        f.write(text)
+    return str(path)

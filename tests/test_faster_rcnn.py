@@ -17,7 +17,7 @@ from keras_dense.layers import ProposalLayer, RoIPooling
 
 from detection_reference import inclusive_iou, reference_proposals
 from export_test_utils import decode_rgb, encode, make_image, normalize_np
-from helpers import run_python
+from helpers import run_python, tiny_faster_rcnn_recipe
 
 HEIGHT, WIDTH = 96, 128
 NUM_CLASSES = 2
@@ -330,14 +330,10 @@ def test_detection_task_trains_evaluates_predicts_and_exports_without_proposals(
         )
     )
     assert batch["proposals"].shape == (2, 0, 4) and not batch["num_proposals"].numpy().any()
-    recipe = tmp_path / "faster.toml"
-    recipe.write_text(
-        f"""
-task = "detection"
-seed = 0
-[model]
-builder = "faster_rcnn"
-[model.kwargs]
+    recipe = tiny_faster_rcnn_recipe(
+        tmp_path / "faster.toml",
+        tmp_path / "data",
+        """
 fc_units = 16
 rpn_filters = 16
 anchor_scales = [16, 32, 64]
@@ -346,22 +342,7 @@ train_pre_nms_top_n = 200
 train_post_nms_top_n = 50
 test_pre_nms_top_n = 100
 test_post_nms_top_n = 20
-[data]
-train = "{tmp_path / "data" / "train-*.tfrecord"}"
-validation = "{tmp_path / "data" / "val-*.tfrecord"}"
-min_size = 64
-max_size = 64
-max_proposals = 0
-[training]
-batch_size = 2
-epochs = 1
-steps_per_epoch = 2
-validation_steps = 1
-[optimizer]
-name = "sgd"
-learning_rate = 0.001
-momentum = 0.9
-"""
+""",
     )
     run = tmp_path / "run"
     assert cli.main(["train", str(recipe), "--output", str(run)]) == 0

@@ -21,6 +21,8 @@ from keras_dense.layers import (
     fpn_levels,
 )
 
+from helpers import tiny_faster_rcnn_recipe
+
 HEIGHT, WIDTH = 64, 96
 
 
@@ -335,14 +337,10 @@ def test_fpn_recipe_trains_with_keras_dense_train(tmp_path):
     # model.kwargs.fpn = true: the compiled training step, validation and best.keras.
     convert_shapes(str(tmp_path / "data" / "train"), 4, size=64, seed=0, progress=False)
     convert_shapes(str(tmp_path / "data" / "val"), 2, size=64, seed=1, progress=False)
-    recipe = tmp_path / "fpn.toml"
-    recipe.write_text(
-        f"""
-task = "detection"
-seed = 0
-[model]
-builder = "faster_rcnn"
-[model.kwargs]
+    recipe = tiny_faster_rcnn_recipe(
+        tmp_path / "fpn.toml",
+        tmp_path / "data",
+        """
 backbone = "vgg16"
 fpn = true
 fpn_channels = 8
@@ -354,22 +352,7 @@ train_pre_nms_top_n = 200
 train_post_nms_top_n = 40
 test_pre_nms_top_n = 100
 test_post_nms_top_n = 12
-[data]
-train = "{tmp_path / "data" / "train-*.tfrecord"}"
-validation = "{tmp_path / "data" / "val-*.tfrecord"}"
-min_size = 64
-max_size = 64
-max_proposals = 0
-[training]
-batch_size = 2
-epochs = 1
-steps_per_epoch = 2
-validation_steps = 1
-[optimizer]
-name = "sgd"
-learning_rate = 0.001
-momentum = 0.9
-"""
+""",
     )
     run = tmp_path / "run"
     assert cli.main(["train", str(recipe), "--output", str(run)]) == 0
