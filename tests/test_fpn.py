@@ -11,6 +11,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from test_mask_rcnn import synthetic_batch  # ellipses and rectangles with their masks
 
 from keras_dense.apps import faster_rcnn, mask_rcnn
 from keras_dense.detection import pyramid_anchors
@@ -220,30 +221,6 @@ SMALL = dict(
     test_post_nms_top_n=12,
     min_size=4,
 )
-
-
-def synthetic_batch() -> dict:
-    rng = np.random.default_rng(0)
-    images = rng.normal(0, 10, (2, HEIGHT, WIDTH, 3)).astype(np.float32)
-    boxes = np.zeros((2, 3, 4), np.float32)
-    boxes[0, :2] = [[4, 6, 30, 40], [30, 50, 60, 90]]
-    boxes[1, 0] = [10, 10, 50, 70]
-    labels = np.array([[1, 2, 0], [1, 0, 0]], np.int32)
-    masks = np.zeros((2, 3, HEIGHT, WIDTH), np.uint8)
-    for b, g in ((0, 0), (0, 1), (1, 0)):
-        y0, x0, y1, x1 = boxes[b, g].astype(int)
-        masks[b, g, y0:y1, x0:x1] = 1
-        images[b, y0:y1, x0:x1, labels[b, g] - 1] += 100.0
-    return {
-        "images": images,
-        "image_shape": np.array([[HEIGHT, WIDTH]] * 2, np.int32),
-        "scale": np.ones(2, np.float32),
-        "boxes": boxes,
-        "labels": labels,
-        "num_boxes": np.array([2, 1], np.int32),
-        "difficult": np.zeros((2, 3), bool),
-        "instance_masks": masks,
-    }
 
 
 def model_inputs(batch):
