@@ -57,6 +57,7 @@ OLD_TRAINING_DEFAULTS = {
     "mixed_precision": False,
     "jit_compile": False,
     "image_summaries": 3,
+    "precise_bn_steps": 0,  # added later; off unless a recipe asks for it
 }
 # Keys whose default changed on purpose: classification never read `photometric` (its
 # pipeline has no photometric distortion), and only segmentation computes mIoU and pixel

@@ -169,6 +169,10 @@ class TrainingConfig:
         mixed_precision: Train under the `mixed_float16` policy.
         jit_compile: XLA-compile the train step.
         image_summaries: Images drawn to TensorBoard each epoch (tasks that draw them).
+        precise_bn_steps: Training batches over which BatchNorm's running statistics are
+            re-estimated before each validation (precise BN, see
+            `keras_dense.training.precise_batch_norm`; 0: off, scoring uses the running
+            averages as trained).
     """
 
     batch_size: int = 8
@@ -181,6 +185,7 @@ class TrainingConfig:
     mixed_precision: bool = False
     jit_compile: bool = False
     image_summaries: int = 3
+    precise_bn_steps: int = 0
 
     def check(self, known_metrics: tuple[str, ...], task: str) -> None:
         """Raises `RecipeError` naming a value out of range or a metric the task lacks."""
@@ -189,6 +194,7 @@ class TrainingConfig:
         for key in ("steps", "steps_per_epoch", "validation_steps", "validation_batch_size"):
             require(getattr(self, key) >= 0, f"training.{key}", "expected >= 0 (0: automatic)")
         require(self.image_summaries >= 0, "training.image_summaries", "expected >= 0")
+        require(self.precise_bn_steps >= 0, "training.precise_bn_steps", "expected >= 0 (0: off)")
         unknown = [m for m in self.metrics if m not in known_metrics]
         require(
             not unknown,

@@ -40,6 +40,7 @@ from keras_dense.training.distribution import (
     worker_info,
 )
 from keras_dense.training.optimizers import build_optimizer
+from keras_dense.training.precise_batch_norm import PreciseBatchNorm
 from keras_dense.training.recipe import UNTYPED_DEFAULTS, RecipeError
 from keras_dense.utils.files import atomic_write_bytes
 from keras_dense.utils.run_lock import run_lock
@@ -293,6 +294,9 @@ def _train_locked(recipe: Recipe, run_dir: str, strategy, info, verbose, start) 
     # Last but one, so that a saved state implies every other output of its epoch was
     # written; then the CSV row, so that a row implies its epoch's state (which holds the
     # epoch's logs: a crash between the two loses nothing, see reconcile_history).
+    if training.precise_bn_steps and val_ds is not None:
+        # Runs in `on_test_begin`: validation and the best checkpoint see the new statistics.
+        callback_list.append(PreciseBatchNorm(train_ds, training.precise_bn_steps, stage))
     callback_list.append(
         backup.EpochBackup(os.path.join(run_dir, BACKUP_DIR), run={"classes": classes})
     )
