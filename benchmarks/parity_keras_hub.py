@@ -200,17 +200,30 @@ def train_and_score(build, seed: int, args, train: str, test: str) -> dict:
     }
     start = time.monotonic()
     _, scores = evaluate_segmentation(model, card, test, tiled=False, max_memory=MAX_MEMORY)
+    evaluate_seconds = time.monotonic() - start
     tail = max(1, len(losses) // 10)
+    precise = {}
+    if args.precise_bn:
+        # The same weights, BatchNorm statistics re-estimated on training batches (both models).
+        from keras_dense.training.precise_batch_norm import recalibrate_batch_norm
+
+        recalibrate_batch_norm(model, dataset, args.precise_bn)
+        _, rescored = evaluate_segmentation(model, card, test, tiled=False, max_memory=MAX_MEMORY)
+        precise = {
+            "mean_iou_precise_bn": round(float(rescored["mean_iou"]), 4),
+            "per_class_iou_precise_bn": rescored.get("per_class_iou"),
+        }
     return {
         "seed": seed,
         "mean_iou": round(float(scores["mean_iou"]), 4),
+        **precise,
         "pixel_accuracy": round(float(scores.get("pixel_accuracy", float("nan"))), 4),
         "per_class_iou": scores.get("per_class_iou"),
         "first_loss": round(statistics.fmean(losses[:tail]), 4),
         "last_loss": round(statistics.fmean(losses[-tail:]), 4),
         "parameters": int(model.count_params()),
         "train_seconds": round(train_seconds, 1),
-        "evaluate_seconds": round(time.monotonic() - start, 1),
+        "evaluate_seconds": round(evaluate_seconds, 1),
         "test_images": scores["images"],
     }
 
@@ -218,8 +231,14 @@ def train_and_score(build, seed: int, args, train: str, test: str) -> dict:
 def summary(runs: list[dict]) -> dict:
     """Mean, min, max and std of the runs' mIoU."""
     values = [r["mean_iou"] for r in runs]
+    precise = [r["mean_iou_precise_bn"] for r in runs if "mean_iou_precise_bn" in r]
     return {
         "mean_iou_mean": round(statistics.fmean(values), 4),
+        **(
+            {"mean_iou_precise_bn_mean": round(statistics.fmean(precise), 4)}
+            if len(precise) == len(runs)
+            else {}
+        ),
         "mean_iou_min": min(values),
         "mean_iou_max": max(values),
         "mean_iou_std": round(statistics.pstdev(values), 4),
@@ -260,6 +279,12 @@ def main() -> int:
     parser.add_argument("--weight-decay", type=float, default=4e-5)
     parser.add_argument("--scale-range", type=float, nargs=2, default=[0.5, 2.0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument(
+        "--precise-bn",
+        type=int,
+        default=0,
+        help="also score both after re-estimating BatchNorm statistics on this many batches",
+    )
     parser.add_argument(
         "--side", type=int, default=192, help="longer side of the photos (0: as they are)"
     )
