@@ -855,3 +855,34 @@ def test_a_reused_pid_is_not_taken_for_the_writer():
         pytest.skip("no /proc on this system")
     assert not identity_alive({**me, "start": me["start"] + 1})  # same PID, another process
     assert identity_alive({**me, "host": me["host"] + "-elsewhere", "pid": 0})  # not ours to judge
+
+
+_SERIALIZE_ONE = textwrap.dedent(
+    """
+    import sys
+    import numpy as np
+    from keras_dense.data.schema import Record, serialize_record
+
+    record = Record(
+        source_id="a", image_bytes=b"\\x89PNG", image_format="png", height=2, width=3,
+        channels=3, mask_png=b"mask", boxes=np.array([[0.1, 0.2, 0.3, 0.4]], np.float32),
+        labels=np.array([1]), label_texts=np.array(["cat"]), difficult=np.array([0]),
+        is_crowd=np.array([0]), image_labels=np.array([1]),
+    )
+    sys.stdout.write(serialize_record(record).hex())
+    """
+)
+
+
+def test_a_record_serializes_to_the_same_bytes_in_every_process():
+    """The feature map's order must not follow the process's hash seed: shards written by
+    other processes (Beam workers, a rerun) must be byte-identical."""
+    outputs = set()
+    for seed in ("1", "2"):
+        env = {**os.environ, "PYTHONHASHSEED": seed, "TF_CPP_MIN_LOG_LEVEL": "3"}
+        proc = subprocess.run(
+            [sys.executable, "-c", _SERIALIZE_ONE], capture_output=True, text=True, env=env
+        )
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        outputs.add(proc.stdout)
+    assert len(outputs) == 1

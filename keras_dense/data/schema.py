@@ -158,7 +158,9 @@ def serialize_record(record: Record) -> bytes:
     if record.proposals is not None:
         features.update(_box_features(PROPOSAL_PREFIX, record.proposals))
     example = tf.train.Example(features=tf.train.Features(feature=features))
-    return example.SerializeToString()
+    # Map fields (the feature names) in sorted order: the same bytes in every process, whatever
+    # its hash seed (the default order follows the map's hashing).
+    return example.SerializeToString(deterministic=True)
 
 
 def feature_spec() -> dict:
