@@ -30,6 +30,21 @@ def _add_common_convert_args(parser: argparse.ArgumentParser, on_error: bool = T
         default=min(4, os.cpu_count() or 1),
         help="parallel encoding threads (>= 1)",
     )
+    parser.add_argument(
+        "--runner",
+        choices=("local", "beam"),
+        default="local",
+        help="local: threads in this process (default); beam: an Apache Beam pipeline (the "
+        "'beam' extra) writing the same shards, locally on worker processes or on a cluster",
+    )
+    parser.add_argument(
+        "--beam-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a Beam pipeline option, repeatable: direct_num_workers=4, runner=DataflowRunner, "
+        "project=..., temp_location=gs://... (with --runner beam)",
+    )
     if on_error:
         parser.add_argument(
             "--on-error",
@@ -152,7 +167,11 @@ def _convert(args: argparse.Namespace) -> dict:
         "num_shards": args.num_shards,
         "workers": args.workers,
         "progress": True,
+        "runner": args.runner,
+        "beam_options": args.beam_option,
     }
+    if args.beam_option and args.runner != "beam":
+        raise ValueError("--beam-option applies to --runner beam only; add --runner beam")
     if args.format == "pairs":
         return data.convert_pairs(
             args.images,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import struct
 import zlib
 from typing import NamedTuple
@@ -12,6 +11,7 @@ import numpy as np
 
 from keras_dense.data.errors import BadInputError
 from keras_dense.data.image_structure import JPEG_SOI, PNG_SIGNATURE, structure_problem
+from keras_dense.data.storage import join, list_folder, read_bytes
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".ppm", ".webp")
 
@@ -169,8 +169,7 @@ def read_image_file(path: str, apply_exif: bool = True) -> LoadedImage:
     Raises:
         BadInputError: The file is empty, truncated or not a decodable image.
     """
-    with open(path, "rb") as f:
-        data = f.read()
+    data = read_bytes(path)
     if not data:
         raise BadInputError(path, "empty file, expected a JPEG or PNG image")
     fmt = sniff_format(data)
@@ -252,8 +251,7 @@ def read_mask_file(path: str) -> np.ndarray:
     Raises:
         BadInputError: The file is damaged, not a PNG, or not single-channel 8-bit.
     """
-    with open(path, "rb") as f:
-        data = f.read()
+    data = read_bytes(path)
     if sniff_format(data) != "png":
         raise BadInputError(
             path,
@@ -326,7 +324,7 @@ def encode_jpeg(rgb: np.ndarray, quality: int = 95) -> bytes:
 def list_images(folder: str) -> list[str]:
     """Sorted image files (by extension) directly inside `folder`."""
     return sorted(
-        os.path.join(folder, name)
-        for name in os.listdir(folder)
+        join(folder, name)
+        for name in list_folder(folder)
         if name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith(".")
     )

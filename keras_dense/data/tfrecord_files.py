@@ -36,7 +36,6 @@ import glob
 import hashlib
 import json
 import os
-import re
 import struct
 from collections.abc import Sequence
 from typing import BinaryIO
@@ -51,14 +50,9 @@ from keras_dense.data.shard_manifest import (  # noqa: F401 (MANIFEST_FORMAT: im
     load_manifest,
     manifest_shards,
 )
+from keras_dense.data.storage import is_remote  # noqa: F401 (imported from here too)
 
-_SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 CACHE_VERSION = 1
-
-
-def is_remote(path: str) -> bool:
-    """Whether a path names a remote file system (`gs://...`), not a local file."""
-    return bool(_SCHEME.match(str(path))) and not str(path).startswith("file://")
 
 
 def _open(path: str) -> BinaryIO:

@@ -13,6 +13,7 @@ from typing import Callable
 
 import tensorflow as tf
 
+from keras_dense.data.beam_options import RUNNERS
 from keras_dense.data.errors import BadInputError
 from keras_dense.data.schema import Record, serialize_record
 from keras_dense.data.shard_commit import commit, journal_path, lock_path, prepare, shard_set_glob
@@ -65,6 +66,8 @@ def write_dataset(
     extra: dict | None = None,
     progress: bool = True,
     read_from: Sequence[str] = (),
+    runner: str = "local",
+    beam_options: Sequence[str] = (),
 ) -> dict:
     """Converts `items` into TFRecord shards plus a manifest.
 
@@ -98,6 +101,10 @@ def write_dataset(
         progress: Show a progress bar on a terminal.
         read_from: The files the items are read from (shards, when converting shards to
             shards); writing onto any of them is refused before anything is written.
+        runner: `"local"` (a thread pool in this process) or `"beam"`: an Apache Beam
+            pipeline (`keras_dense.data.beam_writer`) writing the same bytes and manifest.
+        beam_options: `KEY=VALUE` pipeline options for the Beam runner (see
+            `keras_dense.data.beam_options`).
 
     Returns:
         The manifest as a dict.
@@ -115,7 +122,29 @@ def write_dataset(
     if skipped and on_error == "fail":
         first = skipped[0]
         raise BadInputError(first["input"], first["reason"])
+    if runner not in RUNNERS:
+        raise ValueError(f"runner={runner!r}: expected one of {list(RUNNERS)}")
     refuse_overlap(output, num_shards, read_from)
+    if runner == "beam":
+        from keras_dense.data.beam_writer import write_dataset_beam
+
+        return write_dataset_beam(
+            output,
+            items,
+            make_record,
+            item_name=item_name,
+            num_shards=num_shards,
+            on_error=on_error,
+            skipped=skipped,
+            beam_options=beam_options,
+            manifest_fields={
+                "classes": classes,
+                "ignore_label": ignore_label,
+                "task": task,
+                "arguments": arguments,
+                "extra": extra,
+            },
+        )
     directory = os.path.dirname(os.path.abspath(output))
     os.makedirs(directory, exist_ok=True)
     # A dead run's unfinished commit first, and its backups that are a file's only copy; the
@@ -171,25 +200,19 @@ def write_dataset(
                 for block in iter(lambda f=f: f.read(1 << 20), b""):
                     digest.update(block)
                 os.fsync(f.fileno())  # complete on disk before the commit journal exists
-        manifest = {
-            "format": MANIFEST_FORMAT,
-            "name": os.path.basename(output),
-            "task": task,
-            "classes": list(classes),
-            "num_classes": len(classes),
-            "ignore_label": ignore_label,
-            "num_images": num_images,
-            "num_boxes": num_boxes,
-            "shards": [
-                {"file": os.path.basename(p), "records": c, "sha256": h.hexdigest()}
-                for p, c, h in zip(paths, counts, hashes)
-            ],
-            "arguments": arguments or {},
-            "skipped": skipped,
-            # JPEGs turned upright from their EXIF orientation, stored as PNG (see image_io).
-            "exif_reoriented": reoriented,
-            **(extra or {}),
-        }
+        manifest = build_manifest(
+            output,
+            [{"records": c, "sha256": h.hexdigest()} for c, h in zip(counts, hashes)],
+            num_images=num_images,
+            num_boxes=num_boxes,
+            classes=classes,
+            ignore_label=ignore_label,
+            task=task,
+            arguments=arguments,
+            skipped=skipped,
+            reoriented=reoriented,
+            extra=extra,
+        )
         with open(manifest_tmp, "wb") as f:
             write_durably(f, (json.dumps(manifest, indent=2) + "\n").encode())
         commit(output, list(zip([*tmp_paths, manifest_tmp], [*paths, manifest_file])))
@@ -200,6 +223,60 @@ def write_dataset(
         for tmp in [*tmp_paths, manifest_tmp]:
             remove_quietly(tmp)
     return manifest
+
+
+def build_manifest(
+    output: str,
+    shards: Sequence[dict],
+    *,
+    num_images: int,
+    num_boxes: int,
+    classes: Sequence[str],
+    ignore_label: int | None,
+    task: str,
+    arguments: dict | None,
+    skipped: Sequence[dict],
+    reoriented: Sequence[dict],
+    extra: dict | None,
+) -> dict:
+    """The manifest of a shard set (the one layout every writer produces).
+
+    Args:
+        output: `DIR/NAME` of the set.
+        shards: Per shard, in order, `{"records": count, "sha256": hex digest}`.
+        num_images: Records written.
+        num_boxes: Boxes in them.
+        classes: Class names; index = class id.
+        ignore_label: The mask value ignored in losses and metrics (None for detection).
+        task: The records' task.
+        arguments: The converter's arguments.
+        skipped: The inputs left out, `{"input", "reason"}`, in input order.
+        reoriented: The JPEGs turned upright from EXIF, `{"input", "orientation"}`.
+        extra: More manifest fields.
+
+    Returns:
+        The manifest as a dict.
+    """
+    paths = shard_paths(output, len(shards))
+    return {
+        "format": MANIFEST_FORMAT,
+        "name": os.path.basename(output),
+        "task": task,
+        "classes": list(classes),
+        "num_classes": len(classes),
+        "ignore_label": ignore_label,
+        "num_images": num_images,
+        "num_boxes": num_boxes,
+        "shards": [
+            {"file": os.path.basename(path), "records": shard["records"], "sha256": shard["sha256"]}
+            for path, shard in zip(paths, shards)
+        ],
+        "arguments": arguments or {},
+        "skipped": list(skipped),
+        # JPEGs turned upright from their EXIF orientation, stored as PNG (see image_io).
+        "exif_reoriented": list(reoriented),
+        **(extra or {}),
+    }
 
 
 def refuse_overlap(output: str, num_shards: int, read_from: Sequence[str]) -> None:

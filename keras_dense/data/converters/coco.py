@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -106,6 +107,8 @@ def convert_coco(
     ignore_label: int = 255,
     on_error: str = "fail",
     workers: int = 1,
+    runner: str = "local",
+    beam_options: Sequence[str] = (),
     progress: bool = True,
 ) -> dict:
     """Converts a COCO instances JSON and its image folder into TFRecords.
@@ -124,6 +127,9 @@ def convert_coco(
             label).
         on_error: `"fail"` or `"skip"`.
         workers: Encoding threads.
+        runner: `"local"` (threads) or `"beam"` (an Apache Beam pipeline writing the same
+            shards; see `keras_dense.data.beam_writer`).
+        beam_options: `KEY=VALUE` Beam pipeline options (`--beam-option`).
         progress: Show a progress bar.
 
     Returns:
@@ -244,6 +250,8 @@ def convert_coco(
         make,
         num_shards=num_shards,
         workers=workers,
+        runner=runner,
+        beam_options=beam_options,
         on_error=on_error,
         classes=names,
         ignore_label=ignore_label if semantic_masks else None,

@@ -27,6 +27,7 @@ converter.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -136,6 +137,8 @@ def convert_folders(
     num_shards: int = 1,
     on_error: str = "fail",
     workers: int = 1,
+    runner: str = "local",
+    beam_options: Sequence[str] = (),
     progress: bool = True,
 ) -> dict:
     """Converts a folder of class sub-folders into TFRecords with image-level labels.
@@ -147,6 +150,9 @@ def convert_folders(
         on_error: `"fail"` stops at the first bad image or empty class folder; `"skip"`
             lists them in the manifest.
         workers: Encoding threads.
+        runner: `"local"` (threads) or `"beam"` (an Apache Beam pipeline writing the same
+            shards; see `keras_dense.data.beam_writer`).
+        beam_options: `KEY=VALUE` Beam pipeline options (`--beam-option`).
         progress: Show a progress bar.
 
     Returns:
@@ -196,6 +202,8 @@ def convert_folders(
         item_name=lambda item: item[0],
         num_shards=num_shards,
         workers=workers,
+        runner=runner,
+        beam_options=beam_options,
         on_error=on_error,
         classes=names,
         ignore_label=None,

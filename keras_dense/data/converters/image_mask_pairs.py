@@ -9,6 +9,7 @@ import numpy as np
 from keras_dense.data.classes import read_split_file
 from keras_dense.data.errors import BadInputError
 from keras_dense.data.image_io import list_images
+from keras_dense.data.storage import is_file, is_folder, join
 
 
 def file_stem(path: str) -> str:
@@ -61,7 +62,7 @@ def pair_images_with_masks(
         BadInputError: A folder is missing or holds no image, or two images share a stem.
     """
     for folder, flag in ((images, "--images"), (masks, "--masks")):
-        if not os.path.isdir(folder):
+        if not is_folder(folder):
             raise BadInputError(folder, f"{flag}: no such folder")
     image_files = list_images(images)
     if not image_files:
@@ -85,8 +86,8 @@ def pair_images_with_masks(
         image_files = [by_stem[s] for s in wanted if s in by_stem]
     pairs = []
     for path in image_files:
-        mask_path = os.path.join(masks, file_stem(path) + mask_suffix + ".png")
-        if os.path.isfile(mask_path):
+        mask_path = join(masks, file_stem(path) + mask_suffix + ".png")
+        if is_file(mask_path):
             pairs.append((path, mask_path))
         else:
             skipped.append(

@@ -183,6 +183,8 @@ def convert_instances(
     num_shards: int = 1,
     on_error: str = "fail",
     workers: int = 1,
+    runner: str = "local",
+    beam_options: Sequence[str] = (),
     progress: bool = True,
 ) -> dict:
     """Converts images and instance-id masks into detection TFRecords with instance masks.
@@ -199,6 +201,9 @@ def convert_instances(
         num_shards: Number of shards.
         on_error: `"fail"` or `"skip"`.
         workers: Encoding threads.
+        runner: `"local"` (threads) or `"beam"` (an Apache Beam pipeline writing the same
+            shards; see `keras_dense.data.beam_writer`).
+        beam_options: `KEY=VALUE` Beam pipeline options (`--beam-option`).
         progress: Show a progress bar.
 
     Returns:
@@ -284,6 +289,8 @@ def convert_instances(
         item_name=lambda p: p[0],
         num_shards=num_shards,
         workers=workers,
+        runner=runner,
+        beam_options=beam_options,
         on_error=on_error,
         classes=names,
         ignore_label=None,

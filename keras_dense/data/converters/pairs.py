@@ -50,6 +50,8 @@ def convert_pairs(
     class_from_prefix: bool = False,
     on_error: str = "fail",
     workers: int = 1,
+    runner: str = "local",
+    beam_options: Sequence[str] = (),
     progress: bool = True,
 ) -> dict:
     """Converts image/mask pairs into segmentation TFRecords.
@@ -85,6 +87,9 @@ def convert_pairs(
             `classes` / `classes_file`.
         on_error: `"fail"` or `"skip"`.
         workers: Encoding threads.
+        runner: `"local"` (threads) or `"beam"` (an Apache Beam pipeline writing the same
+            shards; see `keras_dense.data.beam_writer`).
+        beam_options: `KEY=VALUE` Beam pipeline options (`--beam-option`).
         progress: Show a progress bar.
 
     Returns:
@@ -184,6 +189,8 @@ def convert_pairs(
         item_name=lambda p: p[0],
         num_shards=num_shards,
         workers=workers,
+        runner=runner,
+        beam_options=beam_options,
         on_error=on_error,
         classes=names,
         ignore_label=ignore_label,

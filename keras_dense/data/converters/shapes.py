@@ -9,6 +9,8 @@ box of that mask.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import cv2
 import numpy as np
 
@@ -112,6 +114,8 @@ def convert_shapes(
     seed: int = 0,
     num_shards: int = 1,
     workers: int = 1,
+    runner: str = "local",
+    beam_options: Sequence[str] = (),
     progress: bool = True,
 ) -> dict:
     """Writes the synthetic shapes set as TFRecords (image, mask, boxes and instance masks).
@@ -123,6 +127,9 @@ def convert_shapes(
         seed: Random seed (>= 0).
         num_shards: Number of shards.
         workers: Encoding threads.
+        runner: `"local"` (threads) or `"beam"` (an Apache Beam pipeline writing the same
+            shards; see `keras_dense.data.beam_writer`).
+        beam_options: `KEY=VALUE` Beam pipeline options (`--beam-option`).
         progress: Show a progress bar.
 
     Returns:
@@ -165,6 +172,8 @@ def convert_shapes(
         item_name=lambda i: f"shapes image {i}",
         num_shards=num_shards,
         workers=workers,
+        runner=runner,
+        beam_options=beam_options,
         classes=SHAPE_CLASSES,
         ignore_label=255,
         task="segmentation+detection",

@@ -244,6 +244,8 @@ def convert_voc(
     num_shards: int = 1,
     on_error: str = "fail",
     workers: int = 1,
+    runner: str = "local",
+    beam_options: Sequence[str] = (),
     progress: bool = True,
     coordinates: str = "one-based",
 ) -> dict:
@@ -263,6 +265,9 @@ def convert_voc(
         num_shards: Number of shards.
         on_error: `"fail"` or `"skip"`. With skip, a bad box is dropped on its own and listed.
         workers: Encoding threads.
+        runner: `"local"` (threads) or `"beam"` (an Apache Beam pipeline writing the same
+            shards; see `keras_dense.data.beam_writer`).
+        beam_options: `KEY=VALUE` Beam pipeline options (`--beam-option`).
         progress: Show a progress bar.
         coordinates: Detection boxes: `"one-based"` (VOC pixel indices, inclusive; the devkit,
             LabelImg) or `"zero-based"` (continuous corners; CVAT, Datumaro).
@@ -298,6 +303,8 @@ def convert_voc(
         make,
         num_shards=num_shards,
         workers=workers,
+        runner=runner,
+        beam_options=beam_options,
         on_error=on_error,
         classes=names,
         ignore_label=layout.ignore_label,
