@@ -46,3 +46,43 @@ def environment() -> dict:
         "cpu_count": os.cpu_count(),
         "gpus": len(tf.config.list_physical_devices("GPU")),
     }
+
+
+def downscaled_pairs(images, masks, split, side: int, out) -> tuple[str, str]:
+    """Copies of a split's photos (bilinear) and masks (nearest) at most `side` px on a side.
+
+    Args:
+        images: Folder of `<stem>.jpg` photos.
+        masks: Folder of `<stem>.png` masks.
+        split: A split file whose lines start with a stem.
+        side: The longer side of the copies (smaller images stay as they are).
+        out: Folder that receives `images/` and `masks/` (written once, then reused).
+
+    Returns:
+        The copies' image and mask folders, for `keras-dense convert pairs`.
+    """
+    import pathlib
+
+    from PIL import Image
+
+    out = pathlib.Path(out)
+    done = out / "complete"
+    folders = {"images": out / "images", "masks": out / "masks"}
+    if not done.is_file():
+        for folder in folders.values():
+            folder.mkdir(parents=True, exist_ok=True)
+        for line in pathlib.Path(split).read_text().splitlines():
+            if not line.strip():
+                continue
+            stem = line.split()[0]
+            for source, target, ext, resample in (
+                (images, folders["images"], "jpg", Image.BILINEAR),
+                (masks, folders["masks"], "png", Image.NEAREST),
+            ):
+                with Image.open(pathlib.Path(source) / f"{stem}.{ext}") as img:
+                    img = img.convert("RGB") if ext == "jpg" else img
+                    scale = min(1.0, side / max(img.size))
+                    size = (max(1, round(img.size[0] * scale)), max(1, round(img.size[1] * scale)))
+                    img.resize(size, resample).save(target / f"{stem}.{ext}", quality=95)
+        done.write_text("")
+    return str(folders["images"]), str(folders["masks"])

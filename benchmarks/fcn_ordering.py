@@ -1,5 +1,6 @@
 """The FCN paper's ordering with a pretrained trunk: FCN-32s < FCN-16s < FCN-8s, and DeepLab v1
-with the dense CRF above DeepLab v1, on one real set (the Oxford-IIIT Pet sample).
+with the dense CRF above DeepLab v1, on one real set (`--row`: the ISBI 2012 membranes, or the
+Oxford-IIIT Pet sample at reduced size).
 
 Every model starts its VGG16 convolutions from `keras-dense pretrained hed-vgg16` (no network)
 and trains with the same recipe, budget (steps, batch, crop), optimiser and seeds. The fresh
@@ -8,7 +9,7 @@ layers and are not in a no-top file) use 1024 channels for every FCN variant, as
 Each model is trained with every seed of `--seeds`; the JSON gives each seed's test mIoU, the
 mean, the half range, and whether the means and every seed follow the paper's order.
 
-    .venv/bin/python benchmarks/fcn_ordering.py [--seeds 0 1]
+    .venv/bin/python benchmarks/fcn_ordering.py [--row isbi|pets] [--seeds 0 1]
 """
 
 from __future__ import annotations
@@ -25,10 +26,19 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import environment  # noqa: E402
 from results import PRETRAINED, PRETRAINED_COMMAND, REPO, WORK, evaluate, rows, run_cli  # noqa: E402
 
-RECIPE = "apps/deeplab_v1_pets.toml"
-BUDGET = shlex.split(
-    "data.crop_size=256 training.batch_size=4 training.epochs=3 training.steps_per_epoch=60"
-)
+# Per set: the recipe every model trains with (the builder is overridden) and the budget.
+SETS = {
+    "isbi": (
+        "apps/deeplab_v1_isbi.toml",
+        shlex.split("training.epochs=4 training.steps_per_epoch=50"),
+    ),
+    "pets": (
+        "apps/deeplab_v1_pets.toml",
+        shlex.split(
+            "data.crop_size=160 training.batch_size=4 training.epochs=3 training.steps_per_epoch=50"
+        ),
+    ),
+}
 # (label, builder, its own overrides, evaluations beyond the plain one)
 MODELS = (
     ("fcn32s", "fcn32s", ["model.kwargs.fc_filters=1024"], {}),
@@ -39,16 +49,17 @@ MODELS = (
 ORDER = ("fcn32s", "fcn16s", "fcn8s", "deeplab_v1", "deeplab_v1_crf")
 
 
-def train_and_score(label, builder, overrides, evaluations, seed, folder) -> dict:
+def train_and_score(row, label, builder, overrides, evaluations, seed, folder) -> dict:
     """Trains one model with one seed; returns {score name: test mIoU} and the commands."""
-    output = f"{WORK}/ordering/{label}/seed{seed}"
-    train = ["train", RECIPE, "--output", output, "--set", f"seed={seed}"]
+    recipe, budget = SETS[row]
+    output = f"{WORK}/ordering/{row}/{label}/seed{seed}"
+    train = ["train", recipe, "--output", output, "--set", f"seed={seed}"]
     for override in [
         f'model.builder="{builder}"',
         f'model.kwargs.backbone_weights="{PRETRAINED}"',
         f'data.train="{folder}/train-*.tfrecord"',
         f'data.validation="{folder}/val-*.tfrecord"',
-        *BUDGET,
+        *budget,
         *overrides,
     ]:
         train += ["--set", override]
@@ -65,17 +76,18 @@ def train_and_score(label, builder, overrides, evaluations, seed, folder) -> dic
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--row", choices=list(SETS), default="isbi")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     args = parser.parse_args()
-    pets = rows()["pets"]
-    folder = pets.folder(args.seeds[0])
+    data = rows()[args.row]
+    folder = data.folder(args.seeds[0])
     run_cli(PRETRAINED_COMMAND)
-    for argv in pets.converts(folder, args.seeds[0]):
+    for argv in data.converts(folder, args.seeds[0]):
         run_cli(argv)
     per_seed, runs = {}, []
     for seed in args.seeds:
         for label, builder, overrides, evaluations in MODELS:
-            result = train_and_score(label, builder, overrides, evaluations, seed, folder)
+            result = train_and_score(args.row, label, builder, overrides, evaluations, seed, folder)
             runs.append({"seed": seed, **result})
             per_seed.setdefault(seed, {}).update(result["scores"])
     summary = {}
@@ -99,9 +111,9 @@ def main() -> None:
 
     report = {
         "benchmark": "fcn_ordering",
-        "data": pets.data,
-        "recipe": RECIPE,
-        "budget": BUDGET,
+        "data": data.data,
+        "recipe": SETS[args.row][0],
+        "budget": SETS[args.row][1],
         "seeds": args.seeds,
         "summary": summary,
         "order_holds_for_means": ordered({k: v["mean"] for k, v in summary.items()}),
@@ -112,7 +124,7 @@ def main() -> None:
     }
     text = json.dumps(report, indent=2)
     print(text)
-    path = REPO / WORK / "ordering" / "ordering.json"
+    path = REPO / WORK / "ordering" / f"ordering_{args.row}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text + "\n")
 

@@ -34,7 +34,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from common import environment  # noqa: E402
+from common import downscaled_pairs, environment  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CLASSES = ["background", "pet"]
@@ -66,28 +66,6 @@ def convert(images: pathlib.Path, trimaps: pathlib.Path, split: pathlib.Path, ou
         raise RuntimeError(f"keras-dense {' '.join(argv)} exited with status {status}")
 
 
-def downscaled_copy(pets: pathlib.Path, split: pathlib.Path, side: int, out: pathlib.Path):
-    """The split's photos (bilinear) and trimaps (nearest) with the longer side at most `side`."""
-    from PIL import Image
-
-    (out / "images").mkdir(parents=True, exist_ok=True)
-    (out / "trimaps").mkdir(parents=True, exist_ok=True)
-    for line in split.read_text().splitlines():
-        if not line.strip():
-            continue
-        stem = line.split()[0]
-        for folder, ext, resample in (
-            ("images", "jpg", Image.BILINEAR),
-            ("annotations/trimaps", "png", Image.NEAREST),
-        ):
-            with Image.open(pets / folder / f"{stem}.{ext}") as img:
-                img = img.convert("RGB") if ext == "jpg" else img
-                scale = min(1.0, side / max(img.size))
-                size = (max(1, round(img.size[0] * scale)), max(1, round(img.size[1] * scale)))
-                target = out / folder.split("/")[-1] / f"{stem}.{ext}"
-                img.resize(size, resample).save(target, quality=95)
-
-
 def prepare_shards(work: pathlib.Path, side: int) -> tuple[str, str]:
     """Train and test shard patterns (converted once, then reused)."""
     pets = shared_pets()
@@ -98,9 +76,9 @@ def prepare_shards(work: pathlib.Path, side: int) -> tuple[str, str]:
         if not list(output.parent.glob(f"{output.name}-*.tfrecord")):
             images, trimaps = pets / "images", annotations / "trimaps"
             if side:
-                small = work / f"{split}_photos_{side}"
-                downscaled_copy(pets, annotations / f"{split}.txt", side, small)
-                images, trimaps = small / "images", small / "trimaps"
+                images, trimaps = downscaled_pairs(
+                    images, trimaps, annotations / f"{split}.txt", side, work / f"{split}_{side}"
+                )
             convert(images, trimaps, annotations / f"{split}.txt", str(output))
         patterns.append(f"{output}-*.tfrecord")
     return patterns[0], patterns[1]
