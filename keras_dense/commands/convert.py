@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import os
 
+from keras_dense.commands.runner_arguments import add_runner_arguments, check_runner_arguments
+
 
 def _positive_int(text: str) -> int:
     """An argparse type: an integer >= 1 (argparse names the option in its error)."""
@@ -30,21 +32,7 @@ def _add_common_convert_args(parser: argparse.ArgumentParser, on_error: bool = T
         default=min(4, os.cpu_count() or 1),
         help="parallel encoding threads (>= 1)",
     )
-    parser.add_argument(
-        "--runner",
-        choices=("local", "beam"),
-        default="local",
-        help="local: threads in this process (default); beam: an Apache Beam pipeline (the "
-        "'beam' extra) writing the same shards, locally on worker processes or on a cluster",
-    )
-    parser.add_argument(
-        "--beam-option",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="a Beam pipeline option, repeatable: direct_num_workers=4, runner=DataflowRunner, "
-        "project=..., temp_location=gs://... (with --runner beam)",
-    )
+    add_runner_arguments(parser, "writing the same shards")
     if on_error:
         parser.add_argument(
             "--on-error",
@@ -170,8 +158,7 @@ def _convert(args: argparse.Namespace) -> dict:
         "runner": args.runner,
         "beam_options": args.beam_option,
     }
-    if args.beam_option and args.runner != "beam":
-        raise ValueError("--beam-option applies to --runner beam only; add --runner beam")
+    check_runner_arguments(args)
     if args.format == "pairs":
         return data.convert_pairs(
             args.images,

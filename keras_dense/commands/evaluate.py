@@ -9,13 +9,19 @@ import math
 import os
 
 from keras_dense.commands.applicable_options import CommandOptions, stored_card
+from keras_dense.commands.runner_arguments import add_runner_arguments, check_runner_arguments
 from keras_dense.commands.tta_arguments import add_tta_arguments
 from keras_dense.prediction.inference import DEFAULT_MAX_MEMORY
 
 _DEFAULT_MEMORY = f"{DEFAULT_MAX_MEMORY / 2**30:g}GiB"
 # Options that need a capability of the model's task (`Task.capabilities`); left out they are
 # None.
-_DEFAULTS = {"tta": "none", "pointing_tolerance": 3.0, "max_memory": _DEFAULT_MEMORY}
+_DEFAULTS = {
+    "tta": "none",
+    "pointing_tolerance": 3.0,
+    "max_memory": _DEFAULT_MEMORY,
+    "runner": "local",
+}
 _OPTIONS = CommandOptions.task_specific(
     "evaluate",
     {
@@ -26,6 +32,7 @@ _OPTIONS = CommandOptions.task_specific(
         "scales": ("score_tta", "map_tta"),
         "pointing_tolerance": ("pointing_game",),
         "max_memory": ("memory_planning",),
+        "runner": ("beam_evaluation",),
     },
     _DEFAULTS,
 )
@@ -72,6 +79,7 @@ def register(sub) -> None:
         "it: larger images are evaluated tile by tile, or refused naming the record when even "
         f"that does not fit (default {_DEFAULT_MEMORY})",
     )
+    add_runner_arguments(parser, "scoring segmentation with the same numbers", default=None)
     parser.add_argument(
         "--output",
         help="folder for metrics.json and confusion_matrix.png (default: beside "
@@ -100,6 +108,7 @@ def run(args: argparse.Namespace) -> int:
     from keras_dense.utils.tta import parse_tta
 
     _OPTIONS.check(args, task=stored_card(args.model)[0])
+    check_runner_arguments(args)
     if not (math.isfinite(args.pointing_tolerance) and args.pointing_tolerance >= 0):
         raise ValueError(
             f"--pointing-tolerance {args.pointing_tolerance}: expected a finite number of "
@@ -119,6 +128,9 @@ def run(args: argparse.Namespace) -> int:
         progress=True,
         pointing_tolerance=args.pointing_tolerance,
         max_memory=max_memory,
+        runner=args.runner,
+        beam_options=tuple(args.beam_option),
+        model_path=args.model,
     )
     report = {"model": args.model, "data": args.data, "task": task.name}
     report.update(task.evaluate(model, card, args.data, options))

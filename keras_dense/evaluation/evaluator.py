@@ -39,30 +39,83 @@ def checked_examples(card: dict, pattern: str):
             its shard, index and source_id), a mask of another size than its image, or
             labels outside the card's classes that are not the ignore label.
     """
-    classes = card["classes"]
     check_files(resolve_files(pattern))  # the manifest first, as read_examples checks it
     check_segmentation_masks(pattern, f"--data {pattern}")
     for example in read_examples(pattern):
         record = f"record {example['source_id']!r} in {pattern}"
-        if "mask" not in example:
-            raise BadInputError(record, "has no segmentation mask")
-        mask = example["mask"]
-        if mask.shape[:2] != example["image"].shape[:2]:
-            raise BadInputError(
-                record,
-                f"mask {mask.shape[1]}x{mask.shape[0]} and image "
-                f"{example['image'].shape[1]}x{example['image'].shape[0]} differ in size "
-                "(width x height); re-convert the data",
-            )
-        outside = int(np.count_nonzero((mask >= len(classes)) & (mask != card["ignore_label"])))
-        if outside:
-            raise BadInputError(
-                record,
-                f"{outside} mask pixel(s) hold labels outside [0, {len(classes)}) that are not "
-                f"the ignore label {card['ignore_label']}: the shards do not use the model's "
-                "class list",
-            )
+        check_segmentation_example(card, record, example)
         yield record, example
+
+
+def check_segmentation_example(card: dict, record: str, example: dict) -> None:
+    """Raises `BadInputError` naming `record` when its mask cannot be scored against the card.
+
+    Raises:
+        BadInputError: No mask, a mask of another size than its image, or labels outside the
+            card's classes that are not the ignore label.
+    """
+    classes = card["classes"]
+    if "mask" not in example:
+        raise BadInputError(record, "has no segmentation mask")
+    mask = example["mask"]
+    if mask.shape[:2] != example["image"].shape[:2]:
+        raise BadInputError(
+            record,
+            f"mask {mask.shape[1]}x{mask.shape[0]} and image "
+            f"{example['image'].shape[1]}x{example['image'].shape[0]} differ in size "
+            "(width x height); re-convert the data",
+        )
+    outside = int(np.count_nonzero((mask >= len(classes)) & (mask != card["ignore_label"])))
+    if outside:
+        raise BadInputError(
+            record,
+            f"{outside} mask pixel(s) hold labels outside [0, {len(classes)}) that are not "
+            f"the ignore label {card['ignore_label']}: the shards do not use the model's "
+            "class list",
+        )
+
+
+def example_confusion(
+    model,
+    card: dict,
+    record: str,
+    example: dict,
+    crf_parameters: dict | None,
+    tiled: bool | None,
+    tta: TestTimeAugmentation | None,
+    max_memory: int,
+) -> tuple[np.ndarray, bool]:
+    """One record's confusion matrix, predicted as `evaluate_segmentation` predicts it.
+
+    Args:
+        model: The segmenter.
+        card: Its model card.
+        record: The record's name for errors.
+        example: The decoded record (`image`, `mask`).
+        crf_parameters: Dense-CRF parameters (None: no CRF).
+        tiled: Force (True) or forbid (False) overlap-tile inference; None: automatic.
+        tta: Test-time augmentation, or None.
+        max_memory: Bytes one image's prediction may take.
+
+    Returns:
+        `(confusion matrix, whether the memory plan tiled an image it was not told to tile)`.
+    """
+    classes = card["classes"]
+    image_tiled = _planned_tiling(model, card, record, example["image"], max_memory, tta, tiled)
+    if tta is not None and tta.enabled:
+        scores = segment_probabilities(model, example["image"], card, tta, tiled=image_tiled)
+    else:
+        scores = segment(model, example["image"], card, tiled=image_tiled)
+    if scores.shape[-1] != len(classes):
+        raise ValueError(
+            f"the model predicts {scores.shape[-1]} classes, its card names {len(classes)}"
+        )
+    if crf_parameters is not None:
+        probs = scores if tta is not None and tta.enabled else softmax(scores)
+        scores = dense_crf(probs, example["image"], **crf_parameters)
+    predicted = np.argmax(scores, axis=-1)
+    cm = confusion_matrix(example["mask"], predicted, len(classes), card["ignore_label"])
+    return cm, image_tiled is True and tiled is not True
 
 
 def evaluate_segmentation(
@@ -112,25 +165,15 @@ def evaluate_segmentation(
     check_card_classes(pattern, card)
     cm = np.zeros((len(classes), len(classes)), np.int64)
     count = 0
-    crf_parameters = card_crf_parameters(card) if crf else {}
+    crf_parameters = card_crf_parameters(card) if crf else None
     bar = Progress(count_records(pattern) if progress else 0, "evaluating", progress)
     tiled_images = 0
     for record, example in checked_examples(card, pattern):
-        image_tiled = _planned_tiling(model, card, record, example["image"], max_memory, tta, tiled)
-        tiled_images += int(image_tiled is True and tiled is not True)
-        if tta is not None and tta.enabled:
-            scores = segment_probabilities(model, example["image"], card, tta, tiled=image_tiled)
-        else:
-            scores = segment(model, example["image"], card, tiled=image_tiled)
-        if scores.shape[-1] != len(classes):
-            raise ValueError(
-                f"the model predicts {scores.shape[-1]} classes, its card names {len(classes)}"
-            )
-        if crf:
-            probs = scores if tta is not None and tta.enabled else softmax(scores)
-            scores = dense_crf(probs, example["image"], **crf_parameters)
-        predicted = np.argmax(scores, axis=-1)
-        cm += confusion_matrix(example["mask"], predicted, len(classes), card["ignore_label"])
+        part, plan_tiled = example_confusion(
+            model, card, record, example, crf_parameters, tiled, tta, max_memory
+        )
+        cm += part
+        tiled_images += int(plan_tiled)
         count += 1
         bar.update()
     bar.close()

@@ -224,7 +224,12 @@ class SegmentationTask(Task):
     best_metric = "mean_iou"
     image_summaries = True
     capabilities = TaskCapabilities(
-        score_tta=True, crf=True, tiled_inference=True, memory_planning=True, tflite=True
+        score_tta=True,
+        crf=True,
+        tiled_inference=True,
+        memory_planning=True,
+        tflite=True,
+        beam_evaluation=True,
     )
     export_options = SegmentationExportOptions
 
@@ -323,16 +328,30 @@ class SegmentationTask(Task):
 
     def evaluate(self, model, card, pattern, options: EvaluateOptions):
         tta = options.tta if options.tta.enabled else None
-        cm, scores = evaluate_segmentation(
-            model,
-            card,
-            pattern,
-            crf=options.crf,
-            tiled=options.tiled,
-            progress=options.progress,
-            tta=tta,
-            max_memory=options.max_memory,
-        )
+        if options.runner == "beam":
+            from keras_dense.evaluation.beam_evaluation import evaluate_segmentation_beam
+
+            cm, scores = evaluate_segmentation_beam(
+                options.model_path,
+                card,
+                pattern,
+                crf=options.crf,
+                tiled=options.tiled,
+                tta=tta,
+                max_memory=options.max_memory,
+                beam_options=options.beam_options,
+            )
+        else:
+            cm, scores = evaluate_segmentation(
+                model,
+                card,
+                pattern,
+                crf=options.crf,
+                tiled=options.tiled,
+                progress=options.progress,
+                tta=tta,
+                max_memory=options.max_memory,
+            )
         report = {**scores, "crf": options.crf, "confusion_matrix": cm.tolist()}
         if tta is not None:
             report["tta"] = tta.to_json()

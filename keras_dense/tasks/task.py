@@ -45,6 +45,9 @@ class EvaluateOptions:
             default, for images up to about 128 px; Oquab et al. use 18 on VOC).
         max_memory: Segmentation: bytes one image's prediction may take, planned as `predict`
             plans it (whole, tiled, or refused naming the record).
+        runner: `"local"`, or `"beam"`: an Apache Beam pipeline (segmentation so far).
+        beam_options: `KEY=VALUE` Beam pipeline options.
+        model_path: The saved model's path (Beam's workers load it themselves).
     """
 
     crf: bool = False
@@ -54,6 +57,9 @@ class EvaluateOptions:
     progress: bool = False
     pointing_tolerance: float = 3.0
     max_memory: int = DEFAULT_MAX_MEMORY
+    runner: str = "local"
+    beam_options: tuple[str, ...] = ()
+    model_path: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)

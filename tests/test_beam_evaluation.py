@@ -1,0 +1,46 @@
+"""`evaluate --runner beam`: the local evaluation's numbers, to the last digit."""
+
+from __future__ import annotations
+
+import json
+
+import keras
+import pytest
+
+pytest.importorskip("apache_beam", reason="the 'beam' extra (apache-beam) is not installed")
+
+from keras_dense import cli  # noqa: E402
+from keras_dense.apps import unet  # noqa: E402
+from keras_dense.data import SHAPE_CLASSES, convert_shapes  # noqa: E402
+from keras_dense.utils.model_card import write_model_card  # noqa: E402
+
+
+def test_beam_scores_equal_the_local_ones_with_crf_and_tta(tmp_path):
+    convert_shapes(str(tmp_path / "val"), 5, size=32, seed=4, num_shards=2, progress=False)
+    keras.utils.set_random_seed(2)
+    model = unet(num_classes=4, input_shape=(None, None, 3), padding="same", filters=4, depth=2)
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    card = {"task": "segmentation", "normalization": "caffe", "classes": list(SHAPE_CLASSES)}
+    write_model_card(path, card)
+    common = ["evaluate", "--model", path, "--data", str(tmp_path / "val-*.tfrecord")]
+    common += ["--crf", "--tta", "flip"]
+    assert cli.main([*common, "--output", str(tmp_path / "local")]) == 0
+    beam = ["--runner", "beam", "--beam-option", "direct_num_workers=2"]
+    assert cli.main([*common, *beam, "--output", str(tmp_path / "beam")]) == 0
+    local = json.loads((tmp_path / "local/metrics.json").read_text())
+    remote = json.loads((tmp_path / "beam/metrics.json").read_text())
+    assert local["images"] == remote["images"] == 5
+    assert remote["confusion_matrix"] == local["confusion_matrix"]
+    for key in ("mean_iou", "pixel_accuracy", "frequency_weighted_iou", "per_class_iou"):
+        assert remote[key] == local[key], key
+
+
+def test_beam_evaluation_of_another_task_is_refused_by_name(tmp_path, capsys):
+    path = tmp_path / "detector.keras"
+    path.write_bytes(b"")
+    write_model_card(str(path), {"task": "detection", "classes": ["a"]})
+    argv = ["evaluate", "--model", str(path), "--data", "x-*.tfrecord", "--runner", "beam"]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "--runner" in err and "detection" in err
