@@ -37,10 +37,31 @@ def test_beam_scores_equal_the_local_ones_with_crf_and_tta(tmp_path):
 
 
 def test_beam_evaluation_of_another_task_is_refused_by_name(tmp_path, capsys):
-    path = tmp_path / "detector.keras"
+    path = tmp_path / "instances.keras"
     path.write_bytes(b"")
-    write_model_card(str(path), {"task": "detection", "classes": ["a"]})
+    write_model_card(str(path), {"task": "instance_segmentation", "classes": ["a"]})
     argv = ["evaluate", "--model", str(path), "--data", "x-*.tfrecord", "--runner", "beam"]
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
-    assert "--runner" in err and "detection" in err
+    assert "--runner" in err and "instance_segmentation" in err
+
+
+def test_beam_detection_ap_equals_the_local_one(tmp_path):
+    from test_evaluate_predict import _tiny_fast_rcnn
+
+    convert_shapes(str(tmp_path / "val"), 4, size=64, seed=5, num_shards=2, progress=False)
+    keras.utils.set_random_seed(3)
+    model = _tiny_fast_rcnn()
+    path = str(tmp_path / "det.keras")
+    model.save(path)
+    card = {"task": "detection", "classes": list(SHAPE_CLASSES[1:]), "normalization": "caffe"}
+    write_model_card(path, {**card, "min_size": 64, "max_size": 96})
+    common = ["evaluate", "--model", path, "--data", str(tmp_path / "val-*.tfrecord")]
+    assert cli.main([*common, "--output", str(tmp_path / "local")]) == 0
+    beam = ["--runner", "beam", "--beam-option", "direct_num_workers=2"]
+    assert cli.main([*common, *beam, "--output", str(tmp_path / "beam")]) == 0
+    local = json.loads((tmp_path / "local/metrics.json").read_text())
+    remote = json.loads((tmp_path / "beam/metrics.json").read_text())
+    assert local["images"] == remote["images"] == 4
+    assert remote["map"] == local["map"] and remote["ap"] == local["ap"]
+    assert local["map"] > 0  # some detection matched: the comparison is not of two zeros

@@ -1,17 +1,20 @@
-"""`evaluate --runner beam`: segmentation scored on an Apache Beam pipeline.
+"""`evaluate --runner beam`: segmentation and detection scored on an Apache Beam pipeline.
 
 The shards are checked on the driver as the local evaluation checks them (manifest, mask
-headers, the card's classes). Each worker loads the model once (`DoFn.setup`), decodes and
-checks the records it is given, predicts each image exactly as `evaluate_segmentation` does
-(`example_confusion`: memory plan, tiling, test-time augmentation, dense CRF) and emits its
-integer confusion matrix; a CombineFn sums them. Integer sums do not depend on the order the
-workers finish in, so the scores equal the local evaluation's to the last digit.
+headers or boxes, the card's classes). Each worker loads the model once (`DoFn.setup`) and
+decodes the records it is given.
+- Segmentation: each image is predicted exactly as `evaluate_segmentation` does
+  (`example_confusion`: memory plan, tiling, test-time augmentation, dense CRF) and its integer
+  confusion matrix is emitted; a combine sums them. Integer sums do not depend on the order
+  the workers finish in, so the scores equal the local evaluation's to the last digit.
+- Detection: each image's detections and ground truth (`example_detections`) are gathered,
+  put back in record order (shard, then index) and scored by the same VOC AP as locally.
 """
 
 from __future__ import annotations
 
-import json
 import os
+import pickle
 import uuid
 from collections.abc import Sequence
 
@@ -24,15 +27,47 @@ from keras_dense.data.class_lists import check_card_classes
 from keras_dense.data.reader import decode_record
 from keras_dense.data.segmentation_records import check_segmentation_masks
 from keras_dense.data.tfrecord_files import check_files, resolve_files
-from keras_dense.evaluation.evaluator import check_segmentation_example, example_confusion
+from keras_dense.evaluation.evaluator import (
+    check_detection_data,
+    check_segmentation_example,
+    detection_report,
+    example_confusion,
+    example_detections,
+)
 from keras_dense.evaluation.segmentation_metrics import segmentation_scores
 from keras_dense.utils.tta import TestTimeAugmentation
 
 
-def shard_records(shard: str):
-    """`(index, serialized record)` of every record of one shard file."""
+def shard_records(numbered_shard: tuple[int, str]):
+    """`(shard number, shard, index, serialized record)` of every record of one shard file."""
+    number, shard = numbered_shard
     for index, data in enumerate(tf.data.TFRecordDataset(shard).as_numpy_iterator()):
-        yield shard, index, data
+        yield number, shard, index, data
+
+
+def _result_path(model_path: str) -> str:
+    """Where the pipeline leaves its result for the driver (beside the model, shared)."""
+    folder = os.path.dirname(os.path.abspath(model_path))
+    return os.path.join(folder, f".evaluate-{uuid.uuid4().hex[:12]}.pickle")
+
+
+def _run(build, beam_options, result_path: str):
+    """Runs the pipeline `build(pipeline, write)` builds; returns what `write` was given."""
+    beam = require_beam()
+    options, runner = pipeline_options(beam_options)
+
+    def write(value):
+        with tf.io.gfile.GFile(result_path, "wb") as f:
+            f.write(pickle.dumps(value))
+
+    try:
+        with beam.Pipeline(runner=runner, options=options) as pipeline:
+            build(pipeline, write)
+        with tf.io.gfile.GFile(result_path, "rb") as f:
+            return pickle.loads(f.read())  # written by this run's own pipeline
+    finally:
+        if tf.io.gfile.exists(result_path):
+            tf.io.gfile.remove(result_path)
 
 
 def _score_fn(model_path, card, pattern, crf, tiled, tta, max_memory):
@@ -49,7 +84,7 @@ def _score_fn(model_path, card, pattern, crf, tiled, tta, max_memory):
             self.crf_parameters = card_crf_parameters(card) if crf else None
 
         def process(self, element):
-            shard, index, data = element
+            _, shard, index, data = element
             example = decode_record(data, f"{shard} record {index}")
             record = f"record {example['source_id']!r} in {pattern}"
             check_segmentation_example(card, record, example)
@@ -108,36 +143,77 @@ def evaluate_segmentation_beam(
     shards = resolve_files(pattern)
     check_files(shards)
     check_segmentation_masks(pattern, f"--data {pattern}")
-    options, runner = pipeline_options(beam_options)
-    result_path = os.path.join(
-        os.path.dirname(os.path.abspath(model_path)), f".evaluate-{uuid.uuid4().hex[:12]}.json"
-    )
+    score = _score_fn(model_path, card, pattern, crf, tiled, tta, max_memory)
 
-    def write(total):
-        cm, images, tiled_images = total or (np.zeros((len(classes),) * 2, np.int64), 0, 0)
-        with tf.io.gfile.GFile(result_path, "w") as f:
-            f.write(json.dumps({"cm": cm.tolist(), "images": images, "tiled": tiled_images}))
+    def build(pipeline, write):
+        _ = (
+            pipeline
+            | "Shards" >> beam.Create(list(enumerate(shards)))
+            | "Records" >> beam.FlatMap(shard_records)
+            | "Spread" >> beam.Reshuffle()
+            | "Score" >> beam.ParDo(score)
+            | "Sum" >> beam.CombineGlobally(_sum_scores)
+            | "Write" >> beam.Map(write)
+        )
 
-    try:
-        with beam.Pipeline(runner=runner, options=options) as pipeline:
-            _ = (
-                pipeline
-                | "Shards" >> beam.Create(shards)
-                | "Records" >> beam.FlatMap(shard_records)
-                | "Spread" >> beam.Reshuffle()
-                | "Score"
-                >> beam.ParDo(_score_fn(model_path, card, pattern, crf, tiled, tta, max_memory))
-                | "Sum" >> beam.CombineGlobally(_sum_scores)
-                | "Write" >> beam.Map(write)
-            )
-        with tf.io.gfile.GFile(result_path, "r") as f:
-            summary = json.loads(f.read())
-    finally:
-        if tf.io.gfile.exists(result_path):
-            tf.io.gfile.remove(result_path)
-    cm = np.asarray(summary["cm"], np.int64).reshape(len(classes), len(classes))
+    total = _run(build, beam_options, _result_path(model_path))
+    cm, images, tiled_images = total or (np.zeros((len(classes),) * 2, np.int64), 0, 0)
     result = segmentation_scores(cm, classes)
-    result.update(
-        images=summary["images"], max_memory=int(max_memory), tiled_images=summary["tiled"]
-    )
+    result.update(images=images, max_memory=int(max_memory), tiled_images=tiled_images)
     return cm, result
+
+
+def _detect_fn(model_path, card):
+    """The DoFn class detecting objects in records (Beam imported lazily)."""
+    beam = require_beam()
+
+    class DetectRecords(beam.DoFn):
+        """Loads the model once per worker; yields `((shard number, index), found, truth)`."""
+
+        def setup(self):
+            from keras_dense.prediction.inference import load_keras_model
+
+            self.model = load_keras_model(model_path)
+
+        def process(self, element):
+            number, shard, index, data = element
+            example = decode_record(data, f"{shard} record {index}")
+            found, truth = example_detections(self.model, card, example)
+            yield (number, index), found, truth
+
+    return DetectRecords()
+
+
+def evaluate_detection_beam(
+    model, model_path: str, card: dict, pattern: str, use_07_metric: bool, beam_options=()
+) -> dict:
+    """`evaluate_detection` on a Beam pipeline: the same report.
+
+    Args:
+        model: The loaded model (the driver's checks ask whether it proposes regions).
+        model_path: The `.keras` model each worker loads.
+        card: Its model card.
+        pattern: Glob pattern of TFRecord shards with boxes.
+        use_07_metric: VOC2007's 11-point AP.
+        beam_options: `KEY=VALUE` pipeline options.
+    """
+    beam = require_beam()
+    check_detection_data(model, card, pattern)
+    shards = resolve_files(pattern)
+    detect = _detect_fn(model_path, card)
+
+    def build(pipeline, write):
+        _ = (
+            pipeline
+            | "Shards" >> beam.Create(list(enumerate(shards)))
+            | "Records" >> beam.FlatMap(shard_records)
+            | "Spread" >> beam.Reshuffle()
+            | "Detect" >> beam.ParDo(detect)
+            | "Gather" >> beam.combiners.ToList()
+            | "Write" >> beam.Map(write)
+        )
+
+    gathered = sorted(_run(build, beam_options, _result_path(model_path)), key=lambda r: r[0])
+    detections = [found for _, found, _ in gathered]
+    truths = [truth for _, _, truth in gathered]
+    return detection_report(card, detections, truths, use_07_metric)

@@ -222,8 +222,18 @@ def evaluate_detection(model, card: dict, pattern: str, use_07_metric: bool = Fa
         BadInputError: A record is unusable or has labels outside the card's classes, or the
             shards hold no record or no box (`detection_records.check_evaluation_records`).
     """
+    check_detection_data(model, card, pattern)
+    detections, truths = [], []
+    for example in read_examples(pattern):
+        found, truth = example_detections(model, card, example)
+        detections.append(found)
+        truths.append(truth)
+    return detection_report(card, detections, truths, use_07_metric)
+
+
+def check_detection_data(model, card: dict, pattern: str) -> None:
+    """The checks `evaluate_detection` makes before any record is scored (see there)."""
     from keras_dense.detection import proposes_regions
-    from keras_dense.evaluation.voc_map import voc_detection_map
 
     check_card_classes(pattern, card, object_classes)
     reads_proposals = not proposes_regions(model)
@@ -241,21 +251,27 @@ def evaluate_detection(model, card: dict, pattern: str, use_07_metric: bool = Fa
             "proposals: selective search proposes regions for them",
             file=sys.stderr,
         )
-    detections, truths = [], []
-    for example in read_examples(pattern):
-        height, width = example["image"].shape[:2]
-        size = np.array([height, width, height, width], np.float32)
-        proposals = example.get("proposals")
-        proposals = proposals * size if proposals is not None and len(proposals) else None
-        found = detect_objects(model, example["image"], card, proposals)
-        detections.append(found)
-        truths.append(
-            {
-                "boxes": example.get("boxes", np.zeros((0, 4), np.float32)) * size,
-                "labels": example.get("labels", np.zeros(0, np.int64)),
-                "difficult": example.get("difficult", np.zeros(0, bool)),
-            }
-        )
+
+
+def example_detections(model, card: dict, example: dict) -> tuple[dict, dict]:
+    """One record's detections and ground truth, in image pixels."""
+    height, width = example["image"].shape[:2]
+    size = np.array([height, width, height, width], np.float32)
+    proposals = example.get("proposals")
+    proposals = proposals * size if proposals is not None and len(proposals) else None
+    found = detect_objects(model, example["image"], card, proposals)
+    truth = {
+        "boxes": example.get("boxes", np.zeros((0, 4), np.float32)) * size,
+        "labels": example.get("labels", np.zeros(0, np.int64)),
+        "difficult": example.get("difficult", np.zeros(0, bool)),
+    }
+    return found, truth
+
+
+def detection_report(card: dict, detections: list, truths: list, use_07_metric: bool) -> dict:
+    """`{"map", "ap" (class name -> AP), "images"}` of detections and truths in record order."""
+    from keras_dense.evaluation.voc_map import voc_detection_map
+
     result = voc_detection_map(detections, truths, use_07_metric=use_07_metric)
     names = card["classes"]
     return {

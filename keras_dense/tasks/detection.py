@@ -315,7 +315,7 @@ class DetectionTask(Task):
     data_config = DetectionData
     # Records carry an instance mask per box, which the batches hold (Mask R-CNN).
     instance_masks = False
-    capabilities = TaskCapabilities(voc_ap=True, scored_detections=True)
+    capabilities = TaskCapabilities(voc_ap=True, scored_detections=True, beam_evaluation=True)
     export_options = DetectionExportOptions
     background_outputs = 1
 
@@ -351,6 +351,17 @@ class DetectionTask(Task):
         return {"min_size": data.min_size, "max_size": data.max_size}
 
     def evaluate(self, model, card, pattern, options: EvaluateOptions):
+        if options.runner == "beam":
+            from keras_dense.evaluation.beam_evaluation import evaluate_detection_beam
+
+            return evaluate_detection_beam(
+                model,
+                options.model_path,
+                card,
+                pattern,
+                options.use_07_metric,
+                options.beam_options,
+            )
         return evaluate_detection(model, card, pattern, options.use_07_metric)
 
     def report_lines(self, report):

@@ -47,6 +47,8 @@ class InstanceSegmentationTask(DetectionTask):
     name = "instance_segmentation"
     instance_masks = True  # `datasets`: batches with masks, no proposals read
     export_options = InstanceSegmentationExportOptions
+    # Detection's, less Beam evaluation (COCO mask AP runs locally only so far).
+    capabilities = dataclasses.replace(DetectionTask.capabilities, beam_evaluation=False)
 
     def evaluate(self, model, card, pattern, options: EvaluateOptions):
         total = count_records(pattern) if options.progress else 0
