@@ -25,6 +25,7 @@ the difference, and whether it is within the seed-to-seed spread. Not part of `m
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import pathlib
@@ -84,10 +85,10 @@ def prepare_shards(work: pathlib.Path, side: int) -> tuple[str, str]:
     return patterns[0], patterns[1]
 
 
-def keras_hub_deeplab(num_classes: int):
+def keras_hub_deeplab(num_classes: int, canvas: int):
     """keras-hub's DeepLabV3+ on a from-scratch ResNet-50 v1 (the layout of its
     "deeplab_v3_plus_resnet50_pascalvoc" preset: ASPP on P5, decoder on P2), wrapped so that any
-    input size gives `(B, H, W, num_classes)` logits."""
+    input up to `canvas` (a multiple of 32) on a side gives `(B, H, W, num_classes)` logits."""
     import keras
     from models import keras_hub_deeplab as hub_segmenter
 
@@ -95,16 +96,22 @@ def keras_hub_deeplab(num_classes: int):
 
     segmenter = hub_segmenter(num_classes, None)  # benchmarks/models.py's, any input size
 
-    class PadToMultiple(keras.layers.Layer):
-        """Zero-pads H and W at the bottom/right up to a multiple of 32."""
+    class PadToCanvas(keras.layers.Layer):
+        """Zero-pads H and W at the bottom/right to a fixed `canvas` (static shape): keras-hub's
+        decoder upsamples by factors computed from static sizes and fails on unknown ones."""
+
+        def __init__(self, canvas: int, **kwargs):
+            super().__init__(**kwargs)
+            self.canvas = canvas
 
         def call(self, x):
             shape = keras.ops.shape(x)
-            pad_h, pad_w = (-shape[1]) % 32, (-shape[2]) % 32
-            return keras.ops.pad(x, [[0, 0], [0, pad_h], [0, pad_w], [0, 0]])
+            pad_h, pad_w = self.canvas - shape[1], self.canvas - shape[2]
+            padded = keras.ops.pad(x, [[0, 0], [0, pad_h], [0, pad_w], [0, 0]])
+            return keras.ops.reshape(padded, (-1, self.canvas, self.canvas, x.shape[-1]))
 
         def compute_output_shape(self, shape):
-            return (shape[0], None, None, shape[3])
+            return (shape[0], self.canvas, self.canvas, shape[3])
 
     class CropLike(keras.layers.Layer):
         """Crops the first input to the height and width of the second."""
@@ -118,7 +125,7 @@ def keras_hub_deeplab(num_classes: int):
             return (shapes[0][0], shapes[1][1], shapes[1][2], shapes[0][3])
 
     inputs = keras.Input((None, None, 3))
-    logits = CropLike()([segmenter(PadToMultiple()(inputs)), inputs])
+    logits = CropLike()([segmenter(PadToCanvas(canvas)(inputs)), inputs])
     model = keras.Model(inputs, logits, name="keras_hub_deeplabv3plus_resnet50")
     inference._BYTES_PER_PIXEL[model] = HUB_BYTES_PER_PIXEL
     return model
@@ -281,7 +288,12 @@ def main() -> int:
         parser.error(f"--crop {args.crop}: keras-hub's DeepLabV3 needs a multiple of 32")
     start = time.monotonic()
     train, test = prepare_shards(pathlib.Path(args.work), args.side)
-    builders = {"ours": our_deeplab, "keras_hub": keras_hub_deeplab}
+    # keras-hub's model takes a static canvas (a multiple of 32) that every test photo fits.
+    canvas = -(-max(args.crop, args.side or 512) // 32) * 32
+    builders = {
+        "ours": our_deeplab,
+        "keras_hub": functools.partial(keras_hub_deeplab, canvas=canvas),
+    }
     names = args.only or list(builders)
     report = {
         "benchmark": "parity_keras_hub",
