@@ -9,6 +9,8 @@ import sys
 import numpy as np
 
 from keras_dense.commands.applicable_options import CommandOptions, stored_card
+from keras_dense.commands.predict_export import check_export_arguments, run_export
+from keras_dense.commands.runner_arguments import add_runner_arguments, check_runner_arguments
 from keras_dense.commands.tta_arguments import add_tta_arguments
 from keras_dense.data.errors import BadInputError
 from keras_dense.data.image_io import (
@@ -51,7 +53,12 @@ def register(sub) -> None:
         "Large images go through overlap-tile inference. A bad input is reported on stderr "
         "and skipped; the exit status is 1 if any input failed.",
     )
-    parser.add_argument("--model", required=True, help="the saved model (X.keras, card X.json)")
+    parser.add_argument(
+        "--model",
+        required=True,
+        help="the saved model (X.keras, card X.json), or an export folder (saved_model.pb): "
+        "its serving_default signature, locally or with --runner beam",
+    )
     parser.add_argument("inputs", nargs="*", metavar="INPUT", help="image files or folders")
     parser.add_argument(
         "--data",
@@ -89,6 +96,7 @@ def register(sub) -> None:
         help="segmentation: dense-CRF refinement with the model card's parameters (see "
         "keras-dense tune-crf; DeepLab's defaults when the card has none)",
     )
+    add_runner_arguments(parser, "running an export with RunInference (--model EXPORT_DIR)")
     parser.set_defaults(run=run)
 
 
@@ -265,10 +273,23 @@ def _records(pattern: str, card: dict):
 
 def run(args: argparse.Namespace) -> int:
     """Predicts every input; bad inputs are reported and skipped (exit status 1 at the end)."""
+    from keras_dense.prediction.export_prediction import is_export
     from keras_dense.tasks.model_loading import load_model_with_card
     from keras_dense.utils.card_fields import check_card_fields
     from keras_dense.utils.model_card import model_card_path
 
+    check_runner_arguments(args)
+    if is_export(args.model):
+        check_export_arguments(args)
+        files = expand_inputs(args.inputs)
+        refuse_output_among_inputs(args.output, files)
+        used: set[str] = set()
+        return run_export(args, files, [_unique_stem(path, used) for path in files])
+    if args.runner == "beam":
+        raise ValueError(
+            f"--runner beam: {args.model} is not an export; batch prediction on Beam runs an "
+            "exported SavedModel (keras-dense export, then --model EXPORT_DIR)"
+        )
     _OPTIONS.check(args, task=stored_card(args.model)[0])
     if args.tile_size is not None and args.tile_size < 1:
         raise ValueError(f"--tile-size {args.tile_size}: expected a positive integer")
