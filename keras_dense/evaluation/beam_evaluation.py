@@ -51,10 +51,12 @@ def _result_path(model_path: str) -> str:
     return os.path.join(folder, f".evaluate-{uuid.uuid4().hex[:12]}.pickle")
 
 
-def _run(build, beam_options, result_path: str):
-    """Runs the pipeline `build(pipeline, write)` builds; returns what `write` was given."""
+def _score_records(shards: Sequence[str], score, combine, beam_options, model_path: str):
+    """Runs `score` (a DoFn) over every record of `shards` and `combine` (a combining
+    PTransform) over its outputs; returns the combined value."""
     beam = require_beam()
     options, runner = pipeline_options(beam_options)
+    result_path = _result_path(model_path)
 
     def write(value):
         with tf.io.gfile.GFile(result_path, "wb") as f:
@@ -62,7 +64,15 @@ def _run(build, beam_options, result_path: str):
 
     try:
         with beam.Pipeline(runner=runner, options=options) as pipeline:
-            build(pipeline, write)
+            _ = (
+                pipeline
+                | "Shards" >> beam.Create(list(enumerate(shards)))
+                | "Records" >> beam.FlatMap(shard_records)
+                | "Spread" >> beam.Reshuffle()
+                | "Score" >> beam.ParDo(score)
+                | "Combine" >> combine
+                | "Write" >> beam.Map(write)
+            )
         with tf.io.gfile.GFile(result_path, "rb") as f:
             return pickle.loads(f.read())  # written by this run's own pipeline
     finally:
@@ -144,19 +154,8 @@ def evaluate_segmentation_beam(
     check_files(shards)
     check_segmentation_masks(pattern, f"--data {pattern}")
     score = _score_fn(model_path, card, pattern, crf, tiled, tta, max_memory)
-
-    def build(pipeline, write):
-        _ = (
-            pipeline
-            | "Shards" >> beam.Create(list(enumerate(shards)))
-            | "Records" >> beam.FlatMap(shard_records)
-            | "Spread" >> beam.Reshuffle()
-            | "Score" >> beam.ParDo(score)
-            | "Sum" >> beam.CombineGlobally(_sum_scores)
-            | "Write" >> beam.Map(write)
-        )
-
-    total = _run(build, beam_options, _result_path(model_path))
+    combine = beam.CombineGlobally(_sum_scores)
+    total = _score_records(shards, score, combine, beam_options, model_path)
     cm, images, tiled_images = total or (np.zeros((len(classes),) * 2, np.int64), 0, 0)
     result = segmentation_scores(cm, classes)
     result.update(images=images, max_memory=int(max_memory), tiled_images=tiled_images)
@@ -201,19 +200,8 @@ def evaluate_detection_beam(
     check_detection_data(model, card, pattern)
     shards = resolve_files(pattern)
     detect = _detect_fn(model_path, card)
-
-    def build(pipeline, write):
-        _ = (
-            pipeline
-            | "Shards" >> beam.Create(list(enumerate(shards)))
-            | "Records" >> beam.FlatMap(shard_records)
-            | "Spread" >> beam.Reshuffle()
-            | "Detect" >> beam.ParDo(detect)
-            | "Gather" >> beam.combiners.ToList()
-            | "Write" >> beam.Map(write)
-        )
-
-    gathered = sorted(_run(build, beam_options, _result_path(model_path)), key=lambda r: r[0])
+    gathered = _score_records(shards, detect, beam.combiners.ToList(), beam_options, model_path)
+    gathered = sorted(gathered, key=lambda r: r[0])  # record order: shard, then index
     detections = [found for _, found, _ in gathered]
     truths = [truth for _, _, truth in gathered]
     return detection_report(card, detections, truths, use_07_metric)
