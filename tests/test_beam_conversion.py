@@ -224,3 +224,22 @@ def test_beam_options_are_checked():
     }
     with pytest.raises(ValueError, match="expected KEY=VALUE"):
         parse_beam_options(["direct_num_workers"])
+
+
+def test_voc_devkit_on_the_ram_file_system(tmp_path):
+    """The VOC converter lists, reads and parses its inputs through tf.io.gfile too."""
+    _devkit(tmp_path / "voc", np.random.default_rng(2), n=4)
+    remote = "ram://beam_voc/voc"
+    for path in glob.glob(str(tmp_path / "voc" / "**" / "*"), recursive=True):
+        if os.path.isfile(path):
+            target = f"{remote}/{os.path.relpath(path, tmp_path / 'voc')}"
+            tf.io.gfile.makedirs(os.path.dirname(target))
+            tf.io.gfile.copy(path, target, overwrite=True)
+    kwargs = {"task": "detection", "split": "train", "num_shards": 2, "progress": False}
+    convert_voc(str(tmp_path / "voc"), str(tmp_path / "local/det"), **kwargs)
+    convert_voc(remote, "ram://beam_voc/out/det", runner="beam", beam_options=IN_PROCESS, **kwargs)
+    local, remote_files = _files(str(tmp_path / "local/det")), _files("ram://beam_voc/out/det")
+    assert {k: v for k, v in local.items() if k.endswith(".tfrecord")} == {
+        k: v for k, v in remote_files.items() if k.endswith(".tfrecord")
+    }
+    assert json.loads(remote_files["det.json"])["num_boxes"] == 4

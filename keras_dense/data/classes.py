@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 
 from keras_dense.data.errors import BadInputError
+from keras_dense.data.storage import is_file, read_bytes
 
 VOC_CLASSES = (
     "aeroplane",
@@ -41,8 +41,7 @@ def read_text(path: str, what: str) -> str:
     Raises:
         BadInputError: The file is not UTF-8 (naming it and the line; a ValueError).
     """
-    with open(path, "rb") as f:
-        data = f.read()
+    data = read_bytes(path)
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as err:
@@ -82,7 +81,7 @@ def resolve_classes(
     if classes is not None and classes_file is not None:
         raise ValueError("give either --classes or --classes-file, not both")
     if classes_file is not None:
-        if not os.path.isfile(classes_file):
+        if not is_file(classes_file):
             raise FileNotFoundError(f"--classes-file {classes_file}: no such file")
         names = [
             line.strip() for line in read_text_lines(classes_file, "--classes-file") if line.strip()
@@ -113,7 +112,7 @@ def read_split_file(path: str) -> list[str]:
         FileNotFoundError: The file does not exist.
         ValueError: It is not UTF-8.
     """
-    if not os.path.isfile(path):
+    if not is_file(path):
         raise FileNotFoundError(f"split file {path}: no such file")
     stems = []
     for line in read_text_lines(path, "split file"):

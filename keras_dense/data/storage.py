@@ -64,3 +64,14 @@ def join(folder: str, name: str) -> str:
     if not is_remote(folder):
         return os.path.join(folder, name)
     return f"{folder.rstrip('/')}/{name}"
+
+
+def glob_files(pattern: str) -> list[str]:
+    """The paths matching a glob pattern, sorted."""
+    if not is_remote(pattern):
+        import glob
+
+        return sorted(glob.glob(pattern))
+    import tensorflow as tf
+
+    return sorted(tf.io.gfile.glob(pattern))

@@ -7,6 +7,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 
 from keras_dense.data.errors import BadInputError
+from keras_dense.data.storage import read_bytes
 
 
 @dataclass
@@ -76,8 +77,7 @@ def _why(path: str, err: Exception) -> str:
     without an `encoding` declaration, which the parser reports as an "invalid token"."""
     if not isinstance(err, ET.ParseError):
         return str(err)
-    with open(path, "rb") as f:
-        data = f.read()
+    data = read_bytes(path)
     if b"encoding=" in data[:200]:
         return str(err)
     try:
@@ -105,7 +105,7 @@ def parse_voc_xml(path: str) -> VocAnnotation:
             number is not finite, a size not whole, a `<difficult>` flag not 0/1.
     """
     try:
-        root = ET.parse(path).getroot()
+        root = ET.fromstring(read_bytes(path))
     except (ET.ParseError, OSError) as err:
         raise BadInputError(path, f"unreadable annotation XML ({_why(path, err)})") from None
     if root.tag != "annotation":

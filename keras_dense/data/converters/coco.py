@@ -35,6 +35,7 @@ from keras_dense.data.converters.exif_note import size_mismatch
 from keras_dense.data.errors import BadInputError
 from keras_dense.data.image_io import encode_png, read_image_file
 from keras_dense.data.schema import Record
+from keras_dense.data.storage import is_file, is_folder
 from keras_dense.data.writer import write_dataset
 
 
@@ -142,7 +143,7 @@ def convert_coco(
         ValueError: Semantic masks with more categories than 8-bit labels below the ignore
             label hold, or an ignore label outside [0, 255].
     """
-    if not os.path.isdir(images):
+    if not is_folder(images):
         raise BadInputError(images, "--images: no such folder")
     index = load_coco(annotations, images)
     entries = [ann for anns in index.annotations.values() for _, ann in anns]
@@ -183,7 +184,7 @@ def convert_coco(
     def make(image_id) -> Record:
         info = index.images[image_id]
         path = os.path.join(images, info["file_name"])
-        if not os.path.isfile(path):
+        if not is_file(path):
             raise BadInputError(path, f"image {image_id!r} listed in {annotations} is missing")
         problem = _image_size_problem(info)
         if problem is not None:

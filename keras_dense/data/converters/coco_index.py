@@ -15,6 +15,7 @@ import os
 from keras_dense.data.classes import read_text
 from keras_dense.data.errors import BadInputError
 from keras_dense.data.paths import path_inside
+from keras_dense.data.storage import is_file
 
 
 @dataclasses.dataclass
@@ -69,7 +70,7 @@ def _entries(data: dict, key: str, path: str, required: bool) -> list[dict]:
 
 
 def _read(path: str) -> dict:
-    if not os.path.isfile(path):
+    if not is_file(path):
         raise BadInputError(path, "--annotations: no such file")
     text = read_text(path, "--annotations")  # a UTF-8 byte-order mark is ignored
     try:

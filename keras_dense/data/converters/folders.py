@@ -35,6 +35,7 @@ from keras_dense.data.converters.image_mask_pairs import refuse_duplicate_stems
 from keras_dense.data.errors import BadInputError
 from keras_dense.data.image_io import IMAGE_EXTENSIONS, list_images, read_image_file
 from keras_dense.data.schema import Record
+from keras_dense.data.storage import is_folder, list_folder
 from keras_dense.data.writer import write_dataset
 
 # Names (compared in lower case) of what operating systems and file managers write beside
@@ -70,12 +71,12 @@ def class_folders(root: str) -> list[str]:
         BadInputError: `root` is not a folder or has no sub-folder, or a folder is named
             "background" (see the module docstring).
     """
-    if not os.path.isdir(root):
+    if not is_folder(root):
         raise BadInputError(root, "--root: no such folder")
     names = sorted(
         name
-        for name in os.listdir(root)
-        if not ignored(name) and os.path.isdir(os.path.join(root, name))
+        for name in list_folder(root)
+        if not ignored(name) and is_folder(os.path.join(root, name))
     )
     if not names:
         raise BadInputError(
@@ -106,11 +107,11 @@ def unconverted_entries(folder: str) -> list[dict]:
     """
     name = os.path.basename(folder)
     found = []
-    for entry in sorted(os.listdir(folder)):
+    for entry in sorted(list_folder(folder)):
         path = os.path.join(folder, entry)
         if ignored(entry):
             continue
-        if os.path.isdir(path):
+        if is_folder(path):
             count = sum(not ignored(f) for _, _, files in os.walk(path) for f in files)
             found.append(
                 {

@@ -17,7 +17,6 @@ refused (or, with `on_error="skip"`, listed).
 from __future__ import annotations
 
 import dataclasses
-import glob
 import os
 from collections.abc import Callable, Sequence
 
@@ -30,6 +29,7 @@ from keras_dense.data.image_io import IMAGE_EXTENSIONS, encode_png, read_image_f
 from keras_dense.data.masks import check_mask
 from keras_dense.data.paths import path_inside
 from keras_dense.data.schema import Record
+from keras_dense.data.storage import glob_files, is_file, is_folder, list_folder
 from keras_dense.data.voc_xml import VocAnnotation, parse_voc_xml
 from keras_dense.data.writer import write_dataset
 from keras_dense.detection.proposals import selective_search
@@ -131,7 +131,7 @@ def _stems(root: str, layout: _Layout, split: str | None) -> tuple[list[str], st
     sub = layout.split_folder
     if split is not None:
         split_path = os.path.join(root, "ImageSets", sub, f"{split}.txt")
-        if not os.path.isfile(split_path):
+        if not is_file(split_path):
             raise BadInputError(
                 split_path, f"--split {split}: no such split file (expected ImageSets/{sub}/)"
             )
@@ -143,7 +143,7 @@ def _stems(root: str, layout: _Layout, split: str | None) -> tuple[list[str], st
                 )
         return stems, split_path
     folder = layout.annotation_folder
-    files = sorted(glob.glob(os.path.join(root, folder, "*" + layout.annotation_ext)))
+    files = sorted(glob_files(os.path.join(root, folder, "*" + layout.annotation_ext)))
     return [os.path.splitext(os.path.basename(f))[0] for f in files], os.path.join(root, folder)
 
 
@@ -161,7 +161,7 @@ def _prepare_detection(root, stems, names, on_error, propose, coordinates):
     by_stem = _images_by_stem(os.path.join(root, "JPEGImages"))
     for stem in stems:
         xml = os.path.join(root, "Annotations", f"{stem}.xml")
-        if not os.path.isfile(xml):
+        if not is_file(xml):
             skipped.append({"input": xml, "reason": "image without an annotation"})
             continue
         try:
@@ -287,7 +287,7 @@ def convert_voc(
         raise ValueError(f"coordinates={coordinates!r} applies to boxes (the detection task) only")
     if proposals not in ("none", "selective_search"):
         raise ValueError(f"proposals={proposals!r}: expected 'none' or 'selective_search'")
-    if not os.path.isdir(root):
+    if not is_folder(root):
         raise BadInputError(root, "--root: no such folder")
     layout = _LAYOUTS[task]
     stems, listing = _stems(root, layout, split)
@@ -329,9 +329,9 @@ def convert_voc(
 def _segmentation_record(root: str, stem: str, names: list[str]) -> Record:
     image_path = os.path.join(root, "JPEGImages", f"{stem}.jpg")
     mask_path = os.path.join(root, "SegmentationClass", f"{stem}.png")
-    if not os.path.isfile(mask_path):
+    if not is_file(mask_path):
         raise BadInputError(image_path, f"image without an annotation: expected {mask_path}")
-    if not os.path.isfile(image_path):
+    if not is_file(image_path):
         raise BadInputError(mask_path, f"annotation without an image: expected {image_path}")
     image = read_image_file(image_path)
     mask = read_mask_file(mask_path)
@@ -394,7 +394,7 @@ def _refuse_case_variants(annotations: dict[str, VocAnnotation], found: list[str
 def _images_by_stem(folder: str) -> dict[str, list[str]]:
     """The image files of `folder` (any image extension, any case) by stem, listed once."""
     by_stem: dict[str, list[str]] = {}
-    names = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+    names = sorted(list_folder(folder)) if is_folder(folder) else []
     for name in names:
         stem, ext = os.path.splitext(name)
         if ext.lower() in IMAGE_EXTENSIONS and not name.startswith("."):
@@ -415,7 +415,7 @@ def _image_of(
     of_stem = by_stem.get(stem, [])
     if annotation.filename:
         named = os.path.normpath(path_inside(folder, annotation.filename, annotation.path))
-        if os.path.isfile(named):
+        if is_file(named):
             others = [p for p in of_stem if os.path.normpath(p) != named]
             if others:
                 raise BadInputError(
