@@ -36,14 +36,14 @@ def test_beam_scores_equal_the_local_ones_with_crf_and_tta(tmp_path):
         assert remote[key] == local[key], key
 
 
-def test_beam_evaluation_of_another_task_is_refused_by_name(tmp_path, capsys):
-    path = tmp_path / "instances.keras"
+def test_beam_evaluation_of_a_classifier_is_refused_by_name(tmp_path, capsys):
+    path = tmp_path / "classifier.keras"
     path.write_bytes(b"")
-    write_model_card(str(path), {"task": "instance_segmentation", "classes": ["a"]})
+    write_model_card(str(path), {"task": "classification", "classes": ["a"]})
     argv = ["evaluate", "--model", str(path), "--data", "x-*.tfrecord", "--runner", "beam"]
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
-    assert "--runner" in err and "instance_segmentation" in err
+    assert "--runner" in err and "classification" in err
 
 
 def test_beam_detection_ap_equals_the_local_one(tmp_path):
@@ -65,3 +65,23 @@ def test_beam_detection_ap_equals_the_local_one(tmp_path):
     assert local["images"] == remote["images"] == 4
     assert remote["map"] == local["map"] and remote["ap"] == local["ap"]
     assert local["map"] > 0  # some detection matched: the comparison is not of two zeros
+
+
+def test_beam_instance_ap_equals_the_local_one(tmp_path):
+    from test_mask_rcnn import small_model
+
+    convert_shapes(str(tmp_path / "val"), 3, size=48, seed=6, num_shards=2, progress=False)
+    manifest = json.loads((tmp_path / "val.json").read_text())
+    path = str(tmp_path / "mask_rcnn.keras")
+    small_model(seed=1).save(path)
+    card = {"task": "instance_segmentation", "classes": manifest["classes"][1:]}
+    write_model_card(path, {**card, "normalization": "caffe", "min_size": 64, "max_size": 96})
+    common = ["evaluate", "--model", path, "--data", str(tmp_path / "val-*.tfrecord")]
+    assert cli.main([*common, "--output", str(tmp_path / "local")]) == 0
+    beam = ["--runner", "beam", "--beam-option", "direct_num_workers=2"]
+    assert cli.main([*common, *beam, "--output", str(tmp_path / "beam")]) == 0
+    local = json.loads((tmp_path / "local/metrics.json").read_text())
+    remote = json.loads((tmp_path / "beam/metrics.json").read_text())
+    assert local["images"] == remote["images"] == 3
+    for key in ("box_ap", "mask_ap", "voc_map", "voc_ap", "coco"):
+        assert remote[key] == local[key], key

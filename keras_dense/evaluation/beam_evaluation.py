@@ -1,4 +1,4 @@
-"""`evaluate --runner beam`: segmentation and detection scored on an Apache Beam pipeline.
+"""`evaluate --runner beam`: segmentation, detection and instances scored on Apache Beam.
 
 The shards are checked on the driver as the local evaluation checks them (manifest, mask
 headers or boxes, the card's classes). Each worker loads the model once (`DoFn.setup`) and
@@ -7,8 +7,9 @@ decodes the records it is given.
   (`example_confusion`: memory plan, tiling, test-time augmentation, dense CRF) and its integer
   confusion matrix is emitted; a combine sums them. Integer sums do not depend on the order
   the workers finish in, so the scores equal the local evaluation's to the last digit.
-- Detection: each image's detections and ground truth (`example_detections`) are gathered,
-  put back in record order (shard, then index) and scored by the same VOC AP as locally.
+- Detection and instance segmentation: each image's detections and ground truth
+  (`example_detections`, `example_instances`) are gathered, put back in record order (shard,
+  then index) and scored as locally (VOC AP; COCO box and mask AP).
 """
 
 from __future__ import annotations
@@ -33,6 +34,11 @@ from keras_dense.evaluation.evaluator import (
     detection_report,
     example_confusion,
     example_detections,
+)
+from keras_dense.evaluation.instance_evaluation import (
+    check_instance_data,
+    example_instances,
+    instance_report,
 )
 from keras_dense.evaluation.segmentation_metrics import segmentation_scores
 from keras_dense.utils.tta import TestTimeAugmentation
@@ -162,8 +168,8 @@ def evaluate_segmentation_beam(
     return cm, result
 
 
-def _detect_fn(model_path, card):
-    """The DoFn class detecting objects in records (Beam imported lazily)."""
+def _detect_fn(model_path, card, pattern, instances: bool):
+    """The DoFn class detecting objects (or instances) in records (Beam imported lazily)."""
     beam = require_beam()
 
     class DetectRecords(beam.DoFn):
@@ -177,10 +183,31 @@ def _detect_fn(model_path, card):
         def process(self, element):
             number, shard, index, data = element
             example = decode_record(data, f"{shard} record {index}")
-            found, truth = example_detections(self.model, card, example)
+            if instances:
+                found, truth = example_instances(self.model, card, pattern, example)
+            else:
+                found, truth = example_detections(self.model, card, example)
             yield (number, index), found, truth
 
     return DetectRecords()
+
+
+def _gathered(shards, detect, beam_options, model_path) -> tuple[list, list]:
+    """Detections and truths of every record, back in record order (shard, then index)."""
+    beam = require_beam()
+    gathered = _score_records(shards, detect, beam.combiners.ToList(), beam_options, model_path)
+    gathered = sorted(gathered, key=lambda r: r[0])
+    return [found for _, found, _ in gathered], [truth for _, _, truth in gathered]
+
+
+def evaluate_instances_beam(
+    model_path: str, card: dict, pattern: str, use_07_metric: bool, beam_options=()
+) -> dict:
+    """`evaluate_instances` (COCO box and mask AP, VOC mAP) on a Beam pipeline: same report."""
+    check_instance_data(card, pattern)
+    detect = _detect_fn(model_path, card, pattern, instances=True)
+    detections, truths = _gathered(resolve_files(pattern), detect, beam_options, model_path)
+    return instance_report(card, detections, truths, use_07_metric)
 
 
 def evaluate_detection_beam(
@@ -196,12 +223,7 @@ def evaluate_detection_beam(
         use_07_metric: VOC2007's 11-point AP.
         beam_options: `KEY=VALUE` pipeline options.
     """
-    beam = require_beam()
     check_detection_data(model, card, pattern)
-    shards = resolve_files(pattern)
-    detect = _detect_fn(model_path, card)
-    gathered = _score_records(shards, detect, beam.combiners.ToList(), beam_options, model_path)
-    gathered = sorted(gathered, key=lambda r: r[0])  # record order: shard, then index
-    detections = [found for _, found, _ in gathered]
-    truths = [truth for _, _, truth in gathered]
+    detect = _detect_fn(model_path, card, pattern, instances=False)
+    detections, truths = _gathered(resolve_files(pattern), detect, beam_options, model_path)
     return detection_report(card, detections, truths, use_07_metric)

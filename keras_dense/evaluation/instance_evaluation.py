@@ -66,6 +66,20 @@ def evaluate_instances(
             the card's classes), its classes differ from the card, or the shards hold no
             record or no box (`detection_records.check_evaluation_records`).
     """
+    check_instance_data(card, pattern)
+    detections, truths = [], []
+    bar = Progress(total, "evaluating", progress)
+    for example in read_examples(pattern):
+        found, truth = example_instances(model, card, pattern, example)
+        detections.append(found)
+        truths.append(truth)
+        bar.update()
+    bar.close()
+    return instance_report(card, detections, truths, use_07_metric)
+
+
+def check_instance_data(card: dict, pattern: str) -> None:
+    """The checks `evaluate_instances` makes before any record is scored (see there)."""
     check_card_classes(pattern, card, object_classes)
     check_evaluation_records(
         pattern,
@@ -74,14 +88,17 @@ def evaluate_instances(
         card.get("max_size", 1333),
         instance_masks=True,
     )
-    detections, truths = [], []
-    bar = Progress(total, "evaluating", progress)
-    for example in read_examples(pattern):
-        record = f"record {example.get('source_id', '')!r} in {pattern}"
-        truths.append(instance_ground_truth(example, record))
-        detections.append(segment_instances(model, example["image"], card, score_threshold=0.0))
-        bar.update()
-    bar.close()
+
+
+def example_instances(model, card: dict, pattern: str, example: dict) -> tuple[dict, dict]:
+    """One record's instances (every detection kept, threshold 0) and its ground truth."""
+    record = f"record {example.get('source_id', '')!r} in {pattern}"
+    truth = instance_ground_truth(example, record)
+    return segment_instances(model, example["image"], card, score_threshold=0.0), truth
+
+
+def instance_report(card: dict, detections: list, truths: list, use_07_metric: bool) -> dict:
+    """`evaluate_instances`'s report from detections and truths in record order."""
     coco = coco_metrics(detections, truths)
     voc = voc_detection_map(
         detections,

@@ -47,10 +47,14 @@ class InstanceSegmentationTask(DetectionTask):
     name = "instance_segmentation"
     instance_masks = True  # `datasets`: batches with masks, no proposals read
     export_options = InstanceSegmentationExportOptions
-    # Detection's, less Beam evaluation (COCO mask AP runs locally only so far).
-    capabilities = dataclasses.replace(DetectionTask.capabilities, beam_evaluation=False)
 
     def evaluate(self, model, card, pattern, options: EvaluateOptions):
+        if options.runner == "beam":
+            from keras_dense.evaluation.beam_evaluation import evaluate_instances_beam
+
+            return evaluate_instances_beam(
+                options.model_path, card, pattern, options.use_07_metric, options.beam_options
+            )
         total = count_records(pattern) if options.progress else 0
         return evaluate_instances(
             model, card, pattern, options.use_07_metric, progress=options.progress, total=total
