@@ -70,3 +70,30 @@ def test_options_of_a_keras_model_are_refused_for_an_export(tmp_path, capsys):
     assert cli.main([*argv, "--crf", "--tta", "flip"]) == 2
     err = capsys.readouterr().err
     assert "--tta, --crf" in err and "not for an export" in err
+
+
+def test_a_detector_export_gives_its_detections_cut_to_num_detections(tmp_path):
+    from keras_dense.export import export_saved_model
+    from keras_dense.prediction.export_prediction import ServingModel
+
+    from export_test_utils import tiny_faster_rcnn
+
+    card = {"task": "detection", "classes": ["a", "b"], "normalization": "caffe"}
+    options = dict(min_size=80, max_size=120, score_threshold=0.0, max_detections=20)
+    export_saved_model(tiny_faster_rcnn(), tmp_path / "export", name="det", card=card, **options)
+    (export_dir,) = {
+        os.path.dirname(p)
+        for p in glob.glob(str(tmp_path / "export/**/saved_model.pb"), recursive=True)
+    }
+    data = encode(make_image(48, 64, 7), "png")
+    (tmp_path / "scene.png").write_bytes(data)
+    argv = ["predict", "--model", export_dir, str(tmp_path / "scene.png")]
+    assert cli.main([*argv, "--output", str(tmp_path / "out")]) == 0
+    got = json.loads((tmp_path / "out/scene.json").read_text())
+    raw = ServingModel(export_dir)(data)  # the signature's own padded outputs
+    count = int(raw["num_detections"])
+    assert 0 < count < raw["detection_boxes"].shape[0]  # some rows are padding
+    assert got["num_detections"] == count and len(got["detection_boxes"]) == count
+    assert got["detection_boxes"] == raw["detection_boxes"][:count].tolist()
+    assert got["detection_scores"] == raw["detection_scores"][:count].tolist()
+    assert sorted(os.listdir(tmp_path / "out")) == ["scene.json"]
