@@ -181,7 +181,7 @@ def rows() -> dict[str, Row]:
                 pairs(
                     f"{isbi}/train/image",
                     f"{isbi}/train/label",
-                    "cell,membrane",
+                    "membrane,cell",
                     ["255:1"],
                     f"apps/splits/isbi2012_{split}.txt",
                     f"{folder}/{split}",

@@ -94,7 +94,7 @@ def test_isbi_membrane_binarised(shared_datasets, tmp_path):
         str(root / "image"),
         str(root / "label"),
         str(tmp_path / "isbi"),
-        classes="interior,membrane",
+        classes="membrane,interior",  # 0 (black) = membrane, 255 (white, most pixels) = cell
         remap=["255:1"],
         workers=2,
         progress=False,
