@@ -15,6 +15,16 @@ from keras_dense.data import SHAPE_CLASSES, convert_shapes  # noqa: E402
 from keras_dense.utils.model_card import write_model_card  # noqa: E402
 
 
+def _local_and_beam(path: str, tmp_path, options=()) -> tuple[dict, dict]:
+    """`evaluate`'s metrics.json of `path` on `tmp_path/val-*`, locally and on 2 Beam workers."""
+    common = ["evaluate", "--model", path, "--data", str(tmp_path / "val-*.tfrecord"), *options]
+    assert cli.main([*common, "--output", str(tmp_path / "local")]) == 0
+    beam = ["--runner", "beam", "--beam-option", "direct_num_workers=2"]
+    assert cli.main([*common, *beam, "--output", str(tmp_path / "beam")]) == 0
+    reports = [json.loads((tmp_path / f"{k}/metrics.json").read_text()) for k in ("local", "beam")]
+    return reports[0], reports[1]
+
+
 def test_beam_scores_equal_the_local_ones_with_crf_and_tta(tmp_path):
     convert_shapes(str(tmp_path / "val"), 5, size=32, seed=4, num_shards=2, progress=False)
     keras.utils.set_random_seed(2)
@@ -23,13 +33,7 @@ def test_beam_scores_equal_the_local_ones_with_crf_and_tta(tmp_path):
     model.save(path)
     card = {"task": "segmentation", "normalization": "caffe", "classes": list(SHAPE_CLASSES)}
     write_model_card(path, card)
-    common = ["evaluate", "--model", path, "--data", str(tmp_path / "val-*.tfrecord")]
-    common += ["--crf", "--tta", "flip"]
-    assert cli.main([*common, "--output", str(tmp_path / "local")]) == 0
-    beam = ["--runner", "beam", "--beam-option", "direct_num_workers=2"]
-    assert cli.main([*common, *beam, "--output", str(tmp_path / "beam")]) == 0
-    local = json.loads((tmp_path / "local/metrics.json").read_text())
-    remote = json.loads((tmp_path / "beam/metrics.json").read_text())
+    local, remote = _local_and_beam(path, tmp_path, ["--crf", "--tta", "flip"])
     assert local["images"] == remote["images"] == 5
     assert remote["confusion_matrix"] == local["confusion_matrix"]
     for key in ("mean_iou", "pixel_accuracy", "frequency_weighted_iou", "per_class_iou"):
@@ -56,12 +60,7 @@ def test_beam_detection_ap_equals_the_local_one(tmp_path):
     model.save(path)
     card = {"task": "detection", "classes": list(SHAPE_CLASSES[1:]), "normalization": "caffe"}
     write_model_card(path, {**card, "min_size": 64, "max_size": 96})
-    common = ["evaluate", "--model", path, "--data", str(tmp_path / "val-*.tfrecord")]
-    assert cli.main([*common, "--output", str(tmp_path / "local")]) == 0
-    beam = ["--runner", "beam", "--beam-option", "direct_num_workers=2"]
-    assert cli.main([*common, *beam, "--output", str(tmp_path / "beam")]) == 0
-    local = json.loads((tmp_path / "local/metrics.json").read_text())
-    remote = json.loads((tmp_path / "beam/metrics.json").read_text())
+    local, remote = _local_and_beam(path, tmp_path)
     assert local["images"] == remote["images"] == 4
     assert remote["map"] == local["map"] and remote["ap"] == local["ap"]
     assert local["map"] > 0  # some detection matched: the comparison is not of two zeros
@@ -76,12 +75,7 @@ def test_beam_instance_ap_equals_the_local_one(tmp_path):
     small_model(seed=1).save(path)
     card = {"task": "instance_segmentation", "classes": manifest["classes"][1:]}
     write_model_card(path, {**card, "normalization": "caffe", "min_size": 64, "max_size": 96})
-    common = ["evaluate", "--model", path, "--data", str(tmp_path / "val-*.tfrecord")]
-    assert cli.main([*common, "--output", str(tmp_path / "local")]) == 0
-    beam = ["--runner", "beam", "--beam-option", "direct_num_workers=2"]
-    assert cli.main([*common, *beam, "--output", str(tmp_path / "beam")]) == 0
-    local = json.loads((tmp_path / "local/metrics.json").read_text())
-    remote = json.loads((tmp_path / "beam/metrics.json").read_text())
+    local, remote = _local_and_beam(path, tmp_path)
     assert local["images"] == remote["images"] == 3
     for key in ("box_ap", "mask_ap", "voc_map", "voc_ap", "coco"):
         assert remote[key] == local[key], key
