@@ -87,7 +87,7 @@ def test_a_detector_export_gives_its_detections_cut_to_num_detections(tmp_path):
     }
     data = encode(make_image(48, 64, 7), "png")
     (tmp_path / "scene.png").write_bytes(data)
-    argv = ["predict", "--model", export_dir, str(tmp_path / "scene.png")]
+    argv = ["predict", "--model", export_dir, str(tmp_path / "sc*.png")]  # a glob pattern
     assert cli.main([*argv, "--output", str(tmp_path / "out")]) == 0
     got = json.loads((tmp_path / "out/scene.json").read_text())
     raw = ServingModel(export_dir)(data)  # the signature's own padded outputs

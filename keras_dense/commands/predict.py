@@ -9,7 +9,11 @@ import sys
 import numpy as np
 
 from keras_dense.commands.applicable_options import CommandOptions, stored_card
-from keras_dense.commands.predict_export import check_export_arguments, run_export
+from keras_dense.commands.predict_export import (
+    check_export_arguments,
+    export_inputs,
+    run_export,
+)
 from keras_dense.commands.runner_arguments import add_runner_arguments, check_runner_arguments
 from keras_dense.commands.tta_arguments import add_tta_arguments
 from keras_dense.data.errors import BadInputError
@@ -281,7 +285,7 @@ def run(args: argparse.Namespace) -> int:
     check_runner_arguments(args)
     if is_export(args.model):
         check_export_arguments(args)
-        files = expand_inputs(args.inputs)
+        files = export_inputs(args.inputs)  # files, folders and glob patterns, gs:// too
         refuse_output_among_inputs(args.output, files)
         used: set[str] = set()
         return run_export(args, files, [_unique_stem(path, used) for path in files])

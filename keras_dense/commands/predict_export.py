@@ -32,6 +32,30 @@ def check_export_arguments(args: argparse.Namespace) -> None:
         raise ValueError("nothing to predict: give image files or folders")
 
 
+def export_inputs(inputs: list[str]) -> list[str]:
+    """Image files from files, folders (their images) and glob patterns, on any gfile path.
+
+    Raises:
+        BadInputError: A pattern or folder that holds no image, naming it.
+    """
+    from keras_dense.data.errors import BadInputError
+    from keras_dense.data.image_io import list_images
+    from keras_dense.data.storage import glob_files, is_folder
+
+    files = []
+    for item in inputs:
+        if is_folder(item):
+            found = list_images(item)
+        elif any(char in item for char in "*?["):
+            found = glob_files(item)
+        else:
+            found = [item]
+        if not found:
+            raise BadInputError(item, "matches no image file")
+        files.extend(found)
+    return files
+
+
 def run_export(args: argparse.Namespace, files: list[str], stems: list[str]) -> int:
     """Predicts `files` with the export `args.model` into `args.output`; 1 if any failed."""
     from keras_dense.prediction.beam_prediction import DEAD_LETTERS, predict_export_beam, write_file
