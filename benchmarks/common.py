@@ -36,6 +36,8 @@ def environment() -> dict:
                     break
     except OSError:
         pass
+    gpus = tf.config.list_physical_devices("GPU")
+    details = tf.config.experimental.get_device_details(gpus[0]) if gpus else {}
     return {
         "python": platform.python_version(),
         "tensorflow": tf.__version__,
@@ -44,7 +46,8 @@ def environment() -> dict:
         "machine": platform.machine(),
         "cpu": cpu,
         "cpu_count": os.cpu_count(),
-        "gpus": len(tf.config.list_physical_devices("GPU")),
+        "gpus": len(gpus),
+        "gpu_name": details.get("device_name", ""),
     }
 
 

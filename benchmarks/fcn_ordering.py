@@ -9,12 +9,18 @@ layers and are not in a no-top file) use 1024 channels for every FCN variant, as
 Each model is trained with every seed of `--seeds`; the JSON gives each seed's test mIoU, the
 mean, the half range, and whether the means and every seed follow the paper's order.
 
+`--models` runs a subset (the order is then checked on the pairs present); `--jobs` and
+`--reuse` work as in `benchmarks/results.py` (runs at once sharing a GPU; existing shards and
+weight file kept).
+
     .venv/bin/python benchmarks/fcn_ordering.py [--row isbi|pets] [--seeds 0 1]
+        [--models fcn32s fcn16s fcn8s deeplab_v1] [--jobs N] [--reuse]
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
 import os
 import shlex
@@ -24,7 +30,16 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from common import environment  # noqa: E402
-from results import PRETRAINED, PRETRAINED_COMMAND, REPO, WORK, evaluate, rows, run_cli  # noqa: E402
+from results import (  # noqa: E402
+    PRETRAINED,
+    PRETRAINED_COMMAND,
+    REPO,
+    WORK,
+    converted,
+    evaluate,
+    rows,
+    run_cli,
+)
 
 # Per set: the recipe every model trains with (the builder is overridden) and the budget.
 SETS = {
@@ -49,7 +64,9 @@ MODELS = (
 ORDER = ("fcn32s", "fcn16s", "fcn8s", "deeplab_v1", "deeplab_v1_crf")
 
 
-def train_and_score(row, label, builder, overrides, evaluations, seed, folder) -> dict:
+def train_and_score(
+    row, label, builder, overrides, evaluations, seed, folder, share_gpu=False
+) -> dict:
     """Trains one model with one seed; returns {score name: test mIoU} and the commands."""
     recipe, budget = SETS[row]
     output = f"{WORK}/ordering/{row}/{label}/seed{seed}"
@@ -63,11 +80,11 @@ def train_and_score(row, label, builder, overrides, evaluations, seed, folder) -
         *overrides,
     ]:
         train += ["--set", override]
-    seconds = run_cli(train)
+    seconds = run_cli(train, share_gpu)
     scores, commands = {}, [shlex.join(["keras-dense", *train])]
     for name, extra in {"": [], **evaluations}.items():
         argv, _, value = evaluate(
-            output, f"{folder}/val-*.tfrecord", name or "plain", extra, "mean_iou"
+            output, f"{folder}/val-*.tfrecord", name or "plain", extra, "mean_iou", share_gpu
         )
         scores[f"{label}_{name}" if name else label] = value
         commands.append(shlex.join(["keras-dense", *argv]))
@@ -78,20 +95,31 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--row", choices=list(SETS), default="isbi")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    labels = [model[0] for model in MODELS]
+    parser.add_argument("--models", nargs="+", choices=labels, default=labels)
+    parser.add_argument("--jobs", type=int, default=1, help="(model, seed) runs at once")
+    parser.add_argument("--reuse", action="store_true", help="keep existing shards and weights")
     args = parser.parse_args()
     data = rows()[args.row]
     folder = data.folder(args.seeds[0])
-    run_cli(PRETRAINED_COMMAND)
+    if not (args.reuse and (REPO / PRETRAINED).is_file()):
+        run_cli(PRETRAINED_COMMAND)
     for argv in data.converts(folder, args.seeds[0]):
-        run_cli(argv)
+        if not (args.reuse and converted(argv)):
+            run_cli(argv)
+    work = [(seed, m) for seed in args.seeds for m in MODELS if m[0] in args.models]
+    with concurrent.futures.ThreadPoolExecutor(max(1, args.jobs)) as pool:
+        futures = [
+            pool.submit(train_and_score, args.row, *model, seed, folder, args.jobs > 1)
+            for seed, model in work
+        ]
+        results = [future.result() for future in futures]
     per_seed, runs = {}, []
-    for seed in args.seeds:
-        for label, builder, overrides, evaluations in MODELS:
-            result = train_and_score(args.row, label, builder, overrides, evaluations, seed, folder)
-            runs.append({"seed": seed, **result})
-            per_seed.setdefault(seed, {}).update(result["scores"])
+    for (seed, _), result in zip(work, results):
+        runs.append({"seed": seed, **result})
+        per_seed.setdefault(seed, {}).update(result["scores"])
     summary = {}
-    for name in ORDER:
+    for name in [n for n in ORDER if n in per_seed[args.seeds[0]]]:
         values = [per_seed[s][name] for s in args.seeds]
         numbers = [v for v in values if isinstance(v, (int, float))]
         summary[name] = {
@@ -102,11 +130,12 @@ def main() -> None:
 
     def ordered(scores: dict) -> bool:
         pairs = [("fcn32s", "fcn16s"), ("fcn16s", "fcn8s"), ("deeplab_v1", "deeplab_v1_crf")]
+        present = [(a, b) for a, b in pairs if a in scores and b in scores]
         return all(
             isinstance(scores[a], (int, float))
             and isinstance(scores[b], (int, float))
             and scores[a] < scores[b]
-            for a, b in pairs
+            for a, b in present
         )
 
     report = {
@@ -115,6 +144,7 @@ def main() -> None:
         "recipe": SETS[args.row][0],
         "budget": SETS[args.row][1],
         "seeds": args.seeds,
+        "concurrent_runs": min(max(1, args.jobs), len(work)),
         "summary": summary,
         "order_holds_for_means": ordered({k: v["mean"] for k, v in summary.items()}),
         "order_holds_per_seed": {s: ordered(per_seed[s]) for s in args.seeds},

@@ -12,14 +12,23 @@ columns evaluate the pretrained variant (the scratch one where a row has no othe
 
 It prints one JSON and, with `--write-readme`, replaces the block between the `results`
 markers in README.md (atomically). Not part of `make test`: a full run takes hours on 2 cores.
+Each row records the machine it was measured on, and the table names it.
+
+`--jobs N` trains and evaluates up to N (variant, seed) runs at a time, for a GPU machine: each
+run is its own process, and they share the GPU (`TF_FORCE_GPU_ALLOW_GROWTH`). Their wall times
+then include the contention, and the table says how many ran at once. `--reuse` keeps shards
+whose manifest already exists and a weight file already written (made elsewhere with the same
+commands, e.g. where opencv-contrib or the `pretrained` extra is missing); the commands are
+listed all the same.
 
     .venv/bin/python benchmarks/results.py [--rows shapes isbi pets ...] [--seeds 0 1]
-        [--write-readme]
+        [--jobs N] [--reuse] [--write-readme]
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import dataclasses
 import json
 import os
@@ -229,33 +238,42 @@ def rows() -> dict[str, Row]:
     }
 
 
-def run_cli(args: list[str]) -> float:
-    """Runs `keras-dense ARGS` in a fresh process from the repository root; returns seconds."""
+def run_cli(args: list[str], share_gpu: bool = False) -> float:
+    """Runs `keras-dense ARGS` in a fresh process from the repository root; returns seconds.
+
+    `share_gpu` lets the process allocate GPU memory as it needs it, so that several share one.
+    """
     start = time.monotonic()
+    env = {**os.environ, "TF_FORCE_GPU_ALLOW_GROWTH": "true"} if share_gpu else None
     proc = subprocess.run(
         [sys.executable, "-m", "keras_dense.cli", *args],
         cwd=REPO,
         capture_output=True,
         text=True,
+        env=env,
     )
     if proc.returncode != 0:
         raise RuntimeError(f"keras-dense {shlex.join(args)} failed:\n{proc.stderr[-2000:]}")
     return time.monotonic() - start
 
 
-def evaluate(output: str, data: str, label: str, extra: list[str], metric: str):
+def evaluate(
+    output: str, data: str, label: str, extra: list[str], metric: str, share_gpu: bool = False
+):
     """Evaluates `output/best.keras`; returns (argv, seconds, metric value or error dict)."""
     argv = ["evaluate", "--model", f"{output}/best.keras", "--data", data]
     argv += ["--output", f"{output}/eval_{label}", *extra]
     try:
-        seconds = run_cli(argv)
+        seconds = run_cli(argv, share_gpu)
     except RuntimeError as err:
         return argv, None, {"error": str(err).splitlines()[-1]}
     report = json.loads((REPO / output / f"eval_{label}" / "metrics.json").read_text())
     return argv, seconds, report[metric]
 
 
-def run_variant(row: Row, key: str, seed: int, extra_evaluations: bool) -> dict:
+def run_variant(
+    row: Row, key: str, seed: int, extra_evaluations: bool, share_gpu: bool = False
+) -> dict:
     """Trains one variant with one seed and evaluates it; returns commands, times, metrics."""
     folder, variant = row.folder(seed), row.variants[key]
     output = f"{WORK}/{row.name}/{key}/seed{seed}"
@@ -264,11 +282,13 @@ def run_variant(row: Row, key: str, seed: int, extra_evaluations: bool) -> dict:
     train += ["--set", f'data.validation="{folder}/val-*.tfrecord"']
     for override in variant.overrides:
         train += ["--set", override]
-    seconds = {"train": run_cli(train)}
+    seconds = {"train": run_cli(train, share_gpu)}
     commands, metrics = [shlex.join(["keras-dense", *train])], {}
     evaluations = {"plain": [], **(row.evaluations if extra_evaluations else {})}
     for label, extra in evaluations.items():
-        argv, took, value = evaluate(output, f"{folder}/val-*.tfrecord", label, extra, row.metric)
+        argv, took, value = evaluate(
+            output, f"{folder}/val-*.tfrecord", label, extra, row.metric, share_gpu
+        )
         metrics[label] = value
         if took is not None:
             seconds[f"evaluate_{label}"] = took
@@ -276,36 +296,77 @@ def run_variant(row: Row, key: str, seed: int, extra_evaluations: bool) -> dict:
     return {"metrics": metrics, "seconds": seconds, "commands": commands}
 
 
-def run_row(row: Row, seeds: list[int]) -> dict:
-    """Converts, trains and evaluates every variant of one row with every seed."""
+def converted(argv: list[str]) -> bool:
+    """Whether the shards a `convert` command writes are there (their manifest exists)."""
+    return (REPO / f"{argv[argv.index('--output') + 1]}.json").is_file()
+
+
+def run_row(row: Row, seeds: list[int], jobs: int = 1, reuse: bool = False) -> dict:
+    """Converts, trains and evaluates every variant of one row with every seed.
+
+    Args:
+        row: The row.
+        seeds: Initialisation and data-order seeds (and data seeds for `fresh_data` rows).
+        jobs: How many (variant, seed) runs go at once; above 1 they share the GPU.
+        reuse: Keep existing shards and weight file instead of writing them again.
+    """
     main_variant = "pretrained" if "pretrained" in row.variants else "scratch"
-    commands, convert_seconds, runs = [], 0.0, {key: [] for key in row.variants}
+    commands, convert_seconds = [], 0.0
     if "pretrained" in row.variants:
-        run_cli(PRETRAINED_COMMAND)
+        if not (reuse and (REPO / PRETRAINED).is_file()):
+            run_cli(PRETRAINED_COMMAND)
         commands.append(shlex.join(["keras-dense", *PRETRAINED_COMMAND]))
-    for seed in seeds:
-        if row.fresh_data or seed == seeds[0]:
-            start = time.monotonic()
-            for argv in row.converts(row.folder(seed), seed):
+    for seed in seeds if row.fresh_data else seeds[:1]:
+        start = time.monotonic()
+        for argv in row.converts(row.folder(seed), seed):
+            if not (reuse and converted(argv)):
                 run_cli(argv)
-                if seed == seeds[0]:
-                    commands.append(shlex.join(["keras-dense", *argv]))
-            convert_seconds += time.monotonic() - start
-        for key in row.variants:
-            result = run_variant(row, key, seed, extra_evaluations=key == main_variant)
-            runs[key].append(result)
             if seed == seeds[0]:
-                commands += result["commands"]
+                commands.append(shlex.join(["keras-dense", *argv]))
+        convert_seconds += time.monotonic() - start
+    work = [(seed, key) for seed in seeds for key in row.variants]
+    with concurrent.futures.ThreadPoolExecutor(max(1, jobs)) as pool:
+        futures = [
+            pool.submit(run_variant, row, key, seed, key == main_variant, jobs > 1)
+            for seed, key in work
+        ]
+        done = [future.result() for future in futures]
+    return row_result(row, seeds, dict(zip(work, done)), commands, convert_seconds, jobs)
+
+
+def row_result(
+    row: Row,
+    seeds: list[int],
+    done: dict[tuple[int, str], dict],
+    commands: list[str],
+    convert_seconds: float,
+    jobs: int = 1,
+) -> dict:
+    """One row's entry of results.json from its finished runs.
+
+    Args:
+        row: The row.
+        seeds: The seeds, in order.
+        done: `run_variant`'s result per (seed, variant key) run so far; a variant keeps the
+            seeds it has.
+        commands: The set-up commands (pretrained weights, conversions).
+        convert_seconds: Time spent converting.
+        jobs: How many runs went at once.
+    """
+    runs = {key: [done[s, key] for s in seeds if (s, key) in done] for key in row.variants}
+    runs = {key: value for key, value in runs.items() if value}
+    first = [key for key in row.variants if (seeds[0], key) in done]
     return {
         "data": row.data,
         "recipes": {key: variant.recipe for key, variant in row.variants.items()},
         "metric": row.metric,
-        "seeds": seeds,
-        "main_variant": main_variant,
+        "seeds": [s for s in seeds if any((s, key) in done for key in row.variants)],
+        "main_variant": "pretrained" if "pretrained" in row.variants else "scratch",
         "runs": runs,
         "convert_seconds": round(convert_seconds, 1),
         "paper": row.paper,
-        "commands": commands,
+        "commands": commands + [c for key in first for c in done[seeds[0], key]["commands"]],
+        "concurrent_runs": min(max(1, jobs), len(done)),
     }
 
 
@@ -314,13 +375,15 @@ def spread(values: list) -> str:
     numbers = [v for v in values if isinstance(v, (int, float))]
     if not numbers:
         return "failed" if values else "—"
-    half = (max(numbers) - min(numbers)) / 2
     failed = len(values) - len(numbers)
     note = f" ({failed} failed)" if failed else ""
+    if len(numbers) == 1:
+        return f"{numbers[0]:.3f} (1 seed){note}"
+    half = (max(numbers) - min(numbers)) / 2
     return f"{statistics.mean(numbers):.3f} ± {half:.3f}{note}"
 
 
-def row_cells(result: dict) -> list[str]:
+def row_cells(result: dict, default_machine: str) -> list[str]:
     """The table cells of one measured row."""
     runs, main = result["runs"], result["main_variant"]
     columns = [
@@ -331,32 +394,43 @@ def row_cells(result: dict) -> list[str]:
         columns.append(spread(values) if values else "—")
     train = {k: statistics.median(r["seconds"]["train"] for r in v) for k, v in runs.items()}
     budget = ", ".join(f"{VARIANTS[k]} {v:.0f} s" for k, v in train.items())
+    where = result.get("machine", default_machine)
+    if result.get("concurrent_runs", 1) > 1:
+        where += f", {result['concurrent_runs']} runs at once"
     recipes = " / ".join(f"`{r}`" for r in dict.fromkeys(result["recipes"].values()))
-    return [recipes, result["data"], result["metric"], *columns, f"train {budget}", result["paper"]]
+    seeds = len(result["seeds"])
+    cells = [recipes, result["data"], result["metric"], str(seeds), *columns]
+    return [*cells, f"train {budget} ({where})", result["paper"]]
 
 
-def table(results: dict, machine: str, seeds: list[int]) -> str:
-    """The Markdown block for the README."""
+def describe_machine(env: dict) -> str:
+    """`CPU, N cores[, GPU], TF x` from `common.environment()`."""
+    gpu = f", {env['gpu_name']}" if env.get("gpu_name") else ""
+    return f"{env['cpu']}, {env['cpu_count']} cores{gpu}, TF {env['tensorflow']}"
+
+
+def table(results: dict, default_machine: str) -> str:
+    """The Markdown block for the README (rows without a recorded machine: `default_machine`)."""
     lines = [
         START,
-        f"Measured by `benchmarks/results.py` on {machine}, mean ± half range over "
-        f"{len(seeds)} seeds (initialisation and data order; the shapes row draws a fresh data "
-        'set per seed). "Pretrained trunk" starts the VGG16 convolutions from '
-        "`keras-dense pretrained hed-vgg16` (ImageNet, then BSDS500 edges; no network) and "
-        'trains with the same steps, batch and crop as "from scratch"; + CRF and + TTA '
-        "evaluate the pretrained variant. Paper figures are at paper scale (ImageNet weights, "
-        "GPU, full schedules) and are not comparable.",
+        "Measured by `benchmarks/results.py`: mean ± half range over the seeds "
+        "(initialisation and data order; the shapes row draws a fresh data set per seed). "
+        'Every row has the same budget in steps, batch and crop on every machine. "Pretrained '
+        'trunk" starts the VGG16 convolutions from `keras-dense pretrained hed-vgg16` '
+        "(ImageNet, then BSDS500 edges; no network) and trains with the same steps, batch and "
+        'crop as "from scratch"; + CRF and + TTA evaluate the pretrained variant. Paper figures '
+        "are at paper scale (ImageNet weights, GPU, full schedules) and are not comparable.",
         "",
-        "| recipe | data | metric | from scratch | pretrained trunk | + CRF | + TTA | "
-        "CPU budget (median wall per run) | paper |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| recipe | data | metric | seeds | from scratch | pretrained trunk | + CRF | + TTA | "
+        "median training wall per run (machine) | paper |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name in [n for n in rows() if n in results]:
         result = results[name]
         if "error" in result:
-            lines.append(f"| {name} | {result.get('data', '')} | | failed | | | | | |")
+            lines.append(f"| {name} | {result.get('data', '')} | | | failed | | | | | |")
             continue
-        lines.append("| " + " | ".join(row_cells(result)) + " |")
+        lines.append("| " + " | ".join(row_cells(result, default_machine)) + " |")
     summary = "Exact commands (first seed; the others set another seed)"
     lines += ["", f"<details><summary>{summary}</summary>", ""]
     for name in [n for n in rows() if n in results]:
@@ -380,25 +454,35 @@ def write_readme(block: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", nargs="+", default=list(rows()), choices=list(rows()))
+    parser.add_argument("--rows", nargs="*", default=list(rows()), choices=list(rows()))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    parser.add_argument("--jobs", type=int, default=1, help="(variant, seed) runs at once")
+    parser.add_argument("--reuse", action="store_true", help="keep existing shards and weights")
+    parser.add_argument(
+        "--merge", nargs="*", default=[], help="results.json files whose rows join the table"
+    )
     parser.add_argument("--write-readme", action="store_true")
     args = parser.parse_args()
     # Rows measured earlier (in runs/results/results.json) stay in the table unless re-run.
     saved = REPO / WORK / "results.json"
     results = json.loads(saved.read_text())["results"] if saved.is_file() else {}
+    for path in args.merge:
+        results.update(json.loads(pathlib.Path(path).read_text())["results"])
     results = {k: v for k, v in results.items() if "runs" in v or "error" in v}
+    env = environment()
+    machine = describe_machine(env)
     for name in args.rows:
         try:
-            results[name] = run_row(rows()[name], args.seeds)
+            results[name] = run_row(rows()[name], args.seeds, args.jobs, args.reuse)
+            results[name]["machine"] = machine
         except RuntimeError as err:
             results[name] = {"data": rows()[name].data, "error": str(err)[-2000:]}
         write_json(saved, results)
-    env = environment()
-    machine = f"{env['cpu']}, {env['cpu_count']} cores, TF {env['tensorflow']}"
+    if args.merge:
+        write_json(saved, results)
     print(json.dumps({"results": results, "environment": env, "load_average": os.getloadavg()}))
     if args.write_readme:
-        write_readme(table(results, machine, args.seeds))
+        write_readme(table(results, machine))
 
 
 def write_json(path: pathlib.Path, results: dict) -> None:
