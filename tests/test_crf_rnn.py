@@ -261,8 +261,13 @@ def test_keras_round_trip(tmp_path):
     keras_roundtrip_in_subprocess(model, x, tmp_path, atol=1e-5)
 
 
-def test_saved_model_runs_without_the_custom_op(op, tmp_path):
-    model = keras_dense.apps.with_crf(_tiny_segmenter(), normalization="caffe", num_iterations=3)
+@pytest.mark.parametrize(
+    "crf_kwargs", [{}, {"pairwise": "learned", "loose": True}], ids=["gaussian", "learned"]
+)
+def test_saved_model_runs_without_the_custom_op(op, tmp_path, crf_kwargs):
+    model = keras_dense.apps.with_crf(
+        _tiny_segmenter(), normalization="caffe", num_iterations=3, **crf_kwargs
+    )
     assert use_portable_crf(model) is model
     assert model.get_layer("crf_rnn").implementation == "tf"
     x = np.random.default_rng(4).normal(0, 40, (2, 24, 20, 3)).astype(np.float32)

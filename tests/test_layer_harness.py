@@ -23,6 +23,7 @@ from keras_dense.layers import (
     MaxPoolingWithArgmax2D,
     MaxUnpooling2D,
     MultiLevelRoIPooling,
+    PermutohedralConvolution,
     ProposalLayer,
     PyramidProposalLayer,
     ResizeToMatch,
@@ -51,6 +52,26 @@ def _crf_inputs(rng, batch):
     logits = rng.normal(0, 2, (batch, 8, 8, 3)).astype(np.float32)
     image = rng.integers(0, 256, (batch, 8, 8, 3)).astype(np.float32)  # raw 0-255 pixels
     return [logits, image]
+
+
+def _lattice_inputs(dimensions):
+    def make(rng, batch):
+        values = rng.normal(0, 1, (batch, 30, 3)).astype(np.float32)
+        features = rng.normal(0, 2, (batch, 30, dimensions)).astype(np.float32)
+        return [values, features]
+
+    return make
+
+
+# A small CRF: 8 x 8 images, 2 iterations, the twin.
+_CRF = {
+    "num_classes": 3,
+    "theta_alpha": 4.0,
+    "theta_beta": 20.0,
+    "theta_gamma": 2.0,
+    "num_iterations": 2,
+    "implementation": "tf",
+}
 
 
 def _unpooling_inputs(rng, batch):
@@ -160,17 +181,24 @@ CASES = [
         {"filters": 4, "atrous_rates": (1, 2, 3), "dropout": 0.1},
         _normal(8, 8, 3),
     ),
+    LayerCase(CrfRnn, _CRF, _crf_inputs),
     LayerCase(
         CrfRnn,
-        {
-            "num_classes": 3,
-            "theta_alpha": 4.0,
-            "theta_beta": 20.0,
-            "theta_gamma": 2.0,
-            "num_iterations": 2,
-            "implementation": "tf",
-        },
+        {**_CRF, "pairwise": "learned", "loose": True},
         _crf_inputs,
+        name="CrfRnn-learned-loose",
+    ),
+    LayerCase(
+        PermutohedralConvolution,
+        {"filters": 4, "radius": 1, "form": "general", "feature_scale": [0.5, 1.0]},
+        _lattice_inputs(2),
+        name="PermutohedralConvolution-general",
+    ),
+    LayerCase(
+        PermutohedralConvolution,
+        {"radius": 2, "form": "separable", "implementation": "tf"},
+        _lattice_inputs(5),
+        name="PermutohedralConvolution-separable",
     ),
     LayerCase(
         ChunkedTimeDistributed,

@@ -13,7 +13,8 @@ out) to `build_model`, which does what every builder does the same way:
    backbone's `load_weights`, `keras_dense.backbones`), records on the model which layers
    came from where (`pretrained_weights.weights_record`, for the model card) and names in one
    logged line the backbone layers that start fresh (a source without VGG16's top);
-6. appends the CRF-as-RNN layer when `crf=True` (`with_crf`);
+6. appends the CRF-as-RNN layer when `crf` is True or a table of `CrfRnn` arguments
+   (`with_crf`);
 7. loads `weights`, a full-model weight file, last (so that it also covers the CRF).
 
 `ARG_DOCS` holds the Google-style descriptions of these shared arguments; builders format
@@ -25,6 +26,7 @@ import line in `keras_dense/apps/__init__.py` (and its name in `__all__`).
 
 from __future__ import annotations
 
+import inspect
 import logging
 import numbers
 import os
@@ -54,9 +56,10 @@ ARG_DOCS: dict[str, str] = {
         '            (`"softmax"`).'
     ),
     "crf": (
-        "crf: Append a CRF-as-RNN layer (`keras_dense.apps.with_crf`, default CrfRnn\n"
-        "            settings), fed with the input de-normalised from\n"
-        "            {crf_normalization}. Call `with_crf` yourself for other settings."
+        "crf: Append a CRF-as-RNN layer (`keras_dense.apps.with_crf`), fed with the input\n"
+        "            de-normalised from {crf_normalization}: True for the default CrfRnn\n"
+        "            settings, or a dict of CrfRnn arguments (e.g.\n"
+        '            `{{"pairwise": "learned", "loose": True, "num_iterations": 2}}`).'
     ),
     "name": "name: Model name.",
 }
@@ -111,6 +114,26 @@ def document(template: str, **fields: Any) -> Callable[[Callable], Callable]:
 # ---------------------------------------------------------------------------------------
 # Argument checks
 # ---------------------------------------------------------------------------------------
+def check_crf(crf) -> dict | None:
+    """The `CrfRnn` arguments of a builder's `crf` (None: no CRF), or a ValueError naming the key.
+
+    Args:
+        crf: False, True (default arguments), or a mapping of `CrfRnn` arguments.
+    """
+    if isinstance(crf, bool):
+        return {} if crf else None
+    if not isinstance(crf, Mapping):
+        raise ValueError(f"crf must be True, False or a table of CrfRnn arguments, got {crf!r}")
+    from keras_dense.layers.crf_rnn import CrfRnn
+
+    accepted = set(inspect.signature(CrfRnn.__init__).parameters) - {"self", "kwargs"}
+    accepted -= {"num_classes"}
+    unknown = sorted(set(crf) - accepted)
+    if unknown:
+        raise ValueError(f"crf: unknown CrfRnn argument(s) {unknown}; accepted: {sorted(accepted)}")
+    return dict(crf)
+
+
 def check_num_classes(num_classes) -> int:
     """Returns `num_classes` as an int, or raises ValueError unless it is a positive integer."""
     if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral):
@@ -260,7 +283,7 @@ def build_model(
     backbone_source: str = "keras.applications.VGG16",
     backbone_family: Backbone | None = None,
     input_channels: int | None = None,
-    crf: bool = False,
+    crf: bool | Mapping[str, Any] = False,
     crf_normalization: str | None = "caffe",
     frozen_layers: Sequence[str] = (),
     model_class: type[keras.Model] = keras.Model,
@@ -292,7 +315,8 @@ def build_model(
             `backbone_weights` (`Backbone.check`), names the pretrained network and, unless
             `load_backbone` is given, loads the weights (`Backbone.load_weights`).
         input_channels: The number of input channels the builder requires, if any.
-        crf: Append a CRF-as-RNN layer (`with_crf`) to the single output.
+        crf: Append a CRF-as-RNN layer (`with_crf`) to the single output: True, or a
+            mapping of `CrfRnn` arguments (`num_classes` comes from the model).
         crf_normalization: The input normalisation `with_crf` inverts for the CRF.
         frozen_layers: Names of layers made non-trainable.
         model_class: `keras.Model` or a functional subclass (`FastRCNN`).
@@ -316,8 +340,7 @@ def build_model(
     check_backbone_weights(backbone_weights, input_shape, backbone_source)
     if backbone_weights is not None and load_backbone is None:
         raise ValueError(f"backbone_weights={backbone_weights!r}: this model has no backbone")
-    if not isinstance(crf, bool):
-        raise ValueError(f"crf must be True or False, got {crf!r}")
+    crf_kwargs = check_crf(crf)
 
     image = keras.Input(shape=input_shape, name=input_name)
     extras = [keras.Input(shape=shape, name=key) for key, shape in (extra_inputs or {}).items()]
@@ -333,9 +356,9 @@ def build_model(
         model.get_layer(layer_name).trainable = False
     if backbone_weights is not None:
         load_backbone_weights(model, backbone_weights, load_backbone)
-    if crf:
+    if crf_kwargs is not None:
         record = weights_record(model)
-        model = with_crf(model, normalization=crf_normalization)
+        model = with_crf(model, normalization=crf_normalization, **crf_kwargs)
         if record is not None:
             attach_record(model, LoadReport(record["source"], record["loaded"], record["fresh"]))
     load_model_weights(model, None if weights is None else os.fspath(weights))

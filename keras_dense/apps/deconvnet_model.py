@@ -122,7 +122,7 @@ def deconvnet(
     name: str = "deconvnet",
     fc_padding: str = "valid",
     fc_filters: int = PAPER_FC_FILTERS,
-    crf: bool = False,
+    crf: bool | dict = False,
     backbone: str = "vgg16",
 ) -> keras.Model:
     """Builds DeconvNet: VGG16 with BN, fc6/fc7, and the mirrored unpooling/deconvolution net.

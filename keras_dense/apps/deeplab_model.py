@@ -99,7 +99,7 @@ def deeplab(
     activation: str | None = None,
     multi_grid: Sequence[int] | None = None,
     name: str | None = None,
-    crf: bool = False,
+    crf: bool | dict = False,
 ) -> keras.Model:
     """Builds DeepLabv3+ (or DeepLabv3 with `decoder=False`).
 

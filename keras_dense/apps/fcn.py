@@ -188,7 +188,7 @@ def fcn32s(
     backbone_weights: str | None = None,
     activation: str | None = None,
     name: str = "fcn32s",
-    crf: bool = False,
+    crf: bool | dict = False,
     backbone: str = "vgg16",
     fc_filters: int = VGG16_FC_FILTERS,
 ) -> keras.Model:
@@ -209,7 +209,7 @@ def fcn16s(
     backbone_weights: str | None = None,
     activation: str | None = None,
     name: str = "fcn16s",
-    crf: bool = False,
+    crf: bool | dict = False,
     backbone: str = "vgg16",
     fc_filters: int = VGG16_FC_FILTERS,
 ) -> keras.Model:
@@ -230,7 +230,7 @@ def fcn8s(
     backbone_weights: str | None = None,
     activation: str | None = None,
     name: str = "fcn8s",
-    crf: bool = False,
+    crf: bool | dict = False,
     backbone: str = "vgg16",
     fc_filters: int = VGG16_FC_FILTERS,
 ) -> keras.Model:

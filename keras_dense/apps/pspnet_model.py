@@ -40,7 +40,7 @@ def pspnet(
     backbone_weights: str | None = None,
     activation: str | None = None,
     name: str | None = None,
-    crf: bool = False,
+    crf: bool | dict = False,
 ) -> keras.Model:
     """Builds PSPNet.
 

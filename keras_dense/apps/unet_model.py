@@ -241,7 +241,7 @@ def unet(
     weights: str | None = None,
     activation: str | None = None,
     name: str | None = None,
-    crf: bool = False,
+    crf: bool | dict = False,
     backbone: str | None = None,
     backbone_weights: str | None = None,
 ) -> keras.Model:

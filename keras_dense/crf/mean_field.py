@@ -70,6 +70,17 @@ def bilateral_features(image: tf.Tensor, theta_alpha: float, theta_beta: float) 
     return tf.concat([positions, colours], axis=-1)
 
 
+def kernel_features(
+    image: tf.Tensor, theta_alpha: float, theta_beta: float, theta_gamma: float
+) -> list[tf.Tensor]:
+    """`[spatial, bilateral]` features of a batch of (B, H, W, K) raw 0-255 images."""
+    shape = tf.shape(image)
+    return [
+        spatial_features(shape[0], shape[1], shape[2], theta_gamma),
+        bilateral_features(image, theta_alpha, theta_beta),
+    ]
+
+
 def build_kernels(
     image: tf.Tensor,
     theta_alpha: float,
@@ -89,13 +100,32 @@ def build_kernels(
     Returns:
         `[spatial_lattice, bilateral_lattice]`.
     """
-    shape = tf.shape(image)
-    spatial = spatial_features(shape[0], shape[1], shape[2], theta_gamma)
-    bilateral = bilateral_features(image, theta_alpha, theta_beta)
-    return [
-        build_lattice(spatial, implementation),
-        build_lattice(bilateral, implementation),
-    ]
+    features = kernel_features(image, theta_alpha, theta_beta, theta_gamma)
+    return [build_lattice(f, implementation) for f in features]
+
+
+def iterate_mean_field(
+    unary: tf.Tensor,
+    filters: Sequence[Callable[[tf.Tensor, int], tf.Tensor]],
+    pairwise_fn: Callable[[list[tf.Tensor], int], tf.Tensor],
+    num_iterations: int,
+) -> tf.Tensor:
+    """Mean field with any per-step filters: the loop of `mean_field`, filters supplied.
+
+    Args:
+        unary: (B, N, C) float32 logits U.
+        filters: One `(q, step) -> normalised filtered q` per kernel (step: 0, 1, ...).
+        pairwise_fn: `(filtered, step) -> (B, N, C)` pairwise term.
+        num_iterations: Number of iterations; 0 returns `unary`.
+
+    Returns:
+        (B, N, C) logits whose softmax is the final Q.
+    """
+    logits = unary
+    for step in range(int(num_iterations)):
+        q = tf.nn.softmax(logits, axis=-1)
+        logits = unary - pairwise_fn([filter_fn(q, step) for filter_fn in filters], step)
+    return logits
 
 
 def mean_field(

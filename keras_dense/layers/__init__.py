@@ -9,6 +9,7 @@ from keras_dense.layers.detection_layer import DetectionLayer
 from keras_dense.layers.feature_pyramid import FeaturePyramid
 from keras_dense.layers.mask_head import ClassMasks, MaskHead
 from keras_dense.layers.multilevel_roi_pooling import MultiLevelRoIPooling, fpn_levels
+from keras_dense.layers.permutohedral_convolution import PermutohedralConvolution
 from keras_dense.layers.pooling_switches import MaxPoolingWithArgmax2D, MaxUnpooling2D
 from keras_dense.layers.proposal_layer import ProposalLayer, propose
 from keras_dense.layers.pyramid_proposal_layer import PyramidProposalLayer
@@ -35,6 +36,7 @@ __all__ = [
     "MaxPoolingWithArgmax2D",
     "MaxUnpooling2D",
     "MultiLevelRoIPooling",
+    "PermutohedralConvolution",
     "ProposalLayer",
     "PyramidProposalLayer",
     "RPNHead",

@@ -25,6 +25,16 @@ predict/evaluate functions so that the change takes effect).
 Implementation: `"custom_op"` (C++ CPU kernels, `keras_dense.ops`), `"tf"` (stock TF ops only:
 GPU, SavedModel, TF Serving) or `"auto"` (the op when it can be built, else "tf"). Before
 exporting a SavedModel, switch every CrfRnn layer to "tf" with `use_portable_crf(model)`.
+
+Learned pairwise filters (Jampani, Kiefel & Gehler 2016, "Learning Sparse High Dimensional
+Filters", Table 2): `pairwise="learned"` replaces each kernel's Gaussian blur in step 1 by a
+lattice convolution with trainable taps (`keras_dense.ops.lattice_convolution`; one scalar per
+lattice neighbour, shared by the classes), initialised to the Gaussian: exactly with
+`filter_form="separable"`, the closest stencil with the paper's `filter_form="general"`. The
+normalisation of step 2 stays the Gaussian's. `loose=True` gives every step its own kernel
+weights, compatibility and (learned) taps, as the paper's "loose" mean field; the number of
+steps is then fixed by `num_iterations`. The lattice convolution is stock TensorFlow (the
+lattice itself is built by `implementation`), so exports need nothing more.
 """
 
 from __future__ import annotations
@@ -33,9 +43,25 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_dense.crf.mean_field import build_kernels, mean_field
+from keras_dense.crf.mean_field import (
+    build_kernels,
+    iterate_mean_field,
+    kernel_features,
+    mean_field,
+)
 from keras_dense.layers.walk import iter_layers, reset_compiled_functions
-from keras_dense.ops.permutohedral import check_implementation, resolve_implementation
+from keras_dense.ops import lattice_stencil
+from keras_dense.ops.lattice_convolution import lattice_convolve, lattice_neighbors
+from keras_dense.ops.permutohedral import (
+    build_lattice,
+    check_implementation,
+    filter_lattice,
+    prepare_filter,
+    resolve_implementation,
+)
+
+PAIRWISE = ("gaussian", "learned")
+KERNELS = ("spatial", "bilateral")
 
 
 def _positive(name: str, value) -> float:
@@ -55,7 +81,18 @@ def _iterations(value) -> int:
 
 
 def _potts_initializer(shape, dtype=None):
-    return keras.ops.ones(shape, dtype=dtype) - keras.ops.eye(shape[0], dtype=dtype)
+    """1 - I, stacked over a leading step axis for loose layers ((S, C, C))."""
+    eye = keras.ops.eye(shape[-1], dtype=dtype)
+    return keras.ops.broadcast_to(keras.ops.ones(shape[-2:], dtype=dtype) - eye, shape)
+
+
+def _identity_initializer(gain: float):
+    """gain * I, stacked over a leading step axis for loose layers ((S, C, C))."""
+
+    def initialize(shape, dtype=None):
+        return keras.ops.broadcast_to(gain * keras.ops.eye(shape[-1], dtype=dtype), shape)
+
+    return initialize
 
 
 @keras.saving.register_keras_serializable(package="keras_dense")
@@ -73,8 +110,14 @@ class CrfRnn(keras.layers.Layer):
         spatial_weight: Initial spatial kernel weight (the matrix starts at weight * I).
         bilateral_weight: Initial bilateral kernel weight.
         num_iterations: Mean-field iterations (5 to train, as in the paper; see the module
-            docstring to change it for inference).
+            docstring to change it for inference). With `loose=True`, the number of steps.
         implementation: `"auto"`, `"custom_op"` or `"tf"`.
+        pairwise: `"gaussian"` (the fixed Gaussian filters) or `"learned"` (lattice
+            convolutions with trainable taps, Gaussian-initialised).
+        loose: One set of kernel weights, compatibility and taps per step.
+        filter_form: Learned filters: `"general"` (one tap per lattice neighbour, the
+            paper's) or `"separable"` (taps along each lattice direction).
+        filter_radius: Learned filters: neighbourhood radius on the lattice, 1 or 2.
         **kwargs: Standard layer keyword arguments.
     """
 
@@ -88,6 +131,10 @@ class CrfRnn(keras.layers.Layer):
         bilateral_weight: float = 5.0,
         num_iterations: int = 5,
         implementation: str = "auto",
+        pairwise: str = "gaussian",
+        loose: bool = False,
+        filter_form: str = "general",
+        filter_radius: int = 1,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -105,6 +152,16 @@ class CrfRnn(keras.layers.Layer):
         self.bilateral_weight = float(bilateral_weight)
         self.num_iterations = _iterations(num_iterations)
         self.implementation = check_implementation(implementation)
+        if pairwise not in PAIRWISE:
+            raise ValueError(f"pairwise must be one of {PAIRWISE}, got {pairwise!r}")
+        if not isinstance(loose, bool):
+            raise ValueError(f"loose must be True or False, got {loose!r}")
+        if loose and self.num_iterations < 1:
+            raise ValueError("a loose CrfRnn needs num_iterations >= 1 (one set per step)")
+        self.pairwise = pairwise
+        self.loose = loose
+        self.filter_form = lattice_stencil.check_form(filter_form)
+        self.filter_radius = lattice_stencil.check_radius(filter_radius)
 
     def build(self, input_shape):
         if not isinstance(input_shape, (list, tuple)) or len(input_shape) != 2:
@@ -129,42 +186,104 @@ class CrfRnn(keras.layers.Layer):
                     "and width"
                 )
         c = self.num_classes
+        steps = (self.num_iterations,) if self.loose else ()
         self.spatial_kernel_weights = self.add_weight(
             name="spatial_kernel_weights",
-            shape=(c, c),
-            initializer=keras.initializers.Identity(gain=self.spatial_weight),
+            shape=steps + (c, c),
+            initializer=_identity_initializer(self.spatial_weight),
         )
         self.bilateral_kernel_weights = self.add_weight(
             name="bilateral_kernel_weights",
-            shape=(c, c),
-            initializer=keras.initializers.Identity(gain=self.bilateral_weight),
+            shape=steps + (c, c),
+            initializer=_identity_initializer(self.bilateral_weight),
         )
         self.compatibility = self.add_weight(
-            name="compatibility", shape=(c, c), initializer=_potts_initializer
+            name="compatibility", shape=steps + (c, c), initializer=_potts_initializer
         )
+        self.taps = []
+        if self.pairwise == "learned":
+            dimensions = {"spatial": 2, "bilateral": 2 + int(image_shape[-1])}
+            for kernel in KERNELS:
+                taps = self._gaussian_taps(dimensions[kernel])
+                self.taps.append(
+                    self.add_weight(
+                        name=f"{kernel}_taps",
+                        shape=steps + taps.shape,
+                        initializer=keras.initializers.Constant(
+                            np.broadcast_to(taps, steps + taps.shape)
+                        ),
+                    )
+                )
 
-    def _pairwise(self, filtered: list[tf.Tensor]) -> tf.Tensor:
+    def _gaussian_taps(self, d: int) -> np.ndarray:
+        """The Gaussian's taps for a d-dimensional kernel in this layer's filter form."""
+        if self.filter_form == "separable":
+            return lattice_stencil.gaussian_separable_taps(d, self.filter_radius)
+        return lattice_stencil.gaussian_stencil(d, self.filter_radius)[0]
+
+    def _step(self, weight, step: int):
+        """A weight's value for one mean-field step (the same for every step unless loose)."""
+        return weight[step] if self.loose else weight
+
+    def _pairwise(self, filtered: list[tf.Tensor], step: int = 0) -> tf.Tensor:
         # Steps 3 and 4 in one product per kernel: mu @ W_m applied to each pixel's vector.
         # Mean field runs in float32; under a mixed policy Keras hands the weights over in the
         # compute dtype (e.g. bfloat16), so they are cast back.
-        compatibility = tf.cast(self.compatibility, tf.float32)
+        compatibility = tf.cast(self._step(self.compatibility, step), tf.float32)
         terms = []
         for values, weights in zip(
             filtered, (self.spatial_kernel_weights, self.bilateral_kernel_weights)
         ):
-            mixing = tf.matmul(compatibility, tf.cast(weights, tf.float32))
+            weights = tf.cast(self._step(weights, step), tf.float32)
+            mixing = tf.matmul(compatibility, weights)
             terms.append(tf.einsum("bnc,dc->bnd", values, mixing))
         return tf.add_n(terms)
+
+    def _filters(self, image: tf.Tensor, batch_points: tf.Tensor, implementation: str):
+        """Per-kernel `(q, step) -> normalised filtered q` for `iterate_mean_field`."""
+        features = kernel_features(image, self.theta_alpha, self.theta_beta, self.theta_gamma)
+        ones = tf.ones(tf.concat([batch_points, [1]], 0), tf.float32)
+        filters = []
+        for index, kernel_features_ in enumerate(features):
+            lattice = prepare_filter(build_lattice(kernel_features_, implementation), "tf")
+            inverse = 1.0 / (filter_lattice(ones, lattice, implementation="tf") + 1e-20)
+            if self.pairwise == "gaussian":
+
+                def gaussian(q, step, lattice=lattice, inverse=inverse):
+                    return filter_lattice(q, lattice, implementation="tf") * inverse
+
+                filters.append(gaussian)
+                continue
+            neighbors = lattice_neighbors(
+                kernel_features_, lattice, self.filter_radius, self.filter_form
+            )
+
+            def learned(q, step, neighbors=neighbors, inverse=inverse, index=index):
+                taps = tf.cast(self._step(self.taps[index], step), tf.float32)
+                return lattice_convolve(q, neighbors, taps) * inverse
+
+            filters.append(learned)
+        return filters
 
     def call(self, inputs, num_iterations: int | None = None):
         logits, image = inputs
         iterations = self.num_iterations if num_iterations is None else num_iterations
         iterations = _iterations(iterations)
+        if self.loose and iterations != self.num_iterations:
+            raise ValueError(
+                f"a loose CrfRnn runs its {self.num_iterations} steps (one set of weights "
+                f"each), not {iterations}"
+            )
         implementation = resolve_implementation(self.implementation)
         input_dtype = logits.dtype
         logits = tf.cast(logits, tf.float32)
         shape = tf.shape(logits)
         unary = tf.reshape(logits, tf.stack([shape[0], shape[1] * shape[2], shape[3]]))
+        if self.loose or self.pairwise == "learned":
+            batch_points = tf.stack([shape[0], shape[1] * shape[2]])
+            filters = self._filters(tf.cast(image, tf.float32), batch_points, implementation)
+            refined = iterate_mean_field(unary, filters, self._pairwise, iterations)
+            return tf.cast(tf.reshape(refined, shape), input_dtype)
         lattices = build_kernels(
             tf.cast(image, tf.float32),
             self.theta_alpha,
@@ -190,6 +309,10 @@ class CrfRnn(keras.layers.Layer):
                 "bilateral_weight": self.bilateral_weight,
                 "num_iterations": self.num_iterations,
                 "implementation": self.implementation,
+                "pairwise": self.pairwise,
+                "loose": self.loose,
+                "filter_form": self.filter_form,
+                "filter_radius": self.filter_radius,
             }
         )
         return config
@@ -240,6 +363,11 @@ def set_crf_iterations(model: keras.Model, num_iterations: int) -> keras.Model:
     """
     iterations = _iterations(num_iterations)
     for layer in crf_layers(model):
+        if layer.loose and iterations != layer.num_iterations:
+            raise ValueError(
+                f"CrfRnn layer {layer.name!r} is loose: it has weights for exactly "
+                f"{layer.num_iterations} steps"
+            )
         layer.num_iterations = iterations
     reset_compiled_functions(model)
     return model

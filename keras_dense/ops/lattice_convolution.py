@@ -1,0 +1,308 @@
+"""Learned filters on the permutohedral lattice, from stock TensorFlow ops (the portable twin).
+
+`filter_lattice` splats values onto the lattice, blurs them with a fixed Gaussian and slices
+them back. A lattice convolution (Jampani, Kiefel & Gehler 2016) keeps the splat and the
+slice and replaces the blur by learned taps over each lattice point's neighbours
+(`lattice_stencil`):
+
+- **general** (the paper's): one tap per point of the radius-r neighbourhood, each a
+  `(C_in, C_out)` matrix, or one scalar per tap shared by every channel (taps of shape (T,));
+  `out[m] = sum_t V[m + o_t] @ W_t`, a missing neighbour contributing zero;
+- **separable**: d+1 one-dimensional passes, one per lattice direction, with 2r+1 scalar taps
+  each (shared by the channels): the structure of the Gaussian blur, which
+  `lattice_stencil.gaussian_separable_taps` reproduces.
+
+`lattice_neighbors(features, lattice, radius, form)` finds the neighbours once per lattice
+(one hash pass, as `permutohedral_tf.build_lattice` finds the blur's); `lattice_convolve` then
+filters any number of value tensors with any taps. Works with a lattice from either
+implementation (they number lattice points identically).
+
+Gradients:
+- to the values and the taps, exact (the general form's is a custom gradient: the transpose
+  of a tap is the tap of the opposite offset, so the backward pass is gathers, no scatter);
+- to the features, through the barycentric weights of the splat and the slice when
+  `lattice_neighbors(..., differentiable_features=True)`: exact wherever the features stay
+  inside their simplices (almost everywhere); the lattice points and neighbours are
+  piecewise constant in the features and are treated as constants.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+import tensorflow as tf
+
+from keras_dense.ops import lattice_stencil
+from keras_dense.ops.lattice import Lattice
+from keras_dense.ops.permutohedral_tf import (
+    _MAX_UNROLLED_COORDINATES,
+    LatticeOperator,
+    SparseMatrix,
+    _elevate,
+    _elevate_coordinates,
+    _lattice_codes,
+    _matmul,
+    _simplex,
+    _simplex_unrolled,
+    lattice_operator,
+)
+
+
+class LatticeNeighbors(NamedTuple):
+    """A lattice with the neighbour table of one stencil, built once and reused.
+
+    With B images of M lattice rows each (L = B*M rows, row b*M + m), T taps:
+
+    Attributes:
+        operator: The lattice's `LatticeOperator` (its splat and slice; with
+            `differentiable_features`, its weights carry the features' gradient).
+        rows: (T, L) int32: the row of each tap's neighbour of each row, L where it is missing
+            (a zero row is appended there). General form: T = stencil taps. Separable form:
+            T = (d+1) (2r+1), direction-major.
+        form: "general" or "separable".
+        radius: 1 or 2.
+        opposite: (T,) int32: the tap of the opposite offset (general form).
+    """
+
+    operator: LatticeOperator
+    rows: tf.Tensor
+    form: str
+    radius: int
+    opposite: tf.Tensor
+
+
+def _simplices(features: tf.Tensor, d: int) -> tuple[tf.Tensor, tf.Tensor]:
+    """The twin's vertex keys (B, N, d+1, d) and barycentric weights (B, N, d+1)."""
+    if d + 1 <= _MAX_UNROLLED_COORDINATES:
+        return _simplex_unrolled(_elevate_coordinates(features, d), d)
+    return _simplex(_elevate(features, d), d)
+
+
+def lattice_point_keys(features: tf.Tensor, lattice: Lattice) -> tf.Tensor:
+    """(B, M, d) int32 keys of the lattice points (rows past an image's points: undefined).
+
+    Args:
+        features: The (B, N, d) features the lattice was built from.
+        lattice: Their `Lattice` (either implementation).
+    """
+    features = tf.stop_gradient(tf.convert_to_tensor(features, tf.float32))
+    d = features.shape[-1]
+    keys, _ = _simplices(features, d)
+    shape = tf.shape(lattice.blur_neighbors)
+    batch, max_points = shape[0], shape[1]
+    base = tf.range(batch)[:, None, None] * max_points
+    rows = tf.reshape(lattice.splat_indices + base, [-1])
+    # Every entry of a lattice point holds the same key: any reduction picks it.
+    point_keys = tf.math.unsorted_segment_max(tf.reshape(keys, [-1, d]), rows, batch * max_points)
+    return tf.reshape(point_keys, tf.stack([batch, max_points, d]))
+
+
+def _neighbor_rows(features: tf.Tensor, lattice: Lattice, offsets: np.ndarray) -> tf.Tensor:
+    """(T, L) int32 row of the neighbour at each key offset of each lattice row (L: missing)."""
+    d = offsets.shape[-1]
+    keys = lattice_point_keys(features, lattice)
+    shape = tf.shape(keys, out_type=tf.int64)
+    batch, max_points = shape[0], shape[1]
+    total = batch * max_points
+    valid = tf.reshape(tf.sequence_mask(lattice.num_points, tf.cast(max_points, tf.int32)), [-1])
+    rows = tf.where(valid)[:, 0]  # (P,) int64
+    count = tf.size(rows, out_type=tf.int64)
+    point_keys = tf.gather(tf.reshape(keys, [-1, d]), rows)
+    image = rows // tf.maximum(max_points, 1)
+    taps = offsets.shape[0]
+    neighbour_keys = tf.reshape(point_keys[:, None, :] + tf.constant(offsets)[None], [-1, d])
+    codes = _lattice_codes(
+        tf.concat([image, tf.repeat(image, taps)], 0),
+        tf.concat([point_keys, neighbour_keys], 0),
+        d,
+    )
+    # The points' codes are distinct and come first: point p gets id p, a neighbour key the id
+    # of its point, or an id >= count when it is not in the lattice.
+    _, ids = tf.unique(codes, out_idx=tf.int64)
+    neighbour = tf.reshape(ids[count:], [-1, taps])
+    target = tf.where(neighbour < count, tf.gather(rows, tf.minimum(neighbour, count - 1)), total)
+    table = tf.tensor_scatter_nd_update(
+        tf.fill(tf.stack([total, taps]), total), rows[:, None], target
+    )
+    return tf.transpose(tf.cast(table, tf.int32))
+
+
+def _differentiable_operator(features: tf.Tensor, operator: LatticeOperator) -> LatticeOperator:
+    """The operator with splat / slice weights recomputed from `features` (with gradient)."""
+    d = features.shape[-1]
+    _, weights = _simplices(tf.convert_to_tensor(features, tf.float32), d)
+    matrix = operator.slice_matrix._replace(values=tf.reshape(weights, [-1]))
+    return operator._replace(slice_matrix=matrix)
+
+
+def lattice_neighbors(
+    features: tf.Tensor,
+    lattice: Lattice | LatticeOperator,
+    radius: int = 1,
+    form: str = "general",
+    differentiable_features: bool = False,
+) -> LatticeNeighbors:
+    """Finds the stencil neighbours of every lattice point, once per lattice.
+
+    Args:
+        features: (B, N, d) float32 features the lattice was built from (already scaled).
+        lattice: Their `Lattice` (either implementation) or `LatticeOperator`.
+        radius: Neighbourhood radius, 1 or 2.
+        form: "general" or "separable".
+        differentiable_features: Let the features' gradient through the barycentric weights
+            (see the module docstring). The twin's weights equal the op's, so the forward
+            values are unchanged.
+
+    Returns:
+        The `LatticeNeighbors`.
+    """
+    radius = lattice_stencil.check_radius(radius)
+    form = lattice_stencil.check_form(form)
+    operator = lattice_operator(lattice)
+    d = features.shape[-1]
+    if d is None or d + 1 != operator.lattice.splat_indices.shape[-1]:
+        raise ValueError(
+            f"features of shape {features.shape} do not match a lattice of d+1 = "
+            f"{operator.lattice.splat_indices.shape[-1]}"
+        )
+    if form == "general":
+        offsets = lattice_stencil.stencil_offsets(d, radius)
+        opposite = lattice_stencil.opposite_taps(d, radius)
+    else:
+        offsets = lattice_stencil.separable_offsets(d, radius).reshape(-1, d)
+        opposite = np.arange(offsets.shape[0])
+    rows = _neighbor_rows(features, operator.lattice, offsets)
+    if differentiable_features:
+        operator = _differentiable_operator(features, operator)
+    return LatticeNeighbors(operator, rows, form, radius, tf.constant(opposite, tf.int32))
+
+
+def _gather_rows(padded: tf.Tensor, rows: tf.Tensor) -> tf.Tensor:
+    return tf.gather(padded, rows)
+
+
+def _tap_sum(values: tf.Tensor, rows: tf.Tensor, taps: tf.Tensor) -> tf.Tensor:
+    """sum_t values[rows[t]] @ taps[t] (taps (T, Cin, Cout)) or * taps[t] (taps (T,))."""
+    padded = tf.concat([values, tf.zeros_like(values[:1])], 0)
+    shared = taps.shape.rank == 1
+    out_channels = tf.shape(values)[1] if shared else tf.shape(taps)[2]
+    start = tf.zeros(tf.stack([tf.shape(values)[0], out_channels]), values.dtype)
+
+    def body(t, acc):
+        gathered = _gather_rows(padded, rows[t])
+        return t + 1, acc + (gathered * taps[t] if shared else tf.matmul(gathered, taps[t]))
+
+    _, out = tf.while_loop(
+        lambda t, _: t < tf.shape(rows)[0], body, [tf.constant(0), start], parallel_iterations=1
+    )
+    return out
+
+
+def _tap_gradients(values: tf.Tensor, upstream: tf.Tensor, rows: tf.Tensor, shared: bool):
+    """d/d taps[t] of `_tap_sum`: values[rows[t]]^T @ upstream (or their dot product)."""
+    padded = tf.concat([values, tf.zeros_like(values[:1])], 0)
+
+    def one(row):
+        gathered = _gather_rows(padded, row)
+        if shared:
+            return tf.reduce_sum(gathered * upstream)
+        return tf.matmul(gathered, upstream, transpose_a=True)
+
+    return tf.map_fn(one, rows, fn_output_signature=values.dtype, parallel_iterations=1)
+
+
+def _general(values: tf.Tensor, neighbors: LatticeNeighbors, taps: tf.Tensor) -> tf.Tensor:
+    """The general stencil on (L, Cin) lattice values, with its transposed-tap gradient."""
+
+    @tf.custom_gradient
+    def convolve(v, w):
+        def grad(upstream):
+            flipped = tf.gather(w, neighbors.opposite)
+            if w.shape.rank == 3:
+                flipped = tf.transpose(flipped, [0, 2, 1])
+            d_values = _tap_sum(upstream, neighbors.rows, flipped)
+            d_taps = _tap_gradients(v, upstream, neighbors.rows, w.shape.rank == 1)
+            return d_values, d_taps
+
+        return _tap_sum(v, neighbors.rows, w), grad
+
+    return convolve(values, taps)
+
+
+def _separable(values: tf.Tensor, neighbors: LatticeNeighbors, taps: tf.Tensor) -> tf.Tensor:
+    """d+1 passes of 2r+1 taps, each a sparse product (autodiff gives both gradients)."""
+    length = tf.shape(values, out_type=tf.int64)[0]
+    width = 2 * neighbors.radius + 1
+    directions = taps.shape[0]
+    rows = tf.reshape(neighbors.rows, [directions, width, -1])
+    own = tf.range(length, dtype=tf.int32)
+    for j in range(directions):
+        found = rows[j] < tf.cast(length, tf.int32)  # (width, L)
+        columns = tf.where(found, rows[j], own[None])  # a missing neighbour: 0 on the diagonal
+        entries = tf.where(found, taps[j][:, None], tf.zeros_like(taps[j][:, None]))
+        matrix = SparseMatrix(
+            tf.reshape(
+                tf.stack(
+                    [tf.broadcast_to(own[:, None], [length, width]), tf.transpose(columns)], -1
+                ),
+                [-1, 2],
+            ),
+            tf.reshape(tf.transpose(entries), [-1]),
+            tf.stack([length, length]),
+        )
+        values = _matmul(matrix, values)
+    return values
+
+
+def check_taps(taps: tf.Tensor, neighbors: LatticeNeighbors, channels: int | None) -> tf.Tensor:
+    """Returns `taps` as a float tensor, or raises ValueError naming the expected shape."""
+    taps = tf.convert_to_tensor(taps)
+    count = neighbors.rows.shape[0]
+    if neighbors.form == "separable":
+        width = 2 * neighbors.radius + 1
+        expected = f"({count // width}, {width})"
+        ok = taps.shape.rank == 2 and taps.shape[0] * taps.shape[1] == count
+    else:
+        expected = f"({count},) or ({count}, C_in, C_out)"
+        ok = taps.shape.rank in (1, 3) and taps.shape[0] == count
+        if ok and taps.shape.rank == 3 and channels is not None:
+            ok = taps.shape[1] == channels
+            expected = f"({count}, {channels}, C_out)"
+    if not ok:
+        raise ValueError(
+            f"{neighbors.form} taps of radius {neighbors.radius} must have shape {expected}, "
+            f"got {tuple(taps.shape)}"
+        )
+    return taps
+
+
+def lattice_convolve(values: tf.Tensor, neighbors: LatticeNeighbors, taps: tf.Tensor) -> tf.Tensor:
+    """Splat, convolve with learned taps on the lattice, slice.
+
+    Args:
+        values: (B, N, C_in) float32 or float64 values at the points.
+        neighbors: `lattice_neighbors` of the same points.
+        taps: General form: (T, C_in, C_out), or (T,) shared by the channels. Separable form:
+            (d+1, 2r+1). Same dtype as `values`.
+
+    Returns:
+        (B, N, C_out) filtered values (C_out = C_in for shared and separable taps).
+    """
+    values = tf.convert_to_tensor(values)
+    if values.dtype not in (tf.float32, tf.float64) or values.shape.rank != 3:
+        raise ValueError(
+            f"values must be (batch, points, channels) float32 or float64, got {values.dtype} "
+            f"{values.shape}"
+        )
+    taps = tf.cast(check_taps(taps, neighbors, values.shape[-1]), values.dtype)
+    operator = neighbors.operator
+    shape = tf.shape(values)
+    flat = tf.reshape(values, tf.stack([-1, shape[2]]))
+    lattice_values = _matmul(operator.slice_matrix, flat, adjoint=True)  # splat
+    if neighbors.form == "general":
+        lattice_values = _general(lattice_values, neighbors, taps)
+    else:
+        lattice_values = _separable(lattice_values, neighbors, taps)
+    out = _matmul(operator.slice_matrix, lattice_values)  # slice
+    return tf.reshape(out, tf.stack([shape[0], shape[1], tf.shape(out)[1]]))
