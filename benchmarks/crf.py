@@ -22,12 +22,18 @@ lattice construction and one filtering (op vs twin), agreement with the referenc
 the machine and `os.getloadavg()` before and after (other processes share the cores: treat
 differences smaller than the runs' spread as noise). Prints JSON.
 
+`--learned` adds the learned lattice filters (`keras_dense.ops.lattice_convolution`, issue 22)
+against the Gaussian blur of the twin in the same run: one filtering of the 21 classes with
+both kernels (spatial d=2, bilateral d=5; lattices, sparse operators and neighbour tables
+built beforehand), forward and forward+backward (gradients to the values and the taps), for
+the separable and the general form at radius 1 and 2, and the time to find the neighbours.
+
 pydensecrf is a benchmark-only dependency, not a requirement of keras_dense. The PyPI
 `pydensecrf` 1.0rc3 sdist no longer builds with Cython 3; its maintained fork `pydensecrf2`
 (1.1 tested; builds from source with pip and g++) provides `import pydensecrf`:
 
     .venv/bin/python -m pip install pydensecrf2
-    .venv/bin/python benchmarks/crf.py [--runs 7] [--iterations 10] [--threads 1]
+    .venv/bin/python benchmarks/crf.py [--runs 7] [--iterations 10] [--threads 1] [--learned]
 
 Without it the report says so under "reference" and compares the op and the twin only.
 """
@@ -210,6 +216,89 @@ def component_timings(image, probabilities, runs: int) -> dict:
     }
 
 
+def learned_filter_timings(image, probabilities, runs: int) -> dict:
+    """Learned lattice filters vs the Gaussian blur (twin), forward and forward+backward."""
+    import numpy as np
+    import tensorflow as tf
+
+    from keras_dense.crf.mean_field import kernel_features
+    from keras_dense.ops import lattice_stencil, prepare_filter
+    from keras_dense.ops.lattice_convolution import lattice_convolve, lattice_neighbors
+    from keras_dense.ops.permutohedral_tf import build_lattice, filter_lattice
+
+    thetas = (PARAMS["theta_alpha"], PARAMS["theta_beta"], PARAMS["theta_gamma"])
+    features = kernel_features(tf.constant(image[None].astype(np.float32)), *thetas)
+    lattices = [build_lattice(f) for f in features]
+    operators = [prepare_filter(lattice, "tf") for lattice in lattices]
+    q = tf.constant(probabilities.reshape(1, -1, CLASSES))
+    variants = {"gaussian": None}
+    for form in ("separable", "general"):
+        for radius in (1, 2):
+            variants[f"{form}_r{radius}"] = (form, radius)
+
+    def taps_of(form, radius, d):
+        if form == "separable":
+            return tf.constant(lattice_stencil.gaussian_separable_taps(d, radius))
+        return tf.constant(lattice_stencil.gaussian_stencil(d, radius)[0])
+
+    runners, neighbour_seconds, sizes = {}, {}, {}
+    for name, spec in variants.items():
+        if spec is None:
+            forward = tf.function(lambda v: [filter_lattice(v, op) for op in operators])
+
+            def backward(v, forward=forward):
+                with tf.GradientTape() as tape:
+                    tape.watch(v)
+                    loss = tf.add_n([tf.reduce_sum(o * o) for o in forward(v)])
+                return tape.gradient(loss, v)
+
+        else:
+            form, radius = spec
+            start = time.perf_counter()
+            neighbors = [
+                lattice_neighbors(f, op, radius, form) for f, op in zip(features, operators)
+            ]
+            neighbour_seconds[name] = round(time.perf_counter() - start, 3)
+            sizes[name] = [int(n.rows.shape[0]) for n in neighbors]
+            taps = [tf.Variable(taps_of(form, radius, f.shape[-1])) for f in features]
+            forward = tf.function(
+                lambda v, ns=neighbors, ts=taps: [lattice_convolve(v, n, t) for n, t in zip(ns, ts)]
+            )
+
+            def backward(v, forward=forward, taps=taps):
+                with tf.GradientTape() as tape:
+                    tape.watch(v)
+                    loss = tf.add_n([tf.reduce_sum(o * o) for o in forward(v)])
+                return tape.gradient(loss, [v, *taps])
+
+        backward = tf.function(backward)
+        runners[f"{name}_forward"] = lambda f=forward: [x.numpy() for x in f(q)]
+        runners[f"{name}_forward_backward"] = lambda b=backward: [
+            tf.convert_to_tensor(x).numpy() for x in tf.nest.flatten(b(q))
+        ]
+    _, timings = interleaved(runners, runs)
+    out = {
+        name: {k: v for k, v in summary.items() if k.startswith("median")}
+        for name, summary in timings.items()
+    }
+    ratios = {}
+    for name in variants:
+        if name == "gaussian":
+            continue
+        for kind in ("forward", "forward_backward"):
+            ratios[f"{name}_{kind}_over_gaussian_wall"] = _ratio(
+                timings[f"{name}_{kind}"], timings[f"gaussian_{kind}"], "median_wall_ms"
+            )
+    lattice_points = [int(lattice.num_points[0]) for lattice in lattices]
+    return {
+        "timings": out,
+        "ratios": ratios,
+        "neighbour_search_seconds": neighbour_seconds,
+        "taps_per_kernel": sizes,
+        "lattice_points_spatial_bilateral": lattice_points,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=7)
@@ -218,6 +307,10 @@ def main() -> None:
         "--threads", type=int, default=0, help="TF intra/inter-op threads (0: TF's default)"
     )
     parser.add_argument("--no-components", action="store_true", help="skip the breakdown")
+    parser.add_argument("--learned", action="store_true", help="add the learned filters")
+    parser.add_argument(
+        "--learned-only", action="store_true", help="only the learned filters vs the Gaussian"
+    )
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -231,6 +324,14 @@ def main() -> None:
     from keras_dense.crf import dense_crf
 
     image, labels, probabilities = synthetic_scene()
+    if args.learned_only:
+        report = {"image": f"{WIDTH}x{HEIGHT}", "classes": CLASSES, "runs": args.runs}
+        report["load_average_before"] = [round(x, 2) for x in os.getloadavg()]
+        report["learned_filters"] = learned_filter_timings(image, probabilities, args.runs)
+        report["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
+        report["environment"] = environment()
+        print(json.dumps(report, indent=2))
+        return
     runners = {
         "custom_op": lambda: dense_crf(
             probabilities,
@@ -301,6 +402,8 @@ def main() -> None:
     )
     if not args.no_components:
         report["components"] = component_timings(image, probabilities, args.runs)
+    if args.learned:
+        report["learned_filters"] = learned_filter_timings(image, probabilities, args.runs)
     report["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     report["environment"] = dict(environment(), pydensecrf=reference_version)
     print(json.dumps(report, indent=2))

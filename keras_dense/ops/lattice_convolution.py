@@ -18,8 +18,10 @@ filters any number of value tensors with any taps. Works with a lattice from eit
 implementation (they number lattice points identically).
 
 Gradients:
-- to the values and the taps, exact (the general form's is a custom gradient: the transpose
-  of a tap is the tap of the opposite offset, so the backward pass is gathers, no scatter);
+- to the values and the taps, exact. Shared taps (and the separable form) are sparse
+  products, differentiated by TensorFlow; the general form's channel matrices have a custom
+  gradient (the transpose of a tap is the tap of the opposite offset, transposed, so the
+  backward pass is gathers, no scatter);
 - to the features, through the barycentric weights of the splat and the slice when
   `lattice_neighbors(..., differentiable_features=True)`: exact wherever the features stay
   inside their simplices (almost everywhere); the lattice points and neighbours are
@@ -63,6 +65,9 @@ class LatticeNeighbors(NamedTuple):
         form: "general" or "separable".
         radius: 1 or 2.
         opposite: (T,) int32: the tap of the opposite offset (general form).
+        entries: (E, 2) int32 (row, neighbour row) of every neighbour found (general form):
+            the indices of the stencil as one sparse matrix, for taps shared by the channels.
+        entry_taps: (E,) int32: the tap of each entry.
     """
 
     operator: LatticeOperator
@@ -70,6 +75,8 @@ class LatticeNeighbors(NamedTuple):
     form: str
     radius: int
     opposite: tf.Tensor
+    entries: tf.Tensor | None = None
+    entry_taps: tf.Tensor | None = None
 
 
 def _simplices(features: tf.Tensor, d: int) -> tuple[tf.Tensor, tf.Tensor]:
@@ -175,59 +182,77 @@ def lattice_neighbors(
     rows = _neighbor_rows(features, operator.lattice, offsets)
     if differentiable_features:
         operator = _differentiable_operator(features, operator)
-    return LatticeNeighbors(operator, rows, form, radius, tf.constant(opposite, tf.int32))
+    entries = entry_taps = None
+    if form == "general":
+        found = tf.where(rows < tf.shape(rows)[1])  # (E, 2) [tap, row]
+        entry_taps = tf.cast(found[:, 0], tf.int32)
+        entries = tf.stack([tf.cast(found[:, 1], tf.int32), tf.gather_nd(rows, found)], 1)
+    opposite = tf.constant(opposite, tf.int32)
+    return LatticeNeighbors(operator, rows, form, radius, opposite, entries, entry_taps)
 
 
-def _gather_rows(padded: tf.Tensor, rows: tf.Tensor) -> tf.Tensor:
-    return tf.gather(padded, rows)
+# General taps with channel matrices are gathered a chunk of taps at a time: 256 / C_in taps,
+# i.e. at most 2^22 values (16 MiB) per chunk up to L = 2^14 lattice rows, more beyond.
+_CHUNK_TAP_CHANNELS = 256
 
 
-def _tap_sum(values: tf.Tensor, rows: tf.Tensor, taps: tf.Tensor) -> tf.Tensor:
-    """sum_t values[rows[t]] @ taps[t] (taps (T, Cin, Cout)) or * taps[t] (taps (T,))."""
+def _tap_chunks(taps: int, channels: int) -> list[tuple[int, int]]:
+    """Static (start, stop) ranges of taps gathered together."""
+    size = max(1, _CHUNK_TAP_CHANNELS // max(1, channels))
+    return [(start, min(taps, start + size)) for start in range(0, taps, size)]
+
+
+def _matrix_tap_sum(values: tf.Tensor, rows: tf.Tensor, taps: tf.Tensor) -> tf.Tensor:
+    """sum_t values[rows[t]] @ taps[t] (a missing neighbour, row L, reads a zero row)."""
     padded = tf.concat([values, tf.zeros_like(values[:1])], 0)
-    shared = taps.shape.rank == 1
-    out_channels = tf.shape(values)[1] if shared else tf.shape(taps)[2]
-    start = tf.zeros(tf.stack([tf.shape(values)[0], out_channels]), values.dtype)
-
-    def body(t, acc):
-        gathered = _gather_rows(padded, rows[t])
-        return t + 1, acc + (gathered * taps[t] if shared else tf.matmul(gathered, taps[t]))
-
-    _, out = tf.while_loop(
-        lambda t, _: t < tf.shape(rows)[0], body, [tf.constant(0), start], parallel_iterations=1
-    )
+    out = None
+    for start, stop in _tap_chunks(taps.shape[0], values.shape[-1] or 1):
+        gathered = tf.gather(padded, rows[start:stop])  # (K, L, C_in)
+        term = tf.einsum("klc,kcd->ld", gathered, taps[start:stop])
+        out = term if out is None else out + term
     return out
 
 
-def _tap_gradients(values: tf.Tensor, upstream: tf.Tensor, rows: tf.Tensor, shared: bool):
-    """d/d taps[t] of `_tap_sum`: values[rows[t]]^T @ upstream (or their dot product)."""
+def _matrix_tap_gradients(values, upstream, rows, channels) -> tf.Tensor:
+    """d/d taps[t] of `_matrix_tap_sum`: values[rows[t]]^T @ upstream, (T, C_in, C_out)."""
     padded = tf.concat([values, tf.zeros_like(values[:1])], 0)
-
-    def one(row):
-        gathered = _gather_rows(padded, row)
-        if shared:
-            return tf.reduce_sum(gathered * upstream)
-        return tf.matmul(gathered, upstream, transpose_a=True)
-
-    return tf.map_fn(one, rows, fn_output_signature=values.dtype, parallel_iterations=1)
+    parts = []
+    for start, stop in _tap_chunks(rows.shape[0], channels):
+        gathered = tf.gather(padded, rows[start:stop])
+        parts.append(tf.einsum("klc,ld->kcd", gathered, upstream))
+    return tf.concat(parts, 0)
 
 
-def _general(values: tf.Tensor, neighbors: LatticeNeighbors, taps: tf.Tensor) -> tf.Tensor:
-    """The general stencil on (L, Cin) lattice values, with its transposed-tap gradient."""
+def _general_matrices(values, neighbors: LatticeNeighbors, taps) -> tf.Tensor:
+    """The general stencil with (T, C_in, C_out) taps, with its transposed-tap gradient."""
 
     @tf.custom_gradient
     def convolve(v, w):
         def grad(upstream):
-            flipped = tf.gather(w, neighbors.opposite)
-            if w.shape.rank == 3:
-                flipped = tf.transpose(flipped, [0, 2, 1])
-            d_values = _tap_sum(upstream, neighbors.rows, flipped)
-            d_taps = _tap_gradients(v, upstream, neighbors.rows, w.shape.rank == 1)
+            # The transpose of tap t is the tap of the opposite offset, transposed.
+            flipped = tf.transpose(tf.gather(w, neighbors.opposite), [0, 2, 1])
+            d_values = _matrix_tap_sum(upstream, neighbors.rows, flipped)
+            d_taps = _matrix_tap_gradients(v, upstream, neighbors.rows, v.shape[-1] or 1)
             return d_values, d_taps
 
-        return _tap_sum(v, neighbors.rows, w), grad
+        return _matrix_tap_sum(v, neighbors.rows, w), grad
 
     return convolve(values, taps)
+
+
+def _general_shared(values, neighbors: LatticeNeighbors, taps) -> tf.Tensor:
+    """The general stencil with one scalar per tap: one sparse product (autodiff gradients)."""
+    length = tf.shape(values, out_type=tf.int64)[0]
+    matrix = SparseMatrix(
+        neighbors.entries, tf.gather(taps, neighbors.entry_taps), tf.stack([length, length])
+    )
+    return _matmul(matrix, values)
+
+
+def _general(values: tf.Tensor, neighbors: LatticeNeighbors, taps: tf.Tensor) -> tf.Tensor:
+    if taps.shape.rank == 1:
+        return _general_shared(values, neighbors, taps)
+    return _general_matrices(values, neighbors, taps)
 
 
 def _separable(values: tf.Tensor, neighbors: LatticeNeighbors, taps: tf.Tensor) -> tf.Tensor:
