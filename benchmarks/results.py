@@ -52,6 +52,8 @@ PRETRAINED_COMMAND = ["pretrained", "hed-vgg16", "--output", PRETRAINED]
 WEIGHTS = f'model.kwargs.backbone_weights="{PRETRAINED}"'
 SCRATCH = 'model.kwargs.backbone_weights="none"'
 START, END = "<!-- results:start -->", "<!-- results:end -->"
+# Hand-written text after this marker inside the block survives `--write-readme`.
+NOTES = "<!-- results:notes -->"
 # The Pets photos are scored at this longer side (about half their size): each evaluation pass
 # over 298 full-size photos costs about 15 minutes on 2 cores, several per run.
 PETS_SIDE = 256
@@ -325,13 +327,23 @@ def run_row(row: Row, seeds: list[int], jobs: int = 1, reuse: bool = False) -> d
                 commands.append(shlex.join(["keras-dense", *argv]))
         convert_seconds += time.monotonic() - start
     work = [(seed, key) for seed in seeds for key in row.variants]
+    done, failures = {}, {}
     with concurrent.futures.ThreadPoolExecutor(max(1, jobs)) as pool:
-        futures = [
-            pool.submit(run_variant, row, key, seed, key == main_variant, jobs > 1)
+        futures = {
+            pool.submit(run_variant, row, key, seed, key == main_variant, jobs > 1): (seed, key)
             for seed, key in work
-        ]
-        done = [future.result() for future in futures]
-    return row_result(row, seeds, dict(zip(work, done)), commands, convert_seconds, jobs)
+        }
+        for future in concurrent.futures.as_completed(futures):
+            try:
+                done[futures[future]] = future.result()
+            except RuntimeError as err:  # one failed run: keep the others
+                failures[futures[future]] = str(err)[-2000:]
+    if not done:
+        raise RuntimeError("; ".join(failures.values()))
+    result = row_result(row, seeds, done, commands, convert_seconds, jobs)
+    if failures:
+        result["failed_runs"] = {f"{key}/seed{seed}": e for (seed, key), e in failures.items()}
+    return result
 
 
 def row_result(
@@ -390,11 +402,11 @@ def row_cells(result: dict, default_machine: str) -> list[str]:
         spread([r["metrics"].get("plain") for r in runs[k]]) if k in runs else "—" for k in VARIANTS
     ]
     for label in ("crf", "tta"):
-        values = [r["metrics"][label] for r in runs[main] if label in r["metrics"]]
+        values = [r["metrics"][label] for r in runs.get(main, []) if label in r["metrics"]]
         columns.append(spread(values) if values else "—")
     train = {k: statistics.median(r["seconds"]["train"] for r in v) for k, v in runs.items()}
     budget = ", ".join(f"{VARIANTS[k]} {v:.0f} s" for k, v in train.items())
-    where = result.get("machine", default_machine)
+    where = result.get("machine") or default_machine
     if result.get("concurrent_runs", 1) > 1:
         where += f", {result['concurrent_runs']} runs at once"
     recipes = " / ".join(f"`{r}`" for r in dict.fromkeys(result["recipes"].values()))
@@ -440,10 +452,16 @@ def table(results: dict, default_machine: str) -> str:
 
 
 def write_readme(block: str) -> None:
-    """Replaces the results block of README.md (temporary file, then rename)."""
+    """Replaces the results block of README.md (temporary file, then rename).
+
+    Text after the `NOTES` marker inside the old block is kept, after the new table.
+    """
     readme = REPO / "README.md"
     text = readme.read_text()
     if START in text and END in text:
+        old = text[text.index(START) : text.index(END)]
+        if NOTES in old:  # keep the notes: the new table goes before them
+            block = block[: block.index(END)] + "\n" + old[old.index(NOTES) :] + END
         text = text[: text.index(START)] + block + text[text.index(END) + len(END) :]
     else:
         text = text.rstrip() + "\n\n## Results\n\n" + block + "\n"
@@ -454,7 +472,9 @@ def write_readme(block: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", nargs="*", default=list(rows()), choices=list(rows()))
+    parser.add_argument(
+        "--rows", nargs="*", choices=list(rows()), help="default: all (none with --merge)"
+    )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     parser.add_argument("--jobs", type=int, default=1, help="(variant, seed) runs at once")
     parser.add_argument("--reuse", action="store_true", help="keep existing shards and weights")
@@ -464,10 +484,14 @@ def main() -> None:
     parser.add_argument("--write-readme", action="store_true")
     args = parser.parse_args()
     # Rows measured earlier (in runs/results/results.json) stay in the table unless re-run.
+    if args.rows is None:
+        args.rows = [] if args.merge else list(rows())
     saved = REPO / WORK / "results.json"
-    results = json.loads(saved.read_text())["results"] if saved.is_file() else {}
+    results = load_rows(saved) if saved.is_file() else {}
     for path in args.merge:
-        results.update(json.loads(pathlib.Path(path).read_text())["results"])
+        for name, row in load_rows(pathlib.Path(path)).items():
+            if "error" not in row or name not in results:  # a failure never hides a result
+                results[name] = row
     results = {k: v for k, v in results.items() if "runs" in v or "error" in v}
     env = environment()
     machine = describe_machine(env)
@@ -483,6 +507,17 @@ def main() -> None:
     print(json.dumps({"results": results, "environment": env, "load_average": os.getloadavg()}))
     if args.write_readme:
         write_readme(table(results, machine))
+
+
+def load_rows(path: pathlib.Path) -> dict:
+    """The rows of a results.json; a row without its machine gets the file's environment."""
+    report = json.loads(path.read_text())
+    rows_ = report["results"]
+    if "environment" in report:
+        for row in rows_.values():
+            if "runs" in row:
+                row.setdefault("machine", describe_machine(report["environment"]))
+    return rows_
 
 
 def write_json(path: pathlib.Path, results: dict) -> None:

@@ -177,6 +177,7 @@ def _float64_case(d, radius, form, shared=False, seed=6):
     [
         (2, 1, "general", False),
         (2, 2, "general", True),
+        (2, 2, "general", False),
         (5, 1, "general", True),
         (2, 1, "separable", False),
         (5, 2, "separable", False),
@@ -274,8 +275,12 @@ def test_bad_taps_and_values_are_named():
     separable = lattice_neighbors(
         features, permutohedral_tf.build_lattice(features), 1, "separable"
     )
-    with pytest.raises(ValueError, match=r"separable taps of radius 1 must have shape \(3, 3\)"):
-        lattice_convolve(values, separable, np.zeros((3, 5)))
+    for shape in [(3, 5), (9, 1), (1, 9)]:
+        with pytest.raises(ValueError, match=r"separable taps of radius 1 must have shape \(3, 3"):
+            lattice_convolve(values, separable, np.zeros(shape))
+    scaled = permutohedral_tf.with_output_scale(separable.operator, np.ones((2, 9, 1)))
+    with pytest.raises(ValueError, match="without an output scale"):
+        lattice_convolve(values, separable._replace(operator=scaled), np.zeros((3, 3)))
     with pytest.raises(ValueError, match="values must be"):
         lattice_convolve(values.astype(np.int32), neighbors, np.zeros((7,)))
     with pytest.raises(ValueError, match="do not match a lattice"):

@@ -82,6 +82,25 @@ def test_feature_scale_learns_the_bandwidth():
     assert np.all(np.abs(scale - true_scale) < np.abs(0.4 - true_scale))
 
 
+def test_mixed_precision_keeps_the_features_in_float32():
+    """Pixel coordinates of a large image survive a bfloat16 policy (no input autocast)."""
+    rng = np.random.default_rng(4)
+    values = rng.normal(0.0, 1.0, (1, 50, 2)).astype(np.float32)
+    positions = rng.uniform(600.0, 1200.0, (1, 50, 2)).astype(np.float32)
+    kwargs = {"form": "separable", "feature_scale": 1.0 / 3.0, "implementation": "tf"}
+    expected = PermutohedralConvolution(**kwargs)([values, positions]).numpy()
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    try:
+        layer = PermutohedralConvolution(**kwargs)
+        out = layer([values, positions])
+    finally:
+        keras.config.set_dtype_policy(previous)
+    assert out.dtype == tf.bfloat16 and layer.kernel.dtype == "float32"
+    # Only the output's rounding to bfloat16 (8 bits of mantissa) remains.
+    np.testing.assert_allclose(out.numpy().astype(np.float32), expected, rtol=1e-2, atol=1e-2)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [

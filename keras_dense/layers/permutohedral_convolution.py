@@ -6,7 +6,8 @@ and colour), convolve on the lattice with learned taps, slice back. It generalis
 Gaussian filter of the dense CRF: `form="separable"` with `kernel_initializer="gaussian"` is
 that filter exactly; `form="general"` (the paper's) learns one tap per neighbour.
 
-Inputs `[values (B, N, C_in), features (B, N, d)]`, output `(B, N, C_out)`. The features are
+Inputs `[values (B, N, C_in), features (B, N, d)]`, output `(B, N, C_out)` in the compute
+dtype; the lattice and the convolution run in float32 under any policy. The features are
 multiplied by a per-dimension scale (the inverse bandwidths 1/theta, trainable by default)
 before the lattice is built; its gradient comes through the barycentric weights and is exact
 wherever no point changes simplex (`keras_dense.ops.lattice_convolution`).
@@ -69,6 +70,10 @@ class PermutohedralConvolution(keras.layers.Layer):
         implementation: str = "auto",
         **kwargs,
     ):
+        # Features are coordinates: rounded to bfloat16 they would move points by whole
+        # pixels, so neither inputs nor weights are autocast; the output is cast to the
+        # compute dtype.
+        kwargs.setdefault("autocast", False)
         super().__init__(**kwargs)
         self.form = lattice_stencil.check_form(form)
         self.radius = lattice_stencil.check_radius(radius)
@@ -121,18 +126,20 @@ class PermutohedralConvolution(keras.layers.Layer):
             initializer = keras.initializers.Constant(value)
         else:
             initializer = self.kernel_initializer
-        self.kernel = self.add_weight(name="kernel", shape=shape, initializer=initializer)
+        self.kernel = self.add_weight(
+            name="kernel", shape=shape, initializer=initializer, autocast=False
+        )
         scale = np.broadcast_to(np.asarray(self.feature_scale, np.float32), (d,))
         self.scale = self.add_weight(
             name="feature_scale",
             shape=(d,),
             initializer=keras.initializers.Constant(scale),
             trainable=self.trainable_scale,
+            autocast=False,
         )
 
     def call(self, inputs):
         values, features = inputs
-        dtype = values.dtype
         features = tf.cast(features, tf.float32) * tf.cast(self.scale, tf.float32)
         lattice = build_lattice(features, self.implementation)
         neighbors = lattice_neighbors(
@@ -143,7 +150,7 @@ class PermutohedralConvolution(keras.layers.Layer):
             differentiable_features=self.trainable_scale,
         )
         out = lattice_convolve(tf.cast(values, tf.float32), neighbors, self.kernel)
-        return tf.cast(out, dtype)
+        return tf.cast(out, self.compute_dtype)
 
     def compute_output_shape(self, input_shape):
         values_shape = tuple(input_shape[0])

@@ -140,7 +140,7 @@ def _differentiable_operator(features: tf.Tensor, operator: LatticeOperator) -> 
     d = features.shape[-1]
     _, weights = _simplices(tf.convert_to_tensor(features, tf.float32), d)
     matrix = operator.slice_matrix._replace(values=tf.reshape(weights, [-1]))
-    return operator._replace(slice_matrix=matrix)
+    return operator._replace(slice_matrix=matrix, output_scale=None, scaled_slice=None)
 
 
 def lattice_neighbors(
@@ -287,7 +287,7 @@ def check_taps(taps: tf.Tensor, neighbors: LatticeNeighbors, channels: int | Non
     if neighbors.form == "separable":
         width = 2 * neighbors.radius + 1
         expected = f"({count // width}, {width})"
-        ok = taps.shape.rank == 2 and taps.shape[0] * taps.shape[1] == count
+        ok = tuple(taps.shape) == (count // width, width)
     else:
         expected = f"({count},) or ({count}, C_in, C_out)"
         ok = taps.shape.rank in (1, 3) and taps.shape[0] == count
@@ -322,6 +322,11 @@ def lattice_convolve(values: tf.Tensor, neighbors: LatticeNeighbors, taps: tf.Te
         )
     taps = tf.cast(check_taps(taps, neighbors, values.shape[-1]), values.dtype)
     operator = neighbors.operator
+    if operator.output_scale is not None:
+        raise ValueError(
+            "lattice_convolve needs an operator without an output scale (with_output_scale): "
+            "multiply its result instead"
+        )
     shape = tf.shape(values)
     flat = tf.reshape(values, tf.stack([-1, shape[2]]))
     lattice_values = _matmul(operator.slice_matrix, flat, adjoint=True)  # splat
