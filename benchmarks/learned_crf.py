@@ -99,7 +99,6 @@ def unary_logits(model, normalization: str | None, pattern: str) -> list[dict]:
 def crops(items: list[dict], count: int, size: int, rng: np.random.Generator):
     """`count` random crops (padded where an image is smaller): logits, image, mask."""
     logits, images, masks = [], [], []
-    classes = items[0]["logits"].shape[-1]
     for _ in range(count):
         item = items[rng.integers(len(items))]
         h, w = item["mask"].shape
@@ -109,23 +108,10 @@ def crops(items: list[dict], count: int, size: int, rng: np.random.Generator):
         logits.append(np.pad(item["logits"][window], pad + ((0, 0),)))
         images.append(np.pad(item["image"][window], pad + ((0, 0),)))
         masks.append(np.pad(item["mask"][window], pad, constant_values=IGNORE))
-    assert logits[0].shape[-1] == classes
     return np.stack(logits), np.stack(images), np.stack(masks).astype(np.int32)
 
 
-def confusion(prediction: np.ndarray, mask: np.ndarray, classes: int) -> np.ndarray:
-    keep = mask != IGNORE
-    index = mask[keep].astype(np.int64) * classes + prediction[keep]
-    return np.bincount(index, minlength=classes * classes).reshape(classes, classes)
-
-
-def mean_iou(matrix: np.ndarray) -> float:
-    union = matrix.sum(0) + matrix.sum(1) - np.diag(matrix)
-    present = union > 0
-    return float(np.mean(np.diag(matrix)[present] / union[present]))
-
-
-def train_head(head: str, items, classes, args, crop_set) -> tuple:
+def train_head(head: str, classes: int, args, crop_set) -> tuple:
     """Trains one CRF head on the crops; returns the layer and the training seconds."""
     import keras
 
@@ -156,14 +142,16 @@ def train_head(head: str, items, classes, args, crop_set) -> tuple:
 
 
 def score(layer, items, classes) -> float:
-    """mIoU of the head on full images (None: the unary's own argmax)."""
+    """mIoU of the head on full images (None: the unary's own argmax), label 255 ignored."""
+    from keras_dense.evaluation.segmentation_metrics import confusion_matrix, segmentation_scores
+
     total = np.zeros((classes, classes), np.int64)
     for item in items:
         logits = item["logits"]
         if layer is not None:
             logits = np.asarray(layer([logits[None], item["image"][None]]))[0]
-        total += confusion(logits.argmax(-1), item["mask"], classes)
-    return mean_iou(total)
+        total += confusion_matrix(item["mask"], logits.argmax(-1), classes, IGNORE)
+    return segmentation_scores(total)["mean_iou"]
 
 
 def spread(values: list[float]) -> dict:
@@ -206,7 +194,7 @@ def main() -> None:
             train_items, args.steps * args.batch, args.crop, np.random.default_rng(seed)
         )
         for head in args.heads:
-            layer, took = train_head(head, train_items, classes, args, crop_set)
+            layer, took = train_head(head, classes, args, crop_set)
             value = score(layer, val_items, classes)
             scores[head].append(value)
             gains[head].append(100.0 * (value - unary))
