@@ -23,7 +23,8 @@ the machine and `os.getloadavg()` before and after (other processes share the co
 differences smaller than the runs' spread as noise). Prints JSON.
 
 `--learned` adds the learned lattice filters (`keras_dense.ops.lattice_convolution`, issue 22)
-against the Gaussian blur of the twin in the same run: one filtering of the 21 classes with
+against the Gaussian blur in the same run, each implementation (twin, compiled ops) against
+its own Gaussian filter: one filtering of the 21 classes with
 both kernels (spatial d=2, bilateral d=5; lattices, sparse operators and neighbour tables
 built beforehand), forward and forward+backward (gradients to the values and the taps), for
 the separable and the general form at radius 1 and 2, and the time to find the neighbours.
@@ -217,24 +218,26 @@ def component_timings(image, probabilities, runs: int) -> dict:
 
 
 def learned_filter_timings(image, probabilities, runs: int) -> dict:
-    """Learned lattice filters vs the Gaussian blur (twin), forward and forward+backward."""
+    """Learned lattice filters vs the Gaussian blur, forward and forward+backward, each
+    implementation (the twin, the compiled ops) against its own Gaussian filter."""
     import numpy as np
     import tensorflow as tf
 
     from keras_dense.crf.mean_field import kernel_features
-    from keras_dense.ops import lattice_stencil, prepare_filter
+    from keras_dense.ops import filter_lattice, lattice_stencil, prepare_filter
     from keras_dense.ops.lattice_convolution import lattice_convolve, lattice_neighbors
-    from keras_dense.ops.permutohedral_tf import build_lattice, filter_lattice
+    from keras_dense.ops.permutohedral_tf import build_lattice
 
     thetas = (PARAMS["theta_alpha"], PARAMS["theta_beta"], PARAMS["theta_gamma"])
     features = kernel_features(tf.constant(image[None].astype(np.float32)), *thetas)
     lattices = [build_lattice(f) for f in features]
-    operators = [prepare_filter(lattice, "tf") for lattice in lattices]
     q = tf.constant(probabilities.reshape(1, -1, CLASSES))
-    variants = {"gaussian": None}
-    for form in ("separable", "general"):
-        for radius in (1, 2):
-            variants[f"{form}_r{radius}"] = (form, radius)
+    variants = {}
+    for implementation in ("tf", "custom_op"):
+        variants[f"gaussian_{implementation}"] = (None, None, implementation)
+        for form in ("separable", "general"):
+            for radius in (1, 2):
+                variants[f"{form}_r{radius}_{implementation}"] = (form, radius, implementation)
 
     def taps_of(form, radius, d):
         if form == "separable":
@@ -242,9 +245,14 @@ def learned_filter_timings(image, probabilities, runs: int) -> dict:
         return tf.constant(lattice_stencil.gaussian_stencil(d, radius)[0])
 
     runners, neighbour_seconds, sizes = {}, {}, {}
-    for name, spec in variants.items():
-        if spec is None:
-            forward = tf.function(lambda v: [filter_lattice(v, op) for op in operators])
+    for name, (form, radius, implementation) in variants.items():
+        operators = [prepare_filter(lattice, implementation) for lattice in lattices]
+        if form is None:
+            forward = tf.function(
+                lambda v, ops=operators, i=implementation: [
+                    filter_lattice(v, op, implementation=i) for op in ops
+                ]
+            )
 
             def backward(v, forward=forward):
                 with tf.GradientTape() as tape:
@@ -253,16 +261,18 @@ def learned_filter_timings(image, probabilities, runs: int) -> dict:
                 return tape.gradient(loss, v)
 
         else:
-            form, radius = spec
             start = time.perf_counter()
             neighbors = [
-                lattice_neighbors(f, op, radius, form) for f, op in zip(features, operators)
+                lattice_neighbors(f, lattice, radius, form)
+                for f, lattice in zip(features, lattices)
             ]
             neighbour_seconds[name] = round(time.perf_counter() - start, 3)
             sizes[name] = [int(n.rows.shape[0]) for n in neighbors]
             taps = [tf.Variable(taps_of(form, radius, f.shape[-1])) for f in features]
             forward = tf.function(
-                lambda v, ns=neighbors, ts=taps: [lattice_convolve(v, n, t) for n, t in zip(ns, ts)]
+                lambda v, ns=neighbors, ts=taps, i=implementation: [
+                    lattice_convolve(v, n, t, implementation=i) for n, t in zip(ns, ts)
+                ]
             )
 
             def backward(v, forward=forward, taps=taps):
@@ -282,13 +292,16 @@ def learned_filter_timings(image, probabilities, runs: int) -> dict:
         for name, summary in timings.items()
     }
     ratios = {}
-    for name in variants:
-        if name == "gaussian":
+    for name, (form, _, implementation) in variants.items():
+        if form is None:
             continue
         for kind in ("forward", "forward_backward"):
-            ratios[f"{name}_{kind}_over_gaussian_wall"] = _ratio(
-                timings[f"{name}_{kind}"], timings[f"gaussian_{kind}"], "median_wall_ms"
-            )
+            for clock in ("wall", "cpu"):
+                ratios[f"{name}_{kind}_over_gaussian_{clock}"] = _ratio(
+                    timings[f"{name}_{kind}"],
+                    timings[f"gaussian_{implementation}_{kind}"],
+                    f"median_{clock}_ms",
+                )
     lattice_points = [int(lattice.num_points[0]) for lattice in lattices]
     return {
         "timings": out,

@@ -9,12 +9,31 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_dense.ops import lattice_stencil, permutohedral, permutohedral_tf
+from keras_dense.ops import (
+    lattice_convolution_op,
+    lattice_stencil,
+    loader,
+    permutohedral,
+    permutohedral_tf,
+)
 from keras_dense.ops.lattice_convolution import (
     lattice_convolve,
     lattice_neighbors,
     lattice_point_keys,
 )
+
+
+def _needs_op():
+    if loader.find_compiler() is None and not loader.library_path().exists():
+        pytest.skip("no C++ compiler to build the lattice ops (set $CXX or install g++)")
+
+
+@pytest.fixture(params=["tf", "custom_op"])
+def implementation(request):
+    """Each test runs on the stock-TF twin and on the compiled ops."""
+    if request.param == "custom_op":
+        _needs_op()
+    return request.param
 
 
 def _points(d: int, batch: int = 2, points: int = 23, seed: int = 0, spread: float = 1.5):
@@ -62,7 +81,7 @@ def test_point_keys_are_the_reference_lattice(d):
 
 
 @pytest.mark.parametrize(("d", "radius"), [(2, 1), (2, 2), (5, 1)])
-def test_general_convolution_equals_numpy_reference(d, radius):
+def test_general_convolution_equals_numpy_reference(d, radius, implementation):
     features = _points(d)
     rng = np.random.default_rng(1)
     values = rng.normal(0.0, 1.0, features.shape[:2] + (3,)).astype(np.float32)
@@ -70,7 +89,7 @@ def test_general_convolution_equals_numpy_reference(d, radius):
     taps = rng.normal(0.0, 0.5, (count, 3, 4)).astype(np.float32)
     lattice = permutohedral_tf.build_lattice(features)
     neighbors = lattice_neighbors(features, lattice, radius, "general")
-    out = lattice_convolve(values, neighbors, taps).numpy()
+    out = lattice_convolve(values, neighbors, taps, implementation).numpy()
     rows = neighbors.rows.numpy().T
     max_points = lattice.blur_neighbors.shape[1]
     for b in range(features.shape[0]):
@@ -84,7 +103,7 @@ def test_general_convolution_equals_numpy_reference(d, radius):
         np.testing.assert_array_equal(local, table)
 
 
-def test_shared_taps_equal_diagonal_matrices():
+def test_shared_taps_equal_diagonal_matrices(implementation):
     features, radius = _points(2), 1
     rng = np.random.default_rng(2)
     values = rng.normal(0.0, 1.0, features.shape[:2] + (3,)).astype(np.float32)
@@ -92,21 +111,22 @@ def test_shared_taps_equal_diagonal_matrices():
     neighbors = lattice_neighbors(features, permutohedral_tf.build_lattice(features), radius)
     full = shared[:, None, None] * np.eye(3, dtype=np.float32)
     np.testing.assert_allclose(
-        lattice_convolve(values, neighbors, shared).numpy(),
-        lattice_convolve(values, neighbors, full).numpy(),
+        lattice_convolve(values, neighbors, shared, implementation).numpy(),
+        lattice_convolve(values, neighbors, full, implementation).numpy(),
         rtol=1e-6,
         atol=1e-6,
     )
 
 
 @pytest.mark.parametrize(("d", "radius"), [(2, 1), (2, 2), (5, 1)])
-def test_separable_convolution_equals_numpy_reference(d, radius):
+def test_separable_convolution_equals_numpy_reference(d, radius, implementation):
     features = _points(d)
     rng = np.random.default_rng(3)
     values = rng.normal(0.0, 1.0, features.shape[:2] + (2,)).astype(np.float32)
     taps = rng.normal(0.0, 0.5, (d + 1, 2 * radius + 1)).astype(np.float32)
     lattice = permutohedral_tf.build_lattice(features)
-    out = lattice_convolve(values, lattice_neighbors(features, lattice, radius, "separable"), taps)
+    neighbors = lattice_neighbors(features, lattice, radius, "separable")
+    out = lattice_convolve(values, neighbors, taps, implementation)
     for b in range(features.shape[0]):
         expected = lattice_reference.separable(
             features[b].astype(np.float64), values[b], taps.astype(np.float64)
@@ -116,7 +136,7 @@ def test_separable_convolution_equals_numpy_reference(d, radius):
 
 @pytest.mark.parametrize("d", [2, 5])
 @pytest.mark.parametrize("radius", [1, 2])
-def test_gaussian_separable_taps_reproduce_the_blur(d, radius):
+def test_gaussian_separable_taps_reproduce_the_blur(d, radius, implementation):
     """The bridge: separable taps at the blur's [1, 2, 1] / 2 are today's filter."""
     features = _points(d, batch=3, points=40, spread=3.0)
     values = np.random.default_rng(4).normal(0.0, 1.0, (3, 40, 5)).astype(np.float32)
@@ -124,7 +144,7 @@ def test_gaussian_separable_taps_reproduce_the_blur(d, radius):
     expected = permutohedral.filter_lattice(values, lattice, implementation="tf").numpy()
     neighbors = lattice_neighbors(features, lattice, radius, "separable")
     taps = lattice_stencil.gaussian_separable_taps(d, radius)
-    out = lattice_convolve(values, neighbors, taps).numpy()
+    out = lattice_convolve(values, neighbors, taps, implementation).numpy()
     np.testing.assert_allclose(out, expected, rtol=1e-6, atol=2e-6 * np.abs(expected).max())
 
 
@@ -183,11 +203,13 @@ def _float64_case(d, radius, form, shared=False, seed=6):
         (5, 2, "separable", False),
     ],
 )
-def test_gradients_to_values_and_taps_match_finite_differences(d, radius, form, shared):
+def test_gradients_to_values_and_taps_match_finite_differences(
+    d, radius, form, shared, implementation
+):
     _, values, taps, neighbors = _float64_case(d, radius, form, shared)
 
     def fn(v, w):
-        return lattice_convolve(v, neighbors, w)
+        return lattice_convolve(v, neighbors, w, implementation)
 
     theoretical, numerical = tf.test.compute_gradient(
         fn, [tf.constant(values), tf.constant(taps)], delta=1e-4
@@ -196,28 +218,28 @@ def test_gradients_to_values_and_taps_match_finite_differences(d, radius, form, 
         np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
 
 
-def test_gradient_in_a_tf_function_equals_eager():
+def test_gradient_in_a_tf_function_equals_eager(implementation):
     _, values, taps, neighbors = _float64_case(2, 1, "general")
 
     @tf.function
     def loss_and_grads(v, w):
         with tf.GradientTape() as tape:
             tape.watch([v, w])
-            loss = tf.reduce_sum(lattice_convolve(v, neighbors, w) ** 2)
+            loss = tf.reduce_sum(lattice_convolve(v, neighbors, w, implementation) ** 2)
         return tape.gradient(loss, [v, w])
 
     graph = loss_and_grads(tf.constant(values), tf.constant(taps))
     with tf.GradientTape() as tape:
         v, w = tf.constant(values), tf.constant(taps)
         tape.watch([v, w])
-        loss = tf.reduce_sum(lattice_convolve(v, neighbors, w) ** 2)
+        loss = tf.reduce_sum(lattice_convolve(v, neighbors, w, implementation) ** 2)
     eager = tape.gradient(loss, [v, w])
     for a, b in zip(graph, eager):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-12)
 
 
 @pytest.mark.parametrize("form", ["general", "separable"])
-def test_feature_scale_gradient_through_the_barycentric_weights(form):
+def test_feature_scale_gradient_through_the_barycentric_weights(form, implementation):
     """Exact while every point stays in its simplex: finite differences on the scale agree."""
     d, radius = 2, 1
     features = _points(d, batch=1, points=12, seed=7).astype(np.float64)
@@ -233,7 +255,7 @@ def test_feature_scale_gradient_through_the_barycentric_weights(form):
         scaled = tf.constant(features, tf.float32) * tf.cast(scale, tf.float32)
         lattice = permutohedral_tf.build_lattice(scaled)
         neighbors = lattice_neighbors(scaled, lattice, radius, form, differentiable_features=True)
-        return tf.reduce_sum(lattice_convolve(values, neighbors, taps) * weights)
+        return tf.reduce_sum(lattice_convolve(values, neighbors, taps, implementation) * weights)
 
     scale = tf.Variable([1.0, 1.0], dtype=tf.float32)
     with tf.GradientTape() as tape:
@@ -250,14 +272,13 @@ def test_feature_scale_gradient_through_the_barycentric_weights(form):
     with tf.GradientTape() as tape:
         scaled = tf.constant(features, tf.float32) * scale
         lattice = permutohedral_tf.build_lattice(scaled)
-        out = lattice_convolve(values, lattice_neighbors(scaled, lattice, radius, form), taps)
+        neighbors = lattice_neighbors(scaled, lattice, radius, form)
+        out = lattice_convolve(values, neighbors, taps, implementation)
     assert tape.gradient(out, scale) is None
 
 
 def test_neighbours_of_a_custom_op_lattice_are_the_same():
-    pytest.importorskip("keras_dense.ops.loader")
-    if permutohedral.resolve_implementation("auto") != "custom_op":
-        pytest.skip("the permutohedral custom op cannot be built here (no C++ compiler)")
+    _needs_op()
     features = _points(5)
     op_lattice = permutohedral.build_lattice(features, implementation="custom_op")
     twin_lattice = permutohedral_tf.build_lattice(features)
@@ -285,3 +306,64 @@ def test_bad_taps_and_values_are_named():
         lattice_convolve(values.astype(np.int32), neighbors, np.zeros((7,)))
     with pytest.raises(ValueError, match="do not match a lattice"):
         lattice_neighbors(features[..., :1], permutohedral_tf.build_lattice(features))
+
+
+@pytest.mark.parametrize("d", [2, 5])
+@pytest.mark.parametrize(
+    ("radius", "form", "shape"),
+    [
+        (1, "general", "matrix"),
+        (2, "general", "shared"),
+        (1, "separable", None),
+        (2, "separable", None),
+    ],
+)
+def test_compiled_ops_agree_with_the_twin(d, radius, form, shape):
+    """Random lattices (two images of different sizes), values, taps: outputs and the
+    gradients to the values and the taps agree to 1e-5 (float32)."""
+    _needs_op()
+    rng = np.random.default_rng(d + 10 * radius)
+    features = _points(d, batch=2, points=200, seed=d, spread=2.0)
+    features[1, 150:] = features[1, 0]  # image 1 has fewer lattice points (padding rows)
+    lattice = permutohedral.build_lattice(features, implementation="custom_op")
+    neighbors = lattice_neighbors(features, lattice, radius, form)
+    count = neighbors.rows.shape[0]
+    if form == "separable":
+        taps = rng.normal(0.0, 0.5, (d + 1, 2 * radius + 1))
+    else:
+        taps = rng.normal(0.0, 0.3, (count,) if shape == "shared" else (count, 3, 5))
+    values = tf.constant(rng.normal(0.0, 1.0, (2, 200, 3)).astype(np.float32))
+    taps = tf.constant(taps.astype(np.float32))
+    results = {}
+    for implementation in ("tf", "custom_op"):
+        with tf.GradientTape() as tape:
+            tape.watch([values, taps])
+            out = lattice_convolve(values, neighbors, taps, implementation)
+            loss = tf.reduce_sum(tf.sin(out) * out)
+        grads = tape.gradient(loss, [values, taps])
+        results[implementation] = [out, *(tf.convert_to_tensor(g) for g in grads)]
+    for got, want in zip(results["custom_op"], results["tf"]):
+        want = want.numpy()
+        np.testing.assert_allclose(got.numpy(), want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
+def test_compiled_ops_name_bad_inputs():
+    _needs_op()
+    features = _points(2, batch=1, points=10)
+    lattice = permutohedral.build_lattice(features, implementation="custom_op")
+    values = tf.zeros((1, 10, 2))
+    indices, weights = lattice.splat_indices, lattice.barycentric_weights
+    rows = int(lattice.num_points[0])
+    with pytest.raises(tf.errors.InvalidArgumentError, match="outside \\[0, rows per image\\)"):
+        lattice_convolution_op.splat(values, indices, weights, rows - 1)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="must both be \\(batch, points"):
+        lattice_convolution_op.splat(values, indices[:, :5], weights, rows)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="whole number of rows per image"):
+        lattice_convolution_op.slice_lattice(
+            tf.zeros((rows, 2)), tf.tile(indices, [2, 1, 1]), tf.tile(weights, [2, 1, 1])
+        )
+    table = tf.fill([3, rows], rows + 1)  # past the missing-neighbour marker L
+    with pytest.raises(tf.errors.InvalidArgumentError, match="neighbour outside \\[0, L\\]"):
+        lattice_convolution_op.stencil(tf.zeros((rows, 2)), table, tf.ones(3), tf.range(3))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="taps must be \\(3,\\) or"):
+        lattice_convolution_op.stencil(tf.zeros((rows, 2)), table, tf.ones((3, 4, 1)), tf.range(3))

@@ -126,3 +126,29 @@ def test_bad_inputs_are_named():
         PermutohedralConvolution()(values)
     with pytest.raises(ValueError, match="must be 3-D"):
         PermutohedralConvolution()([values[0], features[0]])
+
+
+def test_portable_switch_gives_the_same_output_and_gradients():
+    """`use_portable_crf` moves the layer from the compiled ops to the twin, unchanged."""
+    from keras_dense.layers import use_portable_crf
+    from keras_dense.ops import loader
+
+    if loader.find_compiler() is None and not loader.library_path().exists():
+        pytest.skip("no C++ compiler to build the lattice ops (set $CXX or install g++)")
+    values, features = _inputs(5)
+    layer = PermutohedralConvolution(filters=4, implementation="custom_op")
+    inputs = [keras.Input((40, 3)), keras.Input((40, 5))]
+    model = keras.Model(inputs, layer(inputs))
+
+    def run():
+        with tf.GradientTape() as tape:
+            out = model([values, features])
+            loss = tf.reduce_sum(out**2)
+        return [out, *tape.gradient(loss, model.trainable_weights)]
+
+    compiled = run()
+    use_portable_crf(model)
+    assert layer.implementation == "tf"
+    for got, want in zip(run(), compiled):
+        want = want.numpy()
+        np.testing.assert_allclose(got.numpy(), want, rtol=1e-5, atol=1e-5 * np.abs(want).max())

@@ -110,7 +110,7 @@ def iterate_mean_field(
     pairwise_fn: Callable[[list[tf.Tensor], int], tf.Tensor],
     num_iterations: int,
 ) -> tf.Tensor:
-    """Mean field with any per-step filters: the loop of `mean_field`, filters supplied.
+    """Mean field with any per-step filters (`mean_field` runs it with Gaussian ones).
 
     Args:
         unary: (B, N, C) float32 logits U.
@@ -168,15 +168,20 @@ def mean_field(
             for lattice, inverse in zip(lattices, inverse_norms)
         ]
         inverse_norms = [None] * len(lattices)
-    logits = unary
-    for _ in range(int(num_iterations)):
-        q = tf.nn.softmax(logits, axis=-1)
-        filtered = []
-        for lattice, inverse in zip(lattices, inverse_norms):
+
+    def gaussian_filter(lattice, inverse):
+        def filter_fn(q, step):
             values = filter_lattice(q, lattice, implementation=implementation)
-            filtered.append(values if inverse is None else values * inverse)
-        logits = unary - pairwise_fn(filtered)
-    return logits
+            return values if inverse is None else values * inverse
+
+        return filter_fn
+
+    filters = [
+        gaussian_filter(lattice, inverse) for lattice, inverse in zip(lattices, inverse_norms)
+    ]
+    return iterate_mean_field(
+        unary, filters, lambda filtered, step: pairwise_fn(filtered), num_iterations
+    )
 
 
 def potts_pairwise(filtered: list[tf.Tensor]) -> tf.Tensor:

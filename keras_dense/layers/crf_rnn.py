@@ -51,6 +51,7 @@ from keras_dense.crf.mean_field import (
     kernel_features,
     mean_field,
 )
+from keras_dense.layers.permutohedral_convolution import PermutohedralConvolution
 from keras_dense.layers.walk import iter_layers, reset_compiled_functions
 from keras_dense.ops import lattice_stencil
 from keras_dense.ops.lattice_convolution import lattice_convolve, lattice_neighbors
@@ -263,7 +264,7 @@ class CrfRnn(keras.layers.Layer):
 
             def learned(q, step, neighbors=neighbors, inverse=inverse, index=index):
                 taps = tf.cast(self._step(self.taps[index], step), tf.float32)
-                return lattice_convolve(q, neighbors, taps) * inverse
+                return lattice_convolve(q, neighbors, taps, implementation) * inverse
 
             filters.append(learned)
         return filters
@@ -335,7 +336,8 @@ def crf_layers(model: keras.Model) -> list[CrfRnn]:
 
 
 def use_portable_crf(model: keras.Model) -> keras.Model:
-    """Switches every CrfRnn layer of `model` to the pure-TF implementation, in place.
+    """Switches every CrfRnn and PermutohedralConvolution layer of `model` to the pure-TF
+    implementation, in place.
 
     Do this before exporting a SavedModel for TF Serving (which cannot load custom ops), or to
     run on a GPU. Results are unchanged (the implementations agree to float rounding).
@@ -346,8 +348,9 @@ def use_portable_crf(model: keras.Model) -> keras.Model:
     Returns:
         The same model.
     """
-    for layer in crf_layers(model):
-        layer.implementation = "tf"
+    for layer in iter_layers(model):
+        if is_crf_layer(layer) or isinstance(layer, PermutohedralConvolution):
+            layer.implementation = "tf"
     reset_compiled_functions(model)
     return model
 

@@ -13,8 +13,10 @@ before the lattice is built; its gradient comes through the barycentric weights 
 wherever no point changes simplex (`keras_dense.ops.lattice_convolution`).
 
 The lattice is built once per call and shared by the splat, the convolution, the slice and
-the backward pass. `implementation` picks who builds it (`"custom_op"`, `"tf"` or `"auto"`,
-as `CrfRnn`); the convolution itself is stock TensorFlow, so exports stay portable.
+the backward pass. `implementation` picks who builds it and runs the convolution: the compiled
+ops (`"custom_op"`, faster on a CPU), stock TensorFlow (`"tf"`, for GPUs and exports) or
+`"auto"`, as `CrfRnn`. `keras_dense.layers.use_portable_crf(model)` switches these layers to
+`"tf"` too, as the exporters do.
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ class PermutohedralConvolution(keras.layers.Layer):
         kernel_initializer: "gaussian" (the permutohedral Gaussian filter: exact for the
             separable form, the closest stencil for the general one, times identity across
             channels) or any Keras initializer.
-        implementation: Who builds the lattice: "auto", "custom_op" or "tf".
+        implementation: Who builds the lattice and convolves: "auto", "custom_op" or "tf".
         **kwargs: Standard layer keyword arguments.
     """
 
@@ -149,7 +151,9 @@ class PermutohedralConvolution(keras.layers.Layer):
             self.form,
             differentiable_features=self.trainable_scale,
         )
-        out = lattice_convolve(tf.cast(values, tf.float32), neighbors, self.kernel)
+        out = lattice_convolve(
+            tf.cast(values, tf.float32), neighbors, self.kernel, self.implementation
+        )
         return tf.cast(out, self.compute_dtype)
 
     def compute_output_shape(self, input_shape):

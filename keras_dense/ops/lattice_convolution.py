@@ -17,6 +17,12 @@ slice and replaces the blur by learned taps over each lattice point's neighbours
 filters any number of value tensors with any taps. Works with a lattice from either
 implementation (they number lattice points identically).
 
+`lattice_convolve(..., implementation=)` runs the convolution in stock TensorFlow ops (`"tf"`,
+this module: sparse products and gathers, for GPUs and exports) or in the compiled ops of
+`lattice_convolution_ops.cc` (`"custom_op"`, `lattice_convolution_op`: splat, stencil and
+slice kernels whose gradients are each other). Both take the same `LatticeNeighbors` and agree
+to float rounding, gradients included.
+
 Gradients:
 - to the values and the taps, exact. Shared taps (and the separable form) are sparse
   products, differentiated by TensorFlow; the general form's channel matrices have a custom
@@ -35,8 +41,9 @@ from typing import NamedTuple
 import numpy as np
 import tensorflow as tf
 
-from keras_dense.ops import lattice_stencil
+from keras_dense.ops import lattice_convolution_op, lattice_stencil
 from keras_dense.ops.lattice import Lattice
+from keras_dense.ops.permutohedral import resolve_implementation
 from keras_dense.ops.permutohedral_tf import (
     _MAX_UNROLLED_COORDINATES,
     LatticeOperator,
@@ -65,9 +72,14 @@ class LatticeNeighbors(NamedTuple):
         form: "general" or "separable".
         radius: 1 or 2.
         opposite: (T,) int32: the tap of the opposite offset (general form).
-        entries: (E, 2) int32 (row, neighbour row) of every neighbour found (general form):
+        entries: General form: (E, 2) int32 (row, neighbour row) of every neighbour found,
             the indices of the stencil as one sparse matrix, for taps shared by the channels.
-        entry_taps: (E,) int32: the tap of each entry.
+            Separable form: (d+1, L (2r+1), 2) int32, the indices of each direction's pass
+            (a missing neighbour's entry sits on the diagonal, with a zero value).
+        entry_taps: General form: (E,) int32, the tap of each entry. Separable form:
+            (d+1, L, 2r+1) bool, whether each entry's neighbour exists.
+        weights: (B, N, d+1) float32 barycentric weights of the splat and the slice (with
+            `differentiable_features`, recomputed from the features, with their gradient).
     """
 
     operator: LatticeOperator
@@ -77,6 +89,7 @@ class LatticeNeighbors(NamedTuple):
     opposite: tf.Tensor
     entries: tf.Tensor | None = None
     entry_taps: tf.Tensor | None = None
+    weights: tf.Tensor | None = None
 
 
 def _simplices(features: tf.Tensor, d: int) -> tuple[tf.Tensor, tf.Tensor]:
@@ -135,12 +148,15 @@ def _neighbor_rows(features: tf.Tensor, lattice: Lattice, offsets: np.ndarray) -
     return tf.transpose(tf.cast(table, tf.int32))
 
 
-def _differentiable_operator(features: tf.Tensor, operator: LatticeOperator) -> LatticeOperator:
-    """The operator with splat / slice weights recomputed from `features` (with gradient)."""
+def _differentiable_operator(
+    features: tf.Tensor, operator: LatticeOperator
+) -> tuple[LatticeOperator, tf.Tensor]:
+    """The operator with splat / slice weights recomputed from `features` (with gradient),
+    and those (B, N, d+1) weights."""
     d = features.shape[-1]
     _, weights = _simplices(tf.convert_to_tensor(features, tf.float32), d)
     matrix = operator.slice_matrix._replace(values=tf.reshape(weights, [-1]))
-    return operator._replace(slice_matrix=matrix, output_scale=None, scaled_slice=None)
+    return operator._replace(slice_matrix=matrix, output_scale=None, scaled_slice=None), weights
 
 
 def lattice_neighbors(
@@ -180,15 +196,28 @@ def lattice_neighbors(
         offsets = lattice_stencil.separable_offsets(d, radius).reshape(-1, d)
         opposite = np.arange(offsets.shape[0])
     rows = _neighbor_rows(features, operator.lattice, offsets)
+    weights = operator.lattice.barycentric_weights
     if differentiable_features:
-        operator = _differentiable_operator(features, operator)
-    entries = entry_taps = None
+        operator, weights = _differentiable_operator(features, operator)
     if form == "general":
         found = tf.where(rows < tf.shape(rows)[1])  # (E, 2) [tap, row]
         entry_taps = tf.cast(found[:, 0], tf.int32)
         entries = tf.stack([tf.cast(found[:, 1], tf.int32), tf.gather_nd(rows, found)], 1)
+    else:
+        entries, entry_taps = _separable_entries(rows, d + 1, 2 * radius + 1)
     opposite = tf.constant(opposite, tf.int32)
-    return LatticeNeighbors(operator, rows, form, radius, opposite, entries, entry_taps)
+    return LatticeNeighbors(operator, rows, form, radius, opposite, entries, entry_taps, weights)
+
+
+def _separable_entries(rows: tf.Tensor, directions: int, width: int):
+    """Each direction's pass as sparse-matrix indices (d+1, L*width, 2), and which exist."""
+    length = tf.shape(rows)[1]
+    table = tf.transpose(tf.reshape(rows, [directions, width, -1]), [0, 2, 1])  # (d+1, L, w)
+    found = table < length
+    own = tf.range(length, dtype=tf.int32)[None, :, None]
+    columns = tf.where(found, table, own)  # a missing neighbour: 0 on the diagonal
+    pairs = tf.stack([tf.broadcast_to(own, tf.shape(table)), columns], -1)
+    return tf.reshape(pairs, [directions, -1, 2]), found
 
 
 # General taps with channel matrices are gathered a chunk of taps at a time: 256 / C_in taps,
@@ -258,23 +287,11 @@ def _general(values: tf.Tensor, neighbors: LatticeNeighbors, taps: tf.Tensor) ->
 def _separable(values: tf.Tensor, neighbors: LatticeNeighbors, taps: tf.Tensor) -> tf.Tensor:
     """d+1 passes of 2r+1 taps, each a sparse product (autodiff gives both gradients)."""
     length = tf.shape(values, out_type=tf.int64)[0]
-    width = 2 * neighbors.radius + 1
-    directions = taps.shape[0]
-    rows = tf.reshape(neighbors.rows, [directions, width, -1])
-    own = tf.range(length, dtype=tf.int32)
-    for j in range(directions):
-        found = rows[j] < tf.cast(length, tf.int32)  # (width, L)
-        columns = tf.where(found, rows[j], own[None])  # a missing neighbour: 0 on the diagonal
-        entries = tf.where(found, taps[j][:, None], tf.zeros_like(taps[j][:, None]))
+    for j in range(taps.shape[0]):
+        found = neighbors.entry_taps[j]  # (L, width)
+        entries = tf.where(found, taps[j][None, :], tf.zeros_like(taps[j][None, :]))
         matrix = SparseMatrix(
-            tf.reshape(
-                tf.stack(
-                    [tf.broadcast_to(own[:, None], [length, width]), tf.transpose(columns)], -1
-                ),
-                [-1, 2],
-            ),
-            tf.reshape(tf.transpose(entries), [-1]),
-            tf.stack([length, length]),
+            neighbors.entries[j], tf.reshape(entries, [-1]), tf.stack([length, length])
         )
         values = _matmul(matrix, values)
     return values
@@ -302,7 +319,32 @@ def check_taps(taps: tf.Tensor, neighbors: LatticeNeighbors, channels: int | Non
     return taps
 
 
-def lattice_convolve(values: tf.Tensor, neighbors: LatticeNeighbors, taps: tf.Tensor) -> tf.Tensor:
+def _convolve_compiled(values: tf.Tensor, neighbors: LatticeNeighbors, taps) -> tf.Tensor:
+    """Splat, stencil (d+1 one-direction stencils when separable), slice: the compiled ops."""
+    lattice = neighbors.operator.lattice
+    indices, weights = lattice.splat_indices, neighbors.weights
+    rows_per_image = tf.shape(lattice.blur_neighbors)[1]
+    lattice_values = lattice_convolution_op.splat(values, indices, weights, rows_per_image)
+    if neighbors.form == "general":
+        lattice_values = lattice_convolution_op.stencil(
+            lattice_values, neighbors.rows, taps, neighbors.opposite
+        )
+    else:
+        width = 2 * neighbors.radius + 1
+        # Along one direction, tap k = -r..r is opposite to tap -k.
+        reverse = tf.range(width - 1, -1, -1, dtype=tf.int32)
+        for j in range(taps.shape[0]):
+            rows = neighbors.rows[j * width : (j + 1) * width]
+            lattice_values = lattice_convolution_op.stencil(lattice_values, rows, taps[j], reverse)
+    return lattice_convolution_op.slice_lattice(lattice_values, indices, weights)
+
+
+def lattice_convolve(
+    values: tf.Tensor,
+    neighbors: LatticeNeighbors,
+    taps: tf.Tensor,
+    implementation: str = "auto",
+) -> tf.Tensor:
     """Splat, convolve with learned taps on the lattice, slice.
 
     Args:
@@ -310,6 +352,8 @@ def lattice_convolve(values: tf.Tensor, neighbors: LatticeNeighbors, taps: tf.Te
         neighbors: `lattice_neighbors` of the same points.
         taps: General form: (T, C_in, C_out), or (T,) shared by the channels. Separable form:
             (d+1, 2r+1). Same dtype as `values`.
+        implementation: `"custom_op"` (the compiled ops), `"tf"` (stock TensorFlow ops) or
+            `"auto"` (the compiled ops when they can be built).
 
     Returns:
         (B, N, C_out) filtered values (C_out = C_in for shared and separable taps).
@@ -327,6 +371,8 @@ def lattice_convolve(values: tf.Tensor, neighbors: LatticeNeighbors, taps: tf.Te
             "lattice_convolve needs an operator without an output scale (with_output_scale): "
             "multiply its result instead"
         )
+    if resolve_implementation(implementation) == "custom_op":
+        return _convolve_compiled(values, neighbors, taps)
     shape = tf.shape(values)
     flat = tf.reshape(values, tf.stack([-1, shape[2]]))
     lattice_values = _matmul(operator.slice_matrix, flat, adjoint=True)  # splat

@@ -1,4 +1,5 @@
-"""Builds and loads the custom op library (`permutohedral_ops.cc`, `roi_pooling_ops.cc`).
+"""Builds and loads the custom op library (`permutohedral_ops.cc`, `lattice_convolution_ops.cc`,
+`roi_pooling_ops.cc`).
 
 The shared library is compiled on first use with the flags of the installed TensorFlow
 (`tf.sysconfig.get_compile_flags()` / `get_link_flags()`, `g++ -O3 -std=c++17 -shared -fPIC`)
@@ -32,8 +33,8 @@ import threading
 import warnings
 
 SOURCE_DIR = pathlib.Path(__file__).resolve().parent
-SOURCES = ("permutohedral_ops.cc", "roi_pooling_ops.cc")
-HEADERS = ("parallel_for.h",)  # hashed with the sources: a change rebuilds
+SOURCES = ("permutohedral_ops.cc", "lattice_convolution_ops.cc", "roi_pooling_ops.cc")
+HEADERS = ("lattice_rows.h", "parallel_for.h")  # hashed with the sources: a change rebuilds
 LIBRARY_NAME = "permutohedral_ops.so"
 CACHE_ENV = "KERAS_DENSE_OPS_CACHE"
 DEFAULT_CACHE = pathlib.Path("~/.cache/keras_dense/ops")

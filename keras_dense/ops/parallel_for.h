@@ -1,4 +1,5 @@
-// Splitting a kernel's work over TensorFlow's CPU worker threads, shared by the custom ops.
+// Shared by the custom ops: splitting a kernel's work over TensorFlow's CPU worker threads, and
+// compiling hot loops for more than one instruction set.
 #ifndef KERAS_DENSE_OPS_PARALLEL_FOR_H_
 #define KERAS_DENSE_OPS_PARALLEL_FOR_H_
 
@@ -6,6 +7,15 @@
 
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/util/work_sharder.h"
+
+// The hot loops are compiled for AVX2 and for baseline x86-64 and chosen when the library is
+// loaded. The arithmetic per element is the same in both (no FMA contraction), so lattices and
+// filtered values do not depend on the CPU.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define KERAS_DENSE_MULTIVERSION __attribute__((target_clones("avx2", "default")))
+#else
+#define KERAS_DENSE_MULTIVERSION
+#endif
 
 namespace keras_dense {
 
