@@ -35,8 +35,8 @@ cut to the radius (`lattice_stencil.gaussian_stencil`: at radius 1 it keeps 72 %
 spatial and 34 % of the bilateral blur's weight, so its pairwise term starts weaker). The
 normalisation of step 2 stays the Gaussian's. `loose=True` gives every step its own kernel
 weights, compatibility and (learned) taps, as the paper's "loose" mean field; the number of
-steps is then fixed by `num_iterations`. The lattice convolution is stock TensorFlow (the
-lattice itself is built by `implementation`), so exports need nothing more.
+steps is then fixed by `num_iterations`. `implementation` picks the lattice convolution's
+compiled ops or its stock-TF twin as it does the lattice's; `use_portable_crf` switches both.
 """
 
 from __future__ import annotations
