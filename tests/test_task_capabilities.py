@@ -240,7 +240,7 @@ def test_instance_segmentation_is_a_detection_task_overriding_only_what_differs(
     # What differs: its outputs, evaluation and signatures (and, while a recipe's data
     # table is not typed per task, reading records with instance masks).
     differs = {"evaluate", "report_lines", "predict_image", "export_signatures", "verify_export"}
-    allowed = differs | {"tflite_unsupported", "datasets", "check_recipe"}
+    allowed = differs | {"export_unsupported", "datasets", "check_recipe"}
     assert differs <= overridden <= allowed, overridden
     instance, detection = get_task("instance_segmentation"), get_task("detection")
     assert instance.class_names(["background", "a"]) == detection.class_names(["background", "a"])

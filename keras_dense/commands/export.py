@@ -1,6 +1,7 @@
-"""`keras-dense export --model M --output saved_models/NAME [--version N]`, or a checked TFLite
-file: `keras-dense export --format tflite [--quantize none|float16|int8] --model M --output DIR
-[--data PATTERN] [--input-size H,W]`."""
+"""`keras-dense export --model M --output saved_models/NAME [--version N]`, or a checked TFLite,
+ONNX or OpenVINO file: `keras-dense export --format tflite [--quantize none|float16|int8]
+--model M --output DIR [--data PATTERN] [--input-size H,W]`, `keras-dense export --format
+onnx|openvino --model M --output DIR [--data PATTERN] [--input-size H,W] [--dynamic]`."""
 
 from __future__ import annotations
 
@@ -19,19 +20,27 @@ from keras_dense.commands.tta_arguments import add_tta_arguments
 from keras_dense.tasks.export_options import check_values, declared_fields, flag_of
 
 _SAVEDMODEL = ("savedmodel",)
+_RUNTIMES = ("onnx", "openvino")
+_CHECKED = ("tflite", *_RUNTIMES)
 # Where the options that are not export option declarations apply (their default is None in
 # the parser, filled in from the defaults).
 _FIXED_SCOPES = (
     OptionScope("version", "--version", formats=_SAVEDMODEL),
     OptionScope("allow_different_model", "--allow-different-model", formats=_SAVEDMODEL),
     OptionScope("quantize", "--quantize", formats=("tflite",)),
-    OptionScope("data", "--data", formats=("tflite",)),
-    OptionScope("input_size", "--input-size", formats=("tflite",)),
-    OptionScope("check_images", "--check-images", formats=("tflite",)),
+    OptionScope("data", "--data", formats=_CHECKED),
+    OptionScope("input_size", "--input-size", formats=_CHECKED),
+    OptionScope("dynamic", "--dynamic", formats=_RUNTIMES),
+    OptionScope("check_images", "--check-images", formats=_CHECKED),
     OptionScope("representative_images", "--representative-images", formats=("tflite",)),
-    OptionScope("min_agreement", "--min-agreement", formats=("tflite",)),
+    OptionScope("min_agreement", "--min-agreement", formats=_CHECKED),
 )
-_FIXED_DEFAULTS = {"quantize": "none", "check_images": 8, "representative_images": 32}
+_FIXED_DEFAULTS = {
+    "quantize": "none",
+    "check_images": 8,
+    "representative_images": 32,
+    "dynamic": False,
+}
 
 
 @functools.cache
@@ -112,7 +121,8 @@ def register(subparsers) -> None:
     """Adds the `export` command to the `keras-dense` parser."""
     parser = subparsers.add_parser(
         "export",
-        help="export a .keras model as a TF Serving SavedModel version or a checked .tflite",
+        help="export a .keras model as a TF Serving SavedModel version, or a checked TFLite, "
+        "ONNX or OpenVINO model",
         description="savedmodel (default): writes OUTPUT/<version>/ (the layout TF Serving "
         "reads) atomically, with the signatures serving_default (JPEG/PNG bytes) and "
         "serving_tensor (float images); refuses non-finite weights, non-stock ops, existing "
@@ -120,14 +130,19 @@ def register(subparsers) -> None:
         "signatures). tflite: converts at a fixed input size, runs the result with the LiteRT "
         "interpreter on images of --data (or generated ones) and writes OUTPUT/NAME.tflite "
         "plus NAME.tflite.json only when its per-pixel classes agree with the Keras model's "
-        "(99.9%% for none/float16, 98%% for int8). Segmentation models only. Options that do "
-        "not apply to the format or the model's task are refused.",
+        "(99.9%% for none/float16, 98%% for int8). Segmentation models only. onnx / openvino: "
+        "converts with Keras's exporter (input size fixed, or free with --dynamic), runs the "
+        "result in onnxruntime / OpenVINO's CPU plugin on the same images and writes "
+        "OUTPUT/NAME.onnx (NAME.xml + NAME.bin) plus a .json check only at 99.9%% class "
+        "agreement; segmenters and WSL classifiers; operations the format lacks are named. "
+        "Options that do not apply to the format or the model's task are refused.",
     )
     parser.add_argument(
         "--format",
-        choices=("savedmodel", "tflite"),
+        choices=("savedmodel", "tflite", *_RUNTIMES),
         default="savedmodel",
-        help="TF Serving SavedModel version (default) or one TFLite file",
+        help="TF Serving SavedModel version (default), one TFLite file, an ONNX file or an "
+        "OpenVINO IR",
     )
     parser.add_argument("--model", required=True, help="the .keras model (its card X.json beside)")
     parser.add_argument(
@@ -143,7 +158,7 @@ def register(subparsers) -> None:
         "or signatures (TF Serving's stable/canary labels then name different models)",
     )
     add_declared_options(parser)
-    tflite = parser.add_argument_group("tflite")
+    tflite = parser.add_argument_group("tflite, onnx, openvino")
     tflite.add_argument(
         "--quantize",
         choices=("none", "float16", "int8"),
@@ -153,15 +168,25 @@ def register(subparsers) -> None:
     )
     tflite.add_argument(
         "--data",
-        help="tflite: glob pattern of TFRecord shards whose images calibrate int8 and check "
-        "the conversion (default: generated images)",
+        help="tflite, onnx, openvino: glob pattern of TFRecord shards whose images check the "
+        "conversion and calibrate int8 (default: generated images)",
     )
     tflite.add_argument(
         "--input-size",
-        help="tflite: fixed input H,W (default: the model card's input_size, the training tile)",
+        help="tflite, onnx, openvino: input H,W (default: the model card's input_size, the "
+        "training tile); with --dynamic, the check's size",
     )
     tflite.add_argument(
-        "--check-images", type=int, default=None, help="tflite: images the check compares (8)"
+        "--check-images",
+        type=int,
+        default=None,
+        help="tflite, onnx, openvino: images the check compares (8)",
+    )
+    tflite.add_argument(
+        "--dynamic",
+        action="store_true",
+        default=None,
+        help="onnx, openvino: leave the input height and width free (the batch always is)",
     )
     tflite.add_argument(
         "--representative-images",
@@ -173,8 +198,8 @@ def register(subparsers) -> None:
         "--min-agreement",
         type=float,
         default=None,
-        help="tflite: lowest per-pixel class agreement with the Keras model accepted "
-        "(default 0.999 for none/float16, 0.98 for int8)",
+        help="tflite, onnx, openvino: lowest per-pixel class agreement with the Keras model "
+        "accepted (default 0.999; 0.98 for int8)",
     )
     parser.set_defaults(run=run)
 
@@ -246,11 +271,40 @@ def run_tflite(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_runtime(args: argparse.Namespace) -> int:
+    """Runs `keras-dense export --format onnx|openvino`."""
+    from keras_dense.export.check_images import parse_input_size
+    from keras_dense.export.runtime_export import export_runtime
+
+    size = parse_input_size(args.input_size) if args.input_size else None
+    result = export_runtime(
+        args.model,
+        args.output,
+        args.format,
+        data=args.data,
+        input_size=size,
+        dynamic=bool(args.dynamic),
+        check_images=args.check_images,
+        min_agreement=args.min_agreement,
+        progress=True,
+    )
+    check = result.report["check"]
+    print(
+        f"exported {', '.join(result.files)} (input {result.report['input_shape']}): class "
+        f"agreement {check['agreement']:.4%} with the Keras model on {check['images']} images "
+        f"({check['source']}), max output difference {check['max_abs_diff']:.3g}; check: "
+        f"{result.report_path}"
+    )
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     """Runs `keras-dense export`."""
     values = check_options(args)
     if args.format == "tflite":
         return run_tflite(args)
+    if args.format in _RUNTIMES:
+        return run_runtime(args)
     from keras_dense.export.saved_model_export import export_saved_model
 
     output = os.path.normpath(args.output)

@@ -8,13 +8,13 @@ model card's training tile `input_size`, or `input_size=`), normalised as the ca
 Before anything is written, the converted model runs with the LiteRT interpreter
 (`ai-edge-litert`, the `tflite` extra) on real images of the `data` shards (resized to the
 input size), or on generated ones when no shards are given, and is compared with the Keras
-model: the task's `tflite_check` gives the per-pixel (or per-image) class agreement of the
+model: the task's `conversion_check` gives the per-pixel (or per-image) class agreement of the
 argmax and the largest absolute output difference. Below `MIN_AGREEMENT[quantize]` the
 export is refused (`TFLiteCheckError`) and nothing is written. Otherwise `NAME.tflite` and
 `NAME.tflite.json` (the check, plus what a client needs from the card) are written
 atomically, `NAME` being the model's file stem and the quantization.
 
-Tasks decide whether their models can be converted (`Task.tflite_unsupported`): detection
+Tasks decide whether their models can be converted (`Task.export_unsupported`): detection
 models are refused by name (`TFLiteUnsupportedError`).
 """
 
@@ -23,16 +23,17 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import re
 
-import cv2
 import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_dense.data import read_examples
+from keras_dense.export.check_images import (  # noqa: F401 - parse_input_size: the CLI's
+    parse_input_size,
+    resolve_input_size,
+    sample_images,
+)
 from keras_dense.export.model_checks import check_finite_weights, portable_model
-from keras_dense.prediction.inference import prepare_image
 from keras_dense.tasks import get_task
 from keras_dense.tasks.model_loading import load_model_with_card
 from keras_dense.utils.files import atomic_write_bytes
@@ -134,82 +135,6 @@ def run_tflite(model_content: bytes, images: np.ndarray) -> np.ndarray:
         interpreter.invoke()
         outputs.append(np.array(interpreter.get_tensor(target["index"]), np.float32)[0])
     return np.stack(outputs)
-
-
-def parse_input_size(text: str) -> tuple[int, int]:
-    """`"H,W"` (or `"S"` for a square) as `(H, W)`.
-
-    Raises:
-        ValueError: Not one or two positive integers (the message names `--input-size`).
-    """
-    match = re.fullmatch(r"\s*(\d+)\s*(?:[,x]\s*(\d+)\s*)?", str(text))
-    size = () if match is None else (int(match.group(1)), int(match.group(2) or match.group(1)))
-    if len(size) != 2 or min(size) < 1:
-        raise ValueError(f"--input-size {text!r}: expected H,W (two positive integers)")
-    return size
-
-
-def resolve_input_size(model: keras.Model, card: dict, input_size=None) -> tuple[int, int]:
-    """The fixed input size of the conversion: given, the model's own, or the card's tile.
-
-    Raises:
-        ValueError: None of them is known, or the given size contradicts a fixed model input.
-    """
-    fixed = tuple(model.inputs[0].shape[1:3])
-    if input_size is not None:
-        size = tuple(int(v) for v in input_size)
-        if None not in fixed and size != fixed:
-            raise ValueError(f"--input-size {size}: the model's input is fixed at {fixed}")
-        return size
-    if None not in fixed:
-        return tuple(int(v) for v in fixed)
-    if card.get("input_size"):
-        return tuple(int(v) for v in card["input_size"][:2])
-    raise ValueError(
-        "TFLite needs a fixed input size and neither the model nor its card ('input_size', "
-        "the training tile) has one: give --input-size H,W"
-    )
-
-
-def sample_images(card: dict, size, count: int, pattern: str | None = None, seed: int = 0):
-    """Up to `count` normalised images at `size`: records of `pattern`, or generated ones.
-
-    Records are resized (area averaging when shrinking, bilinear otherwise) to the input
-    size; generated images are smooth random colour fields (blurred noise), so that the
-    comparison sees edges and flat regions as in photographs.
-
-    Args:
-        card: The model card (normalisation, input channels).
-        size: `(H, W)`.
-        count: How many images.
-        pattern: Glob pattern of TFRecord shards, or None.
-        seed: Seed of the generated images.
-
-    Returns:
-        `(images (n, H, W, C) float32, source)`; `source` names where they came from.
-    """
-    height, width = size
-    raw = []
-    if pattern:
-        for example in read_examples(pattern):
-            if len(raw) == count:
-                break
-            image = example["image"]
-            shrink = image.shape[0] * image.shape[1] > height * width
-            interpolation = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
-            raw.append(cv2.resize(image, (width, height), interpolation=interpolation))
-        source = pattern
-    else:
-        rng = np.random.default_rng(seed)
-        for _ in range(count):
-            noise = rng.uniform(0, 255, (height, width, 3)).astype(np.float32)
-            blurred = cv2.GaussianBlur(noise, (0, 0), max(1.0, min(height, width) / 16))
-            spread = max(float(np.ptp(blurred)), 1e-6)
-            raw.append(((blurred - blurred.min()) / spread * 255).astype(np.uint8))
-        source = "generated"
-    if not raw:
-        raise ValueError(f"--data {pattern}: the shards hold no records")
-    return np.stack([prepare_image(image, card) for image in raw]), source
 
 
 def convert_to_tflite(
@@ -317,7 +242,7 @@ def export_tflite(
         raise ValueError(f"--min-agreement {min_agreement!r}: expected a fraction in [0, 1]")
     model, card = load_model_with_card(model_path)
     task = get_task(card["task"])
-    reason = task.tflite_unsupported(card)
+    reason = task.export_unsupported(card, "tflite")
     if reason:
         raise TFLiteUnsupportedError(f"--model {model_path}: {reason}")
     _require_litert()  # before the conversion, which takes a while
@@ -341,7 +266,7 @@ def export_tflite(
             for i in range(0, len(check_set), 8)
         ]
     )
-    stats = task.tflite_check(got, want)
+    stats = task.conversion_check(got, want)
     bar.update()
     bar.close()
     minimum = MIN_AGREEMENT[quantize] if min_agreement is None else float(min_agreement)

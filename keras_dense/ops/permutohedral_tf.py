@@ -58,6 +58,15 @@ def _elevate(features: tf.Tensor, d: int) -> tf.Tensor:
     return tf.stack(_elevate_coordinates(features, d), axis=-1)
 
 
+def _integer_sum(tensors: list[tf.Tensor]) -> tf.Tensor:
+    """The sum of int32 tensors as chained additions (ONNX's Sum, tf.add_n's image, takes
+    floats only)."""
+    total = tensors[0]
+    for tensor in tensors[1:]:
+        total = total + tensor
+    return total
+
+
 def _simplex_unrolled(elevated: list[tf.Tensor], d: int) -> tuple[tf.Tensor, tf.Tensor]:
     """`_simplex` one coordinate at a time: same arithmetic, same results, bit for bit.
 
@@ -77,7 +86,7 @@ def _simplex_unrolled(elevated: list[tf.Tensor], d: int) -> tuple[tf.Tensor, tf.
         up = tf.math.ceil(v) * up_factor
         dn = tf.math.floor(v) * up_factor
         rem0.append(tf.cast(tf.where(up - e < e - dn, up, dn), tf.int32))
-    rem_sum = tf.math.floordiv(tf.add_n(rem0), d1)  # exact: a sum of multiples of d+1
+    rem_sum = tf.math.floordiv(_integer_sum(rem0), d1)  # exact: a sum of multiples of d+1
 
     # rank[i] = #{j > i: diff_i < diff_j} + #{j < i: not diff_j < diff_i}, as the op counts.
     diff = [e - tf.cast(r, tf.float32) for e, r in zip(elevated, rem0)]
@@ -87,7 +96,7 @@ def _simplex_unrolled(elevated: list[tf.Tensor], d: int) -> tuple[tf.Tensor, tf.
             smaller = tf.cast(diff[i] < diff[j], tf.int32)
             terms[i].append(smaller)
             terms[j].append(1 - smaller)
-    rank = [tf.add_n(t) for t in terms]
+    rank = [_integer_sum(t) for t in terms]
     for i in range(d1):  # back onto the plane (see `_simplex`)
         shifted = rank[i] + rem_sum
         rank[i] = tf.math.floormod(shifted, d1)
@@ -150,9 +159,18 @@ def _simplex(elevated: tf.Tensor, d: int) -> tuple[tf.Tensor, tf.Tensor]:
     return keys, weights
 
 
+def _suffix_products(radix: tf.Tensor) -> tf.Tensor:
+    """`prod(radix[i+1:])` for each i of a static-length vector: the exclusive reverse
+    cumulative product, from multiplications only (ONNX has no cumulative product)."""
+    products = [tf.ones_like(radix[0])]
+    for i in range(radix.shape[0] - 1, 0, -1):
+        products.append(products[-1] * radix[i])
+    return tf.stack(products[::-1])
+
+
 def _mixed_radix_codes(rows: tf.Tensor, low: tf.Tensor, radix: tf.Tensor) -> tf.Tensor:
     # sum_c (row_c - low_c) * prod_{c' > c} radix_c': three whole-matrix ops, no column loop.
-    multipliers = tf.math.cumprod(radix, reverse=True, exclusive=True)
+    multipliers = _suffix_products(radix)
     return tf.reduce_sum((rows - low) * multipliers, axis=1)
 
 
@@ -209,7 +227,7 @@ def _lattice_codes(image: tf.Tensor, keys: tf.Tensor, d: int) -> tf.Tensor:
     bits = tf.reduce_sum(tf.math.log(radix)) / np.log(2.0)
 
     def exact_float():
-        multipliers = tf.math.cumprod(radix, reverse=True, exclusive=True)
+        multipliers = _suffix_products(radix)
         offsets = tf.cast(keys - low, tf.float64)
         codes = tf.linalg.matvec(offsets, multipliers[1:]) + image * multipliers[0]
         return tf.cast(codes, tf.int64)
@@ -259,9 +277,16 @@ def build_lattice(features: tf.Tensor) -> Lattice:
     # First-occurrence numbering: image 0's points first, then image 1's, ... as in the op.
     unique_codes, global_index = tf.unique(codes, out_idx=tf.int64)
     total = tf.size(unique_codes, out_type=tf.int64)
-    entries = tf.range(tf.size(global_index, out_type=tf.int64))
-    first_entry = tf.math.unsorted_segment_min(entries, global_index, total)
-    point_image = first_entry // tf.maximum(vertices, 1)
+    # Every entry of a lattice point has its image and key: any of them may write them (a
+    # scatter, not a segment reduction, which ONNX lacks).
+    point_image = tf.tensor_scatter_nd_update(
+        tf.zeros(tf.reshape(total, [1]), tf.int64),
+        global_index[:, None],
+        tf.cast(entry_image, tf.int64),
+    )
+    point_keys = tf.tensor_scatter_nd_update(
+        tf.zeros(tf.stack([total, d]), flat_keys.dtype), global_index[:, None], flat_keys
+    )  # (P, d)
     num_points = tf.math.bincount(point_image, minlength=batch, maxlength=batch, dtype=tf.int64)
     start = tf.cumsum(num_points, exclusive=True)
     max_points = tf.reduce_max(num_points)
@@ -269,7 +294,6 @@ def build_lattice(features: tf.Tensor) -> Lattice:
     point_local = tf.range(total) - tf.gather(start, point_image)
 
     # Blur neighbours: look up the 2 (d+1) neighbour keys of each lattice point.
-    point_keys = tf.gather(flat_keys, first_entry)  # (P, d)
     eye = tf.eye(d1, d, dtype=tf.int32)  # row j: unit vector e_j (zero row for j = d)
     step = (d1 * eye)[None] - 1  # (1, d+1, d): n1 = key + step[j], n2 = key - step[j]
     neighbour_keys = tf.stack([point_keys[:, None] + step, point_keys[:, None] - step], axis=2)

@@ -34,6 +34,7 @@ class TaskCapabilities:
         class_maps: Class maps that localise image labels (`keras-dense pseudo-label`,
             `keras-dense tune-threshold`).
         tflite: TFLite export (`keras-dense export --format tflite`).
+        runtime_export: ONNX and OpenVINO exports (`keras-dense export --format onnx|openvino`).
         beam_evaluation: Evaluation on an Apache Beam pipeline (`evaluate --runner beam`).
     """
 
@@ -47,6 +48,7 @@ class TaskCapabilities:
     scored_detections: bool = _capability("scored detections")
     class_maps: bool = _capability("class maps from image labels")
     tflite: bool = _capability("TFLite export")
+    runtime_export: bool = _capability("ONNX and OpenVINO export")
     beam_evaluation: bool = _capability("evaluation on Apache Beam")
 
     def has_any(self, names: tuple[str, ...]) -> bool:

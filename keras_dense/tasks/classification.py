@@ -95,7 +95,11 @@ class ClassificationTask(Task):
     metrics = CLASSIFICATION_METRICS
     best_metric = "auc"
     capabilities = TaskCapabilities(
-        map_tta=True, memory_planning=True, pointing_game=True, class_maps=True
+        map_tta=True,
+        memory_planning=True,
+        pointing_game=True,
+        class_maps=True,
+        runtime_export=True,
     )
 
     def class_names(self, names):

@@ -308,6 +308,27 @@ def verify_region_proposer(loaded, model, keys, tolerance: float) -> None:
         check_close(key, got_value, np.asarray(want[key], np.float32), tolerance)
 
 
+# Why detectors are refused by the checked conversions (measured with keras_dense's Faster and
+# Mask R-CNN, TF 2.21, tf2onnx 1.17, OpenVINO 2026.4). `{models}` names the family.
+DETECTOR_EXPORT_LIMITS = {
+    "tflite": "TFLite export is not supported for {models} takes a variable number of "
+    "region proposals per image and runs RoI pooling and per-class NMS, which have no "
+    "fixed-shape TFLite form",
+    "onnx": "ONNX export is not supported for {models}: its variable number of regions is "
+    "pooled in TensorFlow loops that tf2onnx 1.17 does not convert (Faster R-CNN: 'While loop "
+    "couldn't find scan output index'; Mask R-CNN: the conversion ran out of memory)",
+    "openvino": "OpenVINO export is not supported for {models}: it ends in "
+    "CombinedNonMaxSuppression, for which OpenVINO's TensorFlow frontend has no conversion "
+    "rule",
+}
+_SAVEDMODEL_HINT = "; export a SavedModel instead (keras-dense export --format savedmodel)"
+
+
+def detector_export_limit(output_format: str, models: str) -> str:
+    """Why `models` (a detector family, e.g. "detection models: Fast R-CNN") are refused."""
+    return DETECTOR_EXPORT_LIMITS[output_format].format(models=models) + _SAVEDMODEL_HINT
+
+
 class DetectionTask(Task):
     """Object detection (see the module docstring)."""
 
@@ -410,13 +431,10 @@ class DetectionTask(Task):
         for key, value in zip(("cls_score", "bbox_pred"), want):
             check_close(key, got[key].numpy(), np.asarray(value, np.float32), tolerance)
 
-    def tflite_unsupported(self, card):
-        return (
-            "TFLite export is not supported for detection models: Fast R-CNN takes a variable "
-            "number of region proposals per image and runs RoI pooling and per-class NMS, "
-            "which have no fixed-shape TFLite form; export a SavedModel instead (keras-dense "
-            "export --format savedmodel)"
-        )
+    def export_unsupported(self, card, output_format):
+        if output_format == "tflite":
+            return detector_export_limit(output_format, "detection models: Fast R-CNN")
+        return detector_export_limit(output_format, "detection models (Fast and Faster R-CNN)")
 
 
 register_task(DetectionTask())

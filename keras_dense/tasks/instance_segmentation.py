@@ -28,6 +28,7 @@ from keras_dense.signatures.memory_budget import pixel_budget, serving_bytes_per
 from keras_dense.tasks.detection import (
     DetectionTask,
     detection_list,
+    detector_export_limit,
     verify_region_proposer,
 )
 from keras_dense.tasks.export_options import DetectorOptions
@@ -116,13 +117,10 @@ class InstanceSegmentationTask(DetectionTask):
     def verify_export(self, loaded, model, serving, tolerance):
         verify_region_proposer(loaded, model, TENSOR_OUTPUTS, tolerance)
 
-    def tflite_unsupported(self, card):
-        return (
-            "TFLite export is not supported for instance segmentation models: Mask R-CNN "
-            "proposes a variable number of regions, runs NMS and RoIAlign, which have no "
-            "fixed-shape TFLite form; export a SavedModel instead (keras-dense export "
-            "--format savedmodel)"
-        )
+    def export_unsupported(self, card, output_format):
+        if output_format == "tflite":
+            return detector_export_limit(output_format, "instance segmentation models: Mask R-CNN")
+        return detector_export_limit(output_format, "instance segmentation models (Mask R-CNN)")
 
 
 register_task(InstanceSegmentationTask())

@@ -229,6 +229,7 @@ class SegmentationTask(Task):
         tiled_inference=True,
         memory_planning=True,
         tflite=True,
+        runtime_export=True,
         beam_evaluation=True,
     )
     export_options = SegmentationExportOptions

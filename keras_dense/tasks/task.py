@@ -25,6 +25,9 @@ from keras_dense.tasks.configs import DataConfig
 from keras_dense.tasks.export_options import ExportOptions
 from keras_dense.utils.tta import TestTimeAugmentation
 
+# The checked conversions' formats (`keras-dense export --format`), as their runtimes name them.
+FORMAT_NAMES = {"tflite": "TFLite", "onnx": "ONNX", "openvino": "OpenVINO"}
+
 if TYPE_CHECKING:  # the recipe's module reads the registry below
     from keras_dense.tasks.recipe_config import Recipe
 
@@ -223,27 +226,29 @@ class Task:
         raise NotImplementedError
 
     # -- TFLite export ---------------------------------------------------------------------
-    def tflite_unsupported(self, card: dict) -> str | None:
-        """Why this task's models cannot be exported to TFLite, or None when they can.
+    def export_unsupported(self, card: dict, output_format: str) -> str | None:
+        """Why this task's models cannot be converted to `output_format`, or None when they can.
 
-        The TFLite export (`keras_dense.export.tflite_export`) refuses the model with this
-        reason instead of writing a file that does not work.
+        The checked exports (`keras_dense.export.tflite_export`, `runtime_export`) refuse the
+        model with this reason instead of writing a file that does not work.
 
         Args:
             card: The model card.
+            output_format: "tflite", "onnx" or "openvino".
         """
-        if self.capabilities.tflite:
+        capability = "tflite" if output_format == "tflite" else "runtime_export"
+        if getattr(self.capabilities, capability):
             return None
-        return f"TFLite export is not supported for {self.name} models"
+        return f"{FORMAT_NAMES[output_format]} export is not supported for {self.name} models"
 
-    def tflite_check(self, got: np.ndarray, want: np.ndarray) -> dict:
+    def conversion_check(self, got: np.ndarray, want: np.ndarray) -> dict:
         """Compares a converted model's outputs with the Keras model's on the same images.
 
         The default compares the argmax over the last axis: per pixel for a segmenter's
         `(N, H, W, K)` logits, per image for a classifier's `(N, K)` scores.
 
         Args:
-            got: The TFLite interpreter's outputs.
+            got: The converted model's outputs (its own runtime's).
             want: The Keras model's outputs, same shape.
 
         Returns:
