@@ -23,6 +23,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_dense.ops.permutohedral_tf import for_converters
 from keras_dense.utils.native_logs import filtered_native_stderr
 
 
@@ -32,12 +33,13 @@ class RuntimeUnsupportedError(ValueError):
 
 @contextlib.contextmanager
 def _quiet_converter():
-    """Silences the converters' per-node logs and warnings (failures still raise)."""
+    """Silences the converters' per-node logs and warnings (failures still raise), and traces
+    the lattice in operations the converters keep exact (`permutohedral_tf.for_converters`)."""
     logger = logging.getLogger("tf2onnx")
     level = logger.level
     logger.setLevel(logging.CRITICAL)
     try:
-        with warnings.catch_warnings(), filtered_native_stderr():
+        with warnings.catch_warnings(), filtered_native_stderr(), for_converters():
             warnings.simplefilter("ignore")
             yield
     finally:

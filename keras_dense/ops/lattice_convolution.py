@@ -52,6 +52,7 @@ from keras_dense.ops.permutohedral_tf import (
     _elevate_coordinates,
     _lattice_codes,
     _matmul,
+    _point_of_codes,
     _simplex,
     _simplex_unrolled,
     lattice_operator,
@@ -137,10 +138,8 @@ def _neighbor_rows(features: tf.Tensor, lattice: Lattice, offsets: np.ndarray) -
         tf.concat([point_keys, neighbour_keys], 0),
         d,
     )
-    # The points' codes are distinct and come first: point p gets id p, a neighbour key the id
-    # of its point, or an id >= count when it is not in the lattice.
-    _, ids = tf.unique(codes, out_idx=tf.int64)
-    neighbour = tf.reshape(ids[count:], [-1, taps])
+    # The points' codes are distinct and come first: a neighbour key gets its point, or count.
+    neighbour = tf.reshape(_point_of_codes(codes, count), [-1, taps])
     target = tf.where(neighbour < count, tf.gather(rows, tf.minimum(neighbour, count - 1)), total)
     table = tf.tensor_scatter_nd_update(
         tf.fill(tf.stack([total, taps]), total), rows[:, None], target

@@ -22,6 +22,7 @@ sparse-dense products (`SparseTensorDenseMatMul`), with no index arithmetic.
 
 from __future__ import annotations
 
+import contextlib
 from typing import NamedTuple
 
 import numpy as np
@@ -220,6 +221,9 @@ def _lattice_codes(image: tf.Tensor, keys: tf.Tensor, d: int) -> tf.Tensor:
     """
     if keys.shape[0] == 0:
         return tf.zeros([0], tf.int64)
+    if _for_converters[0]:
+        rows = tf.concat([tf.cast(image, tf.int64)[:, None], tf.cast(keys, tf.int64)], 1)
+        return _dense_row_codes(rows)
     low = tf.reduce_min(keys, 0)
     span = tf.cast(tf.reduce_max(keys, 0) - low, tf.float64) + 1.0
     image = tf.cast(image, tf.float64)
@@ -237,6 +241,23 @@ def _lattice_codes(image: tf.Tensor, keys: tf.Tensor, d: int) -> tf.Tensor:
         exact_float,
         lambda: _row_codes(_key_rows(image, keys, d)),
     )
+
+
+def _point_of_codes(codes: tf.Tensor, count) -> tf.Tensor:
+    """For `codes` = `count` distinct point codes followed by query codes: the point of each
+    query code, or `count` where no point has it.
+
+    `tf.unique` numbers codes by first occurrence, so the points get ids 0..count-1; the ids
+    are mapped back through a table all the same, because converters (OpenVINO's) may number
+    them in sorted order.
+    """
+    unique, ids = tf.unique(codes, out_idx=tf.int64)
+    table = tf.tensor_scatter_nd_update(
+        tf.fill(tf.shape(unique, out_type=tf.int64), tf.cast(count, tf.int64)),
+        ids[:count, None],
+        tf.range(tf.cast(count, tf.int64)),
+    )
+    return tf.gather(table, ids[count:])
 
 
 def build_lattice(features: tf.Tensor) -> Lattice:
@@ -287,14 +308,16 @@ def build_lattice(features: tf.Tensor) -> Lattice:
     point_keys = tf.tensor_scatter_nd_update(
         tf.zeros(tf.stack([total, d]), flat_keys.dtype), global_index[:, None], flat_keys
     )  # (P, d)
-    num_points = tf.math.bincount(point_image, minlength=batch, maxlength=batch, dtype=tf.int64)
+    # Points per image, as a sum of comparisons (ONNX and OpenVINO have no bincount).
+    images = tf.range(tf.cast(batch, tf.int64))
+    num_points = tf.reduce_sum(tf.cast(point_image[:, None] == images[None], tf.int64), 0)
     start = tf.cumsum(num_points, exclusive=True)
     max_points = tf.reduce_max(num_points)
     local_index = global_index - tf.gather(start, entry_image)
     point_local = tf.range(total) - tf.gather(start, point_image)
 
     # Blur neighbours: look up the 2 (d+1) neighbour keys of each lattice point.
-    eye = tf.eye(d1, d, dtype=tf.int32)  # row j: unit vector e_j (zero row for j = d)
+    eye = tf.constant(np.eye(d1, d, dtype=np.int32))  # row j: e_j (zero row for j = d)
     step = (d1 * eye)[None] - 1  # (1, d+1, d): n1 = key + step[j], n2 = key - step[j]
     neighbour_keys = tf.stack([point_keys[:, None] + step, point_keys[:, None] - step], axis=2)
     neighbour_keys = tf.reshape(neighbour_keys, [-1, d])  # (P * (d+1) * 2, d)
@@ -302,11 +325,9 @@ def build_lattice(features: tf.Tensor) -> Lattice:
     all_codes = _lattice_codes(
         tf.concat([point_image, neighbour_image], 0), tf.concat([point_keys, neighbour_keys], 0), d
     )
-    # The lattice points' codes are distinct and come first, so `tf.unique` (first-occurrence
-    # ids) gives point p the id p, and a neighbour key the id of its point, or an id >= total
-    # when it is not in the lattice: one hash pass, no sort, no binary search.
-    _, ids = tf.unique(all_codes, out_idx=tf.int64)
-    neighbour_global = ids[total:]
+    # One hash pass, no sort, no binary search: a neighbour key gets the id of its point's
+    # code, or an id no point has when it is not in the lattice.
+    neighbour_global = _point_of_codes(all_codes, total)
     found = neighbour_global < total
     neighbour_local = tf.where(
         found, neighbour_global - tf.gather(start, neighbour_image), tf.constant(-1, tf.int64)
@@ -348,11 +369,37 @@ def _sparse_matrix(indices: tf.Tensor, values: tf.Tensor, dense_shape: tf.Tensor
     return SparseMatrix(tf.cast(indices, tf.int32), values, tf.cast(dense_shape, tf.int64))
 
 
+_for_converters = [0]  # > 0 inside `for_converters()`
+
+
+@contextlib.contextmanager
+def for_converters():
+    """Traces the lattice inside it in operations that model converters keep exact.
+
+    For ONNX and OpenVINO: sparse products from `tf.gather` and
+    `tf.math.unsorted_segment_sum` (they have no sparse-dense product), and lattice codes from
+    integer `tf.unique` passes, one per key column (no float64 arithmetic, which OpenVINO's
+    CPU plugin runs in float32, and no code wider than the rows times one column's span).
+    Same values as the default trace; slower in TensorFlow itself, so only the exports use it.
+    """
+    _for_converters[0] += 1
+    try:
+        yield
+    finally:
+        _for_converters[0] -= 1
+
+
 def _matmul(matrix: SparseMatrix, dense: tf.Tensor, adjoint: bool = False) -> tf.Tensor:
     """`matrix @ dense` (`matrix^T @ dense` if `adjoint`), in `dense`'s dtype."""
     values = matrix.values
     if values.dtype != dense.dtype:
         values = tf.cast(values, dense.dtype)
+    if _for_converters[0]:
+        rows, columns = matrix.indices[:, 0], matrix.indices[:, 1]
+        if adjoint:
+            rows, columns = columns, rows
+        size = matrix.dense_shape[1 if adjoint else 0]
+        return tf.math.unsorted_segment_sum(values[:, None] * tf.gather(dense, columns), rows, size)
     return tf.raw_ops.SparseTensorDenseMatMul(
         a_indices=matrix.indices,
         a_values=values,
