@@ -41,9 +41,16 @@ _OPTIONS = CommandOptions.task_specific(
         "tta": ("score_tta",),
         "scales": ("score_tta",),
         "score_threshold": ("scored_detections",),
+        "slice": ("scored_detections",),
+        "overlap": ("scored_detections",),
         "crf": ("crf",),
     },
-    {"max_memory": _DEFAULT_MEMORY, "tiled": "auto", "score_threshold": 0.5, "tta": "none"},
+    {
+        "max_memory": _DEFAULT_MEMORY,
+        "tiled": "auto",
+        "score_threshold": 0.5,
+        "tta": "none",
+    },
 )
 
 
@@ -93,6 +100,20 @@ def register(sub) -> None:
         type=float,
         default=None,
         help="detection: lowest score drawn, in [0, 1] (default 0.5)",
+    )
+    parser.add_argument(
+        "--slice",
+        type=int,
+        default=None,
+        help="detection: run the detector on overlapping tiles of this many pixels plus the "
+        "whole image shrunk to one tile, merged by class-wise NMS (small objects in large "
+        "images; default: the whole image only)",
+    )
+    parser.add_argument(
+        "--overlap",
+        type=float,
+        default=None,
+        help="detection with --slice: fraction of a tile shared by adjacent tiles (default 0.2)",
     )
     parser.add_argument(
         "--crf",
@@ -225,6 +246,8 @@ def _options(args) -> PredictOptions:
         score_threshold=0.5 if args.score_threshold is None else args.score_threshold,
         tta=parse_tta(getattr(args, "tta", "none"), getattr(args, "scales", None)),
         crf=getattr(args, "crf", False),
+        slice=getattr(args, "slice", None),
+        overlap=0.2 if getattr(args, "overlap", None) is None else args.overlap,
     )
 
 
@@ -301,6 +324,12 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(
             f"--score-threshold {args.score_threshold}: expected a probability in [0, 1]"
         )
+    if args.slice is not None and args.slice < 16:
+        raise ValueError(f"--slice {args.slice}: expected a tile size of at least 16 pixels")
+    if args.overlap is not None and not 0.0 <= args.overlap < 1.0:
+        raise ValueError(f"--overlap {args.overlap}: expected a fraction of the tile in [0, 1)")
+    if args.overlap is not None and args.slice is None:
+        raise ValueError("--overlap applies to sliced detection: give --slice too")
     max_memory = parse_memory(args.max_memory, "--max-memory")
     parse_tta(args.tta, args.scales)  # a bad --tta or --scales fails before any work
     if not args.inputs and not args.data:

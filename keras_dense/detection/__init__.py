@@ -33,14 +33,17 @@ from keras_dense.detection.rpn_targets import (
     sample_anchors,
 )
 from keras_dense.detection.sampling import random_true_indices, sample_rois
+from keras_dense.detection.sliced import class_nms, detect_sliced, slice_windows
 
 __all__ = [
     "BOX_STDS",
     "anchor_sizes",
     "box_area",
+    "class_nms",
     "clip_boxes",
     "decode_boxes",
     "detect",
+    "detect_sliced",
     "encode_boxes",
     "fast_rcnn_loss",
     "generate_anchors",
@@ -60,6 +63,7 @@ __all__ = [
     "sample_anchors",
     "sample_rois",
     "selective_search",
+    "slice_windows",
     "smooth_l1",
     "unpad_detections",
 ]

@@ -355,3 +355,34 @@ def detect_objects(
         "scores": np.asarray(out["scores"][0, :count]),
         "labels": np.asarray(out["classes"][0, :count]),
     }
+
+
+def detect_objects_sliced(
+    model: keras.Model,
+    image: np.ndarray,
+    card: dict,
+    tile: int = 512,
+    overlap: float = 0.2,
+    full_image: bool = True,
+    score_threshold: float = 0.05,
+    nms_iou: float = 0.5,
+) -> dict:
+    """`detect_objects` on overlapping tiles of a large image, merged back
+    (`keras_dense.detection.detect_sliced`): small objects are seen at full resolution.
+
+    Each tile (and, with `full_image`, the whole image shrunk to one tile) goes through
+    `detect_objects`, i.e. the card's resizing and normalisation, one tile at a time.
+
+    Returns:
+        `{"boxes": (n, 4) yxyx pixels, "scores": (n,), "labels": (n,) 1-based}`.
+    """
+    from keras_dense.detection import detect_sliced
+
+    return detect_sliced(
+        lambda rgb: detect_objects(model, rgb, card, score_threshold=score_threshold),
+        image,
+        tile=tile,
+        overlap=overlap,
+        full_image=full_image,
+        nms_iou=nms_iou,
+    )

@@ -28,7 +28,7 @@ from keras_dense.data.detection_records import (
 from keras_dense.data.image_io import encode_png
 from keras_dense.detection import proposes_regions
 from keras_dense.evaluation.evaluator import evaluate_detection
-from keras_dense.prediction.inference import detect_objects
+from keras_dense.prediction.inference import detect_objects, detect_objects_sliced
 from keras_dense.prediction.palette import draw_boxes
 from keras_dense.signatures.detection_signatures import FASTER_RCNN_OUTPUTS, detection_signatures
 from keras_dense.signatures.memory_budget import pixel_budget, serving_bytes_per_pixel
@@ -391,7 +391,17 @@ class DetectionTask(Task):
         return lines
 
     def predict_image(self, model, card, rgb, options: PredictOptions, plan: str):
-        found = detect_objects(model, rgb, card, score_threshold=options.score_threshold)
+        if options.slice:
+            found = detect_objects_sliced(
+                model,
+                rgb,
+                card,
+                tile=options.slice,
+                overlap=options.overlap,
+                score_threshold=options.score_threshold,
+            )
+        else:
+            found = detect_objects(model, rgb, card, score_threshold=options.score_threshold)
         names = card["classes"]
         drawn = draw_boxes(rgb, found["boxes"], found["labels"], found["scores"], names)
         detections = detection_list(found, names)

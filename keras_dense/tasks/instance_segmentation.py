@@ -72,6 +72,11 @@ class InstanceSegmentationTask(DetectionTask):
         return lines
 
     def predict_image(self, model, card, rgb, options: PredictOptions, plan: str):
+        if options.slice:
+            raise ValueError(
+                "--slice: sliced prediction of instance masks is not supported yet (boxes "
+                "only, for detection models); leave --slice out"
+            )
         found = segment_instances(model, rgb, card, score_threshold=options.score_threshold)
         names = card["classes"]
         drawn = draw_instances(

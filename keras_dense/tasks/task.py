@@ -75,6 +75,9 @@ class PredictOptions:
         score_threshold: Lowest score drawn (detection).
         tta: Test-time augmentation (segmentation: softmax averaged over flips and scales).
         crf: Dense-CRF refinement with the model card's parameters (tasks that support it).
+        slice: Detection: run the detector on overlapping tiles of this many pixels (sliced
+            detection), or None for the whole image.
+        overlap: Detection with `slice`: fraction of a tile shared by adjacent tiles.
     """
 
     tiled: bool | None = None
@@ -82,6 +85,8 @@ class PredictOptions:
     score_threshold: float = 0.5
     tta: TestTimeAugmentation = TestTimeAugmentation()
     crf: bool = False
+    slice: int | None = None
+    overlap: float = 0.2
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,0 +1,185 @@
+"""Sliced detection: a detector run on overlapping tiles of a large image, merged back.
+
+Small objects in large images (seed 004's "huge pictures ... ultra-high resolution") vanish
+when the whole image is shrunk to the detector's input size. `detect_sliced` runs a detector
+on overlapping tiles at full resolution instead, plus optionally on the whole image shrunk
+to one tile (for the objects larger than a tile), and merges:
+
+1. tile detections are shifted back into image pixels;
+2. a detection touching an interior edge of its tile (an edge that is not the image border)
+   is cut by the tile: it is dropped when another tile holds the box whole, away from that
+   tile's own interior edges (with an overlap at least the object's size, one always does);
+3. the rest are merged by class-wise non-maximum suppression (an object whole in two tiles,
+   or found in a tile and in the whole image, is kept once, at its best score).
+
+The detector is any function from an (h, w, 3) uint8 RGB tile to `{"boxes": (n, 4) yxyx
+pixels of the tile, "scores": (n,), "labels": (n,)}`, e.g. a model through
+`keras_dense.prediction.detect_objects` (`keras_dense.prediction.detect_objects_sliced` does
+that with a model and its card). Only one tile is in the detector at a time, so memory is
+bounded by the tile, not the image.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import cv2
+import numpy as np
+import tensorflow as tf
+
+Detections = dict[str, np.ndarray]
+
+
+def tile_starts(length: int, tile: int, stride: int) -> np.ndarray:
+    """Start offsets of tiles of `tile` pixels every `stride` along `length`, the last one
+    flush with the end (one tile at 0 when `length <= tile`)."""
+    if length <= tile:
+        return np.zeros(1, np.int64)
+    starts = np.arange(0, length - tile, stride, dtype=np.int64)
+    return np.append(starts, length - tile)
+
+
+def slice_windows(height: int, width: int, tile: int, overlap: float) -> np.ndarray:
+    """(n, 4) `[y0, x0, y1, x1]` tiles covering the image, row-major, adjacent ones
+    overlapping by at least `overlap` of a tile."""
+    stride = max(1, int(np.floor(tile * (1.0 - overlap))))
+    ys = tile_starts(height, tile, stride)
+    xs = tile_starts(width, tile, stride)
+    y0, x0 = (a.ravel() for a in np.meshgrid(ys, xs, indexing="ij"))
+    return np.stack([y0, x0, np.minimum(y0 + tile, height), np.minimum(x0 + tile, width)], 1)
+
+
+def _check(tile, overlap, edge_margin, nms_iou) -> None:
+    if not isinstance(tile, (int, np.integer)) or tile < 16:
+        raise ValueError(f"--slice {tile!r}: expected a tile size of at least 16 pixels")
+    if not 0.0 <= overlap < 1.0:
+        raise ValueError(f"--overlap {overlap!r}: expected a fraction of the tile in [0, 1)")
+    if edge_margin < 0:
+        raise ValueError(f"edge_margin={edge_margin!r}: expected a number of pixels >= 0")
+    if not 0.0 <= nms_iou <= 1.0:
+        raise ValueError(f"nms_iou={nms_iou!r}: expected a number in [0, 1]")
+
+
+def _interior_edges(windows: np.ndarray, height: int, width: int) -> np.ndarray:
+    """(n, 4) whether each tile's top, left, bottom, right edge lies inside the image."""
+    return np.stack(
+        [windows[:, 0] > 0, windows[:, 1] > 0, windows[:, 2] < height, windows[:, 3] < width], 1
+    )
+
+
+def _touches(boxes: np.ndarray, windows: np.ndarray, interior: np.ndarray, margin: float):
+    """(n, m) whether box i reaches (within `margin`) an interior edge of window j."""
+    b = boxes[:, None, :]
+    w = windows[None].astype(np.float32)
+    sides = np.stack(
+        [
+            b[..., 0] <= w[..., 0] + margin,
+            b[..., 1] <= w[..., 1] + margin,
+            b[..., 2] >= w[..., 2] - margin,
+            b[..., 3] >= w[..., 3] - margin,
+        ],
+        -1,
+    )
+    return np.any(sides & interior[None], -1)
+
+
+def _inside(boxes: np.ndarray, windows: np.ndarray) -> np.ndarray:
+    """(n, m) whether box i lies within window j."""
+    b, w = boxes[:, None, :], windows[None].astype(np.float32)
+    return (
+        (b[..., 0] >= w[..., 0])
+        & (b[..., 1] >= w[..., 1])
+        & (b[..., 2] <= w[..., 2])
+        & (b[..., 3] <= w[..., 3])
+    )
+
+
+def class_nms(detections: Detections, iou: float, max_detections: int | None = None) -> Detections:
+    """Class-wise non-maximum suppression, vectorised: boxes of different classes are moved
+    apart (offset by class) so that one NMS pass never lets them suppress each other.
+
+    Returns the kept detections sorted by decreasing score."""
+    boxes, scores = detections["boxes"], detections["scores"]
+    labels = detections["labels"]
+    if len(boxes) == 0:
+        return {key: value[:0] for key, value in detections.items()}
+    span = float(np.max(boxes)) + 1.0
+    shifted = boxes + (labels.astype(np.float32) * span)[:, None]
+    limit = len(boxes) if max_detections is None else int(max_detections)
+    keep = tf.image.non_max_suppression(shifted, scores, limit, iou_threshold=iou).numpy()
+    return {key: value[keep] for key, value in detections.items()}
+
+
+def _as_detections(found: dict, offset=(0.0, 0.0), factor: float = 1.0) -> Detections:
+    boxes = np.asarray(found["boxes"], np.float32).reshape(-1, 4) / factor
+    boxes = boxes + np.asarray([offset[0], offset[1], offset[0], offset[1]], np.float32)
+    return {
+        "boxes": boxes,
+        "scores": np.asarray(found["scores"], np.float32).reshape(-1),
+        "labels": np.asarray(found["labels"]).reshape(-1).astype(np.int64),
+    }
+
+
+def detect_sliced(
+    detector: Callable[[np.ndarray], dict],
+    image: np.ndarray,
+    tile: int = 512,
+    overlap: float = 0.2,
+    full_image: bool = True,
+    nms_iou: float = 0.5,
+    edge_margin: float = 2.0,
+    max_detections: int | None = None,
+) -> Detections:
+    """Runs `detector` on overlapping tiles of `image` (and the whole image shrunk to a tile).
+
+    Args:
+        detector: `(h, w, 3) uint8 RGB -> {"boxes" (n, 4) yxyx, "scores", "labels"}` in the
+            pixels of what it is given.
+        image: (H, W, 3) uint8 RGB.
+        tile: Tile side in pixels (edge tiles are flush with the image, so every tile is
+            `tile` pixels unless the image is smaller).
+        overlap: Fraction of a tile shared by adjacent tiles; objects up to about
+            `overlap * tile` pixels are whole in some tile.
+        full_image: Also run the detector on the whole image shrunk to one tile (for objects
+            larger than the overlap); skipped when the image fits in one tile.
+        nms_iou: IoU above which a lower-scoring detection of the same class is merged away.
+        edge_margin: Pixels from an interior tile edge within which a box counts as cut.
+        max_detections: Keep at most this many (by score); None keeps every one.
+
+    Returns:
+        `{"boxes": (n, 4) yxyx image pixels, "scores": (n,), "labels": (n,)}`, by decreasing
+        score.
+
+    Raises:
+        ValueError: A bad tile size, overlap, margin or IoU (named), or an image that is not
+            (H, W, 3).
+    """
+    _check(tile, overlap, edge_margin, nms_iou)
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[-1] != 3:
+        raise ValueError(f"image: expected (H, W, 3) RGB, got shape {image.shape}")
+    height, width = image.shape[:2]
+    windows = slice_windows(height, width, tile, overlap)
+    parts, owners = [], []
+    for index, (y0, x0, y1, x1) in enumerate(windows):
+        found = _as_detections(detector(image[y0:y1, x0:x1]), (float(y0), float(x0)))
+        parts.append(found)
+        owners.append(np.full(len(found["boxes"]), index))
+    tiles = {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
+    owner = np.concatenate(owners)
+    if len(windows) > 1 and len(owner):
+        interior = _interior_edges(windows, height, width)
+        touches = _touches(tiles["boxes"], windows, interior, edge_margin)
+        cut = touches[np.arange(len(owner)), owner]
+        whole_elsewhere = np.any(_inside(tiles["boxes"], windows) & ~touches, axis=1)
+        keep = ~(cut & whole_elsewhere)
+        tiles = {key: value[keep] for key, value in tiles.items()}
+    merged = [tiles]
+    if full_image and max(height, width) > tile:
+        factor = tile / max(height, width)
+        size = (max(1, round(width * factor)), max(1, round(height * factor)))
+        small = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+        scale_back = small.shape[0] / height  # the actual factor after rounding
+        merged.append(_as_detections(detector(small), factor=scale_back))
+    every = {key: np.concatenate([part[key] for part in merged]) for key in merged[0]}
+    return class_nms(every, nms_iou, max_detections)
