@@ -14,6 +14,7 @@ import keras_dense.crf
 from keras_dense import cli
 from keras_dense.apps import FastRCNN, unet
 from keras_dense.data import SHAPE_CLASSES, convert_shapes, normalize, read_examples
+from keras_dense.evaluation.boundary_iou import boundary_counts
 from keras_dense.layers.roi_pooling import RoIPooling
 from keras_dense.prediction import inference
 from keras_dense.prediction.palette import PALETTE, voc_palette
@@ -51,17 +52,21 @@ def test_evaluate_matches_direct_computation(shapes, segmenter, tmp_path):
     report = json.loads((out / "metrics.json").read_text())
     expected = np.zeros((4, 4), np.int64)
     intersections, unions = np.zeros(4), np.zeros(4)
+    bands = np.zeros((2, 4), np.int64)
     for example in read_examples(shapes):
         predicted = np.argmax(_direct_scores(model, example["image"]), -1)
         truth = example["mask"].astype(np.int64)
         keep = truth != 255
         np.add.at(expected, (truth[keep], predicted[keep]), 1)
+        bands += boundary_counts(truth, predicted, 4, 255)
         for c in range(4):
             intersections[c] += np.sum(keep & (truth == c) & (predicted == c))
             unions[c] += np.sum(keep & ((truth == c) | (predicted == c)))
     np.testing.assert_array_equal(report["confusion_matrix"], expected)
     present = unions > 0
     assert report["mean_iou"] == pytest.approx(np.mean(intersections[present] / unions[present]))
+    boundary = bands[1] > 0
+    assert report["boundary_iou"] == pytest.approx(np.mean(bands[0][boundary] / bands[1][boundary]))
     assert report["images"] == 3
     image = cv2.imread(str(out / "confusion_matrix.png"))
     assert image is not None and image.shape[0] > 40

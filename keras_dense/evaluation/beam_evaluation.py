@@ -28,6 +28,7 @@ from keras_dense.data.class_lists import check_card_classes
 from keras_dense.data.reader import decode_record
 from keras_dense.data.segmentation_records import check_segmentation_masks
 from keras_dense.data.tfrecord_files import check_files, resolve_files
+from keras_dense.evaluation.boundary_iou import boundary_scores
 from keras_dense.evaluation.evaluator import (
     check_detection_data,
     check_segmentation_example,
@@ -104,27 +105,21 @@ def _score_fn(model_path, card, pattern, crf, tiled, tta, max_memory):
             example = decode_record(data, f"{shard} record {index}")
             record = f"record {example['source_id']!r} in {pattern}"
             check_segmentation_example(card, record, example)
-            cm, plan_tiled = example_confusion(
+            cm, boundary, plan_tiled = example_confusion(
                 self.model, card, record, example, self.crf_parameters, tiled, tta, max_memory
             )
-            yield cm, 1, int(plan_tiled)
+            yield cm, boundary, 1, int(plan_tiled)
 
     return ScoreRecords()
 
 
 def _sum_scores(parts):
-    """Sums `(confusion, images, tiled)` triples (Beam's CombineGlobally callable)."""
+    """Sums `(confusion, boundary counts, images, tiled)` tuples (Beam's CombineGlobally
+    callable)."""
     total = None
-    for cm, images, tiled in parts:
-        total = (
-            (cm.copy(), images, tiled)
-            if total is None
-            else (
-                total[0] + cm,
-                total[1] + images,
-                total[2] + tiled,
-            )
-        )
+    for part in parts:
+        part = tuple(np.copy(p) if isinstance(p, np.ndarray) else p for p in part)
+        total = part if total is None else tuple(a + b for a, b in zip(total, part))
     return total
 
 
@@ -162,8 +157,10 @@ def evaluate_segmentation_beam(
     score = _score_fn(model_path, card, pattern, crf, tiled, tta, max_memory)
     combine = beam.CombineGlobally(_sum_scores)
     total = _score_records(shards, score, combine, beam_options, model_path)
-    cm, images, tiled_images = total or (np.zeros((len(classes),) * 2, np.int64), 0, 0)
+    empty = (np.zeros((len(classes),) * 2, np.int64), np.zeros((2, len(classes)), np.int64), 0, 0)
+    cm, boundary, images, tiled_images = total or empty
     result = segmentation_scores(cm, classes)
+    result.update(boundary_scores(boundary, classes))
     result.update(images=images, max_memory=int(max_memory), tiled_images=tiled_images)
     return cm, result
 

@@ -13,6 +13,7 @@ from keras_dense.data.class_lists import check_card_classes, object_classes
 from keras_dense.data.detection_records import check_evaluation_records
 from keras_dense.data.segmentation_records import check_segmentation_masks
 from keras_dense.data.tfrecord_files import check_files, count_records, resolve_files
+from keras_dense.evaluation.boundary_iou import boundary_counts, boundary_scores
 from keras_dense.evaluation.segmentation_metrics import confusion_matrix, segmentation_scores
 from keras_dense.prediction.inference import (
     DEFAULT_MAX_MEMORY,
@@ -84,8 +85,9 @@ def example_confusion(
     tiled: bool | None,
     tta: TestTimeAugmentation | None,
     max_memory: int,
-) -> tuple[np.ndarray, bool]:
-    """One record's confusion matrix, predicted as `evaluate_segmentation` predicts it.
+) -> tuple[np.ndarray, np.ndarray, bool]:
+    """One record's confusion matrix and boundary counts, predicted as `evaluate_segmentation`
+    predicts it.
 
     Args:
         model: The segmenter.
@@ -98,7 +100,8 @@ def example_confusion(
         max_memory: Bytes one image's prediction may take.
 
     Returns:
-        `(confusion matrix, whether the memory plan tiled an image it was not told to tile)`.
+        `(confusion matrix, boundary IoU counts (2, C) (`boundary_iou.boundary_counts`),
+        whether the memory plan tiled an image it was not told to tile)`.
     """
     classes = card["classes"]
     image_tiled = _planned_tiling(model, card, record, example["image"], max_memory, tta, tiled)
@@ -115,7 +118,8 @@ def example_confusion(
         scores = dense_crf(probs, example["image"], **crf_parameters)
     predicted = np.argmax(scores, axis=-1)
     cm = confusion_matrix(example["mask"], predicted, len(classes), card["ignore_label"])
-    return cm, image_tiled is True and tiled is not True
+    boundary = boundary_counts(example["mask"], predicted, len(classes), card["ignore_label"])
+    return cm, boundary, image_tiled is True and tiled is not True
 
 
 def evaluate_segmentation(
@@ -153,7 +157,8 @@ def evaluate_segmentation(
         max_memory: Bytes one image's prediction may take (`--max-memory`).
 
     Returns:
-        `(confusion matrix, scores)`, scores as in `segmentation_scores` plus `images`,
+        `(confusion matrix, scores)`, scores as in `segmentation_scores` plus `boundary_iou`
+        and `per_class_boundary_iou` (`boundary_iou.boundary_scores`), `images`,
         `max_memory` and `tiled_images` (the images the memory plan had tiled).
 
     Raises:
@@ -164,20 +169,23 @@ def evaluate_segmentation(
     classes = card["classes"]
     check_card_classes(pattern, card)
     cm = np.zeros((len(classes), len(classes)), np.int64)
+    boundary = np.zeros((2, len(classes)), np.int64)
     count = 0
     crf_parameters = card_crf_parameters(card) if crf else None
     bar = Progress(count_records(pattern) if progress else 0, "evaluating", progress)
     tiled_images = 0
     for record, example in checked_examples(card, pattern):
-        part, plan_tiled = example_confusion(
+        part, band, plan_tiled = example_confusion(
             model, card, record, example, crf_parameters, tiled, tta, max_memory
         )
         cm += part
+        boundary += band
         tiled_images += int(plan_tiled)
         count += 1
         bar.update()
     bar.close()
     result = segmentation_scores(cm, classes)
+    result.update(boundary_scores(boundary, classes))
     result.update(images=count, max_memory=int(max_memory), tiled_images=tiled_images)
     return cm, result
 

@@ -364,9 +364,18 @@ class SegmentationTask(Task):
             f"frequency-weighted IoU = {report['frequency_weighted_iou']:.4f} over "
             f"{report['images']} images"
         ]
+        boundary = report.get("per_class_boundary_iou") or {}
+        if boundary:
+            lines.append(f"boundary IoU (Cheng et al. 2021) = {report['boundary_iou']:.4f}")
+
+        def shown(value):
+            return "n/a" if value is None or value != value else f"{value:.4f}"
+
         for name, iou in report["per_class_iou"].items():
-            value = "n/a" if iou is None or iou != iou else f"{iou:.4f}"
-            lines.append(f"  {name:>20}: IoU {value}")
+            line = f"  {name:>20}: IoU {shown(iou)}"
+            if boundary:
+                line += f", boundary IoU {shown(boundary.get(name))}"
+            lines.append(line)
         return lines
 
     def evaluation_files(self, report, card, title):
