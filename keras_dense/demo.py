@@ -2,11 +2,11 @@
 
 1. convert the synthetic shapes set into TFRecords (`tfrecords/shapes/`);
 2. train `apps/shapes_demo.toml` (a small U-Net);
-3. evaluate it on the validation shards and print the mIoU;
+3. evaluate it on the validation shards, print the mIoU and write report.html;
 4. export a SavedModel (`saved_models/shapes/<version>/`);
 5. write the TF Serving configs;
 6. predict through the exported SavedModel in a fresh process that does not import
-   keras_dense, writing colour overlays.
+   keras_dense, writing colour overlays at least 512 px wide with a legend of the classes.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ import time
 from collections.abc import Sequence
 
 PREDICT_WITH_SAVED_MODEL = """
-import glob, os, sys
+import glob, json, os, sys
 import cv2, numpy as np, tensorflow as tf
-export_dir, images_dir, out_dir = sys.argv[1:4]
+export_dir, images_dir, out_dir, names = sys.argv[1:4] + [json.loads(sys.argv[4])]
 assert not any(m.startswith("keras_dense") for m in sys.modules)
 serve = tf.saved_model.load(export_dir).signatures["serving_default"]
 files = sorted(glob.glob(os.path.join(images_dir, "*.png")))
@@ -35,8 +35,19 @@ for f, classes, size in zip(files, out["classes"].numpy(), out["image_sizes"].nu
     image = cv2.imread(f)
     colour = palette[np.clip(classes[:h, :w], 0, 3)][:, :, ::-1]
     overlay = cv2.addWeighted(image, 0.5, colour, 0.5, 0)
+    pair = np.concatenate([image, overlay], 1)
+    # Large enough to see: nearest-neighbour upscaling to at least 512 px wide.
+    factor = max(1, -(-512 // pair.shape[1]))
+    pair = cv2.resize(pair, None, fx=factor, fy=factor, interpolation=cv2.INTER_NEAREST)
+    legend = np.full((36, pair.shape[1], 3), 255, np.uint8)
+    x = 8
+    for index, name in enumerate(names[: len(palette)]):
+        cv2.rectangle(legend, (x, 9), (x + 18, 27), palette[index][::-1].tolist(), -1)
+        cv2.rectangle(legend, (x, 9), (x + 18, 27), (90, 90, 90), 1)
+        cv2.putText(legend, name, (x + 24, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1)
+        x += 34 + 10 * len(name)
     name = os.path.join(out_dir, os.path.basename(f)[:-4] + "_overlay.png")
-    cv2.imwrite(name + ".tmp.png", np.concatenate([image, overlay], 1))
+    cv2.imwrite(name + ".tmp.png", np.concatenate([pair, legend], 0))
     os.replace(name + ".tmp.png", name)
 print(len(files))
 """
@@ -105,7 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     train = ["train", "apps/shapes_demo.toml", "--output", run_dir]
     if args.quick:
-        train += ["--set", "epochs=1"]
+        train += ["--set", "training.epochs=1"]
     _run("2/6 train", train)
     eval_dir = os.path.join(args.output, "evaluation")
     _run(
@@ -130,7 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
 
     print("\n== 6/6 predict through the SavedModel in a fresh process", flush=True)
-    from keras_dense.data import read_examples
+    from keras_dense.data import SHAPE_CLASSES, read_examples
     from keras_dense.data.image_io import encode_png
 
     samples = os.path.join(args.output, "samples")
@@ -150,6 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             os.path.join(served, str(version)),
             samples,
             overlays,
+            json.dumps(list(SHAPE_CLASSES)),
         ],
         check=True,
         capture_output=True,
@@ -169,6 +181,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         total time      {time.monotonic() - start:.0f} s
         ==========================================================""").rstrip()
     )
+    print(f"open the evaluation report: {eval_dir}/report.html")
     return 0
 
 

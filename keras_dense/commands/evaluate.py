@@ -82,7 +82,7 @@ def register(sub) -> None:
     add_runner_arguments(parser, "scoring segmentation with the same numbers", default=None)
     parser.add_argument(
         "--output",
-        help="folder for metrics.json and confusion_matrix.png (default: beside "
+        help="folder for metrics.json, confusion_matrix.png and report.html (default: beside "
         "the model, <model name>_eval/)",
     )
     parser.set_defaults(run=run)
@@ -134,11 +134,17 @@ def run(args: argparse.Namespace) -> int:
     )
     report = {"model": args.model, "data": args.data, "task": task.name}
     report.update(task.evaluate(model, card, args.data, options))
+    written = []
     for name, content in task.evaluation_files(report, card, os.path.basename(args.model)).items():
         atomic_write_bytes(os.path.join(output, name), content)
+        written.append(name)
     for line in task.report_lines(report):
         print(line)
-    text = json.dumps(_json_safe(report), indent=2, allow_nan=False) + "\n"
+    # Keys starting with "_" (report.html's gallery images) are not metrics.
+    metrics = {key: value for key, value in report.items() if not key.startswith("_")}
+    text = json.dumps(_json_safe(metrics), indent=2, allow_nan=False) + "\n"
     atomic_write_bytes(os.path.join(output, "metrics.json"), text.encode())
     print(f"wrote {output}/metrics.json")
+    if "report.html" in written:
+        print(f"wrote {output}/report.html")
     return 0

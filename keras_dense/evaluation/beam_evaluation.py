@@ -105,10 +105,10 @@ def _score_fn(model_path, card, pattern, crf, tiled, tta, max_memory):
             example = decode_record(data, f"{shard} record {index}")
             record = f"record {example['source_id']!r} in {pattern}"
             check_segmentation_example(card, record, example)
-            cm, boundary, plan_tiled = example_confusion(
+            score = example_confusion(
                 self.model, card, record, example, self.crf_parameters, tiled, tta, max_memory
             )
-            yield cm, boundary, 1, int(plan_tiled)
+            yield score.confusion, score.boundary, 1, int(score.plan_tiled)
 
     return ScoreRecords()
 

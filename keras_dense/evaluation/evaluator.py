@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from typing import NamedTuple
 
 import numpy as np
 
@@ -14,6 +15,7 @@ from keras_dense.data.detection_records import check_evaluation_records
 from keras_dense.data.segmentation_records import check_segmentation_masks
 from keras_dense.data.tfrecord_files import check_files, count_records, resolve_files
 from keras_dense.evaluation.boundary_iou import boundary_counts, boundary_scores
+from keras_dense.evaluation.html_report import gallery_strip
 from keras_dense.evaluation.segmentation_metrics import confusion_matrix, segmentation_scores
 from keras_dense.prediction.inference import (
     DEFAULT_MAX_MEMORY,
@@ -76,6 +78,61 @@ def check_segmentation_example(card: dict, record: str, example: dict) -> None:
         )
 
 
+class ImageScore(NamedTuple):
+    """One image's contribution to a segmentation evaluation.
+
+    Attributes:
+        confusion: (C, C) confusion matrix.
+        boundary: (2, C) boundary IoU counts (`boundary_iou.boundary_counts`).
+        plan_tiled: Whether the memory plan tiled an image it was not told to tile.
+        predicted: (H, W) predicted classes.
+    """
+
+    confusion: np.ndarray
+    boundary: np.ndarray
+    plan_tiled: bool
+    predicted: np.ndarray
+
+
+def _image_mean_iou(cm: np.ndarray) -> float:
+    """Mean IoU of one image over the classes in its truth or prediction."""
+    true_positives = np.diag(cm).astype(np.float64)
+    union = cm.sum(0) + cm.sum(1) - true_positives
+    present = union > 0
+    return float(np.mean(true_positives[present] / union[present])) if present.any() else 1.0
+
+
+class _Gallery:
+    """The `size` worst and `size` best images by their own mean IoU, as gallery strips
+    (drawn only for the images that enter)."""
+
+    def __init__(self, size: int, ignore_label: int):
+        self.size, self.ignore_label = size, ignore_label
+        self.worst, self.best = [], []
+
+    def add(self, record: str, example: dict, score: ImageScore) -> None:
+        if self.size <= 0:
+            return
+        value = _image_mean_iou(score.confusion)
+        entry = None
+        for kind, kept, better in (
+            ("worst", self.worst, lambda a, b: a < b),
+            ("best", self.best, lambda a, b: a > b),
+        ):
+            if len(kept) < self.size or better(value, kept[-1]["mean_iou"]):
+                if entry is None:
+                    entry = {"record": record, "mean_iou": value}
+                    entry["strip"] = gallery_strip(
+                        example["image"], example["mask"], score.predicted, self.ignore_label
+                    )
+                kept.append({**entry, "kind": kind})
+                kept.sort(key=lambda item: item["mean_iou"], reverse=kind == "best")
+                del kept[self.size :]
+
+    def items(self) -> list[dict]:
+        return self.worst + self.best
+
+
 def example_confusion(
     model,
     card: dict,
@@ -85,7 +142,7 @@ def example_confusion(
     tiled: bool | None,
     tta: TestTimeAugmentation | None,
     max_memory: int,
-) -> tuple[np.ndarray, np.ndarray, bool]:
+) -> ImageScore:
     """One record's confusion matrix and boundary counts, predicted as `evaluate_segmentation`
     predicts it.
 
@@ -100,8 +157,7 @@ def example_confusion(
         max_memory: Bytes one image's prediction may take.
 
     Returns:
-        `(confusion matrix, boundary IoU counts (2, C) (`boundary_iou.boundary_counts`),
-        whether the memory plan tiled an image it was not told to tile)`.
+        The `ImageScore`.
     """
     classes = card["classes"]
     image_tiled = _planned_tiling(model, card, record, example["image"], max_memory, tta, tiled)
@@ -119,7 +175,7 @@ def example_confusion(
     predicted = np.argmax(scores, axis=-1)
     cm = confusion_matrix(example["mask"], predicted, len(classes), card["ignore_label"])
     boundary = boundary_counts(example["mask"], predicted, len(classes), card["ignore_label"])
-    return cm, boundary, image_tiled is True and tiled is not True
+    return ImageScore(cm, boundary, image_tiled is True and tiled is not True, predicted)
 
 
 def evaluate_segmentation(
@@ -131,6 +187,7 @@ def evaluate_segmentation(
     progress: bool = False,
     tta: TestTimeAugmentation | None = None,
     max_memory: int = DEFAULT_MAX_MEMORY,
+    gallery: int = 0,
 ) -> tuple[np.ndarray, dict]:
     """Confusion matrix and scores of a segmenter over every record matching `pattern`.
 
@@ -155,6 +212,8 @@ def evaluate_segmentation(
             its flips and scales (`keras_dense.prediction.inference.segment_probabilities`);
             None or disabled: the plain prediction.
         max_memory: Bytes one image's prediction may take (`--max-memory`).
+        gallery: Keep this many worst and best images (by their own mean IoU) as gallery
+            strips for the HTML report, under the scores' `"gallery"` (0: none).
 
     Returns:
         `(confusion matrix, scores)`, scores as in `segmentation_scores` plus `boundary_iou`
@@ -174,19 +233,23 @@ def evaluate_segmentation(
     crf_parameters = card_crf_parameters(card) if crf else None
     bar = Progress(count_records(pattern) if progress else 0, "evaluating", progress)
     tiled_images = 0
+    kept = _Gallery(gallery, card["ignore_label"])
     for record, example in checked_examples(card, pattern):
-        part, band, plan_tiled = example_confusion(
+        score = example_confusion(
             model, card, record, example, crf_parameters, tiled, tta, max_memory
         )
-        cm += part
-        boundary += band
-        tiled_images += int(plan_tiled)
+        cm += score.confusion
+        boundary += score.boundary
+        tiled_images += int(score.plan_tiled)
+        kept.add(record, example, score)
         count += 1
         bar.update()
     bar.close()
     result = segmentation_scores(cm, classes)
     result.update(boundary_scores(boundary, classes))
     result.update(images=count, max_memory=int(max_memory), tiled_images=tiled_images)
+    if gallery:
+        result["gallery"] = kept.items()
     return cm, result
 
 

@@ -23,6 +23,7 @@ from keras_dense.data.image_io import encode_png
 from keras_dense.data.segmentation_records import check_segmentation_masks
 from keras_dense.evaluation.confusion_image import confusion_matrix_image
 from keras_dense.evaluation.evaluator import evaluate_segmentation
+from keras_dense.evaluation.html_report import segmentation_report_html
 from keras_dense.losses import build_loss, median_frequency_weights
 from keras_dense.metrics import build_metrics
 from keras_dense.prediction.inference import (
@@ -215,6 +216,10 @@ def _output_size(model: keras.Model, crop, channels: int):
     return None if size == tuple(crop) else size
 
 
+# Worst and best validation images shown in `evaluate`'s report.html.
+GALLERY_IMAGES = 4
+
+
 class SegmentationTask(Task):
     """Semantic segmentation (see the module docstring)."""
 
@@ -352,8 +357,12 @@ class SegmentationTask(Task):
                 progress=options.progress,
                 tta=tta,
                 max_memory=options.max_memory,
+                gallery=GALLERY_IMAGES,
             )
+        # "_gallery": for report.html only (keys starting with "_" stay out of metrics.json).
+        gallery = scores.pop("gallery", [])
         report = {**scores, "crf": options.crf, "confusion_matrix": cm.tolist()}
+        report["_gallery"] = gallery
         if tta is not None:
             report["tta"] = tta.to_json()
         return report
@@ -381,7 +390,8 @@ class SegmentationTask(Task):
     def evaluation_files(self, report, card, title):
         cm = np.asarray(report["confusion_matrix"], np.int64)
         image = confusion_matrix_image(cm, card["classes"], title=title)
-        return {"confusion_matrix.png": encode_png(image)}
+        page = segmentation_report_html(report, card["classes"], image, title)
+        return {"confusion_matrix.png": encode_png(image), "report.html": page.encode()}
 
     def plan_prediction(self, model, card, height, width, max_memory, options=None):
         tta = options.tta if options is not None else None
