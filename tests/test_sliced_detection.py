@@ -161,3 +161,41 @@ def test_predict_slice_through_the_cli(tmp_path, capsys):
     )
     assert cli.main([*args, "--overlap", "0.3"]) == 2
     assert "--overlap applies to sliced detection: give --slice too" in capsys.readouterr().err
+
+
+def test_evaluate_slice_of_one_tile_equals_whole_images(tmp_path, capsys):
+    """A tile as large as the images gives the whole-image detections, hence the same AP;
+    smaller tiles run and are reported."""
+    import json
+
+    import keras
+
+    from keras_dense import cli
+    from keras_dense.apps import faster_rcnn
+    from keras_dense.utils.model_card import write_model_card
+    from tests.test_reliability_detection import CLASSES, TINY_FASTER, H, W, example, write_shard
+
+    keras.utils.set_random_seed(0)
+    path = str(tmp_path / "frcnn.keras")
+    faster_rcnn(num_classes=len(CLASSES), **TINY_FASTER).save(path)
+    card = {"task": "detection", "normalization": "caffe", "classes": CLASSES}
+    write_model_card(path, {**card, "min_size": H, "max_size": W, "background_outputs": 1})
+    boxes = [(0.1, 0.1, 0.6, 0.5), (0.3, 0.5, 0.9, 0.95)]
+    records = [example(source_id=f"r{k}", boxes=boxes, labels=(1 + k % 3, 2)) for k in range(4)]
+    data = write_shard(tmp_path / "val", records)
+    reports = {}
+    for name, extra in {
+        "whole": [],
+        "one_tile": ["--slice", "64"],
+        "tiles": ["--slice", "32"],
+    }.items():
+        out = tmp_path / name
+        args = ["evaluate", "--model", path, "--data", data, "--output", str(out), *extra]
+        assert cli.main(args) == 0
+        reports[name] = json.loads((out / "metrics.json").read_text())
+    assert any(ap > 0 for ap in reports["whole"]["ap"].values())  # a comparison that can fail
+    assert reports["one_tile"]["ap"] == reports["whole"]["ap"]
+    assert reports["one_tile"]["slice"] == {"tile": 64, "overlap": 0.2}
+    assert (
+        reports["tiles"]["slice"]["tile"] == 32 and "sliced: 32 px tiles" in capsys.readouterr().out
+    )

@@ -20,6 +20,7 @@ from keras_dense.evaluation.segmentation_metrics import confusion_matrix, segmen
 from keras_dense.prediction.inference import (
     DEFAULT_MAX_MEMORY,
     detect_objects,
+    detect_objects_sliced,
     plan_prediction,
     segment,
     segment_probabilities,
@@ -274,17 +275,28 @@ def _planned_tiling(model, card: dict, record: str, image, max_memory, tta, tile
     return True
 
 
-def evaluate_detection(model, card: dict, pattern: str, use_07_metric: bool = False) -> dict:
+def evaluate_detection(
+    model,
+    card: dict,
+    pattern: str,
+    use_07_metric: bool = False,
+    slice_size: int | None = None,
+    overlap: float = 0.2,
+) -> dict:
     """VOC mean average precision of a Fast or Faster R-CNN model over the matching records.
 
     Fast R-CNN uses the proposals stored in the records (images without any get selective
-    search); Faster R-CNN proposes its own.
+    search); Faster R-CNN proposes its own. With `slice_size`, every image goes through
+    sliced detection (`keras_dense.prediction.inference.detect_objects_sliced`; Fast R-CNN
+    then runs selective search per tile, the stored proposals being those of whole images).
 
     Args:
         model: The Fast R-CNN model.
         card: Its model card.
         pattern: Glob pattern of TFRecord shards with boxes.
         use_07_metric: VOC2007's 11-point AP instead of the area under the curve.
+        slice_size: Tile size of sliced detection, or None for whole images.
+        overlap: Fraction of a tile shared by adjacent tiles (with `slice_size`).
 
     Returns:
         `{"map", "ap" (class name -> AP), "images"}`.
@@ -296,10 +308,13 @@ def evaluate_detection(model, card: dict, pattern: str, use_07_metric: bool = Fa
     check_detection_data(model, card, pattern)
     detections, truths = [], []
     for example in read_examples(pattern):
-        found, truth = example_detections(model, card, example)
+        found, truth = example_detections(model, card, example, slice_size, overlap)
         detections.append(found)
         truths.append(truth)
-    return detection_report(card, detections, truths, use_07_metric)
+    report = detection_report(card, detections, truths, use_07_metric)
+    if slice_size is not None:
+        report["slice"] = {"tile": int(slice_size), "overlap": float(overlap)}
+    return report
 
 
 def check_detection_data(model, card: dict, pattern: str) -> None:
@@ -324,13 +339,18 @@ def check_detection_data(model, card: dict, pattern: str) -> None:
         )
 
 
-def example_detections(model, card: dict, example: dict) -> tuple[dict, dict]:
-    """One record's detections and ground truth, in image pixels."""
+def example_detections(
+    model, card: dict, example: dict, slice_size: int | None = None, overlap: float = 0.2
+) -> tuple[dict, dict]:
+    """One record's detections (sliced with `slice_size`) and ground truth, in image pixels."""
     height, width = example["image"].shape[:2]
     size = np.array([height, width, height, width], np.float32)
-    proposals = example.get("proposals")
-    proposals = proposals * size if proposals is not None and len(proposals) else None
-    found = detect_objects(model, example["image"], card, proposals)
+    if slice_size is not None:
+        found = detect_objects_sliced(model, example["image"], card, slice_size, overlap)
+    else:
+        proposals = example.get("proposals")
+        proposals = proposals * size if proposals is not None and len(proposals) else None
+        found = detect_objects(model, example["image"], card, proposals)
     truth = {
         "boxes": example.get("boxes", np.zeros((0, 4), np.float32)) * size,
         "labels": example.get("labels", np.zeros(0, np.int64)),

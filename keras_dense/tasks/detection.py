@@ -372,6 +372,8 @@ class DetectionTask(Task):
         return {"min_size": data.min_size, "max_size": data.max_size}
 
     def evaluate(self, model, card, pattern, options: EvaluateOptions):
+        if options.slice is not None and options.runner == "beam":
+            raise ValueError("--slice: sliced evaluation runs locally only; leave --runner out")
         if options.runner == "beam":
             from keras_dense.evaluation.beam_evaluation import evaluate_detection_beam
 
@@ -383,10 +385,15 @@ class DetectionTask(Task):
                 options.use_07_metric,
                 options.beam_options,
             )
-        return evaluate_detection(model, card, pattern, options.use_07_metric)
+        return evaluate_detection(
+            model, card, pattern, options.use_07_metric, options.slice, options.overlap
+        )
 
     def report_lines(self, report):
         lines = [f"mAP = {report['map']:.4f} over {report['images']} images"]
+        if report.get("slice"):
+            sliced = report["slice"]
+            lines[0] += f" (sliced: {sliced['tile']} px tiles, overlap {sliced['overlap']:g})"
         lines += [f"  {name:>20}: AP {ap:.4f}" for name, ap in report["ap"].items()]
         return lines
 

@@ -50,6 +50,11 @@ class InstanceSegmentationTask(DetectionTask):
     export_options = InstanceSegmentationExportOptions
 
     def evaluate(self, model, card, pattern, options: EvaluateOptions):
+        if options.slice is not None:
+            raise ValueError(
+                "--slice: sliced evaluation of instance masks is not supported yet (boxes only, "
+                "for detection models); leave --slice out"
+            )
         if options.runner == "beam":
             from keras_dense.evaluation.beam_evaluation import evaluate_instances_beam
 

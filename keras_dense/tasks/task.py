@@ -51,6 +51,8 @@ class EvaluateOptions:
         runner: `"local"`, or `"beam"`: an Apache Beam pipeline (segmentation so far).
         beam_options: `KEY=VALUE` Beam pipeline options.
         model_path: The saved model's path (Beam's workers load it themselves).
+        slice: Detection: sliced detection on tiles of this many pixels (None: whole images).
+        overlap: Detection with `slice`: fraction of a tile shared by adjacent tiles.
     """
 
     crf: bool = False
@@ -63,6 +65,8 @@ class EvaluateOptions:
     runner: str = "local"
     beam_options: tuple[str, ...] = ()
     model_path: str | None = None
+    slice: int | None = None
+    overlap: float = 0.2
 
 
 @dataclasses.dataclass(frozen=True)
