@@ -367,3 +367,30 @@ def test_compiled_ops_name_bad_inputs():
         lattice_convolution_op.stencil(tf.zeros((rows, 2)), table, tf.ones(3), tf.range(3))
     with pytest.raises(tf.errors.InvalidArgumentError, match="taps must be \\(3,\\) or"):
         lattice_convolution_op.stencil(tf.zeros((rows, 2)), table, tf.ones((3, 4, 1)), tf.range(3))
+
+
+@pytest.mark.parametrize(
+    ("dtype", "channels", "shape"),
+    [(np.float32, 50, "shared"), (np.float32, 49, "matrix"), (np.float64, 3, "matrix25")],
+)
+def test_compiled_ops_on_rows_wider_than_the_register_kernels(dtype, channels, shape):
+    """More than 6 vectors per row (48 floats, 24 doubles) takes the general kernels."""
+    _needs_op()
+    rng = np.random.default_rng(channels)
+    features = _points(2, batch=2, points=60, seed=3)
+    neighbors = lattice_neighbors(features, permutohedral_tf.build_lattice(features), 1)
+    values = tf.constant(rng.normal(0.0, 1.0, (2, 60, channels)).astype(dtype))
+    out_channels = {"shared": None, "matrix": 7, "matrix25": 25}[shape]
+    taps = rng.normal(0.0, 0.5, (7,) if out_channels is None else (7, channels, out_channels))
+    taps = tf.constant(taps.astype(dtype))
+    results = []
+    for implementation in ("tf", "custom_op"):
+        with tf.GradientTape() as tape:
+            tape.watch([values, taps])
+            out = lattice_convolve(values, neighbors, taps, implementation)
+            loss = tf.reduce_sum(out * out)
+        grads = tape.gradient(loss, [values, taps])
+        results.append([out, *(tf.convert_to_tensor(g) for g in grads)])
+    for got, want in zip(results[1], results[0]):
+        want = want.numpy()
+        np.testing.assert_allclose(got.numpy(), want, rtol=1e-5, atol=1e-5 * np.abs(want).max())

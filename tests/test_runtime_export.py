@@ -232,3 +232,22 @@ def test_options_of_other_formats_are_refused(segmenter, tmp_path, capsys, extra
     args = ["export", "--model", path, "--output", str(tmp_path / "out"), *extra]
     assert cli.main(args) == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("output_format", ["onnx", "openvino"])
+def test_many_outputs_come_back_in_the_keras_order(tmp_path, output_format):
+    """OpenVINO lists outputs by name (Identity, Identity_10, Identity_11, Identity_1, ...):
+    they are put back in the Keras model's order."""
+    _runtime_or_skip(output_format)
+    inputs = keras.Input((4, 4, 1))
+    outputs = [keras.layers.Lambda(lambda x, k=k: x * float(k + 1))(inputs) for k in range(12)]
+    model = keras.Model(inputs, outputs)
+    spec = tf.TensorSpec((None, 4, 4, 1), tf.float32, name="images")
+    runtime = RUNTIMES[output_format]
+    path = str(tmp_path / f"m{runtime.suffix}")
+    runtime.convert(model, spec, path)
+    images = np.random.default_rng(0).normal(size=(2, 4, 4, 1)).astype(np.float32)
+    got = runtime.run(path, images)
+    assert len(got) == 12
+    for k, value in enumerate(got):
+        np.testing.assert_allclose(value, images * (k + 1), rtol=1e-6)

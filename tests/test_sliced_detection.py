@@ -14,16 +14,18 @@ from keras_dense.detection import detect_sliced, slice_windows
 from keras_dense.detection.sliced import class_nms
 
 
-def oracle(rgb: np.ndarray, min_area: int = 9) -> dict:
-    """Every bright blob of at least `min_area` pixels, as a yxyx box (exclusive ends),
-    labelled by its colour channel (red 1, green 2), scored by its area."""
+def oracle(rgb: np.ndarray, min_area: int = 9, inclusive: bool = False) -> dict:
+    """Every bright blob of at least `min_area` pixels, as a yxyx box (exclusive ends, or
+    inclusive ones as detectors clip them), labelled by its colour channel (red 1, green 2),
+    scored by its area."""
     boxes, labels, scores = [], [], []
     for label, channel in ((1, 0), (2, 1)):
         mask = (rgb[..., channel] > 128).astype(np.uint8)
         count, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=4)
         for x, y, w, h, area in stats[1:count]:
             if area >= min_area:
-                boxes.append([y, x, y + h, x + w])
+                end = 1 if inclusive else 0
+                boxes.append([y, x, y + h - end, x + w - end])
                 labels.append(label)
                 scores.append(min(1.0, area / 1000.0))
     return {
@@ -66,12 +68,18 @@ def test_an_image_of_one_tile_gives_the_plain_detections():
 
 
 @pytest.mark.parametrize("full_image", [True, False])
-def test_an_object_across_a_tile_border_is_found_once_and_whole(full_image):
+@pytest.mark.parametrize("inclusive", [False, True])
+def test_an_object_across_a_tile_border_is_found_once_and_whole(full_image, inclusive):
     # Tiles of 128 with overlap 0.25: starts 0, 96, 192, ... The square spans 120..150 in
     # x: cut by the first tile's right edge (128), whole in the second (96..224).
     image = _draw(128, 400, [(40, 120, 30, 1)])
-    found = detect_sliced(oracle, image, tile=128, overlap=0.25, full_image=full_image)
-    np.testing.assert_array_equal(found["boxes"], [[40, 120, 70, 150]])
+
+    def detector(rgb):
+        return oracle(rgb, inclusive=inclusive)
+
+    found = detect_sliced(detector, image, tile=128, overlap=0.25, full_image=full_image)
+    end = 1 if inclusive else 0
+    np.testing.assert_array_equal(found["boxes"], [[40, 120, 70 - end, 150 - end]])
     assert found["labels"].tolist() == [1]
 
 
@@ -199,3 +207,17 @@ def test_evaluate_slice_of_one_tile_equals_whole_images(tmp_path, capsys):
     assert (
         reports["tiles"]["slice"]["tile"] == 32 and "sliced: 32 px tiles" in capsys.readouterr().out
     )
+
+
+def test_the_whole_image_pass_scales_each_axis_back_by_its_own_factor():
+    """A 150 x 3000 image shrunk to 26 x 512: the axes' factors differ by 1.5 %, 30 px at
+    x = 2000. Only the shrunk image's detections are kept here (tiles are 150 px high)."""
+    image = _draw(150, 3000, [(40, 2000, 60, 1)])
+
+    def whole_only(rgb):
+        return oracle(rgb) if rgb.shape[0] < 100 else oracle(np.zeros_like(rgb))
+
+    found = detect_sliced(whole_only, image, tile=512, overlap=0.2, full_image=True)
+    assert len(found["boxes"]) == 1
+    # Blob edges round to the shrunk image's pixels: within 1 / 0.17 ~ 6 px.
+    np.testing.assert_allclose(found["boxes"][0], [40, 2000, 100, 2060], atol=7)

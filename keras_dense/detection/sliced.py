@@ -68,15 +68,18 @@ def _interior_edges(windows: np.ndarray, height: int, width: int) -> np.ndarray:
 
 
 def _touches(boxes: np.ndarray, windows: np.ndarray, interior: np.ndarray, margin: float):
-    """(n, m) whether box i reaches (within `margin`) an interior edge of window j."""
+    """(n, m) whether box i reaches (within `margin`) an interior edge of window j.
+
+    Box ends may be exclusive (`y1 = last row + 1`) or inclusive (detectors clip to the last
+    pixel, `y1 = last row`): the far edges allow one more pixel for the latter."""
     b = boxes[:, None, :]
     w = windows[None].astype(np.float32)
     sides = np.stack(
         [
             b[..., 0] <= w[..., 0] + margin,
             b[..., 1] <= w[..., 1] + margin,
-            b[..., 2] >= w[..., 2] - margin,
-            b[..., 3] >= w[..., 3] - margin,
+            b[..., 2] >= w[..., 2] - 1.0 - margin,
+            b[..., 3] >= w[..., 3] - 1.0 - margin,
         ],
         -1,
     )
@@ -103,15 +106,18 @@ def class_nms(detections: Detections, iou: float, max_detections: int | None = N
     labels = detections["labels"]
     if len(boxes) == 0:
         return {key: value[:0] for key, value in detections.items()}
-    span = float(np.max(boxes)) + 1.0
-    shifted = boxes + (labels.astype(np.float32) * span)[:, None]
+    low = float(np.min(boxes))
+    span = float(np.max(boxes)) - low + 1.0
+    shifted = boxes - low + (labels.astype(np.float32) * span)[:, None]
     limit = len(boxes) if max_detections is None else int(max_detections)
     keep = tf.image.non_max_suppression(shifted, scores, limit, iou_threshold=iou).numpy()
     return {key: value[keep] for key, value in detections.items()}
 
 
-def _as_detections(found: dict, offset=(0.0, 0.0), factor: float = 1.0) -> Detections:
-    boxes = np.asarray(found["boxes"], np.float32).reshape(-1, 4) / factor
+def _as_detections(found: dict, offset=(0.0, 0.0), factor=(1.0, 1.0)) -> Detections:
+    """`found` as float arrays, boxes divided by the (y, x) `factor` then shifted."""
+    boxes = np.asarray(found["boxes"], np.float32).reshape(-1, 4)
+    boxes = boxes / np.asarray([factor[0], factor[1], factor[0], factor[1]], np.float32)
     boxes = boxes + np.asarray([offset[0], offset[1], offset[0], offset[1]], np.float32)
     return {
         "boxes": boxes,
@@ -143,7 +149,9 @@ def detect_sliced(
         full_image: Also run the detector on the whole image shrunk to one tile (for objects
             larger than the overlap); skipped when the image fits in one tile.
         nms_iou: IoU above which a lower-scoring detection of the same class is merged away.
-        edge_margin: Pixels from an interior tile edge within which a box counts as cut.
+        edge_margin: Pixels from an interior tile edge within which a box counts as cut;
+            at least 1 % of the tile is used (a detector that shrinks its input rounds its
+            boxes' ends by more than a pixel).
         max_detections: Keep at most this many (by score); None keeps every one.
 
     Returns:
@@ -169,7 +177,7 @@ def detect_sliced(
     owner = np.concatenate(owners)
     if len(windows) > 1 and len(owner):
         interior = _interior_edges(windows, height, width)
-        touches = _touches(tiles["boxes"], windows, interior, edge_margin)
+        touches = _touches(tiles["boxes"], windows, interior, max(edge_margin, 0.01 * tile))
         cut = touches[np.arange(len(owner)), owner]
         whole_elsewhere = np.any(_inside(tiles["boxes"], windows) & ~touches, axis=1)
         keep = ~(cut & whole_elsewhere)
@@ -179,7 +187,8 @@ def detect_sliced(
         factor = tile / max(height, width)
         size = (max(1, round(width * factor)), max(1, round(height * factor)))
         small = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-        scale_back = small.shape[0] / height  # the actual factor after rounding
+        # The actual factors after rounding, per axis.
+        scale_back = (small.shape[0] / height, small.shape[1] / width)
         merged.append(_as_detections(detector(small), factor=scale_back))
     every = {key: np.concatenate([part[key] for part in merged]) for key in merged[0]}
     return class_nms(every, nms_iou, max_detections)

@@ -76,15 +76,15 @@ class OnnxRuntime:
         """The model's operations that no registered ONNX domain defines (sorted)."""
         import onnx
 
-        graph = onnx.load(path, load_external_data=False).graph
-        nodes = list(graph.node)
-        for node in graph.node:  # the bodies of If / Loop nodes
-            for attribute in node.attribute:
-                if attribute.g is not None:
-                    nodes.extend(attribute.g.node)
-        return sorted(
-            {node.op_type for node in nodes if not onnx.defs.has(node.op_type, node.domain)}
-        )
+        graphs, missing = [onnx.load(path, load_external_data=False).graph], set()
+        while graphs:  # the graph and, recursively, the bodies of If / Loop / Scan nodes
+            for node in graphs.pop().node:
+                if not onnx.defs.has(node.op_type, node.domain):
+                    missing.add(node.op_type)
+                for attribute in node.attribute:
+                    graphs.extend([attribute.g] if attribute.HasField("g") else [])
+                    graphs.extend(attribute.graphs)
+        return sorted(missing)
 
     def run(self, path: str, images: np.ndarray) -> list[np.ndarray]:
         """The model's outputs on `images` (N, H, W, C), in its output order."""
@@ -145,13 +145,17 @@ class OpenVinoRuntime:
             path, "CPU", {"INFERENCE_PRECISION_HINT": self.precision}
         )
         results = compiled([np.asarray(images, np.float32)])
-        # The function's outputs are its Identity nodes; the frontend may expose inner
-        # tensors beside them (a shape scalar of a crop, say).
-        outputs = [
-            output
-            for output in compiled.outputs
-            if any(name.startswith("Identity") for name in output.get_names())
-        ]
+        # The function's outputs are its Identity nodes (Identity, Identity_1, ... in the
+        # Keras outputs' flattened order); the frontend may expose inner tensors beside them
+        # (a shape scalar of a crop, say) and lists outputs in another order.
+        ranked = []
+        for output in compiled.outputs:
+            for name in output.get_names():
+                found = re.fullmatch(r"Identity(?:_(\d+))?(?::0)?", name)
+                if found:
+                    ranked.append((int(found.group(1) or 0), output))
+                    break
+        outputs = [output for _, output in sorted(ranked, key=lambda item: item[0])]
         return [np.asarray(results[output]) for output in outputs or compiled.outputs]
 
 

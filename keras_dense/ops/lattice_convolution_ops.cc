@@ -95,7 +95,8 @@ constexpr char kBadIndexMessage[] =
     "keras_dense.ops.build_lattice";
 
 // The running sum of one row of `packets` vectors: in registers when kP > 0 (see
-// DispatchPackets), in memory in the general case (kP == 0).
+// DispatchPackets), in memory in the general case (kP == 0; heap memory is not 32-byte
+// aligned, so it is only read and written through Packet's unaligned loads and stores).
 template <typename T, int kP>
 class RowSum {
  public:
@@ -104,36 +105,47 @@ class RowSum {
   static constexpr int64_t kLanes = P::kLanes;
 
   explicit RowSum(int64_t packets)
-      : packets_(kP > 0 ? kP : packets), general_(kP > 0 ? 0 : packets) {}
+      : packets_(kP > 0 ? kP : packets), general_(kP > 0 ? 0 : packets * kLanes) {}
 
   __attribute__((always_inline)) inline void Clear() {
-    V* sum = data();
-    for (int64_t c = 0; c < count(); ++c) sum[c] = V{};
+    if (kP > 0) {
+      for (int c = 0; c < kSlots; ++c) fixed_[c] = V{};
+    } else {
+      std::fill(general_.begin(), general_.end(), T(0));
+    }
   }
 
   // sum += weight * row (a padded row).
   __attribute__((always_inline)) inline void Add(T weight, const T* row) {
-    V* sum = data();
-    for (int64_t c = 0; c < count(); ++c) sum[c] += weight * P::Load(row + c * kLanes);
+    if (kP > 0) {
+      for (int c = 0; c < kSlots; ++c) fixed_[c] += weight * P::Load(row + c * kLanes);
+    } else {
+      T* sum = general_.data();
+      for (int64_t c = 0; c < packets_; ++c) {
+        const int64_t o = c * kLanes;
+        P::Store(sum + o, P::Load(sum + o) + weight * P::Load(row + o));
+      }
+    }
   }
 
   // Writes the first `channels` values to `out`. With `whole`, as whole vectors: the lanes
   // past `channels` overwrite what follows, which the caller writes afterwards.
   __attribute__((always_inline)) inline void Write(T* out, int64_t channels, bool whole,
                                                    T* staging) {
-    V* sum = data();
     T* target = whole ? out : staging;
-    for (int64_t c = 0; c < count(); ++c) P::Store(target + c * kLanes, sum[c]);
+    if (kP > 0) {
+      for (int c = 0; c < kSlots; ++c) P::Store(target + c * kLanes, fixed_[c]);
+    } else {
+      std::copy(general_.begin(), general_.end(), target);
+    }
     if (!whole) std::copy(staging, staging + channels, out);
   }
 
  private:
-  int64_t count() const { return kP > 0 ? kP : packets_; }
-  V* data() { return kP > 0 ? fixed_ : general_.data(); }
-
+  static constexpr int kSlots = kP > 0 ? kP : 1;
   int64_t packets_;
-  V fixed_[kP > 0 ? kP : 1];
-  std::vector<V> general_;
+  V fixed_[kSlots];
+  std::vector<T> general_;
 };
 
 // Copies (rows, channels) values into rows of `padded` lanes (zeros past the channels) and
@@ -218,8 +230,12 @@ class LatticeSplatOp : public OpKernel {
     const int64_t packets = padded / Packet<T>::kLanes;
     // Each piece of an image's points scatters into its own padded buffer; the buffers are
     // then added row-parallel, in piece order, into the unpadded output.
-    const int64_t pieces = SumPieces(context, points, 4096);
     const int64_t image_size = rows * padded;
+    // At most about 256 MiB of piece buffers (a many-core machine would otherwise take one
+    // image-sized buffer per thread).
+    const int64_t budget = std::max<int64_t>(1, (int64_t{256} << 20) / std::max<int64_t>(
+                                                    1, image_size * int64_t{sizeof(T)}));
+    const int64_t pieces = std::min(SumPieces(context, points, 4096), budget);
     std::vector<T> buffers(pieces * image_size);
     std::atomic<bool> valid(true);
     for (int64_t b = 0; b < batch; ++b) {

@@ -308,9 +308,11 @@ def build_lattice(features: tf.Tensor) -> Lattice:
     point_keys = tf.tensor_scatter_nd_update(
         tf.zeros(tf.stack([total, d]), flat_keys.dtype), global_index[:, None], flat_keys
     )  # (P, d)
-    # Points per image, as a sum of comparisons (ONNX and OpenVINO have no bincount).
-    images = tf.range(tf.cast(batch, tf.int64))
-    num_points = tf.reduce_sum(tf.cast(point_image[:, None] == images[None], tf.int64), 0)
+    if _for_converters[0]:  # ONNX and OpenVINO have no bincount: a sum of comparisons
+        images = tf.range(tf.cast(batch, tf.int64))
+        num_points = tf.reduce_sum(tf.cast(point_image[:, None] == images[None], tf.int64), 0)
+    else:
+        num_points = tf.math.bincount(point_image, minlength=batch, maxlength=batch, dtype=tf.int64)
     start = tf.cumsum(num_points, exclusive=True)
     max_points = tf.reduce_max(num_points)
     local_index = global_index - tf.gather(start, entry_image)
@@ -379,7 +381,8 @@ def for_converters():
     For ONNX and OpenVINO: sparse products from `tf.gather` and
     `tf.math.unsorted_segment_sum` (they have no sparse-dense product), and lattice codes from
     integer `tf.unique` passes, one per key column (no float64 arithmetic, which OpenVINO's
-    CPU plugin runs in float32, and no code wider than the rows times one column's span).
+    CPU plugin runs in float32, and no code wider than the rows times one column's span), and
+    points per image counted by comparisons (neither has a bincount).
     Same values as the default trace; slower in TensorFlow itself, so only the exports use it.
     """
     _for_converters[0] += 1
