@@ -10,6 +10,7 @@ import os
 
 from keras_dense.commands.applicable_options import CommandOptions, stored_card
 from keras_dense.commands.runner_arguments import add_runner_arguments, check_runner_arguments
+from keras_dense.commands.slice_arguments import add_slice_arguments, slice_options
 from keras_dense.commands.tta_arguments import add_tta_arguments
 from keras_dense.prediction.inference import DEFAULT_MAX_MEMORY
 
@@ -52,19 +53,7 @@ def register(sub) -> None:
     )
     parser.add_argument("--model", required=True, help="the saved model (X.keras, card X.json)")
     parser.add_argument("--data", required=True, help="glob pattern of TFRecord shards")
-    parser.add_argument(
-        "--slice",
-        type=int,
-        default=None,
-        help="detection: sliced detection on overlapping tiles of this many pixels plus the "
-        "whole image shrunk to one tile (as predict --slice; default: whole images)",
-    )
-    parser.add_argument(
-        "--overlap",
-        type=float,
-        default=None,
-        help="detection with --slice: fraction of a tile shared by adjacent tiles (default 0.2)",
-    )
+    add_slice_arguments(parser, "score sliced detection")
     parser.add_argument(
         "--crf",
         action="store_true",
@@ -129,12 +118,7 @@ def run(args: argparse.Namespace) -> int:
             f"--pointing-tolerance {args.pointing_tolerance}: expected a finite number of "
             "pixels >= 0"
         )
-    if args.slice is not None and args.slice < 16:
-        raise ValueError(f"--slice {args.slice}: expected a tile size of at least 16 pixels")
-    if args.overlap is not None and not 0.0 <= args.overlap < 1.0:
-        raise ValueError(f"--overlap {args.overlap}: expected a fraction of the tile in [0, 1)")
-    if args.overlap is not None and args.slice is None:
-        raise ValueError("--overlap applies to sliced detection: give --slice too")
+    tile, overlap = slice_options(args)  # a bad --slice or --overlap fails before any work
     max_memory = parse_memory(args.max_memory, "--max-memory")
     tta = parse_tta(args.tta, args.scales)
     model, card = load_model_with_card(args.model)
@@ -152,8 +136,8 @@ def run(args: argparse.Namespace) -> int:
         runner=args.runner,
         beam_options=tuple(args.beam_option),
         model_path=args.model,
-        slice=args.slice,
-        overlap=0.2 if args.overlap is None else args.overlap,
+        slice=tile,
+        overlap=overlap,
     )
     report = {"model": args.model, "data": args.data, "task": task.name}
     report.update(task.evaluate(model, card, args.data, options))

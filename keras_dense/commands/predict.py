@@ -15,6 +15,11 @@ from keras_dense.commands.predict_export import (
     run_export,
 )
 from keras_dense.commands.runner_arguments import add_runner_arguments, check_runner_arguments
+from keras_dense.commands.slice_arguments import (
+    DEFAULT_OVERLAP,
+    add_slice_arguments,
+    slice_options,
+)
 from keras_dense.commands.tta_arguments import add_tta_arguments
 from keras_dense.data.errors import BadInputError
 from keras_dense.data.image_io import (
@@ -101,20 +106,7 @@ def register(sub) -> None:
         default=None,
         help="detection: lowest score drawn, in [0, 1] (default 0.5)",
     )
-    parser.add_argument(
-        "--slice",
-        type=int,
-        default=None,
-        help="detection: run the detector on overlapping tiles of this many pixels plus the "
-        "whole image shrunk to one tile, merged by class-wise NMS (small objects in large "
-        "images; default: the whole image only)",
-    )
-    parser.add_argument(
-        "--overlap",
-        type=float,
-        default=None,
-        help="detection with --slice: fraction of a tile shared by adjacent tiles (default 0.2)",
-    )
+    add_slice_arguments(parser, "run the detector")
     parser.add_argument(
         "--crf",
         action="store_true",
@@ -247,7 +239,7 @@ def _options(args) -> PredictOptions:
         tta=parse_tta(getattr(args, "tta", "none"), getattr(args, "scales", None)),
         crf=getattr(args, "crf", False),
         slice=getattr(args, "slice", None),
-        overlap=0.2 if getattr(args, "overlap", None) is None else args.overlap,
+        overlap=DEFAULT_OVERLAP if getattr(args, "overlap", None) is None else args.overlap,
     )
 
 
@@ -324,12 +316,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(
             f"--score-threshold {args.score_threshold}: expected a probability in [0, 1]"
         )
-    if args.slice is not None and args.slice < 16:
-        raise ValueError(f"--slice {args.slice}: expected a tile size of at least 16 pixels")
-    if args.overlap is not None and not 0.0 <= args.overlap < 1.0:
-        raise ValueError(f"--overlap {args.overlap}: expected a fraction of the tile in [0, 1)")
-    if args.overlap is not None and args.slice is None:
-        raise ValueError("--overlap applies to sliced detection: give --slice too")
+    slice_options(args)  # a bad --slice or --overlap fails before any work
     max_memory = parse_memory(args.max_memory, "--max-memory")
     parse_tta(args.tta, args.scales)  # a bad --tta or --scales fails before any work
     if not args.inputs and not args.data:

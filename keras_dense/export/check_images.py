@@ -16,6 +16,18 @@ from keras_dense.data import read_examples
 from keras_dense.prediction.inference import prepare_image
 
 
+class ConversionCheckError(RuntimeError):
+    """A converted model disagrees with the Keras model; nothing was written.
+
+    Attributes:
+        report: The check's numbers (`agreement`, `max_abs_diff`, `min_agreement`, ...).
+    """
+
+    def __init__(self, message: str, report: dict):
+        super().__init__(message)
+        self.report = report
+
+
 def parse_input_size(text: str) -> tuple[int, int]:
     """`"H,W"` (or `"S"` for a square) as `(H, W)`.
 

@@ -30,7 +30,11 @@ import tempfile
 import numpy as np
 import tensorflow as tf
 
-from keras_dense.export.check_images import resolve_input_size, sample_images
+from keras_dense.export.check_images import (
+    ConversionCheckError,
+    resolve_input_size,
+    sample_images,
+)
 from keras_dense.export.model_checks import check_finite_weights, portable_model
 from keras_dense.export.runtimes import RUNTIMES, RuntimeUnsupportedError
 from keras_dense.tasks import get_task
@@ -45,16 +49,8 @@ DEFAULT_CHECK_IMAGES = 8
 REPORT_FORMAT = "keras_dense.runtime_check/1"
 
 
-class RuntimeCheckError(RuntimeError):
-    """The converted model disagrees with the Keras model; nothing was written.
-
-    Attributes:
-        report: The check's numbers (`agreement`, `max_abs_diff`, `min_agreement`, ...).
-    """
-
-    def __init__(self, message: str, report: dict):
-        super().__init__(message)
-        self.report = report
+class RuntimeCheckError(ConversionCheckError):
+    """The ONNX or OpenVINO model disagrees with the Keras model; nothing was written."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -29,6 +29,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_dense.export.check_images import (  # noqa: F401 - parse_input_size: the CLI's
+    ConversionCheckError,
     parse_input_size,
     resolve_input_size,
     sample_images,
@@ -65,16 +66,8 @@ class TFLiteUnsupportedError(ValueError):
     """The model's task has no TFLite export (e.g. detection); the message says why."""
 
 
-class TFLiteCheckError(RuntimeError):
-    """The converted model disagrees with the Keras model; nothing was written.
-
-    Attributes:
-        report: The check's numbers (`agreement`, `max_abs_diff`, `min_agreement`, ...).
-    """
-
-    def __init__(self, message: str, report: dict):
-        super().__init__(message)
-        self.report = report
+class TFLiteCheckError(ConversionCheckError):
+    """The converted TFLite model disagrees with the Keras model; nothing was written."""
 
 
 @dataclasses.dataclass(frozen=True)
