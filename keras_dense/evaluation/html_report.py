@@ -119,7 +119,16 @@ def segmentation_report_html(
     series = {"IoU": iou}
     if boundary:
         series["boundary IoU"] = boundary_values
-    chart = _bar_chart(list(class_names), series, {"IoU": "#3b6fb6", "boundary IoU": "#e08a2c"})
+    colours = {"IoU": "#3b6fb6", "boundary IoU": "#e08a2c"}
+    chart = (
+        _bar_chart(list(class_names), series, colours)
+        + "<p>"
+        + " ".join(
+            f'<span class="swatch" style="background:{colours[label]}"></span>{label}'
+            for label in series
+        )
+        + "</p>"
+    )
     headline = (
         f"mIoU <b>{_score(report.get('mean_iou'))}</b>, boundary IoU "
         f"<b>{_score(report.get('boundary_iou'))}</b>, pixel accuracy "
