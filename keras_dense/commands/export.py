@@ -261,14 +261,19 @@ def run_tflite(args: argparse.Namespace) -> int:
         min_agreement=args.min_agreement,
         progress=True,
     )
-    check = result.report["check"]
-    print(
-        f"exported {result.path} ({args.quantize}, input {result.report['input_shape']}): "
-        f"class agreement {check['agreement']:.4%} with the Keras model on {check['images']} "
-        f"images ({check['source']}), max output difference {check['max_abs_diff']:.3g}; "
-        f"check: {result.report_path}"
-    )
+    _print_check(f"{result.path} ({args.quantize}", result.report, result.report_path)
     return 0
+
+
+def _print_check(written: str, report: dict, report_path: str) -> None:
+    """The one line a checked export prints: what it wrote and how well it agrees."""
+    check = report["check"]
+    print(
+        f"exported {written}, input {report['input_shape']}): class agreement "
+        f"{check['agreement']:.4%} with the Keras model on {check['images']} images "
+        f"({check['source']}), max output difference {check['max_abs_diff']:.3g}; check: "
+        f"{report_path}"
+    )
 
 
 def run_runtime(args: argparse.Namespace) -> int:
@@ -288,13 +293,7 @@ def run_runtime(args: argparse.Namespace) -> int:
         min_agreement=args.min_agreement,
         progress=True,
     )
-    check = result.report["check"]
-    print(
-        f"exported {', '.join(result.files)} (input {result.report['input_shape']}): class "
-        f"agreement {check['agreement']:.4%} with the Keras model on {check['images']} images "
-        f"({check['source']}), max output difference {check['max_abs_diff']:.3g}; check: "
-        f"{result.report_path}"
-    )
+    _print_check(f"{', '.join(result.files)} ({args.format}", result.report, result.report_path)
     return 0
 
 

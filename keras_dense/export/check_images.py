@@ -28,6 +28,33 @@ class ConversionCheckError(RuntimeError):
         self.report = report
 
 
+def refuse_disagreement(
+    error: type[ConversionCheckError],
+    model_path: str,
+    what: str,
+    agreement: float,
+    compared: int,
+    max_abs_diff: float,
+    minimum: float,
+    report: dict,
+) -> None:
+    """Raises `error` when a converted model (`what`, e.g. "the ONNX model") outputs
+    non-finite values or agrees with the Keras model on less than `minimum`."""
+    if not np.isfinite(max_abs_diff):
+        raise error(
+            f"--model {model_path}: {what} outputs NaN or infinite values where the Keras "
+            "model does not; nothing was written",
+            report,
+        )
+    if not agreement >= minimum:
+        raise error(
+            f"--model {model_path}: {what} agrees with the Keras model on {agreement:.4%} of "
+            f"{compared} predictions (max output difference {max_abs_diff:g}), below the "
+            f"{minimum:.1%} required; nothing was written (--min-agreement lowers the bar)",
+            report,
+        )
+
+
 def parse_input_size(text: str) -> tuple[int, int]:
     """`"H,W"` (or `"S"` for a square) as `(H, W)`.
 

@@ -32,6 +32,7 @@ import tensorflow as tf
 
 from keras_dense.export.check_images import (
     ConversionCheckError,
+    refuse_disagreement,
     resolve_input_size,
     sample_images,
 )
@@ -191,20 +192,16 @@ def export_runtime(
             "max_abs_diff": max(differences),
             "min_agreement": minimum,
         }
-        if not np.isfinite(report["check"]["max_abs_diff"]):
-            raise RuntimeCheckError(
-                f"--model {model_path}: the {runtime.title} model outputs NaN or infinite "
-                "values where the Keras model does not; nothing was written",
-                report,
-            )
-        if not stats["agreement"] >= minimum:
-            raise RuntimeCheckError(
-                f"--model {model_path}: the {runtime.title} model agrees with the Keras model "
-                f"on {stats['agreement']:.4%} of {stats['compared']} predictions (max output "
-                f"difference {report['check']['max_abs_diff']:g}), below the {minimum:.1%} "
-                "required; nothing was written (--min-agreement lowers the bar)",
-                report,
-            )
+        refuse_disagreement(
+            RuntimeCheckError,
+            model_path,
+            f"the {runtime.title} model",
+            stats["agreement"],
+            stats["compared"],
+            report["check"]["max_abs_diff"],
+            minimum,
+            report,
+        )
         os.makedirs(output_dir, exist_ok=True)
         written = []
         for scratch_file in runtime.files(converted):

@@ -31,6 +31,7 @@ import tensorflow as tf
 from keras_dense.export.check_images import (  # noqa: F401 - parse_input_size: the CLI's
     ConversionCheckError,
     parse_input_size,
+    refuse_disagreement,
     resolve_input_size,
     sample_images,
 )
@@ -284,20 +285,16 @@ def export_tflite(
         "tensorflow_version": tf.__version__,
         "keras_dense_version": __version__,
     }
-    if not np.isfinite(stats["max_abs_diff"]):
-        raise TFLiteCheckError(
-            f"--model {model_path}: the {quantize!r} TFLite conversion outputs NaN or "
-            "infinite values where the Keras model does not; nothing was written",
-            report,
-        )
-    if not stats["agreement"] >= minimum:
-        raise TFLiteCheckError(
-            f"--model {model_path}: the {quantize!r} TFLite conversion agrees with the Keras "
-            f"model on {stats['agreement']:.4%} of {stats['compared']} predictions (max "
-            f"output difference {stats['max_abs_diff']:g}), below the {minimum:.1%} required; "
-            "nothing was written (--min-agreement lowers the bar)",
-            report,
-        )
+    refuse_disagreement(
+        TFLiteCheckError,
+        model_path,
+        f"the {quantize!r} TFLite conversion",
+        stats["agreement"],
+        stats["compared"],
+        stats["max_abs_diff"],
+        minimum,
+        report,
+    )
     os.makedirs(output_dir, exist_ok=True)
     path = os.path.join(output_dir, tflite_output_name(model_path, quantize))
     report_path = path + ".json"

@@ -321,7 +321,8 @@ def check_taps(taps: tf.Tensor, neighbors: LatticeNeighbors, channels: int | Non
 def _convolve_compiled(values: tf.Tensor, neighbors: LatticeNeighbors, taps) -> tf.Tensor:
     """Splat, stencil (d+1 one-direction stencils when separable), slice: the compiled ops."""
     lattice = neighbors.operator.lattice
-    indices, weights = lattice.splat_indices, neighbors.weights
+    weights = lattice.barycentric_weights if neighbors.weights is None else neighbors.weights
+    indices = lattice.splat_indices
     rows_per_image = tf.shape(lattice.blur_neighbors)[1]
     lattice_values = lattice_convolution_op.splat(values, indices, weights, rows_per_image)
     if neighbors.form == "general":
