@@ -262,7 +262,10 @@ def test_a_file_that_is_not_hdf5_is_refused(tmp_path):
 # --------------------------------------------------------------------------- model card
 
 
-def test_train_card_records_where_the_backbone_weights_came_from(vgg16_notop, tmp_path):
+@pytest.mark.parametrize("scale_fresh", [True, False])
+def test_train_card_records_where_the_backbone_weights_came_from(
+    vgg16_notop, tmp_path, scale_fresh
+):
     _, path = vgg16_notop
     convert_shapes(str(tmp_path / "train"), 4, size=32, seed=0, progress=False)
     recipe = tmp_path / "recipe.toml"
@@ -282,6 +285,7 @@ normalization = "caffe"
 epochs = 1
 steps_per_epoch = 1
 batch_size = 2
+scale_fresh_layers = {str(scale_fresh).lower()}
 [optimizer]
 learning_rate = 0.001
 name = "sgd"
@@ -290,6 +294,18 @@ name = "sgd"
     out = tmp_path / "run"
     assert cli.main(["train", str(recipe), "--output", str(out)]) == 0
     card = json.loads((out / "best.json").read_text())
-    assert card["backbone_weights"] == {"source": path, "loaded": CONVS, "fresh": []}
+    record = card["backbone_weights"]
+    assert {key: record[key] for key in ("source", "loaded", "fresh")} == {
+        "source": path,
+        "loaded": CONVS,
+        "fresh": [],
+    }
+    # Fresh layers scaled to the trunk's features (training.fresh_layer_scaling): never a
+    # trunk layer, and only ever shrunk.
+    if not scale_fresh:
+        assert "scaled" not in record
+        return
+    assert not set(record["scaled"]) & set(CONVS), record["scaled"]
+    assert all(0 < factor < 1 for factor in record["scaled"].values()), record["scaled"]
     reloaded = keras.models.load_model(out / "best.keras", compile=False)  # .keras still saves
     assert reloaded.get_layer("conv5_3").get_weights()[0].shape == (3, 3, 512, 512)

@@ -173,6 +173,10 @@ class TrainingConfig:
             re-estimated before each validation (precise BN, see
             `keras_dense.training.precise_batch_norm`; 0: off, scoring uses the running
             averages as trained).
+        scale_fresh_layers: On a pretrained trunk, shrink the fresh layers' kernels to the
+            scale of their inputs on the first training batch before training (see
+            `keras_dense.training.fresh_layer_scaling`); a model trained from scratch is
+            left alone either way.
     """
 
     batch_size: int = 8
@@ -186,6 +190,7 @@ class TrainingConfig:
     jit_compile: bool = False
     image_summaries: int = 3
     precise_bn_steps: int = 0
+    scale_fresh_layers: bool = True
 
     def check(self, known_metrics: tuple[str, ...], task: str) -> None:
         """Raises `RecipeError` naming a value out of range or a metric the task lacks."""

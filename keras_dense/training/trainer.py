@@ -39,6 +39,7 @@ from keras_dense.training.distribution import (
     synchronize_batch_norm,
     worker_info,
 )
+from keras_dense.training.fresh_layer_scaling import batch_inputs, scale_fresh_layers
 from keras_dense.training.optimizers import build_optimizer
 from keras_dense.training.precise_batch_norm import PreciseBatchNorm
 from keras_dense.training.recipe import UNTYPED_DEFAULTS, RecipeError
@@ -166,6 +167,18 @@ def _sample_batch(dataset, count: int, stage=None):
     return np.asarray(images)[:count], np.asarray(masks)[:count]
 
 
+def _scale_fresh_layers(model, dataset, stage, loaded: list[str]) -> dict[str, float]:
+    """`scale_fresh_layers` on the first training batch; prints what it scaled."""
+    batch = next(iter(dataset.take(1)))
+    if stage is not None:
+        batch = stage(batch)
+    factors = scale_fresh_layers(model, batch_inputs(model, batch), loaded)
+    if factors:
+        scaled = ", ".join(f"{name} x{factor:.3g}" for name, factor in factors.items())
+        print(f"fresh layers on the pretrained trunk scaled to their inputs: {scaled}")
+    return factors
+
+
 def train(recipe: Recipe | dict, output: str, verbose: int | None = None) -> dict:
     """Trains a recipe (see `keras_dense.training.load_config`).
 
@@ -243,6 +256,10 @@ def _train_locked(recipe: Recipe, run_dir: str, strategy, info, verbose, start) 
             stage = task.train_batch_stage(run, model)
             if stage is not None:
                 install_batch_stage(model, stage)
+            if not finished and backbone_weights and training.scale_fresh_layers:
+                backbone_weights["scaled"] = _scale_fresh_layers(
+                    model, train_ds, stage, backbone_weights["loaded"]
+                )
     finally:
         keras.config.set_dtype_policy(previous_policy)
 
