@@ -64,6 +64,12 @@ def test_beam_detection_ap_equals_the_local_one(tmp_path):
     assert local["images"] == remote["images"] == 4
     assert remote["map"] == local["map"] and remote["ap"] == local["ap"]
     assert local["map"] > 0  # some detection matched: the comparison is not of two zeros
+    # The same precision-recall curves on both pages; the gallery only from the local run.
+    pages = {k: (tmp_path / k / "report.html").read_text() for k in ("local", "beam")}
+    curves = {k: page[page.index("<polyline") :].split("</svg>")[0] for k, page in pages.items()}
+    assert curves["local"] == curves["beam"]
+    assert curves["local"].count("<polyline") == len(local["ap"])
+    assert "Worst images" in pages["local"] and "Worst images" not in pages["beam"]
 
 
 def test_beam_instance_ap_equals_the_local_one(tmp_path):
@@ -79,3 +85,8 @@ def test_beam_instance_ap_equals_the_local_one(tmp_path):
     assert local["images"] == remote["images"] == 3
     for key in ("box_ap", "mask_ap", "voc_map", "voc_ap", "coco"):
         assert remote[key] == local[key], key
+    # report.html from either runner: the COCO scores head the VOC page, one curve per class.
+    for runner in ("local", "beam"):
+        page = (tmp_path / runner / "report.html").read_text()
+        assert f"COCO mask AP <b>{local['mask_ap']:.4f}</b>" in page
+        assert page.count("<polyline") == len(local["voc_ap"])

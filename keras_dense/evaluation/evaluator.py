@@ -15,7 +15,9 @@ from keras_dense.data.detection_records import check_evaluation_records
 from keras_dense.data.segmentation_records import check_segmentation_masks
 from keras_dense.data.tfrecord_files import check_files, count_records, resolve_files
 from keras_dense.evaluation.boundary_iou import boundary_counts, boundary_scores
-from keras_dense.evaluation.html_report import gallery_strip
+from keras_dense.evaluation.gallery import Gallery
+from keras_dense.evaluation.html_report import detection_strip, gallery_strip
+from keras_dense.evaluation.image_detection_score import GALLERY_SCORE_THRESHOLD, image_f1
 from keras_dense.evaluation.segmentation_metrics import confusion_matrix, segmentation_scores
 from keras_dense.prediction.inference import (
     DEFAULT_MAX_MEMORY,
@@ -101,37 +103,6 @@ def _image_mean_iou(cm: np.ndarray) -> float:
     union = cm.sum(0) + cm.sum(1) - true_positives
     present = union > 0
     return float(np.mean(true_positives[present] / union[present])) if present.any() else 1.0
-
-
-class _Gallery:
-    """The `size` worst and `size` best images by their own mean IoU, as gallery strips
-    (drawn only for the images that enter)."""
-
-    def __init__(self, size: int, ignore_label: int):
-        self.size, self.ignore_label = size, ignore_label
-        self.worst, self.best = [], []
-
-    def add(self, record: str, example: dict, score: ImageScore) -> None:
-        if self.size <= 0:
-            return
-        value = _image_mean_iou(score.confusion)
-        entry = None
-        for kind, kept, better in (
-            ("worst", self.worst, lambda a, b: a < b),
-            ("best", self.best, lambda a, b: a > b),
-        ):
-            if len(kept) < self.size or better(value, kept[-1]["mean_iou"]):
-                if entry is None:
-                    entry = {"record": record, "mean_iou": value}
-                    entry["strip"] = gallery_strip(
-                        example["image"], example["mask"], score.predicted, self.ignore_label
-                    )
-                kept.append({**entry, "kind": kind})
-                kept.sort(key=lambda item: item["mean_iou"], reverse=kind == "best")
-                del kept[self.size :]
-
-    def items(self) -> list[dict]:
-        return self.worst + self.best
 
 
 def example_confusion(
@@ -234,7 +205,7 @@ def evaluate_segmentation(
     crf_parameters = card_crf_parameters(card) if crf else None
     bar = Progress(count_records(pattern) if progress else 0, "evaluating", progress)
     tiled_images = 0
-    kept = _Gallery(gallery, card["ignore_label"])
+    kept = Gallery(gallery)
     for record, example in checked_examples(card, pattern):
         score = example_confusion(
             model, card, record, example, crf_parameters, tiled, tta, max_memory
@@ -242,7 +213,13 @@ def evaluate_segmentation(
         cm += score.confusion
         boundary += score.boundary
         tiled_images += int(score.plan_tiled)
-        kept.add(record, example, score)
+        kept.add(
+            record,
+            _image_mean_iou(score.confusion),
+            lambda e=example, s=score: gallery_strip(
+                e["image"], e["mask"], s.predicted, card["ignore_label"]
+            ),
+        )
         count += 1
         bar.update()
     bar.close()
@@ -282,6 +259,7 @@ def evaluate_detection(
     use_07_metric: bool = False,
     slice_size: int | None = None,
     overlap: float = 0.2,
+    gallery: int = 0,
 ) -> dict:
     """VOC mean average precision of a Fast or Faster R-CNN model over the matching records.
 
@@ -297,9 +275,13 @@ def evaluate_detection(
         use_07_metric: VOC2007's 11-point AP instead of the area under the curve.
         slice_size: Tile size of sliced detection, or None for whole images.
         overlap: Fraction of a tile shared by adjacent tiles (with `slice_size`).
+        gallery: Keep this many worst and best images by their own F1
+            (`image_detection_score.image_f1`) as strips for the HTML report, under
+            `"_gallery"` (0: none).
 
     Returns:
-        `{"map", "ap" (class name -> AP), "images"}`.
+        `{"map", "ap" (class name -> AP), "images", "_curves"}` (`detection_report`), and
+        `"_gallery"` with `gallery`.
 
     Raises:
         BadInputError: A record is unusable or has labels outside the card's classes, or the
@@ -307,11 +289,22 @@ def evaluate_detection(
     """
     check_detection_data(model, card, pattern)
     detections, truths = [], []
+    kept = Gallery(gallery)
     for example in read_examples(pattern):
         found, truth = example_detections(model, card, example, slice_size, overlap)
         detections.append(found)
         truths.append(truth)
+        kept.add(
+            f"record {example['source_id']!r}",
+            image_f1(found, truth),
+            lambda e=example, f=found, t=truth: detection_strip(
+                e["image"], t, f, card["classes"], GALLERY_SCORE_THRESHOLD
+            ),
+        )
     report = detection_report(card, detections, truths, use_07_metric)
+    if gallery:
+        report["_gallery"] = kept.items()
+        report["_gallery_threshold"] = GALLERY_SCORE_THRESHOLD
     if slice_size is not None:
         report["slice"] = {"tile": int(slice_size), "overlap": float(overlap)}
     return report
@@ -360,16 +353,23 @@ def example_detections(
 
 
 def detection_report(card: dict, detections: list, truths: list, use_07_metric: bool) -> dict:
-    """`{"map", "ap" (class name -> AP), "images"}` of detections and truths in record order."""
+    """`{"map", "ap" (class name -> AP), "images", "_curves" (class name -> precision-recall
+    curve)}` of detections and truths in record order."""
     from keras_dense.evaluation.voc_map import voc_detection_map
 
-    result = voc_detection_map(detections, truths, use_07_metric=use_07_metric)
+    result = voc_detection_map(detections, truths, use_07_metric=use_07_metric, curves=True)
     names = card["classes"]
+
+    def name(k: int) -> str:
+        return names[k - 1] if 0 < k <= len(names) else f"class_{k}"
+
     return {
         "map": float(result["map"]),
-        "ap": {
-            (names[k - 1] if 0 < k <= len(names) else f"class_{k}"): float(v)
-            for k, v in result["ap"].items()
-        },
+        "ap": {name(k): float(v) for k, v in result["ap"].items()},
         "images": len(truths),
+        # For report.html only (keys starting with "_" stay out of metrics.json).
+        "_curves": {
+            name(k): {"recall": recall.tolist(), "precision": precision.tolist()}
+            for k, (recall, precision) in result["curves"].items()
+        },
     }

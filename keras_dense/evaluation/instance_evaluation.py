@@ -104,8 +104,13 @@ def instance_report(card: dict, detections: list, truths: list, use_07_metric: b
         detections,
         [{"boxes": t["boxes"], "labels": t["labels"], "difficult": t["crowd"]} for t in truths],
         use_07_metric=use_07_metric,
+        curves=True,
     )
     names = card["classes"]
+
+    def name(k: int) -> str:
+        return names[k - 1] if 0 < k <= len(names) else f"class_{k}"
+
     return {
         "box_ap": coco["bbox"]["AP"],
         "mask_ap": coco["segm"]["AP"],
@@ -114,10 +119,12 @@ def instance_report(card: dict, detections: list, truths: list, use_07_metric: b
         "box_ap75": coco["bbox"]["AP75"],
         "mask_ap75": coco["segm"]["AP75"],
         "voc_map": float(voc["map"]),
-        "voc_ap": {
-            (names[k - 1] if 0 < k <= len(names) else f"class_{k}"): float(v)
-            for k, v in voc["ap"].items()
-        },
+        "voc_ap": {name(k): float(v) for k, v in voc["ap"].items()},
         "coco": coco,
         "images": len(truths),
+        # For report.html only (keys starting with "_" stay out of metrics.json).
+        "_curves": {
+            name(k): {"recall": recall.tolist(), "precision": precision.tolist()}
+            for k, (recall, precision) in voc["curves"].items()
+        },
     }

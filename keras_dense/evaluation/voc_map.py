@@ -56,6 +56,7 @@ def voc_detection_map(
     ground_truths: Sequence[dict],
     iou_threshold: float = 0.5,
     use_07_metric: bool = False,
+    curves: bool = False,
 ) -> dict:
     """Mean average precision of detections, as the PASCAL VOC devkit computes it.
 
@@ -73,10 +74,13 @@ def voc_detection_map(
             and optionally `"difficult"` (m,) bool.
         iou_threshold: Minimum IoU of a true positive (0.5).
         use_07_metric: 11-point AP of VOC2007 instead of the all-point area (VOC2010+).
+        curves: Also return each class's precision-recall curve.
 
     Returns:
         `{"map": float, "ap": {class_id: float}}` over the classes that have at least one
-        non-difficult ground-truth box (the mean is NaN when there is none).
+        non-difficult ground-truth box (the mean is NaN when there is none); with `curves`,
+        also `"curves": {class_id: (recall, precision)}`, two (n,) arrays over the class's
+        detections in descending score order (ignored ones included, as the devkit).
 
     Raises:
         ValueError: The two lists differ in length.
@@ -112,7 +116,7 @@ def voc_detection_map(
     boxes = np.concatenate(boxes) if boxes else np.zeros((0, 4))
     labels = np.concatenate(labels) if labels else np.zeros(0, np.int64)
 
-    ap = {}
+    ap, pr_curves = {}, {}
     for class_id in sorted(positives):
         mine = np.nonzero(labels == class_id)[0]
         mine = mine[np.argsort(-scores[mine], kind="stable")]
@@ -145,5 +149,9 @@ def voc_detection_map(
         recall = tp / positives[class_id]
         precision = tp / np.maximum(tp + fp, np.finfo(np.float64).eps)
         ap[class_id] = average_precision(recall, precision, use_07_metric)
+        pr_curves[class_id] = (recall, precision)
     mean = float(np.mean(list(ap.values()))) if ap else float("nan")
-    return {"map": mean, "ap": ap}
+    result = {"map": mean, "ap": ap}
+    if curves:
+        result["curves"] = pr_curves
+    return result

@@ -65,7 +65,7 @@ def draw_boxes(
     image: np.ndarray,
     boxes: np.ndarray,
     labels: Sequence[int],
-    scores: Sequence[float],
+    scores: Sequence[float] | None,
     class_names: Sequence[str],
     colours: np.ndarray | None = None,
 ) -> np.ndarray:
@@ -75,7 +75,7 @@ def draw_boxes(
         image: (H, W, 3) uint8 RGB.
         boxes: (n, 4) `[ymin, xmin, ymax, xmax]` pixels.
         labels: (n,) 1-based class ids (name = `class_names[label - 1]`).
-        scores: (n,) scores.
+        scores: (n,) scores, or None: captions without a score (ground truth).
         class_names: Names of the classes.
         colours: Optional (n, 3) RGB colour of each box; by default its class's VOC colour.
 
@@ -84,6 +84,8 @@ def draw_boxes(
     """
     canvas = np.ascontiguousarray(np.asarray(image, np.uint8).copy())
     thickness = max(1, round(max(canvas.shape[:2]) / 400))
+    if scores is None:
+        scores = [None] * len(labels)
     for index, (box, label, score) in enumerate(zip(np.asarray(boxes), labels, scores)):
         y0, x0, y1, x1 = (int(round(v)) for v in box)
         if colours is None:
@@ -92,7 +94,7 @@ def draw_boxes(
             colour = tuple(int(c) for c in colours[index])
         cv2.rectangle(canvas, (x0, y0), (x1, y1), colour, thickness)
         name = class_names[label - 1] if 0 < label <= len(class_names) else f"class {label}"
-        caption = f"{name} {float(score):.2f}"
+        caption = name if score is None else f"{name} {float(score):.2f}"
         (w, h), base = cv2.getTextSize(caption, cv2.FONT_HERSHEY_SIMPLEX, 0.4, 1)
         top = max(y0 - h - base, 0)
         cv2.rectangle(canvas, (x0, top), (x0 + w, top + h + base), colour, -1)
@@ -140,7 +142,7 @@ def draw_instances(
         masks: (n, H, W) bool (or probabilities, cut at 0.5) instance masks.
         boxes: (n, 4) `[ymin, xmin, ymax, xmax]` pixels.
         labels: (n,) 1-based class ids.
-        scores: (n,) scores.
+        scores: (n,) scores, or None: captions without a score (ground truth).
         class_names: Names of the classes.
         alpha: Opacity of the mask colours.
 

@@ -28,6 +28,7 @@ from keras_dense.data.detection_records import (
 from keras_dense.data.image_io import encode_png
 from keras_dense.detection import proposes_regions
 from keras_dense.evaluation.evaluator import evaluate_detection
+from keras_dense.evaluation.html_report import detection_report_html
 from keras_dense.prediction.inference import detect_objects, detect_objects_sliced
 from keras_dense.prediction.palette import draw_boxes
 from keras_dense.signatures.detection_signatures import FASTER_RCNN_OUTPUTS, detection_signatures
@@ -310,6 +311,9 @@ def verify_region_proposer(loaded, model, keys, tolerance: float) -> None:
 
 # Why detectors are refused by the checked conversions (measured with keras_dense's Faster and
 # Mask R-CNN, TF 2.21, tf2onnx 1.17, OpenVINO 2026.4). `{models}` names the family.
+# Worst and best validation images shown in `evaluate`'s report.html.
+GALLERY_IMAGES = 4
+
 DETECTOR_EXPORT_LIMITS = {
     "tflite": "TFLite export is not supported for {models} takes a variable number of "
     "region proposals per image and runs RoI pooling and per-class NMS, which have no "
@@ -386,7 +390,13 @@ class DetectionTask(Task):
                 options.beam_options,
             )
         return evaluate_detection(
-            model, card, pattern, options.use_07_metric, options.slice, options.overlap
+            model,
+            card,
+            pattern,
+            options.use_07_metric,
+            options.slice,
+            options.overlap,
+            gallery=GALLERY_IMAGES,
         )
 
     def report_lines(self, report):
@@ -396,6 +406,9 @@ class DetectionTask(Task):
             lines[0] += f" (sliced: {sliced['tile']} px tiles, overlap {sliced['overlap']:g})"
         lines += [f"  {name:>20}: AP {ap:.4f}" for name, ap in report["ap"].items()]
         return lines
+
+    def evaluation_files(self, report, card, title):
+        return {"report.html": detection_report_html(report, card["classes"], title).encode()}
 
     def predict_image(self, model, card, rgb, options: PredictOptions, plan: str):
         if options.slice:

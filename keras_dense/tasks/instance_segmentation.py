@@ -20,6 +20,7 @@ import numpy as np
 
 from keras_dense.data.image_io import encode_png
 from keras_dense.data.tfrecord_files import count_records
+from keras_dense.evaluation.html_report import detection_report_html
 from keras_dense.evaluation.instance_evaluation import evaluate_instances
 from keras_dense.prediction.instances import segment_instances
 from keras_dense.prediction.palette import draw_instances
@@ -75,6 +76,23 @@ class InstanceSegmentationTask(DetectionTask):
         ]
         lines += [f"  {name:>20}: VOC AP {ap:.4f}" for name, ap in report["voc_ap"].items()]
         return lines
+
+    def evaluation_files(self, report, card, title):
+        # The detection page over the VOC box scores (COCO's mask and box AP head it).
+        page = {
+            "map": report["voc_map"],
+            "ap": report["voc_ap"],
+            "images": report["images"],
+            "data": report.get("data", ""),
+            "_curves": report.get("_curves"),
+        }
+        headline = (
+            f"COCO mask AP <b>{report['mask_ap']:.4f}</b>, box AP <b>{report['box_ap']:.4f}</b>; "
+            "VOC box "
+        )
+        return {
+            "report.html": detection_report_html(page, card["classes"], title, headline).encode()
+        }
 
     def predict_image(self, model, card, rgb, options: PredictOptions, plan: str):
         if options.slice:
