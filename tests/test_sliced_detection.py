@@ -169,6 +169,8 @@ def test_predict_slice_through_the_cli(tmp_path, capsys):
     )
     assert cli.main([*args, "--overlap", "0.3"]) == 2
     assert "--overlap applies to sliced detection: give --slice too" in capsys.readouterr().err
+    assert cli.main([*args, "--merge", "greedy"]) == 2
+    assert "--merge applies to sliced detection: give --slice too" in capsys.readouterr().err
 
 
 def test_evaluate_slice_of_one_tile_equals_whole_images(tmp_path, capsys):
@@ -195,6 +197,7 @@ def test_evaluate_slice_of_one_tile_equals_whole_images(tmp_path, capsys):
     for name, extra in {
         "whole": [],
         "one_tile": ["--slice", "64"],
+        "one_tile_greedy": ["--slice", "64", "--merge", "greedy"],
         "tiles": ["--slice", "32"],
     }.items():
         out = tmp_path / name
@@ -203,7 +206,10 @@ def test_evaluate_slice_of_one_tile_equals_whole_images(tmp_path, capsys):
         reports[name] = json.loads((out / "metrics.json").read_text())
     assert any(ap > 0 for ap in reports["whole"]["ap"].values())  # a comparison that can fail
     assert reports["one_tile"]["ap"] == reports["whole"]["ap"]
-    assert reports["one_tile"]["slice"] == {"tile": 64, "overlap": 0.2}
+    assert reports["one_tile"]["slice"] == {"tile": 64, "overlap": 0.2, "merge": "nms"}
+    # The model's own NMS leaves no pair for greedy matching to join within one tile.
+    assert reports["one_tile_greedy"]["ap"] == reports["whole"]["ap"]
+    assert reports["one_tile_greedy"]["slice"]["merge"] == "greedy"
     assert (
         reports["tiles"]["slice"]["tile"] == 32 and "sliced: 32 px tiles" in capsys.readouterr().out
     )
@@ -221,3 +227,74 @@ def test_the_whole_image_pass_scales_each_axis_back_by_its_own_factor():
     assert len(found["boxes"]) == 1
     # Blob edges round to the shrunk image's pixels: within 1 / 0.17 ~ 6 px.
     np.testing.assert_allclose(found["boxes"][0], [40, 2000, 100, 2060], atol=7)
+
+
+def _greedy_reference(detections: dict, iou: float) -> list[tuple]:
+    """Greedy matching written out pair by pair: inclusive-pixel IoU, best score first."""
+
+    def overlap(a, b):
+        h = min(a[2], b[2]) - max(a[0], b[0]) + 1
+        w = min(a[3], b[3]) - max(a[1], b[1]) + 1
+        inter = max(h, 0) * max(w, 0)
+        area = lambda r: (r[2] - r[0] + 1) * (r[3] - r[1] + 1)  # noqa: E731
+        return inter / (area(a) + area(b) - inter)
+
+    items = sorted(
+        zip(detections["boxes"].tolist(), detections["scores"].tolist(), detections["labels"]),
+        key=lambda item: -item[1],
+    )
+    taken, merged = [False] * len(items), []
+    for i, (box, score, label) in enumerate(items):
+        if taken[i]:
+            continue
+        group = [box]
+        for j, (other, _, other_label) in enumerate(items):
+            if j != i and not taken[j] and other_label == label and overlap(box, other) >= iou:
+                taken[j] = True
+                group.append(other)
+        taken[i] = True
+        enclosing = [min(b[0] for b in group), min(b[1] for b in group)]
+        enclosing += [max(b[2] for b in group), max(b[3] for b in group)]
+        merged.append((tuple(round(v, 3) for v in enclosing), round(score, 5), int(label)))
+    return sorted(merged, key=lambda item: -item[1])
+
+
+def test_greedy_merge_equals_the_pairwise_reference():
+    from keras_dense.detection import greedy_merge
+
+    rng = np.random.default_rng(4)
+    corners = rng.uniform(0, 60, (60, 2))
+    sizes = rng.uniform(5, 30, (60, 2))
+    detections = {
+        "boxes": np.concatenate([corners, corners + sizes], 1).astype(np.float32),
+        "scores": rng.permutation(60).astype(np.float32) / 60 + 0.01,
+        "labels": rng.integers(1, 4, 60).astype(np.int64),
+    }
+    merged = greedy_merge(detections, 0.3)
+    got = [
+        (tuple(round(float(v), 3) for v in box), round(float(score), 5), int(label))
+        for box, score, label in zip(merged["boxes"], merged["scores"], merged["labels"])
+    ]
+    expected = _greedy_reference(detections, 0.3)
+    assert len(expected) < 60  # some groups formed: the comparison can fail
+    assert got == expected
+
+
+def test_greedy_merge_joins_the_pieces_of_an_object_no_tile_holds_whole():
+    # Tiles of 128, overlap 0.25 (starts 0, 96, 192, 272); the bar spans x 60..250: pieces
+    # [60, 128), [96, 224) and [192, 250), no tile holds it whole, adjacent pieces overlap
+    # with IoU ~0.2. NMS keeps the biggest piece; greedy matching returns the whole bar.
+    image = _draw(128, 400, [])
+    image[40:70, 60:250, 0] = 255
+
+    def by_width(rgb):  # the widest piece scores best (the oracle's scores saturate at 1)
+        found = oracle(rgb)
+        return {**found, "scores": (found["boxes"][:, 3] - found["boxes"][:, 1]) / 1000}
+
+    options = dict(tile=128, overlap=0.25, full_image=False, nms_iou=0.15)
+    nms = detect_sliced(by_width, image, **options)
+    greedy = detect_sliced(by_width, image, merge="greedy", **options)
+    np.testing.assert_array_equal(nms["boxes"], [[40, 96, 70, 224]])
+    np.testing.assert_array_equal(greedy["boxes"], [[40, 60, 70, 250]])
+    with pytest.raises(ValueError, match="--merge 'best'"):
+        detect_sliced(oracle, image, tile=128, merge="best")

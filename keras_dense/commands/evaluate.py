@@ -36,6 +36,7 @@ _OPTIONS = CommandOptions.task_specific(
         "runner": ("beam_evaluation",),
         "slice": ("scored_detections",),
         "overlap": ("scored_detections",),
+        "merge": ("scored_detections",),
     },
     _DEFAULTS,
 )
@@ -118,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
             f"--pointing-tolerance {args.pointing_tolerance}: expected a finite number of "
             "pixels >= 0"
         )
-    tile, overlap = slice_options(args)  # a bad --slice or --overlap fails before any work
+    sliced = slice_options(args)  # a bad --slice, --overlap or --merge fails before any work
     max_memory = parse_memory(args.max_memory, "--max-memory")
     tta = parse_tta(args.tta, args.scales)
     model, card = load_model_with_card(args.model)
@@ -136,8 +137,9 @@ def run(args: argparse.Namespace) -> int:
         runner=args.runner,
         beam_options=tuple(args.beam_option),
         model_path=args.model,
-        slice=tile,
-        overlap=overlap,
+        slice=sliced.tile,
+        overlap=sliced.overlap,
+        merge=sliced.merge,
     )
     report = {"model": args.model, "data": args.data, "task": task.name}
     report.update(task.evaluate(model, card, args.data, options))

@@ -48,6 +48,7 @@ _OPTIONS = CommandOptions.task_specific(
         "score_threshold": ("scored_detections",),
         "slice": ("scored_detections",),
         "overlap": ("scored_detections",),
+        "merge": ("scored_detections",),
         "crf": ("crf",),
     },
     {
@@ -240,6 +241,7 @@ def _options(args) -> PredictOptions:
         crf=getattr(args, "crf", False),
         slice=getattr(args, "slice", None),
         overlap=DEFAULT_OVERLAP if getattr(args, "overlap", None) is None else args.overlap,
+        merge=getattr(args, "merge", None) or "nms",
     )
 
 
@@ -316,7 +318,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(
             f"--score-threshold {args.score_threshold}: expected a probability in [0, 1]"
         )
-    slice_options(args)  # a bad --slice or --overlap fails before any work
+    slice_options(args)  # a bad --slice, --overlap or --merge fails before any work
     max_memory = parse_memory(args.max_memory, "--max-memory")
     parse_tta(args.tta, args.scales)  # a bad --tta or --scales fails before any work
     if not args.inputs and not args.data:

@@ -33,7 +33,7 @@ from keras_dense.detection.rpn_targets import (
     sample_anchors,
 )
 from keras_dense.detection.sampling import random_true_indices, sample_rois
-from keras_dense.detection.sliced import class_nms, detect_sliced, slice_windows
+from keras_dense.detection.sliced import class_nms, detect_sliced, greedy_merge, slice_windows
 
 __all__ = [
     "BOX_STDS",
@@ -47,6 +47,7 @@ __all__ = [
     "encode_boxes",
     "fast_rcnn_loss",
     "generate_anchors",
+    "greedy_merge",
     "inside_image",
     "iou_matrix",
     "mask_loss",

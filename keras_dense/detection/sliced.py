@@ -9,8 +9,13 @@ to one tile (for the objects larger than a tile), and merges:
 2. a detection touching an interior edge of its tile (an edge that is not the image border)
    is cut by the tile: it is dropped when another tile holds the box whole, away from that
    tile's own interior edges (with an overlap at least the object's size, one always does);
-3. the rest are merged by class-wise non-maximum suppression (an object whole in two tiles,
-   or found in a tile and in the whole image, is kept once, at its best score).
+3. the rest are merged (an object whole in two tiles, or found in a tile and in the whole
+   image, is kept once, at its best score), by one of:
+   - `"nms"`: class-wise non-maximum suppression, which keeps the best box of each group;
+   - `"greedy"`: greedy matching by IoU (the "greedy non-maximum merging" of SAHI, Akyon et
+     al. 2022): best first, each detection takes the unmatched detections of its class that
+     overlap it by at least the IoU, and the group becomes the box enclosing them all. Parts
+     of one object seen in several tiles (none of them whole) then join into one box.
 
 The detector is any function from an (h, w, 3) uint8 RGB tile to `{"boxes": (n, 4) yxyx
 pixels of the tile, "scores": (n,), "labels": (n,)}`, e.g. a model through
@@ -26,6 +31,8 @@ from collections.abc import Callable
 import cv2
 import numpy as np
 import tensorflow as tf
+
+from keras_dense.detection.boxes import iou_matrix
 
 Detections = dict[str, np.ndarray]
 
@@ -114,6 +121,48 @@ def class_nms(detections: Detections, iou: float, max_detections: int | None = N
     return {key: value[keep] for key, value in detections.items()}
 
 
+def greedy_merge(
+    detections: Detections, iou: float, max_detections: int | None = None
+) -> Detections:
+    """Greedy matching by IoU within each class (module docstring, `"greedy"`).
+
+    The IoU matrix of each class is computed once; the matching is sequential by nature (a
+    group's leader must not have joined a better one), one vectorised row per group.
+
+    Returns:
+        The merged detections (enclosing boxes, the leaders' scores and labels), by
+        decreasing score.
+    """
+    boxes, scores, labels = detections["boxes"], detections["scores"], detections["labels"]
+    merged_boxes, merged_scores, merged_labels = [], [], []
+    for label in np.unique(labels):
+        mine = np.nonzero(labels == label)[0]
+        mine = mine[np.argsort(-scores[mine], kind="stable")]
+        overlaps = np.asarray(iou_matrix(boxes[mine], boxes[mine])) >= iou
+        taken = np.zeros(len(mine), bool)
+        for leader in range(len(mine)):
+            if taken[leader]:
+                continue
+            group = overlaps[leader] & ~taken
+            group[leader] = True
+            taken |= group
+            members = boxes[mine[group]]
+            merged_boxes.append(np.r_[members[:, :2].min(0), members[:, 2:].max(0)])
+            merged_scores.append(scores[mine[leader]])
+            merged_labels.append(label)
+    if not merged_boxes:
+        return {key: value[:0] for key, value in detections.items()}
+    order = np.argsort(-np.asarray(merged_scores), kind="stable")[:max_detections]
+    return {
+        "boxes": np.asarray(merged_boxes, np.float32)[order],
+        "scores": np.asarray(merged_scores, np.float32)[order],
+        "labels": np.asarray(merged_labels, np.int64)[order],
+    }
+
+
+MERGES = {"nms": class_nms, "greedy": greedy_merge}
+
+
 def _as_detections(found: dict, offset=(0.0, 0.0), factor=(1.0, 1.0)) -> Detections:
     """`found` as float arrays, boxes divided by the (y, x) `factor` then shifted."""
     boxes = np.asarray(found["boxes"], np.float32).reshape(-1, 4)
@@ -135,6 +184,7 @@ def detect_sliced(
     nms_iou: float = 0.5,
     edge_margin: float = 2.0,
     max_detections: int | None = None,
+    merge: str = "nms",
 ) -> Detections:
     """Runs `detector` on overlapping tiles of `image` (and the whole image shrunk to a tile).
 
@@ -148,11 +198,14 @@ def detect_sliced(
             `overlap * tile` pixels are whole in some tile.
         full_image: Also run the detector on the whole image shrunk to one tile (for objects
             larger than the overlap); skipped when the image fits in one tile.
-        nms_iou: IoU above which a lower-scoring detection of the same class is merged away.
+        nms_iou: IoU from which a lower-scoring detection of the same class is merged away
+            (`"nms"`) or into the better one's group (`"greedy"`).
         edge_margin: Pixels from an interior tile edge within which a box counts as cut;
             at least 1 % of the tile is used (a detector that shrinks its input rounds its
             boxes' ends by more than a pixel).
         max_detections: Keep at most this many (by score); None keeps every one.
+        merge: `"nms"` (class-wise NMS) or `"greedy"` (greedy matching by IoU into
+            enclosing boxes); see the module docstring.
 
     Returns:
         `{"boxes": (n, 4) yxyx image pixels, "scores": (n,), "labels": (n,)}`, by decreasing
@@ -163,6 +216,8 @@ def detect_sliced(
             (H, W, 3).
     """
     _check(tile, overlap, edge_margin, nms_iou)
+    if merge not in MERGES:
+        raise ValueError(f"--merge {merge!r}: expected one of {sorted(MERGES)}")
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[-1] != 3:
         raise ValueError(f"image: expected (H, W, 3) RGB, got shape {image.shape}")
@@ -191,4 +246,4 @@ def detect_sliced(
         scale_back = (small.shape[0] / height, small.shape[1] / width)
         merged.append(_as_detections(detector(small), factor=scale_back))
     every = {key: np.concatenate([part[key] for part in merged]) for key in merged[0]}
-    return class_nms(every, nms_iou, max_detections)
+    return MERGES[merge](every, nms_iou, max_detections)

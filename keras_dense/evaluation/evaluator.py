@@ -260,6 +260,7 @@ def evaluate_detection(
     slice_size: int | None = None,
     overlap: float = 0.2,
     gallery: int = 0,
+    merge: str = "nms",
 ) -> dict:
     """VOC mean average precision of a Fast or Faster R-CNN model over the matching records.
 
@@ -278,6 +279,7 @@ def evaluate_detection(
         gallery: Keep this many worst and best images by their own F1
             (`image_detection_score.image_f1`) as strips for the HTML report, under
             `"_gallery"` (0: none).
+        merge: How sliced detections are merged (`detect_sliced`'s `merge`).
 
     Returns:
         `{"map", "ap" (class name -> AP), "images", "_curves"}` (`detection_report`), and
@@ -291,7 +293,7 @@ def evaluate_detection(
     detections, truths = [], []
     kept = Gallery(gallery)
     for example in read_examples(pattern):
-        found, truth = example_detections(model, card, example, slice_size, overlap)
+        found, truth = example_detections(model, card, example, slice_size, overlap, merge)
         detections.append(found)
         truths.append(truth)
         kept.add(
@@ -306,7 +308,7 @@ def evaluate_detection(
         report["_gallery"] = kept.items()
         report["_gallery_threshold"] = GALLERY_SCORE_THRESHOLD
     if slice_size is not None:
-        report["slice"] = {"tile": int(slice_size), "overlap": float(overlap)}
+        report["slice"] = {"tile": int(slice_size), "overlap": float(overlap), "merge": merge}
     return report
 
 
@@ -333,13 +335,20 @@ def check_detection_data(model, card: dict, pattern: str) -> None:
 
 
 def example_detections(
-    model, card: dict, example: dict, slice_size: int | None = None, overlap: float = 0.2
+    model,
+    card: dict,
+    example: dict,
+    slice_size: int | None = None,
+    overlap: float = 0.2,
+    merge: str = "nms",
 ) -> tuple[dict, dict]:
     """One record's detections (sliced with `slice_size`) and ground truth, in image pixels."""
     height, width = example["image"].shape[:2]
     size = np.array([height, width, height, width], np.float32)
     if slice_size is not None:
-        found = detect_objects_sliced(model, example["image"], card, slice_size, overlap)
+        found = detect_objects_sliced(
+            model, example["image"], card, slice_size, overlap, merge=merge
+        )
     else:
         proposals = example.get("proposals")
         proposals = proposals * size if proposals is not None and len(proposals) else None

@@ -280,7 +280,10 @@ def detection_report_html(
         f"{report.get('images', 0)} images"
     )
     if sliced:
-        headline += f" (sliced: {sliced['tile']} px tiles, overlap {sliced['overlap']:g})"
+        headline += (
+            f" (sliced: {sliced['tile']} px tiles, overlap {sliced['overlap']:g}, "
+            f"{sliced.get('merge', 'nms')} merge)"
+        )
     body = (
         "<h2>Per class</h2><table><tr><th>class</th><th>AP</th></tr>"
         + "".join(rows)

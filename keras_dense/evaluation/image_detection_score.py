@@ -4,21 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from keras_dense.detection.boxes import iou_matrix
+
 # Detections at or above this score count for the image's F1 (and are drawn in the gallery).
 GALLERY_SCORE_THRESHOLD = 0.5
-
-
-def pairwise_iou(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:
-    """(n, m) IoU of yxyx boxes (continuous coordinates; 0 without overlap)."""
-    a = np.asarray(boxes_a, np.float64).reshape(-1, 1, 4)
-    b = np.asarray(boxes_b, np.float64).reshape(1, -1, 4)
-    inter_h = np.clip(np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]), 0, None)
-    inter_w = np.clip(np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]), 0, None)
-    inter = inter_h * inter_w
-    area_a = (a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1])
-    area_b = (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
-    union = area_a + area_b - inter
-    return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
 
 
 def image_f1(
@@ -53,7 +42,7 @@ def image_f1(
     difficult = truth.get("difficult")
     difficult = np.zeros(len(gt_labels), bool) if difficult is None else np.asarray(difficult)
     difficult = difficult.reshape(-1).astype(bool)
-    iou = pairwise_iou(boxes, gt_boxes)
+    iou = np.asarray(iou_matrix(boxes, gt_boxes), np.float64).reshape(len(boxes), len(gt_boxes))
     iou = np.where(labels[:, None] == gt_labels[None, :], iou, -1.0)  # other classes never match
     free = np.ones(len(gt_labels), bool)
     tp = fp = 0

@@ -366,6 +366,7 @@ def detect_objects_sliced(
     full_image: bool = True,
     score_threshold: float = 0.05,
     nms_iou: float = 0.5,
+    merge: str = "nms",
 ) -> dict:
     """`detect_objects` on overlapping tiles of a large image, merged back
     (`keras_dense.detection.detect_sliced`): small objects are seen at full resolution.
@@ -385,4 +386,5 @@ def detect_objects_sliced(
         overlap=overlap,
         full_image=full_image,
         nms_iou=nms_iou,
+        merge=merge,
     )

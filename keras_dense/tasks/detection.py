@@ -397,13 +397,17 @@ class DetectionTask(Task):
             options.slice,
             options.overlap,
             gallery=GALLERY_IMAGES,
+            merge=options.merge,
         )
 
     def report_lines(self, report):
         lines = [f"mAP = {report['map']:.4f} over {report['images']} images"]
         if report.get("slice"):
             sliced = report["slice"]
-            lines[0] += f" (sliced: {sliced['tile']} px tiles, overlap {sliced['overlap']:g})"
+            lines[0] += (
+                f" (sliced: {sliced['tile']} px tiles, overlap {sliced['overlap']:g}, "
+                f"{sliced.get('merge', 'nms')} merge)"
+            )
         lines += [f"  {name:>20}: AP {ap:.4f}" for name, ap in report["ap"].items()]
         return lines
 
@@ -419,6 +423,7 @@ class DetectionTask(Task):
                 tile=options.slice,
                 overlap=options.overlap,
                 score_threshold=options.score_threshold,
+                merge=options.merge,
             )
         else:
             found = detect_objects(model, rgb, card, score_threshold=options.score_threshold)

@@ -53,6 +53,7 @@ class EvaluateOptions:
         model_path: The saved model's path (Beam's workers load it themselves).
         slice: Detection: sliced detection on tiles of this many pixels (None: whole images).
         overlap: Detection with `slice`: fraction of a tile shared by adjacent tiles.
+        merge: Detection with `slice`: `"nms"` or `"greedy"` (`detect_sliced`'s `merge`).
     """
 
     crf: bool = False
@@ -67,6 +68,7 @@ class EvaluateOptions:
     model_path: str | None = None
     slice: int | None = None
     overlap: float = 0.2
+    merge: str = "nms"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,6 +84,7 @@ class PredictOptions:
         slice: Detection: run the detector on overlapping tiles of this many pixels (sliced
             detection), or None for the whole image.
         overlap: Detection with `slice`: fraction of a tile shared by adjacent tiles.
+        merge: Detection with `slice`: `"nms"` or `"greedy"` (`detect_sliced`'s `merge`).
     """
 
     tiled: bool | None = None
@@ -91,6 +94,7 @@ class PredictOptions:
     crf: bool = False
     slice: int | None = None
     overlap: float = 0.2
+    merge: str = "nms"
 
 
 @dataclasses.dataclass(frozen=True)
