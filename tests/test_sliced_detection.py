@@ -171,6 +171,19 @@ def test_predict_slice_through_the_cli(tmp_path, capsys):
     assert "--overlap applies to sliced detection: give --slice too" in capsys.readouterr().err
     assert cli.main([*args, "--merge", "greedy"]) == 2
     assert "--merge applies to sliced detection: give --slice too" in capsys.readouterr().err
+    # --max-memory: tiles per model call with --slice, refused without it.
+    budget = ["--score-threshold", "0", "--max-memory", "8GiB"]
+    out_batched = tmp_path / "batched"
+    batched = ["predict", "--model", path, str(tmp_path / "big.png"), "--output", str(out_batched)]
+    assert cli.main([*batched, "--slice", "96", "--overlap", "0.25", *budget]) == 0
+    again = json.loads((out_batched / "big_detections.json").read_text())
+    assert [(d["label"], d["class"]) for d in again] == [
+        (d["label"], d["class"]) for d in detections
+    ]
+    for key in ("box_yxyx", "score"):  # batched convolutions round differently
+        np.testing.assert_allclose([d[key] for d in again], [d[key] for d in detections], atol=1e-3)
+    assert cli.main([*args, "--max-memory", "8GiB"]) == 1
+    assert "--max-memory applies to detection with --slice" in capsys.readouterr().err
 
 
 def test_evaluate_slice_of_one_tile_equals_whole_images(tmp_path, capsys):
@@ -298,3 +311,65 @@ def test_greedy_merge_joins_the_pieces_of_an_object_no_tile_holds_whole():
     np.testing.assert_array_equal(greedy["boxes"], [[40, 60, 70, 250]])
     with pytest.raises(ValueError, match="--merge 'best'"):
         detect_sliced(oracle, image, tile=128, merge="best")
+
+
+def _faster_and_card():
+    from tests.export_test_utils import tiny_faster_rcnn
+
+    card = {"task": "detection", "classes": ["a", "b"], "min_size": 64, "max_size": 128}
+    return tiny_faster_rcnn(), {**card, "normalization": "caffe"}
+
+
+def _fast_and_card():
+    from tests.test_evaluate_predict import _tiny_fast_rcnn
+
+    card = {"task": "detection", "classes": ["a", "b", "c"], "min_size": 64, "max_size": 128}
+    return _tiny_fast_rcnn(), {**card, "normalization": "caffe"}
+
+
+@pytest.mark.parametrize("make", [_faster_and_card, _fast_and_card], ids=["faster", "fast"])
+def test_tiles_batched_under_max_memory_give_the_one_by_one_detections(make, monkeypatch):
+    import keras_dense.detection as detection
+    from keras_dense.prediction.inference import detect_objects_sliced
+    from tests.export_test_utils import make_image
+
+    model, card = make()
+    rgb = make_image(150, 220, seed=1)
+    calls = []
+    original = detection.detect
+
+    def counted(model, images, *args, **kwargs):
+        calls.append(len(images))
+        return original(model, images, *args, **kwargs)
+
+    monkeypatch.setattr(detection, "detect", counted)
+    options = dict(tile=96, overlap=0.25, score_threshold=0.0)
+    one = detect_objects_sliced(model, rgb, card, **options)
+    one_calls = list(calls)
+    calls.clear()
+    batched = detect_objects_sliced(model, rgb, card, max_memory=2**34, **options)
+    assert set(one_calls) == {1} and max(calls) > 1  # both paths ran as described
+    assert sum(calls) == sum(one_calls) and len(calls) < len(one_calls)
+    assert len(one["boxes"]) > 0
+    order_one = np.lexsort(np.c_[one["boxes"], one["labels"]].T)
+    order_batched = np.lexsort(np.c_[batched["boxes"], batched["labels"]].T)
+    np.testing.assert_allclose(batched["boxes"][order_batched], one["boxes"][order_one], atol=1e-3)
+    np.testing.assert_allclose(
+        batched["scores"][order_batched], one["scores"][order_one], atol=1e-5
+    )
+    np.testing.assert_array_equal(batched["labels"][order_batched], one["labels"][order_one])
+
+
+def test_tile_bytes_of_a_fast_rcnn_counted_by_hand():
+    from keras_dense.prediction.detection_memory import tile_bytes, tiles_per_call
+
+    model, _ = _fast_and_card()
+    # Features: one 4-channel conv at stride 16, 64 x 96 -> 4 x 6 cells of 4 float32.
+    features = 4 * 6 * 4 * 4
+    # Per RoI: 2 x 2 x 4 pooled cells into cls_score (16 -> 4) and bbox_pred (16 -> 16).
+    per_roi = 4 * ((16 + 4) + (16 + 16))
+    expected = 2 * (features + 2000 * per_roi)  # selective search's 2000, safety factor 2
+    assert tile_bytes(model, 64, 96) == expected
+    assert tiles_per_call(model, 64, 96, 3 * expected + 1) == 3
+    with pytest.raises(ValueError, match=f"--max-memory 1000 bytes: .* about {expected} bytes"):
+        tiles_per_call(model, 64, 96, 1000)

@@ -33,7 +33,7 @@ ACCEPTED = {
     ("evaluate", "--tiled"): {"segmentation"},
     ("evaluate", "--tta"): {"segmentation", "classification"},
     ("evaluate", "--scales"): {"segmentation", "classification"},
-    ("evaluate", "--max-memory"): {"segmentation", "classification"},
+    ("evaluate", "--max-memory"): EVERY,  # detectors: tiles per call with --slice
     ("evaluate", "--use-07-metric"): DETECTORS,
     ("evaluate", "--pointing-tolerance"): {"classification"},
     ("predict", "--crf"): {"segmentation"},
@@ -41,7 +41,7 @@ ACCEPTED = {
     ("predict", "--tile-size"): {"segmentation"},
     ("predict", "--tta"): {"segmentation"},
     ("predict", "--scales"): {"segmentation"},
-    ("predict", "--max-memory"): {"segmentation", "classification"},
+    ("predict", "--max-memory"): EVERY,
     ("predict", "--score-threshold"): DETECTORS,
     ("export", "--batch-mode"): {"segmentation", "detection"},
     ("export", "--tta"): {"segmentation"},
@@ -240,7 +240,7 @@ def test_instance_segmentation_is_a_detection_task_overriding_only_what_differs(
     # What differs: its outputs, evaluation and signatures (and, while a recipe's data
     # table is not typed per task, reading records with instance masks).
     differs = {"evaluate", "report_lines", "predict_image", "export_signatures", "verify_export"}
-    allowed = differs | {"export_unsupported", "datasets", "check_recipe"}
+    allowed = differs | {"export_unsupported", "datasets", "check_recipe", "evaluation_files"}
     assert differs <= overridden <= allowed, overridden
     instance, detection = get_task("instance_segmentation"), get_task("detection")
     assert instance.class_names(["background", "a"]) == detection.class_names(["background", "a"])

@@ -8,7 +8,7 @@ import json
 import math
 import os
 
-from keras_dense.commands.applicable_options import CommandOptions, stored_card
+from keras_dense.commands.applicable_options import CommandOptions, is_given, stored_card
 from keras_dense.commands.runner_arguments import add_runner_arguments, check_runner_arguments
 from keras_dense.commands.slice_arguments import add_slice_arguments, slice_options
 from keras_dense.commands.tta_arguments import add_tta_arguments
@@ -32,7 +32,7 @@ _OPTIONS = CommandOptions.task_specific(
         "tta": ("score_tta", "map_tta"),
         "scales": ("score_tta", "map_tta"),
         "pointing_tolerance": ("pointing_game",),
-        "max_memory": ("memory_planning",),
+        "max_memory": ("memory_planning", "scored_detections"),
         "runner": ("beam_evaluation",),
         "slice": ("scored_detections",),
         "overlap": ("scored_detections",),
@@ -82,7 +82,8 @@ def register(sub) -> None:
         default=None,
         help="segmentation: memory one image may take (e.g. 2GiB), planned as predict plans "
         "it: larger images are evaluated tile by tile, or refused naming the record when even "
-        f"that does not fit (default {_DEFAULT_MEMORY})",
+        f"that does not fit (default {_DEFAULT_MEMORY}); detection with --slice: memory of "
+        "one model call, which takes as many tiles as fit (default: one tile per call)",
     )
     add_runner_arguments(parser, "scoring segmentation with the same numbers", default=None)
     parser.add_argument(
@@ -140,6 +141,7 @@ def run(args: argparse.Namespace) -> int:
         slice=sliced.tile,
         overlap=sliced.overlap,
         merge=sliced.merge,
+        tile_memory=max_memory if is_given(args, "max_memory", _DEFAULTS) else None,
     )
     report = {"model": args.model, "data": args.data, "task": task.name}
     report.update(task.evaluate(model, card, args.data, options))

@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 
-from keras_dense.commands.applicable_options import CommandOptions, stored_card
+from keras_dense.commands.applicable_options import CommandOptions, is_given, stored_card
 from keras_dense.commands.predict_export import (
     check_export_arguments,
     export_inputs,
@@ -40,7 +40,7 @@ _DEFAULT_MEMORY = f"{DEFAULT_MAX_MEMORY / 2**30:g}GiB"
 _OPTIONS = CommandOptions.task_specific(
     "predict",
     {
-        "max_memory": ("memory_planning",),
+        "max_memory": ("memory_planning", "scored_detections"),
         "tiled": ("tiled_inference",),
         "tile_size": ("tiled_inference",),
         "tta": ("score_tta",),
@@ -242,6 +242,11 @@ def _options(args) -> PredictOptions:
         slice=getattr(args, "slice", None),
         overlap=DEFAULT_OVERLAP if getattr(args, "overlap", None) is None else args.overlap,
         merge=getattr(args, "merge", None) or "nms",
+        tile_memory=(
+            parse_memory(args.max_memory, "--max-memory")
+            if is_given(args, "max_memory", _OPTIONS.defaults)
+            else None
+        ),
     )
 
 

@@ -19,9 +19,13 @@ def _seed_c_rand(seed: int) -> bool:
     return True
 
 
+# Proposals per image selective search returns at most (Fast R-CNN's ~2000).
+DEFAULT_MAX_BOXES = 2000
+
+
 def selective_search(
     image: np.ndarray,
-    max_boxes: int = 2000,
+    max_boxes: int = DEFAULT_MAX_BOXES,
     mode: str = "fast",
     max_side: int | None = 500,
     min_size: int = 0,

@@ -20,8 +20,9 @@ to one tile (for the objects larger than a tile), and merges:
 The detector is any function from an (h, w, 3) uint8 RGB tile to `{"boxes": (n, 4) yxyx
 pixels of the tile, "scores": (n,), "labels": (n,)}`, e.g. a model through
 `keras_dense.prediction.detect_objects` (`keras_dense.prediction.detect_objects_sliced` does
-that with a model and its card). Only one tile is in the detector at a time, so memory is
-bounded by the tile, not the image.
+that with a model and its card). Tiles go to the detector one at a time, so memory is bounded
+by the tile, not the image; or, with `batch_detector`, `batch_size` tiles per call (all tiles
+of an image have one shape), which changes the speed, not the detections.
 """
 
 from __future__ import annotations
@@ -175,6 +176,23 @@ def _as_detections(found: dict, offset=(0.0, 0.0), factor=(1.0, 1.0)) -> Detecti
     }
 
 
+def _tile_detections(detector, image, windows, batch_detector, batch_size):
+    """Yields each window's detections (tile pixels), `batch_size` tiles per call."""
+    if batch_size == 1:
+        for y0, x0, y1, x1 in windows:
+            yield detector(image[y0:y1, x0:x1])
+        return
+    for start in range(0, len(windows), batch_size):
+        chunk = windows[start : start + batch_size]
+        tiles = np.stack([image[y0:y1, x0:x1] for y0, x0, y1, x1 in chunk])
+        found = batch_detector(tiles)
+        if len(found) != len(chunk):
+            raise ValueError(
+                f"batch_detector: expected detections of {len(chunk)} tiles, got {len(found)}"
+            )
+        yield from found
+
+
 def detect_sliced(
     detector: Callable[[np.ndarray], dict],
     image: np.ndarray,
@@ -185,6 +203,8 @@ def detect_sliced(
     edge_margin: float = 2.0,
     max_detections: int | None = None,
     merge: str = "nms",
+    batch_detector: Callable[[np.ndarray], list[dict]] | None = None,
+    batch_size: int = 1,
 ) -> Detections:
     """Runs `detector` on overlapping tiles of `image` (and the whole image shrunk to a tile).
 
@@ -206,6 +226,9 @@ def detect_sliced(
         max_detections: Keep at most this many (by score); None keeps every one.
         merge: `"nms"` (class-wise NMS) or `"greedy"` (greedy matching by IoU into
             enclosing boxes); see the module docstring.
+        batch_detector: `(n, h, w, 3) uint8 tiles -> [detections of each]`, the same
+            detector over a batch; used for the tiles when `batch_size > 1`.
+        batch_size: Tiles per `batch_detector` call (e.g. from a memory budget).
 
     Returns:
         `{"boxes": (n, 4) yxyx image pixels, "scores": (n,), "labels": (n,)}`, by decreasing
@@ -218,14 +241,21 @@ def detect_sliced(
     _check(tile, overlap, edge_margin, nms_iou)
     if merge not in MERGES:
         raise ValueError(f"--merge {merge!r}: expected one of {sorted(MERGES)}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)):
+        raise ValueError(f"batch_size={batch_size!r}: expected a positive int")
+    if batch_size < 1 or (batch_size > 1 and batch_detector is None):
+        raise ValueError(f"batch_size={batch_size}: expected >= 1, and a batch_detector above 1")
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[-1] != 3:
         raise ValueError(f"image: expected (H, W, 3) RGB, got shape {image.shape}")
     height, width = image.shape[:2]
     windows = slice_windows(height, width, tile, overlap)
     parts, owners = [], []
-    for index, (y0, x0, y1, x1) in enumerate(windows):
-        found = _as_detections(detector(image[y0:y1, x0:x1]), (float(y0), float(x0)))
+    for index, found in enumerate(
+        _tile_detections(detector, image, windows, batch_detector, batch_size)
+    ):
+        y0, x0 = windows[index, :2]
+        found = _as_detections(found, (float(y0), float(x0)))
         parts.append(found)
         owners.append(np.full(len(found["boxes"]), index))
     tiles = {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}

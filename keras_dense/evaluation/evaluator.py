@@ -261,6 +261,7 @@ def evaluate_detection(
     overlap: float = 0.2,
     gallery: int = 0,
     merge: str = "nms",
+    tile_memory: int | None = None,
 ) -> dict:
     """VOC mean average precision of a Fast or Faster R-CNN model over the matching records.
 
@@ -280,6 +281,8 @@ def evaluate_detection(
             (`image_detection_score.image_f1`) as strips for the HTML report, under
             `"_gallery"` (0: none).
         merge: How sliced detections are merged (`detect_sliced`'s `merge`).
+        tile_memory: With `slice_size`, the memory of one model call over a batch of tiles
+            (`detect_objects_sliced`'s `max_memory`; None: one tile per call).
 
     Returns:
         `{"map", "ap" (class name -> AP), "images", "_curves"}` (`detection_report`), and
@@ -293,7 +296,9 @@ def evaluate_detection(
     detections, truths = [], []
     kept = Gallery(gallery)
     for example in read_examples(pattern):
-        found, truth = example_detections(model, card, example, slice_size, overlap, merge)
+        found, truth = example_detections(
+            model, card, example, slice_size, overlap, merge, tile_memory
+        )
         detections.append(found)
         truths.append(truth)
         kept.add(
@@ -341,13 +346,14 @@ def example_detections(
     slice_size: int | None = None,
     overlap: float = 0.2,
     merge: str = "nms",
+    tile_memory: int | None = None,
 ) -> tuple[dict, dict]:
     """One record's detections (sliced with `slice_size`) and ground truth, in image pixels."""
     height, width = example["image"].shape[:2]
     size = np.array([height, width, height, width], np.float32)
     if slice_size is not None:
         found = detect_objects_sliced(
-            model, example["image"], card, slice_size, overlap, merge=merge
+            model, example["image"], card, slice_size, overlap, merge=merge, max_memory=tile_memory
         )
     else:
         proposals = example.get("proposals")

@@ -357,6 +357,53 @@ def detect_objects(
     }
 
 
+def detect_objects_batch(
+    model: keras.Model, images: np.ndarray, card: dict, score_threshold: float = 0.05
+) -> list[dict]:
+    """`detect_objects` on images of one shape in one model call (selective search's
+    proposals, for Fast R-CNN, padded to the longest list and counted per image).
+
+    Args:
+        model: A Fast or Faster R-CNN model.
+        images: (n, H, W, 3) uint8 RGB.
+        card: The model card.
+        score_threshold: Lowest score kept.
+
+    Returns:
+        One `{"boxes", "scores", "labels"}` per image, as `detect_objects` gives them.
+    """
+    from keras_dense.detection import detect, proposes_regions, selective_search
+
+    sizes = (card.get("min_size", 600), card.get("max_size", 1000))
+    resized = [fast_rcnn_resize(image, *sizes) for image in images]
+    scale = resized[0][1]
+    x = np.stack([np.asarray(normalize(r, card.get("normalization"))) for r, _ in resized])
+    if proposes_regions(model):
+        out = detect(model, x, score_threshold=score_threshold, scale=[scale] * len(x))
+    else:
+        lists = []
+        for image in images:
+            found = np.asarray(selective_search(image), np.float32).reshape(-1, 4)
+            if len(found) == 0:
+                height, width = image.shape[:2]
+                found = np.array([[0, 0, height - 1, width - 1]], np.float32)
+            lists.append(found)
+        counts = np.array([len(p) for p in lists], np.int32)
+        padded = np.stack([np.pad(p, ((0, counts.max() - len(p)), (0, 0)), "edge") for p in lists])
+        out = detect(
+            model, x, padded * scale, score_threshold=score_threshold, num_proposals=counts
+        )
+    numbers = np.asarray(out["num_detections"])
+    return [
+        {
+            "boxes": np.asarray(out["boxes"][i, : numbers[i]]) / scale,
+            "scores": np.asarray(out["scores"][i, : numbers[i]]),
+            "labels": np.asarray(out["classes"][i, : numbers[i]]),
+        }
+        for i in range(len(x))
+    ]
+
+
 def detect_objects_sliced(
     model: keras.Model,
     image: np.ndarray,
@@ -367,18 +414,31 @@ def detect_objects_sliced(
     score_threshold: float = 0.05,
     nms_iou: float = 0.5,
     merge: str = "nms",
+    max_memory: int | None = None,
 ) -> dict:
     """`detect_objects` on overlapping tiles of a large image, merged back
     (`keras_dense.detection.detect_sliced`): small objects are seen at full resolution.
 
     Each tile (and, with `full_image`, the whole image shrunk to one tile) goes through
-    `detect_objects`, i.e. the card's resizing and normalisation, one tile at a time.
+    `detect_objects`, i.e. the card's resizing and normalisation: one tile at a time, or
+    with `max_memory` as many per call as the budget holds
+    (`keras_dense.prediction.detection_memory`). The detections are the same either way.
 
     Returns:
         `{"boxes": (n, 4) yxyx pixels, "scores": (n,), "labels": (n,) 1-based}`.
+
+    Raises:
+        ValueError: `max_memory` too small for one tile (named).
     """
     from keras_dense.detection import detect_sliced
+    from keras_dense.prediction.detection_memory import tiles_per_call
 
+    batch_size = 1
+    if max_memory is not None:
+        height, width = (min(side, tile) for side in np.asarray(image).shape[:2])
+        sizes = (card.get("min_size", 600), card.get("max_size", 1000))
+        resized = fast_rcnn_resize(np.zeros((height, width, 3), np.uint8), *sizes)[0]
+        batch_size = tiles_per_call(model, *resized.shape[:2], max_memory)
     return detect_sliced(
         lambda rgb: detect_objects(model, rgb, card, score_threshold=score_threshold),
         image,
@@ -387,4 +447,6 @@ def detect_objects_sliced(
         full_image=full_image,
         nms_iou=nms_iou,
         merge=merge,
+        batch_detector=lambda tiles: detect_objects_batch(model, tiles, card, score_threshold),
+        batch_size=batch_size,
     )

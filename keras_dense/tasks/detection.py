@@ -333,6 +333,15 @@ def detector_export_limit(output_format: str, models: str) -> str:
     return DETECTOR_EXPORT_LIMITS[output_format].format(models=models) + _SAVEDMODEL_HINT
 
 
+def check_tile_memory(options) -> None:
+    """Refuses `--max-memory` without `--slice`: detection budgets batches of tiles only."""
+    if options.tile_memory is not None and options.slice is None:
+        raise ValueError(
+            "--max-memory applies to detection with --slice (the memory of one model call "
+            "over a batch of tiles); give --slice too, or leave --max-memory out"
+        )
+
+
 class DetectionTask(Task):
     """Object detection (see the module docstring)."""
 
@@ -376,6 +385,7 @@ class DetectionTask(Task):
         return {"min_size": data.min_size, "max_size": data.max_size}
 
     def evaluate(self, model, card, pattern, options: EvaluateOptions):
+        check_tile_memory(options)
         if options.slice is not None and options.runner == "beam":
             raise ValueError("--slice: sliced evaluation runs locally only; leave --runner out")
         if options.runner == "beam":
@@ -398,6 +408,7 @@ class DetectionTask(Task):
             options.overlap,
             gallery=GALLERY_IMAGES,
             merge=options.merge,
+            tile_memory=options.tile_memory,
         )
 
     def report_lines(self, report):
@@ -415,6 +426,7 @@ class DetectionTask(Task):
         return {"report.html": detection_report_html(report, card["classes"], title).encode()}
 
     def predict_image(self, model, card, rgb, options: PredictOptions, plan: str):
+        check_tile_memory(options)
         if options.slice:
             found = detect_objects_sliced(
                 model,
@@ -424,6 +436,7 @@ class DetectionTask(Task):
                 overlap=options.overlap,
                 score_threshold=options.score_threshold,
                 merge=options.merge,
+                max_memory=options.tile_memory,
             )
         else:
             found = detect_objects(model, rgb, card, score_threshold=options.score_threshold)

@@ -28,6 +28,7 @@ from keras_dense.signatures.instance_signatures import TENSOR_OUTPUTS, instance_
 from keras_dense.signatures.memory_budget import pixel_budget, serving_bytes_per_pixel
 from keras_dense.tasks.detection import (
     DetectionTask,
+    check_tile_memory,
     detection_list,
     detector_export_limit,
     verify_region_proposer,
@@ -51,6 +52,7 @@ class InstanceSegmentationTask(DetectionTask):
     export_options = InstanceSegmentationExportOptions
 
     def evaluate(self, model, card, pattern, options: EvaluateOptions):
+        check_tile_memory(options)
         if options.slice is not None:
             raise ValueError(
                 "--slice: sliced evaluation of instance masks is not supported yet (boxes only, "
@@ -95,6 +97,7 @@ class InstanceSegmentationTask(DetectionTask):
         }
 
     def predict_image(self, model, card, rgb, options: PredictOptions, plan: str):
+        check_tile_memory(options)
         if options.slice:
             raise ValueError(
                 "--slice: sliced prediction of instance masks is not supported yet (boxes "

@@ -54,6 +54,8 @@ class EvaluateOptions:
         slice: Detection: sliced detection on tiles of this many pixels (None: whole images).
         overlap: Detection with `slice`: fraction of a tile shared by adjacent tiles.
         merge: Detection with `slice`: `"nms"` or `"greedy"` (`detect_sliced`'s `merge`).
+        tile_memory: Detection with `slice`: the `--max-memory` given, the budget of one
+            model call over a batch of tiles (None: one tile per call).
     """
 
     crf: bool = False
@@ -69,6 +71,8 @@ class EvaluateOptions:
     slice: int | None = None
     overlap: float = 0.2
     merge: str = "nms"
+    tile_memory: int | None = None
+    tile_memory: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,6 +89,8 @@ class PredictOptions:
             detection), or None for the whole image.
         overlap: Detection with `slice`: fraction of a tile shared by adjacent tiles.
         merge: Detection with `slice`: `"nms"` or `"greedy"` (`detect_sliced`'s `merge`).
+        tile_memory: Detection with `slice`: the `--max-memory` given, the budget of one
+            model call over a batch of tiles (None: one tile per call).
     """
 
     tiled: bool | None = None
@@ -95,6 +101,7 @@ class PredictOptions:
     slice: int | None = None
     overlap: float = 0.2
     merge: str = "nms"
+    tile_memory: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
