@@ -152,3 +152,21 @@ def test_batch_inputs_takes_what_the_model_is_called_with():
     plain = keras.Model(image, image)
     assert batch_inputs(plain, ("x", "y")) == "x"
     assert batch_inputs(plain, "x") == "x"
+
+
+def test_mixed_precision_scales_the_float32_kernel_and_zero_kernels_stay():
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        model = trunk_and_head(trunk_scale=40.0)
+        zeros = [np.zeros_like(w) for w in model.get_layer("score").get_weights()]
+        model.get_layer("score").set_weights(zeros)  # e.g. FCN's zero-initialised scores
+        before = model.get_layer("fc6").get_weights()[0]
+        factors = scale_fresh_layers(model, images(), loaded=["trunk"])
+    finally:
+        keras.config.set_dtype_policy(previous)
+    assert "fc6" in factors and "score" not in factors, factors
+    after = model.get_layer("fc6").get_weights()[0]
+    assert after.dtype == np.float32
+    # float32 arithmetic, not a float16 round trip (which errs by ~1e-3 relative).
+    np.testing.assert_allclose(after, before * np.float32(factors["fc6"]), rtol=1e-6)

@@ -72,7 +72,6 @@ class EvaluateOptions:
     overlap: float = 0.2
     merge: str = "nms"
     tile_memory: int | None = None
-    tile_memory: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -19,7 +19,8 @@ their simplest form). Left alone:
 - the pretrained layers themselves;
 - layers whose output goes straight into a normalisation layer, which removes the scale;
 - transposed convolutions (FCN's and DeconvNet's upsampling start as bilinear kernels);
-- layers whose input is already at or below unit scale (a trunk trained from scratch).
+- layers whose input is already at or below unit scale (a trunk trained from scratch);
+- zero-initialised layers (FCN's skip scores), which no factor changes.
 """
 
 from __future__ import annotations
@@ -30,22 +31,22 @@ from collections.abc import Callable, Collection, Iterator
 
 import keras
 
+# Transposed convolutions are not among them (in Keras 3 they are not Conv subclasses):
+# FCN's and DeconvNet's upsampling start as bilinear kernels and stay so.
 SCALED_LAYER_TYPES = (
     keras.layers.Dense,
     keras.layers.Conv1D,
     keras.layers.Conv2D,
     keras.layers.Conv3D,
 )
-UNSCALED_LAYER_TYPES = (
-    keras.layers.Conv1DTranspose,
-    keras.layers.Conv2DTranspose,
-    keras.layers.Conv3DTranspose,
-)
 NORMALIZATION_LAYER_TYPES = (
     keras.layers.BatchNormalization,
     keras.layers.LayerNormalization,
     keras.layers.GroupNormalization,
 )
+# Factors are rounded to this many significant digits, so that workers measuring the same
+# batch agree exactly despite float summation order.
+FACTOR_DIGITS = 6
 
 
 def fresh_kernel_layers(model: keras.Layer, loaded: Collection[str]) -> list[keras.Layer]:
@@ -59,29 +60,21 @@ def fresh_kernel_layers(model: keras.Layer, loaded: Collection[str]) -> list[ker
     return [
         layer
         for layer in layers
-        if isinstance(layer, SCALED_LAYER_TYPES)
-        and not isinstance(layer, UNSCALED_LAYER_TYPES)
-        and layer.name not in covered
+        if isinstance(layer, SCALED_LAYER_TYPES) and layer.name not in covered
     ]
 
 
 @contextlib.contextmanager
-def _observed_calls(
-    layers: list[keras.Layer], before: Callable | None = None, after: Callable | None = None
-) -> Iterator[None]:
-    """Runs `before(layer, args)` and `after(layer, args, output)` around each layer's `call`."""
+def _before_calls(layers: list[keras.Layer], before: Callable) -> Iterator[None]:
+    """Runs `before(layer, args)` ahead of each of `layers`' `call`s."""
     patched = []
     try:
         for layer in layers:
             original = layer.call
 
             def observed(*args, _layer=layer, _call=original, **kwargs):
-                if before is not None:
-                    before(_layer, args)
-                output = _call(*args, **kwargs)
-                if after is not None:
-                    after(_layer, args, output)
-                return output
+                before(_layer, args)
+                return _call(*args, **kwargs)
 
             # Past Keras's attribute tracking: an instance attribute shadows the method.
             object.__setattr__(layer, "call", observed)
@@ -114,37 +107,18 @@ def _training_pass(model: keras.Model, inputs) -> None:
             variable.assign(value)
 
 
-def normalized_layers(model: keras.Model, inputs, candidates: list[keras.Layer]) -> set[str]:
-    """Names of `candidates` whose output goes straight into a normalisation layer.
-
-    Found by running `model` on `inputs` once (`_training_pass`) and matching the output
-    tensors of the candidates with the inputs of the normalisation layers.
-    """
-    norms = [
-        layer
-        for layer in model._flatten_layers(include_self=False, recursive=True)
-        if isinstance(layer, NORMALIZATION_LAYER_TYPES)
-    ]
-    if not norms or not candidates:
-        return set()
-    producers: dict[int, str] = {}
-    kept = []  # holds the outputs, so that no id is reused during the pass
+def normalized_layers(model: keras.Model, candidates: list[keras.Layer]) -> set[str]:
+    """Names of `candidates` whose output goes straight into a normalisation layer, read
+    from the functional graph (nested models included)."""
+    wanted = {id(layer) for layer in candidates}
     found: set[str] = set()
-
-    def record_output(layer, args, output):
-        kept.append(output)
-        producers[id(output)] = layer.name
-
-    def record_input(layer, args, output):
-        name = producers.get(id(args[0])) if args else None
-        if name is not None:
-            found.add(name)
-
-    with (
-        _observed_calls(candidates, after=record_output),
-        _observed_calls(norms, after=record_input),
-    ):
-        model(inputs, training=False)
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        if not isinstance(layer, NORMALIZATION_LAYER_TYPES):
+            continue
+        for node in layer._inbound_nodes:
+            for parent in node.parent_nodes:
+                if id(parent.operation) in wanted:
+                    found.add(parent.operation.name)
     return found
 
 
@@ -164,7 +138,7 @@ def scale_fresh_layers(model: keras.Model, inputs, loaded: Collection[str]) -> d
     if not loaded:
         return {}
     candidates = fresh_kernel_layers(model, loaded)
-    skipped = normalized_layers(model, inputs, candidates)
+    skipped = normalized_layers(model, candidates)
     candidates = [layer for layer in candidates if layer.name not in skipped]
     factors: dict[str, float] = {}
     visited: set[str] = set()
@@ -173,15 +147,18 @@ def scale_fresh_layers(model: keras.Model, inputs, loaded: Collection[str]) -> d
         if layer.name in visited or not args:  # a shared layer: scaled at its first call
             return
         visited.add(layer.name)
+        kernel = getattr(layer, "_kernel", None)  # the variable itself (Dense's LoRA)
+        kernel = layer.kernel if kernel is None else kernel
+        # The stored float32 value: inside a mixed_float16 call, reading the variable
+        # would give its float16 cast.
+        stored = getattr(kernel, "_value", kernel)
         rms = _rms(args[0])
-        if math.isfinite(rms) and rms > 1.0:
-            factor = 1.0 / rms
-            kernel = getattr(layer, "_kernel", None)  # the variable itself (Dense's LoRA)
-            kernel = layer.kernel if kernel is None else kernel
-            kernel.assign(keras.ops.cast(kernel * factor, kernel.dtype))
+        if math.isfinite(rms) and rms > 1.0 and bool(keras.ops.any(stored != 0)):
+            factor = float(f"{1.0 / rms:.{FACTOR_DIGITS}g}")
+            kernel.assign(stored * factor)
             factors[layer.name] = factor
 
-    with _observed_calls(candidates, before=scale):
+    with _before_calls(candidates, scale):
         _training_pass(model, inputs)
     return factors
 

@@ -256,10 +256,25 @@ def _train_locked(recipe: Recipe, run_dir: str, strategy, info, verbose, start) 
             stage = task.train_batch_stage(run, model)
             if stage is not None:
                 install_batch_stage(model, stage)
-            if not finished and backbone_weights and training.scale_fresh_layers:
-                backbone_weights["scaled"] = _scale_fresh_layers(
-                    model, train_ds, stage, backbone_weights["loaded"]
-                )
+            scaled = None
+            # A whole-model weights file fills the "fresh" layers too: nothing to scale.
+            if (
+                backbone_weights
+                and training.scale_fresh_layers
+                and not run.model.kwargs.get("weights")
+            ):
+                if not finished:
+                    # Every worker scales on the same batch (the first of the unsharded
+                    # data), so that all hold the same weights.
+                    first = train_ds
+                    if info.num_workers > 1:
+                        first = task.datasets(run, model, 1, 0)[0]
+                    scaled = _scale_fresh_layers(model, first, stage, backbone_weights["loaded"])
+                else:  # resumed: the factors the run started with
+                    state = backup.read_state(os.path.join(run_dir, BACKUP_DIR)) or {}
+                    scaled = state.get("scaled")
+            if scaled is not None:
+                backbone_weights["scaled"] = scaled
     finally:
         keras.config.set_dtype_policy(previous_policy)
 
@@ -315,7 +330,10 @@ def _train_locked(recipe: Recipe, run_dir: str, strategy, info, verbose, start) 
         # Runs in `on_test_begin`: validation and the best checkpoint see the new statistics.
         callback_list.append(PreciseBatchNorm(train_ds, training.precise_bn_steps, stage))
     callback_list.append(
-        backup.EpochBackup(os.path.join(run_dir, BACKUP_DIR), run={"classes": classes})
+        backup.EpochBackup(
+            os.path.join(run_dir, BACKUP_DIR),
+            run={"classes": classes, **({"scaled": scaled} if scaled is not None else {})},
+        )
     )
     callback_list.append(callbacks.MetricsLog(csv_path))
 

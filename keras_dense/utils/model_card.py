@@ -11,7 +11,9 @@ Cards of `keras-dense train` runs also hold `"backbone_weights"`: null for a mod
 scratch, else where its pretrained layers came from, `{"source": "<file path, "imagenet" or
 keras.Model '<name>'>", "loaded": [layer names], "fresh": [layer names]}` ("fresh": layers the
 source could have filled but lacks, e.g. FCN's fc6 / fc7 with a file without VGG16's top; see
-`keras_dense.backbones.pretrained_weights`).
+`keras_dense.backbones.pretrained_weights`), plus `"scaled": {layer name: factor}` when
+`training.scale_fresh_layers` shrank fresh layers to the trunk's scale before training (see
+`keras_dense.training.fresh_layer_scaling`).
 
 Segmenters trained by keras-dense also hold `"input_size"` (the training tile, which a TFLite
 export uses as its fixed size), and `keras-dense tune-crf` adds `"crf"`: the tuned
