@@ -182,8 +182,12 @@ def test_predict_slice_through_the_cli(tmp_path, capsys):
     ]
     for key in ("box_yxyx", "score"):  # batched convolutions round differently
         np.testing.assert_allclose([d[key] for d in again], [d[key] for d in detections], atol=1e-3)
-    assert cli.main([*args, "--max-memory", "8GiB"]) == 1
+    assert cli.main([*args, "--max-memory", "8GiB"]) == 2  # refused before any image
     assert "--max-memory applies to detection with --slice" in capsys.readouterr().err
+    assert cli.main([*args, "--merge-iou", "0.15"]) == 2
+    assert "--merge-iou applies to sliced detection: give --slice too" in capsys.readouterr().err
+    assert cli.main([*args, "--slice", "96", "--merge-iou", "1.5"]) == 2
+    assert "--merge-iou 1.5: expected a number in [0, 1]" in capsys.readouterr().err
 
 
 def test_evaluate_slice_of_one_tile_equals_whole_images(tmp_path, capsys):
@@ -219,7 +223,12 @@ def test_evaluate_slice_of_one_tile_equals_whole_images(tmp_path, capsys):
         reports[name] = json.loads((out / "metrics.json").read_text())
     assert any(ap > 0 for ap in reports["whole"]["ap"].values())  # a comparison that can fail
     assert reports["one_tile"]["ap"] == reports["whole"]["ap"]
-    assert reports["one_tile"]["slice"] == {"tile": 64, "overlap": 0.2, "merge": "nms"}
+    assert reports["one_tile"]["slice"] == {
+        "tile": 64,
+        "overlap": 0.2,
+        "merge": "nms",
+        "merge_iou": 0.5,
+    }
     # The model's own NMS leaves no pair for greedy matching to join within one tile.
     assert reports["one_tile_greedy"]["ap"] == reports["whole"]["ap"]
     assert reports["one_tile_greedy"]["slice"]["merge"] == "greedy"
@@ -243,13 +252,13 @@ def test_the_whole_image_pass_scales_each_axis_back_by_its_own_factor():
 
 
 def _greedy_reference(detections: dict, iou: float) -> list[tuple]:
-    """Greedy matching written out pair by pair: inclusive-pixel IoU, best score first."""
+    """Greedy matching written out pair by pair: IoU above the threshold, best score first."""
 
     def overlap(a, b):
-        h = min(a[2], b[2]) - max(a[0], b[0]) + 1
-        w = min(a[3], b[3]) - max(a[1], b[1]) + 1
+        h = min(a[2], b[2]) - max(a[0], b[0])
+        w = min(a[3], b[3]) - max(a[1], b[1])
         inter = max(h, 0) * max(w, 0)
-        area = lambda r: (r[2] - r[0] + 1) * (r[3] - r[1] + 1)  # noqa: E731
+        area = lambda r: (r[2] - r[0]) * (r[3] - r[1])  # noqa: E731
         return inter / (area(a) + area(b) - inter)
 
     items = sorted(
@@ -262,7 +271,7 @@ def _greedy_reference(detections: dict, iou: float) -> list[tuple]:
             continue
         group = [box]
         for j, (other, _, other_label) in enumerate(items):
-            if j != i and not taken[j] and other_label == label and overlap(box, other) >= iou:
+            if j != i and not taken[j] and other_label == label and overlap(box, other) > iou:
                 taken[j] = True
                 group.append(other)
         taken[i] = True
@@ -309,6 +318,11 @@ def test_greedy_merge_joins_the_pieces_of_an_object_no_tile_holds_whole():
     greedy = detect_sliced(by_width, image, merge="greedy", **options)
     np.testing.assert_array_equal(nms["boxes"], [[40, 96, 70, 224]])
     np.testing.assert_array_equal(greedy["boxes"], [[40, 60, 70, 250]])
+    # At NMS's usual 0.5 the pieces (IoU ~0.2 with the middle one) stay apart: both merges
+    # give the three pieces.
+    for merge in ("nms", "greedy"):
+        apart = detect_sliced(by_width, image, **{**options, "nms_iou": 0.5}, merge=merge)
+        assert len(apart["boxes"]) == 3, merge
     with pytest.raises(ValueError, match="--merge 'best'"):
         detect_sliced(oracle, image, tile=128, merge="best")
 

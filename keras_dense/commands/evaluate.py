@@ -8,9 +8,9 @@ import json
 import math
 import os
 
-from keras_dense.commands.applicable_options import CommandOptions, is_given, stored_card
+from keras_dense.commands.applicable_options import CommandOptions, stored_card
 from keras_dense.commands.runner_arguments import add_runner_arguments, check_runner_arguments
-from keras_dense.commands.slice_arguments import add_slice_arguments, slice_options
+from keras_dense.commands.slice_arguments import add_slice_arguments, slice_options, tile_memory
 from keras_dense.commands.tta_arguments import add_tta_arguments
 from keras_dense.prediction.inference import DEFAULT_MAX_MEMORY
 
@@ -37,6 +37,7 @@ _OPTIONS = CommandOptions.task_specific(
         "slice": ("scored_detections",),
         "overlap": ("scored_detections",),
         "merge": ("scored_detections",),
+        "merge_iou": ("scored_detections",),
     },
     _DEFAULTS,
 )
@@ -113,7 +114,9 @@ def run(args: argparse.Namespace) -> int:
     from keras_dense.utils.files import atomic_write_bytes
     from keras_dense.utils.tta import parse_tta
 
-    _OPTIONS.check(args, task=stored_card(args.model)[0])
+    task_name = stored_card(args.model)[0]
+    budget = tile_memory(args, get_task(task_name))  # before the defaults are filled in
+    _OPTIONS.check(args, task=task_name)
     check_runner_arguments(args)
     if not (math.isfinite(args.pointing_tolerance) and args.pointing_tolerance >= 0):
         raise ValueError(
@@ -141,7 +144,8 @@ def run(args: argparse.Namespace) -> int:
         slice=sliced.tile,
         overlap=sliced.overlap,
         merge=sliced.merge,
-        tile_memory=max_memory if is_given(args, "max_memory", _DEFAULTS) else None,
+        merge_iou=sliced.merge_iou,
+        tile_memory=budget,
     )
     report = {"model": args.model, "data": args.data, "task": task.name}
     report.update(task.evaluate(model, card, args.data, options))

@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 
-from keras_dense.commands.applicable_options import CommandOptions, is_given, stored_card
+from keras_dense.commands.applicable_options import CommandOptions, stored_card
 from keras_dense.commands.predict_export import (
     check_export_arguments,
     export_inputs,
@@ -16,9 +16,11 @@ from keras_dense.commands.predict_export import (
 )
 from keras_dense.commands.runner_arguments import add_runner_arguments, check_runner_arguments
 from keras_dense.commands.slice_arguments import (
+    DEFAULT_MERGE_IOU,
     DEFAULT_OVERLAP,
     add_slice_arguments,
     slice_options,
+    tile_memory,
 )
 from keras_dense.commands.tta_arguments import add_tta_arguments
 from keras_dense.data.errors import BadInputError
@@ -49,6 +51,7 @@ _OPTIONS = CommandOptions.task_specific(
         "slice": ("scored_detections",),
         "overlap": ("scored_detections",),
         "merge": ("scored_detections",),
+        "merge_iou": ("scored_detections",),
         "crf": ("crf",),
     },
     {
@@ -87,7 +90,9 @@ def register(sub) -> None:
         default=None,
         help="segmentation and classification: memory one image may take (e.g. 2GiB): larger "
         "images are segmented tile by tile, or refused when even that does not fit (a "
-        f"classifier's class maps are never tiled) (default {_DEFAULT_MEMORY})",
+        f"classifier's class maps are never tiled) (default {_DEFAULT_MEMORY}); detection "
+        "with --slice: memory of one model call, which takes as many tiles as fit (default: "
+        "one tile per call)",
     )
     parser.add_argument("--output", required=True, help="output folder")
     parser.add_argument(
@@ -242,11 +247,8 @@ def _options(args) -> PredictOptions:
         slice=getattr(args, "slice", None),
         overlap=DEFAULT_OVERLAP if getattr(args, "overlap", None) is None else args.overlap,
         merge=getattr(args, "merge", None) or "nms",
-        tile_memory=(
-            parse_memory(args.max_memory, "--max-memory")
-            if is_given(args, "max_memory", _OPTIONS.defaults)
-            else None
-        ),
+        merge_iou=DEFAULT_MERGE_IOU if getattr(args, "merge_iou", None) is None else args.merge_iou,
+        tile_memory=getattr(args, "tile_memory", None),
     )
 
 
@@ -316,7 +318,9 @@ def run(args: argparse.Namespace) -> int:
             f"--runner beam: {args.model} is not an export; batch prediction on Beam runs an "
             "exported SavedModel (keras-dense export, then --model EXPORT_DIR)"
         )
-    _OPTIONS.check(args, task=stored_card(args.model)[0])
+    task = get_task(stored_card(args.model)[0])
+    args.tile_memory = tile_memory(args, task)  # before the defaults are filled in
+    _OPTIONS.check(args, task=task.name)
     if args.tile_size is not None and args.tile_size < 1:
         raise ValueError(f"--tile-size {args.tile_size}: expected a positive integer")
     if not 0.0 <= args.score_threshold <= 1.0:

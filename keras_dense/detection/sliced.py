@@ -14,8 +14,11 @@ to one tile (for the objects larger than a tile), and merges:
    - `"nms"`: class-wise non-maximum suppression, which keeps the best box of each group;
    - `"greedy"`: greedy matching by IoU (the "greedy non-maximum merging" of SAHI, Akyon et
      al. 2022): best first, each detection takes the unmatched detections of its class that
-     overlap it by at least the IoU, and the group becomes the box enclosing them all. Parts
-     of one object seen in several tiles (none of them whole) then join into one box.
+     overlap it by more than the IoU, and the group becomes the box enclosing them all.
+     Pieces of one object seen in several tiles (none of them whole) join into one box when
+     they overlap the best piece by more than the IoU: a piece cut by a tile covers little of
+     a large object, so joining them needs an IoU threshold well below NMS's usual 0.5
+     (`nms_iou`; `--merge-iou` on the command line).
 
 The detector is any function from an (h, w, 3) uint8 RGB tile to `{"boxes": (n, 4) yxyx
 pixels of the tile, "scores": (n,), "labels": (n,)}`, e.g. a model through
@@ -32,8 +35,6 @@ from collections.abc import Callable
 import cv2
 import numpy as np
 import tensorflow as tf
-
-from keras_dense.detection.boxes import iou_matrix
 
 Detections = dict[str, np.ndarray]
 
@@ -65,7 +66,7 @@ def _check(tile, overlap, edge_margin, nms_iou) -> None:
     if edge_margin < 0:
         raise ValueError(f"edge_margin={edge_margin!r}: expected a number of pixels >= 0")
     if not 0.0 <= nms_iou <= 1.0:
-        raise ValueError(f"nms_iou={nms_iou!r}: expected a number in [0, 1]")
+        raise ValueError(f"nms_iou={nms_iou!r} (--merge-iou): expected a number in [0, 1]")
 
 
 def _interior_edges(windows: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -122,32 +123,48 @@ def class_nms(detections: Detections, iou: float, max_detections: int | None = N
     return {key: value[keep] for key, value in detections.items()}
 
 
+def _iou_row(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """IoU of one yxyx box with (n, 4) boxes, in continuous coordinates (as
+    `tf.image.non_max_suppression` measures it, so that both merges mean the same IoU)."""
+    inter_h = np.clip(np.minimum(box[2], boxes[:, 2]) - np.maximum(box[0], boxes[:, 0]), 0, None)
+    inter_w = np.clip(np.minimum(box[3], boxes[:, 3]) - np.maximum(box[1], boxes[:, 1]), 0, None)
+    inter = inter_h * inter_w
+    area = (box[2] - box[0]) * (box[3] - box[1])
+    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    union = area + areas - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
+
+
 def greedy_merge(
     detections: Detections, iou: float, max_detections: int | None = None
 ) -> Detections:
     """Greedy matching by IoU within each class (module docstring, `"greedy"`).
 
-    The IoU matrix of each class is computed once; the matching is sequential by nature (a
-    group's leader must not have joined a better one), one vectorised row per group.
+    A detection joins the group of the best-scoring unmatched detection of its class that it
+    overlaps by more than `iou` (the IoU `class_nms` suppresses above). The matching is
+    sequential by nature (a group's leader must not have joined a better one); each step is
+    one vectorised row of IoUs against the still unmatched boxes, so memory stays linear in
+    the number of detections.
 
     Returns:
         The merged detections (enclosing boxes, the leaders' scores and labels), by
         decreasing score.
     """
-    boxes, scores, labels = detections["boxes"], detections["scores"], detections["labels"]
+    boxes = np.asarray(detections["boxes"], np.float64)
+    scores, labels = detections["scores"], detections["labels"]
     merged_boxes, merged_scores, merged_labels = [], [], []
     for label in np.unique(labels):
         mine = np.nonzero(labels == label)[0]
         mine = mine[np.argsort(-scores[mine], kind="stable")]
-        overlaps = np.asarray(iou_matrix(boxes[mine], boxes[mine])) >= iou
-        taken = np.zeros(len(mine), bool)
+        free = np.ones(len(mine), bool)
         for leader in range(len(mine)):
-            if taken[leader]:
+            if not free[leader]:
                 continue
-            group = overlaps[leader] & ~taken
-            group[leader] = True
-            taken |= group
-            members = boxes[mine[group]]
+            rest = np.nonzero(free)[0]
+            group = rest[_iou_row(boxes[mine[leader]], boxes[mine[rest]]) > iou]
+            free[group] = False
+            free[leader] = False
+            members = boxes[mine[np.append(group, leader)]]
             merged_boxes.append(np.r_[members[:, :2].min(0), members[:, 2:].max(0)])
             merged_scores.append(scores[mine[leader]])
             merged_labels.append(label)
@@ -218,7 +235,7 @@ def detect_sliced(
             `overlap * tile` pixels are whole in some tile.
         full_image: Also run the detector on the whole image shrunk to one tile (for objects
             larger than the overlap); skipped when the image fits in one tile.
-        nms_iou: IoU from which a lower-scoring detection of the same class is merged away
+        nms_iou: IoU above which a lower-scoring detection of the same class is merged away
             (`"nms"`) or into the better one's group (`"greedy"`).
         edge_margin: Pixels from an interior tile edge within which a box counts as cut;
             at least 1 % of the tile is used (a detector that shrinks its input rounds its

@@ -261,6 +261,7 @@ def evaluate_detection(
     overlap: float = 0.2,
     gallery: int = 0,
     merge: str = "nms",
+    merge_iou: float = 0.5,
     tile_memory: int | None = None,
 ) -> dict:
     """VOC mean average precision of a Fast or Faster R-CNN model over the matching records.
@@ -281,6 +282,7 @@ def evaluate_detection(
             (`image_detection_score.image_f1`) as strips for the HTML report, under
             `"_gallery"` (0: none).
         merge: How sliced detections are merged (`detect_sliced`'s `merge`).
+        merge_iou: The merge's IoU (`detect_sliced`'s `nms_iou`).
         tile_memory: With `slice_size`, the memory of one model call over a batch of tiles
             (`detect_objects_sliced`'s `max_memory`; None: one tile per call).
 
@@ -297,7 +299,7 @@ def evaluate_detection(
     kept = Gallery(gallery)
     for example in read_examples(pattern):
         found, truth = example_detections(
-            model, card, example, slice_size, overlap, merge, tile_memory
+            model, card, example, slice_size, overlap, merge, merge_iou, tile_memory
         )
         detections.append(found)
         truths.append(truth)
@@ -313,7 +315,12 @@ def evaluate_detection(
         report["_gallery"] = kept.items()
         report["_gallery_threshold"] = GALLERY_SCORE_THRESHOLD
     if slice_size is not None:
-        report["slice"] = {"tile": int(slice_size), "overlap": float(overlap), "merge": merge}
+        report["slice"] = {
+            "tile": int(slice_size),
+            "overlap": float(overlap),
+            "merge": merge,
+            "merge_iou": float(merge_iou),
+        }
     return report
 
 
@@ -346,6 +353,7 @@ def example_detections(
     slice_size: int | None = None,
     overlap: float = 0.2,
     merge: str = "nms",
+    merge_iou: float = 0.5,
     tile_memory: int | None = None,
 ) -> tuple[dict, dict]:
     """One record's detections (sliced with `slice_size`) and ground truth, in image pixels."""
@@ -353,7 +361,14 @@ def example_detections(
     size = np.array([height, width, height, width], np.float32)
     if slice_size is not None:
         found = detect_objects_sliced(
-            model, example["image"], card, slice_size, overlap, merge=merge, max_memory=tile_memory
+            model,
+            example["image"],
+            card,
+            slice_size,
+            overlap,
+            nms_iou=merge_iou,
+            merge=merge,
+            max_memory=tile_memory,
         )
     else:
         proposals = example.get("proposals")

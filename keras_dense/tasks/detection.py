@@ -408,6 +408,7 @@ class DetectionTask(Task):
             options.overlap,
             gallery=GALLERY_IMAGES,
             merge=options.merge,
+            merge_iou=options.merge_iou,
             tile_memory=options.tile_memory,
         )
 
@@ -436,6 +437,7 @@ class DetectionTask(Task):
                 overlap=options.overlap,
                 score_threshold=options.score_threshold,
                 merge=options.merge,
+                nms_iou=options.merge_iou,
                 max_memory=options.tile_memory,
             )
         else:

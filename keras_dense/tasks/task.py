@@ -54,6 +54,7 @@ class EvaluateOptions:
         slice: Detection: sliced detection on tiles of this many pixels (None: whole images).
         overlap: Detection with `slice`: fraction of a tile shared by adjacent tiles.
         merge: Detection with `slice`: `"nms"` or `"greedy"` (`detect_sliced`'s `merge`).
+        merge_iou: Detection with `slice`: the merge's IoU (`detect_sliced`'s `nms_iou`).
         tile_memory: Detection with `slice`: the `--max-memory` given, the budget of one
             model call over a batch of tiles (None: one tile per call).
     """
@@ -71,6 +72,7 @@ class EvaluateOptions:
     slice: int | None = None
     overlap: float = 0.2
     merge: str = "nms"
+    merge_iou: float = 0.5
     tile_memory: int | None = None
 
 
@@ -88,6 +90,7 @@ class PredictOptions:
             detection), or None for the whole image.
         overlap: Detection with `slice`: fraction of a tile shared by adjacent tiles.
         merge: Detection with `slice`: `"nms"` or `"greedy"` (`detect_sliced`'s `merge`).
+        merge_iou: Detection with `slice`: the merge's IoU (`detect_sliced`'s `nms_iou`).
         tile_memory: Detection with `slice`: the `--max-memory` given, the budget of one
             model call over a batch of tiles (None: one tile per call).
     """
@@ -100,6 +103,7 @@ class PredictOptions:
     slice: int | None = None
     overlap: float = 0.2
     merge: str = "nms"
+    merge_iou: float = 0.5
     tile_memory: int | None = None
 
 
