@@ -399,7 +399,7 @@ def detection_report(card: dict, detections: list, truths: list, use_07_metric: 
         "images": len(truths),
         # For report.html only (keys starting with "_" stay out of metrics.json).
         "_curves": {
-            name(k): {"recall": recall.tolist(), "precision": precision.tolist()}
+            name(k): {"label": int(k), "recall": recall.tolist(), "precision": precision.tolist()}
             for k, (recall, precision) in result["curves"].items()
         },
     }

@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 
 from keras_dense.data.image_io import encode_png
-from keras_dense.prediction.palette import PALETTE, draw_boxes, overlay, voc_palette
+from keras_dense.prediction.palette import class_colour, draw_boxes, overlay, voc_palette
 
 GALLERY_HEIGHT = 192  # pixels of one gallery row (the image and its two overlays)
 
@@ -196,7 +196,7 @@ def _page(title: str, report: dict, headline: str, body: str) -> str:
 
 
 def _class_colour(label: int) -> str:
-    r, g, b = (int(v) for v in PALETTE[label % 255 or 1])
+    r, g, b = class_colour(label)
     return f"rgb({r},{g},{b})"
 
 
@@ -239,7 +239,7 @@ def _pr_chart(curves: dict, class_names: Sequence[str]) -> str:
         f'transform="rotate(-90 12 {top + size / 2})" text-anchor="middle">precision</text>'
     )
     for name, curve in curves.items():
-        label = list(class_names).index(name) + 1 if name in class_names else 0
+        label = curve.get("label", 0)
         parts.append(
             f'<polyline fill="none" stroke="{_class_colour(label)}" stroke-width="2" '
             f'points="{_curve_points(curve["recall"], curve["precision"])}">'
@@ -256,7 +256,7 @@ def detection_report_html(
 
     Args:
         report: `evaluate`'s detection report (`map`, `ap`, `images`, optionally `_curves`:
-            `{class name: {"recall": [...], "precision": [...]}}` and `_gallery`: a list of
+            `{class name: {"label", "recall": [...], "precision": [...]}}` and `_gallery`: a list of
             `{"record", "value", "strip", "kind"}` with `value` the image's F1).
         class_names: The object classes, in label order (their box colours).
         title: The page's title (the model's file name).

@@ -15,6 +15,8 @@ that number (`detect_sliced`).
 
 from __future__ import annotations
 
+import functools
+
 import keras
 
 from keras_dense.detection import proposes_regions
@@ -55,6 +57,7 @@ def _regions_per_image(model: keras.Model) -> int:
     return DEFAULT_MAX_BOXES
 
 
+@functools.lru_cache(maxsize=16)  # per model and tile shape: planned once, not per image
 def tile_bytes(model: keras.Model, height: int, width: int) -> int:
     """Estimated peak bytes of one image of `height` x `width` pixels as the detector sees it
     (after the card's resizing), safety factor included (module docstring)."""

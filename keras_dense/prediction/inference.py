@@ -335,39 +335,32 @@ def detect_objects(
     Raises:
         ValueError: The image is too elongated for the detector (see `fast_rcnn_resize`).
     """
-    from keras_dense.detection import detect, proposes_regions, selective_search
-
-    resized, scale = fast_rcnn_resize(image, card.get("min_size", 600), card.get("max_size", 1000))
-    x = np.asarray(normalize(resized, card.get("normalization")))
-    if proposes_regions(model):
-        out = detect(model, x[None], score_threshold=score_threshold, scale=[scale])
-    else:
-        if proposals is None:
-            proposals = selective_search(image)
-        proposals = np.asarray(proposals, np.float32).reshape(-1, 4)
-        if len(proposals) == 0:
-            height, width = image.shape[:2]
-            proposals = np.array([[0, 0, height - 1, width - 1]], np.float32)
-        out = detect(model, x[None], (proposals * scale)[None], score_threshold=score_threshold)
-    count = int(out["num_detections"][0])
-    return {
-        "boxes": np.asarray(out["boxes"][0, :count]) / scale,
-        "scores": np.asarray(out["scores"][0, :count]),
-        "labels": np.asarray(out["classes"][0, :count]),
-    }
+    return detect_objects_batch(
+        model,
+        np.asarray(image)[None],
+        card,
+        score_threshold,
+        proposals=None if proposals is None else [proposals],
+    )[0]
 
 
 def detect_objects_batch(
-    model: keras.Model, images: np.ndarray, card: dict, score_threshold: float = 0.05
+    model: keras.Model,
+    images: np.ndarray,
+    card: dict,
+    score_threshold: float = 0.05,
+    proposals: list | None = None,
 ) -> list[dict]:
-    """`detect_objects` on images of one shape in one model call (selective search's
-    proposals, for Fast R-CNN, padded to the longest list and counted per image).
+    """`detect_objects` on images of one shape in one model call (Fast R-CNN's proposals
+    padded to the longest list and counted per image).
 
     Args:
         model: A Fast or Faster R-CNN model.
         images: (n, H, W, 3) uint8 RGB.
         card: The model card.
         score_threshold: Lowest score kept.
+        proposals: Fast R-CNN: one (m, 4) yxyx pixel array per image; None runs selective
+            search on each.
 
     Returns:
         One `{"boxes", "scores", "labels"}` per image, as `detect_objects` gives them.
@@ -382,8 +375,9 @@ def detect_objects_batch(
         out = detect(model, x, score_threshold=score_threshold, scale=[scale] * len(x))
     else:
         lists = []
-        for image in images:
-            found = np.asarray(selective_search(image), np.float32).reshape(-1, 4)
+        for index, image in enumerate(images):
+            found = selective_search(image) if proposals is None else proposals[index]
+            found = np.asarray(found, np.float32).reshape(-1, 4)
             if len(found) == 0:
                 height, width = image.shape[:2]
                 found = np.array([[0, 0, height - 1, width - 1]], np.float32)

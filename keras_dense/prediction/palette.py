@@ -61,6 +61,11 @@ def overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.5) -> np.ndarr
     return np.where((np.asarray(mask) > 0)[..., None], blended, image).astype(np.uint8)
 
 
+def class_colour(label: int) -> tuple[int, int, int]:
+    """The RGB colour of class id `label` in drawn boxes (its VOC palette entry)."""
+    return tuple(int(c) for c in PALETTE[int(label) % 255 or 1])
+
+
 def draw_boxes(
     image: np.ndarray,
     boxes: np.ndarray,
@@ -89,7 +94,7 @@ def draw_boxes(
     for index, (box, label, score) in enumerate(zip(np.asarray(boxes), labels, scores)):
         y0, x0, y1, x1 = (int(round(v)) for v in box)
         if colours is None:
-            colour = tuple(int(c) for c in PALETTE[int(label) % 255 or 1])
+            colour = class_colour(label)
         else:
             colour = tuple(int(c) for c in colours[index])
         cv2.rectangle(canvas, (x0, y0), (x1, y1), colour, thickness)

@@ -311,9 +311,6 @@ def verify_region_proposer(loaded, model, keys, tolerance: float) -> None:
 
 # Why detectors are refused by the checked conversions (measured with keras_dense's Faster and
 # Mask R-CNN, TF 2.21, tf2onnx 1.17, OpenVINO 2026.4). `{models}` names the family.
-# Worst and best validation images shown in `evaluate`'s report.html.
-GALLERY_IMAGES = 4
-
 DETECTOR_EXPORT_LIMITS = {
     "tflite": "TFLite export is not supported for {models} takes a variable number of "
     "region proposals per image and runs RoI pooling and per-class NMS, which have no "
@@ -331,6 +328,10 @@ _SAVEDMODEL_HINT = "; export a SavedModel instead (keras-dense export --format s
 def detector_export_limit(output_format: str, models: str) -> str:
     """Why `models` (a detector family, e.g. "detection models: Fast R-CNN") are refused."""
     return DETECTOR_EXPORT_LIMITS[output_format].format(models=models) + _SAVEDMODEL_HINT
+
+
+# Worst and best validation images shown in `evaluate`'s report.html.
+GALLERY_IMAGES = 4
 
 
 def check_tile_memory(options) -> None:
