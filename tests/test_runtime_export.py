@@ -251,3 +251,34 @@ def test_many_outputs_come_back_in_the_keras_order(tmp_path, output_format):
     assert len(got) == 12
     for k, value in enumerate(got):
         np.testing.assert_allclose(value, images * (k + 1), rtol=1e-6)
+
+
+def test_openvino_pair_is_vouched_for_by_its_report_and_an_interrupted_one_is_not(
+    segmenter, tmp_path, monkeypatch
+):
+    """The report holds each file's SHA-256; a failure between the two renames leaves no
+    report (the old one is removed first), so a mixed .bin/.xml pair cannot pass for whole."""
+    import hashlib
+
+    _runtime_or_skip("openvino")
+    path, _ = segmenter
+    result = export_runtime(path, str(tmp_path), "openvino", check_images=2)
+    sums = json.loads(open(result.report_path).read())["files"]
+    assert sums == {
+        os.path.basename(f): hashlib.sha256(open(f, "rb").read()).hexdigest() for f in result.files
+    }
+    renames = []
+    real_replace = os.replace
+
+    def fail_on_second(source, target):
+        renames.append(target)
+        if len(renames) == 2:
+            raise OSError("disk gone")
+        real_replace(source, target)
+
+    monkeypatch.setattr(os, "replace", fail_on_second)
+    with pytest.raises(OSError, match="disk gone"):
+        export_runtime(path, str(tmp_path), "openvino", check_images=2)
+    monkeypatch.undo()
+    assert not os.path.exists(result.report_path)  # nothing vouches for the mixed pair
+    assert sorted(os.listdir(tmp_path)) == ["tiny.bin", "tiny.xml"]  # no temporaries left

@@ -15,13 +15,17 @@ format cannot express (`RuntimeUnsupportedError`, naming them), and a task witho
 exports (`Task.export_unsupported`, e.g. detectors). CRF-as-RNN and RoI pooling take their
 stock-TF paths (`portable_model`) before the conversion.
 
-Written, each through a temporary file and a rename: `NAME.onnx`, or `NAME.bin` then
-`NAME.xml`, then the check report `NAME.onnx.json` / `NAME.xml.json` last.
+Written: `NAME.onnx`, or `NAME.bin` and `NAME.xml`, then the check report `NAME.onnx.json` /
+`NAME.xml.json` last. Every file is first copied beside its target under a temporary name;
+an earlier report is removed before the first rename, and the renames follow one another.
+The report names each file with its SHA-256 (`files`), so an export interrupted between the
+two OpenVINO renames cannot pass for complete: it has no report, or its sums differ.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import shutil
@@ -203,25 +207,37 @@ def export_runtime(
             report,
         )
         os.makedirs(output_dir, exist_ok=True)
-        written = []
-        for scratch_file in runtime.files(converted):
-            target = os.path.join(output_dir, os.path.basename(scratch_file))
-            _move_atomically(scratch_file, target)
-            written.append(target)
-        path = written[-1]
-        report_path = path + ".json"
+        sources = runtime.files(converted)
+        written = [os.path.join(output_dir, os.path.basename(f)) for f in sources]
+        report["files"] = {os.path.basename(f): _sha256(f) for f in sources}
+        report_path = written[-1] + ".json"
+        _replace_together(sources, written, report_path)
         atomic_write_bytes(report_path, (json.dumps(report, indent=2) + "\n").encode())
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    return RuntimeExportResult(path, tuple(written), report_path, report)
+    return RuntimeExportResult(written[-1], tuple(written), report_path, report)
 
 
-def _move_atomically(source: str, target: str) -> None:
-    """Moves a file to `target` through a temporary name beside it and a rename."""
-    temporary = f"{target}.{os.getpid()}.tmp"
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _replace_together(sources: list[str], targets: list[str], report_path: str) -> None:
+    """Copies every source beside its target, removes the old report, then renames them all
+    (module docstring); temporaries left by a failure are removed."""
+    temporaries = [f"{target}.{os.getpid()}.tmp" for target in targets]
     try:
-        shutil.copyfile(source, temporary)
-        os.replace(temporary, target)
+        for source, temporary in zip(sources, temporaries):
+            shutil.copyfile(source, temporary)
+        if os.path.exists(report_path):
+            os.remove(report_path)  # no report may vouch for a half-replaced pair
+        for temporary, target in zip(temporaries, targets):
+            os.replace(temporary, target)
     finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
+        for temporary in temporaries:
+            if os.path.exists(temporary):
+                os.remove(temporary)
