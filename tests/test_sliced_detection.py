@@ -387,3 +387,123 @@ def test_tile_bytes_of_a_fast_rcnn_counted_by_hand():
     assert tiles_per_call(model, 64, 96, 3 * expected + 1) == 3
     with pytest.raises(ValueError, match=f"--max-memory 1000 bytes: .* about {expected} bytes"):
         tiles_per_call(model, 64, 96, 1000)
+
+
+def mask_oracle(rgb: np.ndarray) -> dict:
+    """The oracle's blobs with their pixel masks (`segment_instances`' format)."""
+    boxes, labels, scores, masks = [], [], [], []
+    for label, channel in ((1, 0), (2, 1)):
+        mask = (rgb[..., channel] > 128).astype(np.uint8)
+        count, ids, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=4)
+        for index in range(1, count):
+            x, y, w, h, area = stats[index]
+            if area >= 9:
+                boxes.append([y, x, y + h - 1, x + w - 1])  # inclusive ends, as detectors
+                labels.append(label)
+                scores.append(w / 1000.0)  # the widest piece first
+                masks.append(ids == index)
+    return {
+        "boxes": np.asarray(boxes, np.float32).reshape(-1, 4),
+        "scores": np.asarray(scores, np.float32),
+        "labels": np.asarray(labels, np.int64),
+        "masks": np.asarray(masks, bool).reshape(-1, *rgb.shape[:2]),
+    }
+
+
+@pytest.mark.parametrize("full_image", [True, False])
+def test_masks_come_back_in_image_pixels_once_and_whole(full_image):
+    # A disc across the first tiles' border (whole in the second tile) and a bar no tile
+    # holds whole: its pieces join, masks united, with greedy matching at a low IoU.
+    image = np.zeros((128, 400, 3), np.uint8)
+    rows, cols = np.mgrid[:128, :400]
+    disc = (rows - 60) ** 2 + (cols - 125) ** 2 <= 14**2
+    image[disc, 0] = 255
+    image[100:110, 200:390, 1] = 255
+    found = detect_sliced(
+        mask_oracle,
+        image,
+        tile=128,
+        overlap=0.25,
+        full_image=full_image,
+        nms_iou=0.1,
+        merge="greedy",
+    )
+    assert found["masks"].shape == (len(found["boxes"]), 128, 400)
+    by_label = {int(label): mask for label, mask in zip(found["labels"], found["masks"])}
+    assert sorted(found["labels"].tolist()) == [1, 2]
+    bar = np.zeros((128, 400), bool)
+    bar[100:110, 200:390] = True
+    for label, truth in ((1, disc), (2, bar)):
+        if full_image:  # the shrunk whole image's coarser mask, scaled back, joins the group
+            assert np.all(by_label[label][truth]), label
+            assert np.sum(by_label[label] & ~truth) < 0.15 * truth.sum(), label
+        else:
+            np.testing.assert_array_equal(by_label[label], truth)
+
+
+def test_mask_rcnn_on_one_tile_gives_its_whole_image_instances():
+    from keras_dense.prediction.instances import segment_instances, segment_instances_sliced
+    from tests.test_mask_rcnn import small_model
+
+    model = small_model(seed=1)
+    card = {"min_size": 64, "max_size": 96, "normalization": "caffe"}
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 255, (64, 90, 3), dtype=np.uint8)
+    whole = segment_instances(model, image, card, score_threshold=0.0)
+    sliced = segment_instances_sliced(model, image, card, tile=128, score_threshold=0.0)
+    assert len(whole["boxes"]) > 0
+    order_whole = np.argsort(-whole["scores"], kind="stable")
+    kept = class_nms({k: v for k, v in whole.items() if k != "masks"}, 0.5)
+    assert len(sliced["boxes"]) == len(kept["boxes"])
+    # Each kept detection's mask is the whole-image mask of the same box.
+    for box, mask in zip(sliced["boxes"], sliced["masks"]):
+        match = [i for i in order_whole if np.allclose(whole["boxes"][i], box)]
+        assert match, box
+        np.testing.assert_array_equal(mask, whole["masks"][match[0]])
+
+
+def test_nms_keeps_the_whole_mask_of_an_object_cut_by_a_tile():
+    image = np.zeros((128, 400, 3), np.uint8)
+    rows, cols = np.mgrid[:128, :400]
+    disc = (rows - 60) ** 2 + (cols - 125) ** 2 <= 14**2
+    image[disc, 0] = 255
+    found = detect_sliced(mask_oracle, image, tile=128, overlap=0.25, full_image=False)
+    assert found["labels"].tolist() == [1]
+    np.testing.assert_array_equal(found["masks"][0], disc)
+
+
+def test_evaluate_and_predict_slice_a_mask_rcnn(tmp_path, capsys):
+    import json
+
+    from keras_dense import cli
+    from keras_dense.data import convert_shapes
+    from keras_dense.utils.model_card import write_model_card
+    from tests.test_mask_rcnn import small_model
+
+    convert_shapes(str(tmp_path / "val"), 3, size=48, seed=6, progress=False)
+    manifest = json.loads((tmp_path / "val.json").read_text())
+    path = str(tmp_path / "mask_rcnn.keras")
+    small_model(seed=1).save(path)
+    card = {"task": "instance_segmentation", "classes": manifest["classes"][1:]}
+    write_model_card(path, {**card, "normalization": "caffe", "min_size": 64, "max_size": 96})
+    data = str(tmp_path / "val-*.tfrecord")
+    reports = {}
+    for name, extra in {"whole": [], "one_tile": ["--slice", "64"]}.items():
+        out = tmp_path / name
+        assert (
+            cli.main(["evaluate", "--model", path, "--data", data, "--output", str(out), *extra])
+            == 0
+        )
+        reports[name] = json.loads((out / "metrics.json").read_text())
+    for key in ("box_ap", "mask_ap", "voc_map"):
+        assert reports["one_tile"][key] == pytest.approx(reports["whole"][key]), key
+    assert reports["one_tile"]["slice"]["tile"] == 64
+    rgb = np.random.default_rng(0).integers(0, 255, (60, 150, 3), dtype=np.uint8)
+    cv2.imwrite(str(tmp_path / "wide.png"), rgb[..., ::-1])
+    out = tmp_path / "predicted"
+    args = ["predict", "--model", path, str(tmp_path / "wide.png"), "--output", str(out)]
+    assert cli.main([*args, "--slice", "48", "--score-threshold", "0"]) == 0
+    ids = cv2.imread(str(out / "wide_instance_ids.png"), cv2.IMREAD_UNCHANGED)
+    assert ids.shape == (60, 150)
+    assert cli.main([*args, "--slice", "48", "--max-memory", "1GiB"]) == 2
+    assert "--max-memory does not apply to instance_segmentation" in capsys.readouterr().err

@@ -33,7 +33,8 @@ ACCEPTED = {
     ("evaluate", "--tiled"): {"segmentation"},
     ("evaluate", "--tta"): {"segmentation", "classification"},
     ("evaluate", "--scales"): {"segmentation", "classification"},
-    ("evaluate", "--max-memory"): EVERY,  # detectors: tiles per call with --slice
+    # Detection: the memory of one call over a batch of tiles, with --slice.
+    ("evaluate", "--max-memory"): {"segmentation", "classification", "detection"},
     ("evaluate", "--use-07-metric"): DETECTORS,
     ("evaluate", "--pointing-tolerance"): {"classification"},
     ("predict", "--crf"): {"segmentation"},
@@ -41,7 +42,7 @@ ACCEPTED = {
     ("predict", "--tile-size"): {"segmentation"},
     ("predict", "--tta"): {"segmentation"},
     ("predict", "--scales"): {"segmentation"},
-    ("predict", "--max-memory"): EVERY,
+    ("predict", "--max-memory"): {"segmentation", "classification", "detection"},
     ("predict", "--score-threshold"): DETECTORS,
     ("export", "--batch-mode"): {"segmentation", "detection"},
     ("export", "--tta"): {"segmentation"},
@@ -121,7 +122,7 @@ def test_each_option_is_refused_once_in_one_place_for_the_tasks_without_it(
     accepted = ACCEPTED[command, flag]
     for task in sorted(EVERY):
         argv = _argv(command, flag, card_only(tmp_path, task), tmp_path)
-        if flag == "--max-memory" and task in DETECTORS:
+        if flag == "--max-memory" and task == "detection":
             argv += ["--slice", "64"]  # a detector's budget is for batches of tiles
         calls.clear()
         if task in accepted:
@@ -246,7 +247,8 @@ def test_instance_segmentation_is_a_detection_task_overriding_only_what_differs(
     assert differs <= overridden <= allowed, overridden
     instance, detection = get_task("instance_segmentation"), get_task("detection")
     assert instance.class_names(["background", "a"]) == detection.class_names(["background", "a"])
-    assert instance.capabilities == detection.capabilities
+    # All but batches of tiles under --max-memory (sliced masks run one tile per call).
+    assert instance.capabilities == dataclasses.replace(detection.capabilities, tile_batches=False)
     assert instance.background_outputs == detection.background_outputs == 1
 
 

@@ -32,7 +32,7 @@ _OPTIONS = CommandOptions.task_specific(
         "tta": ("score_tta", "map_tta"),
         "scales": ("score_tta", "map_tta"),
         "pointing_tolerance": ("pointing_game",),
-        "max_memory": ("memory_planning", "scored_detections"),
+        "max_memory": ("memory_planning", "tile_batches"),
         "runner": ("beam_evaluation",),
         "slice": ("scored_detections",),
         "overlap": ("scored_detections",),

@@ -42,7 +42,7 @@ _DEFAULT_MEMORY = f"{DEFAULT_MAX_MEMORY / 2**30:g}GiB"
 _OPTIONS = CommandOptions.task_specific(
     "predict",
     {
-        "max_memory": ("memory_planning", "scored_detections"),
+        "max_memory": ("memory_planning", "tile_batches"),
         "tiled": ("tiled_inference",),
         "tile_size": ("tiled_inference",),
         "tta": ("score_tta",),

@@ -102,8 +102,8 @@ def tile_memory(args: argparse.Namespace, task) -> int | None:
         ValueError: `--max-memory` for a detector without `--slice`, or a bad size (named).
     """
     typed = getattr(args, "max_memory", None)
-    if typed is None or task.capabilities.memory_planning:
-        return None  # segmenters and classifiers plan each image themselves
+    if typed is None or not task.capabilities.tile_batches:
+        return None  # segmenters and classifiers plan each image; others are refused after
     if args.slice is None:
         raise ValueError(
             "--max-memory applies to detection with --slice (the memory of one model call "

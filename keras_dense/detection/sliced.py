@@ -152,7 +152,8 @@ def greedy_merge(
     """
     boxes = np.asarray(detections["boxes"], np.float64)
     scores, labels = detections["scores"], detections["labels"]
-    merged_boxes, merged_scores, merged_labels = [], [], []
+    crop_ids = detections.get("crop_id")
+    merged_boxes, merged_scores, merged_labels, groups = [], [], [], []
     for label in np.unique(labels):
         mine = np.nonzero(labels == label)[0]
         mine = mine[np.argsort(-scores[mine], kind="stable")]
@@ -164,33 +165,82 @@ def greedy_merge(
             group = rest[_iou_row(boxes[mine[leader]], boxes[mine[rest]]) > iou]
             free[group] = False
             free[leader] = False
-            members = boxes[mine[np.append(group, leader)]]
+            chosen = mine[np.append(leader, group)]
+            members = boxes[chosen]
             merged_boxes.append(np.r_[members[:, :2].min(0), members[:, 2:].max(0)])
+            if crop_ids is not None:
+                groups.append(crop_ids[chosen])
             merged_scores.append(scores[mine[leader]])
             merged_labels.append(label)
     if not merged_boxes:
-        return {key: value[:0] for key, value in detections.items()}
+        empty = {key: value[:0] for key, value in detections.items() if key != "crop_id"}
+        return {**empty, "crop_groups": []} if crop_ids is not None else empty
     order = np.argsort(-np.asarray(merged_scores), kind="stable")[:max_detections]
-    return {
+    merged = {
         "boxes": np.asarray(merged_boxes, np.float32)[order],
         "scores": np.asarray(merged_scores, np.float32)[order],
         "labels": np.asarray(merged_labels, np.int64)[order],
     }
+    if crop_ids is not None:  # which masks each merged detection unites (detect_sliced)
+        merged["crop_groups"] = [groups[i] for i in order]
+    return merged
 
 
 MERGES = {"nms": class_nms, "greedy": greedy_merge}
 
 
-def _as_detections(found: dict, offset=(0.0, 0.0), factor=(1.0, 1.0)) -> Detections:
-    """`found` as float arrays, boxes divided by the (y, x) `factor` then shifted."""
-    boxes = np.asarray(found["boxes"], np.float32).reshape(-1, 4)
-    boxes = boxes / np.asarray([factor[0], factor[1], factor[0], factor[1]], np.float32)
+def _as_detections(
+    found: dict, offset=(0.0, 0.0), factor=(1.0, 1.0), crops: list | None = None
+) -> Detections:
+    """`found` as float arrays, boxes divided by the (y, x) `factor` then shifted. With
+    `crops`, each detection's mask (`found["masks"]`, in the pixels `found` was given) is cut
+    to its box, brought to image pixels, appended to `crops` as `(mask, y0, x0)`, and its
+    index kept under `"crop_id"`."""
+    raw = np.asarray(found["boxes"], np.float32).reshape(-1, 4)
+    boxes = raw / np.asarray([factor[0], factor[1], factor[0], factor[1]], np.float32)
     boxes = boxes + np.asarray([offset[0], offset[1], offset[0], offset[1]], np.float32)
-    return {
+    detections = {
         "boxes": boxes,
         "scores": np.asarray(found["scores"], np.float32).reshape(-1),
         "labels": np.asarray(found["labels"]).reshape(-1).astype(np.int64),
     }
+    if crops is not None:
+        masks = np.asarray(found["masks"], bool)
+        first = len(crops)
+        for box, mask in zip(raw, masks):  # a box's mask: one slice (and resize) each
+            crops.append(_mask_crop(mask, box, offset, factor))
+        detections["crop_id"] = np.arange(first, len(crops), dtype=np.int64)
+    return detections
+
+
+def _mask_crop(mask: np.ndarray, box: np.ndarray, offset, factor) -> tuple[np.ndarray, int, int]:
+    """A mask cut to its box (rounded outward), in image pixels: `(crop, y0, x0)`."""
+    height, width = mask.shape
+    y0, x0 = (max(0, int(np.floor(v))) for v in box[:2])
+    y1 = min(height, int(np.ceil(box[2])) + 1)
+    x1 = min(width, int(np.ceil(box[3])) + 1)
+    crop = mask[y0 : max(y1, y0), x0 : max(x1, x0)]
+    if factor != (1.0, 1.0) and crop.size:
+        top, left = round(y0 / factor[0]), round(x0 / factor[1])
+        size = (max(1, round(x1 / factor[1]) - left), max(1, round(y1 / factor[0]) - top))
+        crop = cv2.resize(crop.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST) > 0
+        return crop, top + int(offset[0]), left + int(offset[1])
+    return crop, y0 + int(offset[0]), x0 + int(offset[1])
+
+
+def _paste_masks(merged: Detections, crops: list, height: int, width: int) -> np.ndarray:
+    """(n, H, W) bool: each merged detection's mask, the union of its members' crops."""
+    groups = merged.pop("crop_groups", None)
+    if groups is None:
+        groups = [[int(i)] for i in merged.pop("crop_id")]
+    masks = np.zeros((len(groups), height, width), bool)
+    for index, group in enumerate(groups):
+        for crop_id in group:
+            crop, y0, x0 = crops[int(crop_id)]
+            h = max(0, min(crop.shape[0], height - y0))
+            w = max(0, min(crop.shape[1], width - x0))
+            masks[index, y0 : y0 + h, x0 : x0 + w] |= crop[:h, :w]
+    return masks
 
 
 def _tile_detections(detector, image, windows, batch_detector, batch_size):
@@ -268,11 +318,14 @@ def detect_sliced(
     height, width = image.shape[:2]
     windows = slice_windows(height, width, tile, overlap)
     parts, owners = [], []
+    crops = None  # with masks: every detection's mask cut to its box, in image pixels
     for index, found in enumerate(
         _tile_detections(detector, image, windows, batch_detector, batch_size)
     ):
         y0, x0 = windows[index, :2]
-        found = _as_detections(found, (float(y0), float(x0)))
+        if index == 0 and "masks" in found:
+            crops = []
+        found = _as_detections(found, (float(y0), float(x0)), crops=crops)
         parts.append(found)
         owners.append(np.full(len(found["boxes"]), index))
     tiles = {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
@@ -291,6 +344,9 @@ def detect_sliced(
         small = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
         # The actual factors after rounding, per axis.
         scale_back = (small.shape[0] / height, small.shape[1] / width)
-        merged.append(_as_detections(detector(small), factor=scale_back))
+        merged.append(_as_detections(detector(small), factor=scale_back, crops=crops))
     every = {key: np.concatenate([part[key] for part in merged]) for key in merged[0]}
-    return MERGES[merge](every, nms_iou, max_detections)
+    result = MERGES[merge](every, nms_iou, max_detections)
+    if crops is not None:
+        result["masks"] = _paste_masks(result, crops, height, width)
+    return result

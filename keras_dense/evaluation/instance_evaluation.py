@@ -9,7 +9,7 @@ from keras_dense.data.class_lists import check_card_classes, object_classes
 from keras_dense.data.detection_records import check_evaluation_records
 from keras_dense.evaluation.coco_map import coco_metrics
 from keras_dense.evaluation.voc_map import voc_detection_map
-from keras_dense.prediction.instances import segment_instances
+from keras_dense.prediction.instances import segment_instances, segment_instances_sliced
 from keras_dense.utils.progress import Progress
 
 
@@ -41,6 +41,10 @@ def evaluate_instances(
     use_07_metric: bool = False,
     progress: bool = False,
     total: int = 0,
+    slice_size: int | None = None,
+    overlap: float = 0.2,
+    merge: str = "nms",
+    merge_iou: float = 0.5,
 ) -> dict:
     """COCO box and mask AP and VOC mAP at IoU 0.5 of a Mask R-CNN model.
 
@@ -56,6 +60,11 @@ def evaluate_instances(
         use_07_metric: VOC2007 11-point AP for the VOC number.
         progress: Draw a progress bar on stderr (on a terminal only).
         total: Number of records, for the progress bar.
+        slice_size: Segment every image on tiles of this many pixels
+            (`segment_instances_sliced`), or None for whole images.
+        overlap: Fraction of a tile shared by adjacent tiles (with `slice_size`).
+        merge: How the tiles' detections merge (`detect_sliced`'s `merge`).
+        merge_iou: The merge's IoU (`detect_sliced`'s `nms_iou`).
 
     Returns:
         `{"box_ap", "mask_ap", "box_ap50", "mask_ap50", "box_ap75", "mask_ap75", "voc_map",
@@ -70,12 +79,22 @@ def evaluate_instances(
     detections, truths = [], []
     bar = Progress(total, "evaluating", progress)
     for example in read_examples(pattern):
-        found, truth = example_instances(model, card, pattern, example)
+        found, truth = example_instances(
+            model, card, pattern, example, slice_size, overlap, merge, merge_iou
+        )
         detections.append(found)
         truths.append(truth)
         bar.update()
     bar.close()
-    return instance_report(card, detections, truths, use_07_metric)
+    report = instance_report(card, detections, truths, use_07_metric)
+    if slice_size is not None:
+        report["slice"] = {
+            "tile": int(slice_size),
+            "overlap": float(overlap),
+            "merge": merge,
+            "merge_iou": float(merge_iou),
+        }
+    return report
 
 
 def check_instance_data(card: dict, pattern: str) -> None:
@@ -90,11 +109,33 @@ def check_instance_data(card: dict, pattern: str) -> None:
     )
 
 
-def example_instances(model, card: dict, pattern: str, example: dict) -> tuple[dict, dict]:
-    """One record's instances (every detection kept, threshold 0) and its ground truth."""
+def example_instances(
+    model,
+    card: dict,
+    pattern: str,
+    example: dict,
+    slice_size: int | None = None,
+    overlap: float = 0.2,
+    merge: str = "nms",
+    merge_iou: float = 0.5,
+) -> tuple[dict, dict]:
+    """One record's instances (every detection kept, threshold 0; sliced with `slice_size`)
+    and its ground truth."""
     record = f"record {example.get('source_id', '')!r} in {pattern}"
     truth = instance_ground_truth(example, record)
-    return segment_instances(model, example["image"], card, score_threshold=0.0), truth
+    if slice_size is None:
+        return segment_instances(model, example["image"], card, score_threshold=0.0), truth
+    found = segment_instances_sliced(
+        model,
+        example["image"],
+        card,
+        slice_size,
+        overlap,
+        score_threshold=0.0,
+        nms_iou=merge_iou,
+        merge=merge,
+    )
+    return found, truth
 
 
 def instance_report(card: dict, detections: list, truths: list, use_07_metric: bool) -> dict:

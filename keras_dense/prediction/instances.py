@@ -54,3 +54,38 @@ def segment_instances(
         "labels": np.asarray(out["detection_classes"])[0, :count][keep].astype(np.int64),
         "masks": masks,
     }
+
+
+def segment_instances_sliced(
+    model: keras.Model,
+    image: np.ndarray,
+    card: dict,
+    tile: int = 512,
+    overlap: float = 0.2,
+    full_image: bool = True,
+    score_threshold: float = 0.05,
+    nms_iou: float = 0.5,
+    merge: str = "nms",
+) -> dict:
+    """`segment_instances` on overlapping tiles of a large image, merged back
+    (`keras_dense.detection.detect_sliced`): boxes and masks go back into the image's pixels,
+    a detection cut by a tile is dropped where another tile holds it whole, and the merge
+    keeps one mask per object (with `merge="greedy"`, the union of its group's masks).
+
+    One tile at a time: memory holds one tile's masks, each cut to its box, plus the (n, H, W)
+    masks returned.
+
+    Returns:
+        `{"boxes", "scores", "labels", "masks": (n, H, W) bool}`, best score first.
+    """
+    from keras_dense.detection import detect_sliced
+
+    return detect_sliced(
+        lambda rgb: segment_instances(model, rgb, card, score_threshold=score_threshold),
+        image,
+        tile=tile,
+        overlap=overlap,
+        full_image=full_image,
+        nms_iou=nms_iou,
+        merge=merge,
+    )

@@ -36,6 +36,8 @@ class TaskCapabilities:
         tflite: TFLite export (`keras-dense export --format tflite`).
         runtime_export: ONNX and OpenVINO exports (`keras-dense export --format onnx|openvino`).
         beam_evaluation: Evaluation on an Apache Beam pipeline (`evaluate --runner beam`).
+        tile_batches: Sliced detection in batches of tiles under a memory budget
+            (`--max-memory` with `--slice`).
     """
 
     score_tta: bool = _capability("test-time augmentation of the scores")
@@ -50,6 +52,7 @@ class TaskCapabilities:
     tflite: bool = _capability("TFLite export")
     runtime_export: bool = _capability("ONNX and OpenVINO export")
     beam_evaluation: bool = _capability("evaluation on Apache Beam")
+    tile_batches: bool = _capability("batches of detection tiles under a memory budget")
 
     def has_any(self, names: tuple[str, ...]) -> bool:
         """Whether one of the capabilities `names` is True.

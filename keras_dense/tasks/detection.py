@@ -350,7 +350,9 @@ class DetectionTask(Task):
     data_config = DetectionData
     # Records carry an instance mask per box, which the batches hold (Mask R-CNN).
     instance_masks = False
-    capabilities = TaskCapabilities(voc_ap=True, scored_detections=True, beam_evaluation=True)
+    capabilities = TaskCapabilities(
+        voc_ap=True, scored_detections=True, beam_evaluation=True, tile_batches=True
+    )
     export_options = DetectionExportOptions
     background_outputs = 1
 

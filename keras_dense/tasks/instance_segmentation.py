@@ -22,13 +22,12 @@ from keras_dense.data.image_io import encode_png
 from keras_dense.data.tfrecord_files import count_records
 from keras_dense.evaluation.html_report import detection_report_html
 from keras_dense.evaluation.instance_evaluation import evaluate_instances
-from keras_dense.prediction.instances import segment_instances
+from keras_dense.prediction.instances import segment_instances, segment_instances_sliced
 from keras_dense.prediction.palette import draw_instances
 from keras_dense.signatures.instance_signatures import TENSOR_OUTPUTS, instance_signatures
 from keras_dense.signatures.memory_budget import pixel_budget, serving_bytes_per_pixel
 from keras_dense.tasks.detection import (
     DetectionTask,
-    check_tile_memory,
     detection_list,
     detector_export_limit,
     verify_region_proposer,
@@ -49,15 +48,13 @@ class InstanceSegmentationTask(DetectionTask):
 
     name = "instance_segmentation"
     instance_masks = True  # `datasets`: batches with masks, no proposals read
+    # Sliced masks run one tile per model call: no --max-memory batches.
+    capabilities = dataclasses.replace(DetectionTask.capabilities, tile_batches=False)
     export_options = InstanceSegmentationExportOptions
 
     def evaluate(self, model, card, pattern, options: EvaluateOptions):
-        check_tile_memory(options)
-        if options.slice is not None:
-            raise ValueError(
-                "--slice: sliced evaluation of instance masks is not supported yet (boxes only, "
-                "for detection models); leave --slice out"
-            )
+        if options.slice is not None and options.runner == "beam":
+            raise ValueError("--slice: sliced evaluation runs locally only; leave --runner out")
         if options.runner == "beam":
             from keras_dense.evaluation.beam_evaluation import evaluate_instances_beam
 
@@ -66,7 +63,16 @@ class InstanceSegmentationTask(DetectionTask):
             )
         total = count_records(pattern) if options.progress else 0
         return evaluate_instances(
-            model, card, pattern, options.use_07_metric, progress=options.progress, total=total
+            model,
+            card,
+            pattern,
+            options.use_07_metric,
+            progress=options.progress,
+            total=total,
+            slice_size=options.slice,
+            overlap=options.overlap,
+            merge=options.merge,
+            merge_iou=options.merge_iou,
         )
 
     def report_lines(self, report):
@@ -76,6 +82,12 @@ class InstanceSegmentationTask(DetectionTask):
             f"mask AP50 = {report['mask_ap50']:.4f}, box AP50 = {report['box_ap50']:.4f}, "
             f"VOC box mAP@0.5 = {report['voc_map']:.4f}",
         ]
+        if report.get("slice"):
+            sliced = report["slice"]
+            lines[0] += (
+                f" (sliced: {sliced['tile']} px tiles, overlap {sliced['overlap']:g}, "
+                f"{sliced['merge']} merge)"
+            )
         lines += [f"  {name:>20}: VOC AP {ap:.4f}" for name, ap in report["voc_ap"].items()]
         return lines
 
@@ -97,13 +109,19 @@ class InstanceSegmentationTask(DetectionTask):
         }
 
     def predict_image(self, model, card, rgb, options: PredictOptions, plan: str):
-        check_tile_memory(options)
         if options.slice:
-            raise ValueError(
-                "--slice: sliced prediction of instance masks is not supported yet (boxes "
-                "only, for detection models); leave --slice out"
+            found = segment_instances_sliced(
+                model,
+                rgb,
+                card,
+                tile=options.slice,
+                overlap=options.overlap,
+                score_threshold=options.score_threshold,
+                nms_iou=options.merge_iou,
+                merge=options.merge,
             )
-        found = segment_instances(model, rgb, card, score_threshold=options.score_threshold)
+        else:
+            found = segment_instances(model, rgb, card, score_threshold=options.score_threshold)
         names = card["classes"]
         drawn = draw_instances(
             rgb, found["masks"], found["boxes"], found["labels"], found["scores"], names
