@@ -167,7 +167,7 @@ def test_openvino_names_an_operation_without_a_conversion_rule(tmp_path):
     model = keras.Model(inputs, _SetDiagonal()(inputs))
     spec = tf.TensorSpec((None, 4, 4, 1), tf.float32, name="images")
     with pytest.raises(RuntimeUnsupportedError, match="^MatrixSetDiagV3$"):
-        RUNTIMES["openvino"].convert(model, spec, str(tmp_path / "m.xml"))
+        RUNTIMES["openvino"].convert(model, [spec], str(tmp_path / "m.xml"))
 
 
 def _wsl(tmp_path, pooling: str) -> tuple[str, keras.Model]:
@@ -203,7 +203,7 @@ def test_lse_pooling_is_refused_naming_what_onnx_lacks(tmp_path):
 @pytest.mark.parametrize(
     ("task", "message"),
     [
-        ("detection", "ONNX export is not supported for detection models"),
+        ("detection", "ONNX export of detection models covers Faster R-CNN with RoIAlign"),
         ("instance_segmentation", "ONNX export is not supported for instance segmentation"),
     ],
 )
@@ -245,9 +245,9 @@ def test_many_outputs_come_back_in_the_keras_order(tmp_path, output_format):
     spec = tf.TensorSpec((None, 4, 4, 1), tf.float32, name="images")
     runtime = RUNTIMES[output_format]
     path = str(tmp_path / f"m{runtime.suffix}")
-    runtime.convert(model, spec, path)
+    runtime.convert(model, [spec], path)
     images = np.random.default_rng(0).normal(size=(2, 4, 4, 1)).astype(np.float32)
-    got = runtime.run(path, images)
+    got = runtime.run(path, [images])
     assert len(got) == 12
     for k, value in enumerate(got):
         np.testing.assert_allclose(value, images * (k + 1), rtol=1e-6)
@@ -282,3 +282,104 @@ def test_openvino_pair_is_vouched_for_by_its_report_and_an_interrupted_one_is_no
     monkeypatch.undo()
     assert not os.path.exists(result.report_path)  # nothing vouches for the mixed pair
     assert sorted(os.listdir(tmp_path)) == ["tiny.bin", "tiny.xml"]  # no temporaries left
+
+
+def _faster_rcnn(tmp_path, roi_mode: str) -> tuple[str, keras.Model]:
+    from keras_dense.apps import faster_rcnn
+
+    keras.utils.set_random_seed(0)
+    model = faster_rcnn(
+        num_classes=2,
+        backbone="compact",
+        backbone_width=8,
+        fc_units=32,
+        rpn_filters=32,
+        anchor_scales=(32, 64),
+        test_pre_nms_top_n=50,
+        test_post_nms_top_n=10,
+        roi_mode=roi_mode,
+    )
+    path = str(tmp_path / f"frcnn_{roi_mode}.keras")
+    model.save(path)
+    card = {"task": "detection", "classes": ["a", "b"], "normalization": "caffe"}
+    write_model_card(path, {**card, "min_size": 64, "max_size": 96, "background_outputs": 1})
+    return path, model
+
+
+def test_faster_rcnn_with_roialign_exports_to_onnx_and_detects_as_keras(tmp_path):
+    """The ONNX graph gives the raw heads; decoded, clipped and NMS-ed as `detect` does, its
+    boxes equal the Keras model's (checked again here in onnxruntime, outside the export)."""
+    import onnxruntime
+
+    from keras_dense.detection import detect
+    from keras_dense.tasks.detection import box_agreement
+    from tests.export_test_utils import make_image
+
+    _runtime_or_skip("onnx")
+    path, model = _faster_rcnn(tmp_path, "align")
+    result = export_runtime(path, str(tmp_path / "out"), "onnx", check_images=4, dynamic=True)
+    check = result.report["check"]
+    assert check["agreement"] >= 0.99 and check["compared"] > 0 and check["min_agreement"] == 0.99
+    assert check["max_box_diff"] < 1e-2
+    assert [i["name"] for i in result.report["inputs"]] == ["images", "image_shape", "scale"]
+    assert result.report["outputs"] == sorted(model.output)
+    image = normalize_np(make_image(64, 80, seed=5), "caffe")[None]
+    shape, scale = np.array([[64, 80]], np.float32), np.ones(1, np.float32)
+    session = onnxruntime.InferenceSession(result.path, providers=["CPUExecutionProvider"])
+    raw = dict(
+        zip(
+            [o.name for o in session.get_outputs()],
+            session.run(None, {"images": image, "image_shape": shape, "scale": scale}),
+        )
+    )
+    from keras_dense.detection.detect import postprocess_detections, unpad_detections
+
+    onnx_found = unpad_detections(
+        postprocess_detections(
+            raw["cls_score"],
+            raw["bbox_pred"],
+            raw["proposals"],
+            shape,
+            num_proposals=raw["num_proposals"],
+            box_stds=model.box_stds,
+        )
+    )
+    keras_found = unpad_detections(detect(model, image, image_shape=shape, scale=scale))
+    assert len(keras_found[0]["boxes"]) > 0
+    assert box_agreement(onnx_found, keras_found)["agreement"] == 1.0
+
+
+def test_box_agreement_counts_both_sides():
+    from keras_dense.tasks.detection import box_agreement
+
+    one = {"boxes": np.array([[0, 0, 10, 10], [20, 20, 40, 40]], np.float32), "labels": [1, 2]}
+    moved = {"boxes": np.array([[0, 0, 10, 10], [22, 22, 42, 42]], np.float32), "labels": [1, 2]}
+    relabelled = {"boxes": one["boxes"], "labels": [2, 1]}
+    assert box_agreement([one], [one])["agreement"] == 1.0
+    # The second box moved by 2 px: IoU 0.82 < 0.9, so 2 of the 4 detections agree.
+    assert box_agreement([one], [moved]) == {
+        "agreement": 0.5,
+        "compared": 4,
+        "max_abs_diff": 0.0,
+        "max_box_diff": 0.0,
+    }
+    shifted = {"boxes": one["boxes"] + np.float32(0.5), "labels": [1, 2]}
+    assert box_agreement([one], [shifted])["max_box_diff"] == 0.5
+    assert box_agreement([one], [relabelled])["agreement"] == 0.0
+
+
+@pytest.mark.parametrize(
+    ("roi_mode", "output_format", "message"),
+    [
+        ("max", "onnx", "build it with roi_mode='align'"),
+        ("align", "openvino", "CombinedNonMaxSuppression"),
+    ],
+)
+def test_detectors_that_cannot_convert_are_refused_by_name(
+    tmp_path, capsys, roi_mode, output_format, message
+):
+    path, _ = _faster_rcnn(tmp_path, roi_mode)
+    args = ["export", "--format", output_format, "--model", path, "--output", str(tmp_path / "o")]
+    assert cli.main(args) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

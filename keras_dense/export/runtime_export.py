@@ -75,10 +75,17 @@ class RuntimeExportResult:
     report: dict
 
 
-def _outputs(model, images: np.ndarray) -> list[np.ndarray]:
-    """The Keras model's outputs on `images`, in batches of 8, flattened in output order."""
+def _outputs(model, inputs: list[np.ndarray]) -> list[np.ndarray]:
+    """The Keras model's outputs on `inputs`, in batches of 8, flattened in output order."""
+    count = len(inputs[0])
     parts = [
-        tf.nest.flatten(model(images[i : i + 8], training=False)) for i in range(0, len(images), 8)
+        tf.nest.flatten(
+            model(
+                [x[i : i + 8] for x in inputs] if len(inputs) > 1 else inputs[0][i : i + 8],
+                training=False,
+            )
+        )
+        for i in range(0, count, 8)
     ]
     return [np.concatenate([np.asarray(part[k]) for part in parts]) for k in range(len(parts[0]))]
 
@@ -129,12 +136,15 @@ def export_runtime(
     runtime = RUNTIMES[output_format]
     model, card = load_model_with_card(model_path)
     task = get_task(card["task"])
-    reason = task.export_unsupported(card, output_format)
+    reason = task.export_unsupported(card, output_format, model=model)
     if reason:
         raise ValueError(f"--model {model_path}: {reason}")
     runtime.require()  # before the conversion, which takes a while
     check_finite_weights(model)
     model = portable_model(model)
+    default_size = task.export_input_size(card)
+    if default_size is not None and not card.get("input_size"):
+        card = {**card, "input_size": list(default_size)}
     size = resolve_input_size(model, card, input_size)
     channels = int(model.inputs[0].shape[-1])
     spec_size = (None, None) if dynamic else size
@@ -146,7 +156,7 @@ def export_runtime(
     try:
         converted = os.path.join(scratch, stem + runtime.suffix)
         try:
-            runtime.convert(model, spec, converted)
+            runtime.convert(model, task.export_specs(model, spec), converted)
             missing = runtime.unsupported_ops(converted)
         except RuntimeUnsupportedError as error:
             missing = str(error).split(", ")
@@ -157,15 +167,21 @@ def export_runtime(
                 "SavedModel instead: keras-dense export --format savedmodel)"
             )
         bar.update()
-        got = runtime.run(converted, images)
+        inputs = task.export_inputs(model, images)
+        got = runtime.run(converted, inputs)
         bar.update()
-        want = _outputs(model, images)
+        want = _outputs(model, inputs)
         report = {
             "format": REPORT_FORMAT,
             "runtime": output_format,
             "model": model_path,
             "input_shape": [None, *spec_size, channels],
             "input_name": "images",
+            "inputs": [
+                {"name": spec.name, "shape": list(spec.shape)}
+                for spec in task.export_specs(model, spec)
+            ],
+            "outputs": sorted(model.output) if isinstance(model.output, dict) else None,
             "input_dtype": "float32",
             "normalization": card.get("normalization"),
             "classes": card.get("classes"),
@@ -182,10 +198,10 @@ def export_runtime(
                 "nothing was written",
                 report,
             )
-        stats = task.conversion_check(got[0], want[0])
+        stats = task.export_agreement(model, got, want, inputs)
         bar.update()
         bar.close()
-        minimum = MIN_AGREEMENT if min_agreement is None else float(min_agreement)
+        minimum = task.export_min_agreement if min_agreement is None else float(min_agreement)
         differences = [float(np.max(np.abs(g - w))) if g.size else 0.0 for g, w in zip(got, want)]
         report["check"] = {
             "images": int(len(images)),
@@ -196,6 +212,9 @@ def export_runtime(
             "max_abs_diff": max(differences),
             "min_agreement": minimum,
         }
+        if "max_box_diff" in stats:  # detectors: the raw heads are compared index by index,
+            # and proposals of near-equal score may come in another order
+            report["check"]["max_box_diff"] = stats["max_box_diff"]
         refuse_disagreement(
             RuntimeCheckError,
             model_path,

@@ -46,6 +46,12 @@ def _quiet_converter():
         logger.setLevel(level)
 
 
+def _signature(specs: list) -> list:
+    """Keras's `input_signature`: one entry per positional argument of `call`, so a model
+    with several inputs takes their list as its one argument."""
+    return [list(specs)] if len(specs) > 1 else list(specs)
+
+
 class OnnxRuntime:
     """ONNX through tf2onnx; checked with onnxruntime's CPU provider."""
 
@@ -67,10 +73,10 @@ class OnnxRuntime:
         """Every file a model at `path` consists of."""
         return [path]
 
-    def convert(self, model: keras.Model, spec: tf.TensorSpec, path: str) -> None:
-        """Writes the model's ONNX form to `path`."""
+    def convert(self, model: keras.Model, specs: list[tf.TensorSpec], path: str) -> None:
+        """Writes the model's ONNX form to `path` (inputs as `specs` name them)."""
         with _quiet_converter():
-            model.export(path, format="onnx", input_signature=[spec], verbose=False)
+            model.export(path, format="onnx", input_signature=_signature(specs), verbose=False)
 
     def unsupported_ops(self, path: str) -> list[str]:
         """The model's operations that no registered ONNX domain defines (sorted)."""
@@ -86,12 +92,15 @@ class OnnxRuntime:
                     graphs.extend(attribute.graphs)
         return sorted(missing)
 
-    def run(self, path: str, images: np.ndarray) -> list[np.ndarray]:
-        """The model's outputs on `images` (N, H, W, C), in its output order."""
+    def run(self, path: str, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        """The model's outputs on `inputs` (the images (N, H, W, C) first), in output order."""
         import onnxruntime
 
         session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
-        feed = {session.get_inputs()[0].name: np.asarray(images, np.float32)}
+        feed = {
+            given.name: np.asarray(value, np.float32)
+            for given, value in zip(session.get_inputs(), inputs)
+        }
         return [np.asarray(output) for output in session.run(None, feed)]
 
 
@@ -117,7 +126,7 @@ class OpenVinoRuntime:
         """The weights first, then the graph that names them."""
         return [os.path.splitext(path)[0] + ".bin", path]
 
-    def convert(self, model: keras.Model, spec: tf.TensorSpec, path: str) -> None:
+    def convert(self, model: keras.Model, specs: list[tf.TensorSpec], path: str) -> None:
         """Writes the model's OpenVINO IR to `path` (.xml) and its weights beside it (.bin).
 
         Raises:
@@ -125,7 +134,7 @@ class OpenVinoRuntime:
         """
         try:
             with _quiet_converter():
-                model.export(path, format="openvino", input_signature=[spec], verbose=False)
+                model.export(path, format="openvino", input_signature=list(specs), verbose=False)
         except Exception as error:  # noqa: BLE001 - OpConversionFailure is openvino's own
             found = re.search(r"No conversion rule found for operations: ([^\n]+)", str(error))
             if found is None:
@@ -137,14 +146,14 @@ class OpenVinoRuntime:
         """None: the frontend refuses such operations while converting."""
         return []
 
-    def run(self, path: str, images: np.ndarray) -> list[np.ndarray]:
-        """The model's outputs on `images` (N, H, W, C), in its output order."""
+    def run(self, path: str, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        """The model's outputs on `inputs` (the images (N, H, W, C) first), in output order."""
         import openvino
 
         compiled = openvino.Core().compile_model(
             path, "CPU", {"INFERENCE_PRECISION_HINT": self.precision}
         )
-        results = compiled([np.asarray(images, np.float32)])
+        results = compiled([np.asarray(value, np.float32) for value in inputs])
         # The function's outputs are its Identity nodes (Identity, Identity_1, ... in the
         # Keras outputs' flattened order); the frontend may expose inner tensors beside them
         # (a shape scalar of a crop, say) and lists outputs in another order.

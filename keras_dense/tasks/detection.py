@@ -334,6 +334,82 @@ def detector_export_limit(output_format: str, models: str) -> str:
 GALLERY_IMAGES = 4
 
 
+def onnx_detector_limit(model) -> str | None:
+    """Why a detector cannot go to ONNX, or None: Faster R-CNN with RoIAlign converts."""
+    from keras_dense.layers.multilevel_roi_pooling import MultiLevelRoIPooling
+    from keras_dense.layers.roi_pooling import RoIPooling
+
+    if not proposes_regions(model):
+        return (
+            "ONNX export of detection models covers Faster R-CNN with RoIAlign; Fast R-CNN "
+            "takes external proposals and pools them with RoI max pooling, whose levels are "
+            "built in a TensorFlow loop that tf2onnx 1.17 does not convert"
+        )
+    pools = [
+        layer
+        for layer in model._flatten_layers(include_self=False, recursive=True)
+        if isinstance(layer, (RoIPooling, MultiLevelRoIPooling))
+    ]
+    if any(getattr(layer, "mode", "max") == "max" for layer in pools):
+        return (
+            "ONNX export of Faster R-CNN needs RoIAlign: this model pools with RoI max "
+            "pooling, whose levels are built in a TensorFlow loop that tf2onnx 1.17 does not "
+            "convert ('While loop couldn't find scan output index'); build it with "
+            "roi_mode='align' (as fpn=True recipes do)"
+        )
+    return None
+
+
+def _detections(outputs: dict, image_shape, model) -> list[dict]:
+    """Per image, the detections `detect` would give from a Faster R-CNN's raw outputs."""
+    from keras_dense.detection.detect import postprocess_detections, unpad_detections
+
+    found = postprocess_detections(
+        outputs["cls_score"],
+        outputs["bbox_pred"],
+        outputs["proposals"],
+        image_shape,
+        num_proposals=outputs["num_proposals"],
+        box_stds=getattr(model, "box_stds", None) or (0.1, 0.1, 0.2, 0.2),
+    )
+    return unpad_detections(found)
+
+
+def box_agreement(got: list[dict], want: list[dict], iou: float = 0.9) -> dict:
+    """How well two detectors' outputs agree, image by image.
+
+    A detection agrees when the other side has one of the same class at IoU >= `iou`; the
+    agreement is the share of agreeing detections over both sides.
+
+    Returns:
+        `{"agreement", "compared" (detections on both sides), "max_abs_diff": 0.0,
+        "max_box_diff": the largest coordinate difference, in pixels, between a detection
+        and its best match}` (the caller measures the raw outputs' difference).
+    """
+    from keras_dense.detection.boxes import iou_matrix
+
+    agreeing = compared = 0
+    box_diff = 0.0
+    for a, b in zip(got, want):
+        boxes_a = np.asarray(a["boxes"], np.float32).reshape(-1, 4)
+        boxes_b = np.asarray(b["boxes"], np.float32).reshape(-1, 4)
+        compared += len(boxes_a) + len(boxes_b)
+        if not len(boxes_a) or not len(boxes_b):
+            continue
+        overlap = np.asarray(iou_matrix(boxes_a, boxes_b)) >= iou
+        same = np.asarray(a["labels"]).reshape(-1, 1) == np.asarray(b["labels"]).reshape(1, -1)
+        matched = overlap & same
+        agreeing += int(matched.any(1).sum() + matched.any(0).sum())
+        for row, column in zip(*np.nonzero(matched)):
+            box_diff = max(box_diff, float(np.max(np.abs(boxes_a[row] - boxes_b[column]))))
+    return {
+        "agreement": agreeing / compared if compared else 1.0,
+        "compared": compared,
+        "max_abs_diff": 0.0,
+        "max_box_diff": box_diff,
+    }
+
+
 def check_tile_memory(options) -> None:
     """Refuses `--max-memory` without `--slice`: detection budgets batches of tiles only."""
     if options.tile_memory is not None and options.slice is None:
@@ -484,10 +560,40 @@ class DetectionTask(Task):
         for key, value in zip(("cls_score", "bbox_pred"), want):
             check_close(key, got[key].numpy(), np.asarray(value, np.float32), tolerance)
 
-    def export_unsupported(self, card, output_format):
+    # Box agreement of a checked ONNX export: Keras's detections matched at IoU >= 0.9.
+    export_min_agreement = 0.99
+
+    def export_unsupported(self, card, output_format, model=None):
+        if output_format == "onnx" and model is not None:
+            reason = onnx_detector_limit(model)
+            return None if reason is None else reason + _SAVEDMODEL_HINT
         if output_format == "tflite":
             return detector_export_limit(output_format, "detection models: Fast R-CNN")
         return detector_export_limit(output_format, "detection models (Fast and Faster R-CNN)")
+
+    def export_input_size(self, card):
+        side = card.get("min_size")
+        return None if side is None else (int(side), int(side))
+
+    def export_inputs(self, model, images):
+        count, height, width = images.shape[:3]
+        shape = np.tile(np.array([[height, width]], np.float32), (count, 1))
+        return [images, shape, np.ones(count, np.float32)]
+
+    def export_specs(self, model, images):
+        return [
+            images,
+            tf.TensorSpec((None, 2), tf.float32, name="image_shape"),
+            tf.TensorSpec((None,), tf.float32, name="scale"),
+        ]
+
+    def export_agreement(self, model, got, want, inputs):
+        names = sorted(model.output)  # the flattened order of the output dict
+        got = dict(zip(names, got))
+        want = dict(zip(names, want))
+        return box_agreement(
+            _detections(got, inputs[1], model), _detections(want, inputs[1], model)
+        )
 
 
 register_task(DetectionTask())

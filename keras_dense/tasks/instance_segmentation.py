@@ -166,7 +166,7 @@ class InstanceSegmentationTask(DetectionTask):
     def verify_export(self, loaded, model, serving, tolerance):
         verify_region_proposer(loaded, model, TENSOR_OUTPUTS, tolerance)
 
-    def export_unsupported(self, card, output_format):
+    def export_unsupported(self, card, output_format, model=None):
         if output_format == "tflite":
             return detector_export_limit(output_format, "instance segmentation models: Mask R-CNN")
         return detector_export_limit(output_format, "instance segmentation models (Mask R-CNN)")

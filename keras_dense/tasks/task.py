@@ -29,6 +29,8 @@ from keras_dense.utils.tta import TestTimeAugmentation
 FORMAT_NAMES = {"tflite": "TFLite", "onnx": "ONNX", "openvino": "OpenVINO"}
 
 if TYPE_CHECKING:  # the recipe's module reads the registry below
+    import tensorflow as tf
+
     from keras_dense.tasks.recipe_config import Recipe
 
 _REGISTRY: dict[str, Task] = {}
@@ -249,7 +251,10 @@ class Task:
         raise NotImplementedError
 
     # -- TFLite export ---------------------------------------------------------------------
-    def export_unsupported(self, card: dict, output_format: str) -> str | None:
+    # The lowest agreement the checked ONNX / OpenVINO exports accept by default.
+    export_min_agreement = 0.999
+
+    def export_unsupported(self, card: dict, output_format: str, model=None) -> str | None:
         """Why this task's models cannot be converted to `output_format`, or None when they can.
 
         The checked exports (`keras_dense.export.tflite_export`, `runtime_export`) refuse the
@@ -258,11 +263,35 @@ class Task:
         Args:
             card: The model card.
             output_format: "tflite", "onnx" or "openvino".
+            model: The loaded model, when the answer depends on its layers.
         """
         capability = "tflite" if output_format == "tflite" else "runtime_export"
         if getattr(self.capabilities, capability):
             return None
         return f"{FORMAT_NAMES[output_format]} export is not supported for {self.name} models"
+
+    def export_input_size(self, card: dict) -> tuple[int, int] | None:
+        """The check's input size when the card has no `input_size` (None: ask for one)."""
+        return None
+
+    def export_inputs(self, model: keras.Model, images: np.ndarray) -> list[np.ndarray]:
+        """The converted model's inputs for a batch of normalised check images."""
+        return [images]
+
+    def export_specs(self, model: keras.Model, images: tf.TensorSpec) -> list[tf.TensorSpec]:
+        """The converted model's input signature, the images' spec first."""
+        return [images]
+
+    def export_agreement(self, model: keras.Model, got: list, want: list, inputs: list) -> dict:
+        """`conversion_check` over all outputs of a converted model (the first, by default).
+
+        Args:
+            model: The Keras model.
+            got: The converted model's outputs, in the Keras model's flattened output order.
+            want: The Keras model's outputs.
+            inputs: What both were given (`export_inputs`).
+        """
+        return self.conversion_check(got[0], want[0])
 
     def conversion_check(self, got: np.ndarray, want: np.ndarray) -> dict:
         """Compares a converted model's outputs with the Keras model's on the same images.
