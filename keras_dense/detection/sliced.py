@@ -260,6 +260,16 @@ def _tile_detections(detector, image, windows, batch_detector, batch_size):
         yield from found
 
 
+def slice_settings(tile: int, overlap: float, merge: str, nms_iou: float) -> dict:
+    """The sliced-detection settings as an evaluation report records them."""
+    return {
+        "tile": int(tile),
+        "overlap": float(overlap),
+        "merge": merge,
+        "merge_iou": float(nms_iou),
+    }
+
+
 def detect_sliced(
     detector: Callable[[np.ndarray], dict],
     image: np.ndarray,

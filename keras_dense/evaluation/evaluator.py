@@ -14,6 +14,7 @@ from keras_dense.data.class_lists import check_card_classes, object_classes
 from keras_dense.data.detection_records import check_evaluation_records
 from keras_dense.data.segmentation_records import check_segmentation_masks
 from keras_dense.data.tfrecord_files import check_files, count_records, resolve_files
+from keras_dense.detection.sliced import slice_settings
 from keras_dense.evaluation.boundary_iou import boundary_counts, boundary_scores
 from keras_dense.evaluation.gallery import Gallery
 from keras_dense.evaluation.html_report import detection_strip, gallery_strip
@@ -315,12 +316,7 @@ def evaluate_detection(
         report["_gallery"] = kept.items()
         report["_gallery_threshold"] = GALLERY_SCORE_THRESHOLD
     if slice_size is not None:
-        report["slice"] = {
-            "tile": int(slice_size),
-            "overlap": float(overlap),
-            "merge": merge,
-            "merge_iou": float(merge_iou),
-        }
+        report["slice"] = slice_settings(slice_size, overlap, merge, merge_iou)
     return report
 
 
@@ -385,21 +381,13 @@ def example_detections(
 def detection_report(card: dict, detections: list, truths: list, use_07_metric: bool) -> dict:
     """`{"map", "ap" (class name -> AP), "images", "_curves" (class name -> precision-recall
     curve)}` of detections and truths in record order."""
-    from keras_dense.evaluation.voc_map import voc_detection_map
+    from keras_dense.evaluation.voc_map import named_results, voc_detection_map
 
     result = voc_detection_map(detections, truths, use_07_metric=use_07_metric, curves=True)
-    names = card["classes"]
-
-    def name(k: int) -> str:
-        return names[k - 1] if 0 < k <= len(names) else f"class_{k}"
-
+    ap, curves = named_results(result, card["classes"])
     return {
         "map": float(result["map"]),
-        "ap": {name(k): float(v) for k, v in result["ap"].items()},
+        "ap": ap,
         "images": len(truths),
-        # For report.html only (keys starting with "_" stay out of metrics.json).
-        "_curves": {
-            name(k): {"label": int(k), "recall": recall.tolist(), "precision": precision.tolist()}
-            for k, (recall, precision) in result["curves"].items()
-        },
+        "_curves": curves,  # for report.html only ("_" keys stay out of metrics.json)
     }

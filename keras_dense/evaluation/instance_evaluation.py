@@ -7,8 +7,9 @@ import numpy as np
 from keras_dense.data import BadInputError, read_examples
 from keras_dense.data.class_lists import check_card_classes, object_classes
 from keras_dense.data.detection_records import check_evaluation_records
+from keras_dense.detection.sliced import slice_settings
 from keras_dense.evaluation.coco_map import coco_metrics
-from keras_dense.evaluation.voc_map import voc_detection_map
+from keras_dense.evaluation.voc_map import named_results, voc_detection_map
 from keras_dense.prediction.instances import segment_instances, segment_instances_sliced
 from keras_dense.utils.progress import Progress
 
@@ -88,12 +89,7 @@ def evaluate_instances(
     bar.close()
     report = instance_report(card, detections, truths, use_07_metric)
     if slice_size is not None:
-        report["slice"] = {
-            "tile": int(slice_size),
-            "overlap": float(overlap),
-            "merge": merge,
-            "merge_iou": float(merge_iou),
-        }
+        report["slice"] = slice_settings(slice_size, overlap, merge, merge_iou)
     return report
 
 
@@ -147,11 +143,7 @@ def instance_report(card: dict, detections: list, truths: list, use_07_metric: b
         use_07_metric=use_07_metric,
         curves=True,
     )
-    names = card["classes"]
-
-    def name(k: int) -> str:
-        return names[k - 1] if 0 < k <= len(names) else f"class_{k}"
-
+    voc_ap, curves = named_results(voc, card["classes"])
     return {
         "box_ap": coco["bbox"]["AP"],
         "mask_ap": coco["segm"]["AP"],
@@ -160,12 +152,8 @@ def instance_report(card: dict, detections: list, truths: list, use_07_metric: b
         "box_ap75": coco["bbox"]["AP75"],
         "mask_ap75": coco["segm"]["AP75"],
         "voc_map": float(voc["map"]),
-        "voc_ap": {name(k): float(v) for k, v in voc["ap"].items()},
+        "voc_ap": voc_ap,
         "coco": coco,
         "images": len(truths),
-        # For report.html only (keys starting with "_" stay out of metrics.json).
-        "_curves": {
-            name(k): {"label": int(k), "recall": recall.tolist(), "precision": precision.tolist()}
-            for k, (recall, precision) in voc["curves"].items()
-        },
+        "_curves": curves,  # for report.html only ("_" keys stay out of metrics.json)
     }

@@ -51,6 +51,25 @@ def average_precision(recall: np.ndarray, precision: np.ndarray, use_07_metric: 
     return float(np.sum((mrec[changes] - mrec[changes - 1]) * mpre[changes]))
 
 
+def named_results(result: dict, class_names) -> tuple[dict, dict]:
+    """`voc_detection_map(..., curves=True)`'s AP and curves keyed by class name.
+
+    Returns:
+        `({name: AP}, {name: {"label", "recall", "precision"}})`; a class id outside
+        `class_names` is named `class_<id>`.
+    """
+
+    def name(k: int) -> str:
+        return class_names[k - 1] if 0 < k <= len(class_names) else f"class_{k}"
+
+    ap = {name(k): float(v) for k, v in result["ap"].items()}
+    curves = {
+        name(k): {"label": int(k), "recall": recall.tolist(), "precision": precision.tolist()}
+        for k, (recall, precision) in result.get("curves", {}).items()
+    }
+    return ap, curves
+
+
 def voc_detection_map(
     detections: Sequence[dict],
     ground_truths: Sequence[dict],
