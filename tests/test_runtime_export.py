@@ -323,6 +323,7 @@ def test_faster_rcnn_with_roialign_exports_to_onnx_and_detects_as_keras(tmp_path
     assert check["max_box_diff"] < 1e-2
     assert [i["name"] for i in result.report["inputs"]] == ["images", "image_shape", "scale"]
     assert result.report["outputs"] == sorted(model.output)
+    assert result.report["postprocess"]["box_stds"] == list(model.box_stds)
     image = normalize_np(make_image(64, 80, seed=5), "caffe")[None]
     shape, scale = np.array([[64, 80]], np.float32), np.ones(1, np.float32)
     session = onnxruntime.InferenceSession(result.path, providers=["CPUExecutionProvider"])
@@ -366,6 +367,9 @@ def test_box_agreement_counts_both_sides():
     shifted = {"boxes": one["boxes"] + np.float32(0.5), "labels": [1, 2]}
     assert box_agreement([one], [shifted])["max_box_diff"] == 0.5
     assert box_agreement([one], [relabelled])["agreement"] == 0.0
+    # Nothing to compare proves nothing: the check fails.
+    empty = {"boxes": np.zeros((0, 4), np.float32), "labels": []}
+    assert box_agreement([empty], [empty])["agreement"] == 0.0
 
 
 @pytest.mark.parametrize(
@@ -382,4 +386,15 @@ def test_detectors_that_cannot_convert_are_refused_by_name(
     args = ["export", "--format", output_format, "--model", path, "--output", str(tmp_path / "o")]
     assert cli.main(args) == 2
     assert message in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_detector_too_large_for_tf2onnx_is_refused_naming_the_fix(tmp_path, capsys, monkeypatch):
+    from keras_dense.tasks import detection
+
+    path, _ = _faster_rcnn(tmp_path, "align")
+    monkeypatch.setattr(detection, "MAX_ONNX_DENSE_WEIGHTS", 1000)
+    args = ["export", "--format", "onnx", "--model", path, "--output", str(tmp_path / "o")]
+    assert cli.main(args) == 2
+    assert "build it with fc_units=1024" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()

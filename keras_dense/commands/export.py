@@ -134,7 +134,8 @@ def register(subparsers) -> None:
         "converts with Keras's exporter (input size fixed, or free with --dynamic), runs the "
         "result in onnxruntime / OpenVINO's CPU plugin on the same images and writes "
         "OUTPUT/NAME.onnx (NAME.xml + NAME.bin) plus a .json check only at 99.9%% class "
-        "agreement; segmenters and WSL classifiers; operations the format lacks are named. "
+        "agreement (segmenters, WSL classifiers) or 99%% box agreement (Faster R-CNN with "
+        "RoIAlign, ONNX only); operations the format lacks are named. "
         "Options that do not apply to the format or the model's task are refused.",
     )
     parser.add_argument(
@@ -198,8 +199,8 @@ def register(subparsers) -> None:
         "--min-agreement",
         type=float,
         default=None,
-        help="tflite, onnx, openvino: lowest per-pixel class agreement with the Keras model "
-        "accepted (default 0.999; 0.98 for int8)",
+        help="tflite, onnx, openvino: lowest class agreement with the Keras model accepted "
+        "(default 0.999; 0.98 for int8; detectors: box agreement, default 0.99)",
     )
     parser.set_defaults(run=run)
 
@@ -268,11 +269,15 @@ def run_tflite(args: argparse.Namespace) -> int:
 def _print_check(written: str, report: dict, report_path: str) -> None:
     """The one line a checked export prints: what it wrote and how well it agrees."""
     check = report["check"]
+    if "max_box_diff" in check:  # a detector: final boxes compared, not raw heads
+        agreement = f"box agreement {check['agreement']:.4%} over {check['compared']} detections"
+        difference = f"max box difference {check['max_box_diff']:.3g} px"
+    else:
+        agreement = f"class agreement {check['agreement']:.4%}"
+        difference = f"max output difference {check['max_abs_diff']:.3g}"
     print(
-        f"exported {written}, input {report['input_shape']}): class agreement "
-        f"{check['agreement']:.4%} with the Keras model on {check['images']} images "
-        f"({check['source']}), max output difference {check['max_abs_diff']:.3g}; check: "
-        f"{report_path}"
+        f"exported {written}, input {report['input_shape']}): {agreement} with the Keras model "
+        f"on {check['images']} images ({check['source']}), {difference}; check: {report_path}"
     )
 
 

@@ -223,19 +223,24 @@ def _mask_crop(mask: np.ndarray, box: np.ndarray, offset, factor) -> tuple[np.nd
     if factor != (1.0, 1.0) and crop.size:
         top, left = round(y0 / factor[0]), round(x0 / factor[1])
         size = (max(1, round(x1 / factor[1]) - left), max(1, round(y1 / factor[0]) - top))
-        crop = cv2.resize(crop.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST) > 0
+        crop = cv2.resize(crop.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST_EXACT) > 0
         return crop, top + int(offset[0]), left + int(offset[1])
     return crop, y0 + int(offset[0]), x0 + int(offset[1])
 
 
-def _paste_masks(merged: Detections, crops: list, height: int, width: int) -> np.ndarray:
-    """(n, H, W) bool: each merged detection's mask, the union of its members' crops."""
+def _paste_masks(
+    merged: Detections, crops: list, coarse: int, height: int, width: int
+) -> np.ndarray:
+    """(n, H, W) bool: each merged detection's mask, the union of its members' crops. Crops
+    from index `coarse` on come from the shrunk whole image: a group uses them only when no
+    tile (full-resolution) member is in it."""
     groups = merged.pop("crop_groups", None)
     if groups is None:
         groups = [[int(i)] for i in merged.pop("crop_id")]
     masks = np.zeros((len(groups), height, width), bool)
     for index, group in enumerate(groups):
-        for crop_id in group:
+        fine = [crop_id for crop_id in group if int(crop_id) < coarse]
+        for crop_id in fine or group:
             crop, y0, x0 = crops[int(crop_id)]
             h = max(0, min(crop.shape[0], height - y0))
             w = max(0, min(crop.shape[1], width - x0))
@@ -309,7 +314,10 @@ def detect_sliced(
 
     Returns:
         `{"boxes": (n, 4) yxyx image pixels, "scores": (n,), "labels": (n,)}`, by decreasing
-        score.
+        score; with a detector that returns `"masks"` (n, h, w) bool (Mask R-CNN's
+        `segment_instances`), also `"masks"` (n, H, W) bool in image pixels: the kept
+        detection's (NMS) or its group's union (greedy), the shrunk whole image's masks only
+        where no tile holds the object.
 
     Raises:
         ValueError: A bad tile size, overlap, margin or IoU (named), or an image that is not
@@ -348,6 +356,7 @@ def detect_sliced(
         keep = ~(cut & whole_elsewhere)
         tiles = {key: value[keep] for key, value in tiles.items()}
     merged = [tiles]
+    coarse = len(crops) if crops is not None else 0  # crops from here on: the whole image's
     if full_image and max(height, width) > tile:
         factor = tile / max(height, width)
         size = (max(1, round(width * factor)), max(1, round(height * factor)))
@@ -358,5 +367,5 @@ def detect_sliced(
     every = {key: np.concatenate([part[key] for part in merged]) for key in merged[0]}
     result = MERGES[merge](every, nms_iou, max_detections)
     if crops is not None:
-        result["masks"] = _paste_masks(result, crops, height, width)
+        result["masks"] = _paste_masks(result, crops, coarse, height, width)
     return result

@@ -7,13 +7,15 @@ model's, the card's training tile or `input_size`, or free with `dynamic=True`.
 
 Before anything is written, the converted model runs in its own runtime (onnxruntime's CPU
 provider; OpenVINO's CPU plugin in float32) on real images of the `data` shards or on
-generated ones, and is compared with the Keras model by the task's `conversion_check`: the
+generated ones, and is compared with the Keras model by the task's `export_agreement`: the
 class agreement of the argmax per pixel (segmenters) or per image (the WSL classifier's
-scores), and the largest absolute output difference. Below `MIN_AGREEMENT` (99.9 %) the export
-is refused (`RuntimeCheckError`) and nothing is written. So is a model with operations its
-format cannot express (`RuntimeUnsupportedError`, naming them), and a task without such
-exports (`Task.export_unsupported`, e.g. detectors). CRF-as-RNN and RoI pooling take their
-stock-TF paths (`portable_model`) before the conversion.
+scores), or for a Faster R-CNN with RoIAlign (inputs `images`, `image_shape`, `scale`; raw
+heads out) the share of final detections matched at IoU >= 0.9 with the same class; and the
+largest absolute output difference. Below the task's minimum (99.9 %, detectors 99 %) the
+export is refused (`RuntimeCheckError`) and nothing is written. So is a model with operations
+its format cannot express (`RuntimeUnsupportedError`, naming them), and a model its task
+cannot export (`Task.export_unsupported`, e.g. Fast R-CNN). CRF-as-RNN and RoI pooling take
+their stock-TF paths (`portable_model`) before the conversion.
 
 Written: `NAME.onnx`, or `NAME.bin` and `NAME.xml`, then the check report `NAME.onnx.json` /
 `NAME.xml.json` last. Every file is first copied beside its target under a temporary name;
@@ -182,6 +184,7 @@ def export_runtime(
                 for spec in task.export_specs(model, spec)
             ],
             "outputs": sorted(model.output) if isinstance(model.output, dict) else None,
+            **task.export_report_fields(model, card),
             "input_dtype": "float32",
             "normalization": card.get("normalization"),
             "classes": card.get("classes"),

@@ -134,7 +134,9 @@ class OpenVinoRuntime:
         """
         try:
             with _quiet_converter():
-                model.export(path, format="openvino", input_signature=list(specs), verbose=False)
+                model.export(
+                    path, format="openvino", input_signature=_signature(specs), verbose=False
+                )
         except Exception as error:  # noqa: BLE001 - OpConversionFailure is openvino's own
             found = re.search(r"No conversion rule found for operations: ([^\n]+)", str(error))
             if found is None:

@@ -66,14 +66,16 @@ def segment_instances_sliced(
     score_threshold: float = 0.05,
     nms_iou: float = 0.5,
     merge: str = "nms",
+    max_detections: int = 100,
 ) -> dict:
     """`segment_instances` on overlapping tiles of a large image, merged back
     (`keras_dense.detection.detect_sliced`): boxes and masks go back into the image's pixels,
     a detection cut by a tile is dropped where another tile holds it whole, and the merge
     keeps one mask per object (with `merge="greedy"`, the union of its group's masks).
 
-    One tile at a time: memory holds one tile's masks, each cut to its box, plus the (n, H, W)
-    masks returned.
+    One tile at a time. Memory holds every tile detection's mask cut to its box, and the
+    (n, H, W) masks returned: at most `max_detections` (100, COCO's count per image) of the
+    best after merging.
 
     Returns:
         `{"boxes", "scores", "labels", "masks": (n, H, W) bool}`, best score first.
@@ -88,4 +90,5 @@ def segment_instances_sliced(
         full_image=full_image,
         nms_iou=nms_iou,
         merge=merge,
+        max_detections=max_detections,
     )

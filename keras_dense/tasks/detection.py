@@ -13,6 +13,7 @@ import dataclasses
 import json
 import logging
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -334,6 +335,10 @@ def detector_export_limit(output_format: str, models: str) -> str:
 GALLERY_IMAGES = 4
 
 
+# Dense weights above which a detector's ONNX conversion is refused (see onnx_detector_limit).
+MAX_ONNX_DENSE_WEIGHTS = 60_000_000
+
+
 def onnx_detector_limit(model) -> str | None:
     """Why a detector cannot go to ONNX, or None: Faster R-CNN with RoIAlign converts."""
     from keras_dense.layers.multilevel_roi_pooling import MultiLevelRoIPooling
@@ -350,6 +355,17 @@ def onnx_detector_limit(model) -> str | None:
         for layer in model._flatten_layers(include_self=False, recursive=True)
         if isinstance(layer, (RoIPooling, MultiLevelRoIPooling))
     ]
+    weights = sum(
+        int(np.prod(layer.kernel.shape))
+        for layer in model._flatten_layers(include_self=False, recursive=True)
+        if isinstance(layer, keras.layers.Dense)
+    )
+    if weights > MAX_ONNX_DENSE_WEIGHTS:
+        return (
+            f"ONNX export of Faster R-CNN: its fc layers hold {weights / 1e6:.0f} M weights, and "
+            "VGG16's 4096-unit fc6 (103 M) made tf2onnx 1.17 use over 20 GB here; build it "
+            "with fc_units=1024 (as the FPN recipes do)"
+        )
     if any(getattr(layer, "mode", "max") == "max" for layer in pools):
         return (
             "ONNX export of Faster R-CNN needs RoIAlign: this model pools with RoI max "
@@ -361,7 +377,8 @@ def onnx_detector_limit(model) -> str | None:
 
 
 def _detections(outputs: dict, image_shape, model) -> list[dict]:
-    """Per image, the detections `detect` would give from a Faster R-CNN's raw outputs."""
+    """Per image, every detection `detect` would score (threshold 0, at most 100) from a
+    Faster R-CNN's raw outputs."""
     from keras_dense.detection.detect import postprocess_detections, unpad_detections
 
     found = postprocess_detections(
@@ -370,6 +387,7 @@ def _detections(outputs: dict, image_shape, model) -> list[dict]:
         outputs["proposals"],
         image_shape,
         num_proposals=outputs["num_proposals"],
+        score_threshold=0.0,
         box_stds=getattr(model, "box_stds", None) or (0.1, 0.1, 0.2, 0.2),
     )
     return unpad_detections(found)
@@ -403,7 +421,8 @@ def box_agreement(got: list[dict], want: list[dict], iou: float = 0.9) -> dict:
         for row, column in zip(*np.nonzero(matched)):
             box_diff = max(box_diff, float(np.max(np.abs(boxes_a[row] - boxes_b[column]))))
     return {
-        "agreement": agreeing / compared if compared else 1.0,
+        # Nothing to compare proves nothing: that fails the check.
+        "agreement": agreeing / compared if compared else 0.0,
         "compared": compared,
         "max_abs_diff": 0.0,
         "max_box_diff": box_diff,
@@ -591,9 +610,27 @@ class DetectionTask(Task):
         names = sorted(model.output)  # the flattened order of the output dict
         got = dict(zip(names, got))
         want = dict(zip(names, want))
+        # Every scored detection (threshold 0, up to 100 per image): an image without
+        # confident detections still compares boxes and classes.
         return box_agreement(
             _detections(got, inputs[1], model), _detections(want, inputs[1], model)
         )
+
+    def export_report_fields(self, model, card):
+        return {
+            "postprocess": {
+                "function": "keras_dense.detection.detect.postprocess_detections",
+                "box_stds": list(getattr(model, "box_stds", (0.1, 0.1, 0.2, 0.2))),
+                "score_threshold": 0.05,
+                "nms_iou": 0.3,
+                "max_detections": 100,
+                "inputs": "images: normalised float32 (card's normalization), resized so that "
+                "the shorter side is min_size and the longer at most max_size (a square at "
+                "the default size: export with --dynamic for other shapes); image_shape: "
+                "float32 (N, 2) valid height and width; scale: float32 (N,) the resize factor",
+                "boxes": "yxyx in the pixels of `images`: divide by `scale` for the original's",
+            }
+        }
 
 
 register_task(DetectionTask())

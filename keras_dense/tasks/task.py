@@ -270,6 +270,10 @@ class Task:
             return None
         return f"{FORMAT_NAMES[output_format]} export is not supported for {self.name} models"
 
+    def export_report_fields(self, model: keras.Model, card: dict) -> dict:
+        """Further fields of a checked export's report (e.g. how to post-process)."""
+        return {}
+
     def export_input_size(self, card: dict) -> tuple[int, int] | None:
         """The check's input size when the card has no `input_size` (None: ask for one)."""
         return None
