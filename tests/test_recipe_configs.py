@@ -58,6 +58,9 @@ OLD_TRAINING_DEFAULTS = {
     "jit_compile": False,
     "image_summaries": 3,
     "precise_bn_steps": 0,  # added later; off unless a recipe asks for it
+    # Added later: on, but it changes only models with a pretrained trunk (the old
+    # behaviour is `scale_fresh_layers = false`).
+    "scale_fresh_layers": True,
 }
 # Keys whose default changed on purpose: classification never read `photometric` (its
 # pipeline has no photometric distortion), and only segmentation computes mIoU and pixel

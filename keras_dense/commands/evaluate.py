@@ -115,7 +115,8 @@ def run(args: argparse.Namespace) -> int:
     from keras_dense.utils.tta import parse_tta
 
     task_name = stored_card(args.model)[0]
-    budget = tile_memory(args, get_task(task_name))  # before the defaults are filled in
+    # Before the defaults are filled in; a model without a card is refused by the check below.
+    budget = tile_memory(args, get_task(task_name)) if task_name else None
     _OPTIONS.check(args, task=task_name)
     check_runner_arguments(args)
     if not (math.isfinite(args.pointing_tolerance) and args.pointing_tolerance >= 0):

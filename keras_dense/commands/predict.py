@@ -318,9 +318,10 @@ def run(args: argparse.Namespace) -> int:
             f"--runner beam: {args.model} is not an export; batch prediction on Beam runs an "
             "exported SavedModel (keras-dense export, then --model EXPORT_DIR)"
         )
-    task = get_task(stored_card(args.model)[0])
-    args.tile_memory = tile_memory(args, task)  # before the defaults are filled in
-    _OPTIONS.check(args, task=task.name)
+    task_name = stored_card(args.model)[0]
+    # Before the defaults are filled in; a model without a card is refused by the check below.
+    args.tile_memory = tile_memory(args, get_task(task_name)) if task_name else None
+    _OPTIONS.check(args, task=task_name)
     if args.tile_size is not None and args.tile_size < 1:
         raise ValueError(f"--tile-size {args.tile_size}: expected a positive integer")
     if not 0.0 <= args.score_threshold <= 1.0:
