@@ -25,20 +25,23 @@ def small_unet(seed: int = 3, **kwargs) -> keras.Model:
     return keras_dense.apps.unet(**options)
 
 
-def tiny_faster_rcnn() -> keras.Model:
-    """A two-class Faster R-CNN on the compact backbone, small enough for CPU tests."""
+def tiny_faster_rcnn(**overrides) -> keras.Model:
+    """A two-class Faster R-CNN on the compact backbone, small enough for CPU tests
+    (`overrides`: other `faster_rcnn` arguments, e.g. `roi_mode`)."""
     keras.utils.set_random_seed(0)
-    return keras_dense.apps.faster_rcnn(
-        num_classes=2,
-        backbone="compact",
-        backbone_width=8,
-        fc_units=32,
-        rpn_filters=32,
-        anchor_scales=(32, 64),
-        test_pre_nms_top_n=50,
-        test_post_nms_top_n=10,
-        min_size=8,
-    )
+    options = {
+        "num_classes": 2,
+        "backbone": "compact",
+        "backbone_width": 8,
+        "fc_units": 32,
+        "rpn_filters": 32,
+        "anchor_scales": (32, 64),
+        "test_pre_nms_top_n": 50,
+        "test_post_nms_top_n": 10,
+        "min_size": 8,
+        **overrides,
+    }
+    return keras_dense.apps.faster_rcnn(**options)
 
 
 def make_image(height: int, width: int, seed: int, grey: bool = False) -> np.ndarray:

@@ -285,20 +285,9 @@ def test_openvino_pair_is_vouched_for_by_its_report_and_an_interrupted_one_is_no
 
 
 def _faster_rcnn(tmp_path, roi_mode: str) -> tuple[str, keras.Model]:
-    from keras_dense.apps import faster_rcnn
+    from tests.export_test_utils import tiny_faster_rcnn
 
-    keras.utils.set_random_seed(0)
-    model = faster_rcnn(
-        num_classes=2,
-        backbone="compact",
-        backbone_width=8,
-        fc_units=32,
-        rpn_filters=32,
-        anchor_scales=(32, 64),
-        test_pre_nms_top_n=50,
-        test_post_nms_top_n=10,
-        roi_mode=roi_mode,
-    )
+    model = tiny_faster_rcnn(roi_mode=roi_mode)
     path = str(tmp_path / f"frcnn_{roi_mode}.keras")
     model.save(path)
     card = {"task": "detection", "classes": ["a", "b"], "normalization": "caffe"}
