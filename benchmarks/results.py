@@ -11,7 +11,9 @@ table gives the mean over seeds and the half range (`± (max - min) / 2`); the +
 columns evaluate the pretrained variant (the scratch one where a row has no other).
 
 It prints one JSON and, with `--write-readme`, replaces the block between the `results`
-markers in README.md (atomically). Not part of `make test`: a full run takes hours on 2 cores.
+markers in README.md (atomically); rows neither re-measured nor in `runs/results/results.json`
+keep their README line and commands, so one row can be re-run on a fresh checkout. Not part of
+`make test`: a full run takes hours on 2 cores.
 Each row records the machine it was measured on, and the table names it.
 
 `--jobs N` trains and evaluates up to N (variant, seed) runs at a time, for a GPU machine: each
@@ -409,7 +411,7 @@ def row_cells(result: dict, default_machine: str) -> list[str]:
     where = result.get("machine") or default_machine
     if result.get("concurrent_runs", 1) > 1:
         where += f", {result['concurrent_runs']} runs at once"
-    recipes = " / ".join(f"`{r}`" for r in dict.fromkeys(result["recipes"].values()))
+    recipes = recipes_cell(result["recipes"].values())
     seeds = len(result["seeds"])
     cells = [recipes, result["data"], result["metric"], str(seeds), *columns]
     return [*cells, f"train {budget} ({where})", result["paper"]]
@@ -421,8 +423,40 @@ def describe_machine(env: dict) -> str:
     return f"{env['cpu']}, {env['cpu_count']} cores{gpu}, TF {env['tensorflow']}"
 
 
-def table(results: dict, default_machine: str) -> str:
-    """The Markdown block for the README (rows without a recorded machine: `default_machine`)."""
+def recipes_cell(recipes) -> str:
+    """A row's first table cell: its recipes, each once, in backticks."""
+    return " / ".join(f"`{r}`" for r in dict.fromkeys(recipes))
+
+
+def earlier_rows(block: str) -> dict[str, tuple[str, list[str]]]:
+    """The rows of an earlier README block, by row name: (table line, exact commands).
+
+    A row is found by its recipes cell, its commands by the `name:` heading of the details;
+    rows of `rows()` that the block lacks are left out.
+    """
+    lines, found = block.splitlines(), {}
+    for name, row in rows().items():
+        prefix = "| " + recipes_cell(v.recipe for v in row.variants.values()) + " |"
+        line = next((x for x in lines if x.startswith(prefix)), None)
+        if line is None:
+            continue
+        commands = []
+        if f"{name}:" in lines:
+            start = lines.index(f"{name}:") + 3  # the heading, a blank line, ```bash
+            end = lines.index("```", start) if "```" in lines[start:] else start
+            commands = lines[start:end]
+        found[name] = (line, commands)
+    return found
+
+
+def table(results: dict, default_machine: str, earlier: str = "") -> str:
+    """The Markdown block for the README (rows without a recorded machine: `default_machine`).
+
+    Rows that `results` lacks keep their line and commands from `earlier`, the README's block
+    before this run: results.json lives under the git-ignored `runs/`, so a fresh checkout that
+    re-measures one row must not drop the others.
+    """
+    kept = {k: v for k, v in earlier_rows(earlier).items() if k not in results}
     lines = [
         START,
         "Measured by `benchmarks/results.py`: mean ± half range over the seeds "
@@ -437,7 +471,10 @@ def table(results: dict, default_machine: str) -> str:
         "median training wall per run (machine) | paper |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for name in [n for n in rows() if n in results]:
+    for name in [n for n in rows() if n in results or n in kept]:
+        if name in kept:
+            lines.append(kept[name][0])
+            continue
         result = results[name]
         if "error" in result:
             lines.append(f"| {name} | {result.get('data', '')} | | | failed | | | | | |")
@@ -445,10 +482,17 @@ def table(results: dict, default_machine: str) -> str:
         lines.append("| " + " | ".join(row_cells(result, default_machine)) + " |")
     summary = "Exact commands (first seed; the others set another seed)"
     lines += ["", f"<details><summary>{summary}</summary>", ""]
-    for name in [n for n in rows() if n in results]:
-        lines += [f"{name}:", "", "```bash", *results[name].get("commands", []), "```", ""]
+    for name in [n for n in rows() if n in results or n in kept]:
+        commands = kept[name][1] if name in kept else results[name].get("commands", [])
+        lines += [f"{name}:", "", "```bash", *commands, "```", ""]
     lines += ["</details>", END]
     return "\n".join(lines)
+
+
+def readme_block() -> str:
+    """The README's current results block ("" when it has none)."""
+    text = (REPO / "README.md").read_text()
+    return text[text.index(START) : text.index(END)] if START in text and END in text else ""
 
 
 def write_readme(block: str) -> None:
@@ -506,7 +550,7 @@ def main() -> None:
         write_json(saved, results)
     print(json.dumps({"results": results, "environment": env, "load_average": os.getloadavg()}))
     if args.write_readme:
-        write_readme(table(results, machine))
+        write_readme(table(results, machine, readme_block()))
 
 
 def load_rows(path: pathlib.Path) -> dict:
