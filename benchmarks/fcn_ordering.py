@@ -13,8 +13,12 @@ mean, the half range, and whether the means and every seed follow the paper's or
 `--reuse` work as in `benchmarks/results.py` (runs at once sharing a GPU; existing shards and
 weight file kept).
 
+`--tune-crf N` tunes DeepLab v1's dense CRF (`keras-dense tune-crf`, coarse grid) on the first
+N training images before its + CRF evaluation, as DeepLab cross-validates it; without it the
+CRF runs with DeepLab's VOC parameters.
+
     .venv/bin/python benchmarks/fcn_ordering.py [--row isbi|pets] [--seeds 0 1]
-        [--models fcn32s fcn16s fcn8s deeplab_v1] [--jobs N] [--reuse]
+        [--models fcn32s fcn16s fcn8s deeplab_v1] [--jobs N] [--reuse] [--tune-crf N]
 """
 
 from __future__ import annotations
@@ -65,7 +69,7 @@ ORDER = ("fcn32s", "fcn16s", "fcn8s", "deeplab_v1", "deeplab_v1_crf")
 
 
 def train_and_score(
-    row, label, builder, overrides, evaluations, seed, folder, share_gpu=False
+    row, label, builder, overrides, evaluations, seed, folder, share_gpu=False, tune_crf=0
 ) -> dict:
     """Trains one model with one seed; returns {score name: test mIoU} and the commands."""
     recipe, budget = SETS[row]
@@ -82,6 +86,13 @@ def train_and_score(
         train += ["--set", override]
     seconds = run_cli(train, share_gpu)
     scores, commands = {}, [shlex.join(["keras-dense", *train])]
+    if "crf" in evaluations and tune_crf:
+        # DeepLab cross-validates the CRF's parameters; the validation slices stay unseen, so
+        # they are tuned on the first training images (coarse grid).
+        tune = ["tune-crf", "--model", f"{output}/best.keras", "--data"]
+        tune += [f"{folder}/train-*.tfrecord", "--max-images", str(tune_crf), "--coarse-only"]
+        run_cli(tune, share_gpu)
+        commands.append(shlex.join(["keras-dense", *tune]))
     for name, extra in {"": [], **evaluations}.items():
         argv, _, value = evaluate(
             output, f"{folder}/val-*.tfrecord", name or "plain", extra, "mean_iou", share_gpu
@@ -99,6 +110,14 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", choices=labels, default=labels)
     parser.add_argument("--jobs", type=int, default=1, help="(model, seed) runs at once")
     parser.add_argument("--reuse", action="store_true", help="keep existing shards and weights")
+    parser.add_argument(
+        "--tune-crf",
+        type=int,
+        default=0,
+        metavar="N",
+        help="tune the dense CRF on the first N training images before + CRF (default: off, "
+        "DeepLab's VOC parameters)",
+    )
     args = parser.parse_args()
     data = rows()[args.row]
     folder = data.folder(args.seeds[0])
@@ -110,7 +129,9 @@ def main() -> None:
     work = [(seed, m) for seed in args.seeds for m in MODELS if m[0] in args.models]
     with concurrent.futures.ThreadPoolExecutor(max(1, args.jobs)) as pool:
         futures = [
-            pool.submit(train_and_score, args.row, *model, seed, folder, args.jobs > 1)
+            pool.submit(
+                train_and_score, args.row, *model, seed, folder, args.jobs > 1, args.tune_crf
+            )
             for seed, model in work
         ]
         results = [future.result() for future in futures]
@@ -145,6 +166,7 @@ def main() -> None:
         "data": data.data,
         "recipe": SETS[args.row][0],
         "budget": SETS[args.row][1],
+        "crf_tuned_on_training_images": args.tune_crf,
         "seeds": args.seeds,
         "concurrent_runs": min(max(1, args.jobs), len(work)),
         "summary": summary,
