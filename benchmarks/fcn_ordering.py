@@ -119,6 +119,8 @@ def main() -> None:
         "DeepLab's VOC parameters)",
     )
     args = parser.parse_args()
+    if args.tune_crf < 0:
+        parser.error(f"--tune-crf {args.tune_crf}: expected a number of images >= 0")
     data = rows()[args.row]
     folder = data.folder(args.seeds[0])
     if not (args.reuse and (REPO / PRETRAINED).is_file()):

@@ -431,13 +431,17 @@ def recipes_cell(recipes) -> str:
 def earlier_rows(block: str) -> dict[str, tuple[str, list[str]]]:
     """The rows of an earlier README block, by row name: (table line, exact commands).
 
-    A row is found by its recipes cell, its commands by the `name:` heading of the details;
-    rows of `rows()` that the block lacks are left out.
+    A row is found by its recipes cell (a failed one by its name), its commands by the `name:`
+    heading of the details; the hand-written notes after `NOTES` are not read, and rows of
+    `rows()` that the table lacks are left out.
     """
+    if NOTES in block:  # the hand-written notes may hold tables of their own
+        block = block[: block.index(NOTES)]
     lines, found = block.splitlines(), {}
     for name, row in rows().items():
-        prefix = "| " + recipes_cell(v.recipe for v in row.variants.values()) + " |"
-        line = next((x for x in lines if x.startswith(prefix)), None)
+        recipes = "| " + recipes_cell(v.recipe for v in row.variants.values()) + " |"
+        prefixes = (recipes, f"| {name} |")  # a measured row, or a failed one
+        line = next((x for x in lines if x.startswith(prefixes)), None)
         if line is None:
             continue
         commands = []
@@ -484,7 +488,8 @@ def table(results: dict, default_machine: str, earlier: str = "") -> str:
     lines += ["", f"<details><summary>{summary}</summary>", ""]
     for name in [n for n in rows() if n in results or n in kept]:
         commands = kept[name][1] if name in kept else results[name].get("commands", [])
-        lines += [f"{name}:", "", "```bash", *commands, "```", ""]
+        if commands:  # a failed row may have none
+            lines += [f"{name}:", "", "```bash", *commands, "```", ""]
     lines += ["</details>", END]
     return "\n".join(lines)
 

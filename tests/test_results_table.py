@@ -46,15 +46,23 @@ def test_a_fresh_checkout_keeps_the_rows_it_did_not_re_measure():
     lines.insert(lines.index("|---|---|---|---|---|---|---|---|---|---|") + 2, pets_line)
     details = lines.index("</details>")
     lines[details:details] = ["pets:", "", "```bash", *pets_commands, "```", ""]
+    failed_line = "| isbi | ISBI data | | | failed | | | | | |"
+    lines.insert(lines.index(pets_line), failed_line)
+    # Hand-written notes with an older table of their own: never read as rows.
+    stale = "| `apps/fast_rcnn_bccd.toml` | BCCD | map | 0.243 | — | — | 341 s | — |"
+    lines.insert(lines.index(results.END), f"{results.NOTES}\nOlder rows:\n\n{stale}\n")
     earlier = "\n".join(lines)
 
     kept = results.earlier_rows(earlier)
     assert kept["pets"] == (pets_line, pets_commands)
     assert kept["shapes"][0].startswith("| `apps/shapes_demo.toml` |")
-    assert "isbi" not in kept
+    assert kept["isbi"] == (failed_line, [])
+    assert "bccd_fast" not in kept
 
-    # Nothing re-measured: the table comes back unchanged, row order from `rows()`.
-    assert results.table({}, "now", earlier) == earlier
+    # Nothing re-measured: the table comes back unchanged (the notes are write_readme's to
+    # keep), row order from `rows()`.
+    table = earlier[: earlier.index(results.NOTES)].rstrip()
+    assert results.table({}, "now", earlier) == table + "\n" + results.END
     # Shapes re-measured: its line and commands are the new ones, pets keeps its own.
     again = results.table({"shapes": measured_shapes_row()}, "now", earlier)
     assert "0.850 ± 0.050" in again and "0.123" not in again
