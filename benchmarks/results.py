@@ -10,11 +10,20 @@ ships in a Python package: no network). Each variant is trained with every seed 
 table gives the mean over seeds and the half range (`± (max - min) / 2`); the + CRF and + TTA
 columns evaluate the pretrained variant (the scratch one where a row has no other).
 
+Every finished (row, variant, seed) run is saved at once as a record,
+`benchmarks/results_runs/<row>/<variant>-seed<N>.json` (committed: metrics, times, commands,
+machine, commit and the row's configuration fingerprint), and a row of the table is the mean
+over all its current records. So seeds accumulate across sessions and machines: `--seeds 1
+--variants pretrained` adds one run to a row measured before. A record whose configuration
+(the recipe's values, the variant's overrides, the data) differs from the row's current one is
+stale: it is left out of the table and listed in the JSON. A code change that alters results
+is not seen by the fingerprint: delete the row's records then (or re-run every seed).
+
 It prints one JSON and, with `--write-readme`, replaces the block between the `results`
-markers in README.md (atomically); rows neither re-measured nor in `runs/results/results.json`
-keep their README line and commands, so one row can be re-run on a fresh checkout. Not part of
-`make test`: a full run takes hours on 2 cores.
-Each row records the machine it was measured on, and the table names it.
+markers in README.md (atomically); rows with no current record keep their README line and
+commands (a row measured before records existed). `--missing` runs only the (variant, seed)
+runs that have no current record, e.g. to finish a row after an interruption. Not part of
+`make test`: a full run takes hours on 2 cores. The table names the machines of each row.
 
 `--jobs N` trains and evaluates up to N (variant, seed) runs at a time, for a GPU machine: each
 run is its own process, and they share the GPU (`TF_FORCE_GPU_ALLOW_GROWTH`). Their wall times
@@ -24,7 +33,7 @@ commands, e.g. where opencv-contrib or the `pretrained` extra is missing); the c
 listed all the same.
 
     .venv/bin/python benchmarks/results.py [--rows shapes isbi pets ...] [--seeds 0 1]
-        [--jobs N] [--reuse] [--write-readme]
+        [--variants scratch pretrained] [--missing] [--jobs N] [--reuse] [--write-readme]
 """
 
 from __future__ import annotations
@@ -32,6 +41,8 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import dataclasses
+import datetime
+import hashlib
 import json
 import os
 import pathlib
@@ -42,12 +53,16 @@ import sys
 import time
 from typing import Callable
 
+import tomllib
+
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from common import downscaled_pairs, environment  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 WORK = "runs/results"
+# One committed JSON per finished run: <row>/<variant>-seed<N>.json.
+RECORDS = REPO / "benchmarks" / "results_runs"
 DATA = "tfrecords/results"
 PRETRAINED = f"{WORK}/vgg16_hed_notop.weights.h5"
 PRETRAINED_COMMAND = ["pretrained", "hed-vgg16", "--output", PRETRAINED]
@@ -305,82 +320,217 @@ def converted(argv: list[str]) -> bool:
     return (REPO / f"{argv[argv.index('--output') + 1]}.json").is_file()
 
 
-def run_row(row: Row, seeds: list[int], jobs: int = 1, reuse: bool = False) -> dict:
-    """Converts, trains and evaluates every variant of one row with every seed.
+def configuration(row: Row, key: str) -> str:
+    """The fingerprint of one variant's runs: its recipe's values, overrides and data.
+
+    Comments and layout of the recipe file do not count; a changed value, budget or data set
+    does, so that records of another configuration are never averaged with this one.
+    """
+    variant = row.variants[key]
+    recipe = tomllib.loads((REPO / variant.recipe).read_text())
+    facts = {"recipe": recipe, "overrides": variant.overrides, "data": row.data}
+    blob = json.dumps(facts, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def record_path(row: str, key: str, seed: int) -> pathlib.Path:
+    """Where the record of one run lives."""
+    return RECORDS / row / f"{key}-seed{seed}.json"
+
+
+def commit() -> str:
+    """The checkout's commit, `+dirty` when tracked files differ from it ("" without git)."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    except OSError:
+        return ""
+    return f"{head}+dirty" if head and dirty else head
+
+
+def save_record(row: Row, key: str, seed: int, run: dict, concurrent_runs: int = 1) -> dict:
+    """Writes one finished run's record (temporary file, then rename); returns it."""
+    env = environment()
+    record = {
+        "row": row.name,
+        "variant": key,
+        "seed": seed,
+        "configuration": configuration(row, key),
+        **run,
+        "machine": describe_machine(env),
+        "environment": env,
+        "concurrent_runs": concurrent_runs,
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+        "measured": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "commit": commit(),
+    }
+    path = record_path(row.name, key, seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(record, indent=2) + "\n")
+    os.replace(tmp, path)
+    return record
+
+
+RECORD_FIELDS = ("seed", "configuration", "metrics", "seconds", "commands", "setup_commands")
+
+
+def read_record(path: pathlib.Path) -> dict:
+    """One run record, its fields checked.
+
+    Raises:
+        ValueError: The file is not JSON or lacks a field of `RECORD_FIELDS` (both named).
+    """
+    try:
+        record = json.loads(path.read_text())
+    except ValueError as err:
+        raise ValueError(f"{path}: not JSON ({err})") from None
+    lacking = [f for f in RECORD_FIELDS if not isinstance(record, dict) or f not in record]
+    if lacking or not isinstance(record["seed"], int) or "train" not in record["seconds"]:
+        raise ValueError(
+            f"{path}: not a run record: expected the fields {', '.join(RECORD_FIELDS)} "
+            f"(an integer seed, seconds.train); lacking {lacking or 'seconds.train'}"
+        )
+    return record
+
+
+def load_records(row: Row) -> tuple[dict[tuple[int, str], dict], list[str]]:
+    """A row's records: the current ones by (seed, variant key), and the stale files.
+
+    Raises:
+        ValueError: A record that is not valid JSON or lacks the fields of a run (the file
+            is named).
+    """
+    current, stale = {}, []
+    for key in row.variants:
+        fingerprint = configuration(row, key)
+        for path in sorted((RECORDS / row.name).glob(f"{key}-seed*.json")):
+            record = read_record(path)
+            if path.name != f"{key}-seed{record['seed']}.json":
+                raise ValueError(f"{path}: holds seed {record['seed']}, not its name's")
+            if record["configuration"] == fingerprint:
+                current[record["seed"], key] = record
+            else:
+                stale.append(os.path.relpath(path, REPO))
+    return current, stale
+
+
+def run_row(
+    row: Row,
+    seeds: list[int],
+    jobs: int = 1,
+    reuse: bool = False,
+    variants: list[str] | None = None,
+    missing: bool = False,
+) -> dict:
+    """Converts, trains and evaluates variants of one row with seeds; records each run.
 
     Args:
         row: The row.
         seeds: Initialisation and data-order seeds (and data seeds for `fresh_data` rows).
         jobs: How many (variant, seed) runs go at once; above 1 they share the GPU.
         reuse: Keep existing shards and weight file instead of writing them again.
+        variants: The variant keys to run (None: all of the row's).
+        missing: Run only the (variant, seed) runs without a current record.
+
+    Returns:
+        The row's entry of results.json, from all its current records (earlier ones too).
     """
+    keys = [k for k in row.variants if variants is None or k in variants]
     main_variant = "pretrained" if "pretrained" in row.variants else "scratch"
-    commands, convert_seconds = [], 0.0
-    if "pretrained" in row.variants:
-        if not (reuse and (REPO / PRETRAINED).is_file()):
-            run_cli(PRETRAINED_COMMAND)
-        commands.append(shlex.join(["keras-dense", *PRETRAINED_COMMAND]))
-    for seed in seeds if row.fresh_data else seeds[:1]:
-        start = time.monotonic()
-        for argv in row.converts(row.folder(seed), seed):
-            if not (reuse and converted(argv)):
-                run_cli(argv)
-            if seed == seeds[0]:
-                commands.append(shlex.join(["keras-dense", *argv]))
-        convert_seconds += time.monotonic() - start
-    work = [(seed, key) for seed in seeds for key in row.variants]
-    done, failures = {}, {}
+    recorded = load_records(row)[0] if missing else {}
+    work = [(seed, key) for seed in seeds for key in keys if (seed, key) not in recorded]
+    setup, convert_seconds = {}, 0.0
+    if any(key == "pretrained" for _, key in work) and not (
+        reuse and (REPO / PRETRAINED).is_file()
+    ):
+        run_cli(PRETRAINED_COMMAND)
+    for seed in sorted({seed for seed, _ in work}):
+        converts = row.converts(row.folder(seed), seed)
+        if row.fresh_data or not setup:  # the others share the first seed's shards
+            start = time.monotonic()
+            for argv in converts:
+                if not (reuse and converted(argv)):
+                    run_cli(argv)
+            convert_seconds += time.monotonic() - start
+        setup[seed] = [shlex.join(["keras-dense", *argv]) for argv in converts]
+    failures = {}
     with concurrent.futures.ThreadPoolExecutor(max(1, jobs)) as pool:
         futures = {
             pool.submit(run_variant, row, key, seed, key == main_variant, jobs > 1): (seed, key)
             for seed, key in work
         }
         for future in concurrent.futures.as_completed(futures):
+            seed, key = futures[future]
             try:
-                done[futures[future]] = future.result()
+                run = {**future.result(), "setup_commands": setup_commands(key, setup[seed])}
+                save_record(row, key, seed, run, min(max(1, jobs), len(work)))
             except RuntimeError as err:  # one failed run: keep the others
-                failures[futures[future]] = str(err)[-2000:]
-    if not done:
-        raise RuntimeError("; ".join(failures.values()))
-    result = row_result(row, seeds, done, commands, convert_seconds, jobs)
+                failures[seed, key] = str(err)[-2000:]
+    result = row_from_records(row)
+    if result is None:
+        raise RuntimeError("; ".join(failures.values()) or f"{row.name}: no run recorded")
+    result["convert_seconds"] = round(convert_seconds, 1)
     if failures:
         result["failed_runs"] = {f"{key}/seed{seed}": e for (seed, key), e in failures.items()}
     return result
 
 
-def row_result(
-    row: Row,
-    seeds: list[int],
-    done: dict[tuple[int, str], dict],
-    commands: list[str],
-    convert_seconds: float,
-    jobs: int = 1,
-) -> dict:
-    """One row's entry of results.json from its finished runs.
+def setup_commands(key: str, converts: list[str]) -> list[str]:
+    """A run's set-up commands: the pretrained weight file (that variant only), the shards."""
+    pretrained = [shlex.join(["keras-dense", *PRETRAINED_COMMAND])] if key == "pretrained" else []
+    return pretrained + converts
+
+
+def row_from_records(row: Row) -> dict | None:
+    """A row's entry of results.json from its current records (None: it has none)."""
+    done, stale = load_records(row)
+    if not done:
+        return None
+    result = row_result(row, done)
+    if stale:
+        result["stale_records"] = stale
+    return result
+
+
+def row_result(row: Row, done: dict[tuple[int, str], dict]) -> dict:
+    """One row's entry of results.json from its runs' records.
 
     Args:
         row: The row.
-        seeds: The seeds, in order.
-        done: `run_variant`'s result per (seed, variant key) run so far; a variant keeps the
-            seeds it has.
-        commands: The set-up commands (pretrained weights, conversions).
-        convert_seconds: Time spent converting.
-        jobs: How many runs went at once.
+        done: The record of each (seed, variant key) run; a variant keeps the seeds it has.
+            The commands shown are each variant's lowest seed's: set-up commands (each once,
+            the weight file first), then training and evaluation.
     """
+    seeds = sorted({seed for seed, _ in done})
     runs = {key: [done[s, key] for s in seeds if (s, key) in done] for key in row.variants}
     runs = {key: value for key, value in runs.items() if value}
-    first = [key for key in row.variants if (seeds[0], key) in done]
+    first = [value[0] for value in runs.values()]
+    setup = sorted(
+        dict.fromkeys(c for record in first for c in record["setup_commands"]),
+        key=lambda c: " pretrained " not in c,  # stable: the shards keep their order
+    )
+    machines = [r.get("machine", "") for v in runs.values() for r in v]
     return {
         "data": row.data,
         "recipes": {key: variant.recipe for key, variant in row.variants.items()},
         "metric": row.metric,
-        "seeds": [s for s in seeds if any((s, key) in done for key in row.variants)],
+        "seeds": seeds,
         "main_variant": "pretrained" if "pretrained" in row.variants else "scratch",
         "runs": runs,
-        "convert_seconds": round(convert_seconds, 1),
         "paper": row.paper,
-        "commands": commands + [c for key in first for c in done[seeds[0], key]["commands"]],
-        "concurrent_runs": min(max(1, jobs), len(done)),
+        "commands": setup + [c for r in first for c in r["commands"]],
+        "machine": "; ".join(m for m in dict.fromkeys(machines) if m),
+        "concurrent_runs": max(
+            (r.get("concurrent_runs", 1) for v in runs.values() for r in v), default=1
+        ),
     }
 
 
@@ -469,7 +619,10 @@ def table(results: dict, default_machine: str, earlier: str = "") -> str:
         'trunk" starts the VGG16 convolutions from `keras-dense pretrained hed-vgg16` '
         "(ImageNet, then BSDS500 edges; no network) and trains with the same steps, batch and "
         'crop as "from scratch"; + CRF and + TTA evaluate the pretrained variant. Paper figures '
-        "are at paper scale (ImageNet weights, GPU, full schedules) and are not comparable.",
+        "are at paper scale (ImageNet weights, GPU, full schedules) and are not comparable. "
+        "Each run's record (scores, times, commands, machine, commit) is a file under "
+        "`benchmarks/results_runs/`; a row averages the current records of its recipe and "
+        "budget, whichever session measured them.",
         "",
         "| recipe | data | metric | seeds | from scratch | pretrained trunk | + CRF | + TTA | "
         "median training wall per run (machine) | paper |",
@@ -525,6 +678,12 @@ def main() -> None:
         "--rows", nargs="*", choices=list(rows()), help="default: all (none with --merge)"
     )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    parser.add_argument(
+        "--variants", nargs="+", choices=list(VARIANTS), help="default: each row's all"
+    )
+    parser.add_argument(
+        "--missing", action="store_true", help="run only the runs without a current record"
+    )
     parser.add_argument("--jobs", type=int, default=1, help="(variant, seed) runs at once")
     parser.add_argument("--reuse", action="store_true", help="keep existing shards and weights")
     parser.add_argument(
@@ -532,30 +691,32 @@ def main() -> None:
     )
     parser.add_argument("--write-readme", action="store_true")
     args = parser.parse_args()
-    # Rows measured earlier (in runs/results/results.json) stay in the table unless re-run.
     if args.rows is None:
         args.rows = [] if args.merge else list(rows())
-    saved = REPO / WORK / "results.json"
-    results = load_rows(saved) if saved.is_file() else {}
-    for path in args.merge:
-        for name, row in load_rows(pathlib.Path(path)).items():
-            if "error" not in row or name not in results:  # a failure never hides a result
-                results[name] = row
-    results = {k: v for k, v in results.items() if "runs" in v or "error" in v}
-    env = environment()
-    machine = describe_machine(env)
+    results, measured, failed = {}, {}, {}
+    for path in args.merge:  # rows measured elsewhere, for rows without records here
+        results.update(load_rows(pathlib.Path(path)))
     for name in args.rows:
+        row = rows()[name]
         try:
-            results[name] = run_row(rows()[name], args.seeds, args.jobs, args.reuse)
-            results[name]["machine"] = machine
+            measured[name] = run_row(
+                row, args.seeds, args.jobs, args.reuse, args.variants, args.missing
+            )
         except RuntimeError as err:
-            results[name] = {"data": rows()[name].data, "error": str(err)[-2000:]}
-        write_json(saved, results)
-    if args.merge:
-        write_json(saved, results)
+            failed[name] = {"data": row.data, "error": str(err)[-2000:]}
+    # Every row with current records is rebuilt from them, earlier sessions' runs included.
+    for name, row in rows().items():
+        recorded = measured.get(name) or row_from_records(row)
+        if recorded is not None:
+            results[name] = recorded
+        elif name in failed:  # a failure never hides a result
+            results[name] = failed[name]
+    results = {k: v for k, v in results.items() if "runs" in v or "error" in v}
+    write_json(REPO / WORK / "results.json", results)
+    env = environment()
     print(json.dumps({"results": results, "environment": env, "load_average": os.getloadavg()}))
     if args.write_readme:
-        write_readme(table(results, machine, readme_block()))
+        write_readme(table(results, describe_machine(env), readme_block()))
 
 
 def load_rows(path: pathlib.Path) -> dict:

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import importlib.util
+import json
+import os
 import pathlib
 import sys
+
+import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -70,3 +74,88 @@ def test_a_fresh_checkout_keeps_the_rows_it_did_not_re_measure():
     assert again.index("shapes:") < again.index("pets:")
     assert again.index("| `apps/shapes_demo.toml`") < again.index(pets_line)
     assert pets_commands[0] in again
+
+
+def fake_run(value: float, seconds: float, seed: int) -> dict:
+    """A `run_variant` result with one score."""
+    command = f"keras-dense train apps/shapes_demo.toml --set seed={seed}"
+    return {"metrics": {"plain": value}, "seconds": {"train": seconds}, "commands": [command]}
+
+
+def test_runs_recorded_in_separate_sessions_make_one_row(tmp_path, monkeypatch):
+    results = load_results_module()
+    monkeypatch.setattr(results, "RECORDS", tmp_path)
+    row = results.rows()["shapes"]
+    setup = results.setup_commands("scratch", ["keras-dense convert shapes --seed 0"])
+    # Two sessions: seed 1 recorded first, then seed 0; a row is rebuilt from both files.
+    results.save_record(row, "scratch", 1, {**fake_run(0.7, 300.0, 1), "setup_commands": []})
+    results.save_record(row, "scratch", 0, {**fake_run(0.9, 100.0, 0), "setup_commands": setup})
+    result = results.row_from_records(row)
+    assert result["seeds"] == [0, 1]
+    cells = results.row_cells(result, "unused")
+    values = [0.9, 0.7]
+    expected = f"{sum(values) / 2:.3f} ± {(max(values) - min(values)) / 2:.3f}"
+    assert cells[4] == expected == "0.800 ± 0.100"
+    assert "train from scratch 200 s" in cells[-2]  # the median of 100 and 300
+    # The commands shown are the lowest seed's, its set-up first.
+    assert result["commands"] == [*setup, fake_run(0.9, 100.0, 0)["commands"][0]]
+
+
+def test_a_record_of_another_configuration_is_stale(tmp_path, monkeypatch):
+    results = load_results_module()
+    monkeypatch.setattr(results, "RECORDS", tmp_path)
+    row = results.rows()["shapes"]
+    for seed, value in ((0, 0.9), (1, 0.1)):
+        run = {**fake_run(value, 100.0, seed), "setup_commands": []}
+        results.save_record(row, "scratch", seed, run)
+    path = results.record_path("shapes", "scratch", 1)
+    record = json.loads(path.read_text())
+    record["configuration"] = "another budget"
+    path.write_text(json.dumps(record))
+    result = results.row_from_records(row)
+    assert result["seeds"] == [0]
+    assert results.row_cells(result, "unused")[4] == "0.900 (1 seed)"
+    assert result["stale_records"] == [os.path.relpath(path, REPO)]
+
+
+def test_a_broken_record_is_named(tmp_path, monkeypatch):
+    results = load_results_module()
+    monkeypatch.setattr(results, "RECORDS", tmp_path)
+    row = results.rows()["shapes"]
+    path = results.record_path("shapes", "scratch", 0)
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"seed": 0, "metrics": {"plain": 0.5}}))
+    with pytest.raises(ValueError, match=rf"{path}: not a run record.*configuration"):
+        results.row_from_records(row)
+    path.write_text("{")
+    with pytest.raises(ValueError, match=rf"{path}: not JSON"):
+        results.row_from_records(row)
+
+
+def test_missing_runs_only_the_runs_without_a_record(tmp_path, monkeypatch):
+    results = load_results_module()
+    monkeypatch.setattr(results, "RECORDS", tmp_path)
+    row = results.rows()["pets"]
+    monkeypatch.setattr(row, "converts", lambda folder, seed: [["convert", "--output", folder]])
+    cli = []  # no weight file here: `pretrained hed-vgg16` is run (faked) too
+    monkeypatch.setattr(results, "run_cli", lambda argv: cli.append(argv[0]))
+    ran = []
+
+    def run_variant(row_, key, seed, extra, share_gpu=False):
+        ran.append((seed, key))
+        return fake_run(0.5 + seed / 10, 10.0, seed)
+
+    monkeypatch.setattr(results, "run_variant", run_variant)
+    earlier = {**fake_run(0.4, 10.0, 0), "setup_commands": []}
+    results.save_record(row, "pretrained", 0, earlier)
+    monkeypatch.setattr(results, "PRETRAINED", "no/such/weights.h5")
+    result = results.run_row(row, [0, 1], reuse=True, missing=True)
+    assert sorted(ran) == [(0, "scratch"), (1, "pretrained"), (1, "scratch")]
+    assert cli.count("convert") == 1  # one data set for every seed of this row
+    assert result["seeds"] == [0, 1]
+    cells = results.row_cells(result, "unused")
+    assert cells[4:6] == ["0.550 ± 0.050", "0.500 ± 0.100"]  # scratch 0.5 / 0.6, pets 0.4 / 0.6
+    # --variants: only the named variant runs.
+    ran.clear()
+    results.run_row(row, [2], reuse=True, variants=["scratch"])
+    assert ran == [(2, "scratch")]
