@@ -12,6 +12,8 @@ parses a whole recipe into these.
 from __future__ import annotations
 
 import dataclasses
+import math
+from collections.abc import Mapping
 from typing import Any
 
 from keras_dense.losses import LOSS_NAMES
@@ -222,6 +224,10 @@ class OptimizerConfig:
         beta_2: Adam's second-moment decay.
         epsilon: Adam's epsilon.
         clipnorm: Gradient norm clipping (0: off).
+        learning_rate_multipliers: `fnmatch` pattern on a trainable variable's path ->
+            factor of its learning rate, e.g. `{"fc8/*" = 10}` (Caffe's `lr_mult`; see
+            `keras_dense.training.learning_rate_multipliers`); empty: every variable at the
+            optimizer's rate.
     """
 
     name: str = "sgd"
@@ -233,6 +239,7 @@ class OptimizerConfig:
     beta_2: float = 0.999
     epsilon: float = 1e-7
     clipnorm: float = 0.0
+    learning_rate_multipliers: dict[str, float] = dataclasses.field(default_factory=dict)
 
     def check(self) -> None:
         """Raises `RecipeError` naming a value out of range."""
@@ -240,6 +247,38 @@ class OptimizerConfig:
         require(0 <= self.momentum < 1, "optimizer.momentum", "expected in [0, 1)")
         require(self.weight_decay >= 0, "optimizer.weight_decay", "expected >= 0")
         require(self.clipnorm >= 0, "optimizer.clipnorm", "expected >= 0 (0: off)")
+        check_learning_rate_multipliers(self.learning_rate_multipliers)
+
+
+def check_learning_rate_multipliers(multipliers: Mapping) -> None:
+    """Checks `optimizer.learning_rate_multipliers` without the model: types and range.
+
+    Args:
+        multipliers: The table: non-empty pattern strings -> finite numbers > 0.
+
+    Raises:
+        RecipeError: Not a table, an empty pattern, or a multiplier that is not a finite
+            number > 0 (the key, the pattern and the value are named).
+    """
+    key = "optimizer.learning_rate_multipliers"
+    require(
+        isinstance(multipliers, Mapping),
+        key,
+        f"expected a table of pattern = multiplier, got {multipliers!r}",
+    )
+    for pattern, value in multipliers.items():
+        require(
+            isinstance(pattern, str) and bool(pattern),
+            key,
+            f"pattern {pattern!r}: expected a non-empty fnmatch pattern on variable paths, "
+            'e.g. "fc8/*"',
+        )
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        require(
+            number and math.isfinite(value) and value > 0,
+            key,
+            f"the multiplier of pattern {pattern!r} is {value!r}: expected a number > 0",
+        )
 
 
 @dataclasses.dataclass(frozen=True)

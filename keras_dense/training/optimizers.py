@@ -29,6 +29,13 @@ constructor takes no `weight_decay` refuses a non-zero one.
 
 Weight decay is Keras' decoupled decay (`w -= lr * weight_decay * w` each step), which for SGD
 equals the papers' L2 term `weight_decay / 2 * |w|^2` up to the momentum's averaging.
+
+`learning_rate_multipliers` (`{"fc8/*" = 10}`: per-variable factors of the rate, Caffe's
+`lr_mult`) applies to every optimizer but is no constructor argument: it is checked with the
+recipe (`keras_dense.tasks.configs.check_learning_rate_multipliers`), kept in the resolved
+table when written (SGD/AdamW tables hold it with their other defaults, `{}`), never passed
+to the class, and installed on the built optimizer once the model exists
+(`keras_dense.training.learning_rate_multipliers`).
 """
 
 from __future__ import annotations
@@ -46,6 +53,9 @@ from keras_dense.utils.errors import RecipeError
 
 # Keys of every `[optimizer]` table; the others are arguments of the chosen class.
 COMMON_KEYS = ("name", "learning_rate", "weight_decay", "clipnorm")
+# Keys of every `[optimizer]` table that no constructor takes (in the resolved table when
+# written); `build_optimizer` never passes them to the class.
+NON_CONSTRUCTOR_KEYS = ("learning_rate_multipliers",)
 # Optimizers whose resolved table keeps every key of the recipe's defaults (as before).
 RECIPE_DEFAULT_OPTIMIZERS = ("sgd", "adamw")
 # Constructor parameters that are not recipe keys.
@@ -192,7 +202,7 @@ def resolve_optimizer(given: dict, merged: dict, defaults: dict) -> dict:
     Returns:
         The resolved table: `name` (the class's lower-case name), the common keys, and
         for `sgd` / `adamw` every default key (as before), for any other optimizer only the
-        arguments written.
+        arguments and `NON_CONSTRUCTOR_KEYS` written.
 
     Raises:
         RecipeError: An unknown optimizer, an argument the class does not take (named, with
@@ -212,6 +222,9 @@ def resolve_optimizer(given: dict, merged: dict, defaults: dict) -> dict:
         resolved["learning_rate"] = arguments["learning_rate"].default  # Keras' own
     for key, value in given.items():
         if key in COMMON_KEYS:
+            continue
+        if key in NON_CONSTRUCTOR_KEYS:  # typed and checked with `OptimizerConfig`
+            resolved[key] = value
             continue
         if key not in arguments:
             # The recipe's SGD/AdamW defaults ride along in their resolved tables unused.
@@ -245,7 +258,7 @@ def _constructor_arguments(optimizer: dict, arguments: dict) -> dict:
     if "clipnorm" in arguments:
         kwargs["clipnorm"] = optimizer.get("clipnorm") or None
     for key, value in optimizer.items():
-        if key not in COMMON_KEYS and key in arguments:
+        if key not in COMMON_KEYS and key not in NON_CONSTRUCTOR_KEYS and key in arguments:
             kwargs[key] = value
     if kwargs.get("gradient_accumulation_steps") == 1:
         kwargs["gradient_accumulation_steps"] = None  # every step: Keras' None (it refuses 1)
@@ -283,7 +296,9 @@ def build_optimizer(
         optimizer: The resolved `[optimizer]` table (see `resolve_optimizer`): `name`,
             `learning_rate`, `weight_decay`, `clipnorm` (0: none) and the class's other
             arguments; keys the class does not take (the SGD/AdamW defaults of the recipe)
-            are not passed.
+            are not passed, nor `learning_rate_multipliers`, which needs the model:
+            `keras_dense.training.learning_rate_multipliers.install_learning_rate_multipliers`
+            applies it to the optimizer returned.
         schedule: The `[schedule]` table (see `build_schedule`).
         total_steps: Optimizer steps of the whole run.
         mixed_precision: Wrap in a `keras.optimizers.LossScaleOptimizer` (dynamic loss

@@ -15,6 +15,11 @@ Running the same command again after a crash resumes after the last finished epo
 `keras_dense.training.callbacks.reconcile_history`), and every change is printed. In a
 multi-worker run the chief writes this folder; other workers write theirs to
 `.worker-<type>-<index>/` inside it.
+
+A recipe with `optimizer.learning_rate_multipliers` (see
+`keras_dense.training.learning_rate_multipliers`) prints each pattern's multiplier and the
+number of trainable variables it matched, and the model card holds them
+(`"learning_rate_multipliers": {pattern: {"multiplier": m, "variables": n}}`).
 """
 
 from __future__ import annotations
@@ -40,6 +45,10 @@ from keras_dense.training.distribution import (
     worker_info,
 )
 from keras_dense.training.fresh_layer_scaling import batch_inputs, scale_fresh_layers
+from keras_dense.training.learning_rate_multipliers import (
+    describe_multipliers,
+    install_learning_rate_multipliers,
+)
 from keras_dense.training.optimizers import build_optimizer
 from keras_dense.training.precise_batch_norm import PreciseBatchNorm
 from keras_dense.training.recipe import UNTYPED_DEFAULTS, RecipeError
@@ -55,10 +64,14 @@ RESOLVED_RECIPE = "recipe.json"
 METRICS_CSV = "metrics.csv"
 
 
+# Tables compared (and set back) as one value: their keys are patterns, not key paths.
+_WHOLE_TABLES = ("optimizer.learning_rate_multipliers",)
+
+
 def _flatten(table: dict, prefix: str = "") -> dict:
     flat = {}
     for key, value in table.items():
-        if isinstance(value, dict) and value:
+        if isinstance(value, dict) and value and f"{prefix}{key}" not in _WHOLE_TABLES:
             flat.update(_flatten(value, f"{prefix}{key}."))
         else:
             flat[f"{prefix}{key}"] = value
@@ -153,6 +166,9 @@ def check_resumed_classes(run_dir: str, classes: list[str]) -> None:
 
 
 def _toml_value(value) -> str:
+    if isinstance(value, dict):  # an inline table: {"fc8/*" = 10}
+        items = ", ".join(f"{json.dumps(k)} = {_toml_value(v)}" for k, v in value.items())
+        return "{" + items + "}"
     return json.dumps(value) if not isinstance(value, bool) else str(value).lower()
 
 
@@ -251,6 +267,10 @@ def _train_locked(recipe: Recipe, run_dir: str, strategy, info, verbose, start) 
                 optimizer_steps,
                 training.mixed_precision,
             )
+            # Before the first step; a pattern that matches nothing is named here.
+            multipliers = install_learning_rate_multipliers(
+                optimizer, model, run.optimizer.get("learning_rate_multipliers") or {}
+            )
             compiled = task.compile(model, run, optimizer, num_classes) or CompileResult()
             finished = backup.restore(model, os.path.join(run_dir, BACKUP_DIR))
             stage = task.train_batch_stage(run, model)
@@ -285,6 +305,8 @@ def _train_locked(recipe: Recipe, run_dir: str, strategy, info, verbose, start) 
     history, notes = callbacks.reconcile_history(csv_path, finished, (state or {}).get("logs"))
     for note in (*compiled.notes, *notes):
         print(note)
+    if multipliers:
+        print(describe_multipliers(multipliers))
     card = {
         "task": task.name,
         "normalization": data.normalization_mode,
@@ -295,6 +317,8 @@ def _train_locked(recipe: Recipe, run_dir: str, strategy, info, verbose, start) 
         "builder": builder,
         "builder_kwargs": plain(kwargs),
         "backbone_weights": backbone_weights,  # where the pretrained layers came from, or None
+        # Each pattern's multiplier and how many variables it matched (when the recipe has any).
+        **({"learning_rate_multipliers": multipliers} if multipliers else {}),
         "recipe": os.path.abspath(os.path.join(run_dir, RESOLVED_RECIPE)),
         "keras_dense_version": __version__,
         **task.card_fields(run),

@@ -13,7 +13,10 @@ keras.Model '<name>'>", "loaded": [layer names], "fresh": [layer names]}` ("fres
 source could have filled but lacks, e.g. FCN's fc6 / fc7 with a file without VGG16's top; see
 `keras_dense.backbones.pretrained_weights`), plus `"scaled": {layer name: factor}` when
 `training.scale_fresh_layers` shrank fresh layers to the trunk's scale before training (see
-`keras_dense.training.fresh_layer_scaling`).
+`keras_dense.training.fresh_layer_scaling`). A run whose recipe sets
+`optimizer.learning_rate_multipliers` adds `"learning_rate_multipliers": {pattern:
+{"multiplier": m, "variables": n}}`: each pattern's factor of the learning rate and the number
+of trainable variables it matched (see `keras_dense.training.learning_rate_multipliers`).
 
 Segmenters trained by keras-dense also hold `"input_size"` (the training tile, which a TFLite
 export uses as its fixed size), and `keras-dense tune-crf` adds `"crf"`: the tuned
