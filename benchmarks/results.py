@@ -20,9 +20,12 @@ stale: it is left out of the table and listed in the JSON. A code change that al
 is not seen by the fingerprint: delete the row's records then (or re-run every seed).
 
 It prints one JSON and, with `--write-readme`, replaces the block between the `results`
-markers in README.md (atomically); rows with no current record keep their README line and
-commands (a row measured before records existed). `--missing` runs only the (variant, seed)
-runs that have no current record, e.g. to finish a row after an interruption. Not part of
+markers in README.md (atomically); rows with no record keep their README line and commands (a
+row measured before records existed; a part of it, fewer seeds or variants, is refused, as it
+would replace the whole); a row whose records are all stale is marked stale. `--missing` runs
+only the (variant, seed) runs that have no current record, e.g. to finish a row after an
+interruption; a run whose evaluation failed is not recorded. Records are checked before any
+training; a broken one is named. Not part of
 `make test`: a full run takes hours on 2 cores. The table names the machines of each row.
 
 `--jobs N` trains and evaluates up to N (variant, seed) runs at a time, for a GPU machine: each
@@ -53,11 +56,14 @@ import sys
 import time
 from typing import Callable
 
-import tomllib
-
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from common import downscaled_pairs, environment  # noqa: E402
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python < 3.11 only
+    import tomli as tomllib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 WORK = "runs/results"
@@ -96,8 +102,8 @@ class Row:
     """One data set: how to make its shards, the variants to train, and how to score them.
 
     `converts(folder, seed)` gives the converter argument lists writing `folder/train` and
-    `folder/val`; `fresh_data` rows draw a data set per seed (synthetic ones), the others
-    convert once.
+    `folder/val` (no side effects: `prepare` makes what they read, e.g. downscaled photos);
+    `fresh_data` rows draw a data set per seed (synthetic ones), the others convert once.
     """
 
     name: str
@@ -108,6 +114,7 @@ class Row:
     metric: str
     paper: str
     fresh_data: bool = False
+    prepare: Callable[[], None] | None = None
 
     def folder(self, seed: int) -> str:
         """The shards' folder for `seed`."""
@@ -166,18 +173,24 @@ def rows() -> dict[str, Row]:
         "training.epochs=4 training.steps_per_epoch=50 training.precise_bn_steps=20"
     )
 
+    pets_splits = (("trainval", "train"), ("test", "val"))
+
+    def pets_photos(split: str) -> str:
+        return f"{DATA}/pets_photos_{PETS_SIDE}/{split}"
+
+    def downscale_pets() -> None:
+        for split, _ in pets_splits:
+            listing = REPO / f"{pets}/annotations/{split}.txt"
+            trimaps = f"{pets}/annotations/trimaps"
+            downscaled_pairs(
+                f"{pets}/images", trimaps, listing, PETS_SIDE, REPO / pets_photos(split)
+            )
+
     def pets_pairs(folder: str, seed: int) -> list[list[str]]:
         converts = []
-        for split, name in (("trainval", "train"), ("test", "val")):
+        for split, name in pets_splits:
             listing = f"{pets}/annotations/{split}.txt"
-            images, masks = downscaled_pairs(
-                f"{pets}/images",
-                f"{pets}/annotations/trimaps",
-                REPO / listing,
-                PETS_SIDE,
-                REPO / f"{DATA}/pets_photos_{PETS_SIDE}/{split}",
-            )
-            images, masks = (os.path.relpath(path, REPO) for path in (images, masks))
+            images, masks = f"{pets_photos(split)}/images", f"{pets_photos(split)}/masks"
             output, remap = f"{folder}/{name}", ["2:0", "3:255"]
             converts.append(pairs(images, masks, "background,pet", remap, listing, output))
         return converts
@@ -241,6 +254,7 @@ def rows() -> dict[str, Row]:
             {"crf": ["--crf"], "tta": ["--tta", "flip"]},
             "mean_iou",
             "— (no published figure for this sample)",
+            prepare=downscale_pets,
         ),
         "bccd_fast": bccd_row(
             "bccd_fast",
@@ -321,14 +335,23 @@ def converted(argv: list[str]) -> bool:
 
 
 def configuration(row: Row, key: str) -> str:
-    """The fingerprint of one variant's runs: its recipe's values, overrides and data.
+    """The fingerprint of one variant's runs: recipe values, overrides, data and evaluations.
 
-    Comments and layout of the recipe file do not count; a changed value, budget or data set
-    does, so that records of another configuration are never averaged with this one.
+    Comments and layout of the recipe file do not count; a changed value, budget, converter
+    argument (seed 0's, the data sets' root left out) or evaluation option does, so that
+    records of another configuration are never averaged with this one.
     """
     variant = row.variants[key]
     recipe = tomllib.loads((REPO / variant.recipe).read_text())
-    facts = {"recipe": recipe, "overrides": variant.overrides, "data": row.data}
+    converts = json.dumps(row.converts(row.folder(0), 0)).replace(shared(), "<datasets>")
+    facts = {
+        "recipe": recipe,
+        "overrides": variant.overrides,
+        "data": row.data,
+        "converts": converts,
+        "evaluations": row.evaluations,
+        "metric": row.metric,
+    }
     blob = json.dumps(facts, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -345,7 +368,9 @@ def commit() -> str:
             ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
+            # The records and README that results.py writes itself do not count.
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", "."]
+            + [":!benchmarks/results_runs", ":!README.md"],
             cwd=REPO,
             capture_output=True,
             text=True,
@@ -355,21 +380,39 @@ def commit() -> str:
     return f"{head}+dirty" if head and dirty else head
 
 
-def save_record(row: Row, key: str, seed: int, run: dict, concurrent_runs: int = 1) -> dict:
-    """Writes one finished run's record (temporary file, then rename); returns it."""
+def save_record(
+    row: Row,
+    key: str,
+    seed: int,
+    run: dict,
+    concurrent_runs: int = 1,
+    started: dict | None = None,
+) -> dict:
+    """Writes one finished run's record (temporary file, then rename); returns it.
+
+    Args:
+        row: The row.
+        key: The variant key.
+        seed: The seed.
+        run: `run_variant`'s result, with its `setup_commands`.
+        concurrent_runs: How many runs went at once.
+        started: `configuration` and `commit` as they were when the run started (a recipe
+            edited or a commit made during a run of hours must not relabel it); None: now.
+    """
     env = environment()
+    started = started or {"configuration": configuration(row, key), "commit": commit()}
     record = {
         "row": row.name,
         "variant": key,
         "seed": seed,
-        "configuration": configuration(row, key),
+        "configuration": started["configuration"],
         **run,
         "machine": describe_machine(env),
         "environment": env,
         "concurrent_runs": concurrent_runs,
         "load_average": [round(x, 2) for x in os.getloadavg()],
         "measured": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "commit": commit(),
+        "commit": started["commit"],
     }
     path = record_path(row.name, key, seed)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -448,6 +491,9 @@ def run_row(
     recorded = load_records(row)[0] if missing else {}
     work = [(seed, key) for seed in seeds for key in keys if (seed, key) not in recorded]
     setup, convert_seconds = {}, 0.0
+    started = {key: {"configuration": configuration(row, key), "commit": commit()} for key in keys}
+    if work and row.prepare is not None:
+        row.prepare()
     if any(key == "pretrained" for _, key in work) and not (
         reuse and (REPO / PRETRAINED).is_file()
     ):
@@ -471,11 +517,16 @@ def run_row(
             seed, key = futures[future]
             try:
                 run = {**future.result(), "setup_commands": setup_commands(key, setup[seed])}
-                save_record(row, key, seed, run, min(max(1, jobs), len(work)))
             except RuntimeError as err:  # one failed run: keep the others
                 failures[seed, key] = str(err)[-2000:]
+                continue
+            plain = run["metrics"].get("plain")
+            if not isinstance(plain, (int, float)):  # trained, but not scored: no record
+                failures[seed, key] = f"evaluation failed: {plain}"
+                continue
+            save_record(row, key, seed, run, min(max(1, jobs), len(work)), started[key])
     result = row_from_records(row)
-    if result is None:
+    if result is None or "runs" not in result:
         raise RuntimeError("; ".join(failures.values()) or f"{row.name}: no run recorded")
     result["convert_seconds"] = round(convert_seconds, 1)
     if failures:
@@ -490,9 +541,16 @@ def setup_commands(key: str, converts: list[str]) -> list[str]:
 
 
 def row_from_records(row: Row) -> dict | None:
-    """A row's entry of results.json from its current records (None: it has none)."""
+    """A row's entry of results.json from its current records (None: it has no records).
+
+    A row whose records are all stale gives `{"data", "recipes", "stale_records"}` only: the
+    table marks it stale rather than showing a configuration that is no longer the recipe's.
+    """
     done, stale = load_records(row)
     if not done:
+        if stale:
+            recipes = {key: variant.recipe for key, variant in row.variants.items()}
+            return {"data": row.data, "recipes": recipes, "stale_records": stale}
         return None
     result = row_result(row, done)
     if stale:
@@ -636,8 +694,13 @@ def table(results: dict, default_machine: str, earlier: str = "") -> str:
         if "error" in result:
             lines.append(f"| {name} | {result.get('data', '')} | | | failed | | | | | |")
             continue
+        if "runs" not in result:  # every record stale
+            recipes = recipes_cell(result["recipes"].values())
+            why = f"stale: {len(result['stale_records'])} records of an earlier configuration"
+            lines.append(f"| {recipes} | {result['data']} | | 0 | {why} | | | | | |")
+            continue
         lines.append("| " + " | ".join(row_cells(result, default_machine)) + " |")
-    summary = "Exact commands (first seed; the others set another seed)"
+    summary = "Exact commands (each variant's first seed; the others set another seed)"
     lines += ["", f"<details><summary>{summary}</summary>", ""]
     for name in [n for n in rows() if n in results or n in kept]:
         commands = kept[name][1] if name in kept else results[name].get("commands", [])
@@ -693,6 +756,26 @@ def main() -> None:
     args = parser.parse_args()
     if args.rows is None:
         args.rows = [] if args.merge else list(rows())
+    try:  # every record readable before hours of training
+        recorded = {name: load_records(row) for name, row in rows().items()}
+    except ValueError as err:
+        parser.error(str(err))
+    earlier = earlier_rows(readme_block())
+    for name in args.rows:
+        current, stale = recorded[name]
+        if current or stale or name not in earlier:
+            continue
+        # A README row measured before records existed: only a whole re-run replaces it.
+        counted = earlier[name][0].split("|")[4].strip()
+        seeds = int(counted) if counted.isdigit() else 0
+        variants = set(args.variants or rows()[name].variants) & set(rows()[name].variants)
+        if args.missing or variants != set(rows()[name].variants) or len(args.seeds) < seeds:
+            parser.error(
+                f"the README's {name} row ({seeds} seeds) predates the run records: re-measure "
+                f"all its variants with at least {seeds} seeds (--rows {name} --seeds "
+                f"{' '.join(str(s) for s in range(max(seeds, 1)))}), or it would be replaced "
+                "by a part of itself"
+            )
     results, measured, failed = {}, {}, {}
     for path in args.merge:  # rows measured elsewhere, for rows without records here
         results.update(load_rows(pathlib.Path(path)))
@@ -711,7 +794,7 @@ def main() -> None:
             results[name] = recorded
         elif name in failed:  # a failure never hides a result
             results[name] = failed[name]
-    results = {k: v for k, v in results.items() if "runs" in v or "error" in v}
+    results = {k: v for k, v in results.items() if {"runs", "error", "stale_records"} & set(v)}
     write_json(REPO / WORK / "results.json", results)
     env = environment()
     print(json.dumps({"results": results, "environment": env, "load_average": os.getloadavg()}))

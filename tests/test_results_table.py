@@ -159,3 +159,49 @@ def test_missing_runs_only_the_runs_without_a_record(tmp_path, monkeypatch):
     ran.clear()
     results.run_row(row, [2], reuse=True, variants=["scratch"])
     assert ran == [(2, "scratch")]
+
+
+def test_a_row_whose_records_are_all_stale_is_marked_stale(tmp_path, monkeypatch):
+    results = load_results_module()
+    monkeypatch.setattr(results, "RECORDS", tmp_path)
+    row = results.rows()["shapes"]
+    results.save_record(row, "scratch", 0, {**fake_run(0.9, 1.0, 0), "setup_commands": []})
+    path = results.record_path("shapes", "scratch", 0)
+    path.write_text(path.read_text().replace(results.configuration(row, "scratch"), "old"))
+    result = results.row_from_records(row)
+    assert "runs" not in result and result["stale_records"] == [os.path.relpath(path, REPO)]
+    line = next(
+        x for x in results.table({"shapes": result}, "m").splitlines() if "shapes_demo" in x
+    )
+    assert "stale: 1 records of an earlier configuration" in line and "0.900" not in line
+
+
+def test_a_run_whose_evaluation_failed_leaves_no_record(tmp_path, monkeypatch):
+    results = load_results_module()
+    monkeypatch.setattr(results, "RECORDS", tmp_path)
+    row = results.rows()["shapes"]
+    monkeypatch.setattr(results, "run_cli", lambda argv: 0.0)
+    failed = {"metrics": {"plain": {"error": "out of memory"}}, "seconds": {"train": 1.0}}
+    monkeypatch.setattr(results, "run_variant", lambda *a, **k: {**failed, "commands": []})
+    with pytest.raises(RuntimeError, match="evaluation failed.*out of memory"):
+        results.run_row(row, [0], reuse=True)
+    assert not results.record_path("shapes", "scratch", 0).exists()
+
+
+def test_a_readme_row_older_than_the_records_is_not_replaced_by_a_part(
+    tmp_path, monkeypatch, capsys
+):
+    results = load_results_module()
+    monkeypatch.setattr(results, "RECORDS", tmp_path)  # no records at all
+    line = "| `apps/unet_vgg16_isbi.toml` | isbi | mean_iou | 2 | 0.7 | 0.6 | — | — | t | — |"
+    monkeypatch.setattr(results, "readme_block", lambda: f"{results.START}\n{line}\n")
+
+    def never(*args, **kwargs):
+        raise AssertionError("nothing may be trained")
+
+    monkeypatch.setattr(results, "run_row", never)
+    for argv in (["--seeds", "1"], ["--variants", "pretrained"], ["--missing"]):
+        monkeypatch.setattr(sys, "argv", ["results.py", "--rows", "isbi", *argv])
+        with pytest.raises(SystemExit):
+            results.main()
+        assert "isbi row (2 seeds) predates the run records" in capsys.readouterr().err
