@@ -415,10 +415,15 @@ def test_a_run_with_multipliers_trains_records_them_and_resumes(
     }
     model = keras.saving.load_model(out / "best.keras", compile=False)
     assert model.get_layer("conv_u0d-score").kernel.shape[-1] == 4
-    # Resuming with more epochs keeps the multipliers (the recipe is otherwise the same).
+    # Resuming with more epochs keeps the multipliers (the recipe is otherwise the same): the
+    # resumed run's train step resolves the variables through the wrapper again.
+    resolved.clear()
     summary = train(validate(_tiny_recipe(shapes32, multipliers, epochs=2)), str(out), verbose=0)
     assert summary["initial_epoch"] == 1 and summary["epochs"] == 2
-    assert "resuming" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "resuming" in printed
+    assert "learning-rate multipliers: conv_u0d-score/* x10 (2 variables)" in printed
+    assert {"conv_u0d-score/kernel", "conv_d0a-b/kernel"} <= set(resolved)
 
 
 def test_a_run_whose_pattern_matches_nothing_stops_before_the_first_step(shapes32, tmp_path):
