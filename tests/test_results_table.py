@@ -137,6 +137,8 @@ def test_missing_runs_only_the_runs_without_a_record(tmp_path, monkeypatch):
     monkeypatch.setattr(results, "RECORDS", tmp_path)
     row = results.rows()["pets"]
     monkeypatch.setattr(row, "converts", lambda folder, seed: [["convert", "--output", folder]])
+    prepared = []  # the Pets photos' downscaling, here a no-op (no data sets needed)
+    monkeypatch.setattr(row, "prepare", lambda: prepared.append(True))
     cli = []  # no weight file here: `pretrained hed-vgg16` is run (faked) too
     monkeypatch.setattr(results, "run_cli", lambda argv: cli.append(argv[0]))
     ran = []
@@ -152,6 +154,7 @@ def test_missing_runs_only_the_runs_without_a_record(tmp_path, monkeypatch):
     result = results.run_row(row, [0, 1], reuse=True, missing=True)
     assert sorted(ran) == [(0, "scratch"), (1, "pretrained"), (1, "scratch")]
     assert cli.count("convert") == 1  # one data set for every seed of this row
+    assert prepared == [True]
     assert result["seeds"] == [0, 1]
     cells = results.row_cells(result, "unused")
     assert cells[4:6] == ["0.550 ± 0.050", "0.500 ± 0.100"]  # scratch 0.5 / 0.6, pets 0.4 / 0.6
