@@ -15,8 +15,9 @@ Every finished (row, variant, seed) run is saved at once as a record,
 machine, commit and the row's configuration fingerprint), and a row of the table is the mean
 over all its current records. So seeds accumulate across sessions and machines: `--seeds 1
 --variants pretrained` adds one run to a row measured before. A record whose configuration
-(the recipe's values, the variant's overrides, the data) differs from the row's current one is
-stale: it is left out of the table and listed in the JSON. A code change that alters results
+(the recipe's values, the variant's overrides, the data description, the converter and
+evaluation arguments, the metric) differs from the row's current one is stale: it is left out
+of the table and listed in the JSON. A code change that alters results
 is not seen by the fingerprint: delete the row's records then (or re-run every seed).
 
 It prints one JSON and, with `--write-readme`, replaces the block between the `results`
@@ -25,8 +26,8 @@ row measured before records existed; a part of it, fewer seeds or variants, is r
 would replace the whole); a row whose records are all stale is marked stale. `--missing` runs
 only the (variant, seed) runs that have no current record, e.g. to finish a row after an
 interruption; a run whose evaluation failed is not recorded. Records are checked before any
-training; a broken one is named. Not part of
-`make test`: a full run takes hours on 2 cores. The table names the machines of each row.
+training; a broken one is named. Not part of `make test`: a full run takes hours on 2 cores.
+The table names the machines of each row.
 
 `--jobs N` trains and evaluates up to N (variant, seed) runs at a time, for a GPU machine: each
 run is its own process, and they share the GPU (`TF_FORCE_GPU_ALLOW_GROWTH`). Their wall times
