@@ -184,7 +184,11 @@ def rows() -> dict[str, Row]:
             listing = REPO / f"{pets}/annotations/{split}.txt"
             trimaps = f"{pets}/annotations/trimaps"
             downscaled_pairs(
-                f"{pets}/images", trimaps, listing, PETS_SIDE, REPO / pets_photos(split)
+                REPO / f"{pets}/images",
+                REPO / trimaps,
+                listing,
+                PETS_SIDE,
+                REPO / pets_photos(split),
             )
 
     def pets_pairs(folder: str, seed: int) -> list[list[str]]:
@@ -308,7 +312,12 @@ def evaluate(
 def run_variant(
     row: Row, key: str, seed: int, extra_evaluations: bool, share_gpu: bool = False
 ) -> dict:
-    """Trains one variant with one seed and evaluates it; returns commands, times, metrics."""
+    """Trains one variant with one seed and evaluates it; returns commands, times, metrics.
+
+    The result's `started` holds the configuration fingerprint and commit as they were when
+    training started (see `save_record`).
+    """
+    started = {"configuration": configuration(row, key), "commit": commit()}
     folder, variant = row.folder(seed), row.variants[key]
     output = f"{WORK}/{row.name}/{key}/seed{seed}"
     train = ["train", variant.recipe, "--output", output, "--set", f"seed={seed}"]
@@ -327,7 +336,7 @@ def run_variant(
         if took is not None:
             seconds[f"evaluate_{label}"] = took
             commands.append(shlex.join(["keras-dense", *argv]))
-    return {"metrics": metrics, "seconds": seconds, "commands": commands}
+    return {"metrics": metrics, "seconds": seconds, "commands": commands, "started": started}
 
 
 def converted(argv: list[str]) -> bool:
@@ -344,7 +353,7 @@ def configuration(row: Row, key: str) -> str:
     """
     variant = row.variants[key]
     recipe = tomllib.loads((REPO / variant.recipe).read_text())
-    converts = json.dumps(row.converts(row.folder(0), 0)).replace(shared(), "<datasets>")
+    converts = json.dumps(row.converts(row.folder(0), 0)).replace(f"{shared()}/", "<datasets>/")
     facts = {
         "recipe": recipe,
         "overrides": variant.overrides,
@@ -492,8 +501,13 @@ def run_row(
     recorded = load_records(row)[0] if missing else {}
     work = [(seed, key) for seed in seeds for key in keys if (seed, key) not in recorded]
     setup, convert_seconds = {}, 0.0
-    started = {key: {"configuration": configuration(row, key), "commit": commit()} for key in keys}
-    if work and row.prepare is not None:
+    first_seeds = sorted({seed for seed, _ in work})
+    needed = [
+        argv
+        for seed in (first_seeds if row.fresh_data else first_seeds[:1])
+        for argv in row.converts(row.folder(seed), seed)
+    ]
+    if row.prepare is not None and not (reuse and all(converted(a) for a in needed)):
         row.prepare()
     if any(key == "pretrained" for _, key in work) and not (
         reuse and (REPO / PRETRAINED).is_file()
@@ -521,11 +535,12 @@ def run_row(
             except RuntimeError as err:  # one failed run: keep the others
                 failures[seed, key] = str(err)[-2000:]
                 continue
-            plain = run["metrics"].get("plain")
-            if not isinstance(plain, (int, float)):  # trained, but not scored: no record
-                failures[seed, key] = f"evaluation failed: {plain}"
+            unscored = {k: v for k, v in run["metrics"].items() if not isinstance(v, (int, float))}
+            if unscored:  # trained, but an evaluation failed: no record, `--missing` retries
+                failures[seed, key] = f"evaluation failed: {unscored}"
                 continue
-            save_record(row, key, seed, run, min(max(1, jobs), len(work)), started[key])
+            started = run.pop("started", None)
+            save_record(row, key, seed, run, min(max(1, jobs), len(work)), started)
     result = row_from_records(row)
     if result is None or "runs" not in result:
         raise RuntimeError("; ".join(failures.values()) or f"{row.name}: no run recorded")
@@ -677,7 +692,8 @@ def table(results: dict, default_machine: str, earlier: str = "") -> str:
         'Every row has the same budget in steps, batch and crop on every machine. "Pretrained '
         'trunk" starts the VGG16 convolutions from `keras-dense pretrained hed-vgg16` '
         "(ImageNet, then BSDS500 edges; no network) and trains with the same steps, batch and "
-        'crop as "from scratch"; + CRF and + TTA evaluate the pretrained variant. Paper figures '
+        'crop as "from scratch"; + CRF and + TTA evaluate the pretrained variant '
+        "(the scratch one in a row without it). Paper figures "
         "are at paper scale (ImageNet weights, GPU, full schedules) and are not comparable. "
         "Each run's record (scores, times, commands, machine, commit) is a file under "
         "`benchmarks/results_runs/`; a row averages the current records of its recipe and "
@@ -757,18 +773,22 @@ def main() -> None:
     args = parser.parse_args()
     if args.rows is None:
         args.rows = [] if args.merge else list(rows())
+    args.seeds = list(dict.fromkeys(args.seeds))  # a seed twice would train one folder twice
     try:  # every record readable before hours of training
         recorded = {name: load_records(row) for name, row in rows().items()}
     except ValueError as err:
         parser.error(str(err))
-    earlier = earlier_rows(readme_block())
+    earlier, legacy = earlier_rows(readme_block()), set()
     for name in args.rows:
         current, stale = recorded[name]
         if current or stale or name not in earlier:
             continue
+        legacy.add(name)
         # A README row measured before records existed: only a whole re-run replaces it.
         counted = earlier[name][0].split("|")[4].strip()
         seeds = int(counted) if counted.isdigit() else 0
+        if not seeds:  # a failed row: nothing to keep
+            continue
         variants = set(args.variants or rows()[name].variants) & set(rows()[name].variants)
         if args.missing or variants != set(rows()[name].variants) or len(args.seeds) < seeds:
             parser.error(
@@ -786,19 +806,26 @@ def main() -> None:
             measured[name] = run_row(
                 row, args.seeds, args.jobs, args.reuse, args.variants, args.missing
             )
-        except RuntimeError as err:
+        except (RuntimeError, OSError) as err:  # the other rows still run
             failed[name] = {"data": row.data, "error": str(err)[-2000:]}
+            continue
+        if name in legacy and "failed_runs" in measured[name]:
+            # Not all of a row older than the records: its README line stays until it is.
+            failed[name] = {"data": row.data, "error": str(measured.pop(name)["failed_runs"])}
     # Every row with current records is rebuilt from them, earlier sessions' runs included.
     for name, row in rows().items():
-        recorded = measured.get(name) or row_from_records(row)
+        recorded = measured.get(name) or (None if name in legacy else row_from_records(row))
         if recorded is not None:
             results[name] = recorded
-        elif name in failed:  # a failure never hides a result
+        elif name in failed and name not in earlier:  # a failure never hides a result
             results[name] = failed[name]
+    for name, failure in failed.items():
+        print(f"{name}: {failure['error'][-500:]}", file=sys.stderr)
     results = {k: v for k, v in results.items() if {"runs", "error", "stale_records"} & set(v)}
     write_json(REPO / WORK / "results.json", results)
     env = environment()
-    print(json.dumps({"results": results, "environment": env, "load_average": os.getloadavg()}))
+    report = {"results": results, "failed": failed, "environment": env}
+    print(json.dumps({**report, "load_average": os.getloadavg()}))
     if args.write_readme:
         write_readme(table(results, describe_machine(env), readme_block()))
 

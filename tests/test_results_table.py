@@ -184,11 +184,33 @@ def test_a_run_whose_evaluation_failed_leaves_no_record(tmp_path, monkeypatch):
     monkeypatch.setattr(results, "RECORDS", tmp_path)
     row = results.rows()["shapes"]
     monkeypatch.setattr(results, "run_cli", lambda argv: 0.0)
-    failed = {"metrics": {"plain": {"error": "out of memory"}}, "seconds": {"train": 1.0}}
-    monkeypatch.setattr(results, "run_variant", lambda *a, **k: {**failed, "commands": []})
-    with pytest.raises(RuntimeError, match="evaluation failed.*out of memory"):
-        results.run_row(row, [0], reuse=True)
-    assert not results.record_path("shapes", "scratch", 0).exists()
+    for metrics in ({"plain": {"error": "out of memory"}}, {"plain": 0.5, "crf": {"error": "oom"}}):
+        failed = {"metrics": metrics, "seconds": {"train": 1.0}, "commands": []}
+        monkeypatch.setattr(results, "run_variant", lambda *a, f=failed, **k: dict(f))
+        with pytest.raises(RuntimeError, match="evaluation failed.*(out of memory|oom)"):
+            results.run_row(row, [0], reuse=True)
+        assert not results.record_path("shapes", "scratch", 0).exists()
+
+
+def test_a_readme_row_older_than_the_records_stays_when_its_re_run_fails(tmp_path, monkeypatch):
+    results = load_results_module()
+    monkeypatch.setattr(results, "RECORDS", tmp_path)
+    monkeypatch.setattr(results, "WORK", str(tmp_path / "work"))
+    line = "| `apps/unet_vgg16_isbi.toml` | isbi | mean_iou | 2 | 0.7 | 0.6 | — | — | t | — |"
+    block = f"{results.START}\n{line}\n\nisbi:\n\n```bash\nkeras-dense x\n```\n{results.END}"
+    monkeypatch.setattr(results, "readme_block", lambda: block)
+    written = []
+    monkeypatch.setattr(results, "write_readme", written.append)
+
+    def no_data(*args, **kwargs):
+        raise RuntimeError("keras-dense convert pairs failed: no such folder")
+
+    monkeypatch.setattr(results, "run_row", no_data)
+    argv = ["results.py", "--rows", "isbi", "--seeds", "0", "1", "0", "--write-readme"]
+    monkeypatch.setattr(sys, "argv", argv)
+    results.main()
+    assert line in written[0].splitlines() and "keras-dense x" in written[0]
+    assert "failed" not in written[0]
 
 
 def test_a_readme_row_older_than_the_records_is_not_replaced_by_a_part(
