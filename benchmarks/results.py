@@ -21,9 +21,11 @@ of the table and listed in the JSON. A code change that alters results
 is not seen by the fingerprint: delete the row's records then (or re-run every seed).
 
 It prints one JSON and, with `--write-readme`, replaces the block between the `results`
-markers in README.md (atomically); rows with no record keep their README line and commands (a
-row measured before records existed; a part of it, fewer seeds or variants, is refused, as it
-would replace the whole); a row whose records are all stale is marked stale. `--missing` runs
+markers in README.md (atomically). A README line keeps its place and commands until the
+current configuration's records show at least what it shows (each filled variant column at its
+seed count): a row measured before records existed, or at an earlier budget, is re-measured
+run by run across sessions, is marked as being re-measured meanwhile, and what it still lacks
+is printed. A row whose records are all stale is marked stale. `--missing` runs
 only the (variant, seed) runs that have no current record, e.g. to finish a row after an
 interruption; a run whose evaluation failed is not recorded. Records are checked before any
 training; a broken one is named. Not part of `make test`: a full run takes hours on 2 cores.
@@ -165,7 +167,7 @@ def rows() -> dict[str, Row]:
     s = shared()
     isbi, pets = f"{s}/isbi2012_membrane", f"{s}/oxford_pets_sample"
     pets_budget = shlex.split(
-        "data.crop_size=160 training.batch_size=4 training.epochs=3 training.steps_per_epoch=50"
+        "data.crop_size=160 training.batch_size=4 training.epochs=6 training.steps_per_epoch=50"
     )
 
     # The decoder's BatchNorm statistics are re-estimated before each validation (precise BN):
@@ -677,12 +679,52 @@ def earlier_rows(block: str) -> dict[str, tuple[str, list[str]]]:
     return found
 
 
-def table(results: dict, default_machine: str, earlier: str = "") -> str:
+def line_seeds(line: str) -> int:
+    """The seed count of a README table line (0 for a failed row's line)."""
+    counted = line.split("|")[4].strip()
+    digits = counted.split()[0] if counted else ""
+    return int(digits) if digits.isdigit() else 0
+
+
+def covers(line: str, done: dict[tuple[int, str], dict], row: Row) -> bool:
+    """Whether a row's records show at least what its README line shows.
+
+    Every variant column the line fills needs as many recorded seeds as the line counts. A line
+    measured before records existed, or at an earlier configuration, stays until they do: a
+    first seed of a new budget must not replace two seeds of the old one.
+    """
+    seeds = line_seeds(line)
+    columns = [cell.strip() for cell in line.split("|")[5 : 5 + len(VARIANTS)]]
+    for key, column in zip(VARIANTS, columns):
+        if key in row.variants and column not in ("", "—"):
+            if sum(1 for _, k in done if k == key) < seeds:
+                return False
+    return True
+
+
+def pending_runs(row: Row, done: dict[tuple[int, str], dict], line: str) -> str:
+    """What a row still lacks before its records replace its README line, in words."""
+    seeds, needed = line_seeds(line), []
+    for key in row.variants:
+        have = sorted(s for s, k in done if k == key)
+        if len(have) < seeds:
+            needed.append(f"{key} {len(have)} of {seeds} seeds (recorded: {have or 'none'})")
+    return (
+        "the README line stays until the current configuration's records cover it: "
+        + "; ".join(needed)
+        + f" (e.g. --rows {row.name} --seeds {' '.join(map(str, range(seeds)))} --missing)"
+    )
+
+
+def table(
+    results: dict, default_machine: str, earlier: str = "", pending: dict | None = None
+) -> str:
     """The Markdown block for the README (rows without a recorded machine: `default_machine`).
 
     Rows that `results` lacks keep their line and commands from `earlier`, the README's block
     before this run: results.json lives under the git-ignored `runs/`, so a fresh checkout that
-    re-measures one row must not drop the others.
+    re-measures one row must not drop the others. A kept row named in `pending` (row name: what
+    its re-measurement still lacks) says in its seeds cell that it is being re-measured.
     """
     kept = {k: v for k, v in earlier_rows(earlier).items() if k not in results}
     lines = [
@@ -705,7 +747,12 @@ def table(results: dict, default_machine: str, earlier: str = "") -> str:
     ]
     for name in [n for n in rows() if n in results or n in kept]:
         if name in kept:
-            lines.append(kept[name][0])
+            line = kept[name][0]
+            if name in (pending or {}):
+                cells = line.split("|")
+                cells[4] = f" {line_seeds(line)} (being re-measured at the current configuration) "
+                line = "|".join(cells)
+            lines.append(line)
             continue
         result = results[name]
         if "error" in result:
@@ -775,28 +822,11 @@ def main() -> None:
         args.rows = [] if args.merge else list(rows())
     args.seeds = list(dict.fromkeys(args.seeds))  # a seed twice would train one folder twice
     try:  # every record readable before hours of training
-        recorded = {name: load_records(row) for name, row in rows().items()}
+        for row in rows().values():
+            load_records(row)
     except ValueError as err:
         parser.error(str(err))
-    earlier, legacy = earlier_rows(readme_block()), set()
-    for name in args.rows:
-        current, stale = recorded[name]
-        if current or stale or name not in earlier:
-            continue
-        legacy.add(name)
-        # A README row measured before records existed: only a whole re-run replaces it.
-        counted = earlier[name][0].split("|")[4].strip()
-        seeds = int(counted) if counted.isdigit() else 0
-        if not seeds:  # a failed row: nothing to keep
-            continue
-        variants = set(args.variants or rows()[name].variants) & set(rows()[name].variants)
-        if args.missing or variants != set(rows()[name].variants) or len(args.seeds) < seeds:
-            parser.error(
-                f"the README's {name} row ({seeds} seeds) predates the run records: re-measure "
-                f"all its variants with at least {seeds} seeds (--rows {name} --seeds "
-                f"{' '.join(str(s) for s in range(max(seeds, 1)))}), or it would be replaced "
-                "by a part of itself"
-            )
+    earlier = earlier_rows(readme_block())
     results, measured, failed = {}, {}, {}
     for path in args.merge:  # rows measured elsewhere, for rows without records here
         results.update(load_rows(pathlib.Path(path)))
@@ -809,14 +839,21 @@ def main() -> None:
         except (RuntimeError, OSError) as err:  # the other rows still run
             failed[name] = {"data": row.data, "error": str(err)[-2000:]}
             continue
-        if name in legacy and "failed_runs" in measured[name]:
-            # Not all of a row older than the records: its README line stays until it is.
-            failed[name] = {"data": row.data, "error": str(measured.pop(name)["failed_runs"])}
-    # Every row with current records is rebuilt from them, earlier sessions' runs included.
+    # Every row with current records is rebuilt from them, earlier sessions' runs included,
+    # unless they do not yet cover what its README line shows (then that line stays).
+    pending = {}
     for name, row in rows().items():
-        recorded = measured.get(name) or (None if name in legacy else row_from_records(row))
-        if recorded is not None:
-            results[name] = recorded
+        if name in earlier:
+            current, stale = load_records(row)  # this run's records too
+            if not stale and not covers(earlier[name][0], current, row):
+                if current:  # a re-measurement under way, not just an older line
+                    pending[name] = pending_runs(row, current, earlier[name][0])
+                    print(f"{name}: {pending[name]}", file=sys.stderr)
+                measured.pop(name, None)
+                continue
+        recorded_row = measured.get(name) or row_from_records(row)
+        if recorded_row is not None:
+            results[name] = recorded_row
         elif name in failed and name not in earlier:  # a failure never hides a result
             results[name] = failed[name]
     for name, failure in failed.items():
@@ -824,10 +861,10 @@ def main() -> None:
     results = {k: v for k, v in results.items() if {"runs", "error", "stale_records"} & set(v)}
     write_json(REPO / WORK / "results.json", results)
     env = environment()
-    report = {"results": results, "failed": failed, "environment": env}
+    report = {"results": results, "failed": failed, "pending": pending, "environment": env}
     print(json.dumps({**report, "load_average": os.getloadavg()}))
     if args.write_readme:
-        write_readme(table(results, describe_machine(env), readme_block()))
+        write_readme(table(results, describe_machine(env), readme_block(), pending))
 
 
 def load_rows(path: pathlib.Path) -> dict:
