@@ -33,3 +33,17 @@ def shared_datasets() -> pathlib.Path:
             "real data sets not found: set KERAS_DENSE_DATA or place them at ../shared/datasets"
         )
     return path
+
+
+@pytest.fixture(scope="session")
+def shapes32(tmp_path_factory) -> pathlib.Path:
+    """Synthetic shapes shards at 32 px: `train-*` (16 images, seed 0), `val-*` (4, seed 1).
+
+    One set for the whole session: the training tests only need a few small, valid shards.
+    """
+    from keras_dense.data import convert_shapes
+
+    root = tmp_path_factory.mktemp("shapes32")
+    convert_shapes(str(root / "train"), 16, size=32, seed=0, progress=False)
+    convert_shapes(str(root / "val"), 4, size=32, seed=1, progress=False)
+    return root

@@ -348,16 +348,6 @@ def test_resume_compares_the_multipliers_as_one_table(tmp_path):
 # ----------------------------------------------------------------------------- training
 
 
-@pytest.fixture(scope="module")
-def shapes32(tmp_path_factory):
-    from keras_dense.data import convert_shapes
-
-    root = tmp_path_factory.mktemp("shapes32")
-    convert_shapes(str(root / "train"), 8, size=32, seed=0, progress=False)
-    convert_shapes(str(root / "val"), 4, size=32, seed=1, progress=False)
-    return root
-
-
 def _tiny_recipe(root, multipliers: dict, epochs: int = 1) -> dict:
     return {
         "model": {

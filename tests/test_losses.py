@@ -353,15 +353,6 @@ def test_loss_name_selects_class_and_trains(tmp_path, name, cls):
     assert all(np.isfinite(history))
 
 
-@pytest.fixture(scope="module")
-def shapes32(tmp_path_factory):
-    from keras_dense.data import convert_shapes
-
-    root = tmp_path_factory.mktemp("shapes32")
-    convert_shapes(str(root / "train"), 8, size=32, seed=0, progress=False)
-    return root
-
-
 def test_median_frequency_of_shards_matches_numpy(shapes32):
     from keras_dense.data import read_examples
     from keras_dense.losses import median_frequency_weights

@@ -266,15 +266,6 @@ def test_task_modules_keep_no_instance_state():
                     assert not is_self, f"{path.name}:{node.lineno} sets self.{target.attr}"
 
 
-@pytest.fixture(scope="module")
-def shapes32(tmp_path_factory):
-    from keras_dense.data import convert_shapes
-
-    root = tmp_path_factory.mktemp("shapes32")
-    convert_shapes(str(root / "train"), 6, size=32, seed=0, progress=False)
-    return root
-
-
 def _recipe(root, class_weights):
     from keras_dense.training.recipe import validate
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_dense.data import convert_shapes, normalize, read_examples
+from keras_dense.data import normalize, read_examples
 from keras_dense.losses import MaskedSparseCrossEntropy
 from keras_dense.tasks import get_task
 from keras_dense.training import (
@@ -222,14 +222,6 @@ def test_model_card_defaults_and_round_trip(tmp_path):
 
 
 # ----------------------------------------------------------------------------- end to end
-
-
-@pytest.fixture(scope="module")
-def shapes32(tmp_path_factory):
-    root = tmp_path_factory.mktemp("shapes32")
-    convert_shapes(str(root / "train"), 16, size=32, seed=0, progress=False)
-    convert_shapes(str(root / "val"), 4, size=32, seed=1, progress=False)
-    return root
 
 
 def _tiny_recipe(root: pathlib.Path, **training) -> dict:
