@@ -85,7 +85,6 @@ def test_two_workers_train_to_identical_weights(tmp_path):
                 process.kill()
     for process, log in zip(processes, logs):
         assert process.returncode == 0, log[-4000:]
-    assert "MultiWorkerMirroredStrategy" in "".join(logs) or True
     chief = out / "backup" / "epoch-00002.weights.h5"
     other = out / ".worker-worker-1" / "backup" / "epoch-00002.weights.h5"
     a, b = _datasets(chief), _datasets(other)
