@@ -20,8 +20,12 @@ install: $(STAMP)
 demo: install
 	$(BIN)/python -m keras_dense.demo --output demo_output
 
-test: install
-	$(BIN)/python -m pytest -q
+# The suite runs in TEST_WORKERS processes (pytest-xdist), a test file per process at a time so
+# that each module's fixtures are built once; TEST_WORKERS=0 runs it in this process.
+TEST_WORKERS ?= 2
+
+test: install lint
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 # ruff is pinned in the test extra, so every machine lints with the same rules.
 lint: $(STAMP)
