@@ -22,10 +22,12 @@ is not seen by the fingerprint: delete the row's records then (or re-run every s
 
 It prints one JSON and, with `--write-readme`, replaces the block between the `results`
 markers in README.md (atomically). A README line keeps its place and commands until the
-current configuration's records show at least what it shows (each filled variant column at its
-seed count): a row measured before records existed, or at an earlier budget, is re-measured
-run by run across sessions, is marked as being re-measured meanwhile, and what it still lacks
-is printed. A row whose records are all stale is marked stale. `--missing` runs
+current configuration's records show at least what it shows (each filled variant column the
+seeds its cell stands for, and the line's seed count in all): a row measured before records
+existed, or at an earlier budget, is re-measured run by run across sessions. Meanwhile, where
+the row has records of any configuration, its line is marked as an earlier configuration
+being re-measured and what it still lacks is printed. A row whose records are all stale and
+that has no README line is marked stale. `--missing` runs
 only the (variant, seed) runs that have no current record, e.g. to finish a row after an
 interruption; a run whose evaluation failed is not recorded. Records are checked before any
 training; a broken one is named. Not part of `make test`: a full run takes hours on 2 cores.
@@ -689,29 +691,44 @@ def line_seeds(line: str) -> int:
     return int(digits) if digits.isdigit() else 0
 
 
-def covers(line: str, done: dict[tuple[int, str], dict], row: Row) -> bool:
-    """Whether a row's records show at least what its README line shows.
+def column_needs(line: str, row: Row) -> dict[str, int]:
+    """The recorded seeds each variant column of a README line stands for.
 
-    Every variant column the line fills needs as many recorded seeds as the line counts. A line
-    measured before records existed, or at an earlier configuration, stays until they do: a
-    first seed of a new budget must not replace two seeds of the old one.
+    `(1 seed)` stands for one, a `mean ± half range` for at least two (at most the line's seed
+    count), `—` or an empty cell for none.
     """
     seeds = line_seeds(line)
     columns = [cell.strip() for cell in line.split("|")[5 : 5 + len(VARIANTS)]]
+    needs = {}
     for key, column in zip(VARIANTS, columns):
         if key in row.variants and column not in ("", "—"):
-            if sum(1 for _, k in done if k == key) < seeds:
-                return False
-    return True
+            needs[key] = 1 if "(1 seed)" in column else min(seeds, 2)
+    return needs
+
+
+def covers(line: str, done: dict[tuple[int, str], dict], row: Row) -> bool:
+    """Whether a row's records show at least what its README line shows.
+
+    Each variant column the line fills needs the seeds it stands for (`column_needs`), and the
+    row as many seeds in all as the line counts. A line measured before records existed, or at
+    an earlier configuration, stays until they do: a first seed of a new budget must not
+    replace two seeds of the old one. A line made from the current records is covered by them.
+    """
+    for key, need in column_needs(line, row).items():
+        if sum(1 for _, k in done if k == key) < need:
+            return False
+    return len({seed for seed, _ in done}) >= line_seeds(line)
 
 
 def pending_runs(row: Row, done: dict[tuple[int, str], dict], line: str) -> str:
     """What a row still lacks before its records replace its README line, in words."""
     seeds, needed = line_seeds(line), []
-    for key in row.variants:
+    for key, need in column_needs(line, row).items():
         have = sorted(s for s, k in done if k == key)
-        if len(have) < seeds:
-            needed.append(f"{key} {len(have)} of {seeds} seeds (recorded: {have or 'none'})")
+        if len(have) < need:
+            needed.append(f"{key} {len(have)} of {need} seeds (recorded: {have or 'none'})")
+    if len({seed for seed, _ in done}) < seeds:
+        needed.append(f"{seeds} seeds in all")
     return (
         "the README line stays until the current configuration's records cover it: "
         + "; ".join(needed)
@@ -727,7 +744,8 @@ def table(
     Rows that `results` lacks keep their line and commands from `earlier`, the README's block
     before this run: results.json lives under the git-ignored `runs/`, so a fresh checkout that
     re-measures one row must not drop the others. A kept row named in `pending` (row name: what
-    its re-measurement still lacks) says in its seeds cell that it is being re-measured.
+    its re-measurement still lacks) says in its seeds cell that it is an earlier configuration,
+    being re-measured.
     """
     kept = {k: v for k, v in earlier_rows(earlier).items() if k not in results}
     lines = [
@@ -753,7 +771,7 @@ def table(
             line = kept[name][0]
             if name in (pending or {}):
                 cells = line.split("|")
-                cells[4] = f" {line_seeds(line)} (being re-measured at the current configuration) "
+                cells[4] = f" {line_seeds(line)} (an earlier configuration, being re-measured) "
                 line = "|".join(cells)
             lines.append(line)
             continue
@@ -846,12 +864,15 @@ def main() -> None:
     # unless they do not yet cover what its README line shows (then that line stays).
     pending = {}
     for name, row in rows().items():
-        if name in earlier:
+        if name in earlier and name not in results:  # a merged row replaces its line
             current, stale = load_records(row)  # this run's records too
-            if not stale and not covers(earlier[name][0], current, row):
-                if current:  # a re-measurement under way, not just an older line
+            if not covers(earlier[name][0], current, row):
+                if current or stale:  # measured at another configuration than the current
                     pending[name] = pending_runs(row, current, earlier[name][0])
                     print(f"{name}: {pending[name]}", file=sys.stderr)
+                if "failed_runs" in measured.get(name, {}):
+                    error = str(measured[name]["failed_runs"])
+                    failed[name] = {"data": row.data, "error": error}
                 measured.pop(name, None)
                 continue
         recorded_row = measured.get(name) or row_from_records(row)

@@ -233,6 +233,11 @@ def test_a_readme_row_stays_until_the_records_cover_it(tmp_path, monkeypatch, ca
         return results.row_from_records(row_)
 
     monkeypatch.setattr(results, "run_row", run_row)
+    # A record of an earlier budget: stale, it neither counts nor lifts the line's protection.
+    row = results.rows()["isbi"]
+    results.save_record(row, "scratch", 1, {**fake_run(0.1, 1.0, 1), "setup_commands": []})
+    path = results.record_path("isbi", "scratch", 1)
+    path.write_text(path.read_text().replace(results.configuration(row, "scratch"), "old"))
 
     def session(*argv: str) -> str:
         written.clear()
@@ -244,7 +249,7 @@ def test_a_readme_row_stays_until_the_records_cover_it(tmp_path, monkeypatch, ca
     # old line stays, marked, with its commands; what is missing is printed.
     table = session("--seeds", "0", "1", "--variants", "pretrained")
     kept = next(x for x in table.splitlines() if "unet_vgg16_isbi" in x)
-    assert kept.split("|")[4].strip().startswith("2 (being re-measured")
+    assert kept.split("|")[4].strip() == "2 (an earlier configuration, being re-measured)"
     assert kept.split("|")[5:7] == line.split("|")[5:7] and "keras-dense x" in table
     err = capsys.readouterr().err
     assert "scratch 0 of 2 seeds" in err and "--rows isbi --seeds 0 1 --missing" in err
@@ -259,3 +264,28 @@ def test_a_readme_row_stays_until_the_records_cover_it(tmp_path, monkeypatch, ca
     cells = [c.strip() for c in new_line.split("|")]
     assert cells[4:7] == ["2", "0.550 ± 0.050", "0.800 ± 0.010"]
     assert "keras-dense x" not in table and "being re-measured" not in table
+
+
+def test_each_column_of_a_line_needs_the_seeds_it_shows(tmp_path, monkeypatch):
+    results = load_results_module()
+    monkeypatch.setattr(results, "RECORDS", tmp_path)
+    row = results.rows()["bccd_fpn"]
+    runs = {(0, "pretrained"): 0.83, (1, "pretrained"): 0.84, (0, "scratch"): 0.5}
+    for (seed, key), value in runs.items():
+        results.save_record(row, key, seed, {**fake_run(value, 1.0, seed), "setup_commands": []})
+    done = results.load_records(row)[0]
+    # A line made from these records: 2 seeds, scratch "(1 seed)". Its own records cover it.
+    line = "| " + " | ".join(results.row_cells(results.row_from_records(row), "m")) + " |"
+    assert line.split("|")[4:7] == [" 2 ", " 0.500 (1 seed) ", " 0.835 ± 0.005 "]
+    assert results.covers(line, done, row)
+    # A line with an empty scratch column needs nothing from it; the trunk column needs 2 seeds.
+    trunk_only = "| `r` | d | map | 2 | — | 0.8 ± 0.01 | — | — | t | p |"
+    assert results.covers(trunk_only, done, row)
+    first = {k: v for k, v in done.items() if k != (1, "pretrained")}
+    assert not results.covers(trunk_only, first, row)
+    said = results.pending_runs(row, first, trunk_only)
+    assert "pretrained 1 of 2 seeds (recorded: [0])" in said and "scratch" not in said
+    # The mirror: scratch filled at 2 seeds, one scratch record is not enough.
+    scratch_only = "| `r` | d | map | 2 | 0.5 ± 0.01 | — | — | — | t | p |"
+    assert not results.covers(scratch_only, done, row)
+    assert "scratch 1 of 2 seeds (recorded: [0])" in results.pending_runs(row, done, scratch_only)
