@@ -706,33 +706,36 @@ def column_needs(line: str, row: Row) -> dict[str, int]:
     return needs
 
 
-def covers(line: str, done: dict[tuple[int, str], dict], row: Row) -> bool:
-    """Whether a row's records show at least what its README line shows.
+def shortfalls(line: str, done: dict[tuple[int, str], dict], row: Row) -> list[str]:
+    """What a row's records lack to show at least what its README line shows, in words.
 
     Each variant column the line fills needs the seeds it stands for (`column_needs`), and the
     row as many seeds in all as the line counts. A line measured before records existed, or at
-    an earlier configuration, stays until they do: a first seed of a new budget must not
-    replace two seeds of the old one. A line made from the current records is covered by them.
+    an earlier configuration, stays until nothing is lacking: a first seed of a new budget must
+    not replace two seeds of the old one. A line made from the current records lacks nothing.
     """
+    lacking = []
     for key, need in column_needs(line, row).items():
-        if sum(1 for _, k in done if k == key) < need:
-            return False
-    return len({seed for seed, _ in done}) >= line_seeds(line)
+        have = sorted(s for s, k in done if k == key)
+        if len(have) < need:
+            lacking.append(f"{key} {len(have)} of {need} seeds (recorded: {have or 'none'})")
+    if len({seed for seed, _ in done}) < line_seeds(line):
+        lacking.append(f"{line_seeds(line)} seeds in all")
+    return lacking
+
+
+def covers(line: str, done: dict[tuple[int, str], dict], row: Row) -> bool:
+    """Whether a row's records show at least what its README line shows (see `shortfalls`)."""
+    return not shortfalls(line, done, row)
 
 
 def pending_runs(row: Row, done: dict[tuple[int, str], dict], line: str) -> str:
     """What a row still lacks before its records replace its README line, in words."""
-    seeds, needed = line_seeds(line), []
-    for key, need in column_needs(line, row).items():
-        have = sorted(s for s, k in done if k == key)
-        if len(have) < need:
-            needed.append(f"{key} {len(have)} of {need} seeds (recorded: {have or 'none'})")
-    if len({seed for seed, _ in done}) < seeds:
-        needed.append(f"{seeds} seeds in all")
+    seeds = " ".join(map(str, range(line_seeds(line))))
     return (
         "the README line stays until the current configuration's records cover it: "
-        + "; ".join(needed)
-        + f" (e.g. --rows {row.name} --seeds {' '.join(map(str, range(seeds)))} --missing)"
+        + "; ".join(shortfalls(line, done, row))
+        + f" (e.g. --rows {row.name} --seeds {seeds} --missing)"
     )
 
 
