@@ -21,21 +21,51 @@ def median_time(fn: Callable[[], object], runs: int = 5, warmup: int = 1) -> tup
     return statistics.median(times), times
 
 
+# The widest vector extensions TensorFlow's CPU kernels use, widest first: two machines that
+# both call themselves "AMD EPYC" can differ by 2x per training step on these alone.
+VECTOR_EXTENSIONS = ("amx_tile", "avx512_bf16", "avx512f", "avx2", "avx")
+
+
+def cpu(cpuinfo: str = "/proc/cpuinfo") -> dict:
+    """The CPU as `/proc/cpuinfo` names it: model name, family/model, vector extensions.
+
+    Virtual machines often mask the model name ("AMD EPYC"), so the family and model numbers
+    and the vector extensions are what tell two machines apart. Off Linux, only the name that
+    `platform.processor()` gives is known.
+
+    Args:
+        cpuinfo: The file to read (a test passes its own).
+
+    Returns:
+        `name`, `family_model` ("family 25 model 1", or "") and `vector` (the extensions of
+        `VECTOR_EXTENSIONS` the first processor has, widest first).
+    """
+    info = {"name": platform.processor() or "", "family_model": "", "vector": []}
+    try:
+        with open(cpuinfo) as f:
+            text = f.read().split("\n\n", 1)[0]  # the first processor's block
+    except OSError:
+        return info
+    fields = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            fields.setdefault(key.strip(), value.strip())
+    info["name"] = fields.get("model name", info["name"])
+    if "cpu family" in fields and "model" in fields:
+        info["family_model"] = f"family {fields['cpu family']} model {fields['model']}"
+    flags = set(fields.get("flags", "").split())
+    info["vector"] = [ext for ext in VECTOR_EXTENSIONS if ext in flags]
+    return info
+
+
 def environment() -> dict:
     """Versions and machine facts to print beside every measurement."""
     import keras
     import numpy as np
     import tensorflow as tf
 
-    cpu = platform.processor() or ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+    processor = cpu()
     gpus = tf.config.list_physical_devices("GPU")
     details = tf.config.experimental.get_device_details(gpus[0]) if gpus else {}
     return {
@@ -44,7 +74,9 @@ def environment() -> dict:
         "keras": keras.__version__,
         "numpy": np.__version__,
         "machine": platform.machine(),
-        "cpu": cpu,
+        "cpu": processor["name"],
+        "cpu_family_model": processor["family_model"],
+        "cpu_vector_extensions": processor["vector"],
         "cpu_count": os.cpu_count(),
         "gpus": len(gpus),
         "gpu_name": details.get("device_name", ""),

@@ -32,6 +32,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from common import cpu  # noqa: E402
 
 import keras_dense  # noqa: E402
 
@@ -157,15 +158,12 @@ class TimedModel:
 
 
 def machine_info() -> dict:
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
-    except (OSError, StopIteration):
-        pass
+    processor = cpu()
     return {
         "platform": platform.platform(),
-        "cpu": cpu,
+        "cpu": processor["name"],
+        "cpu_family_model": processor["family_model"],
+        "cpu_vector_extensions": processor["vector"],
         "cpu_count": os.cpu_count(),
         "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "load_average_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,

@@ -649,9 +649,15 @@ def row_cells(result: dict, default_machine: str) -> list[str]:
 
 
 def describe_machine(env: dict) -> str:
-    """`CPU, N cores[, GPU], TF x` from `common.environment()`."""
+    """`CPU[ (family/model, widest vector extension)], N cores[, GPU], TF x` from `environment()`.
+
+    The family/model and vector extension tell apart machines whose model name is masked.
+    """
+    widest = (env.get("cpu_vector_extensions") or [""])[0].upper()
+    details = ", ".join(d for d in (env.get("cpu_family_model", ""), widest) if d)
+    cpu = f"{env['cpu']} ({details})" if details else env["cpu"]
     gpu = f", {env['gpu_name']}" if env.get("gpu_name") else ""
-    return f"{env['cpu']}, {env['cpu_count']} cores{gpu}, TF {env['tensorflow']}"
+    return f"{cpu}, {env['cpu_count']} cores{gpu}, TF {env['tensorflow']}"
 
 
 def recipes_cell(recipes) -> str:

@@ -289,3 +289,37 @@ def test_each_column_of_a_line_needs_the_seeds_it_shows(tmp_path, monkeypatch):
     scratch_only = "| `r` | d | map | 2 | 0.5 ± 0.01 | — | — | — | t | p |"
     assert not results.covers(scratch_only, done, row)
     assert "scratch 1 of 2 seeds (recorded: [0])" in results.pending_runs(row, done, scratch_only)
+
+
+def test_the_machine_cell_tells_apart_cpus_with_one_masked_name(tmp_path):
+    results = load_results_module()
+    import common  # benchmarks/, on the path once results.py is loaded
+
+    flags = "fpu sse2 avx fma avx2 {}"
+    blocks = [
+        f"processor\t: {i}\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: {model}\n"
+        f"model name\t: AMD EPYC\nflags\t\t: {flags.format(extra)}\n"
+        for i, (model, extra) in enumerate([(17, "avx512f avx512_bf16"), (1, "")])
+    ]
+    genoa, milan = tmp_path / "genoa", tmp_path / "milan"
+    genoa.write_text("\n".join(blocks))  # the first processor's block is the one read
+    milan.write_text(blocks[1])
+    assert common.cpu(str(genoa)) == {
+        "name": "AMD EPYC",
+        "family_model": "family 25 model 17",
+        "vector": ["avx512_bf16", "avx512f", "avx2", "avx"],
+    }
+    assert common.cpu(str(milan))["vector"] == ["avx2", "avx"]
+    assert common.cpu(str(tmp_path / "absent"))["vector"] == []
+
+    def cell(cpuinfo: pathlib.Path) -> str:
+        found = common.cpu(str(cpuinfo))
+        env = {"cpu": found["name"], "cpu_family_model": found["family_model"]}
+        env |= {"cpu_vector_extensions": found["vector"], "cpu_count": 2, "tensorflow": "2.21.0"}
+        return results.describe_machine(env)
+
+    assert cell(genoa) == "AMD EPYC (family 25 model 17, AVX512_BF16), 2 cores, TF 2.21.0"
+    assert cell(milan) == "AMD EPYC (family 25 model 1, AVX2), 2 cores, TF 2.21.0"
+    # A record written before these fields existed reads as it always did.
+    old = {"cpu": "AMD EPYC", "cpu_count": 2, "tensorflow": "2.21.0"}
+    assert results.describe_machine(old) == "AMD EPYC, 2 cores, TF 2.21.0"
