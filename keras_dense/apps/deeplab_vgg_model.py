@@ -39,6 +39,7 @@ import keras
 from keras_dense.apps.builder import build_model, document, makes
 from keras_dense.backbones.registry import get_backbone
 from keras_dense.backbones.vgg16 import load_vgg16_weights, vgg16_trunk
+from keras_dense.layers.dilated_convolution import DilatedConv2D
 from keras_dense.layers.resizing import ResizeToMatch
 
 # The papers' head: fc6 / fc7 width, fc6's kernel, dropout after fc6 and fc7.
@@ -75,7 +76,7 @@ def fc_head(x, num_classes: int, rate: int, fc_filters: int, dropout: float, suf
     Returns:
         The `fc8{suffix}` class scores.
     """
-    x = keras.layers.Conv2D(
+    x = DilatedConv2D(  # Conv2D's weights; the CPU runs its dilation 12 about 30x faster
         fc_filters,
         FC6_KERNEL,
         padding="same",

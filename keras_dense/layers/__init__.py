@@ -6,6 +6,7 @@ from keras_dense.layers.context_warp import ContextWarp, context_warp
 from keras_dense.layers.crf_rnn import CrfRnn, set_crf_iterations, use_portable_crf
 from keras_dense.layers.denormalization import Denormalization
 from keras_dense.layers.detection_layer import DetectionLayer
+from keras_dense.layers.dilated_convolution import DilatedConv2D
 from keras_dense.layers.feature_pyramid import FeaturePyramid
 from keras_dense.layers.mask_head import ClassMasks, MaskHead
 from keras_dense.layers.multilevel_roi_pooling import MultiLevelRoIPooling, fpn_levels
@@ -30,6 +31,7 @@ __all__ = [
     "CrfRnn",
     "Denormalization",
     "DetectionLayer",
+    "DilatedConv2D",
     "FeaturePyramid",
     "GlobalLSEPooling2D",
     "MaskHead",
