@@ -76,7 +76,7 @@ def fc_head(x, num_classes: int, rate: int, fc_filters: int, dropout: float, suf
     Returns:
         The `fc8{suffix}` class scores.
     """
-    x = DilatedConv2D(  # Conv2D's weights; the CPU runs its dilation 12 about 30x faster
+    x = DilatedConv2D(  # Conv2D's weights; the CPU runs its dilation 12 about 26x faster
         fc_filters,
         FC6_KERNEL,
         padding="same",
