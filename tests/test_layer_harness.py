@@ -17,6 +17,7 @@ from keras_dense.layers import (
     CropToMatch,
     Denormalization,
     DetectionLayer,
+    DilatedConv2D,
     FeaturePyramid,
     GlobalLSEPooling2D,
     MaskHead,
@@ -216,6 +217,12 @@ CASES = [
     LayerCase(CropToMatch, {}, _two_maps((10, 12, 2), (6, 7, 1)), name="CropToMatch-center"),
     LayerCase(
         CropToMatch, {"offset": (1, 2)}, _two_maps((10, 12, 2), (6, 7, 1)), name="CropToMatch-1-2"
+    ),
+    LayerCase(
+        DilatedConv2D,
+        {"filters": 4, "kernel_size": 3, "padding": "same", "dilation_rate": 3},
+        _normal(7, 9, 2),
+        name="DilatedConv2D-same-3",
     ),
     LayerCase(
         Denormalization,
