@@ -68,3 +68,12 @@ def test_saved_model_round_trip(tmp_path):
     assert isinstance(loaded.layers[-1], DilatedConv2D)
     x = np.random.default_rng(2).normal(size=(1, 12, 12, 3)).astype("float32")
     np.testing.assert_array_equal(loaded(x).numpy(), model(x).numpy())
+
+
+def test_valid_map_smaller_than_the_dilated_kernel_names_layer_and_sizes():
+    reference, layer = twin_layers(4, 3, 4, "valid", in_channels=2)  # a 9 x 9 dilated kernel
+    traced = tf.function(layer, input_signature=[tf.TensorSpec([None, None, None, 2])])
+    x = np.random.default_rng(3).normal(size=(1, 9, 11, 2)).astype("float32")  # just large enough
+    np.testing.assert_allclose(traced(x).numpy(), reference(x).numpy(), rtol=1e-4, atol=1e-4)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=rf"{layer.name}.*9 x 9.*\[8 11\]"):
+        traced(np.zeros((1, 8, 11, 2), "float32"))

@@ -16,6 +16,7 @@ out. Everything else (stride > 1, no dilation, `channels_first`, groups) is `Con
 from __future__ import annotations
 
 import keras
+import tensorflow as tf
 from keras import ops
 
 
@@ -26,7 +27,27 @@ def _tap_sees_input(offset: int, pad_before: int, size: int | None) -> bool:
     return offset < pad_before + size and offset + size > pad_before
 
 
-def shifted_taps_convolution(inputs, kernel, dilation_rate: tuple[int, int], padding: str):
+def _check_valid_extent(inputs, span_h: int, span_w: int, name: str):
+    """Fail with a clear message when a `"valid"` map is smaller than the dilated kernel.
+
+    A static size is checked by `Conv2D` itself; this covers a size known only at run time,
+    where the shifted slices would otherwise fail with a bare "Expected size[1] ..." error.
+    """
+    shape = tf.shape(inputs)
+    return tf.debugging.assert_greater(
+        shape[1:3],
+        tf.constant([span_h, span_w], shape.dtype),
+        message=(
+            f"{name}: a 'valid' dilated convolution needs an input map at least as large as "
+            f"its dilated kernel ({span_h + 1} x {span_w + 1}); got height, width"
+        ),
+        summarize=2,
+    )
+
+
+def shifted_taps_convolution(
+    inputs, kernel, dilation_rate: tuple[int, int], padding: str, name: str = "convolution"
+):
     """A stride-1 dilated 2-D convolution (channels last) as one matmul over the shifted taps.
 
     Args:
@@ -34,6 +55,7 @@ def shifted_taps_convolution(inputs, kernel, dilation_rate: tuple[int, int], pad
         kernel: `(kh, kw, in_channels, filters)`.
         dilation_rate: `(dh, dw)`.
         padding: `"same"` (TensorFlow's split: the smaller half before) or `"valid"`.
+        name: the layer's name, for the error a too-small `"valid"` input raises.
 
     Returns:
         `(batch, out_height, out_width, filters)`, equal to `ops.conv(inputs, kernel, 1,
@@ -51,6 +73,9 @@ def shifted_taps_convolution(inputs, kernel, dilation_rate: tuple[int, int], pad
         seen_h, seen_w = static_h, static_w
     else:
         top = left = 0
+        if static_h is None or static_w is None:
+            with tf.control_dependencies([_check_valid_extent(inputs, span_h, span_w, name)]):
+                inputs = tf.identity(inputs)
         out_h, out_w = dynamic[1] - span_h, dynamic[2] - span_w
         seen_h = seen_w = None  # every tap of a valid convolution sees the input
     taps, weights = [], []
@@ -90,5 +115,7 @@ class DilatedConv2D(keras.layers.Conv2D):
 
     def convolution_op(self, inputs, kernel):
         if self._uses_shifted_taps():
-            return shifted_taps_convolution(inputs, kernel, self.dilation_rate, self.padding)
+            return shifted_taps_convolution(
+                inputs, kernel, self.dilation_rate, self.padding, name=self.name
+            )
         return super().convolution_op(inputs, kernel)
