@@ -74,7 +74,9 @@ def compare_layer(in_channels, filters, rate, batch, size, runs) -> dict:
     timings, outputs = {}, {}
     layers = {
         "conv2d": keras.layers.Conv2D(filters, 3, padding="same", dilation_rate=rate),
-        "dilated_conv2d": DilatedConv2D(filters, 3, padding="same", dilation_rate=rate),
+        "dilated_conv2d": DilatedConv2D(
+            filters, 3, padding="same", dilation_rate=rate, implementation="shifted_taps"
+        ),
     }
     for layer in layers.values():
         layer.build(x.shape)
@@ -96,20 +98,19 @@ def compare_layer(in_channels, filters, rate, batch, size, runs) -> dict:
 
 
 def compare_model(batch: int, crop: int, runs: int) -> dict:
-    """One `deeplab_v1` training step with `fc6` as `Conv2D` and as `DilatedConv2D`."""
-    from keras_dense.apps import deeplab_vgg_model
+    """One `deeplab_v1` training step with `fc6` on `Conv2D`'s kernels and on shifted taps."""
+    from keras_dense.apps import deeplab_v1
 
     rng = np.random.default_rng(0)
     images = rng.uniform(0, 255, (batch, crop, crop, 3)).astype("float32")
     labels = rng.integers(0, 2, (batch, crop, crop)).astype("int32")
     result = {}
-    for name, layer_class in (("conv2d", keras.layers.Conv2D), ("dilated_conv2d", DilatedConv2D)):
-        original = deeplab_vgg_model.DilatedConv2D
-        deeplab_vgg_model.DilatedConv2D = layer_class
-        try:
-            model = deeplab_vgg_model.deeplab_v1(2, input_shape=(crop, crop, 3))
-        finally:
-            deeplab_vgg_model.DilatedConv2D = original
+    for name, implementation in (("conv2d", "conv2d"), ("dilated_conv2d", "shifted_taps")):
+        model = deeplab_v1(2, input_shape=(crop, crop, 3))
+        dilated = [layer for layer in model.layers if isinstance(layer, DilatedConv2D)]
+        assert dilated, "deeplab_v1 has no DilatedConv2D layer to compare"
+        for layer in dilated:  # set before the first call traces the step
+            layer.implementation = implementation
         model.compile(
             optimizer=keras.optimizers.SGD(1e-3, momentum=0.9),
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),

@@ -150,6 +150,28 @@ def test_aspp_weights_and_config():
     assert (clone.filters, clone.atrous_rates, clone.dropout) == (8, (3, 6, 9), 0.2)
 
 
+def test_weight_file_layout_is_that_of_plain_conv2d_branches(tmp_path):
+    """ASPP's weight files keep their layout: Keras 3 files address each branch by its class.
+
+    A `.weights.h5` names the layers of a list by their snake-cased class (`conv2d`,
+    `conv2d_1`, ...), so giving the atrous branches another class (e.g. `DilatedConv2D`, which
+    would run them faster on a CPU) makes every DeepLabv3 weight file saved before unloadable.
+    """
+    h5py = pytest.importorskip("h5py")
+    inputs = keras.Input((None, None, CHANNELS))
+    model = keras.Model(inputs, ASPP(filters=FILTERS, atrous_rates=RATES, name="aspp")(inputs))
+    model.save_weights(tmp_path / "aspp.weights.h5")
+    groups = []
+    with h5py.File(tmp_path / "aspp.weights.h5", "r") as weights:
+        weights.visit(groups.append)
+    branches = {g for g in groups if g.count("/") == 3 and g.startswith("layers/aspp/")}
+    expected = set()
+    for container, prefix in (("convs", "conv2d"), ("norms", "batch_normalization")):
+        names = [prefix] + [f"{prefix}_{i}" for i in range(1, 6)]
+        expected |= {f"layers/aspp/{container}/{name}" for name in names}
+    assert branches - {"layers/aspp/projection_dropout/vars"} == expected, sorted(groups)
+
+
 @pytest.mark.parametrize(
     "kwargs, argument",
     [

@@ -7,14 +7,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_dense.layers import DilatedConv2D
+from keras_dense.layers import DilatedConv2D, dilated_convolution
 
 
 def twin_layers(filters: int, kernel: int, rate: int, padding: str, in_channels: int):
     """A `Conv2D` and a `DilatedConv2D` of one configuration, holding the same weights."""
     kwargs = dict(padding=padding, dilation_rate=rate, activation="relu")
     reference = keras.layers.Conv2D(filters, kernel, **kwargs)
-    layer = DilatedConv2D(filters, kernel, **kwargs)
+    layer = DilatedConv2D(filters, kernel, implementation="shifted_taps", **kwargs)
     shape = (None, None, None, in_channels)
     reference.build(shape)
     layer.build(shape)
@@ -77,3 +77,19 @@ def test_valid_map_smaller_than_the_dilated_kernel_names_layer_and_sizes():
     np.testing.assert_allclose(traced(x).numpy(), reference(x).numpy(), rtol=1e-4, atol=1e-4)
     with pytest.raises(tf.errors.InvalidArgumentError, match=rf"{layer.name}.*9 x 9.*\[8 11\]"):
         traced(np.zeros((1, 8, 11, 2), "float32"))
+
+
+def test_auto_takes_conv2d_path_where_a_gpu_is_visible(monkeypatch):
+    layer = DilatedConv2D(4, 3, padding="same", dilation_rate=6)
+    monkeypatch.setattr(dilated_convolution, "_gpu_visible", lambda: False)
+    assert layer._uses_shifted_taps()
+    monkeypatch.setattr(dilated_convolution, "_gpu_visible", lambda: True)
+    assert not layer._uses_shifted_taps()
+    forced = DilatedConv2D(4, 3, padding="same", dilation_rate=6, implementation="shifted_taps")
+    assert forced._uses_shifted_taps()
+    plain = DilatedConv2D(4, 3, padding="same", dilation_rate=6, implementation="conv2d")
+    monkeypatch.setattr(dilated_convolution, "_gpu_visible", lambda: False)
+    assert not plain._uses_shifted_taps()
+    assert DilatedConv2D.from_config(forced.get_config()).implementation == "shifted_taps"
+    with pytest.raises(ValueError, match=r"'fc6'.*implementation.*'cudnn'"):
+        DilatedConv2D(4, 3, dilation_rate=2, implementation="cudnn", name="fc6")

@@ -11,6 +11,10 @@ a stride-1 dilated convolution as `im2col`: the `kh * kw` shifted copies of the 
 input are concatenated along the channels and multiplied by the kernel reshaped to
 `(kh * kw * in_channels, filters)`. Taps that see only padding at a static input size are left
 out. Everything else (stride > 1, no dilation, `channels_first`, groups) is `Conv2D`'s own path.
+
+The shifted copies cost `kh * kw` times the input's memory, kept for the backward pass. A GPU's
+cuDNN kernels run dilation natively without them, so by default (`implementation="auto"`) the
+layer takes `Conv2D`'s path when TensorFlow sees a GPU, and the shifted taps otherwise.
 """
 
 from __future__ import annotations
@@ -92,26 +96,54 @@ def shifted_taps_convolution(
     return ops.matmul(columns, ops.concatenate(weights, axis=0))
 
 
+IMPLEMENTATIONS = ("auto", "shifted_taps", "conv2d")
+
+
+def _gpu_visible() -> bool:
+    """Whether TensorFlow sees a GPU (its dilated convolutions then run in cuDNN)."""
+    return bool(tf.config.list_physical_devices("GPU"))
+
+
 @keras.saving.register_keras_serializable(package="keras_dense")
 class DilatedConv2D(keras.layers.Conv2D):
     """`keras.layers.Conv2D` whose stride-1 dilated case runs as one matmul over shifted taps.
 
-    Same arguments, weights and `get_config` as `Conv2D`, so a model saved with `Conv2D`
-    layers of this shape loads its weights unchanged; see the module docstring for why.
+    Same arguments, weights and results as `Conv2D`; see the module docstring for why. A
+    `.keras` file records each layer's class, so models saved either way load. A bare
+    `.weights.h5` file does not: Keras 3 addresses a layer's weights by its snake-cased class
+    (`conv2d_3`, `dilated_conv2d`), so swapping this class into an existing architecture moves
+    its weights in such files, and files saved before no longer load (which is why DeepLabv3's
+    ASPP and the dilated backbones keep `Conv2D`; `tests/test_aspp.py` pins that layout).
 
     Args:
         *args: `keras.layers.Conv2D`'s.
+        implementation: `"shifted_taps"` for the matmul over shifted taps wherever it applies
+            (stride 1, dilation > 1, `channels_last`, no groups, `"same"` or `"valid"`),
+            `"conv2d"` for `Conv2D`'s own kernels, or `"auto"` (default): the shifted taps
+            unless TensorFlow sees a GPU, decided when the layer is traced.
         **kwargs: `keras.layers.Conv2D`'s.
     """
 
+    def __init__(self, *args, implementation: str = "auto", **kwargs):
+        super().__init__(*args, **kwargs)
+        if implementation not in IMPLEMENTATIONS:
+            raise ValueError(
+                f"DilatedConv2D {self.name!r}: implementation must be one of "
+                f"{IMPLEMENTATIONS}, got {implementation!r}"
+            )
+        self.implementation = implementation
+
     def _uses_shifted_taps(self) -> bool:
-        return (
+        applicable = (
             max(self.dilation_rate) > 1
             and tuple(self.strides) == (1, 1)
             and self.groups == 1
             and self.data_format == "channels_last"
             and self.padding in ("same", "valid")
         )
+        if self.implementation == "auto":
+            return applicable and not _gpu_visible()
+        return applicable and self.implementation == "shifted_taps"
 
     def convolution_op(self, inputs, kernel):
         if self._uses_shifted_taps():
@@ -119,3 +151,6 @@ class DilatedConv2D(keras.layers.Conv2D):
                 inputs, kernel, self.dilation_rate, self.padding, name=self.name
             )
         return super().convolution_op(inputs, kernel)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "implementation": self.implementation}
