@@ -381,3 +381,24 @@ def test_sampled_targets_name_the_matched_ground_truth(model):
         truth = batch["boxes"][b, : batch["num_boxes"][b]]
         ious = [inclusive_iou(rois[b, r], box) for box in truth]
         assert ious[g] >= 0.5 and ious[g] == max(ious)
+
+
+def test_detect_runs_the_model_as_a_graph_with_the_eager_results(model, monkeypatch):
+    import importlib
+
+    from keras_dense.utils.graph_inference import inference_graph
+
+    detect_module = importlib.import_module("keras_dense.detection.detect")
+
+    rng = np.random.default_rng(4)
+    images = synthetic_batch(rng)["images"]
+    shape = np.array([[HEIGHT, WIDTH], [70, 90]], np.int32)
+    graph = detect(model, images, score_threshold=0.0, max_detections=15, image_shape=shape)
+    assert inference_graph(model).experimental_get_tracing_count() >= 1
+    # The same call with the model run op by op from Python.
+    monkeypatch.setattr(detect_module, "run_inference", lambda m, inputs: m(inputs, training=False))
+    eager = detect(model, images, score_threshold=0.0, max_detections=15, image_shape=shape)
+    np.testing.assert_array_equal(graph["num_detections"], eager["num_detections"])
+    np.testing.assert_array_equal(graph["classes"], eager["classes"])
+    np.testing.assert_allclose(graph["boxes"], eager["boxes"], atol=1e-3)
+    np.testing.assert_allclose(graph["scores"], eager["scores"], atol=1e-5)

@@ -8,6 +8,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_dense.detection.boxes import BOX_STDS, clip_boxes, decode_boxes
+from keras_dense.utils.graph_inference import run_inference
 
 
 def postprocess_detections(
@@ -99,6 +100,8 @@ def detect(
     (`tf.image.combined_non_max_suppression`, batched; its IoU uses exclusive box extents);
     at most `max_detections` boxes over all classes. A Faster R-CNN model
     (`keras_dense.apps.faster_rcnn`) proposes its own regions: call it without `proposals`.
+    Called eagerly, the model runs as a graph traced once per model
+    (`keras_dense.utils.graph_inference`).
 
     Args:
         model: A Fast R-CNN model mapping `[images, rois]` to `[cls_score, bbox_pred]`
@@ -142,7 +145,7 @@ def detect(
         if scale is None:
             scale = tf.ones([tf.shape(images)[0]], tf.float32)
         shape = tf.cast(image_shape, tf.float32)
-        outputs = model([images, shape, tf.cast(scale, tf.float32)], training=False)
+        outputs = run_inference(model, [images, shape, tf.cast(scale, tf.float32)])
         cls_score, bbox_pred = outputs["cls_score"], outputs["bbox_pred"]
         proposals, num_proposals = outputs["proposals"], outputs["num_proposals"]
     else:
@@ -153,7 +156,7 @@ def detect(
                 "keras_dense.detection.selective_search"
             )
         proposals = tf.convert_to_tensor(proposals, tf.float32)
-        cls_score, bbox_pred = model([images, proposals], training=False)
+        cls_score, bbox_pred = run_inference(model, [images, proposals])
     return postprocess_detections(
         cls_score,
         bbox_pred,

@@ -7,6 +7,7 @@ import numpy as np
 
 from keras_dense.detection.mask_paste import paste_masks
 from keras_dense.prediction.inference import fast_rcnn_resize
+from keras_dense.utils.graph_inference import run_inference
 from keras_dense.utils.normalization import normalize
 
 
@@ -37,7 +38,7 @@ def segment_instances(
     resized, scale = fast_rcnn_resize(image, card.get("min_size", 800), card.get("max_size", 1333))
     x = np.asarray(normalize(resized, card.get("normalization")), np.float32)
     shape = np.array([resized.shape[:2]], np.float32)
-    out = model([x[None], shape, np.array([scale], np.float32)], training=False)
+    out = run_inference(model, [x[None], shape, np.array([scale], np.float32)])
     count = int(np.asarray(out["num_detections"])[0])
     scores = np.asarray(out["detection_scores"])[0, :count]
     keep = scores >= score_threshold
